@@ -1,0 +1,102 @@
+//! Admin and analytics API (served on the main listener under `/v1/`).
+//!
+//! Handlers are plain async functions from an [`AdminRequest`] to an [`AdminResponse`],
+//! independent of Pingora, so they are tested in-process; the proxy adapts them.
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::GatewayError;
+
+/// What a gateway key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Call models (`/v1/chat/completions`, `/v1/embeddings`, ...), send feedback.
+    Inference,
+    /// Read traces, sessions, analytics, decisions, exports.
+    Read,
+    /// Change constraints, pins, experiments; admin ratings.
+    Admin,
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// Key id (`None` when auth is disabled in loopback dev mode).
+    pub key_id: Option<String>,
+    pub scopes: Vec<Scope>,
+    /// Project the key is locked to.
+    pub project: Option<String>,
+}
+
+impl Caller {
+    pub fn has(&self, s: Scope) -> bool {
+        // admin implies read
+        self.scopes.contains(&s) || (s == Scope::Read && self.scopes.contains(&Scope::Admin))
+    }
+
+    pub fn require(&self, s: Scope) -> Result<(), GatewayError> {
+        if self.has(s) {
+            Ok(())
+        } else {
+            Err(GatewayError::Forbidden(format!(
+                "this key lacks the '{}' scope",
+                match s {
+                    Scope::Inference => "inference",
+                    Scope::Read => "read",
+                    Scope::Admin => "admin",
+                }
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminRequest {
+    pub method: String,
+    /// Path without query, e.g. `/v1/logs/abc`.
+    pub path: String,
+    /// Decoded query pairs in order.
+    pub query: Vec<(String, String)>,
+    pub body: Bytes,
+    pub caller: Caller,
+    /// Lower-cased request headers the handlers may need (e.g. `accept-encoding`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl AdminRequest {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+pub enum AdminBody {
+    Full(Bytes),
+    /// Streamed as chunked transfer encoding (exports).
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+pub struct AdminResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: AdminBody,
+}
+
+impl AdminResponse {
+    pub fn json(status: u16, v: &serde_json::Value) -> Self {
+        AdminResponse {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: AdminBody::Full(Bytes::from(serde_json::to_vec(v).unwrap_or_default())),
+        }
+    }
+
+    pub fn error(e: &GatewayError) -> Self {
+        AdminResponse {
+            status: e.status(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: AdminBody::Full(e.to_openai()),
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The OpenAI dialect, shared by every OpenAI-compatible provider (OpenAI, Azure OpenAI,
+//! Groq, Mistral, DeepSeek, xAI, Perplexity, Together, Fireworks, Cerebras, SambaNova,
+//! DeepInfra, Nebius, Novita, AI21, Ollama's `/v1`).
+//!
+//! Requests pass through with the profile's quirks applied (model id, dropped and
+//! renamed parameters). Responses keep the provider's fields but take the gateway's
+//! request id as `id`, and streams are normalised to the usage contract: the gateway
+//! always asks for usage (to price the request) and shows the usage chunk only to
+//! clients that asked for it.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value};
+
+use super::encode::{write_data, write_done, write_error_event};
+use super::sse::{SseDecoder, SseEvent};
+use super::{ChatRequest, Dialect, DialectError, StreamTranslator, Target, Translated, UpstreamRequest, Usage};
+
+pub struct OpenAi;
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+impl OpenAi {
+    /// Apply a profile's parameter quirks to a body; returns true if anything changed.
+    fn apply_quirks(body: &mut Map<String, Value>, t: &Target) -> bool {
+        let mut changed = false;
+        for p in &t.profile.unsupported_params {
+            changed |= body.remove(p).is_some();
+        }
+        for (from, to) in &t.profile.rename_params {
+            if let Some(v) = body.remove(from) {
+                // An explicit value under the new name wins.
+                if !body.contains_key(to) {
+                    body.insert(to.clone(), v);
+                }
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn needs_rewrite(req: &ChatRequest, t: &Target) -> bool {
+        let b = &req.body;
+        let model_ok = if t.profile.model_in_body {
+            b.get("model").and_then(Value::as_str) == Some(t.model)
+        } else {
+            !b.contains_key("model")
+        };
+        !model_ok
+            || t.profile.unsupported_params.iter().any(|p| b.contains_key(p))
+            || t.profile.rename_params.keys().any(|p| b.contains_key(p))
+            || (req.stream && t.profile.stream_usage && !req.include_usage)
+    }
+}
+
+impl Dialect for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn build_chat(&self, req: &ChatRequest, t: &Target) -> Result<UpstreamRequest, DialectError> {
+        let body = if Self::needs_rewrite(req, t) {
+            let mut body = req.body.clone();
+            if t.profile.model_in_body {
+                body.insert("model".into(), Value::String(t.model.to_string()));
+            } else {
+                body.remove("model");
+            }
+            Self::apply_quirks(&mut body, t);
+            if req.stream && t.profile.stream_usage {
+                // Always ask for usage so streamed requests can be priced.
+                let opts = body
+                    .entry("stream_options")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(o) = opts {
+                    o.insert("include_usage".into(), Value::Bool(true));
+                }
+            }
+            Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?)
+        } else {
+            req.raw.clone()
+        };
+        Ok(UpstreamRequest {
+            method: "POST",
+            path: t.profile.path_for(t.endpoint, &t.profile.chat_path, t.model),
+            headers: vec![(JSON.0.into(), JSON.1.into())],
+            body,
+        })
+    }
+
+    fn translate_chat(&self, body: &[u8], t: &Target, _req: &ChatRequest) -> Result<Translated, DialectError> {
+        let mut v: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+            return Err(DialectError::Upstream(
+                super::extract_error_message(&serde_json::to_vec(&serde_json::json!({"error": err})).unwrap_or_default())
+                    .unwrap_or_else(|| "upstream error".into()),
+            ));
+        }
+        if !v.get("choices").is_some_and(Value::is_array) {
+            return Err(DialectError::Malformed("response has no choices array".into()));
+        }
+        let usage = v.get("usage").and_then(Usage::from_openai).unwrap_or_default();
+        let model = v.get("model").and_then(Value::as_str).map(str::to_string);
+        v.insert("id".into(), Value::String(t.request_id.to_string()));
+        v.insert("object".into(), Value::String("chat.completion".into()));
+        if !v.get("created").is_some_and(Value::is_u64) {
+            v.insert("created".into(), Value::from(t.created));
+        }
+        if model.is_none() {
+            v.insert("model".into(), Value::String(t.model.to_string()));
+        }
+        let body = serde_json::to_vec(&v).map_err(|e| DialectError::Malformed(e.to_string()))?;
+        Ok(Translated {
+            body: Bytes::from(body),
+            usage,
+            model,
+        })
+    }
+
+    fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
+        Box::new(OpenAiStream::new(t.request_id, req.include_usage, t.created))
+    }
+
+    fn build_embeddings(&self, body: &Map<String, Value>, t: &Target) -> Result<UpstreamRequest, DialectError> {
+        let path = t
+            .profile
+            .embeddings_path
+            .as_deref()
+            .ok_or_else(|| DialectError::unsupported(format!("provider {} does not offer embeddings", t.profile.name), Some("model")))?;
+        let mut body = body.clone();
+        if t.profile.model_in_body {
+            body.insert("model".into(), Value::String(t.model.to_string()));
+        } else {
+            body.remove("model");
+        }
+        Self::apply_quirks(&mut body, t);
+        Ok(UpstreamRequest {
+            method: "POST",
+            path: t.profile.path_for(t.endpoint, path, t.model),
+            headers: vec![(JSON.0.into(), JSON.1.into())],
+            body: Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?),
+        })
+    }
+
+    fn translate_embeddings(&self, body: &[u8], t: &Target) -> Result<Translated, DialectError> {
+        let mut v: Map<String, Value> =
+            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+        if !v.get("data").is_some_and(Value::is_array) {
+            return Err(DialectError::Malformed("embeddings response has no data array".into()));
+        }
+        let usage = v.get("usage").and_then(Usage::from_openai).unwrap_or_default();
+        let model = v.get("model").and_then(Value::as_str).map(str::to_string);
+        v.insert("object".into(), Value::String("list".into()));
+        if model.is_none() {
+            v.insert("model".into(), Value::String(t.model.to_string()));
+        }
+        Ok(Translated {
+            body: Bytes::from(serde_json::to_vec(&v).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            usage,
+            model,
+        })
+    }
+
+    fn build_images(&self, body: &Map<String, Value>, t: &Target) -> Result<UpstreamRequest, DialectError> {
+        let path = t
+            .profile
+            .images_path
+            .as_deref()
+            .ok_or_else(|| DialectError::unsupported(format!("provider {} does not offer image generation", t.profile.name), Some("model")))?;
+        let mut body = body.clone();
+        body.insert("model".into(), Value::String(t.model.to_string()));
+        Self::apply_quirks(&mut body, t);
+        Ok(UpstreamRequest {
+            method: "POST",
+            path: t.profile.path_for(t.endpoint, path, t.model),
+            headers: vec![(JSON.0.into(), JSON.1.into())],
+            body: Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?),
+        })
+    }
+
+    fn translate_images(&self, body: &[u8], _t: &Target) -> Result<Translated, DialectError> {
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+        if !v.get("data").is_some_and(Value::is_array) {
+            return Err(DialectError::Malformed("images response has no data array".into()));
+        }
+        let usage = v.get("usage").and_then(Usage::from_openai).unwrap_or_default();
+        Ok(Translated {
+            body: Bytes::copy_from_slice(body),
+            usage,
+            model: None,
+        })
+    }
+}
+
+/// Normalises an OpenAI-compatible SSE stream.
+pub struct OpenAiStream {
+    decoder: SseDecoder,
+    events: Vec<SseEvent>,
+    id: Value,
+    created: u64,
+    include_usage: bool,
+    usage: Usage,
+    model: Option<String>,
+    saw_done: bool,
+    saw_finish: bool,
+    produced: bool,
+    ended: bool,
+}
+
+impl OpenAiStream {
+    pub fn new(request_id: &str, include_usage: bool, created: u64) -> Self {
+        OpenAiStream {
+            decoder: SseDecoder::new(),
+            events: Vec::with_capacity(4),
+            id: Value::String(request_id.to_string()),
+            created,
+            include_usage,
+            usage: Usage::default(),
+            model: None,
+            saw_done: false,
+            saw_finish: false,
+            produced: false,
+            ended: false,
+        }
+    }
+
+    fn handle(&mut self, data: &str, out: &mut BytesMut) -> Result<(), DialectError> {
+        let data = data.trim();
+        if data == "[DONE]" {
+            self.saw_done = true;
+            return Ok(());
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut chunk: Map<String, Value> =
+            serde_json::from_str(data).map_err(|e| DialectError::Malformed(format!("stream chunk is not JSON: {e}")))?;
+        if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
+            let msg = err
+                .get("message")
+                .and_then(Value::as_str)
+                .or_else(|| err.as_str())
+                .unwrap_or("upstream error")
+                .to_string();
+            if !self.ended {
+                write_error_event(&msg, "api_error", "upstream_error", out);
+                write_done(out);
+                self.ended = true;
+            }
+            return Err(DialectError::Upstream(msg));
+        }
+        // Usage may come in its own chunk, in the last content chunk, or (Groq) in x_groq.
+        let usage = chunk
+            .remove("usage")
+            .filter(|u| !u.is_null())
+            .or_else(|| chunk.get_mut("x_groq").and_then(|x| x.as_object_mut()).and_then(|x| x.remove("usage")));
+        if let Some(u) = usage.as_ref().and_then(Usage::from_openai) {
+            self.usage = u;
+        }
+        if self.model.is_none() {
+            self.model = chunk.get("model").and_then(Value::as_str).map(str::to_string);
+        }
+        let choices_empty = chunk.get("choices").and_then(Value::as_array).is_none_or(|c| c.is_empty());
+        if choices_empty {
+            // The usage-only chunk: re-emitted by `finish` for clients that asked.
+            return Ok(());
+        }
+        if let Some(choices) = chunk.get("choices").and_then(Value::as_array) {
+            for c in choices {
+                if c.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                    self.saw_finish = true;
+                }
+                if let Some(d) = c.get("delta") {
+                    if d.get("content").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                        || d.get("tool_calls").is_some()
+                        || d.get("reasoning_content").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                    {
+                        self.produced = true;
+                    }
+                }
+            }
+        }
+        chunk.insert("id".into(), self.id.clone());
+        chunk.insert("object".into(), Value::String("chat.completion.chunk".into()));
+        if self.include_usage {
+            chunk.insert("usage".into(), Value::Null);
+        }
+        write_data(&Value::Object(chunk), out);
+        Ok(())
+    }
+
+    fn drain(&mut self, out: &mut BytesMut) -> Result<(), DialectError> {
+        let events = std::mem::take(&mut self.events);
+        let mut result = Ok(());
+        for ev in &events {
+            if self.ended {
+                break;
+            }
+            if let Err(e) = self.handle(&ev.data, out) {
+                result = Err(e);
+                break;
+            }
+        }
+        self.events = events;
+        self.events.clear();
+        result
+    }
+
+    fn write_usage_and_done(&mut self, out: &mut BytesMut) {
+        if self.ended {
+            return;
+        }
+        if self.include_usage {
+            let chunk = serde_json::json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model.as_deref().unwrap_or(""),
+                "choices": [],
+                "usage": self.usage.to_openai(),
+            });
+            write_data(&chunk, out);
+        }
+        write_done(out);
+        self.ended = true;
+    }
+}
+
+impl StreamTranslator for OpenAiStream {
+    fn feed(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), DialectError> {
+        if self.ended {
+            return Ok(());
+        }
+        self.decoder.feed(input, &mut self.events)?;
+        self.drain(out)
+    }
+
+    fn finish(&mut self, out: &mut BytesMut) -> Result<(), DialectError> {
+        if self.ended {
+            return Ok(());
+        }
+        let drained = self
+            .decoder
+            .finish(&mut self.events)
+            .and_then(|_| self.drain(out));
+        if let Err(e) = drained {
+            if self.ended {
+                return Err(e);
+            }
+            let msg = "upstream stream ended with an incomplete event";
+            self.abort(msg, out);
+            return Err(DialectError::Truncated(msg.into()));
+        }
+        if self.ended {
+            return Ok(());
+        }
+        if !self.saw_done && !self.saw_finish {
+            let msg = "upstream stream ended before completion";
+            self.abort(msg, out);
+            return Err(DialectError::Truncated(msg.into()));
+        }
+        self.write_usage_and_done(out);
+        Ok(())
+    }
+
+    fn abort(&mut self, message: &str, out: &mut BytesMut) {
+        if self.ended {
+            return;
+        }
+        write_error_event(message, "api_error", "upstream_error", out);
+        write_done(out);
+        self.ended = true;
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    fn produced_output(&self) -> bool {
+        self.produced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_usage_contract_and_id_rewrite() {
+        let up = concat!(
+            "data: {\"id\":\"up-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"up-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"up-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+            "data: [DONE]\n\n"
+        );
+        for include in [true, false] {
+            let mut s = OpenAiStream::new("chatcmpl-lg", include, 9);
+            let mut out = BytesMut::new();
+            for b in up.as_bytes().chunks(7) {
+                s.feed(b, &mut out).unwrap();
+            }
+            s.finish(&mut out).unwrap();
+            let text = String::from_utf8(out.to_vec()).unwrap();
+            let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+            assert_eq!(*events.last().unwrap(), "data: [DONE]");
+            assert_eq!(events.len(), if include { 4 } else { 3 });
+            for e in &events[..events.len() - 1] {
+                let v: Value = serde_json::from_str(&e[6..]).unwrap();
+                assert_eq!(v["id"], "chatcmpl-lg");
+                if include {
+                    assert!(v.get("usage").is_some());
+                } else {
+                    assert!(v.get("usage").is_none());
+                }
+            }
+            assert_eq!(s.usage().total(), 7);
+            assert!(s.produced_output());
+        }
+    }
+
+    #[test]
+    fn truncated_stream_is_reported() {
+        let mut s = OpenAiStream::new("x", false, 1);
+        let mut out = BytesMut::new();
+        s.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"cho", &mut out)
+            .unwrap();
+        assert!(matches!(s.finish(&mut out), Err(DialectError::Truncated(_))));
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("\"error\""));
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+}

@@ -1,0 +1,20 @@
+//! loopgate: a self-hosted LLM gateway on Pingora.
+//!
+//! Module map (one concern each):
+//! - [`config`]: typed configuration, loading, hot reload
+//! - [`providers`]: provider profiles from `filters/`, activation, request signing
+//! - [`dialect`]: pure OpenAI <-> native API translation per provider family
+//! - [`catalog`]: the model catalog (prices, context windows, capabilities)
+//! - [`routing`]: routing-table snapshot, model resolution, strategies, the `auto` router
+//! - [`proxy`]: the Pingora `ProxyHttp` data plane
+//! - [`trace`]: per-request trace records and the off-path writer
+//! - [`store`]: trace/feedback storage backends
+//! - [`admin`]: admin and analytics API
+//! - [`metrics`]: Prometheus metrics
+
+pub mod admin;
+pub mod dialect;
+pub mod error;
+pub mod metrics;
+pub mod providers;
+pub mod trace;

@@ -1,0 +1,149 @@
+//! Prometheus metrics. One process-wide set, registered in the default registry and
+//! served by the metrics listener in Prometheus text format.
+//!
+//! Labels never carry secrets or unbounded client input: provider and model names come
+//! from resolved configuration, never from the raw request.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_counter_vec, register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    CounterVec, Gauge, HistogramVec, IntCounterVec, IntGauge,
+};
+
+pub struct Metrics {
+    /// Requests finished, by endpoint, provider, model and status.
+    pub requests: IntCounterVec,
+    /// Whole request duration as the client sees it.
+    pub request_duration: HistogramVec,
+    /// Upstream latency per attempt (header received for non-stream, last byte for stream).
+    pub upstream_latency: HistogramVec,
+    /// Time to first token for streams.
+    pub ttft: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub cost_usd: CounterVec,
+    /// Upstream attempts by outcome (ok, connect_error, timeout, http_error, ...).
+    pub attempts: IntCounterVec,
+    /// A request was served by a later candidate than its first.
+    pub fallbacks: IntCounterVec,
+    pub active_streams: IntGauge,
+    pub trace_enqueued: IntCounterVec,
+    /// Traces that could not be stored (channel full, spill failed), by reason.
+    pub trace_dropped: IntCounterVec,
+    pub trace_written: IntCounterVec,
+    pub trace_spilled: IntCounterVec,
+    pub trace_queue_depth: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_version: IntGauge,
+    /// Process start time; scrape freshness.
+    pub start_time: Gauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let m = Metrics {
+        requests: register_int_counter_vec!(
+            "loopgate_requests_total",
+            "Requests finished, by endpoint, provider, model and HTTP status",
+            &["endpoint", "provider", "model", "status"]
+        )?,
+        request_duration: register_histogram_vec!(
+            "loopgate_request_duration_seconds",
+            "Request duration as seen by the client",
+            &["endpoint", "stream"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        upstream_latency: register_histogram_vec!(
+            "loopgate_upstream_latency_seconds",
+            "Upstream latency per attempt",
+            &["provider", "model"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        ttft: register_histogram_vec!(
+            "loopgate_ttft_seconds",
+            "Time to first token of streamed responses",
+            &["provider", "model"],
+            LATENCY_BUCKETS.to_vec()
+        )?,
+        tokens: register_int_counter_vec!(
+            "loopgate_tokens_total",
+            "Tokens by provider, model and kind (prompt, completion, cached, cache_creation, reasoning)",
+            &["provider", "model", "kind"]
+        )?,
+        cost_usd: register_counter_vec!(
+            "loopgate_cost_usd_total",
+            "Cost in USD computed from the model catalog",
+            &["provider", "model"]
+        )?,
+        attempts: register_int_counter_vec!(
+            "loopgate_upstream_attempts_total",
+            "Upstream attempts by provider and outcome",
+            &["provider", "outcome"]
+        )?,
+        fallbacks: register_int_counter_vec!(
+            "loopgate_fallbacks_total",
+            "Requests served by a fallback candidate, by the provider that failed first and the one that served",
+            &["from_provider", "to_provider"]
+        )?,
+        active_streams: register_int_gauge!("loopgate_active_streams", "Streams currently open to clients")?,
+        trace_enqueued: register_int_counter_vec!(
+            "loopgate_trace_enqueued_total",
+            "Trace records handed to the writer",
+            &["kind"]
+        )?,
+        trace_dropped: register_int_counter_vec!(
+            "loopgate_trace_dropped_total",
+            "Trace records lost, by reason",
+            &["reason"]
+        )?,
+        trace_written: register_int_counter_vec!(
+            "loopgate_trace_written_total",
+            "Trace records stored, by backend",
+            &["backend"]
+        )?,
+        trace_spilled: register_int_counter_vec!(
+            "loopgate_trace_spilled_total",
+            "Trace records spilled to the local file while the store was unavailable (and replayed)",
+            &["event"]
+        )?,
+        trace_queue_depth: register_int_gauge!(
+            "loopgate_trace_queue_depth",
+            "Trace records waiting in the writer's channel and buffer"
+        )?,
+        config_reloads: register_int_counter_vec!(
+            "loopgate_config_reloads_total",
+            "Configuration reloads by result (ok, failed)",
+            &["result"]
+        )?,
+        config_version: register_int_gauge!(
+            "loopgate_config_version",
+            "Version number of the configuration currently serving"
+        )?,
+        start_time: register_gauge!("loopgate_start_time_seconds", "Unix time the process started")?,
+    };
+    m.start_time.set(crate::dialect::unix_now() as f64);
+    Ok(m)
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| match build() {
+    Ok(m) => m,
+    // Registration only fails on duplicate names, a programming error caught by tests.
+    Err(e) => panic!("metrics registration failed: {e}"),
+});
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Render the default registry in Prometheus text format.
+pub fn render() -> Vec<u8> {
+    use prometheus::Encoder;
+    LazyLock::force(&METRICS);
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let _ = prometheus::TextEncoder::new().encode(&prometheus::gather(), &mut buf);
+    buf
+}

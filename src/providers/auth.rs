@@ -1,0 +1,76 @@
+//! Request signing per provider auth scheme. Keys are read from the environment when a
+//! provider is activated and live only inside the signer.
+
+use std::sync::Arc;
+
+use super::{AuthScheme, ProviderProfile, Secret};
+use crate::dialect::UpstreamRequest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("missing credential: {0}")]
+    Missing(String),
+    #[error("credential error: {0}")]
+    Credential(String),
+}
+
+/// Adds authentication to a built request. `host` is the Host header value.
+pub trait Signer: Send + Sync {
+    fn sign(&self, req: &mut UpstreamRequest, host: &str) -> Result<(), SignError>;
+}
+
+/// `Authorization: Bearer <key>` or the key in a named header.
+pub struct HeaderKey {
+    header: String,
+    prefix: &'static str,
+    key: Secret,
+}
+
+impl Signer for HeaderKey {
+    fn sign(&self, req: &mut UpstreamRequest, _host: &str) -> Result<(), SignError> {
+        req.headers
+            .push((self.header.clone(), format!("{}{}", self.prefix, self.key.expose())));
+        Ok(())
+    }
+}
+
+pub struct NoAuth;
+
+impl Signer for NoAuth {
+    fn sign(&self, _req: &mut UpstreamRequest, _host: &str) -> Result<(), SignError> {
+        Ok(())
+    }
+}
+
+fn read_key(profile: &ProviderProfile) -> Result<Secret, SignError> {
+    let var = profile
+        .api_key_env
+        .as_deref()
+        .ok_or_else(|| SignError::Missing(format!("provider {} has no api_key_env", profile.name)))?;
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+        .ok_or_else(|| SignError::Missing(format!("env var {var} is not set")))
+}
+
+/// The signer for a profile's auth scheme.
+pub fn signer_for(profile: &ProviderProfile) -> Result<Arc<dyn Signer>, SignError> {
+    match profile.auth {
+        AuthScheme::Bearer => Ok(Arc::new(HeaderKey {
+            header: "authorization".into(),
+            prefix: "Bearer ",
+            key: read_key(profile)?,
+        })),
+        AuthScheme::Header => Ok(Arc::new(HeaderKey {
+            header: profile.auth_header.clone().unwrap_or_else(|| "api-key".into()),
+            prefix: "",
+            key: read_key(profile)?,
+        })),
+        AuthScheme::None => Ok(Arc::new(NoAuth)),
+        AuthScheme::Sigv4 | AuthScheme::GoogleOauth => Err(SignError::Credential(format!(
+            "auth scheme {:?} is not available in this build",
+            profile.auth
+        ))),
+    }
+}

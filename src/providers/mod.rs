@@ -1,0 +1,484 @@
+//! Provider profiles: one TOML file per provider in `filters/`.
+//!
+//! A profile is data: which dialect speaks to the provider, where it lives, how it
+//! authenticates, which env var switches it on, and which request parameters it does
+//! not accept. Adding an OpenAI-compatible provider is adding a file.
+//!
+//! String values may reference the environment as `${VAR}` or `${VAR:-default}`;
+//! they are expanded when the profile is loaded (and again on every reload).
+
+pub mod auth;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::dialect::{self, Dialect};
+
+pub use auth::{Signer, SignError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("{file}: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a provider authenticates requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <key>`
+    #[default]
+    Bearer,
+    /// The key in a named header (`auth_header`), e.g. `api-key`, `x-api-key`, `x-goog-api-key`.
+    Header,
+    /// No authentication (local Ollama).
+    None,
+    /// AWS Signature Version 4 (Bedrock); a Bedrock API key falls back to bearer.
+    Sigv4,
+    /// Google service-account OAuth2 access token (Vertex AI).
+    GoogleOauth,
+}
+
+/// A provider profile as written in `filters/<name>.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderProfile {
+    /// Provider id used in `provider/model`, `x-provider`, metrics and traces.
+    pub name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Dialect implementation: see `dialect::KNOWN_DIALECTS`.
+    pub dialect: String,
+    /// Base URL including any path prefix, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Env var that overrides `base_url` (private endpoint, local mock).
+    #[serde(default)]
+    pub base_url_env: Option<String>,
+    /// Env var holding the API key. Never logged.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Env var whose presence activates the provider; defaults to `api_key_env`.
+    #[serde(default)]
+    pub activate_env: Option<String>,
+    #[serde(default)]
+    pub auth: AuthScheme,
+    /// Header name for `auth = "header"`.
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// Model-name glob patterns (`*` wildcard) this provider serves.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// `litellm_provider` names of this provider's entries in the model catalog.
+    #[serde(default)]
+    pub catalog_providers: Vec<String>,
+    /// Higher wins when several active providers match a model name.
+    #[serde(default)]
+    pub priority: i32,
+    /// Request parameters the provider rejects; dropped before sending.
+    #[serde(default)]
+    pub unsupported_params: Vec<String>,
+    /// Parameters the provider spells differently: `from = "to"`.
+    #[serde(default)]
+    pub rename_params: BTreeMap<String, String>,
+    /// Whether the provider honours `stream_options.include_usage`.
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
+    /// Chat path relative to `base_url`; `{model}` is replaced by the model id.
+    #[serde(default = "default_chat_path")]
+    pub chat_path: String,
+    #[serde(default)]
+    pub embeddings_path: Option<String>,
+    #[serde(default)]
+    pub images_path: Option<String>,
+    /// Query string appended to every path (e.g. Azure's `api-version=...`).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Static headers added to every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Per-read upstream timeout; reasoning models need minutes.
+    #[serde(default)]
+    pub read_timeout_secs: Option<u64>,
+    /// Whether the model id is sent in the body (`false` for Azure deployments, Vertex).
+    #[serde(default = "yes")]
+    pub model_in_body: bool,
+    /// Dialect-specific settings (region, project, location, API versions, ...).
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_chat_path() -> String {
+    "/chat/completions".to_string()
+}
+
+impl ProviderProfile {
+    pub fn parse(text: &str, file: &str) -> Result<Self, ProfileError> {
+        let mut p: ProviderProfile = toml::from_str(text).map_err(|e| ProfileError::Invalid {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        p.expand_env();
+        p.validate(file)?;
+        Ok(p)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ProfileError> {
+        let bad = |message: String| ProfileError::Invalid {
+            file: file.to_string(),
+            message,
+        };
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(bad(format!("name '{}' must be non-empty [a-z0-9_-]", self.name)));
+        }
+        if dialect::dialect_for(&self.dialect).is_none() {
+            return Err(bad(format!(
+                "unknown dialect '{}' (known: {})",
+                self.dialect,
+                dialect::KNOWN_DIALECTS.join(", ")
+            )));
+        }
+        if self.auth == AuthScheme::Header && self.auth_header.is_none() {
+            return Err(bad("auth = \"header\" needs auth_header".into()));
+        }
+        if matches!(self.auth, AuthScheme::Bearer | AuthScheme::Header) && self.api_key_env.is_none() {
+            return Err(bad("auth needs api_key_env".into()));
+        }
+        if !self.chat_path.starts_with('/') {
+            return Err(bad("chat_path must start with '/'".into()));
+        }
+        Ok(())
+    }
+
+    fn expand_env(&mut self) {
+        self.base_url = expand_env(&self.base_url);
+        if let Some(q) = &self.query {
+            self.query = Some(expand_env(q));
+        }
+        for v in self.headers.values_mut() {
+            *v = expand_env(v);
+        }
+        for v in self.extra.values_mut() {
+            if let Value::String(s) = v {
+                *s = expand_env(s);
+            }
+        }
+    }
+
+    /// The env var that switches this provider on.
+    pub fn activation_var(&self) -> Option<&str> {
+        self.activate_env.as_deref().or(self.api_key_env.as_deref())
+    }
+
+    /// True when `model` matches one of the profile's patterns.
+    pub fn matches_model(&self, model: &str) -> bool {
+        self.models.iter().any(|p| glob_match(p, model))
+    }
+
+    /// Effective base URL: the `base_url_env` override if set, else `base_url`.
+    pub fn effective_base_url(&self) -> String {
+        self.base_url_env
+            .as_deref()
+            .and_then(|v| std::env::var(v).ok())
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| self.base_url.clone())
+    }
+
+    /// Path (with base prefix and query) for a template such as `chat_path`.
+    pub fn path_for(&self, endpoint: &Endpoint, template: &str, model: &str) -> String {
+        let mut path = String::with_capacity(endpoint.base_path.len() + template.len() + model.len() + 32);
+        path.push_str(&endpoint.base_path);
+        path.push_str(&template.replace("{model}", model));
+        if let Some(q) = &self.query {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(q);
+        }
+        path
+    }
+
+    pub fn extra_str(&self, key: &str) -> Option<&str> {
+        self.extra.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+}
+
+/// `${VAR}` / `${VAR:-default}` expansion; unknown vars expand to "" (or the default).
+pub fn expand_env(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let spec = &after[..end];
+                let (var, default) = match spec.split_once(":-") {
+                    Some((v, d)) => (v, Some(d)),
+                    None => (spec, None),
+                };
+                match std::env::var(var).ok().filter(|v| !v.is_empty()) {
+                    Some(v) => out.push_str(&v),
+                    None => out.push_str(default.unwrap_or("")),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `*` matches any run of characters; everything else is literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut pos = 0;
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            continue;
+        }
+        if i == 0 {
+            if !text.starts_with(part) {
+                return false;
+            }
+            pos = part.len();
+        } else if i == parts.len() - 1 {
+            return text.len() >= pos + part.len() && text[pos..].ends_with(part);
+        } else {
+            match text[pos..].find(part) {
+                Some(p) => pos += p + part.len(),
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+/// A parsed base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without trailing slash (may be empty).
+    pub base_path: String,
+}
+
+impl Endpoint {
+    /// Parse `http(s)://host[:port][/prefix]`; a bare `host:port` means http.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let url = url.trim();
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if url.contains("://") {
+            return Err(format!("unsupported URL scheme in '{url}'"));
+        } else {
+            (false, url)
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("no host in '{url}'"));
+        }
+        let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+            // [v6]:port
+            let end = h.find(']').ok_or_else(|| format!("bad IPv6 host in '{url}'"))?;
+            let port = h[end + 1..].strip_prefix(':').map(str::parse::<u16>);
+            (h[..end].to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p.parse::<u16>())),
+                None => (authority.to_string(), None),
+            }
+        };
+        let port = match port {
+            Some(Ok(p)) => p,
+            Some(Err(_)) => return Err(format!("bad port in '{url}'")),
+            None => {
+                if tls {
+                    443
+                } else {
+                    80
+                }
+            }
+        };
+        Ok(Endpoint {
+            tls,
+            host,
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `Host` header value.
+    pub fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// An active provider: profile, endpoint, credentials and dialect, ready for requests.
+pub struct ProviderRuntime {
+    pub profile: ProviderProfile,
+    pub endpoint: Endpoint,
+    pub dialect: &'static dyn Dialect,
+    pub signer: Arc<dyn Signer>,
+}
+
+impl fmt::Debug for ProviderRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderRuntime")
+            .field("name", &self.profile.name)
+            .field("endpoint", &self.endpoint)
+            .field("dialect", &self.dialect.name())
+            .finish()
+    }
+}
+
+impl ProviderRuntime {
+    pub fn name(&self) -> &str {
+        &self.profile.name
+    }
+
+    /// Build the runtime for an active profile (`None` when its activation var is unset).
+    pub fn activate(profile: ProviderProfile) -> Result<Option<ProviderRuntime>, ProfileError> {
+        let active = match profile.activation_var() {
+            Some(var) => std::env::var(var).map(|v| !v.is_empty()).unwrap_or(false),
+            None => false,
+        };
+        if !active {
+            return Ok(None);
+        }
+        let file = format!("filters/{}.toml", profile.name);
+        let endpoint = Endpoint::parse(&profile.effective_base_url()).map_err(|message| ProfileError::Invalid {
+            file: file.clone(),
+            message,
+        })?;
+        let dialect = dialect::dialect_for(&profile.dialect).ok_or_else(|| ProfileError::Invalid {
+            file: file.clone(),
+            message: format!("unknown dialect {}", profile.dialect),
+        })?;
+        let signer = auth::signer_for(&profile).map_err(|e| ProfileError::Invalid {
+            file,
+            message: e.to_string(),
+        })?;
+        Ok(Some(ProviderRuntime {
+            profile,
+            endpoint,
+            dialect,
+            signer,
+        }))
+    }
+}
+
+/// Load every `*.toml` profile in a directory, sorted by file name.
+pub fn load_profiles(dir: &Path) -> Result<Vec<ProviderProfile>, ProfileError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| ProfileError::Io {
+        file: dir.display().to_string(),
+        source: e,
+    })?;
+    let mut files: Vec<_> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::with_capacity(files.len());
+    let mut seen = std::collections::HashSet::new();
+    for f in files {
+        let name = f.display().to_string();
+        let text = std::fs::read_to_string(&f).map_err(|e| ProfileError::Io {
+            file: name.clone(),
+            source: e,
+        })?;
+        let p = ProviderProfile::parse(&text, &name)?;
+        if !seen.insert(p.name.clone()) {
+            return Err(ProfileError::Invalid {
+                file: name,
+                message: format!("duplicate provider name '{}'", p.name),
+            });
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globbing() {
+        assert!(glob_match("gpt-*", "gpt-4o"));
+        assert!(glob_match("claude-*-haiku*", "claude-3-5-haiku-latest"));
+        assert!(!glob_match("gpt-*", "chatgpt"));
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("llama*70b", "llama-3.1-70b"));
+        assert!(!glob_match("llama*70b", "llama-3.1-8b"));
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = Endpoint::parse("https://api.openai.com/v1/").unwrap();
+        assert_eq!((e.tls, e.host.as_str(), e.port, e.base_path.as_str()), (true, "api.openai.com", 443, "/v1"));
+        let e = Endpoint::parse("127.0.0.1:11434").unwrap();
+        assert_eq!((e.tls, e.port, e.base_path.as_str()), (false, 11434, ""));
+        assert_eq!(e.host_header(), "127.0.0.1:11434");
+        assert!(Endpoint::parse("ftp://x").is_err());
+    }
+
+    #[test]
+    fn env_expansion() {
+        std::env::set_var("LG_TEST_X", "abc");
+        assert_eq!(expand_env("a${LG_TEST_X}b${LG_NOPE:-d}"), "aabcbd");
+    }
+}

@@ -1,0 +1,72 @@
+//! The trace record: one per request, written off the hot path.
+
+use serde::{Deserialize, Serialize};
+
+/// One upstream attempt (a request may try several candidates).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub provider: String,
+    pub model: String,
+    /// Upstream HTTP status, if one was received.
+    pub status: Option<u16>,
+    /// `ok`, `connect_error`, `timeout`, `http_error`, `overloaded`, `stream_error`, `cancelled`, `sign_error`.
+    pub outcome: String,
+    pub latency_ms: f64,
+    /// Upstream error message (never contains credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Everything recorded about one request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TraceRecord {
+    pub request_id: String,
+    /// Start time, unix milliseconds.
+    pub ts_ms: i64,
+    /// `chat.completions`, `embeddings`, `images.generations`, `shadow`, `judge`.
+    pub endpoint: String,
+    /// Gateway key id (never the key itself).
+    pub key_id: Option<String>,
+    pub session_id: Option<String>,
+    pub session_name: Option<String>,
+    pub session_path: Option<String>,
+    pub project_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Custom properties from `loopgate-property-<name>` headers, sorted by name.
+    pub properties: Vec<(String, String)>,
+    /// Routing rule used, if any.
+    pub route: Option<String>,
+    pub requested_model: String,
+    pub served_model: Option<String>,
+    pub provider: Option<String>,
+    pub attempts: Vec<Attempt>,
+    /// Status returned to the client (200 for streams that errored after the header).
+    pub status: u16,
+    pub stream: bool,
+    /// The client went away before the response finished.
+    pub cancelled: bool,
+    pub fallback_used: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_creation_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// False when the upstream never reported usage (tokens then unknown, not zero).
+    pub usage_reported: bool,
+    pub cost_usd: f64,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Error message returned to the client or seen mid-stream.
+    pub error: Option<String>,
+    /// Routing decision id for `auto` requests.
+    pub decision_id: Option<String>,
+    /// Captured bodies (only with capture on and zero-retention off).
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+    /// Zero-retention: no prompt/completion text is ever stored for this request.
+    pub zero_retention: bool,
+    /// A shadow call, not served traffic.
+    pub shadow: bool,
+}
