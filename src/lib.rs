@@ -13,8 +13,16 @@
 //! - [`metrics`]: Prometheus metrics
 
 pub mod admin;
+pub mod catalog;
 pub mod dialect;
+pub mod config;
 pub mod error;
+pub mod feedback;
 pub mod metrics;
 pub mod providers;
+pub mod proxy;
+pub mod store;
+pub mod routing;
+pub mod server;
 pub mod trace;
+pub mod upstream;

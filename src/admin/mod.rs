@@ -3,6 +3,11 @@
 //! Handlers are plain async functions from an [`AdminRequest`] to an [`AdminResponse`],
 //! independent of Pingora, so they are tested in-process; the proxy adapts them.
 
+pub mod routes;
+pub mod analytics;
+pub mod export;
+pub mod logs;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -99,4 +104,10 @@ impl AdminResponse {
             body: AdminBody::Full(e.to_openai()),
         }
     }
+}
+
+/// A family of admin endpoints. The proxy asks each in turn; `None` means "not mine".
+#[async_trait::async_trait]
+pub trait AdminRoutes: Send + Sync {
+    async fn handle(&self, req: &AdminRequest) -> Option<AdminResponse>;
 }

@@ -11,9 +11,15 @@
 //! Authentication is not the dialect's business: the provider layer signs the built
 //! request afterwards (bearer, header key, SigV4, OAuth), see `crate::providers`.
 
+pub mod anthropic;
+pub mod bedrock;
+pub mod cohere;
+pub mod ollama;
 pub mod encode;
+pub mod gemini;
 pub mod openai;
 pub mod sse;
+pub mod vertex;
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -59,7 +65,9 @@ pub struct Usage {
     pub completion_tokens: u64,
     /// Prompt tokens served from the provider's cache (subset of `prompt_tokens`).
     pub cached_tokens: u64,
-    /// Prompt tokens written to the provider's cache (Anthropic cache creation).
+    /// Prompt tokens written to the provider's cache (Anthropic cache creation; subset of
+    /// `prompt_tokens`: dialects add cache reads and writes into `prompt_tokens` so it is
+    /// always the whole input, as OpenAI reports it).
     pub cache_creation_tokens: u64,
     /// Reasoning / thinking tokens (subset of `completion_tokens`).
     pub reasoning_tokens: u64,
@@ -292,12 +300,19 @@ pub fn extract_error_message(body: &[u8]) -> Option<String> {
 pub fn dialect_for(name: &str) -> Option<&'static dyn Dialect> {
     match name {
         "openai" => Some(&openai::OpenAi),
+        "anthropic" => Some(&anthropic::Anthropic),
+        "gemini" => Some(&gemini::Gemini),
+        "vertex" => Some(&vertex::Vertex),
+        "vertex-anthropic" => Some(&vertex::VertexAnthropic),
+        "bedrock" => Some(&bedrock::Bedrock),
+        "cohere" => Some(&cohere::Cohere),
+        "ollama" => Some(&ollama::Ollama),
         _ => None,
     }
 }
 
 /// Names accepted in a profile's `dialect` key.
-pub const KNOWN_DIALECTS: &[&str] = &["openai"];
+pub const KNOWN_DIALECTS: &[&str] = &["openai", "anthropic", "gemini", "vertex", "vertex-anthropic", "bedrock", "cohere", "ollama"];
 
 /// Milliseconds-free unix time in seconds, for `created`.
 pub fn unix_now() -> u64 {

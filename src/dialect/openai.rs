@@ -260,6 +260,10 @@ impl OpenAiStream {
         }
         if self.model.is_none() {
             self.model = chunk.get("model").and_then(Value::as_str).map(str::to_string);
+            // The final usage chunk must carry the same `created` as the others.
+            if let Some(c) = chunk.get("created").and_then(Value::as_u64) {
+                self.created = c;
+            }
         }
         let choices_empty = chunk.get("choices").and_then(Value::as_array).is_none_or(|c| c.is_empty());
         if choices_empty {

@@ -12,11 +12,29 @@ pub enum SignError {
     Missing(String),
     #[error("credential error: {0}")]
     Credential(String),
+    /// No credential yet (token not fetched); `refresh` must run first.
+    #[error("credential not ready: {0}")]
+    NotReady(String),
 }
 
 /// Adds authentication to a built request. `host` is the Host header value.
+///
+/// `sign` runs on the request path and must not do I/O: short-lived credentials (OAuth
+/// access tokens) are fetched by `refresh`, which a background service calls ahead of
+/// expiry (and the proxy awaits once if `sign` reports `SignError::NotReady`).
+#[async_trait::async_trait]
 pub trait Signer: Send + Sync {
     fn sign(&self, req: &mut UpstreamRequest, host: &str) -> Result<(), SignError>;
+
+    /// Fetch or renew credentials. Default: nothing to refresh.
+    async fn refresh(&self) -> Result<(), SignError> {
+        Ok(())
+    }
+
+    /// Seconds until the current credential should be refreshed (`None`: never).
+    fn refresh_in(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// `Authorization: Bearer <key>` or the key in a named header.
@@ -68,9 +86,7 @@ pub fn signer_for(profile: &ProviderProfile) -> Result<Arc<dyn Signer>, SignErro
             key: read_key(profile)?,
         })),
         AuthScheme::None => Ok(Arc::new(NoAuth)),
-        AuthScheme::Sigv4 | AuthScheme::GoogleOauth => Err(SignError::Credential(format!(
-            "auth scheme {:?} is not available in this build",
-            profile.auth
-        ))),
+        AuthScheme::Sigv4 => Ok(Arc::new(crate::dialect::bedrock::sigv4::Sigv4Signer::from_env(profile)?)),
+        AuthScheme::GoogleOauth => Ok(Arc::new(super::google_oauth::GoogleOauth::from_profile(profile)?)),
     }
 }

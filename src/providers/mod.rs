@@ -8,6 +8,8 @@
 //! they are expanded when the profile is loaded (and again on every reload).
 
 pub mod auth;
+pub mod google_oauth;
+pub mod refresh;
 
 use std::collections::BTreeMap;
 use std::fmt;

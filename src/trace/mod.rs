@@ -1,5 +1,6 @@
 //! Request traces: the record and its writer (bounded channel, batched, never blocking).
 
 pub mod record;
+pub mod writer;
 
 pub use record::{Attempt, TraceRecord};

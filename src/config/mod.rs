@@ -1,0 +1,349 @@
+//! Typed gateway configuration: `conf/gateway.toml` plus environment overrides.
+//!
+//! The whole system reads one typed config. A config is validated completely before it
+//! is ever served (see [`crate::routing::Runtime::build`]); an invalid file on reload
+//! keeps the old config serving.
+
+pub mod reload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::admin::Scope;
+
+/// The configuration compiled into the binary: `loopgate serve` with no `-c` runs on it.
+pub const EMBEDDED_CONFIG: &str = include_str!("../../conf/gateway.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Named routing rules (`loopgate-routing-rule` header, key binding, `auto:<name>`).
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Fallback chains for concrete models: `"gpt-4o" = ["anthropic/claude-sonnet-4-5", "groq/llama-3.3-70b-versatile"]`.
+    #[serde(default)]
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// Storage settings (traces, later feedback and decisions).
+    #[serde(default)]
+    pub storage: toml::Table,
+    /// Where this config came from; relative paths resolve against its directory.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub metrics_listen: String,
+    /// Worker threads for the proxy service.
+    pub threads: usize,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// Largest non-streamed upstream response read into memory.
+    pub max_response_bytes: usize,
+    pub connect_timeout_ms: u64,
+    /// Per-read upstream timeout (a provider profile or route may set its own).
+    pub read_timeout_secs: u64,
+    pub write_timeout_secs: u64,
+    pub upstream_idle_timeout_secs: u64,
+    /// Pingora: seconds to keep serving after SIGTERM/SIGQUIT before stopping listeners work.
+    pub grace_period_secs: u64,
+    /// Pingora: seconds in-flight requests get to finish after the grace period.
+    pub graceful_shutdown_timeout_secs: u64,
+    /// Provider profile directory; unset = the profiles compiled into the binary.
+    pub filters_dir: Option<String>,
+    /// Model catalog JSON; unset = the catalog compiled into the binary.
+    pub catalog: Option<String>,
+    /// Reload on file change (SIGHUP always reloads).
+    pub watch: bool,
+    /// Prefix of the gateway's request and response headers (`loopgate-session-id`, ...).
+    pub header_prefix: String,
+    /// Pingora pid file (needed for graceful upgrade).
+    pub pid_file: String,
+    /// Pingora upgrade socket (graceful upgrade hands listeners over it).
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            metrics_listen: "127.0.0.1:9091".into(),
+            threads: 2,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_response_bytes: 64 * 1024 * 1024,
+            connect_timeout_ms: 5_000,
+            read_timeout_secs: 120,
+            write_timeout_secs: 30,
+            upstream_idle_timeout_secs: 60,
+            grace_period_secs: 0,
+            graceful_shutdown_timeout_secs: 30,
+            filters_dir: None,
+            catalog: None,
+            watch: true,
+            header_prefix: "loopgate".into(),
+            pid_file: "/tmp/loopgate.pid".into(),
+            upgrade_sock: "/tmp/loopgate_upgrade.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub keys: Vec<KeyConfig>,
+    /// With no key configured at all, accept unauthenticated requests — only when every
+    /// listener is on loopback (a development convenience; never on a public address).
+    pub allow_unauthenticated_loopback: bool,
+}
+
+/// A gateway key, stored as a hash (`loopgate hash-key`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub id: String,
+    /// `sha256:<hex>` of the key.
+    pub hash: String,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<Scope>,
+    /// Lock the key to a project: its traces always carry this project.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Lock the key to a routing rule.
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Never store prompt or completion text for this key's requests.
+    #[serde(default)]
+    pub zero_retention: bool,
+}
+
+fn default_scopes() -> Vec<Scope> {
+    vec![Scope::Inference]
+}
+
+/// How a routing rule orders its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Targets in the written order; the next on failure.
+    #[default]
+    Fallback,
+    /// One target drawn by weight first; the rest by weight as fallbacks.
+    Weighted,
+    /// Lowest recent latency (EWMA) first.
+    Latency,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub targets: Vec<TargetConfig>,
+    /// Per-read upstream timeout for this rule's targets.
+    #[serde(default)]
+    pub read_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Model name, optionally `provider/model`.
+    pub model: String,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl GatewayConfig {
+    pub fn parse(text: &str, origin: &str) -> Result<GatewayConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Load from a file, or the embedded defaults with `None`; then apply env overrides.
+    pub fn load(path: Option<&Path>) -> Result<GatewayConfig, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Io {
+                    path: p.display().to_string(),
+                    source: e,
+                })?;
+                let mut c = GatewayConfig::parse(&text, &p.display().to_string())?;
+                c.source = Some(p.to_path_buf());
+                c
+            }
+            None => {
+                let mut c = GatewayConfig::parse(EMBEDDED_CONFIG, "<embedded conf/gateway.toml>")?;
+                // The embedded copy has no directory: it uses the embedded profiles and catalog.
+                c.server.filters_dir = None;
+                c.server.catalog = None;
+                c
+            }
+        };
+        cfg.apply_env();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// `LOOPGATE_*` environment overrides, for automation.
+    pub fn apply_env(&mut self) {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(v) = var("LOOPGATE_LISTEN") {
+            self.server.listen = v;
+        }
+        if let Some(v) = var("LOOPGATE_METRICS_LISTEN") {
+            self.server.metrics_listen = v;
+        }
+        if let Some(v) = var("LOOPGATE_FILTERS_DIR") {
+            self.server.filters_dir = Some(v);
+        }
+        if let Some(v) = var("LOOPGATE_CATALOG") {
+            self.server.catalog = Some(v);
+        }
+        if let Some(v) = var("LOOPGATE_DB") {
+            self.storage.insert("sqlite_path".into(), toml::Value::String(v));
+        }
+        if let Some(v) = var("LOOPGATE_POSTGRES_URL") {
+            self.storage.insert("backend".into(), toml::Value::String("postgres".into()));
+            self.storage.insert("postgres_url".into(), toml::Value::String(v));
+        }
+        // Hashed keys from the environment: `id:sha256:<hex>[:scope+scope],...`
+        if let Some(v) = var("LOOPGATE_KEYS") {
+            for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let mut parts = item.splitn(4, ':');
+                let (Some(id), Some(alg), Some(hex)) = (parts.next(), parts.next(), parts.next()) else {
+                    continue;
+                };
+                let scopes = parts
+                    .next()
+                    .map(|s| {
+                        s.split('+')
+                            .filter_map(|x| match x {
+                                "inference" => Some(Scope::Inference),
+                                "read" => Some(Scope::Read),
+                                "admin" => Some(Scope::Admin),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_else(default_scopes);
+                self.auth.keys.push(KeyConfig {
+                    id: id.to_string(),
+                    hash: format!("{alg}:{hex}"),
+                    scopes,
+                    project: None,
+                    route: None,
+                    zero_retention: false,
+                });
+            }
+        }
+        // LOOPGATE_MASTER_KEY is read by the runtime (hashed there, never stored in config).
+    }
+
+    /// Checks that need nothing but the config itself.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!("server.listen '{}' is not an address:port", self.server.listen));
+        }
+        if self.server.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!(
+                "server.metrics_listen '{}' is not an address:port",
+                self.server.metrics_listen
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return bad("server.max_body_bytes must be > 0".into());
+        }
+        let prefix = &self.server.header_prefix;
+        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return bad(format!("server.header_prefix '{prefix}' must be [A-Za-z0-9-]+"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for k in &self.auth.keys {
+            if !ids.insert(&k.id) {
+                return bad(format!("auth.keys: duplicate id '{}'", k.id));
+            }
+            if crate::routing::keys::parse_hash(&k.hash).is_none() {
+                return bad(format!("auth.keys '{}': hash must be sha256:<64 hex> (see `loopgate hash-key`)", k.id));
+            }
+            if let Some(r) = &k.route {
+                if !self.routes.contains_key(r) {
+                    return bad(format!("auth.keys '{}': route '{r}' is not defined in [routes]", k.id));
+                }
+            }
+        }
+        for (name, r) in &self.routes {
+            if r.targets.is_empty() {
+                return bad(format!("routes.{name}: needs at least one target"));
+            }
+            for t in &r.targets {
+                if !(t.weight.is_finite() && t.weight >= 0.0) {
+                    return bad(format!("routes.{name}: weight of '{}' must be >= 0", t.model));
+                }
+            }
+            if r.strategy == Strategy::Weighted && r.targets.iter().all(|t| t.weight == 0.0) {
+                return bad(format!("routes.{name}: weighted strategy needs a positive weight"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve a path from the config against the config file's directory.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.source.as_deref().and_then(Path::parent) {
+            Some(dir) => dir.join(path),
+            None => path.to_path_buf(),
+        }
+    }
+
+    /// Files whose change should trigger a reload.
+    pub fn watched_paths(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        if let Some(s) = &self.source {
+            v.push(s.clone());
+        }
+        if let Some(f) = &self.server.filters_dir {
+            v.push(self.resolve_path(f));
+        }
+        if let Some(c) = &self.server.catalog {
+            v.push(self.resolve_path(c));
+        }
+        v
+    }
+}

@@ -1,0 +1,110 @@
+//! Per-request state: what the trace and the metrics need, filled in as the request
+//! moves through the phases.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::admin::Caller;
+use crate::dialect::Usage;
+use crate::routing::Runtime;
+use crate::trace::Attempt;
+
+pub struct RequestCtx {
+    pub start: Instant,
+    pub ts_ms: i64,
+    pub request_id: String,
+    /// `chat.completions`, `embeddings`, `images.generations`, `models`, `admin`, ...
+    pub endpoint: &'static str,
+    /// Only model calls produce traces.
+    pub traced: bool,
+    pub runtime: Option<Arc<Runtime>>,
+    pub caller: Caller,
+    pub zero_retention: bool,
+    pub session_id: Option<String>,
+    pub session_name: Option<String>,
+    pub session_path: Option<String>,
+    pub project_id: Option<String>,
+    pub user_id: Option<String>,
+    pub properties: Vec<(String, String)>,
+    pub route: Option<String>,
+    pub requested_model: String,
+    pub served_model: Option<String>,
+    pub provider: Option<String>,
+    /// Catalog providers of the serving profile (for pricing).
+    pub attempts: Vec<Attempt>,
+    pub status: u16,
+    pub stream: bool,
+    pub cancelled: bool,
+    pub fallback_used: bool,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub ttft_ms: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub error: Option<String>,
+    pub decision_id: Option<String>,
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+            request_id: new_request_id(),
+            endpoint: "unknown",
+            traced: false,
+            runtime: None,
+            caller: Caller::default(),
+            zero_retention: false,
+            session_id: None,
+            session_name: None,
+            session_path: None,
+            project_id: None,
+            user_id: None,
+            properties: Vec::new(),
+            route: None,
+            requested_model: String::new(),
+            served_model: None,
+            provider: None,
+            attempts: Vec::new(),
+            status: 0,
+            stream: false,
+            cancelled: false,
+            fallback_used: false,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            ttft_ms: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            error: None,
+            decision_id: None,
+            request_body: None,
+            response_body: None,
+        }
+    }
+
+    pub fn elapsed_ms(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() * 1000.0
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `chatcmpl-` + 24 random base-62 characters: unique, unguessable, OpenAI-looking.
+pub fn new_request_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(33);
+    s.push_str("chatcmpl-");
+    for _ in 0..24 {
+        s.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+    }
+    s
+}

@@ -1,0 +1,80 @@
+//! Logging phase: turn the request context into a trace record and metrics. Runs after
+//! the response is written; hands the record to the writer's channel without waiting.
+
+use crate::metrics::metrics;
+use crate::trace::TraceRecord;
+
+use super::ctx::RequestCtx;
+
+pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
+    let u = ctx.usage;
+    TraceRecord {
+        request_id: ctx.request_id.clone(),
+        ts_ms: ctx.ts_ms,
+        endpoint: ctx.endpoint.to_string(),
+        key_id: ctx.caller.key_id.clone(),
+        session_id: ctx.session_id.take(),
+        session_name: ctx.session_name.take(),
+        session_path: ctx.session_path.take(),
+        project_id: ctx.project_id.take(),
+        user_id: ctx.user_id.take(),
+        properties: std::mem::take(&mut ctx.properties),
+        route: ctx.route.take(),
+        requested_model: std::mem::take(&mut ctx.requested_model),
+        served_model: ctx.served_model.clone(),
+        provider: ctx.provider.clone(),
+        attempts: std::mem::take(&mut ctx.attempts),
+        status: ctx.status,
+        stream: ctx.stream,
+        cancelled: ctx.cancelled,
+        fallback_used: ctx.fallback_used,
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        cached_tokens: u.cached_tokens,
+        cache_creation_tokens: u.cache_creation_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+        usage_reported: u.reported,
+        cost_usd: ctx.cost_usd,
+        latency_ms: ctx.elapsed_ms(),
+        ttft_ms: ctx.ttft_ms,
+        request_bytes: ctx.request_bytes,
+        response_bytes: ctx.response_bytes,
+        error: ctx.error.take(),
+        decision_id: ctx.decision_id.take(),
+        request_body: if ctx.zero_retention { None } else { ctx.request_body.take() },
+        response_body: if ctx.zero_retention { None } else { ctx.response_body.take() },
+        zero_retention: ctx.zero_retention,
+        shadow: false,
+    }
+}
+
+/// Metrics for a finished model call.
+pub fn observe(ctx: &RequestCtx) {
+    let m = metrics();
+    let provider = ctx.provider.as_deref().unwrap_or("none");
+    let model = ctx.served_model.as_deref().unwrap_or("none");
+    let status = ctx.status.to_string();
+    m.requests
+        .with_label_values(&[ctx.endpoint, provider, model, &status])
+        .inc();
+    m.request_duration
+        .with_label_values(&[ctx.endpoint, if ctx.stream { "true" } else { "false" }])
+        .observe(ctx.start.elapsed().as_secs_f64());
+    let u = &ctx.usage;
+    if u.reported {
+        for (kind, n) in [
+            ("prompt", u.prompt_tokens),
+            ("completion", u.completion_tokens),
+            ("cached", u.cached_tokens),
+            ("cache_creation", u.cache_creation_tokens),
+            ("reasoning", u.reasoning_tokens),
+        ] {
+            if n > 0 {
+                m.tokens.with_label_values(&[provider, model, kind]).inc_by(n);
+            }
+        }
+    }
+    if ctx.cost_usd > 0.0 {
+        m.cost_usd.with_label_values(&[provider, model]).inc_by(ctx.cost_usd);
+    }
+}

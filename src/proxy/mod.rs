@@ -1,0 +1,377 @@
+//! The Pingora data plane. [`LoopgateProxy`] implements `ProxyHttp` and only wires hooks:
+//! `request_filter` runs the whole exchange (see `upstream` for why the gateway drives
+//! upstreams itself) and always answers, `logging` records the trace and metrics.
+//!
+//! Phases, one file each: [`request`] (auth, body, parse, context), [`upstream`]
+//! (exchange, fallback, streaming), [`respond`] (downstream writes), [`logging`].
+
+pub mod ctx;
+pub mod logging;
+pub mod request;
+pub mod respond;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType};
+use pingora_proxy::{ProxyHttp, Session};
+use serde_json::{json, Value};
+
+use crate::admin::{AdminBody, AdminRequest, AdminRoutes, Scope};
+use crate::error::GatewayError;
+use crate::routing::{Ask, Runtime};
+use crate::trace::TraceRecord;
+
+pub use ctx::RequestCtx;
+
+/// Where finished traces go (the trace writer's channel in production).
+pub type TraceHook = Box<dyn Fn(TraceRecord) + Send + Sync>;
+
+/// State shared by every request: the current routing table and the outlets.
+pub struct Gateway {
+    pub runtime: ArcSwap<Runtime>,
+    pub traces: TraceHook,
+    pub admin: Vec<Box<dyn AdminRoutes>>,
+}
+
+impl Gateway {
+    pub fn new(rt: Runtime, traces: TraceHook) -> Gateway {
+        Gateway {
+            runtime: ArcSwap::from_pointee(rt),
+            traces,
+            admin: Vec::new(),
+        }
+    }
+}
+
+pub struct LoopgateProxy {
+    pub gw: Arc<Gateway>,
+}
+
+#[async_trait]
+impl ProxyHttp for LoopgateProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Never reached: `request_filter` answers every request.
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora_error::Result<Box<HttpPeer>> {
+        Err(Error::explain(ErrorType::InternalError, "loopgate answers in request_filter"))
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<bool> {
+        handle(&self.gw, session, ctx).await;
+        Ok(true)
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.traced {
+            logging::observe(ctx);
+            (self.gw.traces)(logging::trace_record(ctx));
+        }
+    }
+}
+
+fn is_admin_path(path: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "/v1/logs",
+        "/v1/sessions",
+        "/v1/analytics",
+        "/v1/export",
+        "/v1/feedback",
+        "/v1/decisions",
+        "/v1/routing",
+        "/v1/constraints",
+        "/v1/audit",
+        "/v1/experiments",
+        "/v1/routes",
+        "/v1/report",
+    ];
+    PREFIXES.iter().any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
+    let rt = gw.runtime.load_full();
+    ctx.runtime = Some(rt.clone());
+    let method = session.req_header().method.as_str().to_string();
+    let path = session.req_header().uri.path().to_string();
+
+    if method == "GET" && matches!(path.as_str(), "/health" | "/healthz" | "/readyz") {
+        ctx.endpoint = "health";
+        let body = json!({"status": "ok", "config_version": rt.version, "providers": rt.providers.len()});
+        respond::write_full(session, ctx, 200, "application/json", to_bytes(&body), &[]).await;
+        return;
+    }
+
+    let key = match request::authenticate(&rt, session) {
+        Ok(k) => k,
+        Err(e) => {
+            ctx.endpoint = "auth";
+            respond::write_error(session, ctx, &e).await;
+            return;
+        }
+    };
+    ctx.caller = request::caller_for(key.as_deref());
+    ctx.zero_retention = key.as_ref().is_some_and(|k| k.zero_retention);
+
+    let route = (method.as_str(), path.trim_end_matches('/'));
+    let result = match route {
+        ("POST", "/v1/chat/completions" | "/chat/completions") => chat(&rt, session, ctx, key.as_deref()).await,
+        ("POST", "/v1/embeddings" | "/embeddings") => other_model_call(&rt, session, ctx, key.as_deref(), "embeddings").await,
+        ("POST", "/v1/images/generations" | "/images/generations") => {
+            other_model_call(&rt, session, ctx, key.as_deref(), "images.generations").await
+        }
+        ("GET", "/v1/models" | "/models") => {
+            ctx.endpoint = "models";
+            models(&rt, session, ctx, None).await
+        }
+        ("GET", p) if p.starts_with("/v1/models/") => {
+            ctx.endpoint = "models";
+            let id = p["/v1/models/".len()..].to_string();
+            models(&rt, session, ctx, Some(&id)).await
+        }
+        (_, p) if is_admin_path(p) => {
+            ctx.endpoint = "admin";
+            admin(gw, session, ctx, &method, p).await
+        }
+        (m, p) if matches!(p, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/v1/images/generations") => {
+            Err(GatewayError::MethodNotAllowed(format!("Method {m} is not allowed on {p}.")))
+        }
+        (m, p) => Err(GatewayError::NotFound {
+            message: format!("Unknown request URL: {m} {p}. Please check the URL for typos."),
+            code: "unknown_url",
+            param: None,
+        }),
+    };
+    if let Err(e) = result {
+        respond::write_error(session, ctx, &e).await;
+    }
+}
+
+fn to_bytes(v: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+async fn chat(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCtx, key: Option<&crate::routing::keys::KeyEntry>) -> Result<(), GatewayError> {
+    ctx.endpoint = "chat.completions";
+    ctx.traced = true;
+    ctx.caller.require(Scope::Inference)?;
+    request::context_headers(rt, session, ctx, key);
+    let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
+    ctx.request_bytes = raw.len() as u64;
+    let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
+    let req = request::parse_chat(raw, model_override.as_deref())?;
+    ctx.requested_model = req.model.clone();
+    ctx.stream = req.stream;
+    if ctx.user_id.is_none() {
+        ctx.user_id = req.body.get("user").and_then(Value::as_str).map(|s| s.chars().take(512).collect());
+    }
+    if upstream::capture(rt, ctx) {
+        ctx.request_body = Some(String::from_utf8_lossy(&req.raw).into_owned());
+    }
+    let forced = request::header(session, "x-provider")
+        .or_else(|| request::header(session, &rt.headers.provider))
+        .map(str::to_string);
+    let rule_header = request::header(session, &rt.headers.routing_rule).map(str::to_string);
+    let ask = Ask {
+        model: &req.model,
+        forced_provider: forced.as_deref(),
+        rule_header: rule_header.as_deref(),
+        key_rule: key.and_then(|k| k.route.as_deref()),
+    };
+    let resolution = rt.resolve(&ask, rand::random::<f64>())?;
+    ctx.route = resolution.route.clone();
+    upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &resolution.candidates).await;
+    Ok(())
+}
+
+async fn other_model_call(
+    rt: &Arc<Runtime>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    key: Option<&crate::routing::keys::KeyEntry>,
+    endpoint: &'static str,
+) -> Result<(), GatewayError> {
+    ctx.endpoint = endpoint;
+    ctx.traced = true;
+    ctx.caller.require(Scope::Inference)?;
+    request::context_headers(rt, session, ctx, key);
+    let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
+    ctx.request_bytes = raw.len() as u64;
+    let mut body = request::parse_object(&raw)?;
+    let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
+    let model = request::take_model(&mut body, model_override.as_deref())?;
+    ctx.requested_model = model.clone();
+    if endpoint == "embeddings" {
+        match body.get("input") {
+            Some(Value::String(_)) => {}
+            Some(Value::Array(a)) if !a.is_empty() => {}
+            Some(Value::Array(_)) => {
+                return Err(GatewayError::invalid_code("'input' must not be empty.", Some("input"), "invalid_value"))
+            }
+            Some(_) => {
+                return Err(GatewayError::invalid_code(
+                    "Invalid type for 'input': expected a string or an array.",
+                    Some("input"),
+                    "invalid_type",
+                ))
+            }
+            None => {
+                return Err(GatewayError::invalid_code(
+                    "Missing required parameter: 'input'.",
+                    Some("input"),
+                    "missing_required_parameter",
+                ))
+            }
+        }
+    } else if !body.get("prompt").is_some_and(Value::is_string) {
+        return Err(GatewayError::invalid_code(
+            "Missing required parameter: 'prompt' (a string).",
+            Some("prompt"),
+            "missing_required_parameter",
+        ));
+    }
+    let forced = request::header(session, "x-provider")
+        .or_else(|| request::header(session, &rt.headers.provider))
+        .map(str::to_string);
+    let first = rt.resolve_model(&model, forced.as_deref())?;
+    let mut candidates = vec![first];
+    if let Some(chain) = rt.config.fallbacks.get(&model) {
+        candidates.extend(chain.iter().filter_map(|m| rt.resolve_model(m, None).ok()));
+    }
+    let op = if endpoint == "embeddings" {
+        upstream::Op::Embeddings(&body)
+    } else {
+        upstream::Op::Images(&body)
+    };
+    upstream::serve(rt, session, ctx, op, &candidates).await;
+    Ok(())
+}
+
+/// `GET /v1/models`: the catalog's models of the active providers, plus routing rules as `auto:<rule>`.
+async fn models(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, one: Option<&str>) -> Result<(), GatewayError> {
+    ctx.caller.require(Scope::Inference)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for p in &rt.providers {
+        for mode in ["chat", "embedding", "image_generation"] {
+            for m in rt.catalog.models_for(&p.profile.catalog_providers, mode) {
+                if seen.insert(m.name.as_str()) {
+                    data.push(json!({"id": m.name, "object": "model", "created": 0, "owned_by": p.name()}));
+                }
+            }
+        }
+    }
+    for name in rt.config.routes.keys() {
+        let id = if name == "default" { "auto".to_string() } else { format!("auto:{name}") };
+        data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": "loopgate"}));
+    }
+    let body = match one {
+        None => json!({"object": "list", "data": data}),
+        Some(id) => match data.into_iter().find(|m| m["id"] == id) {
+            Some(m) => m,
+            None => {
+                return Err(GatewayError::NotFound {
+                    message: format!("The model '{id}' does not exist or no configured provider serves it."),
+                    code: "model_not_found",
+                    param: Some("model".into()),
+                })
+            }
+        },
+    };
+    respond::write_full(session, ctx, 200, "application/json", to_bytes(&body), &[]).await;
+    Ok(())
+}
+
+async fn admin(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx, method: &str, path: &str) -> Result<(), GatewayError> {
+    let rt = ctx.runtime.clone().ok_or_else(|| GatewayError::Internal("no runtime".into()))?;
+    let body = request::read_body(session, rt.config.server.max_body_bytes).await?;
+    let query = session
+        .req_header()
+        .uri
+        .query()
+        .map(parse_query)
+        .unwrap_or_default();
+    let headers = session
+        .req_header()
+        .headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != "authorization")
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+        .collect();
+    let req = AdminRequest {
+        method: method.to_string(),
+        path: path.to_string(),
+        query,
+        body,
+        caller: ctx.caller.clone(),
+        headers,
+    };
+    for routes in &gw.admin {
+        if let Some(resp) = routes.handle(&req).await {
+            write_admin(session, ctx, resp).await;
+            return Ok(());
+        }
+    }
+    Err(GatewayError::NotFound {
+        message: format!("Unknown request URL: {method} {path}."),
+        code: "unknown_url",
+        param: None,
+    })
+}
+
+async fn write_admin(session: &mut Session, ctx: &mut RequestCtx, resp: crate::admin::AdminResponse) {
+    let content_type = resp
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "application/json".into());
+    let extra: Vec<(String, String)> = resp.headers.into_iter().filter(|(k, _)| k != "content-type").collect();
+    match resp.body {
+        AdminBody::Full(b) => {
+            respond::write_full(session, ctx, resp.status, &content_type, b, &extra).await;
+        }
+        AdminBody::Stream(mut rx) => {
+            let names = ctx.runtime.as_ref().map(|r| r.headers.clone());
+            let Some(h) = respond::response_header(resp.status, &content_type, None, ctx, names.as_ref(), &extra) else {
+                return;
+            };
+            ctx.status = resp.status;
+            if session.write_response_header(h, false).await.is_err() {
+                ctx.cancelled = true;
+                return;
+            }
+            while let Some(chunk) = rx.recv().await {
+                ctx.response_bytes += chunk.len() as u64;
+                if session.write_response_body(Some(chunk), false).await.is_err() {
+                    ctx.cancelled = true;
+                    return;
+                }
+            }
+            let _ = session.write_response_body(None, true).await;
+        }
+    }
+}
+
+/// Decode `a=1&b=x%20y` into pairs (`+` is a space, as in forms).
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (dec(k), dec(v))
+        })
+        .collect()
+}

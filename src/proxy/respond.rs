@@ -1,0 +1,102 @@
+//! Downstream writes: JSON responses, OpenAI errors, stream headers — always with the
+//! gateway's response headers.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::error::GatewayError;
+use crate::routing::HeaderNames;
+
+use super::ctx::RequestCtx;
+
+/// Upstream response headers worth passing on to clients.
+pub fn forwardable(name: &str) -> bool {
+    name == "retry-after" || name.starts_with("x-ratelimit-") || name == "openai-processing-ms"
+}
+
+/// Build a response header with the `loopgate-*` headers from the context.
+pub fn response_header(
+    status: u16,
+    content_type: &str,
+    content_length: Option<usize>,
+    ctx: &RequestCtx,
+    names: Option<&HeaderNames>,
+    extra: &[(String, String)],
+) -> Option<Box<ResponseHeader>> {
+    let mut h = ResponseHeader::build(status, Some(8 + extra.len())).ok()?;
+    let _ = h.insert_header("content-type", content_type);
+    match content_length {
+        Some(n) => {
+            let _ = h.insert_header("content-length", n.to_string());
+        }
+        None => {
+            let _ = h.insert_header("transfer-encoding", "chunked");
+            let _ = h.insert_header("cache-control", "no-cache");
+        }
+    }
+    let default_names;
+    let names = match names {
+        Some(n) => n,
+        None => {
+            default_names = HeaderNames::new("loopgate");
+            &default_names
+        }
+    };
+    let _ = h.insert_header(names.resp_request_id.clone(), ctx.request_id.as_str());
+    if let Some(p) = &ctx.provider {
+        let _ = h.insert_header(names.resp_provider.clone(), p.as_str());
+    }
+    if let Some(m) = &ctx.served_model {
+        let _ = h.insert_header(names.resp_model.clone(), m.as_str());
+    }
+    if ctx.traced {
+        let _ = h.insert_header(names.resp_fallback.clone(), if ctx.fallback_used { "true" } else { "false" });
+    }
+    if let Some(d) = &ctx.decision_id {
+        let _ = h.insert_header(names.resp_decision_id.clone(), d.as_str());
+    }
+    for (k, v) in extra {
+        let _ = h.append_header(k.clone(), v.as_str());
+    }
+    Some(Box::new(h))
+}
+
+/// Write a complete response. Returns false if the client is gone.
+pub async fn write_full(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(String, String)],
+) -> bool {
+    let names = ctx.runtime.as_ref().map(|r| r.headers.clone());
+    let Some(h) = response_header(status, content_type, Some(body.len()), ctx, names.as_ref(), extra) else {
+        return false;
+    };
+    ctx.status = status;
+    ctx.response_bytes += body.len() as u64;
+    if session.write_response_header(h, false).await.is_err() {
+        ctx.cancelled = true;
+        return false;
+    }
+    if session.write_response_body(Some(body), true).await.is_err() {
+        ctx.cancelled = true;
+        return false;
+    }
+    true
+}
+
+/// Write an OpenAI-shaped error.
+pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) -> bool {
+    let mut extra = Vec::new();
+    if let Some(ra) = e.retry_after() {
+        extra.push(("retry-after".to_string(), ra.to_string()));
+    }
+    if e.status() == 401 {
+        extra.push(("www-authenticate".to_string(), "Bearer".to_string()));
+    }
+    ctx.error = Some(e.to_string());
+    write_full(session, ctx, e.status(), "application/json", e.to_openai(), &extra).await
+}

@@ -1,0 +1,550 @@
+//! Upstream phase: for each candidate, build the native request, sign it, send it, and
+//! fall back to the next candidate on connect failure, timeout, 429, 5xx or an
+//! "overloaded" answer — as long as nothing has gone downstream yet.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pingora_proxy::Session;
+use serde_json::{Map, Value};
+
+use crate::dialect::{ChatRequest, DialectError, StreamTranslator, Target, Translated, UpstreamRequest};
+use crate::error::GatewayError;
+use crate::metrics::metrics;
+use crate::providers::{ProviderRuntime, SignError};
+use crate::routing::resolve::upstream_key;
+use crate::routing::{strategy, Candidate, Runtime};
+use crate::trace::Attempt;
+use crate::upstream::{self, ExchangeOptions, UpstreamError, UpstreamResponse};
+
+use super::ctx::RequestCtx;
+use super::respond::{forwardable, response_header, write_error, write_full};
+
+/// What is being asked of the upstream.
+#[derive(Clone, Copy)]
+pub enum Op<'a> {
+    Chat(&'a ChatRequest),
+    Embeddings(&'a Map<String, Value>),
+    Images(&'a Map<String, Value>),
+}
+
+impl Op<'_> {
+    fn stream(&self) -> bool {
+        matches!(self, Op::Chat(r) if r.stream)
+    }
+}
+
+/// Why a candidate failed, kept for the final error if every candidate fails.
+struct Failure {
+    status: u16,
+    provider: String,
+    message: String,
+    retry_after: Option<String>,
+    code: &'static str,
+}
+
+/// Resolves when the client has gone away (connection closed). Never resolves otherwise.
+async fn client_gone(session: &mut Session) {
+    loop {
+        match session.as_downstream_mut().read_body_or_idle(true).await {
+            Err(_) => return,
+            // Stray bytes (pipelining) are not a disconnect; keep waiting.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+fn record_attempt(ctx: &mut RequestCtx, cand: &Candidate, status: Option<u16>, outcome: &str, started: Instant, error: Option<String>) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    metrics().attempts.with_label_values(&[cand.provider.name(), outcome]).inc();
+    ctx.attempts.push(Attempt {
+        provider: cand.provider.name().to_string(),
+        model: cand.model.clone(),
+        status,
+        outcome: outcome.to_string(),
+        latency_ms,
+        error,
+    });
+}
+
+async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), SignError> {
+    let host = prov.endpoint.host_header();
+    match prov.signer.sign(req, &host) {
+        Err(SignError::NotReady(_)) => {
+            // First use before the background refresh ran: fetch once, then sign.
+            prov.signer.refresh().await?;
+            prov.signer.sign(req, &host)
+        }
+        other => other,
+    }
+}
+
+/// Timeouts for one attempt: server defaults, then the profile's, then the rule's.
+fn exchange_options(rt: &Runtime, prov: &ProviderRuntime, route: Option<&str>) -> ExchangeOptions {
+    let mut o = rt.exchange;
+    if let Some(s) = prov.profile.read_timeout_secs {
+        o.read_timeout = Duration::from_secs(s);
+    }
+    if let Some(s) = route.and_then(|r| rt.route(r)).and_then(|r| r.read_timeout_secs) {
+        o.read_timeout = Duration::from_secs(s);
+    }
+    o
+}
+
+fn forwarded_headers(resp: &UpstreamResponse) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    if let Some(h) = resp.header() {
+        for (k, val) in h.headers.iter() {
+            if forwardable(k.as_str()) {
+                if let Ok(s) = val.to_str() {
+                    v.push((k.as_str().to_string(), s.to_string()));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Price a response from the catalog (served model first, then the requested id).
+fn price(rt: &Runtime, prov: &ProviderRuntime, served: Option<&str>, model: &str, op: &Op, usage: &crate::dialect::Usage) -> f64 {
+    let cat = &prov.profile.catalog_providers;
+    let info = served
+        .and_then(|s| rt.catalog.get(cat, s))
+        .or_else(|| rt.catalog.get(cat, model));
+    let Some(info) = info else { return 0.0 };
+    match op {
+        Op::Images(body) => {
+            let n = body.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
+            let size = body.get("size").and_then(Value::as_str);
+            let quality = body.get("quality").and_then(Value::as_str);
+            info.image_cost(n, size, quality).unwrap_or_else(|| info.cost(usage))
+        }
+        _ => info.cost(usage),
+    }
+}
+
+fn build(prov: &ProviderRuntime, op: &Op, t: &Target) -> Result<UpstreamRequest, DialectError> {
+    match op {
+        Op::Chat(r) => prov.dialect.build_chat(r, t),
+        Op::Embeddings(b) => prov.dialect.build_embeddings(b, t),
+        Op::Images(b) => prov.dialect.build_images(b, t),
+    }
+}
+
+fn translate(prov: &ProviderRuntime, op: &Op, body: &[u8], t: &Target) -> Result<Translated, DialectError> {
+    match op {
+        Op::Chat(r) => prov.dialect.translate_chat(body, t, r),
+        Op::Embeddings(_) => prov.dialect.translate_embeddings(body, t),
+        Op::Images(_) => prov.dialect.translate_images(body, t),
+    }
+}
+
+/// Try the candidates in order and answer the client. Never returns an error: every
+/// outcome is written downstream (or the client is gone) and recorded in `ctx`.
+pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCtx, op: Op<'_>, candidates: &[Candidate]) {
+    let created = crate::dialect::unix_now();
+    let stream = op.stream();
+    ctx.stream = stream;
+    let mut last: Option<Failure> = None;
+    let mut tried: Vec<String> = Vec::with_capacity(candidates.len());
+    let mut first_failed: Option<String> = None;
+    // Own copy: `ctx` is mutated while targets borrow the id.
+    let request_id = ctx.request_id.clone();
+
+    for (i, cand) in candidates.iter().enumerate() {
+        let prov = &cand.provider;
+        if !tried.iter().any(|t| t == prov.name()) {
+            tried.push(prov.name().to_string());
+        }
+        let more = i + 1 < candidates.len();
+        let info = rt.catalog.get(&prov.profile.catalog_providers, &cand.model);
+        let target = Target {
+            profile: &prov.profile,
+            endpoint: &prov.endpoint,
+            model: &cand.model,
+            stream,
+            request_id: &request_id,
+            created,
+            max_output_tokens: info.and_then(|m| m.max_output_tokens),
+        };
+        let started = Instant::now();
+
+        // Capability check before any upstream call (the catalog knows vision models).
+        if let (Op::Chat(r), Some(info)) = (&op, info) {
+            if r.has_images() && !info.vision && info.has_prices() {
+                let e = GatewayError::invalid_code(
+                    format!("Model '{}' on provider '{}' does not accept image input.", cand.model, prov.name()),
+                    Some("messages"),
+                    "model_not_vision_capable",
+                );
+                record_attempt(ctx, cand, None, "unsupported", started, Some(e.to_string()));
+                if more {
+                    last = Some(Failure { status: 400, provider: prov.name().into(), message: e.to_string(), retry_after: None, code: "model_not_vision_capable" });
+                    continue;
+                }
+                write_error(session, ctx, &e).await;
+                return;
+            }
+        }
+
+        let mut req = match build(prov, &op, &target) {
+            Ok(r) => r,
+            Err(DialectError::Unsupported { message, param }) => {
+                record_attempt(ctx, cand, None, "unsupported", started, Some(message.clone()));
+                if more {
+                    last = Some(Failure { status: 400, provider: prov.name().into(), message, retry_after: None, code: "unsupported_parameter" });
+                    continue;
+                }
+                let e = GatewayError::invalid_code(message, param.as_deref(), "unsupported_parameter");
+                write_error(session, ctx, &e).await;
+                return;
+            }
+            Err(e) => {
+                record_attempt(ctx, cand, None, "build_error", started, Some(e.to_string()));
+                last = Some(Failure { status: 500, provider: prov.name().into(), message: e.to_string(), retry_after: None, code: "internal_error" });
+                continue;
+            }
+        };
+        for (k, v) in &prov.profile.headers {
+            req.headers.push((k.clone(), v.clone()));
+        }
+        if let Err(e) = sign(prov, &mut req).await {
+            // Never include credential material: SignError messages name vars, not values.
+            record_attempt(ctx, cand, None, "sign_error", started, Some(e.to_string()));
+            last = Some(Failure { status: 502, provider: prov.name().into(), message: format!("could not authenticate to {}: {e}", prov.name()), retry_after: None, code: "upstream_auth_error" });
+            first_failed.get_or_insert_with(|| prov.name().to_string());
+            continue;
+        }
+
+        let opts = exchange_options(rt, prov, ctx.route.as_deref());
+        let sent = tokio::select! {
+            r = upstream::send(&prov.endpoint, &req, &opts, prov.name()) => r,
+            _ = client_gone(session) => {
+                record_attempt(ctx, cand, None, "cancelled", started, None);
+                ctx.cancelled = true;
+                ctx.status = 499;
+                return;
+            }
+        };
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let status = if matches!(e, UpstreamError::Timeout(_)) { 504 } else { 502 };
+                record_attempt(ctx, cand, None, e.outcome(), started, Some(e.to_string()));
+                last = Some(Failure { status, provider: prov.name().into(), message: e.to_string(), retry_after: None, code: if status == 504 { "upstream_timeout" } else { "upstream_unavailable" } });
+                first_failed.get_or_insert_with(|| prov.name().to_string());
+                continue;
+            }
+        };
+        let status = resp.status();
+        if !(200..300).contains(&status) {
+            let retry_after = resp.header_str("retry-after").map(str::to_string);
+            let body = resp.body(1024 * 1024).await.unwrap_or_default();
+            let f = prov.dialect.classify_error(status, &body);
+            let outcome = if f.code == "overloaded" { "overloaded" } else { "http_error" };
+            record_attempt(ctx, cand, Some(status), outcome, started, Some(f.message.clone()));
+            let failure = Failure { status, provider: prov.name().into(), message: f.message, retry_after, code: f.code };
+            if f.retryable && more {
+                last = Some(failure);
+                first_failed.get_or_insert_with(|| prov.name().to_string());
+                continue;
+            }
+            ctx.provider = Some(prov.name().to_string());
+            ctx.served_model = Some(cand.model.clone());
+            let e = final_error(&failure, &tried);
+            write_error(session, ctx, &e).await;
+            return;
+        }
+
+        ctx.provider = Some(prov.name().to_string());
+        ctx.served_model = Some(cand.model.clone());
+        ctx.fallback_used = i > 0;
+        let extra = forwarded_headers(&resp);
+        let result = if stream {
+            let Op::Chat(r) = op else { return };
+            let translator = prov.dialect.chat_stream(&target, r);
+            stream_back(rt, session, ctx, resp, translator, &extra, cand, &op, started).await
+        } else {
+            whole_back(rt, session, ctx, resp, &target, &extra, cand, &op, started).await
+        };
+        match result {
+            Ok(()) => {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                strategy::latency().observe(&upstream_key(cand), ms);
+                if let (true, Some(from)) = (ctx.fallback_used, first_failed.as_deref()) {
+                    metrics().fallbacks.with_label_values(&[from, prov.name()]).inc();
+                }
+                return;
+            }
+            Err(f) => {
+                ctx.provider = None;
+                ctx.served_model = None;
+                ctx.fallback_used = false;
+                first_failed.get_or_insert_with(|| prov.name().to_string());
+                last = Some(f);
+            }
+        }
+    }
+
+    let failure = last.unwrap_or(Failure {
+        status: 502,
+        provider: String::new(),
+        message: "no upstream candidate could be tried".into(),
+        retry_after: None,
+        code: "upstream_unavailable",
+    });
+    let e = final_error(&failure, &tried);
+    write_error(session, ctx, &e).await;
+}
+
+fn final_error(f: &Failure, tried: &[String]) -> GatewayError {
+    let message = if tried.len() > 1 {
+        format!(
+            "All providers failed (tried: {}). Last error from {}: {}",
+            tried.join(", "),
+            f.provider,
+            f.message
+        )
+    } else if f.provider.is_empty() {
+        f.message.clone()
+    } else {
+        format!("{}: {}", f.provider, f.message)
+    };
+    if f.status == 400 {
+        return GatewayError::invalid_code(message, None, f.code);
+    }
+    GatewayError::Upstream {
+        status: f.status,
+        message,
+        retry_after: f.retry_after.clone(),
+        code: f.code,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn whole_back(
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: UpstreamResponse,
+    target: &Target<'_>,
+    extra: &[(String, String)],
+    cand: &Candidate,
+    op: &Op<'_>,
+    started: Instant,
+) -> Result<(), Failure> {
+    let prov = &cand.provider;
+    let limit = rt.config.server.max_response_bytes;
+    let body = tokio::select! {
+        b = resp.body(limit) => b,
+        _ = client_gone(session) => {
+            record_attempt(ctx, cand, Some(200), "cancelled", started, None);
+            ctx.cancelled = true;
+            ctx.status = 499;
+            return Ok(());
+        }
+    };
+    let fail = |status: u16, message: String, code: &'static str| Failure {
+        status,
+        provider: prov.name().to_string(),
+        message,
+        retry_after: None,
+        code,
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            record_attempt(ctx, cand, Some(200), e.outcome(), started, Some(e.to_string()));
+            let status = if matches!(e, UpstreamError::Timeout(_)) { 504 } else { 502 };
+            return Err(fail(status, e.to_string(), "upstream_error"));
+        }
+    };
+    let t = match translate(prov, op, &body, target) {
+        Ok(t) => t,
+        Err(e) => {
+            record_attempt(ctx, cand, Some(200), "bad_response", started, Some(e.to_string()));
+            return Err(fail(502, e.to_string(), "bad_upstream_response"));
+        }
+    };
+    record_attempt(ctx, cand, Some(200), "ok", started, None);
+    metrics()
+        .upstream_latency
+        .with_label_values(&[prov.name(), &cand.model])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(m) = &t.model {
+        ctx.served_model = Some(m.clone());
+    }
+    ctx.usage = t.usage;
+    ctx.cost_usd = price(rt, prov, t.model.as_deref(), &cand.model, op, &t.usage);
+    if capture(rt, ctx) {
+        ctx.response_body = Some(String::from_utf8_lossy(&t.body).into_owned());
+    }
+    write_full(session, ctx, 200, "application/json", t.body, extra).await;
+    Ok(())
+}
+
+/// Bodies are captured only when the operator turned capture on and the request is not zero-retention.
+pub fn capture(rt: &Runtime, ctx: &RequestCtx) -> bool {
+    !ctx.zero_retention
+        && rt
+            .config
+            .storage
+            .get("capture_bodies")
+            .and_then(toml::Value::as_bool)
+            .unwrap_or(false)
+}
+
+const CAPTURE_LIMIT: usize = 1024 * 1024;
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_back(
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut resp: UpstreamResponse,
+    mut tr: Box<dyn StreamTranslator>,
+    extra: &[(String, String)],
+    cand: &Candidate,
+    op: &Op<'_>,
+    started: Instant,
+) -> Result<(), Failure> {
+    let prov = &cand.provider;
+    let names = rt.headers.clone();
+    let mut out = BytesMut::with_capacity(4096);
+    let mut header_sent = false;
+    let mut captured = capture(rt, ctx).then(BytesMut::new);
+    let fail = |status: u16, message: String| Failure {
+        status,
+        provider: prov.name().to_string(),
+        message,
+        retry_after: None,
+        code: "upstream_stream_error",
+    };
+    let mut outcome = "ok";
+    let mut error: Option<String> = None;
+    let active = metrics().active_streams.clone();
+    active.inc();
+    struct Dec(prometheus::IntGauge);
+    impl Drop for Dec {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    let _guard = Dec(active);
+
+    loop {
+        let next = tokio::select! {
+            c = resp.chunk() => c,
+            _ = client_gone(session) => {
+                ctx.cancelled = true;
+                outcome = "cancelled";
+                break;
+            }
+        };
+        let mut end = false;
+        match next {
+            Ok(Some(bytes)) => {
+                if let Err(e) = tr.feed(&bytes, &mut out) {
+                    // Nothing went downstream yet: the next candidate can still serve.
+                    if !header_sent {
+                        record_attempt(ctx, cand, Some(200), "stream_error", started, Some(e.to_string()));
+                        return Err(fail(502, e.to_string()));
+                    }
+                    if !matches!(e, DialectError::Upstream(_)) {
+                        tr.abort(&e.to_string(), &mut out);
+                    }
+                    outcome = "stream_error";
+                    error = Some(e.to_string());
+                    end = true;
+                }
+            }
+            Ok(None) => {
+                if let Err(e) = tr.finish(&mut out) {
+                    if !header_sent {
+                        record_attempt(ctx, cand, Some(200), "stream_error", started, Some(e.to_string()));
+                        return Err(fail(502, e.to_string()));
+                    }
+                    outcome = "stream_error";
+                    error = Some(e.to_string());
+                }
+                end = true;
+            }
+            Err(e) => {
+                if !header_sent {
+                    record_attempt(ctx, cand, Some(200), e.outcome(), started, Some(e.to_string()));
+                    let status = if matches!(e, UpstreamError::Timeout(_)) { 504 } else { 502 };
+                    return Err(fail(status, e.to_string()));
+                }
+                tr.abort(&format!("upstream stream interrupted: {e}"), &mut out);
+                outcome = e.outcome();
+                error = Some(e.to_string());
+                end = true;
+            }
+        }
+        if ctx.ttft_ms.is_none() && tr.produced_output() {
+            ctx.ttft_ms = Some(ctx.elapsed_ms());
+            metrics()
+                .ttft
+                .with_label_values(&[prov.name(), &cand.model])
+                .observe(ctx.ttft_ms.unwrap_or(0.0) / 1000.0);
+        }
+        if !header_sent && (!out.is_empty() || end) {
+            if let Some(m) = tr.model() {
+                ctx.served_model = Some(m.to_string());
+            }
+            let Some(h) = response_header(200, "text/event-stream", None, ctx, Some(&names), extra) else {
+                break;
+            };
+            ctx.status = 200;
+            if session.write_response_header(h, false).await.is_err() {
+                ctx.cancelled = true;
+                outcome = "cancelled";
+                break;
+            }
+            header_sent = true;
+        }
+        if !out.is_empty() {
+            let chunk = out.split().freeze();
+            ctx.response_bytes += chunk.len() as u64;
+            if let Some(c) = captured.as_mut() {
+                if c.len() + chunk.len() <= CAPTURE_LIMIT {
+                    c.extend_from_slice(&chunk);
+                }
+            }
+            if session.write_response_body(Some(chunk), end).await.is_err() {
+                ctx.cancelled = true;
+                outcome = "cancelled";
+                break;
+            }
+        } else if end {
+            let _ = session.write_response_body(None, true).await;
+        }
+        if end {
+            break;
+        }
+    }
+    if ctx.cancelled {
+        ctx.status = if header_sent { 200 } else { 499 };
+    }
+    record_attempt(ctx, cand, Some(200), outcome, started, error.clone());
+    if error.is_some() {
+        ctx.error = error;
+    }
+    metrics()
+        .upstream_latency
+        .with_label_values(&[prov.name(), &cand.model])
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(m) = tr.model() {
+        ctx.served_model = Some(m.to_string());
+    }
+    ctx.usage = tr.usage();
+    ctx.cost_usd = price(rt, prov, tr.model(), &cand.model, op, &ctx.usage);
+    if let Some(c) = captured {
+        ctx.response_body = Some(String::from_utf8_lossy(&c).into_owned());
+    }
+    // Dropping `resp` without release closes the upstream connection, which is what
+    // cancels the upstream request when the client left.
+    drop(resp);
+    Ok(())
+}

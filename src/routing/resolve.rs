@@ -1,0 +1,176 @@
+//! Model resolution: from what the client asked for to an ordered candidate list.
+//!
+//! Precedence: a routing rule (header, key binding, `auto`, `auto:<rule>`) uses the
+//! rule's targets and strategy; otherwise the model name picks the provider — forced by
+//! the provider header or a `provider/` prefix, else the catalog, else the profiles'
+//! model patterns — followed by the configured fallback chain for that model.
+
+use std::sync::Arc;
+
+use crate::error::GatewayError;
+use crate::providers::ProviderRuntime;
+
+use super::strategy;
+use super::table::Runtime;
+
+/// One upstream to try.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub provider: Arc<ProviderRuntime>,
+    /// Provider-native model id.
+    pub model: String,
+}
+
+/// What the request asked for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ask<'a> {
+    pub model: &'a str,
+    /// `x-provider` / `<prefix>-provider` header.
+    pub forced_provider: Option<&'a str>,
+    /// Rule from the `<prefix>-routing-rule` header.
+    pub rule_header: Option<&'a str>,
+    /// Rule the key is locked to.
+    pub key_rule: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub candidates: Vec<Candidate>,
+    /// The routing rule used, if any.
+    pub route: Option<String>,
+}
+
+fn not_found(model: &str) -> GatewayError {
+    GatewayError::NotFound {
+        message: format!("The model '{model}' does not exist or no configured provider serves it."),
+        code: "model_not_found",
+        param: Some("model".into()),
+    }
+}
+
+impl Runtime {
+    /// Resolve a concrete model name (no rules) to its first candidate.
+    pub fn resolve_model(&self, model: &str, forced: Option<&str>) -> Result<Candidate, GatewayError> {
+        if let Some(p) = forced {
+            let prov = self.provider(p).ok_or_else(|| self.provider_unavailable(p))?;
+            let m = model.strip_prefix(p).and_then(|m| m.strip_prefix('/')).unwrap_or(model);
+            return Ok(Candidate {
+                provider: prov.clone(),
+                model: m.to_string(),
+            });
+        }
+        // `provider/model` only when the prefix is a provider name: model ids contain '/' too.
+        if let Some((p, m)) = model.split_once('/') {
+            if self.is_known(p) {
+                let prov = self.provider(p).ok_or_else(|| self.provider_unavailable(p))?;
+                return Ok(Candidate {
+                    provider: prov.clone(),
+                    model: m.to_string(),
+                });
+            }
+        }
+        // Highest priority wins; ties go to the earlier profile file.
+        let pick = |matches: &dyn Fn(&ProviderRuntime) -> bool| -> Option<usize> {
+            let mut best: Option<usize> = None;
+            for (i, prov) in self.providers.iter().enumerate() {
+                if matches(prov) && best.is_none_or(|b| prov.profile.priority > self.providers[b].profile.priority) {
+                    best = Some(i);
+                }
+            }
+            best
+        };
+        let from_catalog = |prov: &ProviderRuntime| {
+            self.catalog
+                .providers_for(model)
+                .any(|lp| prov.profile.catalog_providers.iter().any(|c| c == lp))
+        };
+        let best = pick(&from_catalog)
+            .or_else(|| pick(&|prov: &ProviderRuntime| prov.profile.matches_model(model)))
+            .map(|i| (&self.providers[i], 0));
+        match best {
+            Some((p, _)) => Ok(Candidate {
+                provider: p.clone(),
+                model: model.to_string(),
+            }),
+            None => Err(not_found(model)),
+        }
+    }
+
+    fn provider_unavailable(&self, p: &str) -> GatewayError {
+        if self.is_known(p) {
+            GatewayError::NotFound {
+                message: format!("Provider '{p}' is not configured on this gateway (its credentials are not set)."),
+                code: "model_not_found",
+                param: Some("model".into()),
+            }
+        } else {
+            GatewayError::invalid_code(format!("Unknown provider '{p}'."), Some("model"), "unknown_provider")
+        }
+    }
+
+    /// Resolve a request to its ordered candidates.
+    pub fn resolve(&self, ask: &Ask, draw: f64) -> Result<Resolution, GatewayError> {
+        let rule = ask
+            .key_rule
+            .or(ask.rule_header)
+            .or_else(|| ask.model.strip_prefix("auto:"))
+            .or_else(|| (ask.model == "auto").then_some("default"));
+        if let Some(name) = rule {
+            if let (Some(locked), Some(h)) = (ask.key_rule, ask.rule_header) {
+                if locked != h {
+                    return Err(GatewayError::Forbidden(format!(
+                        "this key is locked to routing rule '{locked}'"
+                    )));
+                }
+            }
+            let route = self.route(name).ok_or_else(|| GatewayError::NotFound {
+                message: format!("Routing rule '{name}' is not defined."),
+                code: "route_not_found",
+                param: Some("model".into()),
+            })?;
+            // Targets whose provider is not active are skipped, not fatal: a rule may
+            // list providers only some deployments have keys for.
+            let mut resolved = Vec::with_capacity(route.targets.len());
+            let mut weights = Vec::with_capacity(route.targets.len());
+            for t in &route.targets {
+                if let Ok(c) = self.resolve_model(&t.model, t.provider.as_deref()) {
+                    resolved.push(c);
+                    weights.push(t.weight);
+                }
+            }
+            let lat = strategy::latency();
+            let order = strategy::order(route.strategy, &weights, |i| lat.get(&upstream_key(&resolved[i])), draw);
+            let mut slots: Vec<Option<Candidate>> = resolved.into_iter().map(Some).collect();
+            let candidates: Vec<Candidate> = order.into_iter().filter_map(|i| slots[i].take()).collect();
+            if candidates.is_empty() {
+                return Err(GatewayError::NotFound {
+                    message: format!("Routing rule '{name}' has no target with a configured provider."),
+                    code: "model_not_found",
+                    param: Some("model".into()),
+                });
+            }
+            return Ok(Resolution {
+                candidates,
+                route: Some(name.to_string()),
+            });
+        }
+        let first = self.resolve_model(ask.model, ask.forced_provider)?;
+        let mut candidates = vec![first];
+        if let Some(chain) = self.config.fallbacks.get(ask.model) {
+            for m in chain {
+                if let Ok(c) = self.resolve_model(m, None) {
+                    candidates.push(c);
+                }
+            }
+        }
+        Ok(Resolution {
+            candidates,
+            route: None,
+        })
+    }
+}
+
+/// Latency-tracker key of a candidate.
+pub fn upstream_key(c: &Candidate) -> String {
+    format!("{}/{}", c.provider.name(), c.model)
+}

@@ -1,0 +1,115 @@
+//! Assembling the daemon: the Pingora server with the proxy service, the metrics
+//! listener and the background services (trace writer, config reload, credential
+//! refresh).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::routes::StoreRoutes;
+use crate::config::reload::ReloadService;
+use crate::config::GatewayConfig;
+use crate::providers::refresh::CredentialRefresher;
+use crate::proxy::{Gateway, LoopgateProxy};
+use crate::routing::Runtime;
+use crate::store::StorageConfig;
+use crate::trace::writer::trace_pipeline;
+
+/// `/metrics` in Prometheus text format; everything else 404.
+pub struct MetricsApp;
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, ctype, body) = match path {
+            "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render()),
+            "/health" | "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            _ => (404, "text/plain", b"not found\n".to_vec()),
+        };
+        let len = body.len();
+        http::Response::builder()
+            .status(status)
+            .header("content-type", ctype)
+            .header("content-length", len)
+            .body(body)
+            .unwrap_or_else(|_| http::Response::new(Vec::new()))
+    }
+}
+
+/// The storage section of a config, typed.
+pub fn storage_config(cfg: &GatewayConfig) -> Result<StorageConfig, String> {
+    toml::Value::Table(cfg.storage.clone())
+        .try_into()
+        .map_err(|e| format!("[storage]: {e}"))
+}
+
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    /// Take over listeners from a running instance (Pingora graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Build and run the daemon; returns only on startup errors.
+pub fn serve(opts: ServeOptions) -> Result<(), String> {
+    let cfg = GatewayConfig::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
+    let storage = storage_config(&cfg)?;
+    let rt = Runtime::build(cfg, 1).map_err(|e| e.to_string())?;
+    crate::metrics::metrics().config_version.set(1);
+    let s = rt.config.server.clone();
+    if rt.open_access {
+        tracing::warn!("no gateway key configured: accepting unauthenticated requests on loopback only");
+    }
+    tracing::info!(
+        listen = %s.listen,
+        metrics = %s.metrics_listen,
+        providers = ?rt.active_names().collect::<Vec<_>>(),
+        catalog_models = rt.catalog.len(),
+        "starting loopgate"
+    );
+
+    let (sink, writer, slot) = trace_pipeline(&storage);
+    let mut gw = Gateway::new(rt, Box::new(move |r| sink.submit(r)));
+    gw.admin.push(Box::new(StoreRoutes { slot }));
+    let gw = Arc::new(gw);
+
+    let mut conf = ServerConf::default();
+    conf.threads = s.threads.max(1);
+    conf.grace_period_seconds = Some(s.grace_period_secs);
+    conf.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_timeout_secs);
+    conf.pid_file = s.pid_file.clone();
+    conf.upgrade_sock = s.upgrade_sock.clone();
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        LoopgateProxy { gw: gw.clone() },
+        "loopgate proxy",
+    );
+    proxy.add_tcp(&s.listen);
+    let mut metrics = Service::new("loopgate metrics".to_string(), HttpServer::new_app(MetricsApp));
+    metrics.add_tcp(&s.metrics_listen);
+    metrics.threads = Some(1);
+
+    server.add_service(proxy);
+    server.add_service(metrics);
+    server.add_service(background_service("trace writer", writer));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService::new(gw.clone(), opts.config.clone()),
+    ));
+    server.add_service(background_service("credential refresh", CredentialRefresher { gw }));
+    server.run_forever();
+}

@@ -1,0 +1,183 @@
+//! Versioned schema migrations, one list per backend, applied in order on open and
+//! recorded in `schema_migrations(version, name, applied_ms)`.
+//!
+//! Append new migrations (feedback, decisions, audit, config state) at the end with the
+//! next version number; never edit an applied one.
+
+/// One migration: version, name, SQL (may hold several statements).
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "traces",
+    sql: r#"
+CREATE TABLE traces (
+    request_id TEXT PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    key_id TEXT,
+    session_id TEXT,
+    session_name TEXT,
+    session_path TEXT,
+    project_id TEXT,
+    user_id TEXT,
+    route TEXT,
+    requested_model TEXT NOT NULL,
+    served_model TEXT,
+    provider TEXT,
+    status INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL,
+    fallback_used INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    cache_creation_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    usage_reported INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    latency_ms REAL NOT NULL,
+    ttft_ms REAL,
+    request_bytes INTEGER NOT NULL,
+    response_bytes INTEGER NOT NULL,
+    error TEXT,
+    decision_id TEXT,
+    zero_retention INTEGER NOT NULL,
+    shadow INTEGER NOT NULL,
+    properties TEXT NOT NULL,
+    attempts TEXT NOT NULL,
+    request_body TEXT,
+    response_body TEXT
+);
+CREATE INDEX traces_ts ON traces (ts_ms, request_id);
+CREATE INDEX traces_project_ts ON traces (project_id, ts_ms);
+CREATE INDEX traces_session_ts ON traces (session_id, ts_ms);
+CREATE INDEX traces_user_ts ON traces (user_id, ts_ms);
+CREATE INDEX traces_served_model_ts ON traces (served_model, ts_ms);
+CREATE INDEX traces_requested_model_ts ON traces (requested_model, ts_ms);
+CREATE INDEX traces_provider_ts ON traces (provider, ts_ms);
+CREATE INDEX traces_decision ON traces (decision_id) WHERE decision_id IS NOT NULL;
+CREATE TABLE trace_properties (
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, value, request_id)
+) WITHOUT ROWID;
+CREATE INDEX trace_properties_request ON trace_properties (request_id);
+CREATE TABLE rollup_hourly (
+    dim TEXT NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    latency_sum_ms REAL NOT NULL,
+    hist TEXT NOT NULL,
+    PRIMARY KEY (dim, bucket_ms, value, project_id)
+) WITHOUT ROWID;
+"#,
+}];
+
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "traces",
+    sql: r#"
+CREATE TABLE traces (
+    request_id TEXT PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    key_id TEXT,
+    session_id TEXT,
+    session_name TEXT,
+    session_path TEXT,
+    project_id TEXT,
+    user_id TEXT,
+    route TEXT,
+    requested_model TEXT NOT NULL,
+    served_model TEXT,
+    provider TEXT,
+    status BIGINT NOT NULL,
+    stream BOOLEAN NOT NULL,
+    cancelled BOOLEAN NOT NULL,
+    fallback_used BOOLEAN NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cached_tokens BIGINT NOT NULL,
+    cache_creation_tokens BIGINT NOT NULL,
+    reasoning_tokens BIGINT NOT NULL,
+    usage_reported BOOLEAN NOT NULL,
+    cost_usd DOUBLE PRECISION NOT NULL,
+    latency_ms DOUBLE PRECISION NOT NULL,
+    ttft_ms DOUBLE PRECISION,
+    request_bytes BIGINT NOT NULL,
+    response_bytes BIGINT NOT NULL,
+    error TEXT,
+    decision_id TEXT,
+    zero_retention BOOLEAN NOT NULL,
+    shadow BOOLEAN NOT NULL,
+    properties TEXT NOT NULL,
+    attempts TEXT NOT NULL,
+    request_body TEXT,
+    response_body TEXT
+);
+CREATE INDEX traces_ts ON traces (ts_ms, request_id);
+CREATE INDEX traces_project_ts ON traces (project_id, ts_ms);
+CREATE INDEX traces_session_ts ON traces (session_id, ts_ms);
+CREATE INDEX traces_user_ts ON traces (user_id, ts_ms);
+CREATE INDEX traces_served_model_ts ON traces (served_model, ts_ms);
+CREATE INDEX traces_requested_model_ts ON traces (requested_model, ts_ms);
+CREATE INDEX traces_provider_ts ON traces (provider, ts_ms);
+CREATE INDEX traces_decision ON traces (decision_id) WHERE decision_id IS NOT NULL;
+CREATE TABLE trace_properties (
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    ts_ms BIGINT NOT NULL,
+    PRIMARY KEY (name, value, request_id)
+);
+CREATE INDEX trace_properties_request ON trace_properties (request_id);
+CREATE TABLE rollup_hourly (
+    dim TEXT NOT NULL,
+    bucket_ms BIGINT NOT NULL,
+    value TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    requests BIGINT NOT NULL,
+    errors BIGINT NOT NULL,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    cost_usd DOUBLE PRECISION NOT NULL,
+    latency_sum_ms DOUBLE PRECISION NOT NULL,
+    hist BIGINT[] NOT NULL,
+    PRIMARY KEY (dim, bucket_ms, value, project_id)
+);
+-- Element-wise sum of two latency histograms, so concurrent gateways can upsert
+-- rollup rows in one statement without a read-modify-write race.
+CREATE FUNCTION loopgate_hist_add(a BIGINT[], b BIGINT[]) RETURNS BIGINT[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT COALESCE(array_agg(COALESCE(a[i], 0) + COALESCE(b[i], 0) ORDER BY i), '{}'::BIGINT[])
+    FROM generate_series(1, GREATEST(COALESCE(array_length(a, 1), 0), COALESCE(array_length(b, 1), 0))) AS i
+$$;
+"#,
+}];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_strictly_increase() {
+        for list in [SQLITE, POSTGRES] {
+            for (i, m) in list.iter().enumerate() {
+                assert_eq!(m.version as usize, i + 1, "{}", m.name);
+            }
+        }
+    }
+}

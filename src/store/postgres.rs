@@ -1,0 +1,572 @@
+//! PostgreSQL backend (tokio-postgres, no TLS): many gateways share one database.
+//!
+//! Two connections (writer, reader), each re-established on the next call after it drops.
+//! Migrations run under an advisory lock so gateways starting together do not race.
+//! Rollup rows are upserted in one statement with `loopgate_hist_add`, in sorted key order,
+//! so concurrent writers neither lose counts nor deadlock.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::migrations::POSTGRES;
+use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
+use super::sqlite::{page, project_cond};
+use super::{
+    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, RawRow, RollupRow, Store, StoreError, HOUR_MS, TRACE_COLS,
+    TRACE_NCOLS,
+};
+use crate::trace::TraceRecord;
+
+/// Arbitrary constant naming loopgate's migration advisory lock.
+const MIGRATION_LOCK: i64 = 0x6c6f_6f70_6761_7465;
+/// Rows per multi-row INSERT (36 parameters each; PostgreSQL allows 65535 per statement).
+const INSERT_CHUNK: usize = 500;
+const ROLLUP_CHUNK: usize = 2000;
+const PURGE_CHUNK: i64 = 5000;
+const PURGE_MAX_ROUNDS: usize = 20_000;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+pub struct PgStore {
+    config: tokio_postgres::Config,
+    writer: Mutex<Option<Client>>,
+    reader: Mutex<Option<Client>>,
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if e.is_closed() {
+        return StoreError::Unavailable(e.to_string());
+    }
+    match e.code() {
+        None => StoreError::Unavailable(e.to_string()),
+        Some(code) => {
+            let c = code.code();
+            // connection exceptions, shutdown, resources, serialization/deadlock: retryable
+            if c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "40001"
+                || c == "40P01"
+            {
+                StoreError::Unavailable(format!("{e} ({c})"))
+            } else {
+                let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+                StoreError::Query(format!("{e}: {detail} ({c})"))
+            }
+        }
+    }
+}
+
+fn params_of(p: &[SqlParam]) -> Vec<Param> {
+    p.iter()
+        .map(|v| -> Param {
+            match v {
+                SqlParam::Int(i) => Box::new(*i),
+                SqlParam::Text(s) => Box::new(s.clone()),
+            }
+        })
+        .collect()
+}
+
+fn refs(p: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+fn row_to_record(r: &Row) -> Result<TraceRecord, StoreError> {
+    let q = |e: tokio_postgres::Error| StoreError::Corrupt(e.to_string());
+    let props: String = r.try_get(32).map_err(q)?;
+    let attempts: String = r.try_get(33).map_err(q)?;
+    Ok(TraceRecord {
+        request_id: r.try_get(0).map_err(q)?,
+        ts_ms: r.try_get(1).map_err(q)?,
+        endpoint: r.try_get(2).map_err(q)?,
+        key_id: r.try_get(3).map_err(q)?,
+        session_id: r.try_get(4).map_err(q)?,
+        session_name: r.try_get(5).map_err(q)?,
+        session_path: r.try_get(6).map_err(q)?,
+        project_id: r.try_get(7).map_err(q)?,
+        user_id: r.try_get(8).map_err(q)?,
+        route: r.try_get(9).map_err(q)?,
+        requested_model: r.try_get(10).map_err(q)?,
+        served_model: r.try_get(11).map_err(q)?,
+        provider: r.try_get(12).map_err(q)?,
+        status: u16::try_from(r.try_get::<_, i64>(13).map_err(q)?).unwrap_or(0),
+        stream: r.try_get(14).map_err(q)?,
+        cancelled: r.try_get(15).map_err(q)?,
+        fallback_used: r.try_get(16).map_err(q)?,
+        prompt_tokens: to_u64(r.try_get(17).map_err(q)?),
+        completion_tokens: to_u64(r.try_get(18).map_err(q)?),
+        cached_tokens: to_u64(r.try_get(19).map_err(q)?),
+        cache_creation_tokens: to_u64(r.try_get(20).map_err(q)?),
+        reasoning_tokens: to_u64(r.try_get(21).map_err(q)?),
+        usage_reported: r.try_get(22).map_err(q)?,
+        cost_usd: r.try_get(23).map_err(q)?,
+        latency_ms: r.try_get(24).map_err(q)?,
+        ttft_ms: r.try_get(25).map_err(q)?,
+        request_bytes: to_u64(r.try_get(26).map_err(q)?),
+        response_bytes: to_u64(r.try_get(27).map_err(q)?),
+        error: r.try_get(28).map_err(q)?,
+        decision_id: r.try_get(29).map_err(q)?,
+        zero_retention: r.try_get(30).map_err(q)?,
+        shadow: r.try_get(31).map_err(q)?,
+        properties: serde_json::from_str(&props).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        attempts: serde_json::from_str(&attempts).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        request_body: r.try_get(34).map_err(q)?,
+        response_body: r.try_get(35).map_err(q)?,
+    })
+}
+
+fn record_params(r: &TraceRecord, out: &mut Vec<Param>) -> Result<(), StoreError> {
+    let props = serde_json::to_string(&r.properties).map_err(|e| StoreError::Query(e.to_string()))?;
+    let attempts = serde_json::to_string(&r.attempts).map_err(|e| StoreError::Query(e.to_string()))?;
+    out.push(Box::new(r.request_id.clone()));
+    out.push(Box::new(r.ts_ms));
+    out.push(Box::new(r.endpoint.clone()));
+    out.push(Box::new(r.key_id.clone()));
+    out.push(Box::new(r.session_id.clone()));
+    out.push(Box::new(r.session_name.clone()));
+    out.push(Box::new(r.session_path.clone()));
+    out.push(Box::new(r.project_id.clone()));
+    out.push(Box::new(r.user_id.clone()));
+    out.push(Box::new(r.route.clone()));
+    out.push(Box::new(r.requested_model.clone()));
+    out.push(Box::new(r.served_model.clone()));
+    out.push(Box::new(r.provider.clone()));
+    out.push(Box::new(r.status as i64));
+    out.push(Box::new(r.stream));
+    out.push(Box::new(r.cancelled));
+    out.push(Box::new(r.fallback_used));
+    out.push(Box::new(to_i64(r.prompt_tokens)));
+    out.push(Box::new(to_i64(r.completion_tokens)));
+    out.push(Box::new(to_i64(r.cached_tokens)));
+    out.push(Box::new(to_i64(r.cache_creation_tokens)));
+    out.push(Box::new(to_i64(r.reasoning_tokens)));
+    out.push(Box::new(r.usage_reported));
+    out.push(Box::new(r.cost_usd));
+    out.push(Box::new(r.latency_ms));
+    out.push(Box::new(r.ttft_ms));
+    out.push(Box::new(to_i64(r.request_bytes)));
+    out.push(Box::new(to_i64(r.response_bytes)));
+    out.push(Box::new(r.error.clone()));
+    out.push(Box::new(r.decision_id.clone()));
+    out.push(Box::new(r.zero_retention));
+    out.push(Box::new(r.shadow));
+    out.push(Box::new(props));
+    out.push(Box::new(attempts));
+    out.push(Box::new(r.request_body.clone()));
+    out.push(Box::new(r.response_body.clone()));
+    Ok(())
+}
+
+/// `($1, ..., $n), ($n+1, ...)` for `rows` rows of `cols` columns.
+fn values_list(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+async fn insert_batch(c: &mut Client, recs: &[TraceRecord]) -> Result<usize, StoreError> {
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let mut new_ids: HashSet<String> = HashSet::with_capacity(recs.len());
+    for chunk in recs.chunks(INSERT_CHUNK) {
+        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * TRACE_NCOLS);
+        for r in chunk {
+            record_params(r, &mut ps)?;
+        }
+        let sql = format!(
+            "INSERT INTO traces ({TRACE_COLS}) VALUES {} ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            values_list(chunk.len(), TRACE_NCOLS)
+        );
+        for row in tx.query(&sql, &refs(&ps)).await.map_err(pg_err)? {
+            new_ids.insert(row.try_get(0).map_err(pg_err)?);
+        }
+    }
+    // First occurrence of each new id (a batch may carry the same id twice).
+    let mut seen: HashSet<&str> = HashSet::with_capacity(new_ids.len());
+    let inserted: Vec<&TraceRecord> = recs
+        .iter()
+        .filter(|r| new_ids.contains(&r.request_id) && seen.insert(r.request_id.as_str()))
+        .collect();
+    let props: Vec<(&str, &str, &str, i64)> = inserted
+        .iter()
+        .flat_map(|r| {
+            r.properties
+                .iter()
+                .map(move |(k, v)| (k.as_str(), v.as_str(), r.request_id.as_str(), r.ts_ms))
+        })
+        .collect();
+    for chunk in props.chunks(INSERT_CHUNK * 4) {
+        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * 4);
+        for (k, v, id, ts) in chunk {
+            ps.push(Box::new(k.to_string()));
+            ps.push(Box::new(v.to_string()));
+            ps.push(Box::new(id.to_string()));
+            ps.push(Box::new(*ts));
+        }
+        let sql = format!(
+            "INSERT INTO trace_properties (name, value, request_id, ts_ms) VALUES {} ON CONFLICT DO NOTHING",
+            values_list(chunk.len(), 4)
+        );
+        tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
+    }
+    let deltas: Vec<_> = rollup_deltas(inserted.iter().copied()).into_iter().collect();
+    for chunk in deltas.chunks(ROLLUP_CHUNK) {
+        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * 11);
+        for ((dim, hour, value, project), s) in chunk {
+            ps.push(Box::new(dim.clone()));
+            ps.push(Box::new(*hour));
+            ps.push(Box::new(value.clone()));
+            ps.push(Box::new(project.clone()));
+            ps.push(Box::new(to_i64(s.requests)));
+            ps.push(Box::new(to_i64(s.errors)));
+            ps.push(Box::new(to_i64(s.prompt_tokens)));
+            ps.push(Box::new(to_i64(s.completion_tokens)));
+            ps.push(Box::new(s.cost_usd));
+            ps.push(Box::new(s.latency_sum_ms));
+            ps.push(Box::new(s.hist.to_dense()));
+        }
+        let sql = format!(
+            "INSERT INTO rollup_hourly AS r (dim, bucket_ms, value, project_id, requests, errors, prompt_tokens, \
+             completion_tokens, cost_usd, latency_sum_ms, hist) VALUES {} \
+             ON CONFLICT (dim, bucket_ms, value, project_id) DO UPDATE SET \
+             requests = r.requests + EXCLUDED.requests, errors = r.errors + EXCLUDED.errors, \
+             prompt_tokens = r.prompt_tokens + EXCLUDED.prompt_tokens, \
+             completion_tokens = r.completion_tokens + EXCLUDED.completion_tokens, \
+             cost_usd = r.cost_usd + EXCLUDED.cost_usd, latency_sum_ms = r.latency_sum_ms + EXCLUDED.latency_sum_ms, \
+             hist = loopgate_hist_add(r.hist, EXCLUDED.hist)",
+            values_list(chunk.len(), 11)
+        );
+        tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
+    }
+    tx.commit().await.map_err(pg_err)?;
+    Ok(inserted.len())
+}
+
+async fn migrate(c: &mut Client) -> Result<u32, StoreError> {
+    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_err)?;
+    let res = migrate_locked(c).await;
+    // Unlock even after a failed migration; the session ending would release it too.
+    let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    res
+}
+
+async fn migrate_locked(c: &mut Client) -> Result<u32, StoreError> {
+    c.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+    )
+    .await
+    .map_err(pg_err)?;
+    let mut current = 0u32;
+    for m in POSTGRES {
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let have: i64 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        if have >= m.version as i64 {
+            current = have as u32;
+            continue;
+        }
+        tx.batch_execute(m.sql).await.map_err(|e| StoreError::Migration {
+            version: m.version,
+            message: pg_err(e).to_string(),
+        })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
+            &[&(m.version as i64), &m.name, &chrono::Utc::now().timestamp_millis()],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        current = m.version;
+    }
+    Ok(current)
+}
+
+impl PgStore {
+    /// Connect, migrate, and keep the connection string for reconnects.
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Config(format!("postgres_url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("loopgate");
+        }
+        let store = PgStore {
+            config,
+            writer: Mutex::new(None),
+            reader: Mutex::new(None),
+        };
+        {
+            let mut g = store.lock(&store.writer).await?;
+            let res = match g.as_mut() {
+                Some(c) => migrate(c).await,
+                None => Err(StoreError::Unavailable("no connection".into())),
+            };
+            Self::settle(&mut g, &res);
+            res?;
+        }
+        Ok(store)
+    }
+
+    async fn connect(&self) -> Result<Client, StoreError> {
+        let (client, conn) = self.config.connect(NoTls).await.map_err(pg_err)?;
+        // The connection task lives on the runtime of whoever connected; if that runtime
+        // goes away the client reports closed and the next call reconnects.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "postgres connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Lock a connection slot, (re)connecting if it is empty or closed.
+    async fn lock<'a>(&self, slot: &'a Mutex<Option<Client>>) -> Result<MutexGuard<'a, Option<Client>>, StoreError> {
+        let mut g = slot.lock().await;
+        if g.as_ref().is_none_or(|c| c.is_closed()) {
+            *g = None;
+            *g = Some(self.connect().await?);
+        }
+        Ok(g)
+    }
+
+    /// Drop a connection that failed in a way that may have broken it.
+    fn settle<T>(g: &mut MutexGuard<'_, Option<Client>>, res: &Result<T, StoreError>) {
+        if let Err(StoreError::Unavailable(_)) = res {
+            if g.as_ref().is_none_or(|c| c.is_closed()) {
+                **g = None;
+            }
+        }
+    }
+
+    async fn read_rows(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<Row>, StoreError> {
+        let mut g = self.lock(&self.reader).await?;
+        let ps = params_of(params);
+        let res = match g.as_ref() {
+            Some(c) => c.query(sql, &refs(&ps)).await.map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.read_rows("SELECT 1", &[]).await.map(|_| ())
+    }
+
+    async fn schema_version(&self) -> Result<u32, StoreError> {
+        let rows = self
+            .read_rows("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+            .await?;
+        let v: i64 = rows
+            .first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?
+            .unwrap_or(0);
+        Ok(v as u32)
+    }
+
+    async fn insert_traces(&self, recs: &[TraceRecord]) -> Result<usize, StoreError> {
+        if recs.is_empty() {
+            return Ok(0);
+        }
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => insert_batch(c, recs).await,
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn get_trace(&self, request_id: &str) -> Result<Option<TraceRecord>, StoreError> {
+        let rows = self
+            .read_rows(
+                &format!("SELECT {TRACE_COLS} FROM traces WHERE request_id = $1"),
+                &[SqlParam::Text(request_id.to_string())],
+            )
+            .await?;
+        rows.first().map(row_to_record).transpose()
+    }
+
+    async fn query_logs(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
+        let mut sql = Sql::new(true);
+        let text = sql.logs_query(TRACE_COLS, q);
+        let rows = self.read_rows(&text, &sql.params).await?;
+        let mut records = rows.iter().map(row_to_record).collect::<Result<Vec<_>, _>>()?;
+        Ok(page(&mut records, q.limit))
+    }
+
+    async fn rollup_rows(
+        &self,
+        dim: &str,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        project: Option<&str>,
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        let mut sql = Sql::new(true);
+        let mut q = format!(
+            "SELECT bucket_ms, value, requests, errors, prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist \
+             FROM rollup_hourly WHERE dim = {}",
+            sql.text(dim)
+        );
+        if let Some(f) = from_ms {
+            q.push_str(&format!(" AND bucket_ms >= {}", sql.int(f)));
+        }
+        if let Some(t) = to_ms {
+            q.push_str(&format!(" AND bucket_ms < {}", sql.int(t)));
+        }
+        if let Some(p) = project {
+            q.push_str(&format!(" AND project_id = {}", sql.text(p)));
+        }
+        let rows = self.read_rows(&q, &sql.params).await?;
+        rows.iter()
+            .map(|r| {
+                let hist: Vec<i64> = r.try_get(8).map_err(pg_err)?;
+                Ok(RollupRow {
+                    bucket_ms: r.try_get(0).map_err(pg_err)?,
+                    value: r.try_get(1).map_err(pg_err)?,
+                    stats: Stats {
+                        requests: to_u64(r.try_get(2).map_err(pg_err)?),
+                        errors: to_u64(r.try_get(3).map_err(pg_err)?),
+                        prompt_tokens: to_u64(r.try_get(4).map_err(pg_err)?),
+                        completion_tokens: to_u64(r.try_get(5).map_err(pg_err)?),
+                        cost_usd: r.try_get(6).map_err(pg_err)?,
+                        latency_sum_ms: r.try_get(7).map_err(pg_err)?,
+                        hist: Histogram::from_dense(&hist),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn raw_rows(&self, filter: &LogFilter, group: &GroupBy) -> Result<Vec<RawRow>, StoreError> {
+        let mut sql = Sql::new(true);
+        let q = sql.raw_rows_query(filter, group);
+        let rows = self.read_rows(&q, &sql.params).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RawRow {
+                    group: r.try_get(0).map_err(pg_err)?,
+                    ts_ms: r.try_get(1).map_err(pg_err)?,
+                    is_error: r.try_get::<_, i32>(2).map_err(pg_err)? != 0,
+                    prompt_tokens: to_u64(r.try_get(3).map_err(pg_err)?),
+                    completion_tokens: to_u64(r.try_get(4).map_err(pg_err)?),
+                    cost_usd: r.try_get(5).map_err(pg_err)?,
+                    latency_ms: r.try_get(6).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn purge(&self, rule: &PurgeRule) -> Result<u64, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => purge(c, rule).await,
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn count_traces(&self) -> Result<u64, StoreError> {
+        let rows = self.read_rows("SELECT COUNT(*)::BIGINT FROM traces", &[]).await?;
+        let n: i64 = rows
+            .first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?
+            .unwrap_or(0);
+        Ok(to_u64(n))
+    }
+}
+
+async fn purge(c: &mut Client, rule: &PurgeRule) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    for _ in 0..PURGE_MAX_ROUNDS {
+        let mut sql = Sql::new(true);
+        let before = sql.int(rule.before_ms);
+        let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
+        if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
+            q.push_str(" AND ");
+            q.push_str(&pc);
+        }
+        let lim = sql.int(PURGE_CHUNK);
+        q.push_str(&format!(" LIMIT {lim}"));
+        let tx = c.transaction().await.map_err(pg_err)?;
+        let ps = params_of(&sql.params);
+        let ids: Vec<String> = tx
+            .query(&q, &refs(&ps))
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM trace_properties WHERE request_id = ANY($1)", &[&ids])
+            .await
+            .map_err(pg_err)?;
+        total += tx
+            .execute("DELETE FROM traces WHERE request_id = ANY($1)", &[&ids])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        if (ids.len() as i64) < PURGE_CHUNK {
+            break;
+        }
+    }
+    let mut sql = Sql::new(true);
+    let before = sql.int(rule.before_ms - HOUR_MS);
+    let mut q = format!("DELETE FROM rollup_hourly WHERE bucket_ms <= {before}");
+    if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", true) {
+        q.push_str(" AND ");
+        q.push_str(&pc);
+    }
+    let ps = params_of(&sql.params);
+    c.execute(&q, &refs(&ps)).await.map_err(pg_err)?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_list_numbers_params() {
+        assert_eq!(values_list(2, 2), "($1,$2), ($3,$4)");
+    }
+}

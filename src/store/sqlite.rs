@@ -1,0 +1,543 @@
+//! Embedded SQLite backend: one file, WAL, `synchronous=NORMAL`.
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool (`spawn_blocking`),
+//! never on an async worker thread. One connection writes, another reads (WAL lets
+//! readers proceed while the writer commits).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+
+use super::migrations::{Migration, SQLITE};
+use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
+use super::{
+    rollup_deltas, to_i64, to_u64, Cursor, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow, Store, StoreError,
+    HOUR_MS, TRACE_COLS,
+};
+use crate::trace::TraceRecord;
+
+type Conn = Arc<Mutex<Connection>>;
+
+pub struct SqliteStore {
+    writer: Conn,
+    reader: Conn,
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::DiskFull
+            | ErrorCode::ReadOnly
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::OperationInterrupted,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Query(e.to_string()),
+    }
+}
+
+fn connect(path: &str, busy_ms: u64) -> Result<Connection, StoreError> {
+    let c = Connection::open(path).map_err(|e| StoreError::Unavailable(format!("open {path}: {e}")))?;
+    c.busy_timeout(Duration::from_millis(busy_ms)).map_err(map_err)?;
+    // journal_mode returns a row, so it goes through query_row.
+    let mode: String = c
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(map_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path, mode, "sqlite did not switch to WAL");
+    }
+    c.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY;")
+        .map_err(map_err)?;
+    Ok(c)
+}
+
+fn migrate(c: &mut Connection, list: &[Migration]) -> Result<u32, StoreError> {
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)",
+    )
+    .map_err(map_err)?;
+    let mut current = 0;
+    for m in list {
+        // IMMEDIATE takes the write lock first, so two processes opening the same file
+        // cannot both apply a migration.
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        let have: i64 = tx
+            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+            .map_err(map_err)?;
+        if have >= m.version as i64 {
+            current = have as u32;
+            continue;
+        }
+        tx.execute_batch(m.sql).map_err(|e| StoreError::Migration {
+            version: m.version,
+            message: e.to_string(),
+        })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?1, ?2, ?3)",
+            params![m.version, m.name, chrono::Utc::now().timestamp_millis()],
+        )
+        .map_err(map_err)?;
+        tx.commit().map_err(map_err)?;
+        current = m.version;
+    }
+    Ok(current)
+}
+
+fn json_err(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+}
+
+fn row_to_record(r: &Row) -> rusqlite::Result<TraceRecord> {
+    let props: String = r.get(32)?;
+    let attempts: String = r.get(33)?;
+    Ok(TraceRecord {
+        request_id: r.get(0)?,
+        ts_ms: r.get(1)?,
+        endpoint: r.get(2)?,
+        key_id: r.get(3)?,
+        session_id: r.get(4)?,
+        session_name: r.get(5)?,
+        session_path: r.get(6)?,
+        project_id: r.get(7)?,
+        user_id: r.get(8)?,
+        route: r.get(9)?,
+        requested_model: r.get(10)?,
+        served_model: r.get(11)?,
+        provider: r.get(12)?,
+        status: u16::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
+        stream: r.get(14)?,
+        cancelled: r.get(15)?,
+        fallback_used: r.get(16)?,
+        prompt_tokens: to_u64(r.get(17)?),
+        completion_tokens: to_u64(r.get(18)?),
+        cached_tokens: to_u64(r.get(19)?),
+        cache_creation_tokens: to_u64(r.get(20)?),
+        reasoning_tokens: to_u64(r.get(21)?),
+        usage_reported: r.get(22)?,
+        cost_usd: r.get(23)?,
+        latency_ms: r.get(24)?,
+        ttft_ms: r.get(25)?,
+        request_bytes: to_u64(r.get(26)?),
+        response_bytes: to_u64(r.get(27)?),
+        error: r.get(28)?,
+        decision_id: r.get(29)?,
+        zero_retention: r.get(30)?,
+        shadow: r.get(31)?,
+        properties: serde_json::from_str(&props).map_err(json_err)?,
+        attempts: serde_json::from_str(&attempts).map_err(json_err)?,
+        request_body: r.get(34)?,
+        response_body: r.get(35)?,
+    })
+}
+
+fn to_values(p: &[SqlParam]) -> Vec<Value> {
+    p.iter()
+        .map(|v| match v {
+            SqlParam::Int(i) => Value::Integer(*i),
+            SqlParam::Text(s) => Value::Text(s.clone()),
+        })
+        .collect()
+}
+
+fn insert_batch(c: &mut Connection, recs: &[TraceRecord]) -> Result<usize, StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let mut inserted: Vec<&TraceRecord> = Vec::with_capacity(recs.len());
+    {
+        let placeholders: Vec<String> = (1..=super::TRACE_NCOLS).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT INTO traces ({TRACE_COLS}) VALUES ({}) ON CONFLICT (request_id) DO NOTHING",
+            placeholders.join(",")
+        );
+        let mut st = tx.prepare_cached(&sql).map_err(map_err)?;
+        let mut sp = tx
+            .prepare_cached(
+                "INSERT INTO trace_properties (name, value, request_id, ts_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .map_err(map_err)?;
+        for r in recs {
+            let props = serde_json::to_string(&r.properties).map_err(|e| StoreError::Query(e.to_string()))?;
+            let attempts = serde_json::to_string(&r.attempts).map_err(|e| StoreError::Query(e.to_string()))?;
+            let n = st
+                .execute(params![
+                    r.request_id,
+                    r.ts_ms,
+                    r.endpoint,
+                    r.key_id,
+                    r.session_id,
+                    r.session_name,
+                    r.session_path,
+                    r.project_id,
+                    r.user_id,
+                    r.route,
+                    r.requested_model,
+                    r.served_model,
+                    r.provider,
+                    r.status as i64,
+                    r.stream,
+                    r.cancelled,
+                    r.fallback_used,
+                    to_i64(r.prompt_tokens),
+                    to_i64(r.completion_tokens),
+                    to_i64(r.cached_tokens),
+                    to_i64(r.cache_creation_tokens),
+                    to_i64(r.reasoning_tokens),
+                    r.usage_reported,
+                    r.cost_usd,
+                    r.latency_ms,
+                    r.ttft_ms,
+                    to_i64(r.request_bytes),
+                    to_i64(r.response_bytes),
+                    r.error,
+                    r.decision_id,
+                    r.zero_retention,
+                    r.shadow,
+                    props,
+                    attempts,
+                    r.request_body,
+                    r.response_body,
+                ])
+                .map_err(map_err)?;
+            if n == 1 {
+                inserted.push(r);
+                for (k, v) in &r.properties {
+                    sp.execute(params![k, v, r.request_id, r.ts_ms]).map_err(map_err)?;
+                }
+            }
+        }
+        let deltas = rollup_deltas(inserted.iter().copied());
+        let mut sel = tx
+            .prepare_cached(
+                "SELECT requests, errors, prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist \
+                 FROM rollup_hourly WHERE dim = ?1 AND bucket_ms = ?2 AND value = ?3 AND project_id = ?4",
+            )
+            .map_err(map_err)?;
+        let mut up = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO rollup_hourly (dim, bucket_ms, value, project_id, requests, errors, \
+                 prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(map_err)?;
+        for ((dim, hour, value, project), delta) in deltas {
+            let existing = sel
+                .query_row(params![dim, hour, value, project], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, f64>(4)?,
+                        r.get::<_, f64>(5)?,
+                        r.get::<_, String>(6)?,
+                    ))
+                })
+                .optional()
+                .map_err(map_err)?;
+            let mut s = Stats::default();
+            if let Some((rq, er, pt, ct, cost, lat, hist)) = existing {
+                s = Stats {
+                    requests: to_u64(rq),
+                    errors: to_u64(er),
+                    prompt_tokens: to_u64(pt),
+                    completion_tokens: to_u64(ct),
+                    cost_usd: cost,
+                    latency_sum_ms: lat,
+                    hist: Histogram::from_text(&hist)?,
+                };
+            }
+            s.merge(&delta);
+            up.execute(params![
+                dim,
+                hour,
+                value,
+                project,
+                to_i64(s.requests),
+                to_i64(s.errors),
+                to_i64(s.prompt_tokens),
+                to_i64(s.completion_tokens),
+                s.cost_usd,
+                s.latency_sum_ms,
+                s.hist.to_text(),
+            ])
+            .map_err(map_err)?;
+        }
+    }
+    let n = inserted.len();
+    tx.commit().map_err(map_err)?;
+    Ok(n)
+}
+
+/// `(condition on column `col`, params)` selecting the purge's projects. `none_as_empty`:
+/// the column stores "" for no project (rollups) instead of NULL (traces).
+pub(crate) fn project_cond(sql: &mut Sql, sel: &ProjectSel, col: &str, none_as_empty: bool) -> Option<String> {
+    match sel {
+        ProjectSel::Only(p) => Some(format!("{col} = {}", sql.text(p))),
+        ProjectSel::AllExcept(list) if list.is_empty() => None,
+        ProjectSel::AllExcept(list) => {
+            let ph: Vec<String> = list.iter().map(|p| sql.text(p)).collect();
+            if none_as_empty {
+                Some(format!("{col} NOT IN ({})", ph.join(", ")))
+            } else {
+                Some(format!("({col} IS NULL OR {col} NOT IN ({}))", ph.join(", ")))
+            }
+        }
+    }
+}
+
+const PURGE_CHUNK: usize = 5000;
+/// Bounds one purge run (5000 × 20000 = 100M rows); the next run continues.
+const PURGE_MAX_ROUNDS: usize = 20_000;
+
+fn purge(c: &mut Connection, rule: &PurgeRule) -> Result<u64, StoreError> {
+    let mut total = 0u64;
+    for _ in 0..PURGE_MAX_ROUNDS {
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_err)?;
+        let ids: Vec<String> = {
+            let mut sql = Sql::new(false);
+            let before = sql.int(rule.before_ms);
+            let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
+            if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
+                q.push_str(" AND ");
+                q.push_str(&pc);
+            }
+            q.push_str(&format!(" LIMIT {PURGE_CHUNK}"));
+            let mut st = tx.prepare(&q).map_err(map_err)?;
+            let rows = st
+                .query_map(params_from_iter(to_values(&sql.params)), |r| r.get::<_, String>(0))
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)?
+        };
+        {
+            let mut dt = tx
+                .prepare_cached("DELETE FROM traces WHERE request_id = ?1")
+                .map_err(map_err)?;
+            let mut dp = tx
+                .prepare_cached("DELETE FROM trace_properties WHERE request_id = ?1")
+                .map_err(map_err)?;
+            for id in &ids {
+                dp.execute([id]).map_err(map_err)?;
+                total += dt.execute([id]).map_err(map_err)? as u64;
+            }
+        }
+        tx.commit().map_err(map_err)?;
+        if ids.len() < PURGE_CHUNK {
+            break;
+        }
+    }
+    // Only whole hours before the cut-off leave the rollup.
+    let mut sql = Sql::new(false);
+    let before = sql.int(rule.before_ms - HOUR_MS);
+    let mut q = format!("DELETE FROM rollup_hourly WHERE bucket_ms <= {before}");
+    if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", true) {
+        q.push_str(" AND ");
+        q.push_str(&pc);
+    }
+    c.execute(&q, params_from_iter(to_values(&sql.params))).map_err(map_err)?;
+    Ok(total)
+}
+
+impl SqliteStore {
+    /// Open (creating the file if needed) and migrate.
+    pub async fn open(path: &str, busy_timeout_ms: u64) -> Result<SqliteStore, StoreError> {
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut w = connect(&path, busy_timeout_ms)?;
+            migrate(&mut w, SQLITE)?;
+            let r = connect(&path, busy_timeout_ms)?;
+            Ok(SqliteStore {
+                writer: Arc::new(Mutex::new(w)),
+                reader: Arc::new(Mutex::new(r)),
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite open task: {e}")))?
+    }
+
+    async fn run<R, F>(conn: &Conn, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let c = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut g = c
+                .lock()
+                .map_err(|_| StoreError::Unavailable("sqlite connection lock poisoned".into()))?;
+            f(&mut g)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite task: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        Self::run(&self.reader, |c| {
+            c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err)
+        })
+        .await
+    }
+
+    async fn schema_version(&self) -> Result<u32, StoreError> {
+        Self::run(&self.reader, |c| {
+            c.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u32)
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn insert_traces(&self, recs: &[TraceRecord]) -> Result<usize, StoreError> {
+        if recs.is_empty() {
+            return Ok(0);
+        }
+        let recs = recs.to_vec();
+        Self::run(&self.writer, move |c| insert_batch(c, &recs)).await
+    }
+
+    async fn get_trace(&self, request_id: &str) -> Result<Option<TraceRecord>, StoreError> {
+        let id = request_id.to_string();
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached(&format!("SELECT {TRACE_COLS} FROM traces WHERE request_id = ?1"))
+                .map_err(map_err)?;
+            st.query_row([id], row_to_record).optional().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn query_logs(&self, q: &LogQuery) -> Result<LogPage, StoreError> {
+        let mut sql = Sql::new(false);
+        let text = sql.logs_query(TRACE_COLS, q);
+        let limit = q.limit;
+        Self::run(&self.reader, move |c| {
+            let mut st = c.prepare_cached(&text).map_err(map_err)?;
+            let rows = st
+                .query_map(params_from_iter(to_values(&sql.params)), row_to_record)
+                .map_err(map_err)?;
+            let mut records: Vec<TraceRecord> = rows.collect::<Result<_, _>>().map_err(map_err)?;
+            Ok(page(&mut records, limit))
+        })
+        .await
+    }
+
+    async fn rollup_rows(
+        &self,
+        dim: &str,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        project: Option<&str>,
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        let mut sql = Sql::new(false);
+        let mut q = format!(
+            "SELECT bucket_ms, value, requests, errors, prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist \
+             FROM rollup_hourly WHERE dim = {}",
+            sql.text(dim)
+        );
+        if let Some(f) = from_ms {
+            q.push_str(&format!(" AND bucket_ms >= {}", sql.int(f)));
+        }
+        if let Some(t) = to_ms {
+            q.push_str(&format!(" AND bucket_ms < {}", sql.int(t)));
+        }
+        if let Some(p) = project {
+            q.push_str(&format!(" AND project_id = {}", sql.text(p)));
+        }
+        Self::run(&self.reader, move |c| {
+            let mut st = c.prepare_cached(&q).map_err(map_err)?;
+            let mut rows = st.query(params_from_iter(to_values(&sql.params))).map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(map_err)? {
+                let hist: String = r.get(8).map_err(map_err)?;
+                out.push(RollupRow {
+                    bucket_ms: r.get(0).map_err(map_err)?,
+                    value: r.get(1).map_err(map_err)?,
+                    stats: Stats {
+                        requests: to_u64(r.get(2).map_err(map_err)?),
+                        errors: to_u64(r.get(3).map_err(map_err)?),
+                        prompt_tokens: to_u64(r.get(4).map_err(map_err)?),
+                        completion_tokens: to_u64(r.get(5).map_err(map_err)?),
+                        cost_usd: r.get(6).map_err(map_err)?,
+                        latency_sum_ms: r.get(7).map_err(map_err)?,
+                        hist: Histogram::from_text(&hist)?,
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn raw_rows(&self, filter: &LogFilter, group: &GroupBy) -> Result<Vec<RawRow>, StoreError> {
+        let mut sql = Sql::new(false);
+        let q = sql.raw_rows_query(filter, group);
+        Self::run(&self.reader, move |c| {
+            let mut st = c.prepare_cached(&q).map_err(map_err)?;
+            let rows = st
+                .query_map(params_from_iter(to_values(&sql.params)), |r| {
+                    Ok(RawRow {
+                        group: r.get(0)?,
+                        ts_ms: r.get(1)?,
+                        is_error: r.get::<_, i64>(2)? != 0,
+                        prompt_tokens: to_u64(r.get(3)?),
+                        completion_tokens: to_u64(r.get(4)?),
+                        cost_usd: r.get(5)?,
+                        latency_ms: r.get(6)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn purge(&self, rule: &PurgeRule) -> Result<u64, StoreError> {
+        let rule = rule.clone();
+        Self::run(&self.writer, move |c| purge(c, &rule)).await
+    }
+
+    async fn count_traces(&self) -> Result<u64, StoreError> {
+        Self::run(&self.reader, |c| {
+            c.query_row("SELECT COUNT(*) FROM traces", [], |r| r.get::<_, i64>(0))
+                .map(to_u64)
+                .map_err(map_err)
+        })
+        .await
+    }
+}
+
+/// Cut a `limit + 1` result to `limit` and derive the next cursor.
+pub(crate) fn page(records: &mut Vec<TraceRecord>, limit: usize) -> LogPage {
+    let more = records.len() > limit;
+    records.truncate(limit);
+    let next = if more {
+        records.last().map(|r| Cursor {
+            ts_ms: r.ts_ms,
+            request_id: r.request_id.clone(),
+        })
+    } else {
+        None
+    };
+    LogPage {
+        records: std::mem::take(records),
+        next,
+    }
+}
