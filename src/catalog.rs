@@ -874,6 +874,45 @@ mod tests {
         );
     }
 
+    /// The committed catalog is exactly what the derivation script makes from the
+    /// source data (checked when the data and python3 are available).
+    #[test]
+    fn committed_catalog_is_reproducible() {
+        use sha2::Digest;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let src = root.join("../shared/data/model_prices.json");
+        let Ok(data) = std::fs::read(&src) else {
+            eprintln!("skipped: {} not present", src.display());
+            return;
+        };
+        let sha = hex::encode(sha2::Sha256::digest(&data));
+        assert_eq!(
+            cat().source_sha256(),
+            Some(sha.as_str()),
+            "catalog derived from other data"
+        );
+        let Ok(dir) = tempfile::tempdir() else {
+            return;
+        };
+        let out = dir.path().join("catalog.json");
+        let status = std::process::Command::new("python3")
+            .arg(root.join("conf/derive_catalog.py"))
+            .arg(&src)
+            .arg(&out)
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                let fresh = std::fs::read(&out).unwrap();
+                assert!(
+                    fresh == EMBEDDED_JSON,
+                    "conf/catalog.json is stale: re-run conf/derive_catalog.py"
+                );
+            }
+            Ok(s) => panic!("derive_catalog.py failed: {s}"),
+            Err(e) => eprintln!("skipped: python3 not runnable: {e}"),
+        }
+    }
+
     #[test]
     fn rejects_bad_files() {
         assert!(matches!(

@@ -125,6 +125,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         start_time: register_gauge!("loopgate_start_time_seconds", "Unix time the process started")?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);
+    // Export the loss counters at zero from the start, so "nothing dropped" is visible.
+    for reason in ["channel_full", "rejected", "spill_failed", "spill_corrupt"] {
+        m.trace_dropped.with_label_values(&[reason]);
+    }
+    for result in ["ok", "failed"] {
+        m.config_reloads.with_label_values(&[result]);
+    }
     Ok(m)
 }
 

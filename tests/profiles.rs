@@ -319,7 +319,6 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("grok-4.20", "xai"),
     ("grok-code-fast-1", "xai"),
     ("grok-imagine-image", "xai"),
-    ("grok-3-mini", "xai"),
     ("sonar", "perplexity"),
     ("sonar-pro", "perplexity"),
     ("sonar-deep-research", "perplexity"),
@@ -360,7 +359,7 @@ fn model_names_resolve_to_their_provider() {
         "no-such-model",
         "claude-sonnet-4-5",
         "gemini-2.5-pro",
-        "command-r-plus",
+        "command-a-03-2025",
     ] {
         assert_eq!(
             resolve(&own, cat, model),

@@ -13,7 +13,11 @@ pub async fn handle(store: &StoreSlot, req: &AdminRequest) -> Option<AdminRespon
     if req.path.trim_end_matches('/') != "/v1/analytics" {
         return None;
     }
-    Some(run(store, req).await.unwrap_or_else(|e| AdminResponse::error(&e)))
+    Some(
+        run(store, req)
+            .await
+            .unwrap_or_else(|e| AdminResponse::error(&e)),
+    )
 }
 
 async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, GatewayError> {
@@ -27,8 +31,9 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
         )
     })?;
     let bucket_name = req.param("bucket").unwrap_or("none");
-    let bucket = Bucket::parse(bucket_name)
-        .ok_or_else(|| GatewayError::invalid("'bucket' must be hour, day or none", Some("bucket")))?;
+    let bucket = Bucket::parse(bucket_name).ok_or_else(|| {
+        GatewayError::invalid("'bucket' must be hour, day or none", Some("bucket"))
+    })?;
     let filter = scoped_filter(req)?;
     let store = store_of(slot)?;
     let q = AnalyticsQuery {

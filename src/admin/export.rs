@@ -29,7 +29,11 @@ pub async fn handle(store: &StoreSlot, req: &AdminRequest) -> Option<AdminRespon
     if req.path.trim_end_matches('/') != "/v1/export/logs" {
         return None;
     }
-    Some(run(store, req).await.unwrap_or_else(|e| AdminResponse::error(&e)))
+    Some(
+        run(store, req)
+            .await
+            .unwrap_or_else(|e| AdminResponse::error(&e)),
+    )
 }
 
 fn wants_gzip_encoding(req: &AdminRequest) -> bool {
@@ -51,7 +55,12 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
         None => false,
         Some("true" | "1" | "yes") => true,
         Some("false" | "0" | "no") => false,
-        Some(_) => return Err(GatewayError::invalid("'gzip' must be true or false", Some("gzip"))),
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "'gzip' must be true or false",
+                Some("gzip"),
+            ))
+        }
     };
     let filter = scoped_filter(req)?;
     let store = store_of(slot)?;
@@ -113,7 +122,12 @@ impl Out {
     }
 }
 
-async fn stream_export(store: std::sync::Arc<dyn Store>, filter: LogFilter, gzip: bool, tx: mpsc::Sender<Bytes>) {
+async fn stream_export(
+    store: std::sync::Arc<dyn Store>,
+    filter: LogFilter,
+    gzip: bool,
+    tx: mpsc::Sender<Bytes>,
+) {
     let mut out = if gzip {
         Out::Gz(GzEncoder::new(Vec::new(), Compression::fast()))
     } else {

@@ -68,9 +68,14 @@ pub fn check_read(req: &AdminRequest) -> Result<(), GatewayError> {
 /// Reject parameters the endpoint does not know (a typo must not silently widen a query).
 pub fn check_params(req: &AdminRequest, extra: &[&str]) -> Result<(), GatewayError> {
     for (k, _) in &req.query {
-        let known = FILTER_PARAMS.contains(&k.as_str()) || extra.contains(&k.as_str()) || k.starts_with("property.");
+        let known = FILTER_PARAMS.contains(&k.as_str())
+            || extra.contains(&k.as_str())
+            || k.starts_with("property.");
         if !known {
-            return Err(GatewayError::invalid(format!("unknown query parameter '{k}'"), Some(k)));
+            return Err(GatewayError::invalid(
+                format!("unknown query parameter '{k}'"),
+                Some(k),
+            ));
         }
     }
     Ok(())
@@ -78,7 +83,8 @@ pub fn check_params(req: &AdminRequest, extra: &[&str]) -> Result<(), GatewayErr
 
 /// Parse the filters and apply the caller's project lock.
 pub fn scoped_filter(req: &AdminRequest) -> Result<LogFilter, GatewayError> {
-    let mut f = LogFilter::from_query(&req.query).map_err(|(m, p)| GatewayError::invalid(m, Some(&p)))?;
+    let mut f =
+        LogFilter::from_query(&req.query).map_err(|(m, p)| GatewayError::invalid(m, Some(&p)))?;
     if let Some(locked) = &req.caller.project {
         if f.project.as_ref().is_some_and(|p| p != locked) {
             return Err(GatewayError::Forbidden(
@@ -91,15 +97,18 @@ pub fn scoped_filter(req: &AdminRequest) -> Result<LogFilter, GatewayError> {
 }
 
 pub fn store_of(slot: &StoreSlot) -> Result<Arc<dyn Store>, GatewayError> {
-    slot.get()
-        .ok_or_else(|| GatewayError::Unavailable("the trace store is not available yet; retry shortly".into()))
+    slot.get().ok_or_else(|| {
+        GatewayError::Unavailable("the trace store is not available yet; retry shortly".into())
+    })
 }
 
 pub fn store_err(e: StoreError) -> GatewayError {
     match e {
         StoreError::Unavailable(_) | StoreError::Timeout(_) => {
             tracing::warn!(error = %e, "trace store unavailable for a read");
-            GatewayError::Unavailable("the trace store is temporarily unavailable; retry shortly".into())
+            GatewayError::Unavailable(
+                "the trace store is temporarily unavailable; retry shortly".into(),
+            )
         }
         other => {
             tracing::error!(error = %other, "trace store read failed");
@@ -138,13 +147,17 @@ async fn list(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gat
     let limit = parse_limit(req)?;
     let after = match req.param("cursor").or_else(|| req.param("after")) {
         None | Some("") => None,
-        Some(c) => Some(
-            Cursor::decode(c).ok_or_else(|| GatewayError::invalid("'cursor' is not a valid cursor", Some("cursor")))?,
-        ),
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
+            GatewayError::invalid("'cursor' is not a valid cursor", Some("cursor"))
+        })?),
     };
     let store = store_of(slot)?;
     let page = store
-        .query_logs(&LogQuery { filter, limit, after })
+        .query_logs(&LogQuery {
+            filter,
+            limit,
+            after,
+        })
         .await
         .map_err(store_err)?;
     let data: Vec<Value> = page.records.iter().map(record_json).collect();
@@ -166,7 +179,11 @@ fn decode_id(raw: &str) -> Result<String, GatewayError> {
     Ok(id)
 }
 
-async fn one(slot: &StoreSlot, req: &AdminRequest, raw: &str) -> Result<AdminResponse, GatewayError> {
+async fn one(
+    slot: &StoreSlot,
+    req: &AdminRequest,
+    raw: &str,
+) -> Result<AdminResponse, GatewayError> {
     check_read(req)?;
     let id = decode_id(raw)?;
     let store = store_of(slot)?;
@@ -186,7 +203,8 @@ async fn one(slot: &StoreSlot, req: &AdminRequest, raw: &str) -> Result<AdminRes
 pub fn session_totals(recs: &[TraceRecord]) -> Value {
     let mut models = BTreeSet::new();
     let mut providers = BTreeSet::new();
-    let (mut errors, mut pt, mut ct, mut cached, mut cost, mut lat) = (0u64, 0u64, 0u64, 0u64, 0f64, 0f64);
+    let (mut errors, mut pt, mut ct, mut cached, mut cost, mut lat) =
+        (0u64, 0u64, 0u64, 0u64, 0f64, 0f64);
     for r in recs {
         if crate::store::is_error(r) {
             errors += 1;
@@ -196,7 +214,11 @@ pub fn session_totals(recs: &[TraceRecord]) -> Value {
         cached += r.cached_tokens;
         cost += r.cost_usd;
         lat += r.latency_ms;
-        models.insert(r.served_model.clone().unwrap_or_else(|| r.requested_model.clone()));
+        models.insert(
+            r.served_model
+                .clone()
+                .unwrap_or_else(|| r.requested_model.clone()),
+        );
         if let Some(p) = &r.provider {
             providers.insert(p.clone());
         }
@@ -221,7 +243,11 @@ pub fn session_totals(recs: &[TraceRecord]) -> Value {
     })
 }
 
-async fn session(slot: &StoreSlot, req: &AdminRequest, raw: &str) -> Result<AdminResponse, GatewayError> {
+async fn session(
+    slot: &StoreSlot,
+    req: &AdminRequest,
+    raw: &str,
+) -> Result<AdminResponse, GatewayError> {
     check_read(req)?;
     check_params(req, &[])?;
     let id = decode_id(raw)?;

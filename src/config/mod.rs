@@ -63,8 +63,9 @@ pub struct ServerConfig {
     /// Largest non-streamed upstream response read into memory.
     pub max_response_bytes: usize,
     pub connect_timeout_ms: u64,
-    /// Per-read upstream timeout (a provider profile or route may set its own).
-    pub read_timeout_secs: u64,
+    /// Per-read upstream timeout for every provider, overriding the profiles' own
+    /// (unset: each profile's `read_timeout_secs`, else 120 s). A route may still set its own.
+    pub read_timeout_secs: Option<u64>,
     pub write_timeout_secs: u64,
     pub upstream_idle_timeout_secs: u64,
     /// Pingora: seconds to keep serving after SIGTERM/SIGQUIT before stopping listeners work.
@@ -94,7 +95,7 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
             connect_timeout_ms: 5_000,
-            read_timeout_secs: 120,
+            read_timeout_secs: None,
             write_timeout_secs: 30,
             upstream_idle_timeout_secs: 60,
             grace_period_secs: 0,

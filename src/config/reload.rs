@@ -101,9 +101,23 @@ impl BackgroundService for ReloadService {
 
 fn watch(paths: Vec<PathBuf>, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
+    // Only events on the config file, the catalog file or `.toml` files in the filters
+    // directory count: other files share those directories (the SQLite database, say).
+    // notify reports absolute paths.
+    let paths: Vec<PathBuf> = paths.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+    let relevant: Vec<PathBuf> = paths.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
+            let kind_ok = matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_));
+            let path_ok = ev.paths.iter().any(|p| {
+                relevant.iter().any(|r| {
+                    p == r
+                        || (r.is_dir()
+                            && p.parent() == Some(r.as_path())
+                            && p.extension().is_some_and(|x| x == "toml"))
+                })
+            });
+            if kind_ok && path_ok {
                 let _ = tx.try_send(());
             }
         }

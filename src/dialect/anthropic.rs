@@ -587,6 +587,15 @@ pub(crate) fn classify(status: u16, body: &[u8]) -> UpstreamFailure {
     f
 }
 
+/// The profile's `chat_path`, unless it is the OpenAI default (a profile that did not
+/// set one): then Anthropic's own `/v1/messages`.
+fn chat_path<'a>(t: &Target<'a>) -> &'a str {
+    match t.profile.chat_path.as_str() {
+        "/chat/completions" => "/v1/messages",
+        p => p,
+    }
+}
+
 impl Dialect for Anthropic {
     fn name(&self) -> &'static str {
         "anthropic"
@@ -610,9 +619,7 @@ impl Dialect for Anthropic {
         }
         Ok(UpstreamRequest {
             method: "POST",
-            path: t
-                .profile
-                .path_for(t.endpoint, &t.profile.chat_path, t.model),
+            path: t.profile.path_for(t.endpoint, chat_path(t), t.model),
             headers,
             body: Bytes::from(
                 serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
@@ -777,13 +784,9 @@ impl AnthropicStream {
                     }
                     Some("input_json_delta") => {
                         let frag = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
-                        match self.tool_index.get(&idx) {
-                            Some(&ti) => self.enc.tool_call_args(0, ti, frag, out),
-                            None => {
-                                return Err(DialectError::Malformed(format!(
-                                    "input_json_delta for block {idx} without a tool_use start"
-                                )))
-                            }
+                        // Deltas of blocks OpenAI cannot show (server tools) are skipped.
+                        if let Some(&ti) = self.tool_index.get(&idx) {
+                            self.enc.tool_call_args(0, ti, frag, out);
                         }
                     }
                     Some("thinking_delta") => {
@@ -808,13 +811,11 @@ impl AnthropicStream {
                     self.merge_usage(u);
                 }
             }
-            "message_stop" => {
-                if !self.stopped {
-                    self.ensure_started(out);
-                    self.stopped = true;
-                    let reason = map_stop_reason(self.stop_reason.as_deref());
-                    self.enc.finish_reason(0, reason, out);
-                }
+            "message_stop" if !self.stopped => {
+                self.ensure_started(out);
+                self.stopped = true;
+                let reason = map_stop_reason(self.stop_reason.as_deref());
+                self.enc.finish_reason(0, reason, out);
             }
             "error" => {
                 let (kind, msg) = error_parts(&v);
@@ -1105,6 +1106,18 @@ auth_header = "x-api-key"
     }
 
     #[test]
+    fn default_chat_path_is_messages() {
+        let p = profile(&PROFILE.replace("chat_path = \"/v1/messages\"\n", ""));
+        assert_eq!(p.chat_path, "/chat/completions");
+        let e = Endpoint::parse("https://proxy.example.com/anthropic").unwrap();
+        let req = request(json!({"messages": [{"role": "user", "content": "x"}]}));
+        let up = Anthropic
+            .build_chat(&req, &target(&p, &e, "claude", false))
+            .unwrap();
+        assert_eq!(up.path, "/anthropic/v1/messages");
+    }
+
+    #[test]
     fn max_tokens_defaults() {
         let (_, v) = build(
             json!({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 77}),
@@ -1294,6 +1307,30 @@ auth_header = "x-api-key"
         assert_eq!(v["usage"]["prompt_tokens"], 2572);
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 2000);
         assert_eq!(v["usage"]["total_tokens"], 2661);
+    }
+
+    #[test]
+    fn cache_tokens_are_priced_from_the_catalog() {
+        let p = profile(PROFILE);
+        let e = Endpoint::parse(&p.base_url).unwrap();
+        let t = target(&p, &e, "claude-sonnet-4-5", false);
+        let tr = Anthropic
+            .translate_chat(RESPONSE.as_bytes(), &t, &request(json!({"messages": []})))
+            .unwrap();
+        let cat = crate::catalog::Catalog::embedded().unwrap();
+        let m = cat
+            .get(&["anthropic".to_string()], "claude-sonnet-4-5")
+            .unwrap();
+        // 472 fresh input, 2000 cache reads, 100 cache writes, 89 output tokens.
+        let expect = 472.0 * m.input.unwrap()
+            + 2000.0 * m.cache_read.unwrap()
+            + 100.0 * m.cache_creation.unwrap()
+            + 89.0 * m.output.unwrap();
+        assert!(
+            (m.cost(&tr.usage) - expect).abs() < 1e-12,
+            "{} vs {expect}",
+            m.cost(&tr.usage)
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ use serde_json::{json, Map, Value};
 use super::bedrock::{content_text, reject_n, stop_list};
 use super::encode::finish_reason_from;
 use super::sse::{SseDecoder, SseEvent};
-use super::{ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated, UpstreamRequest, Usage};
+use super::{
+    ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated,
+    UpstreamRequest, Usage,
+};
 
 pub struct Cohere;
 
@@ -55,7 +58,9 @@ fn build_messages(req: &ChatRequest) -> Result<Vec<Value>, DialectError> {
     for m in req.messages() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let msg = match role {
-            "system" | "developer" => json!({"role": "system", "content": content_text(m.get("content"))}),
+            "system" | "developer" => {
+                json!({"role": "system", "content": content_text(m.get("content"))})
+            }
             "user" => json!({"role": "user", "content": user_content(m.get("content"))?}),
             "assistant" => {
                 let mut a = Map::new();
@@ -90,9 +95,15 @@ fn build_messages(req: &ChatRequest) -> Result<Vec<Value>, DialectError> {
                 Value::Object(a)
             }
             "tool" => {
-                let id = m.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
-                    DialectError::unsupported("tool message needs tool_call_id", Some("messages"))
-                })?;
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        DialectError::unsupported(
+                            "tool message needs tool_call_id",
+                            Some("messages"),
+                        )
+                    })?;
                 json!({"role": "tool", "tool_call_id": id, "content": content_text(m.get("content"))})
             }
             other => {
@@ -115,7 +126,11 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), Value::Array(build_messages(req)?));
     body.insert("stream".into(), json!(stream));
-    let mut tools = b.get("tools").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut tools = b
+        .get("tools")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     match b.get("tool_choice") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => match s.as_str() {
@@ -127,7 +142,10 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
                 body.insert("tool_choice".into(), json!("NONE"));
             }
             other => {
-                return Err(DialectError::unsupported(format!("tool_choice '{other}' is not supported"), Some("tool_choice")))
+                return Err(DialectError::unsupported(
+                    format!("tool_choice '{other}' is not supported"),
+                    Some("tool_choice"),
+                ))
             }
         },
         Some(v) => {
@@ -135,10 +153,18 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
             let name = v
                 .pointer("/function/name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| DialectError::unsupported("tool_choice needs function.name", Some("tool_choice")))?;
+                .ok_or_else(|| {
+                    DialectError::unsupported(
+                        "tool_choice needs function.name",
+                        Some("tool_choice"),
+                    )
+                })?;
             tools.retain(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name));
             if tools.is_empty() {
-                return Err(DialectError::unsupported(format!("tool_choice names unknown tool '{name}'"), Some("tool_choice")));
+                return Err(DialectError::unsupported(
+                    format!("tool_choice names unknown tool '{name}'"),
+                    Some("tool_choice"),
+                ));
             }
             body.insert("tool_choice".into(), json!("REQUIRED"));
         }
@@ -149,7 +175,11 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
     if let Some(s) = stop_list(b.get("stop")) {
         body.insert("stop_sequences".into(), Value::Array(s));
     }
-    if let Some(m) = b.get("max_completion_tokens").or_else(|| b.get("max_tokens")).filter(|v| v.is_u64()) {
+    if let Some(m) = b
+        .get("max_completion_tokens")
+        .or_else(|| b.get("max_tokens"))
+        .filter(|v| v.is_u64())
+    {
         body.insert("max_tokens".into(), m.clone());
     }
     for (from, to) in [
@@ -171,9 +201,15 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
             }
             Some("json_schema") => {
                 let schema = rf.pointer("/json_schema/schema").cloned().ok_or_else(|| {
-                    DialectError::unsupported("response_format json_schema needs json_schema.schema", Some("response_format"))
+                    DialectError::unsupported(
+                        "response_format json_schema needs json_schema.schema",
+                        Some("response_format"),
+                    )
                 })?;
-                body.insert("response_format".into(), json!({"type": "json_object", "json_schema": schema}));
+                body.insert(
+                    "response_format".into(),
+                    json!({"type": "json_object", "json_schema": schema}),
+                );
             }
             Some(other) => {
                 return Err(DialectError::unsupported(
@@ -206,7 +242,9 @@ fn usage_from(u: &Value) -> Usage {
 
 fn finish_reason(native: &str) -> Result<&'static str, String> {
     match native {
-        "ERROR" | "TIMEOUT" | "ERROR_LIMIT" => Err(format!("Cohere stopped with finish_reason {native}")),
+        "ERROR" | "TIMEOUT" | "ERROR_LIMIT" => {
+            Err(format!("Cohere stopped with finish_reason {native}"))
+        }
         "ERROR_TOXIC" => Ok("content_filter"),
         other => Ok(finish_reason_from(other)),
     }
@@ -225,28 +263,48 @@ impl Dialect for Cohere {
         }
         Ok(UpstreamRequest {
             method: "POST",
-            path: t.profile.path_for(t.endpoint, &t.profile.chat_path, t.model),
+            path: t
+                .profile
+                .path_for(t.endpoint, &t.profile.chat_path, t.model),
             headers,
-            body: Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
         })
     }
 
-    fn translate_chat(&self, body: &[u8], t: &Target, _req: &ChatRequest) -> Result<Translated, DialectError> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+    fn translate_chat(
+        &self,
+        body: &[u8],
+        t: &Target,
+        _req: &ChatRequest,
+    ) -> Result<Translated, DialectError> {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         let msg = v
             .get("message")
             .filter(|m| m.is_object())
             .ok_or_else(|| DialectError::Malformed("Cohere response has no message".into()))?;
         let mut text = String::new();
         let mut thinking = String::new();
-        for c in msg.get("content").and_then(Value::as_array).into_iter().flatten() {
+        for c in msg
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             match c.get("type").and_then(Value::as_str) {
-                Some("thinking") => thinking.push_str(c.get("thinking").and_then(Value::as_str).unwrap_or("")),
+                Some("thinking") => {
+                    thinking.push_str(c.get("thinking").and_then(Value::as_str).unwrap_or(""))
+                }
                 _ => text.push_str(c.get("text").and_then(Value::as_str).unwrap_or("")),
             }
         }
-        if let Some(plan) = msg.get("tool_plan").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+        if let Some(plan) = msg
+            .get("tool_plan")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        {
             if !thinking.is_empty() {
                 thinking.push('\n');
             }
@@ -267,7 +325,10 @@ impl Dialect for Cohere {
                     "function": {"name": tc.pointer("/function/name").and_then(Value::as_str).unwrap_or(""), "arguments": args}})
             })
             .collect();
-        let native = v.get("finish_reason").and_then(Value::as_str).unwrap_or("COMPLETE");
+        let native = v
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("COMPLETE");
         let finish = if tool_calls.is_empty() {
             finish_reason(native).map_err(DialectError::Upstream)?
         } else {
@@ -295,17 +356,28 @@ impl Dialect for Cohere {
             "usage": usage.to_openai(),
         });
         Ok(Translated {
-            body: Bytes::from(serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
             usage,
             model: None,
         })
     }
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
-        Box::new(CohereStream::new(t.request_id, t.created, t.model, req.include_usage))
+        Box::new(CohereStream::new(
+            t.request_id,
+            t.created,
+            t.model,
+            req.include_usage,
+        ))
     }
 
-    fn build_embeddings(&self, body: &Map<String, Value>, t: &Target) -> Result<UpstreamRequest, DialectError> {
+    fn build_embeddings(
+        &self,
+        body: &Map<String, Value>,
+        t: &Target,
+    ) -> Result<UpstreamRequest, DialectError> {
         let texts: Vec<Value> = match body.get("input") {
             Some(Value::String(s)) => vec![json!(s)],
             Some(Value::Array(a)) if a.iter().all(Value::is_string) && !a.is_empty() => a.clone(),
@@ -342,18 +414,22 @@ impl Dialect for Cohere {
             method: "POST",
             path: t.profile.path_for(t.endpoint, path, t.model),
             headers: vec![("content-type".into(), "application/json".into())],
-            body: Bytes::from(serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
         })
     }
 
     fn translate_embeddings(&self, body: &[u8], t: &Target) -> Result<Translated, DialectError> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         let vectors = v
             .pointer("/embeddings/float")
             .or_else(|| v.get("embeddings").filter(|e| e.is_array()))
             .and_then(Value::as_array)
-            .ok_or_else(|| DialectError::Malformed("Cohere embed response has no embeddings.float".into()))?;
+            .ok_or_else(|| {
+                DialectError::Malformed("Cohere embed response has no embeddings.float".into())
+            })?;
         let data: Vec<Value> = vectors
             .iter()
             .enumerate()
@@ -375,7 +451,9 @@ impl Dialect for Cohere {
             "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
         });
         Ok(Translated {
-            body: Bytes::from(serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
             usage,
             model: None,
         })
@@ -440,11 +518,16 @@ impl CohereStream {
             Ok(v) => v,
             Err(e) => {
                 let err = DialectError::Malformed(format!("Cohere stream event is not JSON: {e}"));
-                self.enc.error(&err.to_string(), "api_error", "upstream_error", out);
+                self.enc
+                    .error(&err.to_string(), "api_error", "upstream_error", out);
                 return Err(err);
             }
         };
-        let ty = v.get("type").and_then(Value::as_str).unwrap_or(ev.event.as_str()).to_string();
+        let ty = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(ev.event.as_str())
+            .to_string();
         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         let dm = v.pointer("/delta/message");
         match ty.as_str() {
@@ -472,7 +555,10 @@ impl CohereStream {
                 let tc = dm.and_then(|m| m.get("tool_calls")).unwrap_or(&Value::Null);
                 let ti = self.tool_index(index);
                 let id = tc.get("id").and_then(Value::as_str).unwrap_or("");
-                let name = tc.pointer("/function/name").and_then(Value::as_str).unwrap_or("");
+                let name = tc
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 self.enc.tool_call_start(0, ti, id, name, out);
                 self.produced = true;
                 if let Some(a) = tc.pointer("/function/arguments").and_then(Value::as_str) {
@@ -481,12 +567,17 @@ impl CohereStream {
             }
             "tool-call-delta" => {
                 if !self.tools.contains(&index) {
-                    let e = DialectError::Malformed("tool-call-delta before tool-call-start".into());
-                    self.enc.error(&e.to_string(), "api_error", "upstream_error", out);
+                    let e =
+                        DialectError::Malformed("tool-call-delta before tool-call-start".into());
+                    self.enc
+                        .error(&e.to_string(), "api_error", "upstream_error", out);
                     return Err(e);
                 }
                 let ti = self.tool_index(index);
-                if let Some(a) = dm.and_then(|m| m.pointer("/tool_calls/function/arguments")).and_then(Value::as_str) {
+                if let Some(a) = dm
+                    .and_then(|m| m.pointer("/tool_calls/function/arguments"))
+                    .and_then(Value::as_str)
+                {
                     self.enc.tool_call_args(0, ti, a, out);
                 }
             }
@@ -496,7 +587,10 @@ impl CohereStream {
                 if let Some(u) = d.get("usage") {
                     self.usage = usage_from(u);
                 }
-                let native = d.get("finish_reason").and_then(Value::as_str).unwrap_or("COMPLETE");
+                let native = d
+                    .get("finish_reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("COMPLETE");
                 let reason = if self.tools.is_empty() {
                     match finish_reason(native) {
                         Ok(r) => r,
@@ -530,7 +624,8 @@ impl StreamTranslator for CohereStream {
         }
         if let Err(e) = self.decoder.feed(input, &mut self.events) {
             self.events.clear();
-            self.enc.error(&e.to_string(), "api_error", "upstream_error", out);
+            self.enc
+                .error(&e.to_string(), "api_error", "upstream_error", out);
             return Err(e);
         }
         let events = std::mem::take(&mut self.events);
@@ -653,21 +748,46 @@ mod tests {
         assert_eq!(b["stream"], true);
         assert_eq!(b["tool_choice"], "REQUIRED");
         assert_eq!(b["stop_sequences"], json!(["\n\n"]));
-        assert_eq!((b["max_tokens"].as_u64(), b["p"].as_f64(), b["seed"].as_u64()), (Some(100), Some(0.8), Some(7)));
+        assert_eq!(
+            (
+                b["max_tokens"].as_u64(),
+                b["p"].as_f64(),
+                b["seed"].as_u64()
+            ),
+            (Some(100), Some(0.8), Some(7))
+        );
         assert!(b.get("top_p").is_none() && b.get("stop").is_none());
-        assert_eq!(b["response_format"], json!({"type": "json_object", "json_schema": {"type": "object"}}));
-        assert_eq!(b["messages"][0], json!({"role": "system", "content": "You are terse."}));
-        assert_eq!(b["messages"][1]["content"][1], json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}));
+        assert_eq!(
+            b["response_format"],
+            json!({"type": "json_object", "json_schema": {"type": "object"}})
+        );
+        assert_eq!(
+            b["messages"][0],
+            json!({"role": "system", "content": "You are terse."})
+        );
+        assert_eq!(
+            b["messages"][1]["content"][1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}})
+        );
         assert_eq!(b["messages"][2]["tool_plan"], "I will look it up.");
-        assert_eq!(b["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"location\":\"Madrid\"}");
-        assert_eq!(b["messages"][3], json!({"role": "tool", "tool_call_id": "get_weather_1", "content": "{\"temperature\":24}"}));
+        assert_eq!(
+            b["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"location\":\"Madrid\"}"
+        );
+        assert_eq!(
+            b["messages"][3],
+            json!({"role": "tool", "tool_call_id": "get_weather_1", "content": "{\"temperature\":24}"})
+        );
 
-        let named = chat(json!({"messages": [{"role": "user", "content": "x"}], "tools": b["tools"].clone(),
-            "tool_choice": {"type": "function", "function": {"name": "other"}}}));
+        let named = chat(
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": b["tools"].clone(),
+            "tool_choice": {"type": "function", "function": {"name": "other"}}}),
+        );
         let nb = chat_body(&named, "m", false).unwrap();
         assert_eq!(nb["tool_choice"], "REQUIRED");
         assert_eq!(nb["tools"].as_array().unwrap().len(), 1);
-        let none = chat(json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "none"}));
+        let none =
+            chat(json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "none"}));
         assert_eq!(chat_body(&none, "m", false).unwrap()["tool_choice"], "NONE");
         assert!(chat_body(&chat(json!({"n": 3, "messages": []})), "m", false).is_err());
     }
@@ -680,7 +800,10 @@ mod tests {
         let req = chat(json!({"messages": []}));
         let tr = with_target(false, |t| Cohere.translate_chat(body, t, &req)).unwrap();
         let v: Value = serde_json::from_slice(&tr.body).unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], "LLMs are neural networks.");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "LLMs are neural networks."
+        );
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["prompt_tokens"], 5);
         assert_eq!(v["usage"]["total_tokens"], 423);
@@ -695,21 +818,35 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert!(m["content"].is_null());
         assert_eq!(m["reasoning_content"], "I will find the weather in Madrid.");
-        assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{\"location\":\"Madrid\"}");
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            "{\"location\":\"Madrid\"}"
+        );
 
         for (fr, want) in [("MAX_TOKENS", "length"), ("STOP_SEQUENCE", "stop")] {
-            let b = format!(r#"{{"finish_reason":"{fr}","message":{{"role":"assistant","content":[{{"type":"text","text":"x"}}]}}}}"#);
+            let b = format!(
+                r#"{{"finish_reason":"{fr}","message":{{"role":"assistant","content":[{{"type":"text","text":"x"}}]}}}}"#
+            );
             let tr = with_target(false, |t| Cohere.translate_chat(b.as_bytes(), t, &req)).unwrap();
-            assert_eq!(serde_json::from_slice::<Value>(&tr.body).unwrap()["choices"][0]["finish_reason"], want);
+            assert_eq!(
+                serde_json::from_slice::<Value>(&tr.body).unwrap()["choices"][0]["finish_reason"],
+                want
+            );
         }
         let err = br#"{"finish_reason":"ERROR","message":{"role":"assistant","content":[]}}"#;
-        assert!(matches!(with_target(false, |t| Cohere.translate_chat(err, t, &req)), Err(DialectError::Upstream(_))));
+        assert!(matches!(
+            with_target(false, |t| Cohere.translate_chat(err, t, &req)),
+            Err(DialectError::Upstream(_))
+        ));
     }
 
     #[test]
     fn embeddings_both_ways() {
         let body = json!({"model": "embed-v4.0", "input": ["hello", "world"], "dimensions": 256});
-        let up = with_target(false, |t| Cohere.build_embeddings(body.as_object().unwrap(), t)).unwrap();
+        let up = with_target(false, |t| {
+            Cohere.build_embeddings(body.as_object().unwrap(), t)
+        })
+        .unwrap();
         assert_eq!(up.path, "/v2/embed");
         let b: Value = serde_json::from_slice(&up.body).unwrap();
         assert_eq!(b["texts"], json!(["hello", "world"]));
@@ -721,11 +858,16 @@ mod tests {
         let tr = with_target(false, |t| Cohere.translate_embeddings(resp, t)).unwrap();
         let v: Value = serde_json::from_slice(&tr.body).unwrap();
         assert_eq!(v["object"], "list");
-        assert_eq!(v["data"][1], json!({"object": "embedding", "index": 1, "embedding": [0.3, 0.4]}));
+        assert_eq!(
+            v["data"][1],
+            json!({"object": "embedding", "index": 1, "embedding": [0.3, 0.4]})
+        );
         assert_eq!(v["usage"], json!({"prompt_tokens": 2, "total_tokens": 2}));
         assert_eq!(tr.usage.prompt_tokens, 2);
         let tokens = json!({"input": [[1, 2, 3]]});
-        assert!(with_target(false, |t| Cohere.build_embeddings(tokens.as_object().unwrap(), t)).is_err());
+        assert!(with_target(false, |t| Cohere
+            .build_embeddings(tokens.as_object().unwrap(), t))
+        .is_err());
     }
 
     fn sse(events: &[(&str, Value)]) -> Vec<u8> {
@@ -738,32 +880,84 @@ mod tests {
 
     fn text_stream() -> Vec<u8> {
         sse(&[
-            ("message-start", json!({"id": "29f14a5a", "type": "message-start", "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}})),
-            ("content-start", json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})),
-            ("content-delta", json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": "A large"}}}})),
-            ("content-delta", json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": " language model ü"}}}})),
+            (
+                "message-start",
+                json!({"id": "29f14a5a", "type": "message-start", "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}),
+            ),
+            (
+                "content-start",
+                json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+            ),
+            (
+                "content-delta",
+                json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": "A large"}}}}),
+            ),
+            (
+                "content-delta",
+                json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": " language model ü"}}}}),
+            ),
             ("content-end", json!({"type": "content-end", "index": 0})),
-            ("message-end", json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {"billed_units": {"input_tokens": 5, "output_tokens": 4}, "tokens": {"input_tokens": 71, "output_tokens": 4}}}})),
+            (
+                "message-end",
+                json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {"billed_units": {"input_tokens": 5, "output_tokens": 4}, "tokens": {"input_tokens": 71, "output_tokens": 4}}}}),
+            ),
         ])
     }
 
     fn tool_stream() -> Vec<u8> {
         sse(&[
-            ("message-start", json!({"id": "fba98ad3", "type": "message-start", "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}})),
-            ("tool-plan-delta", json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will"}}})),
-            ("tool-plan-delta", json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": " check."}}})),
-            ("tool-call-start", json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {"id": "get_weather_nsz5zm3w56q3", "type": "function", "function": {"name": "get_weather", "arguments": ""}}}}})),
-            ("tool-call-delta", json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": "{\n    \"location\": \""}}}}})),
-            ("tool-call-delta", json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": "Madrid\"\n}"}}}}})),
-            ("tool-call-end", json!({"type": "tool-call-end", "index": 0})),
-            ("tool-call-start", json!({"type": "tool-call-start", "index": 1, "delta": {"message": {"tool_calls": {"id": "get_weather_c9ds9", "type": "function", "function": {"name": "get_weather", "arguments": ""}}}}})),
-            ("tool-call-delta", json!({"type": "tool-call-delta", "index": 1, "delta": {"message": {"tool_calls": {"function": {"arguments": "{\"location\":\"Brasilia\"}"}}}}})),
-            ("tool-call-end", json!({"type": "tool-call-end", "index": 1})),
-            ("message-end", json!({"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {"billed_units": {"input_tokens": 37, "output_tokens": 28}, "tokens": {"input_tokens": 913, "output_tokens": 83}}}})),
+            (
+                "message-start",
+                json!({"id": "fba98ad3", "type": "message-start", "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}),
+            ),
+            (
+                "tool-plan-delta",
+                json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will"}}}),
+            ),
+            (
+                "tool-plan-delta",
+                json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": " check."}}}),
+            ),
+            (
+                "tool-call-start",
+                json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {"id": "get_weather_nsz5zm3w56q3", "type": "function", "function": {"name": "get_weather", "arguments": ""}}}}}),
+            ),
+            (
+                "tool-call-delta",
+                json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": "{\n    \"location\": \""}}}}}),
+            ),
+            (
+                "tool-call-delta",
+                json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": "Madrid\"\n}"}}}}}),
+            ),
+            (
+                "tool-call-end",
+                json!({"type": "tool-call-end", "index": 0}),
+            ),
+            (
+                "tool-call-start",
+                json!({"type": "tool-call-start", "index": 1, "delta": {"message": {"tool_calls": {"id": "get_weather_c9ds9", "type": "function", "function": {"name": "get_weather", "arguments": ""}}}}}),
+            ),
+            (
+                "tool-call-delta",
+                json!({"type": "tool-call-delta", "index": 1, "delta": {"message": {"tool_calls": {"function": {"arguments": "{\"location\":\"Brasilia\"}"}}}}}),
+            ),
+            (
+                "tool-call-end",
+                json!({"type": "tool-call-end", "index": 1}),
+            ),
+            (
+                "message-end",
+                json!({"type": "message-end", "delta": {"finish_reason": "TOOL_CALL", "usage": {"billed_units": {"input_tokens": 37, "output_tokens": 28}, "tokens": {"input_tokens": 913, "output_tokens": 83}}}}),
+            ),
         ])
     }
 
-    fn run(input: &[u8], cuts: &[usize], include_usage: bool) -> (Result<(), DialectError>, Vec<u8>, Usage) {
+    fn run(
+        input: &[u8],
+        cuts: &[usize],
+        include_usage: bool,
+    ) -> (Result<(), DialectError>, Vec<u8>, Usage) {
         let mut s = CohereStream::new("chatcmpl-test", 1, "command-a-03-2025", include_usage);
         let mut out = BytesMut::new();
         let mut last = 0;
@@ -786,12 +980,17 @@ mod tests {
         let (res, out, usage) = run(&text_stream(), &[], true);
         res.unwrap();
         let ev = events(&out);
-        let text: String = ev.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+        let text: String = ev
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
         assert_eq!(text, "A large language model ü");
         assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "stop");
         assert_eq!(ev.last().unwrap()["usage"]["total_tokens"], 9);
         assert_eq!(usage.prompt_tokens, 5);
-        assert!(ev.iter().all(|e| e["object"] == "chat.completion.chunk" && e["id"] == "chatcmpl-test"));
+        assert!(ev
+            .iter()
+            .all(|e| e["object"] == "chat.completion.chunk" && e["id"] == "chatcmpl-test"));
     }
 
     #[test]
@@ -815,9 +1014,18 @@ mod tests {
         }
         assert_eq!(plan, "I will check.");
         assert_eq!(ids, vec!["get_weather_nsz5zm3w56q3", "get_weather_c9ds9"]);
-        assert_eq!(serde_json::from_str::<Value>(&args[0]).unwrap(), json!({"location": "Madrid"}));
-        assert_eq!(serde_json::from_str::<Value>(&args[1]).unwrap(), json!({"location": "Brasilia"}));
-        assert_eq!(ev.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            serde_json::from_str::<Value>(&args[0]).unwrap(),
+            json!({"location": "Madrid"})
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&args[1]).unwrap(),
+            json!({"location": "Brasilia"})
+        );
+        assert_eq!(
+            ev.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
     }
 
     #[test]
@@ -830,12 +1038,21 @@ mod tests {
         assert!(events(&out).last().unwrap().get("error").is_some());
 
         let err = sse(&[
-            ("message-start", json!({"type": "message-start", "delta": {"message": {"role": "assistant"}}})),
-            ("message-end", json!({"type": "message-end", "delta": {"finish_reason": "ERROR", "error": "internal"}})),
+            (
+                "message-start",
+                json!({"type": "message-start", "delta": {"message": {"role": "assistant"}}}),
+            ),
+            (
+                "message-end",
+                json!({"type": "message-end", "delta": {"finish_reason": "ERROR", "error": "internal"}}),
+            ),
         ]);
         let (res, out, _) = run(&err, &[], false);
         assert!(matches!(res, Err(DialectError::Upstream(_))));
-        assert!(events(&out).last().unwrap()["error"]["message"].as_str().unwrap().contains("ERROR"));
+        assert!(events(&out).last().unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ERROR"));
 
         let (res, out, _) = run(b"event: content-delta\ndata: {not json\n\n", &[], false);
         assert!(matches!(res, Err(DialectError::Malformed(_))));

@@ -1343,7 +1343,10 @@ auth_header = "x-goog-api-key"
             "gemini-3-pro-preview",
             false,
         );
-        assert_eq!(v["contents"][1]["parts"][0]["thoughtSignature"], "CiQB+/9zAA==");
+        assert_eq!(
+            v["contents"][1]["parts"][0]["thoughtSignature"],
+            "CiQB+/9zAA=="
+        );
         // Foreign ids on Gemini 3 get Google's documented placeholder; older models none.
         let msgs = json!({"messages": [{"role": "user", "content": "x"},
             {"role": "assistant", "tool_calls": [{"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]});
@@ -1415,6 +1418,28 @@ auth_header = "x-goog-api-key"
             v["usage"]["completion_tokens_details"]["reasoning_tokens"],
             50
         );
+    }
+
+    #[test]
+    fn thinking_and_cache_are_priced_from_the_catalog() {
+        let p = profile(PROFILE);
+        let e = Endpoint::parse(&p.base_url).unwrap();
+        let tr = Gemini
+            .translate_chat(
+                RESPONSE.as_bytes(),
+                &t_json(&p, &e),
+                &request(json!({"messages": []})),
+            )
+            .unwrap();
+        let cat = crate::catalog::Catalog::embedded().unwrap();
+        let m = cat
+            .get(&["gemini".to_string()], "gemini-2.5-flash")
+            .unwrap();
+        // 20 fresh + 100 cached prompt tokens; 20 answer + 50 thinking tokens billed as output.
+        let expect = 20.0 * m.input.unwrap()
+            + 100.0 * m.cache_read.unwrap_or(m.input.unwrap())
+            + 70.0 * m.output.unwrap();
+        assert!((m.cost(&tr.usage) - expect).abs() < 1e-12);
     }
 
     #[test]

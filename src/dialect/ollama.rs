@@ -12,7 +12,10 @@ use serde_json::{json, Map, Value};
 use super::bedrock::{content_text, inline_image, parse_arguments, reject_n, stop_list};
 use super::encode::finish_reason_from;
 use super::sse::NdjsonDecoder;
-use super::{ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated, UpstreamRequest, Usage};
+use super::{
+    ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated,
+    UpstreamRequest, Usage,
+};
 
 pub struct Ollama;
 
@@ -36,7 +39,9 @@ fn build_messages(req: &ChatRequest) -> Result<Vec<Value>, DialectError> {
     for m in req.messages() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let msg = match role {
-            "system" | "developer" => json!({"role": "system", "content": content_text(m.get("content"))}),
+            "system" | "developer" => {
+                json!({"role": "system", "content": content_text(m.get("content"))})
+            }
             "user" => {
                 let mut images = Vec::new();
                 if let Some(parts) = m.get("content").and_then(Value::as_array) {
@@ -46,7 +51,9 @@ fn build_messages(req: &ChatRequest) -> Result<Vec<Value>, DialectError> {
                             Some("image_url") => images.push(json!(inline_image(p, "Ollama")?.1)),
                             Some(other) => {
                                 return Err(DialectError::unsupported(
-                                    format!("content part type '{other}' is not supported by Ollama"),
+                                    format!(
+                                        "content part type '{other}' is not supported by Ollama"
+                                    ),
                                     Some("messages"),
                                 ))
                             }
@@ -62,8 +69,16 @@ fn build_messages(req: &ChatRequest) -> Result<Vec<Value>, DialectError> {
             "assistant" => {
                 let mut a = json!({"role": "assistant", "content": content_text(m.get("content"))});
                 let mut calls = Vec::new();
-                for tc in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-                    let name = tc.pointer("/function/name").and_then(Value::as_str).unwrap_or("");
+                for tc in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let name = tc
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     if let Some(id) = tc.get("id").and_then(Value::as_str) {
                         names.push((id.to_string(), name.to_string()));
                     }
@@ -80,7 +95,10 @@ fn build_messages(req: &ChatRequest) -> Result<Vec<Value>, DialectError> {
             "tool" => {
                 let mut t = json!({"role": "tool", "content": content_text(m.get("content"))});
                 let id = m.get("tool_call_id").and_then(Value::as_str);
-                if let Some(name) = id.and_then(|id| names.iter().find(|(i, _)| i == id)).map(|(_, n)| n.clone()) {
+                if let Some(name) = id
+                    .and_then(|id| names.iter().find(|(i, _)| i == id))
+                    .map(|(_, n)| n.clone())
+                {
                     t["tool_name"] = json!(name);
                 }
                 t
@@ -106,7 +124,11 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
     body.insert("messages".into(), Value::Array(build_messages(req)?));
     // Ollama streams by default: always say which one we want.
     body.insert("stream".into(), json!(stream));
-    if let Some(tools) = b.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty()) {
+    if let Some(tools) = b
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())
+    {
         if b.get("tool_choice").and_then(Value::as_str) != Some("none") {
             body.insert("tools".into(), Value::Array(tools.clone()));
         }
@@ -123,7 +145,11 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
             options.insert(to.into(), v.clone());
         }
     }
-    if let Some(m) = b.get("max_completion_tokens").or_else(|| b.get("max_tokens")).filter(|v| v.is_u64()) {
+    if let Some(m) = b
+        .get("max_completion_tokens")
+        .or_else(|| b.get("max_tokens"))
+        .filter(|v| v.is_u64())
+    {
         options.insert("num_predict".into(), m.clone());
     }
     if let Some(s) = stop_list(b.get("stop")) {
@@ -131,6 +157,12 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
     }
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));
+    }
+    // Ollama-only knobs a client may send through the gateway unchanged.
+    for k in ["keep_alive", "think"] {
+        if let Some(v) = b.get(k) {
+            body.insert(k.into(), v.clone());
+        }
     }
     if let Some(rf) = b.get("response_format").filter(|v| v.is_object()) {
         match rf.get("type").and_then(Value::as_str) {
@@ -140,7 +172,10 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
             }
             Some("json_schema") => {
                 let schema = rf.pointer("/json_schema/schema").cloned().ok_or_else(|| {
-                    DialectError::unsupported("response_format json_schema needs json_schema.schema", Some("response_format"))
+                    DialectError::unsupported(
+                        "response_format json_schema needs json_schema.schema",
+                        Some("response_format"),
+                    )
                 })?;
                 body.insert("format".into(), schema);
             }
@@ -174,7 +209,11 @@ fn tool_call(tc: &Value, request_id: &str, i: usize) -> (String, String, String)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .unwrap_or_else(|| mint_id(request_id, i));
-    let name = tc.pointer("/function/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = tc
+        .pointer("/function/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let args = match tc.pointer("/function/arguments") {
         Some(Value::String(s)) => s.clone(),
         Some(v) if !v.is_null() => v.to_string(),
@@ -187,7 +226,13 @@ fn error_of(v: &Value) -> Option<String> {
     match v.get("error")? {
         Value::String(s) => Some(s.clone()),
         Value::Null => None,
-        other => Some(other.get("message").and_then(Value::as_str).unwrap_or("upstream error").to_string()),
+        other => Some(
+            other
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream error")
+                .to_string(),
+        ),
     }
 }
 
@@ -200,15 +245,24 @@ impl Dialect for Ollama {
         let body = chat_body(req, t.model, t.stream)?;
         Ok(UpstreamRequest {
             method: "POST",
-            path: t.profile.path_for(t.endpoint, &t.profile.chat_path, t.model),
+            path: t
+                .profile
+                .path_for(t.endpoint, &t.profile.chat_path, t.model),
             headers: vec![("content-type".into(), "application/json".into())],
-            body: Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
         })
     }
 
-    fn translate_chat(&self, body: &[u8], t: &Target, _req: &ChatRequest) -> Result<Translated, DialectError> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+    fn translate_chat(
+        &self,
+        body: &[u8],
+        t: &Target,
+        _req: &ChatRequest,
+    ) -> Result<Translated, DialectError> {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         if let Some(e) = error_of(&v) {
             return Err(DialectError::Upstream(e));
         }
@@ -228,8 +282,15 @@ impl Dialect for Ollama {
                 json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
             })
             .collect();
-        let native = v.get("done_reason").and_then(Value::as_str).unwrap_or("stop");
-        let finish = if tool_calls.is_empty() { finish_reason_from(native) } else { "tool_calls" };
+        let native = v
+            .get("done_reason")
+            .and_then(Value::as_str)
+            .unwrap_or("stop");
+        let finish = if tool_calls.is_empty() {
+            finish_reason_from(native)
+        } else {
+            "tool_calls"
+        };
         let usage = usage_from(&v).unwrap_or_default();
         let model = v.get("model").and_then(Value::as_str).map(str::to_string);
         let mut message = json!({
@@ -240,7 +301,11 @@ impl Dialect for Ollama {
         if !tool_calls.is_empty() {
             message["tool_calls"] = Value::Array(tool_calls);
         }
-        if let Some(th) = msg.get("thinking").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(th) = msg
+            .get("thinking")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             message["reasoning_content"] = json!(th);
         }
         let out = json!({
@@ -253,17 +318,28 @@ impl Dialect for Ollama {
             "usage": usage.to_openai(),
         });
         Ok(Translated {
-            body: Bytes::from(serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
             usage,
             model,
         })
     }
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
-        Box::new(OllamaStream::new(t.request_id, t.created, t.model, req.include_usage))
+        Box::new(OllamaStream::new(
+            t.request_id,
+            t.created,
+            t.model,
+            req.include_usage,
+        ))
     }
 
-    fn build_embeddings(&self, body: &Map<String, Value>, t: &Target) -> Result<UpstreamRequest, DialectError> {
+    fn build_embeddings(
+        &self,
+        body: &Map<String, Value>,
+        t: &Target,
+    ) -> Result<UpstreamRequest, DialectError> {
         let input = match body.get("input") {
             Some(v @ Value::String(_)) => v.clone(),
             Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => Value::Array(a.clone()),
@@ -283,20 +359,24 @@ impl Dialect for Ollama {
             method: "POST",
             path: t.profile.path_for(t.endpoint, path, t.model),
             headers: vec![("content-type".into(), "application/json".into())],
-            body: Bytes::from(serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
         })
     }
 
     fn translate_embeddings(&self, body: &[u8], t: &Target) -> Result<Translated, DialectError> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         if let Some(e) = error_of(&v) {
             return Err(DialectError::Upstream(e));
         }
         let vectors = v
             .get("embeddings")
             .and_then(Value::as_array)
-            .ok_or_else(|| DialectError::Malformed("Ollama embed response has no embeddings".into()))?;
+            .ok_or_else(|| {
+                DialectError::Malformed("Ollama embed response has no embeddings".into())
+            })?;
         let data: Vec<Value> = vectors
             .iter()
             .enumerate()
@@ -311,7 +391,9 @@ impl Dialect for Ollama {
             "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
         });
         Ok(Translated {
-            body: Bytes::from(serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
             usage,
             model,
         })
@@ -353,7 +435,8 @@ impl OllamaStream {
             Ok(v) => v,
             Err(e) => {
                 let err = DialectError::Malformed(format!("Ollama stream line is not JSON: {e}"));
-                self.enc.error(&err.to_string(), "api_error", "upstream_error", out);
+                self.enc
+                    .error(&err.to_string(), "api_error", "upstream_error", out);
                 return Err(err);
             }
         };
@@ -372,16 +455,29 @@ impl OllamaStream {
             self.started = true;
         }
         if let Some(msg) = v.get("message") {
-            if let Some(s) = msg.get("thinking").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            if let Some(s) = msg
+                .get("thinking")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 self.produced = true;
                 self.enc.reasoning(0, s, out);
             }
-            if let Some(s) = msg.get("content").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            if let Some(s) = msg
+                .get("content")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 self.produced = true;
                 self.enc.content(0, s, out);
             }
             // Ollama sends each tool call whole, in one line.
-            for tc in msg.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            for tc in msg
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let (id, name, args) = tool_call(tc, &self.request_id, self.tools);
                 let ti = self.tools as u32;
                 self.enc.tool_call_start(0, ti, &id, &name, out);
@@ -394,8 +490,15 @@ impl OllamaStream {
             if let Some(u) = usage_from(&v) {
                 self.usage = u;
             }
-            let native = v.get("done_reason").and_then(Value::as_str).unwrap_or("stop");
-            let reason = if self.tools > 0 { "tool_calls" } else { finish_reason_from(native) };
+            let native = v
+                .get("done_reason")
+                .and_then(Value::as_str)
+                .unwrap_or("stop");
+            let reason = if self.tools > 0 {
+                "tool_calls"
+            } else {
+                finish_reason_from(native)
+            };
             self.enc.finish_reason(0, reason, out);
             self.saw_done = true;
         }
@@ -427,7 +530,8 @@ impl StreamTranslator for OllamaStream {
         }
         if let Err(e) = self.decoder.feed(input, &mut self.lines) {
             self.lines.clear();
-            self.enc.error(&e.to_string(), "api_error", "upstream_error", out);
+            self.enc
+                .error(&e.to_string(), "api_error", "upstream_error", out);
             return Err(e);
         }
         self.drain(out)
@@ -529,18 +633,38 @@ mod tests {
             let b: Value = serde_json::from_slice(&up.body).unwrap();
             assert_eq!(b["stream"], stream, "stream is always explicit");
             assert_eq!(b["model"], "llama3.2");
-            assert_eq!(b["options"], json!({"temperature": 0.1, "top_p": 0.5, "seed": 42, "num_predict": 64, "stop": ["###"]}));
+            assert_eq!(
+                b["options"],
+                json!({"temperature": 0.1, "top_p": 0.5, "seed": 42, "num_predict": 64, "stop": ["###"]})
+            );
             assert_eq!(b["format"], "json");
-            assert_eq!(b["messages"][1], json!({"role": "user", "content": "What is this?", "images": ["/9j/4AAQ"]}));
-            assert_eq!(b["messages"][2]["tool_calls"][0], json!({"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}));
-            assert_eq!(b["messages"][3], json!({"role": "tool", "content": "11 degrees", "tool_name": "get_weather"}));
+            assert_eq!(
+                b["messages"][1],
+                json!({"role": "user", "content": "What is this?", "images": ["/9j/4AAQ"]})
+            );
+            assert_eq!(
+                b["messages"][2]["tool_calls"][0],
+                json!({"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}})
+            );
+            assert_eq!(
+                b["messages"][3],
+                json!({"role": "tool", "content": "11 degrees", "tool_name": "get_weather"})
+            );
             assert_eq!(b["tools"][0]["function"]["name"], "get_weather");
         }
         let schema = chat(json!({"messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}}));
-        assert_eq!(chat_body(&schema, "m", false).unwrap()["format"], json!({"type": "object"}));
-        let remote = chat(json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}));
-        assert!(matches!(chat_body(&remote, "m", false), Err(DialectError::Unsupported { .. })));
+        assert_eq!(
+            chat_body(&schema, "m", false).unwrap()["format"],
+            json!({"type": "object"})
+        );
+        let remote = chat(
+            json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
+        );
+        assert!(matches!(
+            chat_body(&remote, "m", false),
+            Err(DialectError::Unsupported { .. })
+        ));
     }
 
     #[test]
@@ -550,7 +674,10 @@ mod tests {
             "done":true,"done_reason":"stop","total_duration":5191566416,"load_duration":2154458,"prompt_eval_count":26,"prompt_eval_duration":383809000,"eval_count":298,"eval_duration":4799921000}"#;
         let tr = with_target(false, |t| Ollama.translate_chat(body, t, &req)).unwrap();
         let v: Value = serde_json::from_slice(&tr.body).unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], "Hello! How are you today?");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "Hello! How are you today?"
+        );
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(v["usage"]["total_tokens"], 324);
         assert_eq!(v["id"], "chatcmpl-abc123");
@@ -566,19 +693,33 @@ mod tests {
         assert!(c["message"]["content"].is_null());
         assert_eq!(c["message"]["tool_calls"][0]["id"], "call_abc123_0");
         assert_eq!(c["message"]["tool_calls"][1]["id"], "call_abc123_1");
-        let args: Value = serde_json::from_str(c["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        let args: Value = serde_json::from_str(
+            c["message"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(args, json!({"format": "celsius", "location": "Paris, FR"}));
         let len = br#"{"model":"m","message":{"role":"assistant","content":"x"},"done":true,"done_reason":"length","prompt_eval_count":1,"eval_count":2}"#;
         let tr = with_target(false, |t| Ollama.translate_chat(len, t, &req)).unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&tr.body).unwrap()["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&tr.body).unwrap()["choices"][0]["finish_reason"],
+            "length"
+        );
         let err = br#"{"error":"model \"nope\" not found, try pulling it first"}"#;
-        assert!(matches!(with_target(false, |t| Ollama.translate_chat(err, t, &req)), Err(DialectError::Upstream(_))));
+        assert!(matches!(
+            with_target(false, |t| Ollama.translate_chat(err, t, &req)),
+            Err(DialectError::Upstream(_))
+        ));
     }
 
     #[test]
     fn embeddings_both_ways() {
         let body = json!({"model": "ollama-native/all-minilm", "input": ["a", "b"]});
-        let up = with_target(false, |t| Ollama.build_embeddings(body.as_object().unwrap(), t)).unwrap();
+        let up = with_target(false, |t| {
+            Ollama.build_embeddings(body.as_object().unwrap(), t)
+        })
+        .unwrap();
         assert_eq!(up.path, "/api/embed");
         let b: Value = serde_json::from_slice(&up.body).unwrap();
         assert_eq!(b, json!({"model": "llama3.2", "input": ["a", "b"]}));
@@ -616,7 +757,11 @@ mod tests {
         ])
     }
 
-    fn run(input: &[u8], cuts: &[usize], include_usage: bool) -> (Result<(), DialectError>, Vec<u8>, Usage) {
+    fn run(
+        input: &[u8],
+        cuts: &[usize],
+        include_usage: bool,
+    ) -> (Result<(), DialectError>, Vec<u8>, Usage) {
         let mut s = OllamaStream::new("chatcmpl-abc123", 1, "llama3.2", include_usage);
         let mut out = BytesMut::new();
         let mut last = 0;
@@ -639,12 +784,17 @@ mod tests {
         let (res, out, usage) = run(&text_stream(), &[], true);
         res.unwrap();
         let ev = events(&out);
-        let text: String = ev.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+        let text: String = ev
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
         assert_eq!(text, "The sky ☀");
         assert_eq!(ev[ev.len() - 2]["choices"][0]["finish_reason"], "stop");
         assert_eq!(ev.last().unwrap()["usage"]["total_tokens"], 529);
         assert_eq!(usage.prompt_tokens, 61);
-        assert!(ev.iter().all(|e| e["object"] == "chat.completion.chunk" && e["model"] == "llama3.2"));
+        assert!(ev
+            .iter()
+            .all(|e| e["object"] == "chat.completion.chunk" && e["model"] == "llama3.2"));
         // Last line without a trailing newline is still whole.
         let mut no_nl = text_stream();
         no_nl.pop();
@@ -658,24 +808,41 @@ mod tests {
         let ev = events(&out);
         let calls: Vec<&Value> = ev
             .iter()
-            .flat_map(|e| e["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten())
+            .flat_map(|e| {
+                e["choices"][0]["delta"]["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+            })
             .collect();
         assert_eq!(calls[0]["id"], "call_abc123_0");
         assert_eq!(calls[0]["function"]["name"], "get_weather");
         assert_eq!(calls[1]["function"]["arguments"], "{\"city\":\"Tokyo\"}");
         assert_eq!(calls[2]["id"], "call_abc123_1");
         assert_eq!(calls[2]["index"], 1);
-        assert!(ev.iter().any(|e| e["choices"][0]["delta"]["reasoning_content"] == "Need weather."));
-        assert_eq!(ev.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+        assert!(ev
+            .iter()
+            .any(|e| e["choices"][0]["delta"]["reasoning_content"] == "Need weather."));
+        assert_eq!(
+            ev.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
     }
 
     #[test]
     fn errors_and_truncation() {
-        let mut input = ndjson(&[json!({"model": "m", "message": {"role": "assistant", "content": "a"}, "done": false})]);
-        input.extend(b"{\"error\":\"an error was encountered while running the model: unexpected EOF\"}\n");
+        let mut input = ndjson(&[
+            json!({"model": "m", "message": {"role": "assistant", "content": "a"}, "done": false}),
+        ]);
+        input.extend(
+            b"{\"error\":\"an error was encountered while running the model: unexpected EOF\"}\n",
+        );
         let (res, out, _) = run(&input, &[], false);
         assert!(matches!(res, Err(DialectError::Upstream(_))));
-        assert!(events(&out).last().unwrap()["error"]["message"].as_str().unwrap().contains("unexpected EOF"));
+        assert!(events(&out).last().unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unexpected EOF"));
 
         let full = text_stream();
         let (res, out, _) = run(&full[..full.len() - 30], &[], false);

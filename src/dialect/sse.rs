@@ -35,6 +35,10 @@ impl SseDecoder {
 
     /// Feed bytes; whole events are appended to `events`.
     pub fn feed(&mut self, mut input: &[u8], events: &mut Vec<SseEvent>) -> Result<(), DialectError> {
+        // An empty chunk must not clear a pending `\r` (its `\n` may come next).
+        if input.is_empty() {
+            return Ok(());
+        }
         if self.pending_cr {
             if input.first() == Some(&b'\n') {
                 input = &input[1..];

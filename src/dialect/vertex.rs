@@ -379,3 +379,47 @@ location = "global"
         assert_eq!(v["usage"]["prompt_tokens"], 3);
     }
 }
+
+#[cfg(test)]
+mod profile_tests {
+    use crate::providers::{AuthScheme, ProviderProfile};
+
+    #[test]
+    fn shipped_profiles_parse() {
+        for (file, text, dialect) in [
+            (
+                "anthropic.toml",
+                include_str!("../../filters/anthropic.toml"),
+                "anthropic",
+            ),
+            (
+                "gemini.toml",
+                include_str!("../../filters/gemini.toml"),
+                "gemini",
+            ),
+            (
+                "vertex.toml",
+                include_str!("../../filters/vertex.toml"),
+                "vertex",
+            ),
+            (
+                "vertex-anthropic.toml",
+                include_str!("../../filters/vertex-anthropic.toml"),
+                "vertex-anthropic",
+            ),
+        ] {
+            let p = ProviderProfile::parse(text, file).unwrap();
+            assert_eq!(p.dialect, dialect);
+            assert!(crate::dialect::dialect_for(&p.dialect).is_some());
+            if dialect.starts_with("vertex") {
+                assert_eq!(p.auth, AuthScheme::GoogleOauth);
+                assert!(!p.model_in_body);
+                assert!(
+                    p.base_url.ends_with("-aiplatform.googleapis.com"),
+                    "{}",
+                    p.base_url
+                );
+            }
+        }
+    }
+}

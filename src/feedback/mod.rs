@@ -12,9 +12,19 @@
 //! The request path only reads immutable, precomputed snapshots
 //! ([`router::PreparedRoute`]) that the aggregator publishes through an `ArcSwap`.
 
+pub mod aggregator;
 pub mod constraints;
+pub mod decision;
 pub mod gate;
 pub mod math;
 pub mod posterior;
+pub mod router;
+pub mod sequential;
 
-pub use posterior::{Posterior, PosteriorConfig, PosteriorState, Signal};
+pub use aggregator::{Aggregator, BatchReport, FeedbackEvent, FeedbackKind, FoldOutcome, RoutingStats};
+pub use constraints::{CandidateStats, ConstraintResult, Constraints, Knob};
+pub use decision::{sign, verify, verify_value, DecisionTrace, SignedDecision, SigningKey};
+pub use gate::{confidence_within, gate, GateOutcome};
+pub use posterior::{Phase, Posterior, PosteriorConfig, PosteriorState, Scale, Signal};
+pub use router::{decide, Decision, Mode, PickKind, PreparedRoute, RequestContext, RouteInput};
+pub use sequential::{RegressionMonitor, TwoArmSequence, Verdict};

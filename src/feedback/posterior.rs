@@ -368,6 +368,17 @@ impl PosteriorState {
         obs: &Observation<'_>,
         cfg: &PosteriorConfig,
     ) -> Result<Folded, PosteriorError> {
+        Self::check(obs)?;
+        if self.seen.contains(obs.id) {
+            return Ok(Folded::Duplicate);
+        }
+        self.seen.insert(obs.id.into());
+        self.apply(obs, cfg);
+        Ok(Folded::Applied)
+    }
+
+    /// Validate an observation without folding it.
+    pub fn check(obs: &Observation<'_>) -> Result<(), PosteriorError> {
         if !obs.value.is_finite() || !(0.0..=1.0).contains(&obs.value) {
             return Err(PosteriorError::ScoreOutOfRange {
                 value: obs.value,
@@ -378,10 +389,12 @@ impl PosteriorState {
         if !obs.weight.is_finite() || obs.weight <= 0.0 {
             return Err(PosteriorError::BadWeight(obs.weight));
         }
-        if self.seen.contains(obs.id) {
-            return Ok(Folded::Duplicate);
-        }
-        self.seen.insert(obs.id.into());
+        Ok(())
+    }
+
+    /// Fold a validated observation without per-state id tracking: for callers (the aggregator)
+    /// that deduplicate by event id themselves.
+    pub(crate) fn apply(&mut self, obs: &Observation<'_>, cfg: &PosteriorConfig) {
         let f = self.discount_to_ref(obs.at_ms, cfg);
         let w = obs.weight * cfg.signal_weights[obs.signal.index()] * f;
         let a = &mut self.acc[obs.signal.index()];
@@ -389,7 +402,6 @@ impl PosteriorState {
         a.wx += w * obs.value;
         a.wxx += w * obs.value * obs.value;
         a.count += 1;
-        Ok(Folded::Applied)
     }
 
     /// Number of distinct observation ids folded.

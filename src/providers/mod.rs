@@ -70,9 +70,10 @@ pub struct ProviderProfile {
     /// Env var holding the API key. Never logged.
     #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Env var whose presence activates the provider; defaults to `api_key_env`.
+    /// Env var whose presence activates the provider (or a list: any one of them
+    /// activates it, e.g. AWS keys or a Bedrock API key); defaults to `api_key_env`.
     #[serde(default)]
-    pub activate_env: Option<String>,
+    pub activate_env: Option<OneOrMany>,
     #[serde(default)]
     pub auth: AuthScheme,
     /// Header name for `auth = "header"`.
@@ -118,6 +119,14 @@ pub struct ProviderProfile {
     /// Dialect-specific settings (region, project, location, API versions, ...).
     #[serde(default)]
     pub extra: Map<String, Value>,
+}
+
+/// A string or a list of strings in TOML.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn yes() -> bool {
@@ -181,9 +190,25 @@ impl ProviderProfile {
         }
     }
 
-    /// The env var that switches this provider on.
+    /// The (first) env var that switches this provider on.
     pub fn activation_var(&self) -> Option<&str> {
-        self.activate_env.as_deref().or(self.api_key_env.as_deref())
+        self.activation_vars().into_iter().next()
+    }
+
+    /// Every env var that switches this provider on (any one suffices).
+    pub fn activation_vars(&self) -> Vec<&str> {
+        match &self.activate_env {
+            Some(OneOrMany::One(v)) => vec![v.as_str()],
+            Some(OneOrMany::Many(vs)) => vs.iter().map(String::as_str).collect(),
+            None => self.api_key_env.as_deref().into_iter().collect(),
+        }
+    }
+
+    /// True when one of the activation vars is set and non-empty.
+    pub fn is_activated(&self) -> bool {
+        self.activation_vars()
+            .iter()
+            .any(|v| std::env::var(v).map(|x| !x.is_empty()).unwrap_or(false))
     }
 
     /// True when `model` matches one of the profile's patterns.
@@ -394,11 +419,7 @@ impl ProviderRuntime {
 
     /// Build the runtime for an active profile (`None` when its activation var is unset).
     pub fn activate(profile: ProviderProfile) -> Result<Option<ProviderRuntime>, ProfileError> {
-        let active = match profile.activation_var() {
-            Some(var) => std::env::var(var).map(|v| !v.is_empty()).unwrap_or(false),
-            None => false,
-        };
-        if !active {
+        if !profile.is_activated() {
             return Ok(None);
         }
         let file = format!("filters/{}.toml", profile.name);

@@ -65,10 +65,15 @@ pub fn caller_for(key: Option<&KeyEntry>) -> Caller {
 /// oversized declared `Content-Length` before reading anything.
 pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, GatewayError> {
     let declared = header(session, "content-length").and_then(|v| v.parse::<usize>().ok());
+    let expects_continue = header(session, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if declared.is_some_and(|n| n > cap) {
+        // Without `Expect`, the client is already sending: drain (bounded) so it reads
+        // our 413 instead of a broken pipe.
+        if !expects_continue {
+            drain(session).await;
+        }
         return Err(GatewayError::BodyTooLarge { limit: cap });
     }
-    let expects_continue = header(session, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if expects_continue {
         session
             .as_downstream_mut()
@@ -81,6 +86,7 @@ pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Gatew
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if buf.len() + chunk.len() > cap {
+                    drain(session).await;
                     return Err(GatewayError::BodyTooLarge { limit: cap });
                 }
                 buf.extend_from_slice(&chunk);
@@ -92,6 +98,23 @@ pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Gatew
         }
     }
     Ok(buf.freeze())
+}
+
+/// Read and discard the rest of an oversized body, bounded in time and size; the
+/// connection is not reused afterwards.
+async fn drain(session: &mut Session) {
+    const DRAIN_LIMIT: usize = 256 * 1024 * 1024;
+    session.set_keepalive(None);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut seen = 0usize;
+        while let Ok(Some(c)) = session.read_request_body().await {
+            seen += c.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -191,7 +214,14 @@ const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "fu
 /// Parse and validate a chat-completions body.
 pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatRequest, GatewayError> {
     let mut body = parse_object(&raw)?;
+    let original = body.get("model").cloned();
     let model = take_model(&mut body, model_override)?;
+    // `raw` is forwarded as-is when no rewrite is needed, so it must match `body`.
+    let raw = if original.as_ref().and_then(Value::as_str) == Some(model.as_str()) {
+        raw
+    } else {
+        Bytes::from(serde_json::to_vec(&body).map_err(|e| GatewayError::Internal(e.to_string()))?)
+    };
     let messages = match body.get("messages") {
         Some(Value::Array(a)) => a,
         Some(v) => return Err(wrong_type("messages", "an array", v)),

@@ -80,10 +80,11 @@ async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), S
     }
 }
 
-/// Timeouts for one attempt: server defaults, then the profile's, then the rule's.
+/// Timeouts for one attempt. Read timeout precedence: the routing rule's, then the
+/// server config's (when set), then the provider profile's, then the built-in default.
 fn exchange_options(rt: &Runtime, prov: &ProviderRuntime, route: Option<&str>) -> ExchangeOptions {
     let mut o = rt.exchange;
-    if let Some(s) = prov.profile.read_timeout_secs {
+    if let (None, Some(s)) = (rt.config.server.read_timeout_secs, prov.profile.read_timeout_secs) {
         o.read_timeout = Duration::from_secs(s);
     }
     if let Some(s) = route.and_then(|r| rt.route(r)).and_then(|r| r.read_timeout_secs) {

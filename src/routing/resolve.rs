@@ -69,24 +69,24 @@ impl Runtime {
                 });
             }
         }
-        // Highest priority wins; ties go to the earlier profile file.
-        let pick = |matches: &dyn Fn(&ProviderRuntime) -> bool| -> Option<usize> {
-            let mut best: Option<usize> = None;
-            for (i, prov) in self.providers.iter().enumerate() {
-                if matches(prov) && best.is_none_or(|b| prov.profile.priority > self.providers[b].profile.priority) {
-                    best = Some(i);
-                }
-            }
-            best
-        };
-        let from_catalog = |prov: &ProviderRuntime| {
-            self.catalog
+        // Every active provider that lists the model in the catalog or matches it by
+        // pattern is eligible; the highest priority wins, a catalog listing breaks ties,
+        // then the earlier profile file.
+        let mut best: Option<(usize, (i32, bool))> = None;
+        for (i, prov) in self.providers.iter().enumerate() {
+            let listed = self
+                .catalog
                 .providers_for(model)
-                .any(|lp| prov.profile.catalog_providers.iter().any(|c| c == lp))
-        };
-        let best = pick(&from_catalog)
-            .or_else(|| pick(&|prov: &ProviderRuntime| prov.profile.matches_model(model)))
-            .map(|i| (&self.providers[i], 0));
+                .any(|lp| prov.profile.catalog_providers.iter().any(|c| c == lp));
+            if !listed && !prov.profile.matches_model(model) {
+                continue;
+            }
+            let rank = (prov.profile.priority, listed);
+            if best.is_none_or(|(_, r)| rank > r) {
+                best = Some((i, rank));
+            }
+        }
+        let best = best.map(|(i, _)| (&self.providers[i], 0));
         match best {
             Some((p, _)) => Ok(Candidate {
                 provider: p.clone(),

@@ -18,6 +18,9 @@ use super::keys::KeyTable;
 
 include!(concat!(env!("OUT_DIR"), "/embedded_filters.rs"));
 
+/// Per-read upstream timeout when neither the server config nor the profile sets one.
+pub const DEFAULT_READ_TIMEOUT_SECS: u64 = 120;
+
 /// The catalog: compiled in, or loaded from `server.catalog`.
 pub enum CatalogRef {
     Embedded(&'static Catalog),
@@ -135,7 +138,7 @@ impl Runtime {
         let s = &config.server;
         let exchange = ExchangeOptions {
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-            read_timeout: Duration::from_secs(s.read_timeout_secs),
+            read_timeout: Duration::from_secs(s.read_timeout_secs.unwrap_or(DEFAULT_READ_TIMEOUT_SECS)),
             write_timeout: Duration::from_secs(s.write_timeout_secs),
             idle_timeout: Duration::from_secs(s.upstream_idle_timeout_secs),
         };

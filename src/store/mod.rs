@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::trace::TraceRecord;
 
 pub use query::{
-    AnalyticsQuery, AnalyticsRow, Bucket, Cursor, GroupBy, Histogram, LogFilter, LogPage, LogQuery, Stats,
-    StatusFilter,
+    AnalyticsQuery, AnalyticsRow, Bucket, Cursor, GroupBy, Histogram, LogFilter, LogPage, LogQuery,
+    Stats, StatusFilter,
 };
 
 /// Which backend stores traces.
@@ -116,18 +116,24 @@ impl StorageConfig {
     /// Check values that would make the writer misbehave.
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.channel_capacity == 0 || self.batch_size == 0 {
-            return Err(StoreError::Config("channel_capacity and batch_size must be > 0".into()));
+            return Err(StoreError::Config(
+                "channel_capacity and batch_size must be > 0".into(),
+            ));
         }
         if self.flush_interval_ms == 0 {
             return Err(StoreError::Config("flush_interval_ms must be > 0".into()));
         }
-        if self.backend == Backend::Postgres && self.postgres_url.as_deref().is_none_or(str::is_empty) {
+        if self.backend == Backend::Postgres
+            && self.postgres_url.as_deref().is_none_or(str::is_empty)
+        {
             return Err(StoreError::Config(
                 "storage.backend = \"postgres\" needs storage.postgres_url (or LOOPGATE_POSTGRES_URL)".into(),
             ));
         }
         if self.spill_path.is_empty() {
-            return Err(StoreError::Config("storage.spill_path must not be empty".into()));
+            return Err(StoreError::Config(
+                "storage.spill_path must not be empty".into(),
+            ));
         }
         Ok(())
     }
@@ -224,7 +230,11 @@ pub trait Store: Send + Sync {
         project: Option<&str>,
     ) -> Result<Vec<RollupRow>, StoreError>;
     /// Raw rows matching a filter, with the group value for `group`.
-    async fn raw_rows(&self, filter: &LogFilter, group: &GroupBy) -> Result<Vec<RawRow>, StoreError>;
+    async fn raw_rows(
+        &self,
+        filter: &LogFilter,
+        group: &GroupBy,
+    ) -> Result<Vec<RawRow>, StoreError>;
     /// Retention purge; returns traces deleted.
     async fn purge(&self, rule: &PurgeRule) -> Result<u64, StoreError>;
     /// Total stored traces (tests, `loopgate` tools).
@@ -240,7 +250,9 @@ pub trait Store: Send + Sync {
 pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
     cfg.validate()?;
     match cfg.backend {
-        Backend::Sqlite => Ok(Arc::new(sqlite::SqliteStore::open(&cfg.sqlite_path, cfg.sqlite_busy_timeout_ms).await?)),
+        Backend::Sqlite => Ok(Arc::new(
+            sqlite::SqliteStore::open(&cfg.sqlite_path, cfg.sqlite_busy_timeout_ms).await?,
+        )),
         Backend::Postgres => {
             let url = cfg.postgres_url.as_deref().unwrap_or_default();
             Ok(Arc::new(postgres::PgStore::open(url).await?))
@@ -289,12 +301,17 @@ pub(crate) const HOUR_MS: i64 = 3_600_000;
 pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// Fold freshly inserted records into rollup deltas (sorted keys: a stable lock order for PostgreSQL).
-pub(crate) fn rollup_deltas<'a>(recs: impl Iterator<Item = &'a TraceRecord>) -> BTreeMap<RollupKey, Stats> {
+pub(crate) fn rollup_deltas<'a>(
+    recs: impl Iterator<Item = &'a TraceRecord>,
+) -> BTreeMap<RollupKey, Stats> {
     let mut out: BTreeMap<RollupKey, Stats> = BTreeMap::new();
     for r in recs {
         let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
         let project = r.project_id.clone().unwrap_or_default();
-        let model = r.served_model.clone().unwrap_or_else(|| r.requested_model.clone());
+        let model = r
+            .served_model
+            .clone()
+            .unwrap_or_else(|| r.requested_model.clone());
         let mut dims: Vec<(String, String)> = vec![
             ("model".into(), model),
             ("provider".into(), r.provider.clone().unwrap_or_default()),
@@ -308,7 +325,13 @@ pub(crate) fn rollup_deltas<'a>(recs: impl Iterator<Item = &'a TraceRecord>) -> 
         for (dim, value) in dims {
             out.entry((dim, hour, value, project.clone()))
                 .or_default()
-                .add(is_error(r), r.prompt_tokens, r.completion_tokens, r.cost_usd, r.latency_ms);
+                .add(
+                    is_error(r),
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.cost_usd,
+                    r.latency_ms,
+                );
         }
     }
     out
@@ -383,8 +406,18 @@ mod tests {
         };
         let d = rollup_deltas(std::iter::once(&r));
         assert_eq!(d.len(), 6);
-        let s = &d[&("model".to_string(), HOUR_MS * 5, "gpt-4o".to_string(), "p".to_string())];
+        let s = &d[&(
+            "model".to_string(),
+            HOUR_MS * 5,
+            "gpt-4o".to_string(),
+            "p".to_string(),
+        )];
         assert_eq!((s.requests, s.errors), (1, 1));
-        assert!(d.contains_key(&("property:env".to_string(), HOUR_MS * 5, "prod".to_string(), "p".to_string())));
+        assert!(d.contains_key(&(
+            "property:env".to_string(),
+            HOUR_MS * 5,
+            "prod".to_string(),
+            "p".to_string()
+        )));
     }
 }

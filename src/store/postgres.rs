@@ -18,8 +18,8 @@ use super::migrations::POSTGRES;
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::sqlite::{page, project_cond};
 use super::{
-    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, RawRow, RollupRow, Store, StoreError, HOUR_MS, TRACE_COLS,
-    TRACE_NCOLS,
+    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, RawRow, RollupRow, Store, StoreError,
+    HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 
@@ -56,7 +56,10 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
             {
                 StoreError::Unavailable(format!("{e} ({c})"))
             } else {
-                let detail = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+                let detail = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
                 StoreError::Query(format!("{e}: {detail} ({c})"))
             }
         }
@@ -75,7 +78,9 @@ fn params_of(p: &[SqlParam]) -> Vec<Param> {
 }
 
 fn refs(p: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
-    p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect()
+    p.iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 fn row_to_record(r: &Row) -> Result<TraceRecord, StoreError> {
@@ -116,15 +121,18 @@ fn row_to_record(r: &Row) -> Result<TraceRecord, StoreError> {
         zero_retention: r.try_get(30).map_err(q)?,
         shadow: r.try_get(31).map_err(q)?,
         properties: serde_json::from_str(&props).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        attempts: serde_json::from_str(&attempts).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        attempts: serde_json::from_str(&attempts)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         request_body: r.try_get(34).map_err(q)?,
         response_body: r.try_get(35).map_err(q)?,
     })
 }
 
 fn record_params(r: &TraceRecord, out: &mut Vec<Param>) -> Result<(), StoreError> {
-    let props = serde_json::to_string(&r.properties).map_err(|e| StoreError::Query(e.to_string()))?;
-    let attempts = serde_json::to_string(&r.attempts).map_err(|e| StoreError::Query(e.to_string()))?;
+    let props =
+        serde_json::to_string(&r.properties).map_err(|e| StoreError::Query(e.to_string()))?;
+    let attempts =
+        serde_json::to_string(&r.attempts).map_err(|e| StoreError::Query(e.to_string()))?;
     out.push(Box::new(r.request_id.clone()));
     out.push(Box::new(r.ts_ms));
     out.push(Box::new(r.endpoint.clone()));
@@ -228,7 +236,9 @@ async fn insert_batch(c: &mut Client, recs: &[TraceRecord]) -> Result<usize, Sto
         );
         tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
     }
-    let deltas: Vec<_> = rollup_deltas(inserted.iter().copied()).into_iter().collect();
+    let deltas: Vec<_> = rollup_deltas(inserted.iter().copied())
+        .into_iter()
+        .collect();
     for chunk in deltas.chunks(ROLLUP_CHUNK) {
         let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * 11);
         for ((dim, hour, value, project), s) in chunk {
@@ -267,7 +277,9 @@ async fn migrate(c: &mut Client) -> Result<u32, StoreError> {
         .map_err(pg_err)?;
     let res = migrate_locked(c).await;
     // Unlock even after a failed migration; the session ending would release it too.
-    let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let _ = c
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
     res
 }
 
@@ -281,7 +293,10 @@ async fn migrate_locked(c: &mut Client) -> Result<u32, StoreError> {
     for m in POSTGRES {
         let tx = c.transaction().await.map_err(pg_err)?;
         let have: i64 = tx
-            .query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+                &[],
+            )
             .await
             .map_err(pg_err)?
             .try_get(0)
@@ -290,13 +305,19 @@ async fn migrate_locked(c: &mut Client) -> Result<u32, StoreError> {
             current = have as u32;
             continue;
         }
-        tx.batch_execute(m.sql).await.map_err(|e| StoreError::Migration {
-            version: m.version,
-            message: pg_err(e).to_string(),
-        })?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|e| StoreError::Migration {
+                version: m.version,
+                message: pg_err(e).to_string(),
+            })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_ms) VALUES ($1, $2, $3)",
-            &[&(m.version as i64), &m.name, &chrono::Utc::now().timestamp_millis()],
+            &[
+                &(m.version as i64),
+                &m.name,
+                &chrono::Utc::now().timestamp_millis(),
+            ],
         )
         .await
         .map_err(pg_err)?;
@@ -309,8 +330,8 @@ async fn migrate_locked(c: &mut Client) -> Result<u32, StoreError> {
 impl PgStore {
     /// Connect, migrate, and keep the connection string for reconnects.
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Config(format!("postgres_url: {e}")))?;
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Config(format!("postgres_url: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -347,7 +368,10 @@ impl PgStore {
     }
 
     /// Lock a connection slot, (re)connecting if it is empty or closed.
-    async fn lock<'a>(&self, slot: &'a Mutex<Option<Client>>) -> Result<MutexGuard<'a, Option<Client>>, StoreError> {
+    async fn lock<'a>(
+        &self,
+        slot: &'a Mutex<Option<Client>>,
+    ) -> Result<MutexGuard<'a, Option<Client>>, StoreError> {
         let mut g = slot.lock().await;
         if g.as_ref().is_none_or(|c| c.is_closed()) {
             *g = None;
@@ -389,7 +413,10 @@ impl Store for PgStore {
 
     async fn schema_version(&self) -> Result<u32, StoreError> {
         let rows = self
-            .read_rows("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations", &[])
+            .read_rows(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_migrations",
+                &[],
+            )
             .await?;
         let v: i64 = rows
             .first()
@@ -427,7 +454,10 @@ impl Store for PgStore {
         let mut sql = Sql::new(true);
         let text = sql.logs_query(TRACE_COLS, q);
         let rows = self.read_rows(&text, &sql.params).await?;
-        let mut records = rows.iter().map(row_to_record).collect::<Result<Vec<_>, _>>()?;
+        let mut records = rows
+            .iter()
+            .map(row_to_record)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(page(&mut records, q.limit))
     }
 
@@ -474,7 +504,11 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn raw_rows(&self, filter: &LogFilter, group: &GroupBy) -> Result<Vec<RawRow>, StoreError> {
+    async fn raw_rows(
+        &self,
+        filter: &LogFilter,
+        group: &GroupBy,
+    ) -> Result<Vec<RawRow>, StoreError> {
         let mut sql = Sql::new(true);
         let q = sql.raw_rows_query(filter, group);
         let rows = self.read_rows(&q, &sql.params).await?;
@@ -494,17 +528,37 @@ impl Store for PgStore {
     }
 
     async fn purge(&self, rule: &PurgeRule) -> Result<u64, StoreError> {
+        // One chunk per lock hold, so inserts interleave with a long purge.
+        let mut total = 0;
+        for _ in 0..PURGE_MAX_ROUNDS {
+            let (seen, deleted) = {
+                let mut g = self.lock(&self.writer).await?;
+                let res = match g.as_mut() {
+                    Some(c) => purge_chunk(c, rule).await,
+                    None => Err(StoreError::Unavailable("no connection".into())),
+                };
+                Self::settle(&mut g, &res);
+                res?
+            };
+            total += deleted;
+            if (seen as i64) < PURGE_CHUNK {
+                break;
+            }
+        }
         let mut g = self.lock(&self.writer).await?;
         let res = match g.as_mut() {
-            Some(c) => purge(c, rule).await,
+            Some(c) => purge_rollup(c, rule).await,
             None => Err(StoreError::Unavailable("no connection".into())),
         };
         Self::settle(&mut g, &res);
-        res
+        res?;
+        Ok(total)
     }
 
     async fn count_traces(&self) -> Result<u64, StoreError> {
-        let rows = self.read_rows("SELECT COUNT(*)::BIGINT FROM traces", &[]).await?;
+        let rows = self
+            .read_rows("SELECT COUNT(*)::BIGINT FROM traces", &[])
+            .await?;
         let n: i64 = rows
             .first()
             .map(|r| r.try_get(0))
@@ -515,40 +569,43 @@ impl Store for PgStore {
     }
 }
 
-async fn purge(c: &mut Client, rule: &PurgeRule) -> Result<u64, StoreError> {
-    let mut total = 0u64;
-    for _ in 0..PURGE_MAX_ROUNDS {
-        let mut sql = Sql::new(true);
-        let before = sql.int(rule.before_ms);
-        let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
-        if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
-            q.push_str(" AND ");
-            q.push_str(&pc);
-        }
-        let lim = sql.int(PURGE_CHUNK);
-        q.push_str(&format!(" LIMIT {lim}"));
-        let tx = c.transaction().await.map_err(pg_err)?;
-        let ps = params_of(&sql.params);
-        let ids: Vec<String> = tx
-            .query(&q, &refs(&ps))
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
-            .map_err(pg_err)?;
-        tx.execute("DELETE FROM trace_properties WHERE request_id = ANY($1)", &[&ids])
-            .await
-            .map_err(pg_err)?;
-        total += tx
-            .execute("DELETE FROM traces WHERE request_id = ANY($1)", &[&ids])
-            .await
-            .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)?;
-        if (ids.len() as i64) < PURGE_CHUNK {
-            break;
-        }
+/// Delete one chunk of expired traces; returns (ids seen, traces deleted).
+async fn purge_chunk(c: &mut Client, rule: &PurgeRule) -> Result<(usize, u64), StoreError> {
+    let mut sql = Sql::new(true);
+    let before = sql.int(rule.before_ms);
+    let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
+    if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
+        q.push_str(" AND ");
+        q.push_str(&pc);
     }
+    let lim = sql.int(PURGE_CHUNK);
+    q.push_str(&format!(" LIMIT {lim}"));
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let ps = params_of(&sql.params);
+    let ids: Vec<String> = tx
+        .query(&q, &refs(&ps))
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(pg_err)?;
+    tx.execute(
+        "DELETE FROM trace_properties WHERE request_id = ANY($1)",
+        &[&ids],
+    )
+    .await
+    .map_err(pg_err)?;
+    let deleted = tx
+        .execute("DELETE FROM traces WHERE request_id = ANY($1)", &[&ids])
+        .await
+        .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok((ids.len(), deleted))
+}
+
+/// Only whole hours before the cut-off leave the rollup.
+async fn purge_rollup(c: &mut Client, rule: &PurgeRule) -> Result<(), StoreError> {
     let mut sql = Sql::new(true);
     let before = sql.int(rule.before_ms - HOUR_MS);
     let mut q = format!("DELETE FROM rollup_hourly WHERE bucket_ms <= {before}");
@@ -558,7 +615,7 @@ async fn purge(c: &mut Client, rule: &PurgeRule) -> Result<u64, StoreError> {
     }
     let ps = params_of(&sql.params);
     c.execute(&q, &refs(&ps)).await.map_err(pg_err)?;
-    Ok(total)
+    Ok(())
 }
 
 #[cfg(test)]

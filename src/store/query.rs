@@ -92,18 +92,22 @@ impl LogFilter {
                 "status" => {
                     f.status = Some(StatusFilter::parse(v).ok_or_else(|| {
                         (
-                            "'status' must be a status code, '4xx', '5xx', 'error' or 'ok'".to_string(),
+                            "'status' must be a status code, '4xx', '5xx', 'error' or 'ok'"
+                                .to_string(),
                             "status".to_string(),
                         )
                     })?)
                 }
                 "property" => {
-                    let (n, val) = v.split_once(':').or_else(|| v.split_once('=')).ok_or_else(|| {
-                        (
-                            "'property' must be 'name:value'".to_string(),
-                            "property".to_string(),
-                        )
-                    })?;
+                    let (n, val) =
+                        v.split_once(':')
+                            .or_else(|| v.split_once('='))
+                            .ok_or_else(|| {
+                                (
+                                    "'property' must be 'name:value'".to_string(),
+                                    "property".to_string(),
+                                )
+                            })?;
                     if n.is_empty() {
                         return Err(("property name must not be empty".into(), "property".into()));
                     }
@@ -141,7 +145,9 @@ pub fn parse_time(s: &str) -> Option<i64> {
     if let Ok(n) = s.parse::<i64>() {
         return Some(n);
     }
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.timestamp_millis())
 }
 
 /// Position after the last row of a page: `(ts_ms, request_id)`, encoded opaquely.
@@ -153,11 +159,14 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{}", self.ts_ms, self.request_id))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}|{}", self.ts_ms, self.request_id))
     }
 
     pub fn decode(s: &str) -> Option<Cursor> {
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim()).ok()?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim())
+            .ok()?;
         let raw = String::from_utf8(raw).ok()?;
         let (ts, id) = raw.split_once('|')?;
         Some(Cursor {
@@ -202,7 +211,9 @@ impl GroupBy {
             "user" => GroupBy::User,
             "route" => GroupBy::Route,
             _ => {
-                let n = s.strip_prefix("property:").or_else(|| s.strip_prefix("property."))?;
+                let n = s
+                    .strip_prefix("property:")
+                    .or_else(|| s.strip_prefix("property."))?;
                 if n.is_empty() {
                     return None;
                 }
@@ -342,8 +353,12 @@ impl Histogram {
             let (k, c) = part
                 .split_once(':')
                 .ok_or_else(|| StoreError::Corrupt(format!("histogram entry '{part}'")))?;
-            let k: u16 = k.parse().map_err(|_| StoreError::Corrupt("histogram index".into()))?;
-            let c: u64 = c.parse().map_err(|_| StoreError::Corrupt("histogram count".into()))?;
+            let k: u16 = k
+                .parse()
+                .map_err(|_| StoreError::Corrupt("histogram index".into()))?;
+            let c: u64 = c
+                .parse()
+                .map_err(|_| StoreError::Corrupt("histogram count".into()))?;
             *h.counts.entry(k.min(HIST_BUCKETS as u16 - 1)).or_default() += c;
         }
         Ok(h)
@@ -450,7 +465,10 @@ pub struct Sql {
 
 impl Sql {
     pub fn new(pg: bool) -> Sql {
-        Sql { pg, params: Vec::new() }
+        Sql {
+            pg,
+            params: Vec::new(),
+        }
     }
 
     /// Add a parameter, returning its placeholder.
@@ -528,7 +546,10 @@ impl Sql {
     /// Raw analytics query: `group, ts_ms, is_error, prompt, completion, cost, latency`.
     pub fn raw_rows_query(&mut self, f: &LogFilter, g: &GroupBy) -> String {
         let (group_expr, join) = match g {
-            GroupBy::Model => ("COALESCE(t.served_model, t.requested_model)".to_string(), String::new()),
+            GroupBy::Model => (
+                "COALESCE(t.served_model, t.requested_model)".to_string(),
+                String::new(),
+            ),
             GroupBy::Provider => ("t.provider".into(), String::new()),
             GroupBy::Project => ("t.project_id".into(), String::new()),
             GroupBy::User => ("t.user_id".into(), String::new()),
@@ -562,7 +583,9 @@ impl Sql {
             s.push_str(&conds.join(" AND "));
         }
         let lim = self.int(q.limit as i64 + 1);
-        s.push_str(&format!(" ORDER BY t.ts_ms DESC, t.request_id DESC LIMIT {lim}"));
+        s.push_str(&format!(
+            " ORDER BY t.ts_ms DESC, t.request_id DESC LIMIT {lim}"
+        ));
         s
     }
 }
@@ -592,10 +615,14 @@ pub(crate) async fn run_analytics<S: Store + ?Sized>(
         };
         if has_full {
             let dim = dim_name(&q.group_by);
-            let rows = store.rollup_rows(&dim, full_from, full_to, f.project.as_deref()).await?;
+            let rows = store
+                .rollup_rows(&dim, full_from, full_to, f.project.as_deref())
+                .await?;
             for r in rows {
                 let group = (!r.value.is_empty()).then_some(r.value);
-                acc.entry((q.bucket.floor(r.bucket_ms), group)).or_default().merge(&r.stats);
+                acc.entry((q.bucket.floor(r.bucket_ms), group))
+                    .or_default()
+                    .merge(&r.stats);
             }
             if let (Some(s), Some(a)) = (f.start_ms, full_from) {
                 if s < a {
@@ -650,7 +677,10 @@ mod tests {
     use super::*;
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -667,7 +697,10 @@ mod tests {
         assert_eq!(f.start_ms, Some(1_767_225_600_000));
         assert_eq!(f.end_ms, Some(1_767_229_200_000));
         assert_eq!(f.status, Some(StatusFilter::Class(5)));
-        assert_eq!(f.properties, vec![("env".into(), "prod".into()), ("team".into(), "a:b".into())]);
+        assert_eq!(
+            f.properties,
+            vec![("env".into(), "prod".into()), ("team".into(), "a:b".into())]
+        );
         assert!(LogFilter::from_query(&q(&[("status", "7xx")])).is_err());
         assert!(LogFilter::from_query(&q(&[("start", "yesterday")])).is_err());
         assert!(LogFilter::from_query(&q(&[("start", "10"), ("end", "5")])).is_err());

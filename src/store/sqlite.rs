@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{
+    params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior,
+};
 
 use super::migrations::{Migration, SQLITE};
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::{
-    rollup_deltas, to_i64, to_u64, Cursor, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow, Store, StoreError,
-    HOUR_MS, TRACE_COLS,
+    rollup_deltas, to_i64, to_u64, Cursor, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow,
+    Store, StoreError, HOUR_MS, TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 
@@ -42,8 +44,10 @@ fn map_err(e: rusqlite::Error) -> StoreError {
 }
 
 fn connect(path: &str, busy_ms: u64) -> Result<Connection, StoreError> {
-    let c = Connection::open(path).map_err(|e| StoreError::Unavailable(format!("open {path}: {e}")))?;
-    c.busy_timeout(Duration::from_millis(busy_ms)).map_err(map_err)?;
+    let c =
+        Connection::open(path).map_err(|e| StoreError::Unavailable(format!("open {path}: {e}")))?;
+    c.busy_timeout(Duration::from_millis(busy_ms))
+        .map_err(map_err)?;
     // journal_mode returns a row, so it goes through query_row.
     let mode: String = c
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
@@ -51,8 +55,10 @@ fn connect(path: &str, busy_ms: u64) -> Result<Connection, StoreError> {
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(path, mode, "sqlite did not switch to WAL");
     }
-    c.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY;")
-        .map_err(map_err)?;
+    c.execute_batch(
+        "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY;",
+    )
+    .map_err(map_err)?;
     Ok(c)
 }
 
@@ -69,7 +75,11 @@ fn migrate(c: &mut Connection, list: &[Migration]) -> Result<u32, StoreError> {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_err)?;
         let have: i64 = tx
-            .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )
             .map_err(map_err)?;
         if have >= m.version as i64 {
             current = have as u32;
@@ -164,8 +174,10 @@ fn insert_batch(c: &mut Connection, recs: &[TraceRecord]) -> Result<usize, Store
             )
             .map_err(map_err)?;
         for r in recs {
-            let props = serde_json::to_string(&r.properties).map_err(|e| StoreError::Query(e.to_string()))?;
-            let attempts = serde_json::to_string(&r.attempts).map_err(|e| StoreError::Query(e.to_string()))?;
+            let props = serde_json::to_string(&r.properties)
+                .map_err(|e| StoreError::Query(e.to_string()))?;
+            let attempts =
+                serde_json::to_string(&r.attempts).map_err(|e| StoreError::Query(e.to_string()))?;
             let n = st
                 .execute(params![
                     r.request_id,
@@ -209,7 +221,8 @@ fn insert_batch(c: &mut Connection, recs: &[TraceRecord]) -> Result<usize, Store
             if n == 1 {
                 inserted.push(r);
                 for (k, v) in &r.properties {
-                    sp.execute(params![k, v, r.request_id, r.ts_ms]).map_err(map_err)?;
+                    sp.execute(params![k, v, r.request_id, r.ts_ms])
+                        .map_err(map_err)?;
                 }
             }
         }
@@ -278,7 +291,12 @@ fn insert_batch(c: &mut Connection, recs: &[TraceRecord]) -> Result<usize, Store
 
 /// `(condition on column `col`, params)` selecting the purge's projects. `none_as_empty`:
 /// the column stores "" for no project (rollups) instead of NULL (traces).
-pub(crate) fn project_cond(sql: &mut Sql, sel: &ProjectSel, col: &str, none_as_empty: bool) -> Option<String> {
+pub(crate) fn project_cond(
+    sql: &mut Sql,
+    sel: &ProjectSel,
+    col: &str,
+    none_as_empty: bool,
+) -> Option<String> {
     match sel {
         ProjectSel::Only(p) => Some(format!("{col} = {}", sql.text(p))),
         ProjectSel::AllExcept(list) if list.is_empty() => None,
@@ -287,7 +305,10 @@ pub(crate) fn project_cond(sql: &mut Sql, sel: &ProjectSel, col: &str, none_as_e
             if none_as_empty {
                 Some(format!("{col} NOT IN ({})", ph.join(", ")))
             } else {
-                Some(format!("({col} IS NULL OR {col} NOT IN ({}))", ph.join(", ")))
+                Some(format!(
+                    "({col} IS NULL OR {col} NOT IN ({}))",
+                    ph.join(", ")
+                ))
             }
         }
     }
@@ -297,45 +318,47 @@ const PURGE_CHUNK: usize = 5000;
 /// Bounds one purge run (5000 × 20000 = 100M rows); the next run continues.
 const PURGE_MAX_ROUNDS: usize = 20_000;
 
-fn purge(c: &mut Connection, rule: &PurgeRule) -> Result<u64, StoreError> {
-    let mut total = 0u64;
-    for _ in 0..PURGE_MAX_ROUNDS {
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(map_err)?;
-        let ids: Vec<String> = {
-            let mut sql = Sql::new(false);
-            let before = sql.int(rule.before_ms);
-            let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
-            if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
-                q.push_str(" AND ");
-                q.push_str(&pc);
-            }
-            q.push_str(&format!(" LIMIT {PURGE_CHUNK}"));
-            let mut st = tx.prepare(&q).map_err(map_err)?;
-            let rows = st
-                .query_map(params_from_iter(to_values(&sql.params)), |r| r.get::<_, String>(0))
-                .map_err(map_err)?;
-            rows.collect::<Result<_, _>>().map_err(map_err)?
-        };
-        {
-            let mut dt = tx
-                .prepare_cached("DELETE FROM traces WHERE request_id = ?1")
-                .map_err(map_err)?;
-            let mut dp = tx
-                .prepare_cached("DELETE FROM trace_properties WHERE request_id = ?1")
-                .map_err(map_err)?;
-            for id in &ids {
-                dp.execute([id]).map_err(map_err)?;
-                total += dt.execute([id]).map_err(map_err)? as u64;
-            }
+/// Delete one chunk of expired traces (and their properties); returns how many.
+fn purge_chunk(c: &mut Connection, rule: &PurgeRule) -> Result<(usize, u64), StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let ids: Vec<String> = {
+        let mut sql = Sql::new(false);
+        let before = sql.int(rule.before_ms);
+        let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
+        if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
+            q.push_str(" AND ");
+            q.push_str(&pc);
         }
-        tx.commit().map_err(map_err)?;
-        if ids.len() < PURGE_CHUNK {
-            break;
+        q.push_str(&format!(" LIMIT {PURGE_CHUNK}"));
+        let mut st = tx.prepare(&q).map_err(map_err)?;
+        let rows = st
+            .query_map(params_from_iter(to_values(&sql.params)), |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(map_err)?;
+        rows.collect::<Result<_, _>>().map_err(map_err)?
+    };
+    let mut deleted = 0u64;
+    {
+        let mut dt = tx
+            .prepare_cached("DELETE FROM traces WHERE request_id = ?1")
+            .map_err(map_err)?;
+        let mut dp = tx
+            .prepare_cached("DELETE FROM trace_properties WHERE request_id = ?1")
+            .map_err(map_err)?;
+        for id in &ids {
+            dp.execute([id]).map_err(map_err)?;
+            deleted += dt.execute([id]).map_err(map_err)? as u64;
         }
     }
-    // Only whole hours before the cut-off leave the rollup.
+    tx.commit().map_err(map_err)?;
+    Ok((ids.len(), deleted))
+}
+
+/// Only whole hours before the cut-off leave the rollup.
+fn purge_rollup(c: &mut Connection, rule: &PurgeRule) -> Result<(), StoreError> {
     let mut sql = Sql::new(false);
     let before = sql.int(rule.before_ms - HOUR_MS);
     let mut q = format!("DELETE FROM rollup_hourly WHERE bucket_ms <= {before}");
@@ -343,8 +366,9 @@ fn purge(c: &mut Connection, rule: &PurgeRule) -> Result<u64, StoreError> {
         q.push_str(" AND ");
         q.push_str(&pc);
     }
-    c.execute(&q, params_from_iter(to_values(&sql.params))).map_err(map_err)?;
-    Ok(total)
+    c.execute(&q, params_from_iter(to_values(&sql.params)))
+        .map_err(map_err)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -396,9 +420,11 @@ impl Store for SqliteStore {
 
     async fn schema_version(&self) -> Result<u32, StoreError> {
         Self::run(&self.reader, |c| {
-            c.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            c.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|v| v as u32)
             .map_err(map_err)
         })
@@ -417,9 +443,13 @@ impl Store for SqliteStore {
         let id = request_id.to_string();
         Self::run(&self.reader, move |c| {
             let mut st = c
-                .prepare_cached(&format!("SELECT {TRACE_COLS} FROM traces WHERE request_id = ?1"))
+                .prepare_cached(&format!(
+                    "SELECT {TRACE_COLS} FROM traces WHERE request_id = ?1"
+                ))
                 .map_err(map_err)?;
-            st.query_row([id], row_to_record).optional().map_err(map_err)
+            st.query_row([id], row_to_record)
+                .optional()
+                .map_err(map_err)
         })
         .await
     }
@@ -463,7 +493,9 @@ impl Store for SqliteStore {
         }
         Self::run(&self.reader, move |c| {
             let mut st = c.prepare_cached(&q).map_err(map_err)?;
-            let mut rows = st.query(params_from_iter(to_values(&sql.params))).map_err(map_err)?;
+            let mut rows = st
+                .query(params_from_iter(to_values(&sql.params)))
+                .map_err(map_err)?;
             let mut out = Vec::new();
             while let Some(r) = rows.next().map_err(map_err)? {
                 let hist: String = r.get(8).map_err(map_err)?;
@@ -486,7 +518,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn raw_rows(&self, filter: &LogFilter, group: &GroupBy) -> Result<Vec<RawRow>, StoreError> {
+    async fn raw_rows(
+        &self,
+        filter: &LogFilter,
+        group: &GroupBy,
+    ) -> Result<Vec<RawRow>, StoreError> {
         let mut sql = Sql::new(false);
         let q = sql.raw_rows_query(filter, group);
         Self::run(&self.reader, move |c| {
@@ -510,8 +546,19 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, rule: &PurgeRule) -> Result<u64, StoreError> {
-        let rule = rule.clone();
-        Self::run(&self.writer, move |c| purge(c, &rule)).await
+        // One chunk per lock hold, so inserts interleave with a long purge.
+        let mut total = 0;
+        for _ in 0..PURGE_MAX_ROUNDS {
+            let r = rule.clone();
+            let (seen, deleted) = Self::run(&self.writer, move |c| purge_chunk(c, &r)).await?;
+            total += deleted;
+            if seen < PURGE_CHUNK {
+                break;
+            }
+        }
+        let r = rule.clone();
+        Self::run(&self.writer, move |c| purge_rollup(c, &r)).await?;
+        Ok(total)
     }
 
     async fn count_traces(&self) -> Result<u64, StoreError> {

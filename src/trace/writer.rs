@@ -63,8 +63,11 @@ impl StoreSlot {
 }
 
 /// Opens the store; the default calls [`store::open`]. Tests inject failing stores here.
-pub type StoreOpener =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Arc<dyn Store>, StoreError>> + Send>> + Send + Sync>;
+pub type StoreOpener = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Arc<dyn Store>, StoreError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 struct DropLog {
     last_ms: AtomicI64,
@@ -245,7 +248,11 @@ impl Spill {
         }
         self.counted = true;
         if let Ok(f) = File::open(&self.path) {
-            self.count = BufReader::new(f).lines().map_while(Result::ok).filter(|l| !l.is_empty()).count() as u64;
+            self.count = BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| !l.is_empty())
+                .count() as u64;
             if self.count > 0 {
                 tracing::info!(path = %self.path.display(), records = self.count, "trace spill file found; will replay");
             }
@@ -258,7 +265,10 @@ impl Spill {
             serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         f.write_all(&buf)?;
         f.sync_data()?;
         self.count += recs.len() as u64;
@@ -328,7 +338,8 @@ const DRAIN_MAX_MESSAGES: usize = 10_000_000;
 impl Writer {
     async fn run(mut self, mut shutdown: ShutdownWatch) {
         self.spill.count_existing();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.flush_interval_ms.max(1)));
+        let mut tick =
+            tokio::time::interval(Duration::from_millis(self.cfg.flush_interval_ms.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -404,7 +415,9 @@ impl Writer {
         let res = if self.pending.is_empty() && self.spill.count == 0 {
             Ok(())
         } else {
-            Err(StoreError::Unavailable("writer stopped with records spilled".into()))
+            Err(StoreError::Unavailable(
+                "writer stopped with records spilled".into(),
+            ))
         };
         for w in waiters {
             let _ = w.send(clone_res(&res));
@@ -454,7 +467,11 @@ impl Writer {
 
     /// Insert a batch; a batch the store rejects (not an outage) is retried record by
     /// record so one bad record cannot block the rest, and the bad one is counted.
-    async fn insert_resilient(&self, s: &Arc<dyn Store>, batch: &[TraceRecord]) -> Result<usize, StoreError> {
+    async fn insert_resilient(
+        &self,
+        s: &Arc<dyn Store>,
+        batch: &[TraceRecord],
+    ) -> Result<usize, StoreError> {
         match self.insert(s, batch).await {
             Err(StoreError::Query(e)) | Err(StoreError::Corrupt(e)) => {
                 tracing::warn!(error = %e, records = batch.len(), "trace batch rejected; retrying one by one");
@@ -463,7 +480,10 @@ impl Writer {
                     match self.insert(s, std::slice::from_ref(r)).await {
                         Ok(k) => n += k,
                         Err(StoreError::Query(e)) | Err(StoreError::Corrupt(e)) => {
-                            metrics().trace_dropped.with_label_values(&["rejected"]).inc();
+                            metrics()
+                                .trace_dropped
+                                .with_label_values(&["rejected"])
+                                .inc();
                             tracing::error!(error = %e, request_id = %r.request_id, "trace record rejected by the store");
                         }
                         Err(e) => return Err(e),
@@ -509,7 +529,9 @@ impl Writer {
                 Ok(new) => {
                     self.pending.drain(..n);
                     let m = metrics();
-                    m.trace_written.with_label_values(&[s.backend()]).inc_by(new as u64);
+                    m.trace_written
+                        .with_label_values(&[s.backend()])
+                        .inc_by(new as u64);
                     m.trace_queue_depth.sub(n as i64);
                 }
                 Err(e) => {
@@ -536,16 +558,26 @@ impl Writer {
                 Err(e) => return Err(StoreError::Unavailable(format!("reading spill file: {e}"))),
             };
             if corrupt > 0 {
-                metrics().trace_dropped.with_label_values(&["spill_corrupt"]).inc_by(corrupt);
-                tracing::error!(lines = corrupt, "corrupt lines in the trace spill file skipped");
+                metrics()
+                    .trace_dropped
+                    .with_label_values(&["spill_corrupt"])
+                    .inc_by(corrupt);
+                tracing::error!(
+                    lines = corrupt,
+                    "corrupt lines in the trace spill file skipped"
+                );
             }
             if recs.is_empty() && off == self.spill.offset {
                 break;
             }
             let new = self.insert_resilient(s, &recs).await?;
             let m = metrics();
-            m.trace_written.with_label_values(&[s.backend()]).inc_by(new as u64);
-            m.trace_spilled.with_label_values(&["replayed"]).inc_by(recs.len() as u64);
+            m.trace_written
+                .with_label_values(&[s.backend()])
+                .inc_by(new as u64);
+            m.trace_spilled
+                .with_label_values(&["replayed"])
+                .inc_by(recs.len() as u64);
             self.spill.offset = off;
             self.spill.count = self.spill.count.saturating_sub(recs.len() as u64 + corrupt);
         }
@@ -573,7 +605,9 @@ impl Writer {
         match self.spill.append(&recs) {
             Ok(()) => m.trace_spilled.with_label_values(&["spilled"]).inc_by(n),
             Err(e) => {
-                m.trace_dropped.with_label_values(&["spill_failed"]).inc_by(n);
+                m.trace_dropped
+                    .with_label_values(&["spill_failed"])
+                    .inc_by(n);
                 tracing::error!(error = %e, records = n, path = %self.spill.path.display(), "trace spill failed; records lost");
             }
         }
@@ -594,7 +628,9 @@ impl Writer {
         tokio::spawn(async move {
             for r in rules {
                 match s.purge(&r).await {
-                    Ok(n) if n > 0 => tracing::info!(deleted = n, projects = ?r.projects, "retention purge"),
+                    Ok(n) if n > 0 => {
+                        tracing::info!(deleted = n, projects = ?r.projects, "retention purge")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "retention purge failed"),
                 }

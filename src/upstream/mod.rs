@@ -142,6 +142,7 @@ pub struct UpstreamResponse {
     peer: HttpPeer,
     who: String,
     idle_timeout: Duration,
+    read_timeout: Duration,
 }
 
 impl UpstreamResponse {
@@ -159,9 +160,12 @@ impl UpstreamResponse {
             .and_then(|v| v.to_str().ok())
     }
 
-    /// Next body chunk; `None` at the end.
+    /// Next body chunk; `None` at the end. Each read is bounded by the read timeout.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
-        self.session.read_response_body().await.map_err(|e| classify(&e, &self.who))
+        match tokio::time::timeout(self.read_timeout, self.session.read_response_body()).await {
+            Ok(r) => r.map_err(|e| classify(&e, &self.who)),
+            Err(_) => Err(UpstreamError::Timeout(self.who.clone())),
+        }
     }
 
     /// Read the whole body (bounded) and return the connection to the pool.
@@ -218,18 +222,24 @@ async fn try_send(
     session.set_read_timeout(Some(opts.read_timeout));
     session.set_write_timeout(Some(opts.write_timeout));
     let header = request_header(ep, req).map_err(|e| (e, false))?;
-    let r = async {
+    // Each stage is bounded here with tokio timers: sending by the write timeout,
+    // waiting for the header by the read timeout.
+    let write = async {
         session.write_request_header(header).await?;
         if !req.body.is_empty() {
             session.write_request_body(req.body.clone(), true).await?;
         }
-        session.finish_request_body().await?;
-        session.read_response_header().await
+        session.finish_request_body().await
+    };
+    match tokio::time::timeout(opts.write_timeout, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err((classify(&e, who), reused)),
+        Err(_) => return Err((UpstreamError::Timeout(who.to_string()), false)),
     }
-    .await;
-    match r {
-        Ok(()) => Ok((session, reused)),
-        Err(e) => Err((classify(&e, who), reused)),
+    match tokio::time::timeout(opts.read_timeout, session.read_response_header()).await {
+        Ok(Ok(())) => Ok((session, reused)),
+        Ok(Err(e)) => Err((classify(&e, who), reused)),
+        Err(_) => Err((UpstreamError::Timeout(who.to_string()), false)),
     }
 }
 
@@ -252,6 +262,7 @@ pub async fn send(ep: &Endpoint, req: &UpstreamRequest, opts: &ExchangeOptions, 
         peer,
         who: who.to_string(),
         idle_timeout: opts.idle_timeout,
+        read_timeout: opts.read_timeout,
     })
 }
 

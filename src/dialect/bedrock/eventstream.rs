@@ -124,7 +124,9 @@ impl EventStreamDecoder {
                 return Err(malformed(format!("message length {total} out of range")));
             }
             if headers_len > MAX_HEADERS || headers_len + MIN_MESSAGE > total {
-                return Err(malformed(format!("headers length {headers_len} out of range")));
+                return Err(malformed(format!(
+                    "headers length {headers_len} out of range"
+                )));
             }
             if avail.len() < total {
                 break;
@@ -284,7 +286,10 @@ pub fn event_frame(event_type: &str, payload: &[u8]) -> Vec<u8> {
     encode_frame(
         &[
             (":event-type", HeaderValue::String(event_type.into())),
-            (":content-type", HeaderValue::String("application/json".into())),
+            (
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ),
             (":message-type", HeaderValue::String("event".into())),
         ],
         payload,
@@ -296,8 +301,14 @@ pub fn exception_frame(exception_type: &str, message: &str) -> Vec<u8> {
     let payload = serde_json::json!({ "message": message }).to_string();
     encode_frame(
         &[
-            (":exception-type", HeaderValue::String(exception_type.into())),
-            (":content-type", HeaderValue::String("application/json".into())),
+            (
+                ":exception-type",
+                HeaderValue::String(exception_type.into()),
+            ),
+            (
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ),
             (":message-type", HeaderValue::String("exception".into())),
         ],
         payload.as_bytes(),
@@ -326,7 +337,10 @@ mod tests {
 
     fn sample_stream() -> Vec<u8> {
         let mut v = encode_frame(&all_types(), b"{\"role\":\"assistant\"}");
-        v.extend(event_frame("contentBlockDelta", b"{\"contentBlockIndex\":0,\"delta\":{\"text\":\"Hi\"}}"));
+        v.extend(event_frame(
+            "contentBlockDelta",
+            b"{\"contentBlockIndex\":0,\"delta\":{\"text\":\"Hi\"}}",
+        ));
         v.extend(encode_frame(&[], b""));
         v.extend(exception_frame("throttlingException", "slow down"));
         v
@@ -345,13 +359,18 @@ mod tests {
     fn roundtrip_every_header_type() {
         let msgs = decode_chunks(&[&sample_stream()]).unwrap();
         assert_eq!(msgs.len(), 4);
-        let expected: Vec<(String, HeaderValue)> =
-            all_types().into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+        let expected: Vec<(String, HeaderValue)> = all_types()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
         assert_eq!(msgs[0].headers, expected);
         assert_eq!(msgs[0].payload, b"{\"role\":\"assistant\"}");
         assert_eq!(msgs[1].header_str(":event-type"), Some("contentBlockDelta"));
         assert_eq!(msgs[2], Message::default());
-        assert_eq!(msgs[3].header_str(":exception-type"), Some("throttlingException"));
+        assert_eq!(
+            msgs[3].header_str(":exception-type"),
+            Some("throttlingException")
+        );
     }
 
     #[test]
@@ -362,9 +381,73 @@ mod tests {
         )
         .unwrap();
         let msgs = decode_chunks(&[&frame]).unwrap();
-        assert_eq!(msgs[0].headers, vec![("event-type".to_string(), HeaderValue::Int(0xA00C))]);
+        assert_eq!(
+            msgs[0].headers,
+            vec![("event-type".to_string(), HeaderValue::Int(0xA00C))]
+        );
         assert_eq!(msgs[0].payload, b"{'foo':'bar'}");
-        assert_eq!(encode_frame(&[("event-type", HeaderValue::Int(0xA00C))], b"{'foo':'bar'}"), frame);
+        assert_eq!(
+            encode_frame(
+                &[("event-type", HeaderValue::Int(0xA00C))],
+                b"{'foo':'bar'}"
+            ),
+            frame
+        );
+    }
+
+    /// More of AWS's published event-stream vectors (as shipped in the AWS SDKs' fixtures).
+    #[test]
+    fn published_vectors() {
+        let foo_bar: &[u8] = b"{'foo':'bar'}";
+        let empty = [
+            0u8, 0, 0, 16, 0, 0, 0, 0, 5, 194, 72, 235, 125, 152, 200, 255,
+        ];
+        assert_eq!(decode_chunks(&[&empty]).unwrap(), vec![Message::default()]);
+        assert_eq!(encode_frame(&[], b""), empty);
+        let no_headers = [
+            0u8, 0, 0, 29, 0, 0, 0, 0, 253, 82, 140, 90, 123, 39, 102, 111, 111, 39, 58, 39, 98,
+            97, 114, 39, 125, 195, 101, 57, 54,
+        ];
+        assert_eq!(decode_chunks(&[&no_headers]).unwrap()[0].payload, foo_bar);
+        let one_str: Vec<u8> = {
+            let mut v = vec![0u8, 0, 0, 61, 0, 0, 0, 32, 7, 253, 131, 150, 12];
+            v.extend_from_slice(b"content-type");
+            v.extend_from_slice(&[7, 0, 16]);
+            v.extend_from_slice(b"application/json");
+            v.extend_from_slice(foo_bar);
+            v.extend_from_slice(&[141, 156, 8, 177]);
+            v
+        };
+        let m = &decode_chunks(&[&one_str]).unwrap()[0];
+        assert_eq!(m.header_str("content-type"), Some("application/json"));
+        assert_eq!(m.payload, foo_bar);
+        assert_eq!(
+            encode_frame(
+                &[(
+                    "content-type",
+                    HeaderValue::String("application/json".into())
+                )],
+                foo_bar
+            ),
+            one_str
+        );
+        // Negative vectors: corrupted header length, total length, payload, header byte.
+        let mut bad_header_len = one_str.clone();
+        bad_header_len[6] = 1;
+        let mut bad_len = no_headers.to_vec();
+        bad_len[0] = 1;
+        let mut bad_payload = no_headers.to_vec();
+        bad_payload[24] = 141;
+        let mut bad_header = one_str.clone();
+        bad_header[20] = b'+';
+        for (name, v) in [
+            ("header_len", bad_header_len),
+            ("length", bad_len),
+            ("payload", bad_payload),
+            ("headers", bad_header),
+        ] {
+            assert!(decode_chunks(&[&v]).is_err(), "corrupted_{name} must fail");
+        }
     }
 
     #[test]

@@ -14,7 +14,10 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
 use super::encode::finish_reason_from;
-use super::{ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated, UpstreamRequest, Usage};
+use super::{
+    ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated,
+    UpstreamRequest, Usage,
+};
 use eventstream::{EventStreamDecoder, Message};
 
 pub struct Bedrock;
@@ -26,9 +29,11 @@ pub(crate) fn content_text(content: Option<&Value>) -> String {
         Some(Value::Array(parts)) => parts
             .iter()
             .filter_map(|p| {
-                p.get("text")
-                    .and_then(Value::as_str)
-                    .filter(|_| p.get("type").and_then(Value::as_str).is_none_or(|t| t == "text"))
+                p.get("text").and_then(Value::as_str).filter(|_| {
+                    p.get("type")
+                        .and_then(Value::as_str)
+                        .is_none_or(|t| t == "text")
+                })
             })
             .collect::<Vec<_>>()
             .join(""),
@@ -47,16 +52,23 @@ pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
 /// The `url` of an OpenAI `image_url` part (string or `{url}` form).
 pub(crate) fn image_url_of(part: &Value) -> Option<&str> {
     let iu = part.get("image_url")?;
-    iu.get("url").and_then(Value::as_str).or_else(|| iu.as_str())
+    iu.get("url")
+        .and_then(Value::as_str)
+        .or_else(|| iu.as_str())
 }
 
 /// A base64 data URL's payload, or a clear "unsupported" for remote URLs.
-pub(crate) fn inline_image<'a>(part: &'a Value, provider: &str) -> Result<(&'a str, &'a str), DialectError> {
+pub(crate) fn inline_image<'a>(
+    part: &'a Value,
+    provider: &str,
+) -> Result<(&'a str, &'a str), DialectError> {
     let url = image_url_of(part)
         .ok_or_else(|| DialectError::unsupported("image_url part has no url", Some("messages")))?;
     parse_data_url(url).ok_or_else(|| {
         DialectError::unsupported(
-            format!("{provider} accepts only inline images (base64 data: URLs), not remote image URLs"),
+            format!(
+                "{provider} accepts only inline images (base64 data: URLs), not remote image URLs"
+            ),
             Some("messages"),
         )
     })
@@ -74,7 +86,10 @@ pub(crate) fn stop_list(v: Option<&Value>) -> Option<Vec<Value>> {
 /// `n` > 1 cannot be served by providers without candidates.
 pub(crate) fn reject_n(body: &Map<String, Value>, provider: &str) -> Result<(), DialectError> {
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(DialectError::unsupported(format!("{provider} does not support n > 1"), Some("n")));
+        return Err(DialectError::unsupported(
+            format!("{provider} does not support n > 1"),
+            Some("n"),
+        ));
     }
     Ok(())
 }
@@ -95,16 +110,16 @@ fn image_format(mime: &str) -> Result<&'static str, DialectError> {
 fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, DialectError> {
     let mut blocks = Vec::new();
     match content {
-        Some(Value::String(s)) => {
-            if !s.is_empty() {
-                blocks.push(json!({"text": s}));
-            }
-        }
+        Some(Value::String(s)) if !s.is_empty() => blocks.push(json!({"text": s})),
         Some(Value::Array(parts)) => {
             for p in parts {
                 match p.get("type").and_then(Value::as_str) {
                     Some("text") | None => {
-                        if let Some(t) = p.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                        if let Some(t) = p
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .filter(|t| !t.is_empty())
+                        {
                             blocks.push(json!({"text": t}));
                         }
                     }
@@ -131,7 +146,10 @@ pub(crate) fn parse_arguments(args: Option<&Value>) -> Result<Value, DialectErro
     match args {
         Some(Value::String(s)) if s.trim().is_empty() => Ok(json!({})),
         Some(Value::String(s)) => serde_json::from_str(s).map_err(|_| {
-            DialectError::unsupported("assistant tool_calls arguments are not valid JSON", Some("messages"))
+            DialectError::unsupported(
+                "assistant tool_calls arguments are not valid JSON",
+                Some("messages"),
+            )
         }),
         Some(v @ Value::Object(_)) => Ok(v.clone()),
         _ => Ok(json!({})),
@@ -158,7 +176,12 @@ fn build_messages(req: &ChatRequest) -> Result<(Vec<Value>, Vec<Value>), Dialect
                 if !text.is_empty() {
                     blocks.push(json!({"text": text}));
                 }
-                for tc in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                for tc in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     let f = tc.get("function");
                     blocks.push(json!({"toolUse": {
                         "toolUseId": tc.get("id").and_then(Value::as_str).unwrap_or(""),
@@ -169,11 +192,21 @@ fn build_messages(req: &ChatRequest) -> Result<(Vec<Value>, Vec<Value>), Dialect
                 ("assistant", blocks)
             }
             "tool" => {
-                let id = m.get("tool_call_id").and_then(Value::as_str).ok_or_else(|| {
-                    DialectError::unsupported("tool message needs tool_call_id", Some("messages"))
-                })?;
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        DialectError::unsupported(
+                            "tool message needs tool_call_id",
+                            Some("messages"),
+                        )
+                    })?;
                 let text = content_text(m.get("content"));
-                ("user", vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}], "status": "success"}})])
+                // No `status`: Bedrock accepts it only for Anthropic models.
+                (
+                    "user",
+                    vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})],
+                )
             }
             other => {
                 return Err(DialectError::unsupported(
@@ -212,7 +245,10 @@ fn tool_config(req: &ChatRequest, has_tool_history: bool) -> Result<Option<Value
             "none" if !has_tool_history => return Ok(None),
             "none" => None,
             other => {
-                return Err(DialectError::unsupported(format!("tool_choice '{other}' is not supported"), Some("tool_choice")))
+                return Err(DialectError::unsupported(
+                    format!("tool_choice '{other}' is not supported"),
+                    Some("tool_choice"),
+                ))
             }
         },
         Some(v) => {
@@ -220,18 +256,32 @@ fn tool_config(req: &ChatRequest, has_tool_history: bool) -> Result<Option<Value
                 .get("function")
                 .and_then(|f| f.get("name"))
                 .and_then(Value::as_str)
-                .ok_or_else(|| DialectError::unsupported("tool_choice needs function.name", Some("tool_choice")))?;
+                .ok_or_else(|| {
+                    DialectError::unsupported(
+                        "tool_choice needs function.name",
+                        Some("tool_choice"),
+                    )
+                })?;
             Some(json!({"tool": {"name": name}}))
         }
     };
     let mut specs = Vec::with_capacity(tools.len());
     for t in tools {
-        let f = t
-            .get("function")
-            .ok_or_else(|| DialectError::unsupported("only function tools are supported", Some("tools")))?;
+        let f = t.get("function").ok_or_else(|| {
+            DialectError::unsupported("only function tools are supported", Some("tools"))
+        })?;
         let mut spec = Map::new();
-        spec.insert("name".into(), f.get("name").cloned().unwrap_or(Value::String(String::new())));
-        if let Some(d) = f.get("description").and_then(Value::as_str).filter(|d| !d.is_empty()) {
+        spec.insert(
+            "name".into(),
+            f.get("name")
+                .cloned()
+                .unwrap_or(Value::String(String::new())),
+        );
+        if let Some(d) = f
+            .get("description")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+        {
             spec.insert("description".into(), json!(d));
         }
         let schema = f
@@ -252,7 +302,11 @@ fn tool_config(req: &ChatRequest, has_tool_history: bool) -> Result<Option<Value
 pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
     let b = &req.body;
     reject_n(b, "Bedrock")?;
-    if let Some(rf) = b.get("response_format").and_then(|r| r.get("type")).and_then(Value::as_str) {
+    if let Some(rf) = b
+        .get("response_format")
+        .and_then(|r| r.get("type"))
+        .and_then(Value::as_str)
+    {
         if rf != "text" {
             return Err(DialectError::unsupported(
                 "Bedrock Converse has no JSON mode; describe the format in the prompt or use a tool",
@@ -262,12 +316,16 @@ pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
     }
     let (system, messages) = build_messages(req)?;
     if messages.is_empty() {
-        return Err(DialectError::unsupported("Bedrock needs at least one user message", Some("messages")));
+        return Err(DialectError::unsupported(
+            "Bedrock needs at least one user message",
+            Some("messages"),
+        ));
     }
     let has_tool_history = messages.iter().any(|m| {
-        m["content"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|b| b.get("toolUse").is_some() || b.get("toolResult").is_some()))
+        m["content"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|b| b.get("toolUse").is_some() || b.get("toolResult").is_some())
+        })
     });
     let mut body = Map::new();
     body.insert("messages".into(), Value::Array(messages));
@@ -275,7 +333,11 @@ pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
         body.insert("system".into(), Value::Array(system));
     }
     let mut inf = Map::new();
-    if let Some(m) = b.get("max_completion_tokens").or_else(|| b.get("max_tokens")).and_then(Value::as_u64) {
+    if let Some(m) = b
+        .get("max_completion_tokens")
+        .or_else(|| b.get("max_tokens"))
+        .and_then(Value::as_u64)
+    {
         inf.insert("maxTokens".into(), json!(m));
     }
     if let Some(t) = b.get("temperature").filter(|v| v.is_number()) {
@@ -300,13 +362,21 @@ pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
 pub fn converse_path(t: &Target, stream: bool) -> String {
     let mut id = String::with_capacity(t.model.len() + 8);
     sigv4::uri_encode(t.model, &mut id);
-    let template = if stream { "/model/{model}/converse-stream" } else { "/model/{model}/converse" };
+    let template = if stream {
+        "/model/{model}/converse-stream"
+    } else {
+        "/model/{model}/converse"
+    };
     t.profile.path_for(t.endpoint, template, &id)
 }
 
 fn usage_from(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let (input, read, write) = (n("inputTokens"), n("cacheReadInputTokens"), n("cacheWriteInputTokens"));
+    let (input, read, write) = (
+        n("inputTokens"),
+        n("cacheReadInputTokens"),
+        n("cacheWriteInputTokens"),
+    );
     Usage {
         // Bedrock's inputTokens excludes cache reads and writes; OpenAI's prompt_tokens is the whole input.
         prompt_tokens: input + read + write,
@@ -328,23 +398,37 @@ impl Dialect for Bedrock {
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
         headers.push((
             "accept".into(),
-            if t.stream { "application/vnd.amazon.eventstream" } else { "application/json" }.into(),
+            if t.stream {
+                "application/vnd.amazon.eventstream"
+            } else {
+                "application/json"
+            }
+            .into(),
         ));
         Ok(UpstreamRequest {
             method: "POST",
             path: converse_path(t, t.stream),
             headers,
-            body: Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
         })
     }
 
-    fn translate_chat(&self, body: &[u8], t: &Target, _req: &ChatRequest) -> Result<Translated, DialectError> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+    fn translate_chat(
+        &self,
+        body: &[u8],
+        t: &Target,
+        _req: &ChatRequest,
+    ) -> Result<Translated, DialectError> {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         let content = v
             .pointer("/output/message/content")
             .and_then(Value::as_array)
-            .ok_or_else(|| DialectError::Malformed("Converse response has no output.message.content".into()))?;
+            .ok_or_else(|| {
+                DialectError::Malformed("Converse response has no output.message.content".into())
+            })?;
         let mut text = String::new();
         let mut reasoning = String::new();
         let mut tool_calls = Vec::new();
@@ -361,12 +445,22 @@ impl Dialect for Bedrock {
                         "arguments": serde_json::to_string(&args).unwrap_or_else(|_| "{}".into()),
                     }
                 }));
-            } else if let Some(s) = block.pointer("/reasoningContent/reasoningText/text").and_then(Value::as_str) {
+            } else if let Some(s) = block
+                .pointer("/reasoningContent/reasoningText/text")
+                .and_then(Value::as_str)
+            {
                 reasoning.push_str(s);
             }
         }
-        let stop = v.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
-        let finish = if tool_calls.is_empty() { finish_reason_from(stop) } else { "tool_calls" };
+        let stop = v
+            .get("stopReason")
+            .and_then(Value::as_str)
+            .unwrap_or("end_turn");
+        let finish = if tool_calls.is_empty() {
+            finish_reason_from(stop)
+        } else {
+            "tool_calls"
+        };
         let usage = v.get("usage").map(usage_from).unwrap_or_default();
         let mut message = json!({
             "role": "assistant",
@@ -389,14 +483,32 @@ impl Dialect for Bedrock {
             "usage": usage.to_openai(),
         });
         Ok(Translated {
-            body: Bytes::from(serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
             usage,
             model: None,
         })
     }
 
+    /// Bedrock error bodies are `{"message": ...}`; 424 (ModelErrorException: the model
+    /// failed to process) is worth another candidate, unlike other 4xx.
+    fn classify_error(&self, status: u16, body: &[u8]) -> super::UpstreamFailure {
+        let mut f = super::default_classify(status, body);
+        if status == 424 {
+            f.retryable = true;
+            f.code = "upstream_error";
+        }
+        f
+    }
+
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
-        Box::new(BedrockStream::new(t.request_id, t.created, t.model, req.include_usage))
+        Box::new(BedrockStream::new(
+            t.request_id,
+            t.created,
+            t.model,
+            req.include_usage,
+        ))
     }
 }
 
@@ -439,7 +551,13 @@ impl BedrockStream {
         *self.tools.entry(block).or_insert(next)
     }
 
-    fn fail(&mut self, err: DialectError, kind: &str, code: &str, out: &mut BytesMut) -> DialectError {
+    fn fail(
+        &mut self,
+        err: DialectError,
+        kind: &str,
+        code: &str,
+        out: &mut BytesMut,
+    ) -> DialectError {
         self.enc.error(&err.to_string(), kind, code, out);
         err
     }
@@ -448,11 +566,24 @@ impl BedrockStream {
         match msg.header_str(":message-type") {
             Some("event") => {}
             Some("exception") => {
-                let ty = msg.header_str(":exception-type").unwrap_or("exception").to_string();
+                let ty = msg
+                    .header_str(":exception-type")
+                    .unwrap_or("exception")
+                    .to_string();
                 let text = serde_json::from_slice::<Value>(&msg.payload)
                     .ok()
-                    .and_then(|v| v.get("message").or_else(|| v.get("Message")).and_then(Value::as_str).map(str::to_string))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&msg.payload).chars().take(500).collect());
+                    .and_then(|v| {
+                        v.get("message")
+                            .or_else(|| v.get("Message"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
+                    .unwrap_or_else(|| {
+                        String::from_utf8_lossy(&msg.payload)
+                            .chars()
+                            .take(500)
+                            .collect()
+                    });
                 let (kind, code) = match ty.as_str() {
                     "throttlingException" => ("rate_limit_error", "rate_limit_exceeded"),
                     "validationException" => ("invalid_request_error", "upstream_rejected"),
@@ -460,7 +591,8 @@ impl BedrockStream {
                     _ => ("api_error", "upstream_error"),
                 };
                 let err = DialectError::Upstream(format!("Bedrock {ty}: {text}"));
-                self.enc.error(&format!("Bedrock {ty}: {text}"), kind, code, out);
+                self.enc
+                    .error(&format!("Bedrock {ty}: {text}"), kind, code, out);
                 return Err(err);
             }
             Some("error") => {
@@ -471,7 +603,9 @@ impl BedrockStream {
                 return Err(DialectError::Upstream(m));
             }
             _ => {
-                let e = DialectError::Malformed("event-stream message without a known :message-type".into());
+                let e = DialectError::Malformed(
+                    "event-stream message without a known :message-type".into(),
+                );
                 return Err(self.fail(e, "api_error", "upstream_error", out));
             }
         }
@@ -488,7 +622,10 @@ impl BedrockStream {
             "contentBlockStart" => {
                 if let Some(tu) = v.pointer("/start/toolUse") {
                     self.ensure_started(out);
-                    let block = v.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
+                    let block = v
+                        .get("contentBlockIndex")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
                     let ti = self.tool_index(block);
                     let id = tu.get("toolUseId").and_then(Value::as_str).unwrap_or("");
                     let name = tu.get("name").and_then(Value::as_str).unwrap_or("");
@@ -498,7 +635,10 @@ impl BedrockStream {
             }
             "contentBlockDelta" => {
                 self.ensure_started(out);
-                let block = v.get("contentBlockIndex").and_then(Value::as_u64).unwrap_or(0);
+                let block = v
+                    .get("contentBlockIndex")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 let d = v.get("delta").unwrap_or(&Value::Null);
                 if let Some(s) = d.get("text").and_then(Value::as_str) {
                     self.produced |= !s.is_empty();
@@ -506,7 +646,9 @@ impl BedrockStream {
                 } else if let Some(s) = d.pointer("/toolUse/input").and_then(Value::as_str) {
                     if !self.tools.contains_key(&block) {
                         return Err(self.fail(
-                            DialectError::Malformed("toolUse delta before its contentBlockStart".into()),
+                            DialectError::Malformed(
+                                "toolUse delta before its contentBlockStart".into(),
+                            ),
                             "api_error",
                             "upstream_error",
                             out,
@@ -514,15 +656,23 @@ impl BedrockStream {
                     }
                     let ti = self.tool_index(block);
                     self.enc.tool_call_args(0, ti, s, out);
-                } else if let Some(s) = d.pointer("/reasoningContent/text").and_then(Value::as_str) {
+                } else if let Some(s) = d.pointer("/reasoningContent/text").and_then(Value::as_str)
+                {
                     self.produced |= !s.is_empty();
                     self.enc.reasoning(0, s, out);
                 }
             }
             "messageStop" => {
                 self.ensure_started(out);
-                let stop = v.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
-                let reason = if self.tools.is_empty() { finish_reason_from(stop) } else { "tool_calls" };
+                let stop = v
+                    .get("stopReason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("end_turn");
+                let reason = if self.tools.is_empty() {
+                    finish_reason_from(stop)
+                } else {
+                    "tool_calls"
+                };
                 self.enc.finish_reason(0, reason, out);
                 self.saw_stop = true;
             }

@@ -58,7 +58,10 @@ pub const ENV_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
 pub const ENV_BEARER: &str = "AWS_BEARER_TOKEN_BEDROCK";
 
 fn env(var: &str) -> Option<Secret> {
-    std::env::var(var).ok().filter(|v| !v.is_empty()).map(Secret::new)
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
 }
 
 impl Sigv4Signer {
@@ -83,9 +86,16 @@ impl Sigv4Signer {
             .extra_str("region")
             .map(str::to_string)
             .or_else(|| std::env::var("AWS_REGION").ok().filter(|v| !v.is_empty()))
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok().filter(|v| !v.is_empty()))
+            .or_else(|| {
+                std::env::var("AWS_DEFAULT_REGION")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
             .unwrap_or_else(|| "us-east-1".to_string());
-        let service = profile.extra_str("service").unwrap_or("bedrock").to_string();
+        let service = profile
+            .extra_str("service")
+            .unwrap_or("bedrock")
+            .to_string();
         let bearer_var = profile.api_key_env.as_deref().unwrap_or(ENV_BEARER);
         let auth = if let Some(key) = env(bearer_var) {
             BedrockAuth::ApiKey(key)
@@ -97,7 +107,9 @@ impl Sigv4Signer {
                     session_token: env(ENV_SESSION_TOKEN),
                 }),
                 (Some(_), None) => {
-                    return Err(SignError::Missing(format!("{ENV_ACCESS_KEY} is set but {ENV_SECRET_KEY} is not")))
+                    return Err(SignError::Missing(format!(
+                        "{ENV_ACCESS_KEY} is set but {ENV_SECRET_KEY} is not"
+                    )))
                 }
                 _ => {
                     let msg = format!(
@@ -120,7 +132,12 @@ impl Sigv4Signer {
     }
 
     /// Sign with an explicit timestamp (`YYYYMMDDTHHMMSSZ`); `sign` uses the clock.
-    pub fn sign_at(&self, req: &mut UpstreamRequest, host: &str, amz_date: &str) -> Result<(), SignError> {
+    pub fn sign_at(
+        &self,
+        req: &mut UpstreamRequest,
+        host: &str,
+        amz_date: &str,
+    ) -> Result<(), SignError> {
         let creds = match &self.auth {
             BedrockAuth::ApiKey(key) => {
                 req.headers
@@ -138,7 +155,8 @@ impl Sigv4Signer {
             )
         });
         let payload_hash = hex::encode(Sha256::digest(&req.body));
-        req.headers.push(("x-amz-date".into(), amz_date.to_string()));
+        req.headers
+            .push(("x-amz-date".into(), amz_date.to_string()));
         if let Some(token) = &creds.session_token {
             req.headers
                 .push(("x-amz-security-token".into(), token.expose().to_string()));
@@ -205,14 +223,18 @@ pub fn authorization(
     if amz_date.len() != 16 {
         return Err(SignError::Credential("bad x-amz-date".into()));
     }
-    let (creq, signed_headers) = canonical_request(method, host, path_and_query, headers, payload_hash);
+    let (creq, signed_headers) =
+        canonical_request(method, host, path_and_query, headers, payload_hash);
     let date = &amz_date[..8];
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let sts = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(creq.as_bytes()))
     );
-    let mut key = hmac(format!("AWS4{}", creds.secret_access_key.expose()).as_bytes(), date.as_bytes())?;
+    let mut key = hmac(
+        format!("AWS4{}", creds.secret_access_key.expose()).as_bytes(),
+        date.as_bytes(),
+    )?;
     for part in [region, service, "aws4_request"] {
         key = hmac(&key, part.as_bytes())?;
     }
@@ -224,7 +246,8 @@ pub fn authorization(
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Result<Vec<u8>, SignError> {
-    let mut m = HmacSha256::new_from_slice(key).map_err(|_| SignError::Credential("bad HMAC key".into()))?;
+    let mut m = HmacSha256::new_from_slice(key)
+        .map_err(|_| SignError::Credential("bad HMAC key".into()))?;
     m.update(data);
     Ok(m.finalize().into_bytes().to_vec())
 }
@@ -323,7 +346,11 @@ fn canonical_query(query: &str) -> String {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
             let (mut ek, mut ev) = (String::new(), String::new());
             uri_encode(&dec(k), &mut ek);
             uri_encode(&dec(v), &mut ev);
@@ -354,14 +381,26 @@ mod tests {
     }
 
     fn suite_signer() -> Sigv4Signer {
-        Sigv4Signer::new(BedrockAuth::Sigv4(suite_creds(None)), "us-east-1", "service")
+        Sigv4Signer::new(
+            BedrockAuth::Sigv4(suite_creds(None)),
+            "us-east-1",
+            "service",
+        )
     }
 
-    fn sign(method: &'static str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> UpstreamRequest {
+    fn sign(
+        method: &'static str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> UpstreamRequest {
         let mut req = UpstreamRequest {
             method,
             path: path.into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
             body: bytes::Bytes::copy_from_slice(body),
         };
         suite_signer().sign_at(&mut req, HOST, DATE).unwrap();
@@ -369,7 +408,11 @@ mod tests {
     }
 
     fn header<'a>(req: &'a UpstreamRequest, name: &str) -> &'a str {
-        req.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap()
+        req.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap()
     }
 
     // Vectors from AWS's published SigV4 test suite (credentials AKIDEXAMPLE, 2015-08-30).
@@ -386,20 +429,27 @@ mod tests {
     #[test]
     fn aws_suite_post_vanilla() {
         let r = sign("POST", "/", &[], b"");
-        assert!(header(&r, "authorization")
-            .ends_with("Signature=5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"));
+        assert!(header(&r, "authorization").ends_with(
+            "Signature=5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b"
+        ));
     }
 
     #[test]
     fn aws_suite_post_vanilla_query() {
         let r = sign("POST", "/?Param1=value1", &[], b"");
-        assert!(header(&r, "authorization")
-            .ends_with("Signature=28038455d6de14eafc1f9222cf5aa6f1a96197d7deb8263271d420d138af7f11"));
+        assert!(header(&r, "authorization").ends_with(
+            "Signature=28038455d6de14eafc1f9222cf5aa6f1a96197d7deb8263271d420d138af7f11"
+        ));
     }
 
     #[test]
     fn aws_suite_post_x_www_form_urlencoded() {
-        let r = sign("POST", "/", &[("Content-Type", "application/x-www-form-urlencoded")], b"Param1=value1");
+        let r = sign(
+            "POST",
+            "/",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            b"Param1=value1",
+        );
         assert_eq!(
             header(&r, "authorization"),
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a"
@@ -412,11 +462,15 @@ mod tests {
             "POST",
             "bedrock-runtime.us-east-1.amazonaws.com",
             "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse",
-            &[("content-type".into(), "application/json".into()), ("x-amz-date".into(), DATE.into())],
+            &[
+                ("content-type".into(), "application/json".into()),
+                ("x-amz-date".into(), DATE.into()),
+            ],
             "abc",
         );
         assert_eq!(signed, "content-type;host;x-amz-date");
-        assert!(creq.starts_with("POST\n/model/anthropic.claude-3-haiku-20240307-v1%253A0/converse\n\n"));
+        assert!(creq
+            .starts_with("POST\n/model/anthropic.claude-3-haiku-20240307-v1%253A0/converse\n\n"));
     }
 
     /// Cross-checked with botocore's `SigV4Auth` (service bedrock, us-west-2, session token).
@@ -431,11 +485,16 @@ mod tests {
             method: "POST",
             path: "/model/us.anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse".into(),
             headers: vec![("content-type".into(), "application/json".into())],
-            body: bytes::Bytes::from_static(br#"{"messages":[{"role":"user","content":[{"text":"Hello"}]}]}"#),
+            body: bytes::Bytes::from_static(
+                br#"{"messages":[{"role":"user","content":[{"text":"Hello"}]}]}"#,
+            ),
         };
         let host = "bedrock-runtime.us-west-2.amazonaws.com";
         signer.sign_at(&mut req, host, "20240115T093000Z").unwrap();
-        assert_eq!(header(&req, "x-amz-security-token"), "FQoGZXIvYXdzEXAMPLETOKEN");
+        assert_eq!(
+            header(&req, "x-amz-security-token"),
+            "FQoGZXIvYXdzEXAMPLETOKEN"
+        );
         assert_eq!(
             header(&req, "authorization"),
             BOTOCORE_BEDROCK_AUTHZ,
@@ -443,7 +502,13 @@ mod tests {
         );
         // Signing again (retry) replaces, not duplicates, the signing headers.
         signer.sign_at(&mut req, host, "20240115T093000Z").unwrap();
-        assert_eq!(req.headers.iter().filter(|(n, _)| n == "authorization").count(), 1);
+        assert_eq!(
+            req.headers
+                .iter()
+                .filter(|(n, _)| n == "authorization")
+                .count(),
+            1
+        );
         assert_eq!(header(&req, "authorization"), BOTOCORE_BEDROCK_AUTHZ);
     }
 
@@ -451,10 +516,25 @@ mod tests {
 
     #[test]
     fn api_key_is_bearer() {
-        let s = Sigv4Signer::new(BedrockAuth::ApiKey(Secret::new("bedrock-api-key-xyz".into())), "us-east-1", "bedrock");
-        let mut req = UpstreamRequest { method: "POST", path: "/".into(), ..Default::default() };
-        s.sign_at(&mut req, "bedrock-runtime.us-east-1.amazonaws.com", DATE).unwrap();
-        assert_eq!(req.headers, vec![("authorization".to_string(), "Bearer bedrock-api-key-xyz".to_string())]);
+        let s = Sigv4Signer::new(
+            BedrockAuth::ApiKey(Secret::new("bedrock-api-key-xyz".into())),
+            "us-east-1",
+            "bedrock",
+        );
+        let mut req = UpstreamRequest {
+            method: "POST",
+            path: "/".into(),
+            ..Default::default()
+        };
+        s.sign_at(&mut req, "bedrock-runtime.us-east-1.amazonaws.com", DATE)
+            .unwrap();
+        assert_eq!(
+            req.headers,
+            vec![(
+                "authorization".to_string(),
+                "Bearer bedrock-api-key-xyz".to_string()
+            )]
+        );
         assert!(!format!("{s:?}").contains("xyz"));
     }
 
@@ -469,15 +549,31 @@ mod tests {
         let s = Sigv4Signer::from_env(&p).unwrap();
         assert!(matches!(s.auth, BedrockAuth::ApiKey(_)));
         assert_eq!(s.region_for_host("127.0.0.1:1"), "eu-west-3");
-        let u = Sigv4Signer::new(BedrockAuth::Unconfigured("no AWS credentials".into()), "us-east-1", "bedrock");
-        let mut req = UpstreamRequest { method: "POST", path: "/".into(), ..Default::default() };
-        assert!(matches!(u.sign_at(&mut req, HOST, DATE), Err(SignError::Missing(m)) if m.contains("credentials")));
+        let u = Sigv4Signer::new(
+            BedrockAuth::Unconfigured("no AWS credentials".into()),
+            "us-east-1",
+            "bedrock",
+        );
+        let mut req = UpstreamRequest {
+            method: "POST",
+            path: "/".into(),
+            ..Default::default()
+        };
+        assert!(
+            matches!(u.sign_at(&mut req, HOST, DATE), Err(SignError::Missing(m)) if m.contains("credentials"))
+        );
     }
 
     #[test]
     fn regions_from_hosts() {
-        assert_eq!(region_from_host("bedrock-runtime.us-west-2.amazonaws.com"), Some("us-west-2"));
-        assert_eq!(region_from_host("bedrock-runtime-fips.us-east-1.amazonaws.com:443"), Some("us-east-1"));
+        assert_eq!(
+            region_from_host("bedrock-runtime.us-west-2.amazonaws.com"),
+            Some("us-west-2")
+        );
+        assert_eq!(
+            region_from_host("bedrock-runtime-fips.us-east-1.amazonaws.com:443"),
+            Some("us-east-1")
+        );
         assert_eq!(region_from_host("127.0.0.1:9000"), None);
     }
 }

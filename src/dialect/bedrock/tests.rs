@@ -22,7 +22,10 @@ auth = "sigv4"
 pub(crate) fn chat(body: Value) -> ChatRequest {
     let raw = Bytes::from(serde_json::to_vec(&body).unwrap());
     let stream = body["stream"].as_bool().unwrap_or(false);
-    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     ChatRequest {
         raw,
         model: body["model"].as_str().unwrap_or("m").to_string(),
@@ -78,8 +81,14 @@ fn full_request() -> Value {
 #[test]
 fn builds_converse_request() {
     let req = chat(full_request());
-    let up = with_target("us.anthropic.claude-3-5-sonnet-20241022-v2:0", false, |t| Bedrock.build_chat(&req, t)).unwrap();
-    assert_eq!(up.path, "/model/us.anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse");
+    let up = with_target("us.anthropic.claude-3-5-sonnet-20241022-v2:0", false, |t| {
+        Bedrock.build_chat(&req, t)
+    })
+    .unwrap();
+    assert_eq!(
+        up.path,
+        "/model/us.anthropic.claude-3-5-sonnet-20241022-v2%3A0/converse"
+    );
     let b: Value = serde_json::from_slice(&up.body).unwrap();
     assert_eq!(b["system"], json!([{"text": "Be brief."}]));
     assert_eq!(
@@ -87,8 +96,15 @@ fn builds_converse_request() {
         json!({"maxTokens": 300, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"]})
     );
     let msgs = b["messages"].as_array().unwrap();
-    assert_eq!(msgs.len(), 3, "tool result and the next user turn merge into one user message");
-    assert_eq!(msgs[0]["content"][1], json!({"image": {"format": "png", "source": {"bytes": PNG}}}));
+    assert_eq!(
+        msgs.len(),
+        3,
+        "tool result and the next user turn merge into one user message"
+    );
+    assert_eq!(
+        msgs[0]["content"][1],
+        json!({"image": {"format": "png", "source": {"bytes": PNG}}})
+    );
     assert_eq!(
         msgs[1],
         json!({"role": "assistant", "content": [{"toolUse": {"toolUseId": "tooluse_abc", "name": "get_weather", "input": {"city": "Paris"}}}]})
@@ -96,7 +112,7 @@ fn builds_converse_request() {
     assert_eq!(msgs[2]["role"], "user");
     assert_eq!(
         msgs[2]["content"][0],
-        json!({"toolResult": {"toolUseId": "tooluse_abc", "content": [{"text": "18C, sunny"}], "status": "success"}})
+        json!({"toolResult": {"toolUseId": "tooluse_abc", "content": [{"text": "18C, sunny"}]}})
     );
     assert_eq!(msgs[2]["content"][1], json!({"text": "Thanks, summarise."}));
     assert_eq!(b["toolConfig"]["toolChoice"], json!({"any": {}}));
@@ -114,7 +130,10 @@ fn builds_converse_request() {
         stream.path,
         "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.meta.llama3-3-70b-instruct-v1%3A0/converse-stream"
     );
-    assert!(stream.headers.iter().any(|(n, v)| n == "accept" && v == "application/vnd.amazon.eventstream"));
+    assert!(stream
+        .headers
+        .iter()
+        .any(|(n, v)| n == "accept" && v == "application/vnd.amazon.eventstream"));
 }
 
 #[test]
@@ -122,12 +141,20 @@ fn tool_choice_variants() {
     let mut body = full_request();
     body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
     let b = converse_body(&chat(body.clone())).unwrap();
-    assert_eq!(b["toolConfig"]["toolChoice"], json!({"tool": {"name": "get_weather"}}));
+    assert_eq!(
+        b["toolConfig"]["toolChoice"],
+        json!({"tool": {"name": "get_weather"}})
+    );
     body["tool_choice"] = json!("auto");
-    assert_eq!(converse_body(&chat(body.clone())).unwrap()["toolConfig"]["toolChoice"], json!({"auto": {}}));
+    assert_eq!(
+        converse_body(&chat(body.clone())).unwrap()["toolConfig"]["toolChoice"],
+        json!({"auto": {}})
+    );
     // "none" without tool history: no toolConfig at all.
-    let b = converse_body(&chat(json!({"messages": [{"role": "user", "content": "hi"}],
-        "tools": body["tools"].clone(), "tool_choice": "none"})))
+    let b = converse_body(&chat(
+        json!({"messages": [{"role": "user", "content": "hi"}],
+        "tools": body["tools"].clone(), "tool_choice": "none"}),
+    ))
     .unwrap();
     assert!(b.get("toolConfig").is_none());
 }
@@ -137,11 +164,21 @@ fn unsupported_inputs_are_clear_errors() {
     let remote = chat(json!({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}));
     let err = converse_body(&remote).unwrap_err();
-    assert!(matches!(&err, DialectError::Unsupported { message, .. } if message.contains("inline images")), "{err:?}");
+    assert!(
+        matches!(&err, DialectError::Unsupported { message, .. } if message.contains("inline images")),
+        "{err:?}"
+    );
     let n2 = chat(json!({"n": 2, "messages": [{"role": "user", "content": "x"}]}));
-    assert!(matches!(converse_body(&n2), Err(DialectError::Unsupported { .. })));
-    let json_mode = chat(json!({"response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "x"}]}));
-    assert!(matches!(converse_body(&json_mode), Err(DialectError::Unsupported { param: Some(p), .. }) if p == "response_format"));
+    assert!(matches!(
+        converse_body(&n2),
+        Err(DialectError::Unsupported { .. })
+    ));
+    let json_mode = chat(
+        json!({"response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert!(
+        matches!(converse_body(&json_mode), Err(DialectError::Unsupported { param: Some(p), .. }) if p == "response_format")
+    );
     let tiff = chat(json!({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]}]}));
     assert!(converse_body(&tiff).is_err());
@@ -154,7 +191,10 @@ fn translates_text_response_with_cache_usage() {
         "usage":{"inputTokens":12,"outputTokens":4,"totalTokens":126,"cacheReadInputTokens":100,"cacheWriteInputTokens":10},
         "metrics":{"latencyMs":321}}"#;
     let req = chat(json!({"messages": [{"role": "user", "content": "hi"}]}));
-    let tr = with_target("amazon.nova-lite-v1:0", false, |t| Bedrock.translate_chat(body, t, &req)).unwrap();
+    let tr = with_target("amazon.nova-lite-v1:0", false, |t| {
+        Bedrock.translate_chat(body, t, &req)
+    })
+    .unwrap();
     let v: Value = serde_json::from_slice(&tr.body).unwrap();
     assert_eq!(v["id"], "chatcmpl-test");
     assert_eq!(v["object"], "chat.completion");
@@ -164,7 +204,10 @@ fn translates_text_response_with_cache_usage() {
     assert_eq!(v["usage"]["prompt_tokens"], 122);
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
     assert_eq!(v["usage"]["total_tokens"], 126);
-    assert_eq!((tr.usage.cached_tokens, tr.usage.cache_creation_tokens), (100, 10));
+    assert_eq!(
+        (tr.usage.cached_tokens, tr.usage.cache_creation_tokens),
+        (100, 10)
+    );
 }
 
 #[test]
@@ -178,26 +221,64 @@ fn translates_tool_use_response() {
     let v: Value = serde_json::from_slice(&tr.body).unwrap();
     let c = &v["choices"][0];
     assert_eq!(c["finish_reason"], "tool_calls");
-    assert_eq!(c["message"]["tool_calls"][0]["id"], "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q");
-    let args: Value = serde_json::from_str(c["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        c["message"]["tool_calls"][0]["id"],
+        "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q"
+    );
+    let args: Value = serde_json::from_str(
+        c["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(args, json!({"city": "Paris", "unit": "c"}));
     assert_eq!(tr.usage.total(), 340);
-    for (stop, want) in [("max_tokens", "length"), ("stop_sequence", "stop"), ("guardrail_intervened", "content_filter"), ("content_filtered", "content_filter")] {
-        let body = format!(r#"{{"output":{{"message":{{"role":"assistant","content":[{{"text":"x"}}]}}}},"stopReason":"{stop}","usage":{{"inputTokens":1,"outputTokens":1}}}}"#);
-        let tr = with_target("m", false, |t| Bedrock.translate_chat(body.as_bytes(), t, &req)).unwrap();
+    for (stop, want) in [
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("guardrail_intervened", "content_filter"),
+        ("content_filtered", "content_filter"),
+    ] {
+        let body = format!(
+            r#"{{"output":{{"message":{{"role":"assistant","content":[{{"text":"x"}}]}}}},"stopReason":"{stop}","usage":{{"inputTokens":1,"outputTokens":1}}}}"#
+        );
+        let tr = with_target("m", false, |t| {
+            Bedrock.translate_chat(body.as_bytes(), t, &req)
+        })
+        .unwrap();
         let v: Value = serde_json::from_slice(&tr.body).unwrap();
         assert_eq!(v["choices"][0]["finish_reason"], want, "{stop}");
     }
-    assert!(with_target("m", false, |t| Bedrock.translate_chat(b"{\"message\":\"x\"}", t, &req)).is_err());
+    assert!(with_target("m", false, |t| Bedrock.translate_chat(
+        b"{\"message\":\"x\"}",
+        t,
+        &req
+    ))
+    .is_err());
 }
 
 fn text_stream() -> Vec<u8> {
     let mut s = Vec::new();
-    s.extend(event_frame("messageStart", br#"{"role":"assistant","p":"abcdefghijkl"}"#));
-    s.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":0,"delta":{"text":"Hello"},"p":"abcd"}"#));
-    s.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":0,"delta":{"text":" world \u00e9"},"p":"ab"}"#));
-    s.extend(event_frame("contentBlockStop", br#"{"contentBlockIndex":0,"p":"abcdefg"}"#));
-    s.extend(event_frame("messageStop", br#"{"stopReason":"end_turn","p":"abc"}"#));
+    s.extend(event_frame(
+        "messageStart",
+        br#"{"role":"assistant","p":"abcdefghijkl"}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"text":"Hello"},"p":"abcd"}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"text":" world \u00e9"},"p":"ab"}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":0,"p":"abcdefg"}"#,
+    ));
+    s.extend(event_frame(
+        "messageStop",
+        br#"{"stopReason":"end_turn","p":"abc"}"#,
+    ));
     s.extend(event_frame(
         "metadata",
         br#"{"usage":{"inputTokens":25,"outputTokens":3,"totalTokens":28},"metrics":{"latencyMs":412},"p":"abcdefghijklmnopq"}"#,
@@ -208,21 +289,42 @@ fn text_stream() -> Vec<u8> {
 fn tool_stream() -> Vec<u8> {
     let mut s = Vec::new();
     s.extend(event_frame("messageStart", br#"{"role":"assistant"}"#));
-    s.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":0,"delta":{"text":"Checking."}}"#));
-    s.extend(event_frame("contentBlockStop", br#"{"contentBlockIndex":0}"#));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"text":"Checking."}}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":0}"#,
+    ));
     s.extend(event_frame(
         "contentBlockStart",
         br#"{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tooluse_1","name":"get_weather"}}}"#,
     ));
-    s.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"city\":"}}}"#));
-    s.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"\"Paris\"}"}}}"#));
-    s.extend(event_frame("contentBlockStop", br#"{"contentBlockIndex":1}"#));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\"city\":"}}}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":1,"delta":{"toolUse":{"input":"\"Paris\"}"}}}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":1}"#,
+    ));
     s.extend(event_frame(
         "contentBlockStart",
         br#"{"contentBlockIndex":2,"start":{"toolUse":{"toolUseId":"tooluse_2","name":"get_time"}}}"#,
     ));
-    s.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":2,"delta":{"toolUse":{"input":"{}"}}}"#));
-    s.extend(event_frame("contentBlockStop", br#"{"contentBlockIndex":2}"#));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":2,"delta":{"toolUse":{"input":"{}"}}}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":2}"#,
+    ));
     s.extend(event_frame("messageStop", br#"{"stopReason":"tool_use"}"#));
     s.extend(event_frame(
         "metadata",
@@ -233,14 +335,21 @@ fn tool_stream() -> Vec<u8> {
 
 pub(crate) fn events(out: &[u8]) -> Vec<Value> {
     let text = std::str::from_utf8(out).unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "stream must end with [DONE]: {text}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream must end with [DONE]: {text}"
+    );
     text.split("\n\n")
         .filter(|e| !e.is_empty() && *e != "data: [DONE]")
         .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
         .collect()
 }
 
-fn run(input: &[u8], chunks: &[usize], include_usage: bool) -> (Result<(), DialectError>, Vec<u8>, Usage) {
+fn run(
+    input: &[u8],
+    chunks: &[usize],
+    include_usage: bool,
+) -> (Result<(), DialectError>, Vec<u8>, Usage) {
     let mut s = BedrockStream::new("chatcmpl-test", 1, "m", include_usage);
     let mut out = BytesMut::new();
     let mut last = 0;
@@ -264,10 +373,19 @@ fn streams_text_with_usage() {
     res.unwrap();
     let ev = events(&out);
     assert!(ev.iter().all(|e| e["id"] == "chatcmpl-test"));
-    assert_eq!(ev[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
-    let text: String = ev.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(
+        ev[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
+    let text: String = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, "Hello world é");
-    let fin = ev.iter().find(|e| e["choices"][0]["finish_reason"].is_string()).unwrap();
+    let fin = ev
+        .iter()
+        .find(|e| e["choices"][0]["finish_reason"].is_string())
+        .unwrap();
     assert_eq!(fin["choices"][0]["finish_reason"], "stop");
     let last = ev.last().unwrap();
     assert_eq!(last["choices"], json!([]));
@@ -279,7 +397,9 @@ fn streams_text_with_usage() {
     }
     // Without include_usage: no usage chunk, no usage keys, usage still recorded.
     let (_, out, usage) = run(&text_stream(), &[], false);
-    assert!(events(&out).iter().all(|e| e.get("usage").is_none() && !e["choices"].as_array().unwrap().is_empty()));
+    assert!(events(&out)
+        .iter()
+        .all(|e| e.get("usage").is_none() && !e["choices"].as_array().unwrap().is_empty()));
     assert_eq!(usage.total(), 28);
 }
 
@@ -291,27 +411,66 @@ fn streams_tool_calls() {
     let mut args = [String::new(), String::new()];
     let mut starts = Vec::new();
     for e in &ev {
-        for tc in e["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for tc in e["choices"][0]["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let i = tc["index"].as_u64().unwrap() as usize;
             if let Some(id) = tc["id"].as_str() {
-                starts.push((i, id.to_string(), tc["function"]["name"].as_str().unwrap().to_string()));
+                starts.push((
+                    i,
+                    id.to_string(),
+                    tc["function"]["name"].as_str().unwrap().to_string(),
+                ));
             }
             args[i].push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
         }
     }
-    assert_eq!(starts, vec![(0, "tooluse_1".into(), "get_weather".into()), (1, "tooluse_2".into(), "get_time".into())]);
-    assert_eq!(serde_json::from_str::<Value>(&args[0]).unwrap(), json!({"city": "Paris"}));
+    assert_eq!(
+        starts,
+        vec![
+            (0, "tooluse_1".into(), "get_weather".into()),
+            (1, "tooluse_2".into(), "get_time".into())
+        ]
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&args[0]).unwrap(),
+        json!({"city": "Paris"})
+    );
     assert_eq!(args[1], "{}");
-    assert_eq!(ev.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
-    assert_eq!((usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens), (55, 5, 20));
+    assert_eq!(
+        ev.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.cached_tokens,
+            usage.completion_tokens
+        ),
+        (55, 5, 20)
+    );
 }
 
 #[test]
 fn exception_frame_becomes_error_event() {
     let mut input = event_frame("messageStart", br#"{"role":"assistant"}"#);
-    input.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#));
-    input.extend(exception_frame("throttlingException", "Too many requests, please wait before trying again."));
-    for ty in ["throttlingException", "modelStreamErrorException", "validationException", "internalServerException", "serviceUnavailableException"] {
+    input.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+    ));
+    input.extend(exception_frame(
+        "throttlingException",
+        "Too many requests, please wait before trying again.",
+    ));
+    for ty in [
+        "throttlingException",
+        "modelStreamErrorException",
+        "validationException",
+        "internalServerException",
+        "serviceUnavailableException",
+    ] {
         let mut input = input.clone();
         if ty != "throttlingException" {
             input = event_frame("messageStart", br#"{"role":"assistant"}"#);
@@ -320,7 +479,10 @@ fn exception_frame_becomes_error_event() {
         let mut s = BedrockStream::new("x", 1, "m", true);
         let mut out = BytesMut::new();
         let err = s.feed(&input, &mut out).unwrap_err();
-        assert!(matches!(&err, DialectError::Upstream(m) if m.contains(ty)), "{err:?}");
+        assert!(
+            matches!(&err, DialectError::Upstream(m) if m.contains(ty)),
+            "{err:?}"
+        );
         s.finish(&mut out).unwrap();
         s.abort("again", &mut out);
         let ev = events(&out);
@@ -329,7 +491,13 @@ fn exception_frame_becomes_error_event() {
         if ty == "throttlingException" {
             assert_eq!(e["error"]["code"], "rate_limit_exceeded");
         }
-        assert_eq!(String::from_utf8(out.to_vec()).unwrap().matches("[DONE]").count(), 1);
+        assert_eq!(
+            String::from_utf8(out.to_vec())
+                .unwrap()
+                .matches("[DONE]")
+                .count(),
+            1
+        );
     }
 }
 
@@ -343,7 +511,10 @@ fn truncated_and_corrupt_streams() {
     // Cut between frames, before messageStop.
     let two = {
         let mut s = event_frame("messageStart", br#"{"role":"assistant"}"#);
-        s.extend(event_frame("contentBlockDelta", br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#));
+        s.extend(event_frame(
+            "contentBlockDelta",
+            br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+        ));
         s
     };
     let (res, out, _) = run(&two, &[], false);
@@ -389,20 +560,32 @@ fn owned_profiles_load() {
         ProviderProfile::parse(&text, f).unwrap_or_else(|e| panic!("{e}"))
     };
     let b = load("bedrock.toml");
-    assert_eq!((b.dialect.as_str(), b.activation_var()), ("bedrock", Some("AWS_REGION")));
+    assert_eq!(
+        (b.dialect.as_str(), b.activation_var()),
+        ("bedrock", Some("AWS_REGION"))
+    );
     assert!(b.matches_model("us.anthropic.claude-3-5-sonnet-20241022-v2:0"));
     assert!(b.matches_model("arn:aws:bedrock:us-east-1:123456789012:inference-profile/x"));
     assert!(!b.matches_model("gpt-4o"));
     let e = Endpoint::parse(&b.base_url).unwrap();
     assert!(e.tls && e.host.starts_with("bedrock-runtime.") && e.host.ends_with(".amazonaws.com"));
     let c = load("cohere.toml");
-    assert_eq!((c.chat_path.as_str(), c.embeddings_path.as_deref()), ("/v2/chat", Some("/v2/embed")));
+    assert_eq!(
+        (c.chat_path.as_str(), c.embeddings_path.as_deref()),
+        ("/v2/chat", Some("/v2/embed"))
+    );
     assert!(c.matches_model("command-a-03-2025") && c.matches_model("embed-v4.0"));
     let o = load("ollama-native.toml");
-    assert_eq!((o.name.as_str(), o.dialect.as_str(), o.activation_var()), ("ollama-native", "ollama", Some("OLLAMA_HOST")));
+    assert_eq!(
+        (o.name.as_str(), o.dialect.as_str(), o.activation_var()),
+        ("ollama-native", "ollama", Some("OLLAMA_HOST"))
+    );
     assert!(o.models.is_empty());
     let h = load("huggingface.toml");
-    assert_eq!((h.dialect.as_str(), h.api_key_env.as_deref()), ("openai", Some("HF_TOKEN")));
+    assert_eq!(
+        (h.dialect.as_str(), h.api_key_env.as_deref()),
+        ("openai", Some("HF_TOKEN"))
+    );
     assert!(h.embeddings_path.is_none());
     let a = load("azure-foundry.toml");
     let ep = Endpoint::parse("https://res.services.ai.azure.com/models").unwrap();
@@ -412,6 +595,34 @@ fn owned_profiles_load() {
     );
     assert_eq!(a.auth_header.as_deref(), Some("api-key"));
     for p in [&b, &c, &o, &h, &a] {
-        assert!(crate::dialect::dialect_for(&p.dialect).is_some(), "{}", p.name);
+        assert!(
+            crate::dialect::dialect_for(&p.dialect).is_some(),
+            "{}",
+            p.name
+        );
     }
+}
+
+#[test]
+fn classifies_bedrock_errors() {
+    let f = Bedrock.classify_error(
+        429,
+        br#"{"message":"Too many requests, please wait before trying again."}"#,
+    );
+    assert!(f.retryable);
+    assert_eq!(f.code, "rate_limit_exceeded");
+    assert_eq!(
+        f.message,
+        "Too many requests, please wait before trying again."
+    );
+    assert!(
+        Bedrock
+            .classify_error(424, br#"{"message":"Model error"}"#)
+            .retryable
+    );
+    assert!(
+        !Bedrock
+            .classify_error(400, br#"{"message":"Malformed input request"}"#)
+            .retryable
+    );
 }

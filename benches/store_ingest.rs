@@ -1,0 +1,153 @@
+//! Sustained trace ingest (records/s) through the whole pipeline: `TraceSink::submit` ->
+//! bounded channel -> batched writer -> store, ending with a flush, per backend.
+//!
+//! `cargo bench --bench store_ingest`. PostgreSQL runs against a throwaway server started
+//! from the machine's binaries (as in the tests); without them that backend is skipped
+//! with a printed note.
+
+#[path = "../tests/support/pg.rs"]
+mod pg;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use loopgate::store::{Backend, StorageConfig};
+use loopgate::trace::writer::{trace_pipeline, StoreSlot, TraceSink};
+use loopgate::trace::{Attempt, TraceRecord};
+
+const PER_ITER: usize = 20_000;
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn rec(i: u64) -> TraceRecord {
+    let models = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet", "llama-3.1-8b"];
+    let m = models[(i % 4) as usize];
+    TraceRecord {
+        request_id: format!("bench-{i:012}"),
+        ts_ms: 1_767_225_600_000 + i as i64 * 10,
+        endpoint: "chat.completions".into(),
+        key_id: Some("k1".into()),
+        session_id: Some(format!("s{}", i / 8)),
+        project_id: Some(format!("p{}", i % 10)),
+        user_id: Some(format!("u{}", i % 500)),
+        properties: vec![("env".into(), if i % 3 == 0 { "dev" } else { "prod" }.into())],
+        route: Some("chat".into()),
+        requested_model: m.into(),
+        served_model: Some(m.into()),
+        provider: Some("openai".into()),
+        attempts: vec![Attempt {
+            provider: "openai".into(),
+            model: m.into(),
+            status: Some(200),
+            outcome: "ok".into(),
+            latency_ms: 120.0,
+            error: None,
+        }],
+        status: if i % 50 == 0 { 500 } else { 200 },
+        prompt_tokens: 500 + i % 1000,
+        completion_tokens: 100 + i % 300,
+        usage_reported: true,
+        cost_usd: 0.001,
+        latency_ms: 100.0 + (i % 900) as f64,
+        ttft_ms: Some(30.0),
+        request_bytes: 2000,
+        response_bytes: 800,
+        ..Default::default()
+    }
+}
+
+struct Running {
+    sink: TraceSink,
+    _slot: StoreSlot,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn start(rt: &tokio::runtime::Runtime, cfg: &StorageConfig) -> Running {
+    let (sink, svc, slot) = trace_pipeline(cfg);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    rt.spawn(async move {
+        use pingora_core::services::background::BackgroundService;
+        svc.start(rx).await
+    });
+    Running {
+        sink,
+        _slot: slot,
+        _stop: stop,
+    }
+}
+
+fn ingest(rt: &tokio::runtime::Runtime, run: &Running, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let base = SEQ.fetch_add(PER_ITER as u64, Ordering::Relaxed);
+        let recs: Vec<TraceRecord> = (base..base + PER_ITER as u64).map(rec).collect();
+        let t = Instant::now();
+        rt.block_on(async {
+            for r in recs {
+                run.sink.submit(r);
+            }
+            run.sink.flush().await
+        })
+        .unwrap_or_else(|e| panic!("flush failed: {e}"));
+        total += t.elapsed();
+    }
+    total
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("trace_ingest");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(PER_ITER as u64));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = StorageConfig {
+        channel_capacity: PER_ITER * 2,
+        spill_path: dir
+            .path()
+            .join("spill.jsonl")
+            .to_string_lossy()
+            .into_owned(),
+        ..Default::default()
+    };
+    let sqlite = StorageConfig {
+        backend: Backend::Sqlite,
+        sqlite_path: dir.path().join("bench.db").to_string_lossy().into_owned(),
+        ..base.clone()
+    };
+    let run = start(&rt, &sqlite);
+    g.bench_function(BenchmarkId::new("pipeline", "sqlite"), |b| {
+        b.iter_custom(|iters| ingest(&rt, &run, iters))
+    });
+
+    if pg::find_bindir().is_none() {
+        println!("note: PostgreSQL binaries not found; skipping the postgres ingest benchmark");
+    } else {
+        let srv = pg::PgServer::start();
+        let pgc = StorageConfig {
+            backend: Backend::Postgres,
+            postgres_url: Some(srv.url()),
+            spill_path: dir
+                .path()
+                .join("spill-pg.jsonl")
+                .to_string_lossy()
+                .into_owned(),
+            ..base.clone()
+        };
+        let run = start(&rt, &pgc);
+        g.bench_function(BenchmarkId::new("pipeline", "postgres"), |b| {
+            b.iter_custom(|iters| ingest(&rt, &run, iters))
+        });
+        drop(run);
+        drop(srv);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

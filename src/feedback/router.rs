@@ -1,0 +1,912 @@
+//! The pure `auto` routing decision.
+//!
+//! Everything that depends only on the routing table is computed once per snapshot in
+//! [`PreparedRoute::prepare`] (gate confidences, static constraint rows, scores, Thompson-sampling
+//! propensities). [`decide`] then does O(candidates) arithmetic with no allocation: it applies the
+//! per-request state (spend today, exploration share, session hint, one uniform random number)
+//! and returns a compact [`Decision`] holding an `Arc` of the snapshot, from which the full trace
+//! is rendered off the hot path ([`Decision::trace`](crate::feedback::decision)).
+//!
+//! Policy (the propensity logged is the exact probability of the pick under it):
+//! 1. `off` → baseline; a pin → the pinned model.
+//! 2. Hard constraints first: a candidate is *promotable* only if every promotion row passes
+//!    (quality, cost, latency, confidence, samples; see [`Knob::gates`]). It is *explorable* if
+//!    the cost/latency rows pass, the route is under `max_exploration_share`, and its quality is
+//!    not confidently violating (P(within) and P(≥ floor) ≥ 1 − min_confidence).
+//! 3. Exploit: the highest score among the baseline and the promotable candidates.
+//! 4. A session hint keeps the session's model if it is still the baseline, promotable or
+//!    explorable (so its NPS is attributable); the pick is then deterministic (propensity 1).
+//! 5. Explore with probability ε = min(rate, max_exploration_share): draw from the Thompson-
+//!    sampling probabilities (quality draw − cost penalty) precomputed per snapshot, restricted
+//!    to the baseline and the explorable candidates. p(m) = (1−ε)·[m = exploit] + ε·ts(m)/Σts.
+//! 6. `shadow` serves the baseline and records the pick as `would_have`.
+
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::constraints::{Action, CandidateStats, Constraints, Knob, KnobSet};
+use super::gate::{confidence_above, gate, GateOutcome};
+use super::posterior::Posterior;
+
+/// Route mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Always the baseline; nothing is computed.
+    #[default]
+    Off,
+    /// Serve the baseline, compute and record what would have been chosen.
+    Shadow,
+    /// Serve the router's pick.
+    Live,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Shadow => "shadow",
+            Mode::Live => "live",
+        }
+    }
+}
+
+/// Weights of the published ranking score (normalised to sum to 1 when prepared).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreWeights {
+    /// Upstream success rate.
+    pub success: f64,
+    /// Posterior mean quality.
+    pub feedback: f64,
+    /// Cost saving vs the baseline, (c_b − c_m)/c_b clamped to [−1, 1].
+    pub cost: f64,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        ScoreWeights {
+            success: 0.4,
+            feedback: 0.4,
+            cost: 0.2,
+        }
+    }
+}
+
+/// Exploration settings of a route.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExplorationConfig {
+    /// Desired exploration probability per request (capped by `max_exploration_share`).
+    pub rate: f64,
+    /// Thompson value = quality draw − cost_penalty × (cost / baseline cost).
+    pub cost_penalty: f64,
+    /// Monte-Carlo draws used to precompute Thompson-sampling probabilities per snapshot.
+    pub draws: u32,
+    /// Seed for those draws (combined with the table version): snapshots are reproducible.
+    pub seed: u64,
+}
+
+impl Default for ExplorationConfig {
+    fn default() -> Self {
+        ExplorationConfig {
+            rate: 0.05,
+            cost_penalty: 0.05,
+            draws: 1024,
+            seed: 0x6c6f_6f70_6761_7465,
+        }
+    }
+}
+
+/// One model's inputs for a snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInput {
+    pub model: Arc<str>,
+    pub posterior: Posterior,
+    /// Estimated cost of one request (USD), from the catalog and the route's token mix.
+    pub cost_per_request: f64,
+    pub p95_latency_ms: Option<f64>,
+    /// Upstream success rate in [0, 1], if measured.
+    pub success_rate: Option<f64>,
+}
+
+/// A route's inputs for a snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteInput {
+    pub route: Arc<str>,
+    pub mode: Mode,
+    pub baseline: ModelInput,
+    pub candidates: Vec<ModelInput>,
+    pub constraints: Constraints,
+    pub weights: ScoreWeights,
+    pub exploration: ExplorationConfig,
+    /// A pin (issue 6): serve this model, no decision.
+    pub pinned: Option<Arc<str>>,
+    pub table_version: u64,
+}
+
+/// Why a route could not be prepared.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    #[error("route {route}: {source}")]
+    Constraints {
+        route: String,
+        source: super::constraints::ConstraintsError,
+    },
+    #[error("route {route}: pinned model {model} is neither the baseline nor a candidate")]
+    UnknownPin { route: String, model: String },
+    #[error("route {route}: {what}")]
+    Invalid { route: String, what: String },
+}
+
+/// The published score of a model and its parts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScoreComponents {
+    pub success: f64,
+    pub feedback: f64,
+    pub cost_saving: f64,
+    pub total: f64,
+}
+
+/// A model with everything precomputed for the snapshot.
+#[derive(Clone, Debug)]
+pub struct PreparedModel {
+    pub model: Arc<str>,
+    pub posterior: Posterior,
+    pub stats: CandidateStats,
+    /// Gate vs the baseline (for the baseline itself: trivially open).
+    pub gate: GateOutcome,
+    /// Rows that fail independently of per-request state (all but daily budget and share).
+    pub static_failures: KnobSet,
+    /// Not confidently below the regression limit or the floor.
+    pub explore_quality_ok: bool,
+    pub score: ScoreComponents,
+    /// Probability Thompson sampling picks this model among the statically explorable set.
+    pub ts_prob: f64,
+    pub success_rate: Option<f64>,
+}
+
+impl PreparedModel {
+    /// Back to inputs (for re-preparing a route with changed constraints or mode).
+    pub fn into_input(self) -> ModelInput {
+        ModelInput {
+            model: self.model,
+            posterior: self.posterior,
+            cost_per_request: self.stats.cost_per_request,
+            p95_latency_ms: self.stats.p95_latency_ms,
+            success_rate: self.success_rate,
+        }
+    }
+}
+
+/// An immutable, precomputed route: what the request path reads.
+#[derive(Clone, Debug)]
+pub struct PreparedRoute {
+    pub route: Arc<str>,
+    pub mode: Mode,
+    pub table_version: u64,
+    pub constraints: Constraints,
+    pub weights: ScoreWeights,
+    pub exploration: ExplorationConfig,
+    /// Index 0 is the baseline.
+    pub models: Vec<PreparedModel>,
+    pub pinned: Option<usize>,
+    /// Model indices by descending score (baseline included): the exploit ranking.
+    pub ranking: Vec<usize>,
+}
+
+const DYNAMIC: [Knob; 2] = [Knob::DailyBudget, Knob::MaxExplorationShare];
+
+impl PreparedRoute {
+    pub fn prepare(input: RouteInput) -> Result<Arc<Self>, RouteError> {
+        let route = input.route.to_string();
+        input
+            .constraints
+            .validate()
+            .map_err(|source| RouteError::Constraints {
+                route: route.clone(),
+                source,
+            })?;
+        let w = input.weights;
+        let wsum = w.success + w.feedback + w.cost;
+        if ![w.success, w.feedback, w.cost]
+            .iter()
+            .all(|x| x.is_finite() && *x >= 0.0)
+            || wsum <= 0.0
+        {
+            return Err(RouteError::Invalid {
+                route,
+                what: format!(
+                    "score weights must be >= 0 with a positive sum, got {}/{}/{}",
+                    w.success, w.feedback, w.cost
+                ),
+            });
+        }
+        let weights = ScoreWeights {
+            success: w.success / wsum,
+            feedback: w.feedback / wsum,
+            cost: w.cost / wsum,
+        };
+        let ex = input.exploration;
+        if !(ex.rate.is_finite() && (0.0..=1.0).contains(&ex.rate))
+            || !(ex.cost_penalty.is_finite() && ex.cost_penalty >= 0.0)
+        {
+            return Err(RouteError::Invalid {
+                route,
+                what: format!(
+                    "exploration.rate must be in [0, 1] and cost_penalty >= 0, got {} and {}",
+                    ex.rate, ex.cost_penalty
+                ),
+            });
+        }
+        for m in std::iter::once(&input.baseline).chain(&input.candidates) {
+            if !(m.cost_per_request.is_finite() && m.cost_per_request >= 0.0) {
+                return Err(RouteError::Invalid {
+                    route,
+                    what: format!("model {}: cost_per_request must be >= 0", m.model),
+                });
+            }
+        }
+        let c = &input.constraints;
+        let base_in = &input.baseline;
+        let base_stats = CandidateStats {
+            quality_mean: base_in.posterior.mean(),
+            confidence: 1.0,
+            floor_confidence: 1.0,
+            samples: base_in.posterior.samples,
+            cost_per_request: base_in.cost_per_request,
+            p95_latency_ms: base_in.p95_latency_ms,
+        };
+        let base_success = base_in.success_rate.unwrap_or(1.0);
+        let mut models = Vec::with_capacity(1 + input.candidates.len());
+        for (i, m) in std::iter::once(base_in).chain(&input.candidates).enumerate() {
+            let is_base = i == 0;
+            let g = if is_base {
+                GateOutcome {
+                    confidence: 1.0,
+                    samples: m.posterior.samples,
+                    score_gap: 0.0,
+                    gap_variance: 0.0,
+                    passed: true,
+                    miss: None,
+                }
+            } else {
+                gate(
+                    &m.posterior,
+                    &base_in.posterior,
+                    c.max_regression,
+                    c.min_confidence,
+                    c.min_samples,
+                )
+            };
+            let floor_confidence = c
+                .min_quality
+                .map_or(1.0, |f| confidence_above(m.posterior.params(), f));
+            let stats = CandidateStats {
+                quality_mean: m.posterior.mean(),
+                confidence: g.confidence,
+                floor_confidence,
+                samples: m.posterior.samples,
+                cost_per_request: m.cost_per_request,
+                p95_latency_ms: m.p95_latency_ms,
+            };
+            let mut static_failures = KnobSet::default();
+            if !is_base {
+                for k in Knob::ALL {
+                    if DYNAMIC.contains(&k) {
+                        continue;
+                    }
+                    if !c.check(k, &stats, &base_stats, 0.0, 0.0).passed {
+                        static_failures.insert(k);
+                    }
+                }
+            }
+            let low = 1.0 - c.min_confidence;
+            let explore_quality_ok = g.confidence >= low && floor_confidence >= low;
+            let success = m.success_rate.unwrap_or(base_success).clamp(0.0, 1.0);
+            let cost_saving = if is_base || base_in.cost_per_request <= 0.0 {
+                0.0
+            } else {
+                ((base_in.cost_per_request - m.cost_per_request) / base_in.cost_per_request)
+                    .clamp(-1.0, 1.0)
+            };
+            let feedback = stats.quality_mean;
+            let total =
+                weights.success * success + weights.feedback * feedback + weights.cost * cost_saving;
+            models.push(PreparedModel {
+                model: m.model.clone(),
+                posterior: m.posterior,
+                stats,
+                gate: g,
+                static_failures,
+                explore_quality_ok,
+                score: ScoreComponents {
+                    success,
+                    feedback,
+                    cost_saving,
+                    total,
+                },
+                ts_prob: 0.0,
+                success_rate: m.success_rate,
+            });
+        }
+        let pinned = match &input.pinned {
+            None => None,
+            Some(p) => Some(models.iter().position(|m| m.model == *p).ok_or_else(|| {
+                RouteError::UnknownPin {
+                    route: route.clone(),
+                    model: p.to_string(),
+                }
+            })?),
+        };
+        let mut ranking: Vec<usize> = (0..models.len()).collect();
+        // Ties keep the baseline (index 0) first: leaving it needs a strictly better score.
+        ranking.sort_by(|a, b| {
+            models[*b]
+                .score
+                .total
+                .total_cmp(&models[*a].score.total)
+                .then(a.cmp(b))
+        });
+        thompson_probabilities(&mut models, &ex, base_in.cost_per_request, input.table_version);
+        Ok(Arc::new(PreparedRoute {
+            route: input.route,
+            mode: input.mode,
+            table_version: input.table_version,
+            constraints: input.constraints,
+            weights,
+            exploration: ex,
+            models,
+            pinned,
+            ranking,
+        }))
+    }
+
+    pub fn baseline(&self) -> &PreparedModel {
+        &self.models[0]
+    }
+
+    pub fn index_of(&self, model: &str) -> Option<usize> {
+        self.models.iter().position(|m| &*m.model == model)
+    }
+
+    /// All failed rows of model `i` under the request state (baseline: none).
+    pub fn failures(&self, i: usize, ctx: &RequestContext<'_>) -> KnobSet {
+        if i == 0 {
+            return KnobSet::default();
+        }
+        let m = &self.models[i];
+        let mut f = m.static_failures;
+        let c = &self.constraints;
+        if c.daily_budget
+            .is_some_and(|b| ctx.spend_today + m.stats.cost_per_request > b)
+        {
+            f.insert(Knob::DailyBudget);
+        }
+        if ctx.exploration_share >= c.max_exploration_share {
+            f.insert(Knob::MaxExplorationShare);
+        }
+        f
+    }
+
+    pub fn promotable(&self, i: usize, ctx: &RequestContext<'_>) -> bool {
+        i != 0 && !self.failures(i, ctx).blocks(Action::Promote)
+    }
+
+    pub fn explorable(&self, i: usize, ctx: &RequestContext<'_>) -> bool {
+        i != 0 && self.models[i].explore_quality_ok && !self.failures(i, ctx).blocks(Action::Explore)
+    }
+
+    /// The exploit pick: the best score among the baseline and promotable candidates.
+    pub fn exploit(&self, ctx: &RequestContext<'_>) -> usize {
+        self.ranking
+            .iter()
+            .copied()
+            .find(|&i| i == 0 || self.promotable(i, ctx))
+            .unwrap_or(0)
+    }
+
+    /// The exploration probability ε actually used for this request.
+    pub fn epsilon(&self, ctx: &RequestContext<'_>) -> f64 {
+        let c = &self.constraints;
+        if ctx.exploration_share >= c.max_exploration_share {
+            return 0.0;
+        }
+        let any = (1..self.models.len()).any(|i| self.explorable(i, ctx) && self.models[i].ts_prob > 0.0);
+        if any {
+            self.exploration.rate.min(c.max_exploration_share)
+        } else {
+            0.0
+        }
+    }
+
+    /// The policy's probability of picking model `i` (without a session hint).
+    pub fn probability(&self, i: usize, ctx: &RequestContext<'_>) -> f64 {
+        let e = self.exploit(ctx);
+        let eps = self.epsilon(ctx);
+        let (z, _) = self.ts_mass(ctx);
+        let exploit = if i == e { 1.0 - eps } else { 0.0 };
+        let explore = if eps > 0.0 && z > 0.0 && (i == 0 || self.explorable(i, ctx)) {
+            eps * self.models[i].ts_prob / z
+        } else {
+            0.0
+        };
+        exploit + explore
+    }
+
+    /// Σ ts over the baseline and the explorable candidates, and whether any candidate is in it.
+    fn ts_mass(&self, ctx: &RequestContext<'_>) -> (f64, bool) {
+        let mut z = self.models[0].ts_prob;
+        let mut any = false;
+        for i in 1..self.models.len() {
+            if self.explorable(i, ctx) {
+                z += self.models[i].ts_prob;
+                any = true;
+            }
+        }
+        (z, any)
+    }
+}
+
+/// Probabilities that Thompson sampling (quality draw − cost penalty) picks each model among the
+/// baseline and the statically explorable candidates, by seeded Monte Carlo.
+fn thompson_probabilities(
+    models: &mut [PreparedModel],
+    ex: &ExplorationConfig,
+    base_cost: f64,
+    version: u64,
+) {
+    let eligible: Vec<usize> = (0..models.len())
+        .filter(|&i| {
+            i == 0 || (models[i].explore_quality_ok && !models[i].static_failures.blocks(Action::Explore))
+        })
+        .collect();
+    if eligible.len() <= 1 || ex.draws == 0 {
+        models[0].ts_prob = 1.0;
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(ex.seed ^ version.rotate_left(32));
+    let penalty: Vec<f64> = eligible
+        .iter()
+        .map(|&i| {
+            if base_cost > 0.0 {
+                ex.cost_penalty * models[i].stats.cost_per_request / base_cost
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut wins = vec![0u32; eligible.len()];
+    for _ in 0..ex.draws {
+        let mut best = (f64::NEG_INFINITY, 0usize);
+        for (k, &i) in eligible.iter().enumerate() {
+            let v = models[i].posterior.params().sample(&mut rng) - penalty[k];
+            if v > best.0 {
+                best = (v, k);
+            }
+        }
+        wins[best.1] += 1;
+    }
+    for (k, &i) in eligible.iter().enumerate() {
+        models[i].ts_prob = f64::from(wins[k]) / f64::from(ex.draws);
+    }
+}
+
+/// Per-request state the decision depends on.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RequestContext<'a> {
+    /// Router-chosen spend on this route today (USD), for `daily_budget`.
+    pub spend_today: f64,
+    /// Share of this route's recent served traffic that was exploration.
+    pub exploration_share: f64,
+    /// The model this request's session was last served, if any.
+    pub sticky: Option<&'a str>,
+    /// A uniform random number in [0, 1) drawn by the caller.
+    pub rng: f64,
+}
+
+/// How the pick was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PickKind {
+    /// Mode `off`.
+    Off,
+    /// A pin.
+    Pinned,
+    /// The baseline is the exploit pick (no candidate passed, or none scored higher).
+    Baseline,
+    /// A candidate passed every promotion row and scored best.
+    Promoted,
+    /// Exploration (Thompson sampling) picked a model other than the exploit pick.
+    Explored,
+    /// The session's previous model, still allowed.
+    Sticky,
+}
+
+/// Why a served model differs from the policy's pick, or why a session hint was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Miss {
+    /// The session hint names a model that is no longer allowed (or unknown).
+    StickyHintDropped,
+    /// The chosen candidate's provider failed; the baseline was served.
+    ProviderError,
+}
+
+/// A routing decision. Cheap: one `Arc` clone plus a few numbers.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub route: Arc<PreparedRoute>,
+    /// The policy's pick (index into `route.models`).
+    pub chosen: usize,
+    /// What is served (the baseline in shadow mode or after a provider error).
+    pub served: usize,
+    pub kind: PickKind,
+    /// Probability that the policy picks `chosen` in this context.
+    pub propensity: f64,
+    /// Exploration probability used.
+    pub epsilon: f64,
+    /// The exploit pick in this context.
+    pub exploit: usize,
+    pub misses: [Option<Miss>; 2],
+    /// Per-request state, kept so the trace can be rendered later.
+    pub spend_today: f64,
+    pub exploration_share: f64,
+    pub sticky_model: Option<usize>,
+}
+
+impl Decision {
+    pub fn served_model(&self) -> &str {
+        &self.route.models[self.served].model
+    }
+    pub fn chosen_model(&self) -> &str {
+        &self.route.models[self.chosen].model
+    }
+    /// In shadow mode: what would have been served.
+    pub fn would_have(&self) -> Option<&str> {
+        (self.route.mode == Mode::Shadow).then(|| self.chosen_model())
+    }
+    pub fn is_exploration(&self) -> bool {
+        self.kind == PickKind::Explored
+    }
+    /// The chosen candidate's provider failed: serve the baseline and record the miss.
+    pub fn provider_error(mut self) -> Self {
+        self.served = 0;
+        self.misses[1] = Some(Miss::ProviderError);
+        self
+    }
+    pub(crate) fn context(&self) -> RequestContext<'static> {
+        RequestContext {
+            spend_today: self.spend_today,
+            exploration_share: self.exploration_share,
+            sticky: None,
+            rng: 0.0,
+        }
+    }
+}
+
+/// Decide for one request. Pure: the same snapshot and context give the same decision.
+pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision {
+    let mut d = Decision {
+        route: Arc::clone(route),
+        chosen: 0,
+        served: 0,
+        kind: PickKind::Baseline,
+        propensity: 1.0,
+        epsilon: 0.0,
+        exploit: 0,
+        misses: [None, None],
+        spend_today: ctx.spend_today,
+        exploration_share: ctx.exploration_share,
+        sticky_model: None,
+    };
+    if route.mode == Mode::Off {
+        d.kind = PickKind::Off;
+        return d;
+    }
+    if let Some(p) = route.pinned {
+        d.chosen = p;
+        d.served = p;
+        d.kind = PickKind::Pinned;
+        return d;
+    }
+    let e = route.exploit(ctx);
+    d.exploit = e;
+    if let Some(hint) = ctx.sticky {
+        match route.index_of(hint) {
+            Some(i) if i == 0 || route.promotable(i, ctx) || route.explorable(i, ctx) => {
+                d.sticky_model = Some(i);
+                d.chosen = i;
+                d.kind = PickKind::Sticky;
+                d.served = if route.mode == Mode::Live { i } else { 0 };
+                return d;
+            }
+            _ => d.misses[0] = Some(Miss::StickyHintDropped),
+        }
+    }
+    let eps = route.epsilon(ctx);
+    d.epsilon = eps;
+    let mut chosen = e;
+    let u = ctx.rng.clamp(0.0, 1.0);
+    if eps > 0.0 && u < eps {
+        // Reuse the same uniform for the Thompson draw: u/ε is uniform on [0, 1).
+        let (z, _) = route.ts_mass(ctx);
+        if z > 0.0 {
+            let target = u / eps * z;
+            let mut acc = 0.0;
+            for i in 0..route.models.len() {
+                if i == 0 || route.explorable(i, ctx) {
+                    let p = route.models[i].ts_prob;
+                    if p <= 0.0 {
+                        continue;
+                    }
+                    // Rounding may leave target ≥ Σ: the last positive entry then wins.
+                    chosen = i;
+                    acc += p;
+                    if target < acc {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    d.chosen = chosen;
+    d.propensity = route.probability(chosen, ctx);
+    d.kind = if chosen != e {
+        PickKind::Explored
+    } else if chosen == 0 {
+        PickKind::Baseline
+    } else {
+        PickKind::Promoted
+    };
+    d.served = if route.mode == Mode::Live { chosen } else { 0 };
+    d
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::feedback::posterior::{Observation, PosteriorConfig, PosteriorState, Signal};
+    use proptest::prelude::*;
+
+    /// A posterior from `n` feedback observations with `k` successes.
+    pub(crate) fn post(k: u64, n: u64) -> Posterior {
+        let cfg = PosteriorConfig::default();
+        let mut s = PosteriorState::new();
+        let ids: Vec<String> = (0..n).map(|i| format!("o{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let v = if (i as u64) < k { 1.0 } else { 0.0 };
+            s.fold(
+                &Observation {
+                    id,
+                    at_ms: 0,
+                    signal: Signal::Feedback,
+                    value: v,
+                    weight: 1.0,
+                },
+                &cfg,
+            )
+            .unwrap();
+        }
+        s.posterior(None, &cfg)
+    }
+
+    pub(crate) fn model(name: &str, p: Posterior, cost: f64) -> ModelInput {
+        ModelInput {
+            model: Arc::from(name),
+            posterior: p,
+            cost_per_request: cost,
+            p95_latency_ms: Some(800.0),
+            success_rate: Some(0.995),
+        }
+    }
+
+    /// A live route: baseline 90% over 2000, a cheap equal model, a cheap worse model, a new one.
+    pub(crate) fn sample_route(mode: Mode) -> Arc<PreparedRoute> {
+        PreparedRoute::prepare(RouteInput {
+            route: Arc::from("support"),
+            mode,
+            baseline: model("gpt-4o", post(1800, 2000), 0.01),
+            candidates: vec![
+                model("gpt-4o-mini", post(1795, 2000), 0.0006),
+                model("cheap-bad", post(1500, 2000), 0.0002),
+                model("newcomer", post(9, 10), 0.001),
+            ],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 7,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn promotes_the_cheap_equal_model_and_never_the_bad_one() {
+        let r = sample_route(Mode::Live);
+        let ctx = RequestContext { rng: 0.99, ..Default::default() };
+        let d = decide(&r, &ctx);
+        assert_eq!(d.chosen_model(), "gpt-4o-mini");
+        assert_eq!(d.kind, PickKind::Promoted);
+        assert_eq!(d.served_model(), "gpt-4o-mini");
+        assert!((d.propensity - r.probability(d.chosen, &ctx)).abs() < 1e-15);
+        assert!(d.propensity >= 1.0 - d.epsilon);
+        let bad = r.index_of("cheap-bad").unwrap();
+        assert!(!r.explorable(bad, &ctx), "confidently worse models are not explored");
+        // Sum of probabilities over actions is 1.
+        let total: f64 = (0..r.models.len()).map(|i| r.probability(i, &ctx)).sum();
+        assert!((total - 1.0).abs() < 1e-12, "{total}");
+        // Every rng value yields an allowed pick; exploration happens below ε only.
+        for k in 0..1000 {
+            let ctx = RequestContext { rng: k as f64 / 1000.0, ..Default::default() };
+            let d = decide(&r, &ctx);
+            assert_ne!(d.chosen, bad);
+            assert!(d.propensity > 0.0);
+            if ctx.rng >= d.epsilon {
+                assert_eq!(d.chosen, d.exploit);
+            }
+        }
+    }
+
+    #[test]
+    fn shadow_serves_the_baseline_and_records_would_have() {
+        let r = sample_route(Mode::Shadow);
+        let d = decide(&r, &RequestContext { rng: 0.5, ..Default::default() });
+        assert_eq!(d.served_model(), "gpt-4o");
+        assert_eq!(d.would_have(), Some("gpt-4o-mini"));
+    }
+
+    #[test]
+    fn off_pin_budget_sticky_and_provider_error() {
+        let r = sample_route(Mode::Off);
+        let d = decide(&r, &RequestContext::default());
+        assert_eq!((d.kind, d.served_model()), (PickKind::Off, "gpt-4o"));
+
+        let mut input_pin = RouteInput {
+            route: Arc::from("x"),
+            mode: Mode::Live,
+            baseline: model("a", post(90, 100), 1.0),
+            candidates: vec![model("b", post(90, 100), 0.5)],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: Some(Arc::from("b")),
+            table_version: 1,
+        };
+        let r = PreparedRoute::prepare(input_pin.clone()).unwrap();
+        assert_eq!(decide(&r, &RequestContext::default()).kind, PickKind::Pinned);
+        input_pin.pinned = Some(Arc::from("zzz"));
+        assert!(matches!(PreparedRoute::prepare(input_pin), Err(RouteError::UnknownPin { .. })));
+
+        // Daily budget exhausted: the cheap model is filtered, the baseline served.
+        let mut c = Constraints { daily_budget: Some(5.0), ..Constraints::default() };
+        c.max_exploration_share = 0.05;
+        let r = PreparedRoute::prepare(RouteInput {
+            constraints: c,
+            ..RouteInput {
+                route: Arc::from("support"),
+                mode: Mode::Live,
+                baseline: model("gpt-4o", post(1800, 2000), 0.01),
+                candidates: vec![model("gpt-4o-mini", post(1795, 2000), 0.0006)],
+                constraints: Constraints::default(),
+                weights: ScoreWeights::default(),
+                exploration: ExplorationConfig::default(),
+                pinned: None,
+                table_version: 1,
+            }
+        })
+        .unwrap();
+        let d = decide(&r, &RequestContext { spend_today: 5.0, rng: 0.9, ..Default::default() });
+        assert_eq!(d.served_model(), "gpt-4o");
+        assert!(r.failures(1, &d.context()).contains(Knob::DailyBudget));
+
+        // Sticky: a session stays on its allowed model with propensity 1; bad hints are dropped.
+        let r = sample_route(Mode::Live);
+        let d = decide(&r, &RequestContext { sticky: Some("gpt-4o"), rng: 0.9, ..Default::default() });
+        assert_eq!((d.kind, d.served_model(), d.propensity), (PickKind::Sticky, "gpt-4o", 1.0));
+        let d = decide(&r, &RequestContext { sticky: Some("cheap-bad"), rng: 0.9, ..Default::default() });
+        assert_eq!(d.misses[0], Some(Miss::StickyHintDropped));
+        assert_ne!(d.chosen_model(), "cheap-bad");
+        let d = decide(&r, &RequestContext { rng: 0.9, ..Default::default() }).provider_error();
+        assert_eq!(d.served_model(), "gpt-4o");
+        assert_eq!(d.misses[1], Some(Miss::ProviderError));
+    }
+
+    #[test]
+    fn exploration_stops_at_the_share_cap() {
+        let r = sample_route(Mode::Live);
+        let ctx = RequestContext { exploration_share: 0.05, rng: 0.0, ..Default::default() };
+        let d = decide(&r, &ctx);
+        assert_eq!(d.epsilon, 0.0);
+        assert_eq!(d.chosen, d.exploit);
+        assert_eq!(d.propensity, 1.0);
+    }
+
+    fn arb_model(name: &'static str) -> impl Strategy<Value = ModelInput> {
+        (0u64..400, 0u64..400, 0.0f64..0.02, proptest::option::of(100.0f64..3000.0), 0.9f64..1.0)
+            .prop_map(move |(k, extra, cost, p95, succ)| ModelInput {
+                model: Arc::from(name),
+                posterior: post(k, k + extra),
+                cost_per_request: cost,
+                p95_latency_ms: p95,
+                success_rate: Some(succ),
+            })
+    }
+
+    fn arb_constraints() -> impl Strategy<Value = Constraints> {
+        (
+            0.0f64..0.1,
+            proptest::option::of(0.3f64..0.9),
+            proptest::option::of(0.0f64..0.5),
+            proptest::option::of(-0.0f64..0.5),
+            proptest::option::of(0.001f64..0.02),
+            proptest::option::of(0.0f64..1.0),
+            0.8f64..0.99,
+            0u64..200,
+            0.0f64..0.2,
+        )
+            .prop_map(|(r, q, l, ci, cpr, b, conf, n, share)| Constraints {
+                max_regression: r,
+                min_quality: q,
+                max_latency_increase: l,
+                max_cost_increase: ci,
+                max_cost_per_request: cpr,
+                daily_budget: b,
+                min_confidence: conf,
+                min_samples: n,
+                max_exploration_share: share,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        // The router never serves a candidate that violates a row gating its action.
+        #[test]
+        fn never_selects_a_violator(
+            base in arb_model("base"),
+            c1 in arb_model("c1"), c2 in arb_model("c2"), c3 in arb_model("c3"),
+            cons in arb_constraints(),
+            spend in 0.0f64..1.0, share in 0.0f64..0.2, u in 0.0f64..1.0,
+            hint in proptest::option::of(0usize..4),
+        ) {
+            let names = ["base", "c1", "c2", "c3"];
+            let r = PreparedRoute::prepare(RouteInput {
+                route: Arc::from("p"), mode: Mode::Live, baseline: base, candidates: vec![c1, c2, c3],
+                constraints: cons.clone(), weights: ScoreWeights::default(),
+                exploration: ExplorationConfig { rate: 0.2, draws: 256, ..ExplorationConfig::default() },
+                pinned: None, table_version: 3,
+            }).unwrap();
+            let ctx = RequestContext { spend_today: spend, exploration_share: share, sticky: hint.map(|h| names[h]), rng: u };
+            let d = decide(&r, &ctx);
+            prop_assert!(d.propensity > 0.0 && d.propensity <= 1.0);
+            if d.served != 0 {
+                let m = &r.models[d.served];
+                let rows = cons.evaluate(&m.stats, &r.models[0].stats, spend, share);
+                let action = match d.kind {
+                    PickKind::Promoted => Action::Promote,
+                    PickKind::Explored => Action::Explore,
+                    PickKind::Sticky => if r.promotable(d.served, &ctx) { Action::Promote } else { Action::Explore },
+                    k => return Err(TestCaseError::fail(format!("unexpected kind {k:?}"))),
+                };
+                for row in rows {
+                    if row.name.gates(action) {
+                        prop_assert!(row.passed, "{:?} served via {:?} but {:?} failed", m.model, action, row);
+                    }
+                }
+                if action == Action::Promote {
+                    prop_assert!(m.gate.confidence >= cons.min_confidence);
+                    prop_assert!(m.posterior.samples >= cons.min_samples);
+                } else {
+                    prop_assert!(share < cons.max_exploration_share);
+                    prop_assert!(m.explore_quality_ok);
+                }
+            }
+            if hint.is_none() {
+                let total: f64 = (0..r.models.len()).map(|i| r.probability(i, &ctx)).sum();
+                prop_assert!((total - 1.0).abs() < 1e-9, "probabilities sum to {}", total);
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The trace pipeline and read API on a real SQLite file.
+
+#[path = "support/store_cases.rs"]
+mod cases;
+
+use std::time::Duration;
+
+use cases::{load_records, Pipeline};
+use loopgate::metrics::metrics;
+use loopgate::store::{Backend, StorageConfig};
+use loopgate::trace::writer::trace_pipeline;
+
+fn cfg(dir: &tempfile::TempDir) -> StorageConfig {
+    StorageConfig {
+        backend: Backend::Sqlite,
+        sqlite_path: dir
+            .path()
+            .join("loopgate.db")
+            .to_string_lossy()
+            .into_owned(),
+        spill_path: dir
+            .path()
+            .join("spill.jsonl")
+            .to_string_lossy()
+            .into_owned(),
+        flush_interval_ms: 20,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_every_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    cases::api_suite(cfg(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_is_wal_and_migrations_are_recorded_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(&dir);
+    let s1 = loopgate::store::open(&c).await.expect("open");
+    let s2 = loopgate::store::open(&c)
+        .await
+        .expect("reopen migrates nothing twice");
+    assert_eq!(s2.schema_version().await.expect("v"), 1);
+    drop((s1, s2));
+    let conn = rusqlite::Connection::open(&c.sqlite_path).expect("open raw");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+        .expect("migrations");
+    assert_eq!(n, 1);
+}
+
+/// A second connection holds the write lock mid-load: the writer buffers, spills to disk,
+/// and once the lock is released replays everything; every trace is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_nothing_lost_while_the_database_is_locked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = StorageConfig {
+        sqlite_busy_timeout_ms: 30,
+        batch_size: 16,
+        buffer_max: 40,
+        retry_initial_ms: 20,
+        retry_max_ms: 100,
+        ..cfg(&dir)
+    };
+    let p = Pipeline::start(&c);
+    let recs = load_records("lock", 500);
+    cases::submit_all(&p.sink, &recs[..100]).await;
+    let store = p.store().await;
+    assert_eq!(store.count_traces().await.expect("count"), 100);
+
+    let spilled0 = metrics()
+        .trace_spilled
+        .with_label_values(&["spilled"])
+        .get();
+    let replayed0 = metrics()
+        .trace_spilled
+        .with_label_values(&["replayed"])
+        .get();
+    let locker = rusqlite::Connection::open(&c.sqlite_path).expect("second connection");
+    locker
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("take the write lock");
+    for chunk in recs[100..400].chunks(50) {
+        for r in chunk {
+            p.sink.submit(r.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        p.sink.flush().await.is_err(),
+        "flush must fail while the store is locked"
+    );
+    // more than buffer_max is waiting: the excess went to the spill file
+    let spill_len = std::fs::metadata(&c.spill_path)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(spill_len > 0, "records were spilled");
+    assert!(
+        metrics()
+            .trace_spilled
+            .with_label_values(&["spilled"])
+            .get()
+            > spilled0
+    );
+    locker.execute_batch("ROLLBACK").expect("release");
+    drop(locker);
+    for r in &recs[400..] {
+        p.sink.submit(r.clone());
+    }
+    let mut ok = false;
+    for _ in 0..100 {
+        if p.sink.flush().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "store never recovered");
+    assert_eq!(store.count_traces().await.expect("count"), 500);
+    for r in recs.iter().step_by(37) {
+        assert!(
+            store.get_trace(&r.request_id).await.expect("get").is_some(),
+            "{}",
+            r.request_id
+        );
+    }
+    assert!(
+        metrics()
+            .trace_spilled
+            .with_label_values(&["replayed"])
+            .get()
+            > replayed0
+    );
+    assert_eq!(
+        std::fs::metadata(&c.spill_path)
+            .map(|m| m.len())
+            .unwrap_or(0),
+        0,
+        "spill truncated"
+    );
+    p.shutdown().await;
+}
+
+/// Records spilled by a writer that never reached its store are replayed by the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spill_file_is_replayed_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = cfg(&dir);
+    let bad = StorageConfig {
+        sqlite_path: dir
+            .path()
+            .join("missing-dir/x.db")
+            .to_string_lossy()
+            .into_owned(),
+        buffer_max: 5,
+        retry_initial_ms: 10,
+        ..good.clone()
+    };
+    let p = Pipeline::start(&bad);
+    let recs = load_records("restart", 30);
+    for r in &recs {
+        p.sink.submit(r.clone());
+    }
+    assert!(p.sink.flush().await.is_err());
+    p.shutdown().await;
+    let lines = std::fs::read_to_string(&good.spill_path)
+        .expect("spill file")
+        .lines()
+        .count();
+    assert_eq!(lines, 30, "shutdown spills everything it could not store");
+
+    let p = Pipeline::start(&good);
+    p.sink.flush().await.expect("replay");
+    let store = p.store().await;
+    assert_eq!(store.count_traces().await.expect("count"), 30);
+    p.shutdown().await;
+}
+
+/// A full channel is counted, never silent, and submit never blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_channel_counts_drops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = StorageConfig {
+        channel_capacity: 4,
+        ..cfg(&dir)
+    };
+    // The writer is never started, so nothing drains the channel.
+    let (sink, _svc, _slot) = trace_pipeline(&c);
+    let before = metrics()
+        .trace_dropped
+        .with_label_values(&["channel_full"])
+        .get();
+    let t = std::time::Instant::now();
+    for r in load_records("full", 10) {
+        sink.submit(r);
+    }
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let after = metrics()
+        .trace_dropped
+        .with_label_values(&["channel_full"])
+        .get();
+    assert_eq!(after - before, 6);
+}
