@@ -643,3 +643,95 @@ async fn models_endpoint_lists_active_providers() {
     let one: Value = client().get(g.url("/v1/models/gpt-4o")).header("authorization", auth()).send().await.unwrap().json().await.unwrap();
     assert_eq!(one["id"], "gpt-4o");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_openai_compatible_profile_serves_through_its_wire_format() {
+    let mock = MockUpstream::start(openai_like()).await;
+    let profiles = loopgate::providers::load_profiles(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/filters"))).unwrap();
+    let compat: Vec<_> = profiles.into_iter().filter(|p| p.dialect == "openai").collect();
+    assert!(compat.len() >= 16, "expected every OpenAI-compatible provider, got {}", compat.len());
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    for p in &compat {
+        if let Some(k) = &p.api_key_env {
+            env.push((leak(k.clone()), format!("key-{}", p.name)));
+        }
+        for v in p.activation_vars() {
+            if Some(v) != p.api_key_env.as_deref() {
+                env.push((leak(v.to_string()), mock.url()));
+            }
+        }
+        let base = p.base_url_env.clone().expect("every profile has a base URL override var");
+        env.push((leak(base), format!("{}/prefix-{}", mock.url(), p.name)));
+    }
+    let g = GatewayProc::start("", &env);
+    for (i, p) in compat.iter().enumerate() {
+        let mut body = chat_body(&format!("{}/test-model", p.name));
+        if i % 2 == 1 {
+            body["stream"] = json!(true);
+        }
+        let r = post(&g, &body).await;
+        assert_eq!(r.status(), 200, "{}: {}", p.name, r.text().await.unwrap());
+        assert_eq!(r.headers()["loopgate-provider"], p.name.as_str());
+        let text = r.text().await.unwrap();
+        if i % 2 == 1 {
+            assert!(text.ends_with("data: [DONE]\n\n"), "{}: {text}", p.name);
+        }
+        let req = mock.requests().pop().unwrap();
+        let expected_path = format!("/prefix-{}{}", p.name, p.chat_path.replace("{model}", "test-model"));
+        assert!(req.path.starts_with(&expected_path), "{}: path {} (expected {expected_path})", p.name, req.path);
+        if let Some(q) = &p.query {
+            assert!(req.path.contains(q.split('=').next().unwrap()), "{}: query {q} missing in {}", p.name, req.path);
+        }
+        let sent = req.json();
+        if p.model_in_body {
+            assert_eq!(sent["model"], "test-model", "{}", p.name);
+        } else {
+            assert!(sent.get("model").is_none(), "{}: model must not be in the body", p.name);
+        }
+        match p.auth {
+            loopgate::providers::AuthScheme::Bearer => {
+                assert_eq!(req.header("authorization"), Some(format!("Bearer key-{}", p.name).as_str()), "{}", p.name)
+            }
+            loopgate::providers::AuthScheme::Header => {
+                let h = p.auth_header.as_deref().unwrap();
+                assert_eq!(req.header(h), Some(format!("key-{}", p.name).as_str()), "{}", p.name);
+                assert!(req.header("authorization").is_none());
+            }
+            loopgate::providers::AuthScheme::None => assert!(req.header("authorization").is_none(), "{}", p.name),
+            other => panic!("{}: unexpected auth {other:?} for an OpenAI-compatible profile", p.name),
+        }
+        for dropped in &p.unsupported_params {
+            assert!(sent.get(dropped).is_none());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_streams_finish() {
+    let mut parts: Vec<(Duration, Vec<u8>)> = Vec::new();
+    let p = openai_stream_parts("gpt-4o", &["a"], false);
+    parts.push((Duration::ZERO, p[0].clone()));
+    for _ in 0..10 {
+        parts.push((Duration::from_millis(100), sse(json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"."},"finish_reason":null}]}))));
+    }
+    for rest in &p[2..] {
+        parts.push((Duration::ZERO, rest.clone()));
+    }
+    let slow = MockUpstream::start(Reply::Chunks(200, "text/event-stream".into(), parts)).await;
+    let mut g = GatewayProc::start_with_server("grace_period_secs = 10\n", "", &openai_env(&slow));
+    let mut body = chat_body("gpt-4o");
+    body["stream"] = json!(true);
+    let r = post(&g, &body).await;
+    unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "stream cut by shutdown: {text}");
+    assert_eq!(text.matches("\".\"").count(), 10);
+    // Exits soon after the stream ended, not after the whole 10 s grace period.
+    let t0 = std::time::Instant::now();
+    let status = g.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "shutdown took {:?}", t0.elapsed());
+    let id_count = trace_rows(&g.db_path(), "WHERE stream = 1 AND status = 200");
+    assert_eq!(id_count, 1, "the stream's trace was flushed before exit");
+}

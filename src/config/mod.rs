@@ -68,9 +68,10 @@ pub struct ServerConfig {
     pub read_timeout_secs: Option<u64>,
     pub write_timeout_secs: u64,
     pub upstream_idle_timeout_secs: u64,
-    /// Pingora: seconds to keep serving after SIGTERM/SIGQUIT before stopping listeners work.
+    /// After SIGTERM: how long requests in flight (streams included) may take to finish.
+    /// The process exits as soon as they are done and traces are flushed.
     pub grace_period_secs: u64,
-    /// Pingora: seconds in-flight requests get to finish after the grace period.
+    /// Pingora: how long service runtimes get to stop after the grace period.
     pub graceful_shutdown_timeout_secs: u64,
     /// Provider profile directory; unset = the profiles compiled into the binary.
     pub filters_dir: Option<String>,
@@ -98,8 +99,8 @@ impl Default for ServerConfig {
             read_timeout_secs: None,
             write_timeout_secs: 30,
             upstream_idle_timeout_secs: 60,
-            grace_period_secs: 0,
-            graceful_shutdown_timeout_secs: 30,
+            grace_period_secs: 30,
+            graceful_shutdown_timeout_secs: 5,
             filters_dir: None,
             catalog: None,
             watch: true,

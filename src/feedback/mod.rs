@@ -20,6 +20,7 @@ pub mod math;
 pub mod posterior;
 pub mod router;
 pub mod sequential;
+mod simulation;
 
 pub use aggregator::{Aggregator, BatchReport, FeedbackEvent, FeedbackKind, FoldOutcome, RoutingStats};
 pub use constraints::{CandidateStats, ConstraintResult, Constraints, Knob};

@@ -1,6 +1,7 @@
 //! Per-request state: what the trace and the metrics need, filled in as the request
 //! moves through the phases.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,7 +10,31 @@ use crate::dialect::Usage;
 use crate::routing::Runtime;
 use crate::trace::Attempt;
 
+/// Requests currently being handled (for graceful shutdown).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Acquire)
+}
+
+/// Counts a request from context creation until the context is dropped (after logging).
+pub struct InFlight(());
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pub struct RequestCtx {
+    _in_flight: InFlight,
     pub start: Instant,
     pub ts_ms: i64,
     pub request_id: String,
@@ -50,6 +75,7 @@ pub struct RequestCtx {
 impl RequestCtx {
     pub fn new() -> Self {
         RequestCtx {
+            _in_flight: InFlight::enter(),
             start: Instant::now(),
             ts_ms: chrono::Utc::now().timestamp_millis(),
             request_id: new_request_id(),

@@ -334,7 +334,7 @@ impl GatewayProc {
         let filters = concat!(env!("CARGO_MANIFEST_DIR"), "/filters");
         let db = dir.path().join("traces.db");
         let base = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nthreads = 2\nfilters_dir = \"{filters}\"\nconnect_timeout_ms = 1000\ngraceful_shutdown_timeout_secs = 1\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n{extra_server}\n[storage]\nsqlite_path = \"{db}\"\nspill_path = \"{spill}\"\nflush_interval_ms = 20\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nthreads = 2\nfilters_dir = \"{filters}\"\nconnect_timeout_ms = 1000\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n{extra_server}\n[storage]\nsqlite_path = \"{db}\"\nspill_path = \"{spill}\"\nflush_interval_ms = 20\n",
             pid = dir.path().join("lg.pid").display(),
             sock = dir.path().join("lg.sock").display(),
             db = db.display(),

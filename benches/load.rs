@@ -1,0 +1,928 @@
+//! Whole-gateway load benchmark: loopgate against a bare Pingora passthrough, both in
+//! front of the same local OpenAI-compatible mock, measured in one run.
+//!
+//! `cargo bench --bench load` (release build; about two minutes of load).
+//!
+//! What runs (all on loopback):
+//! - **mock**: a minimal HTTP/1.1 keep-alive server on its own thread and tokio runtime,
+//!   answering `POST .../chat/completions` with a fixed `chat.completion` or a short SSE
+//!   stream (with the usage chunk only when `stream_options.include_usage` is set, as
+//!   OpenAI does). Paths under `/slow/` answer after 20 ms (the throughput test).
+//! - **passthrough**: the reference, a `ProxyHttp` of a few lines (`upstream_peer` returns
+//!   the mock; Pingora pools the upstream connections). It runs in a child process — this
+//!   same bench executable re-run with `--serve-passthrough` — so it gets its own Pingora
+//!   `Server` and worker threads exactly like loopgate, which also runs as a process.
+//! - **loopgate**: `target/release/loopgate` (cargo builds the package's binaries for
+//!   `cargo bench`), started with a temp config: one gateway key, `OPENAI_BASE_URL` at the
+//!   mock, 2 worker threads. `lg_trace_on` writes traces to SQLite in a temp dir;
+//!   `lg_trace_off` points the store at a path that cannot be opened with retries pushed
+//!   out an hour and a large memory buffer, so no trace is ever written (the request path
+//!   still builds and enqueues every record: there is no config switch for "no traces").
+//! - **load generator**: raw tokio TCP, one keep-alive HTTP/1.1 connection per worker,
+//!   `TCP_NODELAY`, hand-written response parsing (content-length and chunked).
+//!
+//! Measured: p50/p99 at concurrency 1 for non-stream requests (time to the whole
+//! response) and stream TTFB (time to the first body byte); 2,000 requests per target
+//! and mode after 200 warm-up ones, targets interleaved in 8 rounds so drift on a shared
+//! machine hits all of them alike. Throughput: 64 connections, 20 ms mock, 10 s window.
+//! Prints a table, PASS/MISS per target (never fails the run), and writes
+//! `target/bench-results/load.json`.
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type R<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const GATEWAY_KEY: &str = "lg-bench-load-0123456789abcdefghijklmnopqrstuvwxyz";
+const WARMUP: usize = 200;
+const ROUNDS: usize = 8;
+const PER_ROUND: usize = 250;
+const CONCURRENCY: usize = 64;
+const SLOW_MS: u64 = 20;
+const WINDOW: Duration = Duration::from_secs(10);
+const THROUGHPUT_WARMUP: Duration = Duration::from_secs(1);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Hard cap on each latency phase, whatever happens.
+const PHASE_CAP: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 framing shared by the mock and the client.
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+struct Head {
+    len: usize,
+    status_or_path: String,
+    content_length: Option<usize>,
+    chunked: bool,
+}
+
+/// Parse a request or response head ending at `\r\n\r\n`; `None` until it is complete.
+fn parse_head(buf: &[u8]) -> R<Option<Head>> {
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        if buf.len() > 64 * 1024 {
+            return Err("head larger than 64 KiB".into());
+        }
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&buf[..end])?;
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    // Request: "POST /path HTTP/1.1"; response: "HTTP/1.1 200 OK". The second word either way.
+    let status_or_path = first.split(' ').nth(1).unwrap_or_default().to_string();
+    let mut content_length = None;
+    let mut chunked = false;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else { continue };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("content-length") {
+            content_length = Some(v.parse()?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked") {
+            chunked = true;
+        }
+    }
+    Ok(Some(Head {
+        len: end + 4,
+        status_or_path,
+        content_length,
+        chunked,
+    }))
+}
+
+/// End of a chunked body starting at `from`, once the terminating chunk is in `buf`.
+fn chunked_end(buf: &[u8], mut from: usize) -> R<Option<usize>> {
+    loop {
+        let Some(nl) = find(&buf[from..], b"\r\n") else { return Ok(None) };
+        let line = std::str::from_utf8(&buf[from..from + nl])?;
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)?;
+        let data = from + nl + 2;
+        if size == 0 {
+            // No trailers are ever sent here: the last chunk is followed by one CRLF.
+            return Ok((buf.len() >= data + 2).then_some(data + 2));
+        }
+        if buf.len() < data + size + 2 {
+            return Ok(None);
+        }
+        from = data + size + 2;
+    }
+}
+
+/// Decoded payload of a chunked body (for checking what a client received).
+fn dechunk(buf: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(nl) = find(&buf[from..], b"\r\n") {
+        let Ok(line) = std::str::from_utf8(&buf[from..from + nl]) else { break };
+        let Ok(size) = usize::from_str_radix(line.trim(), 16) else { break };
+        let data = from + nl + 2;
+        if size == 0 || buf.len() < data + size {
+            break;
+        }
+        out.extend_from_slice(&buf[data..data + size]);
+        from = data + size + 2;
+        if from > buf.len() {
+            break;
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The mock upstream.
+
+const COMPLETION: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Packets cross the wire,\nmicroseconds fall like leaves,\nthe proxy stays still.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":19,"total_tokens":43,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_mock"}"#;
+
+fn sse_event(delta: &str, finish: &str, usage: bool) -> String {
+    format!(
+        "data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mock\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"logprobs\":null,\"finish_reason\":{finish}}}]{}}}\n\n",
+        if usage { ",\"usage\":null" } else { "" }
+    )
+}
+
+fn chunk(payload: &str) -> String {
+    format!("{:x}\r\n{payload}\r\n", payload.len())
+}
+
+/// The first write of a stream (head + role chunk) and the rest, as the mock sends them.
+fn stream_response(include_usage: bool) -> (Vec<u8>, Vec<u8>) {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\nx-request-id: req_mock\r\nopenai-processing-ms: 1\r\nx-ratelimit-remaining-requests: 9999\r\nx-ratelimit-remaining-tokens: 1999000\r\n\r\n";
+    let first = format!(
+        "{head}{}",
+        chunk(&sse_event(r#"{"role":"assistant","content":"","refusal":null}"#, "null", include_usage))
+    );
+    let mut rest = String::new();
+    for t in ["Packets", " cross", " the", " wire"] {
+        rest.push_str(&chunk(&sse_event(&format!("{{\"content\":\"{t}\"}}"), "null", include_usage)));
+    }
+    rest.push_str(&chunk(&sse_event("{}", "\"stop\"", include_usage)));
+    if include_usage {
+        rest.push_str(&chunk("data: {\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_mock\",\"choices\":[],\"usage\":{\"prompt_tokens\":24,\"completion_tokens\":4,\"total_tokens\":28,\"prompt_tokens_details\":{\"cached_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n"));
+    }
+    rest.push_str(&chunk("data: [DONE]\n\n"));
+    rest.push_str("0\r\n\r\n");
+    (first.into_bytes(), rest.into_bytes())
+}
+
+struct MockAnswers {
+    json: Vec<u8>,
+    stream: (Vec<u8>, Vec<u8>),
+    stream_usage: (Vec<u8>, Vec<u8>),
+}
+
+async fn mock_conn(mut s: TcpStream, answers: &'static MockAnswers) -> R<()> {
+    s.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut tmp = vec![0u8; 64 * 1024];
+    loop {
+        // Read one whole request (head and body).
+        let (head, end) = loop {
+            if let Some(h) = parse_head(&buf)? {
+                let end = if h.chunked {
+                    chunked_end(&buf, h.len)?
+                } else {
+                    let e = h.len + h.content_length.unwrap_or(0);
+                    (buf.len() >= e).then_some(e)
+                };
+                if let Some(end) = end {
+                    break (h, end);
+                }
+            }
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        let body = &buf[head.len..end];
+        let stream = find(body, b"\"stream\":true").is_some();
+        let usage = find(body, b"\"include_usage\":true").is_some();
+        if head.status_or_path.starts_with("/slow/") {
+            tokio::time::sleep(Duration::from_millis(SLOW_MS)).await;
+        }
+        if stream {
+            let (first, rest) = if usage { &answers.stream_usage } else { &answers.stream };
+            s.write_all(first).await?;
+            s.write_all(rest).await?;
+        } else {
+            s.write_all(&answers.json).await?;
+        }
+        buf.drain(..end);
+    }
+}
+
+/// Start the mock on its own thread and current-thread runtime; returns its address.
+fn start_mock() -> R<SocketAddr> {
+    let json_head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: req_mock\r\nopenai-processing-ms: 1\r\nx-ratelimit-remaining-requests: 9999\r\nx-ratelimit-remaining-tokens: 1999000\r\n\r\n",
+        COMPLETION.len()
+    );
+    let answers: &'static MockAnswers = Box::leak(Box::new(MockAnswers {
+        json: [json_head.as_bytes(), COMPLETION.as_bytes()].concat(),
+        stream: stream_response(false),
+        stream_usage: stream_response(true),
+    }));
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    std::thread::Builder::new().name("mock".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("mock runtime: {e}");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let Ok(listener) = TcpListener::from_std(std_listener) else { return };
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = mock_conn(s, answers).await;
+                });
+            }
+        });
+    })?;
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------------------------------
+// The reference: a bare Pingora passthrough (child process mode of this executable).
+
+mod passthrough {
+    use std::net::SocketAddr;
+
+    use async_trait::async_trait;
+    use pingora::server::configuration::{Opt, ServerConf};
+    use pingora::server::Server;
+    use pingora::upstreams::peer::HttpPeer;
+    use pingora_proxy::{ProxyHttp, Session};
+
+    pub struct Passthrough {
+        pub upstream: SocketAddr,
+    }
+
+    #[async_trait]
+    impl ProxyHttp for Passthrough {
+        type CTX = ();
+        fn new_ctx(&self) {}
+        async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora_error::Result<Box<HttpPeer>> {
+            Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        }
+    }
+
+    /// `--serve-passthrough <listen> <upstream> <tmpdir>`: never returns.
+    pub fn serve(args: &[String]) -> ! {
+        let (Some(listen), Some(Ok(upstream)), Some(tmp)) = (args.first(), args.get(1).map(|a| a.parse()), args.get(2)) else {
+            eprintln!("usage: --serve-passthrough <listen> <upstream> <tmpdir>");
+            std::process::exit(2)
+        };
+        // Same worker count as loopgate's bench config.
+        let mut conf = ServerConf::default();
+        conf.threads = 2;
+        conf.pid_file = format!("{tmp}/passthrough.pid");
+        conf.upgrade_sock = format!("{tmp}/passthrough.sock");
+        conf.grace_period_seconds = Some(0);
+        conf.graceful_shutdown_timeout_seconds = Some(1);
+        let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+        server.bootstrap();
+        let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
+        svc.add_tcp(listen);
+        server.add_service(svc);
+        server.run_forever()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes under test.
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGINT is Pingora's fast shutdown; kill if it lingers.
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling a child this process spawned and has not reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("{} did not stop on SIGINT; killed", self.name);
+    }
+}
+
+fn free_port() -> R<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where cargo put the binaries: `target/release` for `cargo bench`.
+fn target_profile_dir() -> R<PathBuf> {
+    // The bench executable lives in `<target>/<profile>/deps/`.
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot locate the target directory from the bench executable")?;
+    Ok(dir.to_path_buf())
+}
+
+fn loopgate_binary() -> R<PathBuf> {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_loopgate") {
+        let p = PathBuf::from(p);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    let p = target_profile_dir()?.join("loopgate");
+    if p.exists() {
+        return Ok(p);
+    }
+    Err(format!(
+        "loopgate binary not found at {}: run `cargo build --release --bin loopgate` (cargo bench normally builds it)",
+        p.display()
+    )
+    .into())
+}
+
+fn hash_key(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tracing {
+    On,
+    Off,
+}
+
+fn start_loopgate(bin: &Path, tmp: &Path, name: &str, upstream_base: &str, tracing: Tracing) -> R<(Proc, SocketAddr, SocketAddr)> {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let d = dir.display();
+    let storage = match tracing {
+        Tracing::On => format!("sqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
+        // The store never opens (no such directory) and is not retried for an hour; the
+        // buffer holds every record in memory, so nothing is written or spilled.
+        Tracing::Off => format!(
+            "sqlite_path = \"{d}/no-such-dir/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\nbuffer_max = 100000000\nretry_initial_ms = 3600000\nretry_max_ms = 3600000\n"
+        ),
+    };
+    let config = format!(
+        r#"[server]
+listen = "{listen}"
+metrics_listen = "{metrics}"
+threads = 2
+watch = false
+filters_dir = "{filters}"
+pid_file = "{d}/loopgate.pid"
+upgrade_sock = "{d}/loopgate.sock"
+grace_period_secs = 0
+graceful_shutdown_timeout_secs = 1
+
+[auth]
+allow_unauthenticated_loopback = false
+[[auth.keys]]
+id = "bench"
+hash = "{hash}"
+
+[storage]
+backend = "sqlite"
+{storage}"#,
+        filters = concat!(env!("CARGO_MANIFEST_DIR"), "/filters"),
+        hash = hash_key(GATEWAY_KEY),
+    );
+    let conf_path = dir.join("gateway.toml");
+    std::fs::write(&conf_path, config)?;
+    let log = std::fs::File::create(dir.join("loopgate.log"))?;
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg("-c")
+        .arg(&conf_path)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OPENAI_API_KEY", "sk-bench")
+        .env("OPENAI_BASE_URL", upstream_base)
+        .env("LOOPGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok((Proc { name: name.to_string(), child }, listen, metrics))
+}
+
+fn start_passthrough(tmp: &Path, upstream: SocketAddr) -> R<(Proc, SocketAddr)> {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let dir = tmp.join("passthrough");
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(dir.join("passthrough.log"))?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("--serve-passthrough")
+        .arg(listen.to_string())
+        .arg(upstream.to_string())
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok((Proc { name: "passthrough".into(), child }, listen))
+}
+
+// ---------------------------------------------------------------------------------------
+// The load generator.
+
+struct Conn {
+    addr: SocketAddr,
+    s: Option<TcpStream>,
+    buf: Vec<u8>,
+    tmp: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    /// Write start to the last byte of the response.
+    total: Duration,
+    /// Write start to the first byte of the body.
+    ttfb: Duration,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Conn {
+        Conn {
+            addr,
+            s: None,
+            buf: Vec::with_capacity(16 * 1024),
+            tmp: vec![0u8; 64 * 1024],
+        }
+    }
+
+    async fn stream(&mut self) -> R<&mut TcpStream> {
+        if self.s.is_none() {
+            let s = TcpStream::connect(self.addr).await?;
+            s.set_nodelay(true)?;
+            self.s = Some(s);
+            self.buf.clear();
+        }
+        self.s.as_mut().ok_or_else(|| "no connection".into())
+    }
+
+    /// One request on the keep-alive connection; checks the answer is a complete 200
+    /// (a JSON completion, or an SSE stream ending in `[DONE]`).
+    async fn request(&mut self, req: &[u8], stream: bool) -> R<Timing> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(req, stream)).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => {
+                self.s = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.s = None;
+                Err("request timed out".into())
+            }
+        }
+    }
+
+    async fn exchange(&mut self, req: &[u8], stream: bool) -> R<Timing> {
+        let t0 = Instant::now();
+        self.stream().await?.write_all(req).await?;
+        let mut head: Option<Head> = None;
+        let mut ttfb = None;
+        loop {
+            let Some(s) = self.s.as_mut() else { return Err("no connection".into()) };
+            let n = s.read(&mut self.tmp).await?;
+            if n == 0 {
+                return Err("connection closed by the server".into());
+            }
+            self.buf.extend_from_slice(&self.tmp[..n]);
+            if head.is_none() {
+                head = parse_head(&self.buf)?;
+            }
+            let Some(h) = &head else { continue };
+            if ttfb.is_none() && self.buf.len() > h.len {
+                ttfb = Some(t0.elapsed());
+            }
+            let end = if h.chunked {
+                chunked_end(&self.buf, h.len)?
+            } else {
+                let e = h.len + h.content_length.ok_or("response without length")?;
+                (self.buf.len() >= e).then_some(e)
+            };
+            let Some(end) = end else { continue };
+            let total = t0.elapsed();
+            if h.status_or_path != "200" {
+                let body = String::from_utf8_lossy(&self.buf[h.len..end]).into_owned();
+                return Err(format!("status {}: {}", h.status_or_path, body.chars().take(300).collect::<String>()).into());
+            }
+            let ok = if stream {
+                h.chunked && find(&dechunk(&self.buf[h.len..end]), b"data: [DONE]").is_some()
+            } else {
+                find(&self.buf[h.len..end], b"\"choices\"").is_some()
+            };
+            if !ok {
+                return Err("incomplete or unexpected response body".into());
+            }
+            self.buf.drain(..end);
+            return Ok(Timing { total, ttfb: ttfb.unwrap_or(total) });
+        }
+    }
+}
+
+fn request_bytes(path: &str, stream: bool) -> Vec<u8> {
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"Write a haiku about latency."}}],"temperature":0.7,"max_completion_tokens":256{}}}"#,
+        if stream { r#","stream":true"# } else { "" }
+    );
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {GATEWAY_KEY}\r\ncontent-type: application/json\r\naccept: {}\r\nuser-agent: loopgate-load-bench\r\ncontent-length: {}\r\n\r\n{body}",
+        if stream { "text/event-stream" } else { "application/json" },
+        body.len()
+    )
+    .into_bytes()
+}
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    /// Request path (the mock's `/v1/...` or `/slow/v1/...` for direct and passthrough).
+    path: &'static str,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e6
+}
+
+#[derive(Default, Clone)]
+struct LatencyStats {
+    n: usize,
+    errors: usize,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Concurrency 1, targets interleaved in rounds. `stream` selects the TTFB measurement.
+async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>> {
+    let mut conns: Vec<Conn> = targets.iter().map(|t| Conn::new(t.addr)).collect();
+    let reqs: Vec<Vec<u8>> = targets.iter().map(|t| request_bytes(t.path, stream)).collect();
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(ROUNDS * PER_ROUND); targets.len()];
+    let mut errors = vec![0usize; targets.len()];
+    let started = Instant::now();
+    for (i, c) in conns.iter_mut().enumerate() {
+        for _ in 0..WARMUP {
+            if let Err(e) = c.request(&reqs[i], stream).await {
+                return Err(format!("{} warm-up failed: {e}", targets[i].name).into());
+            }
+        }
+    }
+    'rounds: for _ in 0..ROUNDS {
+        for (i, c) in conns.iter_mut().enumerate() {
+            for _ in 0..PER_ROUND {
+                if started.elapsed() > PHASE_CAP {
+                    eprintln!("latency phase hit its {PHASE_CAP:?} cap; stopping early");
+                    break 'rounds;
+                }
+                match c.request(&reqs[i], stream).await {
+                    Ok(t) => samples[i].push(if stream { t.ttfb } else { t.total }),
+                    Err(e) => {
+                        errors[i] += 1;
+                        if errors[i] > 20 {
+                            return Err(format!("{}: too many errors, last: {e}", targets[i].name).into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .zip(errors)
+        .map(|(mut s, errors)| {
+            s.sort();
+            LatencyStats {
+                n: s.len(),
+                errors,
+                p50_us: percentile(&s, 50.0),
+                p99_us: percentile(&s, 99.0),
+            }
+        })
+        .collect())
+}
+
+#[derive(Default, Clone)]
+struct ThroughputStats {
+    rps: f64,
+    completed: usize,
+    errors: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `CONCURRENCY` keep-alive connections in a closed loop for `WINDOW` (after a warm-up).
+async fn throughput(target: &Target) -> R<ThroughputStats> {
+    let req: &'static [u8] = Box::leak(request_bytes(target.path, false).into_boxed_slice());
+    let start = Instant::now() + THROUGHPUT_WARMUP;
+    let stop = start + WINDOW;
+    let mut tasks = Vec::with_capacity(CONCURRENCY);
+    for _ in 0..CONCURRENCY {
+        let addr = target.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(addr);
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            loop {
+                let now = Instant::now();
+                if now >= stop {
+                    break;
+                }
+                match c.request(req, false).await {
+                    Ok(t) => {
+                        // Count requests that started and finished inside the window.
+                        if now >= start && Instant::now() <= stop {
+                            lat.push(t.total);
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        errors += e;
+    }
+    all.sort();
+    Ok(ThroughputStats {
+        rps: all.len() as f64 / WINDOW.as_secs_f64(),
+        completed: all.len(),
+        errors,
+        p50_ms: percentile(&all, 50.0) / 1000.0,
+        p99_ms: percentile(&all, 99.0) / 1000.0,
+    })
+}
+
+/// Wait until a target answers a chat request with 200.
+async fn wait_ready(name: &str, addr: SocketAddr, path: &str, proc_: Option<&mut Proc>) -> R<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let req = request_bytes(path, false);
+    let mut last = String::new();
+    let mut p = proc_;
+    while Instant::now() < deadline {
+        if let Some(p) = p.as_mut() {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                return Err(format!("{name} exited at startup ({st}); see its log in the temp dir").into());
+            }
+        }
+        let mut c = Conn::new(addr);
+        match c.request(&req, false).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{name} not ready after 20 s: {last}").into())
+}
+
+/// Read one counter family's total from a Prometheus text page.
+async fn scrape(addr: SocketAddr, metric: &str) -> Option<f64> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let mut sum = None;
+    for l in text.lines() {
+        if l.starts_with(metric) && (l[metric.len()..].starts_with('{') || l[metric.len()..].starts_with(' ')) {
+            if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+                *sum.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    sum
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+fn json_num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.1}")
+    } else {
+        "null".into()
+    }
+}
+
+async fn run() -> R<()> {
+    let bin = loopgate_binary()?;
+    let tmp = tempfile::tempdir()?;
+    let mock = start_mock()?;
+    let fast_base = format!("http://{mock}/v1");
+    let slow_base = format!("http://{mock}/slow/v1");
+    eprintln!("mock on {mock}; loopgate binary {}", bin.display());
+
+    let (mut pt, pt_addr) = start_passthrough(tmp.path(), mock)?;
+    let (mut on, on_addr, on_metrics) = start_loopgate(&bin, tmp.path(), "lg_trace_on", &fast_base, Tracing::On)?;
+    let (mut off, off_addr, off_metrics) = start_loopgate(&bin, tmp.path(), "lg_trace_off", &fast_base, Tracing::Off)?;
+    let (mut on_slow, on_slow_addr, _) = start_loopgate(&bin, tmp.path(), "lg_trace_on_slow", &slow_base, Tracing::On)?;
+    let (mut off_slow, off_slow_addr, _) = start_loopgate(&bin, tmp.path(), "lg_trace_off_slow", &slow_base, Tracing::Off)?;
+    wait_ready("passthrough", pt_addr, "/v1/chat/completions", Some(&mut pt)).await?;
+    wait_ready("lg_trace_on", on_addr, "/v1/chat/completions", Some(&mut on)).await?;
+    wait_ready("lg_trace_off", off_addr, "/v1/chat/completions", Some(&mut off)).await?;
+    wait_ready("lg_trace_on_slow", on_slow_addr, "/v1/chat/completions", Some(&mut on_slow)).await?;
+    wait_ready("lg_trace_off_slow", off_slow_addr, "/v1/chat/completions", Some(&mut off_slow)).await?;
+    let load_before = load_average();
+    eprintln!("all up; load average {load_before}");
+
+    let lat_targets = [
+        Target { name: "direct", addr: mock, path: "/v1/chat/completions" },
+        Target { name: "passthrough", addr: pt_addr, path: "/v1/chat/completions" },
+        Target { name: "lg_trace_on", addr: on_addr, path: "/v1/chat/completions" },
+        Target { name: "lg_trace_off", addr: off_addr, path: "/v1/chat/completions" },
+    ];
+    eprintln!("latency, non-stream ...");
+    let non_stream = latency_phase(&lat_targets, false).await?;
+    eprintln!("latency, stream TTFB ...");
+    let stream = latency_phase(&lat_targets, true).await?;
+
+    let tp_targets = [
+        Target { name: "direct", addr: mock, path: "/slow/v1/chat/completions" },
+        Target { name: "passthrough", addr: pt_addr, path: "/slow/v1/chat/completions" },
+        Target { name: "lg_trace_on", addr: on_slow_addr, path: "/v1/chat/completions" },
+        Target { name: "lg_trace_off", addr: off_slow_addr, path: "/v1/chat/completions" },
+    ];
+    let mut tp = Vec::new();
+    for t in &tp_targets {
+        eprintln!("throughput {} ...", t.name);
+        tp.push(throughput(t).await?);
+    }
+    let load_after = load_average();
+    let traces_written = scrape(on_metrics, "loopgate_trace_written_total").await;
+    let traces_dropped = scrape(on_metrics, "loopgate_trace_dropped_total").await;
+    let off_written = scrape(off_metrics, "loopgate_trace_written_total").await;
+    drop((pt, on, off, on_slow, off_slow));
+
+    // Report.
+    let added = |s: &[LatencyStats], i: usize| (s[i].p50_us - s[0].p50_us, s[i].p99_us - s[0].p99_us);
+    let mut out = String::new();
+    let _ = writeln!(out, "\nloopgate load benchmark ({} cores, load average {load_before} -> {load_after})", num_cpus());
+    let _ = writeln!(out, "concurrency 1, {} requests per target after {WARMUP} warm-up, microseconds", ROUNDS * PER_ROUND);
+    let _ = writeln!(out, "{:<14} {:>9} {:>9} {:>11} {:>11} | {:>9} {:>9} {:>11} {:>11}", "target", "p50", "p99", "added p50", "added p99", "TTFB p50", "TTFB p99", "added p50", "added p99");
+    for (i, t) in lat_targets.iter().enumerate() {
+        let (a50, a99) = added(&non_stream, i);
+        let (s50, s99) = added(&stream, i);
+        let _ = writeln!(
+            out,
+            "{:<14} {:>9.1} {:>9.1} {:>11.1} {:>11.1} | {:>9.1} {:>9.1} {:>11.1} {:>11.1}",
+            t.name, non_stream[i].p50_us, non_stream[i].p99_us, a50, a99, stream[i].p50_us, stream[i].p99_us, s50, s99
+        );
+    }
+    let _ = writeln!(out, "\nthroughput: {CONCURRENCY} connections, mock answers after {SLOW_MS} ms, {}s window", WINDOW.as_secs());
+    let _ = writeln!(out, "{:<14} {:>10} {:>8} {:>9} {:>9} {:>7}", "target", "req/s", "errors", "p50 ms", "p99 ms", "x pt");
+    for (i, t) in tp_targets.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:<14} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>7.3}",
+            t.name, tp[i].rps, tp[i].errors, tp[i].p50_ms, tp[i].p99_ms, tp[i].rps / tp[1].rps
+        );
+    }
+
+    // Targets (loopgate with tracing on is the product as shipped).
+    let mut checks = Vec::new();
+    for (mode, s) in [("non-stream", &non_stream), ("stream TTFB", &stream)] {
+        let (pt50, _) = added(s, 1);
+        let (lg50, lg99) = added(s, 2);
+        checks.push((format!("{mode}: added p50 within 25 us of passthrough's"), lg50 - pt50, 25.0, lg50 - pt50 <= 25.0));
+        checks.push((format!("{mode}: added p99 <= 150 us"), lg99, 150.0, lg99 <= 150.0));
+    }
+    let ratio = tp[2].rps / tp[1].rps;
+    checks.push(("throughput >= 0.85x passthrough".into(), ratio, 0.85, ratio >= 0.85));
+    let (on50, _) = added(&non_stream, 2);
+    let (off50, _) = added(&non_stream, 3);
+    checks.push(("tracing on vs off: p50 difference < 10 us (issue 4)".into(), on50 - off50, 10.0, on50 - off50 < 10.0));
+    let _ = writeln!(out, "\ntargets (loopgate = tracing on):");
+    for (what, value, limit, ok) in &checks {
+        let _ = writeln!(out, "  {:<4} {what}: {value:.2} (limit {limit})", verdict(*ok));
+    }
+    let _ = writeln!(
+        out,
+        "\ntraces: written {} dropped {} (tracing on); written {} (tracing off)",
+        traces_written.map_or("?".into(), |v| v.to_string()),
+        traces_dropped.map_or("0".into(), |v| v.to_string()),
+        off_written.map_or("0".into(), |v| v.to_string()),
+    );
+    print!("{out}");
+
+    // JSON.
+    let lat_json = |s: &[LatencyStats]| {
+        lat_targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (a50, a99) = added(s, i);
+                format!(
+                    "\"{}\":{{\"n\":{},\"errors\":{},\"p50_us\":{},\"p99_us\":{},\"added_p50_us\":{},\"added_p99_us\":{}}}",
+                    t.name, s[i].n, s[i].errors, json_num(s[i].p50_us), json_num(s[i].p99_us), json_num(a50), json_num(a99)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let tp_json = tp_targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            format!(
+                "\"{}\":{{\"rps\":{},\"completed\":{},\"errors\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
+                t.name, json_num(tp[i].rps), tp[i].completed, tp[i].errors, tp[i].p50_ms, tp[i].p99_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let checks_json = checks
+        .iter()
+        .map(|(w, v, l, ok)| format!("{{\"target\":{},\"value\":{v:.3},\"limit\":{l},\"pass\":{ok}}}", serde_json::Value::String(w.clone())))
+        .collect::<Vec<_>>()
+        .join(",");
+    let json = format!(
+        "{{\"cores\":{},\"load_average_before\":\"{load_before}\",\"load_average_after\":\"{load_after}\",\"requests_per_target\":{},\"concurrency\":{CONCURRENCY},\"slow_mock_ms\":{SLOW_MS},\"window_s\":{},\"latency_non_stream\":{{{}}},\"latency_stream_ttfb\":{{{}}},\"throughput\":{{{tp_json}}},\"throughput_ratio\":{:.3},\"checks\":[{checks_json}],\"traces_written\":{},\"traces_dropped\":{}}}\n",
+        num_cpus(),
+        ROUNDS * PER_ROUND,
+        WINDOW.as_secs(),
+        lat_json(&non_stream),
+        lat_json(&stream),
+        ratio,
+        traces_written.map_or("null".into(), |v| v.to_string()),
+        traces_dropped.map_or("0".into(), |v| v.to_string()),
+    );
+    // Validate before writing: the file is for tools.
+    let parsed: serde_json::Value = serde_json::from_str(&json)?;
+    let dir = target_profile_dir()?
+        .parent()
+        .map(|t| t.join("bench-results"))
+        .ok_or("no target directory")?;
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("load.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&parsed)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve-passthrough") {
+        passthrough::serve(&args[i + 1..]);
+    }
+    // `cargo bench -- <filter>` passes filters; this bench has one scenario and ignores them.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("load bench: runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run()) {
+        eprintln!("load bench failed: {e}");
+        std::process::exit(1);
+    }
+}
