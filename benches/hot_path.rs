@@ -28,7 +28,9 @@ fn small_body() -> Bytes {
 /// An agent turn: a system prompt, tool definitions and a long history of tool calls and
 /// tool results, about 200 KiB in all.
 fn agent_body(stream: bool) -> Bytes {
-    let mut messages = vec![serde_json::json!({"role": "system", "content": "You are a coding agent. ".repeat(80)})];
+    let mut messages = vec![
+        serde_json::json!({"role": "system", "content": "You are a coding agent. ".repeat(80)}),
+    ];
     let file = "fn main() {\n    println!(\"hello\");\n}\n".repeat(40);
     let mut i = 0;
     while serde_json::to_vec(&messages).map(|v| v.len()).unwrap_or(0) < 200 * 1024 {
@@ -107,10 +109,14 @@ fn bench_parse(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse_chat");
     let small = small_body();
     g.throughput(Throughput::Bytes(small.len() as u64));
-    g.bench_function("small", |b| b.iter(|| parse_chat(black_box(small.clone()), None)));
+    g.bench_function("small", |b| {
+        b.iter(|| parse_chat(black_box(small.clone()), None))
+    });
     let agent = agent_body(false);
     g.throughput(Throughput::Bytes(agent.len() as u64));
-    g.bench_function("agent_200k", |b| b.iter(|| parse_chat(black_box(agent.clone()), None)));
+    g.bench_function("agent_200k", |b| {
+        b.iter(|| parse_chat(black_box(agent.clone()), None))
+    });
     g.finish();
 }
 
@@ -131,12 +137,16 @@ fn bench_build(c: &mut Criterion) {
     let mut g = c.benchmark_group("openai_build_chat");
     // Raw passthrough: model matches, no quirk applies, the client's bytes go out as-is.
     let small = parse(small_body());
-    g.bench_function("small_passthrough", |b| b.iter(|| OpenAi.build_chat(black_box(&small), &target("gpt-4o-mini", false))));
+    g.bench_function("small_passthrough", |b| {
+        b.iter(|| OpenAi.build_chat(black_box(&small), &target("gpt-4o-mini", false)))
+    });
     // Rewrite: `max_tokens` is renamed for OpenAI, so the body is re-serialised.
     let renamed = parse(Bytes::from_static(
         br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a haiku about latency."}],"temperature":0.7,"max_tokens":256}"#,
     ));
-    g.bench_function("small_rewrite", |b| b.iter(|| OpenAi.build_chat(black_box(&renamed), &target("gpt-4o-mini", false))));
+    g.bench_function("small_rewrite", |b| {
+        b.iter(|| OpenAi.build_chat(black_box(&renamed), &target("gpt-4o-mini", false)))
+    });
     let agent = parse(agent_body(false));
     g.bench_function("agent_200k_passthrough", |b| {
         b.iter(|| OpenAi.build_chat(black_box(&agent), &target("gpt-4o-mini", false)))
@@ -201,7 +211,9 @@ fn bench_translate(c: &mut Criterion) {
         created: 1_700_000_000,
         max_output_tokens: None,
     };
-    c.bench_function("openai_translate_chat", |b| b.iter(|| OpenAi.translate_chat(black_box(COMPLETION), &t, &req)));
+    c.bench_function("openai_translate_chat", |b| {
+        b.iter(|| OpenAi.translate_chat(black_box(COMPLETION), &t, &req))
+    });
 
     let mut g = c.benchmark_group("openai_stream");
     g.throughput(Throughput::Elements(1));
@@ -222,7 +234,12 @@ fn bench_translate(c: &mut Criterion) {
     g.throughput(Throughput::Elements(103));
     g.bench_function("whole_stream_100_deltas_split", |b| {
         b.iter_batched_ref(
-            || (OpenAiStream::new("chatcmpl-bench", true, 1_700_000_000), BytesMut::with_capacity(64 * 1024)),
+            || {
+                (
+                    OpenAiStream::new("chatcmpl-bench", true, 1_700_000_000),
+                    BytesMut::with_capacity(64 * 1024),
+                )
+            },
             |(s, out)| {
                 let mut from = 0;
                 for &to in &cuts {
@@ -260,16 +277,37 @@ fn bench_resolve_and_keys(c: &mut Criterion) {
         ("with_fallback_chain", "gpt-4o"),
         ("routing_rule", "auto:fast"),
     ] {
-        let ask = Ask { model, ..Ask::default() };
+        let ask = Ask {
+            model,
+            ..Ask::default()
+        };
         if let Err(e) = rt.resolve(&ask, 0.5) {
             panic!("resolve {model}: {e}");
         }
         g.bench_function(name, |b| b.iter(|| rt.resolve(black_box(&ask), 0.5)));
     }
     g.finish();
+    // Per-request costs the proxy pays today outside the dialect (see the benchmark notes).
+    let mut g = c.benchmark_group("proxy_overheads");
+    g.bench_function("header_names_clone", |b| {
+        b.iter(|| black_box(&rt.headers).clone())
+    });
+    let agent = parse(agent_body(true));
+    g.bench_function("agent_200k_body_map_clone", |b| {
+        b.iter(|| black_box(&agent.body).clone())
+    });
+    g.finish();
     let mut g = c.benchmark_group("key_lookup");
-    g.bench_function("hit", |b| b.iter(|| rt.keys.lookup(black_box(GATEWAY_KEY)).is_some()));
-    g.bench_function("miss", |b| b.iter(|| rt.keys.lookup(black_box("lg-wrong-key-0123456789abcdefghijklmnopqrstuv")).is_some()));
+    g.bench_function("hit", |b| {
+        b.iter(|| rt.keys.lookup(black_box(GATEWAY_KEY)).is_some())
+    });
+    g.bench_function("miss", |b| {
+        b.iter(|| {
+            rt.keys
+                .lookup(black_box("lg-wrong-key-0123456789abcdefghijklmnopqrstuv"))
+                .is_some()
+        })
+    });
     g.finish();
 }
 

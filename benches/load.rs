@@ -33,12 +33,16 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 type R<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// Connections the mock accepted: shows whether a proxy reuses its upstream connections.
+static MOCK_CONNS: AtomicUsize = AtomicUsize::new(0);
 
 const GATEWAY_KEY: &str = "lg-bench-load-0123456789abcdefghijklmnopqrstuvwxyz";
 const WARMUP: usize = 200;
@@ -82,11 +86,15 @@ fn parse_head(buf: &[u8]) -> R<Option<Head>> {
     let mut content_length = None;
     let mut chunked = false;
     for l in lines {
-        let Some((k, v)) = l.split_once(':') else { continue };
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
         let v = v.trim();
         if k.eq_ignore_ascii_case("content-length") {
             content_length = Some(v.parse()?);
-        } else if k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked") {
+        } else if k.eq_ignore_ascii_case("transfer-encoding")
+            && v.to_ascii_lowercase().contains("chunked")
+        {
             chunked = true;
         }
     }
@@ -101,7 +109,9 @@ fn parse_head(buf: &[u8]) -> R<Option<Head>> {
 /// End of a chunked body starting at `from`, once the terminating chunk is in `buf`.
 fn chunked_end(buf: &[u8], mut from: usize) -> R<Option<usize>> {
     loop {
-        let Some(nl) = find(&buf[from..], b"\r\n") else { return Ok(None) };
+        let Some(nl) = find(&buf[from..], b"\r\n") else {
+            return Ok(None);
+        };
         let line = std::str::from_utf8(&buf[from..from + nl])?;
         let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)?;
         let data = from + nl + 2;
@@ -121,8 +131,12 @@ fn dechunk(buf: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(nl) = find(&buf[from..], b"\r\n") {
-        let Ok(line) = std::str::from_utf8(&buf[from..from + nl]) else { break };
-        let Ok(size) = usize::from_str_radix(line.trim(), 16) else { break };
+        let Ok(line) = std::str::from_utf8(&buf[from..from + nl]) else {
+            break;
+        };
+        let Ok(size) = usize::from_str_radix(line.trim(), 16) else {
+            break;
+        };
         let data = from + nl + 2;
         if size == 0 || buf.len() < data + size {
             break;
@@ -157,11 +171,19 @@ fn stream_response(include_usage: bool) -> (Vec<u8>, Vec<u8>) {
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\nx-request-id: req_mock\r\nopenai-processing-ms: 1\r\nx-ratelimit-remaining-requests: 9999\r\nx-ratelimit-remaining-tokens: 1999000\r\n\r\n";
     let first = format!(
         "{head}{}",
-        chunk(&sse_event(r#"{"role":"assistant","content":"","refusal":null}"#, "null", include_usage))
+        chunk(&sse_event(
+            r#"{"role":"assistant","content":"","refusal":null}"#,
+            "null",
+            include_usage
+        ))
     );
     let mut rest = String::new();
     for t in ["Packets", " cross", " the", " wire"] {
-        rest.push_str(&chunk(&sse_event(&format!("{{\"content\":\"{t}\"}}"), "null", include_usage)));
+        rest.push_str(&chunk(&sse_event(
+            &format!("{{\"content\":\"{t}\"}}"),
+            "null",
+            include_usage,
+        )));
     }
     rest.push_str(&chunk(&sse_event("{}", "\"stop\"", include_usage)));
     if include_usage {
@@ -209,7 +231,11 @@ async fn mock_conn(mut s: TcpStream, answers: &'static MockAnswers) -> R<()> {
             tokio::time::sleep(Duration::from_millis(SLOW_MS)).await;
         }
         if stream {
-            let (first, rest) = if usage { &answers.stream_usage } else { &answers.stream };
+            let (first, rest) = if usage {
+                &answers.stream_usage
+            } else {
+                &answers.stream
+            };
             s.write_all(first).await?;
             s.write_all(rest).await?;
         } else {
@@ -233,23 +259,31 @@ fn start_mock() -> R<SocketAddr> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
-    std::thread::Builder::new().name("mock".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("mock runtime: {e}");
-                return;
-            }
-        };
-        rt.block_on(async move {
-            let Ok(listener) = TcpListener::from_std(std_listener) else { return };
-            while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let _ = mock_conn(s, answers).await;
-                });
-            }
-        });
-    })?;
+    std::thread::Builder::new()
+        .name("mock".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mock runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else {
+                    return;
+                };
+                while let Ok((s, _)) = listener.accept().await {
+                    MOCK_CONNS.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let _ = mock_conn(s, answers).await;
+                    });
+                }
+            });
+        })?;
     Ok(addr)
 }
 
@@ -273,14 +307,20 @@ mod passthrough {
     impl ProxyHttp for Passthrough {
         type CTX = ();
         fn new_ctx(&self) {}
-        async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora_error::Result<Box<HttpPeer>> {
+        async fn upstream_peer(
+            &self,
+            _s: &mut Session,
+            _c: &mut (),
+        ) -> pingora_error::Result<Box<HttpPeer>> {
             Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
         }
     }
 
     /// `--serve-passthrough <listen> <upstream> <tmpdir>`: never returns.
     pub fn serve(args: &[String]) -> ! {
-        let (Some(listen), Some(Ok(upstream)), Some(tmp)) = (args.first(), args.get(1).map(|a| a.parse()), args.get(2)) else {
+        let (Some(listen), Some(Ok(upstream)), Some(tmp)) =
+            (args.first(), args.get(1).map(|a| a.parse()), args.get(2))
+        else {
             eprintln!("usage: --serve-passthrough <listen> <upstream> <tmpdir>");
             std::process::exit(2)
         };
@@ -293,7 +333,8 @@ mod passthrough {
         conf.graceful_shutdown_timeout_seconds = Some(1);
         let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
         server.bootstrap();
-        let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
+        let mut svc =
+            pingora_proxy::http_proxy_service(&server.configuration, Passthrough { upstream });
         svc.add_tcp(listen);
         server.add_service(svc);
         server.run_forever()
@@ -330,7 +371,9 @@ impl Drop for Proc {
 }
 
 fn free_port() -> R<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Where cargo put the binaries: `target/release` for `cargo bench`.
@@ -373,7 +416,13 @@ enum Tracing {
     Off,
 }
 
-fn start_loopgate(bin: &Path, tmp: &Path, name: &str, upstream_base: &str, tracing: Tracing) -> R<(Proc, SocketAddr, SocketAddr)> {
+fn start_loopgate(
+    bin: &Path,
+    tmp: &Path,
+    name: &str,
+    upstream_base: &str,
+    tracing: Tracing,
+) -> R<(Proc, SocketAddr, SocketAddr)> {
     let dir = tmp.join(name);
     std::fs::create_dir_all(&dir)?;
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -426,7 +475,14 @@ backend = "sqlite"
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    Ok((Proc { name: name.to_string(), child }, listen, metrics))
+    Ok((
+        Proc {
+            name: name.to_string(),
+            child,
+        },
+        listen,
+        metrics,
+    ))
 }
 
 fn start_passthrough(tmp: &Path, upstream: SocketAddr) -> R<(Proc, SocketAddr)> {
@@ -442,7 +498,13 @@ fn start_passthrough(tmp: &Path, upstream: SocketAddr) -> R<(Proc, SocketAddr)> 
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    Ok((Proc { name: "passthrough".into(), child }, listen))
+    Ok((
+        Proc {
+            name: "passthrough".into(),
+            child,
+        },
+        listen,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -505,7 +567,9 @@ impl Conn {
         let mut head: Option<Head> = None;
         let mut ttfb = None;
         loop {
-            let Some(s) = self.s.as_mut() else { return Err("no connection".into()) };
+            let Some(s) = self.s.as_mut() else {
+                return Err("no connection".into());
+            };
             let n = s.read(&mut self.tmp).await?;
             if n == 0 {
                 return Err("connection closed by the server".into());
@@ -528,7 +592,12 @@ impl Conn {
             let total = t0.elapsed();
             if h.status_or_path != "200" {
                 let body = String::from_utf8_lossy(&self.buf[h.len..end]).into_owned();
-                return Err(format!("status {}: {}", h.status_or_path, body.chars().take(300).collect::<String>()).into());
+                return Err(format!(
+                    "status {}: {}",
+                    h.status_or_path,
+                    body.chars().take(300).collect::<String>()
+                )
+                .into());
             }
             let ok = if stream {
                 h.chunked && find(&dechunk(&self.buf[h.len..end]), b"data: [DONE]").is_some()
@@ -539,7 +608,10 @@ impl Conn {
                 return Err("incomplete or unexpected response body".into());
             }
             self.buf.drain(..end);
-            return Ok(Timing { total, ttfb: ttfb.unwrap_or(total) });
+            return Ok(Timing {
+                total,
+                ttfb: ttfb.unwrap_or(total),
+            });
         }
     }
 }
@@ -578,14 +650,21 @@ struct LatencyStats {
     errors: usize,
     p50_us: f64,
     p99_us: f64,
+    /// Upstream connections the mock accepted while this target was measured.
+    upstream_conns: usize,
 }
 
 /// Concurrency 1, targets interleaved in rounds. `stream` selects the TTFB measurement.
 async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>> {
     let mut conns: Vec<Conn> = targets.iter().map(|t| Conn::new(t.addr)).collect();
-    let reqs: Vec<Vec<u8>> = targets.iter().map(|t| request_bytes(t.path, stream)).collect();
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(ROUNDS * PER_ROUND); targets.len()];
+    let reqs: Vec<Vec<u8>> = targets
+        .iter()
+        .map(|t| request_bytes(t.path, stream))
+        .collect();
+    let mut samples: Vec<Vec<Duration>> =
+        vec![Vec::with_capacity(ROUNDS * PER_ROUND); targets.len()];
     let mut errors = vec![0usize; targets.len()];
+    let mut upstream_conns = vec![0usize; targets.len()];
     let started = Instant::now();
     for (i, c) in conns.iter_mut().enumerate() {
         for _ in 0..WARMUP {
@@ -596,6 +675,7 @@ async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>>
     }
     'rounds: for _ in 0..ROUNDS {
         for (i, c) in conns.iter_mut().enumerate() {
+            let accepted = MOCK_CONNS.load(Ordering::Relaxed);
             for _ in 0..PER_ROUND {
                 if started.elapsed() > PHASE_CAP {
                     eprintln!("latency phase hit its {PHASE_CAP:?} cap; stopping early");
@@ -606,23 +686,28 @@ async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>>
                     Err(e) => {
                         errors[i] += 1;
                         if errors[i] > 20 {
-                            return Err(format!("{}: too many errors, last: {e}", targets[i].name).into());
+                            return Err(
+                                format!("{}: too many errors, last: {e}", targets[i].name).into()
+                            );
                         }
                     }
                 }
             }
+            upstream_conns[i] += MOCK_CONNS.load(Ordering::Relaxed) - accepted;
         }
     }
     Ok(samples
         .into_iter()
         .zip(errors)
-        .map(|(mut s, errors)| {
+        .zip(upstream_conns)
+        .map(|((mut s, errors), upstream_conns)| {
             s.sort();
             LatencyStats {
                 n: s.len(),
                 errors,
                 p50_us: percentile(&s, 50.0),
                 p99_us: percentile(&s, 99.0),
+                upstream_conns,
             }
         })
         .collect())
@@ -696,7 +781,10 @@ async fn wait_ready(name: &str, addr: SocketAddr, path: &str, proc_: Option<&mut
     while Instant::now() < deadline {
         if let Some(p) = p.as_mut() {
             if let Ok(Some(st)) = p.child.try_wait() {
-                return Err(format!("{name} exited at startup ({st}); see its log in the temp dir").into());
+                return Err(format!(
+                    "{name} exited at startup ({st}); see its log in the temp dir"
+                )
+                .into());
             }
         }
         let mut c = Conn::new(addr);
@@ -712,13 +800,20 @@ async fn wait_ready(name: &str, addr: SocketAddr, path: &str, proc_: Option<&mut
 /// Read one counter family's total from a Prometheus text page.
 async fn scrape(addr: SocketAddr, metric: &str) -> Option<f64> {
     let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     let text = String::from_utf8_lossy(&buf);
     let mut sum = None;
     for l in text.lines() {
-        if l.starts_with(metric) && (l[metric.len()..].starts_with('{') || l[metric.len()..].starts_with(' ')) {
+        if l.starts_with(metric)
+            && (l[metric.len()..].starts_with('{') || l[metric.len()..].starts_with(' '))
+        {
             if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
                 *sum.get_or_insert(0.0) += v;
             }
@@ -741,12 +836,10 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.1}")
-    } else {
-        "null".into()
-    }
+/// `x` to `digits` decimals; `None` (JSON `null`) for a missing value.
+fn round(x: f64, digits: i32) -> Option<f64> {
+    let k = 10f64.powi(digits);
+    x.is_finite().then(|| (x * k).round() / k)
 }
 
 async fn run() -> R<()> {
@@ -758,23 +851,83 @@ async fn run() -> R<()> {
     eprintln!("mock on {mock}; loopgate binary {}", bin.display());
 
     let (mut pt, pt_addr) = start_passthrough(tmp.path(), mock)?;
-    let (mut on, on_addr, on_metrics) = start_loopgate(&bin, tmp.path(), "lg_trace_on", &fast_base, Tracing::On)?;
-    let (mut off, off_addr, off_metrics) = start_loopgate(&bin, tmp.path(), "lg_trace_off", &fast_base, Tracing::Off)?;
-    let (mut on_slow, on_slow_addr, _) = start_loopgate(&bin, tmp.path(), "lg_trace_on_slow", &slow_base, Tracing::On)?;
-    let (mut off_slow, off_slow_addr, _) = start_loopgate(&bin, tmp.path(), "lg_trace_off_slow", &slow_base, Tracing::Off)?;
-    wait_ready("passthrough", pt_addr, "/v1/chat/completions", Some(&mut pt)).await?;
-    wait_ready("lg_trace_on", on_addr, "/v1/chat/completions", Some(&mut on)).await?;
-    wait_ready("lg_trace_off", off_addr, "/v1/chat/completions", Some(&mut off)).await?;
-    wait_ready("lg_trace_on_slow", on_slow_addr, "/v1/chat/completions", Some(&mut on_slow)).await?;
-    wait_ready("lg_trace_off_slow", off_slow_addr, "/v1/chat/completions", Some(&mut off_slow)).await?;
+    let (mut on, on_addr, on_metrics) =
+        start_loopgate(&bin, tmp.path(), "lg_trace_on", &fast_base, Tracing::On)?;
+    let (mut off, off_addr, off_metrics) =
+        start_loopgate(&bin, tmp.path(), "lg_trace_off", &fast_base, Tracing::Off)?;
+    let (mut on_slow, on_slow_addr, _) = start_loopgate(
+        &bin,
+        tmp.path(),
+        "lg_trace_on_slow",
+        &slow_base,
+        Tracing::On,
+    )?;
+    let (mut off_slow, off_slow_addr, _) = start_loopgate(
+        &bin,
+        tmp.path(),
+        "lg_trace_off_slow",
+        &slow_base,
+        Tracing::Off,
+    )?;
+    wait_ready(
+        "passthrough",
+        pt_addr,
+        "/v1/chat/completions",
+        Some(&mut pt),
+    )
+    .await?;
+    wait_ready(
+        "lg_trace_on",
+        on_addr,
+        "/v1/chat/completions",
+        Some(&mut on),
+    )
+    .await?;
+    wait_ready(
+        "lg_trace_off",
+        off_addr,
+        "/v1/chat/completions",
+        Some(&mut off),
+    )
+    .await?;
+    wait_ready(
+        "lg_trace_on_slow",
+        on_slow_addr,
+        "/v1/chat/completions",
+        Some(&mut on_slow),
+    )
+    .await?;
+    wait_ready(
+        "lg_trace_off_slow",
+        off_slow_addr,
+        "/v1/chat/completions",
+        Some(&mut off_slow),
+    )
+    .await?;
     let load_before = load_average();
     eprintln!("all up; load average {load_before}");
 
     let lat_targets = [
-        Target { name: "direct", addr: mock, path: "/v1/chat/completions" },
-        Target { name: "passthrough", addr: pt_addr, path: "/v1/chat/completions" },
-        Target { name: "lg_trace_on", addr: on_addr, path: "/v1/chat/completions" },
-        Target { name: "lg_trace_off", addr: off_addr, path: "/v1/chat/completions" },
+        Target {
+            name: "direct",
+            addr: mock,
+            path: "/v1/chat/completions",
+        },
+        Target {
+            name: "passthrough",
+            addr: pt_addr,
+            path: "/v1/chat/completions",
+        },
+        Target {
+            name: "lg_trace_on",
+            addr: on_addr,
+            path: "/v1/chat/completions",
+        },
+        Target {
+            name: "lg_trace_off",
+            addr: off_addr,
+            path: "/v1/chat/completions",
+        },
     ];
     eprintln!("latency, non-stream ...");
     let non_stream = latency_phase(&lat_targets, false).await?;
@@ -782,10 +935,26 @@ async fn run() -> R<()> {
     let stream = latency_phase(&lat_targets, true).await?;
 
     let tp_targets = [
-        Target { name: "direct", addr: mock, path: "/slow/v1/chat/completions" },
-        Target { name: "passthrough", addr: pt_addr, path: "/slow/v1/chat/completions" },
-        Target { name: "lg_trace_on", addr: on_slow_addr, path: "/v1/chat/completions" },
-        Target { name: "lg_trace_off", addr: off_slow_addr, path: "/v1/chat/completions" },
+        Target {
+            name: "direct",
+            addr: mock,
+            path: "/slow/v1/chat/completions",
+        },
+        Target {
+            name: "passthrough",
+            addr: pt_addr,
+            path: "/slow/v1/chat/completions",
+        },
+        Target {
+            name: "lg_trace_on",
+            addr: on_slow_addr,
+            path: "/v1/chat/completions",
+        },
+        Target {
+            name: "lg_trace_off",
+            addr: off_slow_addr,
+            path: "/v1/chat/completions",
+        },
     ];
     let mut tp = Vec::new();
     for t in &tp_targets {
@@ -799,27 +968,73 @@ async fn run() -> R<()> {
     drop((pt, on, off, on_slow, off_slow));
 
     // Report.
-    let added = |s: &[LatencyStats], i: usize| (s[i].p50_us - s[0].p50_us, s[i].p99_us - s[0].p99_us);
+    let added =
+        |s: &[LatencyStats], i: usize| (s[i].p50_us - s[0].p50_us, s[i].p99_us - s[0].p99_us);
     let mut out = String::new();
-    let _ = writeln!(out, "\nloopgate load benchmark ({} cores, load average {load_before} -> {load_after})", num_cpus());
-    let _ = writeln!(out, "concurrency 1, {} requests per target after {WARMUP} warm-up, microseconds", ROUNDS * PER_ROUND);
-    let _ = writeln!(out, "{:<14} {:>9} {:>9} {:>11} {:>11} | {:>9} {:>9} {:>11} {:>11}", "target", "p50", "p99", "added p50", "added p99", "TTFB p50", "TTFB p99", "added p50", "added p99");
+    let _ = writeln!(
+        out,
+        "\nloopgate load benchmark ({} cores, load average {load_before} -> {load_after})",
+        num_cpus()
+    );
+    let _ = writeln!(
+        out,
+        "concurrency 1, {} requests per target after {WARMUP} warm-up, microseconds; conns = upstream connections the mock accepted",
+        ROUNDS * PER_ROUND
+    );
+    let _ = writeln!(
+        out,
+        "{:<14} {:>9} {:>9} {:>10} {:>10} {:>6} | {:>9} {:>9} {:>10} {:>10} {:>6}",
+        "target",
+        "p50",
+        "p99",
+        "added p50",
+        "added p99",
+        "conns",
+        "TTFB p50",
+        "TTFB p99",
+        "added p50",
+        "added p99",
+        "conns"
+    );
     for (i, t) in lat_targets.iter().enumerate() {
         let (a50, a99) = added(&non_stream, i);
         let (s50, s99) = added(&stream, i);
         let _ = writeln!(
             out,
-            "{:<14} {:>9.1} {:>9.1} {:>11.1} {:>11.1} | {:>9.1} {:>9.1} {:>11.1} {:>11.1}",
-            t.name, non_stream[i].p50_us, non_stream[i].p99_us, a50, a99, stream[i].p50_us, stream[i].p99_us, s50, s99
+            "{:<14} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>6} | {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>6}",
+            t.name,
+            non_stream[i].p50_us,
+            non_stream[i].p99_us,
+            a50,
+            a99,
+            non_stream[i].upstream_conns,
+            stream[i].p50_us,
+            stream[i].p99_us,
+            s50,
+            s99,
+            stream[i].upstream_conns
         );
     }
-    let _ = writeln!(out, "\nthroughput: {CONCURRENCY} connections, mock answers after {SLOW_MS} ms, {}s window", WINDOW.as_secs());
-    let _ = writeln!(out, "{:<14} {:>10} {:>8} {:>9} {:>9} {:>7}", "target", "req/s", "errors", "p50 ms", "p99 ms", "x pt");
+    let _ = writeln!(
+        out,
+        "\nthroughput: {CONCURRENCY} connections, mock answers after {SLOW_MS} ms, {}s window",
+        WINDOW.as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "{:<14} {:>10} {:>8} {:>9} {:>9} {:>7}",
+        "target", "req/s", "errors", "p50 ms", "p99 ms", "x pt"
+    );
     for (i, t) in tp_targets.iter().enumerate() {
         let _ = writeln!(
             out,
             "{:<14} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>7.3}",
-            t.name, tp[i].rps, tp[i].errors, tp[i].p50_ms, tp[i].p99_ms, tp[i].rps / tp[1].rps
+            t.name,
+            tp[i].rps,
+            tp[i].errors,
+            tp[i].p50_ms,
+            tp[i].p99_ms,
+            tp[i].rps / tp[1].rps
         );
     }
 
@@ -828,17 +1043,41 @@ async fn run() -> R<()> {
     for (mode, s) in [("non-stream", &non_stream), ("stream TTFB", &stream)] {
         let (pt50, _) = added(s, 1);
         let (lg50, lg99) = added(s, 2);
-        checks.push((format!("{mode}: added p50 within 25 us of passthrough's"), lg50 - pt50, 25.0, lg50 - pt50 <= 25.0));
-        checks.push((format!("{mode}: added p99 <= 150 us"), lg99, 150.0, lg99 <= 150.0));
+        checks.push((
+            format!("{mode}: added p50 within 25 us of passthrough's"),
+            lg50 - pt50,
+            25.0,
+            lg50 - pt50 <= 25.0,
+        ));
+        checks.push((
+            format!("{mode}: added p99 <= 150 us"),
+            lg99,
+            150.0,
+            lg99 <= 150.0,
+        ));
     }
     let ratio = tp[2].rps / tp[1].rps;
-    checks.push(("throughput >= 0.85x passthrough".into(), ratio, 0.85, ratio >= 0.85));
+    checks.push((
+        "throughput >= 0.85x passthrough".into(),
+        ratio,
+        0.85,
+        ratio >= 0.85,
+    ));
     let (on50, _) = added(&non_stream, 2);
     let (off50, _) = added(&non_stream, 3);
-    checks.push(("tracing on vs off: p50 difference < 10 us (issue 4)".into(), on50 - off50, 10.0, on50 - off50 < 10.0));
+    checks.push((
+        "tracing on vs off: p50 difference < 10 us (issue 4)".into(),
+        on50 - off50,
+        10.0,
+        on50 - off50 < 10.0,
+    ));
     let _ = writeln!(out, "\ntargets (loopgate = tracing on):");
     for (what, value, limit, ok) in &checks {
-        let _ = writeln!(out, "  {:<4} {what}: {value:.2} (limit {limit})", verdict(*ok));
+        let _ = writeln!(
+            out,
+            "  {:<4} {what}: {value:.2} (limit {limit})",
+            verdict(*ok)
+        );
     }
     let _ = writeln!(
         out,
@@ -851,61 +1090,68 @@ async fn run() -> R<()> {
 
     // JSON.
     let lat_json = |s: &[LatencyStats]| {
-        lat_targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let (a50, a99) = added(s, i);
-                format!(
-                    "\"{}\":{{\"n\":{},\"errors\":{},\"p50_us\":{},\"p99_us\":{},\"added_p50_us\":{},\"added_p99_us\":{}}}",
-                    t.name, s[i].n, s[i].errors, json_num(s[i].p50_us), json_num(s[i].p99_us), json_num(a50), json_num(a99)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        let mut m = serde_json::Map::new();
+        for (i, t) in lat_targets.iter().enumerate() {
+            let (a50, a99) = added(s, i);
+            m.insert(
+                t.name.into(),
+                serde_json::json!({
+                    "n": s[i].n, "errors": s[i].errors,
+                    "p50_us": round(s[i].p50_us, 1), "p99_us": round(s[i].p99_us, 1),
+                    "added_p50_us": round(a50, 1), "added_p99_us": round(a99, 1),
+                    "upstream_connections_opened": s[i].upstream_conns,
+                }),
+            );
+        }
+        serde_json::Value::Object(m)
     };
-    let tp_json = tp_targets
+    let mut tp_json = serde_json::Map::new();
+    for (i, t) in tp_targets.iter().enumerate() {
+        tp_json.insert(
+            t.name.into(),
+            serde_json::json!({
+                "rps": round(tp[i].rps, 1), "completed": tp[i].completed, "errors": tp[i].errors,
+                "p50_ms": round(tp[i].p50_ms, 3), "p99_ms": round(tp[i].p99_ms, 3),
+            }),
+        );
+    }
+    let checks_json: Vec<_> = checks
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            format!(
-                "\"{}\":{{\"rps\":{},\"completed\":{},\"errors\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3}}}",
-                t.name, json_num(tp[i].rps), tp[i].completed, tp[i].errors, tp[i].p50_ms, tp[i].p99_ms
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let checks_json = checks
-        .iter()
-        .map(|(w, v, l, ok)| format!("{{\"target\":{},\"value\":{v:.3},\"limit\":{l},\"pass\":{ok}}}", serde_json::Value::String(w.clone())))
-        .collect::<Vec<_>>()
-        .join(",");
-    let json = format!(
-        "{{\"cores\":{},\"load_average_before\":\"{load_before}\",\"load_average_after\":\"{load_after}\",\"requests_per_target\":{},\"concurrency\":{CONCURRENCY},\"slow_mock_ms\":{SLOW_MS},\"window_s\":{},\"latency_non_stream\":{{{}}},\"latency_stream_ttfb\":{{{}}},\"throughput\":{{{tp_json}}},\"throughput_ratio\":{:.3},\"checks\":[{checks_json}],\"traces_written\":{},\"traces_dropped\":{}}}\n",
-        num_cpus(),
-        ROUNDS * PER_ROUND,
-        WINDOW.as_secs(),
-        lat_json(&non_stream),
-        lat_json(&stream),
-        ratio,
-        traces_written.map_or("null".into(), |v| v.to_string()),
-        traces_dropped.map_or("0".into(), |v| v.to_string()),
-    );
-    // Validate before writing: the file is for tools.
-    let parsed: serde_json::Value = serde_json::from_str(&json)?;
+        .map(|(w, v, l, ok)| serde_json::json!({"target": w, "value": round(*v, 2), "limit": l, "pass": ok}))
+        .collect();
+    let json = serde_json::json!({
+        "cores": num_cpus(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "requests_per_target": ROUNDS * PER_ROUND,
+        "warmup_per_target": WARMUP,
+        "concurrency": CONCURRENCY,
+        "slow_mock_ms": SLOW_MS,
+        "window_s": WINDOW.as_secs(),
+        "latency_non_stream": lat_json(&non_stream),
+        "latency_stream_ttfb": lat_json(&stream),
+        "throughput": tp_json,
+        "throughput_ratio": round(ratio, 3),
+        "checks": checks_json,
+        "traces_written_tracing_on": traces_written,
+        "traces_dropped_tracing_on": traces_dropped.unwrap_or(0.0),
+        "traces_written_tracing_off": off_written.unwrap_or(0.0),
+    });
     let dir = target_profile_dir()?
         .parent()
         .map(|t| t.join("bench-results"))
         .ok_or("no target directory")?;
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("load.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&parsed)?)?;
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", path.display());
     Ok(())
 }
 
 fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn main() {
@@ -914,7 +1160,10 @@ fn main() {
         passthrough::serve(&args[i + 1..]);
     }
     // `cargo bench -- <filter>` passes filters; this bench has one scenario and ignores them.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("load bench: runtime: {e}");

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use loopgate::feedback::aggregator::{Aggregator, FeedbackEvent, FeedbackKind};
 use loopgate::feedback::constraints::Constraints;
-use loopgate::feedback::posterior::{Observation, Posterior, PosteriorConfig, PosteriorState, Scale, Signal};
+use loopgate::feedback::posterior::{
+    Observation, Posterior, PosteriorConfig, PosteriorState, Scale, Signal,
+};
 use loopgate::feedback::router::{
-    decide, ExplorationConfig, Mode, ModelInput, PreparedRoute, RequestContext, RouteInput, ScoreWeights,
+    decide, ExplorationConfig, Mode, ModelInput, PreparedRoute, RequestContext, RouteInput,
+    ScoreWeights,
 };
 
 fn posterior(k: u64, n: u64) -> Posterior {
@@ -18,7 +21,13 @@ fn posterior(k: u64, n: u64) -> Posterior {
     for i in 0..n {
         let id = format!("o{i}");
         let value = if i < k { 1.0 } else { 0.0 };
-        let obs = Observation { id: &id, at_ms: 0, signal: Signal::Feedback, value, weight: 1.0 };
+        let obs = Observation {
+            id: &id,
+            at_ms: 0,
+            signal: Signal::Feedback,
+            value,
+            weight: 1.0,
+        };
         let _ = s.fold(&obs, &cfg);
     }
     s.posterior(None, &cfg)
@@ -33,14 +42,23 @@ fn route() -> Arc<PreparedRoute> {
         success_rate: Some(0.995),
     };
     let candidates = (0..10)
-        .map(|i| model(format!("cand-{i}"), posterior(1790 - 20 * i, 2000), 0.001 * (i + 1) as f64))
+        .map(|i| {
+            model(
+                format!("cand-{i}"),
+                posterior(1790 - 20 * i, 2000),
+                0.001 * (i + 1) as f64,
+            )
+        })
         .collect();
     let prepared = PreparedRoute::prepare(RouteInput {
         route: Arc::from("bench"),
         mode: Mode::Live,
         baseline: model("baseline".into(), posterior(1800, 2000), 0.02),
         candidates,
-        constraints: Constraints { daily_budget: Some(1000.0), ..Constraints::default() },
+        constraints: Constraints {
+            daily_budget: Some(1000.0),
+            ..Constraints::default()
+        },
         weights: ScoreWeights::default(),
         exploration: ExplorationConfig::default(),
         pinned: None,
@@ -69,7 +87,12 @@ fn bench_decide(c: &mut Criterion) {
     });
     c.bench_function("decide_and_trace_10_candidates", |b| {
         b.iter(|| {
-            let ctx = RequestContext { spend_today: 12.0, exploration_share: 0.01, sticky: None, rng: 0.5 };
+            let ctx = RequestContext {
+                spend_today: 12.0,
+                exploration_share: 0.01,
+                sticky: None,
+                rng: 0.5,
+            };
             black_box(decide(&r, &ctx).trace("req", 0))
         })
     });
@@ -78,37 +101,58 @@ fn bench_decide(c: &mut Criterion) {
             route: Arc::from("bench"),
             mode: Mode::Live,
             baseline: r.models[0].clone().into_input(),
-            candidates: r.models[1..].iter().map(|m| m.clone().into_input()).collect(),
+            candidates: r.models[1..]
+                .iter()
+                .map(|m| m.clone().into_input())
+                .collect(),
             constraints: r.constraints.clone(),
             weights: ScoreWeights::default(),
             exploration: ExplorationConfig::default(),
             pinned: None,
             table_version: 2,
         };
-        b.iter_batched(|| input.clone(), |i| black_box(PreparedRoute::prepare(i)), BatchSize::SmallInput)
+        b.iter_batched(
+            || input.clone(),
+            |i| black_box(PreparedRoute::prepare(i)),
+            BatchSize::SmallInput,
+        )
     });
 }
 
 fn events(n: usize) -> Vec<FeedbackEvent> {
-    let routes: Vec<Arc<str>> = (0..5).map(|i| Arc::from(format!("route-{i}").as_str())).collect();
-    let models: Vec<Arc<str>> = (0..10).map(|i| Arc::from(format!("model-{i}").as_str())).collect();
+    let routes: Vec<Arc<str>> = (0..5)
+        .map(|i| Arc::from(format!("route-{i}").as_str()))
+        .collect();
+    let models: Vec<Arc<str>> = (0..10)
+        .map(|i| Arc::from(format!("model-{i}").as_str()))
+        .collect();
     (0..n)
         .map(|i| {
             let kind = if i % 10 == 9 {
                 FeedbackKind::SessionNps {
                     nps: (i % 11) as f64,
-                    requests: (0..4).map(|k| (routes[i % 5].clone(), models[(i + k) % 10].clone())).collect(),
+                    requests: (0..4)
+                        .map(|k| (routes[i % 5].clone(), models[(i + k) % 10].clone()))
+                        .collect(),
                 }
             } else {
                 FeedbackKind::Score {
                     route: routes[i % 5].clone(),
                     model: models[(i / 5) % 10].clone(),
-                    signal: if i % 2 == 0 { Signal::Judge } else { Signal::Feedback },
+                    signal: if i % 2 == 0 {
+                        Signal::Judge
+                    } else {
+                        Signal::Feedback
+                    },
                     value: (i % 2) as f64,
                     scale: Scale::Thumbs,
                 }
             };
-            FeedbackEvent { id: format!("evt-{i:08}"), at_ms: (i as i64) * 1000, kind }
+            FeedbackEvent {
+                id: format!("evt-{i:08}"),
+                at_ms: (i as i64) * 1000,
+                kind,
+            }
         })
         .collect()
 }

@@ -735,3 +735,24 @@ async fn graceful_shutdown_lets_streams_finish() {
     let id_count = trace_rows(&g.db_path(), "WHERE stream = 1 AND status = 200");
     assert_eq!(id_count, 1, "the stream's trace was flushed before exit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_prefix_is_configurable() {
+    let mock = MockUpstream::start(openai_like()).await;
+    let g = GatewayProc::start_with_server("header_prefix = \"Helicone\"\n", "", &openai_env(&mock));
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .header("Helicone-Session-Id", "sess-h")
+        .header("Helicone-Property-Team", "search")
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["helicone-request-id"].to_str().unwrap().to_string();
+    assert_eq!(r.headers()["helicone-provider"], "openai");
+    assert!(r.headers().get("loopgate-request-id").is_none());
+    let text = log_entry(&g, &id).await.to_string();
+    assert!(text.contains("sess-h") && text.contains("search"), "{text}");
+}

@@ -95,7 +95,9 @@ impl Aggregator {
     pub fn new(cfg: PosteriorConfig, nps_weight: f64) -> Result<Self, String> {
         cfg.validate()?;
         if !(nps_weight.is_finite() && nps_weight > 0.0) {
-            return Err(format!("nps_weight must be finite and > 0, got {nps_weight}"));
+            return Err(format!(
+                "nps_weight must be finite and > 0, got {nps_weight}"
+            ));
         }
         Ok(Aggregator {
             cfg,
@@ -202,7 +204,10 @@ impl Aggregator {
     }
 
     /// Fold a batch (e.g. everything new in the store since the last cursor).
-    pub fn fold_batch<'a>(&mut self, events: impl IntoIterator<Item = &'a FeedbackEvent>) -> BatchReport {
+    pub fn fold_batch<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a FeedbackEvent>,
+    ) -> BatchReport {
         let mut rep = BatchReport::default();
         for ev in events {
             match self.fold(ev) {
@@ -249,7 +254,14 @@ mod tests {
         Arc::from(x)
     }
 
-    fn score(id: &str, route: &str, model: &str, signal: Signal, value: f64, scale: Scale) -> FeedbackEvent {
+    fn score(
+        id: &str,
+        route: &str,
+        model: &str,
+        signal: Signal,
+        value: f64,
+        scale: Scale,
+    ) -> FeedbackEvent {
         FeedbackEvent {
             id: id.into(),
             at_ms: 0,
@@ -274,7 +286,9 @@ mod tests {
         // A rejected id is not burnt: the corrected event folds.
         let fixed = score("f2", "r", "m", Signal::Feedback, 4.0, Scale::OneToFive);
         assert_eq!(a.fold(&fixed), Ok(FoldOutcome::Applied { posteriors: 1 }));
-        assert!(a.fold(&score("f3", "r", "m", Signal::Benchmark, 1.0, Scale::Unit)).is_err());
+        assert!(a
+            .fold(&score("f3", "r", "m", Signal::Benchmark, 1.0, Scale::Unit))
+            .is_err());
         let bad2 = score("f4", "r", "m", Signal::Admin, -1.0, Scale::ZeroToTen);
         let rep = a.fold_batch([&e, &bad2]);
         assert_eq!((rep.applied, rep.duplicates, rep.rejected.len()), (0, 1, 1));
@@ -294,18 +308,34 @@ mod tests {
             at_ms: 5,
             kind: FeedbackKind::SessionNps {
                 nps: 9.0,
-                requests: vec![(s("r"), s("a")), (s("r"), s("b")), (s("r"), s("a")), (s("r"), s("a"))],
+                requests: vec![
+                    (s("r"), s("a")),
+                    (s("r"), s("b")),
+                    (s("r"), s("a")),
+                    (s("r"), s("a")),
+                ],
             },
         };
         assert_eq!(a.fold(&ev), Ok(FoldOutcome::Applied { posteriors: 2 }));
         let snap = a.snapshot();
-        let pa = snap.get("r", "a").unwrap().signal(Signal::SessionNps).raw_weight;
-        let pb = snap.get("r", "b").unwrap().signal(Signal::SessionNps).raw_weight;
+        let pa = snap
+            .get("r", "a")
+            .unwrap()
+            .signal(Signal::SessionNps)
+            .raw_weight;
+        let pb = snap
+            .get("r", "b")
+            .unwrap()
+            .signal(Signal::SessionNps)
+            .raw_weight;
         assert!((pa - 0.75).abs() < 1e-12 && (pb - 0.25).abs() < 1e-12);
         let empty = FeedbackEvent {
             id: "nps2".into(),
             at_ms: 0,
-            kind: FeedbackKind::SessionNps { nps: 5.0, requests: vec![] },
+            kind: FeedbackKind::SessionNps {
+                nps: 5.0,
+                requests: vec![],
+            },
         };
         assert_eq!(a.fold(&empty), Err(PosteriorError::EmptySession));
     }

@@ -190,12 +190,23 @@ impl Constraints {
                 errs.push(format!("{name} must be in [0, 1] ({what}), got {v}"));
             }
         };
-        unit("max_regression", self.max_regression, "a drop on the 0-1 quality scale");
+        unit(
+            "max_regression",
+            self.max_regression,
+            "a drop on the 0-1 quality scale",
+        );
         if let Some(v) = self.min_quality {
             unit("min_quality", v, "a floor on the 0-1 quality scale");
         }
-        unit("max_exploration_share", self.max_exploration_share, "a share of traffic");
-        if !(self.min_confidence.is_finite() && self.min_confidence > 0.5 && self.min_confidence < 1.0) {
+        unit(
+            "max_exploration_share",
+            self.max_exploration_share,
+            "a share of traffic",
+        );
+        if !(self.min_confidence.is_finite()
+            && self.min_confidence > 0.5
+            && self.min_confidence < 1.0)
+        {
             errs.push(format!(
                 "min_confidence must be in (0.5, 1) (a probability; 1 would never promote), got {}",
                 self.min_confidence
@@ -204,12 +215,22 @@ impl Constraints {
         let mut nonneg = |name: &str, v: Option<f64>, what: &str| {
             if let Some(v) = v {
                 if !(v.is_finite() && v >= 0.0) {
-                    errs.push(format!("{name} must be a finite number >= 0 ({what}), got {v}"));
+                    errs.push(format!(
+                        "{name} must be a finite number >= 0 ({what}), got {v}"
+                    ));
                 }
             }
         };
-        nonneg("max_latency_increase", self.max_latency_increase, "a fraction: 0.2 = +20% p95");
-        nonneg("max_cost_increase", self.max_cost_increase, "a fraction: 0.1 = +10% vs baseline");
+        nonneg(
+            "max_latency_increase",
+            self.max_latency_increase,
+            "a fraction: 0.2 = +20% p95",
+        );
+        nonneg(
+            "max_cost_increase",
+            self.max_cost_increase,
+            "a fraction: 0.1 = +10% vs baseline",
+        );
         nonneg("max_cost_per_request", self.max_cost_per_request, "USD");
         nonneg("daily_budget", self.daily_budget, "USD per UTC day");
         if errs.is_empty() {
@@ -321,7 +342,10 @@ impl Constraints {
     ) -> KnobSet {
         let mut s = KnobSet::default();
         for k in Knob::ALL {
-            if !self.check(k, cand, base, spend_today, exploration_share).passed {
+            if !self
+                .check(k, cand, base, spend_today, exploration_share)
+                .passed
+            {
                 s.insert(k);
             }
         }
@@ -356,7 +380,10 @@ mod tests {
         let j = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Constraints>(&j).unwrap(), c);
         let e = serde_json::from_str::<Constraints>(r#"{"max_regresion": 0.1}"#).unwrap_err();
-        assert!(e.to_string().contains("unknown field `max_regresion`"), "{e}");
+        assert!(
+            e.to_string().contains("unknown field `max_regresion`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -409,7 +436,10 @@ mod tests {
         assert!(row(Knob::MinSamples).passed);
         assert!(row(Knob::MaxExplorationShare).passed);
         let f = c.failures(&cand, &base, 9.999, 0.01);
-        assert_eq!(f.iter().collect::<Vec<_>>(), vec![Knob::MaxLatencyIncrease, Knob::DailyBudget]);
+        assert_eq!(
+            f.iter().collect::<Vec<_>>(),
+            vec![Knob::MaxLatencyIncrease, Knob::DailyBudget]
+        );
         assert!(f.blocks(Action::Promote) && f.blocks(Action::Explore));
     }
 
@@ -419,9 +449,21 @@ mod tests {
             max_latency_increase: Some(0.1),
             ..Constraints::default()
         };
-        let r = c.check(Knob::MaxLatencyIncrease, &stats(0.9, 0.0, None), &stats(0.9, 0.0, Some(5.0)), 0.0, 0.0);
+        let r = c.check(
+            Knob::MaxLatencyIncrease,
+            &stats(0.9, 0.0, None),
+            &stats(0.9, 0.0, Some(5.0)),
+            0.0,
+            0.0,
+        );
         assert!(r.passed && r.value.is_none());
-        let r = c.check(Knob::MaxCostIncrease, &stats(0.9, 0.001, None), &stats(0.9, 0.0, None), 0.0, 0.0);
+        let r = c.check(
+            Knob::MaxCostIncrease,
+            &stats(0.9, 0.001, None),
+            &stats(0.9, 0.0, None),
+            0.0,
+            0.0,
+        );
         assert!(!r.passed);
     }
 

@@ -113,8 +113,15 @@ impl Decision {
             let explorable = r.explorable(i, &ctx);
             let mut filter_reasons = Vec::new();
             if i != 0 {
-                for row in c.evaluate(&m.stats, &base.stats, ctx.spend_today, ctx.exploration_share) {
-                    if !row.passed && (row.name.gates(Action::Promote) || row.name.gates(Action::Explore)) {
+                for row in c.evaluate(
+                    &m.stats,
+                    &base.stats,
+                    ctx.spend_today,
+                    ctx.exploration_share,
+                ) {
+                    if !row.passed
+                        && (row.name.gates(Action::Promote) || row.name.gates(Action::Explore))
+                    {
                         filter_reasons.push(reason(&row));
                     }
                 }
@@ -177,7 +184,12 @@ impl Decision {
             },
             signals: fm.unwrap_or(base).posterior.signals.to_vec(),
             constraints: fm.map_or_else(Vec::new, |m| {
-                c.evaluate(&m.stats, &base.stats, ctx.spend_today, ctx.exploration_share)
+                c.evaluate(
+                    &m.stats,
+                    &base.stats,
+                    ctx.spend_today,
+                    ctx.exploration_share,
+                )
             }),
             score: chosen.score,
             candidates,
@@ -440,14 +452,21 @@ mod tests {
 
     #[test]
     fn canonical_form_sorts_keys_and_strips_space() {
-        let v: Value = serde_json::from_str(r#"{ "b": [1, {"z": 1, "a": "x y"}], "a": 0.5 }"#).unwrap();
+        let v: Value =
+            serde_json::from_str(r#"{ "b": [1, {"z": 1, "a": "x y"}], "a": 0.5 }"#).unwrap();
         assert_eq!(canonical_json(&v), r#"{"a":0.5,"b":[1,{"a":"x y","z":1}]}"#);
     }
 
     #[test]
     fn promoted_trace_has_everything_and_verifies() {
         let r = sample_route(Mode::Live);
-        let d = decide(&r, &RequestContext { rng: 0.9, ..Default::default() });
+        let d = decide(
+            &r,
+            &RequestContext {
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
         let t = d.trace("req_1", 1_700_000_000_000);
         assert_eq!(t.chosen, "gpt-4o-mini");
         assert_eq!(t.kind, PickKind::Promoted);
@@ -457,11 +476,33 @@ mod tests {
         assert_eq!(t.candidates.len(), 4);
         assert_eq!(t.signals.len(), 5);
         assert!(t.confidence.unwrap() >= 0.95);
-        assert!(t.explanation.starts_with("Chose gpt-4o-mini over the default gpt-4o"), "{}", t.explanation);
-        let bad = t.candidates.iter().find(|c| c.model == "cheap-bad").unwrap();
-        assert!(bad.filter_reasons.iter().any(|r| r.starts_with("min_confidence")), "{:?}", bad.filter_reasons);
+        assert!(
+            t.explanation
+                .starts_with("Chose gpt-4o-mini over the default gpt-4o"),
+            "{}",
+            t.explanation
+        );
+        let bad = t
+            .candidates
+            .iter()
+            .find(|c| c.model == "cheap-bad")
+            .unwrap();
+        assert!(
+            bad.filter_reasons
+                .iter()
+                .any(|r| r.starts_with("min_confidence")),
+            "{:?}",
+            bad.filter_reasons
+        );
         let newcomer = t.candidates.iter().find(|c| c.model == "newcomer").unwrap();
-        assert!(newcomer.filter_reasons.iter().any(|r| r.starts_with("min_samples: 10")), "{:?}", newcomer.filter_reasons);
+        assert!(
+            newcomer
+                .filter_reasons
+                .iter()
+                .any(|r| r.starts_with("min_samples: 10")),
+            "{:?}",
+            newcomer.filter_reasons
+        );
         let psum: f64 = t.candidates.iter().map(|c| c.propensity).sum();
         assert!((psum - 1.0).abs() < 1e-9);
 
@@ -477,10 +518,19 @@ mod tests {
         let mut v2 = v.clone();
         v2["served"] = Value::String("gpt-4o".into());
         assert_eq!(verify_value(&v2, &key()), Err(SignError::Mismatch));
-        let other = SigningKey { key_id: "k1".into(), secret: Secret::new("other".into()) };
+        let other = SigningKey {
+            key_id: "k1".into(),
+            secret: Secret::new("other".into()),
+        };
         assert_eq!(verify_value(&v, &other), Err(SignError::Mismatch));
-        let wrong_id = SigningKey { key_id: "k2".into(), secret: Secret::new("x".into()) };
-        assert!(matches!(verify_value(&v, &wrong_id), Err(SignError::KeyId { .. })));
+        let wrong_id = SigningKey {
+            key_id: "k2".into(),
+            secret: Secret::new("x".into()),
+        };
+        assert!(matches!(
+            verify_value(&v, &wrong_id),
+            Err(SignError::KeyId { .. })
+        ));
         let mut unsigned = v.clone();
         unsigned.as_object_mut().unwrap().remove("signature");
         assert_eq!(verify_value(&unsigned, &key()), Err(SignError::Unsigned));
@@ -491,23 +541,43 @@ mod tests {
     #[test]
     fn baseline_and_shadow_traces_explain_the_miss() {
         let r = sample_route(Mode::Shadow);
-        let d = decide(&r, &RequestContext { rng: 0.9, ..Default::default() });
+        let d = decide(
+            &r,
+            &RequestContext {
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
         let t = d.trace("req_2", 0);
         assert!(t.shadow);
         assert_eq!(t.served, "gpt-4o");
         assert_eq!(t.would_have.as_deref(), Some("gpt-4o-mini"));
-        assert!(t.explanation.ends_with("Shadow mode: served gpt-4o."), "{}", t.explanation);
+        assert!(
+            t.explanation.ends_with("Shadow mode: served gpt-4o."),
+            "{}",
+            t.explanation
+        );
 
         // Daily budget spent: the default is served and the failing row is named.
         let r = sample_route(Mode::Live);
         let mut input = (*r).clone();
         input.constraints.daily_budget = Some(1.0);
         let r = std::sync::Arc::new(input);
-        let d = decide(&r, &RequestContext { spend_today: 1.0, rng: 0.9, ..Default::default() });
+        let d = decide(
+            &r,
+            &RequestContext {
+                spend_today: 1.0,
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
         let t = d.trace("req_3", 0);
         assert_eq!(t.served, "gpt-4o");
         assert_eq!(t.kind, PickKind::Baseline);
         assert!(t.explanation.contains("daily_budget"), "{}", t.explanation);
-        assert!(t.constraints.iter().any(|c| c.name == Knob::DailyBudget && !c.passed));
+        assert!(t
+            .constraints
+            .iter()
+            .any(|c| c.name == Knob::DailyBudget && !c.passed));
     }
 }

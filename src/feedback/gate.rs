@@ -148,7 +148,12 @@ mod tests {
         assert!((confidence_within(b(2.0, 1.0), b(1.0, 1.0), 0.0) - 2.0 / 3.0).abs() < 1e-9);
         assert!((confidence_within(b(1.0, 1.0), b(2.0, 1.0), 0.0) - 1.0 / 3.0).abs() < 1e-9);
         // Identical posteriors at δ = 0: exactly one half by symmetry.
-        for &(a, bb) in &[(3.0, 7.0), (400.0, 100.0), (90_000.0, 10_000.0), (1.0, 500.0)] {
+        for &(a, bb) in &[
+            (3.0, 7.0),
+            (400.0, 100.0),
+            (90_000.0, 10_000.0),
+            (1.0, 500.0),
+        ] {
             let c = confidence_within(b(a, bb), b(a, bb), 0.0);
             assert!((c - 0.5).abs() < 1e-8, "({a},{bb}): {c}");
         }
@@ -184,15 +189,17 @@ mod tests {
     fn erfc(x: f64) -> f64 {
         let z = x.abs();
         let t = 1.0 / (1.0 + 0.5 * z);
-        let r = t * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
+        let r = t
+            * (-z * z - 1.265_512_23
+                + t * (1.000_023_68
+                    + t * (0.374_091_96
+                        + t * (0.096_784_18
+                            + t * (-0.186_288_06
+                                + t * (0.278_868_07
+                                    + t * (-1.135_203_98
+                                        + t * (1.488_515_87
+                                            + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+                .exp();
         if x >= 0.0 {
             r
         } else {
@@ -247,7 +254,13 @@ mod tests {
 
     /// Draw true qualities, simulate feedback, compute the gate's confidence.
     /// Returns (fraction truly within among confidence ≥ 0.95, number of such promotions).
-    fn simulate(cfg: &PosteriorConfig, case: PriorCase, n0: f64, trials: usize, seed: u64) -> (f64, usize, Vec<Trial>) {
+    fn simulate(
+        cfg: &PosteriorConfig,
+        case: PriorCase,
+        n0: f64,
+        trials: usize,
+        seed: u64,
+    ) -> (f64, usize, Vec<Trial>) {
         let delta = 0.03;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut out = Vec::with_capacity(trials);
@@ -268,34 +281,73 @@ mod tests {
             sd.set_prior(prior_d, n0, 0, cfg).unwrap();
             for id in ids.iter().take(n_m) {
                 let v = if rng.gen::<f64>() < q_m { 1.0 } else { 0.0 };
-                sm.fold(&Observation { id, at_ms: 0, signal: Signal::Feedback, value: v, weight: 1.0 }, cfg).unwrap();
+                sm.fold(
+                    &Observation {
+                        id,
+                        at_ms: 0,
+                        signal: Signal::Feedback,
+                        value: v,
+                        weight: 1.0,
+                    },
+                    cfg,
+                )
+                .unwrap();
             }
             for id in ids.iter().take(n_d) {
                 let v = if rng.gen::<f64>() < q_d { 1.0 } else { 0.0 };
-                sd.fold(&Observation { id, at_ms: 0, signal: Signal::Feedback, value: v, weight: 1.0 }, cfg).unwrap();
+                sd.fold(
+                    &Observation {
+                        id,
+                        at_ms: 0,
+                        signal: Signal::Feedback,
+                        value: v,
+                        weight: 1.0,
+                    },
+                    cfg,
+                )
+                .unwrap();
             }
             let pm = sm.posterior(None, cfg);
             let pd = sd.posterior(None, cfg);
             let confidence = confidence_within(pm.params(), pd.params(), delta);
-            out.push(Trial { confidence, truly_within: q_m >= q_d - delta });
+            out.push(Trial {
+                confidence,
+                truly_within: q_m >= q_d - delta,
+            });
         }
         let promoted: Vec<&Trial> = out.iter().filter(|t| t.confidence >= 0.95).collect();
         let ok = promoted.iter().filter(|t| t.truly_within).count();
-        let frac = if promoted.is_empty() { 1.0 } else { ok as f64 / promoted.len() as f64 };
+        let frac = if promoted.is_empty() {
+            1.0
+        } else {
+            ok as f64 / promoted.len() as f64
+        };
         (frac, promoted.len(), out)
     }
 
     fn bin_report(trials: &[Trial]) -> String {
-        let bins = [(0.5, 0.8), (0.8, 0.9), (0.9, 0.95), (0.95, 0.99), (0.99, 1.01)];
+        let bins = [
+            (0.5, 0.8),
+            (0.8, 0.9),
+            (0.9, 0.95),
+            (0.95, 0.99),
+            (0.99, 1.01),
+        ];
         let mut s = String::new();
         for (lo, hi) in bins {
-            let sel: Vec<&Trial> = trials.iter().filter(|t| t.confidence >= lo && t.confidence < hi).collect();
+            let sel: Vec<&Trial> = trials
+                .iter()
+                .filter(|t| t.confidence >= lo && t.confidence < hi)
+                .collect();
             if sel.is_empty() {
                 continue;
             }
             let ok = sel.iter().filter(|t| t.truly_within).count() as f64 / sel.len() as f64;
             let mean_c = sel.iter().map(|t| t.confidence).sum::<f64>() / sel.len() as f64;
-            s += &format!(" [{lo:.2},{hi:.2}): n={} mean_conf={mean_c:.3} truly_within={ok:.3};", sel.len());
+            s += &format!(
+                " [{lo:.2},{hi:.2}): n={} mean_conf={mean_c:.3} truly_within={ok:.3};",
+                sel.len()
+            );
         }
         s
     }
@@ -306,7 +358,10 @@ mod tests {
     fn calibrated_with_default_config() {
         let cfg = PosteriorConfig::default();
         let (frac, n, trials) = simulate(&cfg, PriorCase::Accurate, 10.0, TRIALS, 1);
-        eprintln!("calibration accurate prior n0=10: promotions={n} truly_within={frac:.4};{}", bin_report(&trials));
+        eprintln!(
+            "calibration accurate prior n0=10: promotions={n} truly_within={frac:.4};{}",
+            bin_report(&trials)
+        );
         assert!(n > 200, "too few promotions to judge: {n}");
         assert!(frac >= 0.95, "{frac}");
     }
@@ -314,10 +369,17 @@ mod tests {
     #[test]
     fn wrong_strong_prior_breaks_calibration_unless_capped() {
         // Uncapped, no reliability: a wrong benchmark worth 500 pseudo-counts.
-        let naive = PosteriorConfig { max_prior_strength: 1e9, reliability: false, ..PosteriorConfig::default() };
+        let naive = PosteriorConfig {
+            max_prior_strength: 1e9,
+            reliability: false,
+            ..PosteriorConfig::default()
+        };
         let (frac_naive, n_naive, t_naive) = simulate(&naive, PriorCase::Wrong, 500.0, TRIALS, 2);
         eprintln!("calibration wrong prior n0=500 naive: promotions={n_naive} truly_within={frac_naive:.4};{}", bin_report(&t_naive));
-        assert!(frac_naive < 0.9, "the naive strong prior should be miscalibrated: {frac_naive}");
+        assert!(
+            frac_naive < 0.9,
+            "the naive strong prior should be miscalibrated: {frac_naive}"
+        );
         // Default handling: cap n₀ at 10 and scale the prior by its measured reliability.
         let cfg = PosteriorConfig::default();
         let (frac, n, t) = simulate(&cfg, PriorCase::Wrong, 500.0, TRIALS, 2);
@@ -325,13 +387,22 @@ mod tests {
         assert!(n > 100, "too few promotions: {n}");
         assert!(frac >= 0.95, "{frac}");
         // The cap alone (no reliability scaling) also holds calibration at n₀ = 10.
-        let cap_only = PosteriorConfig { reliability: false, ..PosteriorConfig::default() };
+        let cap_only = PosteriorConfig {
+            reliability: false,
+            ..PosteriorConfig::default()
+        };
         let (frac_cap, n_cap, _) = simulate(&cap_only, PriorCase::Wrong, 500.0, TRIALS, 2);
-        eprintln!("calibration wrong prior capped only: promotions={n_cap} truly_within={frac_cap:.4}");
+        eprintln!(
+            "calibration wrong prior capped only: promotions={n_cap} truly_within={frac_cap:.4}"
+        );
         assert!(frac_cap >= 0.95, "{frac_cap}");
         // Where reliability matters: a prior allowed 100 pseudo-counts.
         for rel in [false, true] {
-            let c = PosteriorConfig { max_prior_strength: 100.0, reliability: rel, ..PosteriorConfig::default() };
+            let c = PosteriorConfig {
+                max_prior_strength: 100.0,
+                reliability: rel,
+                ..PosteriorConfig::default()
+            };
             let (f, n, _) = simulate(&c, PriorCase::Wrong, 500.0, TRIALS, 2);
             eprintln!("calibration wrong prior cap=100 reliability={rel}: promotions={n} truly_within={f:.4}");
         }

@@ -34,8 +34,9 @@ impl BetaParams {
         if x <= 0.0 || x >= 1.0 {
             return 0.0;
         }
-        ((self.alpha - 1.0) * x.ln() + (self.beta - 1.0) * (-x).ln_1p() - ln_beta(self.alpha, self.beta))
-            .exp()
+        ((self.alpha - 1.0) * x.ln() + (self.beta - 1.0) * (-x).ln_1p()
+            - ln_beta(self.alpha, self.beta))
+        .exp()
     }
     /// The p-quantile (inverse CDF), by bisection: slow-ish but monotone and robust.
     pub fn quantile(&self, p: f64) -> f64 {
@@ -230,7 +231,8 @@ mod tests {
         assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-12);
         // Stirling check at a large argument.
         let x = 1e5f64;
-        let stirling = (x - 0.5) * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI).ln() + 1.0 / (12.0 * x);
+        let stirling =
+            (x - 0.5) * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI).ln() + 1.0 / (12.0 * x);
         assert!((ln_gamma(x) - stirling).abs() / stirling.abs() < 1e-12);
     }
 

@@ -22,7 +22,9 @@ pub mod router;
 pub mod sequential;
 mod simulation;
 
-pub use aggregator::{Aggregator, BatchReport, FeedbackEvent, FeedbackKind, FoldOutcome, RoutingStats};
+pub use aggregator::{
+    Aggregator, BatchReport, FeedbackEvent, FeedbackKind, FoldOutcome, RoutingStats,
+};
 pub use constraints::{CandidateStats, ConstraintResult, Constraints, Knob};
 pub use decision::{sign, verify, verify_value, DecisionTrace, SignedDecision, SigningKey};
 pub use gate::{confidence_within, gate, GateOutcome};

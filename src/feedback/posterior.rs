@@ -544,7 +544,10 @@ fn phase_of(signals: &[SignalEvidence; 5], total: f64) -> Phase {
     }
     let groups = [
         (Phase::Benchmark, signals[0].weight),
-        (Phase::AutomaticFeedback, signals[1].weight + signals[2].weight),
+        (
+            Phase::AutomaticFeedback,
+            signals[1].weight + signals[2].weight,
+        ),
         (Phase::SessionNps, signals[3].weight),
         (Phase::Admin, signals[4].weight),
     ];
@@ -642,9 +645,15 @@ mod tests {
     fn duplicate_ids_are_not_double_counted() {
         let c = cfg();
         let mut s = PosteriorState::new();
-        assert_eq!(s.fold(&obs("a", 0, Signal::Feedback, 1.0, 1.0), &c), Ok(Folded::Applied));
+        assert_eq!(
+            s.fold(&obs("a", 0, Signal::Feedback, 1.0, 1.0), &c),
+            Ok(Folded::Applied)
+        );
         let before = s.posterior(None, &c);
-        assert_eq!(s.fold(&obs("a", 0, Signal::Feedback, 0.0, 1.0), &c), Ok(Folded::Duplicate));
+        assert_eq!(
+            s.fold(&obs("a", 0, Signal::Feedback, 0.0, 1.0), &c),
+            Ok(Folded::Duplicate)
+        );
         assert_eq!(s.posterior(None, &c), before);
         assert_eq!(before.alpha, 2.0);
         assert_eq!(before.samples, 1);
@@ -687,7 +696,8 @@ mod tests {
         assert_eq!(p.phase, Phase::AutomaticFeedback);
         let ids: Vec<String> = (0..500).map(|i| format!("n{i}")).collect();
         for id in &ids {
-            s.fold(&obs(id, 2, Signal::SessionNps, 0.8, 1.0), &c).unwrap();
+            s.fold(&obs(id, 2, Signal::SessionNps, 0.8, 1.0), &c)
+                .unwrap();
         }
         let p = s.posterior(None, &c);
         assert_eq!(p.phase, Phase::SessionNps);
@@ -703,8 +713,10 @@ mod tests {
         };
         let day = 86_400_000;
         let mut s = PosteriorState::new();
-        s.fold(&obs("old", 0, Signal::Feedback, 1.0, 1.0), &c).unwrap();
-        s.fold(&obs("new", day, Signal::Feedback, 1.0, 1.0), &c).unwrap();
+        s.fold(&obs("old", 0, Signal::Feedback, 1.0, 1.0), &c)
+            .unwrap();
+        s.fold(&obs("new", day, Signal::Feedback, 1.0, 1.0), &c)
+            .unwrap();
         let p = s.posterior(None, &c);
         assert!((p.signal(Signal::Feedback).raw_weight - 1.5).abs() < 1e-12);
         // Discounting to a later "now" keeps the ratio but shrinks the total.
@@ -733,12 +745,20 @@ mod tests {
         // An agreeing judge keeps full reliability.
         let mut s = PosteriorState::new();
         for (i, id) in ids.iter().enumerate() {
-            let sig = if i < 200 { Signal::Feedback } else { Signal::Judge };
+            let sig = if i < 200 {
+                Signal::Feedback
+            } else {
+                Signal::Judge
+            };
             let v = if i % 5 < 3 { 1.0 } else { 0.0 };
             s.fold(&obs(id, 0, sig, v, 1.0), &c).unwrap();
         }
         let p = s.posterior(None, &c);
-        assert!(p.signal(Signal::Judge).reliability > 0.9, "{:?}", p.signal(Signal::Judge));
+        assert!(
+            p.signal(Signal::Judge).reliability > 0.9,
+            "{:?}",
+            p.signal(Signal::Judge)
+        );
     }
 
     proptest! {

@@ -261,7 +261,10 @@ impl PreparedRoute {
         };
         let base_success = base_in.success_rate.unwrap_or(1.0);
         let mut models = Vec::with_capacity(1 + input.candidates.len());
-        for (i, m) in std::iter::once(base_in).chain(&input.candidates).enumerate() {
+        for (i, m) in std::iter::once(base_in)
+            .chain(&input.candidates)
+            .enumerate()
+        {
             let is_base = i == 0;
             let g = if is_base {
                 GateOutcome {
@@ -313,8 +316,9 @@ impl PreparedRoute {
                     .clamp(-1.0, 1.0)
             };
             let feedback = stats.quality_mean;
-            let total =
-                weights.success * success + weights.feedback * feedback + weights.cost * cost_saving;
+            let total = weights.success * success
+                + weights.feedback * feedback
+                + weights.cost * cost_saving;
             models.push(PreparedModel {
                 model: m.model.clone(),
                 posterior: m.posterior,
@@ -350,7 +354,12 @@ impl PreparedRoute {
                 .total_cmp(&models[*a].score.total)
                 .then(a.cmp(b))
         });
-        thompson_probabilities(&mut models, &ex, base_in.cost_per_request, input.table_version);
+        thompson_probabilities(
+            &mut models,
+            &ex,
+            base_in.cost_per_request,
+            input.table_version,
+        );
         Ok(Arc::new(PreparedRoute {
             route: input.route,
             mode: input.mode,
@@ -396,7 +405,9 @@ impl PreparedRoute {
     }
 
     pub fn explorable(&self, i: usize, ctx: &RequestContext<'_>) -> bool {
-        i != 0 && self.models[i].explore_quality_ok && !self.failures(i, ctx).blocks(Action::Explore)
+        i != 0
+            && self.models[i].explore_quality_ok
+            && !self.failures(i, ctx).blocks(Action::Explore)
     }
 
     /// The exploit pick: the best score among the baseline and promotable candidates.
@@ -414,7 +425,8 @@ impl PreparedRoute {
         if ctx.exploration_share >= c.max_exploration_share {
             return 0.0;
         }
-        let any = (1..self.models.len()).any(|i| self.explorable(i, ctx) && self.models[i].ts_prob > 0.0);
+        let any =
+            (1..self.models.len()).any(|i| self.explorable(i, ctx) && self.models[i].ts_prob > 0.0);
         if any {
             self.exploration.rate.min(c.max_exploration_share)
         } else {
@@ -460,7 +472,9 @@ fn thompson_probabilities(
 ) {
     let eligible: Vec<usize> = (0..models.len())
         .filter(|&i| {
-            i == 0 || (models[i].explore_quality_ok && !models[i].static_failures.blocks(Action::Explore))
+            i == 0
+                || (models[i].explore_quality_ok
+                    && !models[i].static_failures.blocks(Action::Explore))
         })
         .collect();
     if eligible.len() <= 1 || ex.draws == 0 {
@@ -726,7 +740,10 @@ pub(crate) mod tests {
     #[test]
     fn promotes_the_cheap_equal_model_and_never_the_bad_one() {
         let r = sample_route(Mode::Live);
-        let ctx = RequestContext { rng: 0.99, ..Default::default() };
+        let ctx = RequestContext {
+            rng: 0.99,
+            ..Default::default()
+        };
         let d = decide(&r, &ctx);
         assert_eq!(d.chosen_model(), "gpt-4o-mini");
         assert_eq!(d.kind, PickKind::Promoted);
@@ -734,13 +751,19 @@ pub(crate) mod tests {
         assert!((d.propensity - r.probability(d.chosen, &ctx)).abs() < 1e-15);
         assert!(d.propensity >= 1.0 - d.epsilon);
         let bad = r.index_of("cheap-bad").unwrap();
-        assert!(!r.explorable(bad, &ctx), "confidently worse models are not explored");
+        assert!(
+            !r.explorable(bad, &ctx),
+            "confidently worse models are not explored"
+        );
         // Sum of probabilities over actions is 1.
         let total: f64 = (0..r.models.len()).map(|i| r.probability(i, &ctx)).sum();
         assert!((total - 1.0).abs() < 1e-12, "{total}");
         // Every rng value yields an allowed pick; exploration happens below ε only.
         for k in 0..1000 {
-            let ctx = RequestContext { rng: k as f64 / 1000.0, ..Default::default() };
+            let ctx = RequestContext {
+                rng: k as f64 / 1000.0,
+                ..Default::default()
+            };
             let d = decide(&r, &ctx);
             assert_ne!(d.chosen, bad);
             assert!(d.propensity > 0.0);
@@ -753,7 +776,13 @@ pub(crate) mod tests {
     #[test]
     fn shadow_serves_the_baseline_and_records_would_have() {
         let r = sample_route(Mode::Shadow);
-        let d = decide(&r, &RequestContext { rng: 0.5, ..Default::default() });
+        let d = decide(
+            &r,
+            &RequestContext {
+                rng: 0.5,
+                ..Default::default()
+            },
+        );
         assert_eq!(d.served_model(), "gpt-4o");
         assert_eq!(d.would_have(), Some("gpt-4o-mini"));
     }
@@ -776,12 +805,21 @@ pub(crate) mod tests {
             table_version: 1,
         };
         let r = PreparedRoute::prepare(input_pin.clone()).unwrap();
-        assert_eq!(decide(&r, &RequestContext::default()).kind, PickKind::Pinned);
+        assert_eq!(
+            decide(&r, &RequestContext::default()).kind,
+            PickKind::Pinned
+        );
         input_pin.pinned = Some(Arc::from("zzz"));
-        assert!(matches!(PreparedRoute::prepare(input_pin), Err(RouteError::UnknownPin { .. })));
+        assert!(matches!(
+            PreparedRoute::prepare(input_pin),
+            Err(RouteError::UnknownPin { .. })
+        ));
 
         // Daily budget exhausted: the cheap model is filtered, the baseline served.
-        let mut c = Constraints { daily_budget: Some(5.0), ..Constraints::default() };
+        let mut c = Constraints {
+            daily_budget: Some(5.0),
+            ..Constraints::default()
+        };
         c.max_exploration_share = 0.05;
         let r = PreparedRoute::prepare(RouteInput {
             constraints: c,
@@ -798,18 +836,49 @@ pub(crate) mod tests {
             }
         })
         .unwrap();
-        let d = decide(&r, &RequestContext { spend_today: 5.0, rng: 0.9, ..Default::default() });
+        let d = decide(
+            &r,
+            &RequestContext {
+                spend_today: 5.0,
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
         assert_eq!(d.served_model(), "gpt-4o");
         assert!(r.failures(1, &d.context()).contains(Knob::DailyBudget));
 
         // Sticky: a session stays on its allowed model with propensity 1; bad hints are dropped.
         let r = sample_route(Mode::Live);
-        let d = decide(&r, &RequestContext { sticky: Some("gpt-4o"), rng: 0.9, ..Default::default() });
-        assert_eq!((d.kind, d.served_model(), d.propensity), (PickKind::Sticky, "gpt-4o", 1.0));
-        let d = decide(&r, &RequestContext { sticky: Some("cheap-bad"), rng: 0.9, ..Default::default() });
+        let d = decide(
+            &r,
+            &RequestContext {
+                sticky: Some("gpt-4o"),
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (d.kind, d.served_model(), d.propensity),
+            (PickKind::Sticky, "gpt-4o", 1.0)
+        );
+        let d = decide(
+            &r,
+            &RequestContext {
+                sticky: Some("cheap-bad"),
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
         assert_eq!(d.misses[0], Some(Miss::StickyHintDropped));
         assert_ne!(d.chosen_model(), "cheap-bad");
-        let d = decide(&r, &RequestContext { rng: 0.9, ..Default::default() }).provider_error();
+        let d = decide(
+            &r,
+            &RequestContext {
+                rng: 0.9,
+                ..Default::default()
+            },
+        )
+        .provider_error();
         assert_eq!(d.served_model(), "gpt-4o");
         assert_eq!(d.misses[1], Some(Miss::ProviderError));
     }
@@ -817,7 +886,11 @@ pub(crate) mod tests {
     #[test]
     fn exploration_stops_at_the_share_cap() {
         let r = sample_route(Mode::Live);
-        let ctx = RequestContext { exploration_share: 0.05, rng: 0.0, ..Default::default() };
+        let ctx = RequestContext {
+            exploration_share: 0.05,
+            rng: 0.0,
+            ..Default::default()
+        };
         let d = decide(&r, &ctx);
         assert_eq!(d.epsilon, 0.0);
         assert_eq!(d.chosen, d.exploit);
@@ -825,7 +898,13 @@ pub(crate) mod tests {
     }
 
     fn arb_model(name: &'static str) -> impl Strategy<Value = ModelInput> {
-        (0u64..400, 0u64..400, 0.0f64..0.02, proptest::option::of(100.0f64..3000.0), 0.9f64..1.0)
+        (
+            0u64..400,
+            0u64..400,
+            0.0f64..0.02,
+            proptest::option::of(100.0f64..3000.0),
+            0.9f64..1.0,
+        )
             .prop_map(move |(k, extra, cost, p95, succ)| ModelInput {
                 model: Arc::from(name),
                 posterior: post(k, k + extra),

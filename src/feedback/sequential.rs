@@ -308,12 +308,22 @@ mod tests {
         let r10000 = cs_radius(10_000, 0.025, rho);
         assert!(r100 > r1000 && r1000 > r10000);
         // Tuned ρ beats neighbours at n_opt.
-        assert!(r1000 <= cs_radius(1000, 0.025, rho * 3.0) && r1000 <= cs_radius(1000, 0.025, rho / 3.0));
+        assert!(
+            r1000 <= cs_radius(1000, 0.025, rho * 3.0)
+                && r1000 <= cs_radius(1000, 0.025, rho / 3.0)
+        );
         assert!(TwoArmSequence::new(0.7, 0.02, 100).is_err());
     }
 
     /// Simulate canaries; returns (fraction ever declared within_limit, mean n at decision).
-    fn canary_runs(p_base: f64, p_cand: f64, delta: f64, runs: usize, max_n: usize, seed: u64) -> (f64, f64, f64) {
+    fn canary_runs(
+        p_base: f64,
+        p_cand: f64,
+        delta: f64,
+        runs: usize,
+        max_n: usize,
+        seed: u64,
+    ) -> (f64, f64, f64) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (mut promoted, mut harmed, mut n_sum) = (0, 0, 0u64);
         for _ in 0..runs {
@@ -338,7 +348,11 @@ mod tests {
             }
         }
         let decided = (promoted + harmed).max(1) as f64;
-        (promoted as f64 / runs as f64, harmed as f64 / runs as f64, n_sum as f64 / decided)
+        (
+            promoted as f64 / runs as f64,
+            harmed as f64 / runs as f64,
+            n_sum as f64 / decided,
+        )
     }
 
     #[test]
@@ -397,7 +411,10 @@ mod tests {
         assert_eq!(false_alarms, 0);
         assert!(max_delay <= 1500, "{max_delay}");
         let mut m = RegressionMonitor::new(cfg).unwrap();
-        assert!(!m.push_served(0.0), "no monitoring before the holdback has data");
+        assert!(
+            !m.push_served(0.0),
+            "no monitoring before the holdback has data"
+        );
         m.reset();
         assert_eq!(m.state().alarm_at, None);
     }

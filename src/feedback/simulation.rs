@@ -12,8 +12,8 @@ use super::aggregator::{Aggregator, FeedbackEvent, FeedbackKind};
 use super::constraints::Constraints;
 use super::posterior::{Posterior, PosteriorConfig, Scale, Signal};
 use super::router::{
-    decide, ExplorationConfig, Mode, ModelInput, PickKind, PreparedRoute, RequestContext, RouteInput,
-    ScoreWeights,
+    decide, ExplorationConfig, Mode, ModelInput, PickKind, PreparedRoute, RequestContext,
+    RouteInput, ScoreWeights,
 };
 
 struct Outcome {
@@ -24,7 +24,10 @@ struct Outcome {
 }
 
 fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome {
-    let names: Vec<Arc<str>> = ["big", "mini", "tiny"].iter().map(|s| Arc::from(*s)).collect();
+    let names: Vec<Arc<str>> = ["big", "mini", "tiny"]
+        .iter()
+        .map(|s| Arc::from(*s))
+        .collect();
     let costs = [0.01, 0.001, 0.0005];
     let route: Arc<str> = Arc::from("support");
     let cfg = PosteriorConfig::default();
@@ -45,7 +48,10 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
     for tick in 0..ticks {
         let stats = agg.snapshot();
         let p = |i: usize| -> Posterior {
-            stats.get(&route, &names[i]).copied().unwrap_or_else(|| Posterior::uninformed(&cfg))
+            stats
+                .get(&route, &names[i])
+                .copied()
+                .unwrap_or_else(|| Posterior::uninformed(&cfg))
         };
         let model = |i: usize| ModelInput {
             model: names[i].clone(),
@@ -68,8 +74,17 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
         .unwrap();
         let mut events = Vec::with_capacity(per_tick);
         for _ in 0..per_tick {
-            let share = if served_total == 0 { 0.0 } else { explored as f64 / served_total as f64 };
-            let ctx = RequestContext { spend_today: 0.0, exploration_share: share, sticky: None, rng: rng.gen() };
+            let share = if served_total == 0 {
+                0.0
+            } else {
+                explored as f64 / served_total as f64
+            };
+            let ctx = RequestContext {
+                spend_today: 0.0,
+                exploration_share: share,
+                sticky: None,
+                rng: rng.gen(),
+            };
             let d = decide(&prepared, &ctx);
             served_total += 1;
             if d.kind == PickKind::Explored {
@@ -81,7 +96,11 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
             if tick + 10 >= ticks {
                 last[d.served] += 1;
             }
-            let thumbs = if rng.gen::<f64>() < qualities[d.served] { 1.0 } else { 0.0 };
+            let thumbs = if rng.gen::<f64>() < qualities[d.served] {
+                1.0
+            } else {
+                0.0
+            };
             id += 1;
             events.push(FeedbackEvent {
                 id: format!("fb{id}"),
@@ -114,7 +133,11 @@ fn moves_to_the_cheaper_model_only_when_it_holds_quality() {
         "simulation good mini: final shares {:?}, promotions {:?}, exploration share {:.4}",
         o.final_share, o.promoted, o.explored_share
     );
-    assert!(o.final_share[1] > 0.8, "mini should carry the traffic: {:?}", o.final_share);
+    assert!(
+        o.final_share[1] > 0.8,
+        "mini should carry the traffic: {:?}",
+        o.final_share
+    );
     assert_eq!(o.promoted[2], 0, "tiny must never be promoted");
     assert!(o.explored_share <= 0.05 + 1e-9);
 

@@ -80,7 +80,13 @@ pub fn openai_embeddings_json(r: &Received) -> String {
 pub fn openai_images_json(r: &Received) -> String {
     let n = r.json()["n"].as_u64().unwrap_or(1);
     let data: Vec<Value> = (0..n).map(|i| json!({"b64_json": "iVBORw0KGgo=", "revised_prompt": format!("image {i}")})).collect();
-    json!({"created": 1700000000u64, "data": data}).to_string()
+    let mut v = json!({"created": 1700000000u64, "data": data});
+    if r.json()["model"].as_str().is_some_and(|m| m.starts_with("gpt-image")) {
+        // gpt-image models report token usage.
+        v["usage"] = json!({"input_tokens": 12, "output_tokens": 272 * n, "total_tokens": 12 + 272 * n,
+            "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}});
+    }
+    v.to_string()
 }
 
 /// OpenAI-compatible tool call, JSON and stream.

@@ -193,6 +193,10 @@ const steps = [
   ["embeddings", embeddings],
 ];
 for (const [name, fn] of steps) {
+  if (name === "embeddings" && !EMBED_MODEL) {
+    console.log(`node ${MODEL}: embeddings not checked (no LG_EMBED_MODEL)`);
+    continue;
+  }
   await fn();
-  console.log(`node ${OpenAI.VERSION ?? ""} ${MODEL}: ${name} ok`);
+  console.log(`node ${MODEL}: ${name} ok`);
 }
