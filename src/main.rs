@@ -78,7 +78,6 @@ fn main() -> ExitCode {
 
 fn check(config: Option<PathBuf>) -> Result<String, String> {
     let cfg = loopgate::config::GatewayConfig::load(config.as_deref()).map_err(|e| e.to_string())?;
-    loopgate::server::storage_config(&cfg)?;
     let rt = loopgate::routing::Runtime::build(cfg, 1).map_err(|e| e.to_string())?;
     Ok(format!(
         "ok: {} provider profiles ({} active: {}), {} catalog models, {} routing rules, {} keys",

@@ -19,7 +19,6 @@ use crate::config::GatewayConfig;
 use crate::providers::refresh::CredentialRefresher;
 use crate::proxy::{Gateway, LoopgateProxy};
 use crate::routing::Runtime;
-use crate::store::StorageConfig;
 use crate::trace::writer::{trace_pipeline, TraceSink, TraceWriterService};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -97,12 +96,6 @@ impl BackgroundService for CoordinatedWriter {
     }
 }
 
-/// The storage section of a config, typed.
-pub fn storage_config(cfg: &GatewayConfig) -> Result<StorageConfig, String> {
-    toml::Value::Table(cfg.storage.clone())
-        .try_into()
-        .map_err(|e| format!("[storage]: {e}"))
-}
 
 pub struct ServeOptions {
     pub config: Option<PathBuf>,
@@ -113,8 +106,10 @@ pub struct ServeOptions {
 /// Build and run the daemon; returns only on startup errors.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = GatewayConfig::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
-    let storage = storage_config(&cfg)?;
     let rt = Runtime::build(cfg, 1).map_err(|e| e.to_string())?;
+    // Storage settings are read at start; a reload changes capture and zero-retention
+    // settings but not the backend (that needs a restart).
+    let storage = rt.storage.clone();
     crate::metrics::metrics().config_version.set(1);
     let s = rt.config.server.clone();
     if rt.open_access {

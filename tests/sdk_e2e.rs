@@ -27,12 +27,32 @@ fn require_sdks() {
     let hint = "run `bash tests/sdk/setup.sh` to install the official OpenAI SDKs (Python venv in target/sdk-venv, npm package in tests/sdk/node_modules)";
     let py = python();
     assert!(py.exists(), "{} not found: {hint}", py.display());
-    let ok = Command::new(&py).args(["-c", "import openai"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(ok, "the openai Python package is not importable from {}: {hint}", py.display());
+    let ok = Command::new(&py)
+        .args(["-c", "import openai"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the openai Python package is not importable from {}: {hint}",
+        py.display()
+    );
     let node_pkg = Path::new(ROOT).join("tests/sdk/node_modules/openai/package.json");
-    assert!(node_pkg.exists(), "{} not found: {hint}", node_pkg.display());
-    let node = Command::new("node").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(node, "`node` is not on PATH: install Node.js (>= 18), then {hint}");
+    assert!(
+        node_pkg.exists(),
+        "{} not found: {hint}",
+        node_pkg.display()
+    );
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        node,
+        "`node` is not on PATH: install Node.js (>= 18), then {hint}"
+    );
 }
 
 /// What one SDK run checks.
@@ -73,7 +93,8 @@ fn script_cmd(lang: &str, g: &GatewayProc, c: &Case) -> Command {
         .env("NO_PROXY", "127.0.0.1,localhost")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    cmd.env_remove("LG_EMBED_MODEL").env_remove("LG_LISTED_MODEL");
+    cmd.env_remove("LG_EMBED_MODEL")
+        .env_remove("LG_LISTED_MODEL");
     if let Some(m) = c.embed_model {
         cmd.env("LG_EMBED_MODEL", m);
     }
@@ -88,7 +109,9 @@ fn run_sdks(g: &GatewayProc, c: &Case) {
     require_sdks();
     let mut children = Vec::new();
     for lang in ["python", "node"] {
-        let child = script_cmd(lang, g, c).spawn().unwrap_or_else(|e| panic!("spawn {lang}: {e}"));
+        let child = script_cmd(lang, g, c)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {lang}: {e}"));
         children.push((lang, child));
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -97,7 +120,9 @@ fn run_sdks(g: &GatewayProc, c: &Case) {
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 _ => {
                     let _ = child.kill();
                     break;
@@ -105,14 +130,26 @@ fn run_sdks(g: &GatewayProc, c: &Case) {
             }
         }
         let out = child.wait_with_output().expect("collect script output");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if out.status.success() {
             print!("{text}");
         } else {
-            failures.push(format!("--- {lang} SDK against {} ({}) exited with {}:\n{text}", c.model, c.provider, out.status));
+            failures.push(format!(
+                "--- {lang} SDK against {} ({}) exited with {}:\n{text}",
+                c.model, c.provider, out.status
+            ));
         }
     }
-    assert!(failures.is_empty(), "{}\n--- gateway log (tail):\n{}", failures.join("\n"), tail(&g.log_text(), 40));
+    assert!(
+        failures.is_empty(),
+        "{}\n--- gateway log (tail):\n{}",
+        failures.join("\n"),
+        tail(&g.log_text(), 40)
+    );
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -125,33 +162,88 @@ fn tail(s: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_openai() {
     let mock = MockUpstream::start(mocks::openai_full()).await;
-    let g = GatewayProc::start("", &[("OPENAI_API_KEY", "sk-test-openai".into()), ("OPENAI_BASE_URL", format!("{}/v1", mock.url()))]);
-    run_sdks(&g, &Case { model: "gpt-4o-mini", provider: "openai", embed_model: Some("text-embedding-3-small"), listed: Some("gpt-4o-mini") });
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ],
+    );
+    run_sdks(
+        &g,
+        &Case {
+            model: "gpt-4o-mini",
+            provider: "openai",
+            embed_model: Some("text-embedding-3-small"),
+            listed: Some("gpt-4o-mini"),
+        },
+    );
     // The SDKs' default base64 embeddings reached the upstream as asked.
-    assert!(mock.requests().iter().any(|r| r.path == "/v1/embeddings" && r.json()["encoding_format"] == "base64"));
+    assert!(mock
+        .requests()
+        .iter()
+        .any(|r| r.path == "/v1/embeddings" && r.json()["encoding_format"] == "base64"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_anthropic() {
     let mock = MockUpstream::start(mocks::anthropic_like()).await;
-    let g = GatewayProc::start("", &[("ANTHROPIC_API_KEY", "sk-ant-test".into()), ("ANTHROPIC_BASE_URL", mock.url())]);
-    run_sdks(&g, &Case { model: "claude-sonnet-4-5", provider: "anthropic", embed_model: None, listed: Some("claude-sonnet-4-5") });
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-test".into()),
+            ("ANTHROPIC_BASE_URL", mock.url()),
+        ],
+    );
+    run_sdks(
+        &g,
+        &Case {
+            model: "claude-sonnet-4-5",
+            provider: "anthropic",
+            embed_model: None,
+            listed: Some("claude-sonnet-4-5"),
+        },
+    );
     assert!(mock.requests().iter().all(|r| r.path == "/v1/messages"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_gemini() {
     let mock = MockUpstream::start(mocks::gemini_like()).await;
-    let g = GatewayProc::start("", &[("GEMINI_API_KEY", "gm-test".into()), ("GEMINI_BASE_URL", mock.url())]);
-    run_sdks(&g, &Case { model: "gemini-2.5-flash", provider: "gemini", embed_model: Some("gemini-embedding-001"), listed: Some("gemini-2.5-flash") });
-    assert!(mock.requests().iter().any(|r| r.path.contains(":streamGenerateContent?alt=sse")));
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("GEMINI_API_KEY", "gm-test".into()),
+            ("GEMINI_BASE_URL", mock.url()),
+        ],
+    );
+    run_sdks(
+        &g,
+        &Case {
+            model: "gemini-2.5-flash",
+            provider: "gemini",
+            embed_model: Some("gemini-embedding-001"),
+            listed: Some("gemini-2.5-flash"),
+        },
+    );
+    assert!(mock
+        .requests()
+        .iter()
+        .any(|r| r.path.contains(":streamGenerateContent?alt=sse")));
 }
 
 /// A throwaway service-account key (fresh RSA key from `openssl`) whose token endpoint is `token_uri`.
 pub fn service_account_file(dir: &Path, token_uri: &str) -> PathBuf {
     let pem_path = dir.join("sa-key.pem");
     let st = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&pem_path)
         .stderr(Stdio::null())
         .status()
@@ -169,7 +261,12 @@ pub fn service_account_file(dir: &Path, token_uri: &str) -> PathBuf {
 }
 
 /// Vertex env (Gemini and Claude on Vertex) with a loopback token endpoint.
-async fn vertex_setup(dir: &Path, gemini: &MockUpstream, claude: &MockUpstream, token: &MockUpstream) -> Vec<(&'static str, String)> {
+async fn vertex_setup(
+    dir: &Path,
+    gemini: &MockUpstream,
+    claude: &MockUpstream,
+    token: &MockUpstream,
+) -> Vec<(&'static str, String)> {
     let token_uri = format!("{}/token", token.url());
     let sa = service_account_file(dir, &token_uri);
     vec![
@@ -183,7 +280,10 @@ async fn vertex_setup(dir: &Path, gemini: &MockUpstream, claude: &MockUpstream, 
 
 /// The credential refresher fetches the first token in the background: wait for it.
 async fn wait_token(token: &MockUpstream) {
-    assert!(eventually(|| token.count() > 0, Duration::from_secs(10)).await, "no token request reached the token endpoint");
+    assert!(
+        eventually(|| token.count() > 0, Duration::from_secs(10)).await,
+        "no token request reached the token endpoint"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
@@ -196,13 +296,42 @@ async fn sdk_vertex_gemini_and_claude() {
     let env = vertex_setup(keydir.path(), &gemini, &claude, &token).await;
     let g = GatewayProc::start("", &env);
     wait_token(&token).await;
-    run_sdks(&g, &Case { model: "vertex/gemini-2.5-flash", provider: "vertex", embed_model: Some("vertex/text-embedding-005"), listed: None });
-    run_sdks(&g, &Case { model: "vertex-anthropic/claude-sonnet-4-5@20250929", provider: "vertex-anthropic", embed_model: None, listed: None });
+    run_sdks(
+        &g,
+        &Case {
+            model: "vertex/gemini-2.5-flash",
+            provider: "vertex",
+            embed_model: Some("vertex/text-embedding-005"),
+            listed: None,
+        },
+    );
+    run_sdks(
+        &g,
+        &Case {
+            model: "vertex-anthropic/claude-sonnet-4-5@20250929",
+            provider: "vertex-anthropic",
+            embed_model: None,
+            listed: None,
+        },
+    );
     for r in gemini.requests().iter().chain(claude.requests().iter()) {
-        assert_eq!(r.header("authorization"), Some("Bearer ya29.test-access-token"), "{}", r.path);
-        assert!(r.path.starts_with("/v1/projects/test-proj/locations/"), "{}", r.path);
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer ya29.test-access-token"),
+            "{}",
+            r.path
+        );
+        assert!(
+            r.path.starts_with("/v1/projects/test-proj/locations/"),
+            "{}",
+            r.path
+        );
     }
-    assert!(claude.requests().iter().all(|r| r.json()["anthropic_version"] == "vertex-2023-10-16" && r.json().get("model").is_none()));
+    assert!(claude
+        .requests()
+        .iter()
+        .all(|r| r.json()["anthropic_version"] == "vertex-2023-10-16"
+            && r.json().get("model").is_none()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,29 +343,72 @@ async fn sdk_bedrock() {
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", mock.url()),
             ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE".into()),
-            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            ),
         ],
     );
-    run_sdks(&g, &Case { model: "anthropic.claude-sonnet-4-5-20250929-v1:0", provider: "bedrock", embed_model: None, listed: None });
+    run_sdks(
+        &g,
+        &Case {
+            model: "anthropic.claude-sonnet-4-5-20250929-v1:0",
+            provider: "bedrock",
+            embed_model: None,
+            listed: None,
+        },
+    );
     let reqs = mock.requests();
     assert!(reqs.iter().any(|r| r.path.ends_with("/converse-stream")));
     for r in &reqs {
         let auth = r.header("authorization").unwrap_or("");
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/") && auth.contains("/us-east-1/bedrock/aws4_request"), "{auth}");
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+                && auth.contains("/us-east-1/bedrock/aws4_request"),
+            "{auth}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_cohere() {
     let mock = MockUpstream::start(mocks::cohere_like()).await;
-    let g = GatewayProc::start("", &[("CO_API_KEY", "co-test".into()), ("COHERE_BASE_URL", mock.url())]);
-    run_sdks(&g, &Case { model: "command-a-03-2025", provider: "cohere", embed_model: Some("embed-english-v3.0"), listed: Some("command-a-03-2025") });
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("CO_API_KEY", "co-test".into()),
+            ("COHERE_BASE_URL", mock.url()),
+        ],
+    );
+    run_sdks(
+        &g,
+        &Case {
+            model: "command-a-03-2025",
+            provider: "cohere",
+            embed_model: Some("embed-english-v3.0"),
+            listed: Some("command-a-03-2025"),
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_ollama_native() {
     let mock = MockUpstream::start(mocks::ollama_like()).await;
-    let g = GatewayProc::start("", &[("OLLAMA_HOST", mock.url()), ("OLLAMA_NATIVE_BASE_URL", mock.url())]);
-    run_sdks(&g, &Case { model: "ollama-native/llama3.2", provider: "ollama-native", embed_model: Some("ollama-native/nomic-embed-text"), listed: None });
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("OLLAMA_HOST", mock.url()),
+            ("OLLAMA_NATIVE_BASE_URL", mock.url()),
+        ],
+    );
+    run_sdks(
+        &g,
+        &Case {
+            model: "ollama-native/llama3.2",
+            provider: "ollama-native",
+            embed_model: Some("ollama-native/nomic-embed-text"),
+            listed: None,
+        },
+    );
     assert!(mock.requests().iter().any(|r| r.path == "/api/chat"));
 }

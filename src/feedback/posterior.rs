@@ -206,7 +206,7 @@ impl Default for PosteriorConfig {
 
 impl PosteriorConfig {
     fn half_life_ms(&self) -> Option<f64> {
-        (self.half_life_days > 0.0).then(|| self.half_life_days * 86_400_000.0)
+        (self.half_life_days > 0.0).then_some(self.half_life_days * 86_400_000.0)
     }
     /// 2^(−Δt / half-life) for Δt ≥ 0 in milliseconds.
     fn decay(&self, dt_ms: i64) -> f64 {

@@ -230,9 +230,9 @@ impl PreparedRoute {
             cost: w.cost / wsum,
         };
         let ex = input.exploration;
-        if !(ex.rate.is_finite() && (0.0..=1.0).contains(&ex.rate))
-            || !(ex.cost_penalty.is_finite() && ex.cost_penalty >= 0.0)
-        {
+        let rate_ok = ex.rate.is_finite() && (0.0..=1.0).contains(&ex.rate);
+        let penalty_ok = ex.cost_penalty.is_finite() && ex.cost_penalty >= 0.0;
+        if !(rate_ok && penalty_ok) {
             return Err(RouteError::Invalid {
                 route,
                 what: format!(

@@ -221,11 +221,14 @@ pub struct RegressionMonitor {
 impl RegressionMonitor {
     pub fn new(config: MonitorConfig) -> Result<Self, SequentialError> {
         let c = &config;
-        if !(0.0..=1.0).contains(&c.threshold)
-            || !(c.shift > 0.0 && c.shift <= 1.0)
-            || !(c.arl0.is_finite() && c.arl0 > 1.0)
-            || !(c.reference_alpha > 0.0 && c.reference_alpha < 0.5)
-        {
+        let valid = (0.0..=1.0).contains(&c.threshold)
+            && c.shift > 0.0
+            && c.shift <= 1.0
+            && c.arl0.is_finite()
+            && c.arl0 > 1.0
+            && c.reference_alpha > 0.0
+            && c.reference_alpha < 0.5;
+        if !valid {
             return Err(SequentialError::Invalid(format!(
                 "monitor needs threshold in [0,1], shift in (0,1], arl0 > 1, reference_alpha in (0,0.5); got {c:?}"
             )));

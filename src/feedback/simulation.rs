@@ -43,7 +43,7 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
     };
     let (mut served_total, mut explored) = (0u64, 0u64);
     let mut promoted = vec![0u64; 3];
-    let mut last = vec![0u64; 3];
+    let mut last = [0u64; 3];
     let mut id = 0u64;
     for tick in 0..ticks {
         let stats = agg.snapshot();

@@ -163,6 +163,7 @@ async fn chat(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCtx, ke
     ctx.traced = true;
     ctx.caller.require(Scope::Inference)?;
     request::context_headers(rt, session, ctx, key);
+    ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
     ctx.request_bytes = raw.len() as u64;
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
@@ -202,6 +203,7 @@ async fn other_model_call(
     ctx.traced = true;
     ctx.caller.require(Scope::Inference)?;
     request::context_headers(rt, session, ctx, key);
+    ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
     ctx.request_bytes = raw.len() as u64;
     let mut body = request::parse_object(&raw)?;
@@ -339,8 +341,8 @@ async fn write_admin(session: &mut Session, ctx: &mut RequestCtx, resp: crate::a
             respond::write_full(session, ctx, resp.status, &content_type, b, &extra).await;
         }
         AdminBody::Stream(mut rx) => {
-            let names = ctx.runtime.as_ref().map(|r| r.headers.clone());
-            let Some(h) = respond::response_header(resp.status, &content_type, None, ctx, names.as_ref(), &extra) else {
+            let rt = ctx.runtime.clone();
+            let Some(h) = respond::response_header(resp.status, &content_type, None, ctx, rt.as_deref().map(|r| &r.headers), &extra) else {
                 return;
             };
             ctx.status = resp.status;

@@ -71,8 +71,8 @@ pub async fn write_full(
     body: Bytes,
     extra: &[(String, String)],
 ) -> bool {
-    let names = ctx.runtime.as_ref().map(|r| r.headers.clone());
-    let Some(h) = response_header(status, content_type, Some(body.len()), ctx, names.as_ref(), extra) else {
+    let rt = ctx.runtime.clone();
+    let Some(h) = response_header(status, content_type, Some(body.len()), ctx, rt.as_deref().map(|r| &r.headers), extra) else {
         return false;
     };
     ctx.status = status;

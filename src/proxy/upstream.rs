@@ -387,13 +387,7 @@ async fn whole_back(
 
 /// Bodies are captured only when the operator turned capture on and the request is not zero-retention.
 pub fn capture(rt: &Runtime, ctx: &RequestCtx) -> bool {
-    !ctx.zero_retention
-        && rt
-            .config
-            .storage
-            .get("capture_bodies")
-            .and_then(toml::Value::as_bool)
-            .unwrap_or(false)
+    !ctx.zero_retention && rt.storage.capture_bodies
 }
 
 const CAPTURE_LIMIT: usize = 1024 * 1024;
@@ -411,7 +405,6 @@ async fn stream_back(
     started: Instant,
 ) -> Result<(), Failure> {
     let prov = &cand.provider;
-    let names = rt.headers.clone();
     let mut out = BytesMut::with_capacity(4096);
     let mut header_sent = false;
     let mut captured = capture(rt, ctx).then(BytesMut::new);
@@ -494,7 +487,7 @@ async fn stream_back(
             if let Some(m) = tr.model() {
                 ctx.served_model = Some(m.to_string());
             }
-            let Some(h) = response_header(200, "text/event-stream", None, ctx, Some(&names), extra) else {
+            let Some(h) = response_header(200, "text/event-stream", None, ctx, Some(&rt.headers), extra) else {
                 break;
             };
             ctx.status = 200;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::Catalog;
+use crate::store::StorageConfig;
 use crate::config::{ConfigError, GatewayConfig, RouteConfig};
 use crate::providers::{self, ProviderProfile, ProviderRuntime};
 use crate::upstream::ExchangeOptions;
@@ -98,6 +99,8 @@ pub struct Runtime {
     pub exchange: ExchangeOptions,
     /// No key configured and the operator allowed unauthenticated loopback use.
     pub open_access: bool,
+    /// The typed `[storage]` section (capture and zero-retention settings are read per request).
+    pub storage: StorageConfig,
 }
 
 impl Runtime {
@@ -142,7 +145,11 @@ impl Runtime {
             write_timeout: Duration::from_secs(s.write_timeout_secs),
             idle_timeout: Duration::from_secs(s.upstream_idle_timeout_secs),
         };
+        let storage: StorageConfig = toml::Value::Table(config.storage.clone())
+            .try_into()
+            .map_err(|e| ConfigError::Invalid(format!("[storage]: {e}")))?;
         let rt = Runtime {
+            storage,
             version,
             headers: HeaderNames::new(&config.server.header_prefix),
             providers: active,
@@ -180,6 +187,11 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Zero retention for a request: the key says so, or its project is listed.
+    pub fn zero_retention(&self, key_flag: bool, project: Option<&str>) -> bool {
+        key_flag || project.is_some_and(|p| self.storage.zero_retention_projects.iter().any(|z| z == p))
     }
 
     pub fn provider(&self, name: &str) -> Option<&Arc<ProviderRuntime>> {

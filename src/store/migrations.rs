@@ -83,6 +83,7 @@ CREATE TABLE rollup_hourly (
     hist TEXT NOT NULL,
     PRIMARY KEY (dim, bucket_ms, value, project_id)
 ) WITHOUT ROWID;
+CREATE INDEX rollup_hourly_project ON rollup_hourly (dim, project_id, bucket_ms);
 "#,
 }];
 
@@ -158,6 +159,7 @@ CREATE TABLE rollup_hourly (
     hist BIGINT[] NOT NULL,
     PRIMARY KEY (dim, bucket_ms, value, project_id)
 );
+CREATE INDEX rollup_hourly_project ON rollup_hourly (dim, project_id, bucket_ms);
 -- Element-wise sum of two latency histograms, so concurrent gateways can upsert
 -- rollup rows in one statement without a read-modify-write race.
 CREATE FUNCTION loopgate_hist_add(a BIGINT[], b BIGINT[]) RETURNS BIGINT[]

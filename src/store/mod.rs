@@ -294,6 +294,10 @@ pub fn is_error(rec: &TraceRecord) -> bool {
     rec.status >= 400 || rec.error.is_some()
 }
 
+/// `project_id` of the rollup rows that aggregate every project. A control character can
+/// never arrive in a project header, so it cannot collide with a real project id.
+pub const ALL_PROJECTS: &str = "\u{1}all";
+
 /// Rollup key: (dimension, hour, value, project); empty strings stand for "none".
 pub(crate) type RollupKey = (String, i64, String, String);
 
@@ -323,15 +327,17 @@ pub(crate) fn rollup_deltas<'a>(
             dims.push((format!("property:{n}"), v.clone()));
         }
         for (dim, value) in dims {
-            out.entry((dim, hour, value, project.clone()))
-                .or_default()
-                .add(
+            // Per project, and once more across all projects so unfiltered queries read
+            // one row per (hour, value) instead of one per project.
+            for p in [project.clone(), ALL_PROJECTS.to_string()] {
+                out.entry((dim.clone(), hour, value.clone(), p)).or_default().add(
                     is_error(r),
                     r.prompt_tokens,
                     r.completion_tokens,
                     r.cost_usd,
                     r.latency_ms,
                 );
+            }
         }
     }
     out
@@ -405,7 +411,8 @@ mod tests {
             ..Default::default()
         };
         let d = rollup_deltas(std::iter::once(&r));
-        assert_eq!(d.len(), 6);
+        assert_eq!(d.len(), 12);
+        assert!(d.contains_key(&("model".to_string(), HOUR_MS * 5, "gpt-4o".to_string(), ALL_PROJECTS.to_string())));
         let s = &d[&(
             "model".to_string(),
             HOUR_MS * 5,

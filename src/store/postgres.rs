@@ -5,7 +5,7 @@
 //! Rollup rows are upserted in one statement with `loopgate_hist_add`, in sorted key order,
 //! so concurrent writers neither lose counts nor deadlock.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use super::migrations::POSTGRES;
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::sqlite::{page, project_cond};
 use super::{
-    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, RawRow, RollupRow, Store, StoreError,
+    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, ALL_PROJECTS, RawRow, RollupRow, Store, StoreError,
     HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
@@ -604,17 +604,104 @@ async fn purge_chunk(c: &mut Client, rule: &PurgeRule) -> Result<(usize, u64), S
     Ok((ids.len(), deleted))
 }
 
-/// Only whole hours before the cut-off leave the rollup.
+/// Only whole hours before the cut-off leave the rollup. The per-project rows go; what
+/// they held is subtracted (atomically, so concurrent gateways stay consistent) from the
+/// all-projects rows, which go when they reach zero.
 async fn purge_rollup(c: &mut Client, rule: &PurgeRule) -> Result<(), StoreError> {
     let mut sql = Sql::new(true);
     let before = sql.int(rule.before_ms - HOUR_MS);
-    let mut q = format!("DELETE FROM rollup_hourly WHERE bucket_ms <= {before}");
+    let all = sql.text(ALL_PROJECTS);
+    let mut cond = format!("bucket_ms <= {before} AND project_id <> {all}");
     if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", true) {
-        q.push_str(" AND ");
-        q.push_str(&pc);
+        cond.push_str(" AND ");
+        cond.push_str(&pc);
     }
+    let tx = c.transaction().await.map_err(pg_err)?;
     let ps = params_of(&sql.params);
-    c.execute(&q, &refs(&ps)).await.map_err(pg_err)?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT dim, bucket_ms, value, requests, errors, prompt_tokens, completion_tokens, \
+                 cost_usd, latency_sum_ms, hist FROM rollup_hourly WHERE {cond}"
+            ),
+            &refs(&ps),
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut leaving: BTreeMap<(String, i64, String), Stats> = BTreeMap::new();
+    for r in &rows {
+        let hist: Vec<i64> = r.try_get(9).map_err(pg_err)?;
+        let s = Stats {
+            requests: to_u64(r.try_get(3).map_err(pg_err)?),
+            errors: to_u64(r.try_get(4).map_err(pg_err)?),
+            prompt_tokens: to_u64(r.try_get(5).map_err(pg_err)?),
+            completion_tokens: to_u64(r.try_get(6).map_err(pg_err)?),
+            cost_usd: r.try_get(7).map_err(pg_err)?,
+            latency_sum_ms: r.try_get(8).map_err(pg_err)?,
+            hist: Histogram::from_dense(&hist),
+        };
+        let key = (
+            r.try_get(0).map_err(pg_err)?,
+            r.try_get(1).map_err(pg_err)?,
+            r.try_get(2).map_err(pg_err)?,
+        );
+        leaving.entry(key).or_default().merge(&s);
+    }
+    let leaving: Vec<_> = leaving.into_iter().collect();
+    for chunk in leaving.chunks(ROLLUP_CHUNK) {
+        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * 10);
+        let mut vals = Vec::with_capacity(chunk.len());
+        for (i, ((dim, hour, value), s)) in chunk.iter().enumerate() {
+            let b = i * 10;
+            vals.push(format!(
+                "(${}::TEXT, ${}::BIGINT, ${}::TEXT, ${}::BIGINT, ${}::BIGINT, ${}::BIGINT, ${}::BIGINT, \
+                 ${}::DOUBLE PRECISION, ${}::DOUBLE PRECISION, ${}::BIGINT[])",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10
+            ));
+            ps.push(Box::new(dim.clone()));
+            ps.push(Box::new(*hour));
+            ps.push(Box::new(value.clone()));
+            ps.push(Box::new(to_i64(s.requests)));
+            ps.push(Box::new(to_i64(s.errors)));
+            ps.push(Box::new(to_i64(s.prompt_tokens)));
+            ps.push(Box::new(to_i64(s.completion_tokens)));
+            ps.push(Box::new(s.cost_usd));
+            ps.push(Box::new(s.latency_sum_ms));
+            let neg: Vec<i64> = s.hist.to_dense().into_iter().map(|v| -v).collect();
+            ps.push(Box::new(neg));
+        }
+        let n = ps.len() + 1;
+        ps.push(Box::new(ALL_PROJECTS.to_string()));
+        let q = format!(
+            "UPDATE rollup_hourly AS r SET requests = r.requests - v.requests, errors = r.errors - v.errors, \
+             prompt_tokens = r.prompt_tokens - v.pt, completion_tokens = r.completion_tokens - v.ct, \
+             cost_usd = r.cost_usd - v.cost, latency_sum_ms = r.latency_sum_ms - v.lat, \
+             hist = loopgate_hist_add(r.hist, v.neg) \
+             FROM (VALUES {}) AS v(dim, bucket_ms, value, requests, errors, pt, ct, cost, lat, neg) \
+             WHERE r.dim = v.dim AND r.bucket_ms = v.bucket_ms AND r.value = v.value AND r.project_id = ${n}",
+            vals.join(", ")
+        );
+        tx.execute(&q, &refs(&ps)).await.map_err(pg_err)?;
+    }
+    tx.execute(
+        "DELETE FROM rollup_hourly WHERE project_id = $1 AND requests <= 0",
+        &[&ALL_PROJECTS],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.execute(&format!("DELETE FROM rollup_hourly WHERE {cond}"), &refs(&ps))
+        .await
+        .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)?;
     Ok(())
 }
 

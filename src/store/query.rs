@@ -419,6 +419,24 @@ impl Stats {
         self.hist.merge(&o.hist);
     }
 
+    /// Remove `o` (a part previously merged in), saturating at zero.
+    pub fn minus(&mut self, o: &Stats) {
+        self.requests = self.requests.saturating_sub(o.requests);
+        self.errors = self.errors.saturating_sub(o.errors);
+        self.prompt_tokens = self.prompt_tokens.saturating_sub(o.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_sub(o.completion_tokens);
+        self.cost_usd -= o.cost_usd;
+        self.latency_sum_ms -= o.latency_sum_ms;
+        for (k, c) in &o.hist.counts {
+            if let Some(v) = self.hist.counts.get_mut(k) {
+                *v = v.saturating_sub(*c);
+                if *v == 0 {
+                    self.hist.counts.remove(k);
+                }
+            }
+        }
+    }
+
     fn row(&self, group: Option<String>, bucket_start_ms: Option<i64>) -> AnalyticsRow {
         let n = self.requests.max(1) as f64;
         AnalyticsRow {
@@ -615,8 +633,9 @@ pub(crate) async fn run_analytics<S: Store + ?Sized>(
         };
         if has_full {
             let dim = dim_name(&q.group_by);
+            let project = f.project.as_deref().unwrap_or(super::ALL_PROJECTS);
             let rows = store
-                .rollup_rows(&dim, full_from, full_to, f.project.as_deref())
+                .rollup_rows(&dim, full_from, full_to, Some(project))
                 .await?;
             for r in rows {
                 let group = (!r.value.is_empty()).then_some(r.value);

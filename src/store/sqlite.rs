@@ -4,6 +4,7 @@
 //! never on an async worker thread. One connection writes, another reads (WAL lets
 //! readers proceed while the writer commits).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use super::migrations::{Migration, SQLITE};
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::{
     rollup_deltas, to_i64, to_u64, Cursor, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow,
-    Store, StoreError, HOUR_MS, TRACE_COLS,
+    Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 
@@ -357,19 +358,108 @@ fn purge_chunk(c: &mut Connection, rule: &PurgeRule) -> Result<(usize, u64), Sto
     Ok((ids.len(), deleted))
 }
 
-/// Only whole hours before the cut-off leave the rollup.
+fn stats_at(r: &Row, i: usize) -> Result<Stats, StoreError> {
+    let hist: String = r.get(i + 6).map_err(map_err)?;
+    Ok(Stats {
+        requests: to_u64(r.get(i).map_err(map_err)?),
+        errors: to_u64(r.get(i + 1).map_err(map_err)?),
+        prompt_tokens: to_u64(r.get(i + 2).map_err(map_err)?),
+        completion_tokens: to_u64(r.get(i + 3).map_err(map_err)?),
+        cost_usd: r.get(i + 4).map_err(map_err)?,
+        latency_sum_ms: r.get(i + 5).map_err(map_err)?,
+        hist: Histogram::from_text(&hist)?,
+    })
+}
+
+/// Only whole hours before the cut-off leave the rollup. The per-project rows go; what
+/// they held is subtracted from the all-projects rows, which go when they reach zero.
 fn purge_rollup(c: &mut Connection, rule: &PurgeRule) -> Result<(), StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
     let mut sql = Sql::new(false);
     let before = sql.int(rule.before_ms - HOUR_MS);
-    let mut q = format!("DELETE FROM rollup_hourly WHERE bucket_ms <= {before}");
+    let all = sql.text(ALL_PROJECTS);
+    let mut cond = format!("bucket_ms <= {before} AND project_id <> {all}");
     if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", true) {
-        q.push_str(" AND ");
-        q.push_str(&pc);
+        cond.push_str(" AND ");
+        cond.push_str(&pc);
     }
-    c.execute(&q, params_from_iter(to_values(&sql.params)))
-        .map_err(map_err)?;
+    let mut leaving: BTreeMap<(String, i64, String), Stats> = BTreeMap::new();
+    {
+        let mut st = tx
+            .prepare(&format!(
+                "SELECT dim, bucket_ms, value, {ROLLUP_STATS} FROM rollup_hourly WHERE {cond}"
+            ))
+            .map_err(map_err)?;
+        let mut rows = st.query(params_from_iter(to_values(&sql.params))).map_err(map_err)?;
+        while let Some(r) = rows.next().map_err(map_err)? {
+            let key = (
+                r.get(0).map_err(map_err)?,
+                r.get(1).map_err(map_err)?,
+                r.get(2).map_err(map_err)?,
+            );
+            leaving.entry(key).or_default().merge(&stats_at(r, 3)?);
+        }
+    }
+    {
+        let mut sel = tx
+            .prepare_cached(&format!(
+                "SELECT {ROLLUP_STATS} FROM rollup_hourly \
+                 WHERE dim = ?1 AND bucket_ms = ?2 AND value = ?3 AND project_id = ?4"
+            ))
+            .map_err(map_err)?;
+        let mut up = tx.prepare_cached(ROLLUP_UPSERT).map_err(map_err)?;
+        let mut del = tx
+            .prepare_cached(
+                "DELETE FROM rollup_hourly WHERE dim = ?1 AND bucket_ms = ?2 AND value = ?3 AND project_id = ?4",
+            )
+            .map_err(map_err)?;
+        for ((dim, hour, value), gone) in &leaving {
+            let mut rows = sel
+                .query(params![dim, hour, value, ALL_PROJECTS])
+                .map_err(map_err)?;
+            let Some(r) = rows.next().map_err(map_err)? else {
+                continue;
+            };
+            let mut s = stats_at(r, 0)?;
+            drop(rows);
+            s.minus(gone);
+            if s.requests == 0 {
+                del.execute(params![dim, hour, value, ALL_PROJECTS])
+                    .map_err(map_err)?;
+            } else {
+                up.execute(params![
+                    dim,
+                    hour,
+                    value,
+                    ALL_PROJECTS,
+                    to_i64(s.requests),
+                    to_i64(s.errors),
+                    to_i64(s.prompt_tokens),
+                    to_i64(s.completion_tokens),
+                    s.cost_usd,
+                    s.latency_sum_ms,
+                    s.hist.to_text(),
+                ])
+                .map_err(map_err)?;
+            }
+        }
+    }
+    tx.execute(
+        &format!("DELETE FROM rollup_hourly WHERE {cond}"),
+        params_from_iter(to_values(&sql.params)),
+    )
+    .map_err(map_err)?;
+    tx.commit().map_err(map_err)?;
     Ok(())
 }
+
+const ROLLUP_STATS: &str =
+    "requests, errors, prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist";
+const ROLLUP_UPSERT: &str = "INSERT OR REPLACE INTO rollup_hourly (dim, bucket_ms, value, project_id, requests, errors, \
+     prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 impl SqliteStore {
     /// Open (creating the file if needed) and migrate.

@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use loopgate::dialect::bedrock::eventstream::{encode_frame, event_frame, exception_frame, HeaderValue};
+use loopgate::dialect::bedrock::eventstream::{
+    encode_frame, event_frame, exception_frame, HeaderValue,
+};
 use serde_json::{json, Value};
 
 use crate::common::{sse, Received, Reply};
@@ -61,7 +63,9 @@ pub fn openai_embeddings_json(r: &Received) -> String {
         .iter()
         .enumerate()
         .map(|(i, _)| {
-            let v: Vec<f32> = (0..dims).map(|k| (i as f32 + 1.0) * 0.25 + k as f32 * 0.125).collect();
+            let v: Vec<f32> = (0..dims)
+                .map(|k| (i as f32 + 1.0) * 0.25 + k as f32 * 0.125)
+                .collect();
             let emb = if base64 {
                 use base64::Engine;
                 let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -79,9 +83,14 @@ pub fn openai_embeddings_json(r: &Received) -> String {
 /// OpenAI `/images/generations`.
 pub fn openai_images_json(r: &Received) -> String {
     let n = r.json()["n"].as_u64().unwrap_or(1);
-    let data: Vec<Value> = (0..n).map(|i| json!({"b64_json": "iVBORw0KGgo=", "revised_prompt": format!("image {i}")})).collect();
+    let data: Vec<Value> = (0..n)
+        .map(|i| json!({"b64_json": "iVBORw0KGgo=", "revised_prompt": format!("image {i}")}))
+        .collect();
     let mut v = json!({"created": 1700000000u64, "data": data});
-    if r.json()["model"].as_str().is_some_and(|m| m.starts_with("gpt-image")) {
+    if r.json()["model"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("gpt-image"))
+    {
         // gpt-image models report token usage.
         v["usage"] = json!({"input_tokens": 12, "output_tokens": 272 * n, "total_tokens": 12 + 272 * n,
             "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}});
@@ -116,7 +125,10 @@ fn openai_tool_reply(model: &str, stream: bool, usage: bool) -> Reply {
         Value::Null,
     )];
     for a in ARG_PIECES {
-        v.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}), Value::Null));
+        v.push(chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
+            Value::Null,
+        ));
     }
     v.push(chunk(json!({}), json!("tool_calls")));
     if usage {
@@ -162,7 +174,10 @@ pub fn anthropic_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
     let usage = if tools { TOOL_USAGE } else { TEXT_USAGE };
     let mut start = anthropic_message(model, json!([]), "", (usage.0, 1));
     start["stop_reason"] = Value::Null;
-    let mut v = vec![named_sse("message_start", json!({"type": "message_start", "message": start}))];
+    let mut v = vec![named_sse(
+        "message_start",
+        json!({"type": "message_start", "message": start}),
+    )];
     if tools {
         v.push(named_sse("content_block_start", json!({"type": "content_block_start", "index": 0,
             "content_block": {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather", "input": {}}})));
@@ -182,7 +197,10 @@ pub fn anthropic_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
             }
         }
     }
-    v.push(named_sse("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    v.push(named_sse(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
     v.push(named_sse("message_delta", json!({"type": "message_delta",
         "delta": {"stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null},
         "usage": {"output_tokens": usage.1}})));
@@ -195,25 +213,51 @@ pub fn anthropic_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
 pub fn anthropic_like() -> Reply {
     Reply::Dynamic(Arc::new(|r: &Received| {
         let b = r.json();
-        let model = b["model"].as_str().unwrap_or("claude-sonnet-4-5").to_string();
+        let model = b["model"]
+            .as_str()
+            .unwrap_or("claude-sonnet-4-5")
+            .to_string();
         let tools = has_tools(r);
         let stream = b["stream"].as_bool() == Some(true) || r.path.contains(":streamRawPredict");
         if stream {
-            return Reply::Chunks(200, "text/event-stream; charset=utf-8".into(), parts(anthropic_stream(&model, tools, wants_error(r))));
+            return Reply::Chunks(
+                200,
+                "text/event-stream; charset=utf-8".into(),
+                parts(anthropic_stream(&model, tools, wants_error(r))),
+            );
         }
         let msg = if tools {
-            anthropic_message(&model, json!([{"type": "text", "text": "Let me check."},
-                {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather", "input": {"city": "Paris"}}]), "tool_use", TOOL_USAGE)
+            anthropic_message(
+                &model,
+                json!([{"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather", "input": {"city": "Paris"}}]),
+                "tool_use",
+                TOOL_USAGE,
+            )
         } else {
-            anthropic_message(&model, json!([{"type": "text", "text": TEXT}]), "end_turn", TEXT_USAGE)
+            anthropic_message(
+                &model,
+                json!([{"type": "text", "text": TEXT}]),
+                "end_turn",
+                TEXT_USAGE,
+            )
         };
-        Reply::Json(200, vec![("request-id".into(), "req_018EeWyXxfu5pfWkrYcMdjWG".into())], msg.to_string())
+        Reply::Json(
+            200,
+            vec![("request-id".into(), "req_018EeWyXxfu5pfWkrYcMdjWG".into())],
+            msg.to_string(),
+        )
     }))
 }
 
 /// Anthropic's 529 (overloaded).
 pub fn anthropic_overloaded() -> Reply {
-    Reply::Json(529, vec![], json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).to_string())
+    Reply::Json(
+        529,
+        vec![],
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+            .to_string(),
+    )
 }
 
 /// Anthropic's 429 with `retry-after`.
@@ -245,14 +289,28 @@ fn gemini_response(model: &str, parts: Value, finish: Option<&str>, usage: Value
 pub fn gemini_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
     let ev = |v: Value| format!("data: {v}\r\n\r\n").into_bytes();
     if tools {
-        return vec![ev(gemini_response(model, json!([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]), Some("STOP"), gemini_usage(TOOL_USAGE)))];
+        return vec![ev(gemini_response(
+            model,
+            json!([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]),
+            Some("STOP"),
+            gemini_usage(TOOL_USAGE),
+        ))];
     }
     let mut v = Vec::new();
     for (i, p) in PIECES.iter().enumerate() {
         let last = i == PIECES.len() - 1;
         // Intermediate chunks carry prompt tokens only; the last the totals.
-        let usage = if last { gemini_usage(TEXT_USAGE) } else { json!({"promptTokenCount": TEXT_USAGE.0, "totalTokenCount": TEXT_USAGE.0}) };
-        v.push(ev(gemini_response(model, json!([{"text": p}]), last.then_some("STOP"), usage)));
+        let usage = if last {
+            gemini_usage(TEXT_USAGE)
+        } else {
+            json!({"promptTokenCount": TEXT_USAGE.0, "totalTokenCount": TEXT_USAGE.0})
+        };
+        v.push(ev(gemini_response(
+            model,
+            json!([{"text": p}]),
+            last.then_some("STOP"),
+            usage,
+        )));
         if error && i == 0 {
             // Google reports a failure inside the stream as an error object.
             v.push(ev(json!({"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}})));
@@ -267,10 +325,18 @@ pub fn gemini_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
 pub fn gemini_like() -> Reply {
     Reply::Dynamic(Arc::new(|r: &Received| {
         let b = r.json();
-        let model = r.path.split("/models/").nth(1).and_then(|s| s.split(':').next()).unwrap_or("gemini").to_string();
+        let model = r
+            .path
+            .split("/models/")
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+            .unwrap_or("gemini")
+            .to_string();
         if r.path.contains(":batchEmbedContents") {
             let n = b["requests"].as_array().map_or(0, Vec::len);
-            let embs: Vec<Value> = (0..n).map(|i| json!({"values": [0.5 + i as f64, -0.25, 0.125]})).collect();
+            let embs: Vec<Value> = (0..n)
+                .map(|i| json!({"values": [0.5 + i as f64, -0.25, 0.125]}))
+                .collect();
             return Reply::Json(200, vec![], json!({"embeddings": embs}).to_string());
         }
         if r.path.contains(":predict") {
@@ -278,7 +344,12 @@ pub fn gemini_like() -> Reply {
             let preds: Vec<Value> = (0..n)
                 .map(|i| json!({"embeddings": {"values": [0.5 + i as f64, -0.25, 0.125], "statistics": {"token_count": 4, "truncated": false}}}))
                 .collect();
-            return Reply::Json(200, vec![], json!({"predictions": preds, "metadata": {"billableCharacterCount": 20}}).to_string());
+            return Reply::Json(
+                200,
+                vec![],
+                json!({"predictions": preds, "metadata": {"billableCharacterCount": 20}})
+                    .to_string(),
+            );
         }
         let tools = b["tools"].as_array().is_some_and(|t| !t.is_empty());
         if r.path.contains(":streamGenerateContent") {
@@ -287,16 +358,34 @@ pub fn gemini_like() -> Reply {
                 // Without alt=sse Google streams one JSON array.
                 let objs: Vec<Value> = events
                     .iter()
-                    .filter_map(|e| serde_json::from_slice(String::from_utf8_lossy(e).trim().trim_start_matches("data: ").as_bytes()).ok())
+                    .filter_map(|e| {
+                        serde_json::from_slice(
+                            String::from_utf8_lossy(e)
+                                .trim()
+                                .trim_start_matches("data: ")
+                                .as_bytes(),
+                        )
+                        .ok()
+                    })
                     .collect();
                 return Reply::Json(200, vec![], Value::Array(objs).to_string());
             }
             return Reply::Chunks(200, "text/event-stream".into(), parts(events));
         }
         let resp = if tools {
-            gemini_response(&model, json!([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]), Some("STOP"), gemini_usage(TOOL_USAGE))
+            gemini_response(
+                &model,
+                json!([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]),
+                Some("STOP"),
+                gemini_usage(TOOL_USAGE),
+            )
         } else {
-            gemini_response(&model, json!([{"text": TEXT}]), Some("STOP"), gemini_usage(TEXT_USAGE))
+            gemini_response(
+                &model,
+                json!([{"text": TEXT}]),
+                Some("STOP"),
+                gemini_usage(TEXT_USAGE),
+            )
         };
         Reply::Json(200, vec![], resp.to_string())
     }))
@@ -317,8 +406,15 @@ pub fn gemini_exhausted() -> Reply {
 pub fn google_token_endpoint() -> Reply {
     Reply::Dynamic(Arc::new(|r: &Received| {
         let form = String::from_utf8_lossy(&r.body).to_string();
-        if r.method != "POST" || !form.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer") || !form.contains("assertion=") {
-            return Reply::Json(400, vec![], json!({"error": "invalid_grant", "error_description": "bad request"}).to_string());
+        if r.method != "POST"
+            || !form.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer")
+            || !form.contains("assertion=")
+        {
+            return Reply::Json(
+                400,
+                vec![],
+                json!({"error": "invalid_grant", "error_description": "bad request"}).to_string(),
+            );
         }
         Reply::Json(200, vec![], json!({"access_token": "ya29.test-access-token", "expires_in": 3599, "token_type": "Bearer"}).to_string())
     }))
@@ -352,20 +448,32 @@ pub fn bedrock_stream(tools: bool, fault: BedrockFault) -> Vec<Vec<u8>> {
     if tools {
         v.push(bedrock_event("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "name": "get_weather"}}})));
         for a in ARG_PIECES {
-            v.push(bedrock_event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": a}}})));
+            v.push(bedrock_event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": a}}}),
+            ));
         }
     } else {
         for (i, p) in PIECES.iter().enumerate() {
-            v.push(bedrock_event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": p}})));
+            v.push(bedrock_event(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": p}}),
+            ));
             if i == 0 {
                 match fault {
                     BedrockFault::None => {}
                     BedrockFault::Exception => {
-                        v.push(exception_frame("modelStreamErrorException", "The model stream failed: internal error"));
+                        v.push(exception_frame(
+                            "modelStreamErrorException",
+                            "The model stream failed: internal error",
+                        ));
                         return v;
                     }
                     BedrockFault::BadCrc => {
-                        let mut f = bedrock_event("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "lo"}}));
+                        let mut f = bedrock_event(
+                            "contentBlockDelta",
+                            json!({"contentBlockIndex": 0, "delta": {"text": "lo"}}),
+                        );
                         let n = f.len();
                         f[n - 1] ^= 0xff;
                         v.push(f);
@@ -375,9 +483,18 @@ pub fn bedrock_stream(tools: bool, fault: BedrockFault) -> Vec<Vec<u8>> {
             }
         }
     }
-    v.push(bedrock_event("contentBlockStop", json!({"contentBlockIndex": 0})));
-    v.push(bedrock_event("messageStop", json!({"stopReason": if tools { "tool_use" } else { "end_turn" }})));
-    v.push(bedrock_event("metadata", json!({"usage": bedrock_usage(usage), "metrics": {"latencyMs": 312}})));
+    v.push(bedrock_event(
+        "contentBlockStop",
+        json!({"contentBlockIndex": 0}),
+    ));
+    v.push(bedrock_event(
+        "messageStop",
+        json!({"stopReason": if tools { "tool_use" } else { "end_turn" }}),
+    ));
+    v.push(bedrock_event(
+        "metadata",
+        json!({"usage": bedrock_usage(usage), "metrics": {"latencyMs": 312}}),
+    ));
     v
 }
 
@@ -395,10 +512,18 @@ pub fn bedrock_like() -> Reply {
             } else {
                 BedrockFault::None
             };
-            return Reply::Chunks(200, "application/vnd.amazon.eventstream".into(), parts(bedrock_stream(tools, fault)));
+            return Reply::Chunks(
+                200,
+                "application/vnd.amazon.eventstream".into(),
+                parts(bedrock_stream(tools, fault)),
+            );
         }
         let (content, stop, usage) = if tools {
-            (json!([{"text": "Let me check."}, {"toolUse": {"toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "name": "get_weather", "input": {"city": "Paris"}}}]), "tool_use", TOOL_USAGE)
+            (
+                json!([{"text": "Let me check."}, {"toolUse": {"toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "name": "get_weather", "input": {"city": "Paris"}}}]),
+                "tool_use",
+                TOOL_USAGE,
+            )
         } else {
             (json!([{"text": TEXT}]), "end_turn", TEXT_USAGE)
         };
@@ -416,14 +541,20 @@ pub fn bedrock_like() -> Reply {
 pub fn bedrock_throttled() -> Reply {
     Reply::Json(
         429,
-        vec![("x-amzn-errortype".into(), "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/".into())],
+        vec![(
+            "x-amzn-errortype".into(),
+            "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/".into(),
+        )],
         json!({"message": "Too many requests, please wait before trying again."}).to_string(),
     )
 }
 
 /// Headers of an encoded frame, for a hand-made frame in a test.
 pub fn raw_frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
-    let h: Vec<(&str, HeaderValue)> = headers.iter().map(|(k, v)| (*k, HeaderValue::String((*v).to_string()))).collect();
+    let h: Vec<(&str, HeaderValue)> = headers
+        .iter()
+        .map(|(k, v)| (*k, HeaderValue::String((*v).to_string())))
+        .collect();
     encode_frame(&h, payload)
 }
 
@@ -435,18 +566,27 @@ fn cohere_usage(u: (u64, u64)) -> Value {
 
 pub fn cohere_stream(tools: bool, error: bool) -> Vec<Vec<u8>> {
     let id = "c14c80c3-18eb-4519-9460-6c92edd8cfb4";
-    let mut v = vec![named_sse("message-start", json!({"id": id, "type": "message-start",
-        "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}))];
+    let mut v = vec![named_sse(
+        "message-start",
+        json!({"id": id, "type": "message-start",
+        "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}}),
+    )];
     if tools {
         for p in ["I will look", " up the weather."] {
-            v.push(named_sse("tool-plan-delta", json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": p}}})));
+            v.push(named_sse(
+                "tool-plan-delta",
+                json!({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": p}}}),
+            ));
         }
         v.push(named_sse("tool-call-start", json!({"type": "tool-call-start", "index": 0,
             "delta": {"message": {"tool_calls": {"id": "get_weather_4fq0jxmc1ktb", "type": "function", "function": {"name": "get_weather", "arguments": ""}}}}})));
         for a in ARG_PIECES {
             v.push(named_sse("tool-call-delta", json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": a}}}}})));
         }
-        v.push(named_sse("tool-call-end", json!({"type": "tool-call-end", "index": 0})));
+        v.push(named_sse(
+            "tool-call-end",
+            json!({"type": "tool-call-end", "index": 0}),
+        ));
     } else {
         v.push(named_sse("content-start", json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})));
         for (i, p) in PIECES.iter().enumerate() {
@@ -457,7 +597,10 @@ pub fn cohere_stream(tools: bool, error: bool) -> Vec<Vec<u8>> {
                 return v;
             }
         }
-        v.push(named_sse("content-end", json!({"type": "content-end", "index": 0})));
+        v.push(named_sse(
+            "content-end",
+            json!({"type": "content-end", "index": 0}),
+        ));
     }
     v.push(named_sse("message-end", json!({"type": "message-end",
         "delta": {"finish_reason": if tools { "TOOL_CALL" } else { "COMPLETE" }, "usage": cohere_usage(if tools { TOOL_USAGE } else { TEXT_USAGE })}})));
@@ -470,7 +613,9 @@ pub fn cohere_like() -> Reply {
         let b = r.json();
         if r.path.ends_with("/v2/embed") {
             let texts = b["texts"].as_array().cloned().unwrap_or_default();
-            let vecs: Vec<Value> = (0..texts.len()).map(|i| json!([0.5 + i as f64, -0.25, 0.125])).collect();
+            let vecs: Vec<Value> = (0..texts.len())
+                .map(|i| json!([0.5 + i as f64, -0.25, 0.125]))
+                .collect();
             return Reply::Json(
                 200,
                 vec![],
@@ -481,13 +626,25 @@ pub fn cohere_like() -> Reply {
         }
         let tools = has_tools(r);
         if b["stream"].as_bool() == Some(true) {
-            return Reply::Chunks(200, "text/event-stream".into(), parts(cohere_stream(tools, wants_error(r))));
+            return Reply::Chunks(
+                200,
+                "text/event-stream".into(),
+                parts(cohere_stream(tools, wants_error(r))),
+            );
         }
         let (message, finish, usage) = if tools {
-            (json!({"role": "assistant", "tool_plan": "I will look up the weather.",
-                "tool_calls": [{"id": "get_weather_4fq0jxmc1ktb", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}), "TOOL_CALL", TOOL_USAGE)
+            (
+                json!({"role": "assistant", "tool_plan": "I will look up the weather.",
+                "tool_calls": [{"id": "get_weather_4fq0jxmc1ktb", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}),
+                "TOOL_CALL",
+                TOOL_USAGE,
+            )
         } else {
-            (json!({"role": "assistant", "content": [{"type": "text", "text": TEXT}]}), "COMPLETE", TEXT_USAGE)
+            (
+                json!({"role": "assistant", "content": [{"type": "text", "text": TEXT}]}),
+                "COMPLETE",
+                TEXT_USAGE,
+            )
         };
         Reply::Json(200, vec![], json!({"id": "c14c80c3-18eb-4519-9460-6c92edd8cfb4", "finish_reason": finish, "message": message, "usage": cohere_usage(usage)}).to_string())
     }))
@@ -523,32 +680,102 @@ pub fn ollama_like() -> Reply {
                 Value::Array(a) => a.len(),
                 _ => 1,
             };
-            let embs: Vec<Value> = (0..n).map(|i| json!([0.5 + i as f64, -0.25, 0.125])).collect();
+            let embs: Vec<Value> = (0..n)
+                .map(|i| json!([0.5 + i as f64, -0.25, 0.125]))
+                .collect();
             return Reply::Json(200, vec![], json!({"model": model, "embeddings": embs, "total_duration": 14143917u64, "load_duration": 1019500u64, "prompt_eval_count": 3 * n}).to_string());
         }
         let tools = has_tools(r);
         let call = json!({"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]});
         let stream = b["stream"].as_bool() != Some(false);
         if !stream {
-            let (msg, usage) = if tools { (call, TOOL_USAGE) } else { (json!({"role": "assistant", "content": TEXT}), TEXT_USAGE) };
+            let (msg, usage) = if tools {
+                (call, TOOL_USAGE)
+            } else {
+                (json!({"role": "assistant", "content": TEXT}), TEXT_USAGE)
+            };
             let line = ollama_line(&model, msg, true, usage);
-            return Reply::Json(200, vec![], String::from_utf8_lossy(&line).trim().to_string());
+            return Reply::Json(
+                200,
+                vec![],
+                String::from_utf8_lossy(&line).trim().to_string(),
+            );
         }
         let mut v = Vec::new();
         if tools {
             // Ollama sends a whole tool call in one line, arguments as an object.
             v.push(ollama_line(&model, call, false, TOOL_USAGE));
-            v.push(ollama_line(&model, json!({"role": "assistant", "content": ""}), true, TOOL_USAGE));
+            v.push(ollama_line(
+                &model,
+                json!({"role": "assistant", "content": ""}),
+                true,
+                TOOL_USAGE,
+            ));
         } else {
             for (i, p) in PIECES.iter().enumerate() {
-                v.push(ollama_line(&model, json!({"role": "assistant", "content": p}), false, TEXT_USAGE));
+                v.push(ollama_line(
+                    &model,
+                    json!({"role": "assistant", "content": p}),
+                    false,
+                    TEXT_USAGE,
+                ));
                 if wants_error(r) && i == 0 {
                     v.push(format!("{}\n", json!({"error": "an error was encountered while running the model: unexpected EOF"})).into_bytes());
                     return Reply::Chunks(200, "application/x-ndjson".into(), parts(v));
                 }
             }
-            v.push(ollama_line(&model, json!({"role": "assistant", "content": ""}), true, TEXT_USAGE));
+            v.push(ollama_line(
+                &model,
+                json!({"role": "assistant", "content": ""}),
+                true,
+                TEXT_USAGE,
+            ));
         }
         Reply::Chunks(200, "application/x-ndjson".into(), parts(v))
+    }))
+}
+
+// ---------------------------------------------------------------- transport variations
+
+/// The same reply with its streamed body re-cut into `size`-byte chunks, so event and
+/// frame boundaries fall anywhere (as TCP and proxies deliver them).
+pub fn rechunk(inner: Reply, size: usize) -> Reply {
+    Reply::Dynamic(Arc::new(move |r: &Received| {
+        let mut reply = inner.clone();
+        while let Reply::Dynamic(f) = reply {
+            reply = f(r);
+        }
+        match reply {
+            Reply::Chunks(status, ctype, ps) => {
+                let all: Vec<u8> = ps.into_iter().flat_map(|(_, p)| p).collect();
+                Reply::Chunks(
+                    status,
+                    ctype,
+                    all.chunks(size.max(1))
+                        .map(|c| (Duration::ZERO, c.to_vec()))
+                        .collect(),
+                )
+            }
+            other => other,
+        }
+    }))
+}
+
+/// The same reply with the last `drop_parts` stream parts cut off: a stream that ends
+/// cleanly at the HTTP level but before the provider's terminal event.
+pub fn truncate(inner: Reply, drop_parts: usize) -> Reply {
+    Reply::Dynamic(Arc::new(move |r: &Received| {
+        let mut reply = inner.clone();
+        while let Reply::Dynamic(f) = reply {
+            reply = f(r);
+        }
+        match reply {
+            Reply::Chunks(status, ctype, mut ps) => {
+                let keep = ps.len().saturating_sub(drop_parts);
+                ps.truncate(keep);
+                Reply::Chunks(status, ctype, ps)
+            }
+            other => other,
+        }
     }))
 }
