@@ -107,8 +107,9 @@ pub struct ServeOptions {
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = GatewayConfig::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
     let rt = Runtime::build(cfg, 1).map_err(|e| e.to_string())?;
-    // Storage settings are read at start; a reload changes capture and zero-retention
-    // settings but not the backend (that needs a restart).
+    // The writer keeps the `[storage]` it started with: backend, batching, retention and
+    // turning capture on need a restart. Turning capture off and adding zero-retention
+    // projects apply on reload (the request path stops capturing at once).
     let storage = rt.storage.clone();
     crate::metrics::metrics().config_version.set(1);
     let s = rt.config.server.clone();

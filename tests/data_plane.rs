@@ -756,3 +756,38 @@ async fn header_prefix_is_configurable() {
     let text = log_entry(&g, &id).await.to_string();
     assert!(text.contains("sess-h") && text.contains("search"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_capture_respects_zero_retention() {
+    let mock = MockUpstream::start(openai_like()).await;
+    let zr_key = "lg-zero-retention-key";
+    let g = GatewayProc::start_full(
+        "",
+        "capture_bodies = true\nzero_retention_projects = [\"secret-proj\"]\n",
+        &format!(
+            "[[auth.keys]]\nid = \"zr\"\nhash = \"{}\"\nzero_retention = true\n",
+            loopgate::routing::keys::hash_key(zr_key)
+        ),
+        &openai_env(&mock),
+    );
+    let c = client();
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "CAPTURE-ME-123"}]});
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for (key, project) in [(MASTER_KEY, "open"), (zr_key, "open"), (MASTER_KEY, "secret-proj")] {
+            let r = c.post(g.url("/v1/chat/completions")).bearer_auth(key).header("loopgate-project-id", project).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            v.push(r.headers()["loopgate-request-id"].to_str().unwrap().to_string());
+        }
+        v
+    };
+    let stored = |id: &str| {
+        let conn = rusqlite::Connection::open(g.db_path()).unwrap();
+        conn.query_row("SELECT request_body FROM traces WHERE request_id = ?1", [id], |r| r.get::<_, Option<String>>(0))
+            .ok()
+    };
+    assert!(eventually(|| stored(&ids[2]).is_some(), Duration::from_secs(5)).await);
+    assert!(stored(&ids[0]).flatten().is_some_and(|b| b.contains("CAPTURE-ME-123")), "capture on stores the prompt");
+    assert_eq!(stored(&ids[1]).flatten(), None, "zero-retention key never stores text");
+    assert_eq!(stored(&ids[2]).flatten(), None, "zero-retention project never stores text");
+}

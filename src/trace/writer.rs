@@ -79,6 +79,8 @@ struct DropLog {
 pub struct TraceSink {
     tx: mpsc::Sender<Msg>,
     drops: Arc<DropLog>,
+    // Resolved once: a labelled lookup per request would cost a hash and a lock.
+    enqueued: prometheus::IntCounter,
 }
 
 impl TraceSink {
@@ -87,9 +89,8 @@ impl TraceSink {
     pub fn submit(&self, rec: TraceRecord) {
         match self.tx.try_send(Msg::Rec(Box::new(rec))) {
             Ok(()) => {
-                let m = metrics();
-                m.trace_enqueued.with_label_values(&["trace"]).inc();
-                m.trace_queue_depth.inc();
+                self.enqueued.inc();
+                metrics().trace_queue_depth.inc();
             }
             Err(mpsc::error::TrySendError::Full(_)) => self.dropped("channel_full"),
             Err(mpsc::error::TrySendError::Closed(_)) => self.dropped("writer_closed"),
@@ -190,6 +191,7 @@ pub fn trace_pipeline_with_opener(
             last_ms: AtomicI64::new(0),
             since: AtomicU64::new(0),
         }),
+        enqueued: metrics().trace_enqueued.with_label_values(&["trace"]),
     };
     (
         sink,
