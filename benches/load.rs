@@ -325,12 +325,14 @@ mod passthrough {
             std::process::exit(2)
         };
         // Same worker count as loopgate's bench config.
-        let mut conf = ServerConf::default();
-        conf.threads = 2;
-        conf.pid_file = format!("{tmp}/passthrough.pid");
-        conf.upgrade_sock = format!("{tmp}/passthrough.sock");
-        conf.grace_period_seconds = Some(0);
-        conf.graceful_shutdown_timeout_seconds = Some(1);
+        let conf = ServerConf {
+            threads: 2,
+            pid_file: format!("{tmp}/passthrough.pid"),
+            upgrade_sock: format!("{tmp}/passthrough.sock"),
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
+            ..ServerConf::default()
+        };
         let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
         server.bootstrap();
         let mut svc =

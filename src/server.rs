@@ -135,13 +135,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     gw.admin.push(Box::new(StoreRoutes { slot }));
     let gw = Arc::new(gw);
 
-    let mut conf = ServerConf::default();
-    conf.threads = s.threads.max(1);
     // Pingora sleeps its whole grace period; the coordinator exits earlier once idle.
-    conf.grace_period_seconds = Some(s.grace_period_secs);
-    conf.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_timeout_secs);
-    conf.pid_file = s.pid_file.clone();
-    conf.upgrade_sock = s.upgrade_sock.clone();
+    let conf = ServerConf {
+        threads: s.threads.max(1),
+        grace_period_seconds: Some(s.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        ..Default::default()
+    };
     let opt = Opt {
         upgrade: opts.upgrade,
         ..Default::default()

@@ -115,8 +115,8 @@ impl Stream {
     fn finish(&self) -> Option<String> {
         self.chunks
             .iter()
-            .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
-            .last()
+            .rev()
+            .find_map(|c| c["choices"][0]["finish_reason"].as_str())
             .map(str::to_string)
     }
 
@@ -302,6 +302,7 @@ async fn common_chat_checks(g: &GatewayProc, model: &str, provider: &str) -> (St
     assert_text_stream(&s, &stream_id, mocks::TEXT_USAGE);
 
     let r = post(g, "/v1/chat/completions", &streamed(chat(model), false)).await;
+    let hidden_id = header(&r, "loopgate-request-id");
     let s = Stream::parse(&r.text().await.unwrap());
     assert_eq!(s.content(), mocks::TEXT);
     assert!(
@@ -309,6 +310,13 @@ async fn common_chat_checks(g: &GatewayProc, model: &str, provider: &str) -> (St
             .iter()
             .all(|c| c.get("usage").is_none() && c["choices"] != json!([])),
         "no usage without include_usage"
+    );
+    // Usage is still counted when the client did not ask to see it.
+    let t = trace(g, &hidden_id).await;
+    assert_eq!(
+        (t["prompt_tokens"].as_u64(), t["completion_tokens"].as_u64()),
+        (Some(mocks::TEXT_USAGE.0), Some(mocks::TEXT_USAGE.1)),
+        "{model}: {t}"
     );
 
     let v: Value = post(g, "/v1/chat/completions", &tool_chat(model))
@@ -417,6 +425,16 @@ async fn anthropic_translation() {
         (Some(11), Some(3))
     );
     assert_cost(&t, cost(mocks::TEXT_USAGE, SONNET_PRICE));
+    // n > 1 cannot be expressed in the Messages API: 400 naming the parameter, no upstream call.
+    let before = mock.count();
+    let mut body = chat("claude-sonnet-4-5");
+    body["n"] = json!(2);
+    let r = post(&g, "/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["param"], "n", "{v}");
+    assert_eq!(mock.count(), before);
+
     let t = trace(&g, &stream_id).await;
     assert_eq!(t["stream"], 1);
     assert_eq!(
@@ -986,7 +1004,6 @@ async fn capability_embeddings_and_images() {
 /// `encoding_format: "base64"` (what the official SDKs ask for by default) must come back
 /// as base64 little-endian float32 from translated providers too, as OpenAI answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: encoding_format=base64 is ignored for translated embeddings (Cohere, Gemini): float arrays come back; see the e2e report"]
 async fn embeddings_base64_for_translated_providers() {
     use base64::Engine;
     let cohere = MockUpstream::start(mocks::cohere_like()).await;
@@ -1086,5 +1103,141 @@ async fn native_streams_split_anywhere_or_truncated() {
             s.error.is_some(),
             "{model}: a truncated stream must end with an error event:\n{text}"
         );
+    }
+}
+
+/// Parallel tool calls in native streams get OpenAI indexes 0, 1 (whatever the native
+/// block indexes are), each with its own id and name first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_tool_calls_in_native_streams() {
+    let ev = |e: &str, d: Value| format!("event: {e}\ndata: {d}\n\n").into_bytes();
+    let anthropic = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 20, "output_tokens": 1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Checking both."}}),
+        ),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_A", "name": "get_weather", "input": {}}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Par"}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "is\"}"}}),
+        ),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 1}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "toolu_B", "name": "get_time", "input": {}}}),
+        ),
+        ev(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"tz\": \"CET\"}"}}),
+        ),
+        ev(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 2}),
+        ),
+        ev(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 30}}),
+        ),
+        ev("message_stop", json!({"type": "message_stop"})),
+    ];
+    let gemini = vec![format!("data: {}\r\n\r\n", json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
+            {"functionCall": {"name": "get_time", "args": {"tz": "CET"}}}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 20, "candidatesTokenCount": 30, "totalTokenCount": 50}})).into_bytes()];
+    let be = |k: &str, d: Value| {
+        loopgate::dialect::bedrock::eventstream::event_frame(k, d.to_string().as_bytes())
+    };
+    let bedrock = vec![
+        be("messageStart", json!({"role": "assistant"})),
+        be(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_A", "name": "get_weather"}}}),
+        ),
+        be(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "{\"city\": \"Paris\"}"}}}),
+        ),
+        be("contentBlockStop", json!({"contentBlockIndex": 0})),
+        be(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_B", "name": "get_time"}}}),
+        ),
+        be(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"tz\": \"CET\"}"}}}),
+        ),
+        be("contentBlockStop", json!({"contentBlockIndex": 1})),
+        be("messageStop", json!({"stopReason": "tool_use"})),
+        be(
+            "metadata",
+            json!({"usage": {"inputTokens": 20, "outputTokens": 30, "totalTokens": 50}, "metrics": {"latencyMs": 100}}),
+        ),
+    ];
+    let chunks = |v: Vec<Vec<u8>>, ct: &str| {
+        Reply::Chunks(
+            200,
+            ct.into(),
+            v.into_iter().map(|p| (Duration::ZERO, p)).collect(),
+        )
+    };
+    let a = MockUpstream::start(chunks(anthropic, "text/event-stream")).await;
+    let gm = MockUpstream::start(chunks(gemini, "text/event-stream")).await;
+    let b = MockUpstream::start(chunks(bedrock, "application/vnd.amazon.eventstream")).await;
+    let mut env = anthropic_env(&a);
+    env.extend(gemini_env(&gm));
+    env.extend(bedrock_env(&b));
+    let g = GatewayProc::start("", &env);
+    for model in ["claude-sonnet-4-5", "gemini-2.5-flash", BEDROCK_MODEL] {
+        let r = post(
+            &g,
+            "/v1/chat/completions",
+            &streamed(tool_chat(model), true),
+        )
+        .await;
+        let text = r.text().await.unwrap();
+        let s = Stream::parse(&text);
+        assert!(s.error.is_none(), "{model}: {text}");
+        let calls = s.tool_calls();
+        assert_eq!(calls.len(), 2, "{model}: {calls:?}");
+        assert_ne!(calls[0].0, calls[1].0, "{model}: distinct ids");
+        assert_eq!(
+            (calls[0].1.as_str(), calls[1].1.as_str()),
+            ("get_weather", "get_time"),
+            "{model}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&calls[0].2).unwrap(),
+            json!({"city": "Paris"}),
+            "{model}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&calls[1].2).unwrap(),
+            json!({"tz": "CET"}),
+            "{model}"
+        );
+        assert_eq!(s.finish().as_deref(), Some("tool_calls"), "{model}");
+        assert_eq!(s.usage().unwrap()["completion_tokens"], 30, "{model}");
     }
 }

@@ -364,6 +364,9 @@ fn mac(key: &SigningKey) -> Result<Hmac<Sha256>, SignError> {
 
 /// Round every float to 12 significant digits and flush |x| < 1e-10 to 0.
 ///
+/// Exact text round trips are guaranteed for |x| < 1e15, which covers every number a trace holds
+/// (probabilities, USD, milliseconds, counts).
+///
 /// Why: serde_json's default float parser is exact only for short decimals with small
 /// exponents; a 17-digit float can come back one ULP off after an export is re-parsed, which
 /// would change the canonical form and break verification. Normalised floats round-trip exactly.
@@ -450,6 +453,21 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        // Normalised floats survive text round trips, so exported traces keep verifying.
+        #[test]
+        fn normalised_floats_round_trip(
+            parts in proptest::collection::vec((-1.0f64..1.0, -12i32..15), 1..20)
+        ) {
+            let xs: Vec<f64> = parts.iter().map(|(m, e)| m * 10f64.powi(*e)).collect();
+            let mut v = serde_json::json!({ "xs": xs, "nested": { "x": xs[0] } });
+            normalise_numbers(&mut v);
+            let canon = canonical_json(&v);
+            let back: Value = serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+            proptest::prop_assert_eq!(canonical_json(&back), canon);
+        }
+    }
+
     #[test]
     fn canonical_form_sorts_keys_and_strips_space() {
         let v: Value =
@@ -506,6 +524,7 @@ mod tests {
         let psum: f64 = t.candidates.iter().map(|c| c.propensity).sum();
         assert!((psum - 1.0).abs() < 1e-9);
 
+        eprintln!("example explanation: {}", t.explanation);
         let signed = sign(&t, &key()).unwrap();
         verify(&signed, &key()).unwrap();
         // Round trip through text with reordered keys and whitespace still verifies.
@@ -575,6 +594,7 @@ mod tests {
         assert_eq!(t.served, "gpt-4o");
         assert_eq!(t.kind, PickKind::Baseline);
         assert!(t.explanation.contains("daily_budget"), "{}", t.explanation);
+        eprintln!("example explanation: {}", t.explanation);
         assert!(t
             .constraints
             .iter()

@@ -242,6 +242,7 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
         if !(200..300).contains(&status) {
             let retry_after = resp.header_str("retry-after").map(str::to_string);
             let body = resp.body(1024 * 1024).await.unwrap_or_default();
+            let retry_after = retry_after.or_else(|| retry_delay_from_body(&body));
             let f = prov.dialect.classify_error(status, &body);
             let outcome = if f.code == "overloaded" { "overloaded" } else { "http_error" };
             record_attempt(ctx, cand, Some(status), outcome, started, Some(f.message.clone()));
@@ -368,6 +369,13 @@ async fn whole_back(
             return Err(fail(502, e.to_string(), "bad_upstream_response"));
         }
     };
+    let t = match op {
+        Op::Embeddings(body) if body.get("encoding_format").and_then(Value::as_str) == Some("base64") => Translated {
+            body: embeddings_as_base64(&t.body).unwrap_or(t.body),
+            ..t
+        },
+        _ => t,
+    };
     record_attempt(ctx, cand, Some(200), "ok", started, None);
     metrics()
         .upstream_latency
@@ -383,6 +391,34 @@ async fn whole_back(
     }
     write_full(session, ctx, 200, "application/json", t.body, extra).await;
     Ok(())
+}
+
+/// `encoding_format: "base64"` for dialects that always answer with float arrays: each
+/// embedding becomes base64 of little-endian f32, as OpenAI sends it. Already-encoded
+/// strings are left alone. `None` when the body is not an embeddings list.
+fn embeddings_as_base64(body: &[u8]) -> Option<bytes::Bytes> {
+    use base64::Engine;
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    for item in v.get_mut("data")?.as_array_mut()? {
+        let Some(Value::Array(xs)) = item.get("embedding") else { continue };
+        let mut raw = Vec::with_capacity(xs.len() * 4);
+        for x in xs {
+            raw.extend_from_slice(&(x.as_f64()? as f32).to_le_bytes());
+        }
+        item["embedding"] = Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
+    }
+    serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
+}
+
+/// Google APIs put the wait in the body (`RetryInfo.retryDelay: "7s"`), not in a header.
+fn retry_delay_from_body(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let details = v.get("error")?.get("details")?.as_array()?;
+    details.iter().find_map(|d| {
+        let s = d.get("retryDelay")?.as_str()?;
+        let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
+        Some(format!("{}", secs.ceil() as u64))
+    })
 }
 
 /// Bodies are captured only when the operator turned capture on and the request is not zero-retention.
@@ -541,4 +577,26 @@ async fn stream_back(
     // cancels the upstream request when the client left.
     drop(resp);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn google_retry_delay_becomes_retry_after() {
+        let body = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"6.5s"}]}}"#;
+        assert_eq!(retry_delay_from_body(body).as_deref(), Some("7"));
+        assert_eq!(retry_delay_from_body(b"{}"), None);
+    }
+
+    #[test]
+    fn float_embeddings_become_base64_f32() {
+        use base64::Engine;
+        let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]},{"index":1,"embedding":"AAAA"}]}"#;
+        let out: Value = serde_json::from_slice(&embeddings_as_base64(body).unwrap()).unwrap();
+        let b = base64::engine::general_purpose::STANDARD.decode(out["data"][0]["embedding"].as_str().unwrap()).unwrap();
+        assert_eq!(b, [0.5f32.to_le_bytes(), (-0.25f32).to_le_bytes()].concat());
+        assert_eq!(out["data"][1]["embedding"], "AAAA");
+    }
 }

@@ -178,14 +178,23 @@ pub fn anthropic_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
         "message_start",
         json!({"type": "message_start", "message": start}),
     )];
+    // Index of the last content block (tool answers start with a text block, as Claude does).
+    let mut last_block = 0;
     if tools {
-        v.push(named_sse("content_block_start", json!({"type": "content_block_start", "index": 0,
+        v.push(named_sse("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+        v.push(named_sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me check."}})));
+        v.push(named_sse(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        v.push(named_sse("content_block_start", json!({"type": "content_block_start", "index": 1,
             "content_block": {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather", "input": {}}})));
         v.push(named_sse("ping", json!({"type": "ping"})));
-        v.push(named_sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}})));
+        v.push(named_sse("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})));
         for a in ARG_PIECES {
-            v.push(named_sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": a}})));
+            v.push(named_sse("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": a}})));
         }
+        last_block = 1;
     } else {
         v.push(named_sse("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
         v.push(named_sse("ping", json!({"type": "ping"})));
@@ -199,7 +208,7 @@ pub fn anthropic_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
     }
     v.push(named_sse(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": last_block}),
     ));
     v.push(named_sse("message_delta", json!({"type": "message_delta",
         "delta": {"stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null},
@@ -445,14 +454,25 @@ pub enum BedrockFault {
 pub fn bedrock_stream(tools: bool, fault: BedrockFault) -> Vec<Vec<u8>> {
     let usage = if tools { TOOL_USAGE } else { TEXT_USAGE };
     let mut v = vec![bedrock_event("messageStart", json!({"role": "assistant"}))];
+    // Index of the last content block (tool answers start with a text block).
+    let mut last_block = 0;
     if tools {
-        v.push(bedrock_event("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "name": "get_weather"}}})));
+        v.push(bedrock_event(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": "Let me check."}}),
+        ));
+        v.push(bedrock_event(
+            "contentBlockStop",
+            json!({"contentBlockIndex": 0}),
+        ));
+        v.push(bedrock_event("contentBlockStart", json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "name": "get_weather"}}})));
         for a in ARG_PIECES {
             v.push(bedrock_event(
                 "contentBlockDelta",
-                json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": a}}}),
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": a}}}),
             ));
         }
+        last_block = 1;
     } else {
         for (i, p) in PIECES.iter().enumerate() {
             v.push(bedrock_event(
@@ -485,7 +505,7 @@ pub fn bedrock_stream(tools: bool, fault: BedrockFault) -> Vec<Vec<u8>> {
     }
     v.push(bedrock_event(
         "contentBlockStop",
-        json!({"contentBlockIndex": 0}),
+        json!({"contentBlockIndex": last_block}),
     ));
     v.push(bedrock_event(
         "messageStop",

@@ -45,5 +45,5 @@ else
   lock=()
   [[ -f "$sdk/package-lock.json" ]] && lock=("$sdk/package-lock.json")
   hash_of "$sdk/package.json" "${lock[@]}" > "$node_stamp"
-  echo "sdk setup: installed openai (node) $(node -e 'console.log(require("./tests/sdk/node_modules/openai/package.json").version)' 2>/dev/null || true)"
+  echo "sdk setup: installed openai (node) $(node -e 'console.log(require(process.argv[1]).version)' "$sdk/node_modules/openai/package.json" 2>/dev/null || true)"
 fi
