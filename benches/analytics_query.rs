@@ -58,9 +58,9 @@ fn rec(i: u64) -> TraceRecord {
         requested_model: MODELS[m].into(),
         served_model: Some(MODELS[m].into()),
         provider: Some(PROVIDERS[m % 5].into()),
-        status: if h % 61 == 0 {
+        status: if h.is_multiple_of(61) {
             500
-        } else if h % 97 == 0 {
+        } else if h.is_multiple_of(97) {
             429
         } else {
             200

@@ -124,9 +124,75 @@ fn gemini() -> Case {
     }
 }
 
+/// Bedrock ConverseStream: binary event-stream frames (built with the real encoder), cut
+/// like `netsplit` does: every third frame split in the middle.
+fn bedrock() -> Case {
+    use loopgate::dialect::bedrock::eventstream::event_frame;
+    let mut frames = vec![event_frame("messageStart", br#"{"role":"assistant","p":"abcdefghij"}"#)];
+    for i in 0..200 {
+        let p = format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"token {i} of the answer "}},"p":"abcdefghijklmn"}}"#);
+        frames.push(event_frame("contentBlockDelta", p.as_bytes()));
+    }
+    frames.push(event_frame("contentBlockStop", br#"{"contentBlockIndex":0,"p":"abc"}"#));
+    frames.push(event_frame(
+        "contentBlockStart",
+        br#"{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tooluse_01","name":"search"}},"p":"ab"}"#,
+    ));
+    for frag in [r#"{\"q\":"#, r#" \"consistent"#, r#" hashing\"}"#] {
+        let p = format!(r#"{{"contentBlockIndex":1,"delta":{{"toolUse":{{"input":"{frag}"}}}},"p":"abcd"}}"#);
+        frames.push(event_frame("contentBlockDelta", p.as_bytes()));
+    }
+    frames.push(event_frame("contentBlockStop", br#"{"contentBlockIndex":1}"#));
+    frames.push(event_frame("messageStop", br#"{"stopReason":"tool_use","p":"abcdefgh"}"#));
+    frames.push(event_frame(
+        "metadata",
+        br#"{"usage":{"inputTokens":1200,"outputTokens":412,"totalTokens":2412,"cacheReadInputTokens":800},"metrics":{"latencyMs":2100},"p":"abc"}"#,
+    ));
+    let mut chunks = Vec::with_capacity(frames.len() * 2);
+    for (i, f) in frames.into_iter().enumerate() {
+        if i % 3 == 2 {
+            let (a, b) = f.split_at(f.len() / 2);
+            chunks.push(a.to_vec());
+            chunks.push(b.to_vec());
+        } else {
+            chunks.push(f);
+        }
+    }
+    Case {
+        name: "bedrock",
+        profile: "name = \"bedrock\"\ndialect = \"bedrock\"\nbase_url = \"https://bedrock-runtime.us-east-1.amazonaws.com\"\nauth = \"sigv4\"\n",
+        model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        chunks,
+    }
+}
+
+/// Cohere v2 chat stream (SSE with typed events).
+fn cohere() -> Case {
+    let mut ev = vec![
+        "event: message-start\ndata: {\"id\":\"29f14a5a\",\"type\":\"message-start\",\"delta\":{\"message\":{\"role\":\"assistant\",\"content\":[],\"tool_plan\":\"\",\"tool_calls\":[],\"citations\":[]}}}\n\n".to_string(),
+        "event: content-start\ndata: {\"type\":\"content-start\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"type\":\"text\",\"text\":\"\"}}}}\n\n".to_string(),
+    ];
+    for i in 0..200 {
+        ev.push(format!("event: content-delta\ndata: {{\"type\":\"content-delta\",\"index\":0,\"delta\":{{\"message\":{{\"content\":{{\"text\":\"token {i} of the answer \"}}}}}}}}\n\n"));
+    }
+    ev.push("event: content-end\ndata: {\"type\":\"content-end\",\"index\":0}\n\n".into());
+    ev.push("event: tool-call-start\ndata: {\"type\":\"tool-call-start\",\"index\":0,\"delta\":{\"message\":{\"tool_calls\":{\"id\":\"search_1\",\"type\":\"function\",\"function\":{\"name\":\"search\",\"arguments\":\"\"}}}}}\n\n".into());
+    for frag in ["{\\\"q\\\":", " \\\"consistent", " hashing\\\"}"] {
+        ev.push(format!("event: tool-call-delta\ndata: {{\"type\":\"tool-call-delta\",\"index\":0,\"delta\":{{\"message\":{{\"tool_calls\":{{\"function\":{{\"arguments\":\"{frag}\"}}}}}}}}}}\n\n"));
+    }
+    ev.push("event: tool-call-end\ndata: {\"type\":\"tool-call-end\",\"index\":0}\n\n".into());
+    ev.push("event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"TOOL_CALL\",\"usage\":{\"billed_units\":{\"input_tokens\":1200,\"output_tokens\":412},\"tokens\":{\"input_tokens\":1290,\"output_tokens\":412}}}}\n\n".into());
+    Case {
+        name: "cohere",
+        profile: "name = \"cohere\"\ndialect = \"cohere\"\nbase_url = \"https://api.cohere.com\"\nchat_path = \"/v2/chat\"\napi_key_env = \"CO_API_KEY\"\n",
+        model: "command-a-03-2025",
+        chunks: netsplit(&ev),
+    }
+}
+
 /// Every benchmarked dialect. Append new cases here.
 fn cases() -> Vec<Case> {
-    vec![anthropic(), gemini()]
+    vec![anthropic(), gemini(), bedrock(), cohere()]
 }
 
 fn bench_case(c: &mut Criterion, case: &Case) {

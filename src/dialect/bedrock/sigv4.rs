@@ -34,9 +34,8 @@ pub enum BedrockAuth {
     Sigv4(Credentials),
     /// Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`) sent as `Authorization: Bearer`.
     ApiKey(Secret),
-    /// Activated (region set) without credentials: every request fails with this message.
-    /// Failing at activation instead would stop the gateway from starting wherever
-    /// `AWS_REGION` is ambient (ECS, CodeBuild) but Bedrock is not wanted.
+    /// Activated with incomplete credentials (an access key id without its secret): every
+    /// request fails with this message rather than the whole gateway refusing to start.
     Unconfigured(String),
 }
 

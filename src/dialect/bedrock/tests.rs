@@ -560,9 +560,10 @@ fn owned_profiles_load() {
         ProviderProfile::parse(&text, f).unwrap_or_else(|e| panic!("{e}"))
     };
     let b = load("bedrock.toml");
+    assert_eq!(b.dialect.as_str(), "bedrock");
     assert_eq!(
-        (b.dialect.as_str(), b.activation_var()),
-        ("bedrock", Some("AWS_REGION"))
+        b.activation_vars(),
+        vec!["AWS_ACCESS_KEY_ID", "AWS_BEARER_TOKEN_BEDROCK"]
     );
     assert!(b.matches_model("us.anthropic.claude-3-5-sonnet-20241022-v2:0"));
     assert!(b.matches_model("arn:aws:bedrock:us-east-1:123456789012:inference-profile/x"));
