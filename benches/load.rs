@@ -24,7 +24,8 @@
 //! Measured: p50/p99 at concurrency 1 for non-stream requests (time to the whole
 //! response) and stream TTFB (time to the first body byte); 2,000 requests per target
 //! and mode after 200 warm-up ones, targets interleaved in 8 rounds so drift on a shared
-//! machine hits all of them alike. Throughput: 64 connections, 20 ms mock, 10 s window.
+//! machine hits all of them alike (the order rotates each round). Throughput: 64
+//! connections, 20 ms mock, 10 s window.
 //! Prints a table, PASS/MISS per target (never fails the run), and writes
 //! `target/bench-results/load.json`.
 
@@ -675,8 +676,11 @@ async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>>
             }
         }
     }
-    'rounds: for _ in 0..ROUNDS {
-        for (i, c) in conns.iter_mut().enumerate() {
+    'rounds: for round in 0..ROUNDS {
+        // Rotate the order each round so no target always runs right after another.
+        for k in 0..targets.len() {
+            let i = (k + round) % targets.len();
+            let c = &mut conns[i];
             let accepted = MOCK_CONNS.load(Ordering::Relaxed);
             for _ in 0..PER_ROUND {
                 if started.elapsed() > PHASE_CAP {

@@ -30,7 +30,10 @@ fn rec(i: u64) -> TraceRecord {
         session_id: Some(format!("s{}", i / 8)),
         project_id: Some(format!("p{}", i % 10)),
         user_id: Some(format!("u{}", i % 500)),
-        properties: vec![("env".into(), if i.is_multiple_of(3) { "dev" } else { "prod" }.into())],
+        properties: vec![(
+            "env".into(),
+            if i.is_multiple_of(3) { "dev" } else { "prod" }.into(),
+        )],
         route: Some("chat".into()),
         requested_model: m.into(),
         served_model: Some(m.into()),

@@ -38,6 +38,8 @@ impl OpenAi {
         changed
     }
 
+    /// True when the body needs more than the usage request (model, dropped or renamed
+    /// parameters), i.e. a full re-serialisation.
     fn needs_rewrite(req: &ChatRequest, t: &Target) -> bool {
         let b = &req.body;
         let model_ok = if t.profile.model_in_body {
@@ -48,7 +50,28 @@ impl OpenAi {
         !model_ok
             || t.profile.unsupported_params.iter().any(|p| b.contains_key(p))
             || t.profile.rename_params.keys().any(|p| b.contains_key(p))
-            || (req.stream && t.profile.stream_usage && !req.include_usage)
+    }
+
+    /// The stream needs `stream_options.include_usage` added so it can be priced.
+    fn needs_usage(req: &ChatRequest, t: &Target) -> bool {
+        req.stream && t.profile.stream_usage && !req.include_usage
+    }
+
+    /// Add `"stream_options":{"include_usage":true}` to the client's bytes without
+    /// re-serialising them (a large agent body costs hundreds of µs to clone and write).
+    /// Only when the body has no `stream_options` at all; `None` otherwise.
+    fn splice_usage(req: &ChatRequest) -> Option<Bytes> {
+        if req.body.contains_key("stream_options") {
+            return None;
+        }
+        let raw = &req.raw[..];
+        let end = raw.iter().rposition(|&b| b == b'}')?;
+        let mut out = Vec::with_capacity(raw.len() + 40);
+        out.extend_from_slice(&raw[..end]);
+        // The body is a non-empty object (it has `model` and `messages`), so a comma is right.
+        out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+        out.extend_from_slice(&raw[end..]);
+        Some(Bytes::from(out))
     }
 }
 
@@ -58,7 +81,12 @@ impl Dialect for OpenAi {
     }
 
     fn build_chat(&self, req: &ChatRequest, t: &Target) -> Result<UpstreamRequest, DialectError> {
-        let body = if Self::needs_rewrite(req, t) {
+        let rewrite = Self::needs_rewrite(req, t);
+        let usage = Self::needs_usage(req, t);
+        let spliced = if !rewrite && usage { Self::splice_usage(req) } else { None };
+        let body = if let Some(b) = spliced {
+            b
+        } else if rewrite || usage {
             let mut body = req.body.clone();
             if t.profile.model_in_body {
                 body.insert("model".into(), Value::String(t.model.to_string()));
@@ -109,9 +137,10 @@ impl Dialect for OpenAi {
         if model.is_none() {
             v.insert("model".into(), Value::String(t.model.to_string()));
         }
-        let body = serde_json::to_vec(&v).map_err(|e| DialectError::Malformed(e.to_string()))?;
+        let mut out = Vec::with_capacity(body.len() + 64);
+        serde_json::to_writer(&mut out, &v).map_err(|e| DialectError::Malformed(e.to_string()))?;
         Ok(Translated {
-            body: Bytes::from(body),
+            body: Bytes::from(out),
             usage,
             model,
         })
@@ -437,5 +466,30 @@ mod tests {
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.contains("\"error\""));
         assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+}
+
+#[cfg(test)]
+mod splice_tests {
+    use super::*;
+    use crate::providers::{Endpoint, ProviderProfile};
+
+    #[test]
+    fn usage_request_is_spliced_into_the_clients_bytes() {
+        let profile = ProviderProfile::parse(
+            "name = \"p\"\ndialect = \"openai\"\nbase_url = \"http://h/v1\"\napi_key_env = \"X\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        let ep = Endpoint::parse("http://h/v1").unwrap();
+        let raw = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"}"}]}  "#;
+        let body: Map<String, Value> = serde_json::from_slice(raw).unwrap();
+        let req = ChatRequest { raw: Bytes::from_static(raw), body, model: "m".into(), stream: true, include_usage: false };
+        let t = Target { profile: &profile, endpoint: &ep, model: "m", stream: true, request_id: "r", created: 1, max_output_tokens: None };
+        let out = OpenAi.build_chat(&req, &t).unwrap();
+        let v: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"][0]["content"], "}");
+        assert_eq!(out.path, "/v1/chat/completions");
     }
 }

@@ -573,9 +573,14 @@ async fn stream_back(
     if let Some(c) = captured {
         ctx.response_body = Some(String::from_utf8_lossy(&c).into_owned());
     }
-    // Dropping `resp` without release closes the upstream connection, which is what
-    // cancels the upstream request when the client left.
-    drop(resp);
+    if outcome == "ok" && !ctx.cancelled {
+        // A stream read to its end goes back to the pool (no connect before the next one).
+        resp.release().await;
+    } else {
+        // Dropping without release closes the upstream connection: that is what cancels
+        // the upstream request when the client left, and a broken one is never reused.
+        drop(resp);
+    }
     Ok(())
 }
 

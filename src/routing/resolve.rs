@@ -73,10 +73,19 @@ impl Runtime {
         // pattern is eligible; the highest priority wins, a catalog listing breaks ties,
         // then the earlier profile file.
         let mut best: Option<(usize, (i32, bool))> = None;
+        // The catalog's providers for this name, looked up once (a handful at most).
+        let mut listing: [&str; 16] = [""; 16];
+        let mut n = 0;
+        for lp in self.catalog.providers_for(model) {
+            if n < listing.len() {
+                listing[n] = lp;
+                n += 1;
+            }
+        }
+        let listing = &listing[..n];
         for (i, prov) in self.providers.iter().enumerate() {
-            let listed = self
-                .catalog
-                .providers_for(model)
+            let listed = listing
+                .iter()
                 .any(|lp| prov.profile.catalog_providers.iter().any(|c| c == lp));
             if !listed && !prov.profile.matches_model(model) {
                 continue;

@@ -156,17 +156,10 @@ CREATE TABLE rollup_hourly (
     completion_tokens BIGINT NOT NULL,
     cost_usd DOUBLE PRECISION NOT NULL,
     latency_sum_ms DOUBLE PRECISION NOT NULL,
-    hist BIGINT[] NOT NULL,
+    hist TEXT NOT NULL,
     PRIMARY KEY (dim, bucket_ms, value, project_id)
 );
 CREATE INDEX rollup_hourly_project ON rollup_hourly (dim, project_id, bucket_ms);
--- Element-wise sum of two latency histograms, so concurrent gateways can upsert
--- rollup rows in one statement without a read-modify-write race.
-CREATE FUNCTION loopgate_hist_add(a BIGINT[], b BIGINT[]) RETURNS BIGINT[]
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT COALESCE(array_agg(COALESCE(a[i], 0) + COALESCE(b[i], 0) ORDER BY i), '{}'::BIGINT[])
-    FROM generate_series(1, GREATEST(COALESCE(array_length(a, 1), 0), COALESCE(array_length(b, 1), 0))) AS i
-$$;
 "#,
 }];
 

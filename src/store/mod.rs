@@ -320,7 +320,6 @@ pub(crate) fn rollup_deltas<'a>(
             ("model".into(), model),
             ("provider".into(), r.provider.clone().unwrap_or_default()),
             ("project".into(), project.clone()),
-            ("user".into(), r.user_id.clone().unwrap_or_default()),
             ("route".into(), r.route.clone().unwrap_or_default()),
         ];
         for (n, v) in &r.properties {
@@ -330,13 +329,15 @@ pub(crate) fn rollup_deltas<'a>(
             // Per project, and once more across all projects so unfiltered queries read
             // one row per (hour, value) instead of one per project.
             for p in [project.clone(), ALL_PROJECTS.to_string()] {
-                out.entry((dim.clone(), hour, value.clone(), p)).or_default().add(
-                    is_error(r),
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                    r.cost_usd,
-                    r.latency_ms,
-                );
+                out.entry((dim.clone(), hour, value.clone(), p))
+                    .or_default()
+                    .add(
+                        is_error(r),
+                        r.prompt_tokens,
+                        r.completion_tokens,
+                        r.cost_usd,
+                        r.latency_ms,
+                    );
             }
         }
     }
@@ -411,8 +412,13 @@ mod tests {
             ..Default::default()
         };
         let d = rollup_deltas(std::iter::once(&r));
-        assert_eq!(d.len(), 12);
-        assert!(d.contains_key(&("model".to_string(), HOUR_MS * 5, "gpt-4o".to_string(), ALL_PROJECTS.to_string())));
+        assert_eq!(d.len(), 10);
+        assert!(d.contains_key(&(
+            "model".to_string(),
+            HOUR_MS * 5,
+            "gpt-4o".to_string(),
+            ALL_PROJECTS.to_string()
+        )));
         let s = &d[&(
             "model".to_string(),
             HOUR_MS * 5,

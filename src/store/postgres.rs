@@ -2,7 +2,7 @@
 //!
 //! Two connections (writer, reader), each re-established on the next call after it drops.
 //! Migrations run under an advisory lock so gateways starting together do not race.
-//! Rollup rows are upserted in one statement with `loopgate_hist_add`, in sorted key order,
+//! Rollup rows are read-modify-written under row locks taken in sorted key order,
 //! so concurrent writers neither lose counts nor deadlock.
 
 use std::collections::{BTreeMap, HashSet};
@@ -18,8 +18,8 @@ use super::migrations::POSTGRES;
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::sqlite::{page, project_cond};
 use super::{
-    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, ALL_PROJECTS, RawRow, RollupRow, Store, StoreError,
-    HOUR_MS, TRACE_COLS, TRACE_NCOLS,
+    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, RawRow, RollupKey, RollupRow, Store,
+    StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 
@@ -239,36 +239,131 @@ async fn insert_batch(c: &mut Client, recs: &[TraceRecord]) -> Result<usize, Sto
     let deltas: Vec<_> = rollup_deltas(inserted.iter().copied())
         .into_iter()
         .collect();
+    apply_rollup(&tx, &deltas, true).await?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(inserted.len())
+}
+
+/// Add (`add`) or subtract deltas to rollup rows: read-modify-write under row locks.
+/// Rows are created first (so two gateways creating the same row cannot lose counts),
+/// then locked in key order (so concurrent writers cannot deadlock), merged here, and
+/// written back. Subtraction deletes rows that reach zero requests.
+async fn apply_rollup(
+    tx: &tokio_postgres::Transaction<'_>,
+    deltas: &[(RollupKey, Stats)],
+    add: bool,
+) -> Result<(), StoreError> {
     for chunk in deltas.chunks(ROLLUP_CHUNK) {
+        let mut keys: Vec<Param> = Vec::with_capacity(chunk.len() * 4);
+        for ((dim, hour, value, project), _) in chunk {
+            keys.push(Box::new(dim.clone()));
+            keys.push(Box::new(*hour));
+            keys.push(Box::new(value.clone()));
+            keys.push(Box::new(project.clone()));
+        }
+        if add {
+            let mut vals = Vec::with_capacity(chunk.len());
+            for i in 0..chunk.len() {
+                let b = i * 4;
+                vals.push(format!(
+                    "(${}, ${}, ${}, ${}, 0, 0, 0, 0, 0, 0, '')",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4
+                ));
+            }
+            let q = format!(
+                "INSERT INTO rollup_hourly (dim, bucket_ms, value, project_id, requests, errors, prompt_tokens, \
+                 completion_tokens, cost_usd, latency_sum_ms, hist) VALUES {} ON CONFLICT DO NOTHING",
+                vals.join(", ")
+            );
+            tx.execute(&q, &refs(&keys)).await.map_err(pg_err)?;
+        }
+        let q = format!(
+            "SELECT dim, bucket_ms, value, project_id, requests, errors, prompt_tokens, completion_tokens, \
+             cost_usd, latency_sum_ms, hist FROM rollup_hourly WHERE (dim, bucket_ms, value, project_id) IN ({}) \
+             ORDER BY dim, bucket_ms, value, project_id FOR UPDATE",
+            values_list(chunk.len(), 4)
+        );
+        let mut current: BTreeMap<RollupKey, Stats> = BTreeMap::new();
+        for r in tx.query(&q, &refs(&keys)).await.map_err(pg_err)? {
+            let hist: String = r.try_get(10).map_err(pg_err)?;
+            current.insert(
+                (
+                    r.try_get(0).map_err(pg_err)?,
+                    r.try_get(1).map_err(pg_err)?,
+                    r.try_get(2).map_err(pg_err)?,
+                    r.try_get(3).map_err(pg_err)?,
+                ),
+                Stats {
+                    requests: to_u64(r.try_get(4).map_err(pg_err)?),
+                    errors: to_u64(r.try_get(5).map_err(pg_err)?),
+                    prompt_tokens: to_u64(r.try_get(6).map_err(pg_err)?),
+                    completion_tokens: to_u64(r.try_get(7).map_err(pg_err)?),
+                    cost_usd: r.try_get(8).map_err(pg_err)?,
+                    latency_sum_ms: r.try_get(9).map_err(pg_err)?,
+                    hist: Histogram::from_text(&hist)?,
+                },
+            );
+        }
         let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * 11);
-        for ((dim, hour, value, project), s) in chunk {
-            ps.push(Box::new(dim.clone()));
-            ps.push(Box::new(*hour));
-            ps.push(Box::new(value.clone()));
-            ps.push(Box::new(project.clone()));
+        let mut vals = Vec::with_capacity(chunk.len());
+        for (key, delta) in chunk {
+            let Some(mut s) = current.remove(key) else {
+                continue; // subtracting from a row that is already gone
+            };
+            if add {
+                s.merge(delta);
+            } else {
+                s.minus(delta);
+            }
+            let b = ps.len();
+            vals.push(format!(
+                "(${}::TEXT, ${}::BIGINT, ${}::TEXT, ${}::TEXT, ${}::BIGINT, ${}::BIGINT, ${}::BIGINT, ${}::BIGINT, \
+                 ${}::DOUBLE PRECISION, ${}::DOUBLE PRECISION, ${}::TEXT)",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11
+            ));
+            ps.push(Box::new(key.0.clone()));
+            ps.push(Box::new(key.1));
+            ps.push(Box::new(key.2.clone()));
+            ps.push(Box::new(key.3.clone()));
             ps.push(Box::new(to_i64(s.requests)));
             ps.push(Box::new(to_i64(s.errors)));
             ps.push(Box::new(to_i64(s.prompt_tokens)));
             ps.push(Box::new(to_i64(s.completion_tokens)));
             ps.push(Box::new(s.cost_usd));
             ps.push(Box::new(s.latency_sum_ms));
-            ps.push(Box::new(s.hist.to_dense()));
+            ps.push(Box::new(s.hist.to_text()));
         }
-        let sql = format!(
-            "INSERT INTO rollup_hourly AS r (dim, bucket_ms, value, project_id, requests, errors, prompt_tokens, \
-             completion_tokens, cost_usd, latency_sum_ms, hist) VALUES {} \
-             ON CONFLICT (dim, bucket_ms, value, project_id) DO UPDATE SET \
-             requests = r.requests + EXCLUDED.requests, errors = r.errors + EXCLUDED.errors, \
-             prompt_tokens = r.prompt_tokens + EXCLUDED.prompt_tokens, \
-             completion_tokens = r.completion_tokens + EXCLUDED.completion_tokens, \
-             cost_usd = r.cost_usd + EXCLUDED.cost_usd, latency_sum_ms = r.latency_sum_ms + EXCLUDED.latency_sum_ms, \
-             hist = loopgate_hist_add(r.hist, EXCLUDED.hist)",
-            values_list(chunk.len(), 11)
+        if vals.is_empty() {
+            continue;
+        }
+        let q = format!(
+            "UPDATE rollup_hourly AS r SET requests = v.requests, errors = v.errors, prompt_tokens = v.pt, \
+             completion_tokens = v.ct, cost_usd = v.cost, latency_sum_ms = v.lat, hist = v.hist \
+             FROM (VALUES {}) AS v(dim, bucket_ms, value, project_id, requests, errors, pt, ct, cost, lat, hist) \
+             WHERE r.dim = v.dim AND r.bucket_ms = v.bucket_ms AND r.value = v.value AND r.project_id = v.project_id",
+            vals.join(", ")
         );
-        tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
+        tx.execute(&q, &refs(&ps)).await.map_err(pg_err)?;
     }
-    tx.commit().await.map_err(pg_err)?;
-    Ok(inserted.len())
+    if !add {
+        tx.execute("DELETE FROM rollup_hourly WHERE requests <= 0", &[])
+            .await
+            .map_err(pg_err)?;
+    }
+    Ok(())
 }
 
 async fn migrate(c: &mut Client) -> Result<u32, StoreError> {
@@ -486,7 +581,7 @@ impl Store for PgStore {
         let rows = self.read_rows(&q, &sql.params).await?;
         rows.iter()
             .map(|r| {
-                let hist: Vec<i64> = r.try_get(8).map_err(pg_err)?;
+                let hist: String = r.try_get(8).map_err(pg_err)?;
                 Ok(RollupRow {
                     bucket_ms: r.try_get(0).map_err(pg_err)?,
                     value: r.try_get(1).map_err(pg_err)?,
@@ -497,7 +592,7 @@ impl Store for PgStore {
                         completion_tokens: to_u64(r.try_get(5).map_err(pg_err)?),
                         cost_usd: r.try_get(6).map_err(pg_err)?,
                         latency_sum_ms: r.try_get(7).map_err(pg_err)?,
-                        hist: Histogram::from_dense(&hist),
+                        hist: Histogram::from_text(&hist)?,
                     },
                 })
             })
@@ -605,8 +700,7 @@ async fn purge_chunk(c: &mut Client, rule: &PurgeRule) -> Result<(usize, u64), S
 }
 
 /// Only whole hours before the cut-off leave the rollup. The per-project rows go; what
-/// they held is subtracted (atomically, so concurrent gateways stay consistent) from the
-/// all-projects rows, which go when they reach zero.
+/// they held is subtracted from the all-projects rows, which go when they reach zero.
 async fn purge_rollup(c: &mut Client, rule: &PurgeRule) -> Result<(), StoreError> {
     let mut sql = Sql::new(true);
     let before = sql.int(rule.before_ms - HOUR_MS);
@@ -628,9 +722,9 @@ async fn purge_rollup(c: &mut Client, rule: &PurgeRule) -> Result<(), StoreError
         )
         .await
         .map_err(pg_err)?;
-    let mut leaving: BTreeMap<(String, i64, String), Stats> = BTreeMap::new();
+    let mut leaving: BTreeMap<RollupKey, Stats> = BTreeMap::new();
     for r in &rows {
-        let hist: Vec<i64> = r.try_get(9).map_err(pg_err)?;
+        let hist: String = r.try_get(9).map_err(pg_err)?;
         let s = Stats {
             requests: to_u64(r.try_get(3).map_err(pg_err)?),
             errors: to_u64(r.try_get(4).map_err(pg_err)?),
@@ -638,69 +732,24 @@ async fn purge_rollup(c: &mut Client, rule: &PurgeRule) -> Result<(), StoreError
             completion_tokens: to_u64(r.try_get(6).map_err(pg_err)?),
             cost_usd: r.try_get(7).map_err(pg_err)?,
             latency_sum_ms: r.try_get(8).map_err(pg_err)?,
-            hist: Histogram::from_dense(&hist),
+            hist: Histogram::from_text(&hist)?,
         };
         let key = (
             r.try_get(0).map_err(pg_err)?,
             r.try_get(1).map_err(pg_err)?,
             r.try_get(2).map_err(pg_err)?,
+            ALL_PROJECTS.to_string(),
         );
         leaving.entry(key).or_default().merge(&s);
     }
     let leaving: Vec<_> = leaving.into_iter().collect();
-    for chunk in leaving.chunks(ROLLUP_CHUNK) {
-        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * 10);
-        let mut vals = Vec::with_capacity(chunk.len());
-        for (i, ((dim, hour, value), s)) in chunk.iter().enumerate() {
-            let b = i * 10;
-            vals.push(format!(
-                "(${}::TEXT, ${}::BIGINT, ${}::TEXT, ${}::BIGINT, ${}::BIGINT, ${}::BIGINT, ${}::BIGINT, \
-                 ${}::DOUBLE PRECISION, ${}::DOUBLE PRECISION, ${}::BIGINT[])",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10
-            ));
-            ps.push(Box::new(dim.clone()));
-            ps.push(Box::new(*hour));
-            ps.push(Box::new(value.clone()));
-            ps.push(Box::new(to_i64(s.requests)));
-            ps.push(Box::new(to_i64(s.errors)));
-            ps.push(Box::new(to_i64(s.prompt_tokens)));
-            ps.push(Box::new(to_i64(s.completion_tokens)));
-            ps.push(Box::new(s.cost_usd));
-            ps.push(Box::new(s.latency_sum_ms));
-            let neg: Vec<i64> = s.hist.to_dense().into_iter().map(|v| -v).collect();
-            ps.push(Box::new(neg));
-        }
-        let n = ps.len() + 1;
-        ps.push(Box::new(ALL_PROJECTS.to_string()));
-        let q = format!(
-            "UPDATE rollup_hourly AS r SET requests = r.requests - v.requests, errors = r.errors - v.errors, \
-             prompt_tokens = r.prompt_tokens - v.pt, completion_tokens = r.completion_tokens - v.ct, \
-             cost_usd = r.cost_usd - v.cost, latency_sum_ms = r.latency_sum_ms - v.lat, \
-             hist = loopgate_hist_add(r.hist, v.neg) \
-             FROM (VALUES {}) AS v(dim, bucket_ms, value, requests, errors, pt, ct, cost, lat, neg) \
-             WHERE r.dim = v.dim AND r.bucket_ms = v.bucket_ms AND r.value = v.value AND r.project_id = ${n}",
-            vals.join(", ")
-        );
-        tx.execute(&q, &refs(&ps)).await.map_err(pg_err)?;
-    }
     tx.execute(
-        "DELETE FROM rollup_hourly WHERE project_id = $1 AND requests <= 0",
-        &[&ALL_PROJECTS],
+        &format!("DELETE FROM rollup_hourly WHERE {cond}"),
+        &refs(&ps),
     )
     .await
     .map_err(pg_err)?;
-    tx.execute(&format!("DELETE FROM rollup_hourly WHERE {cond}"), &refs(&ps))
-        .await
-        .map_err(pg_err)?;
+    apply_rollup(&tx, &leaving, false).await?;
     tx.commit().await.map_err(pg_err)?;
     Ok(())
 }

@@ -364,7 +364,7 @@ impl Histogram {
         Ok(h)
     }
 
-    /// Dense form (PostgreSQL `BIGINT[]`, merged in SQL by `loopgate_hist_add`).
+    /// Dense form (one count per bucket).
     pub fn to_dense(&self) -> Vec<i64> {
         let mut v = vec![0i64; HIST_BUCKETS];
         for (k, c) in &self.counts {
@@ -624,7 +624,9 @@ pub(crate) async fn run_analytics<S: Store + ?Sized>(
     let mut acc: BTreeMap<(Option<i64>, Option<String>), Stats> = BTreeMap::new();
     let f = &q.filter;
     let mut raw_windows: Vec<LogFilter> = Vec::new();
-    if f.rollup_eligible() {
+    // Users are high-cardinality: an hourly rollup barely compresses them (and would slow
+    // every insert), so user groupings read raw rows through the (ts_ms) / (project_id, ts_ms) indexes.
+    if f.rollup_eligible() && q.group_by != GroupBy::User {
         let full_from = f.start_ms.map(ceil_hour);
         let full_to = f.end_ms.map(floor_hour);
         let has_full = match (full_from, full_to) {

@@ -392,7 +392,9 @@ fn purge_rollup(c: &mut Connection, rule: &PurgeRule) -> Result<(), StoreError> 
                 "SELECT dim, bucket_ms, value, {ROLLUP_STATS} FROM rollup_hourly WHERE {cond}"
             ))
             .map_err(map_err)?;
-        let mut rows = st.query(params_from_iter(to_values(&sql.params))).map_err(map_err)?;
+        let mut rows = st
+            .query(params_from_iter(to_values(&sql.params)))
+            .map_err(map_err)?;
         while let Some(r) = rows.next().map_err(map_err)? {
             let key = (
                 r.get(0).map_err(map_err)?,
@@ -457,7 +459,8 @@ fn purge_rollup(c: &mut Connection, rule: &PurgeRule) -> Result<(), StoreError> 
 
 const ROLLUP_STATS: &str =
     "requests, errors, prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist";
-const ROLLUP_UPSERT: &str = "INSERT OR REPLACE INTO rollup_hourly (dim, bucket_ms, value, project_id, requests, errors, \
+const ROLLUP_UPSERT: &str =
+    "INSERT OR REPLACE INTO rollup_hourly (dim, bucket_ms, value, project_id, requests, errors, \
      prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 

@@ -534,10 +534,7 @@ async fn logs_cases(slot: &StoreSlot, recs: &[TraceRecord]) {
     }
     // limits and bad input
     let r = get(slot, "/v1/logs", &[("limit", "5000")]).await;
-    assert_eq!(
-        r.json()["data"].as_array().map(Vec::len),
-        Some(600)
-    );
+    assert_eq!(r.json()["data"].as_array().map(Vec::len), Some(600));
     for (k, v) in [
         ("limit", "0"),
         ("limit", "abc"),
