@@ -128,22 +128,38 @@ fn gemini() -> Case {
 /// like `netsplit` does: every third frame split in the middle.
 fn bedrock() -> Case {
     use loopgate::dialect::bedrock::eventstream::event_frame;
-    let mut frames = vec![event_frame("messageStart", br#"{"role":"assistant","p":"abcdefghij"}"#)];
+    let mut frames = vec![event_frame(
+        "messageStart",
+        br#"{"role":"assistant","p":"abcdefghij"}"#,
+    )];
     for i in 0..200 {
-        let p = format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"token {i} of the answer "}},"p":"abcdefghijklmn"}}"#);
+        let p = format!(
+            r#"{{"contentBlockIndex":0,"delta":{{"text":"token {i} of the answer "}},"p":"abcdefghijklmn"}}"#
+        );
         frames.push(event_frame("contentBlockDelta", p.as_bytes()));
     }
-    frames.push(event_frame("contentBlockStop", br#"{"contentBlockIndex":0,"p":"abc"}"#));
+    frames.push(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":0,"p":"abc"}"#,
+    ));
     frames.push(event_frame(
         "contentBlockStart",
         br#"{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tooluse_01","name":"search"}},"p":"ab"}"#,
     ));
     for frag in [r#"{\"q\":"#, r#" \"consistent"#, r#" hashing\"}"#] {
-        let p = format!(r#"{{"contentBlockIndex":1,"delta":{{"toolUse":{{"input":"{frag}"}}}},"p":"abcd"}}"#);
+        let p = format!(
+            r#"{{"contentBlockIndex":1,"delta":{{"toolUse":{{"input":"{frag}"}}}},"p":"abcd"}}"#
+        );
         frames.push(event_frame("contentBlockDelta", p.as_bytes()));
     }
-    frames.push(event_frame("contentBlockStop", br#"{"contentBlockIndex":1}"#));
-    frames.push(event_frame("messageStop", br#"{"stopReason":"tool_use","p":"abcdefgh"}"#));
+    frames.push(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":1}"#,
+    ));
+    frames.push(event_frame(
+        "messageStop",
+        br#"{"stopReason":"tool_use","p":"abcdefgh"}"#,
+    ));
     frames.push(event_frame(
         "metadata",
         br#"{"usage":{"inputTokens":1200,"outputTokens":412,"totalTokens":2412,"cacheReadInputTokens":800},"metrics":{"latencyMs":2100},"p":"abc"}"#,

@@ -52,7 +52,11 @@ impl GatewayError {
         }
     }
 
-    pub fn invalid_code(message: impl Into<String>, param: Option<&str>, code: &'static str) -> Self {
+    pub fn invalid_code(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: &'static str,
+    ) -> Self {
         GatewayError::InvalidRequest {
             message: message.into(),
             param: param.map(str::to_string),
@@ -134,7 +138,12 @@ impl GatewayError {
 }
 
 /// Build an OpenAI error body. Used for edge errors and for in-stream error events.
-pub fn openai_error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+pub fn openai_error_body(
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Bytes {
     let v = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
 }

@@ -14,15 +14,15 @@
 
 pub mod admin;
 pub mod catalog;
-pub mod dialect;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod feedback;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
-pub mod store;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod trace;
 pub mod upstream;

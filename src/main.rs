@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "loopgate", version, about = "Self-hosted LLM gateway on Pingora")]
+#[command(
+    name = "loopgate",
+    version,
+    about = "Self-hosted LLM gateway on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -40,7 +44,10 @@ fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOOPGATE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 fn main() -> ExitCode {
@@ -70,14 +77,18 @@ fn main() -> ExitCode {
             let key = key.unwrap_or_else(loopgate::routing::keys::generate_key);
             println!("key:  {key}");
             println!("hash: {}", loopgate::routing::keys::hash_key(&key));
-            println!("\n[[auth.keys]]\nid = \"my-app\"\nhash = \"{}\"\nscopes = [\"inference\"]", loopgate::routing::keys::hash_key(&key));
+            println!(
+                "\n[[auth.keys]]\nid = \"my-app\"\nhash = \"{}\"\nscopes = [\"inference\"]",
+                loopgate::routing::keys::hash_key(&key)
+            );
             ExitCode::SUCCESS
         }
     }
 }
 
 fn check(config: Option<PathBuf>) -> Result<String, String> {
-    let cfg = loopgate::config::GatewayConfig::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let cfg =
+        loopgate::config::GatewayConfig::load(config.as_deref()).map_err(|e| e.to_string())?;
     let rt = loopgate::routing::Runtime::build(cfg, 1).map_err(|e| e.to_string())?;
     Ok(format!(
         "ok: {} provider profiles ({} active: {}), {} catalog models, {} routing rules, {} keys",

@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_counter_vec, register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    CounterVec, Gauge, HistogramVec, IntCounterVec, IntGauge,
+    register_counter_vec, register_gauge, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge, CounterVec, Gauge, HistogramVec, IntCounterVec, IntGauge,
 };
 
 pub struct Metrics {
@@ -40,7 +40,8 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
 ];
 
 fn build() -> Result<Metrics, prometheus::Error> {

@@ -33,7 +33,11 @@ impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path();
         let (status, ctype, body) = match path {
-            "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render()),
+            "/metrics" => (
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::render(),
+            ),
             "/health" | "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
             _ => (404, "text/plain", b"not found\n".to_vec()),
         };
@@ -69,11 +73,16 @@ impl BackgroundService for ShutdownCoordinator {
         }
         let left = crate::proxy::ctx::in_flight();
         if left > 0 {
-            tracing::warn!(in_flight = left, "grace period over with requests still in flight");
+            tracing::warn!(
+                in_flight = left,
+                "grace period over with requests still in flight"
+            );
         }
         match tokio::time::timeout(Duration::from_secs(10), self.sink.flush()).await {
             Ok(Ok(())) => tracing::info!("traces flushed; exiting"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "trace flush incomplete (buffered records are spilled to disk)"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "trace flush incomplete (buffered records are spilled to disk)")
+            }
             Err(_) => tracing::warn!("trace flush timed out"),
         }
         let _ = self.stop_writer.send(true);
@@ -96,7 +105,6 @@ impl BackgroundService for CoordinatedWriter {
     }
 }
 
-
 pub struct ServeOptions {
     pub config: Option<PathBuf>,
     /// Take over listeners from a running instance (Pingora graceful upgrade).
@@ -114,7 +122,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     crate::metrics::metrics().config_version.set(1);
     let s = rt.config.server.clone();
     if rt.open_access {
-        tracing::warn!("no gateway key configured: accepting unauthenticated requests on loopback only");
+        tracing::warn!(
+            "no gateway key configured: accepting unauthenticated requests on loopback only"
+        );
     }
     tracing::info!(
         listen = %s.listen,
@@ -157,7 +167,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         "loopgate proxy",
     );
     proxy.add_tcp(&s.listen);
-    let mut metrics = Service::new("loopgate metrics".to_string(), HttpServer::new_app(MetricsApp));
+    let mut metrics = Service::new(
+        "loopgate metrics".to_string(),
+        HttpServer::new_app(MetricsApp),
+    );
     metrics.add_tcp(&s.metrics_listen);
     metrics.threads = Some(1);
 
@@ -175,6 +188,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         "config reload",
         ReloadService::new(gw.clone(), opts.config.clone()),
     ));
-    server.add_service(background_service("credential refresh", CredentialRefresher { gw }));
+    server.add_service(background_service(
+        "credential refresh",
+        CredentialRefresher { gw },
+    ));
     server.run_forever();
 }

@@ -23,7 +23,12 @@ fn openai_env(mock: &MockUpstream) -> Vec<(&'static str, String)> {
 async fn log_entry(g: &GatewayProc, id: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let r = client().get(g.url(&format!("/v1/logs/{id}"))).header("authorization", auth()).send().await.unwrap();
+        let r = client()
+            .get(g.url(&format!("/v1/logs/{id}")))
+            .header("authorization", auth())
+            .send()
+            .await
+            .unwrap();
         if r.status() == 200 || std::time::Instant::now() > deadline {
             return r.json().await.unwrap();
         }
@@ -62,10 +67,22 @@ async fn non_stream_chat_is_openai_shaped() {
     // The upstream saw the provider key, the right path, and identity encoding.
     let req = &mock.requests()[0];
     assert_eq!(req.path, "/v1/chat/completions");
-    assert_eq!(req.header("authorization"), Some("Bearer sk-test-openai-secret-000"));
+    assert_eq!(
+        req.header("authorization"),
+        Some("Bearer sk-test-openai-secret-000")
+    );
     assert_eq!(req.header("accept-encoding"), Some("identity"));
     // The trace is stored with usage and cost.
-    assert!(eventually(|| trace_rows(&g.db_path(), &format!("WHERE request_id = '{id}' AND prompt_tokens = 11 AND cost_usd > 0")) == 1, Duration::from_secs(5)).await);
+    assert!(
+        eventually(
+            || trace_rows(
+                &g.db_path(),
+                &format!("WHERE request_id = '{id}' AND prompt_tokens = 11 AND cost_usd > 0")
+            ) == 1,
+            Duration::from_secs(5)
+        )
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,12 +94,21 @@ async fn stream_with_include_usage_follows_the_contract() {
     body["stream_options"] = json!({"include_usage": true});
     let r = post(&g, &body).await;
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let id = r.headers()["loopgate-request-id"].to_str().unwrap().to_string();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let id = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let text = r.text().await.unwrap();
     let events = sse_events(&text);
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     for c in &chunks {
         assert_eq!(c["object"], "chat.completion.chunk");
         assert_eq!(c["id"], id.as_str());
@@ -94,7 +120,10 @@ async fn stream_with_include_usage_follows_the_contract() {
     for c in &chunks[..chunks.len() - 1] {
         assert!(c["usage"].is_null());
     }
-    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(content, "Hello!");
 }
 
@@ -105,30 +134,55 @@ async fn stream_without_include_usage_hides_usage_but_prices_it() {
     let mut body = chat_body("gpt-4o-mini");
     body["stream"] = json!(true);
     let r = post(&g, &body).await;
-    let id = r.headers()["loopgate-request-id"].to_str().unwrap().to_string();
+    let id = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let text = r.text().await.unwrap();
     let events = sse_events(&text);
     assert_eq!(events.last().unwrap(), "[DONE]");
     for e in &events[..events.len() - 1] {
         let c: Value = serde_json::from_str(e).unwrap();
-        assert!(c.get("usage").is_none(), "no usage field without include_usage: {c}");
+        assert!(
+            c.get("usage").is_none(),
+            "no usage field without include_usage: {c}"
+        );
         assert_ne!(c["choices"], json!([]));
     }
     // The gateway asked the upstream for usage anyway, to price the stream.
-    assert_eq!(mock.requests()[0].json()["stream_options"]["include_usage"], true);
+    assert_eq!(
+        mock.requests()[0].json()["stream_options"]["include_usage"],
+        true
+    );
     assert!(eventually(|| trace_rows(&g.db_path(), &format!("WHERE request_id = '{id}' AND completion_tokens = 3 AND cost_usd > 0 AND stream = 1")) == 1, Duration::from_secs(5)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_and_images_pass_through() {
     let tool_stream = vec![
-        sse(json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]})),
-        sse(json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]},"finish_reason":null}]})),
-        sse(json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"finish_reason":null}]})),
-        sse(json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]})),
+        sse(
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}),
+        ),
+        sse(
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]},"finish_reason":null}]}),
+        ),
+        sse(
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"finish_reason":null}]}),
+        ),
+        sse(
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}),
+        ),
         b"data: [DONE]\n\n".to_vec(),
     ];
-    let mock = MockUpstream::start(Reply::Chunks(200, "text/event-stream".into(), tool_stream.into_iter().map(|p| (Duration::ZERO, p)).collect())).await;
+    let mock = MockUpstream::start(Reply::Chunks(
+        200,
+        "text/event-stream".into(),
+        tool_stream
+            .into_iter()
+            .map(|p| (Duration::ZERO, p))
+            .collect(),
+    ))
+    .await;
     let g = GatewayProc::start("", &openai_env(&mock));
     let body = json!({
         "model": "gpt-4o", "stream": true,
@@ -140,7 +194,10 @@ async fn tools_and_images_pass_through() {
     });
     let text = post(&g, &body).await.text().await.unwrap();
     let sent = mock.requests()[0].json();
-    assert_eq!(sent["messages"][0]["content"][1]["image_url"]["url"], "data:image/png;base64,iVBORw0KGgo=");
+    assert_eq!(
+        sent["messages"][0]["content"][1]["image_url"]["url"],
+        "data:image/png;base64,iVBORw0KGgo="
+    );
     assert_eq!(sent["tools"][0]["function"]["name"], "get_weather");
     let mut args = String::new();
     let mut finish = None;
@@ -156,7 +213,10 @@ async fn tools_and_images_pass_through() {
             finish = Some(f.to_string());
         }
     }
-    assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"city": "Paris"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"city": "Paris"})
+    );
     assert_eq!(finish.as_deref(), Some("tool_calls"));
 }
 
@@ -174,11 +234,27 @@ async fn bad_input_gets_openai_errors() {
     };
     for (raw, status, param) in [
         ("{not json", 400, Value::Null),
-        (r#"{"messages":[{"role":"user","content":"x"}]}"#, 400, json!("model")),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}]}"#,
+            400,
+            json!("model"),
+        ),
         (r#"{"model":"gpt-4o"}"#, 400, json!("messages")),
-        (r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, 400, json!("temperature")),
-        (r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"n":"2"}"#, 400, json!("n")),
-        (r#"{"model":"no-such-model-xyz","messages":[{"role":"user","content":"x"}]}"#, 404, json!("model")),
+        (
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+            400,
+            json!("temperature"),
+        ),
+        (
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"n":"2"}"#,
+            400,
+            json!("n"),
+        ),
+        (
+            r#"{"model":"no-such-model-xyz","messages":[{"role":"user","content":"x"}]}"#,
+            404,
+            json!("model"),
+        ),
     ] {
         let r = send(raw).await.unwrap();
         assert_eq!(r.status(), status, "{raw}");
@@ -187,13 +263,29 @@ async fn bad_input_gets_openai_errors() {
         assert!(v["error"]["type"].is_string());
         assert_eq!(v["error"]["param"], param, "{raw}: {v}");
     }
-    let v: Value = send(r#"{"model":"no-such-model-xyz","messages":[{"role":"user","content":"x"}]}"#).await.unwrap().json().await.unwrap();
+    let v: Value =
+        send(r#"{"model":"no-such-model-xyz","messages":[{"role":"user","content":"x"}]}"#)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(v["error"]["code"], "model_not_found");
     assert_eq!(mock.count(), 0, "bad input never reaches an upstream");
     // Unknown path and wrong method.
-    let r = c.get(g.url("/v1/nope")).header("authorization", auth()).send().await.unwrap();
+    let r = c
+        .get(g.url("/v1/nope"))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    let r = c.get(g.url("/v1/chat/completions")).header("authorization", auth()).send().await.unwrap();
+    let r = c
+        .get(g.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
 }
 
@@ -235,7 +327,9 @@ async fn expect_100_continue_is_answered() {
     let mock = MockUpstream::start(openai_like()).await;
     let g = GatewayProc::start("", &openai_env(&mock));
     let body = serde_json::to_vec(&chat_body("gpt-4o")).unwrap();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", g.port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", g.port))
+        .await
+        .unwrap();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         auth(),
@@ -243,21 +337,39 @@ async fn expect_100_continue_is_answered() {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     s.write_all(&body).await.unwrap();
     let mut resp = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&resp).contains("chat.completion") && std::time::Instant::now() < deadline {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    while !String::from_utf8_lossy(&resp).contains("chat.completion")
+        && std::time::Instant::now() < deadline
+    {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         if n == 0 {
             break;
         }
         resp.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&resp);
-    assert!(text.contains("200 OK") && text.contains("chat.completion"), "{text}");
-    assert!(mock.requests()[0].header("expect").is_none(), "Expect is not forwarded");
+    assert!(
+        text.contains("200 OK") && text.contains("chat.completion"),
+        "{text}"
+    );
+    assert!(
+        mock.requests()[0].header("expect").is_none(),
+        "Expect is not forwarded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,20 +379,56 @@ async fn authentication() {
     let hash = loopgate::routing::keys::hash_key(key);
     let g = GatewayProc::start(&format!("[[auth.keys]]\nid = \"app\"\nhash = \"{hash}\"\nscopes = [\"inference\"]\nproject = \"checkout\"\n"), &openai_env(&mock));
     let c = client();
-    let r = c.post(g.url("/v1/chat/completions")).json(&chat_body("gpt-4o")).send().await.unwrap();
+    let r = c
+        .post(g.url("/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "authentication_error");
-    let r = c.post(g.url("/v1/chat/completions")).bearer_auth("wrong").json(&chat_body("gpt-4o")).send().await.unwrap();
+    let r = c
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth("wrong")
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = c.post(g.url("/v1/chat/completions")).bearer_auth(key).json(&chat_body("gpt-4o")).send().await.unwrap();
+    let r = c
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let id = r.headers()["loopgate-request-id"].to_str().unwrap().to_string();
+    let id = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     // Inference keys cannot read traces.
-    let r = c.get(g.url("/v1/logs")).bearer_auth(key).send().await.unwrap();
+    let r = c
+        .get(g.url("/v1/logs"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // The key's project is forced on the trace.
-    assert!(eventually(|| trace_rows(&g.db_path(), &format!("WHERE request_id = '{id}' AND project_id = 'checkout' AND key_id = 'app'")) == 1, Duration::from_secs(5)).await);
+    assert!(
+        eventually(
+            || trace_rows(
+                &g.db_path(),
+                &format!(
+                    "WHERE request_id = '{id}' AND project_id = 'checkout' AND key_id = 'app'"
+                )
+            ) == 1,
+            Duration::from_secs(5)
+        )
+        .await
+    );
     assert_eq!(mock.count(), 1);
 }
 
@@ -301,7 +449,10 @@ async fn context_headers_are_traced() {
         .send()
         .await
         .unwrap();
-    let id = r.headers()["loopgate-request-id"].to_str().unwrap().to_string();
+    let id = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(eventually(|| trace_rows(&g.db_path(), &format!(
         "WHERE request_id = '{id}' AND session_id = 's-1' AND session_name = 'checkout flow' AND session_path = '/cart/pay' AND project_id = 'shop' AND user_id = 'u-42'"
     )) == 1, Duration::from_secs(5)).await);
@@ -321,20 +472,41 @@ async fn provider_forcing_and_model_override() {
     // provider/model prefix
     let r = post(&g, &chat_body("groq/llama-3.3-70b-versatile")).await;
     assert_eq!(r.headers()["loopgate-provider"], "groq");
-    assert_eq!(groq.requests()[0].json()["model"], "llama-3.3-70b-versatile");
+    assert_eq!(
+        groq.requests()[0].json()["model"],
+        "llama-3.3-70b-versatile"
+    );
     assert_eq!(groq.requests()[0].path, "/openai/v1/chat/completions");
     // x-provider header
-    let r = c.post(g.url("/v1/chat/completions")).header("authorization", auth()).header("x-provider", "groq")
-        .json(&chat_body("some-model")).send().await.unwrap();
+    let r = c
+        .post(g.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .header("x-provider", "groq")
+        .json(&chat_body("some-model"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(groq.requests()[1].json()["model"], "some-model");
     // loopgate-provider alias
-    let r = c.post(g.url("/v1/chat/completions")).header("authorization", auth()).header("loopgate-provider", "groq")
-        .json(&chat_body("other")).send().await.unwrap();
+    let r = c
+        .post(g.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .header("loopgate-provider", "groq")
+        .json(&chat_body("other"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["loopgate-provider"], "groq");
     // model override header replaces the body's model
-    let r = c.post(g.url("/v1/chat/completions")).header("authorization", auth()).header("loopgate-model-override", "gpt-4o-mini")
-        .json(&chat_body("groq/llama-3.3-70b-versatile")).send().await.unwrap();
+    let r = c
+        .post(g.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .header("loopgate-model-override", "gpt-4o-mini")
+        .json(&chat_body("groq/llama-3.3-70b-versatile"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["loopgate-provider"], "openai");
     assert_eq!(openai.requests()[0].json()["model"], "gpt-4o-mini");
     // a known provider without credentials: 404 that names no secret
@@ -346,7 +518,12 @@ async fn provider_forcing_and_model_override() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_on_5xx_429_connect_and_timeout() {
-    let bad = MockUpstream::start(Reply::Json(500, vec![], r#"{"error":{"message":"boom","type":"server_error"}}"#.into())).await;
+    let bad = MockUpstream::start(Reply::Json(
+        500,
+        vec![],
+        r#"{"error":{"message":"boom","type":"server_error"}}"#.into(),
+    ))
+    .await;
     let good = MockUpstream::start(openai_like()).await;
     let dead_port = free_port();
     let stall = MockUpstream::start(Reply::Stall).await;
@@ -356,7 +533,10 @@ async fn fallback_on_5xx_429_connect_and_timeout() {
         ("GROQ_API_KEY", "gsk-b".to_string()),
         ("GROQ_BASE_URL", format!("{}/v1", good.url())),
         ("MISTRAL_API_KEY", "m-c".to_string()),
-        ("MISTRAL_BASE_URL", format!("http://127.0.0.1:{dead_port}/v1")),
+        (
+            "MISTRAL_BASE_URL",
+            format!("http://127.0.0.1:{dead_port}/v1"),
+        ),
         ("DEEPSEEK_API_KEY", "d-d".to_string()),
         ("DEEPSEEK_BASE_URL", format!("{}/v1", stall.url())),
     ];
@@ -369,29 +549,51 @@ async fn fallback_on_5xx_429_connect_and_timeout() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["loopgate-provider"], "groq");
     assert_eq!(r.headers()["loopgate-fallback-used"], "true");
-    let id = r.headers()["loopgate-request-id"].to_str().unwrap().to_string();
+    let id = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(bad.count(), 1);
     assert_eq!(good.count(), 1);
     // The trace records every attempt with its outcome.
     let text = log_entry(&g, &id).await.to_string();
     for outcome in ["http_error", "connect_error", "timeout", "ok"] {
-        assert!(text.contains(outcome), "attempt outcome {outcome} missing: {text}");
+        assert!(
+            text.contains(outcome),
+            "attempt outcome {outcome} missing: {text}"
+        );
     }
     let m = g.metrics().await;
-    assert!(m.contains("loopgate_fallbacks_total{from_provider=\"openai\",to_provider=\"groq\"} 1"), "{m}");
+    assert!(
+        m.contains("loopgate_fallbacks_total{from_provider=\"openai\",to_provider=\"groq\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_candidates_failing_returns_last_status_and_retry_after() {
-    let limited = MockUpstream::start(Reply::Json(429, vec![("retry-after".into(), "7".into())], r#"{"error":{"message":"Rate limit reached","type":"rate_limit_error"}}"#.into())).await;
-    let overloaded = MockUpstream::start(Reply::Json(503, vec![("retry-after".into(), "3".into())], r#"{"error":{"message":"The server is overloaded","type":"server_error"}}"#.into())).await;
+    let limited = MockUpstream::start(Reply::Json(
+        429,
+        vec![("retry-after".into(), "7".into())],
+        r#"{"error":{"message":"Rate limit reached","type":"rate_limit_error"}}"#.into(),
+    ))
+    .await;
+    let overloaded = MockUpstream::start(Reply::Json(
+        503,
+        vec![("retry-after".into(), "3".into())],
+        r#"{"error":{"message":"The server is overloaded","type":"server_error"}}"#.into(),
+    ))
+    .await;
     let env = vec![
         ("OPENAI_API_KEY", "sk-a".to_string()),
         ("OPENAI_BASE_URL", format!("{}/v1", limited.url())),
         ("GROQ_API_KEY", "gsk-b".to_string()),
         ("GROQ_BASE_URL", format!("{}/v1", overloaded.url())),
     ];
-    let g = GatewayProc::start("[fallbacks]\n\"gpt-4o\" = [\"groq/llama-3.3-70b-versatile\"]\n", &env);
+    let g = GatewayProc::start(
+        "[fallbacks]\n\"gpt-4o\" = [\"groq/llama-3.3-70b-versatile\"]\n",
+        &env,
+    );
     let r = post(&g, &chat_body("gpt-4o")).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "3");
@@ -412,7 +614,11 @@ async fn all_candidates_failing_returns_last_status_and_retry_after() {
 async fn mid_stream_faults_end_with_error_event_and_done() {
     // Reset after two chunks.
     let parts = openai_stream_parts("gpt-4o", &["a", "b", "c"], false);
-    let reset = MockUpstream::start(Reply::Reset("text/event-stream".into(), parts[..2].to_vec())).await;
+    let reset = MockUpstream::start(Reply::Reset(
+        "text/event-stream".into(),
+        parts[..2].to_vec(),
+    ))
+    .await;
     let g = GatewayProc::start("", &openai_env(&reset));
     let mut body = chat_body("gpt-4o");
     body["stream"] = json!(true);
@@ -425,7 +631,12 @@ async fn mid_stream_faults_end_with_error_event_and_done() {
     let mut parts = openai_stream_parts("gpt-4o", &["a"], false);
     parts.truncate(2);
     parts.push(b"data: {\"id\":\"x\",\"cho".to_vec());
-    let trunc = MockUpstream::start(Reply::Chunks(200, "text/event-stream".into(), parts.into_iter().map(|p| (Duration::ZERO, p)).collect())).await;
+    let trunc = MockUpstream::start(Reply::Chunks(
+        200,
+        "text/event-stream".into(),
+        parts.into_iter().map(|p| (Duration::ZERO, p)).collect(),
+    ))
+    .await;
     let g = GatewayProc::start("", &openai_env(&trunc));
     let text = post(&g, &body).await.text().await.unwrap();
     let events = sse_events(&text);
@@ -435,11 +646,21 @@ async fn mid_stream_faults_end_with_error_event_and_done() {
     drop(g);
     let mut parts = openai_stream_parts("gpt-4o", &["a"], false);
     parts.truncate(2);
-    parts.push(sse(json!({"error": {"message": "model crashed", "type": "server_error"}})));
-    let err = MockUpstream::start(Reply::Chunks(200, "text/event-stream".into(), parts.into_iter().map(|p| (Duration::ZERO, p)).collect())).await;
+    parts.push(sse(
+        json!({"error": {"message": "model crashed", "type": "server_error"}}),
+    ));
+    let err = MockUpstream::start(Reply::Chunks(
+        200,
+        "text/event-stream".into(),
+        parts.into_iter().map(|p| (Duration::ZERO, p)).collect(),
+    ))
+    .await;
     let g = GatewayProc::start("", &openai_env(&err));
     let text = post(&g, &body).await.text().await.unwrap();
-    assert!(text.contains("model crashed") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        text.contains("model crashed") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,12 +677,31 @@ async fn client_disconnect_cancels_upstream_and_marks_trace() {
     let mut body = chat_body("gpt-4o");
     body["stream"] = json!(true);
     let mut r = post(&g, &body).await;
-    let id = r.headers()["loopgate-request-id"].to_str().unwrap().to_string();
+    let id = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let _ = r.chunk().await.unwrap();
     drop(r); // client goes away
-    // The upstream connection is closed promptly (well before the 10 s the stream would take).
-    assert!(eventually(|| *slow.closed_early.lock().unwrap() >= 1, Duration::from_secs(3)).await, "upstream not cancelled");
-    assert!(eventually(|| trace_rows(&g.db_path(), &format!("WHERE request_id = '{id}' AND cancelled = 1")) == 1, Duration::from_secs(5)).await);
+             // The upstream connection is closed promptly (well before the 10 s the stream would take).
+    assert!(
+        eventually(
+            || *slow.closed_early.lock().unwrap() >= 1,
+            Duration::from_secs(3)
+        )
+        .await,
+        "upstream not cancelled"
+    );
+    assert!(
+        eventually(
+            || trace_rows(
+                &g.db_path(),
+                &format!("WHERE request_id = '{id}' AND cancelled = 1")
+            ) == 1,
+            Duration::from_secs(5)
+        )
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,8 +720,14 @@ async fn routing_rules_weighted_and_latency() {
     );
     let c = client();
     for _ in 0..200 {
-        let r = c.post(g.url("/v1/chat/completions")).header("authorization", auth()).header("loopgate-routing-rule", "split")
-            .json(&chat_body("ignored")).send().await.unwrap();
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .header("loopgate-routing-rule", "split")
+            .json(&chat_body("ignored"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let (na, nb) = (a.count(), b.count());
@@ -491,8 +737,14 @@ async fn routing_rules_weighted_and_latency() {
     let r = post(&g, &chat_body("auto")).await;
     assert_eq!(r.headers()["loopgate-provider"], "groq");
     // an unknown rule is a clear 404
-    let r = c.post(g.url("/v1/chat/completions")).header("authorization", auth()).header("loopgate-routing-rule", "nope")
-        .json(&chat_body("x")).send().await.unwrap();
+    let r = c
+        .post(g.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .header("loopgate-routing-rule", "nope")
+        .json(&chat_body("x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -500,7 +752,14 @@ async fn routing_rules_weighted_and_latency() {
 async fn latency_strategy_prefers_the_faster_upstream() {
     let slow = MockUpstream::start(Reply::Dynamic(std::sync::Arc::new(|r: &Received| {
         let model = r.json()["model"].as_str().unwrap_or("m").to_string();
-        Reply::Chunks(200, "application/json".into(), vec![(Duration::from_millis(150), chat_json(&model, "slow", 1, 1).into_bytes())])
+        Reply::Chunks(
+            200,
+            "application/json".into(),
+            vec![(
+                Duration::from_millis(150),
+                chat_json(&model, "slow", 1, 1).into_bytes(),
+            )],
+        )
     })))
     .await;
     let fast = MockUpstream::start(openai_like()).await;
@@ -529,18 +788,29 @@ async fn hot_reload_on_file_change_and_sighup() {
     assert_eq!(r.status(), 404);
     // Add a routing rule: applies without restart.
     g.rewrite_config("[routes.later]\ntargets = [{ model = \"gpt-4o-mini\" }]\n");
-    let ok = eventually_async(|| async { post(&g, &chat_body("auto:later")).await.status() == 200 }, Duration::from_secs(5)).await;
+    let ok = eventually_async(
+        || async { post(&g, &chat_body("auto:later")).await.status() == 200 },
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(ok, "file change did not reload: {}", g.log_text());
     // An invalid file keeps the old config serving and is counted.
     g.rewrite_config("[routes.broken\n");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(post(&g, &chat_body("auto:later")).await.status(), 200);
     let m = g.metrics().await;
-    assert!(m.contains("loopgate_config_reloads_total{result=\"failed\"}"), "{m}");
+    assert!(
+        m.contains("loopgate_config_reloads_total{result=\"failed\"}"),
+        "{m}"
+    );
     // SIGHUP reloads too.
     g.rewrite_config("[routes.viahup]\ntargets = [{ model = \"gpt-4o-mini\" }]\n");
     unsafe { libc::kill(g.child.id() as i32, libc::SIGHUP) };
-    let ok = eventually_async(|| async { post(&g, &chat_body("auto:viahup")).await.status() == 200 }, Duration::from_secs(5)).await;
+    let ok = eventually_async(
+        || async { post(&g, &chat_body("auto:viahup")).await.status() == 200 },
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(ok);
     let _ = c;
 }
@@ -568,7 +838,13 @@ async fn metrics_are_prometheus_text_and_secrets_never_leak() {
     post(&g, &body).await.text().await.unwrap();
     body["stream"] = json!(true);
     post(&g, &body).await.text().await.unwrap();
-    let r = client().post(g.url("/v1/chat/completions")).bearer_auth("lg-wrong-secret-key").json(&chat_body("gpt-4o")).send().await.unwrap();
+    let r = client()
+        .post(g.url("/v1/chat/completions"))
+        .bearer_auth("lg-wrong-secret-key")
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let m = g.metrics().await;
@@ -589,13 +865,20 @@ async fn metrics_are_prometheus_text_and_secrets_never_leak() {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "bad sample line: {line}");
     }
-    let secrets = ["sk-test-openai-secret-000", MASTER_KEY, "lg-wrong-secret-key"];
+    let secrets = [
+        "sk-test-openai-secret-000",
+        MASTER_KEY,
+        "lg-wrong-secret-key",
+    ];
     let db = std::fs::read(g.db_path()).unwrap_or_default();
     let log = g.log_text();
     for s in secrets {
         assert!(!m.contains(s), "secret in metrics");
         assert!(!log.contains(s), "secret in log");
-        assert!(!String::from_utf8_lossy(&db).contains(s), "secret in trace store");
+        assert!(
+            !String::from_utf8_lossy(&db).contains(s),
+            "secret in trace store"
+        );
     }
 }
 
@@ -613,7 +896,13 @@ async fn nothing_lost_under_concurrent_load() {
             if i % 2 == 0 {
                 body["stream"] = json!(true);
             }
-            let r = c.post(url).header("authorization", auth()).json(&body).send().await.unwrap();
+            let r = c
+                .post(url)
+                .header("authorization", auth())
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             r.text().await.unwrap();
         }));
@@ -621,35 +910,84 @@ async fn nothing_lost_under_concurrent_load() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(eventually(|| trace_rows(&g.db_path(), "WHERE status = 200") == 400, Duration::from_secs(10)).await,
-        "stored {}", trace_rows(&g.db_path(), ""));
+    assert!(
+        eventually(
+            || trace_rows(&g.db_path(), "WHERE status = 200") == 400,
+            Duration::from_secs(10)
+        )
+        .await,
+        "stored {}",
+        trace_rows(&g.db_path(), "")
+    );
     let m = g.metrics().await;
-    assert!(!m.lines().any(|l| l.starts_with("loopgate_trace_dropped_total{") && !l.ends_with(" 0")), "{m}");
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("loopgate_trace_dropped_total{") && !l.ends_with(" 0")),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_endpoint_lists_active_providers() {
     let mock = MockUpstream::start(openai_like()).await;
-    let g = GatewayProc::start("[routes.default]\ntargets = [{ model = \"gpt-4o-mini\" }]\n", &openai_env(&mock));
-    let v: Value = client().get(g.url("/v1/models")).header("authorization", auth()).send().await.unwrap().json().await.unwrap();
+    let g = GatewayProc::start(
+        "[routes.default]\ntargets = [{ model = \"gpt-4o-mini\" }]\n",
+        &openai_env(&mock),
+    );
+    let v: Value = client()
+        .get(g.url("/v1/models"))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&"gpt-4o"));
     assert!(ids.contains(&"auto"));
-    assert!(!ids.iter().any(|i| i.starts_with("claude")), "inactive providers are not listed");
+    assert!(
+        !ids.iter().any(|i| i.starts_with("claude")),
+        "inactive providers are not listed"
+    );
     for m in v["data"].as_array().unwrap() {
         assert_eq!(m["object"], "model");
     }
-    let one: Value = client().get(g.url("/v1/models/gpt-4o")).header("authorization", auth()).send().await.unwrap().json().await.unwrap();
+    let one: Value = client()
+        .get(g.url("/v1/models/gpt-4o"))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["id"], "gpt-4o");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_openai_compatible_profile_serves_through_its_wire_format() {
     let mock = MockUpstream::start(openai_like()).await;
-    let profiles = loopgate::providers::load_profiles(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/filters"))).unwrap();
-    let compat: Vec<_> = profiles.into_iter().filter(|p| p.dialect == "openai").collect();
-    assert!(compat.len() >= 16, "expected every OpenAI-compatible provider, got {}", compat.len());
+    let profiles = loopgate::providers::load_profiles(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/filters"
+    )))
+    .unwrap();
+    let compat: Vec<_> = profiles
+        .into_iter()
+        .filter(|p| p.dialect == "openai")
+        .collect();
+    assert!(
+        compat.len() >= 16,
+        "expected every OpenAI-compatible provider, got {}",
+        compat.len()
+    );
     let mut env: Vec<(&str, String)> = Vec::new();
     let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
     for p in &compat {
@@ -661,7 +999,10 @@ async fn every_openai_compatible_profile_serves_through_its_wire_format() {
                 env.push((leak(v.to_string()), mock.url()));
             }
         }
-        let base = p.base_url_env.clone().expect("every profile has a base URL override var");
+        let base = p
+            .base_url_env
+            .clone()
+            .expect("every profile has a base URL override var");
         env.push((leak(base), format!("{}/prefix-{}", mock.url(), p.name)));
     }
     let g = GatewayProc::start("", &env);
@@ -678,28 +1019,61 @@ async fn every_openai_compatible_profile_serves_through_its_wire_format() {
             assert!(text.ends_with("data: [DONE]\n\n"), "{}: {text}", p.name);
         }
         let req = mock.requests().pop().unwrap();
-        let expected_path = format!("/prefix-{}{}", p.name, p.chat_path.replace("{model}", "test-model"));
-        assert!(req.path.starts_with(&expected_path), "{}: path {} (expected {expected_path})", p.name, req.path);
+        let expected_path = format!(
+            "/prefix-{}{}",
+            p.name,
+            p.chat_path.replace("{model}", "test-model")
+        );
+        assert!(
+            req.path.starts_with(&expected_path),
+            "{}: path {} (expected {expected_path})",
+            p.name,
+            req.path
+        );
         if let Some(q) = &p.query {
-            assert!(req.path.contains(q.split('=').next().unwrap()), "{}: query {q} missing in {}", p.name, req.path);
+            assert!(
+                req.path.contains(q.split('=').next().unwrap()),
+                "{}: query {q} missing in {}",
+                p.name,
+                req.path
+            );
         }
         let sent = req.json();
         if p.model_in_body {
             assert_eq!(sent["model"], "test-model", "{}", p.name);
         } else {
-            assert!(sent.get("model").is_none(), "{}: model must not be in the body", p.name);
+            assert!(
+                sent.get("model").is_none(),
+                "{}: model must not be in the body",
+                p.name
+            );
         }
         match p.auth {
             loopgate::providers::AuthScheme::Bearer => {
-                assert_eq!(req.header("authorization"), Some(format!("Bearer key-{}", p.name).as_str()), "{}", p.name)
+                assert_eq!(
+                    req.header("authorization"),
+                    Some(format!("Bearer key-{}", p.name).as_str()),
+                    "{}",
+                    p.name
+                )
             }
             loopgate::providers::AuthScheme::Header => {
                 let h = p.auth_header.as_deref().unwrap();
-                assert_eq!(req.header(h), Some(format!("key-{}", p.name).as_str()), "{}", p.name);
+                assert_eq!(
+                    req.header(h),
+                    Some(format!("key-{}", p.name).as_str()),
+                    "{}",
+                    p.name
+                );
                 assert!(req.header("authorization").is_none());
             }
-            loopgate::providers::AuthScheme::None => assert!(req.header("authorization").is_none(), "{}", p.name),
-            other => panic!("{}: unexpected auth {other:?} for an OpenAI-compatible profile", p.name),
+            loopgate::providers::AuthScheme::None => {
+                assert!(req.header("authorization").is_none(), "{}", p.name)
+            }
+            other => panic!(
+                "{}: unexpected auth {other:?} for an OpenAI-compatible profile",
+                p.name
+            ),
         }
         for dropped in &p.unsupported_params {
             assert!(sent.get(dropped).is_none());
@@ -725,13 +1099,20 @@ async fn graceful_shutdown_lets_streams_finish() {
     let r = post(&g, &body).await;
     unsafe { libc::kill(g.child.id() as i32, libc::SIGTERM) };
     let text = r.text().await.unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "stream cut by shutdown: {text}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "stream cut by shutdown: {text}"
+    );
     assert_eq!(text.matches("\".\"").count(), 10);
     // Exits soon after the stream ended, not after the whole 10 s grace period.
     let t0 = std::time::Instant::now();
     let status = g.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(t0.elapsed() < Duration::from_secs(5), "shutdown took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
     let id_count = trace_rows(&g.db_path(), "WHERE stream = 1 AND status = 200");
     assert_eq!(id_count, 1, "the stream's trace was flushed before exit");
 }
@@ -739,7 +1120,8 @@ async fn graceful_shutdown_lets_streams_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_prefix_is_configurable() {
     let mock = MockUpstream::start(openai_like()).await;
-    let g = GatewayProc::start_with_server("header_prefix = \"Helicone\"\n", "", &openai_env(&mock));
+    let g =
+        GatewayProc::start_with_server("header_prefix = \"Helicone\"\n", "", &openai_env(&mock));
     let r = client()
         .post(g.url("/v1/chat/completions"))
         .header("authorization", auth())
@@ -750,7 +1132,10 @@ async fn header_prefix_is_configurable() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let id = r.headers()["helicone-request-id"].to_str().unwrap().to_string();
+    let id = r.headers()["helicone-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(r.headers()["helicone-provider"], "openai");
     assert!(r.headers().get("loopgate-request-id").is_none());
     let text = log_entry(&g, &id).await.to_string();
@@ -771,23 +1156,57 @@ async fn body_capture_respects_zero_retention() {
         &openai_env(&mock),
     );
     let c = client();
-    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "CAPTURE-ME-123"}]});
+    let body =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "CAPTURE-ME-123"}]});
     let ids: Vec<String> = {
         let mut v = Vec::new();
-        for (key, project) in [(MASTER_KEY, "open"), (zr_key, "open"), (MASTER_KEY, "secret-proj")] {
-            let r = c.post(g.url("/v1/chat/completions")).bearer_auth(key).header("loopgate-project-id", project).json(&body).send().await.unwrap();
+        for (key, project) in [
+            (MASTER_KEY, "open"),
+            (zr_key, "open"),
+            (MASTER_KEY, "secret-proj"),
+        ] {
+            let r = c
+                .post(g.url("/v1/chat/completions"))
+                .bearer_auth(key)
+                .header("loopgate-project-id", project)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
-            v.push(r.headers()["loopgate-request-id"].to_str().unwrap().to_string());
+            v.push(
+                r.headers()["loopgate-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
         }
         v
     };
     let stored = |id: &str| {
         let conn = rusqlite::Connection::open(g.db_path()).unwrap();
-        conn.query_row("SELECT request_body FROM traces WHERE request_id = ?1", [id], |r| r.get::<_, Option<String>>(0))
-            .ok()
+        conn.query_row(
+            "SELECT request_body FROM traces WHERE request_id = ?1",
+            [id],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .ok()
     };
     assert!(eventually(|| stored(&ids[2]).is_some(), Duration::from_secs(5)).await);
-    assert!(stored(&ids[0]).flatten().is_some_and(|b| b.contains("CAPTURE-ME-123")), "capture on stores the prompt");
-    assert_eq!(stored(&ids[1]).flatten(), None, "zero-retention key never stores text");
-    assert_eq!(stored(&ids[2]).flatten(), None, "zero-retention project never stores text");
+    assert!(
+        stored(&ids[0])
+            .flatten()
+            .is_some_and(|b| b.contains("CAPTURE-ME-123")),
+        "capture on stores the prompt"
+    );
+    assert_eq!(
+        stored(&ids[1]).flatten(),
+        None,
+        "zero-retention key never stores text"
+    );
+    assert_eq!(
+        stored(&ids[2]).flatten(),
+        None,
+        "zero-retention project never stores text"
+    );
 }

@@ -19,9 +19,16 @@ fn loopgate() -> Command {
 fn check_accepts_the_shipped_config_and_rejects_bad_ones_precisely() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/gateway.toml");
     let out = loopgate().args(["check", "-c", shipped]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("ok:") && text.contains("catalog models"), "{text}");
+    assert!(
+        text.starts_with("ok:") && text.contains("catalog models"),
+        "{text}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let cases = [
@@ -34,19 +41,36 @@ fn check_accepts_the_shipped_config_and_rejects_bad_ones_precisely() {
     ];
     for (toml, needle) in cases {
         let p = dir.path().join("bad.toml");
-        std::fs::write(&p, format!("[auth]\nallow_unauthenticated_loopback = true\n{toml}")).unwrap();
-        let out = loopgate().args(["check", "-c", p.to_str().unwrap()]).output().unwrap();
+        std::fs::write(
+            &p,
+            format!("[auth]\nallow_unauthenticated_loopback = true\n{toml}"),
+        )
+        .unwrap();
+        let out = loopgate()
+            .args(["check", "-c", p.to_str().unwrap()])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{toml}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{toml}: expected '{needle}' in: {err}");
+        assert!(
+            err.contains(needle),
+            "{toml}: expected '{needle}' in: {err}"
+        );
     }
     // A broken provider profile is named with its file.
     let filters = dir.path().join("filters");
     std::fs::create_dir(&filters).unwrap();
-    std::fs::write(filters.join("x.toml"), "name = \"x\"\ndialect = \"klingon\"\nbase_url = \"http://h\"\nauth = \"none\"\n").unwrap();
+    std::fs::write(
+        filters.join("x.toml"),
+        "name = \"x\"\ndialect = \"klingon\"\nbase_url = \"http://h\"\nauth = \"none\"\n",
+    )
+    .unwrap();
     let p = dir.path().join("g.toml");
     std::fs::write(&p, "[server]\nfilters_dir = \"filters\"\n").unwrap();
-    let out = loopgate().args(["check", "-c", p.to_str().unwrap()]).output().unwrap();
+    let out = loopgate()
+        .args(["check", "-c", p.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("x.toml") && err.contains("klingon"), "{err}");
@@ -54,7 +78,10 @@ fn check_accepts_the_shipped_config_and_rejects_bad_ones_precisely() {
 
 #[test]
 fn hash_key_output_configures_a_working_key() {
-    let out = loopgate().args(["hash-key", "--key", "lg-abc"]).output().unwrap();
+    let out = loopgate()
+        .args(["hash-key", "--key", "lg-abc"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&loopgate::routing::keys::hash_key("lg-abc")));
     assert!(!text.contains("hash: lg-abc"));
@@ -86,7 +113,11 @@ async fn serves_on_embedded_defaults_with_env_overrides() {
     let c = client();
     let mut ok = false;
     for _ in 0..200 {
-        if let Ok(r) = c.get(format!("http://127.0.0.1:{port}/health")).send().await {
+        if let Ok(r) = c
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+        {
             ok = r.status() == 200;
             break;
         }
@@ -94,33 +125,68 @@ async fn serves_on_embedded_defaults_with_env_overrides() {
     }
     assert!(ok, "gateway on embedded defaults did not come up");
     // Embedded defaults: loopback dev mode without keys, embedded profiles and catalog.
-    let r = c.post(format!("http://127.0.0.1:{port}/v1/chat/completions")).json(&chat_body("gpt-4o")).send().await.unwrap();
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let m = c.get(format!("http://127.0.0.1:{mport}/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = c
+        .get(format!("http://127.0.0.1:{mport}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("loopgate_requests_total"));
     let db = dir.path().join("t.db");
-    assert!(eventually(|| trace_rows(&db, "") == 1, Duration::from_secs(5)).await, "trace not stored in LOOPGATE_DB");
+    assert!(
+        eventually(|| trace_rows(&db, "") == 1, Duration::from_secs(5)).await,
+        "trace not stored in LOOPGATE_DB"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
 
 #[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/loopgate.service")).unwrap();
-    for directive in ["NoNewPrivileges=yes", "ProtectSystem=strict", "User=loopgate", "ExecReload=", "TimeoutStopSec="] {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/loopgate.service"
+    ))
+    .unwrap();
+    for directive in [
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "User=loopgate",
+        "ExecReload=",
+        "TimeoutStopSec=",
+    ] {
         assert!(unit.contains(directive), "unit lacks {directive}");
     }
     // Verify the shipped unit with only the binary path pointed at the built binary
     // (verify checks that ExecStart exists).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("loopgate.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/loopgate", env!("CARGO_BIN_EXE_loopgate"))).unwrap();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/loopgate", env!("CARGO_BIN_EXE_loopgate")),
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
         .output()
         .expect("systemd-analyze is required for this test (apt-get install systemd)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed: {stderr}");
-    assert!(!stderr.contains("loopgate.service:"), "warnings about the unit: {stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {stderr}"
+    );
+    assert!(
+        !stderr.contains("loopgate.service:"),
+        "warnings about the unit: {stderr}"
+    );
 }

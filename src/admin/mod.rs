@@ -3,10 +3,10 @@
 //! Handlers are plain async functions from an [`AdminRequest`] to an [`AdminResponse`],
 //! independent of Pingora, so they are tested in-process; the proxy adapts them.
 
-pub mod routes;
 pub mod analytics;
 pub mod export;
 pub mod logs;
+pub mod routes;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -72,7 +72,10 @@ pub struct AdminRequest {
 
 impl AdminRequest {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -234,17 +234,21 @@ impl GatewayConfig {
             self.server.catalog = Some(v);
         }
         if let Some(v) = var("LOOPGATE_DB") {
-            self.storage.insert("sqlite_path".into(), toml::Value::String(v));
+            self.storage
+                .insert("sqlite_path".into(), toml::Value::String(v));
         }
         if let Some(v) = var("LOOPGATE_POSTGRES_URL") {
-            self.storage.insert("backend".into(), toml::Value::String("postgres".into()));
-            self.storage.insert("postgres_url".into(), toml::Value::String(v));
+            self.storage
+                .insert("backend".into(), toml::Value::String("postgres".into()));
+            self.storage
+                .insert("postgres_url".into(), toml::Value::String(v));
         }
         // Hashed keys from the environment: `id:sha256:<hex>[:scope+scope],...`
         if let Some(v) = var("LOOPGATE_KEYS") {
             for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let mut parts = item.splitn(4, ':');
-                let (Some(id), Some(alg), Some(hex)) = (parts.next(), parts.next(), parts.next()) else {
+                let (Some(id), Some(alg), Some(hex)) = (parts.next(), parts.next(), parts.next())
+                else {
                     continue;
                 };
                 let scopes = parts
@@ -277,9 +281,17 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(format!("server.listen '{}' is not an address:port", self.server.listen));
+            return bad(format!(
+                "server.listen '{}' is not an address:port",
+                self.server.listen
+            ));
         }
-        if self.server.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+        if self
+            .server
+            .metrics_listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
             return bad(format!(
                 "server.metrics_listen '{}' is not an address:port",
                 self.server.metrics_listen
@@ -289,8 +301,14 @@ impl GatewayConfig {
             return bad("server.max_body_bytes must be > 0".into());
         }
         let prefix = &self.server.header_prefix;
-        if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return bad(format!("server.header_prefix '{prefix}' must be [A-Za-z0-9-]+"));
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return bad(format!(
+                "server.header_prefix '{prefix}' must be [A-Za-z0-9-]+"
+            ));
         }
         let mut ids = std::collections::HashSet::new();
         for k in &self.auth.keys {
@@ -298,11 +316,17 @@ impl GatewayConfig {
                 return bad(format!("auth.keys: duplicate id '{}'", k.id));
             }
             if crate::routing::keys::parse_hash(&k.hash).is_none() {
-                return bad(format!("auth.keys '{}': hash must be sha256:<64 hex> (see `loopgate hash-key`)", k.id));
+                return bad(format!(
+                    "auth.keys '{}': hash must be sha256:<64 hex> (see `loopgate hash-key`)",
+                    k.id
+                ));
             }
             if let Some(r) = &k.route {
                 if !self.routes.contains_key(r) {
-                    return bad(format!("auth.keys '{}': route '{r}' is not defined in [routes]", k.id));
+                    return bad(format!(
+                        "auth.keys '{}': route '{r}' is not defined in [routes]",
+                        k.id
+                    ));
                 }
             }
         }
@@ -312,11 +336,16 @@ impl GatewayConfig {
             }
             for t in &r.targets {
                 if !(t.weight.is_finite() && t.weight >= 0.0) {
-                    return bad(format!("routes.{name}: weight of '{}' must be >= 0", t.model));
+                    return bad(format!(
+                        "routes.{name}: weight of '{}' must be >= 0",
+                        t.model
+                    ));
                 }
             }
             if r.strategy == Strategy::Weighted && r.targets.iter().all(|t| t.weight == 0.0) {
-                return bad(format!("routes.{name}: weighted strategy needs a positive weight"));
+                return bad(format!(
+                    "routes.{name}: weighted strategy needs a positive weight"
+                ));
             }
         }
         Ok(())

@@ -54,7 +54,10 @@ impl ReloadService {
                 Ok(v)
             }
             Err(e) => {
-                metrics().config_reloads.with_label_values(&["failed"]).inc();
+                metrics()
+                    .config_reloads
+                    .with_label_values(&["failed"])
+                    .inc();
                 tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
                 Err(e)
             }
@@ -99,16 +102,25 @@ impl BackgroundService for ReloadService {
     }
 }
 
-fn watch(paths: Vec<PathBuf>, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+fn watch(
+    paths: Vec<PathBuf>,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     // Only events on the config file, the catalog file or `.toml` files in the filters
     // directory count: other files share those directories (the SQLite database, say).
     // notify reports absolute paths.
-    let paths: Vec<PathBuf> = paths.into_iter().map(|p| std::fs::canonicalize(&p).unwrap_or(p)).collect();
+    let paths: Vec<PathBuf> = paths
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
     let relevant: Vec<PathBuf> = paths.clone();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let kind_ok = matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_));
+            let kind_ok = matches!(
+                ev.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+            );
             let path_ok = ev.paths.iter().any(|p| {
                 relevant.iter().any(|r| {
                     p == r
@@ -126,7 +138,11 @@ fn watch(paths: Vec<PathBuf>, tx: tokio::sync::mpsc::Sender<()>) -> Option<notif
     .ok()?;
     for p in paths {
         // Watch the directory of a file so editors that replace files are seen.
-        let target = if p.is_dir() { p.clone() } else { p.parent().map(|d| d.to_path_buf()).unwrap_or(p.clone()) };
+        let target = if p.is_dir() {
+            p.clone()
+        } else {
+            p.parent().map(|d| d.to_path_buf()).unwrap_or(p.clone())
+        };
         if let Err(e) = w.watch(&target, RecursiveMode::NonRecursive) {
             tracing::warn!(path = %target.display(), error = %e, "cannot watch path");
         }

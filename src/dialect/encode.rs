@@ -98,7 +98,14 @@ impl ChunkEncoder {
     }
 
     /// First delta of a tool call: id and name, empty arguments.
-    pub fn tool_call_start(&mut self, index: u32, tool_index: u32, id: &str, name: &str, out: &mut BytesMut) {
+    pub fn tool_call_start(
+        &mut self,
+        index: u32,
+        tool_index: u32,
+        id: &str,
+        name: &str,
+        out: &mut BytesMut,
+    ) {
         self.delta(
             index,
             json!({"tool_calls": [{"index": tool_index, "id": id, "type": "function",
@@ -107,7 +114,13 @@ impl ChunkEncoder {
         );
     }
 
-    pub fn tool_call_args(&mut self, index: u32, tool_index: u32, fragment: &str, out: &mut BytesMut) {
+    pub fn tool_call_args(
+        &mut self,
+        index: u32,
+        tool_index: u32,
+        fragment: &str,
+        out: &mut BytesMut,
+    ) {
         if fragment.is_empty() {
             return;
         }
@@ -182,11 +195,19 @@ pub fn write_error_event(message: &str, kind: &str, code: &str, out: &mut BytesM
 /// Map common native stop reasons to OpenAI `finish_reason`.
 pub fn finish_reason_from(native: &str) -> &'static str {
     match native {
-        "stop" | "end_turn" | "stop_sequence" | "STOP" | "COMPLETE" | "FINISH_REASON_STOP" | "eos" => "stop",
+        "stop" | "end_turn" | "stop_sequence" | "STOP" | "COMPLETE" | "FINISH_REASON_STOP"
+        | "eos" => "stop",
         "length" | "max_tokens" | "MAX_TOKENS" | "model_length" => "length",
         "tool_calls" | "tool_use" | "TOOL_CALL" | "function_call" => "tool_calls",
-        "content_filter" | "SAFETY" | "RECITATION" | "guardrail_intervened" | "content_filtered"
-        | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "refusal" => "content_filter",
+        "content_filter"
+        | "SAFETY"
+        | "RECITATION"
+        | "guardrail_intervened"
+        | "content_filtered"
+        | "BLOCKLIST"
+        | "PROHIBITED_CONTENT"
+        | "SPII"
+        | "refusal" => "content_filter",
         _ => "stop",
     }
 }
@@ -202,7 +223,15 @@ mod tests {
         e.start(0, &mut out);
         e.content(0, "hi", &mut out);
         e.finish_reason(0, "stop", &mut out);
-        e.end(&Usage { prompt_tokens: 3, completion_tokens: 2, reported: true, ..Default::default() }, &mut out);
+        e.end(
+            &Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                reported: true,
+                ..Default::default()
+            },
+            &mut out,
+        );
         e.end(&Usage::default(), &mut out);
         let s = String::from_utf8(out.to_vec()).unwrap();
         let events: Vec<&str> = s.split("\n\n").filter(|x| !x.is_empty()).collect();

@@ -14,9 +14,9 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod cohere;
-pub mod ollama;
 pub mod encode;
 pub mod gemini;
+pub mod ollama;
 pub mod openai;
 pub mod sse;
 pub mod vertex;
@@ -141,12 +141,19 @@ impl ChatRequest {
         self.messages().iter().any(|m| {
             m.get("content")
                 .and_then(Value::as_array)
-                .is_some_and(|parts| parts.iter().any(|p| p.get("type").and_then(Value::as_str) == Some("image_url")))
+                .is_some_and(|parts| {
+                    parts
+                        .iter()
+                        .any(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+                })
         })
     }
 
     pub fn has_tools(&self) -> bool {
-        self.body.get("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty())
+        self.body
+            .get("tools")
+            .and_then(Value::as_array)
+            .is_some_and(|t| !t.is_empty())
     }
 }
 
@@ -225,7 +232,12 @@ pub trait Dialect: Send + Sync {
 
     fn build_chat(&self, req: &ChatRequest, t: &Target) -> Result<UpstreamRequest, DialectError>;
 
-    fn translate_chat(&self, body: &[u8], t: &Target, req: &ChatRequest) -> Result<Translated, DialectError>;
+    fn translate_chat(
+        &self,
+        body: &[u8],
+        t: &Target,
+        req: &ChatRequest,
+    ) -> Result<Translated, DialectError>;
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator>;
 
@@ -235,9 +247,16 @@ pub trait Dialect: Send + Sync {
     }
 
     /// Embeddings (`/v1/embeddings`). Dialects without embeddings keep the default.
-    fn build_embeddings(&self, _body: &Map<String, Value>, _t: &Target) -> Result<UpstreamRequest, DialectError> {
+    fn build_embeddings(
+        &self,
+        _body: &Map<String, Value>,
+        _t: &Target,
+    ) -> Result<UpstreamRequest, DialectError> {
         Err(DialectError::unsupported(
-            format!("provider dialect '{}' does not offer embeddings", self.name()),
+            format!(
+                "provider dialect '{}' does not offer embeddings",
+                self.name()
+            ),
             Some("model"),
         ))
     }
@@ -247,21 +266,31 @@ pub trait Dialect: Send + Sync {
     }
 
     /// Image generation (`/v1/images/generations`).
-    fn build_images(&self, _body: &Map<String, Value>, _t: &Target) -> Result<UpstreamRequest, DialectError> {
+    fn build_images(
+        &self,
+        _body: &Map<String, Value>,
+        _t: &Target,
+    ) -> Result<UpstreamRequest, DialectError> {
         Err(DialectError::unsupported(
-            format!("provider dialect '{}' does not offer image generation", self.name()),
+            format!(
+                "provider dialect '{}' does not offer image generation",
+                self.name()
+            ),
             Some("model"),
         ))
     }
 
     fn translate_images(&self, _body: &[u8], _t: &Target) -> Result<Translated, DialectError> {
-        Err(DialectError::Malformed("image generation not supported".into()))
+        Err(DialectError::Malformed(
+            "image generation not supported".into(),
+        ))
     }
 }
 
 /// Default error classification: 408/409/429/5xx and "overloaded" bodies are retryable.
 pub fn default_classify(status: u16, body: &[u8]) -> UpstreamFailure {
-    let message = extract_error_message(body).unwrap_or_else(|| format!("upstream returned HTTP {status}"));
+    let message =
+        extract_error_message(body).unwrap_or_else(|| format!("upstream returned HTTP {status}"));
     let overloaded = {
         let lower = message.to_ascii_lowercase();
         lower.contains("overloaded") || lower.contains("capacity")
@@ -274,7 +303,11 @@ pub fn default_classify(status: u16, body: &[u8]) -> UpstreamFailure {
         s if s >= 500 => "upstream_error",
         _ => "upstream_rejected",
     };
-    UpstreamFailure { retryable, message, code }
+    UpstreamFailure {
+        retryable,
+        message,
+        code,
+    }
 }
 
 /// Pull a human message out of the common error body shapes:
@@ -288,7 +321,11 @@ pub fn extract_error_message(body: &[u8]) -> Option<String> {
             _ => None,
         }
     };
-    let v = if let Value::Array(a) = &v { a.first()?.clone() } else { v };
+    let v = if let Value::Array(a) = &v {
+        a.first()?.clone()
+    } else {
+        v
+    };
     v.get("error")
         .and_then(pick)
         .or_else(|| v.get("message").and_then(Value::as_str).map(str::to_string))
@@ -312,7 +349,16 @@ pub fn dialect_for(name: &str) -> Option<&'static dyn Dialect> {
 }
 
 /// Names accepted in a profile's `dialect` key.
-pub const KNOWN_DIALECTS: &[&str] = &["openai", "anthropic", "gemini", "vertex", "vertex-anthropic", "bedrock", "cohere", "ollama"];
+pub const KNOWN_DIALECTS: &[&str] = &[
+    "openai",
+    "anthropic",
+    "gemini",
+    "vertex",
+    "vertex-anthropic",
+    "bedrock",
+    "cohere",
+    "ollama",
+];
 
 /// Milliseconds-free unix time in seconds, for `created`.
 pub fn unix_now() -> u64 {

@@ -13,7 +13,10 @@ use serde_json::{Map, Value};
 
 use super::encode::{write_data, write_done, write_error_event};
 use super::sse::{SseDecoder, SseEvent};
-use super::{ChatRequest, Dialect, DialectError, StreamTranslator, Target, Translated, UpstreamRequest, Usage};
+use super::{
+    ChatRequest, Dialect, DialectError, StreamTranslator, Target, Translated, UpstreamRequest,
+    Usage,
+};
 
 pub struct OpenAi;
 
@@ -48,7 +51,10 @@ impl OpenAi {
             !b.contains_key("model")
         };
         !model_ok
-            || t.profile.unsupported_params.iter().any(|p| b.contains_key(p))
+            || t.profile
+                .unsupported_params
+                .iter()
+                .any(|p| b.contains_key(p))
             || t.profile.rename_params.keys().any(|p| b.contains_key(p))
     }
 
@@ -83,7 +89,11 @@ impl Dialect for OpenAi {
     fn build_chat(&self, req: &ChatRequest, t: &Target) -> Result<UpstreamRequest, DialectError> {
         let rewrite = Self::needs_rewrite(req, t);
         let usage = Self::needs_usage(req, t);
-        let spliced = if !rewrite && usage { Self::splice_usage(req) } else { None };
+        let spliced = if !rewrite && usage {
+            Self::splice_usage(req)
+        } else {
+            None
+        };
         let body = if let Some(b) = spliced {
             b
         } else if rewrite || usage {
@@ -103,31 +113,47 @@ impl Dialect for OpenAi {
                     o.insert("include_usage".into(), Value::Bool(true));
                 }
             }
-            Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?)
+            Bytes::from(
+                serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            )
         } else {
             req.raw.clone()
         };
         Ok(UpstreamRequest {
             method: "POST",
-            path: t.profile.path_for(t.endpoint, &t.profile.chat_path, t.model),
+            path: t
+                .profile
+                .path_for(t.endpoint, &t.profile.chat_path, t.model),
             headers: vec![(JSON.0.into(), JSON.1.into())],
             body,
         })
     }
 
-    fn translate_chat(&self, body: &[u8], t: &Target, _req: &ChatRequest) -> Result<Translated, DialectError> {
-        let mut v: Map<String, Value> =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+    fn translate_chat(
+        &self,
+        body: &[u8],
+        t: &Target,
+        _req: &ChatRequest,
+    ) -> Result<Translated, DialectError> {
+        let mut v: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
             return Err(DialectError::Upstream(
-                super::extract_error_message(&serde_json::to_vec(&serde_json::json!({"error": err})).unwrap_or_default())
-                    .unwrap_or_else(|| "upstream error".into()),
+                super::extract_error_message(
+                    &serde_json::to_vec(&serde_json::json!({"error": err})).unwrap_or_default(),
+                )
+                .unwrap_or_else(|| "upstream error".into()),
             ));
         }
         if !v.get("choices").is_some_and(Value::is_array) {
-            return Err(DialectError::Malformed("response has no choices array".into()));
+            return Err(DialectError::Malformed(
+                "response has no choices array".into(),
+            ));
         }
-        let usage = v.get("usage").and_then(Usage::from_openai).unwrap_or_default();
+        let usage = v
+            .get("usage")
+            .and_then(Usage::from_openai)
+            .unwrap_or_default();
         let model = v.get("model").and_then(Value::as_str).map(str::to_string);
         v.insert("id".into(), Value::String(t.request_id.to_string()));
         v.insert("object".into(), Value::String("chat.completion".into()));
@@ -147,15 +173,24 @@ impl Dialect for OpenAi {
     }
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
-        Box::new(OpenAiStream::new(t.request_id, req.include_usage, t.created))
+        Box::new(OpenAiStream::new(
+            t.request_id,
+            req.include_usage,
+            t.created,
+        ))
     }
 
-    fn build_embeddings(&self, body: &Map<String, Value>, t: &Target) -> Result<UpstreamRequest, DialectError> {
-        let path = t
-            .profile
-            .embeddings_path
-            .as_deref()
-            .ok_or_else(|| DialectError::unsupported(format!("provider {} does not offer embeddings", t.profile.name), Some("model")))?;
+    fn build_embeddings(
+        &self,
+        body: &Map<String, Value>,
+        t: &Target,
+    ) -> Result<UpstreamRequest, DialectError> {
+        let path = t.profile.embeddings_path.as_deref().ok_or_else(|| {
+            DialectError::unsupported(
+                format!("provider {} does not offer embeddings", t.profile.name),
+                Some("model"),
+            )
+        })?;
         let mut body = body.clone();
         if t.profile.model_in_body {
             body.insert("model".into(), Value::String(t.model.to_string()));
@@ -167,35 +202,52 @@ impl Dialect for OpenAi {
             method: "POST",
             path: t.profile.path_for(t.endpoint, path, t.model),
             headers: vec![(JSON.0.into(), JSON.1.into())],
-            body: Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
         })
     }
 
     fn translate_embeddings(&self, body: &[u8], t: &Target) -> Result<Translated, DialectError> {
-        let mut v: Map<String, Value> =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+        let mut v: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         if !v.get("data").is_some_and(Value::is_array) {
-            return Err(DialectError::Malformed("embeddings response has no data array".into()));
+            return Err(DialectError::Malformed(
+                "embeddings response has no data array".into(),
+            ));
         }
-        let usage = v.get("usage").and_then(Usage::from_openai).unwrap_or_default();
+        let usage = v
+            .get("usage")
+            .and_then(Usage::from_openai)
+            .unwrap_or_default();
         let model = v.get("model").and_then(Value::as_str).map(str::to_string);
         v.insert("object".into(), Value::String("list".into()));
         if model.is_none() {
             v.insert("model".into(), Value::String(t.model.to_string()));
         }
         Ok(Translated {
-            body: Bytes::from(serde_json::to_vec(&v).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&v).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
             usage,
             model,
         })
     }
 
-    fn build_images(&self, body: &Map<String, Value>, t: &Target) -> Result<UpstreamRequest, DialectError> {
-        let path = t
-            .profile
-            .images_path
-            .as_deref()
-            .ok_or_else(|| DialectError::unsupported(format!("provider {} does not offer image generation", t.profile.name), Some("model")))?;
+    fn build_images(
+        &self,
+        body: &Map<String, Value>,
+        t: &Target,
+    ) -> Result<UpstreamRequest, DialectError> {
+        let path = t.profile.images_path.as_deref().ok_or_else(|| {
+            DialectError::unsupported(
+                format!(
+                    "provider {} does not offer image generation",
+                    t.profile.name
+                ),
+                Some("model"),
+            )
+        })?;
         let mut body = body.clone();
         body.insert("model".into(), Value::String(t.model.to_string()));
         Self::apply_quirks(&mut body, t);
@@ -203,17 +255,24 @@ impl Dialect for OpenAi {
             method: "POST",
             path: t.profile.path_for(t.endpoint, path, t.model),
             headers: vec![(JSON.0.into(), JSON.1.into())],
-            body: Bytes::from(serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?),
+            body: Bytes::from(
+                serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
+            ),
         })
     }
 
     fn translate_images(&self, body: &[u8], _t: &Target) -> Result<Translated, DialectError> {
-        let v: Value =
-            serde_json::from_slice(body).map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         if !v.get("data").is_some_and(Value::is_array) {
-            return Err(DialectError::Malformed("images response has no data array".into()));
+            return Err(DialectError::Malformed(
+                "images response has no data array".into(),
+            ));
         }
-        let usage = v.get("usage").and_then(Usage::from_openai).unwrap_or_default();
+        let usage = v
+            .get("usage")
+            .and_then(Usage::from_openai)
+            .unwrap_or_default();
         Ok(Translated {
             body: Bytes::copy_from_slice(body),
             usage,
@@ -263,8 +322,8 @@ impl OpenAiStream {
         if data.is_empty() {
             return Ok(());
         }
-        let mut chunk: Map<String, Value> =
-            serde_json::from_str(data).map_err(|e| DialectError::Malformed(format!("stream chunk is not JSON: {e}")))?;
+        let mut chunk: Map<String, Value> = serde_json::from_str(data)
+            .map_err(|e| DialectError::Malformed(format!("stream chunk is not JSON: {e}")))?;
         if let Some(err) = chunk.get("error").filter(|e| !e.is_null()) {
             let msg = err
                 .get("message")
@@ -280,21 +339,29 @@ impl OpenAiStream {
             return Err(DialectError::Upstream(msg));
         }
         // Usage may come in its own chunk, in the last content chunk, or (Groq) in x_groq.
-        let usage = chunk
-            .remove("usage")
-            .filter(|u| !u.is_null())
-            .or_else(|| chunk.get_mut("x_groq").and_then(|x| x.as_object_mut()).and_then(|x| x.remove("usage")));
+        let usage = chunk.remove("usage").filter(|u| !u.is_null()).or_else(|| {
+            chunk
+                .get_mut("x_groq")
+                .and_then(|x| x.as_object_mut())
+                .and_then(|x| x.remove("usage"))
+        });
         if let Some(u) = usage.as_ref().and_then(Usage::from_openai) {
             self.usage = u;
         }
         if self.model.is_none() {
-            self.model = chunk.get("model").and_then(Value::as_str).map(str::to_string);
+            self.model = chunk
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             // The final usage chunk must carry the same `created` as the others.
             if let Some(c) = chunk.get("created").and_then(Value::as_u64) {
                 self.created = c;
             }
         }
-        let choices_empty = chunk.get("choices").and_then(Value::as_array).is_none_or(|c| c.is_empty());
+        let choices_empty = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_none_or(|c| c.is_empty());
         if choices_empty {
             // The usage-only chunk: re-emitted by `finish` for clients that asked.
             return Ok(());
@@ -305,9 +372,13 @@ impl OpenAiStream {
                     self.saw_finish = true;
                 }
                 if let Some(d) = c.get("delta") {
-                    if d.get("content").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                    if d.get("content")
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| !s.is_empty())
                         || d.get("tool_calls").is_some()
-                        || d.get("reasoning_content").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                        || d.get("reasoning_content")
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| !s.is_empty())
                     {
                         self.produced = true;
                     }
@@ -315,7 +386,10 @@ impl OpenAiStream {
             }
         }
         chunk.insert("id".into(), self.id.clone());
-        chunk.insert("object".into(), Value::String("chat.completion.chunk".into()));
+        chunk.insert(
+            "object".into(),
+            Value::String("chat.completion.chunk".into()),
+        );
         if self.include_usage {
             chunk.insert("usage".into(), Value::Null);
         }
@@ -460,9 +534,15 @@ mod tests {
     fn truncated_stream_is_reported() {
         let mut s = OpenAiStream::new("x", false, 1);
         let mut out = BytesMut::new();
-        s.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"cho", &mut out)
-            .unwrap();
-        assert!(matches!(s.finish(&mut out), Err(DialectError::Truncated(_))));
+        s.feed(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"cho",
+            &mut out,
+        )
+        .unwrap();
+        assert!(matches!(
+            s.finish(&mut out),
+            Err(DialectError::Truncated(_))
+        ));
         let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.contains("\"error\""));
         assert!(text.ends_with("data: [DONE]\n\n"));
@@ -484,8 +564,22 @@ mod splice_tests {
         let ep = Endpoint::parse("http://h/v1").unwrap();
         let raw = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"}"}]}  "#;
         let body: Map<String, Value> = serde_json::from_slice(raw).unwrap();
-        let req = ChatRequest { raw: Bytes::from_static(raw), body, model: "m".into(), stream: true, include_usage: false };
-        let t = Target { profile: &profile, endpoint: &ep, model: "m", stream: true, request_id: "r", created: 1, max_output_tokens: None };
+        let req = ChatRequest {
+            raw: Bytes::from_static(raw),
+            body,
+            model: "m".into(),
+            stream: true,
+            include_usage: false,
+        };
+        let t = Target {
+            profile: &profile,
+            endpoint: &ep,
+            model: "m",
+            stream: true,
+            request_id: "r",
+            created: 1,
+            max_output_tokens: None,
+        };
         let out = OpenAi.build_chat(&req, &t).unwrap();
         let v: Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);

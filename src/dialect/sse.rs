@@ -34,7 +34,11 @@ impl SseDecoder {
     }
 
     /// Feed bytes; whole events are appended to `events`.
-    pub fn feed(&mut self, mut input: &[u8], events: &mut Vec<SseEvent>) -> Result<(), DialectError> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        events: &mut Vec<SseEvent>,
+    ) -> Result<(), DialectError> {
         // An empty chunk must not clear a pending `\r` (its `\n` may come next).
         if input.is_empty() {
             return Ok(());
@@ -106,7 +110,11 @@ impl SseDecoder {
         self.has_data = false;
     }
 
-    fn process_line_slice(&mut self, line: &[u8], events: &mut Vec<SseEvent>) -> Result<(), DialectError> {
+    fn process_line_slice(
+        &mut self,
+        line: &[u8],
+        events: &mut Vec<SseEvent>,
+    ) -> Result<(), DialectError> {
         if line.is_empty() {
             self.dispatch(events);
             return Ok(());
@@ -197,7 +205,9 @@ mod tests {
 
     #[test]
     fn parses_events_and_comments() {
-        let ev = decode_all(&[b": ping\n\nevent: message_start\ndata: {\"a\":1}\n\ndata: x\ndata: y\n\n"]);
+        let ev = decode_all(&[
+            b": ping\n\nevent: message_start\ndata: {\"a\":1}\n\ndata: x\ndata: y\n\n",
+        ]);
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[0].event, "message_start");
         assert_eq!(ev[0].data, "{\"a\":1}");
@@ -207,7 +217,10 @@ mod tests {
     #[test]
     fn crlf_split_across_chunks() {
         let ev = decode_all(&[b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"]);
-        assert_eq!(ev.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            ev.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
     }
 
     #[test]

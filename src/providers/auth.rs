@@ -46,8 +46,10 @@ pub struct HeaderKey {
 
 impl Signer for HeaderKey {
     fn sign(&self, req: &mut UpstreamRequest, _host: &str) -> Result<(), SignError> {
-        req.headers
-            .push((self.header.clone(), format!("{}{}", self.prefix, self.key.expose())));
+        req.headers.push((
+            self.header.clone(),
+            format!("{}{}", self.prefix, self.key.expose()),
+        ));
         Ok(())
     }
 }
@@ -61,10 +63,9 @@ impl Signer for NoAuth {
 }
 
 fn read_key(profile: &ProviderProfile) -> Result<Secret, SignError> {
-    let var = profile
-        .api_key_env
-        .as_deref()
-        .ok_or_else(|| SignError::Missing(format!("provider {} has no api_key_env", profile.name)))?;
+    let var = profile.api_key_env.as_deref().ok_or_else(|| {
+        SignError::Missing(format!("provider {} has no api_key_env", profile.name))
+    })?;
     std::env::var(var)
         .ok()
         .filter(|v| !v.is_empty())
@@ -81,12 +82,19 @@ pub fn signer_for(profile: &ProviderProfile) -> Result<Arc<dyn Signer>, SignErro
             key: read_key(profile)?,
         })),
         AuthScheme::Header => Ok(Arc::new(HeaderKey {
-            header: profile.auth_header.clone().unwrap_or_else(|| "api-key".into()),
+            header: profile
+                .auth_header
+                .clone()
+                .unwrap_or_else(|| "api-key".into()),
             prefix: "",
             key: read_key(profile)?,
         })),
         AuthScheme::None => Ok(Arc::new(NoAuth)),
-        AuthScheme::Sigv4 => Ok(Arc::new(crate::dialect::bedrock::sigv4::Sigv4Signer::from_env(profile)?)),
-        AuthScheme::GoogleOauth => Ok(Arc::new(super::google_oauth::GoogleOauth::from_profile(profile)?)),
+        AuthScheme::Sigv4 => Ok(Arc::new(
+            crate::dialect::bedrock::sigv4::Sigv4Signer::from_env(profile)?,
+        )),
+        AuthScheme::GoogleOauth => Ok(Arc::new(super::google_oauth::GoogleOauth::from_profile(
+            profile,
+        )?)),
     }
 }

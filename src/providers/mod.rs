@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::dialect::{self, Dialect};
 
-pub use auth::{Signer, SignError};
+pub use auth::{SignError, Signer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -153,8 +153,16 @@ impl ProviderProfile {
             file: file.to_string(),
             message,
         };
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(bad(format!("name '{}' must be non-empty [a-z0-9_-]", self.name)));
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(bad(format!(
+                "name '{}' must be non-empty [a-z0-9_-]",
+                self.name
+            )));
         }
         if dialect::dialect_for(&self.dialect).is_none() {
             return Err(bad(format!(
@@ -166,7 +174,9 @@ impl ProviderProfile {
         if self.auth == AuthScheme::Header && self.auth_header.is_none() {
             return Err(bad("auth = \"header\" needs auth_header".into()));
         }
-        if matches!(self.auth, AuthScheme::Bearer | AuthScheme::Header) && self.api_key_env.is_none() {
+        if matches!(self.auth, AuthScheme::Bearer | AuthScheme::Header)
+            && self.api_key_env.is_none()
+        {
             return Err(bad("auth needs api_key_env".into()));
         }
         if !self.chat_path.starts_with('/') {
@@ -227,7 +237,8 @@ impl ProviderProfile {
 
     /// Path (with base prefix and query) for a template such as `chat_path`.
     pub fn path_for(&self, endpoint: &Endpoint, template: &str, model: &str) -> String {
-        let mut path = String::with_capacity(endpoint.base_path.len() + template.len() + model.len() + 32);
+        let mut path =
+            String::with_capacity(endpoint.base_path.len() + template.len() + model.len() + 32);
         path.push_str(&endpoint.base_path);
         path.push_str(&template.replace("{model}", model));
         if let Some(q) = &self.query {
@@ -238,7 +249,10 @@ impl ProviderProfile {
     }
 
     pub fn extra_str(&self, key: &str) -> Option<&str> {
-        self.extra.get(key).and_then(Value::as_str).filter(|s| !s.is_empty())
+        self.extra
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -332,7 +346,9 @@ impl Endpoint {
         }
         let (host, port) = if let Some(h) = authority.strip_prefix('[') {
             // [v6]:port
-            let end = h.find(']').ok_or_else(|| format!("bad IPv6 host in '{url}'"))?;
+            let end = h
+                .find(']')
+                .ok_or_else(|| format!("bad IPv6 host in '{url}'"))?;
             let port = h[end + 1..].strip_prefix(':').map(str::parse::<u16>);
             (h[..end].to_string(), port)
         } else {
@@ -363,7 +379,11 @@ impl Endpoint {
     /// `Host` header value.
     pub fn host_header(&self) -> String {
         let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         if self.port == default {
             host
         } else {
@@ -423,14 +443,17 @@ impl ProviderRuntime {
             return Ok(None);
         }
         let file = format!("filters/{}.toml", profile.name);
-        let endpoint = Endpoint::parse(&profile.effective_base_url()).map_err(|message| ProfileError::Invalid {
-            file: file.clone(),
-            message,
+        let endpoint = Endpoint::parse(&profile.effective_base_url()).map_err(|message| {
+            ProfileError::Invalid {
+                file: file.clone(),
+                message,
+            }
         })?;
-        let dialect = dialect::dialect_for(&profile.dialect).ok_or_else(|| ProfileError::Invalid {
-            file: file.clone(),
-            message: format!("unknown dialect {}", profile.dialect),
-        })?;
+        let dialect =
+            dialect::dialect_for(&profile.dialect).ok_or_else(|| ProfileError::Invalid {
+                file: file.clone(),
+                message: format!("unknown dialect {}", profile.dialect),
+            })?;
         let signer = auth::signer_for(&profile).map_err(|e| ProfileError::Invalid {
             file,
             message: e.to_string(),
@@ -492,7 +515,10 @@ mod tests {
     #[test]
     fn endpoints() {
         let e = Endpoint::parse("https://api.openai.com/v1/").unwrap();
-        assert_eq!((e.tls, e.host.as_str(), e.port, e.base_path.as_str()), (true, "api.openai.com", 443, "/v1"));
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.base_path.as_str()),
+            (true, "api.openai.com", 443, "/v1")
+        );
         let e = Endpoint::parse("127.0.0.1:11434").unwrap();
         assert_eq!((e.tls, e.port, e.base_path.as_str()), (false, 11434, ""));
         assert_eq!(e.host_header(), "127.0.0.1:11434");

@@ -41,8 +41,16 @@ pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
         response_bytes: ctx.response_bytes,
         error: ctx.error.take(),
         decision_id: ctx.decision_id.take(),
-        request_body: if ctx.zero_retention { None } else { ctx.request_body.take() },
-        response_body: if ctx.zero_retention { None } else { ctx.response_body.take() },
+        request_body: if ctx.zero_retention {
+            None
+        } else {
+            ctx.request_body.take()
+        },
+        response_body: if ctx.zero_retention {
+            None
+        } else {
+            ctx.response_body.take()
+        },
         zero_retention: ctx.zero_retention,
         shadow: false,
     }
@@ -70,11 +78,15 @@ pub fn observe(ctx: &RequestCtx) {
             ("reasoning", u.reasoning_tokens),
         ] {
             if n > 0 {
-                m.tokens.with_label_values(&[provider, model, kind]).inc_by(n);
+                m.tokens
+                    .with_label_values(&[provider, model, kind])
+                    .inc_by(n);
             }
         }
     }
     if ctx.cost_usd > 0.0 {
-        m.cost_usd.with_label_values(&[provider, model]).inc_by(ctx.cost_usd);
+        m.cost_usd
+            .with_label_values(&[provider, model])
+            .inc_by(ctx.cost_usd);
     }
 }

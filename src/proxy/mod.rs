@@ -61,11 +61,22 @@ impl ProxyHttp for LoopgateProxy {
     }
 
     /// Never reached: `request_filter` answers every request.
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> pingora_error::Result<Box<HttpPeer>> {
-        Err(Error::explain(ErrorType::InternalError, "loopgate answers in request_filter"))
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Box<HttpPeer>> {
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "loopgate answers in request_filter",
+        ))
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora_error::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<bool> {
         handle(&self.gw, session, ctx).await;
         Ok(true)
     }
@@ -93,7 +104,9 @@ fn is_admin_path(path: &str) -> bool {
         "/v1/routes",
         "/v1/report",
     ];
-    PREFIXES.iter().any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    PREFIXES
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
 }
 
 async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
@@ -104,7 +117,8 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
 
     if method == "GET" && matches!(path.as_str(), "/health" | "/healthz" | "/readyz") {
         ctx.endpoint = "health";
-        let body = json!({"status": "ok", "config_version": rt.version, "providers": rt.providers.len()});
+        let body =
+            json!({"status": "ok", "config_version": rt.version, "providers": rt.providers.len()});
         respond::write_full(session, ctx, 200, "application/json", to_bytes(&body), &[]).await;
         return;
     }
@@ -122,8 +136,12 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
 
     let route = (method.as_str(), path.trim_end_matches('/'));
     let result = match route {
-        ("POST", "/v1/chat/completions" | "/chat/completions") => chat(&rt, session, ctx, key.as_deref()).await,
-        ("POST", "/v1/embeddings" | "/embeddings") => other_model_call(&rt, session, ctx, key.as_deref(), "embeddings").await,
+        ("POST", "/v1/chat/completions" | "/chat/completions") => {
+            chat(&rt, session, ctx, key.as_deref()).await
+        }
+        ("POST", "/v1/embeddings" | "/embeddings") => {
+            other_model_call(&rt, session, ctx, key.as_deref(), "embeddings").await
+        }
         ("POST", "/v1/images/generations" | "/images/generations") => {
             other_model_call(&rt, session, ctx, key.as_deref(), "images.generations").await
         }
@@ -140,8 +158,15 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
             ctx.endpoint = "admin";
             admin(gw, session, ctx, &method, p).await
         }
-        (m, p) if matches!(p, "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/v1/images/generations") => {
-            Err(GatewayError::MethodNotAllowed(format!("Method {m} is not allowed on {p}.")))
+        (m, p)
+            if matches!(
+                p,
+                "/v1/chat/completions" | "/v1/embeddings" | "/v1/models" | "/v1/images/generations"
+            ) =>
+        {
+            Err(GatewayError::MethodNotAllowed(format!(
+                "Method {m} is not allowed on {p}."
+            )))
         }
         (m, p) => Err(GatewayError::NotFound {
             message: format!("Unknown request URL: {m} {p}. Please check the URL for typos."),
@@ -158,7 +183,12 @@ fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-async fn chat(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCtx, key: Option<&crate::routing::keys::KeyEntry>) -> Result<(), GatewayError> {
+async fn chat(
+    rt: &Arc<Runtime>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    key: Option<&crate::routing::keys::KeyEntry>,
+) -> Result<(), GatewayError> {
     ctx.endpoint = "chat.completions";
     ctx.traced = true;
     ctx.caller.require(Scope::Inference)?;
@@ -171,7 +201,11 @@ async fn chat(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCtx, ke
     ctx.requested_model = req.model.clone();
     ctx.stream = req.stream;
     if ctx.user_id.is_none() {
-        ctx.user_id = req.body.get("user").and_then(Value::as_str).map(|s| s.chars().take(512).collect());
+        ctx.user_id = req
+            .body
+            .get("user")
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(512).collect());
     }
     if upstream::capture(rt, ctx) {
         ctx.request_body = Some(String::from_utf8_lossy(&req.raw).into_owned());
@@ -188,7 +222,14 @@ async fn chat(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCtx, ke
     };
     let resolution = rt.resolve(&ask, rand::random::<f64>())?;
     ctx.route = resolution.route.clone();
-    upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &resolution.candidates).await;
+    upstream::serve(
+        rt,
+        session,
+        ctx,
+        upstream::Op::Chat(&req),
+        &resolution.candidates,
+    )
+    .await;
     Ok(())
 }
 
@@ -215,7 +256,11 @@ async fn other_model_call(
             Some(Value::String(_)) => {}
             Some(Value::Array(a)) if !a.is_empty() => {}
             Some(Value::Array(_)) => {
-                return Err(GatewayError::invalid_code("'input' must not be empty.", Some("input"), "invalid_value"))
+                return Err(GatewayError::invalid_code(
+                    "'input' must not be empty.",
+                    Some("input"),
+                    "invalid_value",
+                ))
             }
             Some(_) => {
                 return Err(GatewayError::invalid_code(
@@ -257,7 +302,12 @@ async fn other_model_call(
 }
 
 /// `GET /v1/models`: the catalog's models of the active providers, plus routing rules as `auto:<rule>`.
-async fn models(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, one: Option<&str>) -> Result<(), GatewayError> {
+async fn models(
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    one: Option<&str>,
+) -> Result<(), GatewayError> {
     ctx.caller.require(Scope::Inference)?;
     let mut seen = std::collections::HashSet::new();
     let mut data = Vec::new();
@@ -271,7 +321,11 @@ async fn models(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, one: 
         }
     }
     for name in rt.config.routes.keys() {
-        let id = if name == "default" { "auto".to_string() } else { format!("auto:{name}") };
+        let id = if name == "default" {
+            "auto".to_string()
+        } else {
+            format!("auto:{name}")
+        };
         data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": "loopgate"}));
     }
     let body = match one {
@@ -280,7 +334,9 @@ async fn models(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, one: 
             Some(m) => m,
             None => {
                 return Err(GatewayError::NotFound {
-                    message: format!("The model '{id}' does not exist or no configured provider serves it."),
+                    message: format!(
+                        "The model '{id}' does not exist or no configured provider serves it."
+                    ),
                     code: "model_not_found",
                     param: Some("model".into()),
                 })
@@ -291,8 +347,17 @@ async fn models(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, one: 
     Ok(())
 }
 
-async fn admin(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx, method: &str, path: &str) -> Result<(), GatewayError> {
-    let rt = ctx.runtime.clone().ok_or_else(|| GatewayError::Internal("no runtime".into()))?;
+async fn admin(
+    gw: &Gateway,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    method: &str,
+    path: &str,
+) -> Result<(), GatewayError> {
+    let rt = ctx
+        .runtime
+        .clone()
+        .ok_or_else(|| GatewayError::Internal("no runtime".into()))?;
     let body = request::read_body(session, rt.config.server.max_body_bytes).await?;
     let query = session
         .req_header()
@@ -305,7 +370,11 @@ async fn admin(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx, method
         .headers
         .iter()
         .filter(|(k, _)| k.as_str() != "authorization")
-        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
         .collect();
     let req = AdminRequest {
         method: method.to_string(),
@@ -328,21 +397,36 @@ async fn admin(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx, method
     })
 }
 
-async fn write_admin(session: &mut Session, ctx: &mut RequestCtx, resp: crate::admin::AdminResponse) {
+async fn write_admin(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: crate::admin::AdminResponse,
+) {
     let content_type = resp
         .headers
         .iter()
         .find(|(k, _)| k == "content-type")
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| "application/json".into());
-    let extra: Vec<(String, String)> = resp.headers.into_iter().filter(|(k, _)| k != "content-type").collect();
+    let extra: Vec<(String, String)> = resp
+        .headers
+        .into_iter()
+        .filter(|(k, _)| k != "content-type")
+        .collect();
     match resp.body {
         AdminBody::Full(b) => {
             respond::write_full(session, ctx, resp.status, &content_type, b, &extra).await;
         }
         AdminBody::Stream(mut rx) => {
             let rt = ctx.runtime.clone();
-            let Some(h) = respond::response_header(resp.status, &content_type, None, ctx, rt.as_deref().map(|r| &r.headers), &extra) else {
+            let Some(h) = respond::response_header(
+                resp.status,
+                &content_type,
+                None,
+                ctx,
+                rt.as_deref().map(|r| &r.headers),
+                &extra,
+            ) else {
                 return;
             };
             ctx.status = resp.status;
@@ -352,7 +436,11 @@ async fn write_admin(session: &mut Session, ctx: &mut RequestCtx, resp: crate::a
             }
             while let Some(chunk) = rx.recv().await {
                 ctx.response_bytes += chunk.len() as u64;
-                if session.write_response_body(Some(chunk), false).await.is_err() {
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
                     ctx.cancelled = true;
                     return;
                 }

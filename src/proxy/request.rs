@@ -28,7 +28,10 @@ pub fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 }
 
 /// Authenticate the gateway key from `Authorization: Bearer <key>`.
-pub fn authenticate(rt: &Runtime, session: &Session) -> Result<Option<std::sync::Arc<KeyEntry>>, GatewayError> {
+pub fn authenticate(
+    rt: &Runtime,
+    session: &Session,
+) -> Result<Option<std::sync::Arc<KeyEntry>>, GatewayError> {
     let presented = header(session, "authorization").and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
@@ -37,7 +40,8 @@ pub fn authenticate(rt: &Runtime, session: &Session) -> Result<Option<std::sync:
         Some(k) => match rt.keys.lookup(k) {
             Some(e) => Ok(Some(e.clone())),
             None => Err(GatewayError::Unauthorized(
-                "Incorrect API key provided. Use a loopgate gateway key as the Bearer token.".into(),
+                "Incorrect API key provided. Use a loopgate gateway key as the Bearer token."
+                    .into(),
             )),
         },
         None if rt.open_access => Ok(None),
@@ -53,7 +57,11 @@ pub fn caller_for(key: Option<&KeyEntry>) -> Caller {
         Some(k) => k.caller(),
         None => Caller {
             key_id: None,
-            scopes: vec![crate::admin::Scope::Inference, crate::admin::Scope::Read, crate::admin::Scope::Admin],
+            scopes: vec![
+                crate::admin::Scope::Inference,
+                crate::admin::Scope::Read,
+                crate::admin::Scope::Admin,
+            ],
             project: None,
         },
     }
@@ -65,7 +73,8 @@ pub fn caller_for(key: Option<&KeyEntry>) -> Caller {
 /// oversized declared `Content-Length` before reading anything.
 pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, GatewayError> {
     let declared = header(session, "content-length").and_then(|v| v.parse::<usize>().ok());
-    let expects_continue = header(session, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    let expects_continue =
+        header(session, "expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     if declared.is_some_and(|n| n > cap) {
         // Without `Expect`, the client is already sending: drain (bounded) so it reads
         // our 413 instead of a broken pipe.
@@ -79,7 +88,9 @@ pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Gatew
             .as_downstream_mut()
             .write_continue_response()
             .await
-            .map_err(|e| GatewayError::invalid(format!("could not answer Expect: 100-continue: {e}"), None))?;
+            .map_err(|e| {
+                GatewayError::invalid(format!("could not answer Expect: 100-continue: {e}"), None)
+            })?;
     }
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(cap));
     loop {
@@ -93,7 +104,10 @@ pub async fn read_body(session: &mut Session, cap: usize) -> Result<Bytes, Gatew
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(GatewayError::invalid(format!("could not read the request body: {}", e.etype().as_str()), None))
+                return Err(GatewayError::invalid(
+                    format!("could not read the request body: {}", e.etype().as_str()),
+                    None,
+                ))
             }
         }
     }
@@ -130,14 +144,21 @@ fn type_name(v: &Value) -> &'static str {
 
 fn wrong_type(param: &str, expected: &str, got: &Value) -> GatewayError {
     GatewayError::invalid_code(
-        format!("Invalid type for '{param}': expected {expected}, but got {} instead.", type_name(got)),
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {} instead.",
+            type_name(got)
+        ),
         Some(param),
         "invalid_type",
     )
 }
 
 fn out_of_range(param: &str, what: &str) -> GatewayError {
-    GatewayError::invalid_code(format!("Invalid value for '{param}': {what}."), Some(param), "invalid_value")
+    GatewayError::invalid_code(
+        format!("Invalid value for '{param}': {what}."),
+        Some(param),
+        "invalid_value",
+    )
 }
 
 /// Parse a JSON body into an object or a 400 that says why.
@@ -156,7 +177,12 @@ pub fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, GatewayError> {
     }
 }
 
-fn check_number(body: &Map<String, Value>, name: &str, min: f64, max: f64) -> Result<(), GatewayError> {
+fn check_number(
+    body: &Map<String, Value>,
+    name: &str,
+    min: f64,
+    max: f64,
+) -> Result<(), GatewayError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Number(n)) => {
@@ -164,26 +190,42 @@ fn check_number(body: &Map<String, Value>, name: &str, min: f64, max: f64) -> Re
             if x >= min && x <= max {
                 Ok(())
             } else {
-                Err(out_of_range(name, &format!("must be between {min} and {max}")))
+                Err(out_of_range(
+                    name,
+                    &format!("must be between {min} and {max}"),
+                ))
             }
         }
         Some(v) => Err(wrong_type(name, "a number", v)),
     }
 }
 
-fn check_int(body: &Map<String, Value>, name: &str, min: i64, max: i64) -> Result<(), GatewayError> {
+fn check_int(
+    body: &Map<String, Value>,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> Result<(), GatewayError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(x) if x >= min && x <= max => Ok(()),
-            Some(_) => Err(out_of_range(name, &format!("must be an integer between {min} and {max}"))),
+            Some(_) => Err(out_of_range(
+                name,
+                &format!("must be an integer between {min} and {max}"),
+            )),
             None => Err(wrong_type(name, "an integer", &Value::Number(n.clone()))),
         },
         Some(v) => Err(wrong_type(name, "an integer", v)),
     }
 }
 
-fn check_kind(body: &Map<String, Value>, name: &str, ok: fn(&Value) -> bool, expected: &str) -> Result<(), GatewayError> {
+fn check_kind(
+    body: &Map<String, Value>,
+    name: &str,
+    ok: fn(&Value) -> bool,
+    expected: &str,
+) -> Result<(), GatewayError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(()),
         Some(v) if ok(v) => Ok(()),
@@ -192,14 +234,21 @@ fn check_kind(body: &Map<String, Value>, name: &str, ok: fn(&Value) -> bool, exp
 }
 
 /// The model field (after `<prefix>-model-override`), required and a string.
-pub fn take_model(body: &mut Map<String, Value>, model_override: Option<&str>) -> Result<String, GatewayError> {
+pub fn take_model(
+    body: &mut Map<String, Value>,
+    model_override: Option<&str>,
+) -> Result<String, GatewayError> {
     if let Some(m) = model_override {
         body.insert("model".into(), Value::String(m.to_string()));
         return Ok(m.to_string());
     }
     match body.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => Ok(m.clone()),
-        Some(Value::String(_)) => Err(GatewayError::invalid_code("'model' must not be empty.", Some("model"), "invalid_value")),
+        Some(Value::String(_)) => Err(GatewayError::invalid_code(
+            "'model' must not be empty.",
+            Some("model"),
+            "invalid_value",
+        )),
         Some(v) => Err(wrong_type("model", "a string", v)),
         None => Err(GatewayError::invalid_code(
             "you must provide a model parameter",
@@ -209,7 +258,14 @@ pub fn take_model(body: &mut Map<String, Value>, model_override: Option<&str>) -
     }
 }
 
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// Parse and validate a chat-completions body.
 pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatRequest, GatewayError> {
@@ -264,7 +320,13 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
         }
         match o.get("content") {
             None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
-            Some(v) => return Err(wrong_type(&format!("{param}.content"), "a string or an array", v)),
+            Some(v) => {
+                return Err(wrong_type(
+                    &format!("{param}.content"),
+                    "a string or an array",
+                    v,
+                ))
+            }
         }
     }
     let stream = match body.get("stream") {
@@ -303,7 +365,12 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
     check_kind(&body, "user", Value::is_string, "a string")?;
     check_kind(&body, "tools", Value::is_array, "an array")?;
     check_kind(&body, "response_format", Value::is_object, "an object")?;
-    check_kind(&body, "tool_choice", |v| v.is_string() || v.is_object(), "a string or an object")?;
+    check_kind(
+        &body,
+        "tool_choice",
+        |v| v.is_string() || v.is_object(),
+        "a string or an object",
+    )?;
     match body.get("stop") {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
@@ -315,7 +382,10 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
     }
     if let Some(Value::Array(tools)) = body.get("tools") {
         for (i, t) in tools.iter().enumerate() {
-            let name = t.get("function").and_then(|f| f.get("name")).and_then(Value::as_str);
+            let name = t
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
             if name.is_none() {
                 return Err(GatewayError::invalid_code(
                     format!("Missing required parameter: 'tools[{i}].function.name'."),
@@ -343,7 +413,12 @@ fn clip(v: &str) -> String {
 }
 
 /// Session, project, user and custom properties from the request headers.
-pub fn context_headers(rt: &Runtime, session: &Session, ctx: &mut RequestCtx, key: Option<&KeyEntry>) {
+pub fn context_headers(
+    rt: &Runtime,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    key: Option<&KeyEntry>,
+) {
     let h = &rt.headers;
     ctx.session_id = header(session, &h.session_id).map(clip);
     ctx.session_name = header(session, &h.session_name).map(clip);
@@ -385,20 +460,38 @@ mod tests {
     fn validation_names_the_param() {
         assert_eq!(param_of(parse("{")), (400, None));
         assert_eq!(param_of(parse("[]")), (400, None));
-        assert_eq!(param_of(parse(r#"{"messages":[{"role":"user","content":"x"}]}"#)), (400, Some("model".into())));
-        assert_eq!(param_of(parse(r#"{"model":"m"}"#)), (400, Some("messages".into())));
-        assert_eq!(param_of(parse(r#"{"model":3,"messages":[]}"#)), (400, Some("model".into())));
-        assert_eq!(param_of(parse(r#"{"model":"m","messages":"hi"}"#)), (400, Some("messages".into())));
         assert_eq!(
-            param_of(parse(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#)),
+            param_of(parse(r#"{"messages":[{"role":"user","content":"x"}]}"#)),
+            (400, Some("model".into()))
+        );
+        assert_eq!(
+            param_of(parse(r#"{"model":"m"}"#)),
+            (400, Some("messages".into()))
+        );
+        assert_eq!(
+            param_of(parse(r#"{"model":3,"messages":[]}"#)),
+            (400, Some("model".into()))
+        );
+        assert_eq!(
+            param_of(parse(r#"{"model":"m","messages":"hi"}"#)),
+            (400, Some("messages".into()))
+        );
+        assert_eq!(
+            param_of(parse(
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#
+            )),
             (400, Some("temperature".into()))
         );
         assert_eq!(
-            param_of(parse(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)),
+            param_of(parse(
+                r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#
+            )),
             (400, Some("messages[0].role".into()))
         );
         assert_eq!(
-            param_of(parse(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#)),
+            param_of(parse(
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#
+            )),
             (400, Some("stream_options".into()))
         );
     }

@@ -51,7 +51,10 @@ pub fn response_header(
         let _ = h.insert_header(names.resp_model.clone(), m.as_str());
     }
     if ctx.traced {
-        let _ = h.insert_header(names.resp_fallback.clone(), if ctx.fallback_used { "true" } else { "false" });
+        let _ = h.insert_header(
+            names.resp_fallback.clone(),
+            if ctx.fallback_used { "true" } else { "false" },
+        );
     }
     if let Some(d) = &ctx.decision_id {
         let _ = h.insert_header(names.resp_decision_id.clone(), d.as_str());
@@ -72,7 +75,14 @@ pub async fn write_full(
     extra: &[(String, String)],
 ) -> bool {
     let rt = ctx.runtime.clone();
-    let Some(h) = response_header(status, content_type, Some(body.len()), ctx, rt.as_deref().map(|r| &r.headers), extra) else {
+    let Some(h) = response_header(
+        status,
+        content_type,
+        Some(body.len()),
+        ctx,
+        rt.as_deref().map(|r| &r.headers),
+        extra,
+    ) else {
         return false;
     };
     ctx.status = status;
@@ -98,5 +108,13 @@ pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, e: &Gatewa
         extra.push(("www-authenticate".to_string(), "Bearer".to_string()));
     }
     ctx.error = Some(e.to_string());
-    write_full(session, ctx, e.status(), "application/json", e.to_openai(), &extra).await
+    write_full(
+        session,
+        ctx,
+        e.status(),
+        "application/json",
+        e.to_openai(),
+        &extra,
+    )
+    .await
 }

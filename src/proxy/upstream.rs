@@ -9,7 +9,9 @@ use bytes::BytesMut;
 use pingora_proxy::Session;
 use serde_json::{Map, Value};
 
-use crate::dialect::{ChatRequest, DialectError, StreamTranslator, Target, Translated, UpstreamRequest};
+use crate::dialect::{
+    ChatRequest, DialectError, StreamTranslator, Target, Translated, UpstreamRequest,
+};
 use crate::error::GatewayError;
 use crate::metrics::metrics;
 use crate::providers::{ProviderRuntime, SignError};
@@ -55,9 +57,19 @@ async fn client_gone(session: &mut Session) {
     }
 }
 
-fn record_attempt(ctx: &mut RequestCtx, cand: &Candidate, status: Option<u16>, outcome: &str, started: Instant, error: Option<String>) {
+fn record_attempt(
+    ctx: &mut RequestCtx,
+    cand: &Candidate,
+    status: Option<u16>,
+    outcome: &str,
+    started: Instant,
+    error: Option<String>,
+) {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    metrics().attempts.with_label_values(&[cand.provider.name(), outcome]).inc();
+    metrics()
+        .attempts
+        .with_label_values(&[cand.provider.name(), outcome])
+        .inc();
     ctx.attempts.push(Attempt {
         provider: cand.provider.name().to_string(),
         model: cand.model.clone(),
@@ -84,10 +96,16 @@ async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), S
 /// server config's (when set), then the provider profile's, then the built-in default.
 fn exchange_options(rt: &Runtime, prov: &ProviderRuntime, route: Option<&str>) -> ExchangeOptions {
     let mut o = rt.exchange;
-    if let (None, Some(s)) = (rt.config.server.read_timeout_secs, prov.profile.read_timeout_secs) {
+    if let (None, Some(s)) = (
+        rt.config.server.read_timeout_secs,
+        prov.profile.read_timeout_secs,
+    ) {
         o.read_timeout = Duration::from_secs(s);
     }
-    if let Some(s) = route.and_then(|r| rt.route(r)).and_then(|r| r.read_timeout_secs) {
+    if let Some(s) = route
+        .and_then(|r| rt.route(r))
+        .and_then(|r| r.read_timeout_secs)
+    {
         o.read_timeout = Duration::from_secs(s);
     }
     o
@@ -108,7 +126,14 @@ fn forwarded_headers(resp: &UpstreamResponse) -> Vec<(String, String)> {
 }
 
 /// Price a response from the catalog (served model first, then the requested id).
-fn price(rt: &Runtime, prov: &ProviderRuntime, served: Option<&str>, model: &str, op: &Op, usage: &crate::dialect::Usage) -> f64 {
+fn price(
+    rt: &Runtime,
+    prov: &ProviderRuntime,
+    served: Option<&str>,
+    model: &str,
+    op: &Op,
+    usage: &crate::dialect::Usage,
+) -> f64 {
     let cat = &prov.profile.catalog_providers;
     let info = served
         .and_then(|s| rt.catalog.get(cat, s))
@@ -119,7 +144,8 @@ fn price(rt: &Runtime, prov: &ProviderRuntime, served: Option<&str>, model: &str
             let n = body.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
             let size = body.get("size").and_then(Value::as_str);
             let quality = body.get("quality").and_then(Value::as_str);
-            info.image_cost(n, size, quality).unwrap_or_else(|| info.cost(usage))
+            info.image_cost(n, size, quality)
+                .unwrap_or_else(|| info.cost(usage))
         }
         _ => info.cost(usage),
     }
@@ -133,7 +159,12 @@ fn build(prov: &ProviderRuntime, op: &Op, t: &Target) -> Result<UpstreamRequest,
     }
 }
 
-fn translate(prov: &ProviderRuntime, op: &Op, body: &[u8], t: &Target) -> Result<Translated, DialectError> {
+fn translate(
+    prov: &ProviderRuntime,
+    op: &Op,
+    body: &[u8],
+    t: &Target,
+) -> Result<Translated, DialectError> {
     match op {
         Op::Chat(r) => prov.dialect.translate_chat(body, t, r),
         Op::Embeddings(_) => prov.dialect.translate_embeddings(body, t),
@@ -143,7 +174,13 @@ fn translate(prov: &ProviderRuntime, op: &Op, body: &[u8], t: &Target) -> Result
 
 /// Try the candidates in order and answer the client. Never returns an error: every
 /// outcome is written downstream (or the client is gone) and recorded in `ctx`.
-pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCtx, op: Op<'_>, candidates: &[Candidate]) {
+pub async fn serve(
+    rt: &Arc<Runtime>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    op: Op<'_>,
+    candidates: &[Candidate],
+) {
     let created = crate::dialect::unix_now();
     let stream = op.stream();
     ctx.stream = stream;
@@ -175,13 +212,23 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
         if let (Op::Chat(r), Some(info)) = (&op, info) {
             if r.has_images() && !info.vision && info.has_prices() {
                 let e = GatewayError::invalid_code(
-                    format!("Model '{}' on provider '{}' does not accept image input.", cand.model, prov.name()),
+                    format!(
+                        "Model '{}' on provider '{}' does not accept image input.",
+                        cand.model,
+                        prov.name()
+                    ),
                     Some("messages"),
                     "model_not_vision_capable",
                 );
                 record_attempt(ctx, cand, None, "unsupported", started, Some(e.to_string()));
                 if more {
-                    last = Some(Failure { status: 400, provider: prov.name().into(), message: e.to_string(), retry_after: None, code: "model_not_vision_capable" });
+                    last = Some(Failure {
+                        status: 400,
+                        provider: prov.name().into(),
+                        message: e.to_string(),
+                        retry_after: None,
+                        code: "model_not_vision_capable",
+                    });
                     continue;
                 }
                 write_error(session, ctx, &e).await;
@@ -192,18 +239,38 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
         let mut req = match build(prov, &op, &target) {
             Ok(r) => r,
             Err(DialectError::Unsupported { message, param }) => {
-                record_attempt(ctx, cand, None, "unsupported", started, Some(message.clone()));
+                record_attempt(
+                    ctx,
+                    cand,
+                    None,
+                    "unsupported",
+                    started,
+                    Some(message.clone()),
+                );
                 if more {
-                    last = Some(Failure { status: 400, provider: prov.name().into(), message, retry_after: None, code: "unsupported_parameter" });
+                    last = Some(Failure {
+                        status: 400,
+                        provider: prov.name().into(),
+                        message,
+                        retry_after: None,
+                        code: "unsupported_parameter",
+                    });
                     continue;
                 }
-                let e = GatewayError::invalid_code(message, param.as_deref(), "unsupported_parameter");
+                let e =
+                    GatewayError::invalid_code(message, param.as_deref(), "unsupported_parameter");
                 write_error(session, ctx, &e).await;
                 return;
             }
             Err(e) => {
                 record_attempt(ctx, cand, None, "build_error", started, Some(e.to_string()));
-                last = Some(Failure { status: 500, provider: prov.name().into(), message: e.to_string(), retry_after: None, code: "internal_error" });
+                last = Some(Failure {
+                    status: 500,
+                    provider: prov.name().into(),
+                    message: e.to_string(),
+                    retry_after: None,
+                    code: "internal_error",
+                });
                 continue;
             }
         };
@@ -213,7 +280,13 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
         if let Err(e) = sign(prov, &mut req).await {
             // Never include credential material: SignError messages name vars, not values.
             record_attempt(ctx, cand, None, "sign_error", started, Some(e.to_string()));
-            last = Some(Failure { status: 502, provider: prov.name().into(), message: format!("could not authenticate to {}: {e}", prov.name()), retry_after: None, code: "upstream_auth_error" });
+            last = Some(Failure {
+                status: 502,
+                provider: prov.name().into(),
+                message: format!("could not authenticate to {}: {e}", prov.name()),
+                retry_after: None,
+                code: "upstream_auth_error",
+            });
             first_failed.get_or_insert_with(|| prov.name().to_string());
             continue;
         }
@@ -231,9 +304,23 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
         let resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                let status = if matches!(e, UpstreamError::Timeout(_)) { 504 } else { 502 };
+                let status = if matches!(e, UpstreamError::Timeout(_)) {
+                    504
+                } else {
+                    502
+                };
                 record_attempt(ctx, cand, None, e.outcome(), started, Some(e.to_string()));
-                last = Some(Failure { status, provider: prov.name().into(), message: e.to_string(), retry_after: None, code: if status == 504 { "upstream_timeout" } else { "upstream_unavailable" } });
+                last = Some(Failure {
+                    status,
+                    provider: prov.name().into(),
+                    message: e.to_string(),
+                    retry_after: None,
+                    code: if status == 504 {
+                        "upstream_timeout"
+                    } else {
+                        "upstream_unavailable"
+                    },
+                });
                 first_failed.get_or_insert_with(|| prov.name().to_string());
                 continue;
             }
@@ -244,9 +331,26 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
             let body = resp.body(1024 * 1024).await.unwrap_or_default();
             let retry_after = retry_after.or_else(|| retry_delay_from_body(&body));
             let f = prov.dialect.classify_error(status, &body);
-            let outcome = if f.code == "overloaded" { "overloaded" } else { "http_error" };
-            record_attempt(ctx, cand, Some(status), outcome, started, Some(f.message.clone()));
-            let failure = Failure { status, provider: prov.name().into(), message: f.message, retry_after, code: f.code };
+            let outcome = if f.code == "overloaded" {
+                "overloaded"
+            } else {
+                "http_error"
+            };
+            record_attempt(
+                ctx,
+                cand,
+                Some(status),
+                outcome,
+                started,
+                Some(f.message.clone()),
+            );
+            let failure = Failure {
+                status,
+                provider: prov.name().into(),
+                message: f.message,
+                retry_after,
+                code: f.code,
+            };
             if f.retryable && more {
                 last = Some(failure);
                 first_failed.get_or_insert_with(|| prov.name().to_string());
@@ -266,7 +370,10 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
         let result = if stream {
             let Op::Chat(r) = op else { return };
             let translator = prov.dialect.chat_stream(&target, r);
-            stream_back(rt, session, ctx, resp, translator, &extra, cand, &op, started).await
+            stream_back(
+                rt, session, ctx, resp, translator, &extra, cand, &op, started,
+            )
+            .await
         } else {
             whole_back(rt, session, ctx, resp, &target, &extra, cand, &op, started).await
         };
@@ -275,7 +382,10 @@ pub async fn serve(rt: &Arc<Runtime>, session: &mut Session, ctx: &mut RequestCt
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 strategy::latency().observe(&upstream_key(cand), ms);
                 if let (true, Some(from)) = (ctx.fallback_used, first_failed.as_deref()) {
-                    metrics().fallbacks.with_label_values(&[from, prov.name()]).inc();
+                    metrics()
+                        .fallbacks
+                        .with_label_values(&[from, prov.name()])
+                        .inc();
                 }
                 return;
             }
@@ -357,23 +467,45 @@ async fn whole_back(
     let body = match body {
         Ok(b) => b,
         Err(e) => {
-            record_attempt(ctx, cand, Some(200), e.outcome(), started, Some(e.to_string()));
-            let status = if matches!(e, UpstreamError::Timeout(_)) { 504 } else { 502 };
+            record_attempt(
+                ctx,
+                cand,
+                Some(200),
+                e.outcome(),
+                started,
+                Some(e.to_string()),
+            );
+            let status = if matches!(e, UpstreamError::Timeout(_)) {
+                504
+            } else {
+                502
+            };
             return Err(fail(status, e.to_string(), "upstream_error"));
         }
     };
     let t = match translate(prov, op, &body, target) {
         Ok(t) => t,
         Err(e) => {
-            record_attempt(ctx, cand, Some(200), "bad_response", started, Some(e.to_string()));
+            record_attempt(
+                ctx,
+                cand,
+                Some(200),
+                "bad_response",
+                started,
+                Some(e.to_string()),
+            );
             return Err(fail(502, e.to_string(), "bad_upstream_response"));
         }
     };
     let t = match op {
-        Op::Embeddings(body) if body.get("encoding_format").and_then(Value::as_str) == Some("base64") => Translated {
-            body: embeddings_as_base64(&t.body).unwrap_or(t.body),
-            ..t
-        },
+        Op::Embeddings(body)
+            if body.get("encoding_format").and_then(Value::as_str) == Some("base64") =>
+        {
+            Translated {
+                body: embeddings_as_base64(&t.body).unwrap_or(t.body),
+                ..t
+            }
+        }
         _ => t,
     };
     record_attempt(ctx, cand, Some(200), "ok", started, None);
@@ -400,7 +532,9 @@ fn embeddings_as_base64(body: &[u8]) -> Option<bytes::Bytes> {
     use base64::Engine;
     let mut v: Value = serde_json::from_slice(body).ok()?;
     for item in v.get_mut("data")?.as_array_mut()? {
-        let Some(Value::Array(xs)) = item.get("embedding") else { continue };
+        let Some(Value::Array(xs)) = item.get("embedding") else {
+            continue;
+        };
         let mut raw = Vec::with_capacity(xs.len() * 4);
         for x in xs {
             raw.extend_from_slice(&(x.as_f64()? as f32).to_le_bytes());
@@ -478,7 +612,14 @@ async fn stream_back(
                 if let Err(e) = tr.feed(&bytes, &mut out) {
                     // Nothing went downstream yet: the next candidate can still serve.
                     if !header_sent {
-                        record_attempt(ctx, cand, Some(200), "stream_error", started, Some(e.to_string()));
+                        record_attempt(
+                            ctx,
+                            cand,
+                            Some(200),
+                            "stream_error",
+                            started,
+                            Some(e.to_string()),
+                        );
                         return Err(fail(502, e.to_string()));
                     }
                     if !matches!(e, DialectError::Upstream(_)) {
@@ -492,7 +633,14 @@ async fn stream_back(
             Ok(None) => {
                 if let Err(e) = tr.finish(&mut out) {
                     if !header_sent {
-                        record_attempt(ctx, cand, Some(200), "stream_error", started, Some(e.to_string()));
+                        record_attempt(
+                            ctx,
+                            cand,
+                            Some(200),
+                            "stream_error",
+                            started,
+                            Some(e.to_string()),
+                        );
                         return Err(fail(502, e.to_string()));
                     }
                     outcome = "stream_error";
@@ -502,8 +650,19 @@ async fn stream_back(
             }
             Err(e) => {
                 if !header_sent {
-                    record_attempt(ctx, cand, Some(200), e.outcome(), started, Some(e.to_string()));
-                    let status = if matches!(e, UpstreamError::Timeout(_)) { 504 } else { 502 };
+                    record_attempt(
+                        ctx,
+                        cand,
+                        Some(200),
+                        e.outcome(),
+                        started,
+                        Some(e.to_string()),
+                    );
+                    let status = if matches!(e, UpstreamError::Timeout(_)) {
+                        504
+                    } else {
+                        502
+                    };
                     return Err(fail(status, e.to_string()));
                 }
                 tr.abort(&format!("upstream stream interrupted: {e}"), &mut out);
@@ -523,7 +682,14 @@ async fn stream_back(
             if let Some(m) = tr.model() {
                 ctx.served_model = Some(m.to_string());
             }
-            let Some(h) = response_header(200, "text/event-stream", None, ctx, Some(&rt.headers), extra) else {
+            let Some(h) = response_header(
+                200,
+                "text/event-stream",
+                None,
+                ctx,
+                Some(&rt.headers),
+                extra,
+            ) else {
                 break;
             };
             ctx.status = 200;
@@ -600,7 +766,9 @@ mod tests {
         use base64::Engine;
         let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.5,-0.25]},{"index":1,"embedding":"AAAA"}]}"#;
         let out: Value = serde_json::from_slice(&embeddings_as_base64(body).unwrap()).unwrap();
-        let b = base64::engine::general_purpose::STANDARD.decode(out["data"][0]["embedding"].as_str().unwrap()).unwrap();
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(out["data"][0]["embedding"].as_str().unwrap())
+            .unwrap();
         assert_eq!(b, [0.5f32.to_le_bytes(), (-0.25f32).to_le_bytes()].concat());
         assert_eq!(out["data"][1]["embedding"], "AAAA");
     }

@@ -59,7 +59,10 @@ pub fn generate_key() -> String {
     use base64::Engine;
     let mut b = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut b);
-    format!("lg-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+    format!(
+        "lg-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
 }
 
 impl KeyTable {

@@ -50,10 +50,19 @@ fn not_found(model: &str) -> GatewayError {
 
 impl Runtime {
     /// Resolve a concrete model name (no rules) to its first candidate.
-    pub fn resolve_model(&self, model: &str, forced: Option<&str>) -> Result<Candidate, GatewayError> {
+    pub fn resolve_model(
+        &self,
+        model: &str,
+        forced: Option<&str>,
+    ) -> Result<Candidate, GatewayError> {
         if let Some(p) = forced {
-            let prov = self.provider(p).ok_or_else(|| self.provider_unavailable(p))?;
-            let m = model.strip_prefix(p).and_then(|m| m.strip_prefix('/')).unwrap_or(model);
+            let prov = self
+                .provider(p)
+                .ok_or_else(|| self.provider_unavailable(p))?;
+            let m = model
+                .strip_prefix(p)
+                .and_then(|m| m.strip_prefix('/'))
+                .unwrap_or(model);
             return Ok(Candidate {
                 provider: prov.clone(),
                 model: m.to_string(),
@@ -62,7 +71,9 @@ impl Runtime {
         // `provider/model` only when the prefix is a provider name: model ids contain '/' too.
         if let Some((p, m)) = model.split_once('/') {
             if self.is_known(p) {
-                let prov = self.provider(p).ok_or_else(|| self.provider_unavailable(p))?;
+                let prov = self
+                    .provider(p)
+                    .ok_or_else(|| self.provider_unavailable(p))?;
                 return Ok(Candidate {
                     provider: prov.clone(),
                     model: m.to_string(),
@@ -113,7 +124,11 @@ impl Runtime {
                 param: Some("model".into()),
             }
         } else {
-            GatewayError::invalid_code(format!("Unknown provider '{p}'."), Some("model"), "unknown_provider")
+            GatewayError::invalid_code(
+                format!("Unknown provider '{p}'."),
+                Some("model"),
+                "unknown_provider",
+            )
         }
     }
 
@@ -148,12 +163,20 @@ impl Runtime {
                 }
             }
             let lat = strategy::latency();
-            let order = strategy::order(route.strategy, &weights, |i| lat.get(&upstream_key(&resolved[i])), draw);
+            let order = strategy::order(
+                route.strategy,
+                &weights,
+                |i| lat.get(&upstream_key(&resolved[i])),
+                draw,
+            );
             let mut slots: Vec<Option<Candidate>> = resolved.into_iter().map(Some).collect();
-            let candidates: Vec<Candidate> = order.into_iter().filter_map(|i| slots[i].take()).collect();
+            let candidates: Vec<Candidate> =
+                order.into_iter().filter_map(|i| slots[i].take()).collect();
             if candidates.is_empty() {
                 return Err(GatewayError::NotFound {
-                    message: format!("Routing rule '{name}' has no target with a configured provider."),
+                    message: format!(
+                        "Routing rule '{name}' has no target with a configured provider."
+                    ),
                     code: "model_not_found",
                     param: Some("model".into()),
                 });

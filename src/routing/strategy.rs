@@ -17,7 +17,9 @@ pub struct LatencyTracker {
 /// Weight of the newest observation.
 const ALPHA: f64 = 0.2;
 
-static LATENCY: LazyLock<LatencyTracker> = LazyLock::new(|| LatencyTracker { ewma_ms: DashMap::new() });
+static LATENCY: LazyLock<LatencyTracker> = LazyLock::new(|| LatencyTracker {
+    ewma_ms: DashMap::new(),
+});
 
 pub fn latency() -> &'static LatencyTracker {
     &LATENCY
@@ -27,16 +29,23 @@ impl LatencyTracker {
     pub fn observe(&self, key: &str, ms: f64) {
         if let Some(cur) = self.ewma_ms.get(key) {
             let old = f64::from_bits(cur.load(Ordering::Relaxed));
-            let new = if old == 0.0 { ms } else { old + ALPHA * (ms - old) };
+            let new = if old == 0.0 {
+                ms
+            } else {
+                old + ALPHA * (ms - old)
+            };
             cur.store(new.to_bits(), Ordering::Relaxed);
             return;
         }
-        self.ewma_ms.insert(key.to_string(), AtomicU64::new(ms.to_bits()));
+        self.ewma_ms
+            .insert(key.to_string(), AtomicU64::new(ms.to_bits()));
     }
 
     /// `None` until the upstream has been observed.
     pub fn get(&self, key: &str) -> Option<f64> {
-        self.ewma_ms.get(key).map(|v| f64::from_bits(v.load(Ordering::Relaxed)))
+        self.ewma_ms
+            .get(key)
+            .map(|v| f64::from_bits(v.load(Ordering::Relaxed)))
     }
 }
 
@@ -44,7 +53,12 @@ impl LatencyTracker {
 ///
 /// `weights[i]` are the configured weights, `latency_of(i)` the EWMA (None = unseen:
 /// tried first so every target gets measured), `draw` a uniform number in [0,1).
-pub fn order(strategy: Strategy, weights: &[f64], latency_of: impl Fn(usize) -> Option<f64>, draw: f64) -> Vec<usize> {
+pub fn order(
+    strategy: Strategy,
+    weights: &[f64],
+    latency_of: impl Fn(usize) -> Option<f64>,
+    draw: f64,
+) -> Vec<usize> {
     let n = weights.len();
     let mut idx: Vec<usize> = (0..n).collect();
     match strategy {
@@ -98,8 +112,13 @@ mod tests {
     #[test]
     fn latency_prefers_fastest_and_unseen() {
         let lat = [Some(50.0), Some(10.0), None];
-        assert_eq!(order(Strategy::Latency, &[1.0; 3], |i| lat[i], 0.0), vec![2, 1, 0]);
-        let t = LatencyTracker { ewma_ms: DashMap::new() };
+        assert_eq!(
+            order(Strategy::Latency, &[1.0; 3], |i| lat[i], 0.0),
+            vec![2, 1, 0]
+        );
+        let t = LatencyTracker {
+            ewma_ms: DashMap::new(),
+        };
         t.observe("a", 100.0);
         t.observe("a", 0.0);
         assert!((t.get("a").unwrap() - 80.0).abs() < 1e-9);
@@ -107,6 +126,9 @@ mod tests {
 
     #[test]
     fn fallback_keeps_order() {
-        assert_eq!(order(Strategy::Fallback, &[1.0, 5.0, 2.0], |_| None, 0.9), vec![0, 1, 2]);
+        assert_eq!(
+            order(Strategy::Fallback, &[1.0, 5.0, 2.0], |_| None, 0.9),
+            vec![0, 1, 2]
+        );
     }
 }

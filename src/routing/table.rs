@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::Catalog;
-use crate::store::StorageConfig;
 use crate::config::{ConfigError, GatewayConfig, RouteConfig};
 use crate::providers::{self, ProviderProfile, ProviderRuntime};
+use crate::store::StorageConfig;
 use crate::upstream::ExchangeOptions;
 
 use super::keys::KeyTable;
@@ -109,7 +109,9 @@ impl Runtime {
     pub fn build(config: GatewayConfig, version: u64) -> Result<Runtime, ConfigError> {
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
         let profiles = match (&config.server.filters_dir, config.source.is_some()) {
-            (Some(dir), _) => providers::load_profiles(&config.resolve_path(dir)).map_err(|e| invalid(&e))?,
+            (Some(dir), _) => {
+                providers::load_profiles(&config.resolve_path(dir)).map_err(|e| invalid(&e))?
+            }
             (None, _) => embedded_profiles().map_err(|e| invalid(&e))?,
         };
         let catalog = match &config.server.catalog {
@@ -141,7 +143,9 @@ impl Runtime {
         let s = &config.server;
         let exchange = ExchangeOptions {
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-            read_timeout: Duration::from_secs(s.read_timeout_secs.unwrap_or(DEFAULT_READ_TIMEOUT_SECS)),
+            read_timeout: Duration::from_secs(
+                s.read_timeout_secs.unwrap_or(DEFAULT_READ_TIMEOUT_SECS),
+            ),
             write_timeout: Duration::from_secs(s.write_timeout_secs),
             idle_timeout: Duration::from_secs(s.upstream_idle_timeout_secs),
         };
@@ -168,10 +172,17 @@ impl Runtime {
     /// Routing rules and fallback chains may name only known providers.
     fn check_references(&self) -> Result<(), ConfigError> {
         let check = |ctx: &str, model: &str, provider: Option<&str>| -> Result<(), ConfigError> {
-            let p = provider.or_else(|| model.split_once('/').map(|(p, _)| p).filter(|p| self.is_known(p)));
+            let p = provider.or_else(|| {
+                model
+                    .split_once('/')
+                    .map(|(p, _)| p)
+                    .filter(|p| self.is_known(p))
+            });
             if let Some(p) = p {
                 if !self.is_known(p) {
-                    return Err(ConfigError::Invalid(format!("{ctx}: unknown provider '{p}'")));
+                    return Err(ConfigError::Invalid(format!(
+                        "{ctx}: unknown provider '{p}'"
+                    )));
                 }
             }
             Ok(())
@@ -191,7 +202,8 @@ impl Runtime {
 
     /// Zero retention for a request: the key says so, or its project is listed.
     pub fn zero_retention(&self, key_flag: bool, project: Option<&str>) -> bool {
-        key_flag || project.is_some_and(|p| self.storage.zero_retention_projects.iter().any(|z| z == p))
+        key_flag
+            || project.is_some_and(|p| self.storage.zero_retention_projects.iter().any(|z| z == p))
     }
 
     pub fn provider(&self, name: &str) -> Option<&Arc<ProviderRuntime>> {
@@ -213,11 +225,13 @@ impl Runtime {
 }
 
 fn listeners_are_loopback(c: &GatewayConfig) -> bool {
-    [&c.server.listen, &c.server.metrics_listen].iter().all(|a| {
-        a.parse::<std::net::SocketAddr>()
-            .map(|s| s.ip().is_loopback())
-            .unwrap_or(false)
-    })
+    [&c.server.listen, &c.server.metrics_listen]
+        .iter()
+        .all(|a| {
+            a.parse::<std::net::SocketAddr>()
+                .map(|s| s.ip().is_loopback())
+                .unwrap_or(false)
+        })
 }
 
 /// Parse the profiles compiled into the binary.

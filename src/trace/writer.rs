@@ -340,6 +340,11 @@ const DRAIN_MAX_MESSAGES: usize = 10_000_000;
 impl Writer {
     async fn run(mut self, mut shutdown: ShutdownWatch) {
         self.spill.count_existing();
+        // Open (create and migrate) the store at start, so the admin API and the database
+        // file exist before the first trace; failures are retried by the normal path.
+        if let Err(e) = self.ensure_store().await {
+            tracing::warn!(error = %e, "trace store not available at start; retrying in the background");
+        }
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.cfg.flush_interval_ms.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

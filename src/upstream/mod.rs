@@ -78,10 +78,12 @@ impl Default for ExchangeOptions {
     }
 }
 
-static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(Some(ConnectorOptions::new(1024))));
+static CONNECTOR: LazyLock<Connector> =
+    LazyLock::new(|| Connector::new(Some(ConnectorOptions::new(1024))));
 
 /// Cached DNS answers: host -> (addresses, resolved at).
-static DNS: LazyLock<DashMap<String, (Vec<std::net::IpAddr>, Instant)>> = LazyLock::new(DashMap::new);
+static DNS: LazyLock<DashMap<String, (Vec<std::net::IpAddr>, Instant)>> =
+    LazyLock::new(DashMap::new);
 const DNS_TTL: Duration = Duration::from_secs(60);
 
 /// Resolve `host:port` without blocking a worker thread. IP literals never touch DNS.
@@ -101,7 +103,9 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, UpstreamError>
         .map_err(|_| UpstreamError::Resolve(host.to_string()))?
         .map(|a| a.ip())
         .collect();
-    let first = *addrs.first().ok_or_else(|| UpstreamError::Resolve(host.to_string()))?;
+    let first = *addrs
+        .first()
+        .ok_or_else(|| UpstreamError::Resolve(host.to_string()))?;
     DNS.insert(host.to_string(), (addrs, Instant::now()));
     Ok(SocketAddr::new(first, port))
 }
@@ -121,9 +125,10 @@ fn peer_for(ep: &Endpoint, addr: SocketAddr, opts: &ExchangeOptions) -> HttpPeer
 
 fn classify(e: &pingora_error::Error, who: &str) -> UpstreamError {
     match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::TLSHandshakeTimedout => {
-            UpstreamError::Timeout(who.to_string())
-        }
+        ErrorType::ConnectTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
+        | ErrorType::TLSHandshakeTimedout => UpstreamError::Timeout(who.to_string()),
         ErrorType::ConnectRefused
         | ErrorType::ConnectNoRoute
         | ErrorType::ConnectError
@@ -131,7 +136,9 @@ fn classify(e: &pingora_error::Error, who: &str) -> UpstreamError {
         | ErrorType::InvalidCert
         | ErrorType::ConnectProxyFailure
         | ErrorType::SocketError
-        | ErrorType::BindError => UpstreamError::Connect(who.to_string(), e.etype().as_str().to_string()),
+        | ErrorType::BindError => {
+            UpstreamError::Connect(who.to_string(), e.etype().as_str().to_string())
+        }
         _ => UpstreamError::Io(who.to_string(), e.etype().as_str().to_string()),
     }
 }
@@ -193,15 +200,24 @@ impl UpstreamResponse {
     }
 }
 
-fn request_header(ep: &Endpoint, req: &UpstreamRequest) -> Result<Box<RequestHeader>, UpstreamError> {
+fn request_header(
+    ep: &Endpoint,
+    req: &UpstreamRequest,
+) -> Result<Box<RequestHeader>, UpstreamError> {
     let build = |e: pingora_error::BError| UpstreamError::Build(e.to_string());
-    let mut h = RequestHeader::build(req.method, req.path.as_bytes(), Some(req.headers.len() + 4)).map_err(build)?;
-    h.insert_header("host", ep.host_header()).map_err(build)?;
-    h.insert_header("content-length", req.body.len().to_string()).map_err(build)?;
-    // Ask for identity so response filters never see compressed bytes.
-    h.insert_header("accept-encoding", "identity").map_err(build)?;
-    h.insert_header("user-agent", concat!("loopgate/", env!("CARGO_PKG_VERSION")))
+    let mut h = RequestHeader::build(req.method, req.path.as_bytes(), Some(req.headers.len() + 4))
         .map_err(build)?;
+    h.insert_header("host", ep.host_header()).map_err(build)?;
+    h.insert_header("content-length", req.body.len().to_string())
+        .map_err(build)?;
+    // Ask for identity so response filters never see compressed bytes.
+    h.insert_header("accept-encoding", "identity")
+        .map_err(build)?;
+    h.insert_header(
+        "user-agent",
+        concat!("loopgate/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(build)?;
     for (k, v) in &req.headers {
         h.insert_header(k.clone(), v.as_str()).map_err(build)?;
     }
@@ -247,13 +263,21 @@ async fn try_send(
 ///
 /// A pooled connection the server closed while idle is retried once on a fresh one,
 /// as Pingora's own proxy does; any other failure is returned for the caller's fallback.
-pub async fn send(ep: &Endpoint, req: &UpstreamRequest, opts: &ExchangeOptions, who: &str) -> Result<UpstreamResponse, UpstreamError> {
+pub async fn send(
+    ep: &Endpoint,
+    req: &UpstreamRequest,
+    opts: &ExchangeOptions,
+    who: &str,
+) -> Result<UpstreamResponse, UpstreamError> {
     let addr = resolve(&ep.host, ep.port).await?;
     let peer = peer_for(ep, addr, opts);
     let session = match try_send(ep, &peer, req, opts, who).await {
         Ok((s, _)) => s,
         Err((e, true)) if !matches!(e, UpstreamError::Timeout(_)) => {
-            try_send(ep, &peer, req, opts, who).await.map_err(|(e, _)| e)?.0
+            try_send(ep, &peer, req, opts, who)
+                .await
+                .map_err(|(e, _)| e)?
+                .0
         }
         Err((e, _)) => return Err(e),
     };
@@ -284,7 +308,11 @@ pub async fn oneshot(
         other => return Err(UpstreamError::Build(format!("unsupported method {other}"))),
     };
     // `Endpoint::parse` keeps the whole path as `base_path`.
-    let path = if ep.base_path.is_empty() { "/".to_string() } else { ep.base_path.clone() };
+    let path = if ep.base_path.is_empty() {
+        "/".to_string()
+    } else {
+        ep.base_path.clone()
+    };
     let req = UpstreamRequest {
         method,
         path,

@@ -72,7 +72,9 @@ impl MockUpstream {
         let (r2, c2) = (received.clone(), closed_early.clone());
         let handle = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let (r3, c3, reply) = (r2.clone(), c2.clone(), reply.clone());
                 tokio::spawn(async move {
                     let _ = serve_conn(sock, reply, r3, c3).await;
@@ -115,7 +117,10 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Receive
                     headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
                 }
             }
-            let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             let total = end + 4 + len;
             while buf.len() < total {
                 let mut tmp = vec![0u8; 64 * 1024];
@@ -127,7 +132,12 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Receive
             }
             let body = buf[end + 4..total].to_vec();
             buf.drain(..total);
-            return Some(Received { method, path, headers, body });
+            return Some(Received {
+                method,
+                path,
+                headers,
+                body,
+            });
         }
         let mut tmp = vec![0u8; 64 * 1024];
         let n = sock.read(&mut tmp).await.ok()?;
@@ -157,10 +167,17 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-async fn serve_conn(mut sock: TcpStream, reply: Reply, rec: Arc<Mutex<Vec<Received>>>, closed: Arc<Mutex<u32>>) -> std::io::Result<()> {
+async fn serve_conn(
+    mut sock: TcpStream,
+    reply: Reply,
+    rec: Arc<Mutex<Vec<Received>>>,
+    closed: Arc<Mutex<u32>>,
+) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
-        let Some(req) = read_request(&mut sock, &mut buf).await else { return Ok(()) };
+        let Some(req) = read_request(&mut sock, &mut buf).await else {
+            return Ok(());
+        };
         rec.lock().unwrap().push(req.clone());
         let mut r = reply.clone();
         while let Reply::Dynamic(f) = r {
@@ -183,7 +200,12 @@ async fn serve_conn(mut sock: TcpStream, reply: Reply, rec: Arc<Mutex<Vec<Receiv
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
-                    let frame = [format!("{:x}\r\n", part.len()).into_bytes(), part, b"\r\n".to_vec()].concat();
+                    let frame = [
+                        format!("{:x}\r\n", part.len()).into_bytes(),
+                        part,
+                        b"\r\n".to_vec(),
+                    ]
+                    .concat();
                     if sock.write_all(&frame).await.is_err() {
                         *closed.lock().unwrap() += 1;
                         return Ok(());
@@ -195,7 +217,12 @@ async fn serve_conn(mut sock: TcpStream, reply: Reply, rec: Arc<Mutex<Vec<Receiv
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {ctype}\r\ntransfer-encoding: chunked\r\n\r\n");
                 sock.write_all(head.as_bytes()).await?;
                 for part in parts {
-                    let frame = [format!("{:x}\r\n", part.len()).into_bytes(), part, b"\r\n".to_vec()].concat();
+                    let frame = [
+                        format!("{:x}\r\n", part.len()).into_bytes(),
+                        part,
+                        b"\r\n".to_vec(),
+                    ]
+                    .concat();
                     sock.write_all(&frame).await?;
                 }
                 #[allow(deprecated)]
@@ -248,9 +275,15 @@ pub fn openai_stream_parts(model: &str, pieces: &[&str], with_usage: bool) -> Ve
         }
         sse(c)
     };
-    let mut parts = vec![chunk(serde_json::json!({"role": "assistant", "content": ""}), serde_json::Value::Null)];
+    let mut parts = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        serde_json::Value::Null,
+    )];
     for p in pieces {
-        parts.push(chunk(serde_json::json!({"content": p}), serde_json::Value::Null));
+        parts.push(chunk(
+            serde_json::json!({"content": p}),
+            serde_json::Value::Null,
+        ));
     }
     parts.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
     if with_usage {
@@ -269,7 +302,11 @@ pub fn openai_like() -> Reply {
         if body["stream"].as_bool() == Some(true) {
             let usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
             let parts = openai_stream_parts(&model, &["Hel", "lo", "!"], usage);
-            Reply::Chunks(200, "text/event-stream".into(), parts.into_iter().map(|p| (Duration::ZERO, p)).collect())
+            Reply::Chunks(
+                200,
+                "text/event-stream".into(),
+                parts.into_iter().map(|p| (Duration::ZERO, p)).collect(),
+            )
         } else {
             Reply::Json(200, vec![], chat_json(&model, "Hello!", 11, 3))
         }
@@ -279,7 +316,11 @@ pub fn openai_like() -> Reply {
 // ---------- the gateway process ----------
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct GatewayProc {
@@ -326,12 +367,21 @@ impl GatewayProc {
     }
 
     /// As `start`, with extra lines inside the `[server]` table.
-    pub fn start_with_server(server_extra: &str, extra_toml: &str, env: &[(&str, String)]) -> GatewayProc {
+    pub fn start_with_server(
+        server_extra: &str,
+        extra_toml: &str,
+        env: &[(&str, String)],
+    ) -> GatewayProc {
         Self::start_full(server_extra, "", extra_toml, env)
     }
 
     /// As `start`, with extra lines inside the `[server]` and `[storage]` tables.
-    pub fn start_full(server_extra: &str, storage_extra: &str, extra_toml: &str, env: &[(&str, String)]) -> GatewayProc {
+    pub fn start_full(
+        server_extra: &str,
+        storage_extra: &str,
+        extra_toml: &str,
+        env: &[(&str, String)],
+    ) -> GatewayProc {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let metrics_port = free_port();
@@ -350,7 +400,13 @@ impl GatewayProc {
         Self::spawn(dir, config, port, metrics_port, env)
     }
 
-    pub fn spawn(dir: tempfile::TempDir, config: PathBuf, port: u16, metrics_port: u16, env: &[(&str, String)]) -> GatewayProc {
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        port: u16,
+        metrics_port: u16,
+        env: &[(&str, String)],
+    ) -> GatewayProc {
         let log = dir.path().join("gateway.log");
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loopgate"));
@@ -358,15 +414,25 @@ impl GatewayProc {
         for v in provider_env_vars() {
             cmd.env_remove(v);
         }
-        cmd.env_remove("LOOPGATE_LISTEN").env_remove("LOOPGATE_METRICS_LISTEN").env_remove("LOOPGATE_DB");
+        cmd.env_remove("LOOPGATE_LISTEN")
+            .env_remove("LOOPGATE_METRICS_LISTEN")
+            .env_remove("LOOPGATE_DB");
         cmd.env("LOOPGATE_MASTER_KEY", MASTER_KEY);
         cmd.env("LOOPGATE_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdout(Stdio::from(logf.try_clone().unwrap())).stderr(Stdio::from(logf));
+        cmd.stdout(Stdio::from(logf.try_clone().unwrap()))
+            .stderr(Stdio::from(logf));
         let child = cmd.spawn().expect("spawn loopgate");
-        let g = GatewayProc { child, port, metrics_port, dir, log, config };
+        let g = GatewayProc {
+            child,
+            port,
+            metrics_port,
+            dir,
+            log,
+            config,
+        };
         g.wait_ready();
         g
     }
@@ -414,7 +480,10 @@ impl GatewayProc {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
 
 pub fn chat_body(model: &str) -> serde_json::Value {
@@ -424,7 +493,11 @@ pub fn chat_body(model: &str) -> serde_json::Value {
 /// Parse an SSE body into its `data:` payloads.
 pub fn sse_events(text: &str) -> Vec<String> {
     text.split("\n\n")
-        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_string))
+        .filter_map(|e| {
+            e.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -443,6 +516,10 @@ pub async fn eventually<F: FnMut() -> bool>(mut f: F, within: Duration) -> bool 
 /// Count trace rows in the gateway's SQLite file.
 pub fn trace_rows(db: &std::path::Path, where_clause: &str) -> i64 {
     let conn = rusqlite::Connection::open(db).unwrap();
-    conn.query_row(&format!("SELECT COUNT(*) FROM traces {where_clause}"), [], |r| r.get(0))
-        .unwrap_or(-1)
+    conn.query_row(
+        &format!("SELECT COUNT(*) FROM traces {where_clause}"),
+        [],
+        |r| r.get(0),
+    )
+    .unwrap_or(-1)
 }
