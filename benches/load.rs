@@ -432,12 +432,9 @@ fn start_loopgate(
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let d = dir.display();
     let storage = match tracing {
-        Tracing::On => format!("sqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
-        // The store never opens (no such directory) and is not retried for an hour; the
-        // buffer holds every record in memory, so nothing is written or spilled.
-        Tracing::Off => format!(
-            "sqlite_path = \"{d}/no-such-dir/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\nbuffer_max = 100000000\nretry_initial_ms = 3600000\nretry_max_ms = 3600000\n"
-        ),
+        Tracing::On => format!("backend = \"sqlite\"\nsqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
+        // `backend = "none"`: no trace record is built, nothing is written.
+        Tracing::Off => "backend = \"none\"\n".to_string(),
     };
     let config = format!(
         r#"[server]
@@ -458,7 +455,6 @@ id = "bench"
 hash = "{hash}"
 
 [storage]
-backend = "sqlite"
 {storage}"#,
         filters = concat!(env!("CARGO_MANIFEST_DIR"), "/filters"),
         hash = hash_key(GATEWAY_KEY),

@@ -19,6 +19,7 @@ use crate::config::GatewayConfig;
 use crate::providers::refresh::CredentialRefresher;
 use crate::proxy::{Gateway, LoopgateProxy};
 use crate::routing::Runtime;
+use crate::store::Backend;
 use crate::trace::writer::{trace_pipeline, TraceSink, TraceWriterService};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -55,7 +56,8 @@ impl ServeHttp for MetricsApp {
 /// requests in flight have finished (at most the grace period), flush the traces, and
 /// exit — instead of always sleeping Pingora's whole grace period.
 pub struct ShutdownCoordinator {
-    pub sink: TraceSink,
+    /// `None` when storage is disabled.
+    pub sink: Option<TraceSink>,
     pub grace: Duration,
     /// Tells the trace writer to stop, only once nothing can submit traces any more.
     pub stop_writer: watch::Sender<bool>,
@@ -78,12 +80,14 @@ impl BackgroundService for ShutdownCoordinator {
                 "grace period over with requests still in flight"
             );
         }
-        match tokio::time::timeout(Duration::from_secs(10), self.sink.flush()).await {
-            Ok(Ok(())) => tracing::info!("traces flushed; exiting"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "trace flush incomplete (buffered records are spilled to disk)")
+        if let Some(sink) = &self.sink {
+            match tokio::time::timeout(Duration::from_secs(10), sink.flush()).await {
+                Ok(Ok(())) => tracing::info!("traces flushed; exiting"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "trace flush incomplete (buffered records are spilled to disk)")
+                }
+                Err(_) => tracing::warn!("trace flush timed out"),
             }
-            Err(_) => tracing::warn!("trace flush timed out"),
         }
         let _ = self.stop_writer.send(true);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -134,14 +138,22 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         "starting loopgate"
     );
 
+    let tracing_on = storage.backend != Backend::None;
     let (sink, writer, slot) = trace_pipeline(&storage);
     let (stop_writer, writer_stop) = watch::channel(false);
     let coordinator = ShutdownCoordinator {
-        sink: sink.clone(),
+        sink: tracing_on.then(|| sink.clone()),
         grace: Duration::from_secs(s.grace_period_secs),
         stop_writer,
     };
-    let mut gw = Gateway::new(rt, Box::new(move |r| sink.submit(r)));
+    let hook: crate::proxy::TraceHook = if tracing_on {
+        Box::new(move |r| sink.submit(r))
+    } else {
+        tracing::warn!("storage backend \"none\": no traces are recorded");
+        Box::new(|_| {})
+    };
+    let mut gw = Gateway::new(rt, hook);
+    gw.tracing = tracing_on;
     gw.admin.push(Box::new(StoreRoutes { slot }));
     let gw = Arc::new(gw);
 
@@ -176,13 +188,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
 
     server.add_service(proxy);
     server.add_service(metrics);
-    server.add_service(background_service(
-        "trace writer",
-        CoordinatedWriter {
-            inner: writer,
-            stop: writer_stop,
-        },
-    ));
+    if tracing_on {
+        server.add_service(background_service(
+            "trace writer",
+            CoordinatedWriter {
+                inner: writer,
+                stop: writer_stop,
+            },
+        ));
+    }
     server.add_service(background_service("shutdown", coordinator));
     server.add_service(background_service(
         "config reload",

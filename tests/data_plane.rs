@@ -1210,3 +1210,21 @@ async fn body_capture_respects_zero_retention() {
         "zero-retention project never stores text"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_backend_none_records_nothing() {
+    let mock = MockUpstream::start(openai_like()).await;
+    let g = GatewayProc::start_full("", "backend = \"none\"\n", "", &openai_env(&mock));
+    let r = post(&g, &chat_body("gpt-4o")).await;
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(g.url("/v1/logs"))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!g.db_path().exists(), "no database with backend = none");
+    assert!(g.metrics().await.contains("loopgate_requests_total"));
+}

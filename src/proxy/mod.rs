@@ -35,6 +35,8 @@ pub type TraceHook = Box<dyn Fn(TraceRecord) + Send + Sync>;
 pub struct Gateway {
     pub runtime: ArcSwap<Runtime>,
     pub traces: TraceHook,
+    /// False with `storage.backend = "none"`: the trace record is not even built.
+    pub tracing: bool,
     pub admin: Vec<Box<dyn AdminRoutes>>,
 }
 
@@ -43,6 +45,7 @@ impl Gateway {
         Gateway {
             runtime: ArcSwap::from_pointee(rt),
             traces,
+            tracing: true,
             admin: Vec::new(),
         }
     }
@@ -84,7 +87,9 @@ impl ProxyHttp for LoopgateProxy {
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.traced {
             logging::observe(ctx);
-            (self.gw.traces)(logging::trace_record(ctx));
+            if self.gw.tracing {
+                (self.gw.traces)(logging::trace_record(ctx));
+            }
         }
     }
 }

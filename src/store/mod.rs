@@ -35,6 +35,8 @@ pub enum Backend {
     #[default]
     Sqlite,
     Postgres,
+    /// No trace storage at all: records are not even built (benchmarks, stateless edges).
+    None,
 }
 
 impl Backend {
@@ -42,6 +44,7 @@ impl Backend {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
+            Backend::None => "none",
         }
     }
 }
@@ -257,6 +260,9 @@ pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
             let url = cfg.postgres_url.as_deref().unwrap_or_default();
             Ok(Arc::new(postgres::PgStore::open(url).await?))
         }
+        Backend::None => Err(StoreError::Config(
+            "storage is disabled (backend = \"none\")".into(),
+        )),
     }
 }
 
