@@ -170,6 +170,46 @@ impl ChunkEncoder {
     }
 }
 
+/// The OpenAI `chat.completion` body for a single assistant message — text (or null when
+/// only tool calls came back), tool calls and reasoning text — as the translated dialects
+/// return it.
+pub fn single_choice_completion(
+    t: &super::Target,
+    text: String,
+    tool_calls: Vec<Value>,
+    reasoning: String,
+    finish: &str,
+    usage: Usage,
+) -> Result<super::Translated, super::DialectError> {
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) },
+        "refusal": null,
+    });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(reasoning);
+    }
+    let out = json!({
+        "id": t.request_id,
+        "object": "chat.completion",
+        "created": t.created,
+        "model": t.model,
+        "system_fingerprint": null,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "usage": usage.to_openai(),
+    });
+    let body =
+        serde_json::to_vec(&out).map_err(|e| super::DialectError::Malformed(e.to_string()))?;
+    Ok(super::Translated {
+        body: bytes::Bytes::from(body),
+        usage,
+        model: None,
+    })
+}
+
 /// `data: <json>\n\n`
 pub fn write_data(v: &Value, out: &mut BytesMut) {
     out.put_slice(b"data: ");

@@ -462,33 +462,7 @@ impl Dialect for Bedrock {
             "tool_calls"
         };
         let usage = v.get("usage").map(usage_from).unwrap_or_default();
-        let mut message = json!({
-            "role": "assistant",
-            "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) },
-            "refusal": null,
-        });
-        if !tool_calls.is_empty() {
-            message["tool_calls"] = Value::Array(tool_calls);
-        }
-        if !reasoning.is_empty() {
-            message["reasoning_content"] = Value::String(reasoning);
-        }
-        let out = json!({
-            "id": t.request_id,
-            "object": "chat.completion",
-            "created": t.created,
-            "model": t.model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-            "usage": usage.to_openai(),
-        });
-        Ok(Translated {
-            body: Bytes::from(
-                serde_json::to_vec(&out).map_err(|e| DialectError::Malformed(e.to_string()))?,
-            ),
-            usage,
-            model: None,
-        })
+        super::encode::single_choice_completion(t, text, tool_calls, reasoning, finish, usage)
     }
 
     /// Bedrock error bodies are `{"message": ...}`; 424 (ModelErrorException: the model
