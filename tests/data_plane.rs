@@ -903,8 +903,9 @@ async fn nothing_lost_under_concurrent_load() {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(r.status(), 200);
-            r.text().await.unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 200, "{text}");
         }));
     }
     for t in tasks {
