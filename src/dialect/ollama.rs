@@ -588,7 +588,7 @@ impl StreamTranslator for OllamaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dialect::bedrock::tests::{chat, events};
+    use crate::dialect::bedrock::tests::{chat, drive, events};
     use crate::providers::{Endpoint, ProviderProfile};
     use proptest::prelude::*;
 
@@ -762,21 +762,11 @@ mod tests {
         cuts: &[usize],
         include_usage: bool,
     ) -> (Result<(), DialectError>, Vec<u8>, Usage) {
-        let mut s = OllamaStream::new("chatcmpl-abc123", 1, "llama3.2", include_usage);
-        let mut out = BytesMut::new();
-        let mut last = 0;
-        let mut res = Ok(());
-        for &c in cuts.iter().chain(std::iter::once(&input.len())) {
-            if let Err(e) = s.feed(&input[last..c], &mut out) {
-                res = Err(e);
-                break;
-            }
-            last = c;
-        }
-        if res.is_ok() {
-            res = s.finish(&mut out);
-        }
-        (res, out.to_vec(), s.usage())
+        drive(
+            &mut OllamaStream::new("chatcmpl-abc123", 1, "llama3.2", include_usage),
+            input,
+            cuts,
+        )
     }
 
     #[test]

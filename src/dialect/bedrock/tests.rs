@@ -345,16 +345,18 @@ pub(crate) fn events(out: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-fn run(
+/// Feed `input` cut at the (sorted) positions in `cuts`, stopping at the first error,
+/// then `finish`: (first error or finish result, output, usage). Shared by the
+/// Bedrock, Cohere and Ollama stream tests.
+pub(crate) fn drive(
+    s: &mut dyn StreamTranslator,
     input: &[u8],
-    chunks: &[usize],
-    include_usage: bool,
+    cuts: &[usize],
 ) -> (Result<(), DialectError>, Vec<u8>, Usage) {
-    let mut s = BedrockStream::new("chatcmpl-test", 1, "m", include_usage);
     let mut out = BytesMut::new();
     let mut last = 0;
     let mut res = Ok(());
-    for &c in chunks.iter().chain(std::iter::once(&input.len())) {
+    for &c in cuts.iter().chain(std::iter::once(&input.len())) {
         if let Err(e) = s.feed(&input[last..c], &mut out) {
             res = Err(e);
             break;
@@ -365,6 +367,18 @@ fn run(
         res = s.finish(&mut out);
     }
     (res, out.to_vec(), s.usage())
+}
+
+fn run(
+    input: &[u8],
+    chunks: &[usize],
+    include_usage: bool,
+) -> (Result<(), DialectError>, Vec<u8>, Usage) {
+    drive(
+        &mut BedrockStream::new("chatcmpl-test", 1, "m", include_usage),
+        input,
+        chunks,
+    )
 }
 
 #[test]
