@@ -55,7 +55,6 @@ pub struct RequestCtx {
     pub requested_model: String,
     pub served_model: Option<String>,
     pub provider: Option<String>,
-    /// Catalog providers of the serving profile (for pricing).
     pub attempts: Vec<Attempt>,
     pub status: u16,
     pub stream: bool,

@@ -292,11 +292,7 @@ async fn other_model_call(
     let forced = request::header(session, "x-provider")
         .or_else(|| request::header(session, &rt.headers.provider))
         .map(str::to_string);
-    let first = rt.resolve_model(&model, forced.as_deref())?;
-    let mut candidates = vec![first];
-    if let Some(chain) = rt.config.fallbacks.get(&model) {
-        candidates.extend(chain.iter().filter_map(|m| rt.resolve_model(m, None).ok()));
-    }
+    let candidates = rt.resolve_with_fallbacks(&model, forced.as_deref())?;
     let op = if endpoint == "embeddings" {
         upstream::Op::Embeddings(&body)
     } else {

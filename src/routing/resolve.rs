@@ -106,10 +106,9 @@ impl Runtime {
                 best = Some((i, rank));
             }
         }
-        let best = best.map(|(i, _)| (&self.providers[i], 0));
         match best {
-            Some((p, _)) => Ok(Candidate {
-                provider: p.clone(),
+            Some((i, _)) => Ok(Candidate {
+                provider: self.providers[i].clone(),
                 model: model.to_string(),
             }),
             None => Err(not_found(model)),
@@ -130,6 +129,24 @@ impl Runtime {
                 "unknown_provider",
             )
         }
+    }
+
+    /// A concrete model (no routing rule) and then its `[fallbacks]` chain; chain entries
+    /// that do not resolve (provider not active) are skipped.
+    pub fn resolve_with_fallbacks(
+        &self,
+        model: &str,
+        forced: Option<&str>,
+    ) -> Result<Vec<Candidate>, GatewayError> {
+        let mut candidates = vec![self.resolve_model(model, forced)?];
+        if let Some(chain) = self.config.fallbacks.get(model) {
+            candidates.extend(
+                chain
+                    .iter()
+                    .filter_map(|m| self.resolve_model(m, None).ok()),
+            );
+        }
+        Ok(candidates)
     }
 
     /// Resolve a request to its ordered candidates.
@@ -186,15 +203,7 @@ impl Runtime {
                 route: Some(name.to_string()),
             });
         }
-        let first = self.resolve_model(ask.model, ask.forced_provider)?;
-        let mut candidates = vec![first];
-        if let Some(chain) = self.config.fallbacks.get(ask.model) {
-            for m in chain {
-                if let Ok(c) = self.resolve_model(m, None) {
-                    candidates.push(c);
-                }
-            }
-        }
+        let candidates = self.resolve_with_fallbacks(ask.model, ask.forced_provider)?;
         Ok(Resolution {
             candidates,
             route: None,

@@ -108,11 +108,11 @@ impl Runtime {
     /// that every reference in the config resolves. Nothing here runs per request.
     pub fn build(config: GatewayConfig, version: u64) -> Result<Runtime, ConfigError> {
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
-        let profiles = match (&config.server.filters_dir, config.source.is_some()) {
-            (Some(dir), _) => {
+        let profiles = match &config.server.filters_dir {
+            Some(dir) => {
                 providers::load_profiles(&config.resolve_path(dir)).map_err(|e| invalid(&e))?
             }
-            (None, _) => embedded_profiles().map_err(|e| invalid(&e))?,
+            None => embedded_profiles().map_err(|e| invalid(&e))?,
         };
         let catalog = match &config.server.catalog {
             Some(p) => CatalogRef::Loaded(Arc::new(
