@@ -45,9 +45,9 @@ fn integrate(narrow: BetaParams, kink: f64, g: impl Fn(f64) -> f64) -> f64 {
     let lo = (mu - WINDOW_SD * sd).max(0.0);
     let hi = (mu + WINDOW_SD * sd).min(1.0);
     let mut sum = if kink > lo && kink < hi {
-        gauss_legendre(narrow, lo, kink, &g) + gauss_legendre(narrow, kink, hi, &g)
+        piece(narrow, lo, kink, &g) + piece(narrow, kink, hi, &g)
     } else {
-        gauss_legendre(narrow, lo, hi, &g)
+        piece(narrow, lo, hi, &g)
     };
     // Mass outside the window (≈0 unless the window was clipped by [0, 1], where it is exactly 0).
     if lo > 0.0 {
@@ -59,18 +59,35 @@ fn integrate(narrow: BetaParams, kink: f64, g: impl Fn(f64) -> f64) -> f64 {
     sum.clamp(0.0, 1.0)
 }
 
-fn gauss_legendre(narrow: BetaParams, lo: f64, hi: f64, g: &impl Fn(f64) -> f64) -> f64 {
+/// ∫ f_N·g over [lo, hi]: the exact mass of f_N there (incomplete beta) times the
+/// quadrature's f_N-weighted mean of g. Quadrature of a Beta density alone is off by up
+/// to ~1e-8 near a clipped edge (t^(α−1) is not smooth at 0); normalising by its own
+/// quadrature mass cancels that error, so a constant g is integrated exactly and the
+/// result stays monotone in the parameters.
+fn piece(narrow: BetaParams, lo: f64, hi: f64, g: &impl Fn(f64) -> f64) -> f64 {
+    let (weighted, mass) = gauss_legendre(narrow, lo, hi, g);
+    if mass <= 0.0 {
+        return 0.0;
+    }
+    let exact = (narrow.cdf(hi) - narrow.cdf(lo)).max(0.0);
+    exact * (weighted / mass)
+}
+
+/// (Σ w·f_N·g, Σ w·f_N) over `PANELS` Gauss–Legendre panels on [lo, hi].
+fn gauss_legendre(narrow: BetaParams, lo: f64, hi: f64, g: &impl Fn(f64) -> f64) -> (f64, f64) {
     let width = (hi - lo) / PANELS as f64;
     let half = 0.5 * width;
-    let mut sum = 0.0;
+    let (mut sum, mut mass) = (0.0, 0.0);
     for p in 0..PANELS {
         let mid = lo + p as f64 * width + half;
         for (x, w) in GL8 {
             let t = mid + half * x;
-            sum += w * half * narrow.pdf(t) * g(t);
+            let fw = w * half * narrow.pdf(t);
+            sum += fw * g(t);
+            mass += fw;
         }
     }
-    sum
+    (sum, mass)
 }
 
 /// P(q ≥ floor) under a posterior: the confidence for the `min_quality` floor.
