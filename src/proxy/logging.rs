@@ -53,6 +53,7 @@ pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
         },
         zero_retention: ctx.zero_retention,
         shadow: false,
+        decision: None,
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod migrations;
 pub mod postgres;
 pub mod query;
+pub mod routing;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::trace::TraceRecord;
+pub use routing::{
+    AuditAppend, AuditEntry, DecisionQuery, DecisionRow, FeedbackInsert, FeedbackRow, RouteModelStats,
+    RouteStateRow,
+};
 
 pub use query::{
     AnalyticsQuery, AnalyticsRow, Bucket, Cursor, GroupBy, Histogram, LogFilter, LogPage, LogQuery,
@@ -247,6 +252,59 @@ pub trait Store: Send + Sync {
     async fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<AnalyticsRow>, StoreError> {
         query::run_analytics(self, q).await
     }
+
+    // ---- feedback-driven routing (migration 2, see `routing`) ----
+
+    /// The decision of one request.
+    async fn get_decision(&self, _request_id: &str) -> Result<Option<DecisionRow>, StoreError> {
+        Err(unsupported(self.backend(), "decisions"))
+    }
+    /// Decisions matching a filter, newest first.
+    async fn query_decisions(&self, _q: &DecisionQuery) -> Result<Vec<DecisionRow>, StoreError> {
+        Err(unsupported(self.backend(), "decisions"))
+    }
+    /// Insert a feedback event unless one with the same `dedup_key` exists.
+    async fn insert_feedback(&self, _row: &FeedbackRow) -> Result<FeedbackInsert, StoreError> {
+        Err(unsupported(self.backend(), "feedback"))
+    }
+    /// Feedback events with `seq > after_seq`, ascending, at most `limit`.
+    async fn feedback_since(
+        &self,
+        _after_seq: i64,
+        _limit: usize,
+    ) -> Result<Vec<FeedbackRow>, StoreError> {
+        Err(unsupported(self.backend(), "feedback"))
+    }
+    /// Append to the hash-chained audit log (atomically links to the current last entry).
+    async fn append_audit(&self, _a: &AuditAppend) -> Result<AuditEntry, StoreError> {
+        Err(unsupported(self.backend(), "audit"))
+    }
+    /// Audit entries with `seq > after_seq`, ascending, at most `limit`.
+    async fn list_audit(&self, _after_seq: i64, _limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        Err(unsupported(self.backend(), "audit"))
+    }
+    /// Set (Some) or clear (None) one operator state value of a route.
+    async fn put_route_state(
+        &self,
+        _route: &str,
+        _key: &str,
+        _value: Option<&str>,
+        _now_ms: i64,
+    ) -> Result<(), StoreError> {
+        Err(unsupported(self.backend(), "route state"))
+    }
+    /// Every stored route state value.
+    async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
+        Err(unsupported(self.backend(), "route state"))
+    }
+    /// Served-traffic aggregates per (route, served model) since `since_ms`.
+    async fn route_model_stats(&self, _since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {
+        Err(unsupported(self.backend(), "route stats"))
+    }
+}
+
+fn unsupported(backend: &str, what: &str) -> StoreError {
+    StoreError::Config(format!("the {backend} store does not support {what} yet"))
 }
 
 /// Open (create and migrate) the configured backend.

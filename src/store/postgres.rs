@@ -120,6 +120,7 @@ fn row_to_record(r: &Row) -> Result<TraceRecord, StoreError> {
         decision_id: r.try_get(29).map_err(q)?,
         zero_retention: r.try_get(30).map_err(q)?,
         shadow: r.try_get(31).map_err(q)?,
+        decision: None,
         properties: serde_json::from_str(&props).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         attempts: serde_json::from_str(&attempts)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,

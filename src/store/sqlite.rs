@@ -141,6 +141,7 @@ fn row_to_record(r: &Row) -> rusqlite::Result<TraceRecord> {
         decision_id: r.get(29)?,
         zero_retention: r.get(30)?,
         shadow: r.get(31)?,
+        decision: None,
         properties: serde_json::from_str(&props).map_err(json_err)?,
         attempts: serde_json::from_str(&attempts).map_err(json_err)?,
         request_body: r.get(34)?,

@@ -69,4 +69,7 @@ pub struct TraceRecord {
     pub zero_retention: bool,
     /// A shadow call, not served traffic.
     pub shadow: bool,
+    /// The routing decision of an `auto` request, stored with the trace in one transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Box<crate::store::routing::DecisionRow>>,
 }

@@ -105,6 +105,7 @@ pub fn record(i: usize) -> TraceRecord {
         response_body: Some("{\"answer\":1}".into()),
         zero_retention: false,
         shadow: false,
+        decision: None,
     }
 }
 

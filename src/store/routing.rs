@@ -1,0 +1,264 @@
+//! Stored state of feedback-driven routing: decisions, feedback events, the audit log and
+//! per-route operator state (constraint overrides, pins).
+//!
+//! Decisions travel with their trace (`TraceRecord::decision`) and are written in the same
+//! transaction, so the spill/replay path that protects traces protects decisions too.
+//! Feedback rows are append-only with a store-assigned sequence number: every instance's
+//! aggregator reads `feedback_since(cursor)` and so folds the same events in the same order.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One routing decision as stored (index columns + the signed trace JSON).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DecisionRow {
+    /// Equals the request id (and the response id the client sees).
+    pub request_id: String,
+    pub ts_ms: i64,
+    pub route: String,
+    /// `off`, `shadow` or `live`.
+    pub mode: String,
+    pub session_id: Option<String>,
+    /// The policy's pick.
+    pub chosen: String,
+    /// What was served (baseline in shadow mode or after a provider error).
+    pub served: String,
+    pub baseline: String,
+    /// `off`, `pinned`, `baseline`, `promoted`, `explored`, `sticky`.
+    pub kind: String,
+    pub shadow: bool,
+    /// Gate confidence of the chosen model (None for the baseline).
+    pub confidence: Option<f64>,
+    /// Posterior mean quality of the served model.
+    pub quality: Option<f64>,
+    pub propensity: f64,
+    pub table_version: u64,
+    /// The signed decision trace, JSON (`{"trace": ..., "signature": ...}`).
+    pub signed: String,
+}
+
+/// Filter for `GET /v1/decisions`. Ordered by `(ts_ms desc, request_id desc)`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DecisionQuery {
+    pub session_id: Option<String>,
+    pub route: Option<String>,
+    /// Matches the served model.
+    pub model: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    pub min_confidence: Option<f64>,
+    pub max_confidence: Option<f64>,
+    pub min_quality: Option<f64>,
+    pub max_quality: Option<f64>,
+    /// Keyset cursor: rows strictly older than `(ts_ms, request_id)`.
+    pub before: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+/// One feedback event as stored. `route`/`model` (and `targets` for a session NPS) are resolved
+/// when the event is accepted, so folding needs no joins and is identical on every instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FeedbackRow {
+    /// Assigned by the store on insert (ignored on input); strictly increasing.
+    pub seq: i64,
+    /// Public event id (`fb_…`).
+    pub id: String,
+    /// Unique: a second event with the same key is a duplicate (e.g. `request:<id>:feedback`,
+    /// `session:<sid>`, `admin:<id>:<key>`).
+    pub dedup_key: String,
+    /// `feedback`, `judge`, `session_nps`, `admin`.
+    pub signal: String,
+    pub request_id: Option<String>,
+    pub session_id: Option<String>,
+    pub route: Option<String>,
+    pub model: Option<String>,
+    /// The score as sent (not normalised).
+    pub value: f64,
+    /// `binary`, `five`, `ten`, `unit`, `nps`.
+    pub scale: String,
+    /// Session NPS: (route, served model) of each routed request of the session.
+    pub targets: Vec<(String, String)>,
+    /// When the scored thing happened (request time); discounting uses this.
+    pub at_ms: i64,
+    pub received_ms: i64,
+    /// Gateway key id of the sender (never the key).
+    pub key_id: Option<String>,
+    pub comment: Option<String>,
+    /// Free JSON detail (judge dimensions, rubric version).
+    pub detail: Option<String>,
+}
+
+/// Result of inserting feedback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedbackInsert {
+    /// Stored with this sequence number.
+    Inserted(FeedbackRow),
+    /// An event with the same `dedup_key` exists: the stored one, unchanged.
+    Duplicate(FeedbackRow),
+}
+
+/// What to append to the audit log; the store assigns `seq`, `prev_hash` and `hash`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuditAppend {
+    pub ts_ms: i64,
+    /// Key id of who made the change (`master` for the master key).
+    pub actor: String,
+    /// e.g. `constraints.update`, `route.pin`, `route.unpin`, `route.auto_pin`.
+    pub action: String,
+    pub route: Option<String>,
+    /// JSON of the old and new values.
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One audit-log entry: append-only, each hash covers the previous one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub ts_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub route: Option<String>,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub reason: Option<String>,
+    /// Hex SHA-256 of the previous entry (64 zeros for the first).
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The hash of the first entry's predecessor.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl AuditEntry {
+    /// SHA-256 over a length-prefixed canonical form of every field but `hash`.
+    pub fn compute_hash(&self) -> String {
+        let mut h = Sha256::new();
+        let seq = self.seq.to_string();
+        let ts = self.ts_ms.to_string();
+        let fields: [Option<&str>; 9] = [
+            Some(&seq),
+            Some(&ts),
+            Some(&self.actor),
+            Some(&self.action),
+            self.route.as_deref(),
+            self.old.as_deref(),
+            self.new.as_deref(),
+            self.reason.as_deref(),
+            Some(&self.prev_hash),
+        ];
+        for f in fields {
+            match f {
+                // Length prefixes keep ("ab","c") and ("a","bc") apart; None differs from "".
+                Some(s) => {
+                    h.update(b"s");
+                    h.update((s.len() as u64).to_be_bytes());
+                    h.update(s.as_bytes());
+                }
+                None => h.update(b"n"),
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Build the next entry of a chain from its predecessor's hash and sequence.
+    pub fn next(prev: Option<(&str, i64)>, a: AuditAppend) -> AuditEntry {
+        let (prev_hash, seq) = match prev {
+            Some((h, s)) => (h.to_string(), s + 1),
+            None => (GENESIS_HASH.to_string(), 1),
+        };
+        let mut e = AuditEntry {
+            seq,
+            ts_ms: a.ts_ms,
+            actor: a.actor,
+            action: a.action,
+            route: a.route,
+            old: a.old,
+            new: a.new,
+            reason: a.reason,
+            prev_hash,
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        e
+    }
+}
+
+/// Check a contiguous run of entries: each hash matches its content and links to the previous.
+/// `prev` is the hash before the first entry (GENESIS for a chain starting at seq 1).
+pub fn verify_chain(prev: &str, entries: &[AuditEntry]) -> Result<(), String> {
+    let mut prev = prev.to_string();
+    for e in entries {
+        if e.prev_hash != prev {
+            return Err(format!("entry {}: prev_hash does not link", e.seq));
+        }
+        if e.compute_hash() != e.hash {
+            return Err(format!("entry {}: hash does not match its content", e.seq));
+        }
+        prev.clone_from(&e.hash);
+    }
+    Ok(())
+}
+
+/// Operator state of a route that outlives restarts and is shared by every instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RouteStateRow {
+    pub route: String,
+    /// `constraints` (JSON of the override), `pin` (JSON `{"model":..,"reason":..}`), `mode`.
+    pub key: String,
+    pub value: String,
+    pub updated_ms: i64,
+}
+
+/// Served-traffic aggregates of one (route, served model) since a time (shadow rows excluded).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteModelStats {
+    pub route: String,
+    pub model: String,
+    pub requests: u64,
+    /// Requests that ended in an error status (>= 400) or an error message.
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    /// p95 of latency_ms over the most recent (at most 5,000) rows of the window.
+    pub p95_latency_ms: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(i: i64) -> AuditAppend {
+        AuditAppend {
+            ts_ms: 1_000 + i,
+            actor: "k1".into(),
+            action: "constraints.update".into(),
+            route: Some("default".into()),
+            old: Some("{}".into()),
+            new: Some(format!("{{\"min_samples\":{i}}}")),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn chain_links_and_detects_tampering() {
+        let a = AuditEntry::next(None, append(1));
+        let b = AuditEntry::next(Some((&a.hash, a.seq)), append(2));
+        assert_eq!(a.prev_hash, GENESIS_HASH);
+        assert_eq!(b.seq, 2);
+        let mut chain = vec![a, b];
+        assert!(verify_chain(GENESIS_HASH, &chain).is_ok());
+        chain[0].new = Some("{\"min_samples\":99}".into());
+        assert!(verify_chain(GENESIS_HASH, &chain).is_err());
+    }
+
+    #[test]
+    fn none_and_empty_hash_differently() {
+        let mut a = AuditEntry::next(None, append(1));
+        let h1 = a.compute_hash();
+        a.reason = Some(String::new());
+        assert_ne!(h1, a.compute_hash());
+    }
+}
