@@ -24,6 +24,8 @@ pub struct DecisionRow {
     /// What was served (baseline in shadow mode or after a provider error).
     pub served: String,
     pub baseline: String,
+    /// Prompt-context bucket the decision used (e.g. `math`, `code`), if contextual routing is on.
+    pub context: Option<String>,
     /// `off`, `pinned`, `baseline`, `promoted`, `explored`, `sticky`.
     pub kind: String,
     pub shadow: bool,
@@ -72,12 +74,15 @@ pub struct FeedbackRow {
     pub session_id: Option<String>,
     pub route: Option<String>,
     pub model: Option<String>,
+    /// Prompt-context bucket of the scored request's decision (contextual routing).
+    pub context: Option<String>,
     /// The score as sent (not normalised).
     pub value: f64,
     /// `binary`, `five`, `ten`, `unit`, `nps`.
     pub scale: String,
-    /// Session NPS: (route, served model) of each routed request of the session.
-    pub targets: Vec<(String, String)>,
+    /// Session NPS: (route, served model, context bucket or "") of each routed request of the
+    /// session.
+    pub targets: Vec<(String, String, String)>,
     /// When the scored thing happened (request time); discounting uses this.
     pub at_ms: i64,
     pub received_ms: i64,
