@@ -29,6 +29,9 @@ pub enum GatewayError {
     },
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request conflicts with stored state (e.g. feedback already recorded): 409.
+    #[error("{message}")]
+    Conflict { message: String, code: &'static str },
     /// Every upstream candidate failed; carries the last upstream status.
     #[error("{message}")]
     Upstream {
@@ -80,6 +83,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound { .. } => 404,
             GatewayError::MethodNotAllowed(_) => 405,
+            GatewayError::Conflict { .. } => 409,
             GatewayError::Upstream { status, .. } => *status,
             GatewayError::Unavailable(_) => 503,
             GatewayError::Internal(_) => 500,
@@ -92,7 +96,8 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::NotFound { .. }
-            | GatewayError::MethodNotAllowed(_) => "invalid_request_error",
+            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::Conflict { .. } => "invalid_request_error",
             GatewayError::Unauthorized(_) => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
             GatewayError::Upstream { status, .. } if *status == 429 => "rate_limit_error",
@@ -109,6 +114,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => Some("insufficient_scope"),
             GatewayError::NotFound { code, .. } => Some(code),
             GatewayError::MethodNotAllowed(_) => Some("method_not_allowed"),
+            GatewayError::Conflict { code, .. } => Some(code),
             GatewayError::Upstream { code, .. } => Some(code),
             GatewayError::Unavailable(_) => Some("service_unavailable"),
             GatewayError::Internal(_) => Some("internal_error"),

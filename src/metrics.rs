@@ -37,6 +37,20 @@ pub struct Metrics {
     pub config_version: IntGauge,
     /// Process start time; scrape freshness.
     pub start_time: Gauge,
+    /// Routing decisions of feedback routes, by route, kind and mode.
+    pub routing_decisions: IntCounterVec,
+    /// Routed requests whose chosen candidate failed and were served by the baseline.
+    pub routing_misses: IntCounterVec,
+    /// Feedback accepted through the API, by signal and result (accepted, duplicate, rejected).
+    pub feedback_received: IntCounterVec,
+    /// Feedback events folded into posteriors by this instance's aggregator.
+    pub feedback_folded: IntCounterVec,
+    /// Version of the published router table.
+    pub router_table_version: IntGauge,
+    /// Seconds between publishing router tables' newest folded feedback and now.
+    pub router_table_age: Gauge,
+    /// Audit-log entries appended, by action.
+    pub audit_entries: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -124,6 +138,39 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Version number of the configuration currently serving"
         )?,
         start_time: register_gauge!("loopgate_start_time_seconds", "Unix time the process started")?,
+        routing_decisions: register_int_counter_vec!(
+            "loopgate_routing_decisions_total",
+            "Routing decisions of feedback routes, by route, kind (off, pinned, baseline, promoted, explored, sticky) and mode",
+            &["route", "kind", "mode"]
+        )?,
+        routing_misses: register_int_counter_vec!(
+            "loopgate_routing_misses_total",
+            "Routed requests served by the baseline because the chosen candidate failed",
+            &["route"]
+        )?,
+        feedback_received: register_int_counter_vec!(
+            "loopgate_feedback_received_total",
+            "Feedback events received through the API, by signal and result",
+            &["signal", "result"]
+        )?,
+        feedback_folded: register_int_counter_vec!(
+            "loopgate_feedback_folded_total",
+            "Feedback events folded into posteriors by this instance, by result (applied, duplicate, rejected)",
+            &["result"]
+        )?,
+        router_table_version: register_int_gauge!(
+            "loopgate_router_table_version",
+            "Version of the published feedback-routing table"
+        )?,
+        router_table_age: register_gauge!(
+            "loopgate_router_table_built_seconds",
+            "Unix time the current feedback-routing table was built"
+        )?,
+        audit_entries: register_int_counter_vec!(
+            "loopgate_audit_entries_total",
+            "Audit-log entries appended by this instance, by action",
+            &["action"]
+        )?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);
     // Export the loss counters at zero from the start, so "nothing dropped" is visible.

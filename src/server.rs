@@ -152,10 +152,31 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         tracing::warn!("storage backend \"none\": no traces are recorded");
         Box::new(|_| {})
     };
+    let routing = rt.config.routing.clone();
     let mut gw = Gateway::new(rt, hook);
     gw.tracing = tracing_on;
-    gw.admin.push(Box::new(StoreRoutes { slot }));
+    let signing_key = std::env::var(&routing.signing_key_env).ok();
+    gw.auto = Arc::new(crate::routing::auto::AutoState::new(
+        signing_key,
+        &routing.signing_key_id,
+        routing.sticky_ttl_secs,
+        routing.recent_capacity,
+    ));
+    if gw.auto.ephemeral_key {
+        tracing::warn!(
+            env = %routing.signing_key_env,
+            "no decision signing key set: using a random key; exported decisions verify only until restart"
+        );
+    }
+    gw.admin.push(Box::new(StoreRoutes { slot: slot.clone() }));
+    gw.admin
+        .push(Box::new(crate::admin::routing::RoutingRoutes {
+            slot: tracing_on.then(|| slot.clone()),
+            auto: gw.auto.clone(),
+            runtime: gw.runtime.clone(),
+        }));
     let gw = Arc::new(gw);
+    crate::feedback::service::AggregatorService::initial_table(&gw);
 
     // Pingora sleeps its whole grace period; the coordinator exits earlier once idle.
     let conf = ServerConf {
@@ -201,6 +222,13 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     server.add_service(background_service(
         "config reload",
         ReloadService::new(gw.clone(), opts.config.clone()),
+    ));
+    server.add_service(background_service(
+        "feedback aggregator",
+        crate::feedback::service::AggregatorService {
+            gw: gw.clone(),
+            slot: tracing_on.then_some(slot),
+        },
     ));
     server.add_service(background_service(
         "credential refresh",

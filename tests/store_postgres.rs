@@ -36,6 +36,13 @@ async fn postgres_every_endpoint_and_two_gateways_share_traces() {
     let dir = tempfile::tempdir().expect("tempdir");
     cases::api_suite(cfg(srv.url(), &dir, "suite")).await;
 
+    // Routing state through two stores (two gateways) on a fresh database.
+    srv.create_db("routing");
+    let rc = cfg(srv.url_for("routing"), &dir, "routing");
+    let ra = loopgate::store::open(&rc).await.expect("open a");
+    let rb = loopgate::store::open(&rc).await.expect("open b");
+    cases::routing_suite(ra, rb).await;
+
     // Two gateways (two pipelines, two connections) on one database see each other's traces,
     // and their rollups add up (concurrent upserts on the same rollup rows).
     srv.create_db("fleet");

@@ -42,7 +42,7 @@ async fn sqlite_file_is_wal_and_migrations_are_recorded_once() {
     let s2 = loopgate::store::open(&c)
         .await
         .expect("reopen migrates nothing twice");
-    assert_eq!(s2.schema_version().await.expect("v"), 1);
+    assert_eq!(s2.schema_version().await.expect("v"), 2);
     drop((s1, s2));
     let conn = rusqlite::Connection::open(&c.sqlite_path).expect("open raw");
     let mode: String = conn
@@ -52,7 +52,39 @@ async fn sqlite_file_is_wal_and_migrations_are_recorded_once() {
     let n: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
         .expect("migrations");
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
+}
+
+/// Decisions, feedback, audit log, route state and stats, through two stores on one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_routing_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(&dir);
+    let a = loopgate::store::open(&c).await.expect("open a");
+    let b = loopgate::store::open(&c).await.expect("open b");
+    cases::routing_suite(a, b).await;
+}
+
+/// A database created by migration 1 alone gains the routing tables on open, traces intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrades_a_version_1_database() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = cfg(&dir);
+    {
+        let conn = rusqlite::Connection::open(&c.sqlite_path).expect("open raw");
+        let m1 = &loopgate::store::migrations::SQLITE[0];
+        conn.execute_batch(&format!(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL); \
+             {} INSERT INTO schema_migrations VALUES (1, 'traces', 0);",
+            m1.sql
+        ))
+        .expect("version 1 schema");
+    }
+    let s = loopgate::store::open(&c).await.expect("open");
+    assert_eq!(s.schema_version().await.expect("v"), 2);
+    let recs = load_records("old", 3);
+    assert_eq!(s.insert_traces(&recs).await.expect("insert"), 3);
+    assert!(s.route_states().await.expect("route state").is_empty());
 }
 
 /// A second connection holds the write lock mid-load: the writer buffers, spills to disk,

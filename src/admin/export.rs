@@ -36,7 +36,7 @@ pub async fn handle(store: &StoreSlot, req: &AdminRequest) -> Option<AdminRespon
     )
 }
 
-fn wants_gzip_encoding(req: &AdminRequest) -> bool {
+pub(crate) fn wants_gzip_encoding(req: &AdminRequest) -> bool {
     req.headers.iter().any(|(k, v)| {
         k == "accept-encoding"
             && v.split(',').any(|p| {
@@ -91,13 +91,13 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
 }
 
 /// Either plain bytes or a gzip stream; both hand out what is ready to send.
-enum Out {
+pub(crate) enum Out {
     Plain(Vec<u8>),
     Gz(GzEncoder<Vec<u8>>),
 }
 
 impl Out {
-    fn write(&mut self, b: &[u8]) {
+    pub(crate) fn write(&mut self, b: &[u8]) {
         match self {
             Out::Plain(v) => v.extend_from_slice(b),
             // Writing into a Vec cannot fail.
@@ -107,14 +107,14 @@ impl Out {
         }
     }
 
-    fn take(&mut self) -> Bytes {
+    pub(crate) fn take(&mut self) -> Bytes {
         match self {
             Out::Plain(v) => Bytes::from(std::mem::take(v)),
             Out::Gz(g) => Bytes::from(std::mem::take(g.get_mut())),
         }
     }
 
-    fn finish(self) -> Bytes {
+    pub(crate) fn finish(self) -> Bytes {
         match self {
             Out::Plain(v) => Bytes::from(v),
             Out::Gz(g) => Bytes::from(g.finish().unwrap_or_default()),

@@ -4,9 +4,12 @@
 //! independent of Pingora, so they are tested in-process; the proxy adapts them.
 
 pub mod analytics;
+pub mod decisions;
 pub mod export;
+pub mod feedback;
 pub mod logs;
 pub mod routes;
+pub mod routing;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;

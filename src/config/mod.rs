@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     /// Storage settings (traces, later feedback and decisions).
     #[serde(default)]
     pub storage: toml::Table,
+    /// Feedback-driven routing settings.
+    #[serde(default)]
+    pub routing: RoutingSettings,
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -162,12 +165,94 @@ pub enum Strategy {
 pub struct RouteConfig {
     #[serde(default)]
     pub strategy: Strategy,
+    /// Static targets (fallback / weighted / latency rules). Empty for feedback routes.
+    #[serde(default)]
     pub targets: Vec<TargetConfig>,
     /// Per-read upstream timeout for this rule's targets.
     #[serde(default)]
     pub read_timeout_secs: Option<u64>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Feedback routing: the default model. Setting it makes this a feedback route, whose
+    /// model is picked per request by the router (`crate::feedback::router`).
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Feedback routing: cheaper models the router may move traffic to.
+    #[serde(default)]
+    pub candidates: Vec<String>,
+    /// `off` (always the baseline), `shadow` (baseline served, pick recorded), `live`.
+    #[serde(default)]
+    pub mode: crate::feedback::Mode,
+    #[serde(default)]
+    pub constraints: crate::feedback::Constraints,
+    #[serde(default)]
+    pub exploration: crate::feedback::router::ExplorationConfig,
+    /// Ranking weights of the published score (success / feedback / cost).
+    #[serde(default)]
+    pub score: crate::feedback::router::ScoreWeights,
+    /// Keep per-prompt-context posteriors (task type, length, ...) next to the route's own.
+    #[serde(default)]
+    pub contextual: bool,
+    /// Token mix used to estimate cost per request until the route has traffic.
+    #[serde(default = "default_prompt_tokens")]
+    pub expected_prompt_tokens: u64,
+    #[serde(default = "default_completion_tokens")]
+    pub expected_completion_tokens: u64,
+}
+
+impl RouteConfig {
+    /// A feedback route (has a baseline) rather than a static rule.
+    pub fn is_feedback(&self) -> bool {
+        self.baseline.is_some()
+    }
+}
+
+fn default_prompt_tokens() -> u64 {
+    500
+}
+fn default_completion_tokens() -> u64 {
+    250
+}
+
+/// `[routing]`: settings of feedback-driven routing shared by every feedback route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// Env var holding the HMAC key that signs decision traces. Unset or empty: an
+    /// ephemeral random key is generated at start (signatures then only verify until restart).
+    pub signing_key_env: String,
+    /// Key id written next to each signature (rotate keys by changing it).
+    pub signing_key_id: String,
+    /// Posterior tunables (half-life, base prior, prior cap, signal weights, reliability).
+    pub posterior: crate::feedback::PosteriorConfig,
+    /// Total weight of one session's NPS, spread over the session's routed requests.
+    pub nps_weight: f64,
+    /// Benchmark priors file (TOML, format of `conf/priors.toml`); empty: the embedded one.
+    pub priors: String,
+    /// How often the aggregator folds new feedback and republishes the routing table.
+    pub refresh_ms: u64,
+    /// Window for success rate, p95 latency and token mix per (route, model).
+    pub stats_window_hours: u64,
+    /// How long a session stays on the model it was first served.
+    pub sticky_ttl_secs: u64,
+    /// Recent routed requests kept in memory so feedback can arrive before the trace is stored.
+    pub recent_capacity: usize,
+}
+
+impl Default for RoutingSettings {
+    fn default() -> Self {
+        RoutingSettings {
+            signing_key_env: "LOOPGATE_DECISION_KEY".into(),
+            signing_key_id: "k1".into(),
+            posterior: crate::feedback::PosteriorConfig::default(),
+            nps_weight: 3.0,
+            priors: String::new(),
+            refresh_ms: 1000,
+            stats_window_hours: 24,
+            sticky_ttl_secs: 3600,
+            recent_capacity: 100_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,8 +416,49 @@ impl GatewayConfig {
             }
         }
         for (name, r) in &self.routes {
+            if let Some(b) = &r.baseline {
+                if !r.targets.is_empty() {
+                    return bad(format!(
+                        "routes.{name}: a feedback route (baseline set) takes `candidates`, not `targets`"
+                    ));
+                }
+                if r.candidates.iter().any(|c| c == b) {
+                    return bad(format!(
+                        "routes.{name}: baseline '{b}' must not be listed in candidates"
+                    ));
+                }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(d) = r.candidates.iter().find(|c| !seen.insert(c.as_str())) {
+                    return bad(format!("routes.{name}: candidate '{d}' is listed twice"));
+                }
+                if let Err(e) = r.constraints.validate() {
+                    return bad(format!("routes.{name}.constraints: {e}"));
+                }
+                let ex = &r.exploration;
+                if !(ex.rate.is_finite() && (0.0..=1.0).contains(&ex.rate)) {
+                    return bad(format!("routes.{name}.exploration.rate must be in [0, 1]"));
+                }
+                if !(ex.cost_penalty.is_finite() && ex.cost_penalty >= 0.0) {
+                    return bad(format!(
+                        "routes.{name}.exploration.cost_penalty must be >= 0"
+                    ));
+                }
+                let w = &r.score;
+                if ![w.success, w.feedback, w.cost]
+                    .iter()
+                    .all(|x| x.is_finite() && *x >= 0.0)
+                    || w.success + w.feedback + w.cost <= 0.0
+                {
+                    return bad(format!(
+                        "routes.{name}.score: weights must be >= 0 with a positive sum"
+                    ));
+                }
+                continue;
+            }
             if r.targets.is_empty() {
-                return bad(format!("routes.{name}: needs at least one target"));
+                return bad(format!(
+                    "routes.{name}: needs at least one target (or a baseline for feedback routing)"
+                ));
             }
             for t in &r.targets {
                 if !(t.weight.is_finite() && t.weight >= 0.0) {
@@ -347,6 +473,19 @@ impl GatewayConfig {
                     "routes.{name}: weighted strategy needs a positive weight"
                 ));
             }
+        }
+        let rs = &self.routing;
+        if let Err(e) = rs.posterior.validate() {
+            return bad(format!("routing.posterior: {e}"));
+        }
+        if !(rs.nps_weight.is_finite() && rs.nps_weight > 0.0) {
+            return bad("routing.nps_weight must be > 0".into());
+        }
+        if rs.refresh_ms < 50 {
+            return bad("routing.refresh_ms must be >= 50".into());
+        }
+        if rs.stats_window_hours == 0 {
+            return bad("routing.stats_window_hours must be >= 1".into());
         }
         Ok(())
     }

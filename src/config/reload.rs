@@ -48,6 +48,7 @@ impl ReloadService {
                 let v = rt.version;
                 self.version.store(v, Ordering::Relaxed);
                 self.gw.runtime.store(Arc::new(rt));
+                self.gw.auto.nudge.notify_one();
                 metrics().config_reloads.with_label_values(&["ok"]).inc();
                 metrics().config_version.set(v as i64);
                 tracing::info!(version = v, "configuration reloaded");

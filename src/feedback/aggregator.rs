@@ -219,6 +219,19 @@ impl Aggregator {
         rep
     }
 
+    /// Every (route key, model) with state.
+    pub fn keys(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.states
+            .iter()
+            .flat_map(|(r, ms)| ms.keys().map(move |m| (Arc::clone(r), Arc::clone(m))))
+            .collect()
+    }
+
+    /// Newest event time folded.
+    pub fn latest_ms(&self) -> Option<i64> {
+        self.latest_ms
+    }
+
     pub fn events_folded(&self) -> usize {
         self.seen.len()
     }

@@ -83,6 +83,9 @@ pub struct DecisionTrace {
     pub misses: Vec<Miss>,
     pub explanation: String,
     pub reversible: bool,
+    /// Prompt-context bucket whose snapshot decided (contextual routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 fn pct(x: f64) -> String {
@@ -196,6 +199,7 @@ impl Decision {
             misses: self.misses.iter().flatten().copied().collect(),
             explanation,
             reversible: true,
+            context: None,
         }
     }
 

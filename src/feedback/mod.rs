@@ -14,12 +14,15 @@
 
 pub mod aggregator;
 pub mod constraints;
+pub mod context;
 pub mod decision;
 pub mod gate;
 pub mod math;
 pub mod posterior;
+pub mod priors;
 pub mod router;
 pub mod sequential;
+pub mod service;
 mod simulation;
 
 pub use aggregator::{

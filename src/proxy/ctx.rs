@@ -33,6 +33,15 @@ impl Drop for InFlight {
     }
 }
 
+/// A feedback route's decision, carried from the request phase to logging.
+pub struct AutoCtx {
+    pub decision: crate::feedback::Decision,
+    /// Prompt-context bucket (contextual routes).
+    pub context: Option<&'static str>,
+    /// Candidates from this index on are the baseline's (served after a provider error).
+    pub baseline_from: usize,
+}
+
 pub struct RequestCtx {
     _in_flight: InFlight,
     pub start: Instant,
@@ -67,6 +76,10 @@ pub struct RequestCtx {
     pub response_bytes: u64,
     pub error: Option<String>,
     pub decision_id: Option<String>,
+    /// The routing decision of a feedback route (`model: "auto"`).
+    pub auto: Option<Box<AutoCtx>>,
+    /// Index of the candidate that served the request.
+    pub served_index: Option<usize>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
 }
@@ -105,6 +118,8 @@ impl RequestCtx {
             response_bytes: 0,
             error: None,
             decision_id: None,
+            auto: None,
+            served_index: None,
             request_body: None,
             response_body: None,
         }

@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod logging;
 pub mod request;
 pub mod respond;
+pub mod routed;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -33,20 +34,28 @@ pub type TraceHook = Box<dyn Fn(TraceRecord) + Send + Sync>;
 
 /// State shared by every request: the current routing table and the outlets.
 pub struct Gateway {
-    pub runtime: ArcSwap<Runtime>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
     pub traces: TraceHook,
     /// False with `storage.backend = "none"`: the trace record is not even built.
     pub tracing: bool,
     pub admin: Vec<Box<dyn AdminRoutes>>,
+    /// Feedback routing: the published router table and per-request routing state.
+    pub auto: Arc<crate::routing::auto::AutoState>,
 }
 
 impl Gateway {
     pub fn new(rt: Runtime, traces: TraceHook) -> Gateway {
         Gateway {
-            runtime: ArcSwap::from_pointee(rt),
+            runtime: Arc::new(ArcSwap::from_pointee(rt)),
             traces,
             tracing: true,
             admin: Vec::new(),
+            auto: Arc::new(crate::routing::auto::AutoState::new(
+                None,
+                "ephemeral",
+                3600,
+                100_000,
+            )),
         }
     }
 }
@@ -87,8 +96,11 @@ impl ProxyHttp for LoopgateProxy {
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.traced {
             logging::observe(ctx);
+            let decision = routed::finish(&self.gw, ctx);
             if self.gw.tracing {
-                (self.gw.traces)(logging::trace_record(ctx));
+                let mut rec = logging::trace_record(ctx);
+                rec.decision = decision;
+                (self.gw.traces)(rec);
             }
         }
     }
@@ -142,7 +154,7 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     let route = (method.as_str(), path.trim_end_matches('/'));
     let result = match route {
         ("POST", "/v1/chat/completions" | "/chat/completions") => {
-            chat(&rt, session, ctx, key.as_deref()).await
+            chat(gw, &rt, session, ctx, key.as_deref()).await
         }
         ("POST", "/v1/embeddings" | "/embeddings") => {
             other_model_call(&rt, session, ctx, key.as_deref(), "embeddings").await
@@ -189,6 +201,7 @@ fn to_bytes(v: &Value) -> Bytes {
 }
 
 async fn chat(
+    gw: &Gateway,
     rt: &Arc<Runtime>,
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -227,14 +240,14 @@ async fn chat(
     };
     let resolution = rt.resolve(&ask, rand::random::<f64>())?;
     ctx.route = resolution.route.clone();
-    upstream::serve(
-        rt,
-        session,
-        ctx,
-        upstream::Op::Chat(&req),
-        &resolution.candidates,
-    )
-    .await;
+    let candidates = match (&resolution.route, resolution.feedback) {
+        (Some(route), true) => routed::candidates(gw, rt, ctx, &req, route)?,
+        _ => resolution.candidates,
+    };
+    upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;
+    if resolution.feedback {
+        routed::after_serve(gw, ctx);
+    }
     Ok(())
 }
 

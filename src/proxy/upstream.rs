@@ -366,6 +366,7 @@ pub async fn serve(
         ctx.provider = Some(prov.name().to_string());
         ctx.served_model = Some(cand.model.clone());
         ctx.fallback_used = i > 0;
+        ctx.served_index = Some(i);
         let extra = forwarded_headers(&resp);
         let result = if stream {
             let Op::Chat(r) = op else { return };

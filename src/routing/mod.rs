@@ -1,5 +1,6 @@
 //! Routing: the table snapshot, keys, model resolution and target-ordering strategies.
 
+pub mod auto;
 pub mod keys;
 pub mod resolve;
 pub mod strategy;

@@ -38,6 +38,8 @@ pub struct Resolution {
     pub candidates: Vec<Candidate>,
     /// The routing rule used, if any.
     pub route: Option<String>,
+    /// The rule is a feedback route: `candidates` is empty and the router picks the model.
+    pub feedback: bool,
 }
 
 fn not_found(model: &str) -> GatewayError {
@@ -169,6 +171,13 @@ impl Runtime {
                 code: "route_not_found",
                 param: Some("model".into()),
             })?;
+            if route.is_feedback() {
+                return Ok(Resolution {
+                    candidates: Vec::new(),
+                    route: Some(name.to_string()),
+                    feedback: true,
+                });
+            }
             // Targets whose provider is not active are skipped, not fatal: a rule may
             // list providers only some deployments have keys for.
             let mut resolved = Vec::with_capacity(route.targets.len());
@@ -201,12 +210,14 @@ impl Runtime {
             return Ok(Resolution {
                 candidates,
                 route: Some(name.to_string()),
+                feedback: false,
             });
         }
         let candidates = self.resolve_with_fallbacks(ask.model, ask.forced_provider)?;
         Ok(Resolution {
             candidates,
             route: None,
+            feedback: false,
         })
     }
 }

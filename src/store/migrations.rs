@@ -11,10 +11,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "traces",
-    sql: r#"
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "traces",
+        sql: r#"
 CREATE TABLE traces (
     request_id TEXT PRIMARY KEY,
     ts_ms INTEGER NOT NULL,
@@ -85,12 +86,82 @@ CREATE TABLE rollup_hourly (
 ) WITHOUT ROWID;
 CREATE INDEX rollup_hourly_project ON rollup_hourly (dim, project_id, bucket_ms);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "routing",
+        sql: r#"
+CREATE TABLE decisions (
+    request_id TEXT PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    route TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    session_id TEXT,
+    chosen TEXT NOT NULL,
+    served TEXT NOT NULL,
+    baseline TEXT NOT NULL,
+    context TEXT,
+    kind TEXT NOT NULL,
+    shadow INTEGER NOT NULL,
+    confidence REAL,
+    quality REAL,
+    propensity REAL NOT NULL,
+    table_version INTEGER NOT NULL,
+    signed TEXT NOT NULL
+);
+CREATE INDEX decisions_ts ON decisions (ts_ms, request_id);
+CREATE INDEX decisions_session_ts ON decisions (session_id, ts_ms);
+CREATE INDEX decisions_route_ts ON decisions (route, ts_ms);
+CREATE INDEX decisions_served_ts ON decisions (served, ts_ms);
+CREATE TABLE feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    dedup_key TEXT NOT NULL UNIQUE,
+    signal TEXT NOT NULL,
+    request_id TEXT,
+    session_id TEXT,
+    route TEXT,
+    model TEXT,
+    context TEXT,
+    value REAL NOT NULL,
+    scale TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    key_id TEXT,
+    comment TEXT,
+    detail TEXT
+);
+CREATE INDEX feedback_request ON feedback (request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX feedback_session ON feedback (session_id) WHERE session_id IS NOT NULL;
+CREATE TABLE audit_log (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    route TEXT,
+    old_value TEXT,
+    new_value TEXT,
+    reason TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE route_state (
+    route TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (route, key)
+);
+"#,
+    },
+];
 
-pub const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "traces",
-    sql: r#"
+pub const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "traces",
+        sql: r#"
 CREATE TABLE traces (
     request_id TEXT PRIMARY KEY,
     ts_ms BIGINT NOT NULL,
@@ -161,7 +232,76 @@ CREATE TABLE rollup_hourly (
 );
 CREATE INDEX rollup_hourly_project ON rollup_hourly (dim, project_id, bucket_ms);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "routing",
+        sql: r#"
+CREATE TABLE decisions (
+    request_id TEXT PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    route TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    session_id TEXT,
+    chosen TEXT NOT NULL,
+    served TEXT NOT NULL,
+    baseline TEXT NOT NULL,
+    context TEXT,
+    kind TEXT NOT NULL,
+    shadow BOOLEAN NOT NULL,
+    confidence DOUBLE PRECISION,
+    quality DOUBLE PRECISION,
+    propensity DOUBLE PRECISION NOT NULL,
+    table_version BIGINT NOT NULL,
+    signed TEXT NOT NULL
+);
+CREATE INDEX decisions_ts ON decisions (ts_ms, request_id);
+CREATE INDEX decisions_session_ts ON decisions (session_id, ts_ms);
+CREATE INDEX decisions_route_ts ON decisions (route, ts_ms);
+CREATE INDEX decisions_served_ts ON decisions (served, ts_ms);
+CREATE TABLE feedback (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    dedup_key TEXT NOT NULL UNIQUE,
+    signal TEXT NOT NULL,
+    request_id TEXT,
+    session_id TEXT,
+    route TEXT,
+    model TEXT,
+    context TEXT,
+    value DOUBLE PRECISION NOT NULL,
+    scale TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    key_id TEXT,
+    comment TEXT,
+    detail TEXT
+);
+CREATE INDEX feedback_request ON feedback (request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX feedback_session ON feedback (session_id) WHERE session_id IS NOT NULL;
+CREATE TABLE audit_log (
+    seq BIGINT PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    route TEXT,
+    old_value TEXT,
+    new_value TEXT,
+    reason TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE route_state (
+    route TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (route, key)
+);
+"#,
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -174,5 +314,26 @@ mod tests {
                 assert_eq!(m.version as usize, i + 1, "{}", m.name);
             }
         }
+        // Both backends keep the same schema version sequence.
+        let names = |l: &[Migration]| l.iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(SQLITE), names(POSTGRES));
+    }
+
+    /// Every SQLite migration applies, in order, to an empty in-memory database.
+    #[test]
+    fn sqlite_migrations_apply() {
+        let c = rusqlite::Connection::open_in_memory().expect("memory db");
+        for m in SQLITE {
+            c.execute_batch(m.sql).expect(m.name);
+        }
+        let n: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN \
+                 ('decisions', 'feedback', 'audit_log', 'route_state')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tables");
+        assert_eq!(n, 4);
     }
 }

@@ -16,10 +16,15 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use super::migrations::POSTGRES;
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
+use super::routing::{
+    assemble_stats, decisions_sql, stats_latency_sql, stats_totals_sql, RParam, AUDIT_COLS,
+    DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
+};
 use super::sqlite::{page, project_cond};
 use super::{
-    rollup_deltas, to_i64, to_u64, GroupBy, PurgeRule, RawRow, RollupKey, RollupRow, Store,
-    StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
+    rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
+    FeedbackInsert, FeedbackRow, GroupBy, PurgeRule, RawRow, RollupKey, RollupRow, RouteModelStats,
+    RouteStateRow, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 
@@ -30,6 +35,11 @@ const INSERT_CHUNK: usize = 500;
 const ROLLUP_CHUNK: usize = 2000;
 const PURGE_CHUNK: i64 = 5000;
 const PURGE_MAX_ROUNDS: usize = 20_000;
+/// Transaction-level advisory lock serializing feedback inserts across gateways (see
+/// `insert_feedback_pg`).
+const FEEDBACK_LOCK: i64 = MIGRATION_LOCK + 1;
+/// Transaction-level advisory lock serializing audit appends, so the chain cannot fork.
+const AUDIT_LOCK: i64 = MIGRATION_LOCK + 2;
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
@@ -237,12 +247,291 @@ async fn insert_batch(c: &mut Client, recs: &[TraceRecord]) -> Result<usize, Sto
         );
         tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
     }
+    // Decisions ride with their trace: same transaction, idempotent on request id.
+    let decisions: Vec<&DecisionRow> = recs.iter().filter_map(|r| r.decision.as_deref()).collect();
+    for chunk in decisions.chunks(INSERT_CHUNK) {
+        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * DECISION_NCOLS);
+        for d in chunk {
+            decision_params(d, &mut ps);
+        }
+        let sql = format!(
+            "INSERT INTO decisions ({DECISION_COLS}) VALUES {} ON CONFLICT (request_id) DO NOTHING",
+            values_list(chunk.len(), DECISION_NCOLS)
+        );
+        tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
+    }
     let deltas: Vec<_> = rollup_deltas(inserted.iter().copied())
         .into_iter()
         .collect();
     apply_rollup(&tx, &deltas, true).await?;
     tx.commit().await.map_err(pg_err)?;
     Ok(inserted.len())
+}
+
+fn decision_params(d: &DecisionRow, out: &mut Vec<Param>) {
+    out.push(Box::new(d.request_id.clone()));
+    out.push(Box::new(d.ts_ms));
+    out.push(Box::new(d.route.clone()));
+    out.push(Box::new(d.mode.clone()));
+    out.push(Box::new(d.session_id.clone()));
+    out.push(Box::new(d.chosen.clone()));
+    out.push(Box::new(d.served.clone()));
+    out.push(Box::new(d.baseline.clone()));
+    out.push(Box::new(d.context.clone()));
+    out.push(Box::new(d.kind.clone()));
+    out.push(Box::new(d.shadow));
+    out.push(Box::new(d.confidence));
+    out.push(Box::new(d.quality));
+    out.push(Box::new(d.propensity));
+    out.push(Box::new(to_i64(d.table_version)));
+    out.push(Box::new(d.signed.clone()));
+}
+
+fn row_to_decision(r: &Row) -> Result<DecisionRow, StoreError> {
+    Ok(DecisionRow {
+        request_id: r.try_get(0).map_err(pg_err)?,
+        ts_ms: r.try_get(1).map_err(pg_err)?,
+        route: r.try_get(2).map_err(pg_err)?,
+        mode: r.try_get(3).map_err(pg_err)?,
+        session_id: r.try_get(4).map_err(pg_err)?,
+        chosen: r.try_get(5).map_err(pg_err)?,
+        served: r.try_get(6).map_err(pg_err)?,
+        baseline: r.try_get(7).map_err(pg_err)?,
+        context: r.try_get(8).map_err(pg_err)?,
+        kind: r.try_get(9).map_err(pg_err)?,
+        shadow: r.try_get(10).map_err(pg_err)?,
+        confidence: r.try_get(11).map_err(pg_err)?,
+        quality: r.try_get(12).map_err(pg_err)?,
+        propensity: r.try_get(13).map_err(pg_err)?,
+        table_version: to_u64(r.try_get(14).map_err(pg_err)?),
+        signed: r.try_get(15).map_err(pg_err)?,
+    })
+}
+
+/// Reads `seq, FEEDBACK_COLS`.
+fn row_to_feedback(r: &Row) -> Result<FeedbackRow, StoreError> {
+    let targets: String = r.try_get(11).map_err(pg_err)?;
+    Ok(FeedbackRow {
+        seq: r.try_get(0).map_err(pg_err)?,
+        id: r.try_get(1).map_err(pg_err)?,
+        dedup_key: r.try_get(2).map_err(pg_err)?,
+        signal: r.try_get(3).map_err(pg_err)?,
+        request_id: r.try_get(4).map_err(pg_err)?,
+        session_id: r.try_get(5).map_err(pg_err)?,
+        route: r.try_get(6).map_err(pg_err)?,
+        model: r.try_get(7).map_err(pg_err)?,
+        context: r.try_get(8).map_err(pg_err)?,
+        value: r.try_get(9).map_err(pg_err)?,
+        scale: r.try_get(10).map_err(pg_err)?,
+        targets: serde_json::from_str(&targets).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        at_ms: r.try_get(12).map_err(pg_err)?,
+        received_ms: r.try_get(13).map_err(pg_err)?,
+        key_id: r.try_get(14).map_err(pg_err)?,
+        comment: r.try_get(15).map_err(pg_err)?,
+        detail: r.try_get(16).map_err(pg_err)?,
+    })
+}
+
+fn row_to_audit(r: &Row) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: r.try_get(0).map_err(pg_err)?,
+        ts_ms: r.try_get(1).map_err(pg_err)?,
+        actor: r.try_get(2).map_err(pg_err)?,
+        action: r.try_get(3).map_err(pg_err)?,
+        route: r.try_get(4).map_err(pg_err)?,
+        old: r.try_get(5).map_err(pg_err)?,
+        new: r.try_get(6).map_err(pg_err)?,
+        reason: r.try_get(7).map_err(pg_err)?,
+        prev_hash: r.try_get(8).map_err(pg_err)?,
+        hash: r.try_get(9).map_err(pg_err)?,
+    })
+}
+
+fn rparams(p: &[RParam]) -> Vec<Param> {
+    p.iter()
+        .map(|v| -> Param {
+            match v {
+                RParam::Int(i) => Box::new(*i),
+                RParam::Real(f) => Box::new(*f),
+                RParam::Text(s) => Box::new(s.clone()),
+            }
+        })
+        .collect()
+}
+
+/// Insert unless the dedup key exists.
+///
+/// Why the lock: `seq` comes from a sequence, and with concurrent transactions a higher
+/// value can commit (become visible) before a lower one. An aggregator that had already
+/// read past the higher value would then skip the lower one forever. Holding one
+/// transaction-level advisory lock from `nextval` until commit makes every gateway's
+/// inserts commit in `seq` order, so `feedback_since(cursor)` never skips a row.
+/// Readers are not blocked; feedback inserts are rare next to traces.
+async fn insert_feedback_pg(
+    c: &mut Client,
+    row: &FeedbackRow,
+) -> Result<FeedbackInsert, StoreError> {
+    let targets =
+        serde_json::to_string(&row.targets).map_err(|e| StoreError::Query(e.to_string()))?;
+    let tx = c.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEEDBACK_LOCK])
+        .await
+        .map_err(pg_err)?;
+    let ps: Vec<Param> = vec![
+        Box::new(row.id.clone()),
+        Box::new(row.dedup_key.clone()),
+        Box::new(row.signal.clone()),
+        Box::new(row.request_id.clone()),
+        Box::new(row.session_id.clone()),
+        Box::new(row.route.clone()),
+        Box::new(row.model.clone()),
+        Box::new(row.context.clone()),
+        Box::new(row.value),
+        Box::new(row.scale.clone()),
+        Box::new(targets),
+        Box::new(row.at_ms),
+        Box::new(row.received_ms),
+        Box::new(row.key_id.clone()),
+        Box::new(row.comment.clone()),
+        Box::new(row.detail.clone()),
+    ];
+    let sql = format!(
+        "INSERT INTO feedback ({FEEDBACK_COLS}) VALUES {} ON CONFLICT (dedup_key) DO NOTHING RETURNING seq",
+        values_list(1, FEEDBACK_NCOLS)
+    );
+    let rows = tx.query(&sql, &refs(&ps)).await.map_err(pg_err)?;
+    let out = match rows.first() {
+        Some(r) => FeedbackInsert::Inserted(FeedbackRow {
+            seq: r.try_get(0).map_err(pg_err)?,
+            ..row.clone()
+        }),
+        None => {
+            // Under the lock the conflicting row is committed, so this statement sees it.
+            let r = tx
+                .query_one(
+                    &format!("SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE dedup_key = $1"),
+                    &[&row.dedup_key],
+                )
+                .await
+                .map_err(pg_err)?;
+            FeedbackInsert::Duplicate(row_to_feedback(&r)?)
+        }
+    };
+    tx.commit().await.map_err(pg_err)?;
+    Ok(out)
+}
+
+/// Read the last entry and append its successor under one lock, so two gateways cannot both
+/// link to the same predecessor (the `seq` primary key would reject the second anyway).
+async fn append_audit_pg(c: &mut Client, a: &AuditAppend) -> Result<AuditEntry, StoreError> {
+    let tx = c.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .await
+        .map_err(pg_err)?;
+    let last = tx
+        .query_opt(
+            "SELECT hash, seq FROM audit_log ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    let last: Option<(String, i64)> = match last {
+        Some(r) => Some((r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?)),
+        None => None,
+    };
+    let e = AuditEntry::next(last.as_ref().map(|(h, s)| (h.as_str(), *s)), a.clone());
+    tx.execute(
+        &format!(
+            "INSERT INTO audit_log ({AUDIT_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ),
+        &[
+            &e.seq,
+            &e.ts_ms,
+            &e.actor,
+            &e.action,
+            &e.route,
+            &e.old,
+            &e.new,
+            &e.reason,
+            &e.prev_hash,
+            &e.hash,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(e)
+}
+
+async fn put_route_state_pg(
+    c: &mut Client,
+    route: &str,
+    key: &str,
+    value: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    match value {
+        Some(v) => c
+            .execute(
+                "INSERT INTO route_state (route, key, value, updated_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (route, key) DO UPDATE SET value = EXCLUDED.value, updated_ms = EXCLUDED.updated_ms",
+                &[&route, &key, &v, &now_ms],
+            )
+            .await,
+        None => {
+            c.execute(
+                "DELETE FROM route_state WHERE route = $1 AND key = $2",
+                &[&route, &key],
+            )
+            .await
+        }
+    }
+    .map(|_| ())
+    .map_err(pg_err)
+}
+
+/// Totals and latencies in one REPEATABLE READ snapshot, so both see the same rows.
+async fn route_model_stats_pg(
+    c: &mut Client,
+    since_ms: i64,
+) -> Result<Vec<RouteModelStats>, StoreError> {
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_err)?;
+    let totals = tx
+        .query(&stats_totals_sql(true), &[&since_ms])
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| {
+            Ok(RouteModelStats {
+                route: r.try_get(0).map_err(pg_err)?,
+                model: r.try_get(1).map_err(pg_err)?,
+                requests: to_u64(r.try_get(2).map_err(pg_err)?),
+                errors: to_u64(r.try_get(3).map_err(pg_err)?),
+                prompt_tokens: to_u64(r.try_get(4).map_err(pg_err)?),
+                completion_tokens: to_u64(r.try_get(5).map_err(pg_err)?),
+                cost_usd: r.try_get(6).map_err(pg_err)?,
+                p95_latency_ms: None,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut lat: std::collections::HashMap<(String, String), Vec<f64>> = Default::default();
+    for r in tx
+        .query(&stats_latency_sql(true), &[&since_ms])
+        .await
+        .map_err(pg_err)?
+    {
+        lat.entry((r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?))
+            .or_default()
+            .push(r.try_get(2).map_err(pg_err)?);
+    }
+    tx.commit().await.map_err(pg_err)?;
+    Ok(assemble_stats(totals, lat))
 }
 
 /// Add (`add`) or subtract deltas to rollup rows: read-modify-write under row locks.
@@ -485,6 +774,17 @@ impl PgStore {
         }
     }
 
+    /// A query on the reader connection with already boxed parameters.
+    async fn read_boxed(&self, sql: &str, ps: &[Param]) -> Result<Vec<Row>, StoreError> {
+        let mut g = self.lock(&self.reader).await?;
+        let res = match g.as_ref() {
+            Some(c) => c.query(sql, &refs(ps)).await.map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
     async fn read_rows(&self, sql: &str, params: &[SqlParam]) -> Result<Vec<Row>, StoreError> {
         let mut g = self.lock(&self.reader).await?;
         let ps = params_of(params);
@@ -663,6 +963,119 @@ impl Store for PgStore {
             .unwrap_or(0);
         Ok(to_u64(n))
     }
+
+    async fn get_decision(&self, request_id: &str) -> Result<Option<DecisionRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                &format!("SELECT {DECISION_COLS} FROM decisions WHERE request_id = $1"),
+                &[SqlParam::Text(request_id.to_string())],
+            )
+            .await?;
+        rows.first().map(row_to_decision).transpose()
+    }
+
+    async fn query_decisions(&self, q: &DecisionQuery) -> Result<Vec<DecisionRow>, StoreError> {
+        let (sql, ps) = decisions_sql(q, true);
+        let rows = self.read_boxed(&sql, &rparams(&ps)).await?;
+        rows.iter().map(row_to_decision).collect()
+    }
+
+    async fn insert_feedback(&self, row: &FeedbackRow) -> Result<FeedbackInsert, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => insert_feedback_pg(c, row).await,
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn feedback_since(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<FeedbackRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read_rows(
+                &format!(
+                    "SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ),
+                &[SqlParam::Int(after_seq), SqlParam::Int(limit)],
+            )
+            .await?;
+        rows.iter().map(row_to_feedback).collect()
+    }
+
+    async fn append_audit(&self, a: &AuditAppend) -> Result<AuditEntry, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => append_audit_pg(c, a).await,
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn list_audit(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read_rows(
+                &format!("SELECT {AUDIT_COLS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"),
+                &[SqlParam::Int(after_seq), SqlParam::Int(limit)],
+            )
+            .await?;
+        rows.iter().map(row_to_audit).collect()
+    }
+
+    async fn put_route_state(
+        &self,
+        route: &str,
+        key: &str,
+        value: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => put_route_state_pg(c, route, key, value, now_ms).await,
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                "SELECT route, key, value, updated_ms FROM route_state ORDER BY route, key",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RouteStateRow {
+                    route: r.try_get(0).map_err(pg_err)?,
+                    key: r.try_get(1).map_err(pg_err)?,
+                    value: r.try_get(2).map_err(pg_err)?,
+                    updated_ms: r.try_get(3).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn route_model_stats(&self, since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {
+        let mut g = self.lock(&self.reader).await?;
+        let res = match g.as_mut() {
+            Some(c) => route_model_stats_pg(c, since_ms).await,
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
 }
 
 /// Delete one chunk of expired traces; returns (ids seen, traces deleted).
@@ -692,6 +1105,10 @@ async fn purge_chunk(c: &mut Client, rule: &PurgeRule) -> Result<(usize, u64), S
     )
     .await
     .map_err(pg_err)?;
+    // A decision lives exactly as long as its trace (retention covers both).
+    tx.execute("DELETE FROM decisions WHERE request_id = ANY($1)", &[&ids])
+        .await
+        .map_err(pg_err)?;
     let deleted = tx
         .execute("DELETE FROM traces WHERE request_id = ANY($1)", &[&ids])
         .await

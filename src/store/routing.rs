@@ -35,7 +35,7 @@ pub struct DecisionRow {
     pub quality: Option<f64>,
     pub propensity: f64,
     pub table_version: u64,
-    /// The signed decision trace, JSON (`{"trace": ..., "signature": ...}`).
+    /// The signed decision trace, JSON (the trace's fields plus `signature`).
     pub signed: String,
 }
 
@@ -231,6 +231,157 @@ pub struct RouteModelStats {
     pub p95_latency_ms: Option<f64>,
 }
 
+// ---- helpers shared by the two backends (crate-internal) ----
+
+/// Column order of `decisions` reads and writes.
+pub(crate) const DECISION_COLS: &str =
+    "request_id, ts_ms, route, mode, session_id, chosen, served, \
+baseline, context, kind, shadow, confidence, quality, propensity, table_version, signed";
+pub(crate) const DECISION_NCOLS: usize = 16;
+
+/// Column order of `feedback` reads (`seq` first) and writes (without `seq`).
+pub(crate) const FEEDBACK_COLS: &str =
+    "id, dedup_key, signal, request_id, session_id, route, model, \
+context, value, scale, targets, at_ms, received_ms, key_id, comment, detail";
+pub(crate) const FEEDBACK_NCOLS: usize = 16;
+
+/// Column order of `audit_log` reads and writes.
+pub(crate) const AUDIT_COLS: &str =
+    "seq, ts_ms, actor, action, route, old_value, new_value, reason, prev_hash, hash";
+
+/// Most recent rows per (route, model) that the p95 latency is computed over.
+pub(crate) const P95_WINDOW: i64 = 5_000;
+/// Upper bound of one `query_decisions` page.
+pub(crate) const MAX_DECISIONS: usize = 1_000;
+
+/// A bound parameter of the routing queries (floats are needed for the confidence filters).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RParam {
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// `SELECT` text and parameters for a decision query (`pg` selects `$N` placeholders).
+/// `to_ms` is exclusive, like the logs filters.
+pub(crate) fn decisions_sql(q: &DecisionQuery, pg: bool) -> (String, Vec<RParam>) {
+    let mut ps: Vec<RParam> = Vec::new();
+    let mut conds: Vec<String> = Vec::new();
+    let p = |ps: &mut Vec<RParam>, v: RParam| {
+        ps.push(v);
+        if pg {
+            format!("${}", ps.len())
+        } else {
+            format!("?{}", ps.len())
+        }
+    };
+    let text_eq = [
+        ("session_id", &q.session_id),
+        ("route", &q.route),
+        ("served", &q.model),
+    ];
+    for (col, v) in text_eq {
+        if let Some(v) = v {
+            let ph = p(&mut ps, RParam::Text(v.clone()));
+            conds.push(format!("{col} = {ph}"));
+        }
+    }
+    if let Some(f) = q.from_ms {
+        let ph = p(&mut ps, RParam::Int(f));
+        conds.push(format!("ts_ms >= {ph}"));
+    }
+    if let Some(t) = q.to_ms {
+        let ph = p(&mut ps, RParam::Int(t));
+        conds.push(format!("ts_ms < {ph}"));
+    }
+    let ranges = [
+        ("confidence", ">=", q.min_confidence),
+        ("confidence", "<=", q.max_confidence),
+        ("quality", ">=", q.min_quality),
+        ("quality", "<=", q.max_quality),
+    ];
+    for (col, op, v) in ranges {
+        if let Some(v) = v {
+            let ph = p(&mut ps, RParam::Real(v));
+            conds.push(format!("{col} {op} {ph}"));
+        }
+    }
+    if let Some((ts, id)) = &q.before {
+        let a = p(&mut ps, RParam::Int(*ts));
+        let b = p(&mut ps, RParam::Int(*ts));
+        let c = p(&mut ps, RParam::Text(id.clone()));
+        conds.push(format!(
+            "(ts_ms < {a} OR (ts_ms = {b} AND request_id < {c}))"
+        ));
+    }
+    let mut sql = format!("SELECT {DECISION_COLS} FROM decisions");
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    let lim = p(&mut ps, RParam::Int(q.limit.min(MAX_DECISIONS) as i64));
+    sql.push_str(&format!(
+        " ORDER BY ts_ms DESC, request_id DESC LIMIT {lim}"
+    ));
+    (sql, ps)
+}
+
+/// Shared `WHERE` of `route_model_stats` (one parameter: `since_ms`).
+pub(crate) fn stats_where(pg: bool) -> String {
+    let ph = if pg { "$1" } else { "?1" };
+    format!(
+        "ts_ms >= {ph} AND route IS NOT NULL AND served_model IS NOT NULL AND NOT shadow \
+         AND endpoint <> 'judge'"
+    )
+}
+
+/// Per (route, model) totals: route, model, requests, errors, prompt, completion, cost.
+pub(crate) fn stats_totals_sql(pg: bool) -> String {
+    let cast = if pg { "::BIGINT" } else { "" };
+    format!(
+        "SELECT route, served_model, COUNT(*){cast}, \
+         SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END){cast}, \
+         SUM(prompt_tokens){cast}, SUM(completion_tokens){cast}, SUM(cost_usd) \
+         FROM traces WHERE {} GROUP BY route, served_model ORDER BY route, served_model",
+        stats_where(pg)
+    )
+}
+
+/// The latencies of the most recent `P95_WINDOW` rows of each (route, model).
+pub(crate) fn stats_latency_sql(pg: bool) -> String {
+    format!(
+        "SELECT route, served_model, latency_ms FROM (SELECT route, served_model, latency_ms, \
+         ROW_NUMBER() OVER (PARTITION BY route, served_model ORDER BY ts_ms DESC, request_id DESC) AS rn \
+         FROM traces WHERE {}) AS w WHERE rn <= {P95_WINDOW}",
+        stats_where(pg)
+    )
+}
+
+/// Nearest-rank percentile (`q` in (0, 1]): the smallest value with at least `q` of the
+/// values at or below it. Sorts `v`; `None` when empty. NaNs sort last.
+pub fn percentile_nearest_rank(v: &mut [f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = (q * v.len() as f64).ceil() as usize;
+    let i = rank.clamp(1, v.len()) - 1;
+    v.get(i).copied()
+}
+
+/// Merge per-group totals with their latency samples into `RouteModelStats`.
+pub(crate) fn assemble_stats(
+    mut totals: Vec<RouteModelStats>,
+    mut latencies: std::collections::HashMap<(String, String), Vec<f64>>,
+) -> Vec<RouteModelStats> {
+    for t in &mut totals {
+        if let Some(v) = latencies.get_mut(&(t.route.clone(), t.model.clone())) {
+            t.p95_latency_ms = percentile_nearest_rank(v, 0.95);
+        }
+    }
+    totals
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +416,37 @@ mod tests {
         let h1 = a.compute_hash();
         a.reason = Some(String::new());
         assert_ne!(h1, a.compute_hash());
+    }
+
+    #[test]
+    fn nearest_rank_percentile() {
+        let mut v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile_nearest_rank(&mut v, 0.95), Some(95.0));
+        let mut v = vec![3.0, 1.0, 2.0];
+        assert_eq!(percentile_nearest_rank(&mut v, 0.95), Some(3.0));
+        assert_eq!(percentile_nearest_rank(&mut v, 0.5), Some(2.0));
+        assert_eq!(percentile_nearest_rank(&mut [], 0.95), None);
+        assert_eq!(percentile_nearest_rank(&mut [7.0], 0.95), Some(7.0));
+    }
+
+    #[test]
+    fn decision_query_numbers_placeholders_in_order() {
+        let q = DecisionQuery {
+            route: Some("r".into()),
+            min_confidence: Some(0.5),
+            before: Some((10, "x".into())),
+            limit: 5_000,
+            ..Default::default()
+        };
+        let (sql, ps) = decisions_sql(&q, true);
+        assert!(
+            sql.contains("route = $1") && sql.contains("confidence >= $2"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("LIMIT $6"), "{sql}");
+        assert_eq!(ps.len(), 6);
+        assert_eq!(ps[5], RParam::Int(MAX_DECISIONS as i64));
+        let (sql, _) = decisions_sql(&DecisionQuery::default(), false);
+        assert!(!sql.contains("WHERE") && sql.ends_with("LIMIT ?1"), "{sql}");
     }
 }

@@ -16,9 +16,14 @@ use rusqlite::{
 
 use super::migrations::{Migration, SQLITE};
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
+use super::routing::{
+    assemble_stats, decisions_sql, stats_latency_sql, stats_totals_sql, RParam, AUDIT_COLS,
+    DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
+};
 use super::{
-    rollup_deltas, to_i64, to_u64, Cursor, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow,
-    Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
+    rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, Cursor, DecisionQuery, DecisionRow,
+    FeedbackInsert, FeedbackRow, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow,
+    RouteModelStats, RouteStateRow, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 
@@ -220,6 +225,9 @@ fn insert_batch(c: &mut Connection, recs: &[TraceRecord]) -> Result<usize, Store
                     r.response_body,
                 ])
                 .map_err(map_err)?;
+            if let Some(d) = &r.decision {
+                insert_decision(&tx, d)?;
+            }
             if n == 1 {
                 inserted.push(r);
                 for (k, v) in &r.properties {
@@ -291,6 +299,239 @@ fn insert_batch(c: &mut Connection, recs: &[TraceRecord]) -> Result<usize, Store
     Ok(n)
 }
 
+/// Store a decision unless its request id is already there (retried batches are idempotent).
+fn insert_decision(tx: &rusqlite::Transaction<'_>, d: &DecisionRow) -> Result<(), StoreError> {
+    let ph: Vec<String> = (1..=DECISION_NCOLS).map(|i| format!("?{i}")).collect();
+    let mut st = tx
+        .prepare_cached(&format!(
+            "INSERT INTO decisions ({DECISION_COLS}) VALUES ({}) ON CONFLICT (request_id) DO NOTHING",
+            ph.join(",")
+        ))
+        .map_err(map_err)?;
+    st.execute(params![
+        d.request_id,
+        d.ts_ms,
+        d.route,
+        d.mode,
+        d.session_id,
+        d.chosen,
+        d.served,
+        d.baseline,
+        d.context,
+        d.kind,
+        d.shadow,
+        d.confidence,
+        d.quality,
+        d.propensity,
+        to_i64(d.table_version),
+        d.signed,
+    ])
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn row_to_decision(r: &Row) -> rusqlite::Result<DecisionRow> {
+    Ok(DecisionRow {
+        request_id: r.get(0)?,
+        ts_ms: r.get(1)?,
+        route: r.get(2)?,
+        mode: r.get(3)?,
+        session_id: r.get(4)?,
+        chosen: r.get(5)?,
+        served: r.get(6)?,
+        baseline: r.get(7)?,
+        context: r.get(8)?,
+        kind: r.get(9)?,
+        shadow: r.get(10)?,
+        confidence: r.get(11)?,
+        quality: r.get(12)?,
+        propensity: r.get(13)?,
+        table_version: to_u64(r.get(14)?),
+        signed: r.get(15)?,
+    })
+}
+
+/// Reads `seq, FEEDBACK_COLS`.
+fn row_to_feedback(r: &Row) -> rusqlite::Result<FeedbackRow> {
+    let targets: String = r.get(11)?;
+    Ok(FeedbackRow {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        dedup_key: r.get(2)?,
+        signal: r.get(3)?,
+        request_id: r.get(4)?,
+        session_id: r.get(5)?,
+        route: r.get(6)?,
+        model: r.get(7)?,
+        context: r.get(8)?,
+        value: r.get(9)?,
+        scale: r.get(10)?,
+        targets: serde_json::from_str(&targets).map_err(json_err)?,
+        at_ms: r.get(12)?,
+        received_ms: r.get(13)?,
+        key_id: r.get(14)?,
+        comment: r.get(15)?,
+        detail: r.get(16)?,
+    })
+}
+
+fn row_to_audit(r: &Row) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: r.get(0)?,
+        ts_ms: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        route: r.get(4)?,
+        old: r.get(5)?,
+        new: r.get(6)?,
+        reason: r.get(7)?,
+        prev_hash: r.get(8)?,
+        hash: r.get(9)?,
+    })
+}
+
+fn rvalues(p: &[RParam]) -> Vec<Value> {
+    p.iter()
+        .map(|v| match v {
+            RParam::Int(i) => Value::Integer(*i),
+            RParam::Real(f) => Value::Real(*f),
+            RParam::Text(s) => Value::Text(s.clone()),
+        })
+        .collect()
+}
+
+/// Insert unless the dedup key exists. The write transaction (IMMEDIATE) serializes inserts,
+/// so sequence numbers become visible in increasing order.
+fn insert_feedback_tx(c: &mut Connection, row: &FeedbackRow) -> Result<FeedbackInsert, StoreError> {
+    let targets =
+        serde_json::to_string(&row.targets).map_err(|e| StoreError::Query(e.to_string()))?;
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let ph: Vec<String> = (1..=FEEDBACK_NCOLS).map(|i| format!("?{i}")).collect();
+    let n = tx
+        .execute(
+            &format!(
+                "INSERT INTO feedback ({FEEDBACK_COLS}) VALUES ({}) ON CONFLICT (dedup_key) DO NOTHING",
+                ph.join(",")
+            ),
+            params![
+                row.id,
+                row.dedup_key,
+                row.signal,
+                row.request_id,
+                row.session_id,
+                row.route,
+                row.model,
+                row.context,
+                row.value,
+                row.scale,
+                targets,
+                row.at_ms,
+                row.received_ms,
+                row.key_id,
+                row.comment,
+                row.detail,
+            ],
+        )
+        .map_err(map_err)?;
+    let out = if n == 1 {
+        FeedbackInsert::Inserted(FeedbackRow {
+            seq: tx.last_insert_rowid(),
+            ..row.clone()
+        })
+    } else {
+        let stored = tx
+            .query_row(
+                &format!("SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE dedup_key = ?1"),
+                [&row.dedup_key],
+                row_to_feedback,
+            )
+            .map_err(map_err)?;
+        FeedbackInsert::Duplicate(stored)
+    };
+    tx.commit().map_err(map_err)?;
+    Ok(out)
+}
+
+/// Link to the last entry and append, inside one write transaction.
+fn append_audit_tx(c: &mut Connection, a: &AuditAppend) -> Result<AuditEntry, StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let last: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT hash, seq FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(map_err)?;
+    let e = AuditEntry::next(last.as_ref().map(|(h, s)| (h.as_str(), *s)), a.clone());
+    tx.execute(
+        &format!(
+            "INSERT INTO audit_log ({AUDIT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+        params![
+            e.seq,
+            e.ts_ms,
+            e.actor,
+            e.action,
+            e.route,
+            e.old,
+            e.new,
+            e.reason,
+            e.prev_hash,
+            e.hash,
+        ],
+    )
+    .map_err(map_err)?;
+    tx.commit().map_err(map_err)?;
+    Ok(e)
+}
+
+fn route_model_stats_sync(
+    c: &mut Connection,
+    since_ms: i64,
+) -> Result<Vec<RouteModelStats>, StoreError> {
+    // One read transaction so the totals and the latencies see the same rows.
+    let tx = c.transaction().map_err(map_err)?;
+    let totals: Vec<RouteModelStats> = {
+        let mut st = tx
+            .prepare_cached(&stats_totals_sql(false))
+            .map_err(map_err)?;
+        let rows = st
+            .query_map([since_ms], |r| {
+                Ok(RouteModelStats {
+                    route: r.get(0)?,
+                    model: r.get(1)?,
+                    requests: to_u64(r.get(2)?),
+                    errors: to_u64(r.get(3)?),
+                    prompt_tokens: to_u64(r.get(4)?),
+                    completion_tokens: to_u64(r.get(5)?),
+                    cost_usd: r.get(6)?,
+                    p95_latency_ms: None,
+                })
+            })
+            .map_err(map_err)?;
+        rows.collect::<Result<_, _>>().map_err(map_err)?
+    };
+    let mut lat: std::collections::HashMap<(String, String), Vec<f64>> = Default::default();
+    {
+        let mut st = tx
+            .prepare_cached(&stats_latency_sql(false))
+            .map_err(map_err)?;
+        let mut rows = st.query([since_ms]).map_err(map_err)?;
+        while let Some(r) = rows.next().map_err(map_err)? {
+            lat.entry((r.get(0).map_err(map_err)?, r.get(1).map_err(map_err)?))
+                .or_default()
+                .push(r.get(2).map_err(map_err)?);
+        }
+    }
+    tx.commit().map_err(map_err)?;
+    Ok(assemble_stats(totals, lat))
+}
+
 /// `(condition on column `col`, params)` selecting the purge's projects. `none_as_empty`:
 /// the column stores "" for no project (rollups) instead of NULL (traces).
 pub(crate) fn project_cond(
@@ -350,8 +591,13 @@ fn purge_chunk(c: &mut Connection, rule: &PurgeRule) -> Result<(usize, u64), Sto
         let mut dp = tx
             .prepare_cached("DELETE FROM trace_properties WHERE request_id = ?1")
             .map_err(map_err)?;
+        // A decision lives exactly as long as its trace (retention covers both).
+        let mut dd = tx
+            .prepare_cached("DELETE FROM decisions WHERE request_id = ?1")
+            .map_err(map_err)?;
         for id in &ids {
             dp.execute([id]).map_err(map_err)?;
+            dd.execute([id]).map_err(map_err)?;
             deleted += dt.execute([id]).map_err(map_err)? as u64;
         }
     }
@@ -662,6 +908,136 @@ impl Store for SqliteStore {
                 .map_err(map_err)
         })
         .await
+    }
+
+    async fn get_decision(&self, request_id: &str) -> Result<Option<DecisionRow>, StoreError> {
+        let id = request_id.to_string();
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {DECISION_COLS} FROM decisions WHERE request_id = ?1"
+                ))
+                .map_err(map_err)?;
+            st.query_row([id], row_to_decision)
+                .optional()
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn query_decisions(&self, q: &DecisionQuery) -> Result<Vec<DecisionRow>, StoreError> {
+        let (sql, ps) = decisions_sql(q, false);
+        Self::run(&self.reader, move |c| {
+            let mut st = c.prepare_cached(&sql).map_err(map_err)?;
+            let rows = st
+                .query_map(params_from_iter(rvalues(&ps)), row_to_decision)
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn insert_feedback(&self, row: &FeedbackRow) -> Result<FeedbackInsert, StoreError> {
+        let row = row.clone();
+        Self::run(&self.writer, move |c| insert_feedback_tx(c, &row)).await
+    }
+
+    async fn feedback_since(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<FeedbackRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                ))
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(params![after_seq, limit], row_to_feedback)
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, a: &AuditAppend) -> Result<AuditEntry, StoreError> {
+        let a = a.clone();
+        Self::run(&self.writer, move |c| append_audit_tx(c, &a)).await
+    }
+
+    async fn list_audit(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {AUDIT_COLS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                ))
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(params![after_seq, limit], row_to_audit)
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn put_route_state(
+        &self,
+        route: &str,
+        key: &str,
+        value: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (route, key) = (route.to_string(), key.to_string());
+        let value = value.map(str::to_string);
+        Self::run(&self.writer, move |c| {
+            match value {
+                Some(v) => c.execute(
+                    "INSERT INTO route_state (route, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (route, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+                    params![route, key, v, now_ms],
+                ),
+                None => c.execute(
+                    "DELETE FROM route_state WHERE route = ?1 AND key = ?2",
+                    params![route, key],
+                ),
+            }
+            .map(|_| ())
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
+        Self::run(&self.reader, |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT route, key, value, updated_ms FROM route_state ORDER BY route, key",
+                )
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(RouteStateRow {
+                        route: r.get(0)?,
+                        key: r.get(1)?,
+                        value: r.get(2)?,
+                        updated_ms: r.get(3)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn route_model_stats(&self, since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {
+        Self::run(&self.reader, move |c| route_model_stats_sync(c, since_ms)).await
     }
 }
 

@@ -57,6 +57,21 @@ impl StoreSlot {
         self.0.load_full().map(|a| (*a).clone())
     }
 
+    /// The store, waiting up to `within` for the writer to open it (requests that arrive
+    /// while the gateway is still starting).
+    pub async fn wait(&self, within: Duration) -> Option<Arc<dyn Store>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.get() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn set(&self, store: Arc<dyn Store>) {
         self.0.store(Some(Arc::new(store)));
     }

@@ -471,7 +471,7 @@ pub async fn api_suite(mut cfg: StorageConfig) {
     submit_all(&p.sink, &recs).await;
     let store = p.store().await;
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
-    assert_eq!(store.schema_version().await.expect("version"), 1);
+    assert_eq!(store.schema_version().await.expect("version"), 2);
     // idempotent on request_id: a replayed batch stores nothing twice
     assert_eq!(store.insert_traces(&recs[..50]).await.expect("reinsert"), 0);
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
@@ -906,4 +906,606 @@ pub fn load_records(prefix: &str, n: usize) -> Vec<TraceRecord> {
             ..record(i)
         })
         .collect()
+}
+
+// ---- routing state (migration 2): decisions, feedback, audit log, route state, stats ----
+
+use loopgate::store::routing::{verify_chain, GENESIS_HASH};
+use loopgate::store::{
+    AuditAppend, AuditEntry, DecisionQuery, DecisionRow, FeedbackInsert, FeedbackRow,
+    RouteModelStats, RouteStateRow,
+};
+
+/// A trace with a routing decision attached (`ts` ties on purpose, for the cursor).
+pub fn decided(i: usize) -> TraceRecord {
+    let id = format!("dec-{i:04}");
+    let ts = T0 + (i as i64 / 2) * 1_000;
+    let d = DecisionRow {
+        request_id: id.clone(),
+        ts_ms: ts,
+        route: format!("r{}", i % 2),
+        mode: if i.is_multiple_of(4) {
+            "shadow"
+        } else {
+            "live"
+        }
+        .into(),
+        session_id: (i % 5 != 4).then(|| format!("ds{}", i % 3)),
+        chosen: format!("m{}", (i + 1) % 3),
+        served: format!("m{}", i % 3),
+        baseline: "m0".into(),
+        context: (i.is_multiple_of(2)).then(|| "code".to_string()),
+        kind: "promoted".into(),
+        shadow: i.is_multiple_of(4),
+        confidence: (!i.is_multiple_of(5)).then(|| i as f64 / 40.0),
+        quality: (!i.is_multiple_of(7)).then(|| 1.0 - i as f64 / 40.0),
+        propensity: 0.5 + i as f64 / 100.0,
+        table_version: 1_000 + i as u64,
+        signed: format!("{{\"trace\":{{\"i\":{i}}},\"signature\":\"ab\"}}"),
+    };
+    TraceRecord {
+        request_id: id,
+        ts_ms: ts,
+        route: Some(d.route.clone()),
+        session_id: d.session_id.clone(),
+        served_model: Some(d.served.clone()),
+        decision_id: Some(d.request_id.clone()),
+        decision: Some(Box::new(d)),
+        ..record(i)
+    }
+}
+
+fn decision_matches(d: &DecisionRow, q: &DecisionQuery) -> bool {
+    let in_range = |v: Option<f64>, lo: Option<f64>, hi: Option<f64>| {
+        (lo.is_none() && hi.is_none())
+            || v.is_some_and(|v| lo.is_none_or(|l| v >= l) && hi.is_none_or(|h| v <= h))
+    };
+    q.session_id
+        .as_ref()
+        .is_none_or(|s| d.session_id.as_ref() == Some(s))
+        && q.route.as_ref().is_none_or(|r| &d.route == r)
+        && q.model.as_ref().is_none_or(|m| &d.served == m)
+        && q.from_ms.is_none_or(|f| d.ts_ms >= f)
+        && q.to_ms.is_none_or(|t| d.ts_ms < t)
+        && in_range(d.confidence, q.min_confidence, q.max_confidence)
+        && in_range(d.quality, q.min_quality, q.max_quality)
+        && q.before.as_ref().is_none_or(|(ts, id)| {
+            d.ts_ms < *ts || (d.ts_ms == *ts && d.request_id.as_str() < id.as_str())
+        })
+}
+
+fn expected_ids(all: &[DecisionRow], q: &DecisionQuery) -> Vec<String> {
+    let mut v: Vec<&DecisionRow> = all.iter().filter(|d| decision_matches(d, q)).collect();
+    v.sort_by(|a, b| (b.ts_ms, &b.request_id).cmp(&(a.ts_ms, &a.request_id)));
+    v.into_iter()
+        .take(q.limit)
+        .map(|d| d.request_id.clone())
+        .collect()
+}
+
+async fn check_decisions(store: &Arc<dyn Store>) {
+    let recs: Vec<TraceRecord> = (0..60).map(decided).collect();
+    let all: Vec<DecisionRow> = recs
+        .iter()
+        .filter_map(|r| r.decision.as_deref().cloned())
+        .collect();
+    assert_eq!(store.insert_traces(&recs[..40]).await.expect("insert"), 40);
+    // a retried batch (overlapping) stores neither traces nor decisions twice
+    assert_eq!(store.insert_traces(&recs).await.expect("insert"), 20);
+    assert_eq!(
+        store.get_decision("dec-0013").await.expect("get").as_ref(),
+        Some(&all[13])
+    );
+    assert_eq!(store.get_decision("nope").await.expect("get"), None);
+    let t = store
+        .get_trace("dec-0013")
+        .await
+        .expect("get")
+        .expect("trace");
+    assert!(
+        t.decision.is_none(),
+        "decisions are read through get_decision"
+    );
+
+    let base = DecisionQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    let queries = vec![
+        base.clone(),
+        DecisionQuery {
+            session_id: Some("ds1".into()),
+            ..base.clone()
+        },
+        DecisionQuery {
+            route: Some("r1".into()),
+            ..base.clone()
+        },
+        DecisionQuery {
+            model: Some("m2".into()),
+            ..base.clone()
+        },
+        DecisionQuery {
+            from_ms: Some(T0 + 5_000),
+            to_ms: Some(T0 + 20_000),
+            ..base.clone()
+        },
+        DecisionQuery {
+            min_confidence: Some(0.5),
+            ..base.clone()
+        },
+        DecisionQuery {
+            max_confidence: Some(0.3),
+            ..base.clone()
+        },
+        DecisionQuery {
+            min_quality: Some(0.4),
+            max_quality: Some(0.8),
+            ..base.clone()
+        },
+        DecisionQuery {
+            route: Some("r0".into()),
+            model: Some("m1".into()),
+            min_confidence: Some(0.1),
+            ..base.clone()
+        },
+        DecisionQuery {
+            before: Some((T0 + 10_000, "dec-0021".into())),
+            ..base.clone()
+        },
+        DecisionQuery {
+            limit: 3,
+            ..base.clone()
+        },
+    ];
+    for q in &queries {
+        let got: Vec<String> = store
+            .query_decisions(q)
+            .await
+            .expect("query")
+            .into_iter()
+            .map(|d| d.request_id)
+            .collect();
+        let want = expected_ids(&all, q);
+        assert!(!want.is_empty(), "{q:?} selects something");
+        assert_eq!(got, want, "{q:?}");
+    }
+    // the rows come back whole
+    let one = store
+        .query_decisions(&DecisionQuery {
+            session_id: Some("ds2".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        Some(&one[0]),
+        all.iter().find(|d| d.request_id == one[0].request_id)
+    );
+    // keyset paging over equal timestamps visits every row once, newest first
+    let mut paged = Vec::new();
+    let mut q = DecisionQuery {
+        limit: 7,
+        ..Default::default()
+    };
+    for _ in 0..20 {
+        let page = store.query_decisions(&q).await.expect("page");
+        let Some(last) = page.last() else { break };
+        q.before = Some((last.ts_ms, last.request_id.clone()));
+        paged.extend(page.into_iter().map(|d| d.request_id));
+    }
+    assert_eq!(paged, expected_ids(&all, &base));
+    // the page size is capped
+    let capped = store
+        .query_decisions(&DecisionQuery {
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .expect("capped");
+    assert_eq!(capped.len(), 60);
+}
+
+pub fn feedback(i: usize, key: &str) -> FeedbackRow {
+    FeedbackRow {
+        seq: 0,
+        id: format!("fb_{key}"),
+        dedup_key: key.to_string(),
+        signal: if i.is_multiple_of(2) {
+            "feedback"
+        } else {
+            "session_nps"
+        }
+        .into(),
+        request_id: (i.is_multiple_of(2)).then(|| format!("dec-{i:04}")),
+        session_id: (i % 2 == 1).then(|| format!("ds{i}")),
+        route: Some("r0".into()),
+        model: Some("m1".into()),
+        context: (i.is_multiple_of(3)).then(|| "math".to_string()),
+        value: (i % 11) as f64,
+        scale: if i.is_multiple_of(2) { "binary" } else { "nps" }.into(),
+        targets: if i % 2 == 1 {
+            vec![
+                ("r0".into(), "m1".into(), String::new()),
+                ("r1".into(), "m2".into(), "code".into()),
+            ]
+        } else {
+            Vec::new()
+        },
+        at_ms: T0 + i as i64,
+        received_ms: T0 + 1_000 + i as i64,
+        key_id: Some("k1".into()),
+        comment: (i.is_multiple_of(4)).then(|| "nice \"quoted\" ✓".to_string()),
+        detail: (i.is_multiple_of(5)).then(|| "{\"rubric\":\"v1\"}".to_string()),
+    }
+}
+
+async fn check_feedback(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    let mut stored: Vec<FeedbackRow> = Vec::new();
+    for i in 0..5 {
+        match a
+            .insert_feedback(&feedback(i, &format!("k{i}")))
+            .await
+            .expect("insert")
+        {
+            FeedbackInsert::Inserted(r) => {
+                assert!(stored.last().is_none_or(|p| r.seq > p.seq), "seq increases");
+                assert_eq!(
+                    r,
+                    FeedbackRow {
+                        seq: r.seq,
+                        ..feedback(i, &format!("k{i}"))
+                    }
+                );
+                stored.push(r);
+            }
+            FeedbackInsert::Duplicate(r) => panic!("fresh key reported duplicate: {r:?}"),
+        }
+    }
+    // same dedup key, different content (and id): the original comes back unchanged
+    let dup = FeedbackRow {
+        id: "fb_other".into(),
+        value: 99.0,
+        ..feedback(2, "k2")
+    };
+    assert_eq!(
+        b.insert_feedback(&dup).await.expect("dup"),
+        FeedbackInsert::Duplicate(stored[2].clone())
+    );
+    // two instances insert concurrently, including a race on the same key
+    let (ra, rb) = tokio::join!(
+        async {
+            let mut out = Vec::new();
+            for i in 0..15 {
+                out.push(
+                    a.insert_feedback(&feedback(i, &format!("a{i}")))
+                        .await
+                        .expect("a"),
+                );
+                out.push(
+                    a.insert_feedback(&feedback(i, &format!("both{i}")))
+                        .await
+                        .expect("a"),
+                );
+            }
+            out
+        },
+        async {
+            let mut out = Vec::new();
+            for i in 0..15 {
+                out.push(
+                    b.insert_feedback(&feedback(i, &format!("b{i}")))
+                        .await
+                        .expect("b"),
+                );
+                let mut row = feedback(i, &format!("both{i}"));
+                row.id = format!("fb_b_both{i}");
+                out.push(b.insert_feedback(&row).await.expect("b"));
+            }
+            out
+        }
+    );
+    let mut inserted = 0;
+    for r in ra.iter().chain(&rb) {
+        if let FeedbackInsert::Inserted(_) = r {
+            inserted += 1;
+        }
+    }
+    assert_eq!(inserted, 45, "15 a + 15 b + one winner per shared key");
+    let everything = a.feedback_since(0, 10_000).await.expect("since");
+    assert_eq!(everything.len(), 50);
+    assert!(everything.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(&everything[..5], &stored[..]);
+    // every Inserted row is stored exactly as returned
+    for r in ra.iter().chain(&rb) {
+        if let FeedbackInsert::Inserted(r) = r {
+            assert!(everything.contains(r), "{r:?}");
+        }
+    }
+    // paging with a cursor visits everything once, in order
+    let mut cursor = 0;
+    let mut paged = Vec::new();
+    for _ in 0..100 {
+        let page = b.feedback_since(cursor, 7).await.expect("page");
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 7);
+        cursor = last.seq;
+        paged.extend(page);
+    }
+    assert_eq!(paged, everything);
+    assert!(a
+        .feedback_since(everything[49].seq, 10)
+        .await
+        .expect("tail")
+        .is_empty());
+}
+
+fn audit_append(who: &str, i: usize) -> AuditAppend {
+    AuditAppend {
+        ts_ms: T0 + i as i64,
+        actor: who.into(),
+        action: "constraints.update".into(),
+        route: (!i.is_multiple_of(3)).then(|| "chat".to_string()),
+        old: Some(format!("{{\"min_samples\":{i}}}")),
+        new: Some(format!("{{\"min_samples\":{}}}", i + 1)),
+        reason: (i.is_multiple_of(2)).then(|| "tuning".to_string()),
+    }
+}
+
+async fn check_audit(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    assert!(a.list_audit(0, 10).await.expect("empty").is_empty());
+    let (ea, eb) = tokio::join!(
+        async {
+            let mut v: Vec<AuditEntry> = Vec::new();
+            for i in 0..12 {
+                v.push(
+                    a.append_audit(&audit_append("ka", i))
+                        .await
+                        .expect("append a"),
+                );
+            }
+            v
+        },
+        async {
+            let mut v: Vec<AuditEntry> = Vec::new();
+            for i in 0..12 {
+                v.push(
+                    b.append_audit(&audit_append("kb", i))
+                        .await
+                        .expect("append b"),
+                );
+            }
+            v
+        }
+    );
+    let all = b.list_audit(0, 1000).await.expect("list");
+    assert_eq!(all.len(), 24);
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=24).collect::<Vec<i64>>()
+    );
+    verify_chain(GENESIS_HASH, &all).expect("one unbroken chain");
+    for e in ea.iter().chain(&eb) {
+        assert_eq!(
+            &all[(e.seq - 1) as usize],
+            e,
+            "returned entry is the stored one"
+        );
+    }
+    let page = a.list_audit(5, 5).await.expect("page");
+    assert_eq!(page, all[5..10].to_vec());
+    verify_chain(&all[4].hash, &page).expect("a page verifies from its predecessor");
+    let next = a
+        .append_audit(&audit_append("ka", 99))
+        .await
+        .expect("append");
+    assert_eq!(
+        (next.seq, next.prev_hash.as_str()),
+        (25, all[23].hash.as_str())
+    );
+}
+
+async fn check_route_state(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    assert!(a.route_states().await.expect("empty").is_empty());
+    a.put_route_state("chat", "pin", Some("{\"model\":\"m0\"}"), 10)
+        .await
+        .expect("put");
+    a.put_route_state("chat", "constraints", Some("{\"min_samples\":5}"), 11)
+        .await
+        .expect("put");
+    b.put_route_state("code", "pin", Some("{\"model\":\"m1\"}"), 12)
+        .await
+        .expect("put");
+    b.put_route_state("chat", "pin", Some("{\"model\":\"m2\"}"), 13)
+        .await
+        .expect("overwrite");
+    a.put_route_state("code", "pin", None, 14)
+        .await
+        .expect("delete");
+    a.put_route_state("nowhere", "pin", None, 15)
+        .await
+        .expect("deleting nothing is fine");
+    let row = |r: &str, k: &str, v: &str, t: i64| RouteStateRow {
+        route: r.into(),
+        key: k.into(),
+        value: v.into(),
+        updated_ms: t,
+    };
+    assert_eq!(
+        b.route_states().await.expect("states"),
+        vec![
+            row("chat", "constraints", "{\"min_samples\":5}", 11),
+            row("chat", "pin", "{\"model\":\"m2\"}", 13),
+        ]
+    );
+}
+
+/// 2026-04-11: later than every other trace of the suite, so the stats window holds only these.
+pub const STATS_T: i64 = T0 + 100 * 24 * HOUR;
+
+fn stat_trace(id: String, ts: i64, route: &str, model: &str, latency: f64) -> TraceRecord {
+    TraceRecord {
+        request_id: id,
+        ts_ms: ts,
+        endpoint: "chat.completions".into(),
+        route: Some(route.into()),
+        served_model: Some(model.into()),
+        status: 200,
+        error: None,
+        shadow: false,
+        prompt_tokens: 100,
+        completion_tokens: 10,
+        cost_usd: 0.25,
+        latency_ms: latency,
+        decision: None,
+        ..record(1)
+    }
+}
+
+async fn check_route_model_stats(store: &Arc<dyn Store>) {
+    let mut recs = Vec::new();
+    // (sa, m1): 20 served rows, latencies 1..=20; 2 statuses >= 400 and one mid-stream error
+    for i in 0..20 {
+        let mut r = stat_trace(
+            format!("st-a1-{i}"),
+            STATS_T + i,
+            "sa",
+            "m1",
+            (i + 1) as f64,
+        );
+        match i {
+            3 => r.status = 500,
+            4 => r.status = 429,
+            5 => r.error = Some("stream reset".into()),
+            _ => {}
+        }
+        recs.push(r);
+    }
+    // (sa, m2): 3 rows
+    for i in 0..3 {
+        recs.push(stat_trace(
+            format!("st-a2-{i}"),
+            STATS_T + i,
+            "sa",
+            "m2",
+            7.0 + i as f64,
+        ));
+    }
+    // excluded: shadow, judge, before the window, no route, no served model
+    let mut shadow = stat_trace("st-x-shadow".into(), STATS_T + 1, "sa", "m1", 1e6);
+    shadow.shadow = true;
+    shadow.endpoint = "shadow".into();
+    let mut judge = stat_trace("st-x-judge".into(), STATS_T + 1, "sa", "m1", 1e6);
+    judge.endpoint = "judge".into();
+    let early = stat_trace("st-x-early".into(), STATS_T - 1, "sa", "m1", 1e6);
+    let mut no_route = stat_trace("st-x-noroute".into(), STATS_T + 1, "sa", "m1", 1e6);
+    no_route.route = None;
+    let mut no_model = stat_trace("st-x-nomodel".into(), STATS_T + 1, "sa", "m1", 1e6);
+    no_model.served_model = None;
+    recs.extend([shadow, judge, early, no_route, no_model]);
+    // (sb, m1): 5,100 rows; the oldest 100 are slow and fall outside the p95 window
+    for i in 0..5_100i64 {
+        let lat = if i < 100 { 10_000.0 } else { (i - 99) as f64 };
+        recs.push(stat_trace(
+            format!("st-b1-{i:05}"),
+            STATS_T + i,
+            "sb",
+            "m1",
+            lat,
+        ));
+    }
+    for chunk in recs.chunks(500) {
+        store
+            .insert_traces(chunk)
+            .await
+            .expect("insert stats traces");
+    }
+    let got = store.route_model_stats(STATS_T).await.expect("stats");
+    let want = vec![
+        RouteModelStats {
+            route: "sa".into(),
+            model: "m1".into(),
+            requests: 20,
+            errors: 3,
+            prompt_tokens: 2_000,
+            completion_tokens: 200,
+            cost_usd: 5.0,
+            p95_latency_ms: Some(19.0),
+        },
+        RouteModelStats {
+            route: "sa".into(),
+            model: "m2".into(),
+            requests: 3,
+            errors: 0,
+            prompt_tokens: 300,
+            completion_tokens: 30,
+            cost_usd: 0.75,
+            p95_latency_ms: Some(9.0),
+        },
+        RouteModelStats {
+            route: "sb".into(),
+            model: "m1".into(),
+            requests: 5_100,
+            errors: 0,
+            prompt_tokens: 510_000,
+            completion_tokens: 51_000,
+            cost_usd: 1_275.0,
+            p95_latency_ms: Some(4_750.0),
+        },
+    ];
+    let mut got_sorted = got.clone();
+    got_sorted.sort_by(|x, y| (&x.route, &x.model).cmp(&(&y.route, &y.model)));
+    assert_eq!(got_sorted.len(), want.len(), "{got:?}");
+    for (g, w) in got_sorted.iter().zip(&want) {
+        assert!((g.cost_usd - w.cost_usd).abs() < 1e-6, "{g:?}");
+        assert_eq!(
+            RouteModelStats {
+                cost_usd: w.cost_usd,
+                ..g.clone()
+            },
+            *w
+        );
+    }
+    // a later window sees only the tail of (sb, m1)
+    let tail = store
+        .route_model_stats(STATS_T + 5_000)
+        .await
+        .expect("stats");
+    assert_eq!(tail.len(), 1);
+    assert_eq!(
+        (tail[0].requests, tail[0].p95_latency_ms),
+        (100, Some(4_995.0))
+    );
+}
+
+/// Every routing-state method on one database, through two store instances (`a`, `b`) that
+/// share it, as two gateways would.
+pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    assert_eq!(a.schema_version().await.expect("version"), 2);
+    check_decisions(&a).await;
+    check_feedback(&a, &b).await;
+    check_audit(&a, &b).await;
+    check_route_state(&a, &b).await;
+    check_route_model_stats(&a).await;
+    // retention removes a decision together with its trace
+    let n = b
+        .purge(&PurgeRule {
+            before_ms: T0 + 10_000,
+            projects: ProjectSel::AllExcept(Vec::new()),
+        })
+        .await
+        .expect("purge");
+    assert_eq!(n, 20);
+    assert_eq!(a.get_decision("dec-0019").await.expect("get"), None);
+    assert!(a.get_decision("dec-0020").await.expect("get").is_some());
+    let left = a
+        .query_decisions(&DecisionQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("query");
+    assert_eq!(left.len(), 40);
 }

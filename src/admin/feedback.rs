@@ -1,0 +1,410 @@
+//! `POST /v1/feedback`: quality signals for the router.
+//!
+//! Three shapes, one endpoint:
+//! - per request: `{"id": "<response id>", "score": 1, "scale": "thumbs"}` (scales `thumbs`,
+//!   `one_to_five`, `zero_to_ten`, `unit`; `signal` `feedback` (default), `judge` or `admin`
+//!   — the last two need the admin scope),
+//! - per session: `{"session_id": "...", "nps": 0..10}`, credited to every routed request of
+//!   the session with weight w/k (the session counts once),
+//! - optional `comment` (≤ 2,000 chars) and `detail` (JSON, e.g. judge dimensions).
+//!
+//! The target's route and served model are resolved now (from the in-memory recent decisions,
+//! else the store) and stored with the event, so the aggregator folds it without joins and
+//! every instance folds it identically. Duplicates answer 409 with the original event; unknown
+//! ids answer 404; feedback on a request that was not routed (a concrete model) is stored but
+//! does not move any route (`"routed": false`).
+
+use std::collections::HashSet;
+
+use serde_json::{json, Map, Value};
+
+use super::logs::{store_err, store_of};
+use super::{AdminRequest, AdminResponse, Scope};
+use crate::error::GatewayError;
+use crate::feedback::posterior::{normalise, nps_to_unit};
+use crate::feedback::service::{parse_scale, scale_name};
+use crate::metrics::metrics;
+use crate::routing::auto::AutoState;
+use crate::store::{DecisionQuery, FeedbackInsert, FeedbackRow, Store};
+use crate::trace::writer::StoreSlot;
+
+const MAX_COMMENT: usize = 2000;
+/// How long a request waits for the store while the gateway is starting.
+pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const MAX_DETAIL_BYTES: usize = 16 * 1024;
+/// Routed requests of one session that an NPS can credit.
+const MAX_SESSION_REQUESTS: usize = 1000;
+
+pub async fn handle(
+    slot: Option<&StoreSlot>,
+    auto: &AutoState,
+    req: &AdminRequest,
+) -> Result<AdminResponse, GatewayError> {
+    if req.method != "POST" {
+        return Err(GatewayError::MethodNotAllowed(format!(
+            "{} is not allowed on /v1/feedback; use POST",
+            req.method
+        )));
+    }
+    req.caller
+        .require(Scope::Inference)
+        .or_else(|_| req.caller.require(Scope::Admin))?;
+    let body: Map<String, Value> = crate::proxy::request::parse_object(&req.body)?;
+    let slot = slot.ok_or_else(|| {
+        GatewayError::Unavailable(
+            "feedback needs a store: storage.backend is \"none\" on this gateway".into(),
+        )
+    })?;
+    let store = match slot.wait(STORE_WAIT).await {
+        Some(s) => s,
+        None => store_of(slot)?,
+    };
+    for k in body.keys() {
+        if !matches!(
+            k.as_str(),
+            "id" | "request_id"
+                | "score"
+                | "scale"
+                | "signal"
+                | "session_id"
+                | "nps"
+                | "comment"
+                | "detail"
+        ) {
+            return Err(GatewayError::invalid(
+                format!("unknown field '{k}'"),
+                Some(k),
+            ));
+        }
+    }
+    let comment = match body.get("comment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_COMMENT => Some(s.clone()),
+        Some(Value::String(_)) => {
+            return Err(GatewayError::invalid(
+                format!("'comment' is longer than {MAX_COMMENT} characters"),
+                Some("comment"),
+            ))
+        }
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "'comment' must be a string",
+                Some("comment"),
+            ))
+        }
+    };
+    let detail = match body.get("detail") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let s = serde_json::to_string(v).unwrap_or_default();
+            if s.len() > MAX_DETAIL_BYTES {
+                return Err(GatewayError::invalid(
+                    format!("'detail' is larger than {MAX_DETAIL_BYTES} bytes"),
+                    Some("detail"),
+                ));
+            }
+            Some(s)
+        }
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let key_id = req.caller.key_id.clone();
+    let row = if body.contains_key("nps")
+        || (body.contains_key("session_id") && !body.contains_key("id"))
+    {
+        session_row(&*store, auto, &body, now_ms, key_id, comment, detail).await?
+    } else {
+        request_row(&*store, auto, req, &body, now_ms, key_id, comment, detail).await?
+    };
+    let signal = row.signal.clone();
+    match store.insert_feedback(&row).await.map_err(store_err)? {
+        FeedbackInsert::Inserted(stored) => {
+            metrics()
+                .feedback_received
+                .with_label_values(&[&signal, "accepted"])
+                .inc();
+            auto.nudge.notify_one();
+            Ok(AdminResponse::json(201, &event_json(&stored, "accepted")))
+        }
+        FeedbackInsert::Duplicate(orig) => {
+            metrics()
+                .feedback_received
+                .with_label_values(&[&signal, "duplicate"])
+                .inc();
+            let what = match &orig.session_id {
+                Some(s) if orig.signal == "session_nps" => format!("session '{s}'"),
+                _ => format!(
+                    "request '{}'",
+                    orig.request_id.as_deref().unwrap_or_default()
+                ),
+            };
+            let mut resp = AdminResponse::error(&GatewayError::Conflict {
+                message: format!(
+                    "{} feedback for {what} was already recorded as {} (value {}); it is counted once and this one was not stored",
+                    orig.signal, orig.id, orig.value
+                ),
+                code: "duplicate_feedback",
+            });
+            resp.headers
+                .push(("loopgate-feedback-id".into(), orig.id.clone()));
+            Ok(resp)
+        }
+    }
+}
+
+fn new_event_id() -> String {
+    use rand::Rng;
+    const A: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    let mut s = String::with_capacity(27);
+    s.push_str("fb_");
+    for _ in 0..24 {
+        s.push(A[rng.gen_range(0..A.len())] as char);
+    }
+    s
+}
+
+pub fn event_json(r: &FeedbackRow, status: &str) -> Value {
+    json!({
+        "object": "feedback",
+        "id": r.id,
+        "status": status,
+        "signal": r.signal,
+        "request_id": r.request_id,
+        "session_id": r.session_id,
+        "routed": r.route.is_some() || !r.targets.is_empty(),
+        "route": r.route,
+        "model": r.model,
+        "context": r.context,
+        "value": r.value,
+        "scale": r.scale,
+        "credited_requests": if r.signal == "session_nps" { r.targets.len() } else { usize::from(r.route.is_some()) },
+        "at_ms": r.at_ms,
+        "received_ms": r.received_ms,
+        "sequence": r.seq,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn request_row(
+    store: &dyn Store,
+    auto: &AutoState,
+    req: &AdminRequest,
+    body: &Map<String, Value>,
+    now_ms: i64,
+    key_id: Option<String>,
+    comment: Option<String>,
+    detail: Option<String>,
+) -> Result<FeedbackRow, GatewayError> {
+    let id = body
+        .get("id")
+        .or_else(|| body.get("request_id"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .ok_or_else(|| {
+            GatewayError::invalid_code(
+                "Missing 'id' (the response id to score) or 'session_id' with 'nps'.",
+                Some("id"),
+                "missing_required_parameter",
+            )
+        })?
+        .to_string();
+    let signal = match body
+        .get("signal")
+        .and_then(Value::as_str)
+        .unwrap_or("feedback")
+    {
+        s @ "feedback" => s,
+        s @ ("judge" | "admin") => {
+            req.caller.require(Scope::Admin)?;
+            s
+        }
+        other => {
+            return Err(GatewayError::invalid(
+                format!("'signal' must be feedback, judge or admin, got '{other}'"),
+                Some("signal"),
+            ))
+        }
+    };
+    let default_scale = if signal == "judge" { "unit" } else { "thumbs" };
+    let scale_s = match body.get("scale") {
+        None | Some(Value::Null) => default_scale,
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "'scale' must be a string",
+                Some("scale"),
+            ))
+        }
+    };
+    let scale = parse_scale(scale_s).ok_or_else(|| {
+        GatewayError::invalid(
+            format!("'scale' must be one of thumbs (0/1), one_to_five, zero_to_ten, unit; got '{scale_s}'"),
+            Some("scale"),
+        )
+    })?;
+    let score = match body.get("score") {
+        Some(Value::Bool(b)) => f64::from(u8::from(*b)),
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| GatewayError::invalid("'score' must be a number", Some("score")))?,
+        None => {
+            return Err(GatewayError::invalid_code(
+                "Missing required parameter: 'score'.",
+                Some("score"),
+                "missing_required_parameter",
+            ))
+        }
+    };
+    normalise(score, scale).map_err(|e| GatewayError::invalid(e.to_string(), Some("score")))?;
+    // Find what was served for this id: recent memory first (the trace may not be stored yet).
+    let (route, model, context, session, at_ms) = if let Some(r) = auto.recent(&id) {
+        (
+            Some(r.route.to_string()),
+            Some(r.served.to_string()),
+            r.context.map(|c| c.to_string()),
+            r.session,
+            r.at_ms,
+        )
+    } else if let Some(d) = store.get_decision(&id).await.map_err(store_err)? {
+        (
+            Some(d.route),
+            Some(d.served),
+            d.context,
+            d.session_id,
+            d.ts_ms,
+        )
+    } else if let Some(t) = store.get_trace(&id).await.map_err(store_err)? {
+        (None, t.served_model, None, t.session_id, t.ts_ms)
+    } else {
+        return Err(GatewayError::NotFound {
+            message: format!(
+                "No request with id '{id}' is known to this gateway (ids are the `id` of a chat completion; traces are kept per the retention settings)."
+            ),
+            code: "unknown_request_id",
+            param: Some("id".into()),
+        });
+    };
+    let dedup_key = match signal {
+        "admin" => format!(
+            "request:{id}:admin:{}",
+            key_id.as_deref().unwrap_or("anonymous")
+        ),
+        s => format!("request:{id}:{s}"),
+    };
+    let routed = route.is_some();
+    Ok(FeedbackRow {
+        seq: 0,
+        id: new_event_id(),
+        dedup_key,
+        signal: signal.to_string(),
+        request_id: Some(id),
+        session_id: session,
+        route,
+        // Unrouted requests keep the served model for reference only.
+        model,
+        context: if routed { context } else { None },
+        value: score,
+        scale: scale_name(scale).to_string(),
+        targets: Vec::new(),
+        at_ms,
+        received_ms: now_ms,
+        key_id,
+        comment,
+        detail,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_row(
+    store: &dyn Store,
+    auto: &AutoState,
+    body: &Map<String, Value>,
+    now_ms: i64,
+    key_id: Option<String>,
+    comment: Option<String>,
+    detail: Option<String>,
+) -> Result<FeedbackRow, GatewayError> {
+    let session = body
+        .get("session_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .ok_or_else(|| {
+            GatewayError::invalid_code(
+                "Missing 'session_id' (a session NPS needs the session it rates).",
+                Some("session_id"),
+                "missing_required_parameter",
+            )
+        })?
+        .to_string();
+    let nps = body.get("nps").and_then(Value::as_f64).ok_or_else(|| {
+        GatewayError::invalid_code(
+            "Missing or non-numeric 'nps' (0..10).",
+            Some("nps"),
+            "missing_required_parameter",
+        )
+    })?;
+    nps_to_unit(nps).map_err(|e| GatewayError::invalid(e.to_string(), Some("nps")))?;
+    if body.contains_key("score") || body.contains_key("id") {
+        return Err(GatewayError::invalid(
+            "send either a per-request score (id + score) or a session NPS (session_id + nps), not both",
+            Some("nps"),
+        ));
+    }
+    // The session's routed requests: stored decisions plus those not yet stored.
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut targets: Vec<(String, String, String)> = Vec::new();
+    let mut latest = 0i64;
+    for (rid, r) in auto.recent_in_session(&session) {
+        if seen.insert(rid) {
+            latest = latest.max(r.at_ms);
+            targets.push((
+                r.route.to_string(),
+                r.served.to_string(),
+                r.context.as_deref().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    let stored = store
+        .query_decisions(&DecisionQuery {
+            session_id: Some(session.clone()),
+            limit: MAX_SESSION_REQUESTS,
+            ..Default::default()
+        })
+        .await
+        .map_err(store_err)?;
+    for d in stored {
+        if seen.insert(d.request_id.clone()) {
+            latest = latest.max(d.ts_ms);
+            targets.push((d.route, d.served, d.context.unwrap_or_default()));
+        }
+    }
+    if targets.is_empty() {
+        return Err(GatewayError::NotFound {
+            message: format!(
+                "Session '{session}' has no routed requests (send requests with model \"auto\" and the session header first)."
+            ),
+            code: "unknown_session",
+            param: Some("session_id".into()),
+        });
+    }
+    targets.truncate(MAX_SESSION_REQUESTS);
+    Ok(FeedbackRow {
+        seq: 0,
+        id: new_event_id(),
+        dedup_key: format!("session:{session}"),
+        signal: "session_nps".into(),
+        request_id: None,
+        session_id: Some(session),
+        route: None,
+        model: None,
+        context: None,
+        value: nps,
+        scale: "nps".into(),
+        targets,
+        at_ms: latest,
+        received_ms: now_ms,
+        key_id,
+        comment,
+        detail,
+    })
+}

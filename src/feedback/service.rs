@@ -1,0 +1,734 @@
+//! The background feedback aggregator (a Pingora background service).
+//!
+//! Every `routing.refresh_ms` (or at once when nudged by new feedback, a reload or an operator
+//! change) it
+//! 1. reads feedback rows past its cursor from the store and folds them into the
+//!    [`Aggregator`] (idempotent by event id, order-independent by event time),
+//! 2. every few refreshes re-reads served-traffic stats (success rate, p95 latency, token
+//!    mix), today's router spend and the operator's route state (mode, constraints, pins),
+//! 3. rebuilds every feedback route's [`PreparedRoute`] (and per-context snapshots) and
+//!    publishes a new [`RouterTable`] through the `ArcSwap` the request path reads.
+//!
+//! With PostgreSQL every instance folds the same shared rows, so all instances converge to the
+//! same posteriors; spend and traffic stats are read from the shared store too.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::RouteConfig;
+use crate::dialect::Usage;
+use crate::metrics::metrics;
+use crate::proxy::Gateway;
+use crate::routing::auto::{AutoRoute, RouteInfo, RouterTable};
+use crate::routing::Runtime;
+use crate::store::{FeedbackRow, RouteModelStats, RouteStateRow, Store};
+use crate::trace::writer::StoreSlot;
+
+use super::aggregator::{Aggregator, FeedbackEvent, FeedbackKind, RoutingStats};
+use super::constraints::Constraints;
+use super::posterior::{Posterior, PosteriorState, Scale, Signal};
+use super::priors::Priors;
+use super::router::{Mode, ModelInput, PreparedRoute, RouteInput};
+
+/// Separator between a route and a context bucket in posterior keys (`default\u{1f}math`).
+pub const CONTEXT_SEP: char = '\u{1f}';
+
+/// Posterior key of a route's context bucket.
+pub fn context_key(route: &str, context: &str) -> String {
+    format!("{route}{CONTEXT_SEP}{context}")
+}
+
+/// Map a stored feedback row to the aggregator's events (route level, and context level when
+/// the scored decision used a context bucket). Errors name what is wrong with the row.
+pub fn events_for(row: &FeedbackRow) -> Result<Vec<FeedbackEvent>, String> {
+    let mut out = Vec::with_capacity(2);
+    match row.signal.as_str() {
+        "session_nps" => {
+            let requests: Vec<(Arc<str>, Arc<str>)> = row
+                .targets
+                .iter()
+                .map(|(r, m, _)| (Arc::from(r.as_str()), Arc::from(m.as_str())))
+                .collect();
+            let ctx_requests: Vec<(Arc<str>, Arc<str>)> = row
+                .targets
+                .iter()
+                .filter(|(_, _, c)| !c.is_empty())
+                .map(|(r, m, c)| (Arc::from(context_key(r, c)), Arc::from(m.as_str())))
+                .collect();
+            out.push(FeedbackEvent {
+                id: row.id.clone(),
+                at_ms: row.at_ms,
+                kind: FeedbackKind::SessionNps {
+                    nps: row.value,
+                    requests,
+                },
+            });
+            if !ctx_requests.is_empty() {
+                out.push(FeedbackEvent {
+                    id: format!("{}#ctx", row.id),
+                    at_ms: row.at_ms,
+                    kind: FeedbackKind::SessionNps {
+                        nps: row.value,
+                        requests: ctx_requests,
+                    },
+                });
+            }
+        }
+        s => {
+            let signal = match s {
+                "feedback" => Signal::Feedback,
+                "judge" => Signal::Judge,
+                "admin" => Signal::Admin,
+                other => return Err(format!("unknown signal '{other}'")),
+            };
+            let scale =
+                parse_scale(&row.scale).ok_or_else(|| format!("unknown scale '{}'", row.scale))?;
+            // Feedback on a request that was not routed is kept but moves no route.
+            let (Some(route), Some(model)) = (&row.route, &row.model) else {
+                return Ok(Vec::new());
+            };
+            let mk = |id: String, route: Arc<str>| FeedbackEvent {
+                id,
+                at_ms: row.at_ms,
+                kind: FeedbackKind::Score {
+                    route,
+                    model: Arc::from(model.as_str()),
+                    signal,
+                    value: row.value,
+                    scale,
+                },
+            };
+            out.push(mk(row.id.clone(), Arc::from(route.as_str())));
+            if let Some(c) = row.context.as_deref().filter(|c| !c.is_empty()) {
+                out.push(mk(
+                    format!("{}#ctx", row.id),
+                    Arc::from(context_key(route, c)),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The priors category for a prompt-context bucket (see `conf/PRIORS.md`).
+pub fn prior_category(context: &str) -> &'static str {
+    match context {
+        "math" | "mcq-math" => "math",
+        "code" => "coding",
+        "mcq" | "mcq-long" => "knowledge",
+        "chat-short" | "chat-long" | "chat-multi" | "writing" | "extraction" => "chat",
+        _ => "general",
+    }
+}
+
+/// Accepted scale names (the API also takes these aliases).
+pub fn parse_scale(s: &str) -> Option<Scale> {
+    Some(match s {
+        "thumbs" | "binary" | "0-1" => Scale::Thumbs,
+        "one_to_five" | "1-5" | "five" | "stars" => Scale::OneToFive,
+        "zero_to_ten" | "0-10" | "ten" => Scale::ZeroToTen,
+        "unit" | "0..1" => Scale::Unit,
+        _ => return None,
+    })
+}
+
+/// Canonical stored name of a scale.
+pub fn scale_name(s: Scale) -> &'static str {
+    match s {
+        Scale::Thumbs => "thumbs",
+        Scale::OneToFive => "one_to_five",
+        Scale::ZeroToTen => "zero_to_ten",
+        Scale::Unit => "unit",
+    }
+}
+
+/// Served-traffic facts the builder needs, read from the store.
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    /// (route, provider-native model) → stats over the window.
+    pub by_model: HashMap<(String, String), RouteModelStats>,
+    /// route → router spend today (non-baseline models), USD.
+    pub spend_today: HashMap<String, f64>,
+    /// Operator state per (route, key).
+    pub states: HashMap<(String, String), String>,
+}
+
+impl Traffic {
+    pub fn from_rows(
+        window: Vec<RouteModelStats>,
+        today: Vec<RouteModelStats>,
+        states: Vec<RouteStateRow>,
+        baselines: &HashMap<String, String>,
+    ) -> Traffic {
+        let mut spend_today: HashMap<String, f64> = HashMap::new();
+        for s in today {
+            if baselines.get(&s.route).is_some_and(|b| *b == s.model) {
+                continue;
+            }
+            *spend_today.entry(s.route.clone()).or_default() += s.cost_usd;
+        }
+        Traffic {
+            by_model: window
+                .into_iter()
+                .map(|s| ((s.route.clone(), s.model.clone()), s))
+                .collect(),
+            spend_today,
+            states: states
+                .into_iter()
+                .map(|r| ((r.route, r.key), r.value))
+                .collect(),
+        }
+    }
+
+    fn state(&self, route: &str, key: &str) -> Option<&str> {
+        self.states
+            .get(&(route.to_string(), key.to_string()))
+            .map(String::as_str)
+    }
+}
+
+/// A pin stored in route state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PinState {
+    pub model: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub actor: Option<String>,
+    #[serde(default)]
+    pub at_ms: i64,
+    /// Set by the automatic regression rollback rather than an operator.
+    #[serde(default)]
+    pub automatic: bool,
+}
+
+/// The effective mode, constraints and pin of a route (config, overridden by the API).
+pub fn effective_state(
+    name: &str,
+    rc: &RouteConfig,
+    traffic: &Traffic,
+) -> (
+    Mode,
+    &'static str,
+    Constraints,
+    &'static str,
+    Option<PinState>,
+) {
+    let (mode, mode_src) = match traffic
+        .state(name, "mode")
+        .and_then(|v| serde_json::from_str::<Mode>(v).ok())
+    {
+        Some(m) => (m, "api"),
+        None => (rc.mode, "config"),
+    };
+    let (constraints, c_src) = match traffic
+        .state(name, "constraints")
+        .and_then(|v| serde_json::from_str::<Constraints>(v).ok())
+        .filter(|c| c.validate().is_ok())
+    {
+        Some(c) => (c, "api"),
+        None => (rc.constraints.clone(), "config"),
+    };
+    let pin = traffic
+        .state(name, "pin")
+        .and_then(|v| serde_json::from_str::<PinState>(v).ok());
+    (mode, mode_src, constraints, c_src, pin)
+}
+
+/// Everything a table build reads.
+pub struct BuildInputs<'a> {
+    pub rt: &'a Runtime,
+    pub stats: &'a RoutingStats,
+    pub traffic: &'a Traffic,
+    pub priors: Option<&'a Priors>,
+    pub posterior_cfg: &'a super::posterior::PosteriorConfig,
+    pub version: u64,
+    pub now_ms: i64,
+    pub events_folded: u64,
+}
+
+/// Build the router table for every feedback route of the runtime's config.
+pub fn build_table(inp: &BuildInputs<'_>) -> RouterTable {
+    let mut table = RouterTable {
+        version: inp.version,
+        built_ms: inp.now_ms,
+        events_folded: inp.events_folded,
+        ..Default::default()
+    };
+    for (name, rc) in inp.rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
+        match build_route(inp, name, rc) {
+            Ok(ar) => {
+                table.routes.insert(name.clone(), ar);
+            }
+            Err(e) => table.broken.push((name.clone(), e)),
+        }
+    }
+    table
+}
+
+struct ModelFacts {
+    name: String,
+    native: String,
+    cost: f64,
+    p95: Option<f64>,
+    success: Option<f64>,
+}
+
+fn build_route(inp: &BuildInputs<'_>, name: &str, rc: &RouteConfig) -> Result<AutoRoute, String> {
+    let rt = inp.rt;
+    let baseline = rc.baseline.as_deref().unwrap_or_default();
+    let (mode, mode_source, constraints, constraints_source, pin) =
+        effective_state(name, rc, inp.traffic);
+    let mut info = RouteInfo {
+        mode_source,
+        constraints_source,
+        pin_reason: pin.as_ref().and_then(|p| p.reason.clone()),
+        ..Default::default()
+    };
+    // Token mix over every model of the route, measured when there is traffic.
+    let (mut n, mut p, mut c) = (0u64, 0u64, 0u64);
+    for ((r, _), s) in &inp.traffic.by_model {
+        if r == name {
+            n += s.requests;
+            p += s.prompt_tokens;
+            c += s.completion_tokens;
+        }
+    }
+    if n > 0 {
+        info.prompt_tokens = p as f64 / n as f64;
+        info.completion_tokens = c as f64 / n as f64;
+        info.token_mix_measured = true;
+    } else {
+        info.prompt_tokens = rc.expected_prompt_tokens as f64;
+        info.completion_tokens = rc.expected_completion_tokens as f64;
+    }
+    let usage = Usage {
+        prompt_tokens: info.prompt_tokens.round() as u64,
+        completion_tokens: info.completion_tokens.round() as u64,
+        reported: true,
+        ..Default::default()
+    };
+    let facts = |m: &str| -> Result<ModelFacts, String> {
+        let cand = rt
+            .resolve_model(m, None)
+            .map_err(|e| format!("not servable: {e}"))?;
+        let price = rt
+            .catalog
+            .get(&cand.provider.profile.catalog_providers, &cand.model)
+            .filter(|i| i.has_prices())
+            .map(|i| i.cost(&usage));
+        let s = inp
+            .traffic
+            .by_model
+            .get(&(name.to_string(), cand.model.clone()));
+        Ok(ModelFacts {
+            name: m.to_string(),
+            native: cand.model.clone(),
+            cost: price.ok_or("no price in the model catalog: cost limits cannot be checked")?,
+            p95: s.and_then(|s| s.p95_latency_ms),
+            success: s
+                .filter(|s| s.requests > 0)
+                .map(|s| (s.requests - s.errors.min(s.requests)) as f64 / s.requests as f64),
+        })
+    };
+    let base = match facts(baseline) {
+        Ok(f) => f,
+        Err(e) if e.starts_with("no price") => {
+            // The baseline is always allowed; without a price candidates cannot look cheaper.
+            info.excluded.push((baseline.to_string(), e));
+            let cand = rt
+                .resolve_model(baseline, None)
+                .map_err(|e| e.to_string())?;
+            ModelFacts {
+                name: baseline.to_string(),
+                native: cand.model,
+                cost: 0.0,
+                p95: None,
+                success: None,
+            }
+        }
+        Err(e) => return Err(format!("baseline '{baseline}' {e}")),
+    };
+    let mut cands = Vec::new();
+    for m in &rc.candidates {
+        match facts(m) {
+            Ok(f) => cands.push(f),
+            Err(e) => info.excluded.push((m.clone(), e)),
+        }
+    }
+    let pinned = pin.as_ref().and_then(|p| {
+        (p.model == base.name || cands.iter().any(|c| c.name == p.model))
+            .then(|| Arc::from(p.model.as_str()))
+    });
+    let prepare = |key: &str| -> Result<Arc<PreparedRoute>, String> {
+        let input = |f: &ModelFacts| ModelInput {
+            model: Arc::from(f.name.as_str()),
+            posterior: posterior_of(inp, key, &f.name),
+            cost_per_request: f.cost,
+            p95_latency_ms: f.p95,
+            success_rate: f.success,
+        };
+        PreparedRoute::prepare(RouteInput {
+            route: Arc::from(name),
+            mode,
+            baseline: input(&base),
+            candidates: cands.iter().map(input).collect(),
+            constraints: constraints.clone(),
+            weights: rc.score,
+            exploration: rc.exploration,
+            pinned: pinned.clone(),
+            table_version: inp.version,
+        })
+        .map_err(|e| e.to_string())
+    };
+    let prepared = prepare(name)?;
+    let mut contexts = HashMap::new();
+    if rc.contextual {
+        let prefix = format!("{name}{CONTEXT_SEP}");
+        for key in inp.stats.posteriors.keys() {
+            if let Some(ctx) = key.strip_prefix(&prefix) {
+                contexts.insert(ctx.to_string(), prepare(key)?);
+            }
+        }
+    }
+    let _ = base.native;
+    Ok(AutoRoute {
+        prepared,
+        contexts,
+        contextual: rc.contextual,
+        info,
+    })
+}
+
+/// The posterior of (route key, model): folded evidence when there is any, else the prior.
+fn posterior_of(inp: &BuildInputs<'_>, key: &str, model: &str) -> Posterior {
+    if let Some(p) = inp.stats.get(key, model) {
+        return *p;
+    }
+    let mut st = PosteriorState::new();
+    let category = key.split_once(CONTEXT_SEP).map(|(_, c)| prior_category(c));
+    if let Some(pr) = inp.priors.and_then(|p| p.lookup(model, category)) {
+        let _ = st.set_prior(pr.score, pr.n0, inp.now_ms, inp.posterior_cfg);
+    }
+    st.posterior(None, inp.posterior_cfg)
+}
+
+/// Set the benchmark prior of every (route key, model) the aggregator knows or the config
+/// names, dated at the newest folded event so priors fade only by evidence, identically on
+/// every instance.
+fn apply_priors(agg: &mut Aggregator, rt: &Runtime, priors: Option<&Priors>, at_ms: i64) {
+    let Some(priors) = priors else { return };
+    let mut keys: Vec<(Arc<str>, Arc<str>)> = Vec::new();
+    for (name, rc) in rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
+        let route: Arc<str> = Arc::from(name.as_str());
+        for m in rc.baseline.iter().chain(&rc.candidates) {
+            keys.push((Arc::clone(&route), Arc::from(m.as_str())));
+        }
+    }
+    for (route, model) in agg.keys() {
+        if route.contains(CONTEXT_SEP) {
+            keys.push((route, model));
+        }
+    }
+    for (route, model) in keys {
+        let category = route
+            .split_once(CONTEXT_SEP)
+            .map(|(_, c)| prior_category(c));
+        if let Some(p) = priors.lookup(&model, category) {
+            let _ = agg.set_prior(&route, &model, p.score, p.n0, at_ms);
+        }
+    }
+}
+
+/// The aggregator service.
+pub struct AggregatorService {
+    pub gw: Arc<Gateway>,
+    pub slot: Option<StoreSlot>,
+}
+
+struct Loop {
+    agg: Aggregator,
+    cursor: i64,
+    traffic: Traffic,
+    last_traffic: Option<Instant>,
+    version: u64,
+    priors: Option<Arc<Priors>>,
+}
+
+/// Traffic stats are re-read at most this often (they change slowly; feedback is folded at
+/// every refresh).
+const TRAFFIC_EVERY: Duration = Duration::from_secs(5);
+/// Routed requests are remembered this long for early feedback (traces are stored by then).
+const RECENT_MAX_AGE_MS: i64 = 15 * 60 * 1000;
+const FEEDBACK_PAGE: usize = 5000;
+
+impl AggregatorService {
+    fn load_priors(rt: &Runtime) -> Option<Arc<Priors>> {
+        let embedded = || match Priors::embedded() {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::error!(error = %e, "embedded priors unusable; routes start from uniform priors");
+                None
+            }
+        };
+        let path = &rt.config.routing.priors;
+        if path.is_empty() {
+            return embedded();
+        }
+        let full = rt.config.resolve_path(path);
+        match std::fs::read_to_string(&full)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Priors::from_toml(&t).map_err(|e| e.to_string()))
+        {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(path = %full.display(), error = %e, "priors file unusable; using the embedded priors");
+                embedded()
+            }
+        }
+    }
+
+    /// Build and publish the first table synchronously (priors only), before serving.
+    pub fn initial_table(gw: &Gateway) {
+        let rt = gw.runtime.load_full();
+        let priors = Self::load_priors(&rt);
+        let stats = RoutingStats::default();
+        let table = build_table(&BuildInputs {
+            rt: &rt,
+            stats: &stats,
+            traffic: &Traffic::default(),
+            priors: priors.as_deref(),
+            posterior_cfg: &rt.config.routing.posterior,
+            version: 1,
+            now_ms: chrono::Utc::now().timestamp_millis(),
+            events_folded: 0,
+        });
+        for (r, e) in &table.broken {
+            tracing::warn!(route = %r, error = %e, "feedback route unusable; serving its baseline only");
+        }
+        gw.auto.table.store(Arc::new(table));
+    }
+
+    async fn refresh(&self, st: &mut Loop, store: Option<Arc<dyn Store>>) {
+        let rt = self.gw.runtime.load_full();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        if let Some(store) = &store {
+            // 1. Fold new feedback.
+            loop {
+                let rows = match store.feedback_since(st.cursor, FEEDBACK_PAGE).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "aggregator: reading feedback failed; will retry");
+                        break;
+                    }
+                };
+                let n = rows.len();
+                for row in &rows {
+                    st.cursor = st.cursor.max(row.seq);
+                    match events_for(row) {
+                        Ok(evs) => {
+                            for ev in &evs {
+                                let label = match st.agg.fold(ev) {
+                                    Ok(super::FoldOutcome::Applied { .. }) => "applied",
+                                    Ok(super::FoldOutcome::Duplicate) => "duplicate",
+                                    Err(e) => {
+                                        tracing::warn!(id = %ev.id, error = %e, "aggregator: feedback event rejected");
+                                        "rejected"
+                                    }
+                                };
+                                metrics().feedback_folded.with_label_values(&[label]).inc();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(id = %row.id, error = %e, "aggregator: feedback row unusable");
+                            metrics()
+                                .feedback_folded
+                                .with_label_values(&["rejected"])
+                                .inc();
+                        }
+                    }
+                }
+                if n < FEEDBACK_PAGE {
+                    break;
+                }
+            }
+            // 2. Traffic stats, spend and operator state (less often).
+            let dirty = self
+                .gw
+                .auto
+                .states_dirty
+                .swap(false, std::sync::atomic::Ordering::AcqRel);
+            if dirty || st.last_traffic.is_none_or(|t| t.elapsed() >= TRAFFIC_EVERY) {
+                let window_ms = rt.config.routing.stats_window_hours as i64 * 3_600_000;
+                let midnight = now_ms - now_ms.rem_euclid(86_400_000);
+                let baselines: HashMap<String, String> = rt
+                    .config
+                    .routes
+                    .iter()
+                    .filter_map(|(n, r)| {
+                        let b = r.baseline.as_deref()?;
+                        let native = rt.resolve_model(b, None).ok()?.model;
+                        Some((n.clone(), native))
+                    })
+                    .collect();
+                let (w, t, s) = tokio::join!(
+                    store.route_model_stats(now_ms - window_ms),
+                    store.route_model_stats(midnight),
+                    store.route_states()
+                );
+                match (w, t, s) {
+                    (Ok(w), Ok(t), Ok(s)) => {
+                        st.traffic = Traffic::from_rows(w, t, s, &baselines);
+                        for (route, usd) in &st.traffic.spend_today {
+                            self.gw.auto.set_stored_spend(route, *usd, now_ms);
+                        }
+                        st.last_traffic = Some(Instant::now());
+                    }
+                    (w, t, s) => {
+                        let e = w.err().or(t.err()).or(s.err());
+                        tracing::warn!(error = ?e.map(|e| e.to_string()), "aggregator: reading traffic stats failed; keeping the last ones");
+                    }
+                }
+            }
+        }
+        // 3. Rebuild and publish.
+        let at = st.agg.latest_ms().unwrap_or(now_ms);
+        apply_priors(&mut st.agg, &rt, st.priors.as_deref(), at);
+        let stats = st.agg.snapshot();
+        st.version += 1;
+        let table = build_table(&BuildInputs {
+            rt: &rt,
+            stats: &stats,
+            traffic: &st.traffic,
+            priors: st.priors.as_deref(),
+            posterior_cfg: st.agg.config(),
+            version: st.version,
+            now_ms,
+            events_folded: st.agg.events_folded() as u64,
+        });
+        metrics().router_table_version.set(st.version as i64);
+        metrics().router_table_age.set(now_ms as f64 / 1000.0);
+        self.gw.auto.table.store(Arc::new(table));
+        self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AggregatorService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let rt = self.gw.runtime.load_full();
+        let cfg = &rt.config.routing;
+        let agg = match Aggregator::new(cfg.posterior.clone(), cfg.nps_weight) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %e, "feedback aggregator cannot start");
+                return;
+            }
+        };
+        let mut st = Loop {
+            agg,
+            cursor: 0,
+            traffic: Traffic::default(),
+            last_traffic: None,
+            version: self.gw.auto.table.load().version,
+            priors: Self::load_priors(&rt),
+        };
+        let mut config_version = rt.version;
+        loop {
+            let rt = self.gw.runtime.load_full();
+            if rt.version != config_version {
+                config_version = rt.version;
+                st.priors = Self::load_priors(&rt);
+                // Reloads may change routes: read operator state and stats again now.
+                st.last_traffic = None;
+            }
+            let store = self.slot.as_ref().and_then(StoreSlot::get);
+            self.refresh(&mut st, store).await;
+            let wait = Duration::from_millis(rt.config.routing.refresh_ms);
+            tokio::select! {
+                _ = self.gw.auto.nudge.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(signal: &str, ctx: Option<&str>) -> FeedbackRow {
+        FeedbackRow {
+            seq: 1,
+            id: "fb_1".into(),
+            dedup_key: "x".into(),
+            signal: signal.into(),
+            request_id: Some("r".into()),
+            route: Some("default".into()),
+            model: Some("m".into()),
+            context: ctx.map(str::to_string),
+            value: 1.0,
+            scale: "thumbs".into(),
+            at_ms: 5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn scores_map_to_route_and_context_events() {
+        let evs = events_for(&row("feedback", Some("math"))).unwrap_or_default();
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[1].id, "fb_1#ctx");
+        match &evs[1].kind {
+            FeedbackKind::Score { route, .. } => assert_eq!(&**route, "default\u{1f}math"),
+            k => panic!("unexpected {k:?}"),
+        }
+        assert_eq!(events_for(&row("judge", None)).map(|e| e.len()), Ok(1));
+        assert!(events_for(&row("bogus", None)).is_err());
+        let mut r = row("feedback", None);
+        r.scale = "percent".into();
+        assert!(events_for(&r).is_err());
+    }
+
+    #[test]
+    fn session_nps_spreads_over_its_targets() {
+        let mut r = row("session_nps", None);
+        r.value = 9.0;
+        r.targets = vec![
+            ("default".into(), "a".into(), "math".into()),
+            ("default".into(), "b".into(), String::new()),
+        ];
+        let evs = events_for(&r).unwrap_or_default();
+        assert_eq!(evs.len(), 2);
+        match &evs[0].kind {
+            FeedbackKind::SessionNps { requests, nps } => {
+                assert_eq!(requests.len(), 2);
+                assert_eq!(*nps, 9.0);
+            }
+            k => panic!("unexpected {k:?}"),
+        }
+        match &evs[1].kind {
+            FeedbackKind::SessionNps { requests, .. } => assert_eq!(requests.len(), 1),
+            k => panic!("unexpected {k:?}"),
+        }
+    }
+
+    #[test]
+    fn scale_names_round_trip() {
+        for s in [
+            Scale::Thumbs,
+            Scale::OneToFive,
+            Scale::ZeroToTen,
+            Scale::Unit,
+        ] {
+            assert_eq!(parse_scale(scale_name(s)), Some(s));
+        }
+        assert_eq!(parse_scale("1-5"), Some(Scale::OneToFive));
+    }
+}

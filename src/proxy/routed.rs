@@ -1,0 +1,130 @@
+//! Feedback routes on the request path: ask the router for the model, serve it with the
+//! baseline behind it, and record the decision with the trace.
+
+use std::sync::Arc;
+
+use crate::dialect::ChatRequest;
+use crate::error::GatewayError;
+use crate::feedback::Mode;
+use crate::metrics::metrics;
+use crate::routing::auto::RecentDecision;
+use crate::routing::{Candidate, Runtime};
+use crate::store::DecisionRow;
+
+use super::ctx::{AutoCtx, RequestCtx};
+use super::Gateway;
+
+/// The candidates for a request on feedback route `route`: the router's pick (with its
+/// fallbacks), then the baseline (with its fallbacks) for when the pick's provider fails.
+pub fn candidates(
+    gw: &Gateway,
+    rt: &Arc<Runtime>,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest,
+    route: &str,
+) -> Result<Vec<Candidate>, GatewayError> {
+    let rc = rt.route(route).ok_or_else(|| GatewayError::NotFound {
+        message: format!("Routing rule '{route}' is not defined."),
+        code: "route_not_found",
+        param: Some("model".into()),
+    })?;
+    let baseline = rc.baseline.as_deref().unwrap_or_default();
+    let context = rc
+        .contextual
+        .then(|| crate::feedback::context::context_key(req.messages()).as_str());
+    let Some(prepared) = gw.auto.prepared(route, context) else {
+        // Route unusable in the current table (e.g. just added by a reload, or its candidates
+        // cannot be prepared): serve the baseline without a decision.
+        return rt.resolve_with_fallbacks(baseline, None);
+    };
+    let d = gw.auto.decide(
+        &prepared,
+        route,
+        ctx.session_id.as_deref(),
+        ctx.ts_ms,
+        rand::random::<f64>(),
+    );
+    let mut cands = match rt.resolve_with_fallbacks(d.served_model(), None) {
+        Ok(c) => c,
+        Err(_) if d.served != 0 => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let baseline_from = cands.len();
+    if d.served != 0 {
+        cands.extend(rt.resolve_with_fallbacks(baseline, None)?);
+    }
+    gw.auto.remember(
+        &ctx.request_id,
+        RecentDecision {
+            route: Arc::clone(&d.route.route),
+            served: Arc::clone(&d.route.models[d.served].model),
+            context: context.map(Arc::from),
+            session: ctx.session_id.clone(),
+            at_ms: ctx.ts_ms,
+        },
+    );
+    ctx.decision_id = Some(ctx.request_id.clone());
+    ctx.auto = Some(Box::new(AutoCtx {
+        decision: d,
+        context,
+        baseline_from,
+    }));
+    Ok(cands)
+}
+
+/// After serving: a pick whose provider failed was served by the baseline — record the miss.
+pub fn after_serve(gw: &Gateway, ctx: &mut RequestCtx) {
+    let Some(a) = ctx.auto.as_mut() else { return };
+    let fell_back =
+        a.decision.served != 0 && ctx.served_index.is_some_and(|i| i >= a.baseline_from);
+    if fell_back {
+        a.decision = a.decision.clone().provider_error();
+        metrics()
+            .routing_misses
+            .with_label_values(&[&*a.decision.route.route])
+            .inc();
+        gw.auto.remember(
+            &ctx.request_id,
+            RecentDecision {
+                route: Arc::clone(&a.decision.route.route),
+                served: Arc::clone(&a.decision.route.models[0].model),
+                context: a.context.map(Arc::from),
+                session: ctx.session_id.clone(),
+                at_ms: ctx.ts_ms,
+            },
+        );
+    }
+}
+
+/// Logging phase: metrics, router spend, and the signed decision row for the trace.
+pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
+    let a = ctx.auto.take()?;
+    let d = &a.decision;
+    let kind = serde_json::to_value(d.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    metrics()
+        .routing_decisions
+        .with_label_values(&[&*d.route.route, kind.as_str(), d.route.mode.as_str()])
+        .inc();
+    if d.served != 0 && d.route.mode == Mode::Live && ctx.status < 400 {
+        gw.auto.add_spend(&d.route.route, ctx.cost_usd, ctx.ts_ms);
+    }
+    if !gw.tracing {
+        return None;
+    }
+    match gw.auto.decision_row(
+        d,
+        &ctx.request_id,
+        ctx.ts_ms,
+        ctx.session_id.as_deref(),
+        a.context,
+    ) {
+        Ok(row) => Some(Box::new(row)),
+        Err(e) => {
+            tracing::error!(request_id = %ctx.request_id, error = %e, "decision trace could not be signed");
+            None
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Feedback routing on the request path (`model: "auto"`).
+//!
+//! The background aggregator (`crate::feedback::service`) publishes a [`RouterTable`] — one
+//! immutable [`PreparedRoute`] per feedback route (and per prompt-context bucket) — through an
+//! `ArcSwap`. A request loads it lock-free, adds the little per-request state the decision
+//! needs (today's router spend, the recent exploration share, its session's previous model, a
+//! random number) and calls the pure [`decide`]. Everything here is atomics or sharded maps
+//! touched only by requests; the background task only swaps the table and stores a spend
+//! figure read from the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::feedback::decision::{sign, SigningKey};
+use crate::feedback::router::PreparedRoute;
+use crate::feedback::{decide, Decision, PickKind, RequestContext};
+use crate::providers::Secret;
+use crate::store::DecisionRow;
+
+/// How a route's inputs looked when its snapshot was built (for `GET /v1/routing`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouteInfo {
+    /// Token mix used for the cost estimates, and whether it was measured or configured.
+    pub prompt_tokens: f64,
+    pub completion_tokens: f64,
+    pub token_mix_measured: bool,
+    /// Models left out of the snapshot and why (provider not configured, no price, ...).
+    pub excluded: Vec<(String, String)>,
+    /// Where mode / constraints / pin came from: `config` or `api`.
+    pub mode_source: &'static str,
+    pub constraints_source: &'static str,
+    pub pin_reason: Option<String>,
+}
+
+/// One feedback route in the published table.
+#[derive(Debug, Clone)]
+pub struct AutoRoute {
+    /// The route-level snapshot (every request's fallback).
+    pub prepared: Arc<PreparedRoute>,
+    /// Per-context-bucket snapshots (contextual routes), used when the bucket has evidence.
+    pub contexts: HashMap<String, Arc<PreparedRoute>>,
+    pub contextual: bool,
+    pub info: RouteInfo,
+}
+
+/// The published router table.
+#[derive(Debug, Clone, Default)]
+pub struct RouterTable {
+    /// Increases with every publication.
+    pub version: u64,
+    pub built_ms: i64,
+    /// Feedback events folded so far (by this instance).
+    pub events_folded: u64,
+    pub routes: HashMap<String, AutoRoute>,
+    /// Feedback routes that could not be prepared, with the reason (served baseline-only).
+    pub broken: Vec<(String, String)>,
+}
+
+/// A routed request remembered briefly, so feedback that arrives before its trace is stored
+/// still finds its route and model.
+#[derive(Debug, Clone)]
+pub struct RecentDecision {
+    pub route: Arc<str>,
+    pub served: Arc<str>,
+    pub context: Option<Arc<str>>,
+    pub session: Option<String>,
+    pub at_ms: i64,
+}
+
+/// Per-route counters the decision reads.
+#[derive(Debug, Default)]
+struct RouteCounters {
+    /// UTC day (days since the epoch) the spend figures belong to.
+    day: AtomicI64,
+    /// Router spend today as last read from the store (micro-USD), shared by all instances.
+    stored_micros: AtomicU64,
+    /// Router spend this instance added since that read (micro-USD).
+    local_micros: AtomicU64,
+    /// Exponentially weighted share of exploration picks (f64 bits).
+    explore_share: AtomicU64,
+}
+
+/// Weight of one decision in the exploration-share average (≈ the last 200 decisions).
+const EXPLORE_EWMA: f64 = 1.0 / 200.0;
+
+fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
+}
+
+/// Live feedback-routing state shared by every request.
+pub struct AutoState {
+    pub table: ArcSwap<RouterTable>,
+    counters: DashMap<String, RouteCounters>,
+    /// `(route, session)` → (model, when).
+    sticky: DashMap<(String, String), (Arc<str>, i64)>,
+    recent: DashMap<String, RecentDecision>,
+    pub signing: SigningKey,
+    /// Whether the signing key was generated at start (signatures do not survive restarts).
+    pub ephemeral_key: bool,
+    sticky_ttl_ms: i64,
+    recent_capacity: usize,
+    /// Wakes the aggregator (new feedback, reload, operator change).
+    pub nudge: tokio::sync::Notify,
+    /// Operator state changed on this instance: re-read it at the next refresh.
+    pub states_dirty: std::sync::atomic::AtomicBool,
+}
+
+impl AutoState {
+    pub fn new(
+        signing_key: Option<String>,
+        key_id: &str,
+        sticky_ttl_secs: u64,
+        recent_capacity: usize,
+    ) -> AutoState {
+        let (secret, ephemeral) = match signing_key.filter(|k| !k.is_empty()) {
+            Some(k) => (k, false),
+            None => {
+                let bytes: [u8; 32] = rand::random();
+                (hex::encode(bytes), true)
+            }
+        };
+        AutoState {
+            table: ArcSwap::from_pointee(RouterTable::default()),
+            counters: DashMap::new(),
+            sticky: DashMap::new(),
+            recent: DashMap::new(),
+            signing: SigningKey {
+                key_id: key_id.to_string(),
+                secret: Secret::new(secret),
+            },
+            ephemeral_key: ephemeral,
+            sticky_ttl_ms: (sticky_ttl_secs as i64).saturating_mul(1000),
+            recent_capacity: recent_capacity.max(1),
+            nudge: tokio::sync::Notify::new(),
+            states_dirty: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The snapshot a request for `route` (and prompt context) decides with.
+    pub fn prepared(&self, route: &str, context: Option<&str>) -> Option<Arc<PreparedRoute>> {
+        let t = self.table.load();
+        let ar = t.routes.get(route)?;
+        Some(Arc::clone(
+            context
+                .and_then(|c| ar.contexts.get(c))
+                .unwrap_or(&ar.prepared),
+        ))
+    }
+
+    fn spend_today(&self, route: &str, now_ms: i64) -> f64 {
+        let Some(c) = self.counters.get(route) else {
+            return 0.0;
+        };
+        if c.day.load(Ordering::Relaxed) != day_of(now_ms) {
+            return 0.0;
+        }
+        let micros =
+            c.stored_micros.load(Ordering::Relaxed) + c.local_micros.load(Ordering::Relaxed);
+        micros as f64 / 1e6
+    }
+
+    fn exploration_share(&self, route: &str) -> f64 {
+        self.counters.get(route).map_or(0.0, |c| {
+            f64::from_bits(c.explore_share.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Decide for one request. `rng` is a uniform draw in [0, 1).
+    pub fn decide(
+        &self,
+        prepared: &Arc<PreparedRoute>,
+        route: &str,
+        session: Option<&str>,
+        now_ms: i64,
+        rng: f64,
+    ) -> Decision {
+        let sticky = session.and_then(|s| {
+            let e = self.sticky.get(&(route.to_string(), s.to_string()))?;
+            (now_ms - e.1 <= self.sticky_ttl_ms).then(|| Arc::clone(&e.0))
+        });
+        let ctx = RequestContext {
+            spend_today: self.spend_today(route, now_ms),
+            exploration_share: self.exploration_share(route),
+            sticky: sticky.as_deref(),
+            rng,
+        };
+        let d = decide(prepared, &ctx);
+        self.after_decision(route, session, &d, now_ms);
+        d
+    }
+
+    /// A decision without side effects (dry runs: `POST /v1/routing/explain`).
+    pub fn explain(
+        &self,
+        prepared: &Arc<PreparedRoute>,
+        route: &str,
+        session: Option<&str>,
+        now_ms: i64,
+        rng: f64,
+    ) -> Decision {
+        let sticky = session.and_then(|s| {
+            let e = self.sticky.get(&(route.to_string(), s.to_string()))?;
+            (now_ms - e.1 <= self.sticky_ttl_ms).then(|| Arc::clone(&e.0))
+        });
+        let ctx = RequestContext {
+            spend_today: self.spend_today(route, now_ms),
+            exploration_share: self.exploration_share(route),
+            sticky: sticky.as_deref(),
+            rng,
+        };
+        decide(prepared, &ctx)
+    }
+
+    fn after_decision(&self, route: &str, session: Option<&str>, d: &Decision, now_ms: i64) {
+        if matches!(d.kind, PickKind::Off | PickKind::Pinned) {
+            return;
+        }
+        let c = self.counters.entry(route.to_string()).or_default();
+        let explored = if d.kind == PickKind::Explored {
+            1.0
+        } else {
+            0.0
+        };
+        let _ = c
+            .explore_share
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let s = f64::from_bits(bits);
+                Some((s + EXPLORE_EWMA * (explored - s)).to_bits())
+            });
+        drop(c);
+        if let Some(s) = session {
+            let model = Arc::clone(&d.route.models[d.chosen].model);
+            self.sticky
+                .insert((route.to_string(), s.to_string()), (model, now_ms));
+        }
+    }
+
+    /// Count router spend (a non-baseline model served) toward today's budget.
+    pub fn add_spend(&self, route: &str, usd: f64, now_ms: i64) {
+        if !(usd.is_finite() && usd > 0.0) {
+            return;
+        }
+        let c = self.counters.entry(route.to_string()).or_default();
+        let today = day_of(now_ms);
+        if c.day.swap(today, Ordering::Relaxed) != today {
+            c.stored_micros.store(0, Ordering::Relaxed);
+            c.local_micros.store(0, Ordering::Relaxed);
+        }
+        c.local_micros
+            .fetch_add((usd * 1e6).round() as u64, Ordering::Relaxed);
+    }
+
+    /// The aggregator's read of today's router spend from the store (all instances).
+    pub fn set_stored_spend(&self, route: &str, usd: f64, now_ms: i64) {
+        let c = self.counters.entry(route.to_string()).or_default();
+        c.day.store(day_of(now_ms), Ordering::Relaxed);
+        c.stored_micros
+            .store((usd.max(0.0) * 1e6).round() as u64, Ordering::Relaxed);
+        // The store now includes what this instance had written; traces still in the writer
+        // are briefly uncounted (the budget is enforced to within one refresh interval).
+        c.local_micros.store(0, Ordering::Relaxed);
+    }
+
+    /// Remember a routed request until its trace is surely stored.
+    pub fn remember(&self, request_id: &str, r: RecentDecision) {
+        self.recent.insert(request_id.to_string(), r);
+    }
+
+    pub fn recent(&self, request_id: &str) -> Option<RecentDecision> {
+        self.recent.get(request_id).map(|r| r.clone())
+    }
+
+    /// Recent routed requests of a session (not yet necessarily stored).
+    pub fn recent_in_session(&self, session: &str) -> Vec<(String, RecentDecision)> {
+        self.recent
+            .iter()
+            .filter(|e| e.value().session.as_deref() == Some(session))
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Drop remembered requests older than `max_age_ms` (and the oldest beyond capacity) and
+    /// expired sticky sessions. Called by the aggregator, off the request path.
+    pub fn sweep(&self, now_ms: i64, max_age_ms: i64) {
+        self.recent.retain(|_, r| now_ms - r.at_ms <= max_age_ms);
+        if self.recent.len() > self.recent_capacity {
+            let mut ages: Vec<i64> = self.recent.iter().map(|e| e.value().at_ms).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() - self.recent_capacity];
+            self.recent.retain(|_, r| r.at_ms >= cut);
+        }
+        let ttl = self.sticky_ttl_ms;
+        self.sticky.retain(|_, v| now_ms - v.1 <= ttl);
+    }
+
+    /// Render, sign and index a decision for storage (after the response; allocates).
+    pub fn decision_row(
+        &self,
+        d: &Decision,
+        request_id: &str,
+        at_ms: i64,
+        session: Option<&str>,
+        context: Option<&str>,
+    ) -> Result<DecisionRow, String> {
+        let mut trace = d.trace(request_id, at_ms);
+        trace.context = context.map(str::to_string);
+        let signed = sign(&trace, &self.signing).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&signed).map_err(|e| e.to_string())?;
+        let served = &d.route.models[d.served];
+        Ok(DecisionRow {
+            request_id: request_id.to_string(),
+            ts_ms: at_ms,
+            route: d.route.route.to_string(),
+            mode: d.route.mode.as_str().to_string(),
+            session_id: session.map(str::to_string),
+            chosen: d.chosen_model().to_string(),
+            served: d.served_model().to_string(),
+            baseline: d.route.models[0].model.to_string(),
+            context: context.map(str::to_string),
+            kind: serde_json::to_value(d.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            shadow: d.route.mode == crate::feedback::Mode::Shadow,
+            confidence: (d.chosen != 0).then(|| d.route.models[d.chosen].gate.confidence),
+            quality: Some(served.posterior.mean()),
+            propensity: d.propensity,
+            table_version: d.route.table_version,
+            signed: json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spend_resets_with_the_day_and_store_reads_replace_local() {
+        let s = AutoState::new(Some("k".into()), "k1", 60, 10);
+        let day = 20_000 * 86_400_000;
+        s.add_spend("r", 0.5, day + 10);
+        assert!((s.spend_today("r", day + 20) - 0.5).abs() < 1e-9);
+        s.set_stored_spend("r", 2.0, day + 30);
+        s.add_spend("r", 0.25, day + 40);
+        assert!((s.spend_today("r", day + 50) - 2.25).abs() < 1e-9);
+        // Next day: nothing spent yet.
+        assert_eq!(s.spend_today("r", day + 86_400_000 + 1), 0.0);
+        s.add_spend("r", 0.1, day + 86_400_000 + 2);
+        assert!((s.spend_today("r", day + 86_400_000 + 3) - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sweep_bounds_recent_by_age_and_capacity() {
+        let s = AutoState::new(None, "k1", 60, 3);
+        assert!(s.ephemeral_key);
+        for i in 0..6 {
+            s.remember(
+                &format!("r{i}"),
+                RecentDecision {
+                    route: "d".into(),
+                    served: "m".into(),
+                    context: None,
+                    session: Some("s".into()),
+                    at_ms: 1000 + i,
+                },
+            );
+        }
+        s.sweep(1005, 10_000);
+        assert_eq!(s.recent.len(), 3);
+        assert!(s.recent("r5").is_some() && s.recent("r0").is_none());
+        s.sweep(100_000, 10);
+        assert!(s.recent_in_session("s").is_empty());
+    }
+}
