@@ -457,3 +457,87 @@ async fn constraints_pins_audit_explain_and_export() {
         assert!(verify_value(&tampered, &key).is_err());
     }
 }
+
+#[path = "support/pg.rs"]
+mod pg;
+
+/// Two gateways on one PostgreSQL database: feedback posted to either is folded by both, and
+/// both publish the same posteriors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_postgres_converge_to_the_same_table() {
+    let srv = pg::PgServer::start();
+    srv.create_db("converge");
+    let url = srv.url_for("converge");
+    let mock = MockUpstream::start(fleet()).await;
+    let env = [
+        ("OPENAI_API_KEY", "sk-test".to_string()),
+        ("OPENAI_BASE_URL", mock.url()),
+        ("LOOPGATE_DECISION_KEY", DECISION_KEY.to_string()),
+    ];
+    let storage = format!("backend = \"postgres\"\npostgres_url = \"{url}\"");
+    let a = GatewayProc::start_full("", &storage, &route_toml("live", ""), &env);
+    let b = GatewayProc::start_full("", &storage, &route_toml("live", ""), &env);
+    let c = client();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .json(&chat_body("auto"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    // Feedback for every request goes to the *other* instance than the one that served it.
+    for (i, id) in ids.iter().enumerate() {
+        let gw = if i % 2 == 0 { &b } else { &a };
+        let mut status = 0;
+        for _ in 0..100 {
+            let r = c
+                .post(gw.url("/v1/feedback"))
+                .header("authorization", auth())
+                .json(&json!({"id": id, "score": (i % 3 != 0) as u8}))
+                .send()
+                .await
+                .unwrap();
+            status = r.status().as_u16();
+            if status != 404 {
+                break;
+            }
+            // Not stored by the serving instance yet.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert_eq!(status, 201);
+    }
+    let snapshot = |v: &Value| -> Vec<(String, u64, String)> {
+        v["routes"][0]["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["model"].as_str().unwrap().to_string(),
+                    m["samples"].as_u64().unwrap(),
+                    format!("{:.12}", m["quality_mean"].as_f64().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let mut same = false;
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        sa = snapshot(&routing_state(&a).await);
+        sb = snapshot(&routing_state(&b).await);
+        let total: u64 = sa.iter().map(|s| s.1).sum();
+        if total == 40 && sa == sb {
+            same = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(same, "instances did not converge: {sa:?} vs {sb:?}");
+}
