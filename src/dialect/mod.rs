@@ -15,9 +15,12 @@ pub mod anthropic;
 pub mod bedrock;
 pub mod cohere;
 pub mod encode;
+pub mod fireworks;
 pub mod gemini;
+pub mod huggingface;
 pub mod ollama;
 pub mod openai;
+pub mod replicate;
 pub mod sse;
 pub mod vertex;
 
@@ -47,6 +50,10 @@ pub enum DialectError {
     /// The upstream stream ended before its terminal event.
     #[error("upstream stream ended early: {0}")]
     Truncated(String),
+    /// The upstream accepted the job but had not finished it when it answered (a
+    /// Replicate prediction still running after the sync wait): a gateway timeout.
+    #[error("{0}")]
+    Pending(String),
 }
 
 impl DialectError {
@@ -344,6 +351,9 @@ pub fn dialect_for(name: &str) -> Option<&'static dyn Dialect> {
         "bedrock" => Some(&bedrock::Bedrock),
         "cohere" => Some(&cohere::Cohere),
         "ollama" => Some(&ollama::Ollama),
+        "fireworks" => Some(&fireworks::Fireworks),
+        "huggingface" => Some(&huggingface::HuggingFace),
+        "replicate" => Some(&replicate::Replicate),
         _ => None,
     }
 }
@@ -358,6 +368,9 @@ pub const KNOWN_DIALECTS: &[&str] = &[
     "bedrock",
     "cohere",
     "ollama",
+    "fireworks",
+    "huggingface",
+    "replicate",
 ];
 
 /// Milliseconds-free unix time in seconds, for `created`.

@@ -495,6 +495,9 @@ async fn whole_back(
                 started,
                 Some(e.to_string()),
             );
+            if matches!(e, DialectError::Pending(_)) {
+                return Err(fail(504, e.to_string(), "upstream_timeout"));
+            }
             return Err(fail(502, e.to_string(), "bad_upstream_response"));
         }
     };

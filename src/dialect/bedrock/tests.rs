@@ -599,7 +599,7 @@ fn owned_profiles_load() {
     let h = load("huggingface.toml");
     assert_eq!(
         (h.dialect.as_str(), h.api_key_env.as_deref()),
-        ("openai", Some("HF_TOKEN"))
+        ("huggingface", Some("HF_TOKEN"))
     );
     assert!(h.embeddings_path.is_none());
     let a = load("azure-foundry.toml");
