@@ -6,6 +6,7 @@
 //! - [`dialect`]: pure OpenAI <-> native API translation per provider family
 //! - [`catalog`]: the model catalog (prices, context windows, capabilities)
 //! - [`routing`]: routing-table snapshot, model resolution, strategies, the `auto` router
+//! - [`rollout`]: safe rollout blocks: webhooks, LLM-as-judge, canaries, rollback monitor
 //! - [`proxy`]: the Pingora `ProxyHttp` data plane
 //! - [`trace`]: per-request trace records and the off-path writer
 //! - [`store`]: trace/feedback storage backends
@@ -21,6 +22,7 @@ pub mod feedback;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod store;
