@@ -85,6 +85,47 @@ fn bench_decide(c: &mut Criterion) {
             black_box(decide(black_box(&r), &ctx))
         })
     });
+    // The whole request-path step: table lookup, per-route counters, sticky session map,
+    // the decision and its bookkeeping (what `proxy::routed::candidates` calls).
+    let state = loopgate::routing::auto::AutoState::new(Some("k".into()), "k1", 3600, 1000);
+    let mut table = loopgate::routing::auto::RouterTable::default();
+    table.routes.insert(
+        "bench".into(),
+        loopgate::routing::auto::AutoRoute {
+            prepared: Arc::clone(&r),
+            contexts: Default::default(),
+            contextual: false,
+            info: Default::default(),
+        },
+    );
+    state.table.store(Arc::new(table));
+    let mut j = 0u64;
+    c.bench_function("auto_state_decide_10_candidates_with_session", |b| {
+        b.iter(|| {
+            j = j.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let p = state.prepared("bench", None).expect("route");
+            let session = if j & 1 == 0 { Some("session-a") } else { None };
+            black_box(state.decide(
+                &p,
+                "bench",
+                session,
+                1_700_000_000_000,
+                (j >> 11) as f64 / (1u64 << 53) as f64,
+            ))
+        })
+    });
+    c.bench_function("decision_row_render_and_sign_10_candidates", |b| {
+        let d = decide(
+            &r,
+            &RequestContext {
+                spend_today: 1.0,
+                exploration_share: 0.0,
+                sticky: None,
+                rng: 0.5,
+            },
+        );
+        b.iter(|| black_box(state.decision_row(&d, "chatcmpl-x", 0, Some("s"), None)))
+    });
     c.bench_function("decide_and_trace_10_candidates", |b| {
         b.iter(|| {
             let ctx = RequestContext {
