@@ -49,6 +49,12 @@ pub struct GatewayConfig {
     /// Feedback-driven routing settings.
     #[serde(default)]
     pub routing: RoutingSettings,
+    /// The LLM-as-judge.
+    #[serde(default)]
+    pub judge: JudgeSettings,
+    /// Signed webhook for decision / audit / rollback / experiment events.
+    #[serde(default)]
+    pub webhook: Option<crate::rollout::webhook::WebhookConfig>,
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -193,6 +199,15 @@ pub struct RouteConfig {
     /// Keep per-prompt-context posteriors (task type, length, ...) next to the route's own.
     #[serde(default)]
     pub contextual: bool,
+    /// Shadow mode: background calls of the would-have model (sampled, budgeted).
+    #[serde(default)]
+    pub shadow: ShadowSettings,
+    /// LLM-as-judge sampling for this route (the judge model is `[judge].model`).
+    #[serde(default)]
+    pub judge: RouteJudgeSettings,
+    /// Automatic regression rollback of a live route (holdback on the baseline + CUSUM).
+    #[serde(default)]
+    pub rollback: crate::rollout::monitor::RollbackConfig,
     /// Token mix used to estimate cost per request until the route has traffic.
     #[serde(default = "default_prompt_tokens")]
     pub expected_prompt_tokens: u64,
@@ -204,6 +219,74 @@ impl RouteConfig {
     /// A feedback route (has a baseline) rather than a static rule.
     pub fn is_feedback(&self) -> bool {
         self.baseline.is_some()
+    }
+}
+
+/// `[routes.<name>.shadow]`
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowSettings {
+    /// Share of shadow-mode requests whose would-have model is also called in the background
+    /// (only when it differs from the served baseline).
+    pub share: f64,
+    /// USD per UTC day spent on shadow calls for this route (None: unlimited).
+    pub daily_budget: Option<f64>,
+}
+
+impl Default for ShadowSettings {
+    fn default() -> Self {
+        ShadowSettings {
+            share: 0.1,
+            daily_budget: Some(1.0),
+        }
+    }
+}
+
+/// `[routes.<name>.judge]`
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteJudgeSettings {
+    /// Share of this route's requests (served and shadow answers) the judge scores.
+    pub share: f64,
+    /// USD per UTC day for judge calls on this route (None: unlimited).
+    pub daily_budget: Option<f64>,
+}
+
+impl Default for RouteJudgeSettings {
+    fn default() -> Self {
+        RouteJudgeSettings {
+            share: 0.0,
+            daily_budget: Some(1.0),
+        }
+    }
+}
+
+/// `[judge]`: the LLM-as-judge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeSettings {
+    /// Model that judges (any model loopgate can serve, e.g. `gpt-4o-mini`); empty: judge off.
+    pub model: String,
+    /// Rubric file (TOML, format of `conf/judge_rubric.toml`); empty: the embedded rubric.
+    pub rubric: String,
+    /// Judge calls in flight at once.
+    pub concurrency: usize,
+    /// Pending judge jobs; beyond it new jobs are dropped (counted), never blocking traffic.
+    pub queue: usize,
+    pub max_attempts: u32,
+    pub timeout_secs: u64,
+}
+
+impl Default for JudgeSettings {
+    fn default() -> Self {
+        JudgeSettings {
+            model: String::new(),
+            rubric: String::new(),
+            concurrency: 2,
+            queue: 1000,
+            max_attempts: 3,
+            timeout_secs: 60,
+        }
     }
 }
 
