@@ -96,6 +96,8 @@ fn bench_decide(c: &mut Criterion) {
             contexts: Default::default(),
             contextual: false,
             info: Default::default(),
+            holdback_share: 0.0,
+            experiment: None,
         },
     );
     state.table.store(Arc::new(table));

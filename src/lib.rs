@@ -12,10 +12,12 @@
 //! - [`store`]: trace/feedback storage backends
 //! - [`admin`]: admin and analytics API
 //! - [`metrics`]: Prometheus metrics
+//! - [`demo`]: `loopgate demo`: a simulated provider fleet replaying recorded outcomes
 
 pub mod admin;
 pub mod catalog;
 pub mod config;
+pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod feedback;

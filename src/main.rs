@@ -32,6 +32,31 @@ enum Cmd {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Watch feedback routing work on a SIMULATED provider fleet (no API keys needed):
+    /// shadow, then live, with cost saved and quality held printed as it goes.
+    Demo {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value_t = 9091)]
+        metrics_port: u16,
+        /// Requests sent while the route is in shadow mode.
+        #[arg(long, default_value_t = 1500)]
+        shadow_requests: usize,
+        /// Requests sent after the route goes live.
+        #[arg(long, default_value_t = 1500)]
+        live_requests: usize,
+        /// The route's max_regression (quality drop allowed vs GPT-4 on the judge's 0..1 scale).
+        #[arg(long, default_value_t = 0.05)]
+        max_regression: f64,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Working directory for the config and SQLite file (default: a new temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Exit when the script ends instead of leaving the gateway running.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Generate a new gateway key (or hash a given one) and print its config hash.
     HashKey {
         /// Hash this key instead of generating one.
@@ -73,6 +98,34 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Demo {
+            port,
+            metrics_port,
+            shadow_requests,
+            live_requests,
+            max_regression,
+            seed,
+            dir,
+            exit,
+        } => {
+            let opts = loopgate::demo::DemoOptions {
+                port,
+                metrics_port,
+                shadow_requests,
+                live_requests,
+                max_regression,
+                seed,
+                dir,
+                exit,
+            };
+            match loopgate::demo::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loopgate demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::HashKey { key } => {
             let key = key.unwrap_or_else(loopgate::routing::keys::generate_key);
             println!("key:  {key}");

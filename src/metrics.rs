@@ -51,6 +51,18 @@ pub struct Metrics {
     pub router_table_age: Gauge,
     /// Audit-log entries appended, by action.
     pub audit_entries: IntCounterVec,
+    /// Automatic regression rollbacks (route auto-pinned to its baseline).
+    pub rollbacks: IntCounterVec,
+    /// Shadow calls of would-have models, by route and result (ok, error, budget, skipped).
+    pub shadow_calls: IntCounterVec,
+    /// USD spent on shadow calls, by route.
+    pub shadow_spend_usd: CounterVec,
+    /// Shadow calls dropped because the queue was full, by route.
+    pub shadow_dropped: IntCounterVec,
+    /// Judge calls by result (ok, error, retry, dropped, budget).
+    pub judge_calls: IntCounterVec,
+    /// USD spent on judge calls.
+    pub judge_spend_usd: prometheus::Counter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -166,10 +178,39 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "loopgate_router_table_built_seconds",
             "Unix time the current feedback-routing table was built"
         )?,
+        rollbacks: register_int_counter_vec!(
+            "loopgate_rollbacks_total",
+            "Automatic regression rollbacks: live routes auto-pinned to their baseline",
+            &["route"]
+        )?,
         audit_entries: register_int_counter_vec!(
             "loopgate_audit_entries_total",
             "Audit-log entries appended by this instance, by action",
             &["action"]
+        )?,
+        shadow_calls: register_int_counter_vec!(
+            "loopgate_shadow_calls_total",
+            "Background shadow calls of would-have models, by route and result",
+            &["route", "result"]
+        )?,
+        shadow_spend_usd: register_counter_vec!(
+            "loopgate_shadow_spend_usd_total",
+            "USD spent on shadow calls (catalog prices), by route",
+            &["route"]
+        )?,
+        shadow_dropped: register_int_counter_vec!(
+            "loopgate_shadow_dropped_total",
+            "Shadow calls dropped because the shadow queue was full, by route",
+            &["route"]
+        )?,
+        judge_calls: register_int_counter_vec!(
+            "loopgate_judge_calls_total",
+            "LLM-as-judge jobs and calls by result (ok, error, retry, dropped, budget)",
+            &["result"]
+        )?,
+        judge_spend_usd: prometheus::register_counter!(
+            "loopgate_judge_spend_usd_total",
+            "USD spent on judge calls (catalog prices)"
         )?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);

@@ -109,6 +109,22 @@ impl BackgroundService for CoordinatedWriter {
     }
 }
 
+/// Runs the webhook worker on Pingora's background runtime.
+struct WebhookService(std::sync::Mutex<Option<crate::rollout::webhook::WebhookWorker>>);
+
+#[async_trait]
+impl BackgroundService for WebhookService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let worker = self.0.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = worker {
+            tokio::select! {
+                _ = w.run() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
 pub struct ServeOptions {
     pub config: Option<PathBuf>,
     /// Take over listeners from a running instance (Pingora graceful upgrade).
@@ -168,6 +184,22 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             "no decision signing key set: using a random key; exported decisions verify only until restart"
         );
     }
+    let mut webhook_worker = None;
+    if let Some(mut wc) = gw.runtime.load().config.webhook.clone() {
+        wc.resolve_secret(|k| std::env::var(k).ok())
+            .map_err(|e| format!("webhook: {e}"))?;
+        let stats = crate::rollout::webhook::WebhookStats::new()
+            .and_then(|s| {
+                s.register(prometheus::default_registry())?;
+                Ok(s)
+            })
+            .map_err(|e| format!("webhook: {e}"))?;
+        let (sender, worker) =
+            crate::rollout::webhook::WebhookSender::new(wc, Arc::new(stats))
+                .map_err(|e| format!("webhook: {e}"))?;
+        let _ = gw.auto.webhook.set(sender);
+        webhook_worker = Some(worker);
+    }
     gw.admin.push(Box::new(StoreRoutes { slot: slot.clone() }));
     gw.admin
         .push(Box::new(crate::admin::routing::RoutingRoutes {
@@ -223,6 +255,25 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         "config reload",
         ReloadService::new(gw.clone(), opts.config.clone()),
     ));
+    if let Some(w) = webhook_worker {
+        server.add_service(background_service(
+            "webhook",
+            WebhookService(std::sync::Mutex::new(Some(w))),
+        ));
+    }
+    server.add_service(background_service(
+        "shadow calls",
+        crate::rollout::shadow::ShadowService::install(
+            gw.clone(),
+            tracing_on.then(|| slot.clone()),
+        ),
+    ));
+    if tracing_on {
+        server.add_service(background_service(
+            "judge",
+            crate::rollout::judge_service::JudgeService::install(gw.clone(), slot.clone()),
+        ));
+    }
     server.add_service(background_service(
         "feedback aggregator",
         crate::feedback::service::AggregatorService {

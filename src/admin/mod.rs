@@ -5,9 +5,11 @@
 
 pub mod analytics;
 pub mod decisions;
+pub mod experiments;
 pub mod export;
 pub mod feedback;
 pub mod logs;
+pub mod report;
 pub mod routes;
 pub mod routing;
 

@@ -50,6 +50,10 @@ impl AdminRoutes for RoutingRoutes {
             "/v1/routing" => self.table(&rt, req).await,
             "/v1/constraints" => self.constraints(&rt, req).await,
             "/v1/audit" => self.audit(req).await,
+            "/v1/report/shadow" => super::report::shadow(slot, &rt, &self.auto, req).await,
+            p if p == "/v1/experiments" || p.starts_with("/v1/experiments/") => {
+                super::experiments::handle(self, &rt, req, p).await
+            }
             p if p.starts_with("/v1/decisions/") => {
                 super::decisions::get_one(slot, req, &p["/v1/decisions/".len()..]).await
             }
@@ -67,14 +71,14 @@ impl AdminRoutes for RoutingRoutes {
     }
 }
 
-fn actor(req: &AdminRequest) -> String {
+pub(crate) fn actor(req: &AdminRequest) -> String {
     req.caller
         .key_id
         .clone()
         .unwrap_or_else(|| "loopback".into())
 }
 
-fn reason(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
+pub(crate) fn reason(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
     match body.get("reason") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= 1000 => Ok(Some(s.clone())),
@@ -85,7 +89,7 @@ fn reason(body: &Map<String, Value>) -> Result<Option<String>, GatewayError> {
     }
 }
 
-fn body_object(req: &AdminRequest) -> Result<Map<String, Value>, GatewayError> {
+pub(crate) fn body_object(req: &AdminRequest) -> Result<Map<String, Value>, GatewayError> {
     if req.body.is_empty() {
         return Ok(Map::new());
     }
@@ -93,7 +97,7 @@ fn body_object(req: &AdminRequest) -> Result<Map<String, Value>, GatewayError> {
 }
 
 impl RoutingRoutes {
-    async fn store(&self) -> Result<Arc<dyn Store>, GatewayError> {
+    pub(crate) async fn store(&self) -> Result<Arc<dyn Store>, GatewayError> {
         let slot = self.slot.as_ref().ok_or_else(|| {
             GatewayError::Unavailable(
                 "operator state is kept in the store: storage.backend is \"none\" on this gateway"
@@ -106,7 +110,7 @@ impl RoutingRoutes {
         }
     }
 
-    fn feedback_route<'a>(
+    pub(crate) fn feedback_route<'a>(
         rt: &'a Runtime,
         route: &str,
     ) -> Result<&'a crate::config::RouteConfig, GatewayError> {
@@ -125,7 +129,7 @@ impl RoutingRoutes {
     }
 
     /// Store the new state, append the audit entry, and wake the aggregator.
-    async fn change(
+    pub(crate) async fn change(
         &self,
         route: &str,
         key: &str,
@@ -143,6 +147,8 @@ impl RoutingRoutes {
             .with_label_values(&[&entry.action])
             .inc();
         self.auto
+            .emit(crate::rollout::webhook::EventKind::Audit, || json!(e));
+        self.auto
             .states_dirty
             .store(true, std::sync::atomic::Ordering::Release);
         self.auto.nudge.notify_one();
@@ -150,7 +156,7 @@ impl RoutingRoutes {
     }
 
     /// The operator state as the aggregator last read it, plus what is in the store now.
-    async fn current_traffic(&self) -> Result<Traffic, GatewayError> {
+    pub(crate) async fn current_traffic(&self) -> Result<Traffic, GatewayError> {
         let store = self.store().await?;
         let states = store.route_states().await.map_err(store_err)?;
         Ok(Traffic::from_rows(
@@ -215,7 +221,7 @@ impl RoutingRoutes {
                     .map(|(c, pr)| {
                         json!({
                             "context": c,
-                            "exploit": &*pr.models[pr.ranking.first().copied().unwrap_or(0)].model,
+                            "exploit": &*pr.models[pr.exploit(&crate::feedback::RequestContext::default())].model,
                             "models": pr.models.iter().map(|m| json!({
                                 "model": &*m.model, "quality_mean": m.posterior.mean(),
                                 "samples": m.posterior.samples, "confidence": m.gate.confidence,
@@ -240,6 +246,11 @@ impl RoutingRoutes {
                 "models": models,
                 "contextual": ar.contextual,
                 "contexts": contexts,
+                "holdback_share": ar.holdback_share,
+                "rollback_monitor": t.rollout.get(name).and_then(|r| r.monitor.as_ref()),
+                "experiment": t.rollout.get(name).and_then(|r| r.experiment.as_ref()).map(|e| json!({
+                    "id": e.id, "state": e.state.name(), "step": e.step, "share": e.share(), "candidate": e.candidate,
+                })),
             }));
         }
         let broken: Vec<Value> = t
@@ -501,6 +512,12 @@ impl RoutingRoutes {
                         param: None,
                     });
                 };
+                // The rollback monitor starts afresh from now: old evidence must not re-pin.
+                let store = self.store().await?;
+                store
+                    .put_route_state(route, "rollback_since", Some(&now.to_string()), now)
+                    .await
+                    .map_err(store_err)?;
                 let entry = self
                     .change(
                         route,

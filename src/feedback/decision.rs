@@ -211,6 +211,14 @@ impl Decision {
         let mut s = match self.kind {
             PickKind::Off => format!("Route {} is off: served the default {}.", r.route, base.model),
             PickKind::Pinned => format!("Route {} is pinned to {}.", r.route, chosen.model),
+            PickKind::Holdback => format!(
+                "Served the default {} as part of the rollback monitor's holdback (the router would have chosen {}).",
+                base.model, chosen.model
+            ),
+            PickKind::Canary => format!(
+                "Canary experiment on route {}: this session's arm is {}.",
+                r.route, r.models[self.served].model
+            ),
             PickKind::Sticky => format!(
                 "Kept the session on {} (still allowed), so its NPS stays attributable.",
                 chosen.model
@@ -337,7 +345,8 @@ fn write_canonical(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                out.push_str(&Value::String((*k).clone()).to_string());
+                // serde_json's string escaping, without cloning the key.
+                let _ = serde_json::to_writer(string_writer(out), k.as_str());
                 out.push(':');
                 if let Some(x) = map.get(*k) {
                     write_canonical(x, out);
@@ -357,6 +366,26 @@ fn write_canonical(v: &Value, out: &mut String) {
         }
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// `io::Write` into a `String` (serde_json only ever writes valid UTF-8 for a `&str`).
+fn string_writer(out: &mut String) -> impl std::io::Write + '_ {
+    struct W<'a>(&'a mut String);
+    impl std::io::Write for W<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match std::str::from_utf8(buf) {
+                Ok(s) => {
+                    self.0.push_str(s);
+                    Ok(buf.len())
+                }
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    W(out)
 }
 
 fn mac(key: &SigningKey) -> Result<Hmac<Sha256>, SignError> {
@@ -380,6 +409,9 @@ pub fn normalise_numbers(v: &mut Value) {
             let x = n.as_f64().unwrap_or(0.0);
             let y = if x.abs() < 1e-10 {
                 0.0
+            } else if short_enough(x) {
+                // Already ≤ 12 significant digits: rounding would not change it.
+                x
             } else {
                 format!("{x:.11e}").parse::<f64>().unwrap_or(x)
             };
@@ -391,6 +423,33 @@ pub fn normalise_numbers(v: &mut Value) {
         Value::Object(m) => m.values_mut().for_each(normalise_numbers),
         _ => {}
     }
+}
+
+/// Whether the shortest representation of `x` has at most 12 significant digits.
+fn short_enough(x: f64) -> bool {
+    use std::fmt::Write;
+    let mut buf = String::with_capacity(32);
+    let _ = write!(buf, "{x:e}");
+    let mantissa = buf.split('e').next().unwrap_or("");
+    mantissa.bytes().filter(u8::is_ascii_digit).count() <= 12
+}
+
+/// Sign a trace and render the signed JSON text (what is stored and exported) in one pass.
+pub fn sign_to_string(trace: &DecisionTrace, key: &SigningKey) -> Result<String, SignError> {
+    let ser = |e: serde_json::Error| SignError::Serialise(e.to_string());
+    let mut v = serde_json::to_value(trace).map_err(ser)?;
+    normalise_numbers(&mut v);
+    let mut m = mac(key)?;
+    m.update(canonical_json(&v).as_bytes());
+    let sig = Signature {
+        alg: "HMAC-SHA256".to_string(),
+        key_id: key.key_id.clone(),
+        value: hex::encode(m.finalize().into_bytes()),
+    };
+    if let Value::Object(map) = &mut v {
+        map.insert("signature".into(), serde_json::to_value(&sig).map_err(ser)?);
+    }
+    serde_json::to_string(&v).map_err(ser)
 }
 
 /// Sign a trace. The returned copy has its floats normalised (see [`normalise_numbers`]).

@@ -537,6 +537,10 @@ pub enum PickKind {
     Explored,
     /// The session's previous model, still allowed.
     Sticky,
+    /// Kept on the baseline as the rollback monitor's reference (live routes).
+    Holdback,
+    /// Assigned by a running canary experiment (served: its arm's model).
+    Canary,
 }
 
 /// Why a served model differs from the policy's pick, or why a session hint was dropped.

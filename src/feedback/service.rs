@@ -24,7 +24,10 @@ use crate::config::RouteConfig;
 use crate::dialect::Usage;
 use crate::metrics::metrics;
 use crate::proxy::Gateway;
-use crate::routing::auto::{AutoRoute, RouteInfo, RouterTable};
+use crate::routing::auto::{AutoRoute, RouteInfo, RouteRollout, RouterTable};
+use crate::rollout::canary::{Arm, Experiment, ExperimentSpec, ExperimentState};
+use crate::rollout::monitor::{MonitorArm, RollbackMonitor};
+use crate::store::{AuditAppend, ScoredDecision};
 use crate::routing::Runtime;
 use crate::store::{FeedbackRow, RouteModelStats, RouteStateRow, Store};
 use crate::trace::writer::StoreSlot;
@@ -207,6 +210,58 @@ pub struct PinState {
     pub automatic: bool,
 }
 
+/// A stored experiment (route state `experiment`): its spec, and the operator's last action.
+/// Its state is not stored: every instance derives it from the scored decisions, identically.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ExperimentRecord {
+    pub id: String,
+    pub spec: ExperimentSpec,
+    pub created_ms: i64,
+    #[serde(default)]
+    pub operator: Option<OperatorAction>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct OperatorAction {
+    /// `stop` or `promote`.
+    pub action: String,
+    pub at_ms: i64,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub actor: String,
+}
+
+/// A per-request score on [0, 1], or None for rows that are not scores.
+fn unit_score(r: &ScoredDecision) -> Option<f64> {
+    let scale = parse_scale(&r.scale)?;
+    super::posterior::normalise(r.value, scale).ok()
+}
+
+/// Replay an experiment over its scored decisions (feedback order): the same rows give the
+/// same state on every instance.
+pub fn derive_experiment(rec: &ExperimentRecord, rows: &[ScoredDecision]) -> Option<Experiment> {
+    let mut e = Experiment::new(&rec.id, rec.spec.clone(), rec.created_ms).ok()?;
+    for r in rows.iter().filter(|r| r.kind == "canary" && r.ts_ms >= rec.created_ms) {
+        let Some(x) = unit_score(r) else { continue };
+        let arm = if r.served == e.candidate {
+            Arm::Candidate
+        } else {
+            Arm::Baseline
+        };
+        if e.observe(arm, x) {
+            e.evaluate(r.ts_ms);
+        }
+    }
+    if let Some(op) = &rec.operator {
+        let _ = match op.action.as_str() {
+            "stop" => e.stop(op.reason.as_deref().unwrap_or("stopped by the operator"), op.at_ms),
+            "promote" => e.promote(op.at_ms),
+            _ => Ok(crate::rollout::canary::Transition::None),
+        };
+    }
+    Some(e)
+}
+
 /// The effective mode, constraints and pin of a route (config, overridden by the API).
 pub fn effective_state(
     name: &str,
@@ -250,6 +305,8 @@ pub struct BuildInputs<'a> {
     pub version: u64,
     pub now_ms: i64,
     pub events_folded: u64,
+    /// Experiments and monitors derived at the last rollout evaluation.
+    pub rollout: &'a HashMap<String, RouteRollout>,
 }
 
 /// Build the router table for every feedback route of the runtime's config.
@@ -258,6 +315,7 @@ pub fn build_table(inp: &BuildInputs<'_>) -> RouterTable {
         version: inp.version,
         built_ms: inp.now_ms,
         events_folded: inp.events_folded,
+        rollout: inp.rollout.clone(),
         ..Default::default()
     };
     for (name, rc) in inp.rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
@@ -282,10 +340,27 @@ struct ModelFacts {
 fn build_route(inp: &BuildInputs<'_>, name: &str, rc: &RouteConfig) -> Result<AutoRoute, String> {
     let rt = inp.rt;
     let baseline = rc.baseline.as_deref().unwrap_or_default();
-    let (mode, mode_source, constraints, constraints_source, pin) =
+    let (mut mode, mut mode_source, constraints, constraints_source, pin) =
         effective_state(name, rc, inp.traffic);
+    let experiment = inp
+        .rollout
+        .get(name)
+        .and_then(|r| r.experiment.clone());
+    // An experiment promoted by its own ramp (auto_promote) turns the route live.
+    if let Some(e) = &experiment {
+        if e.state == ExperimentState::Promoted && e.auto_promote && mode != Mode::Live {
+            mode = Mode::Live;
+            mode_source = "experiment";
+        }
+    }
+    let assigning = experiment.filter(|e| {
+        matches!(
+            e.state,
+            ExperimentState::Running | ExperimentState::ReadyToPromote
+        )
+    });
     let mut info = RouteInfo {
-        mode_source,
+        mode_source: "",
         constraints_source,
         pin_reason: pin.as_ref().and_then(|p| p.reason.clone()),
         ..Default::default()
@@ -386,6 +461,7 @@ fn build_route(inp: &BuildInputs<'_>, name: &str, rc: &RouteConfig) -> Result<Au
         })
         .map_err(|e| e.to_string())
     };
+    info.mode_source = mode_source;
     let prepared = prepare(name)?;
     let mut contexts = HashMap::new();
     if rc.contextual {
@@ -397,11 +473,18 @@ fn build_route(inp: &BuildInputs<'_>, name: &str, rc: &RouteConfig) -> Result<Au
         }
     }
     let _ = base.native;
+    let holdback_share = if mode == Mode::Live && pin.is_none() {
+        rc.rollback.holdback_share
+    } else {
+        0.0
+    };
     Ok(AutoRoute {
         prepared,
         contexts,
         contextual: rc.contextual,
         info,
+        holdback_share,
+        experiment: assigning,
     })
 }
 
@@ -458,6 +541,8 @@ struct Loop {
     last_traffic: Option<Instant>,
     version: u64,
     priors: Option<Arc<Priors>>,
+    rollout: HashMap<String, RouteRollout>,
+    last_rollout: Option<Instant>,
 }
 
 /// Traffic stats are re-read at most this often (they change slowly; feedback is folded at
@@ -507,6 +592,7 @@ impl AggregatorService {
             version: 1,
             now_ms: chrono::Utc::now().timestamp_millis(),
             events_folded: 0,
+            rollout: &HashMap::new(),
         });
         for (r, e) in &table.broken {
             tracing::warn!(route = %r, error = %e, "feedback route unusable; serving its baseline only");
@@ -517,6 +603,8 @@ impl AggregatorService {
     async fn refresh(&self, st: &mut Loop, store: Option<Arc<dyn Store>>) {
         let rt = self.gw.runtime.load_full();
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut folded_rows = 0usize;
+        let mut traffic_refreshed = false;
         if let Some(store) = &store {
             // 1. Fold new feedback.
             loop {
@@ -528,6 +616,7 @@ impl AggregatorService {
                     }
                 };
                 let n = rows.len();
+                folded_rows += n;
                 for row in &rows {
                     st.cursor = st.cursor.max(row.seq);
                     match events_for(row) {
@@ -588,6 +677,7 @@ impl AggregatorService {
                             self.gw.auto.set_stored_spend(route, *usd, now_ms);
                         }
                         st.last_traffic = Some(Instant::now());
+                        traffic_refreshed = true;
                     }
                     (w, t, s) => {
                         let e = w.err().or(t.err()).or(s.err());
@@ -596,7 +686,15 @@ impl AggregatorService {
                 }
             }
         }
-        // 3. Rebuild and publish.
+        // 3. Canaries and rollback monitors, from the scored decisions in the store.
+        if let Some(store) = &store {
+            let due = st.last_rollout.is_none_or(|t| t.elapsed() >= TRAFFIC_EVERY);
+            if folded_rows > 0 || due || traffic_refreshed {
+                self.evaluate_rollout(&rt, store, st, now_ms).await;
+                st.last_rollout = Some(Instant::now());
+            }
+        }
+        // 4. Rebuild and publish.
         let at = st.agg.latest_ms().unwrap_or(now_ms);
         apply_priors(&mut st.agg, &rt, st.priors.as_deref(), at);
         let stats = st.agg.snapshot();
@@ -610,11 +708,145 @@ impl AggregatorService {
             version: st.version,
             now_ms,
             events_folded: st.agg.events_folded() as u64,
+            rollout: &st.rollout,
         });
         metrics().router_table_version.set(st.version as i64);
         metrics().router_table_age.set(now_ms as f64 / 1000.0);
         self.gw.auto.table.store(Arc::new(table));
         self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
+    }
+}
+
+/// Scored decisions read per route and evaluation (the newest are kept).
+const ROLLOUT_ROWS: usize = 200_000;
+
+impl AggregatorService {
+    async fn evaluate_rollout(
+        &self,
+        rt: &Runtime,
+        store: &Arc<dyn Store>,
+        st: &mut Loop,
+        now_ms: i64,
+    ) {
+        let mut out = HashMap::new();
+        for (name, rc) in rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
+            let (mode, _, constraints, _, pin) = effective_state(name, rc, &st.traffic);
+            let record = st
+                .traffic
+                .state(name, "experiment")
+                .and_then(|v| serde_json::from_str::<ExperimentRecord>(v).ok());
+            let rb_since: i64 = st
+                .traffic
+                .state(name, "rollback_since")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let monitor_on =
+                mode == Mode::Live && rc.rollback.holdback_share > 0.0 && pin.is_none();
+            if !monitor_on && record.is_none() {
+                continue;
+            }
+            let since = match &record {
+                Some(r) if monitor_on => r.created_ms.min(rb_since),
+                Some(r) => r.created_ms,
+                None => rb_since,
+            };
+            let rows = match store.scored_decisions(name, since, ROLLOUT_ROWS).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(route = %name, error = %e, "rollout: reading scored decisions failed");
+                    if let Some(prev) = st.rollout.get(name) {
+                        out.insert(name.clone(), prev.clone());
+                    }
+                    continue;
+                }
+            };
+            let mut rr = RouteRollout::default();
+            if let Some(rec) = &record {
+                rr.experiment = derive_experiment(rec, &rows).map(Arc::new);
+            }
+            if monitor_on {
+                let mut cfg = rc.rollback;
+                cfg.threshold = constraints.max_regression;
+                if let Ok(mut m) = RollbackMonitor::new(name, cfg) {
+                    let mut alarm = None;
+                    for r in rows.iter().filter(|r| r.ts_ms >= rb_since) {
+                        let arm = match r.kind.as_str() {
+                            "holdback" => MonitorArm::Holdback,
+                            "promoted" | "explored" | "sticky" | "baseline" => MonitorArm::Served,
+                            _ => continue,
+                        };
+                        if let Some(x) = unit_score(r) {
+                            m.observe(arm, x);
+                            if alarm.is_none() {
+                                alarm = m.check();
+                            }
+                        }
+                    }
+                    rr.monitor = Some(m.report());
+                    if let Some(ev) = alarm {
+                        self.auto_pin(store, st, name, rc, &ev, now_ms).await;
+                    }
+                }
+            }
+            out.insert(name.clone(), rr);
+        }
+        st.rollout = out;
+    }
+
+    /// Pin a regressing live route to its baseline: stored, audited, counted, sent.
+    async fn auto_pin(
+        &self,
+        store: &Arc<dyn Store>,
+        st: &mut Loop,
+        route: &str,
+        rc: &RouteConfig,
+        ev: &crate::rollout::monitor::RollbackEvent,
+        now_ms: i64,
+    ) {
+        let baseline = rc.baseline.clone().unwrap_or_default();
+        let reason = format!(
+            "automatic rollback: served quality {:.4} vs holdback {:.4} (reference {:.4}): drop {:.4} beyond the limit {:.4} after {} served requests since the change",
+            ev.served_mean, ev.holdback_mean, ev.reference, -ev.estimate, ev.threshold, ev.since_change
+        );
+        let pin = PinState {
+            model: baseline,
+            reason: Some(reason.clone()),
+            actor: Some("loopgate".into()),
+            at_ms: now_ms,
+            automatic: true,
+        };
+        let v = serde_json::to_string(&pin).unwrap_or_default();
+        if let Err(e) = store.put_route_state(route, "pin", Some(&v), now_ms).await {
+            tracing::error!(route, error = %e, "automatic rollback: pin could not be stored");
+            return;
+        }
+        let entry = AuditAppend {
+            ts_ms: now_ms,
+            actor: "loopgate".into(),
+            action: "route.auto_pin".into(),
+            route: Some(route.to_string()),
+            old: None,
+            new: Some(v.clone()),
+            reason: Some(reason.clone()),
+        };
+        match store.append_audit(&entry).await {
+            Ok(_) => metrics()
+                .audit_entries
+                .with_label_values(&["route.auto_pin"])
+                .inc(),
+            Err(e) => tracing::error!(route, error = %e, "automatic rollback: audit entry failed"),
+        }
+        metrics().rollbacks.with_label_values(&[route]).inc();
+        tracing::warn!(route, %reason, "route auto-pinned to its baseline");
+        self.gw
+            .auto
+            .emit(crate::rollout::webhook::EventKind::Rollback, || {
+                serde_json::json!({"route": route, "pin": pin, "event": ev})
+            });
+        // Apply at once on this instance; others read it at their next refresh.
+        st.traffic
+            .states
+            .insert((route.to_string(), "pin".to_string()), v);
     }
 }
 
@@ -637,6 +869,8 @@ impl BackgroundService for AggregatorService {
             last_traffic: None,
             version: self.gw.auto.table.load().version,
             priors: Self::load_priors(&rt),
+            rollout: HashMap::new(),
+            last_rollout: None,
         };
         let mut config_version = rt.version;
         loop {

@@ -82,6 +82,8 @@ pub struct RequestCtx {
     pub served_index: Option<usize>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
+    /// Shadow call / judge sampling of this request (`crate::rollout::shadow`).
+    pub rollout: Option<Box<crate::rollout::shadow::RolloutCtx>>,
 }
 
 impl RequestCtx {
@@ -122,6 +124,7 @@ impl RequestCtx {
             served_index: None,
             request_body: None,
             response_body: None,
+            rollout: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! (exchange, fallback, streaming), [`respond`] (downstream writes), [`logging`].
 
 pub mod ctx;
+pub mod headless;
 pub mod logging;
 pub mod request;
 pub mod respond;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
-use crate::feedback::Mode;
+use crate::feedback::{Mode, PickKind};
+use crate::rollout::canary::Arm;
 use crate::metrics::metrics;
 use crate::routing::auto::RecentDecision;
 use crate::routing::{Candidate, Runtime};
@@ -37,13 +38,39 @@ pub fn candidates(
         // cannot be prepared): serve the baseline without a decision.
         return rt.resolve_with_fallbacks(baseline, None);
     };
-    let d = gw.auto.decide(
+    let mut d = gw.auto.decide(
         &prepared,
         route,
         ctx.session_id.as_deref(),
         ctx.ts_ms,
         rand::random::<f64>(),
     );
+    if d.kind != PickKind::Pinned {
+        let (holdback, experiment) = gw.auto.rollout_of(route);
+        if let Some(e) = experiment {
+            // A canary assigns by session (or request) and serves its arm for real.
+            let key = ctx.session_id.as_deref().unwrap_or(&ctx.request_id);
+            let arm = e.assign(key);
+            let model = match arm {
+                Arm::Candidate => e.candidate.as_str(),
+                Arm::Baseline => e.baseline.as_str(),
+            };
+            if let Some(i) = d.route.index_of(model) {
+                let share = e.share();
+                d.served = i;
+                d.chosen = i;
+                d.kind = PickKind::Canary;
+                d.propensity = if arm == Arm::Candidate { share } else { 1.0 - share };
+            }
+        } else if d.route.mode == Mode::Live
+            && holdback > 0.0
+            && crate::rollout::monitor::in_holdback(route, &ctx.request_id, holdback)
+        {
+            d.served = 0;
+            d.kind = PickKind::Holdback;
+            d.propensity = holdback;
+        }
+    }
     let mut cands = match rt.resolve_with_fallbacks(d.served_model(), None) {
         Ok(c) => c,
         Err(_) if d.served != 0 => Vec::new(),
@@ -63,6 +90,7 @@ pub fn candidates(
             at_ms: ctx.ts_ms,
         },
     );
+    ctx.rollout = crate::rollout::shadow::prepare(rt, &ctx.request_id, req, route, &d);
     ctx.decision_id = Some(ctx.request_id.clone());
     ctx.auto = Some(Box::new(AutoCtx {
         decision: d,
@@ -99,6 +127,7 @@ pub fn after_serve(gw: &Gateway, ctx: &mut RequestCtx) {
 /// Logging phase: metrics, router spend, and the signed decision row for the trace.
 pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
     let a = ctx.auto.take()?;
+    crate::rollout::shadow::after_request(ctx, &a);
     let d = &a.decision;
     let kind = serde_json::to_value(d.kind)
         .ok()
@@ -121,7 +150,13 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
         ctx.session_id.as_deref(),
         a.context,
     ) {
-        Ok(row) => Some(Box::new(row)),
+        Ok(row) => {
+            gw.auto
+                .emit(crate::rollout::webhook::EventKind::Decision, || {
+                    serde_json::from_str(&row.signed).unwrap_or(serde_json::Value::Null)
+                });
+            Some(Box::new(row))
+        }
         Err(e) => {
             tracing::error!(request_id = %ctx.request_id, error = %e, "decision trace could not be signed");
             None

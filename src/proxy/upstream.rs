@@ -80,7 +80,10 @@ fn record_attempt(
     });
 }
 
-async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), SignError> {
+pub(crate) async fn sign(
+    prov: &ProviderRuntime,
+    req: &mut UpstreamRequest,
+) -> Result<(), SignError> {
     let host = prov.endpoint.host_header();
     match prov.signer.sign(req, &host) {
         Err(SignError::NotReady(_)) => {
@@ -94,7 +97,11 @@ async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), S
 
 /// Timeouts for one attempt. Read timeout precedence: the routing rule's, then the
 /// server config's (when set), then the provider profile's, then the built-in default.
-fn exchange_options(rt: &Runtime, prov: &ProviderRuntime, route: Option<&str>) -> ExchangeOptions {
+pub(crate) fn exchange_options(
+    rt: &Runtime,
+    prov: &ProviderRuntime,
+    route: Option<&str>,
+) -> ExchangeOptions {
     let mut o = rt.exchange;
     if let (None, Some(s)) = (
         rt.config.server.read_timeout_secs,
@@ -126,7 +133,7 @@ fn forwarded_headers(resp: &UpstreamResponse) -> Vec<(String, String)> {
 }
 
 /// Price a response from the catalog (served model first, then the requested id).
-fn price(
+pub(crate) fn price(
     rt: &Runtime,
     prov: &ProviderRuntime,
     served: Option<&str>,
@@ -151,7 +158,11 @@ fn price(
     }
 }
 
-fn build(prov: &ProviderRuntime, op: &Op, t: &Target) -> Result<UpstreamRequest, DialectError> {
+pub(crate) fn build(
+    prov: &ProviderRuntime,
+    op: &Op,
+    t: &Target,
+) -> Result<UpstreamRequest, DialectError> {
     match op {
         Op::Chat(r) => prov.dialect.build_chat(r, t),
         Op::Embeddings(b) => prov.dialect.build_embeddings(b, t),
@@ -159,7 +170,7 @@ fn build(prov: &ProviderRuntime, op: &Op, t: &Target) -> Result<UpstreamRequest,
     }
 }
 
-fn translate(
+pub(crate) fn translate(
     prov: &ProviderRuntime,
     op: &Op,
     body: &[u8],
@@ -522,6 +533,7 @@ async fn whole_back(
     }
     ctx.usage = t.usage;
     ctx.cost_usd = price(rt, prov, t.model.as_deref(), &cand.model, op, &t.usage);
+    crate::rollout::judge_service::capture_whole(ctx, &t.body);
     if capture(rt, ctx) {
         ctx.response_body = Some(String::from_utf8_lossy(&t.body).into_owned());
     }
@@ -707,6 +719,7 @@ async fn stream_back(
         if !out.is_empty() {
             let chunk = out.split().freeze();
             ctx.response_bytes += chunk.len() as u64;
+            crate::rollout::judge_service::capture_stream(ctx, &chunk);
             if let Some(c) = captured.as_mut() {
                 if c.len() + chunk.len() <= CAPTURE_LIMIT {
                     c.extend_from_slice(&chunk);

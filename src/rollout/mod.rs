@@ -12,7 +12,9 @@
 
 pub mod canary;
 pub mod judge;
+pub mod judge_service;
 pub mod monitor;
+pub mod shadow;
 pub mod webhook;
 
 use std::time::Duration;

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use serde::Serialize;
 
-use crate::feedback::decision::{sign, SigningKey};
+use crate::feedback::decision::{sign_to_string, SigningKey};
 use crate::feedback::router::PreparedRoute;
 use crate::feedback::{decide, Decision, PickKind, RequestContext};
 use crate::providers::Secret;
@@ -46,6 +46,18 @@ pub struct AutoRoute {
     pub contexts: HashMap<String, Arc<PreparedRoute>>,
     pub contextual: bool,
     pub info: RouteInfo,
+    /// Share of live traffic kept on the baseline for the rollback monitor (0: off).
+    pub holdback_share: f64,
+    /// A canary experiment that is assigning traffic (running or ready to promote).
+    pub experiment: Option<Arc<crate::rollout::canary::Experiment>>,
+}
+
+/// Rollout state of a route derived from stored data at the last refresh (for the API).
+#[derive(Debug, Clone, Default)]
+pub struct RouteRollout {
+    /// The route's latest experiment (any state).
+    pub experiment: Option<Arc<crate::rollout::canary::Experiment>>,
+    pub monitor: Option<crate::rollout::monitor::MonitorReport>,
 }
 
 /// The published router table.
@@ -59,6 +71,8 @@ pub struct RouterTable {
     pub routes: HashMap<String, AutoRoute>,
     /// Feedback routes that could not be prepared, with the reason (served baseline-only).
     pub broken: Vec<(String, String)>,
+    /// Experiments and rollback monitors per route.
+    pub rollout: HashMap<String, RouteRollout>,
 }
 
 /// A routed request remembered briefly, so feedback that arrives before its trace is stored
@@ -108,6 +122,8 @@ pub struct AutoState {
     pub nudge: tokio::sync::Notify,
     /// Operator state changed on this instance: re-read it at the next refresh.
     pub states_dirty: std::sync::atomic::AtomicBool,
+    /// Signed webhook for decision / audit / rollback / experiment events, when configured.
+    pub webhook: std::sync::OnceLock<crate::rollout::webhook::WebhookSender>,
 }
 
 impl AutoState {
@@ -138,6 +154,16 @@ impl AutoState {
             recent_capacity: recent_capacity.max(1),
             nudge: tokio::sync::Notify::new(),
             states_dirty: std::sync::atomic::AtomicBool::new(false),
+            webhook: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Queue a webhook event (never blocks; a full queue drops and counts).
+    pub fn emit(&self, kind: crate::rollout::webhook::EventKind, data: impl FnOnce() -> serde_json::Value) {
+        if let Some(w) = self.webhook.get() {
+            if w.wants(kind) {
+                let _ = w.try_send(crate::rollout::webhook::WebhookEvent::new(kind, data()));
+            }
         }
     }
 
@@ -150,6 +176,18 @@ impl AutoState {
                 .and_then(|c| ar.contexts.get(c))
                 .unwrap_or(&ar.prepared),
         ))
+    }
+
+    /// The route's holdback share and assigning experiment, if any.
+    pub fn rollout_of(
+        &self,
+        route: &str,
+    ) -> (f64, Option<Arc<crate::rollout::canary::Experiment>>) {
+        let t = self.table.load();
+        match t.routes.get(route) {
+            Some(ar) => (ar.holdback_share, ar.experiment.clone()),
+            None => (0.0, None),
+        }
     }
 
     fn spend_today(&self, route: &str, now_ms: i64) -> f64 {
@@ -309,8 +347,7 @@ impl AutoState {
     ) -> Result<DecisionRow, String> {
         let mut trace = d.trace(request_id, at_ms);
         trace.context = context.map(str::to_string);
-        let signed = sign(&trace, &self.signing).map_err(|e| e.to_string())?;
-        let json = serde_json::to_string(&signed).map_err(|e| e.to_string())?;
+        let json = sign_to_string(&trace, &self.signing).map_err(|e| e.to_string())?;
         let served = &d.route.models[d.served];
         Ok(DecisionRow {
             request_id: request_id.to_string(),

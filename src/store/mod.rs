@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::trace::TraceRecord;
 pub use routing::{
     AuditAppend, AuditEntry, DecisionQuery, DecisionRow, FeedbackInsert, FeedbackRow, RouteModelStats,
-    RouteStateRow,
+    RouteStateRow, ScoredDecision,
 };
 
 pub use query::{
@@ -296,6 +296,16 @@ pub trait Store: Send + Sync {
     /// Every stored route state value.
     async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
         Err(unsupported(self.backend(), "route state"))
+    }
+    /// Per-request scores (not session NPS) of `route`'s decisions made at or after `since_ms`,
+    /// joined with their decision, in feedback order; at most `limit` (the newest are kept).
+    async fn scored_decisions(
+        &self,
+        _route: &str,
+        _since_ms: i64,
+        _limit: usize,
+    ) -> Result<Vec<ScoredDecision>, StoreError> {
+        Err(unsupported(self.backend(), "scored decisions"))
     }
     /// Served-traffic aggregates per (route, served model) since `since_ms`.
     async fn route_model_stats(&self, _since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {

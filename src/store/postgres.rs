@@ -24,7 +24,7 @@ use super::sqlite::{page, project_cond};
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
     FeedbackInsert, FeedbackRow, GroupBy, PurgeRule, RawRow, RollupKey, RollupRow, RouteModelStats,
-    RouteStateRow, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
+    RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 
@@ -972,6 +972,40 @@ impl Store for PgStore {
             )
             .await?;
         rows.first().map(row_to_decision).transpose()
+    }
+
+    async fn scored_decisions(
+        &self,
+        route: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ScoredDecision>, StoreError> {
+        let rows = self
+            .read_rows(
+                "SELECT * FROM (SELECT f.seq, d.request_id, d.ts_ms, d.kind, d.served, d.baseline, f.signal, f.value, f.scale FROM feedback f JOIN decisions d ON d.request_id = f.request_id WHERE d.route = $1 AND d.ts_ms >= $2 AND f.signal IN ('feedback', 'judge', 'admin') ORDER BY f.seq DESC LIMIT $3) t ORDER BY seq ASC",
+                &[
+                    SqlParam::Text(route.to_string()),
+                    SqlParam::Int(since_ms),
+                    SqlParam::Int(limit.min(1_000_000) as i64),
+                ],
+            )
+            .await?;
+        let q = |e: tokio_postgres::Error| StoreError::Corrupt(e.to_string());
+        rows.iter()
+            .map(|r| {
+                Ok(ScoredDecision {
+                    seq: r.try_get(0).map_err(q)?,
+                    request_id: r.try_get(1).map_err(q)?,
+                    ts_ms: r.try_get(2).map_err(q)?,
+                    kind: r.try_get(3).map_err(q)?,
+                    served: r.try_get(4).map_err(q)?,
+                    baseline: r.try_get(5).map_err(q)?,
+                    signal: r.try_get(6).map_err(q)?,
+                    value: r.try_get(7).map_err(q)?,
+                    scale: r.try_get(8).map_err(q)?,
+                })
+            })
+            .collect()
     }
 
     async fn query_decisions(&self, q: &DecisionQuery) -> Result<Vec<DecisionRow>, StoreError> {

@@ -216,6 +216,24 @@ pub struct RouteStateRow {
     pub updated_ms: i64,
 }
 
+/// A per-request score joined with the decision it scores (canaries and rollback monitors).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoredDecision {
+    /// Feedback sequence number (replay order).
+    pub seq: i64,
+    pub request_id: String,
+    /// Decision time.
+    pub ts_ms: i64,
+    /// Decision kind (`holdback`, `canary`, `promoted`, ...).
+    pub kind: String,
+    pub served: String,
+    pub baseline: String,
+    /// `feedback`, `judge` or `admin`.
+    pub signal: String,
+    pub value: f64,
+    pub scale: String,
+}
+
 /// Served-traffic aggregates of one (route, served model) since a time (shadow rows excluded).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteModelStats {

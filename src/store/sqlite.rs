@@ -23,7 +23,7 @@ use super::routing::{
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, Cursor, DecisionQuery, DecisionRow,
     FeedbackInsert, FeedbackRow, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow,
-    RouteModelStats, RouteStateRow, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
+    RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 
@@ -921,6 +921,38 @@ impl Store for SqliteStore {
             st.query_row([id], row_to_decision)
                 .optional()
                 .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn scored_decisions(
+        &self,
+        route: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ScoredDecision>, StoreError> {
+        let route = route.to_string();
+        let limit = limit.min(1_000_000) as i64;
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached("SELECT * FROM (SELECT f.seq, d.request_id, d.ts_ms, d.kind, d.served, d.baseline, f.signal, f.value, f.scale FROM feedback f JOIN decisions d ON d.request_id = f.request_id WHERE d.route = ?1 AND d.ts_ms >= ?2 AND f.signal IN ('feedback', 'judge', 'admin') ORDER BY f.seq DESC LIMIT ?3) t ORDER BY seq ASC")
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(rusqlite::params![route, since_ms, limit], |r| {
+                    Ok(ScoredDecision {
+                        seq: r.get(0)?,
+                        request_id: r.get(1)?,
+                        ts_ms: r.get(2)?,
+                        kind: r.get(3)?,
+                        served: r.get(4)?,
+                        baseline: r.get(5)?,
+                        signal: r.get(6)?,
+                        value: r.get(7)?,
+                        scale: r.get(8)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
         })
         .await
     }

@@ -1,0 +1,287 @@
+//! Headless exchange: one non-streamed chat completion through the gateway's own provider
+//! layer, with no downstream session. Background work (shadow calls, the judge) uses it so
+//! any configured provider can serve them, with the same build → sign → send → translate
+//! steps and the same fallback rules as client traffic (`super::upstream`).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::dialect::{DialectError, Target, Usage};
+use crate::error::GatewayError;
+use crate::metrics::metrics;
+use crate::routing::{Candidate, Runtime};
+use crate::trace::Attempt;
+use crate::upstream::{self, UpstreamError};
+
+use super::upstream::{build, exchange_options, price, sign, translate, Op};
+
+/// The answer of one headless exchange.
+#[derive(Debug, Clone)]
+pub struct HeadlessResult {
+    /// The OpenAI chat.completion body, as the client path would have answered.
+    pub body: Value,
+    pub usage: Usage,
+    /// Catalog price of the exchange (0 when the model has no price).
+    pub cost_usd: f64,
+    pub provider: String,
+    /// The model the provider reports (else the candidate's).
+    pub served_model: String,
+    /// Whole exchange, every attempt included.
+    pub latency_ms: f64,
+    pub attempts: Vec<Attempt>,
+}
+
+impl HeadlessResult {
+    /// The assistant text of the first choice (empty when it answered with tool calls only).
+    pub fn text(&self) -> &str {
+        self.body
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    }
+}
+
+/// One chat completion, no streaming, trying `candidates` in order (fallback on connect
+/// errors, timeouts, 429, 5xx and "overloaded", as on the client path).
+pub async fn chat_once(
+    rt: &Runtime,
+    candidates: &[Candidate],
+    body: Value,
+    request_id: &str,
+) -> Result<HeadlessResult, GatewayError> {
+    let mut attempts = Vec::new();
+    exchange(rt, candidates, body, request_id, None, &mut attempts).await
+}
+
+fn attempt(cand: &Candidate, status: Option<u16>, outcome: &str, started: Instant) -> Attempt {
+    metrics()
+        .attempts
+        .with_label_values(&[cand.provider.name(), outcome])
+        .inc();
+    Attempt {
+        provider: cand.provider.name().to_string(),
+        model: cand.model.clone(),
+        status,
+        outcome: outcome.to_string(),
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        error: None,
+    }
+}
+
+fn failed(
+    cand: &Candidate,
+    status: Option<u16>,
+    outcome: &str,
+    started: Instant,
+    e: String,
+) -> Attempt {
+    Attempt {
+        error: Some(e),
+        ..attempt(cand, status, outcome, started)
+    }
+}
+
+/// As [`chat_once`], recording every attempt in `attempts` even when all fail (the caller
+/// traces failed background calls too). `route` selects the route's read timeout.
+pub(crate) async fn exchange(
+    rt: &Runtime,
+    candidates: &[Candidate],
+    body: Value,
+    request_id: &str,
+    route: Option<&str>,
+    attempts: &mut Vec<Attempt>,
+) -> Result<HeadlessResult, GatewayError> {
+    let began = Instant::now();
+    let Value::Object(mut map) = body else {
+        return Err(GatewayError::invalid(
+            "a headless chat request must be a JSON object",
+            None,
+        ));
+    };
+    // Background calls never stream: the whole answer is needed at once.
+    map.insert("stream".into(), Value::Bool(false));
+    map.remove("stream_options");
+    if !map.get("model").is_some_and(Value::is_string) {
+        let m = candidates
+            .first()
+            .map(|c| c.model.clone())
+            .unwrap_or_default();
+        map.insert("model".into(), Value::String(m));
+    }
+    let raw = serde_json::to_vec(&map).map_err(|e| GatewayError::Internal(e.to_string()))?;
+    // The client path's validation, so a background call never sends what a client could not.
+    let req = super::request::parse_chat(Bytes::from(raw), None)?;
+    let op = Op::Chat(&req);
+    let created = crate::dialect::unix_now();
+    let limit = rt.config.server.max_response_bytes;
+    let mut last: Option<GatewayError> = None;
+
+    for (i, cand) in candidates.iter().enumerate() {
+        let prov = &cand.provider;
+        let more = i + 1 < candidates.len();
+        let info = rt.catalog.get(&prov.profile.catalog_providers, &cand.model);
+        let target = Target {
+            profile: &prov.profile,
+            endpoint: &prov.endpoint,
+            model: &cand.model,
+            stream: false,
+            request_id,
+            created,
+            max_output_tokens: info.and_then(|m| m.max_output_tokens),
+        };
+        let started = Instant::now();
+        let mut up = match build(prov, &op, &target) {
+            Ok(r) => r,
+            Err(DialectError::Unsupported { message, param }) => {
+                attempts.push(failed(cand, None, "unsupported", started, message.clone()));
+                last = Some(GatewayError::invalid_code(
+                    message,
+                    param.as_deref(),
+                    "unsupported_parameter",
+                ));
+                continue;
+            }
+            Err(e) => {
+                attempts.push(failed(cand, None, "build_error", started, e.to_string()));
+                last = Some(GatewayError::Internal(e.to_string()));
+                continue;
+            }
+        };
+        for (k, v) in &prov.profile.headers {
+            up.headers.push((k.clone(), v.clone()));
+        }
+        if let Err(e) = sign(prov, &mut up).await {
+            // SignError messages name variables, never credential values.
+            attempts.push(failed(cand, None, "sign_error", started, e.to_string()));
+            last = Some(upstream_error(
+                502,
+                format!("could not authenticate to {}: {e}", prov.name()),
+                "upstream_auth_error",
+            ));
+            continue;
+        }
+        let opts = exchange_options(rt, prov, route);
+        let resp = match upstream::send(&prov.endpoint, &up, &opts, prov.name()).await {
+            Ok(r) => r,
+            Err(e) => {
+                attempts.push(failed(cand, None, e.outcome(), started, e.to_string()));
+                last = Some(transport_error(prov.name(), &e));
+                continue;
+            }
+        };
+        let status = resp.status();
+        if !(200..300).contains(&status) {
+            let body = resp.body(1024 * 1024).await.unwrap_or_default();
+            let f = prov.dialect.classify_error(status, &body);
+            let outcome = if f.code == "overloaded" {
+                "overloaded"
+            } else {
+                "http_error"
+            };
+            attempts.push(failed(
+                cand,
+                Some(status),
+                outcome,
+                started,
+                f.message.clone(),
+            ));
+            let e = upstream_error(status, format!("{}: {}", prov.name(), f.message), f.code);
+            if f.retryable && more {
+                last = Some(e);
+                continue;
+            }
+            return Err(e);
+        }
+        let bytes = match resp.body(limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                attempts.push(failed(
+                    cand,
+                    Some(status),
+                    e.outcome(),
+                    started,
+                    e.to_string(),
+                ));
+                last = Some(transport_error(prov.name(), &e));
+                continue;
+            }
+        };
+        let t = match translate(prov, &op, &bytes, &target) {
+            Ok(t) => t,
+            Err(e) => {
+                attempts.push(failed(
+                    cand,
+                    Some(status),
+                    "bad_response",
+                    started,
+                    e.to_string(),
+                ));
+                last = Some(upstream_error(502, e.to_string(), "bad_upstream_response"));
+                continue;
+            }
+        };
+        attempts.push(attempt(cand, Some(status), "ok", started));
+        let body: Value = serde_json::from_slice(&t.body)
+            .map_err(|e| GatewayError::Internal(format!("translated body is not JSON: {e}")))?;
+        let cost_usd = price(rt, prov, t.model.as_deref(), &cand.model, &op, &t.usage);
+        return Ok(HeadlessResult {
+            body,
+            usage: t.usage,
+            cost_usd,
+            provider: prov.name().to_string(),
+            served_model: t.model.unwrap_or_else(|| cand.model.clone()),
+            latency_ms: began.elapsed().as_secs_f64() * 1000.0,
+            attempts: std::mem::take(attempts),
+        });
+    }
+    Err(last.unwrap_or_else(|| {
+        upstream_error(
+            502,
+            "no upstream candidate could be tried".into(),
+            "upstream_unavailable",
+        )
+    }))
+}
+
+fn upstream_error(status: u16, message: String, code: &'static str) -> GatewayError {
+    GatewayError::Upstream {
+        status,
+        message,
+        retry_after: None,
+        code,
+    }
+}
+
+fn transport_error(provider: &str, e: &UpstreamError) -> GatewayError {
+    let timeout = matches!(e, UpstreamError::Timeout(_));
+    upstream_error(
+        if timeout { 504 } else { 502 },
+        format!("{provider}: {e}"),
+        if timeout {
+            "upstream_timeout"
+        } else {
+            "upstream_unavailable"
+        },
+    )
+}
+
+/// Catalog price of `usage` on a candidate (0 when the model has no price): the estimate
+/// background budgets hold before a call.
+pub fn estimate_cost(
+    rt: &Runtime,
+    cand: &Candidate,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> f64 {
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        reported: true,
+        ..Usage::default()
+    };
+    rt.catalog
+        .get(&cand.provider.profile.catalog_providers, &cand.model)
+        .map_or(0.0, |m| m.cost(&usage))
+}
