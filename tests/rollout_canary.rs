@@ -287,3 +287,49 @@ async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
     }
     assert!(live);
 }
+
+/// Audit events reach a configured webhook, signed over the exact body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_are_pushed_to_the_signed_webhook() {
+    let mock = MockUpstream::start(fleet()).await;
+    let hook = MockUpstream::start(Reply::Json(200, vec![], "{}".into())).await;
+    let extra = format!(
+        "[webhook]\nurl = \"{}/hook\"\nsecret_env = \"LG_TEST_WEBHOOK_SECRET\"\nevents = [\"audit\", \"rollback\"]\n",
+        hook.url()
+    );
+    let toml = format!(
+        "[routes.default]\nbaseline = \"gpt-4o\"\ncandidates = [\"gpt-4o-mini\"]\nmode = \"shadow\"\n{extra}"
+    );
+    let gw = GatewayProc::start(
+        &toml,
+        &[
+            ("OPENAI_API_KEY", "sk-test".into()),
+            ("OPENAI_BASE_URL", mock.url()),
+            ("LG_TEST_WEBHOOK_SECRET", "whsec-test".into()),
+        ],
+    );
+    let c = client();
+    let r = c
+        .post(gw.url("/v1/routes/default/pin"))
+        .header("authorization", auth())
+        .json(&json!({"reason": "webhook test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(eventually(|| hook.count() >= 1, Duration::from_secs(10)).await);
+    let got = &hook.requests()[0];
+    let sig = got.header("loopgate-signature").unwrap().to_string();
+    let secret = loopgate::providers::Secret::new("whsec-test".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    loopgate::rollout::webhook::verify_signature(&secret, &sig, &got.body, now, 300).unwrap();
+    let v = got.json();
+    assert_eq!(v["events"][0]["type"], "audit", "{v}");
+    assert_eq!(v["events"][0]["data"]["action"], "route.pin", "{v}");
+    // A wrong secret does not verify.
+    let wrong = loopgate::providers::Secret::new("nope".into());
+    assert!(loopgate::rollout::webhook::verify_signature(&wrong, &sig, &got.body, now, 300).is_err());
+}
