@@ -135,7 +135,14 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
                 let _ = tx.send(Ok(sim.addr));
                 let ok = drive(&driver_opts, &driver_rows, &sim).await;
                 if driver_opts.exit {
-                    std::process::exit(if ok { 0 } else { 1 });
+                    if !ok {
+                        std::process::exit(1);
+                    }
+                    // A graceful stop: in-flight requests finish and traces are flushed.
+                    // SAFETY: kill(2) on our own pid with a standard signal has no memory effects.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGTERM);
+                    }
                 }
                 // Keep the simulator serving for the user's own requests.
                 std::future::pending::<()>().await;
