@@ -307,7 +307,11 @@ impl PreparedRoute {
                 }
             }
             let low = 1.0 - c.min_confidence;
-            let explore_quality_ok = g.confidence >= low && floor_confidence >= low;
+            // Only production evidence can rule a candidate out of exploration: with fewer than
+            // `min_samples` observations the verdict would rest on benchmark priors alone, and a
+            // candidate the priors undersell would never get the data to prove them wrong.
+            let explore_quality_ok = (g.confidence >= low && floor_confidence >= low)
+                || m.posterior.samples < c.min_samples;
             let success = m.success_rate.unwrap_or(base_success).clamp(0.0, 1.0);
             let cost_saving = if is_base || base_in.cost_per_request <= 0.0 {
                 0.0
