@@ -101,14 +101,25 @@ refresh_ms = 60
     )
 }
 
+fn env(mock: &MockUpstream) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPENAI_API_KEY", "sk-test".into()),
+        ("OPENAI_BASE_URL", mock.url()),
+    ]
+}
+
 fn start(mock: &MockUpstream, toml: &str) -> GatewayProc {
-    GatewayProc::start(
-        toml,
-        &[
-            ("OPENAI_API_KEY", "sk-test".into()),
-            ("OPENAI_BASE_URL", mock.url()),
-        ],
-    )
+    GatewayProc::start(toml, &env(mock))
+}
+
+/// Stop the gateway and start it again on the same config and database.
+fn restart(mut gw: GatewayProc, mock: &MockUpstream) -> GatewayProc {
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    let (config, port, metrics_port) = (gw.config.clone(), gw.port, gw.metrics_port);
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
+    drop(gw);
+    GatewayProc::spawn(dir, config, port, metrics_port, &env(mock))
 }
 
 fn auth() -> String {
@@ -248,8 +259,11 @@ async fn shadow_leaves_the_client_response_and_latency_untouched() {
     assert!(
         eventually(
             || {
+                // 2 + 30 routed requests, all decisions stored first.
                 let p = db_i64(&gw, picks_differ);
-                p > 0 && db_i64(&gw, shadows) == p
+                db_i64(&gw, "SELECT COUNT(*) FROM decisions") == 32
+                    && p > 0
+                    && db_i64(&gw, shadows) == p
             },
             Duration::from_secs(20)
         )
@@ -385,6 +399,21 @@ async fn shadow_calls_stay_within_their_daily_budget() {
             .count() as i64,
         n
     );
+
+    // A restart does not reset the day's spend: it is read back from the stored shadow traces.
+    let gw = restart(gw, &mock);
+    for i in 0..15 {
+        chat(&gw, "auto", &format!("after restart {i}"), false).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spent = db_f64(
+        &gw,
+        "SELECT SUM(cost_usd) FROM traces WHERE endpoint = 'shadow'",
+    );
+    assert!(
+        spent <= budget + 1e-12,
+        "shadow spend {spent} over budget {budget} after a restart"
+    );
 }
 
 async fn wait_signals(gw: &GatewayProc, model: &str, at_least: u64) -> Value {
@@ -442,7 +471,11 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
     };
     assert!(
         eventually(
-            || differ(&gw) > 0 && shadows(&gw) == differ(&gw),
+            || {
+                db_i64(&gw, "SELECT COUNT(*) FROM decisions") == n as i64
+                    && differ(&gw) > 0
+                    && shadows(&gw) == differ(&gw)
+            },
             Duration::from_secs(10)
         )
         .await
@@ -476,7 +509,13 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
     assert!(!detail.contains("answer from") && !detail.contains("judge me"));
     assert!(dedup.starts_with("request:chatcmpl-") && dedup.ends_with(":judge"));
     // Judge calls are traced as such and not counted as served traffic.
-    assert!(db_i64(&gw, "SELECT COUNT(*) FROM traces WHERE endpoint = 'judge'") >= judge_rows);
+    assert!(
+        eventually(
+            || db_i64(&gw, "SELECT COUNT(*) FROM traces WHERE endpoint = 'judge'") >= judge_rows,
+            Duration::from_secs(5)
+        )
+        .await
+    );
     // A decision taken now carries the judge evidence in the chosen model's posterior.
     let (_, body, _) = chat(&gw, "auto", "after judging", false).await;
     let id = serde_json::from_slice::<Value>(&body).unwrap()["id"]
@@ -553,6 +592,17 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
     assert!(saving["usd"].as_f64().unwrap() > 0.0, "{report}");
 
     // (b) failures: 500s and malformed replies are retried, then dropped, never a signal.
+    // Every answer so far (served and shadow) is scored before the judge starts failing.
+    let all_scored = || {
+        let rows = db_i64(&gw, "SELECT COUNT(*) FROM feedback WHERE signal = 'judge'");
+        let answers = db_i64(&gw, "SELECT COUNT(*) FROM decisions")
+            + db_i64(
+                &gw,
+                "SELECT COUNT(*) FROM traces WHERE endpoint = 'shadow' AND status = 200",
+            );
+        rows == answers
+    };
+    assert!(eventually(all_scored, Duration::from_secs(10)).await);
     let before_rows = db_i64(&gw, "SELECT COUNT(*) FROM feedback WHERE signal = 'judge'");
     let m0 = gw.metrics().await;
     for (mode, label) in [(JUDGE_500, "e500"), (JUDGE_MALFORMED, "bad")] {

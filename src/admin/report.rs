@@ -291,7 +291,7 @@ pub async fn shadow(
 
     let mut base = Arm::default();
     let mut pick = Arm::default();
-    // Served request id -> its shadow call ids (the judged pairs are looked up through it).
+    // (served request id, its shadow call): the judged pairs are looked up through them.
     let mut pairs: Vec<(&str, &TraceRecord)> = Vec::new();
     let mut switched = 0usize;
     for d in &decs {

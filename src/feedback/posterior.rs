@@ -568,17 +568,26 @@ fn phase_of(signals: &[SignalEvidence; 5], total: f64) -> Phase {
 /// τ² = max(0, (x̄ₛ − x̄ᵣ)² − v/nₛ − v/nᵣ), is bias that more data of the same signal cannot fix,
 /// so its effective count is capped: n_eff = nₛ / (1 + nₛ·τ²/v), i.e. r = 1 / (1 + nₛ·τ²/v).
 /// A biased judge or a wrong benchmark therefore cannot dominate by volume.
+///
+/// Only disagreement that is *significant* counts: τ² subtracts four sampling variances (a
+/// two-sigma margin), and fewer than [`MIN_REFERENCE`] reference observations measure nothing.
+/// Without that margin a chance gap between a few admin ratings and thousands of judge scores
+/// cut the judge's weight by orders of magnitude and broke calibration (the replay benchmark
+/// with dense judge scores: 81% of ≥ 0.95-confidence promotions within the limit; with it: see
+/// the README's replay table).
 pub fn reliability_from(n_s: f64, mean_s: f64, n_ref: f64, mean_ref: f64) -> f64 {
-    // Below ~1 reference observation there is nothing to measure agreement against.
-    if n_s <= 0.0 || n_ref < 1.0 {
+    if n_s <= 0.0 || n_ref < MIN_REFERENCE {
         return 1.0;
     }
     let pooled = (n_s * mean_s + n_ref * mean_ref) / (n_s + n_ref);
     let v = (pooled * (1.0 - pooled)).max(0.01);
     let d = mean_s - mean_ref;
-    let tau2 = (d * d - v / n_s - v / n_ref).max(0.0);
+    let tau2 = (d * d - 4.0 * (v / n_s + v / n_ref)).max(0.0);
     1.0 / (1.0 + n_s * tau2 / v)
 }
+
+/// Reference observations needed before a signal's reliability is measured at all.
+pub const MIN_REFERENCE: f64 = 10.0;
 
 fn reliability(acc: &[Acc; 5], s: Signal) -> f64 {
     let me = &acc[s.index()];

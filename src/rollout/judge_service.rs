@@ -25,9 +25,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::judge::{
-    build_judge_request, JudgeBudget, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict,
-    RetryDecision,
+    build_judge_request, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict, RetryDecision,
 };
+use super::shadow::DailySpend;
 use crate::error::GatewayError;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::headless;
@@ -196,7 +196,7 @@ pub struct JudgeService {
     slot: StoreSlot,
     rx: Mutex<Option<mpsc::Receiver<JudgeJob>>>,
     concurrency: usize,
-    budget: Arc<Mutex<JudgeBudget>>,
+    budget: Arc<DailySpend>,
     /// The rubric of the configured path (reloaded when the path changes).
     rubric: RubricCache,
 }
@@ -219,10 +219,10 @@ impl JudgeService {
         }
         JudgeService {
             gw,
-            slot,
+            slot: slot.clone(),
             rx: Mutex::new(rx),
             concurrency: cfg.concurrency.max(1),
-            budget: Arc::new(Mutex::new(JudgeBudget::new(None))),
+            budget: Arc::new(DailySpend::new(Some(slot.clone()), "judge_of")),
             rubric: Arc::new(Mutex::new(None)),
         }
     }
@@ -260,7 +260,7 @@ impl BackgroundService for JudgeService {
 struct Worker {
     gw: Arc<Gateway>,
     slot: StoreSlot,
-    budget: Arc<Mutex<JudgeBudget>>,
+    budget: Arc<DailySpend>,
     rubric: RubricCache,
 }
 
@@ -371,19 +371,12 @@ impl Worker {
             max_attempts: cfg.max_attempts.max(1),
             ..JudgeRetryPolicy::default()
         };
-        let limit = rc.judge.daily_budget.unwrap_or(f64::INFINITY);
+        let limit = rc.judge.daily_budget;
         let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
         let (mut attempts, mut parse_failures) = (0u32, 0u32);
         loop {
             attempts += 1;
-            let now = chrono::Utc::now().timestamp();
-            let reservation = match self.budget.lock() {
-                Ok(mut b) => {
-                    b.set_limit(&job.route, limit);
-                    b.try_reserve(&job.route, estimate, now)
-                }
-                Err(_) => None,
-            };
+            let reservation = self.budget.reserve(&job.route, limit, estimate).await;
             let Some(reservation) = reservation else {
                 return count("budget");
             };
@@ -407,9 +400,7 @@ impl Worker {
                 Ok(Ok(r)) => r.cost_usd,
                 _ => 0.0,
             };
-            if let Ok(mut b) = self.budget.lock() {
-                b.settle(reservation, cost, chrono::Utc::now().timestamp());
-            }
+            self.budget.settle(reservation, cost);
             if cost > 0.0 {
                 crate::metrics::metrics().judge_spend_usd.inc_by(cost);
             }

@@ -21,7 +21,7 @@ use pingora::services::background::BackgroundService;
 use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::judge::JudgeBudget;
+use super::judge::{JudgeBudget, Reservation};
 use super::judge_service::{self, AnswerCapture, JudgeJob};
 use super::stable_unit;
 use crate::dialect::{ChatRequest, Usage};
@@ -182,18 +182,52 @@ pub fn enqueue(job: ShadowJob) -> bool {
 pub struct ShadowService {
     gw: Arc<Gateway>,
     rx: Mutex<Option<mpsc::Receiver<ShadowJob>>>,
-    budget: Arc<Budget>,
+    budget: Arc<DailySpend>,
 }
 
-/// Per-route shadow spend of the UTC day. Kept in memory, and seeded once per (route, day)
-/// from the shadow traces already stored that day, so a restart does not reset the spend.
-struct Budget {
+/// Per-route spend of the UTC day for background calls (shadow calls, judge calls), with a
+/// daily limit. Kept in memory, and seeded once per (route, day) from the traces of the
+/// same kind already stored that day (those carrying `property`), so a restart does not
+/// reset the day's spend.
+pub(crate) struct DailySpend {
     spend: Mutex<JudgeBudget>,
     seeded: Mutex<HashSet<(String, i64)>>,
     slot: Option<StoreSlot>,
+    /// The trace property only this kind of call carries (`shadow_of`, `judge_of`).
+    property: &'static str,
 }
 
-impl Budget {
+impl DailySpend {
+    pub(crate) fn new(slot: Option<StoreSlot>, property: &'static str) -> DailySpend {
+        DailySpend {
+            spend: Mutex::new(JudgeBudget::new(None)),
+            seeded: Mutex::new(HashSet::new()),
+            slot,
+            property,
+        }
+    }
+
+    /// Hold `estimate` on `route` if today's spend stays within `limit` (None: unlimited).
+    pub(crate) async fn reserve(
+        &self,
+        route: &str,
+        limit: Option<f64>,
+        estimate: f64,
+    ) -> Option<Reservation> {
+        let now = now_unix();
+        self.seed(route, now).await;
+        let mut b = self.spend.lock().ok()?;
+        b.set_limit(route, limit.unwrap_or(f64::INFINITY));
+        b.try_reserve(route, estimate, now)
+    }
+
+    /// Replace a reservation by the real cost.
+    pub(crate) fn settle(&self, r: Reservation, cost: f64) {
+        if let Ok(mut b) = self.spend.lock() {
+            b.settle(r, cost, now_unix());
+        }
+    }
+
     async fn seed(&self, route: &str, now_unix: i64) {
         let day = super::judge::utc_day(now_unix);
         let first = self
@@ -213,8 +247,8 @@ impl Budget {
             route: Some(route.to_string()),
             ..LogFilter::default()
         };
-        // Only shadow traces carry `shadow_of`: the join selects exactly them.
-        let group = GroupBy::Property("shadow_of".into());
+        // Only this kind of call carries the property: the join selects exactly them.
+        let group = GroupBy::Property(self.property.into());
         let rows = match tokio::time::timeout(
             Duration::from_secs(10),
             store.raw_rows(&filter, &group),
@@ -223,13 +257,13 @@ impl Budget {
         {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
-                tracing::warn!(route, error = %e, "shadow budget: today's stored spend unreadable");
+                tracing::warn!(route, error = %e, "background budget: today's stored spend unreadable");
                 return;
             }
             Err(_) => {
                 tracing::warn!(
                     route,
-                    "shadow budget: reading today's stored spend timed out"
+                    "background budget: reading today's stored spend timed out"
                 );
                 return;
             }
@@ -259,11 +293,7 @@ impl ShadowService {
         ShadowService {
             gw,
             rx: Mutex::new(rx),
-            budget: Arc::new(Budget {
-                spend: Mutex::new(JudgeBudget::new(None)),
-                seeded: Mutex::new(HashSet::new()),
-                slot,
-            }),
+            budget: Arc::new(DailySpend::new(slot, "shadow_of")),
         }
     }
 }
@@ -312,7 +342,7 @@ fn estimate_tokens(body: &Value, served: &Usage, expected: (u64, u64)) -> (u64, 
     (prompt, completion)
 }
 
-async fn run(gw: &Gateway, budget: &Budget, job: ShadowJob) {
+async fn run(gw: &Gateway, budget: &DailySpend, job: ShadowJob) {
     let m = crate::metrics::metrics();
     let count = |result: &str| {
         m.shadow_calls
@@ -338,14 +368,9 @@ async fn run(gw: &Gateway, budget: &Budget, job: ShadowJob) {
         (rc.expected_prompt_tokens, rc.expected_completion_tokens),
     );
     let estimate = headless::estimate_cost(&rt, &cand, pt, ct);
-    budget.seed(&job.route, now_unix()).await;
-    let reservation = match budget.spend.lock() {
-        Ok(mut b) => {
-            b.set_limit(&job.route, rc.shadow.daily_budget.unwrap_or(f64::INFINITY));
-            b.try_reserve(&job.route, estimate, now_unix())
-        }
-        Err(_) => None,
-    };
+    let reservation = budget
+        .reserve(&job.route, rc.shadow.daily_budget, estimate)
+        .await;
     let Some(reservation) = reservation else {
         return count("budget");
     };
@@ -363,9 +388,7 @@ async fn run(gw: &Gateway, budget: &Budget, job: ShadowJob) {
     )
     .await;
     let cost = res.as_ref().map_or(0.0, |r| r.cost_usd);
-    if let Ok(mut b) = budget.spend.lock() {
-        b.settle(reservation, cost, now_unix());
-    }
+    budget.settle(reservation, cost);
     if cost > 0.0 {
         m.shadow_spend_usd
             .with_label_values(&[&job.route])
