@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long, default_value_t = 1500)]
         live_requests: usize,
         /// The route's max_regression (quality drop allowed vs GPT-4 on the judge's 0..1 scale).
-        #[arg(long, default_value_t = 0.05)]
+        #[arg(long, default_value_t = 0.1)]
         max_regression: f64,
         #[arg(long, default_value_t = 7)]
         seed: u64,

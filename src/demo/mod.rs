@@ -69,7 +69,7 @@ mode = "shadow"
 contextual = true
 [routes.default.constraints]
 max_regression = {maxreg}
-min_confidence = 0.95
+min_confidence = 0.9
 min_samples = 100
 max_exploration_share = 0.05
 max_cost_increase = 0.0
@@ -307,6 +307,11 @@ async fn drive(opts: &DemoOptions, rows: &[Row], sim: &sim::SimFleet) -> bool {
     order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(opts.seed));
     let mut it = order.into_iter();
     println!();
+    println!(
+        "route `default`: baseline {BASELINE}, candidate {CANDIDATE}; the router may move a kind of prompt to the candidate only \
+when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
+        opts.max_regression
+    );
     println!("== phase 1: shadow — GPT-4 serves every request; Mixtral is called in the background and both are judged");
     let mut shadow = Tally::new();
     let mut last_id = String::new();

@@ -78,6 +78,26 @@ pub fn in_shadow_sample(request_id: &str, share: f64) -> bool {
     share > 0.0 && stable_unit("loopgate-shadow", request_id, "") < share
 }
 
+/// The model a shadow call goes to: the router's pick when it is not the baseline; otherwise
+/// one of the candidates still under evaluation (explorable: within the cost and latency
+/// limits and not shown worse by production evidence), chosen by request id — so a route in
+/// shadow gathers evidence on its candidates even while the router keeps the baseline.
+pub fn shadow_target(request_id: &str, d: &Decision) -> Option<usize> {
+    if d.chosen != 0 {
+        return Some(d.chosen);
+    }
+    let ctx = crate::feedback::RequestContext::default();
+    let open: Vec<usize> = (1..d.route.models.len())
+        .filter(|&i| d.route.explorable(i, &ctx))
+        .collect();
+    if open.is_empty() {
+        return None;
+    }
+    let u = stable_unit("loopgate-shadow-target", request_id, "");
+    open.get(((u * open.len() as f64) as usize).min(open.len() - 1))
+        .copied()
+}
+
 /// Request phase (`routed::candidates`): decide once whether this request gets a shadow call
 /// and/or a judge score, and keep what they need. `None` for the vast majority: no cost.
 pub fn prepare(
@@ -91,7 +111,7 @@ pub fn prepare(
     let shadow = QUEUE_TX.get().is_some()
         && d.route.mode == Mode::Shadow
         && d.served == 0
-        && d.chosen != 0
+        && shadow_target(request_id, d).is_some()
         && in_shadow_sample(request_id, rc.shadow.share);
     let judge = judge_service::enabled()
         && !rt.config.judge.model.is_empty()
@@ -143,11 +163,12 @@ pub fn after_request(ctx: &mut RequestCtx, a: &AutoCtx) {
                 })
             })
             .unwrap_or(false);
-    if shadow && d.served == 0 && d.chosen != 0 {
+    let target = shadow_target(&ctx.request_id, d);
+    if let (true, 0, Some(t)) = (shadow, d.served, target) {
         enqueue(ShadowJob {
             shadow_of: ctx.request_id.clone(),
             route,
-            model: d.chosen_model().to_string(),
+            model: d.route.models[t].model.to_string(),
             context,
             raw,
             served_usage: ctx.usage,
