@@ -298,6 +298,14 @@ async fn feedback_api_answers_clearly_and_counts_once() {
     assert_eq!(d["mode"], "shadow", "{d}");
     assert_eq!(d["served"], "gpt-4o");
     assert_eq!(d["decision"]["shadow"], true);
+    // The request's quality signals are shown with its decision.
+    let scores = d["scores"].as_array().unwrap();
+    assert!(
+        scores
+            .iter()
+            .any(|s| s["signal"] == "feedback" && s["value"] == 4.0 && s["scale"] == "one_to_five"),
+        "{d}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

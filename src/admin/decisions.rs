@@ -84,7 +84,25 @@ pub async fn get_one(
     check_get(req)?;
     let store = need_store(slot).await?;
     match store.get_decision(id).await.map_err(store_err)? {
-        Some(d) => Ok(AdminResponse::json(200, &decision_json(&d))),
+        Some(d) => {
+            let mut v = decision_json(&d);
+            // Quality signals recorded for this request since (judge dimensions, user scores).
+            let fb = store.feedback_for_request(id).await.map_err(store_err)?;
+            let scores: Vec<Value> = fb
+                .iter()
+                .map(|f| {
+                    json!({
+                        "id": f.id, "signal": f.signal, "value": f.value, "scale": f.scale,
+                        "model": f.model, "received_ms": f.received_ms,
+                        "detail": f.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
+                    })
+                })
+                .collect();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("scores".into(), Value::Array(scores));
+            }
+            Ok(AdminResponse::json(200, &v))
+        }
         None => Err(GatewayError::NotFound {
             message: format!(
                 "No decision with id '{id}' (decisions exist for `auto` requests and are stored with their trace, usually within a second)."

@@ -275,6 +275,10 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<FeedbackRow>, StoreError> {
         Err(unsupported(self.backend(), "feedback"))
     }
+    /// Every feedback event about one request (judge scores, user scores, admin ratings).
+    async fn feedback_for_request(&self, _request_id: &str) -> Result<Vec<FeedbackRow>, StoreError> {
+        Err(unsupported(self.backend(), "feedback"))
+    }
     /// Append to the hash-chained audit log (atomically links to the current last entry).
     async fn append_audit(&self, _a: &AuditAppend) -> Result<AuditEntry, StoreError> {
         Err(unsupported(self.backend(), "audit"))

@@ -1024,6 +1024,18 @@ impl Store for PgStore {
         res
     }
 
+    async fn feedback_for_request(&self, request_id: &str) -> Result<Vec<FeedbackRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                &format!(
+                    "SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE request_id = $1 ORDER BY seq LIMIT 1000"
+                ),
+                &[SqlParam::Text(request_id.to_string())],
+            )
+            .await?;
+        rows.iter().map(row_to_feedback).collect()
+    }
+
     async fn feedback_since(
         &self,
         after_seq: i64,

@@ -994,6 +994,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn feedback_for_request(&self, request_id: &str) -> Result<Vec<FeedbackRow>, StoreError> {
+        let id = request_id.to_string();
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE request_id = ?1 ORDER BY seq LIMIT 1000"
+                ))
+                .map_err(map_err)?;
+            let rows = st.query_map(params![id], row_to_feedback).map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
     async fn append_audit(&self, a: &AuditAppend) -> Result<AuditEntry, StoreError> {
         let a = a.clone();
         Self::run(&self.writer, move |c| append_audit_tx(c, &a)).await
