@@ -194,9 +194,8 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
                 Ok(s)
             })
             .map_err(|e| format!("webhook: {e}"))?;
-        let (sender, worker) =
-            crate::rollout::webhook::WebhookSender::new(wc, Arc::new(stats))
-                .map_err(|e| format!("webhook: {e}"))?;
+        let (sender, worker) = crate::rollout::webhook::WebhookSender::new(wc, Arc::new(stats))
+            .map_err(|e| format!("webhook: {e}"))?;
         let _ = gw.auto.webhook.set(sender);
         webhook_worker = Some(worker);
     }

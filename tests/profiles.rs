@@ -123,7 +123,11 @@ fn own_profiles_are_complete() {
     let cat = catalog();
     for (p, (stem, key)) in own_profiles().iter().zip(OWN) {
         assert_eq!(p.name, *stem);
-        let want = if *stem == "fireworks" { "fireworks" } else { "openai" };
+        let want = if *stem == "fireworks" {
+            "fireworks"
+        } else {
+            "openai"
+        };
         assert_eq!(p.dialect, want, "{stem}");
         assert_eq!(p.api_key_env.as_deref(), *key, "{stem}");
         let base_env = p

@@ -106,7 +106,10 @@ async fn a_silent_regression_is_rolled_back_audited_and_unpinned() {
     );
     let c = client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let mut quality = HashMap::from([("gpt-4o".to_string(), 0.9), ("gpt-4o-mini".to_string(), 0.9)]);
+    let mut quality = HashMap::from([
+        ("gpt-4o".to_string(), 0.9),
+        ("gpt-4o-mini".to_string(), 0.9),
+    ]);
     // Phase 1: the cheap model holds quality, gets promoted and serves for a while, so its
     // posterior rests on plenty of good evidence (the router alone would be slow to react).
     let mut promoted_at = None;
@@ -123,7 +126,11 @@ async fn a_silent_regression_is_rolled_back_audited_and_unpinned() {
             break;
         }
     }
-    assert!(promoted_at.is_some(), "no promotion: {}", get(&c, &gw, "/v1/routing").await);
+    assert!(
+        promoted_at.is_some(),
+        "no promotion: {}",
+        get(&c, &gw, "/v1/routing").await
+    );
     // Phase 2: silently, the cheap model gets much worse.
     quality.insert("gpt-4o-mini".into(), 0.3);
     let mut pinned_after = None;
@@ -146,7 +153,10 @@ async fn a_silent_regression_is_rolled_back_audited_and_unpinned() {
         .contains("automatic rollback"));
     // Pinned: every request is served by the baseline.
     for i in 0..20 {
-        assert_eq!(one(&c, &gw, &format!("p{i}"), &quality, &mut rng).await, "gpt-4o");
+        assert_eq!(
+            one(&c, &gw, &format!("p{i}"), &quality, &mut rng).await,
+            "gpt-4o"
+        );
     }
     let audit = get(&c, &gw, "/v1/audit").await;
     assert_eq!(audit["chain_verified"], true);
@@ -155,7 +165,10 @@ async fn a_silent_regression_is_rolled_back_audited_and_unpinned() {
         .unwrap()
         .iter()
         .any(|e| e["action"] == "route.auto_pin" && e["actor"] == "loopgate"));
-    assert!(gw.metrics().await.contains("loopgate_rollbacks_total{route=\"default\"} 1"));
+    assert!(gw
+        .metrics()
+        .await
+        .contains("loopgate_rollbacks_total{route=\"default\"} 1"));
     // The one-line override.
     let r = c
         .delete(gw.url("/v1/routes/default/pin"))
@@ -216,7 +229,10 @@ async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
         .unwrap();
     assert_eq!(r.status(), 409, "one experiment per route");
     // Worse candidate: 0.45 vs 0.9.
-    let quality = HashMap::from([("gpt-4o".to_string(), 0.9), ("gpt-4o-mini".to_string(), 0.45)]);
+    let quality = HashMap::from([
+        ("gpt-4o".to_string(), 0.9),
+        ("gpt-4o-mini".to_string(), 0.45),
+    ]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let served = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     let mut state = Value::Null;
@@ -226,7 +242,11 @@ async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
         if i % 20 == 19 {
             state = get(&c, &gw, &format!("/v1/experiments/{id}")).await;
             if state["state"]["state"] == "reverted" {
-                eprintln!("worse canary reverted after {} requests: {:?}", i + 1, served.lock().unwrap());
+                eprintln!(
+                    "worse canary reverted after {} requests: {:?}",
+                    i + 1,
+                    served.lock().unwrap()
+                );
                 break;
             }
         }
@@ -235,14 +255,20 @@ async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
     assert!(!state["history"].as_array().unwrap().is_empty());
     // Reverted: the baseline serves again (shadow route).
     for i in 0..20 {
-        assert_eq!(one(&c, &gw, &format!("after{i}"), &quality, &mut rng).await, "gpt-4o");
+        assert_eq!(
+            one(&c, &gw, &format!("after{i}"), &quality, &mut rng).await,
+            "gpt-4o"
+        );
     }
     // As good: 0.9 vs 0.9 advances through the ramp (a wide limit keeps the test short; the
     // false-promotion rate at the limit is checked over 300 simulated runs in rollout::canary).
     let mut spec = spec;
     spec["max_regression"] = json!(0.2);
     let id2 = create_experiment(&c, &gw, spec).await;
-    let quality = HashMap::from([("gpt-4o".to_string(), 0.9), ("gpt-4o-mini".to_string(), 0.9)]);
+    let quality = HashMap::from([
+        ("gpt-4o".to_string(), 0.9),
+        ("gpt-4o-mini".to_string(), 0.9),
+    ]);
     let mut advanced = false;
     for i in 0..2500 {
         one(&c, &gw, &format!("g{i}"), &quality, &mut rng).await;
@@ -256,7 +282,11 @@ async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
             }
         }
     }
-    assert!(advanced, "{}", get(&c, &gw, &format!("/v1/experiments/{id2}")).await);
+    assert!(
+        advanced,
+        "{}",
+        get(&c, &gw, &format!("/v1/experiments/{id2}")).await
+    );
     // The operator's flip promotes it and turns the route live, audited.
     let r = c
         .post(gw.url(&format!("/v1/experiments/{id2}/promote")))
@@ -275,7 +305,12 @@ async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
         .collect();
     assert_eq!(
         actions,
-        ["experiment.start", "experiment.start", "experiment.promote", "route.mode"]
+        [
+            "experiment.start",
+            "experiment.start",
+            "experiment.promote",
+            "route.mode"
+        ]
     );
     let mut live = false;
     for _ in 0..100 {
@@ -331,5 +366,7 @@ async fn audit_events_are_pushed_to_the_signed_webhook() {
     assert_eq!(v["events"][0]["data"]["action"], "route.pin", "{v}");
     // A wrong secret does not verify.
     let wrong = loopgate::providers::Secret::new("nope".into());
-    assert!(loopgate::rollout::webhook::verify_signature(&wrong, &sig, &got.body, now, 300).is_err());
+    assert!(
+        loopgate::rollout::webhook::verify_signature(&wrong, &sig, &got.body, now, 300).is_err()
+    );
 }

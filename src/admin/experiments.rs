@@ -73,12 +73,17 @@ pub async fn handle(
     req: &AdminRequest,
     path: &str,
 ) -> Result<AdminResponse, GatewayError> {
-    let rest = path.trim_start_matches("/v1/experiments").trim_start_matches('/');
+    let rest = path
+        .trim_start_matches("/v1/experiments")
+        .trim_start_matches('/');
     match (req.method.as_str(), rest.split_once('/')) {
         ("GET", None) if rest.is_empty() => {
             req.caller.require(Scope::Read)?;
             let data: Vec<Value> = records(r).await?.iter().map(|x| report(r, x)).collect();
-            Ok(AdminResponse::json(200, &json!({"object": "list", "data": data})))
+            Ok(AdminResponse::json(
+                200,
+                &json!({"object": "list", "data": data}),
+            ))
         }
         ("GET", None) => {
             req.caller.require(Scope::Read)?;
@@ -90,7 +95,9 @@ pub async fn handle(
             Ok(AdminResponse::json(200, &report(r, &rec)))
         }
         ("POST", None) if rest.is_empty() => create(r, rt, req).await,
-        ("POST", Some((id, action @ ("stop" | "promote")))) => operate(r, rt, req, id, action).await,
+        ("POST", Some((id, action @ ("stop" | "promote")))) => {
+            operate(r, rt, req, id, action).await
+        }
         (m, _) => Err(GatewayError::MethodNotAllowed(format!(
             "{m} is not allowed on {path}"
         ))),
@@ -105,7 +112,11 @@ fn not_found(id: &str) -> GatewayError {
     }
 }
 
-async fn create(r: &RoutingRoutes, rt: &Runtime, req: &AdminRequest) -> Result<AdminResponse, GatewayError> {
+async fn create(
+    r: &RoutingRoutes,
+    rt: &Runtime,
+    req: &AdminRequest,
+) -> Result<AdminResponse, GatewayError> {
     req.caller.require(Scope::Admin)?;
     let mut spec: ExperimentSpec = serde_json::from_slice(&req.body)
         .map_err(|e| GatewayError::invalid(format!("experiment spec: {e}"), None))?;
@@ -136,7 +147,11 @@ async fn create(r: &RoutingRoutes, rt: &Runtime, req: &AdminRequest) -> Result<A
     // Validates ramp, alpha, limits.
     Experiment::new(&id, spec.clone(), now)
         .map_err(|e| GatewayError::invalid(e.to_string(), None))?;
-    if let Some(old) = records(r).await?.into_iter().find(|x| x.spec.route == spec.route) {
+    if let Some(old) = records(r)
+        .await?
+        .into_iter()
+        .find(|x| x.spec.route == spec.route)
+    {
         if current(r, &old).is_some_and(|e| !e.state.is_final()) {
             return Err(GatewayError::Conflict {
                 message: format!(

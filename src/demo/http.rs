@@ -71,7 +71,9 @@ impl Client {
             s.set_nodelay(true)?;
             self.conn = Some(s);
         }
-        let payload = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        let payload = body
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\ncontent-length: {}\r\n",
             self.addr,
@@ -133,7 +135,11 @@ impl Client {
                     self.buf.extend_from_slice(&chunk[..n]);
                 };
                 let size = usize::from_str_radix(
-                    String::from_utf8_lossy(&self.buf[..line_end]).split(';').next().unwrap_or("0").trim(),
+                    String::from_utf8_lossy(&self.buf[..line_end])
+                        .split(';')
+                        .next()
+                        .unwrap_or("0")
+                        .trim(),
                     16,
                 )
                 .unwrap_or(0);
@@ -167,7 +173,10 @@ impl Client {
             }
             body = self.buf.drain(..len).collect();
         }
-        if headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+        if headers
+            .get("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
             self.conn = None;
             self.buf.clear();
         }

@@ -149,9 +149,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
             });
         })
         .map_err(|e| e.to_string())?;
-    let sim_addr = rx
-        .recv()
-        .map_err(|e| e.to_string())??;
+    let sim_addr = rx.recv().map_err(|e| e.to_string())??;
     let base = format!("http://{sim_addr}/v1");
     // Only this process's environment: the simulated fleet stands in for both providers.
     std::env::set_var("OPENAI_API_KEY", "simulated");
@@ -161,8 +159,13 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     std::env::set_var("LOOPGATE_MASTER_KEY", MASTER);
     println!("loopgate demo — SIMULATED providers (no API keys, no network)");
     println!("  config:   {}", cfg_path.display());
-    println!("  gateway:  http://127.0.0.1:{}  (admin key: {MASTER})", opts.port);
-    println!("  fleet:    {base}  (replays GPT-4-1106 / Mixtral-8x7B outcomes from RouteLLM's data)");
+    println!(
+        "  gateway:  http://127.0.0.1:{}  (admin key: {MASTER})",
+        opts.port
+    );
+    println!(
+        "  fleet:    {base}  (replays GPT-4-1106 / Mixtral-8x7B outcomes from RouteLLM's data)"
+    );
     crate::server::serve(crate::server::ServeOptions {
         config: Some(cfg_path),
         upgrade: false,
@@ -248,7 +251,11 @@ async fn ask(c: &mut http::Client, row: &Row) -> Option<(String, String)> {
         .await
         .ok()?;
     if r.status != 200 {
-        eprintln!("  request failed: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        eprintln!(
+            "  request failed: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
         return None;
     }
     let served = r.header("loopgate-model").unwrap_or_default();
@@ -322,19 +329,37 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
             last_id = id;
         }
         if (i + 1) % 100 == 0 || i + 1 == opts.shadow_requests {
-            let st = c.send("GET", "/v1/routing", None, &[]).await.map(|r| r.json()).unwrap_or(Value::Null);
-            println!("  {} | judged so far: {}", shadow.line(), sim.served.get("judge").map_or(0, |x| x.load(std::sync::atomic::Ordering::Relaxed)));
+            let st = c
+                .send("GET", "/v1/routing", None, &[])
+                .await
+                .map(|r| r.json())
+                .unwrap_or(Value::Null);
+            println!(
+                "  {} | judged so far: {}",
+                shadow.line(),
+                sim.served
+                    .get("judge")
+                    .map_or(0, |x| x.load(std::sync::atomic::Ordering::Relaxed))
+            );
             println!("    router: {}", route_summary(&st));
         }
     }
     // Let the background shadow calls and judge scores land.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = c
-        .send("GET", "/v1/report/shadow?route=default&window=24h", None, &[])
+        .send(
+            "GET",
+            "/v1/report/shadow?route=default&window=24h",
+            None,
+            &[],
+        )
         .await
         .map(|r| r.json())
         .unwrap_or(Value::Null);
-    println!("  shadow report (GET /v1/report/shadow?route=default): {}", compact(&report, 600));
+    println!(
+        "  shadow report (GET /v1/report/shadow?route=default): {}",
+        compact(&report, 600)
+    );
     println!();
     println!("== operator: flip the route live (POST /v1/routes/default/mode, audited)");
     let r = c
@@ -348,7 +373,11 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
     match r {
         Ok(r) if r.status == 200 => println!("  route default is live"),
         Ok(r) => {
-            eprintln!("  mode change failed: {} {}", r.status, String::from_utf8_lossy(&r.body));
+            eprintln!(
+                "  mode change failed: {} {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
             return false;
         }
         Err(e) => {
@@ -371,7 +400,11 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
             last_id = id;
         }
         if (i + 1) % 100 == 0 || i + 1 == opts.live_requests {
-            let st = c.send("GET", "/v1/routing", None, &[]).await.map(|r| r.json()).unwrap_or(Value::Null);
+            let st = c
+                .send("GET", "/v1/routing", None, &[])
+                .await
+                .map(|r| r.json())
+                .unwrap_or(Value::Null);
             println!("  {}", live.line());
             println!("    router: {}", route_summary(&st));
         }
@@ -380,13 +413,26 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
     println!("== result (recorded outcomes of the prompts actually sent)");
     println!("  shadow phase: {}", shadow.line());
     println!("  live phase:   {}", live.line());
-    let id = if sample_decision.is_empty() { last_id } else { sample_decision };
+    let id = if sample_decision.is_empty() {
+        last_id
+    } else {
+        sample_decision
+    };
     println!();
     println!("Explore (admin key {MASTER}):");
-    println!("  curl -s -H 'authorization: Bearer {MASTER}' http://127.0.0.1:{}/v1/decisions/{id}", opts.port);
-    println!("  curl -s -H 'authorization: Bearer {MASTER}' http://127.0.0.1:{}/v1/routing", opts.port);
+    println!(
+        "  curl -s -H 'authorization: Bearer {MASTER}' http://127.0.0.1:{}/v1/decisions/{id}",
+        opts.port
+    );
+    println!(
+        "  curl -s -H 'authorization: Bearer {MASTER}' http://127.0.0.1:{}/v1/routing",
+        opts.port
+    );
     println!("  curl -s -H 'authorization: Bearer {MASTER}' 'http://127.0.0.1:{}/v1/report/shadow?route=default&window=24h'", opts.port);
-    println!("  curl -s -H 'authorization: Bearer {MASTER}' http://127.0.0.1:{}/v1/audit", opts.port);
+    println!(
+        "  curl -s -H 'authorization: Bearer {MASTER}' http://127.0.0.1:{}/v1/audit",
+        opts.port
+    );
     println!("  metrics: http://127.0.0.1:{}/metrics", opts.metrics_port);
     if !opts.exit {
         println!("The gateway keeps running; Ctrl-C to stop.");

@@ -58,9 +58,13 @@ impl SimFleet {
             by_id,
         });
         let served: Arc<HashMap<&'static str, AtomicU64>> = Arc::new(
-            [(STRONG, AtomicU64::new(0)), (CHEAP, AtomicU64::new(0)), ("judge", AtomicU64::new(0))]
-                .into_iter()
-                .collect(),
+            [
+                (STRONG, AtomicU64::new(0)),
+                (CHEAP, AtomicU64::new(0)),
+                ("judge", AtomicU64::new(0)),
+            ]
+            .into_iter()
+            .collect(),
         );
         let counts = Arc::clone(&served);
         tokio::spawn(async move {
@@ -81,7 +85,10 @@ impl SimFleet {
 }
 
 /// Read one HTTP/1.1 request (headers + content-length body); None at EOF.
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<(String, Vec<u8>)>> {
+async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(String, Vec<u8>)>> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -128,7 +135,10 @@ async fn serve_conn(
         let (status, v) = if line.contains("/chat/completions") {
             answer(index, counts, &body)
         } else {
-            (404, json!({"error": {"message": format!("simulator: unknown URL {line}"), "type": "invalid_request_error"}}))
+            (
+                404,
+                json!({"error": {"message": format!("simulator: unknown URL {line}"), "type": "invalid_request_error"}}),
+            )
         };
         let text = serde_json::to_vec(&v).unwrap_or_default();
         let head = format!(
@@ -160,7 +170,10 @@ fn last_user_text(body: &Value) -> String {
 
 fn answer(index: &Index, counts: &HashMap<&'static str, AtomicU64>, body: &[u8]) -> (u16, Value) {
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
-        return (400, json!({"error": {"message": "simulator: body is not JSON", "type": "invalid_request_error"}}));
+        return (
+            400,
+            json!({"error": {"message": "simulator: body is not JSON", "type": "invalid_request_error"}}),
+        );
     };
     let requested = req["model"].as_str().unwrap_or_default().to_string();
     let text = last_user_text(&req);
@@ -187,14 +200,23 @@ fn answer(index: &Index, counts: &HashMap<&'static str, AtomicU64>, body: &[u8])
         }
     }
     let Some(model) = model_of(&requested) else {
-        return (404, json!({"error": {"message": format!("simulator: model '{requested}' is not simulated"), "type": "invalid_request_error", "code": "model_not_found"}}));
+        return (
+            404,
+            json!({"error": {"message": format!("simulator: model '{requested}' is not simulated"), "type": "invalid_request_error", "code": "model_not_found"}}),
+        );
     };
     let Some(&i) = index.by_prompt.get(&text) else {
-        return (400, json!({"error": {"message": "simulator: prompt is not in the replay set", "type": "invalid_request_error"}}));
+        return (
+            400,
+            json!({"error": {"message": "simulator: prompt is not in the replay set", "type": "invalid_request_error"}}),
+        );
     };
     let row = &index.rows[i];
     let Some(o) = row.outcome(model) else {
-        return (500, json!({"error": {"message": "simulator: no outcome", "type": "api_error"}}));
+        return (
+            500,
+            json!({"error": {"message": "simulator: no outcome", "type": "api_error"}}),
+        );
     };
     if let Some(c) = counts.get(model) {
         c.fetch_add(1, Ordering::Relaxed);
@@ -203,7 +225,10 @@ fn answer(index: &Index, counts: &HashMap<&'static str, AtomicU64>, body: &[u8])
         "[sim:{}:{}] Simulated answer of {} (recorded quality {:.2} on {}).",
         row.id, model, model, o.quality, row.dataset
     );
-    (200, completion(&requested, &content, o.prompt_tokens, o.completion_tokens))
+    (
+        200,
+        completion(&requested, &content, o.prompt_tokens, o.completion_tokens),
+    )
 }
 
 fn completion(model: &str, content: &str, prompt: u64, completion: u64) -> Value {

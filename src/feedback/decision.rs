@@ -378,7 +378,10 @@ fn string_writer(out: &mut String) -> impl std::io::Write + '_ {
                     self.0.push_str(s);
                     Ok(buf.len())
                 }
-                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not UTF-8",
+                )),
             }
         }
         fn flush(&mut self) -> std::io::Result<()> {

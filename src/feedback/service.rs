@@ -24,11 +24,11 @@ use crate::config::RouteConfig;
 use crate::dialect::Usage;
 use crate::metrics::metrics;
 use crate::proxy::Gateway;
-use crate::routing::auto::{AutoRoute, RouteInfo, RouteRollout, RouterTable};
 use crate::rollout::canary::{Arm, Experiment, ExperimentSpec, ExperimentState};
 use crate::rollout::monitor::{MonitorArm, RollbackMonitor};
-use crate::store::{AuditAppend, ScoredDecision};
+use crate::routing::auto::{AutoRoute, RouteInfo, RouteRollout, RouterTable};
 use crate::routing::Runtime;
+use crate::store::{AuditAppend, ScoredDecision};
 use crate::store::{FeedbackRow, RouteModelStats, RouteStateRow, Store};
 use crate::trace::writer::StoreSlot;
 
@@ -241,7 +241,10 @@ fn unit_score(r: &ScoredDecision) -> Option<f64> {
 /// same state on every instance.
 pub fn derive_experiment(rec: &ExperimentRecord, rows: &[ScoredDecision]) -> Option<Experiment> {
     let mut e = Experiment::new(&rec.id, rec.spec.clone(), rec.created_ms).ok()?;
-    for r in rows.iter().filter(|r| r.kind == "canary" && r.ts_ms >= rec.created_ms) {
+    for r in rows
+        .iter()
+        .filter(|r| r.kind == "canary" && r.ts_ms >= rec.created_ms)
+    {
         let Some(x) = unit_score(r) else { continue };
         let arm = if r.served == e.candidate {
             Arm::Candidate
@@ -254,7 +257,10 @@ pub fn derive_experiment(rec: &ExperimentRecord, rows: &[ScoredDecision]) -> Opt
     }
     if let Some(op) = &rec.operator {
         let _ = match op.action.as_str() {
-            "stop" => e.stop(op.reason.as_deref().unwrap_or("stopped by the operator"), op.at_ms),
+            "stop" => e.stop(
+                op.reason.as_deref().unwrap_or("stopped by the operator"),
+                op.at_ms,
+            ),
             "promote" => e.promote(op.at_ms),
             _ => Ok(crate::rollout::canary::Transition::None),
         };
@@ -342,10 +348,7 @@ fn build_route(inp: &BuildInputs<'_>, name: &str, rc: &RouteConfig) -> Result<Au
     let baseline = rc.baseline.as_deref().unwrap_or_default();
     let (mut mode, mut mode_source, constraints, constraints_source, pin) =
         effective_state(name, rc, inp.traffic);
-    let experiment = inp
-        .rollout
-        .get(name)
-        .and_then(|r| r.experiment.clone());
+    let experiment = inp.rollout.get(name).and_then(|r| r.experiment.clone());
     // An experiment promoted by its own ramp (auto_promote) turns the route live.
     if let Some(e) = &experiment {
         if e.state == ExperimentState::Promoted && e.auto_promote && mode != Mode::Live {
@@ -838,11 +841,10 @@ impl AggregatorService {
         }
         metrics().rollbacks.with_label_values(&[route]).inc();
         tracing::warn!(route, %reason, "route auto-pinned to its baseline");
-        self.gw
-            .auto
-            .emit(crate::rollout::webhook::EventKind::Rollback, || {
-                serde_json::json!({"route": route, "pin": pin, "event": ev})
-            });
+        self.gw.auto.emit(
+            crate::rollout::webhook::EventKind::Rollback,
+            || serde_json::json!({"route": route, "pin": pin, "event": ev}),
+        );
         // Apply at once on this instance; others read it at their next refresh.
         st.traffic
             .states

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
 use crate::feedback::{Mode, PickKind};
-use crate::rollout::canary::Arm;
 use crate::metrics::metrics;
+use crate::rollout::canary::Arm;
 use crate::routing::auto::RecentDecision;
 use crate::routing::{Candidate, Runtime};
 use crate::store::DecisionRow;
@@ -60,7 +60,11 @@ pub fn candidates(
                 d.served = i;
                 d.chosen = i;
                 d.kind = PickKind::Canary;
-                d.propensity = if arm == Arm::Candidate { share } else { 1.0 - share };
+                d.propensity = if arm == Arm::Candidate {
+                    share
+                } else {
+                    1.0 - share
+                };
             }
         } else if d.route.mode == Mode::Live
             && holdback > 0.0

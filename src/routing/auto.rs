@@ -159,7 +159,11 @@ impl AutoState {
     }
 
     /// Queue a webhook event (never blocks; a full queue drops and counts).
-    pub fn emit(&self, kind: crate::rollout::webhook::EventKind, data: impl FnOnce() -> serde_json::Value) {
+    pub fn emit(
+        &self,
+        kind: crate::rollout::webhook::EventKind,
+        data: impl FnOnce() -> serde_json::Value,
+    ) {
         if let Some(w) = self.webhook.get() {
             if w.wants(kind) {
                 let _ = w.try_send(crate::rollout::webhook::WebhookEvent::new(kind, data()));

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::trace::TraceRecord;
 pub use routing::{
-    AuditAppend, AuditEntry, DecisionQuery, DecisionRow, FeedbackInsert, FeedbackRow, RouteModelStats,
-    RouteStateRow, ScoredDecision,
+    AuditAppend, AuditEntry, DecisionQuery, DecisionRow, FeedbackInsert, FeedbackRow,
+    RouteModelStats, RouteStateRow, ScoredDecision,
 };
 
 pub use query::{
@@ -276,7 +276,10 @@ pub trait Store: Send + Sync {
         Err(unsupported(self.backend(), "feedback"))
     }
     /// Every feedback event about one request (judge scores, user scores, admin ratings).
-    async fn feedback_for_request(&self, _request_id: &str) -> Result<Vec<FeedbackRow>, StoreError> {
+    async fn feedback_for_request(
+        &self,
+        _request_id: &str,
+    ) -> Result<Vec<FeedbackRow>, StoreError> {
         Err(unsupported(self.backend(), "feedback"))
     }
     /// Append to the hash-chained audit log (atomically links to the current last entry).
@@ -284,7 +287,11 @@ pub trait Store: Send + Sync {
         Err(unsupported(self.backend(), "audit"))
     }
     /// Audit entries with `seq > after_seq`, ascending, at most `limit`.
-    async fn list_audit(&self, _after_seq: i64, _limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn list_audit(
+        &self,
+        _after_seq: i64,
+        _limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         Err(unsupported(self.backend(), "audit"))
     }
     /// Set (Some) or clear (None) one operator state value of a route.

@@ -24,7 +24,8 @@ use super::sqlite::{page, project_cond};
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
     FeedbackInsert, FeedbackRow, GroupBy, PurgeRule, RawRow, RollupKey, RollupRow, RouteModelStats,
-    RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
+    RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
+    TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 

@@ -23,7 +23,8 @@ use super::routing::{
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, Cursor, DecisionQuery, DecisionRow,
     FeedbackInsert, FeedbackRow, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow,
-    RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
+    RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS,
+    TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 
