@@ -523,7 +523,7 @@ async fn instances_sharing_postgres_converge_to_the_same_table() {
         }
         assert_eq!(status, 201);
     }
-    let snapshot = |v: &Value| -> Vec<(String, u64, String)> {
+    let snapshot = |v: &Value| -> Vec<(String, u64, f64)> {
         v["routes"][0]["models"]
             .as_array()
             .unwrap()
@@ -532,10 +532,18 @@ async fn instances_sharing_postgres_converge_to_the_same_table() {
                 (
                     m["model"].as_str().unwrap().to_string(),
                     m["samples"].as_u64().unwrap(),
-                    format!("{:.12}", m["quality_mean"].as_f64().unwrap()),
+                    m["quality_mean"].as_f64().unwrap(),
                 )
             })
             .collect()
+    };
+    // Same events, same counts; the means agree to floating-point rounding (instances fold the
+    // shared rows in different batch boundaries, and time discounting is applied per batch).
+    let agree = |a: &[(String, u64, f64)], b: &[(String, u64, f64)]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.0 == y.0 && x.1 == y.1 && (x.2 - y.2).abs() < 1e-9)
     };
     let mut same = false;
     let (mut sa, mut sb) = (Vec::new(), Vec::new());
@@ -543,7 +551,7 @@ async fn instances_sharing_postgres_converge_to_the_same_table() {
         sa = snapshot(&routing_state(&a).await);
         sb = snapshot(&routing_state(&b).await);
         let total: u64 = sa.iter().map(|s| s.1).sum();
-        if total == 40 && sa == sb {
+        if total == 40 && agree(&sa, &sb) {
             same = true;
             break;
         }
