@@ -132,14 +132,22 @@ async fn serves_on_embedded_defaults_with_env_overrides() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let m = c
-        .get(format!("http://127.0.0.1:{mport}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The logging phase (metrics, trace) runs just after the response is sent.
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = c
+            .get(format!("http://127.0.0.1:{mport}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("loopgate_requests_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(m.contains("loopgate_requests_total"));
     let db = dir.path().join("t.db");
     assert!(
