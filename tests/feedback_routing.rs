@@ -126,7 +126,7 @@ async fn promotes_a_cheaper_model_that_holds_quality() {
     let mock = MockUpstream::start(fleet()).await;
     let gw = start("live", &mock).await;
     // The cheap model is truly as good or slightly better (its benchmark prior says worse).
-    let quality = HashMap::from([("gpt-4o", 0.9), ("gpt-4o-mini", 0.92)]);
+    let quality = HashMap::from([("gpt-4o", 0.9), ("gpt-4o-mini", 0.95)]);
     let (first, second) = drive(&gw, 900, &quality, 7).await;
     let mini_late = *second.get("gpt-4o-mini").unwrap_or(&0);
     assert!(

@@ -109,7 +109,7 @@ async fn a_silent_regression_is_rolled_back_audited_and_unpinned() {
     // The cheap model is truly as good or slightly better (its benchmark prior says worse).
     let mut quality = HashMap::from([
         ("gpt-4o".to_string(), 0.9),
-        ("gpt-4o-mini".to_string(), 0.92),
+        ("gpt-4o-mini".to_string(), 0.95),
     ]);
     // Phase 1: the cheap model holds quality, gets promoted and serves for a while, so its
     // posterior rests on plenty of good evidence (the router alone would be slow to react).
