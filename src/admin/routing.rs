@@ -235,6 +235,8 @@ impl RoutingRoutes {
                 "mode": p.mode.as_str(),
                 "mode_source": ar.info.mode_source,
                 "baseline": &*p.models[0].model,
+                // The model the router serves now outside exploration (route-level snapshot).
+                "exploit": &*p.models[p.exploit(&crate::feedback::RequestContext::default())].model,
                 "pinned": p.pinned.map(|i| &*p.models[i].model),
                 "pin_reason": ar.info.pin_reason,
                 "constraints": p.constraints,
