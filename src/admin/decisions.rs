@@ -8,15 +8,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::export::{wants_gzip_encoding, Out};
-use super::logs::{store_err, store_of};
-use super::{AdminBody, AdminRequest, AdminResponse, Scope};
+use super::export::{export_gzip, export_response, gzip_param, JsonlExport};
+use super::logs::{store_err, store_for};
+use super::{AdminRequest, AdminResponse, Scope};
 use crate::error::GatewayError;
 use crate::feedback::decision::sign;
 use crate::routing::auto::AutoState;
@@ -27,18 +24,6 @@ use crate::trace::writer::StoreSlot;
 const MAX_LIMIT: usize = 1000;
 const EXPORT_PAGE: usize = 1000;
 const MAX_PAGES: usize = 100_000;
-
-async fn need_store(slot: Option<&StoreSlot>) -> Result<Arc<dyn Store>, GatewayError> {
-    let slot = slot.ok_or_else(|| {
-        GatewayError::Unavailable(
-            "decisions are stored with traces: storage.backend is \"none\" on this gateway".into(),
-        )
-    })?;
-    match slot.wait(super::feedback::STORE_WAIT).await {
-        Some(s) => Ok(s),
-        None => store_of(slot),
-    }
-}
 
 fn check_get(req: &AdminRequest) -> Result<(), GatewayError> {
     req.caller.require(Scope::Read)?;
@@ -82,7 +67,7 @@ pub async fn get_one(
     id: &str,
 ) -> Result<AdminResponse, GatewayError> {
     check_get(req)?;
-    let store = need_store(slot).await?;
+    let store = store_for(slot, "decisions are stored with traces").await?;
     match store.get_decision(id).await.map_err(store_err)? {
         Some(d) => {
             let mut v = decision_json(&d);
@@ -201,7 +186,7 @@ pub async fn list(
 ) -> Result<AdminResponse, GatewayError> {
     check_get(req)?;
     let q = query(req, &[])?;
-    let store = need_store(slot).await?;
+    let store = store_for(slot, "decisions are stored with traces").await?;
     let rows = store.query_decisions(&q).await.map_err(store_err)?;
     let next = (rows.len() == q.limit)
         .then(|| rows.last().map(|d| format!("{}:{}", d.ts_ms, d.request_id)))
@@ -222,40 +207,17 @@ pub async fn export(
     check_get(req)?;
     let mut q = query(req, &["gzip"])?;
     q.limit = EXPORT_PAGE;
-    let gzip_param = match req.param("gzip") {
-        None | Some("false" | "0" | "no") => false,
-        Some("true" | "1" | "yes") => true,
-        Some(_) => {
-            return Err(GatewayError::invalid(
-                "'gzip' must be true or false",
-                Some("gzip"),
-            ))
-        }
-    };
-    let store = need_store(slot).await?;
+    let gzip = gzip_param(req)?;
+    let store = store_for(slot, "decisions are stored with traces").await?;
     store.health().await.map_err(store_err)?;
-    let encoding = wants_gzip_encoding(req);
-    let gzip = encoding || gzip_param;
-    let mut headers = vec![("cache-control".to_string(), "no-store".to_string())];
-    if encoding {
-        headers.push(("content-type".into(), "application/x-ndjson".into()));
-        headers.push(("content-encoding".into(), "gzip".into()));
-    } else if gzip {
-        headers.push(("content-type".into(), "application/gzip".into()));
-        headers.push((
-            "content-disposition".into(),
-            "attachment; filename=\"loopgate-decisions.jsonl.gz\"".into(),
-        ));
-    } else {
-        headers.push(("content-type".into(), "application/x-ndjson".into()));
-    }
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    tokio::spawn(stream_export(store, q, gzip, tx));
-    Ok(AdminResponse {
-        status: 200,
-        headers,
-        body: AdminBody::Stream(rx),
-    })
+    tokio::spawn(stream_export(store, q, export_gzip(req, gzip), tx));
+    Ok(export_response(
+        req,
+        gzip,
+        "loopgate-decisions.jsonl.gz",
+        rx,
+    ))
 }
 
 async fn stream_export(
@@ -264,38 +226,21 @@ async fn stream_export(
     gzip: bool,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let mut out = if gzip {
-        Out::Gz(GzEncoder::new(Vec::new(), Compression::fast()))
-    } else {
-        Out::Plain(Vec::new())
-    };
-    let mut hash = Sha256::new();
-    let mut count: u64 = 0;
-    let mut failed = false;
+    let mut out = JsonlExport::new(gzip);
     for _ in 0..MAX_PAGES {
         let page = match store.query_decisions(&q).await {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, exported = count, "decision export stopped by a store error");
-                let line = crate::error::openai_error_body(
-                    "export interrupted: the store failed; retry the export",
-                    "api_error",
-                    None,
-                    Some("service_unavailable"),
-                );
-                out.write(&line);
-                out.write(b"\n");
-                failed = true;
-                break;
+                tracing::warn!(error = %e, exported = out.count, "decision export stopped by a store error");
+                let _ = tx
+                    .send(out.fail("export interrupted: the store failed; retry the export"))
+                    .await;
+                return;
             }
         };
         for d in &page {
             // The stored signed object, byte for byte as signed: verifiable line by line.
-            let mut line = d.signed.clone().into_bytes();
-            line.push(b'\n');
-            hash.update(&line);
-            out.write(&line);
-            count += 1;
+            out.line(d.signed.as_bytes());
         }
         let chunk = out.take();
         if !chunk.is_empty() && tx.send(chunk).await.is_err() {
@@ -305,12 +250,6 @@ async fn stream_export(
             Some(d) if page.len() == q.limit => q.before = Some((d.ts_ms, d.request_id.clone())),
             _ => break,
         }
-    }
-    if !failed {
-        let trailer = json!({"sha256": hex::encode(hash.finalize()), "count": count});
-        let mut line = serde_json::to_vec(&trailer).unwrap_or_default();
-        line.push(b'\n');
-        out.write(&line);
     }
     let last = out.finish();
     if !last.is_empty() {

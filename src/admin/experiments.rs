@@ -19,14 +19,7 @@ use crate::routing::Runtime;
 use crate::store::AuditAppend;
 
 fn new_id() -> String {
-    use rand::Rng;
-    const A: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::thread_rng();
-    let mut s = String::from("exp_");
-    for _ in 0..20 {
-        s.push(A[rng.gen_range(0..A.len())] as char);
-    }
-    s
+    crate::proxy::ctx::random_id("exp_", crate::proxy::ctx::BASE36, 20)
 }
 
 /// The derived experiment for a record (the last refresh's, else a fresh one).

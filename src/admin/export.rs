@@ -36,7 +36,7 @@ pub async fn handle(store: &StoreSlot, req: &AdminRequest) -> Option<AdminRespon
     )
 }
 
-pub(crate) fn wants_gzip_encoding(req: &AdminRequest) -> bool {
+fn wants_gzip_encoding(req: &AdminRequest) -> bool {
     req.headers.iter().any(|(k, v)| {
         k == "accept-encoding"
             && v.split(',').any(|p| {
@@ -48,56 +48,74 @@ pub(crate) fn wants_gzip_encoding(req: &AdminRequest) -> bool {
     })
 }
 
-async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, GatewayError> {
-    check_read(req)?;
-    check_params(req, &["gzip"])?;
-    let gzip_param = match req.param("gzip") {
-        None => false,
-        Some("true" | "1" | "yes") => true,
-        Some("false" | "0" | "no") => false,
-        Some(_) => {
-            return Err(GatewayError::invalid(
-                "'gzip' must be true or false",
-                Some("gzip"),
-            ))
-        }
-    };
-    let filter = scoped_filter(req)?;
-    let store = store_of(slot)?;
-    // Fail fast (503) rather than starting a 200 stream against a dead store.
-    store.health().await.map_err(super::logs::store_err)?;
+/// The `?gzip=` parameter (validated up front, before any store work).
+pub(crate) fn gzip_param(req: &AdminRequest) -> Result<bool, GatewayError> {
+    match req.param("gzip") {
+        None => Ok(false),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(_) => Err(GatewayError::invalid(
+            "'gzip' must be true or false",
+            Some("gzip"),
+        )),
+    }
+}
+
+/// A streamed JSONL export response: gzip as content encoding, as a `.gz` download named
+/// `download` (`?gzip=true` alone), or plain. Returns the response and whether to compress.
+pub(crate) fn export_response(
+    req: &AdminRequest,
+    gzip_param: bool,
+    download: &str,
+    rx: mpsc::Receiver<Bytes>,
+) -> AdminResponse {
     let encoding = wants_gzip_encoding(req);
-    let gzip = encoding || gzip_param;
     let mut headers = vec![("cache-control".to_string(), "no-store".to_string())];
     if encoding {
         headers.push(("content-type".into(), "application/x-ndjson".into()));
         headers.push(("content-encoding".into(), "gzip".into()));
-    } else if gzip {
+    } else if gzip_param {
         headers.push(("content-type".into(), "application/gzip".into()));
         headers.push((
             "content-disposition".into(),
-            "attachment; filename=\"loopgate-logs.jsonl.gz\"".into(),
+            format!("attachment; filename=\"{download}\""),
         ));
     } else {
         headers.push(("content-type".into(), "application/x-ndjson".into()));
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
-    tokio::spawn(stream_export(store, filter, gzip, tx));
-    Ok(AdminResponse {
+    AdminResponse {
         status: 200,
         headers,
         body: AdminBody::Stream(rx),
-    })
+    }
+}
+
+/// Whether the export body is gzip-compressed (either way of asking for it).
+pub(crate) fn export_gzip(req: &AdminRequest, gzip_param: bool) -> bool {
+    wants_gzip_encoding(req) || gzip_param
+}
+
+async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, GatewayError> {
+    check_read(req)?;
+    check_params(req, &["gzip"])?;
+    let gzip = gzip_param(req)?;
+    let filter = scoped_filter(req)?;
+    let store = store_of(slot)?;
+    // Fail fast (503) rather than starting a 200 stream against a dead store.
+    store.health().await.map_err(super::logs::store_err)?;
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    tokio::spawn(stream_export(store, filter, export_gzip(req, gzip), tx));
+    Ok(export_response(req, gzip, "loopgate-logs.jsonl.gz", rx))
 }
 
 /// Either plain bytes or a gzip stream; both hand out what is ready to send.
-pub(crate) enum Out {
+enum Out {
     Plain(Vec<u8>),
     Gz(GzEncoder<Vec<u8>>),
 }
 
 impl Out {
-    pub(crate) fn write(&mut self, b: &[u8]) {
+    fn write(&mut self, b: &[u8]) {
         match self {
             Out::Plain(v) => v.extend_from_slice(b),
             // Writing into a Vec cannot fail.
@@ -107,18 +125,77 @@ impl Out {
         }
     }
 
-    pub(crate) fn take(&mut self) -> Bytes {
+    fn take(&mut self) -> Bytes {
         match self {
             Out::Plain(v) => Bytes::from(std::mem::take(v)),
             Out::Gz(g) => Bytes::from(std::mem::take(g.get_mut())),
         }
     }
 
-    pub(crate) fn finish(self) -> Bytes {
+    fn finish(self) -> Bytes {
         match self {
             Out::Plain(v) => Bytes::from(v),
             Out::Gz(g) => Bytes::from(g.finish().unwrap_or_default()),
         }
+    }
+}
+
+/// A JSONL export body: lines hashed as they are written, then either the trailer
+/// `{"sha256":"<hex>","count":N}` over all preceding (uncompressed) bytes, or an error line.
+pub(crate) struct JsonlExport {
+    out: Out,
+    hash: Sha256,
+    pub(crate) count: u64,
+}
+
+impl JsonlExport {
+    pub(crate) fn new(gzip: bool) -> Self {
+        JsonlExport {
+            out: if gzip {
+                Out::Gz(GzEncoder::new(Vec::new(), Compression::fast()))
+            } else {
+                Out::Plain(Vec::new())
+            },
+            hash: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// One record (without its newline).
+    pub(crate) fn line(&mut self, record: &[u8]) {
+        self.hash.update(record);
+        self.hash.update(b"\n");
+        self.out.write(record);
+        self.out.write(b"\n");
+        self.count += 1;
+    }
+
+    /// What is ready to send.
+    pub(crate) fn take(&mut self) -> Bytes {
+        self.out.take()
+    }
+
+    /// End with an OpenAI-shaped error line and no trailer (a cut export).
+    pub(crate) fn fail(mut self, message: &str) -> Bytes {
+        let line = crate::error::openai_error_body(
+            message,
+            "api_error",
+            None,
+            Some("service_unavailable"),
+        );
+        self.out.write(&line);
+        self.out.write(b"\n");
+        self.out.finish()
+    }
+
+    /// End with the trailer.
+    pub(crate) fn finish(mut self) -> Bytes {
+        let trailer =
+            serde_json::json!({"sha256": hex::encode(self.hash.finalize()), "count": self.count});
+        let mut line = serde_json::to_vec(&trailer).unwrap_or_default();
+        line.push(b'\n');
+        self.out.write(&line);
+        self.out.finish()
     }
 }
 
@@ -128,15 +205,8 @@ async fn stream_export(
     gzip: bool,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let mut out = if gzip {
-        Out::Gz(GzEncoder::new(Vec::new(), Compression::fast()))
-    } else {
-        Out::Plain(Vec::new())
-    };
-    let mut hash = Sha256::new();
-    let mut count: u64 = 0;
+    let mut out = JsonlExport::new(gzip);
     let mut after = None;
-    let mut failed = false;
     for _ in 0..MAX_PAGES {
         let page = match store
             .query_logs(&LogQuery {
@@ -148,25 +218,14 @@ async fn stream_export(
         {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, exported = count, "export stopped by a store error");
-                let line = crate::error::openai_error_body(
-                    "export interrupted: the trace store failed; retry the export",
-                    "api_error",
-                    None,
-                    Some("service_unavailable"),
-                );
-                out.write(&line);
-                out.write(b"\n");
-                failed = true;
-                break;
+                tracing::warn!(error = %e, exported = out.count, "export stopped by a store error");
+                let last = out.fail("export interrupted: the trace store failed; retry the export");
+                let _ = tx.send(last).await;
+                return;
             }
         };
         for r in &page.records {
-            let mut line = serde_json::to_vec(r).unwrap_or_default();
-            line.push(b'\n');
-            hash.update(&line);
-            out.write(&line);
-            count += 1;
+            out.line(&serde_json::to_vec(r).unwrap_or_default());
         }
         let chunk = out.take();
         if !chunk.is_empty() && tx.send(chunk).await.is_err() {
@@ -176,12 +235,6 @@ async fn stream_export(
             Some(c) => after = Some(c),
             None => break,
         }
-    }
-    if !failed {
-        let trailer = serde_json::json!({"sha256": hex::encode(hash.finalize()), "count": count});
-        let mut line = serde_json::to_vec(&trailer).unwrap_or_default();
-        line.push(b'\n');
-        out.write(&line);
     }
     let last = out.finish();
     if !last.is_empty() {

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Map, Value};
 
-use super::logs::{store_err, store_of};
+use super::logs::{store_err, store_for};
 use super::{AdminRequest, AdminResponse, Scope};
 use crate::error::GatewayError;
 use crate::feedback::posterior::{normalise, nps_to_unit};
@@ -29,8 +29,6 @@ use crate::store::{DecisionQuery, FeedbackInsert, FeedbackRow, Store};
 use crate::trace::writer::StoreSlot;
 
 const MAX_COMMENT: usize = 2000;
-/// How long a request waits for the store while the gateway is starting.
-pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 const MAX_DETAIL_BYTES: usize = 16 * 1024;
 /// Routed requests of one session that an NPS can credit.
 const MAX_SESSION_REQUESTS: usize = 1000;
@@ -50,15 +48,7 @@ pub async fn handle(
         .require(Scope::Inference)
         .or_else(|_| req.caller.require(Scope::Admin))?;
     let body: Map<String, Value> = crate::proxy::request::parse_object(&req.body)?;
-    let slot = slot.ok_or_else(|| {
-        GatewayError::Unavailable(
-            "feedback needs a store: storage.backend is \"none\" on this gateway".into(),
-        )
-    })?;
-    let store = match slot.wait(STORE_WAIT).await {
-        Some(s) => s,
-        None => store_of(slot)?,
-    };
+    let store = store_for(slot, "feedback needs a store").await?;
     for k in body.keys() {
         if !matches!(
             k.as_str(),
@@ -152,15 +142,7 @@ pub async fn handle(
 }
 
 fn new_event_id() -> String {
-    use rand::Rng;
-    const A: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::thread_rng();
-    let mut s = String::with_capacity(27);
-    s.push_str("fb_");
-    for _ in 0..24 {
-        s.push(A[rng.gen_range(0..A.len())] as char);
-    }
-    s
+    crate::proxy::ctx::random_id("fb_", crate::proxy::ctx::BASE36, 24)
 }
 
 pub fn event_json(r: &FeedbackRow, status: &str) -> Value {

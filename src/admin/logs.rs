@@ -102,6 +102,26 @@ pub fn store_of(slot: &StoreSlot) -> Result<Arc<dyn Store>, GatewayError> {
     })
 }
 
+/// How long a request waits for the store while the gateway is starting (the writer opens it).
+pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The store behind an optional slot: `None` (`storage.backend = "none"`) is a 503 saying that
+/// `what` needs one; otherwise wait up to [`STORE_WAIT`] for the writer to open it.
+pub async fn store_for(
+    slot: Option<&StoreSlot>,
+    what: &str,
+) -> Result<Arc<dyn Store>, GatewayError> {
+    let slot = slot.ok_or_else(|| {
+        GatewayError::Unavailable(format!(
+            "{what}: storage.backend is \"none\" on this gateway"
+        ))
+    })?;
+    match slot.wait(STORE_WAIT).await {
+        Some(s) => Ok(s),
+        None => store_of(slot),
+    }
+}
+
 pub fn store_err(e: StoreError) -> GatewayError {
     match e {
         StoreError::Unavailable(_) | StoreError::Timeout(_) => {

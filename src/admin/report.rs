@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Value};
 
-use super::logs::{store_err, store_of};
+use super::logs::{store_err, store_for};
 use super::{AdminRequest, AdminResponse, Scope};
 use crate::error::GatewayError;
 use crate::feedback::posterior::{normalise, nps_to_unit};
@@ -248,15 +248,7 @@ pub async fn shadow(
             Some("window"),
         )
     })?;
-    let slot = slot.ok_or_else(|| {
-        GatewayError::Unavailable(
-            "the report reads stored traces: storage.backend is \"none\" on this gateway".into(),
-        )
-    })?;
-    let store = match slot.wait(super::feedback::STORE_WAIT).await {
-        Some(s) => s,
-        None => store_of(slot)?,
-    };
+    let store = store_for(slot, "the report reads stored traces").await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let from_ms = now_ms - window as i64 * 1000;
     let table = auto.table.load();

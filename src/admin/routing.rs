@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use super::logs::{store_err, store_of};
+use super::logs::{store_err, store_for};
 use super::{AdminRequest, AdminResponse, AdminRoutes, Scope};
 use crate::error::GatewayError;
 use crate::feedback::constraints::Constraints;
@@ -98,16 +98,7 @@ pub(crate) fn body_object(req: &AdminRequest) -> Result<Map<String, Value>, Gate
 
 impl RoutingRoutes {
     pub(crate) async fn store(&self) -> Result<Arc<dyn Store>, GatewayError> {
-        let slot = self.slot.as_ref().ok_or_else(|| {
-            GatewayError::Unavailable(
-                "operator state is kept in the store: storage.backend is \"none\" on this gateway"
-                    .into(),
-            )
-        })?;
-        match slot.wait(super::feedback::STORE_WAIT).await {
-            Some(s) => Ok(s),
-            None => store_of(slot),
-        }
+        store_for(self.slot.as_ref(), "operator state is kept in the store").await
     }
 
     pub(crate) fn feedback_route<'a>(
