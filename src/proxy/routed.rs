@@ -33,21 +33,21 @@ pub fn candidates(
     let context = rc
         .contextual
         .then(|| crate::feedback::context::context_key(req.messages()).as_str());
-    let Some(prepared) = gw.auto.prepared(route, context) else {
+    let Some(view) = gw.auto.lookup(route, context) else {
         // Route unusable in the current table (e.g. just added by a reload, or its candidates
         // cannot be prepared): serve the baseline without a decision.
         return rt.resolve_with_fallbacks(baseline, None);
     };
     let mut d = gw.auto.decide(
-        &prepared,
+        &view.prepared,
         route,
         ctx.session_id.as_deref(),
         ctx.ts_ms,
         rand::random::<f64>(),
     );
     if d.kind != PickKind::Pinned {
-        let (holdback, experiment) = gw.auto.rollout_of(route);
-        if let Some(e) = experiment {
+        let holdback = view.holdback_share;
+        if let Some(e) = view.experiment {
             // A canary assigns by session (or request) and serves its arm for real.
             let key = ctx.session_id.as_deref().unwrap_or(&ctx.request_id);
             let arm = e.assign(key);

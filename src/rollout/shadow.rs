@@ -43,8 +43,8 @@ pub const CONCURRENCY: usize = 4;
 pub struct RolloutCtx {
     /// The client's request body (a reference-counted view of bytes already in memory).
     pub(crate) raw: Bytes,
-    /// Call the would-have model in the background.
-    pub(crate) shadow: bool,
+    /// Call this model (index into the decision's route) in the background.
+    pub(crate) shadow: Option<usize>,
     /// Score the served answer (and the shadow answer) with the judge.
     pub(crate) judge: bool,
     /// The served assistant text, bounded (only when judged).
@@ -108,15 +108,16 @@ pub fn prepare(
     d: &Decision,
 ) -> Option<Box<RolloutCtx>> {
     let rc = rt.route(route)?;
-    let shadow = QUEUE_TX.get().is_some()
+    let shadow = (QUEUE_TX.get().is_some()
         && d.route.mode == Mode::Shadow
         && d.served == 0
-        && shadow_target(request_id, d).is_some()
-        && in_shadow_sample(request_id, rc.shadow.share);
+        && in_shadow_sample(request_id, rc.shadow.share))
+    .then(|| shadow_target(request_id, d))
+    .flatten();
     let judge = judge_service::enabled()
         && !rt.config.judge.model.is_empty()
         && super::judge::should_judge(request_id, rc.judge.share);
-    if !shadow && !judge {
+    if shadow.is_none() && !judge {
         return None;
     }
     Some(Box::new(RolloutCtx {
@@ -163,8 +164,7 @@ pub fn after_request(ctx: &mut RequestCtx, a: &AutoCtx) {
                 })
             })
             .unwrap_or(false);
-    let target = shadow_target(&ctx.request_id, d);
-    if let (true, 0, Some(t)) = (shadow, d.served, target) {
+    if let (Some(t), 0) = (shadow, d.served) {
         enqueue(ShadowJob {
             shadow_of: ctx.request_id.clone(),
             route,

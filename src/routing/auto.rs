@@ -75,6 +75,13 @@ pub struct RouterTable {
     pub rollout: HashMap<String, RouteRollout>,
 }
 
+/// One feedback route as a request sees it (see [`AutoState::lookup`]).
+pub struct RouteView {
+    pub prepared: Arc<PreparedRoute>,
+    pub holdback_share: f64,
+    pub experiment: Option<Arc<crate::rollout::canary::Experiment>>,
+}
+
 /// A routed request remembered briefly, so feedback that arrives before its trace is stored
 /// still finds its route and model.
 #[derive(Debug, Clone)]
@@ -171,27 +178,25 @@ impl AutoState {
         }
     }
 
-    /// The snapshot a request for `route` (and prompt context) decides with.
-    pub fn prepared(&self, route: &str, context: Option<&str>) -> Option<Arc<PreparedRoute>> {
+    /// What a request for `route` (and prompt context) decides with, from one table load:
+    /// the snapshot, the holdback share and the assigning experiment.
+    pub fn lookup(&self, route: &str, context: Option<&str>) -> Option<RouteView> {
         let t = self.table.load();
         let ar = t.routes.get(route)?;
-        Some(Arc::clone(
-            context
-                .and_then(|c| ar.contexts.get(c))
-                .unwrap_or(&ar.prepared),
-        ))
+        Some(RouteView {
+            prepared: Arc::clone(
+                context
+                    .and_then(|c| ar.contexts.get(c))
+                    .unwrap_or(&ar.prepared),
+            ),
+            holdback_share: ar.holdback_share,
+            experiment: ar.experiment.clone(),
+        })
     }
 
-    /// The route's holdback share and assigning experiment, if any.
-    pub fn rollout_of(
-        &self,
-        route: &str,
-    ) -> (f64, Option<Arc<crate::rollout::canary::Experiment>>) {
-        let t = self.table.load();
-        match t.routes.get(route) {
-            Some(ar) => (ar.holdback_share, ar.experiment.clone()),
-            None => (0.0, None),
-        }
+    /// The snapshot a request for `route` (and prompt context) decides with.
+    pub fn prepared(&self, route: &str, context: Option<&str>) -> Option<Arc<PreparedRoute>> {
+        self.lookup(route, context).map(|v| v.prepared)
     }
 
     fn spend_today(&self, route: &str, now_ms: i64) -> f64 {
@@ -212,6 +217,29 @@ impl AutoState {
         })
     }
 
+    /// The session's model on this route, if it was served within the sticky TTL.
+    fn sticky_of(&self, route: &str, session: Option<&str>, now_ms: i64) -> Option<Arc<str>> {
+        let e = self
+            .sticky
+            .get(&(route.to_string(), session?.to_string()))?;
+        (now_ms - e.1 <= self.sticky_ttl_ms).then(|| Arc::clone(&e.0))
+    }
+
+    fn context<'a>(
+        &self,
+        route: &str,
+        sticky: Option<&'a str>,
+        now_ms: i64,
+        rng: f64,
+    ) -> RequestContext<'a> {
+        RequestContext {
+            spend_today: self.spend_today(route, now_ms),
+            exploration_share: self.exploration_share(route),
+            sticky,
+            rng,
+        }
+    }
+
     /// Decide for one request. `rng` is a uniform draw in [0, 1).
     pub fn decide(
         &self,
@@ -221,17 +249,7 @@ impl AutoState {
         now_ms: i64,
         rng: f64,
     ) -> Decision {
-        let sticky = session.and_then(|s| {
-            let e = self.sticky.get(&(route.to_string(), s.to_string()))?;
-            (now_ms - e.1 <= self.sticky_ttl_ms).then(|| Arc::clone(&e.0))
-        });
-        let ctx = RequestContext {
-            spend_today: self.spend_today(route, now_ms),
-            exploration_share: self.exploration_share(route),
-            sticky: sticky.as_deref(),
-            rng,
-        };
-        let d = decide(prepared, &ctx);
+        let d = self.explain(prepared, route, session, now_ms, rng);
         self.after_decision(route, session, &d, now_ms);
         d
     }
@@ -245,17 +263,11 @@ impl AutoState {
         now_ms: i64,
         rng: f64,
     ) -> Decision {
-        let sticky = session.and_then(|s| {
-            let e = self.sticky.get(&(route.to_string(), s.to_string()))?;
-            (now_ms - e.1 <= self.sticky_ttl_ms).then(|| Arc::clone(&e.0))
-        });
-        let ctx = RequestContext {
-            spend_today: self.spend_today(route, now_ms),
-            exploration_share: self.exploration_share(route),
-            sticky: sticky.as_deref(),
-            rng,
-        };
-        decide(prepared, &ctx)
+        let sticky = self.sticky_of(route, session, now_ms);
+        decide(
+            prepared,
+            &self.context(route, sticky.as_deref(), now_ms, rng),
+        )
     }
 
     fn after_decision(&self, route: &str, session: Option<&str>, d: &Decision, now_ms: i64) {
