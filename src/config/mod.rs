@@ -517,24 +517,12 @@ impl GatewayConfig {
                 if let Err(e) = r.constraints.validate() {
                     return bad(format!("routes.{name}.constraints: {e}"));
                 }
-                let ex = &r.exploration;
-                if !(ex.rate.is_finite() && (0.0..=1.0).contains(&ex.rate)) {
-                    return bad(format!("routes.{name}.exploration.rate must be in [0, 1]"));
+                // The same checks `PreparedRoute::prepare` applies, reported at load time.
+                if let Err(e) = r.exploration.validate() {
+                    return bad(format!("routes.{name}: {e}"));
                 }
-                if !(ex.cost_penalty.is_finite() && ex.cost_penalty >= 0.0) {
-                    return bad(format!(
-                        "routes.{name}.exploration.cost_penalty must be >= 0"
-                    ));
-                }
-                let w = &r.score;
-                if ![w.success, w.feedback, w.cost]
-                    .iter()
-                    .all(|x| x.is_finite() && *x >= 0.0)
-                    || w.success + w.feedback + w.cost <= 0.0
-                {
-                    return bad(format!(
-                        "routes.{name}.score: weights must be >= 0 with a positive sum"
-                    ));
+                if let Err(e) = r.score.validate() {
+                    return bad(format!("routes.{name}.score: {e}"));
                 }
                 continue;
             }

@@ -75,6 +75,21 @@ impl Default for ScoreWeights {
     }
 }
 
+impl ScoreWeights {
+    /// Every weight finite and >= 0, with a positive sum.
+    pub fn validate(&self) -> Result<(), String> {
+        let all = [self.success, self.feedback, self.cost];
+        if all.iter().all(|x| x.is_finite() && *x >= 0.0) && all.iter().sum::<f64>() > 0.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "score weights must be >= 0 with a positive sum, got {}/{}/{}",
+                self.success, self.feedback, self.cost
+            ))
+        }
+    }
+}
+
 /// Exploration settings of a route.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,6 +111,22 @@ impl Default for ExplorationConfig {
             cost_penalty: 0.05,
             draws: 1024,
             seed: 0x6c6f_6f70_6761_7465,
+        }
+    }
+}
+
+impl ExplorationConfig {
+    /// `rate` in [0, 1], `cost_penalty` >= 0.
+    pub fn validate(&self) -> Result<(), String> {
+        let rate_ok = self.rate.is_finite() && (0.0..=1.0).contains(&self.rate);
+        let penalty_ok = self.cost_penalty.is_finite() && self.cost_penalty >= 0.0;
+        if rate_ok && penalty_ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "exploration.rate must be in [0, 1] and cost_penalty >= 0, got {} and {}",
+                self.rate, self.cost_penalty
+            ))
         }
     }
 }
@@ -210,36 +241,18 @@ impl PreparedRoute {
                 source,
             })?;
         let w = input.weights;
-        let wsum = w.success + w.feedback + w.cost;
-        if ![w.success, w.feedback, w.cost]
-            .iter()
-            .all(|x| x.is_finite() && *x >= 0.0)
-            || wsum <= 0.0
-        {
-            return Err(RouteError::Invalid {
-                route,
-                what: format!(
-                    "score weights must be >= 0 with a positive sum, got {}/{}/{}",
-                    w.success, w.feedback, w.cost
-                ),
-            });
+        if let Err(what) = w.validate() {
+            return Err(RouteError::Invalid { route, what });
         }
+        let wsum = w.success + w.feedback + w.cost;
         let weights = ScoreWeights {
             success: w.success / wsum,
             feedback: w.feedback / wsum,
             cost: w.cost / wsum,
         };
         let ex = input.exploration;
-        let rate_ok = ex.rate.is_finite() && (0.0..=1.0).contains(&ex.rate);
-        let penalty_ok = ex.cost_penalty.is_finite() && ex.cost_penalty >= 0.0;
-        if !(rate_ok && penalty_ok) {
-            return Err(RouteError::Invalid {
-                route,
-                what: format!(
-                    "exploration.rate must be in [0, 1] and cost_penalty >= 0, got {} and {}",
-                    ex.rate, ex.cost_penalty
-                ),
-            });
+        if let Err(what) = ex.validate() {
+            return Err(RouteError::Invalid { route, what });
         }
         for m in std::iter::once(&input.baseline).chain(&input.candidates) {
             if !(m.cost_per_request.is_finite() && m.cost_per_request >= 0.0) {
