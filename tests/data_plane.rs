@@ -8,10 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn auth() -> String {
-    format!("Bearer {MASTER_KEY}")
-}
-
 fn openai_env(mock: &MockUpstream) -> Vec<(&'static str, String)> {
     vec![
         ("OPENAI_API_KEY", "sk-test-openai-secret-000".to_string()),

@@ -13,10 +13,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn auth() -> String {
-    format!("Bearer {MASTER_KEY}")
-}
-
 async fn post(g: &GatewayProc, path: &str, body: &Value) -> reqwest::Response {
     client()
         .post(g.url(path))

@@ -15,10 +15,6 @@ const HF_KEY: &str = "hf_test_secret_token";
 const FW_KEY: &str = "fw_test_secret_key";
 const RP_KEY: &str = "r8_test_secret_token";
 
-fn auth() -> String {
-    format!("Bearer {MASTER_KEY}")
-}
-
 async fn post(g: &GatewayProc, path: &str, body: &Value) -> reqwest::Response {
     client()
         .post(g.url(path))

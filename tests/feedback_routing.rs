@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -15,19 +14,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 const DECISION_KEY: &str = "test-decision-signing-key";
-
-/// A fleet: every model answers OpenAI-style with its own name in the content.
-fn fleet() -> Reply {
-    Reply::Dynamic(Arc::new(|r: &Received| {
-        let body = r.json();
-        let model = body["model"].as_str().unwrap_or("m").to_string();
-        Reply::Json(
-            200,
-            vec![],
-            chat_json(&model, &format!("answer from {model}"), 400, 200),
-        )
-    }))
-}
 
 fn route_toml(mode: &str, extra: &str) -> String {
     format!(
@@ -60,10 +46,6 @@ async fn start(mode: &str, mock: &MockUpstream) -> GatewayProc {
             ("LOOPGATE_DECISION_KEY", DECISION_KEY.into()),
         ],
     )
-}
-
-fn auth() -> String {
-    format!("Bearer {MASTER_KEY}")
 }
 
 /// Send `n` auto requests; each served answer gets a thumbs score drawn from the served
@@ -123,7 +105,7 @@ async fn routing_state(gw: &GatewayProc) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotes_a_cheaper_model_that_holds_quality() {
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let gw = start("live", &mock).await;
     // The cheap model is truly as good or slightly better (its benchmark prior says worse).
     let quality = HashMap::from([("gpt-4o", 0.9), ("gpt-4o-mini", 0.95)]);
@@ -160,7 +142,7 @@ async fn promotes_a_cheaper_model_that_holds_quality() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keeps_the_baseline_when_the_cheap_model_is_worse() {
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let gw = start("live", &mock).await;
     let quality = HashMap::from([("gpt-4o", 0.9), ("gpt-4o-mini", 0.6)]);
     let (first, second) = drive(&gw, 500, &quality, 11).await;
@@ -196,7 +178,7 @@ async fn keeps_the_baseline_when_the_cheap_model_is_worse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_api_answers_clearly_and_counts_once() {
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let gw = start("shadow", &mock).await;
     let c = client();
     // Two requests in one session.
@@ -310,7 +292,7 @@ async fn feedback_api_answers_clearly_and_counts_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constraints_pins_audit_explain_and_export() {
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let gw = start("live", &mock).await;
     let c = client();
     let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
@@ -478,7 +460,7 @@ async fn instances_sharing_postgres_converge_to_the_same_table() {
     let srv = pg::PgServer::start();
     srv.create_db("converge");
     let url = srv.url_for("converge");
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let env = [
         ("OPENAI_API_KEY", "sk-test".to_string()),
         ("OPENAI_BASE_URL", mock.url()),

@@ -12,18 +12,6 @@ use common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-fn fleet() -> Reply {
-    Reply::Dynamic(Arc::new(|r: &Received| {
-        let body = r.json();
-        let model = body["model"].as_str().unwrap_or("m").to_string();
-        Reply::Json(200, vec![], chat_json(&model, "ok", 400, 200))
-    }))
-}
-
-fn auth() -> String {
-    format!("Bearer {MASTER_KEY}")
-}
-
 fn start(mode: &str, extra: &str, mock: &MockUpstream) -> GatewayProc {
     let toml = format!(
         r#"
@@ -98,7 +86,7 @@ async fn get(c: &reqwest::Client, gw: &GatewayProc, path: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_regression_is_rolled_back_audited_and_unpinned() {
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let gw = start(
         "live",
         "[routes.default.rollback]\nholdback_share = 0.2\nmin_holdback = 40\nwindow = 400\narl0 = 1000.0\nshift = 0.2",
@@ -206,7 +194,7 @@ async fn create_experiment(c: &reqwest::Client, gw: &GatewayProc, spec: Value) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let gw = start("shadow", "", &mock);
     let c = client();
     // Bad input is refused clearly.
@@ -327,7 +315,7 @@ async fn a_worse_canary_reverts_and_an_as_good_one_advances() {
 /// Audit events reach a configured webhook, signed over the exact body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_events_are_pushed_to_the_signed_webhook() {
-    let mock = MockUpstream::start(fleet()).await;
+    let mock = MockUpstream::start(model_fleet()).await;
     let hook = MockUpstream::start(Reply::Json(200, vec![], "{}".into())).await;
     let extra = format!(
         "[webhook]\nurl = \"{}/hook\"\nsecret_env = \"LG_TEST_WEBHOOK_SECRET\"\nevents = [\"audit\", \"rollback\"]\n",

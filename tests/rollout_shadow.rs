@@ -122,10 +122,6 @@ fn restart(mut gw: GatewayProc, mock: &MockUpstream) -> GatewayProc {
     GatewayProc::spawn(dir, config, port, metrics_port, &env(mock))
 }
 
-fn auth() -> String {
-    format!("Bearer {MASTER_KEY}")
-}
-
 /// Drop the fields the gateway mints per response.
 fn strip_minted(mut v: Value) -> Value {
     if let Some(o) = v.as_object_mut() {

@@ -313,6 +313,25 @@ pub fn openai_like() -> Reply {
     }))
 }
 
+/// A fleet of models behind one OpenAI-style mock: each answers with its own name in the
+/// content (feedback-routing and rollout tests).
+pub fn model_fleet() -> Reply {
+    Reply::Dynamic(Arc::new(|r: &Received| {
+        let body = r.json();
+        let model = body["model"].as_str().unwrap_or("m").to_string();
+        Reply::Json(
+            200,
+            vec![],
+            chat_json(&model, &format!("answer from {model}"), 400, 200),
+        )
+    }))
+}
+
+/// The `authorization` header of the test master key (every scope).
+pub fn auth() -> String {
+    format!("Bearer {MASTER_KEY}")
+}
+
 // ---------- the gateway process ----------
 
 pub fn free_port() -> u16 {
