@@ -76,7 +76,7 @@ pub trait RouterUnderTest {
     fn alarms(&self) -> Vec<(Vec<ContextKey>, u64)>;
 }
 
-/// How production feedback is simulated. Defaults are documented in the report and README.
+/// How production feedback is simulated. Defaults are documented in the report and docs/benchmarks.md.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SimConfig {
     /// Share of requests scored by an LLM judge.

@@ -3,7 +3,7 @@
 //!
 //! A stored decision is the signed trace (the trace's fields plus `signature`) plus index
 //! columns. The API returns the signed object as stored, so any response can be verified
-//! with the signing key (HMAC-SHA256 over the canonical JSON of `trace`, see the README).
+//! with the signing key (HMAC-SHA256 over the canonical JSON of `trace`, see docs/feedback-routing.md).
 
 use std::sync::Arc;
 

@@ -172,7 +172,7 @@ pub fn split_session_weight(total_weight: f64, k: usize) -> Result<f64, Posterio
     Ok(total_weight / k as f64)
 }
 
-/// Tunables of the posterior. Defaults are the calibrated ones documented in the README.
+/// Tunables of the posterior. Defaults are the calibrated ones in docs/routing-math.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PosteriorConfig {
@@ -574,7 +574,7 @@ fn phase_of(signals: &[SignalEvidence; 5], total: f64) -> Phase {
 /// Without that margin a chance gap between a few admin ratings and thousands of judge scores
 /// cut the judge's weight by orders of magnitude and broke calibration (the replay benchmark
 /// with dense judge scores: 81% of ≥ 0.95-confidence promotions within the limit; with it: see
-/// the README's replay table).
+/// the replay table in docs/benchmarks.md).
 pub fn reliability_from(n_s: f64, mean_s: f64, n_ref: f64, mean_ref: f64) -> f64 {
     if n_s <= 0.0 || n_ref < MIN_REFERENCE {
         return 1.0;

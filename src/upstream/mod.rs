@@ -2,7 +2,7 @@
 //!
 //! Why not let Pingora proxy the body: stock 0.9.1 replays a request body read in
 //! `request_filter` only from its 64 KiB retry buffer, so agent-sized requests would be
-//! truncated (DESIGN.md). The gateway reads the whole body, builds the native request and
+//! truncated (ARCHITECTURE.md). The gateway reads the whole body, builds the native request and
 //! sends it here; connections are pooled by the same connector Pingora uses.
 //!
 //! Host names are resolved asynchronously and cached (`HttpPeer::new` with a name would do
