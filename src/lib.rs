@@ -17,10 +17,13 @@
 pub mod admin;
 pub mod catalog;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod feedback;
+pub mod install;
+pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

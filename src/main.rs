@@ -1,4 +1,4 @@
-//! `loopgate`: serve, check, hash-key.
+//! `loopgate`: serve, check, upgrade, install, hash-key, demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,29 +57,82 @@ enum Cmd {
         #[arg(long)]
         exit: bool,
     },
-    /// Generate a new gateway key (or hash a given one) and print its config hash.
+    /// Generate a new gateway key (or hash a given one) and print a ready-to-paste
+    /// `[[auth.keys]]` entry.
     HashKey {
         /// Hash this key instead of generating one.
         #[arg(long)]
         key: Option<String>,
+        /// The key's id in the entry (traces and audit name callers by it).
+        #[arg(long, default_value = "my-app")]
+        id: String,
+        /// Comma-separated scopes: inference, read, admin.
+        #[arg(long, value_delimiter = ',', default_value = "inference")]
+        scopes: Vec<KeyScope>,
+    },
+    /// Replace the running instance with this binary without dropping a connection
+    /// (Pingora graceful upgrade; the systemd unit's ExecReload).
+    Upgrade {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Pid of the running instance (default: the one in the pid file).
+        #[arg(long)]
+        pid: Option<i32>,
+        /// Give up (leaving the old instance serving where possible) after this long.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Install this binary, the systemd unit, /etc/loopgate/gateway.toml and
+    /// /etc/loopgate/env (existing config files are kept).
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        #[arg(long, default_value = "/etc")]
+        sysconfdir: PathBuf,
+        #[arg(long, default_value = "/etc/systemd/system")]
+        unitdir: PathBuf,
+        /// Do not run `systemctl daemon-reload`.
+        #[arg(long)]
+        no_daemon_reload: bool,
     },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LOOPGATE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init();
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeyScope {
+    Inference,
+    Read,
+    Admin,
+}
+
+impl KeyScope {
+    fn name(self) -> &'static str {
+        match self {
+            KeyScope::Inference => "inference",
+            KeyScope::Read => "read",
+            KeyScope::Admin => "admin",
+        }
+    }
+}
+
+/// A TOML basic string (quotes and escapes).
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn init_logging() -> Result<(), ExitCode> {
+    loopgate::logging::init().map_err(|e| {
+        eprintln!("loopgate: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, upgrade } => {
-            init_logging();
+            if let Err(code) = init_logging() {
+                return code;
+            }
             match loopgate::server::serve(loopgate::server::ServeOptions { config, upgrade }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -126,16 +179,82 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::HashKey { key } => {
+        Cmd::HashKey { key, id, scopes } => {
+            if id.trim().is_empty() {
+                eprintln!("loopgate hash-key: --id must not be empty");
+                return ExitCode::from(2);
+            }
+            let generated = key.is_none();
             let key = key.unwrap_or_else(loopgate::routing::keys::generate_key);
+            let hash = loopgate::routing::keys::hash_key(&key);
+            let mut names: Vec<&str> = Vec::new();
+            for s in scopes {
+                if !names.contains(&s.name()) {
+                    names.push(s.name());
+                }
+            }
             println!("key:  {key}");
-            println!("hash: {}", loopgate::routing::keys::hash_key(&key));
+            println!("hash: {hash}");
+            if generated {
+                println!("(the key is shown only now: give it to the client; the config keeps only the hash)");
+            }
             println!(
-                "\n[[auth.keys]]\nid = \"my-app\"\nhash = \"{}\"\nscopes = [\"inference\"]",
-                loopgate::routing::keys::hash_key(&key)
+                "\n[[auth.keys]]\nid = {}\nhash = {}\nscopes = [{}]",
+                toml_str(&id),
+                toml_str(&hash),
+                names
+                    .iter()
+                    .map(|n| toml_str(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             ExitCode::SUCCESS
         }
+        Cmd::Upgrade {
+            config,
+            pid,
+            timeout_secs,
+        } => {
+            if let Err(code) = init_logging() {
+                return code;
+            }
+            match loopgate::daemon::upgrade(loopgate::daemon::UpgradeOptions {
+                config,
+                pid,
+                timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+            }) {
+                Ok(new) => {
+                    println!(
+                        "loopgate upgrade: pid {new} serves; the old instance drains and exits"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loopgate upgrade: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Install {
+            prefix,
+            sysconfdir,
+            unitdir,
+            no_daemon_reload,
+        } => match loopgate::install::install(&loopgate::install::InstallOptions {
+            prefix,
+            sysconfdir,
+            unitdir,
+            daemon_reload: !no_daemon_reload,
+        }) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loopgate install: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

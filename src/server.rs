@@ -61,6 +61,8 @@ pub struct ShutdownCoordinator {
     pub grace: Duration,
     /// Tells the trace writer to stop, only once nothing can submit traces any more.
     pub stop_writer: watch::Sender<bool>,
+    /// Removed on exit while it still names this process.
+    pub pid_file: Option<PathBuf>,
 }
 
 #[async_trait]
@@ -91,6 +93,9 @@ impl BackgroundService for ShutdownCoordinator {
         }
         let _ = self.stop_writer.send(true);
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(p) = &self.pid_file {
+            crate::daemon::remove_pid_file_if_ours(p);
+        }
         std::process::exit(0);
     }
 }
@@ -141,6 +146,17 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let storage = rt.storage.clone();
     crate::metrics::metrics().config_version.set(1);
     let s = rt.config.server.clone();
+    if let Some(dir) = &s.state_dir {
+        let made = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+        };
+        made.map_err(|e| format!("state directory {dir}: {e}"))?;
+        tracing::info!(state_dir = %dir, from = rt.config.state_dir_from, "state directory");
+    }
     if rt.open_access {
         tracing::warn!(
             "no gateway key configured: accepting unauthenticated requests on loopback only"
@@ -161,6 +177,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         sink: tracing_on.then(|| sink.clone()),
         grace: Duration::from_secs(s.grace_period_secs),
         stop_writer,
+        pid_file: s.pid_file.as_deref().map(PathBuf::from),
     };
     let hook: crate::proxy::TraceHook = if tracing_on {
         Box::new(move |r| sink.submit(r))
@@ -178,7 +195,20 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         routing.sticky_ttl_secs,
         routing.recent_capacity,
     ));
-    if gw.auto.ephemeral_key {
+    // Only feedback routes sign decisions: without one an ephemeral key is no concern.
+    let feedback_routes = gw
+        .runtime
+        .load()
+        .config
+        .routes
+        .values()
+        .any(|r| r.baseline.is_some());
+    if gw.auto.ephemeral_key && !feedback_routes {
+        tracing::info!(
+            env = %routing.signing_key_env,
+            "no decision signing key set; a random one is used if a feedback route is added"
+        );
+    } else if gw.auto.ephemeral_key {
         tracing::warn!(
             env = %routing.signing_key_env,
             "no decision signing key set: using a random key; exported decisions verify only until restart"
@@ -214,8 +244,8 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         threads: s.threads.max(1),
         grace_period_seconds: Some(s.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_secs),
-        pid_file: s.pid_file.clone(),
-        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: s.pid_file.clone().unwrap_or_default(),
+        upgrade_sock: s.upgrade_sock.clone().unwrap_or_default(),
         ..Default::default()
     };
     let opt = Opt {
@@ -284,5 +314,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         "credential refresh",
         CredentialRefresher { gw },
     ));
+    crate::daemon::watch_lifecycle(
+        server.watch_execution_phase(),
+        vec![s.listen.clone(), s.metrics_listen.clone()],
+        s.pid_file.as_deref().map(PathBuf::from),
+    );
     server.run_forever();
 }

@@ -41,10 +41,31 @@ fn demo_runs_shadow_then_live_and_prints_the_result() {
         "route default is live",
         "== phase 2: live",
         "live phase:     200 requests",
-        "/v1/decisions/chatcmpl-",
+        "== summary",
+        "promotions:",
     ] {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
+    // `--exit` stops the gateway: no links to it.
+    assert!(!stdout.contains("curl "), "{stdout}");
+    // No judge job or shadow call was dropped, and judging kept pace through both phases:
+    // the served answer of every request, plus the shadow answer in the shadow phase.
+    let num = |prefix: &str, after: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{stdout}"));
+        let at = line.find(after).unwrap_or_else(|| panic!("{line}"));
+        line[..at]
+            .split_whitespace()
+            .last()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    assert_eq!(num("judge:", " dropped"), 0, "{stdout}");
+    assert_eq!(num("shadow calls:", " dropped"), 0, "{stdout}");
+    let scored = num("judge:", " answers scored");
+    assert!(scored >= 550, "judged {scored} of ~600 answers:\n{stdout}");
     // The demo's gateway wrote real traces and decisions.
     let db = dir.path().join("demo.db");
     let conn = rusqlite::Connection::open(db).unwrap();

@@ -4,6 +4,7 @@
 //! is ever served (see [`crate::routing::Runtime::build`]); an invalid file on reload
 //! keeps the old config serving.
 
+pub mod paths;
 pub mod reload;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,9 @@ pub struct GatewayConfig {
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// Which rule chose `server.state_dir` ([`paths::state_dir`]); empty when none was needed.
+    #[serde(skip)]
+    pub state_dir_from: &'static str,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,10 +94,18 @@ pub struct ServerConfig {
     pub watch: bool,
     /// Prefix of the gateway's request and response headers (`loopgate-session-id`, ...).
     pub header_prefix: String,
-    /// Pingora pid file (needed for graceful upgrade).
-    pub pid_file: String,
-    /// Pingora upgrade socket (graceful upgrade hands listeners over it).
-    pub upgrade_sock: String,
+    /// Directory for the database, spill file, pid file and upgrade socket when their own
+    /// keys are unset (see [`paths`]; env `LOOPGATE_STATE_DIR` overrides). After load: the
+    /// resolved directory.
+    pub state_dir: Option<String>,
+    /// Pid file, written once the listeners serve (`loopgate upgrade` reads it).
+    /// Env `LOOPGATE_PID_FILE` overrides; unset: `<state_dir>/loopgate.pid`.
+    pub pid_file: Option<String>,
+    /// Socket a graceful upgrade hands the listeners over. Env `LOOPGATE_UPGRADE_SOCK`
+    /// overrides; unset: `<state_dir>/upgrade.sock`.
+    pub upgrade_sock: Option<String>,
+    /// Optional CORS for browser clients (`[server.cors]`).
+    pub cors: Option<crate::proxy::cors::CorsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -114,8 +126,10 @@ impl Default for ServerConfig {
             catalog: None,
             watch: true,
             header_prefix: "loopgate".into(),
-            pid_file: "/tmp/loopgate.pid".into(),
-            upgrade_sock: "/tmp/loopgate_upgrade.sock".into(),
+            state_dir: None,
+            pid_file: None,
+            upgrade_sock: None,
+            cors: None,
         }
     }
 }
@@ -382,6 +396,7 @@ impl GatewayConfig {
             }
         };
         cfg.apply_env();
+        cfg.apply_state_dir(&|k| std::env::var(k).ok())?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -404,6 +419,12 @@ impl GatewayConfig {
         if let Some(v) = var("LOOPGATE_DB") {
             self.storage
                 .insert("sqlite_path".into(), toml::Value::String(v));
+        }
+        if let Some(v) = var("LOOPGATE_PID_FILE") {
+            self.server.pid_file = Some(v);
+        }
+        if let Some(v) = var("LOOPGATE_UPGRADE_SOCK") {
+            self.server.upgrade_sock = Some(v);
         }
         if let Some(v) = var("LOOPGATE_POSTGRES_URL") {
             self.storage
@@ -445,6 +466,53 @@ impl GatewayConfig {
         // LOOPGATE_MASTER_KEY is read by the runtime (hashed there, never stored in config).
     }
 
+    /// Fill the paths left unset (database, spill file, pid file, upgrade socket) with
+    /// their defaults under the state directory, and record that directory in
+    /// `server.state_dir` (see [`paths`]). Paths set explicitly are kept as written.
+    pub fn apply_state_dir(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let unset = |t: &toml::Table, k: &str| {
+            t.get(k)
+                .and_then(toml::Value::as_str)
+                .is_none_or(str::is_empty)
+        };
+        let need = self.server.pid_file.is_none()
+            || self.server.upgrade_sock.is_none()
+            || unset(&self.storage, "sqlite_path")
+            || unset(&self.storage, "spill_path")
+            || self.server.state_dir.is_some();
+        if !need {
+            return Ok(());
+        }
+        let configured = self
+            .server
+            .state_dir
+            .as_deref()
+            .map(|d| self.resolve_path(d));
+        let dir = paths::state_dir(configured, env).map_err(ConfigError::Invalid)?;
+        let under = |name: &str| dir.path.join(name).to_string_lossy().into_owned();
+        for (key, name) in [
+            ("sqlite_path", "loopgate.db"),
+            ("spill_path", "loopgate-spill.jsonl"),
+        ] {
+            if unset(&self.storage, key) {
+                self.storage
+                    .insert(key.into(), toml::Value::String(under(name)));
+            }
+        }
+        self.server
+            .pid_file
+            .get_or_insert_with(|| under("loopgate.pid"));
+        self.server
+            .upgrade_sock
+            .get_or_insert_with(|| under("upgrade.sock"));
+        self.server.state_dir = Some(dir.path.to_string_lossy().into_owned());
+        self.state_dir_from = dir.from;
+        Ok(())
+    }
+
     /// Checks that need nothing but the config itself.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -477,6 +545,19 @@ impl GatewayConfig {
             return bad(format!(
                 "server.header_prefix '{prefix}' must be [A-Za-z0-9-]+"
             ));
+        }
+        if let Some(sock) = &self.server.upgrade_sock {
+            if sock.len() > paths::MAX_SOCKET_PATH {
+                return bad(format!(
+                    "server.upgrade_sock '{sock}' is {} bytes; a unix socket path holds at most {}: set a shorter server.upgrade_sock or LOOPGATE_UPGRADE_SOCK",
+                    sock.len(),
+                    paths::MAX_SOCKET_PATH
+                ));
+            }
+        }
+        if let Some(cors) = &self.server.cors {
+            cors.validate()
+                .map_err(|e| ConfigError::Invalid(format!("server.cors: {e}")))?;
         }
         let mut ids = std::collections::HashSet::new();
         for k in &self.auth.keys {

@@ -7,7 +7,11 @@
 //! background and both answers are judged by the simulated judge through the real judge
 //! pipeline), the operator flips it `live` once shadow evidence says the cheap model holds
 //! quality where it is used, and the driver prints cost saved and quality held as it goes,
-//! with links to decision traces. The gateway keeps running afterwards for you to explore.
+//! with links to decision traces. The gateway keeps running afterwards for you to explore;
+//! with `--exit` it prints a summary (cost, quality, promotions, judge counts) instead.
+//!
+//! The driver applies backpressure: it waits while the gateway's shadow-call and judge
+//! queues are deep, so no judge job is dropped and learning keeps pace through the run.
 
 pub mod data;
 pub mod http;
@@ -133,7 +137,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
                     }
                 };
                 let _ = tx.send(Ok(sim.addr));
-                let ok = drive(&driver_opts, &driver_rows, &sim).await;
+                let ok = drive(&driver_opts, &driver_rows).await;
                 if driver_opts.exit {
                     if !ok {
                         std::process::exit(1);
@@ -215,6 +219,57 @@ impl Tally {
             100.0 * self.cost / self.baseline_cost.max(1e-12),
             100.0 * self.quality / self.baseline_quality.max(1e-12),
         )
+    }
+}
+
+/// The judge's and shadow calls' counters, read from this process's metrics.
+struct Background {
+    judged: u64,
+    judge_errors: u64,
+    judge_retries: u64,
+    judge_dropped: u64,
+    judge_budget: u64,
+    shadow_ok: u64,
+    shadow_dropped: u64,
+}
+
+impl Background {
+    fn now() -> Background {
+        let m = crate::metrics::metrics();
+        let j = |r: &str| m.judge_calls.with_label_values(&[r]).get();
+        Background {
+            judged: j("ok"),
+            judge_errors: j("error"),
+            judge_retries: j("retry"),
+            judge_dropped: j("dropped"),
+            judge_budget: j("budget"),
+            shadow_ok: m.shadow_calls.with_label_values(&["default", "ok"]).get(),
+            shadow_dropped: m.shadow_dropped.with_label_values(&["default"]).get(),
+        }
+    }
+
+    fn line(&self) -> String {
+        let (queued, _) = crate::rollout::judge_service::backlog().unwrap_or((0, 0));
+        format!(
+            "judge: {} scored, {} pending, {} dropped, {} failed, {} over budget",
+            self.judged, queued, self.judge_dropped, self.judge_errors, self.judge_budget
+        )
+    }
+}
+
+/// Backpressure: wait while the shadow-call or judge backlog is above `fraction` of its
+/// queue (0: until both are empty), at most `max` — the gateway drops jobs beyond a full
+/// queue, and a dropped judge job is a lost learning signal.
+async fn wait_for_background(fraction: f64, max: Duration) {
+    let deadline = Instant::now() + max;
+    let deep = |b: Option<(usize, usize)>| {
+        b.is_some_and(|(n, cap)| n > 0 && n as f64 >= fraction * cap as f64)
+    };
+    while Instant::now() < deadline
+        && (deep(crate::rollout::judge_service::backlog())
+            || deep(crate::rollout::shadow::backlog()))
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -303,7 +358,7 @@ fn route_summary(v: &Value) -> String {
     )
 }
 
-async fn drive(opts: &DemoOptions, rows: &[Row], sim: &sim::SimFleet) -> bool {
+async fn drive(opts: &DemoOptions, rows: &[Row]) -> bool {
     if !wait_ready(opts.port).await {
         eprintln!("demo: the gateway did not come up");
         return false;
@@ -324,6 +379,7 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
     let mut last_id = String::new();
     for i in 0..opts.shadow_requests {
         let Some(row) = it.next() else { break };
+        wait_for_background(0.25, Duration::from_secs(60)).await;
         if let Some((id, m)) = ask(&mut c, row).await {
             shadow.add(row, &m);
             last_id = id;
@@ -334,18 +390,13 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
                 .await
                 .map(|r| r.json())
                 .unwrap_or(Value::Null);
-            println!(
-                "  {} | judged so far: {}",
-                shadow.line(),
-                sim.served
-                    .get("judge")
-                    .map_or(0, |x| x.load(std::sync::atomic::Ordering::Relaxed))
-            );
+            println!("  {} | {}", shadow.line(), Background::now().line());
             println!("    router: {}", route_summary(&st));
         }
     }
-    // Let the background shadow calls and judge scores land.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let every background shadow call and judge score land before the report.
+    wait_for_background(0.0, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let report = c
         .send(
             "GET",
@@ -392,6 +443,7 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
     let mut sample_decision = String::new();
     for i in 0..opts.live_requests {
         let Some(row) = it.next() else { break };
+        wait_for_background(0.25, Duration::from_secs(60)).await;
         if let Some((id, m)) = ask(&mut c, row).await {
             live.add(row, &m);
             if m == CHEAP && sample_decision.is_empty() {
@@ -405,14 +457,35 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
                 .await
                 .map(|r| r.json())
                 .unwrap_or(Value::Null);
-            println!("  {}", live.line());
+            println!("  {} | {}", live.line(), Background::now().line());
             println!("    router: {}", route_summary(&st));
         }
     }
+    wait_for_background(0.0, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let st = c
+        .send("GET", "/v1/routing", None, &[])
+        .await
+        .map(|r| r.json())
+        .unwrap_or(Value::Null);
+    let b = Background::now();
     println!();
-    println!("== result (recorded outcomes of the prompts actually sent)");
+    println!("== summary (recorded outcomes of the prompts actually sent)");
     println!("  shadow phase: {}", shadow.line());
     println!("  live phase:   {}", live.line());
+    println!("  promotions:   {}", promotions(&st));
+    println!(
+        "  judge:        {} answers scored, {} dropped, {} failed, {} retries, {} over budget",
+        b.judged, b.judge_dropped, b.judge_errors, b.judge_retries, b.judge_budget
+    );
+    println!(
+        "  shadow calls: {} made, {} dropped",
+        b.shadow_ok, b.shadow_dropped
+    );
+    if opts.exit {
+        // The gateway stops with the demo: no links to it.
+        return live.n > 0;
+    }
     let id = if sample_decision.is_empty() {
         last_id
     } else {
@@ -438,6 +511,25 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
         println!("The gateway keeps running; Ctrl-C to stop.");
     }
     live.n > 0
+}
+
+/// The prompt kinds (contexts) where the candidate passes the gate, from `GET /v1/routing`.
+fn promotions(v: &Value) -> String {
+    let r = &v["routes"][0];
+    let contexts = r["contexts"].as_array().cloned().unwrap_or_default();
+    let promoted: Vec<&str> = contexts
+        .iter()
+        .filter(|c| c["exploit"].as_str().is_some_and(|e| e != BASELINE))
+        .filter_map(|c| c["context"].as_str())
+        .collect();
+    format!(
+        "Mixtral passes the gate for {} of {} kinds of prompt{}{} (route mode {})",
+        promoted.len(),
+        contexts.len(),
+        if promoted.is_empty() { "" } else { ": " },
+        promoted.join(", "),
+        r["mode"].as_str().unwrap_or("?")
+    )
 }
 
 fn compact(v: &Value, max: usize) -> String {

@@ -84,6 +84,8 @@ pub struct RequestCtx {
     pub response_body: Option<String>,
     /// Shadow call / judge sampling of this request (`crate::rollout::shadow`).
     pub rollout: Option<Box<crate::rollout::shadow::RolloutCtx>>,
+    /// CORS headers for this request's responses (`[server.cors]`; empty without).
+    pub cors: Vec<(&'static str, String)>,
 }
 
 impl RequestCtx {
@@ -125,6 +127,7 @@ impl RequestCtx {
             request_body: None,
             response_body: None,
             rollout: None,
+            cors: Vec::new(),
         }
     }
 

@@ -5,6 +5,7 @@
 //! Phases, one file each: [`request`] (auth, body, parse, context), [`upstream`]
 //! (exchange, fallback, streaming), [`respond`] (downstream writes), [`logging`].
 
+pub mod cors;
 pub mod ctx;
 pub mod headless;
 pub mod logging;
@@ -132,6 +133,13 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     ctx.runtime = Some(rt.clone());
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
+    if crate::daemon::draining() {
+        // Old process of a graceful upgrade or shutdown: clients reconnect to the new one.
+        session.set_keepalive(None);
+    }
+    if cors::apply(session, ctx).await {
+        return;
+    }
 
     if method == "GET" && matches!(path.as_str(), "/health" | "/healthz" | "/readyz") {
         ctx.endpoint = "health";

@@ -62,6 +62,9 @@ pub fn response_header(
     for (k, v) in extra {
         let _ = h.append_header(k.clone(), v.as_str());
     }
+    for (k, v) in &ctx.cors {
+        let _ = h.append_header(*k, v.as_str());
+    }
     Some(Box::new(h))
 }
 

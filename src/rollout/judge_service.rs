@@ -14,6 +14,7 @@
 //!   detail = the four dimensions + rubric version, dedup `request:<id>:judge`) and wakes the
 //!   aggregator. Failures are never a quality signal: nothing is stored for them.
 
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -173,7 +174,42 @@ pub fn enabled() -> bool {
     QUEUE_TX.get().is_some()
 }
 
-/// Queue an answer for judging; `false` when the judge is not running or the queue is full.
+/// Judge jobs taken off the queue and not finished yet.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Jobs waiting in the queue plus jobs being judged, and the queue's capacity; `None`
+/// when the judge is not running. Lets a driver (the demo) apply backpressure.
+pub fn backlog() -> Option<(usize, usize)> {
+    let tx = QUEUE_TX.get()?;
+    let queued = tx.max_capacity() - tx.capacity();
+    Some((
+        queued + IN_FLIGHT.load(Ordering::Relaxed),
+        tx.max_capacity(),
+    ))
+}
+
+/// A dropped background job is never silent: counted by the caller's metric, and logged
+/// at most once a minute per kind (a log line per drop would flood under overload).
+pub(crate) fn warn_dropped(kind: &'static str, last_warn_secs: &AtomicI64, total: u64) {
+    let now = chrono::Utc::now().timestamp();
+    let last = last_warn_secs.load(Ordering::Relaxed);
+    if now - last >= 60
+        && last_warn_secs
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            kind,
+            dropped_total = total,
+            "background queue full: jobs dropped (raise the queue size or lower the share)"
+        );
+    }
+}
+
+static LAST_DROP_WARN: AtomicI64 = AtomicI64::new(0);
+
+/// Queue an answer for judging; `false` when the judge is not running or the queue is full
+/// (then counted as `loopgate_judge_calls_total{result="dropped"}` and logged).
 pub fn enqueue(job: JudgeJob) -> bool {
     let Some(tx) = QUEUE_TX.get() else {
         return false;
@@ -181,10 +217,11 @@ pub fn enqueue(job: JudgeJob) -> bool {
     match tx.try_send(job) {
         Ok(()) => true,
         Err(_) => {
-            crate::metrics::metrics()
+            let c = crate::metrics::metrics()
                 .judge_calls
-                .with_label_values(&["dropped"])
-                .inc();
+                .with_label_values(&["dropped"]);
+            c.inc();
+            warn_dropped("judge", &LAST_DROP_WARN, c.get());
             false
         }
     }
@@ -240,6 +277,7 @@ impl BackgroundService for JudgeService {
                 j = rx.recv() => j,
             };
             let Some(job) = job else { return };
+            IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
@@ -251,6 +289,7 @@ impl BackgroundService for JudgeService {
             };
             tokio::spawn(async move {
                 w.judge(job).await;
+                IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }

@@ -181,7 +181,16 @@ pub fn after_request(ctx: &mut RequestCtx, a: &AutoCtx) {
     }
 }
 
-/// Queue a shadow call; `false` when shadow calls are not running or the queue is full.
+/// Shadow calls waiting in the queue and the queue's capacity; `None` when not running.
+pub fn backlog() -> Option<(usize, usize)> {
+    let tx = QUEUE_TX.get()?;
+    Some((tx.max_capacity() - tx.capacity(), tx.max_capacity()))
+}
+
+static LAST_DROP_WARN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Queue a shadow call; `false` when shadow calls are not running or the queue is full
+/// (then counted in `loopgate_shadow_dropped_total` and logged).
 pub fn enqueue(job: ShadowJob) -> bool {
     let Some(tx) = QUEUE_TX.get() else {
         return false;
@@ -190,10 +199,11 @@ pub fn enqueue(job: ShadowJob) -> bool {
     match tx.try_send(job) {
         Ok(()) => true,
         Err(_) => {
-            crate::metrics::metrics()
+            let c = crate::metrics::metrics()
                 .shadow_dropped
-                .with_label_values(&[&route])
-                .inc();
+                .with_label_values(&[&route]);
+            c.inc();
+            judge_service::warn_dropped("shadow", &LAST_DROP_WARN, c.get());
             false
         }
     }
