@@ -87,7 +87,12 @@ async fn feedback(gw: &GatewayProc, v: Value) -> (u16, Value) {
 }
 
 /// Poll `GET path` until `ok` holds (bounded).
-async fn poll(gw: &GatewayProc, path: &str, within: Duration, ok: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+async fn poll(
+    gw: &GatewayProc,
+    path: &str,
+    within: Duration,
+    ok: impl Fn(u16, &Value) -> bool,
+) -> (u16, Value) {
     let deadline = Instant::now() + within;
     loop {
         let (s, v) = get(gw, path).await;
@@ -100,9 +105,12 @@ async fn poll(gw: &GatewayProc, path: &str, within: Duration, ok: impl Fn(u16, &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_instance_reads_its_writes_immediately() {
-    let mock = MockUpstream::start(model_fleet()).await;
+    let mock = MockUpstream::start(openai_like()).await;
     // The writer would flush only every 30 s: every lookup below must not depend on it.
-    let gw = start("flush_interval_ms = 30000\npending_feedback_secs = 1", &mock);
+    let gw = start(
+        "flush_interval_ms = 30000\npending_feedback_secs = 1",
+        &mock,
+    );
 
     // `auto`: the decision and feedback right after the response.
     let (id, r) = chat(&gw, chat_body("auto"), Some("sess-a")).await;
@@ -141,9 +149,12 @@ async fn one_instance_reads_its_writes_immediately() {
     assert_eq!(s, 202, "{n}");
     assert_eq!(n["status"], "pending");
     let fb = n["id"].as_str().unwrap().to_string();
-    let (s, v) = poll(&gw, &format!("/v1/feedback/{fb}"), Duration::from_secs(10), |s, v| {
-        s == 200 && v["status"] == "accepted"
-    })
+    let (s, v) = poll(
+        &gw,
+        &format!("/v1/feedback/{fb}"),
+        Duration::from_secs(10),
+        |s, v| s == 200 && v["status"] == "accepted",
+    )
     .await;
     assert_eq!((s, &v["status"]), (200, &json!("accepted")), "{v}");
     assert_eq!(v["credited_requests"], 0);
@@ -159,7 +170,13 @@ async fn one_instance_reads_its_writes_immediately() {
     let fb = p["id"].as_str().unwrap().to_string();
     let (s, v) = get(&gw, &format!("/v1/feedback/{fb}")).await;
     assert_eq!((s, &v["status"]), (200, &json!("pending")), "{v}");
-    let (s, v) = poll(&gw, &format!("/v1/feedback/{fb}"), Duration::from_secs(10), |s, _| s == 404).await;
+    let (s, v) = poll(
+        &gw,
+        &format!("/v1/feedback/{fb}"),
+        Duration::from_secs(10),
+        |s, _| s == 404,
+    )
+    .await;
     assert_eq!(s, 404, "{v}");
     assert_eq!(v["error"]["code"], "feedback_not_found");
     // A second score for the same pending target is a duplicate while it waits.
@@ -174,7 +191,7 @@ async fn two_instances_on_postgres_settle_pending_feedback() {
     let srv = pg::PgServer::start();
     srv.create_db("ryw");
     let url = srv.url_for("ryw");
-    let mock = MockUpstream::start(model_fleet()).await;
+    let mock = MockUpstream::start(openai_like()).await;
     // Instance 1 flushes every 400 ms; instance 2 never gets the chance to see the trace first.
     let a = start(
         &format!("backend = \"postgres\"\npostgres_url = \"{url}\"\nflush_interval_ms = 400\npending_feedback_secs = 3"),
@@ -198,18 +215,31 @@ async fn two_instances_on_postgres_settle_pending_feedback() {
     let fb = f["id"].as_str().unwrap().to_string();
     // Reconciled when instance 1's writer stores the trace: the event is accepted with the
     // decision's route and model, visible through either instance.
-    let (s, v) = poll(&b, &format!("/v1/feedback/{fb}"), Duration::from_secs(15), |s, v| {
-        s == 200 && v["status"] == "accepted"
-    })
+    let (s, v) = poll(
+        &b,
+        &format!("/v1/feedback/{fb}"),
+        Duration::from_secs(15),
+        |s, v| s == 200 && v["status"] == "accepted",
+    )
     .await;
     assert_eq!((s, &v["status"]), (200, &json!("accepted")), "{v}");
     assert_eq!(v["routed"], true, "{v}");
     assert_eq!(v["model"], "gpt-4o", "{v}");
     assert_eq!(v["request_id"], id2);
-    let (s, d) = poll(&b, &format!("/v1/decisions/{id2}"), Duration::from_secs(5), |s, _| s == 200).await;
+    let (s, d) = poll(
+        &b,
+        &format!("/v1/decisions/{id2}"),
+        Duration::from_secs(5),
+        |s, _| s == 200,
+    )
+    .await;
     assert_eq!(s, 200, "{d}");
     assert!(
-        d["scores"].as_array().unwrap().iter().any(|x| x["id"] == fb.as_str()),
+        d["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == fb.as_str()),
         "{d}"
     );
 
@@ -217,6 +247,12 @@ async fn two_instances_on_postgres_settle_pending_feedback() {
     let (s, p) = feedback(&b, json!({"id": "chatcmpl-nowhere", "score": 0})).await;
     assert_eq!(s, 202, "{p}");
     let fb = p["id"].as_str().unwrap().to_string();
-    let (s, v) = poll(&a, &format!("/v1/feedback/{fb}"), Duration::from_secs(15), |s, _| s == 404).await;
+    let (s, v) = poll(
+        &a,
+        &format!("/v1/feedback/{fb}"),
+        Duration::from_secs(15),
+        |s, _| s == 404,
+    )
+    .await;
     assert_eq!(s, 404, "{v}");
 }

@@ -39,7 +39,10 @@ fn rich_chunks() -> Vec<Value> {
             "usage": null})
     };
     vec![
-        c(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null),
+        c(
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            Value::Null,
+        ),
         c(json!({"content": "Hel", "x_delta_extra": 1}), Value::Null),
         c(json!({"content": "lo"}), Value::Null),
         c(json!({}), json!("stop")),
@@ -100,7 +103,10 @@ async fn every_upstream_field_reaches_the_client() {
     assert_eq!(r.status(), 200);
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(r.headers()["loopgate-request-id"], id.as_str());
-    assert_eq!(r.headers()["loopgate-upstream-request-id"], "req_upstream_1");
+    assert_eq!(
+        r.headers()["loopgate-upstream-request-id"],
+        "req_upstream_1"
+    );
     let got: Value = r.json().await.unwrap();
     assert_eq!(got, with_id(rich_json(), &id));
 
@@ -228,7 +234,10 @@ async fn request_ids_fallback_keys_and_upstream_400_fields() {
             .send()
             .await
             .unwrap();
-        let id = r.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+        let id = r
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string());
         assert!(id.is_some_and(|i| i.starts_with("chatcmpl-")), "{path}");
     }
     let r = c

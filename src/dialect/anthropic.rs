@@ -528,6 +528,7 @@ pub(crate) fn translate_body(
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut calls = Vec::new();
+    let mut json_answer: Option<String> = None;
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
@@ -537,8 +538,9 @@ pub(crate) fn translate_body(
             Some("tool_use")
                 if json_mode && b.get("name").and_then(Value::as_str) == Some(super::JSON_TOOL) =>
             {
+                // The answer is the tool input alone (any preamble text would break the JSON).
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
-                text.push_str(&input.to_string());
+                json_answer = Some(input.to_string());
             }
             Some("tool_use") => {
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
@@ -553,6 +555,9 @@ pub(crate) fn translate_body(
             }
             _ => {} // redacted thinking, server tool blocks: nothing OpenAI can show
         }
+    }
+    if let Some(j) = json_answer {
+        text = j;
     }
     let usage = v.get("usage").map(usage_from).unwrap_or_default();
     let model = v.get("model").and_then(Value::as_str).map(str::to_string);
@@ -1334,7 +1339,10 @@ auth_header = "x-api-key"
             json!([{"name": "json_response", "description": crate::dialect::JSON_TOOL_DESCRIPTION,
                 "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}])
         );
-        assert_eq!(v["tool_choice"], json!({"type": "tool", "name": "json_response"}));
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": "json_response"})
+        );
         assert!(v.get("system").is_none(), "{v}");
         // json_object: any object.
         let (_, v) = build(
@@ -1406,7 +1414,10 @@ auth_header = "x-api-key"
         let t = target(&p, &e, "claude-sonnet-4-5", true);
         let mut body: Value = serde_json::from_str(SCHEMA_REQ).unwrap();
         body["stream"] = json!(true);
-        let (out, results, _) = run(Anthropic.chat_stream(&t, &request(body)), &[stream.as_bytes()]);
+        let (out, results, _) = run(
+            Anthropic.chat_stream(&t, &request(body)),
+            &[stream.as_bytes()],
+        );
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         let ev = events(&out);
         let (content, tools, finishes) = reassemble(&ev);

@@ -43,7 +43,10 @@ pub struct PendingFeedback {
 pub enum PendingInsert {
     Inserted,
     /// An event with the same `dedup_key` exists, stored (`pending: false`) or pending.
-    Duplicate { id: String, pending: bool },
+    Duplicate {
+        id: String,
+        pending: bool,
+    },
 }
 
 impl PendingFeedback {

@@ -23,9 +23,9 @@ use super::routing::{
 use super::sqlite::{page, project_cond};
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
-    FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, PurgeRule, RawRow, RollupKey, RollupRow, RouteModelStats,
-    RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
-    TRACE_NCOLS,
+    FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, PurgeRule, RawRow,
+    RollupKey, RollupRow, RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError,
+    ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 
@@ -739,7 +739,10 @@ async fn insert_pending_pg(
         .await
         .map_err(pg_err)?;
     let stored = tx
-        .query_opt("SELECT id FROM feedback WHERE dedup_key = $1", &[&p.dedup_key])
+        .query_opt(
+            "SELECT id FROM feedback WHERE dedup_key = $1",
+            &[&p.dedup_key],
+        )
         .await
         .map_err(pg_err)?;
     let out = if let Some(r) = stored {

@@ -22,9 +22,9 @@ use super::routing::{
 };
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, Cursor, DecisionQuery, DecisionRow,
-    FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, ProjectSel, PurgeRule, RawRow, RollupRow,
-    RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS,
-    TRACE_COLS,
+    FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, ProjectSel, PurgeRule,
+    RawRow, RollupRow, RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError,
+    ALL_PROJECTS, HOUR_MS, TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 

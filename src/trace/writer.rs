@@ -798,12 +798,20 @@ impl Writer {
             match store::pending::reconcile(&*s, now).await {
                 Ok(r) if r.settled + r.expired > 0 => {
                     let m = &metrics().feedback_received;
-                    m.with_label_values(&["pending", "settled"]).inc_by(r.settled as u64);
-                    m.with_label_values(&["pending", "expired"]).inc_by(r.expired as u64);
-                    tracing::debug!(settled = r.settled, expired = r.expired, "pending feedback reconciled")
+                    m.with_label_values(&["pending", "settled"])
+                        .inc_by(r.settled as u64);
+                    m.with_label_values(&["pending", "expired"])
+                        .inc_by(r.expired as u64);
+                    tracing::debug!(
+                        settled = r.settled,
+                        expired = r.expired,
+                        "pending feedback reconciled"
+                    )
                 }
                 Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "pending feedback reconcile failed; will retry"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "pending feedback reconcile failed; will retry")
+                }
             }
             flag.store(false, Ordering::Release);
         });

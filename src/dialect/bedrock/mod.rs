@@ -438,15 +438,16 @@ impl Dialect for Bedrock {
         let mut text = String::new();
         let mut reasoning = String::new();
         let mut tool_calls = Vec::new();
+        let mut json_answer: Option<String> = None;
         for block in content {
             if let Some(s) = block.get("text").and_then(Value::as_str) {
                 text.push_str(s);
             } else if let Some(tu) = block.get("toolUse").filter(|tu| {
                 json_mode && tu.get("name").and_then(Value::as_str) == Some(super::JSON_TOOL)
             }) {
-                // The forced structured-output tool: its input is the answer.
+                // The forced structured-output tool: its input alone is the answer.
                 let args = tu.get("input").cloned().unwrap_or_else(|| json!({}));
-                text.push_str(&args.to_string());
+                json_answer = Some(args.to_string());
             } else if let Some(tu) = block.get("toolUse") {
                 let args = tu.get("input").cloned().unwrap_or_else(|| json!({}));
                 tool_calls.push(json!({
@@ -463,6 +464,9 @@ impl Dialect for Bedrock {
             {
                 reasoning.push_str(s);
             }
+        }
+        if let Some(j) = json_answer {
+            text = j;
         }
         let stop = v
             .get("stopReason")
@@ -671,7 +675,10 @@ impl BedrockStream {
                     .and_then(Value::as_str)
                     .unwrap_or("end_turn");
                 let reason = if self.tools.is_empty() {
-                    super::anthropic::json_finish(self.json_block.is_some(), finish_reason_from(stop))
+                    super::anthropic::json_finish(
+                        self.json_block.is_some(),
+                        finish_reason_from(stop),
+                    )
                 } else {
                     "tool_calls"
                 };

@@ -636,7 +636,8 @@ fn classifies_bedrock_errors() {
     );
 }
 
-const SCHEMA: &str = r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#;
+const SCHEMA: &str =
+    r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#;
 
 fn json_schema_request(stream: bool) -> Value {
     json!({"messages": [{"role": "user", "content": "x"}], "stream": stream,
@@ -696,7 +697,10 @@ fn forced_tool_input_is_the_answer() {
         "contentBlockDelta",
         br#"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"\"Paris\"}"}}}"#,
     ));
-    s.extend(event_frame("contentBlockStop", br#"{"contentBlockIndex":0}"#));
+    s.extend(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":0}"#,
+    ));
     s.extend(event_frame("messageStop", br#"{"stopReason":"tool_use"}"#));
     s.extend(event_frame(
         "metadata",
@@ -712,6 +716,8 @@ fn forced_tool_input_is_the_answer() {
         .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(content, r#"{"city":"Paris"}"#);
-    assert!(ev.iter().all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert!(ev
+        .iter()
+        .all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()));
     assert_eq!(ev.last().unwrap()["choices"][0]["finish_reason"], "stop");
 }
