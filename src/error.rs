@@ -15,6 +15,13 @@ pub enum GatewayError {
         param: Option<String>,
         code: Option<&'static str>,
     },
+    /// An upstream's 400 with its OpenAI-shaped `param` and `code` kept for the client.
+    #[error("{message}")]
+    UpstreamInvalid {
+        message: String,
+        param: Option<String>,
+        code: Option<String>,
+    },
     #[error("Request body is larger than the configured limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{0}")]
@@ -77,7 +84,7 @@ impl GatewayError {
 
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::InvalidRequest { .. } => 400,
+            GatewayError::InvalidRequest { .. } | GatewayError::UpstreamInvalid { .. } => 400,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::Unauthorized(_) => 401,
             GatewayError::Forbidden(_) => 403,
@@ -94,6 +101,7 @@ impl GatewayError {
     pub fn kind(&self) -> &'static str {
         match self {
             GatewayError::InvalidRequest { .. }
+            | GatewayError::UpstreamInvalid { .. }
             | GatewayError::BodyTooLarge { .. }
             | GatewayError::NotFound { .. }
             | GatewayError::MethodNotAllowed(_)
@@ -109,6 +117,7 @@ impl GatewayError {
     pub fn code(&self) -> Option<&'static str> {
         match self {
             GatewayError::InvalidRequest { code, .. } => *code,
+            GatewayError::UpstreamInvalid { .. } => Some("upstream_rejected"),
             GatewayError::BodyTooLarge { .. } => Some("request_too_large"),
             GatewayError::Unauthorized(_) => Some("invalid_api_key"),
             GatewayError::Forbidden(_) => Some("insufficient_scope"),
@@ -123,9 +132,9 @@ impl GatewayError {
 
     pub fn param(&self) -> Option<&str> {
         match self {
-            GatewayError::InvalidRequest { param, .. } | GatewayError::NotFound { param, .. } => {
-                param.as_deref()
-            }
+            GatewayError::InvalidRequest { param, .. }
+            | GatewayError::NotFound { param, .. }
+            | GatewayError::UpstreamInvalid { param, .. } => param.as_deref(),
             _ => None,
         }
     }
@@ -139,7 +148,12 @@ impl GatewayError {
 
     /// The OpenAI-shaped JSON body: `{"error":{"message","type","param","code"}}`.
     pub fn to_openai(&self) -> Bytes {
-        openai_error_body(&self.to_string(), self.kind(), self.param(), self.code())
+        let code = match self {
+            // The upstream's own code (e.g. `context_length_exceeded`): clients branch on it.
+            GatewayError::UpstreamInvalid { code: Some(c), .. } => Some(c.as_str()),
+            _ => self.code(),
+        };
+        openai_error_body(&self.to_string(), self.kind(), self.param(), code)
     }
 }
 

@@ -188,6 +188,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let routing = rt.config.routing.clone();
     let mut gw = Gateway::new(rt, hook);
     gw.tracing = tracing_on;
+    gw.recent = tracing_on.then(|| slot.recent());
     let signing_key = std::env::var(&routing.signing_key_env).ok();
     gw.auto = Arc::new(crate::routing::auto::AutoState::new(
         signing_key,

@@ -1237,3 +1237,85 @@ async fn parallel_tool_calls_in_native_streams() {
         assert_eq!(s.usage().unwrap()["completion_tokens"], 30, "{model}");
     }
 }
+
+// ---------------------------------------------------------------- structured output
+
+fn schema_chat(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "Weather city?"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "strict": true,
+            "schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                "required": ["city"], "additionalProperties": false}}}})
+}
+
+/// The client's view of a structured answer: JSON content, no tool calls, `stop`.
+async fn assert_structured(g: &GatewayProc, model: &str) {
+    let r = post(g, "/v1/chat/completions", &schema_chat(model, false)).await;
+    assert_eq!(r.status(), 200, "{model}");
+    let v: Value = r.json().await.unwrap();
+    let m = &v["choices"][0]["message"];
+    let content: Value =
+        serde_json::from_str(m["content"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+    assert_eq!(content, json!({"city": "Paris"}), "{v}");
+    assert!(m.get("tool_calls").is_none_or(Value::is_null), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let r = post(g, "/v1/chat/completions", &schema_chat(model, true)).await;
+    assert_eq!(r.status(), 200);
+    let s = Stream::parse(&r.text().await.unwrap());
+    assert!(s.error.is_none(), "{:?}", s.error);
+    assert!(s.tool_calls().is_empty());
+    let content: Value = serde_json::from_str(&s.content()).unwrap_or(Value::Null);
+    assert_eq!(content, json!({"city": "Paris"}), "{}", s.content());
+    assert_eq!(s.finish().as_deref(), Some("stop"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_is_enforced_per_provider() {
+    // Anthropic: a forced tool whose input schema is the requested schema.
+    let mock = MockUpstream::start(mocks::anthropic_like()).await;
+    let g = GatewayProc::start("", &anthropic_env(&mock));
+    assert_structured(&g, "claude-sonnet-4-5").await;
+    let b = mock.requests()[0].json();
+    assert_eq!(b["tools"][0]["name"], "json_response", "{b}");
+    assert_eq!(
+        b["tools"][0]["input_schema"]["properties"]["city"]["type"],
+        "string"
+    );
+    assert_eq!(
+        b["tool_choice"],
+        json!({"type": "tool", "name": "json_response"})
+    );
+    drop(g);
+
+    // Bedrock Converse: the same through toolConfig (JSON mode used to be a 400).
+    let mock = MockUpstream::start(mocks::bedrock_like()).await;
+    let g = GatewayProc::start("", &bedrock_env(&mock));
+    assert_structured(&g, BEDROCK_MODEL).await;
+    let b = mock.requests()[0].json();
+    let spec = &b["toolConfig"]["tools"][0]["toolSpec"];
+    assert_eq!(spec["name"], "json_response", "{b}");
+    assert_eq!(spec["inputSchema"]["json"]["required"], json!(["city"]));
+    assert!(b["toolConfig"]["toolChoice"].get("any").is_some(), "{b}");
+    drop(g);
+
+    // Gemini 2.5: native JSON mode with the full JSON Schema.
+    let mock = MockUpstream::start(mocks::gemini_like()).await;
+    let g = GatewayProc::start("", &gemini_env(&mock));
+    let r = post(
+        &g,
+        "/v1/chat/completions",
+        &schema_chat("gemini-2.5-flash", false),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let content: Value =
+        serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(content, json!({"city": "Paris"}));
+    let gc = &mock.requests()[0].json()["generationConfig"];
+    assert_eq!(gc["responseMimeType"], "application/json");
+    assert_eq!(
+        gc["responseJsonSchema"]["additionalProperties"], false,
+        "{gc}"
+    );
+    assert!(gc.get("responseSchema").is_none());
+}

@@ -68,6 +68,10 @@ pub async fn get_one(
 ) -> Result<AdminResponse, GatewayError> {
     check_get(req)?;
     let store = store_for(slot, "decisions are stored with traces").await?;
+    // Read-your-writes: a decision this instance just made is flushed before the lookup.
+    if let Some(s) = slot {
+        s.settle(id).await;
+    }
     match store.get_decision(id).await.map_err(store_err)? {
         Some(d) => {
             let mut v = decision_json(&d);
@@ -187,6 +191,9 @@ pub async fn list(
     check_get(req)?;
     let q = query(req, &[])?;
     let store = store_for(slot, "decisions are stored with traces").await?;
+    if let (Some(s), None) = (slot, &q.before) {
+        s.settle_all().await;
+    }
     let rows = store.query_decisions(&q).await.map_err(store_err)?;
     let next = (rows.len() == q.limit)
         .then(|| rows.last().map(|d| format!("{}:{}", d.ts_ms, d.request_id)))

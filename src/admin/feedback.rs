@@ -10,9 +10,16 @@
 //!
 //! The target's route and served model are resolved now (from the in-memory recent decisions,
 //! else the store) and stored with the event, so the aggregator folds it without joins and
-//! every instance folds it identically. Duplicates answer 409 with the original event; unknown
-//! ids answer 404; feedback on a request that was not routed (a concrete model) is stored but
-//! does not move any route (`"routed": false`).
+//! every instance folds it identically. Duplicates answer 409 with the original event; feedback
+//! on a request that was not routed (a concrete model) is stored but does not move any route
+//! (`"routed": false`).
+//!
+//! Read-your-writes: an id this instance just served is found at once (the lookup flushes the
+//! trace writer, see `trace::fresh`). An id nobody has stored yet — served by another instance
+//! whose writer has not flushed — is accepted as pending (`202`, see `store::pending`) and
+//! settled when its trace lands; `GET /v1/feedback/{id}` shows the event's status and answers
+//! 404 once pending feedback expired unmatched. A session NPS for a session without a routed
+//! request waits the same way, and is stored (crediting nothing) if none arrives.
 
 use std::collections::HashSet;
 
@@ -25,13 +32,82 @@ use crate::feedback::posterior::{normalise, nps_to_unit};
 use crate::feedback::service::{parse_scale, scale_name};
 use crate::metrics::metrics;
 use crate::routing::auto::AutoState;
-use crate::store::{DecisionQuery, FeedbackInsert, FeedbackRow, Store};
+use crate::store::{
+    DecisionQuery, FeedbackInsert, FeedbackRow, PendingFeedback, PendingInsert, Store,
+};
 use crate::trace::writer::StoreSlot;
 
 const MAX_COMMENT: usize = 2000;
 const MAX_DETAIL_BYTES: usize = 16 * 1024;
 /// Routed requests of one session that an NPS can credit.
-const MAX_SESSION_REQUESTS: usize = 1000;
+const MAX_SESSION_REQUESTS: usize = crate::store::pending::MAX_SESSION_REQUESTS;
+
+/// `GET /v1/feedback/{id}`: a feedback event's status (`accepted` or `pending`); 404 for an
+/// unknown id, including pending feedback that expired before its request was stored.
+pub async fn get_one(
+    slot: Option<&StoreSlot>,
+    req: &AdminRequest,
+    id: &str,
+) -> Result<AdminResponse, GatewayError> {
+    req.caller
+        .require(Scope::Inference)
+        .or_else(|_| req.caller.require(Scope::Admin))?;
+    if req.method != "GET" {
+        return Err(GatewayError::MethodNotAllowed(format!(
+            "{} is not allowed on {}; use GET",
+            req.method, req.path
+        )));
+    }
+    let store = store_for(slot, "feedback needs a store").await?;
+    if let Some(row) = store.get_feedback(id).await.map_err(store_err)? {
+        return Ok(AdminResponse::json(200, &event_json(&row, "accepted")));
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    match store.get_pending_feedback(id).await.map_err(store_err)? {
+        Some(p) if p.expires_ms > now => Ok(AdminResponse::json(200, &p.to_json())),
+        _ => Err(GatewayError::NotFound {
+            message: format!(
+                "No feedback event '{id}' (pending feedback is dropped when its request is not stored within the pending window)."
+            ),
+            code: "feedback_not_found",
+            param: None,
+        }),
+    }
+}
+
+/// Park an event whose target is not stored yet: 202 with the pending object, or 409.
+async fn park(
+    store: &dyn Store,
+    row: &FeedbackRow,
+    window_ms: i64,
+) -> Result<AdminResponse, GatewayError> {
+    let p = PendingFeedback::new(row, row.received_ms + window_ms).map_err(store_err)?;
+    match store.insert_pending_feedback(&p).await.map_err(store_err)? {
+        PendingInsert::Inserted => {
+            metrics()
+                .feedback_received
+                .with_label_values(&[&row.signal, "pending"])
+                .inc();
+            Ok(AdminResponse::json(202, &p.to_json()))
+        }
+        PendingInsert::Duplicate { id, pending } => {
+            metrics()
+                .feedback_received
+                .with_label_values(&[&row.signal, "duplicate"])
+                .inc();
+            let mut resp = AdminResponse::error(&GatewayError::Conflict {
+                message: format!(
+                    "{} feedback with the same target was already {} as {id}; it is counted once and this one was not stored",
+                    row.signal,
+                    if pending { "accepted as pending" } else { "recorded" }
+                ),
+                code: "duplicate_feedback",
+            });
+            resp.headers.push(("loopgate-feedback-id".into(), id));
+            Ok(resp)
+        }
+    }
+}
 
 pub async fn handle(
     slot: Option<&StoreSlot>,
@@ -96,15 +172,34 @@ pub async fn handle(
             Some(s)
         }
     };
+    // Read-your-writes: a request this instance just served is stored before the lookup.
+    if let (Some(slot), Some(id)) = (
+        slot,
+        body.get("id")
+            .or_else(|| body.get("request_id"))
+            .and_then(Value::as_str),
+    ) {
+        slot.settle(id).await;
+    }
+    let window_ms = slot.map_or(0, StoreSlot::pending_window_ms);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let key_id = req.caller.key_id.clone();
-    let row = if body.contains_key("nps")
+    let (row, known) = if body.contains_key("nps")
         || (body.contains_key("session_id") && !body.contains_key("id"))
     {
         session_row(&*store, auto, &body, now_ms, key_id, comment, detail).await?
     } else {
         request_row(&*store, auto, req, &body, now_ms, key_id, comment, detail).await?
     };
+    if !known {
+        if window_ms > 0 {
+            return park(&*store, &row, window_ms).await;
+        }
+        // Without a pending window a session NPS is stored at once (crediting none).
+        if row.signal != "session_nps" {
+            return Err(unknown_target(&row));
+        }
+    }
     let signal = row.signal.clone();
     match store.insert_feedback(&row).await.map_err(store_err)? {
         FeedbackInsert::Inserted(stored) => {
@@ -176,7 +271,7 @@ async fn request_row(
     key_id: Option<String>,
     comment: Option<String>,
     detail: Option<String>,
-) -> Result<FeedbackRow, GatewayError> {
+) -> Result<(FeedbackRow, bool), GatewayError> {
     let id = body
         .get("id")
         .or_else(|| body.get("request_id"))
@@ -258,14 +353,10 @@ async fn request_row(
     } else if let Some(t) = store.get_trace(&id).await.map_err(store_err)? {
         (None, t.served_model, None, t.session_id, t.ts_ms)
     } else {
-        return Err(GatewayError::NotFound {
-            message: format!(
-                "No request with id '{id}' is known to this gateway (ids are the `id` of a chat completion; traces are kept per the retention settings)."
-            ),
-            code: "unknown_request_id",
-            param: Some("id".into()),
-        });
+        // Not stored yet (or never served): the caller parks it as pending or rejects it.
+        (None, None, None, None, 0)
     };
+    let known = at_ms != 0;
     let dedup_key = match signal {
         "admin" => format!(
             "request:{id}:admin:{}",
@@ -274,7 +365,7 @@ async fn request_row(
         s => format!("request:{id}:{s}"),
     };
     let routed = route.is_some();
-    Ok(FeedbackRow {
+    let row = FeedbackRow {
         seq: 0,
         id: new_event_id(),
         dedup_key,
@@ -293,7 +384,20 @@ async fn request_row(
         key_id,
         comment,
         detail,
-    })
+    };
+    Ok((row, known))
+}
+
+/// The 404 for feedback on an unknown request id (pending feedback disabled).
+fn unknown_target(row: &FeedbackRow) -> GatewayError {
+    GatewayError::NotFound {
+        message: format!(
+            "No request with id '{}' is known to this gateway (ids are the `id` of a chat completion; traces are kept per the retention settings).",
+            row.request_id.as_deref().unwrap_or_default()
+        ),
+        code: "unknown_request_id",
+        param: Some("id".into()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,7 +409,7 @@ async fn session_row(
     key_id: Option<String>,
     comment: Option<String>,
     detail: Option<String>,
-) -> Result<FeedbackRow, GatewayError> {
+) -> Result<(FeedbackRow, bool), GatewayError> {
     let session = body
         .get("session_id")
         .and_then(Value::as_str)
@@ -360,17 +464,11 @@ async fn session_row(
             targets.push((d.route, d.served, d.context.unwrap_or_default()));
         }
     }
-    if targets.is_empty() {
-        return Err(GatewayError::NotFound {
-            message: format!(
-                "Session '{session}' has no routed requests (send requests with model \"auto\" and the session header first)."
-            ),
-            code: "unknown_session",
-            param: Some("session_id".into()),
-        });
-    }
+    // No routed request known yet: the caller parks the NPS until one lands (or stores it
+    // crediting none when the window closes).
+    let known = !targets.is_empty();
     targets.truncate(MAX_SESSION_REQUESTS);
-    Ok(FeedbackRow {
+    let row = FeedbackRow {
         seq: 0,
         id: new_event_id(),
         dedup_key: format!("session:{session}"),
@@ -388,5 +486,6 @@ async fn session_row(
         key_id,
         comment,
         detail,
-    })
+    };
+    Ok((row, known))
 }

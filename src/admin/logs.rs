@@ -172,6 +172,10 @@ async fn list(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gat
         })?),
     };
     let store = store_of(slot)?;
+    // Read-your-writes: the first page includes what this instance just served.
+    if after.is_none() {
+        slot.settle_all().await;
+    }
     let page = store
         .query_logs(&LogQuery {
             filter,
@@ -207,6 +211,7 @@ async fn one(
     check_read(req)?;
     let id = decode_id(raw)?;
     let store = store_of(slot)?;
+    slot.settle(&id).await;
     let rec = store.get_trace(&id).await.map_err(store_err)?;
     // Another project's trace is reported as unknown, not forbidden: no existence leak.
     match rec.filter(|r| req.caller.project.is_none() || r.project_id == req.caller.project) {
@@ -274,6 +279,7 @@ async fn session(
     let mut filter = scoped_filter(req)?;
     filter.session = Some(id.clone());
     let store = store_of(slot)?;
+    slot.settle_all().await;
     let mut recs: Vec<TraceRecord> = Vec::new();
     let mut after = None;
     let mut truncated = false;

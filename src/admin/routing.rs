@@ -54,6 +54,9 @@ impl AdminRoutes for RoutingRoutes {
             p if p == "/v1/experiments" || p.starts_with("/v1/experiments/") => {
                 super::experiments::handle(self, &rt, req, p).await
             }
+            p if p.starts_with("/v1/feedback/") => {
+                super::feedback::get_one(slot, req, &p["/v1/feedback/".len()..]).await
+            }
             p if p.starts_with("/v1/decisions/") => {
                 super::decisions::get_one(slot, req, &p["/v1/decisions/".len()..]).await
             }

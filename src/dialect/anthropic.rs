@@ -390,8 +390,13 @@ pub(crate) fn build_body(
             "at least one user or assistant message is required",
         ));
     }
-    if let Some(instr) = response_format_instruction(b.get("response_format")) {
-        system.push(json!({"type": "text", "text": instr}));
+    // Structured output: a forced tool whose input schema is the requested schema (the
+    // Messages API has no JSON mode); with tools of the request's own, the prompt asks.
+    let json_tool = super::forced_json_schema(b);
+    if json_tool.is_none() {
+        if let Some(instr) = response_format_instruction(b.get("response_format")) {
+            system.push(json!({"type": "text", "text": instr}));
+        }
     }
     out.insert("messages".into(), Value::Array(messages));
     if !system.is_empty() {
@@ -425,7 +430,17 @@ pub(crate) fn build_body(
     {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    if let Some(tools) = convert_tools(b)? {
+    if let Some(schema) = json_tool {
+        out.insert(
+            "tools".into(),
+            json!([{"name": super::JSON_TOOL, "description": super::JSON_TOOL_DESCRIPTION,
+                    "input_schema": schema}]),
+        );
+        out.insert(
+            "tool_choice".into(),
+            json!({"type": "tool", "name": super::JSON_TOOL}),
+        );
+    } else if let Some(tools) = convert_tools(b)? {
         out.insert("tools".into(), Value::Array(tools));
         if let Some(choice) = convert_tool_choice(b)? {
             out.insert("tool_choice".into(), choice);
@@ -494,7 +509,12 @@ fn error_parts(v: &Value) -> (String, String) {
     (kind, msg)
 }
 
-pub(crate) fn translate_body(body: &[u8], t: &Target) -> Result<Translated, DialectError> {
+/// `json_mode`: the request forced [`super::JSON_TOOL`]; its input is the answer's content.
+pub(crate) fn translate_body(
+    body: &[u8],
+    t: &Target,
+    json_mode: bool,
+) -> Result<Translated, DialectError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
     if v.get("type").and_then(Value::as_str) == Some("error") {
@@ -508,11 +528,19 @@ pub(crate) fn translate_body(body: &[u8], t: &Target) -> Result<Translated, Dial
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut calls = Vec::new();
+    let mut json_answer: Option<String> = None;
     for b in blocks {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
             Some("thinking") => {
                 reasoning.push_str(b.get("thinking").and_then(Value::as_str).unwrap_or(""))
+            }
+            Some("tool_use")
+                if json_mode && b.get("name").and_then(Value::as_str) == Some(super::JSON_TOOL) =>
+            {
+                // The answer is the tool input alone (any preamble text would break the JSON).
+                let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
+                json_answer = Some(input.to_string());
             }
             Some("tool_use") => {
                 let input = b.get("input").cloned().unwrap_or_else(|| json!({}));
@@ -528,6 +556,9 @@ pub(crate) fn translate_body(body: &[u8], t: &Target) -> Result<Translated, Dial
             _ => {} // redacted thinking, server tool blocks: nothing OpenAI can show
         }
     }
+    if let Some(j) = json_answer {
+        text = j;
+    }
     let usage = v.get("usage").map(usage_from).unwrap_or_default();
     let model = v.get("model").and_then(Value::as_str).map(str::to_string);
     let mut message = json!({
@@ -538,6 +569,7 @@ pub(crate) fn translate_body(body: &[u8], t: &Target) -> Result<Translated, Dial
     if !reasoning.is_empty() {
         message["reasoning_content"] = Value::String(reasoning);
     }
+    let forced_only = json_mode && calls.is_empty();
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
@@ -550,7 +582,10 @@ pub(crate) fn translate_body(body: &[u8], t: &Target) -> Result<Translated, Dial
             "index": 0,
             "message": message,
             "logprobs": null,
-            "finish_reason": map_stop_reason(v.get("stop_reason").and_then(Value::as_str)),
+            "finish_reason": json_finish(
+                forced_only,
+                map_stop_reason(v.get("stop_reason").and_then(Value::as_str)),
+            ),
         }],
         "usage": usage.to_openai(),
         "system_fingerprint": null,
@@ -562,6 +597,15 @@ pub(crate) fn translate_body(body: &[u8], t: &Target) -> Result<Translated, Dial
         usage,
         model,
     })
+}
+
+/// A forced structured-output tool call ends a normal answer: `stop`, not `tool_calls`.
+pub(crate) fn json_finish(json_mode: bool, reason: &'static str) -> &'static str {
+    if json_mode && reason == "tool_calls" {
+        "stop"
+    } else {
+        reason
+    }
 }
 
 /// Anthropic error bodies: `{"type":"error","error":{"type":"overloaded_error",...}}`.
@@ -631,9 +675,9 @@ impl Dialect for Anthropic {
         &self,
         body: &[u8],
         t: &Target,
-        _req: &ChatRequest,
+        req: &ChatRequest,
     ) -> Result<Translated, DialectError> {
-        translate_body(body, t)
+        translate_body(body, t, super::forced_json_schema(&req.body).is_some())
     }
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
@@ -659,6 +703,10 @@ pub struct AnthropicStream {
     started: bool,
     stopped: bool,
     produced: bool,
+    /// The request forced the structured-output tool: its input streams as content.
+    json_mode: bool,
+    /// Block index of that tool's call.
+    json_block: Option<u64>,
 }
 
 impl AnthropicStream {
@@ -675,6 +723,8 @@ impl AnthropicStream {
             started: false,
             stopped: false,
             produced: false,
+            json_mode: super::forced_json_schema(&req.body).is_some(),
+            json_block: None,
         }
     }
 
@@ -745,6 +795,22 @@ impl AnthropicStream {
                             self.enc.content(0, text, out);
                         }
                     }
+                    Some("tool_use")
+                        if self.json_mode
+                            && block.get("name").and_then(Value::as_str)
+                                == Some(super::JSON_TOOL) =>
+                    {
+                        self.json_block = Some(idx);
+                        self.produced = true;
+                        if let Some(input) = block
+                            .get("input")
+                            .and_then(Value::as_object)
+                            .filter(|o| !o.is_empty())
+                        {
+                            self.enc
+                                .content(0, &Value::Object(input.clone()).to_string(), out);
+                        }
+                    }
                     Some("tool_use") => {
                         let ti = self.next_tool;
                         self.next_tool += 1;
@@ -785,7 +851,11 @@ impl AnthropicStream {
                     Some("input_json_delta") => {
                         let frag = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
                         // Deltas of blocks OpenAI cannot show (server tools) are skipped.
-                        if let Some(&ti) = self.tool_index.get(&idx) {
+                        if self.json_block == Some(idx) {
+                            if !frag.is_empty() {
+                                self.enc.content(0, frag, out);
+                            }
+                        } else if let Some(&ti) = self.tool_index.get(&idx) {
                             self.enc.tool_call_args(0, ti, frag, out);
                         }
                     }
@@ -814,7 +884,10 @@ impl AnthropicStream {
             "message_stop" if !self.stopped => {
                 self.ensure_started(out);
                 self.stopped = true;
-                let reason = map_stop_reason(self.stop_reason.as_deref());
+                let reason = json_finish(
+                    self.json_block.is_some() && self.next_tool == 0,
+                    map_stop_reason(self.stop_reason.as_deref()),
+                );
                 self.enc.finish_reason(0, reason, out);
             }
             "error" => {
@@ -1255,15 +1328,102 @@ auth_header = "x-api-key"
         assert!(matches!(e, DialectError::Unsupported { .. }));
     }
 
+    const SCHEMA_REQ: &str = r#"{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
+        "json_schema": {"name": "r", "strict": true, "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}}"#;
+
     #[test]
-    fn response_format_goes_to_system() {
+    fn json_schema_is_enforced_through_a_forced_tool() {
+        let (_, v) = build(serde_json::from_str(SCHEMA_REQ).unwrap(), false);
+        assert_eq!(
+            v["tools"],
+            json!([{"name": "json_response", "description": crate::dialect::JSON_TOOL_DESCRIPTION,
+                "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}])
+        );
+        assert_eq!(
+            v["tool_choice"],
+            json!({"type": "tool", "name": "json_response"})
+        );
+        assert!(v.get("system").is_none(), "{v}");
+        // json_object: any object.
+        let (_, v) = build(
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+            false,
+        );
+        assert_eq!(v["tools"][0]["input_schema"], json!({"type": "object"}));
+        assert_eq!(v["tool_choice"]["name"], "json_response");
+    }
+
+    #[test]
+    fn response_format_with_own_tools_goes_to_system() {
         let (_, v) = build(
             json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
-                "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}}),
+                "json_schema": {"name": "r", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}},
+                "tools": [{"type": "function", "function": {"name": "f"}}]}),
             false,
         );
         let text = v["system"][0]["text"].as_str().unwrap();
         assert!(text.contains("JSON Schema") && text.contains("\"a\""));
+        assert_eq!(v["tools"][0]["name"], "f");
+    }
+
+    #[test]
+    fn forced_tool_input_becomes_the_content() {
+        let p = profile(PROFILE);
+        let e = Endpoint::parse(&p.base_url).unwrap();
+        let t = target(&p, &e, "claude-sonnet-4-5", false);
+        let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5",
+          "content":[{"type":"tool_use","id":"toolu_1","name":"json_response","input":{"a":7}}],
+          "stop_reason":"tool_use","usage":{"input_tokens":10,"output_tokens":5}}"#;
+        let req = request(serde_json::from_str(SCHEMA_REQ).unwrap());
+        let tr = Anthropic.translate_chat(body.as_bytes(), &t, &req).unwrap();
+        let v: Value = serde_json::from_slice(&tr.body).unwrap();
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], r#"{"a":7}"#);
+        assert!(m.get("tool_calls").is_none(), "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        // The same response for a request that did not force the tool stays a tool call.
+        let tr = Anthropic
+            .translate_chat(body.as_bytes(), &t, &request(json!({"messages": []})))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&tr.body).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn forced_tool_stream_becomes_content_deltas() {
+        let stream = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\n",
+            "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"json_response\",\"input\":{}}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\": \"}}\n\n",
+            "event: content_block_delta\n",
+            "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"7}\"}}\n\n",
+            "event: content_block_stop\n",
+            "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":6}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let p = profile(PROFILE);
+        let e = Endpoint::parse(&p.base_url).unwrap();
+        let t = target(&p, &e, "claude-sonnet-4-5", true);
+        let mut body: Value = serde_json::from_str(SCHEMA_REQ).unwrap();
+        body["stream"] = json!(true);
+        let (out, results, _) = run(
+            Anthropic.chat_stream(&t, &request(body)),
+            &[stream.as_bytes()],
+        );
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let ev = events(&out);
+        let (content, tools, finishes) = reassemble(&ev);
+        assert_eq!(content, r#"{"a": 7}"#);
+        assert!(tools.is_empty());
+        assert_eq!(finishes, vec!["stop"]);
     }
 
     const RESPONSE: &str = r#"{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929",

@@ -587,7 +587,12 @@ pub(crate) fn build_body(
             Some("json_schema") => {
                 g.insert("responseMimeType".into(), json!("application/json"));
                 if let Some(s) = rf.get("json_schema").and_then(|j| j.get("schema")) {
-                    g.insert("responseSchema".into(), clean_schema(s));
+                    if takes_json_schema(t.model) {
+                        // Full JSON Schema ($ref, additionalProperties, ...), enforced as sent.
+                        g.insert("responseJsonSchema".into(), s.clone());
+                    } else {
+                        g.insert("responseSchema".into(), clean_schema(s));
+                    }
                 }
             }
             _ => {}
@@ -597,6 +602,19 @@ pub(crate) fn build_body(
         out.insert("generationConfig".into(), Value::Object(g));
     }
     Ok(out)
+}
+
+/// Whether a model takes `responseJsonSchema` (Gemini 2.5 and later); older models take
+/// only `responseSchema`, the OpenAPI subset ([`clean_schema`]).
+pub(crate) fn takes_json_schema(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    let Some(v) = m.strip_prefix("gemini-") else {
+        return false;
+    };
+    let mut parts = v.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (2, 5)
 }
 
 // ---------- response ----------
@@ -1261,10 +1279,46 @@ auth_header = "x-goog-api-key"
         assert_eq!(g["stopSequences"], json!(["X"]));
         assert_eq!(g["candidateCount"], 2);
         assert_eq!(g["responseMimeType"], "application/json");
+        // Gemini 2.5 takes the schema as sent (full JSON Schema, enforced).
+        assert_eq!(
+            g["responseJsonSchema"],
+            json!({"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": false})
+        );
+        assert!(g.get("responseSchema").is_none());
+    }
+
+    #[test]
+    fn older_models_get_the_openapi_schema_subset() {
+        let body = json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r",
+                "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": false}}}});
+        let (_, v) = build(body.clone(), "gemini-2.0-flash", false);
+        let g = &v["generationConfig"];
+        assert_eq!(g["responseMimeType"], "application/json");
         assert_eq!(
             g["responseSchema"],
             json!({"type": "object", "properties": {"a": {"type": "integer"}}})
         );
+        assert!(g.get("responseJsonSchema").is_none());
+        let (_, v) = build(
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
+            "gemini-2.5-pro",
+            false,
+        );
+        assert_eq!(
+            v["generationConfig"],
+            json!({"responseMimeType": "application/json"})
+        );
+        for (m, yes) in [
+            ("gemini-2.5-flash", true),
+            ("gemini-3-pro-preview", true),
+            ("models/gemini-2.5-pro", true),
+            ("gemini-2.0-flash", false),
+            ("gemini-1.5-pro-002", false),
+            ("gemma-3-27b-it", false),
+        ] {
+            assert_eq!(takes_json_schema(m), yes, "{m}");
+        }
     }
 
     #[test]

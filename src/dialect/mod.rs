@@ -294,6 +294,42 @@ pub trait Dialect: Send + Sync {
     }
 }
 
+/// Name of the synthetic tool that carries structured output on providers without a native
+/// JSON mode (Anthropic, Vertex-Anthropic, Bedrock Converse): the request forces it, and its
+/// input becomes the message content.
+pub const JSON_TOOL: &str = "json_response";
+pub const JSON_TOOL_DESCRIPTION: &str =
+    "Respond with your final answer as this tool's input. The input is the whole response.";
+
+/// The schema to force through [`JSON_TOOL`] when `response_format` asks for JSON
+/// (`json_schema`: its schema; `json_object`: any object) and the request declares no tools
+/// of its own (then the format is asked for in the prompt instead). Tool input is always an
+/// object, as OpenAI's structured outputs require of a schema's root; a schema whose root is
+/// something else is left to the prompt too.
+pub fn forced_json_schema(b: &Map<String, Value>) -> Option<Value> {
+    if b.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+    {
+        return None;
+    }
+    let rf = b.get("response_format")?;
+    match rf.get("type")?.as_str()? {
+        "json_object" => Some(serde_json::json!({"type": "object"})),
+        "json_schema" => {
+            let s = rf.get("json_schema").and_then(|j| j.get("schema"));
+            match s {
+                None => Some(serde_json::json!({"type": "object"})),
+                Some(s) if s.get("type").and_then(Value::as_str) == Some("object") => {
+                    Some(s.clone())
+                }
+                Some(_) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Default error classification: 408/409/429/5xx and "overloaded" bodies are retryable.
 pub fn default_classify(status: u16, body: &[u8]) -> UpstreamFailure {
     let message =

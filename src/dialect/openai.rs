@@ -281,6 +281,27 @@ impl Dialect for OpenAi {
     }
 }
 
+/// Add to `into` the members of `from` it lacks (one level into nested objects): the
+/// upstream's usage stays as sent, and the standard members are there even when the
+/// upstream named them differently (e.g. DeepSeek's `prompt_cache_hit_tokens`).
+fn fill_missing(into: &mut Value, from: Value) {
+    let (Value::Object(a), Value::Object(b)) = (into, from) else {
+        return;
+    };
+    for (k, v) in b {
+        match a.get_mut(&k) {
+            None | Some(Value::Null) => {
+                a.insert(k, v);
+            }
+            Some(existing @ Value::Object(_)) => fill_missing(existing, v),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Chunk fields copied onto a usage chunk the gateway builds itself.
+const USAGE_CHUNK_FIELDS: &[&str] = &["system_fingerprint", "service_tier"];
+
 /// Normalises an OpenAI-compatible SSE stream.
 pub struct OpenAiStream {
     decoder: SseDecoder,
@@ -289,6 +310,12 @@ pub struct OpenAiStream {
     created: u64,
     include_usage: bool,
     usage: Usage,
+    /// The upstream's usage object as sent (details, unknown members), shown to the client.
+    usage_raw: Option<Value>,
+    /// The upstream's own usage-only chunk (fingerprint, service tier, unknown fields).
+    usage_chunk: Option<Map<String, Value>>,
+    /// Chunk-level fields clients bill or branch on, for a usage chunk the gateway builds.
+    extras: Map<String, Value>,
     model: Option<String>,
     saw_done: bool,
     saw_finish: bool,
@@ -305,6 +332,9 @@ impl OpenAiStream {
             created,
             include_usage,
             usage: Usage::default(),
+            usage_raw: None,
+            usage_chunk: None,
+            extras: Map::new(),
             model: None,
             saw_done: false,
             saw_finish: false,
@@ -345,8 +375,20 @@ impl OpenAiStream {
                 .and_then(|x| x.as_object_mut())
                 .and_then(|x| x.remove("usage"))
         });
-        if let Some(u) = usage.as_ref().and_then(Usage::from_openai) {
-            self.usage = u;
+        if let Some(u) = usage {
+            if let Some(parsed) = Usage::from_openai(&u) {
+                self.usage = parsed;
+            }
+            if u.is_object() {
+                self.usage_raw = Some(u);
+            }
+        }
+        for k in USAGE_CHUNK_FIELDS {
+            if !self.extras.contains_key(*k) {
+                if let Some(v) = chunk.get(*k).filter(|v| !v.is_null()) {
+                    self.extras.insert((*k).to_string(), v.clone());
+                }
+            }
         }
         if self.model.is_none() {
             self.model = chunk
@@ -363,7 +405,11 @@ impl OpenAiStream {
             .and_then(Value::as_array)
             .is_none_or(|c| c.is_empty());
         if choices_empty {
-            // The usage-only chunk: re-emitted by `finish` for clients that asked.
+            // The usage-only chunk: re-emitted by `finish` for clients that asked, with every
+            // field the upstream sent.
+            if self.usage_raw.is_some() {
+                self.usage_chunk = Some(chunk);
+            }
             return Ok(());
         }
         if let Some(choices) = chunk.get("choices").and_then(Value::as_array) {
@@ -419,15 +465,31 @@ impl OpenAiStream {
             return;
         }
         if self.include_usage {
-            let chunk = serde_json::json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model.as_deref().unwrap_or(""),
-                "choices": [],
-                "usage": self.usage.to_openai(),
-            });
-            write_data(&chunk, out);
+            // The upstream's usage chunk edited in place (unknown keys and their order kept),
+            // or one built from the stream's fields when usage came inside a content chunk.
+            let mut c = self.usage_chunk.take().unwrap_or_default();
+            c.insert("id".into(), self.id.clone());
+            c.insert(
+                "object".into(),
+                Value::String("chat.completion.chunk".into()),
+            );
+            c.entry("created").or_insert(Value::from(self.created));
+            c.entry("model")
+                .or_insert_with(|| Value::String(self.model.clone().unwrap_or_default()));
+            for (k, v) in std::mem::take(&mut self.extras) {
+                c.entry(k).or_insert(v);
+            }
+            c.insert("choices".into(), Value::Array(Vec::new()));
+            let norm = self.usage.to_openai();
+            let usage = match self.usage_raw.take() {
+                Some(mut raw) => {
+                    fill_missing(&mut raw, norm);
+                    raw
+                }
+                None => norm,
+            };
+            c.insert("usage".into(), usage);
+            write_data(&Value::Object(c), out);
         }
         write_done(out);
         self.ended = true;

@@ -206,9 +206,9 @@ impl Dialect for VertexAnthropic {
         &self,
         body: &[u8],
         t: &Target,
-        _req: &ChatRequest,
+        req: &ChatRequest,
     ) -> Result<Translated, DialectError> {
-        anthropic::translate_body(body, t)
+        anthropic::translate_body(body, t, super::forced_json_schema(&req.body).is_some())
     }
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {

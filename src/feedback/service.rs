@@ -51,6 +51,8 @@ pub fn context_key(route: &str, context: &str) -> String {
 pub fn events_for(row: &FeedbackRow) -> Result<Vec<FeedbackEvent>, String> {
     let mut out = Vec::with_capacity(2);
     match row.signal.as_str() {
+        // An NPS stored for a session with no routed request credits nothing.
+        "session_nps" if row.targets.is_empty() => {}
         "session_nps" => {
             let requests: Vec<(Arc<str>, Arc<str>)> = row
                 .targets

@@ -76,6 +76,8 @@ pub struct RequestCtx {
     pub response_bytes: u64,
     pub error: Option<String>,
     pub decision_id: Option<String>,
+    /// The serving upstream's own request id (`loopgate-upstream-request-id`).
+    pub upstream_request_id: Option<String>,
     /// The routing decision of a feedback route (`model: "auto"`).
     pub auto: Option<Box<AutoCtx>>,
     /// Index of the candidate that served the request.
@@ -122,6 +124,7 @@ impl RequestCtx {
             response_bytes: 0,
             error: None,
             decision_id: None,
+            upstream_request_id: None,
             auto: None,
             served_index: None,
             request_body: None,

@@ -43,6 +43,17 @@ pub struct Gateway {
     pub admin: Vec<Box<dyn AdminRoutes>>,
     /// Feedback routing: the published router table and per-request routing state.
     pub auto: Arc<crate::routing::auto::AutoState>,
+    /// Ids served by this instance, for read-your-writes lookups (`trace::fresh`).
+    pub recent: Option<Arc<crate::trace::fresh::Recent>>,
+}
+
+impl Gateway {
+    /// Mark a traced request as served here before anything reaches the client.
+    fn begin(&self, ctx: &RequestCtx) {
+        if let Some(r) = &self.recent {
+            r.begin(&ctx.request_id);
+        }
+    }
 }
 
 impl Gateway {
@@ -58,6 +69,7 @@ impl Gateway {
                 3600,
                 100_000,
             )),
+            recent: None,
         }
     }
 }
@@ -166,9 +178,11 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
             chat(gw, &rt, session, ctx, key.as_deref()).await
         }
         ("POST", "/v1/embeddings" | "/embeddings") => {
+            gw.begin(ctx);
             other_model_call(&rt, session, ctx, key.as_deref(), "embeddings").await
         }
         ("POST", "/v1/images/generations" | "/images/generations") => {
+            gw.begin(ctx);
             other_model_call(&rt, session, ctx, key.as_deref(), "images.generations").await
         }
         ("GET", "/v1/models" | "/models") => {
@@ -218,6 +232,7 @@ async fn chat(
 ) -> Result<(), GatewayError> {
     ctx.endpoint = "chat.completions";
     ctx.traced = true;
+    gw.begin(ctx);
     ctx.caller.require(Scope::Inference)?;
     request::context_headers(rt, session, ctx, key);
     ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());

@@ -15,6 +15,19 @@ pub fn forwardable(name: &str) -> bool {
     name == "retry-after" || name.starts_with("x-ratelimit-") || name == "openai-processing-ms"
 }
 
+/// Where providers put their own request id (OpenAI and most OpenAI-compatible APIs,
+/// Anthropic, AWS, Azure, Google), in order of preference.
+pub const UPSTREAM_REQUEST_ID_HEADERS: &[&str] = &[
+    "x-request-id",
+    "request-id",
+    "x-amzn-requestid",
+    "x-amz-request-id",
+    "apim-request-id",
+    "x-ms-request-id",
+    "x-goog-request-id",
+    "x-trace-id",
+];
+
 /// Build a response header with the `loopgate-*` headers from the context.
 pub fn response_header(
     status: u16,
@@ -44,6 +57,13 @@ pub fn response_header(
         }
     };
     let _ = h.insert_header(names.resp_request_id.clone(), ctx.request_id.as_str());
+    // OpenAI SDKs read `x-request-id` into `_request_id` / `response._request_id`.
+    if names.resp_request_id != "x-request-id" {
+        let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+    }
+    if let Some(u) = &ctx.upstream_request_id {
+        let _ = h.insert_header(names.resp_upstream_request_id.clone(), u.as_str());
+    }
     if let Some(p) = &ctx.provider {
         let _ = h.insert_header(names.resp_provider.clone(), p.as_str());
     }

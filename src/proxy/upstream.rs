@@ -21,7 +21,9 @@ use crate::trace::Attempt;
 use crate::upstream::{self, ExchangeOptions, UpstreamError, UpstreamResponse};
 
 use super::ctx::RequestCtx;
-use super::respond::{forwardable, response_header, write_error, write_full};
+use super::respond::{
+    forwardable, response_header, write_error, write_full, UPSTREAM_REQUEST_ID_HEADERS,
+};
 
 /// What is being asked of the upstream.
 #[derive(Clone, Copy)]
@@ -218,6 +220,7 @@ pub async fn serve(
             max_output_tokens: info.and_then(|m| m.max_output_tokens),
         };
         let started = Instant::now();
+        ctx.upstream_request_id = None;
 
         // Capability check before any upstream call (the catalog knows vision models).
         if let (Op::Chat(r), Some(info)) = (&op, info) {
@@ -337,6 +340,11 @@ pub async fn serve(
             }
         };
         let status = resp.status();
+        ctx.upstream_request_id = UPSTREAM_REQUEST_ID_HEADERS
+            .iter()
+            .find_map(|h| resp.header_str(h))
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .map(str::to_string);
         if !(200..300).contains(&status) {
             let retry_after = resp.header_str("retry-after").map(str::to_string);
             let body = resp.body(1024 * 1024).await.unwrap_or_default();
@@ -369,7 +377,16 @@ pub async fn serve(
             }
             ctx.provider = Some(prov.name().to_string());
             ctx.served_model = Some(cand.model.clone());
-            let e = final_error(&failure, &tried);
+            let mut e = final_error(&failure, &tried);
+            if status == 400 {
+                if let Some((param, code)) = openai_error_fields(&body) {
+                    e = GatewayError::UpstreamInvalid {
+                        message: e.to_string(),
+                        param,
+                        code,
+                    };
+                }
+            }
             write_error(session, ctx, &e).await;
             return;
         }
@@ -558,6 +575,21 @@ fn embeddings_as_base64(body: &[u8]) -> Option<bytes::Bytes> {
         item["embedding"] = Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
     }
     serde_json::to_vec(&v).ok().map(bytes::Bytes::from)
+}
+
+/// `param` and `code` of an OpenAI-shaped error body (`{"error":{"param":..,"code":..}}`),
+/// when it has either. A numeric code is kept as its decimal string.
+fn openai_error_fields(body: &[u8]) -> Option<(Option<String>, Option<String>)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?.as_object()?;
+    let short = |s: &str| (!s.is_empty() && s.len() <= 256).then(|| s.to_string());
+    let param = e.get("param").and_then(Value::as_str).and_then(short);
+    let code = match e.get("code") {
+        Some(Value::String(s)) => short(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    (param.is_some() || code.is_some()).then_some((param, code))
 }
 
 /// Google APIs put the wait in the body (`RetryInfo.retryDelay: "7s"`), not in a header.
@@ -770,6 +802,24 @@ async fn stream_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openai_error_param_and_code_are_read() {
+        let body = br#"{"error":{"message":"bad","type":"invalid_request_error","param":"messages[0].content","code":"invalid_value"}}"#;
+        assert_eq!(
+            openai_error_fields(body),
+            Some((
+                Some("messages[0].content".into()),
+                Some("invalid_value".into())
+            ))
+        );
+        assert_eq!(
+            openai_error_fields(br#"{"error":{"message":"x","code":400}}"#),
+            Some((None, Some("400".into())))
+        );
+        assert_eq!(openai_error_fields(br#"{"error":{"message":"x"}}"#), None);
+        assert_eq!(openai_error_fields(b"not json"), None);
+    }
 
     #[test]
     fn google_retry_delay_becomes_retry_after() {

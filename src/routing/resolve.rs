@@ -141,7 +141,7 @@ impl Runtime {
         forced: Option<&str>,
     ) -> Result<Vec<Candidate>, GatewayError> {
         let mut candidates = vec![self.resolve_model(model, forced)?];
-        if let Some(chain) = self.config.fallbacks.get(model) {
+        if let Some(chain) = self.fallback_chain(model, &candidates[0]) {
             candidates.extend(
                 chain
                     .iter()
@@ -149,6 +149,27 @@ impl Runtime {
             );
         }
         Ok(candidates)
+    }
+
+    /// The `[fallbacks]` chain for a model: keyed by the name as asked, else by the other
+    /// spelling of the same upstream model (`gpt-4o` ↔ `openai/gpt-4o`, by the provider that
+    /// serves it).
+    fn fallback_chain(&self, model: &str, first: &Candidate) -> Option<&Vec<String>> {
+        let fb = &self.config.fallbacks;
+        if fb.is_empty() {
+            return None;
+        }
+        if let Some(c) = fb.get(model) {
+            return Some(c);
+        }
+        if let Some((p, bare)) = model.split_once('/') {
+            if self.is_known(p) {
+                if let Some(c) = fb.get(bare) {
+                    return Some(c);
+                }
+            }
+        }
+        fb.get(&format!("{}/{}", first.provider.name(), first.model))
     }
 
     /// Resolve a request to its ordered candidates.

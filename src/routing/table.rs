@@ -58,6 +58,8 @@ pub struct HeaderNames {
     pub resp_fallback: String,
     pub resp_request_id: String,
     pub resp_decision_id: String,
+    /// The upstream provider's own request id, passed on.
+    pub resp_upstream_request_id: String,
 }
 
 impl HeaderNames {
@@ -79,6 +81,7 @@ impl HeaderNames {
             resp_fallback: h("fallback-used"),
             resp_request_id: h("request-id"),
             resp_decision_id: h("decision-id"),
+            resp_upstream_request_id: h("upstream-request-id"),
             prefix: p,
         }
     }

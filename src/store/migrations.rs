@@ -155,6 +155,23 @@ CREATE TABLE route_state (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        name: "pending_feedback",
+        // Feedback whose request is not stored yet (see `store::pending`); every row expires.
+        sql: r#"
+CREATE TABLE pending_feedback (
+    id TEXT PRIMARY KEY,
+    dedup_key TEXT NOT NULL UNIQUE,
+    request_id TEXT,
+    session_id TEXT,
+    received_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    row_json TEXT NOT NULL
+);
+CREATE INDEX pending_feedback_received ON pending_feedback (received_ms);
+"#,
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -301,6 +318,23 @@ CREATE TABLE route_state (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        name: "pending_feedback",
+        // Feedback whose request is not stored yet (see `store::pending`); every row expires.
+        sql: r#"
+CREATE TABLE pending_feedback (
+    id TEXT PRIMARY KEY,
+    dedup_key TEXT NOT NULL UNIQUE,
+    request_id TEXT,
+    session_id TEXT,
+    received_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    row_json TEXT NOT NULL
+);
+CREATE INDEX pending_feedback_received ON pending_feedback (received_ms);
+"#,
+    },
 ];
 
 #[cfg(test)]
@@ -329,11 +363,11 @@ mod tests {
         let n: i64 = c
             .query_row(
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN \
-                 ('decisions', 'feedback', 'audit_log', 'route_state')",
+                 ('decisions', 'feedback', 'audit_log', 'route_state', 'pending_feedback')",
                 [],
                 |r| r.get(0),
             )
             .expect("tables");
-        assert_eq!(n, 4);
+        assert_eq!(n, 5);
     }
 }

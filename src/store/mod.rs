@@ -11,6 +11,7 @@
 //! every path so both backends return identical numbers for identical data.
 
 pub mod migrations;
+pub mod pending;
 pub mod postgres;
 pub mod query;
 pub mod routing;
@@ -28,6 +29,7 @@ pub use routing::{
     RouteModelStats, RouteStateRow, ScoredDecision,
 };
 
+pub use pending::{PendingFeedback, PendingInsert};
 pub use query::{
     AnalyticsQuery, AnalyticsRow, Bucket, Cursor, GroupBy, Histogram, LogFilter, LogPage, LogQuery,
     Stats, StatusFilter,
@@ -93,6 +95,9 @@ pub struct StorageConfig {
     pub zero_retention_projects: Vec<String>,
     /// Maximum time the writer spends draining on shutdown.
     pub shutdown_drain_ms: u64,
+    /// Feedback for a request id not stored yet (served by another instance whose writer has
+    /// not flushed) is accepted as pending this long, then dropped; 0 rejects it at once.
+    pub pending_feedback_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -116,6 +121,7 @@ impl Default for StorageConfig {
             capture_bodies: false,
             zero_retention_projects: Vec::new(),
             shutdown_drain_ms: 5_000,
+            pending_feedback_secs: 60,
         }
     }
 }
@@ -321,6 +327,32 @@ pub trait Store: Send + Sync {
     /// Served-traffic aggregates per (route, served model) since `since_ms`.
     async fn route_model_stats(&self, _since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {
         Err(unsupported(self.backend(), "route stats"))
+    }
+
+    // ---- pending feedback (see `pending`) ----
+
+    /// One feedback event by its public id.
+    async fn get_feedback(&self, _id: &str) -> Result<Option<FeedbackRow>, StoreError> {
+        Err(unsupported(self.backend(), "feedback"))
+    }
+    /// Park feedback whose target is not stored yet, unless an event (stored or pending) with
+    /// the same `dedup_key` exists.
+    async fn insert_pending_feedback(
+        &self,
+        _p: &PendingFeedback,
+    ) -> Result<PendingInsert, StoreError> {
+        Err(unsupported(self.backend(), "pending feedback"))
+    }
+    /// The oldest pending events, at most `limit`.
+    async fn pending_feedback(&self, _limit: usize) -> Result<Vec<PendingFeedback>, StoreError> {
+        Err(unsupported(self.backend(), "pending feedback"))
+    }
+    async fn get_pending_feedback(&self, _id: &str) -> Result<Option<PendingFeedback>, StoreError> {
+        Err(unsupported(self.backend(), "pending feedback"))
+    }
+    /// Remove a pending event; false when another instance removed it first.
+    async fn delete_pending_feedback(&self, _id: &str) -> Result<bool, StoreError> {
+        Err(unsupported(self.backend(), "pending feedback"))
     }
 }
 

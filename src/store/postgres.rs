@@ -23,9 +23,9 @@ use super::routing::{
 use super::sqlite::{page, project_cond};
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
-    FeedbackInsert, FeedbackRow, GroupBy, PurgeRule, RawRow, RollupKey, RollupRow, RouteModelStats,
-    RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
-    TRACE_NCOLS,
+    FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, PurgeRule, RawRow,
+    RollupKey, RollupRow, RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError,
+    ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 
@@ -713,6 +713,81 @@ async fn migrate_locked(c: &mut Client) -> Result<u32, StoreError> {
     Ok(current)
 }
 
+const PENDING_COLS: &str =
+    "id, dedup_key, request_id, session_id, received_ms, expires_ms, row_json";
+
+fn row_to_pending(r: &Row) -> Result<PendingFeedback, StoreError> {
+    Ok(PendingFeedback {
+        id: r.try_get(0).map_err(pg_err)?,
+        dedup_key: r.try_get(1).map_err(pg_err)?,
+        request_id: r.try_get(2).map_err(pg_err)?,
+        session_id: r.try_get(3).map_err(pg_err)?,
+        received_ms: r.try_get(4).map_err(pg_err)?,
+        expires_ms: r.try_get(5).map_err(pg_err)?,
+        row: r.try_get(6).map_err(pg_err)?,
+    })
+}
+
+/// Park an event unless its dedup key is taken, under the feedback lock (so a concurrent
+/// `insert_feedback` of the same key is seen).
+async fn insert_pending_pg(
+    c: &mut Client,
+    p: &PendingFeedback,
+) -> Result<PendingInsert, StoreError> {
+    let tx = c.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEEDBACK_LOCK])
+        .await
+        .map_err(pg_err)?;
+    let stored = tx
+        .query_opt(
+            "SELECT id FROM feedback WHERE dedup_key = $1",
+            &[&p.dedup_key],
+        )
+        .await
+        .map_err(pg_err)?;
+    let out = if let Some(r) = stored {
+        PendingInsert::Duplicate {
+            id: r.try_get(0).map_err(pg_err)?,
+            pending: false,
+        }
+    } else {
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO pending_feedback ({PENDING_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dedup_key) DO NOTHING"
+                ),
+                &[
+                    &p.id,
+                    &p.dedup_key,
+                    &p.request_id,
+                    &p.session_id,
+                    &p.received_ms,
+                    &p.expires_ms,
+                    &p.row,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        if n == 1 {
+            PendingInsert::Inserted
+        } else {
+            let r = tx
+                .query_one(
+                    "SELECT id FROM pending_feedback WHERE dedup_key = $1",
+                    &[&p.dedup_key],
+                )
+                .await
+                .map_err(pg_err)?;
+            PendingInsert::Duplicate {
+                id: r.try_get(0).map_err(pg_err)?,
+                pending: true,
+            }
+        }
+    };
+    tx.commit().await.map_err(pg_err)?;
+    Ok(out)
+}
+
 impl PgStore {
     /// Connect, migrate, and keep the connection string for reconnects.
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
@@ -1112,6 +1187,66 @@ impl Store for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn get_feedback(&self, id: &str) -> Result<Option<FeedbackRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                &format!("SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE id = $1"),
+                &[SqlParam::Text(id.to_string())],
+            )
+            .await?;
+        rows.first().map(row_to_feedback).transpose()
+    }
+
+    async fn insert_pending_feedback(
+        &self,
+        p: &PendingFeedback,
+    ) -> Result<PendingInsert, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => insert_pending_pg(c, p).await,
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn pending_feedback(&self, limit: usize) -> Result<Vec<PendingFeedback>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .read_rows(
+                &format!(
+                    "SELECT {PENDING_COLS} FROM pending_feedback ORDER BY received_ms LIMIT $1"
+                ),
+                &[SqlParam::Int(limit)],
+            )
+            .await?;
+        rows.iter().map(row_to_pending).collect()
+    }
+
+    async fn get_pending_feedback(&self, id: &str) -> Result<Option<PendingFeedback>, StoreError> {
+        let rows = self
+            .read_rows(
+                &format!("SELECT {PENDING_COLS} FROM pending_feedback WHERE id = $1"),
+                &[SqlParam::Text(id.to_string())],
+            )
+            .await?;
+        rows.first().map(row_to_pending).transpose()
+    }
+
+    async fn delete_pending_feedback(&self, id: &str) -> Result<bool, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_ref() {
+            Some(c) => c
+                .execute("DELETE FROM pending_feedback WHERE id = $1", &[&id])
+                .await
+                .map(|n| n == 1)
+                .map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
     }
 
     async fn route_model_stats(&self, since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {

@@ -22,9 +22,9 @@ use super::routing::{
 };
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, Cursor, DecisionQuery, DecisionRow,
-    FeedbackInsert, FeedbackRow, GroupBy, ProjectSel, PurgeRule, RawRow, RollupRow,
-    RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError, ALL_PROJECTS, HOUR_MS,
-    TRACE_COLS,
+    FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, ProjectSel, PurgeRule,
+    RawRow, RollupRow, RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError,
+    ALL_PROJECTS, HOUR_MS, TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 
@@ -712,6 +712,70 @@ const ROLLUP_UPSERT: &str =
      prompt_tokens, completion_tokens, cost_usd, latency_sum_ms, hist) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
+const PENDING_COLS: &str =
+    "id, dedup_key, request_id, session_id, received_ms, expires_ms, row_json";
+
+fn row_to_pending(r: &Row) -> rusqlite::Result<PendingFeedback> {
+    Ok(PendingFeedback {
+        id: r.get(0)?,
+        dedup_key: r.get(1)?,
+        request_id: r.get(2)?,
+        session_id: r.get(3)?,
+        received_ms: r.get(4)?,
+        expires_ms: r.get(5)?,
+        row: r.get(6)?,
+    })
+}
+
+/// Park an event unless its dedup key is taken by a stored or pending one (one transaction).
+fn insert_pending_tx(c: &mut Connection, p: &PendingFeedback) -> Result<PendingInsert, StoreError> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(map_err)?;
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT id FROM feedback WHERE dedup_key = ?1",
+            [&p.dedup_key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(map_err)?;
+    let out = if let Some(id) = stored {
+        PendingInsert::Duplicate { id, pending: false }
+    } else {
+        let n = tx
+            .execute(
+                &format!(
+                    "INSERT INTO pending_feedback ({PENDING_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (dedup_key) DO NOTHING"
+                ),
+                params![
+                    p.id,
+                    p.dedup_key,
+                    p.request_id,
+                    p.session_id,
+                    p.received_ms,
+                    p.expires_ms,
+                    p.row
+                ],
+            )
+            .map_err(map_err)?;
+        if n == 1 {
+            PendingInsert::Inserted
+        } else {
+            let id: String = tx
+                .query_row(
+                    "SELECT id FROM pending_feedback WHERE dedup_key = ?1",
+                    [&p.dedup_key],
+                    |r| r.get(0),
+                )
+                .map_err(map_err)?;
+            PendingInsert::Duplicate { id, pending: true }
+        }
+    };
+    tx.commit().map_err(map_err)?;
+    Ok(out)
+}
+
 impl SqliteStore {
     /// Open (creating the file if needed) and migrate.
     pub async fn open(path: &str, busy_timeout_ms: u64) -> Result<SqliteStore, StoreError> {
@@ -1079,6 +1143,66 @@ impl Store for SqliteStore {
                 })
                 .map_err(map_err)?;
             rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn get_feedback(&self, id: &str) -> Result<Option<FeedbackRow>, StoreError> {
+        let id = id.to_string();
+        Self::run(&self.reader, move |c| {
+            c.query_row(
+                &format!("SELECT seq, {FEEDBACK_COLS} FROM feedback WHERE id = ?1"),
+                [&id],
+                row_to_feedback,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn insert_pending_feedback(
+        &self,
+        p: &PendingFeedback,
+    ) -> Result<PendingInsert, StoreError> {
+        let p = p.clone();
+        Self::run(&self.writer, move |c| insert_pending_tx(c, &p)).await
+    }
+
+    async fn pending_feedback(&self, limit: usize) -> Result<Vec<PendingFeedback>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {PENDING_COLS} FROM pending_feedback ORDER BY received_ms LIMIT ?1"
+                ))
+                .map_err(map_err)?;
+            let rows = st.query_map([limit], row_to_pending).map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn get_pending_feedback(&self, id: &str) -> Result<Option<PendingFeedback>, StoreError> {
+        let id = id.to_string();
+        Self::run(&self.reader, move |c| {
+            c.query_row(
+                &format!("SELECT {PENDING_COLS} FROM pending_feedback WHERE id = ?1"),
+                [&id],
+                row_to_pending,
+            )
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn delete_pending_feedback(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        Self::run(&self.writer, move |c| {
+            c.execute("DELETE FROM pending_feedback WHERE id = ?1", [&id])
+                .map(|n| n == 1)
+                .map_err(map_err)
         })
         .await
     }

@@ -1,5 +1,6 @@
 //! Request traces: the record and its writer (bounded channel, batched, never blocking).
 
+pub mod fresh;
 pub mod record;
 pub mod writer;
 

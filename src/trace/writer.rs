@@ -28,6 +28,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, oneshot};
 
+use super::fresh::{Recent, State};
 use super::TraceRecord;
 use crate::metrics::metrics;
 use crate::store::{self, ProjectSel, PurgeRule, StorageConfig, Store, StoreError};
@@ -37,13 +38,84 @@ enum Msg {
     Flush(oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// Where the admin API finds the store once the writer has opened it.
+/// Where the admin API finds the store once the writer has opened it, and how it reads its
+/// own writes (see [`super::fresh`]).
 #[derive(Clone, Default)]
-pub struct StoreSlot(Arc<ArcSwapOption<Arc<dyn Store>>>);
+pub struct StoreSlot {
+    store: Arc<ArcSwapOption<Arc<dyn Store>>>,
+    fresh: Arc<Fresh>,
+}
+
+/// Read-your-writes state shared by the request path, the sink and the lookups.
+#[derive(Default)]
+struct Fresh {
+    recent: Arc<Recent>,
+    /// The writer's channel (absent for a slot built around a ready store).
+    writer: Option<mpsc::Sender<Msg>>,
+    /// How long feedback for an unknown id stays pending (0: unknown ids are rejected at once).
+    pending_window_ms: i64,
+    flush_timeout: Duration,
+}
+
+/// How long a lookup waits for an in-flight request's record to be submitted.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
 
 impl StoreSlot {
     pub fn new() -> StoreSlot {
         StoreSlot::default()
+    }
+
+    /// The ids this instance served recently (the request path marks them).
+    pub fn recent(&self) -> Arc<Recent> {
+        self.fresh.recent.clone()
+    }
+
+    /// How long feedback for a not-yet-known request id stays pending, in milliseconds
+    /// (`storage.pending_feedback_secs`; 0 rejects unknown ids at once).
+    pub fn pending_window_ms(&self) -> i64 {
+        self.fresh.pending_window_ms
+    }
+
+    /// Make a request this instance served visible in the store before a lookup: if `id` is
+    /// recent here, wait for its record to be submitted (bounded), then flush the writer.
+    /// Ids this instance did not serve cost one atomic load.
+    pub async fn settle(&self, id: &str) {
+        let recent = &self.fresh.recent;
+        let Some(mut st) = recent.state(id) else {
+            return;
+        };
+        let deadline = Instant::now() + IN_FLIGHT_WAIT;
+        while st == State::InFlight && Instant::now() < deadline {
+            // The logging phase runs right after the last byte; poll briefly.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            match recent.state(id) {
+                Some(s) => st = s,
+                None => return,
+            }
+        }
+        if st == State::Submitted {
+            self.flush_writer().await;
+        }
+    }
+
+    /// Flush the writer before a listing, so the newest rows this instance served are in it.
+    pub async fn settle_all(&self) {
+        self.flush_writer().await;
+    }
+
+    async fn flush_writer(&self) {
+        let Some(tx) = &self.fresh.writer else { return };
+        let (otx, orx) = oneshot::channel();
+        let timeout = self.fresh.flush_timeout;
+        let res = tokio::time::timeout(timeout, async {
+            tx.send(Msg::Flush(otx)).await.ok()?;
+            orx.await.ok()
+        })
+        .await;
+        if !matches!(res, Ok(Some(Ok(())))) {
+            // The store is slow or down: the lookup answers from what is stored.
+            tracing::debug!("read-your-writes flush did not complete");
+        }
     }
 
     /// A slot already holding a store (tests, CLI tools).
@@ -54,7 +126,7 @@ impl StoreSlot {
     }
 
     pub fn get(&self) -> Option<Arc<dyn Store>> {
-        self.0.load_full().map(|a| (*a).clone())
+        self.store.load_full().map(|a| (*a).clone())
     }
 
     /// The store, waiting up to `within` for the writer to open it (requests that arrive
@@ -73,7 +145,7 @@ impl StoreSlot {
     }
 
     pub fn set(&self, store: Arc<dyn Store>) {
-        self.0.store(Some(Arc::new(store)));
+        self.store.store(Some(Arc::new(store)));
     }
 }
 
@@ -96,19 +168,41 @@ pub struct TraceSink {
     drops: Arc<DropLog>,
     // Resolved once: a labelled lookup per request would cost a hash and a lock.
     enqueued: prometheus::IntCounter,
+    recent: Arc<Recent>,
 }
 
 impl TraceSink {
     /// Hand a record to the writer. Never blocks or awaits: a full channel counts a drop
     /// (`loopgate_trace_dropped_total{reason="channel_full"}`) and logs, at most once a second.
     pub fn submit(&self, rec: TraceRecord) {
+        // Marked after the send: a lookup that sees "submitted" queues its flush behind the
+        // record. The id is copied first because the record moves into the channel.
+        let id_slot = self.recent.slot_of(&rec.request_id);
         match self.tx.try_send(Msg::Rec(Box::new(rec))) {
             Ok(()) => {
+                self.recent.mark_submitted(id_slot);
                 self.enqueued.inc();
                 metrics().trace_queue_depth.inc();
             }
-            Err(mpsc::error::TrySendError::Full(_)) => self.dropped("channel_full"),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.dropped("writer_closed"),
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                self.forget(m);
+                self.dropped("channel_full")
+            }
+            Err(mpsc::error::TrySendError::Closed(m)) => {
+                self.forget(m);
+                self.dropped("writer_closed")
+            }
+        }
+    }
+
+    /// Mark a request as served by this instance before its response starts (read-your-writes).
+    pub fn begin(&self, request_id: &str) {
+        self.recent.begin(request_id);
+    }
+
+    fn forget(&self, m: Msg) {
+        if let Msg::Rec(r) = m {
+            self.recent.forget(&r.request_id);
         }
     }
 
@@ -184,7 +278,16 @@ pub fn trace_pipeline_with_opener(
     opener: StoreOpener,
 ) -> (TraceSink, TraceWriterService, StoreSlot) {
     let (tx, rx) = mpsc::channel(cfg.channel_capacity.max(1));
-    let slot = StoreSlot::new();
+    let recent = Arc::new(Recent::default());
+    let slot = StoreSlot {
+        store: Arc::default(),
+        fresh: Arc::new(Fresh {
+            recent: recent.clone(),
+            writer: Some(tx.clone()),
+            pending_window_ms: (cfg.pending_feedback_secs as i64).saturating_mul(1000),
+            flush_timeout: Duration::from_millis(cfg.write_timeout_ms.max(1)),
+        }),
+    };
     let now = Instant::now();
     let w = Writer {
         cfg: cfg.clone(),
@@ -198,9 +301,11 @@ pub fn trace_pipeline_with_opener(
         backoff: Duration::from_millis(cfg.retry_initial_ms.max(1)),
         next_purge: now,
         purging: Arc::new(AtomicBool::new(false)),
+        reconciling: Arc::new(AtomicBool::new(false)),
         down_logged: false,
     };
     let sink = TraceSink {
+        recent,
         tx,
         drops: Arc::new(DropLog {
             last_ms: AtomicI64::new(0),
@@ -346,8 +451,12 @@ struct Writer {
     backoff: Duration,
     next_purge: Instant,
     purging: Arc<AtomicBool>,
+    reconciling: Arc<AtomicBool>,
     down_logged: bool,
 }
+
+/// How often pending feedback is reconciled when no batch triggers it.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// Bounded wait for the channel to empty during shutdown.
 const DRAIN_MAX_MESSAGES: usize = 10_000_000;
@@ -363,6 +472,10 @@ impl Writer {
         let mut tick =
             tokio::time::interval(Duration::from_millis(self.cfg.flush_interval_ms.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pending feedback also settles right after each written batch (see `write_pending`);
+        // this timer covers expiry and traces written by other instances.
+        let mut reconcile_tick = tokio::time::interval(RECONCILE_EVERY);
+        reconcile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -375,6 +488,7 @@ impl Writer {
                     let _ = self.write_pending(false).await;
                     self.maybe_purge();
                 }
+                _ = reconcile_tick.tick() => self.maybe_reconcile(),
                 m = self.rx.recv() => match m {
                     Some(Msg::Rec(r)) => {
                         self.accept(*r);
@@ -519,8 +633,13 @@ impl Writer {
 
     /// Write spill then pending records. `force` ignores the retry backoff (flush requests).
     async fn write_pending(&mut self, force: bool) -> Result<(), StoreError> {
+        let had = !self.pending.is_empty() || self.spill.count > 0;
         let res = self.try_write(force).await;
         self.overflow();
+        if had && res.is_ok() {
+            // Feedback parked for these requests (on any instance) can settle now.
+            self.maybe_reconcile();
+        }
         res
     }
 
@@ -655,6 +774,43 @@ impl Writer {
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+                }
+            }
+            flag.store(false, Ordering::Release);
+        });
+    }
+}
+
+impl Writer {
+    /// Settle pending feedback whose request has landed (from any instance) and expire the
+    /// rest, off the writer loop like the purge.
+    fn maybe_reconcile(&mut self) {
+        if self.cfg.pending_feedback_secs == 0 {
+            return;
+        }
+        let Some(s) = self.store.clone() else { return };
+        if self.reconciling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let flag = self.reconciling.clone();
+        tokio::spawn(async move {
+            let now = chrono::Utc::now().timestamp_millis();
+            match store::pending::reconcile(&*s, now).await {
+                Ok(r) if r.settled + r.expired > 0 => {
+                    let m = &metrics().feedback_received;
+                    m.with_label_values(&["pending", "settled"])
+                        .inc_by(r.settled as u64);
+                    m.with_label_values(&["pending", "expired"])
+                        .inc_by(r.expired as u64);
+                    tracing::debug!(
+                        settled = r.settled,
+                        expired = r.expired,
+                        "pending feedback reconciled"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "pending feedback reconcile failed; will retry")
                 }
             }
             flag.store(false, Ordering::Release);

@@ -217,6 +217,33 @@ pub fn anthropic_stream(model: &str, tools: bool, error: bool) -> Vec<Vec<u8>> {
     v
 }
 
+/// The stream of a forced tool call: the tool_use block only, arguments in fragments.
+pub fn anthropic_forced_stream(model: &str, name: &str) -> Vec<Vec<u8>> {
+    let mut start = anthropic_message(model, json!([]), "", (TOOL_USAGE.0, 1));
+    start["stop_reason"] = Value::Null;
+    let mut v = vec![named_sse(
+        "message_start",
+        json!({"type": "message_start", "message": start}),
+    )];
+    v.push(named_sse(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "tool_use", "id": "toolu_forced01", "name": name, "input": {}}}),
+    ));
+    v.push(named_sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}})));
+    for a in ARG_PIECES {
+        v.push(named_sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": a}})));
+    }
+    v.push(named_sse(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    v.push(named_sse("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": TOOL_USAGE.1}})));
+    v.push(named_sse("message_stop", json!({"type": "message_stop"})));
+    v
+}
+
 /// Anthropic Messages (`/v1/messages`), also Claude on Vertex (`:rawPredict`,
 /// `:streamRawPredict`, where the body has no `model`).
 pub fn anthropic_like() -> Reply {
@@ -228,6 +255,26 @@ pub fn anthropic_like() -> Reply {
             .to_string();
         let tools = has_tools(r);
         let stream = b["stream"].as_bool() == Some(true) || r.path.contains(":streamRawPredict");
+        // `tool_choice: {"type": "tool"}`: Claude answers with that tool's call alone.
+        if let Some(name) = b["tool_choice"]["name"]
+            .as_str()
+            .filter(|_| b["tool_choice"]["type"] == "tool")
+        {
+            if stream {
+                return Reply::Chunks(
+                    200,
+                    "text/event-stream; charset=utf-8".into(),
+                    parts(anthropic_forced_stream(&model, name)),
+                );
+            }
+            let msg = anthropic_message(
+                &model,
+                json!([{"type": "tool_use", "id": "toolu_forced01", "name": name, "input": {"city": "Paris"}}]),
+                "tool_use",
+                TOOL_USAGE,
+            );
+            return Reply::Json(200, vec![], msg.to_string());
+        }
         if stream {
             return Reply::Chunks(
                 200,
@@ -381,7 +428,15 @@ pub fn gemini_like() -> Reply {
             }
             return Reply::Chunks(200, "text/event-stream".into(), parts(events));
         }
-        let resp = if tools {
+        let resp = if b["generationConfig"]["responseMimeType"] == "application/json" {
+            // JSON mode: the answer is the JSON text.
+            gemini_response(
+                &model,
+                json!([{"text": "{\"city\": \"Paris\"}"}]),
+                Some("STOP"),
+                gemini_usage(TEXT_USAGE),
+            )
+        } else if tools {
             gemini_response(
                 &model,
                 json!([{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]),
@@ -524,6 +579,56 @@ pub fn bedrock_stream(tools: bool, fault: BedrockFault) -> Vec<Vec<u8>> {
 pub fn bedrock_like() -> Reply {
     Reply::Dynamic(Arc::new(|r: &Received| {
         let tools = has_tools(r);
+        // One declared tool (other than the shared `get_weather`) with `toolChoice` any/tool:
+        // the model answers with that tool's call alone.
+        let b = r.json();
+        let specs = b["toolConfig"]["tools"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let forced = (specs.len() == 1
+            && (b["toolConfig"]["toolChoice"].get("any").is_some()
+                || b["toolConfig"]["toolChoice"].get("tool").is_some()))
+        .then(|| {
+            specs[0]["toolSpec"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .filter(|n| n != "get_weather");
+        if let Some(name) = forced {
+            if r.path.ends_with("/converse-stream") {
+                let mut v = vec![bedrock_event("messageStart", json!({"role": "assistant"}))];
+                v.push(bedrock_event("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_forced01", "name": name}}})));
+                for a in ARG_PIECES {
+                    v.push(bedrock_event(
+                        "contentBlockDelta",
+                        json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": a}}}),
+                    ));
+                }
+                v.push(bedrock_event(
+                    "contentBlockStop",
+                    json!({"contentBlockIndex": 0}),
+                ));
+                v.push(bedrock_event(
+                    "messageStop",
+                    json!({"stopReason": "tool_use"}),
+                ));
+                v.push(bedrock_event(
+                    "metadata",
+                    json!({"usage": bedrock_usage(TOOL_USAGE), "metrics": {"latencyMs": 312}}),
+                ));
+                return Reply::Chunks(200, "application/vnd.amazon.eventstream".into(), parts(v));
+            }
+            return Reply::Json(
+                200,
+                vec![],
+                json!({"output": {"message": {"role": "assistant", "content": [
+                    {"toolUse": {"toolUseId": "tooluse_forced01", "name": name, "input": {"city": "Paris"}}}]}},
+                    "stopReason": "tool_use", "usage": bedrock_usage(TOOL_USAGE), "metrics": {"latencyMs": 312}})
+                .to_string(),
+            );
+        }
         if r.path.ends_with("/converse-stream") {
             let fault = if wants_error(r) {
                 BedrockFault::Exception

@@ -302,19 +302,16 @@ fn tool_config(req: &ChatRequest, has_tool_history: bool) -> Result<Option<Value
 pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
     let b = &req.body;
     reject_n(b, "Bedrock")?;
-    if let Some(rf) = b
-        .get("response_format")
-        .and_then(|r| r.get("type"))
-        .and_then(Value::as_str)
-    {
-        if rf != "text" {
-            return Err(DialectError::unsupported(
-                "Bedrock Converse has no JSON mode; describe the format in the prompt or use a tool",
-                Some("response_format"),
-            ));
+    let (mut system, messages) = build_messages(req)?;
+    // Structured output: Converse has no JSON mode, so a forced tool carries the schema;
+    // with tools of the request's own, the prompt asks for the format.
+    let json_tool = super::forced_json_schema(b);
+    if json_tool.is_none() {
+        if let Some(instr) = super::anthropic::response_format_instruction(b.get("response_format"))
+        {
+            system.push(json!({"text": instr}));
         }
     }
-    let (system, messages) = build_messages(req)?;
     if messages.is_empty() {
         return Err(DialectError::unsupported(
             "Bedrock needs at least one user message",
@@ -352,7 +349,15 @@ pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
     if !inf.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(inf));
     }
-    if let Some(tc) = tool_config(req, has_tool_history)? {
+    if let Some(schema) = json_tool {
+        // `any` with one tool forces it, and more Converse models accept `any` than `tool`.
+        body.insert(
+            "toolConfig".into(),
+            json!({"tools": [{"toolSpec": {"name": super::JSON_TOOL,
+                "description": super::JSON_TOOL_DESCRIPTION, "inputSchema": {"json": schema}}}],
+                "toolChoice": {"any": {}}}),
+        );
+    } else if let Some(tc) = tool_config(req, has_tool_history)? {
         body.insert("toolConfig".into(), tc);
     }
     Ok(Value::Object(body))
@@ -419,8 +424,9 @@ impl Dialect for Bedrock {
         &self,
         body: &[u8],
         t: &Target,
-        _req: &ChatRequest,
+        req: &ChatRequest,
     ) -> Result<Translated, DialectError> {
+        let json_mode = super::forced_json_schema(&req.body).is_some();
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
         let content = v
@@ -432,9 +438,16 @@ impl Dialect for Bedrock {
         let mut text = String::new();
         let mut reasoning = String::new();
         let mut tool_calls = Vec::new();
+        let mut json_answer: Option<String> = None;
         for block in content {
             if let Some(s) = block.get("text").and_then(Value::as_str) {
                 text.push_str(s);
+            } else if let Some(tu) = block.get("toolUse").filter(|tu| {
+                json_mode && tu.get("name").and_then(Value::as_str) == Some(super::JSON_TOOL)
+            }) {
+                // The forced structured-output tool: its input alone is the answer.
+                let args = tu.get("input").cloned().unwrap_or_else(|| json!({}));
+                json_answer = Some(args.to_string());
             } else if let Some(tu) = block.get("toolUse") {
                 let args = tu.get("input").cloned().unwrap_or_else(|| json!({}));
                 tool_calls.push(json!({
@@ -452,12 +465,15 @@ impl Dialect for Bedrock {
                 reasoning.push_str(s);
             }
         }
+        if let Some(j) = json_answer {
+            text = j;
+        }
         let stop = v
             .get("stopReason")
             .and_then(Value::as_str)
             .unwrap_or("end_turn");
         let finish = if tool_calls.is_empty() {
-            finish_reason_from(stop)
+            super::anthropic::json_finish(json_mode, finish_reason_from(stop))
         } else {
             "tool_calls"
         };
@@ -477,12 +493,9 @@ impl Dialect for Bedrock {
     }
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
-        Box::new(BedrockStream::new(
-            t.request_id,
-            t.created,
-            t.model,
-            req.include_usage,
-        ))
+        let mut s = BedrockStream::new(t.request_id, t.created, t.model, req.include_usage);
+        s.json_mode = super::forced_json_schema(&req.body).is_some();
+        Box::new(s)
     }
 }
 
@@ -497,6 +510,9 @@ pub struct BedrockStream {
     started: bool,
     saw_stop: bool,
     produced: bool,
+    /// The request forced the structured-output tool: its input streams as content.
+    pub json_mode: bool,
+    json_block: Option<u64>,
 }
 
 impl BedrockStream {
@@ -510,6 +526,8 @@ impl BedrockStream {
             started: false,
             saw_stop: false,
             produced: false,
+            json_mode: false,
+            json_block: None,
         }
     }
 
@@ -600,6 +618,13 @@ impl BedrockStream {
                         .get("contentBlockIndex")
                         .and_then(Value::as_u64)
                         .unwrap_or(0);
+                    if self.json_mode
+                        && tu.get("name").and_then(Value::as_str) == Some(super::JSON_TOOL)
+                    {
+                        self.json_block = Some(block);
+                        self.produced = true;
+                        return Ok(());
+                    }
                     let ti = self.tool_index(block);
                     let id = tu.get("toolUseId").and_then(Value::as_str).unwrap_or("");
                     let name = tu.get("name").and_then(Value::as_str).unwrap_or("");
@@ -617,6 +642,13 @@ impl BedrockStream {
                 if let Some(s) = d.get("text").and_then(Value::as_str) {
                     self.produced |= !s.is_empty();
                     self.enc.content(0, s, out);
+                } else if let (Some(s), true) = (
+                    d.pointer("/toolUse/input").and_then(Value::as_str),
+                    self.json_block == Some(block),
+                ) {
+                    if !s.is_empty() {
+                        self.enc.content(0, s, out);
+                    }
                 } else if let Some(s) = d.pointer("/toolUse/input").and_then(Value::as_str) {
                     if !self.tools.contains_key(&block) {
                         return Err(self.fail(
@@ -643,7 +675,10 @@ impl BedrockStream {
                     .and_then(Value::as_str)
                     .unwrap_or("end_turn");
                 let reason = if self.tools.is_empty() {
-                    finish_reason_from(stop)
+                    super::anthropic::json_finish(
+                        self.json_block.is_some(),
+                        finish_reason_from(stop),
+                    )
                 } else {
                     "tool_calls"
                 };

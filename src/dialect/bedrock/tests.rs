@@ -173,12 +173,6 @@ fn unsupported_inputs_are_clear_errors() {
         converse_body(&n2),
         Err(DialectError::Unsupported { .. })
     ));
-    let json_mode = chat(
-        json!({"response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "x"}]}),
-    );
-    assert!(
-        matches!(converse_body(&json_mode), Err(DialectError::Unsupported { param: Some(p), .. }) if p == "response_format")
-    );
     let tiff = chat(json!({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/tiff;base64,AAAA"}}]}]}));
     assert!(converse_body(&tiff).is_err());
@@ -640,4 +634,90 @@ fn classifies_bedrock_errors() {
             .classify_error(400, br#"{"message":"Malformed input request"}"#)
             .retryable
     );
+}
+
+const SCHEMA: &str =
+    r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#;
+
+fn json_schema_request(stream: bool) -> Value {
+    json!({"messages": [{"role": "user", "content": "x"}], "stream": stream,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": serde_json::from_str::<Value>(SCHEMA).unwrap()}}})
+}
+
+#[test]
+fn json_mode_is_a_forced_tool() {
+    let v = converse_body(&chat(json_schema_request(false))).unwrap();
+    assert_eq!(
+        v["toolConfig"],
+        json!({"tools": [{"toolSpec": {"name": "json_response", "description": crate::dialect::JSON_TOOL_DESCRIPTION,
+            "inputSchema": {"json": serde_json::from_str::<Value>(SCHEMA).unwrap()}}}],
+            "toolChoice": {"any": {}}})
+    );
+    let v = converse_body(&chat(
+        json!({"response_format": {"type": "json_object"}, "messages": [{"role": "user", "content": "x"}]}),
+    ))
+    .unwrap();
+    assert_eq!(
+        v["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"],
+        json!({"json": {"type": "object"}})
+    );
+    // With the request's own tools the format is asked for in the system prompt.
+    let v = converse_body(&chat(json!({"response_format": {"type": "json_object"},
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "messages": [{"role": "user", "content": "x"}]})))
+    .unwrap();
+    assert_eq!(v["toolConfig"]["tools"][0]["toolSpec"]["name"], "f");
+    assert!(v["system"][0]["text"].as_str().unwrap().contains("JSON"));
+}
+
+#[test]
+fn forced_tool_input_is_the_answer() {
+    let body = br#"{"output":{"message":{"role":"assistant","content":[
+        {"toolUse":{"toolUseId":"tooluse_1","name":"json_response","input":{"city":"Paris"}}}]}},
+        "stopReason":"tool_use","usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7}}"#;
+    let req = chat(json_schema_request(false));
+    let tr = with_target("m", false, |t| Bedrock.translate_chat(body, t, &req)).unwrap();
+    let v: Value = serde_json::from_slice(&tr.body).unwrap();
+    let c = &v["choices"][0];
+    assert_eq!(c["finish_reason"], "stop");
+    assert_eq!(c["message"]["content"], r#"{"city":"Paris"}"#);
+    assert!(c["message"].get("tool_calls").is_none() || c["message"]["tool_calls"].is_null());
+
+    let mut s = Vec::new();
+    s.extend(event_frame("messageStart", br#"{"role":"assistant"}"#));
+    s.extend(event_frame(
+        "contentBlockStart",
+        br#"{"contentBlockIndex":0,"start":{"toolUse":{"toolUseId":"tooluse_1","name":"json_response"}}}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"{\"city\":"}}}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"toolUse":{"input":"\"Paris\"}"}}}"#,
+    ));
+    s.extend(event_frame(
+        "contentBlockStop",
+        br#"{"contentBlockIndex":0}"#,
+    ));
+    s.extend(event_frame("messageStop", br#"{"stopReason":"tool_use"}"#));
+    s.extend(event_frame(
+        "metadata",
+        br#"{"usage":{"inputTokens":3,"outputTokens":4,"totalTokens":7}}"#,
+    ));
+    let mut st = BedrockStream::new("chatcmpl-test", 1, "m", false);
+    st.json_mode = true;
+    let (res, out, _) = drive(&mut st, &s, &[]);
+    res.unwrap();
+    let ev = events(&out);
+    let content: String = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, r#"{"city":"Paris"}"#);
+    assert!(ev
+        .iter()
+        .all(|e| e["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert_eq!(ev.last().unwrap()["choices"][0]["finish_reason"], "stop");
 }
