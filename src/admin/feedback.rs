@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 
 use super::logs::{store_err, store_for};
-use super::{AdminRequest, AdminResponse, Scope};
+use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
 use crate::feedback::posterior::{normalise, nps_to_unit};
 use crate::feedback::service::{parse_scale, scale_name};
@@ -48,7 +48,10 @@ pub async fn handle(
         .require(Scope::Inference)
         .or_else(|_| req.caller.require(Scope::Admin))?;
     let body: Map<String, Value> = crate::proxy::request::parse_object(&req.body)?;
-    let store = store_for(slot, "feedback needs a store").await?;
+    // Scoped: a locked key finds (and so scores) only its project's requests and sessions;
+    // another project's id answers exactly like an unknown one.
+    let vis = req.caller.visibility(None);
+    let store = store_for(slot, "feedback needs a store", &vis).await?;
     for k in body.keys() {
         if !matches!(
             k.as_str(),
@@ -101,9 +104,9 @@ pub async fn handle(
     let row = if body.contains_key("nps")
         || (body.contains_key("session_id") && !body.contains_key("id"))
     {
-        session_row(&*store, auto, &body, now_ms, key_id, comment, detail).await?
+        session_row(&*store, auto, &vis, &body, now_ms, key_id, comment, detail).await?
     } else {
-        request_row(&*store, auto, req, &body, now_ms, key_id, comment, detail).await?
+        request_row(&*store, auto, req, &vis, &body, now_ms, key_id, comment, detail).await?
     };
     let signal = row.signal.clone();
     match store.insert_feedback(&row).await.map_err(store_err)? {
@@ -171,6 +174,7 @@ async fn request_row(
     store: &dyn Store,
     auto: &AutoState,
     req: &AdminRequest,
+    vis: &Visibility,
     body: &Map<String, Value>,
     now_ms: i64,
     key_id: Option<String>,
@@ -239,13 +243,17 @@ async fn request_row(
     };
     normalise(score, scale).map_err(|e| GatewayError::invalid(e.to_string(), Some("score")))?;
     // Find what was served for this id: recent memory first (the trace may not be stored yet).
-    let (route, model, context, session, at_ms) = if let Some(r) = auto.recent(&id) {
+    let recent = auto
+        .recent(&id)
+        .filter(|r| vis.sees(r.project.as_deref()));
+    let (route, model, context, session, at_ms, project) = if let Some(r) = recent {
         (
             Some(r.route.to_string()),
             Some(r.served.to_string()),
             r.context.map(|c| c.to_string()),
             r.session,
             r.at_ms,
+            r.project.map(|p| p.to_string()),
         )
     } else if let Some(d) = store.get_decision(&id).await.map_err(store_err)? {
         (
@@ -254,9 +262,10 @@ async fn request_row(
             d.context,
             d.session_id,
             d.ts_ms,
+            d.project,
         )
     } else if let Some(t) = store.get_trace(&id).await.map_err(store_err)? {
-        (None, t.served_model, None, t.session_id, t.ts_ms)
+        (None, t.served_model, None, t.session_id, t.ts_ms, t.project_id)
     } else {
         return Err(GatewayError::NotFound {
             message: format!(
@@ -293,6 +302,7 @@ async fn request_row(
         key_id,
         comment,
         detail,
+        project,
     })
 }
 
@@ -300,6 +310,7 @@ async fn request_row(
 async fn session_row(
     store: &dyn Store,
     auto: &AutoState,
+    vis: &Visibility,
     body: &Map<String, Value>,
     now_ms: i64,
     key_id: Option<String>,
@@ -335,9 +346,14 @@ async fn session_row(
     // The session's routed requests: stored decisions plus those not yet stored.
     let mut seen: HashSet<String> = HashSet::new();
     let mut targets: Vec<(String, String, String)> = Vec::new();
+    let mut projects: HashSet<Option<String>> = HashSet::new();
     let mut latest = 0i64;
     for (rid, r) in auto.recent_in_session(&session) {
+        if !vis.sees(r.project.as_deref()) {
+            continue;
+        }
         if seen.insert(rid) {
+            projects.insert(r.project.as_deref().map(str::to_string));
             latest = latest.max(r.at_ms);
             targets.push((
                 r.route.to_string(),
@@ -356,6 +372,7 @@ async fn session_row(
         .map_err(store_err)?;
     for d in stored {
         if seen.insert(d.request_id.clone()) {
+            projects.insert(d.project.clone());
             latest = latest.max(d.ts_ms);
             targets.push((d.route, d.served, d.context.unwrap_or_default()));
         }
@@ -370,10 +387,21 @@ async fn session_row(
         });
     }
     targets.truncate(MAX_SESSION_REQUESTS);
+    // Session ids are chosen by clients, so two projects may use the same one: the event (and
+    // its dedup key) belongs to the project of the requests it credits. Only an unlocked
+    // caller can credit requests of several projects at once; that event has no project.
+    let project = match projects.len() {
+        1 => projects.into_iter().next().flatten(),
+        _ => None,
+    };
+    let dedup_key = match &project {
+        Some(p) => format!("session:{p}:{session}"),
+        None => format!("session:{session}"),
+    };
     Ok(FeedbackRow {
         seq: 0,
         id: new_event_id(),
-        dedup_key: format!("session:{session}"),
+        dedup_key,
         signal: "session_nps".into(),
         request_id: None,
         session_id: Some(session),
@@ -388,5 +416,6 @@ async fn session_row(
         key_id,
         comment,
         detail,
+        project,
     })
 }

@@ -14,6 +14,7 @@ pub mod migrations;
 pub mod postgres;
 pub mod query;
 pub mod routing;
+pub mod scoped;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

@@ -942,6 +942,7 @@ pub fn decided(i: usize) -> TraceRecord {
         propensity: 0.5 + i as f64 / 100.0,
         table_version: 1_000 + i as u64,
         signed: format!("{{\"trace\":{{\"i\":{i}}},\"signature\":\"ab\"}}"),
+        project: (i % 3 != 2).then(|| format!("p{}", i % 3)),
     };
     TraceRecord {
         request_id: id,
@@ -965,6 +966,7 @@ fn decision_matches(d: &DecisionRow, q: &DecisionQuery) -> bool {
         .is_none_or(|s| d.session_id.as_ref() == Some(s))
         && q.route.as_ref().is_none_or(|r| &d.route == r)
         && q.model.as_ref().is_none_or(|m| &d.served == m)
+        && q.project.as_ref().is_none_or(|p| d.project.as_ref() == Some(p))
         && q.from_ms.is_none_or(|f| d.ts_ms >= f)
         && q.to_ms.is_none_or(|t| d.ts_ms < t)
         && in_range(d.confidence, q.min_confidence, q.max_confidence)
@@ -1057,6 +1059,11 @@ async fn check_decisions(store: &Arc<dyn Store>) {
             limit: 3,
             ..base.clone()
         },
+        DecisionQuery {
+            project: Some("p1".into()),
+            route: Some("r1".into()),
+            ..base.clone()
+        },
     ];
     for q in &queries {
         let got: Vec<String> = store
@@ -1139,6 +1146,7 @@ pub fn feedback(i: usize, key: &str) -> FeedbackRow {
         key_id: Some("k1".into()),
         comment: (i.is_multiple_of(4)).then(|| "nice \"quoted\" ✓".to_string()),
         detail: (i.is_multiple_of(5)).then(|| "{\"rubric\":\"v1\"}".to_string()),
+        project: (i.is_multiple_of(2)).then(|| "p0".to_string()),
     }
 }
 
