@@ -52,7 +52,9 @@ fn matches_segments(pattern: &[&str], path: &[&str]) -> bool {
         (Some((p, [])), Some((s, []))) if p.starts_with('{') => !s.is_empty(),
         // A placeholder before literal segments takes one or more (route names may hold `/`).
         (Some((p, prest)), Some(_)) if p.starts_with('{') && !prest.is_empty() => (1..path.len())
-            .any(|n| path[..n].iter().all(|x| !x.is_empty()) && matches_segments(prest, &path[n..])),
+            .any(|n| {
+                path[..n].iter().all(|x| !x.is_empty()) && matches_segments(prest, &path[n..])
+            }),
         (Some((p, prest)), Some((s, srest))) => p == s && matches_segments(prest, srest),
         _ => false,
     }

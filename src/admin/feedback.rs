@@ -106,7 +106,10 @@ pub async fn handle(
     {
         session_row(&*store, auto, &vis, &body, now_ms, key_id, comment, detail).await?
     } else {
-        request_row(&*store, auto, req, &vis, &body, now_ms, key_id, comment, detail).await?
+        request_row(
+            &*store, auto, req, &vis, &body, now_ms, key_id, comment, detail,
+        )
+        .await?
     };
     let signal = row.signal.clone();
     match store.insert_feedback(&row).await.map_err(store_err)? {
@@ -243,9 +246,7 @@ async fn request_row(
     };
     normalise(score, scale).map_err(|e| GatewayError::invalid(e.to_string(), Some("score")))?;
     // Find what was served for this id: recent memory first (the trace may not be stored yet).
-    let recent = auto
-        .recent(&id)
-        .filter(|r| vis.sees(r.project.as_deref()));
+    let recent = auto.recent(&id).filter(|r| vis.sees(r.project.as_deref()));
     let (route, model, context, session, at_ms, project) = if let Some(r) = recent {
         (
             Some(r.route.to_string()),
@@ -265,7 +266,14 @@ async fn request_row(
             d.project,
         )
     } else if let Some(t) = store.get_trace(&id).await.map_err(store_err)? {
-        (None, t.served_model, None, t.session_id, t.ts_ms, t.project_id)
+        (
+            None,
+            t.served_model,
+            None,
+            t.session_id,
+            t.ts_ms,
+            t.project_id,
+        )
     } else {
         return Err(GatewayError::NotFound {
             message: format!(

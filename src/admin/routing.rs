@@ -637,7 +637,9 @@ impl RoutingRoutes {
             .iter()
             .filter(|e| route.is_none_or(|r| e.route.as_deref() == Some(r)))
             // A locked caller sees the entries of the routes its project owns.
-            .filter(|e| e.route.as_deref().is_some_and(|r| vis.owns_route(r)) || vis == Visibility::All)
+            .filter(|e| {
+                e.route.as_deref().is_some_and(|r| vis.owns_route(r)) || vis == Visibility::All
+            })
             .collect();
         Ok(AdminResponse::json(
             200,

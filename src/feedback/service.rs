@@ -34,9 +34,9 @@ use crate::trace::writer::StoreSlot;
 
 use super::aggregator::{Aggregator, FeedbackEvent, FeedbackKind, RoutingStats};
 use super::constraints::Constraints;
+use super::pools::{pool_key, Pools};
 use super::posterior::{Posterior, PosteriorState, Scale, Signal};
 use super::priors::Priors;
-use super::pools::{pool_key, Pools};
 use super::router::{Mode, ModelInput, PreparedRoute, RouteInput};
 
 /// Separator between a route and a context bucket in posterior keys (`default\u{1f}math`).
@@ -485,7 +485,7 @@ fn build_route(
     };
     info.mode_source = mode_source;
     // The snapshots of one learning pool (`key`: the route, or a project's pool key).
-    let snapshots = |key: &str| -> Result<(Arc<PreparedRoute>, HashMap<String, Arc<PreparedRoute>>), String> {
+    let snapshots = |key: &str| -> Result<(Arc<PreparedRoute>, Snapshots), String> {
         let mut contexts = HashMap::new();
         if rc.contextual {
             let prefix = format!("{key}{CONTEXT_SEP}");
@@ -526,6 +526,9 @@ fn build_route(
     }
     Ok(route)
 }
+
+/// Per-context-bucket snapshots of one learning pool.
+type Snapshots = HashMap<String, Arc<PreparedRoute>>;
 
 /// The posterior of (route key, model): folded evidence when there is any, else the prior.
 fn posterior_of(inp: &BuildInputs<'_>, key: &str, model: &str) -> Posterior {
@@ -926,13 +929,18 @@ impl BackgroundService for AggregatorService {
                 if now != pools {
                     // Other learning pools: fold every event again into the new keys, as a
                     // fresh instance would.
-                    match Aggregator::new(rt.config.routing.posterior.clone(), rt.config.routing.nps_weight) {
+                    match Aggregator::new(
+                        rt.config.routing.posterior.clone(),
+                        rt.config.routing.nps_weight,
+                    ) {
                         Ok(a) => {
                             st.agg = a;
                             st.cursor = 0;
                             pools = now;
                         }
-                        Err(e) => tracing::error!(error = %e, "learning pools changed but the aggregator cannot restart; keeping the old pools"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "learning pools changed but the aggregator cannot restart; keeping the old pools")
+                        }
                     }
                 }
                 st.priors = Self::load_priors(&rt);

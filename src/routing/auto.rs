@@ -202,9 +202,7 @@ impl AutoState {
     ) -> Option<RouteView> {
         let t = self.table.load();
         let shared = t.routes.get(route)?;
-        let ar = project
-            .and_then(|p| shared.pools.get(p))
-            .unwrap_or(shared);
+        let ar = project.and_then(|p| shared.pools.get(p)).unwrap_or(shared);
         Some(RouteView {
             pool: ar.pool.clone(),
             prepared: Arc::clone(

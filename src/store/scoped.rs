@@ -130,7 +130,9 @@ impl Scoped {
     }
 
     fn denied(&self, what: &str) -> StoreError {
-        StoreError::Config(format!("{what} is not available to a project-scoped caller"))
+        StoreError::Config(format!(
+            "{what} is not available to a project-scoped caller"
+        ))
     }
 }
 
@@ -183,7 +185,11 @@ impl Store for Scoped {
             .rollup_rows(dim, from_ms, to_ms, Some(&self.project))
             .await
     }
-    async fn raw_rows(&self, filter: &LogFilter, group: &GroupBy) -> Result<Vec<RawRow>, StoreError> {
+    async fn raw_rows(
+        &self,
+        filter: &LogFilter,
+        group: &GroupBy,
+    ) -> Result<Vec<RawRow>, StoreError> {
         match self.filter(filter) {
             Some(f) => self.inner.raw_rows(&f, group).await,
             None => Ok(Vec::new()),
@@ -255,7 +261,11 @@ impl Store for Scoped {
     }
     /// The raw page: the chain can only be verified over every entry. The audit endpoint
     /// shows a locked caller only the entries of its routes (`Visibility::owns_route`).
-    async fn list_audit(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn list_audit(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.list_audit(after_seq, limit).await
     }
     async fn put_route_state(

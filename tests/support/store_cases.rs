@@ -966,7 +966,9 @@ fn decision_matches(d: &DecisionRow, q: &DecisionQuery) -> bool {
         .is_none_or(|s| d.session_id.as_ref() == Some(s))
         && q.route.as_ref().is_none_or(|r| &d.route == r)
         && q.model.as_ref().is_none_or(|m| &d.served == m)
-        && q.project.as_ref().is_none_or(|p| d.project.as_ref() == Some(p))
+        && q.project
+            .as_ref()
+            .is_none_or(|p| d.project.as_ref() == Some(p))
         && q.from_ms.is_none_or(|f| d.ts_ms >= f)
         && q.to_ms.is_none_or(|t| d.ts_ms < t)
         && in_range(d.confidence, q.min_confidence, q.max_confidence)
