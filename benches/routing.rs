@@ -98,6 +98,8 @@ fn bench_decide(c: &mut Criterion) {
             info: Default::default(),
             holdback_share: 0.0,
             experiment: None,
+            pool: None,
+            pools: Default::default(),
         },
     );
     state.table.store(Arc::new(table));
@@ -126,7 +128,7 @@ fn bench_decide(c: &mut Criterion) {
                 rng: 0.5,
             },
         );
-        b.iter(|| black_box(state.decision_row(&d, "chatcmpl-x", 0, Some("s"), None)))
+        b.iter(|| black_box(state.decision_row(&d, "chatcmpl-x", 0, Some("s"), None, None)))
     });
     c.bench_function("decide_and_trace_10_candidates", |b| {
         b.iter(|| {

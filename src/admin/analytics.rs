@@ -35,7 +35,7 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
         GatewayError::invalid("'bucket' must be hour, day or none", Some("bucket"))
     })?;
     let filter = scoped_filter(req)?;
-    let store = store_of(slot)?;
+    let store = store_of(slot, &req.caller.visibility(None))?;
     let q = AnalyticsQuery {
         filter: filter.clone(),
         group_by,

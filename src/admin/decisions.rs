@@ -67,7 +67,12 @@ pub async fn get_one(
     id: &str,
 ) -> Result<AdminResponse, GatewayError> {
     check_get(req)?;
-    let store = store_for(slot, "decisions are stored with traces").await?;
+    let store = store_for(
+        slot,
+        "decisions are stored with traces",
+        &req.caller.visibility(None),
+    )
+    .await?;
     // Read-your-writes: a decision this instance just made is flushed before the lookup.
     if let Some(s) = slot {
         s.settle(id).await;
@@ -181,6 +186,8 @@ fn query(req: &AdminRequest, extra: &[&str]) -> Result<DecisionQuery, GatewayErr
         max_quality: num(req, "max_quality")?,
         before,
         limit,
+        // The caller's project lock is applied by the scoped store.
+        project: None,
     })
 }
 
@@ -190,7 +197,12 @@ pub async fn list(
 ) -> Result<AdminResponse, GatewayError> {
     check_get(req)?;
     let q = query(req, &[])?;
-    let store = store_for(slot, "decisions are stored with traces").await?;
+    let store = store_for(
+        slot,
+        "decisions are stored with traces",
+        &req.caller.visibility(None),
+    )
+    .await?;
     if let (Some(s), None) = (slot, &q.before) {
         s.settle_all().await;
     }
@@ -215,7 +227,12 @@ pub async fn export(
     let mut q = query(req, &["gzip"])?;
     q.limit = EXPORT_PAGE;
     let gzip = gzip_param(req)?;
-    let store = store_for(slot, "decisions are stored with traces").await?;
+    let store = store_for(
+        slot,
+        "decisions are stored with traces",
+        &req.caller.visibility(None),
+    )
+    .await?;
     store.health().await.map_err(store_err)?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     tokio::spawn(stream_export(store, q, export_gzip(req, gzip), tx));
@@ -296,11 +313,21 @@ pub async fn explain(
             )
         })?
         .to_string();
-    let rc = rt.route(&rule).ok_or_else(|| GatewayError::NotFound {
-        message: format!("Routing rule '{rule}' is not defined."),
-        code: "route_not_found",
-        param: Some("model".into()),
-    })?;
+    // As on the request path: the key's project wins over the header, and a route owned by
+    // another project answers like an undefined one.
+    let project = req
+        .caller
+        .project
+        .as_deref()
+        .or_else(|| header(&rt.headers.project_id));
+    let rc = rt
+        .route(&rule)
+        .filter(|rc| rc.project.is_none() || project.is_none() || rc.project.as_deref() == project)
+        .ok_or_else(|| GatewayError::NotFound {
+            message: format!("Routing rule '{rule}' is not defined."),
+            code: "route_not_found",
+            param: Some("model".into()),
+        })?;
     if !rc.is_feedback() {
         return Err(GatewayError::invalid(
             format!("Routing rule '{rule}' is a static rule (no baseline): nothing to explain"),
@@ -310,7 +337,11 @@ pub async fn explain(
     let context = rc
         .contextual
         .then(|| crate::feedback::context::context_key(chat.messages()).as_str());
-    let prepared = auto.prepared(&rule, context).ok_or_else(|| {
+    let pool = match rc.learning {
+        crate::config::Learning::Project => project,
+        crate::config::Learning::Shared => None,
+    };
+    let view = auto.lookup_for(&rule, pool, context).ok_or_else(|| {
         let why = auto
             .table
             .load()
@@ -321,12 +352,17 @@ pub async fn explain(
             .unwrap_or_else(|| "not in the current router table yet".into());
         GatewayError::Unavailable(format!("route '{rule}' cannot be routed: {why}"))
     })?;
-    let session = header(&rt.headers.session_id);
+    // Sticky sessions are per project, as on the request path.
+    let session = header(&rt.headers.session_id).map(|s| match project {
+        Some(p) => format!("{p}\u{1e}{s}"),
+        None => s.to_string(),
+    });
     let now = chrono::Utc::now().timestamp_millis();
     // A fixed draw: the explanation shows the exploit decision, not a random exploration.
-    let d = auto.explain(&prepared, &rule, session, now, 0.999_999);
+    let d = auto.explain(&view.prepared, &rule, session.as_deref(), now, 0.999_999);
     let mut trace = d.trace("explain", now);
     trace.context = context.map(str::to_string);
+    trace.pool = Some(crate::routing::auto::pool_name(view.pool.as_deref()));
     let signed = sign(&trace, &auto.signing)
         .map_err(|e| GatewayError::Internal(format!("decision could not be signed: {e}")))?;
     Ok(AdminResponse::json(

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::logs::store_err;
 use super::routing::{actor, body_object, reason, RoutingRoutes};
-use super::{AdminRequest, AdminResponse, Scope};
+use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
 use crate::feedback::service::{effective_state, ExperimentRecord, OperatorAction};
 use crate::feedback::Mode;
@@ -36,8 +36,12 @@ fn current(r: &RoutingRoutes, rec: &ExperimentRecord) -> Option<Experiment> {
     Experiment::new(&rec.id, rec.spec.clone(), rec.created_ms).ok()
 }
 
-async fn records(r: &RoutingRoutes) -> Result<Vec<ExperimentRecord>, GatewayError> {
-    let store = r.store().await?;
+/// The experiments the caller may see (the scoped store shows a locked caller its routes').
+async fn records(
+    r: &RoutingRoutes,
+    vis: &Visibility,
+) -> Result<Vec<ExperimentRecord>, GatewayError> {
+    let store = r.store(vis).await?;
     let states = store.route_states().await.map_err(store_err)?;
     Ok(states
         .into_iter()
@@ -69,10 +73,15 @@ pub async fn handle(
     let rest = path
         .trim_start_matches("/v1/experiments")
         .trim_start_matches('/');
+    let vis = req.caller.visibility(Some(&rt.config));
     match (req.method.as_str(), rest.split_once('/')) {
         ("GET", None) if rest.is_empty() => {
             req.caller.require(Scope::Read)?;
-            let data: Vec<Value> = records(r).await?.iter().map(|x| report(r, x)).collect();
+            let data: Vec<Value> = records(r, &vis)
+                .await?
+                .iter()
+                .map(|x| report(r, x))
+                .collect();
             Ok(AdminResponse::json(
                 200,
                 &json!({"object": "list", "data": data}),
@@ -80,16 +89,16 @@ pub async fn handle(
         }
         ("GET", None) => {
             req.caller.require(Scope::Read)?;
-            let rec = records(r)
+            let rec = records(r, &vis)
                 .await?
                 .into_iter()
                 .find(|x| x.id == rest)
                 .ok_or_else(|| not_found(rest))?;
             Ok(AdminResponse::json(200, &report(r, &rec)))
         }
-        ("POST", None) if rest.is_empty() => create(r, rt, req).await,
+        ("POST", None) if rest.is_empty() => create(r, rt, req, &vis).await,
         ("POST", Some((id, action @ ("stop" | "promote")))) => {
-            operate(r, rt, req, id, action).await
+            operate(r, rt, req, &vis, id, action).await
         }
         (m, _) => Err(GatewayError::MethodNotAllowed(format!(
             "{m} is not allowed on {path}"
@@ -109,11 +118,12 @@ async fn create(
     r: &RoutingRoutes,
     rt: &Runtime,
     req: &AdminRequest,
+    vis: &Visibility,
 ) -> Result<AdminResponse, GatewayError> {
     req.caller.require(Scope::Admin)?;
     let mut spec: ExperimentSpec = serde_json::from_slice(&req.body)
         .map_err(|e| GatewayError::invalid(format!("experiment spec: {e}"), None))?;
-    let rc = RoutingRoutes::feedback_route(rt, &spec.route)?;
+    let rc = RoutingRoutes::feedback_route(rt, &spec.route, vis)?;
     let baseline = rc.baseline.clone().unwrap_or_default();
     if !rc.candidates.contains(&spec.candidate) {
         return Err(GatewayError::invalid(
@@ -140,7 +150,7 @@ async fn create(
     // Validates ramp, alpha, limits.
     Experiment::new(&id, spec.clone(), now)
         .map_err(|e| GatewayError::invalid(e.to_string(), None))?;
-    if let Some(old) = records(r)
+    if let Some(old) = records(r, vis)
         .await?
         .into_iter()
         .find(|x| x.spec.route == spec.route)
@@ -163,6 +173,7 @@ async fn create(
     };
     let v = serde_json::to_string(&rec).unwrap_or_default();
     r.change(
+        vis,
         &spec.route,
         "experiment",
         Some(v.clone()),
@@ -184,12 +195,13 @@ async fn operate(
     r: &RoutingRoutes,
     rt: &Runtime,
     req: &AdminRequest,
+    vis: &Visibility,
     id: &str,
     action: &str,
 ) -> Result<AdminResponse, GatewayError> {
     req.caller.require(Scope::Admin)?;
     let body = body_object(req)?;
-    let mut rec = records(r)
+    let mut rec = records(r, vis)
         .await?
         .into_iter()
         .find(|x| x.id == id)
@@ -211,6 +223,7 @@ async fn operate(
     let v = serde_json::to_string(&rec).unwrap_or_default();
     let route = rec.spec.route.clone();
     r.change(
+        vis,
         &route,
         "experiment",
         Some(v.clone()),
@@ -227,10 +240,11 @@ async fn operate(
     .await?;
     if action == "promote" {
         // The manual flip: the route goes live (audited like any mode change).
-        let rc = RoutingRoutes::feedback_route(rt, &route)?;
-        let traffic = r.current_traffic().await?;
+        let rc = RoutingRoutes::feedback_route(rt, &route, vis)?;
+        let traffic = r.current_traffic(vis).await?;
         let (old_mode, ..) = effective_state(&route, rc, &traffic);
         r.change(
+            vis,
             &route,
             "mode",
             serde_json::to_string(&Mode::Live).ok(),

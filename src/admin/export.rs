@@ -100,7 +100,7 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
     check_params(req, &["gzip"])?;
     let gzip = gzip_param(req)?;
     let filter = scoped_filter(req)?;
-    let store = store_of(slot)?;
+    let store = store_of(slot, &req.caller.visibility(None))?;
     // Fail fast (503) rather than starting a 200 stream against a dead store.
     store.health().await.map_err(super::logs::store_err)?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);

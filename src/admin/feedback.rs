@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use serde_json::{json, Map, Value};
 
 use super::logs::{store_err, store_for};
-use super::{AdminRequest, AdminResponse, Scope};
+use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
 use crate::feedback::posterior::{normalise, nps_to_unit};
 use crate::feedback::service::{parse_scale, scale_name};
@@ -58,7 +58,7 @@ pub async fn get_one(
             req.method, req.path
         )));
     }
-    let store = store_for(slot, "feedback needs a store").await?;
+    let store = store_for(slot, "feedback needs a store", &req.caller.visibility(None)).await?;
     if let Some(row) = store.get_feedback(id).await.map_err(store_err)? {
         return Ok(AdminResponse::json(200, &event_json(&row, "accepted")));
     }
@@ -124,7 +124,10 @@ pub async fn handle(
         .require(Scope::Inference)
         .or_else(|_| req.caller.require(Scope::Admin))?;
     let body: Map<String, Value> = crate::proxy::request::parse_object(&req.body)?;
-    let store = store_for(slot, "feedback needs a store").await?;
+    // Scoped: a locked key finds (and so scores) only its project's requests and sessions;
+    // another project's id answers exactly like an unknown one.
+    let vis = req.caller.visibility(None);
+    let store = store_for(slot, "feedback needs a store", &vis).await?;
     for k in body.keys() {
         if !matches!(
             k.as_str(),
@@ -187,9 +190,12 @@ pub async fn handle(
     let (row, known) = if body.contains_key("nps")
         || (body.contains_key("session_id") && !body.contains_key("id"))
     {
-        session_row(&*store, auto, &body, now_ms, key_id, comment, detail).await?
+        session_row(&*store, auto, &vis, &body, now_ms, key_id, comment, detail).await?
     } else {
-        request_row(&*store, auto, req, &body, now_ms, key_id, comment, detail).await?
+        request_row(
+            &*store, auto, req, &vis, &body, now_ms, key_id, comment, detail,
+        )
+        .await?
     };
     if !known {
         if window_ms > 0 {
@@ -266,6 +272,7 @@ async fn request_row(
     store: &dyn Store,
     auto: &AutoState,
     req: &AdminRequest,
+    vis: &Visibility,
     body: &Map<String, Value>,
     now_ms: i64,
     key_id: Option<String>,
@@ -334,13 +341,15 @@ async fn request_row(
     };
     normalise(score, scale).map_err(|e| GatewayError::invalid(e.to_string(), Some("score")))?;
     // Find what was served for this id: recent memory first (the trace may not be stored yet).
-    let (route, model, context, session, at_ms) = if let Some(r) = auto.recent(&id) {
+    let recent = auto.recent(&id).filter(|r| vis.sees(r.project.as_deref()));
+    let (route, model, context, session, at_ms, project) = if let Some(r) = recent {
         (
             Some(r.route.to_string()),
             Some(r.served.to_string()),
             r.context.map(|c| c.to_string()),
             r.session,
             r.at_ms,
+            r.project.map(|p| p.to_string()),
         )
     } else if let Some(d) = store.get_decision(&id).await.map_err(store_err)? {
         (
@@ -349,12 +358,22 @@ async fn request_row(
             d.context,
             d.session_id,
             d.ts_ms,
+            d.project,
         )
     } else if let Some(t) = store.get_trace(&id).await.map_err(store_err)? {
-        (None, t.served_model, None, t.session_id, t.ts_ms)
+        (
+            None,
+            t.served_model,
+            None,
+            t.session_id,
+            t.ts_ms,
+            t.project_id,
+        )
     } else {
-        // Not stored yet (or never served): the caller parks it as pending or rejects it.
-        (None, None, None, None, 0)
+        // Not stored yet (or never served, or another project's: the scoped store does not
+        // find those): the caller parks it as pending or rejects it. A pending event keeps the
+        // caller's project so reconciliation never credits another project's request.
+        (None, None, None, None, 0, vis.project().map(str::to_string))
     };
     let known = at_ms != 0;
     let dedup_key = match signal {
@@ -384,6 +403,7 @@ async fn request_row(
         key_id,
         comment,
         detail,
+        project,
     };
     Ok((row, known))
 }
@@ -404,6 +424,7 @@ fn unknown_target(row: &FeedbackRow) -> GatewayError {
 async fn session_row(
     store: &dyn Store,
     auto: &AutoState,
+    vis: &Visibility,
     body: &Map<String, Value>,
     now_ms: i64,
     key_id: Option<String>,
@@ -439,9 +460,14 @@ async fn session_row(
     // The session's routed requests: stored decisions plus those not yet stored.
     let mut seen: HashSet<String> = HashSet::new();
     let mut targets: Vec<(String, String, String)> = Vec::new();
+    let mut projects: HashSet<Option<String>> = HashSet::new();
     let mut latest = 0i64;
     for (rid, r) in auto.recent_in_session(&session) {
+        if !vis.sees(r.project.as_deref()) {
+            continue;
+        }
         if seen.insert(rid) {
+            projects.insert(r.project.as_deref().map(str::to_string));
             latest = latest.max(r.at_ms);
             targets.push((
                 r.route.to_string(),
@@ -460,6 +486,7 @@ async fn session_row(
         .map_err(store_err)?;
     for d in stored {
         if seen.insert(d.request_id.clone()) {
+            projects.insert(d.project.clone());
             latest = latest.max(d.ts_ms);
             targets.push((d.route, d.served, d.context.unwrap_or_default()));
         }
@@ -468,10 +495,24 @@ async fn session_row(
     // crediting none when the window closes).
     let known = !targets.is_empty();
     targets.truncate(MAX_SESSION_REQUESTS);
+    // Session ids are chosen by clients, so two projects may use the same one: the event (and
+    // its dedup key) belongs to the project of the requests it credits. Only an unlocked
+    // caller can credit requests of several projects at once; that event has no project.
+    // With no request known yet, a locked caller's pending NPS keeps its project, so
+    // reconciliation credits only that project's requests.
+    let project = match projects.len() {
+        0 => vis.project().map(str::to_string),
+        1 => projects.into_iter().next().flatten(),
+        _ => None,
+    };
+    let dedup_key = match &project {
+        Some(p) => format!("session:{p}:{session}"),
+        None => format!("session:{session}"),
+    };
     let row = FeedbackRow {
         seq: 0,
         id: new_event_id(),
-        dedup_key: format!("session:{session}"),
+        dedup_key,
         signal: "session_nps".into(),
         request_id: None,
         session_id: Some(session),
@@ -486,6 +527,7 @@ async fn session_row(
         key_id,
         comment,
         detail,
+        project,
     };
     Ok((row, known))
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Map, Value};
 
-use super::{AdminRequest, AdminResponse, Scope};
+use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
+use crate::store::scoped::scoped;
 use crate::store::{Cursor, LogFilter, LogQuery, Store, StoreError};
 use crate::trace::writer::StoreSlot;
 use crate::trace::TraceRecord;
@@ -96,8 +97,10 @@ pub fn scoped_filter(req: &AdminRequest) -> Result<LogFilter, GatewayError> {
     Ok(f)
 }
 
-pub fn store_of(slot: &StoreSlot) -> Result<Arc<dyn Store>, GatewayError> {
-    slot.get().ok_or_else(|| {
+/// The store as the caller may use it: narrowed to its project when its key is locked
+/// (`store::scoped`), so no handler can reach another project's rows.
+pub fn store_of(slot: &StoreSlot, vis: &Visibility) -> Result<Arc<dyn Store>, GatewayError> {
+    slot.get().map(|s| scoped(s, vis)).ok_or_else(|| {
         GatewayError::Unavailable("the trace store is not available yet; retry shortly".into())
     })
 }
@@ -105,11 +108,13 @@ pub fn store_of(slot: &StoreSlot) -> Result<Arc<dyn Store>, GatewayError> {
 /// How long a request waits for the store while the gateway is starting (the writer opens it).
 pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// The store behind an optional slot: `None` (`storage.backend = "none"`) is a 503 saying that
-/// `what` needs one; otherwise wait up to [`STORE_WAIT`] for the writer to open it.
+/// The store behind an optional slot, as `vis` may use it: `None` (`storage.backend =
+/// "none"`) is a 503 saying that `what` needs one; otherwise wait up to [`STORE_WAIT`] for
+/// the writer to open it.
 pub async fn store_for(
     slot: Option<&StoreSlot>,
     what: &str,
+    vis: &Visibility,
 ) -> Result<Arc<dyn Store>, GatewayError> {
     let slot = slot.ok_or_else(|| {
         GatewayError::Unavailable(format!(
@@ -117,8 +122,8 @@ pub async fn store_for(
         ))
     })?;
     match slot.wait(STORE_WAIT).await {
-        Some(s) => Ok(s),
-        None => store_of(slot),
+        Some(s) => Ok(scoped(s, vis)),
+        None => store_of(slot, vis),
     }
 }
 
@@ -171,7 +176,7 @@ async fn list(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gat
             GatewayError::invalid("'cursor' is not a valid cursor", Some("cursor"))
         })?),
     };
-    let store = store_of(slot)?;
+    let store = store_of(slot, &req.caller.visibility(None))?;
     // Read-your-writes: the first page includes what this instance just served.
     if after.is_none() {
         slot.settle_all().await;
@@ -210,11 +215,10 @@ async fn one(
 ) -> Result<AdminResponse, GatewayError> {
     check_read(req)?;
     let id = decode_id(raw)?;
-    let store = store_of(slot)?;
+    let store = store_of(slot, &req.caller.visibility(None))?;
     slot.settle(&id).await;
-    let rec = store.get_trace(&id).await.map_err(store_err)?;
-    // Another project's trace is reported as unknown, not forbidden: no existence leak.
-    match rec.filter(|r| req.caller.project.is_none() || r.project_id == req.caller.project) {
+    // Another project's trace is not found in the scoped store: answered as unknown.
+    match store.get_trace(&id).await.map_err(store_err)? {
         Some(r) => Ok(AdminResponse::json(200, &record_json(&r))),
         None => Err(GatewayError::NotFound {
             message: format!("No log with request id '{id}'"),
@@ -278,7 +282,7 @@ async fn session(
     let id = decode_id(raw)?;
     let mut filter = scoped_filter(req)?;
     filter.session = Some(id.clone());
-    let store = store_of(slot)?;
+    let store = store_of(slot, &req.caller.visibility(None))?;
     slot.settle_all().await;
     let mut recs: Vec<TraceRecord> = Vec::new();
     let mut after = None;

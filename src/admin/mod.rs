@@ -5,6 +5,7 @@
 
 pub mod analytics;
 pub mod decisions;
+pub mod endpoints;
 pub mod experiments;
 pub mod export;
 pub mod feedback;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::error::GatewayError;
+pub use crate::store::scoped::Visibility;
 
 /// What a gateway key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -44,6 +46,12 @@ impl Caller {
     pub fn has(&self, s: Scope) -> bool {
         // admin implies read
         self.scopes.contains(&s) || (s == Scope::Read && self.scopes.contains(&Scope::Admin))
+    }
+
+    /// The tenancy scope of this caller (see `store::scoped`); `config` says which routes a
+    /// project owns (`None`: handlers that never touch route-level state).
+    pub fn visibility(&self, config: Option<&crate::config::GatewayConfig>) -> Visibility {
+        Visibility::new(self.project.as_deref(), config)
     }
 
     pub fn require(&self, s: Scope) -> Result<(), GatewayError> {

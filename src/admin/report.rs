@@ -225,7 +225,9 @@ pub async fn shadow(
                 "missing_required_parameter",
             )
         })?;
-    let rc = match rt.route(route) {
+    let vis = req.caller.visibility(Some(&rt.config));
+    // Another project's route answers like an undefined one.
+    let rc = match rt.route(route).filter(|_| vis.owns_route(route)) {
         Some(rc) if rc.is_feedback() => rc,
         Some(_) => {
             return Err(GatewayError::invalid(
@@ -248,7 +250,7 @@ pub async fn shadow(
             Some("window"),
         )
     })?;
-    let store = store_for(slot, "the report reads stored traces").await?;
+    let store = store_for(slot, "the report reads stored traces", &vis).await?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let from_ms = now_ms - window as i64 * 1000;
     let table = auto.table.load();

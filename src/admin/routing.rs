@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::logs::{store_err, store_for};
-use super::{AdminRequest, AdminResponse, AdminRoutes, Scope};
+use super::{AdminRequest, AdminResponse, AdminRoutes, Scope, Visibility};
 use crate::error::GatewayError;
 use crate::feedback::constraints::Constraints;
 use crate::feedback::service::{effective_state, PinState, Traffic};
@@ -100,15 +100,23 @@ pub(crate) fn body_object(req: &AdminRequest) -> Result<Map<String, Value>, Gate
 }
 
 impl RoutingRoutes {
-    pub(crate) async fn store(&self) -> Result<Arc<dyn Store>, GatewayError> {
-        store_for(self.slot.as_ref(), "operator state is kept in the store").await
+    pub(crate) async fn store(&self, vis: &Visibility) -> Result<Arc<dyn Store>, GatewayError> {
+        store_for(
+            self.slot.as_ref(),
+            "operator state is kept in the store",
+            vis,
+        )
+        .await
     }
 
+    /// A feedback route the caller may see. A route owned by another project (or by none,
+    /// for a locked caller) answers exactly like an undefined one.
     pub(crate) fn feedback_route<'a>(
         rt: &'a Runtime,
         route: &str,
+        vis: &Visibility,
     ) -> Result<&'a crate::config::RouteConfig, GatewayError> {
-        match rt.route(route) {
+        match rt.route(route).filter(|_| vis.owns_route(route)) {
             Some(rc) if rc.is_feedback() => Ok(rc),
             Some(_) => Err(GatewayError::invalid(
                 format!("route '{route}' is a static rule, not a feedback route (no baseline)"),
@@ -125,12 +133,13 @@ impl RoutingRoutes {
     /// Store the new state, append the audit entry, and wake the aggregator.
     pub(crate) async fn change(
         &self,
+        vis: &Visibility,
         route: &str,
         key: &str,
         value: Option<String>,
         entry: AuditAppend,
     ) -> Result<AuditEntry, GatewayError> {
-        let store = self.store().await?;
+        let store = self.store(vis).await?;
         store
             .put_route_state(route, key, value.as_deref(), entry.ts_ms)
             .await
@@ -150,8 +159,8 @@ impl RoutingRoutes {
     }
 
     /// The operator state as the aggregator last read it, plus what is in the store now.
-    pub(crate) async fn current_traffic(&self) -> Result<Traffic, GatewayError> {
-        let store = self.store().await?;
+    pub(crate) async fn current_traffic(&self, vis: &Visibility) -> Result<Traffic, GatewayError> {
+        let store = self.store(vis).await?;
         let states = store.route_states().await.map_err(store_err)?;
         Ok(Traffic::from_rows(
             Vec::new(),
@@ -166,13 +175,14 @@ impl RoutingRoutes {
         if req.method != "GET" {
             return Err(GatewayError::MethodNotAllowed("use GET".into()));
         }
+        let vis = req.caller.visibility(Some(&rt.config));
         let t = self.auto.table.load();
         let mut routes = Vec::new();
         let mut names: Vec<&String> = t.routes.keys().collect();
         names.sort();
         for name in names {
             let ar = &t.routes[name];
-            if req.param("route").is_some_and(|r| r != name) {
+            if req.param("route").is_some_and(|r| r != name) || !vis.owns_route(name) {
                 continue;
             }
             let p = &ar.prepared;
@@ -224,8 +234,32 @@ impl RoutingRoutes {
                     })
                     .collect()
             };
+            // Project learning pools (`learning = "project"`), as far as the caller sees them.
+            let mut pools: Vec<(&String, &crate::routing::auto::AutoRoute)> = ar
+                .pools
+                .iter()
+                .filter(|(project, _)| vis.sees(Some(project.as_str())))
+                .collect();
+            pools.sort_by(|a, b| a.0.cmp(b.0));
+            let pools: Vec<Value> = pools
+                .iter()
+                .map(|(project, pr)| {
+                    let p = &pr.prepared;
+                    json!({
+                        "project": project,
+                        "pool": crate::routing::auto::pool_name(Some(project.as_str())),
+                        "exploit": &*p.models[p.exploit(&crate::feedback::RequestContext::default())].model,
+                        "models": p.models.iter().map(|m| json!({
+                            "model": &*m.model, "quality_mean": m.posterior.mean(),
+                            "samples": m.posterior.samples, "confidence": m.gate.confidence,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
             routes.push(json!({
                 "route": name,
+                "learning": rt.route(name).map(|rc| rc.learning),
+                "pools": pools,
                 "mode": p.mode.as_str(),
                 "mode_source": ar.info.mode_source,
                 "baseline": &*p.models[0].model,
@@ -252,9 +286,9 @@ impl RoutingRoutes {
         let broken: Vec<Value> = t
             .broken
             .iter()
+            .filter(|(r, _)| vis.owns_route(r))
             .map(|(r, e)| json!({"route": r, "error": e}))
             .collect();
-        let _ = rt;
         Ok(AdminResponse::json(
             200,
             &json!({
@@ -275,13 +309,14 @@ impl RoutingRoutes {
         rt: &Runtime,
         req: &AdminRequest,
     ) -> Result<AdminResponse, GatewayError> {
+        let vis = req.caller.visibility(Some(&rt.config));
         match req.method.as_str() {
             "GET" => {
                 req.caller.require(Scope::Read)?;
-                let traffic = self.current_traffic().await?;
+                let traffic = self.current_traffic(&vis).await?;
                 let mut data = Vec::new();
                 for (name, rc) in rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
-                    if req.param("route").is_some_and(|r| r != name) {
+                    if req.param("route").is_some_and(|r| r != name) || !vis.owns_route(name) {
                         continue;
                     }
                     let (_, _, c, src, _) = effective_state(name, rc, &traffic);
@@ -307,7 +342,7 @@ impl RoutingRoutes {
                         )
                     })?
                     .to_string();
-                let rc = Self::feedback_route(rt, &route)?;
+                let rc = Self::feedback_route(rt, &route, &vis)?;
                 let patch = body
                     .get("constraints")
                     .and_then(Value::as_object)
@@ -318,7 +353,7 @@ impl RoutingRoutes {
                             "missing_required_parameter",
                         )
                     })?;
-                let traffic = self.current_traffic().await?;
+                let traffic = self.current_traffic(&vis).await?;
                 let (_, _, old, _, _) = effective_state(&route, rc, &traffic);
                 // Merge the given knobs over the current ones (null clears an optional knob).
                 let mut merged = serde_json::to_value(&old)
@@ -338,6 +373,7 @@ impl RoutingRoutes {
                 let new_s = serde_json::to_string(&new).unwrap_or_default();
                 let entry = self
                     .change(
+                        &vis,
                         &route,
                         "constraints",
                         Some(new_s.clone()),
@@ -369,11 +405,12 @@ impl RoutingRoutes {
                         )
                     })?
                     .to_string();
-                let rc = Self::feedback_route(rt, &route)?;
-                let traffic = self.current_traffic().await?;
+                let rc = Self::feedback_route(rt, &route, &vis)?;
+                let traffic = self.current_traffic(&vis).await?;
                 let (_, _, old, _, _) = effective_state(&route, rc, &traffic);
                 let entry = self
                     .change(
+                        &vis,
                         &route,
                         "constraints",
                         None,
@@ -411,7 +448,8 @@ impl RoutingRoutes {
                 "use POST {\"mode\": \"off|shadow|live\"}".into(),
             ));
         }
-        let rc = Self::feedback_route(rt, route)?;
+        let vis = req.caller.visibility(Some(&rt.config));
+        let rc = Self::feedback_route(rt, route, &vis)?;
         let body = body_object(req)?;
         let mode: Mode = body
             .get("mode")
@@ -420,10 +458,11 @@ impl RoutingRoutes {
             .ok_or_else(|| {
                 GatewayError::invalid("'mode' must be off, shadow or live", Some("mode"))
             })?;
-        let traffic = self.current_traffic().await?;
+        let traffic = self.current_traffic(&vis).await?;
         let (old, ..) = effective_state(route, rc, &traffic);
         let entry = self
             .change(
+                &vis,
                 route,
                 "mode",
                 serde_json::to_string(&mode).ok(),
@@ -451,8 +490,9 @@ impl RoutingRoutes {
         route: &str,
     ) -> Result<AdminResponse, GatewayError> {
         req.caller.require(Scope::Admin)?;
-        let rc = Self::feedback_route(rt, route)?;
-        let traffic = self.current_traffic().await?;
+        let vis = req.caller.visibility(Some(&rt.config));
+        let rc = Self::feedback_route(rt, route, &vis)?;
+        let traffic = self.current_traffic(&vis).await?;
         let (.., old) = effective_state(route, rc, &traffic);
         let now = chrono::Utc::now().timestamp_millis();
         match req.method.as_str() {
@@ -480,6 +520,7 @@ impl RoutingRoutes {
                 let v = serde_json::to_string(&pin).unwrap_or_default();
                 let entry = self
                     .change(
+                        &vis,
                         route,
                         "pin",
                         Some(v.clone()),
@@ -509,13 +550,14 @@ impl RoutingRoutes {
                     });
                 };
                 // The rollback monitor starts afresh from now: old evidence must not re-pin.
-                let store = self.store().await?;
+                let store = self.store(&vis).await?;
                 store
                     .put_route_state(route, "rollback_since", Some(&now.to_string()), now)
                     .await
                     .map_err(store_err)?;
                 let entry = self
                     .change(
+                        &vis,
                         route,
                         "pin",
                         None,
@@ -570,7 +612,8 @@ impl RoutingRoutes {
                 .filter(|n| (1..=1000).contains(n))
                 .ok_or_else(|| GatewayError::invalid("'limit' must be 1..=1000", Some("limit")))?,
         };
-        let store = self.store().await?;
+        let vis = req.caller.visibility(Some(&self.runtime.load().config));
+        let store = self.store(&vis).await?;
         // One entry before the page, so the page's first link is verified too.
         let start = (after - 1).max(0);
         let mut rows = store
@@ -596,6 +639,10 @@ impl RoutingRoutes {
         let data: Vec<&AuditEntry> = rows
             .iter()
             .filter(|e| route.is_none_or(|r| e.route.as_deref() == Some(r)))
+            // A locked caller sees the entries of the routes its project owns.
+            .filter(|e| {
+                e.route.as_deref().is_some_and(|r| vis.owns_route(r)) || vis == Visibility::All
+            })
             .collect();
         Ok(AdminResponse::json(
             200,

@@ -227,6 +227,26 @@ pub struct RouteConfig {
     pub expected_prompt_tokens: u64,
     #[serde(default = "default_completion_tokens")]
     pub expected_completion_tokens: u64,
+    /// Tenancy: the project that owns this feedback route. Keys locked to it may change the
+    /// route's operator state; keys locked to other projects cannot use or see it.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Whose traffic and feedback train the router: one pool for all (`shared`, default)
+    /// or one pool per project (`project`). See docs/tenancy.md.
+    #[serde(default)]
+    pub learning: Learning,
+}
+
+/// `routes.<name>.learning`: the learning pools of a feedback route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Learning {
+    /// Every project's feedback trains one set of posteriors.
+    #[default]
+    Shared,
+    /// Each configured project trains its own posteriors, starting from the route's priors;
+    /// traffic without a configured project learns in the shared pool.
+    Project,
 }
 
 impl RouteConfig {
@@ -605,7 +625,15 @@ impl GatewayConfig {
                 if let Err(e) = r.score.validate() {
                     return bad(format!("routes.{name}.score: {e}"));
                 }
+                if r.project.as_deref().is_some_and(str::is_empty) {
+                    return bad(format!("routes.{name}.project must not be empty"));
+                }
                 continue;
+            }
+            if r.project.is_some() || r.learning != Learning::Shared {
+                return bad(format!(
+                    "routes.{name}: `project` and `learning` apply to feedback routes (with a baseline)"
+                ));
             }
             if r.targets.is_empty() {
                 return bad(format!(

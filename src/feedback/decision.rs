@@ -86,6 +86,9 @@ pub struct DecisionTrace {
     /// Prompt-context bucket whose snapshot decided (contextual routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// Learning pool whose posteriors decided: `shared` or `project:<name>` (tenancy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 fn pct(x: f64) -> String {
@@ -200,6 +203,7 @@ impl Decision {
             explanation,
             reversible: true,
             context: None,
+            pool: None,
         }
     }
 

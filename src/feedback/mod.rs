@@ -18,6 +18,7 @@ pub mod context;
 pub mod decision;
 pub mod gate;
 pub mod math;
+pub mod pools;
 pub mod posterior;
 pub mod priors;
 pub mod router;

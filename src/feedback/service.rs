@@ -34,6 +34,7 @@ use crate::trace::writer::StoreSlot;
 
 use super::aggregator::{Aggregator, FeedbackEvent, FeedbackKind, RoutingStats};
 use super::constraints::Constraints;
+use super::pools::{pool_key, Pools};
 use super::posterior::{Posterior, PosteriorState, Scale, Signal};
 use super::priors::Priors;
 use super::router::{Mode, ModelInput, PreparedRoute, RouteInput};
@@ -49,7 +50,13 @@ pub fn context_key(route: &str, context: &str) -> String {
 /// Map a stored feedback row to the aggregator's events (route level, and context level when
 /// the scored decision used a context bucket). Errors name what is wrong with the row.
 pub fn events_for(row: &FeedbackRow) -> Result<Vec<FeedbackEvent>, String> {
+    events_in(row, &Pools::default())
+}
+
+/// As [`events_for`], keyed by the learning pool the row's project trains.
+pub fn events_in(row: &FeedbackRow, pools: &Pools) -> Result<Vec<FeedbackEvent>, String> {
     let mut out = Vec::with_capacity(2);
+    let project = row.project.as_deref();
     match row.signal.as_str() {
         // An NPS stored for a session with no routed request credits nothing.
         "session_nps" if row.targets.is_empty() => {}
@@ -57,13 +64,18 @@ pub fn events_for(row: &FeedbackRow) -> Result<Vec<FeedbackEvent>, String> {
             let requests: Vec<(Arc<str>, Arc<str>)> = row
                 .targets
                 .iter()
-                .map(|(r, m, _)| (Arc::from(r.as_str()), Arc::from(m.as_str())))
+                .map(|(r, m, _)| (Arc::from(pools.key(r, project)), Arc::from(m.as_str())))
                 .collect();
             let ctx_requests: Vec<(Arc<str>, Arc<str>)> = row
                 .targets
                 .iter()
                 .filter(|(_, _, c)| !c.is_empty())
-                .map(|(r, m, c)| (Arc::from(context_key(r, c)), Arc::from(m.as_str())))
+                .map(|(r, m, c)| {
+                    (
+                        Arc::from(context_key(&pools.key(r, project), c)),
+                        Arc::from(m.as_str()),
+                    )
+                })
                 .collect();
             out.push(FeedbackEvent {
                 id: row.id.clone(),
@@ -108,11 +120,12 @@ pub fn events_for(row: &FeedbackRow) -> Result<Vec<FeedbackEvent>, String> {
                     scale,
                 },
             };
-            out.push(mk(row.id.clone(), Arc::from(route.as_str())));
+            let key = pools.key(route, project);
+            out.push(mk(row.id.clone(), Arc::from(&*key)));
             if let Some(c) = row.context.as_deref().filter(|c| !c.is_empty()) {
                 out.push(mk(
                     format!("{}#ctx", row.id),
-                    Arc::from(context_key(route, c)),
+                    Arc::from(context_key(&key, c)),
                 ));
             }
         }
@@ -326,8 +339,9 @@ pub fn build_table(inp: &BuildInputs<'_>) -> RouterTable {
         rollout: inp.rollout.clone(),
         ..Default::default()
     };
+    let pools = Pools::of(&inp.rt.config);
     for (name, rc) in inp.rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
-        match build_route(inp, name, rc) {
+        match build_route(inp, &pools, name, rc) {
             Ok(ar) => {
                 table.routes.insert(name.clone(), ar);
             }
@@ -345,7 +359,12 @@ struct ModelFacts {
     success: Option<f64>,
 }
 
-fn build_route(inp: &BuildInputs<'_>, name: &str, rc: &RouteConfig) -> Result<AutoRoute, String> {
+fn build_route(
+    inp: &BuildInputs<'_>,
+    pools: &Pools,
+    name: &str,
+    rc: &RouteConfig,
+) -> Result<AutoRoute, String> {
     let rt = inp.rt;
     let baseline = rc.baseline.as_deref().unwrap_or_default();
     let (mut mode, mut mode_source, constraints, constraints_source, pin) =
@@ -467,31 +486,51 @@ fn build_route(inp: &BuildInputs<'_>, name: &str, rc: &RouteConfig) -> Result<Au
         .map_err(|e| e.to_string())
     };
     info.mode_source = mode_source;
-    let prepared = prepare(name)?;
-    let mut contexts = HashMap::new();
-    if rc.contextual {
-        let prefix = format!("{name}{CONTEXT_SEP}");
-        for key in inp.stats.posteriors.keys() {
-            if let Some(ctx) = key.strip_prefix(&prefix) {
-                contexts.insert(ctx.to_string(), prepare(key)?);
+    // The snapshots of one learning pool (`key`: the route, or a project's pool key).
+    let snapshots = |key: &str| -> Result<(Arc<PreparedRoute>, Snapshots), String> {
+        let mut contexts = HashMap::new();
+        if rc.contextual {
+            let prefix = format!("{key}{CONTEXT_SEP}");
+            for k in inp.stats.posteriors.keys() {
+                if let Some(ctx) = k.strip_prefix(&prefix) {
+                    contexts.insert(ctx.to_string(), prepare(k)?);
+                }
             }
         }
-    }
+        Ok((prepare(key)?, contexts))
+    };
+    let (prepared, contexts) = snapshots(name)?;
     let _ = base.native;
     let holdback_share = if mode == Mode::Live && pin.is_none() {
         rc.rollback.holdback_share
     } else {
         0.0
     };
-    Ok(AutoRoute {
+    let mut route = AutoRoute {
         prepared,
         contexts,
         contextual: rc.contextual,
         info,
         holdback_share,
         experiment: assigning,
-    })
+        pool: None,
+        pools: HashMap::new(),
+    };
+    for project in pools.projects_of(name) {
+        let (prepared, contexts) = snapshots(&pool_key(name, project))?;
+        let pool = AutoRoute {
+            prepared,
+            contexts,
+            pool: Some(Arc::from(project)),
+            ..route.clone()
+        };
+        route.pools.insert(project.to_string(), pool);
+    }
+    Ok(route)
 }
+
+/// Per-context-bucket snapshots of one learning pool.
+type Snapshots = HashMap<String, Arc<PreparedRoute>>;
 
 /// The posterior of (route key, model): folded evidence when there is any, else the prior.
 fn posterior_of(inp: &BuildInputs<'_>, key: &str, model: &str) -> Posterior {
@@ -511,11 +550,16 @@ fn posterior_of(inp: &BuildInputs<'_>, key: &str, model: &str) -> Posterior {
 /// every instance.
 fn apply_priors(agg: &mut Aggregator, rt: &Runtime, priors: Option<&Priors>, at_ms: i64) {
     let Some(priors) = priors else { return };
+    let pools = Pools::of(&rt.config);
     let mut keys: Vec<(Arc<str>, Arc<str>)> = Vec::new();
     for (name, rc) in rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
-        let route: Arc<str> = Arc::from(name.as_str());
-        for m in rc.baseline.iter().chain(&rc.candidates) {
-            keys.push((Arc::clone(&route), Arc::from(m.as_str())));
+        // The shared pool and every project pool start from the route's priors.
+        let own = pools.projects_of(name).map(|p| pool_key(name, p));
+        for key in std::iter::once(name.clone()).chain(own) {
+            let route: Arc<str> = Arc::from(key.as_str());
+            for m in rc.baseline.iter().chain(&rc.candidates) {
+                keys.push((Arc::clone(&route), Arc::from(m.as_str())));
+            }
         }
     }
     for (route, model) in agg.keys() {
@@ -611,7 +655,8 @@ impl AggregatorService {
         let mut folded_rows = 0usize;
         let mut traffic_refreshed = false;
         if let Some(store) = &store {
-            // 1. Fold new feedback.
+            // 1. Fold new feedback (into the learning pool of its project, see `Pools`).
+            let pools = Pools::of(&rt.config);
             loop {
                 let rows = match store.feedback_since(st.cursor, FEEDBACK_PAGE).await {
                     Ok(r) => r,
@@ -624,7 +669,7 @@ impl AggregatorService {
                 folded_rows += n;
                 for row in &rows {
                     st.cursor = st.cursor.max(row.seq);
-                    match events_for(row) {
+                    match events_in(row, &pools) {
                         Ok(evs) => {
                             for ev in &evs {
                                 let label = match st.agg.fold(ev) {
@@ -877,10 +922,29 @@ impl BackgroundService for AggregatorService {
             last_rollout: None,
         };
         let mut config_version = rt.version;
+        let mut pools = Pools::of(&rt.config);
         loop {
             let rt = self.gw.runtime.load_full();
             if rt.version != config_version {
                 config_version = rt.version;
+                let now = Pools::of(&rt.config);
+                if now != pools {
+                    // Other learning pools: fold every event again into the new keys, as a
+                    // fresh instance would.
+                    match Aggregator::new(
+                        rt.config.routing.posterior.clone(),
+                        rt.config.routing.nps_weight,
+                    ) {
+                        Ok(a) => {
+                            st.agg = a;
+                            st.cursor = 0;
+                            pools = now;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "learning pools changed but the aggregator cannot restart; keeping the old pools")
+                        }
+                    }
+                }
                 st.priors = Self::load_priors(&rt);
                 // Reloads may change routes: read operator state and stats again now.
                 st.last_traffic = None;

@@ -40,6 +40,8 @@ pub struct AutoCtx {
     pub context: Option<&'static str>,
     /// Candidates from this index on are the baseline's (served after a provider error).
     pub baseline_from: usize,
+    /// The project whose learning pool decided (`None`: the shared pool).
+    pub pool: Option<std::sync::Arc<str>>,
 }
 
 pub struct RequestCtx {

@@ -396,6 +396,14 @@ async fn admin(
         .runtime
         .clone()
         .ok_or_else(|| GatewayError::Internal("no runtime".into()))?;
+    // Only endpoints of the route table are served (each has its tenancy-matrix row).
+    if !crate::admin::endpoints::known_path(path) {
+        return Err(GatewayError::NotFound {
+            message: format!("Unknown request URL: {method} {path}."),
+            code: "unknown_url",
+            param: None,
+        });
+    }
     let body = request::read_body(session, rt.config.server.max_body_bytes).await?;
     let query = session
         .req_header()

@@ -24,24 +24,40 @@ pub fn candidates(
     req: &ChatRequest,
     route: &str,
 ) -> Result<Vec<Candidate>, GatewayError> {
-    let rc = rt.route(route).ok_or_else(|| GatewayError::NotFound {
-        message: format!("Routing rule '{route}' is not defined."),
-        code: "route_not_found",
-        param: Some("model".into()),
-    })?;
+    // A route that declares a project serves only that project (and unlocked callers
+    // without a project): to any other project it answers like an undefined route.
+    let rc = rt
+        .route(route)
+        .filter(|rc| {
+            rc.project.is_none() || ctx.project_id.is_none() || rc.project == ctx.project_id
+        })
+        .ok_or_else(|| GatewayError::NotFound {
+            message: format!("Routing rule '{route}' is not defined."),
+            code: "route_not_found",
+            param: Some("model".into()),
+        })?;
     let baseline = rc.baseline.as_deref().unwrap_or_default();
     let context = rc
         .contextual
         .then(|| crate::feedback::context::context_key(req.messages()).as_str());
-    let Some(view) = gw.auto.lookup(route, context) else {
+    let pool = match rc.learning {
+        crate::config::Learning::Project => ctx.project_id.as_deref(),
+        crate::config::Learning::Shared => None,
+    };
+    let Some(view) = gw.auto.lookup_for(route, pool, context) else {
         // Route unusable in the current table (e.g. just added by a reload, or its candidates
         // cannot be prepared): serve the baseline without a decision.
         return rt.resolve_with_fallbacks(baseline, None);
     };
+    // Sticky sessions are per project: session ids are the clients' and may collide.
+    let sticky_key: Option<std::borrow::Cow<'_, str>> = match (&ctx.project_id, &ctx.session_id) {
+        (Some(p), Some(s)) => Some(format!("{p}\u{1e}{s}").into()),
+        (_, s) => s.as_deref().map(Into::into),
+    };
     let mut d = gw.auto.decide(
         &view.prepared,
         route,
-        ctx.session_id.as_deref(),
+        sticky_key.as_deref(),
         ctx.ts_ms,
         rand::random::<f64>(),
     );
@@ -92,6 +108,7 @@ pub fn candidates(
             context: context.map(Arc::from),
             session: ctx.session_id.clone(),
             at_ms: ctx.ts_ms,
+            project: ctx.project_id.as_deref().map(Arc::from),
         },
     );
     ctx.rollout = crate::rollout::shadow::prepare(rt, &ctx.request_id, req, route, &d);
@@ -100,6 +117,7 @@ pub fn candidates(
         decision: d,
         context,
         baseline_from,
+        pool: view.pool,
     }));
     Ok(cands)
 }
@@ -123,6 +141,7 @@ pub fn after_serve(gw: &Gateway, ctx: &mut RequestCtx) {
                 context: a.context.map(Arc::from),
                 session: ctx.session_id.clone(),
                 at_ms: ctx.ts_ms,
+                project: ctx.project_id.as_deref().map(Arc::from),
             },
         );
     }
@@ -153,8 +172,10 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
         ctx.ts_ms,
         ctx.session_id.as_deref(),
         a.context,
+        a.pool.as_deref(),
     ) {
-        Ok(row) => {
+        Ok(mut row) => {
+            row.project.clone_from(&ctx.project_id);
             gw.auto
                 .emit(crate::rollout::webhook::EventKind::Decision, || {
                     serde_json::from_str(&row.signed).unwrap_or(serde_json::Value::Null)

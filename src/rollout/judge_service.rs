@@ -547,6 +547,7 @@ impl Worker {
             key_id: Some("judge".into()),
             comment: None,
             detail: Some(verdict_detail(v).to_string()),
+            project: job.project_id.clone(),
         };
         match store.insert_feedback(&row).await {
             Ok(FeedbackInsert::Inserted(_)) => {

@@ -50,6 +50,10 @@ pub struct AutoRoute {
     pub holdback_share: f64,
     /// A canary experiment that is assigning traffic (running or ready to promote).
     pub experiment: Option<Arc<crate::rollout::canary::Experiment>>,
+    /// The project whose learning pool this is (`None`: the shared pool).
+    pub pool: Option<Arc<str>>,
+    /// `learning = "project"`: each configured project's own snapshots, by project.
+    pub pools: HashMap<String, AutoRoute>,
 }
 
 /// Rollout state of a route derived from stored data at the last refresh (for the API).
@@ -80,6 +84,8 @@ pub struct RouteView {
     pub prepared: Arc<PreparedRoute>,
     pub holdback_share: f64,
     pub experiment: Option<Arc<crate::rollout::canary::Experiment>>,
+    /// The project whose pool decides (`None`: the shared pool).
+    pub pool: Option<Arc<str>>,
 }
 
 /// A routed request remembered briefly, so feedback that arrives before its trace is stored
@@ -91,6 +97,8 @@ pub struct RecentDecision {
     pub context: Option<Arc<str>>,
     pub session: Option<String>,
     pub at_ms: i64,
+    /// The request's project (tenancy scope of feedback on it).
+    pub project: Option<Arc<str>>,
 }
 
 /// Per-route counters the decision reads.
@@ -181,9 +189,22 @@ impl AutoState {
     /// What a request for `route` (and prompt context) decides with, from one table load:
     /// the snapshot, the holdback share and the assigning experiment.
     pub fn lookup(&self, route: &str, context: Option<&str>) -> Option<RouteView> {
+        self.lookup_for(route, None, context)
+    }
+
+    /// As [`Self::lookup`], deciding with `project`'s learning pool when the route keeps one
+    /// for it (`learning = "project"`), else with the shared pool.
+    pub fn lookup_for(
+        &self,
+        route: &str,
+        project: Option<&str>,
+        context: Option<&str>,
+    ) -> Option<RouteView> {
         let t = self.table.load();
-        let ar = t.routes.get(route)?;
+        let shared = t.routes.get(route)?;
+        let ar = project.and_then(|p| shared.pools.get(p)).unwrap_or(shared);
         Some(RouteView {
+            pool: ar.pool.clone(),
             prepared: Arc::clone(
                 context
                     .and_then(|c| ar.contexts.get(c))
@@ -353,6 +374,7 @@ impl AutoState {
     }
 
     /// Render, sign and index a decision for storage (after the response; allocates).
+    /// `pool` is the project whose learning pool decided (`None`: the shared pool).
     pub fn decision_row(
         &self,
         d: &Decision,
@@ -360,9 +382,11 @@ impl AutoState {
         at_ms: i64,
         session: Option<&str>,
         context: Option<&str>,
+        pool: Option<&str>,
     ) -> Result<DecisionRow, String> {
         let mut trace = d.trace(request_id, at_ms);
         trace.context = context.map(str::to_string);
+        trace.pool = Some(pool_name(pool));
         let json = sign_to_string(&trace, &self.signing).map_err(|e| e.to_string())?;
         let served = &d.route.models[d.served];
         Ok(DecisionRow {
@@ -385,7 +409,16 @@ impl AutoState {
             propensity: d.propensity,
             table_version: d.route.table_version,
             signed: json,
+            project: None,
         })
+    }
+}
+
+/// The decision trace's `pool`: `shared` or `project:<name>`.
+pub fn pool_name(project: Option<&str>) -> String {
+    match project {
+        None => "shared".to_string(),
+        Some(p) => format!("project:{p}"),
     }
 }
 
@@ -421,6 +454,7 @@ mod tests {
                     context: None,
                     session: Some("s".into()),
                     at_ms: 1000 + i,
+                    project: None,
                 },
             );
         }

@@ -157,6 +157,19 @@ CREATE TABLE route_state (
     },
     Migration {
         version: 3,
+        name: "project_scope",
+        // The tenancy scope of decisions and feedback (see `store::scoped`); older rows take
+        // their trace's project.
+        sql: r#"
+ALTER TABLE decisions ADD COLUMN project_id TEXT;
+ALTER TABLE feedback ADD COLUMN project_id TEXT;
+UPDATE decisions SET project_id = (SELECT t.project_id FROM traces t WHERE t.request_id = decisions.request_id);
+UPDATE feedback SET project_id = (SELECT d.project_id FROM decisions d WHERE d.request_id = feedback.request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX decisions_project_ts ON decisions (project_id, ts_ms);
+"#,
+    },
+    Migration {
+        version: 4,
         name: "pending_feedback",
         // Feedback whose request is not stored yet (see `store::pending`); every row expires.
         sql: r#"
@@ -320,6 +333,19 @@ CREATE TABLE route_state (
     },
     Migration {
         version: 3,
+        name: "project_scope",
+        // The tenancy scope of decisions and feedback (see `store::scoped`); older rows take
+        // their trace's project.
+        sql: r#"
+ALTER TABLE decisions ADD COLUMN project_id TEXT;
+ALTER TABLE feedback ADD COLUMN project_id TEXT;
+UPDATE decisions SET project_id = (SELECT t.project_id FROM traces t WHERE t.request_id = decisions.request_id);
+UPDATE feedback SET project_id = (SELECT d.project_id FROM decisions d WHERE d.request_id = feedback.request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX decisions_project_ts ON decisions (project_id, ts_ms);
+"#,
+    },
+    Migration {
+        version: 4,
         name: "pending_feedback",
         // Feedback whose request is not stored yet (see `store::pending`); every row expires.
         sql: r#"

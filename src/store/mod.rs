@@ -15,6 +15,7 @@ pub mod pending;
 pub mod postgres;
 pub mod query;
 pub mod routing;
+pub mod scoped;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

@@ -85,8 +85,15 @@ impl PendingFeedback {
     }
 }
 
+/// Whether a pending event may credit a request of `target` project: an event sent by a key
+/// locked to a project (it carries that project) never credits another project's request.
+fn same_tenant(row: &FeedbackRow, target: Option<&str>) -> bool {
+    row.project.is_none() || row.project.as_deref() == target
+}
+
 /// Fill a per-request event's target from the request's stored decision.
 pub fn target_from_decision(row: &mut FeedbackRow, d: &DecisionRow) {
+    row.project = d.project.clone();
     row.route = Some(d.route.clone());
     row.model = Some(d.served.clone());
     row.context = d.context.clone();
@@ -96,6 +103,7 @@ pub fn target_from_decision(row: &mut FeedbackRow, d: &DecisionRow) {
 
 /// Fill a per-request event's target from a request that was not routed (moves no route).
 pub fn target_from_trace(row: &mut FeedbackRow, t: &TraceRecord) {
+    row.project = t.project_id.clone();
     row.route = None;
     row.model = t.served_model.clone();
     row.context = None;
@@ -107,11 +115,13 @@ pub fn target_from_trace(row: &mut FeedbackRow, t: &TraceRecord) {
 pub async fn session_targets(
     store: &dyn Store,
     session: &str,
+    project: Option<&str>,
 ) -> Result<(Vec<(String, String, String)>, i64), StoreError> {
     let rows = store
         .query_decisions(&DecisionQuery {
             session_id: Some(session.to_string()),
             limit: MAX_SESSION_REQUESTS,
+            project: project.map(str::to_string),
             ..Default::default()
         })
         .await?;
@@ -146,7 +156,7 @@ pub async fn reconcile(store: &dyn Store, now_ms: i64) -> Result<Reconciled, Sto
         let expired = p.expires_ms <= now_ms;
         let ready = if row.signal == "session_nps" {
             let sid = row.session_id.clone().unwrap_or_default();
-            let (targets, latest) = session_targets(store, &sid).await?;
+            let (targets, latest) = session_targets(store, &sid, row.project.as_deref()).await?;
             if !targets.is_empty() {
                 row.targets = targets;
                 row.at_ms = latest;
@@ -157,10 +167,28 @@ pub async fn reconcile(store: &dyn Store, now_ms: i64) -> Result<Reconciled, Sto
             }
         } else {
             let rid = row.request_id.clone().unwrap_or_default();
-            if let Some(d) = store.get_decision(&rid).await? {
+            let decision = store.get_decision(&rid).await?;
+            let trace = match decision {
+                Some(_) => None,
+                None => store.get_trace(&rid).await?,
+            };
+            let target_project = match (&decision, &trace) {
+                (Some(d), _) => Some(d.project.as_deref()),
+                (None, Some(t)) => Some(t.project_id.as_deref()),
+                (None, None) => None,
+            };
+            if let Some(tp) = target_project.filter(|tp| !same_tenant(&row, *tp)) {
+                // Another project's request: answered like an unknown id (dropped, never
+                // credited; `GET /v1/feedback/{id}` reads 404 as after an expiry).
+                tracing::debug!(id = %p.id, target_project = ?tp, "pending feedback for another project's request dropped");
+                if store.delete_pending_feedback(&p.id).await? {
+                    out.expired += 1;
+                }
+                false
+            } else if let Some(d) = decision {
                 target_from_decision(&mut row, &d);
                 true
-            } else if let Some(t) = store.get_trace(&rid).await? {
+            } else if let Some(t) = trace {
                 target_from_trace(&mut row, &t);
                 true
             } else {

@@ -286,6 +286,7 @@ fn decision_params(d: &DecisionRow, out: &mut Vec<Param>) {
     out.push(Box::new(d.propensity));
     out.push(Box::new(to_i64(d.table_version)));
     out.push(Box::new(d.signed.clone()));
+    out.push(Box::new(d.project.clone()));
 }
 
 fn row_to_decision(r: &Row) -> Result<DecisionRow, StoreError> {
@@ -306,6 +307,7 @@ fn row_to_decision(r: &Row) -> Result<DecisionRow, StoreError> {
         propensity: r.try_get(13).map_err(pg_err)?,
         table_version: to_u64(r.try_get(14).map_err(pg_err)?),
         signed: r.try_get(15).map_err(pg_err)?,
+        project: r.try_get(16).map_err(pg_err)?,
     })
 }
 
@@ -330,6 +332,7 @@ fn row_to_feedback(r: &Row) -> Result<FeedbackRow, StoreError> {
         key_id: r.try_get(14).map_err(pg_err)?,
         comment: r.try_get(15).map_err(pg_err)?,
         detail: r.try_get(16).map_err(pg_err)?,
+        project: r.try_get(17).map_err(pg_err)?,
     })
 }
 
@@ -395,6 +398,7 @@ async fn insert_feedback_pg(
         Box::new(row.key_id.clone()),
         Box::new(row.comment.clone()),
         Box::new(row.detail.clone()),
+        Box::new(row.project.clone()),
     ];
     let sql = format!(
         "INSERT INTO feedback ({FEEDBACK_COLS}) VALUES {} ON CONFLICT (dedup_key) DO NOTHING RETURNING seq",

@@ -37,6 +37,9 @@ pub struct DecisionRow {
     pub table_version: u64,
     /// The signed decision trace, JSON (the trace's fields plus `signature`).
     pub signed: String,
+    /// Project of the request (the key's lock or the project header): the tenancy scope.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Filter for `GET /v1/decisions`. Ordered by `(ts_ms desc, request_id desc)`.
@@ -55,6 +58,8 @@ pub struct DecisionQuery {
     /// Keyset cursor: rows strictly older than `(ts_ms, request_id)`.
     pub before: Option<(i64, String)>,
     pub limit: usize,
+    /// Only this project's decisions (set by the tenancy scope, see `store::scoped`).
+    pub project: Option<String>,
 }
 
 /// One feedback event as stored. `route`/`model` (and `targets` for a session NPS) are resolved
@@ -91,6 +96,10 @@ pub struct FeedbackRow {
     pub comment: Option<String>,
     /// Free JSON detail (judge dimensions, rubric version).
     pub detail: Option<String>,
+    /// Project of the scored request(s): the tenancy scope and, on `learning = "project"`
+    /// routes, the learning pool the event trains.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 /// Result of inserting feedback.
@@ -254,14 +263,14 @@ pub struct RouteModelStats {
 /// Column order of `decisions` reads and writes.
 pub(crate) const DECISION_COLS: &str =
     "request_id, ts_ms, route, mode, session_id, chosen, served, \
-baseline, context, kind, shadow, confidence, quality, propensity, table_version, signed";
-pub(crate) const DECISION_NCOLS: usize = 16;
+baseline, context, kind, shadow, confidence, quality, propensity, table_version, signed, project_id";
+pub(crate) const DECISION_NCOLS: usize = 17;
 
 /// Column order of `feedback` reads (`seq` first) and writes (without `seq`).
 pub(crate) const FEEDBACK_COLS: &str =
     "id, dedup_key, signal, request_id, session_id, route, model, \
-context, value, scale, targets, at_ms, received_ms, key_id, comment, detail";
-pub(crate) const FEEDBACK_NCOLS: usize = 16;
+context, value, scale, targets, at_ms, received_ms, key_id, comment, detail, project_id";
+pub(crate) const FEEDBACK_NCOLS: usize = 17;
 
 /// Column order of `audit_log` reads and writes.
 pub(crate) const AUDIT_COLS: &str =
@@ -297,6 +306,7 @@ pub(crate) fn decisions_sql(q: &DecisionQuery, pg: bool) -> (String, Vec<RParam>
         ("session_id", &q.session_id),
         ("route", &q.route),
         ("served", &q.model),
+        ("project_id", &q.project),
     ];
     for (col, v) in text_eq {
         if let Some(v) = v {

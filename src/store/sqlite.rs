@@ -326,6 +326,7 @@ fn insert_decision(tx: &rusqlite::Transaction<'_>, d: &DecisionRow) -> Result<()
         d.propensity,
         to_i64(d.table_version),
         d.signed,
+        d.project,
     ])
     .map_err(map_err)?;
     Ok(())
@@ -349,6 +350,7 @@ fn row_to_decision(r: &Row) -> rusqlite::Result<DecisionRow> {
         propensity: r.get(13)?,
         table_version: to_u64(r.get(14)?),
         signed: r.get(15)?,
+        project: r.get(16)?,
     })
 }
 
@@ -373,6 +375,7 @@ fn row_to_feedback(r: &Row) -> rusqlite::Result<FeedbackRow> {
         key_id: r.get(14)?,
         comment: r.get(15)?,
         detail: r.get(16)?,
+        project: r.get(17)?,
     })
 }
 
@@ -433,6 +436,7 @@ fn insert_feedback_tx(c: &mut Connection, row: &FeedbackRow) -> Result<FeedbackI
                 row.key_id,
                 row.comment,
                 row.detail,
+                row.project,
             ],
         )
         .map_err(map_err)?;
