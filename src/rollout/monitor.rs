@@ -35,7 +35,7 @@ pub enum MonitorError {
 pub struct RollbackConfig {
     /// Share of requests kept on the baseline as the reference (0 disables monitoring).
     pub holdback_share: f64,
-    /// Tolerated drop of served quality below the holdback (the route's `max_regression`).
+    /// Tolerated drop of served quality below the holdback before an automatic rollback.
     pub threshold: f64,
     /// Drop beyond the threshold that should be caught fastest (λ = 4·shift).
     pub shift: f64,
@@ -52,8 +52,11 @@ pub struct RollbackConfig {
 impl Default for RollbackConfig {
     fn default() -> Self {
         RollbackConfig {
-            holdback_share: 0.05,
-            threshold: 0.02,
+            // Off by default: the change detector on the promoted model's own scores
+            // (`[routing.posterior.change]`) rolls regressions back without a holdback.
+            holdback_share: 0.0,
+            // Its own setting, not `max_regression`: a rollback is for a material drop.
+            threshold: 0.05,
             shift: 0.05,
             arl0: 1e6,
             reference_alpha: 0.01,
