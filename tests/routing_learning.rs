@@ -17,7 +17,7 @@ baseline = "gpt-4o"
 candidates = ["gpt-4o-mini"]
 mode = "live"
 [routing]
-refresh_ms = 40
+refresh_ms = 50
 "#;
 
 /// One `auto` request and a judge score drawn from the served model's hidden quality.
