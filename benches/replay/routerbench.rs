@@ -216,6 +216,9 @@ struct RunOut {
     rolled_to_baseline: bool,
 }
 
+/// An open session: (id, requests left, last chosen model, (served model, outcome) so far).
+type Session = (u64, usize, Option<usize>, Vec<(usize, f64)>);
+
 struct Pending {
     due: usize,
     ev: FeedbackEvent,
@@ -276,7 +279,7 @@ fn run(
     let mut exploit_prev = 0usize;
     let mut share = 0.0f64;
     // Open sessions: (id, remaining, last model, outcomes with their models).
-    let mut sessions: Vec<(u64, usize, Option<usize>, Vec<(usize, f64)>)> = Vec::new();
+    let mut sessions: Vec<Session> = Vec::new();
     let mut next_session = 0u64;
     let mut ev_id = 0u64;
     let mut onset: Option<usize> = None;
@@ -290,7 +293,7 @@ fn run(
                 let _ = agg.fold(&p.ev);
             }
         }
-        if n % SNAPSHOT_EVERY == 0 {
+        if n.is_multiple_of(SNAPSHOT_EVERY) {
             let stats = agg.snapshot();
             let input = |i: usize| {
                 let posterior = stats.get(&route, &names[i]).copied().unwrap_or_else(|| {
