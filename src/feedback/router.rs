@@ -512,7 +512,10 @@ impl PreparedRoute {
         route.static_exploit = e;
         // The exploration set: alive candidates cheaper than the exploit pick (a dearer one
         // cannot save anything over it), after the baseline's warm-up.
-        let warm = route.models[0].posterior.samples >= ex.warmup;
+        // Shadow mode serves the baseline whatever is picked: exploring costs no quality there,
+        // so neither the warm-up nor the budget applies (only the caps).
+        let shadow = route.mode == Mode::Shadow;
+        let warm = shadow || route.models[0].posterior.samples >= ex.warmup;
         let e_cost = route.models[e].stats.cost_per_request;
         for (i, m) in route.models.iter_mut().enumerate().skip(1) {
             let cheaper = e == 0 || m.stats.cost_per_request < e_cost;
@@ -675,7 +678,7 @@ fn budget_epsilon(r: &PreparedRoute) -> f64 {
         .sum();
     let g_e = if e == 0 { 0.0 } else { r.models[e].gap_ub };
     let budget = ex.budget * r.constraints.max_regression;
-    if g_bar <= g_e {
+    if g_bar <= g_e || r.mode == Mode::Shadow {
         return cap;
     }
     ((budget - g_e) / (g_bar - g_e)).clamp(0.0, cap)
