@@ -335,6 +335,16 @@ impl RollbackMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A monitored route: the pre-issue-12 defaults (holdback on, threshold 0.02); the shipped
+    /// default has the holdback off.
+    fn monitored() -> RollbackConfig {
+        RollbackConfig {
+            holdback_share: 0.05,
+            threshold: 0.02,
+            ..RollbackConfig::default()
+        }
+    }
     use crate::feedback::sequential::{MonitorConfig, RegressionMonitor};
     use rand::{Rng, SeedableRng};
 
@@ -380,7 +390,7 @@ mod tests {
             }
         )
         .is_err());
-        let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+        let mut m = RollbackMonitor::new("r", monitored()).unwrap();
         // No reference yet: nothing is monitored.
         for _ in 0..1000 {
             m.observe(MonitorArm::Served, 0.0);
@@ -396,7 +406,7 @@ mod tests {
         let runs = 40;
         let (mut false_alarms, mut delays, mut since) = (0, Vec::new(), Vec::new());
         for run in 0..runs {
-            let mut m = RollbackMonitor::new("support", RollbackConfig::default()).unwrap();
+            let mut m = RollbackMonitor::new("support", monitored()).unwrap();
             // 20 000 clean requests (≈1 000 holdback observations), then served quality
             // silently drops from 0.85 to 0.65.
             for i in 0..20_000 {
@@ -441,7 +451,7 @@ mod tests {
         let runs = 20;
         let mut delays = Vec::new();
         for run in 0..runs {
-            let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+            let mut m = RollbackMonitor::new("r", monitored()).unwrap();
             for i in 0..20_000 {
                 request(&mut m, &mut rng, &format!("{run}-{i}"), 0.85, 0.85);
             }
@@ -470,7 +480,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(607);
         let mut alarms = 0;
         for run in 0..5 {
-            let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+            let mut m = RollbackMonitor::new("r", monitored()).unwrap();
             for i in 0..200_000 {
                 request(&mut m, &mut rng, &format!("{run}-{i}"), 0.8, 0.8);
             }
@@ -481,7 +491,7 @@ mod tests {
 
         // Baseline and served quality drift down together, 0.90 -> 0.70 over 400k requests:
         // the rolling reference follows; an all-time reference would lag and alarm.
-        let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+        let mut m = RollbackMonitor::new("r", monitored()).unwrap();
         let mut all_time = RegressionMonitor::new(MonitorConfig::default()).unwrap();
         let n = 400_000;
         let mut all_time_alarm = None;
