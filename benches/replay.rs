@@ -38,6 +38,8 @@ mod http;
 mod inproc;
 #[path = "replay/report.rs"]
 mod report;
+#[path = "replay/routerbench.rs"]
+mod routerbench;
 #[path = "replay/sim.rs"]
 mod sim;
 
@@ -319,6 +321,10 @@ fn time_features(rows: &[Row]) -> (f64, f64, f64) {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--routerbench") {
+        routerbench::main();
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

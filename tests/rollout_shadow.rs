@@ -85,6 +85,9 @@ max_exploration_share = 1.0
 max_cost_increase = 0.0
 [routes.default.exploration]
 rate = 1.0
+# Successive elimination (issue 12) would drop the judged-worse candidate after 5 samples;
+# these tests keep it under evaluation.
+eliminate_after = 1000000
 [routes.default.shadow]
 share = {shadow_share}
 daily_budget = {shadow_budget}

@@ -148,6 +148,34 @@ def check_committed(out_dir: str) -> None:
     check("every MT-Bench session has turns 1 and 2", all(t == {1, 2} for t in sessions.values()))
 
 
+ROUTERBENCH_EXPECTED = {"arc_challenge": 1019, "mbpp": 299, "winogrande": 887}
+
+
+def check_routerbench(out_dir: str) -> None:
+    path = os.path.join(out_dir, "routerbench.jsonl.gz")
+    check("routerbench.jsonl.gz present", os.path.isfile(path))
+    if not os.path.isfile(path):
+        return
+    with gzip.open(path, "rb") as f:
+        lines = f.read().decode("utf-8").splitlines()
+    rows = [json.loads(l) for l in lines]
+    errs = []
+    for r in rows:
+        ms = r.get("models", {})
+        if len(ms) != 11:
+            errs.append(f"{r.get('id')}: {len(ms)} models")
+        for m, v in ms.items():
+            if not (0.0 <= v["quality"] <= 1.0) or not (v["cost_usd"] >= 0.0):
+                errs.append(f"{r.get('id')}/{m}: out of range")
+        if not isinstance(r.get("prompt"), str) or not r["prompt"]:
+            errs.append(f"{r.get('id')}: no prompt")
+    check("routerbench: schema and ranges", not errs, "; ".join(errs[:5]))
+    ids = [r["id"] for r in rows]
+    check("routerbench: ids unique", len(set(ids)) == len(ids))
+    got = {t: sum(1 for r in rows if r["task"] == t) for t in ROUTERBENCH_EXPECTED}
+    check("routerbench: per-task counts", got == ROUTERBENCH_EXPECTED, str(got))
+
+
 def find_src(argv: list[str]) -> str | None:
     for cand in (argv[0] if argv else None, os.environ.get("LOOPGATE_SHARED_DATA"),
                  os.path.join(os.path.dirname(REPO), "shared", "data")):
@@ -164,7 +192,10 @@ def check_rederive(src: str, out_dir: str) -> None:
         check("re-derivation runs", res.returncode == 0, res.stderr.strip()[-500:])
         if res.returncode != 0:
             return
-        for name in ("replay.jsonl.gz", "summary.json"):
+        names = ["replay.jsonl.gz", "summary.json"]
+        if os.path.isfile(os.path.join(tmp, "routerbench.jsonl.gz")):
+            names.append("routerbench.jsonl.gz")
+        for name in names:
             with open(os.path.join(out_dir, name), "rb") as f:
                 committed = f.read()
             with open(os.path.join(tmp, name), "rb") as f:
@@ -183,6 +214,7 @@ def check_rederive(src: str, out_dir: str) -> None:
 
 def main(argv: list[str]) -> int:
     check_committed(HERE)
+    check_routerbench(HERE)
     src = find_src(argv)
     if src is None:
         print("skip  re-derivation: RouteLLM source data not found "

@@ -644,6 +644,62 @@ def derive(src: str, price_keys: dict[str, str]) -> tuple[list[dict], dict]:
     return rows, summarize(rows, prices)
 
 
+# ---------------------------------------------------------------------------
+# RouterBench (withmartian/routerbench, MIT): three zero-shot tasks, 11 models,
+# graded outcome and logged USD cost per prompt. Response texts are dropped;
+# prompt text is kept (the prompt-level router needs it), gzipped.
+# ---------------------------------------------------------------------------
+ROUTERBENCH_TASKS = (
+    ("arc_challenge", "routerbench_zs_arc_challenge_train.csv"),
+    ("mbpp", "routerbench_zs_mbpp_train.csv"),
+    ("winogrande", "routerbench_zs_winograde_train.csv"),
+)
+ROUTERBENCH_META = ("", "sample_id", "prompt", "eval_name", "oracle_model_to_route_to")
+
+
+def routerbench_rows(src: str) -> tuple[list[dict], dict]:
+    d = os.path.join(src, "routerbench")
+    rows, dropped = [], {}
+    for task, fname in ROUTERBENCH_TASKS:
+        with open(os.path.join(d, fname), newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            models = sorted(c for c in reader.fieldnames if "|" not in c and c not in ROUTERBENCH_META)
+            n_drop = 0
+            for r in reader:
+                vals = [(m, r[m], r[m + "|total_cost"]) for m in models]
+                if any(q == "" or c == "" for _, q, c in vals):
+                    n_drop += 1  # a model without a graded outcome or cost: the row cannot be replayed
+                    continue
+                rows.append({
+                    "id": f"{task}/{r['sample_id']}",
+                    "task": task,
+                    "prompt": r["prompt"],
+                    "models": {m: {"quality": float(q), "cost_usd": round(float(c), 12)} for m, q, c in vals},
+                })
+            dropped[task] = n_drop
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("routerbench: duplicate ids")
+    return rows, dropped
+
+
+def write_gz(rows: list[dict], path: str) -> None:
+    body = "".join(dumps(r) + "\n" for r in rows).encode("utf-8")
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as gz:
+        gz.write(body)
+    with open(path + ".tmp", "wb") as f:
+        f.write(buf.getvalue())
+    os.replace(path + ".tmp", path)
+
+
+def write_routerbench(src: str, out: str) -> int:
+    rows, dropped = routerbench_rows(src)
+    write_gz(rows, os.path.join(out, "routerbench.jsonl.gz"))
+    print(f"wrote {len(rows)} RouterBench rows to {out} (dropped for missing values: {dropped})")
+    return len(rows)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="shared data dir holding routellm/ and model_prices.json")
@@ -660,6 +716,8 @@ def main(argv: list[str]) -> int:
         return 0
     rows, summary = derive(a.src, keys)
     write_outputs(rows, summary, a.out)
+    if os.path.isdir(os.path.join(a.src, "routerbench")):
+        write_routerbench(a.src, a.out)
     print(f"wrote {len(rows)} rows ({summary['n_rows_clean']} uncontaminated) to {a.out}")
     return 0
 

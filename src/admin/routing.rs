@@ -196,7 +196,8 @@ impl RoutingRoutes {
                         .map(|s| {
                             let e = m.posterior.signal(*s);
                             json!({"signal": s.as_str(), "share": e.share, "weight": e.weight,
-                                   "reliability": e.reliability, "mean": e.mean, "count": e.count})
+                                   "reliability": e.reliability, "mean": e.mean, "count": e.count,
+                                   "offset": e.offset})
                         })
                         .collect();
                     json!({
@@ -214,6 +215,10 @@ impl RoutingRoutes {
                         "score": m.score,
                         "static_failures": m.static_failures.iter().map(|k| k.name()).collect::<Vec<_>>(),
                         "exploration_probability": m.ts_prob,
+                        "in_exploration_set": m.in_explore,
+                        "gap_upper_bound": m.gap_ub,
+                        "retained_by_hysteresis": m.retained,
+                        "change": m.posterior.change,
                     })
                 })
                 .collect();
@@ -271,6 +276,8 @@ impl RoutingRoutes {
                 "constraints_source": ar.info.constraints_source,
                 "weights": p.weights,
                 "exploration": p.exploration,
+                "exploration_epsilon": p.budget_epsilon,
+                "promotion": p.promotion,
                 "token_mix": {"prompt_tokens": ar.info.prompt_tokens, "completion_tokens": ar.info.completion_tokens, "measured": ar.info.token_mix_measured},
                 "excluded": ar.info.excluded.iter().map(|(m, e)| json!({"model": m, "reason": e})).collect::<Vec<_>>(),
                 "models": models,

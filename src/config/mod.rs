@@ -222,6 +222,9 @@ pub struct RouteConfig {
     /// Automatic regression rollback of a live route (holdback on the baseline + CUSUM).
     #[serde(default)]
     pub rollback: crate::rollout::monitor::RollbackConfig,
+    /// Promotion hysteresis (demotion threshold, switch margin).
+    #[serde(default)]
+    pub promotion: crate::feedback::router::PromotionConfig,
     /// Token mix used to estimate cost per request until the route has traffic.
     #[serde(default = "default_prompt_tokens")]
     pub expected_prompt_tokens: u64,
@@ -627,6 +630,9 @@ impl GatewayConfig {
                 }
                 if r.project.as_deref().is_some_and(str::is_empty) {
                     return bad(format!("routes.{name}.project must not be empty"));
+                }
+                if let Err(e) = r.promotion.validate(r.constraints.min_confidence) {
+                    return bad(format!("routes.{name}: {e}"));
                 }
                 continue;
             }

@@ -236,16 +236,23 @@ impl Aggregator {
         self.seen.len()
     }
 
-    /// An immutable snapshot of every posterior, discounted to the latest event time.
+    /// An immutable snapshot of every posterior, discounted to the latest event time. Session
+    /// NPS is mapped onto each route's per-request quality scale first ([`nps_offset`]).
     pub fn snapshot(&mut self) -> Arc<RoutingStats> {
         self.version += 1;
         let posteriors = self
             .states
             .iter()
             .map(|(r, models)| {
+                let offset = nps_offset(models.values());
                 let ps = models
                     .iter()
-                    .map(|(m, s)| (Arc::clone(m), s.posterior(self.latest_ms, &self.cfg)))
+                    .map(|(m, s)| {
+                        (
+                            Arc::clone(m),
+                            s.posterior_mapped(self.latest_ms, &self.cfg, offset),
+                        )
+                    })
                     .collect();
                 (Arc::clone(r), ps)
             })
@@ -256,6 +263,38 @@ impl Aggregator {
             posteriors,
         })
     }
+}
+
+/// Session NPS weight a route needs before its NPS offset is learned.
+pub const NPS_OFFSET_MIN_WEIGHT: f64 = 5.0;
+
+/// The route's learned offset of session NPS (mapped to [0, 1] as nps/10) against the
+/// per-request scores (judge, feedback, admin) of the same models: the precision-weighted mean
+/// of (NPS mean − per-request mean) over the route's models. Subtracting it puts NPS on the
+/// quality scale it actually has (users answer NPS on their own scale), so only the
+/// *differences* NPS sees between models move the posteriors, not its level.
+pub fn nps_offset<'a>(states: impl Iterator<Item = &'a PosteriorState>) -> f64 {
+    let (mut num, mut den, mut nps_w) = (0.0, 0.0, 0.0);
+    for st in states {
+        let (wn, wxn) = st.signal_sums(Signal::SessionNps);
+        let (mut wr, mut wxr) = (0.0, 0.0);
+        for s in Signal::ALL.into_iter().filter(|s| s.per_request()) {
+            let (w, wx) = st.signal_sums(s);
+            wr += w;
+            wxr += wx;
+        }
+        if wn <= 0.0 || wr <= 0.0 {
+            continue;
+        }
+        nps_w += wn;
+        let h = wn * wr / (wn + wr);
+        num += h * (wxn / wn - wxr / wr);
+        den += h;
+    }
+    if nps_w < NPS_OFFSET_MIN_WEIGHT || den <= 0.0 {
+        return 0.0;
+    }
+    num / den
 }
 
 #[cfg(test)]
@@ -351,6 +390,69 @@ mod tests {
             },
         };
         assert_eq!(a.fold(&empty), Err(PosteriorError::EmptySession));
+    }
+
+    #[test]
+    fn nps_is_mapped_onto_the_per_request_scale() {
+        // Judge: a at 0.5, b at 0.7. NPS says a 0.8, b 0.95: users answer ~0.27 higher.
+        let mut a = Aggregator::new(PosteriorConfig::default(), 1.0).unwrap();
+        let mut evs = Vec::new();
+        for i in 0..100 {
+            for (m, q) in [("a", 0.5), ("b", 0.7)] {
+                // Evenly spread successes (no change for the change detector to see).
+                let hits = |j: f64| (j * q).floor();
+                let v = if hits(i as f64 + 1.0) > hits(i as f64) {
+                    1.0
+                } else {
+                    0.0
+                };
+                evs.push(score(
+                    &format!("{m}{i}"),
+                    "r",
+                    m,
+                    Signal::Judge,
+                    v,
+                    Scale::Unit,
+                ));
+            }
+        }
+        for i in 0..20 {
+            for (m, nps) in [("a", 8.0), ("b", 9.5)] {
+                evs.push(FeedbackEvent {
+                    id: format!("n{m}{i}"),
+                    at_ms: 0,
+                    kind: FeedbackKind::SessionNps {
+                        nps,
+                        requests: vec![(s("r"), s(m))],
+                    },
+                });
+            }
+        }
+        let rep = a.fold_batch(&evs);
+        assert!(rep.rejected.is_empty());
+        let snap = a.snapshot();
+        let (pa, pb) = (snap.get("r", "a").unwrap(), snap.get("r", "b").unwrap());
+        let (na, nb) = (pa.signal(Signal::SessionNps), pb.signal(Signal::SessionNps));
+        assert!((na.offset - 0.275).abs() < 0.01, "{na:?}");
+        // Mapped NPS agrees with the judge, so nobody's weight is cut and the means stay put.
+        assert!(
+            (na.mean - 0.525).abs() < 0.02 && (nb.mean - 0.675).abs() < 0.02,
+            "{na:?} {nb:?}"
+        );
+        assert!(pa.signal(Signal::Judge).reliability > 0.99);
+        assert!((pa.mean() - 0.5).abs() < 0.03 && (pb.mean() - 0.7).abs() < 0.03);
+        // Too few sessions: no offset is learned.
+        let mut a = Aggregator::new(PosteriorConfig::default(), 1.0).unwrap();
+        a.fold_batch(&evs[..200]);
+        a.fold_batch(&evs[200..202]);
+        let snap = a.snapshot();
+        assert_eq!(
+            snap.get("r", "a")
+                .unwrap()
+                .signal(Signal::SessionNps)
+                .offset,
+            0.0
+        );
     }
 
     proptest! {

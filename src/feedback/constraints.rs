@@ -90,6 +90,9 @@ impl Knob {
 pub struct KnobSet(pub u16);
 
 impl KnobSet {
+    pub fn remove(&mut self, k: Knob) {
+        self.0 &= !k.bit();
+    }
     pub fn insert(&mut self, k: Knob) {
         self.0 |= k.bit();
     }
@@ -153,8 +156,11 @@ impl Default for Constraints {
             max_cost_per_request: None,
             daily_budget: None,
             min_confidence: 0.95,
-            min_samples: 100,
-            max_exploration_share: 0.05,
+            // Enough for the Beta gap posterior to be trustworthy (calibration: docs/routing-math.md);
+            // the confidence row does the real work.
+            min_samples: 20,
+            // A hard cap only: the quality budget (exploration.budget) is what bounds exploration.
+            max_exploration_share: 0.3,
         }
     }
 }

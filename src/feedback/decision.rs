@@ -133,9 +133,38 @@ impl Decision {
                 }
                 if !m.explore_quality_ok {
                     filter_reasons.push(format!(
-                        "not explored: confidently below the quality limits (P(within) = {:.4} < {:.4})",
+                        "not explored: eliminated, confidently below the quality limits (P(within) = {:.4} < {:.4})",
                         m.gate.confidence.min(m.stats.floor_confidence),
                         1.0 - c.min_confidence
+                    ));
+                } else if !m.in_explore && i != r.static_exploit {
+                    filter_reasons.push(if base.posterior.samples < r.exploration.warmup {
+                        format!(
+                            "not explored yet: the baseline has {} of {} warm-up samples",
+                            base.posterior.samples, r.exploration.warmup
+                        )
+                    } else {
+                        "not explored: not cheaper than the exploit pick".to_string()
+                    });
+                }
+                if m.in_explore {
+                    filter_reasons.push(format!(
+                        "exploration cost: gap upper bound {:.4} (budget {:.4} per request, ε = {:.4})",
+                        m.gap_ub,
+                        r.exploration.budget * c.max_regression,
+                        r.budget_epsilon
+                    ));
+                }
+                if m.retained {
+                    filter_reasons.push(format!(
+                        "promoted incumbent kept by hysteresis while P(within) ≥ {:.2}",
+                        r.promotion.demote_confidence
+                    ));
+                }
+                if m.posterior.change.alarms > 0 {
+                    filter_reasons.push(format!(
+                        "change detector: {} alarm(s), the last against a running mean of {:.4}; evidence before it was forgotten",
+                        m.posterior.change.alarms, m.posterior.change.alarm_reference
                     ));
                 }
             }

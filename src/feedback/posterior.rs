@@ -57,15 +57,9 @@ impl Signal {
             Signal::Admin => "admin",
         }
     }
-    /// How close the signal is to what users experience. A signal's reliability is judged
-    /// against the signals of equal or higher authority (benchmarks against production data,
-    /// the judge against humans, humans against each other).
-    const fn authority(self) -> u8 {
-        match self {
-            Signal::Benchmark => 0,
-            Signal::Judge => 1,
-            Signal::Feedback | Signal::SessionNps | Signal::Admin => 2,
-        }
+    /// Scores of single requests (what the change detector watches).
+    pub const fn per_request(self) -> bool {
+        matches!(self, Signal::Judge | Signal::Feedback | Signal::Admin)
     }
 }
 
@@ -187,8 +181,39 @@ pub struct PosteriorConfig {
     /// Pseudo-observations per unit of evidence, per signal, in [`Signal::ALL`] order.
     /// The benchmark entry multiplies n₀.
     pub signal_weights: [f64; 5],
-    /// Scale each signal by its measured reliability (agreement with higher-authority signals).
+    /// Scale each signal by its measured reliability (agreement with the other signals).
     pub reliability: bool,
+    /// Change detection on each model's own per-request scores.
+    pub change: ChangeConfig,
+}
+
+/// The per-(route, model) change detector: a one-sided CUSUM on the model's own per-request
+/// scores (judge, feedback, admin) against its running production mean,
+/// S ← max(0, S + (mean − x − shift)), alarm at S > threshold. On an alarm the model's
+/// production evidence is forgotten, so the posterior (and the gate) see only what came after:
+/// a promoted model that regressed loses its promotion at the next snapshot, however much good
+/// evidence it had collected before (docs/routing-math.md).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChangeConfig {
+    pub enabled: bool,
+    /// Drift allowance k: drops smaller than this are never accumulated.
+    pub shift: f64,
+    /// Alarm threshold h on the CUSUM statistic (quality units).
+    pub threshold: f64,
+    /// Production scores needed before the running mean is trusted as the reference.
+    pub min_samples: u64,
+}
+
+impl Default for ChangeConfig {
+    fn default() -> Self {
+        ChangeConfig {
+            enabled: true,
+            shift: 0.1,
+            threshold: 12.0,
+            min_samples: 30,
+        }
+    }
 }
 
 impl Default for PosteriorConfig {
@@ -200,6 +225,7 @@ impl Default for PosteriorConfig {
             max_prior_strength: 10.0,
             signal_weights: [1.0, 1.0, 1.0, 1.0, 3.0],
             reliability: true,
+            change: ChangeConfig::default(),
         }
     }
 }
@@ -240,6 +266,8 @@ impl PosteriorConfig {
         for (s, w) in Signal::ALL.iter().zip(self.signal_weights) {
             pos(&format!("signal_weights.{}", s.as_str()), w)?;
         }
+        pos("change.shift", self.change.shift)?;
+        pos("change.threshold", self.change.threshold)?;
         Ok(())
     }
 }
@@ -307,6 +335,7 @@ pub enum Folded {
 #[derive(Clone, Debug, Default)]
 pub struct PosteriorState {
     acc: [Acc; 5],
+    change: ChangeState,
     /// Time all accumulators are discounted to: the latest event time seen.
     t_ref_ms: Option<i64>,
     seen: HashSet<Box<str>>,
@@ -396,12 +425,51 @@ impl PosteriorState {
     /// that deduplicate by event id themselves.
     pub(crate) fn apply(&mut self, obs: &Observation<'_>, cfg: &PosteriorConfig) {
         let f = self.discount_to_ref(obs.at_ms, cfg);
+        if cfg.change.enabled && obs.signal.per_request() && self.detect(obs, cfg) {
+            return;
+        }
         let w = obs.weight * cfg.signal_weights[obs.signal.index()] * f;
         let a = &mut self.acc[obs.signal.index()];
         a.w += w;
         a.wx += w * obs.value;
         a.wxx += w * obs.value * obs.value;
         a.count += 1;
+    }
+
+    /// Feed the change detector; on an alarm forget the production evidence (the alarming
+    /// observation starts the new segment) and return true.
+    fn detect(&mut self, obs: &Observation<'_>, cfg: &PosteriorConfig) -> bool {
+        let c = &cfg.change;
+        let (mut n, mut w, mut wx) = (0u64, 0.0, 0.0);
+        for s in Signal::ALL.into_iter().filter(|s| s.per_request()) {
+            let a = &self.acc[s.index()];
+            n += a.count;
+            w += a.w;
+            wx += a.wx;
+        }
+        if n < c.min_samples || w <= 0.0 {
+            return false;
+        }
+        let reference = wx / w;
+        self.change.statistic = (self.change.statistic + reference - obs.value - c.shift).max(0.0);
+        if self.change.statistic <= c.threshold {
+            return false;
+        }
+        for s in Signal::ALL.into_iter().filter(|s| *s != Signal::Benchmark) {
+            self.acc[s.index()] = Acc::default();
+        }
+        self.change.statistic = 0.0;
+        self.change.alarms += 1;
+        self.change.last_alarm_ms = Some(obs.at_ms);
+        self.change.alarm_reference = reference;
+        let w = obs.weight * cfg.signal_weights[obs.signal.index()];
+        self.acc[obs.signal.index()] = Acc {
+            w,
+            wx: w * obs.value,
+            wxx: w * obs.value * obs.value,
+            count: 1,
+        };
+        true
     }
 
     /// Number of distinct observation ids folded.
@@ -415,15 +483,57 @@ impl PosteriorState {
 
     /// An immutable posterior discounted to `at_ms` (or to the latest event if `None` or older).
     pub fn posterior(&self, at_ms: Option<i64>, cfg: &PosteriorConfig) -> Posterior {
+        self.posterior_mapped(at_ms, cfg, 0.0)
+    }
+
+    /// Discounted (weight, weighted sum) of one signal's evidence.
+    pub fn signal_sums(&self, s: Signal) -> (f64, f64) {
+        let a = &self.acc[s.index()];
+        (a.w, a.wx)
+    }
+
+    /// Like [`Self::posterior`], with session NPS moved onto the per-request quality scale by
+    /// subtracting `nps_offset` (the route's learned NPS − per-request score offset).
+    pub fn posterior_mapped(
+        &self,
+        at_ms: Option<i64>,
+        cfg: &PosteriorConfig,
+        nps_offset: f64,
+    ) -> Posterior {
         let mut acc = self.acc;
+        if nps_offset != 0.0 {
+            let a = &mut acc[Signal::SessionNps.index()];
+            if a.w > 0.0 {
+                let m = (a.wx / a.w - nps_offset).clamp(0.0, 1.0);
+                let var = a.variance();
+                a.wx = a.w * m;
+                a.wxx = a.w * (var + m * m);
+            }
+        }
         if let (Some(now), Some(t)) = (at_ms, self.t_ref_ms) {
             let f = cfg.decay(now - t);
             for a in &mut acc {
                 a.scale(f);
             }
         }
-        Posterior::from_parts(&acc, cfg)
+        let mut p = Posterior::from_parts(&acc, cfg);
+        p.change = self.change;
+        p.signals[Signal::SessionNps.index()].offset = nps_offset;
+        p
     }
+}
+
+/// The change detector's state of one (route, model), published with its posterior.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeState {
+    /// Current CUSUM statistic (alarm above `change.threshold`).
+    pub statistic: f64,
+    /// Alarms so far; each forgot the production evidence before it.
+    pub alarms: u32,
+    /// Event time of the last alarm.
+    pub last_alarm_ms: Option<i64>,
+    /// The running mean the last alarm was measured against.
+    pub alarm_reference: f64,
 }
 
 /// One signal's part in a posterior, as shown in the decision trace.
@@ -432,7 +542,7 @@ pub struct SignalEvidence {
     pub signal: Signal,
     /// Discounted pseudo-observations before reliability scaling.
     pub raw_weight: f64,
-    /// Reliability in (0, 1]: how well the signal agrees with higher-authority signals.
+    /// Reliability in (0, 1]: how well the signal agrees with the other signals.
     pub reliability: f64,
     /// Effective pseudo-observations in α + β (raw_weight × reliability).
     pub weight: f64,
@@ -443,6 +553,10 @@ pub struct SignalEvidence {
     pub variance: f64,
     /// Raw observation count.
     pub count: u64,
+    /// Subtracted from the signal's raw values to put it on the quality scale (session NPS:
+    /// learned per route against the per-request scores of the same models).
+    #[serde(default)]
+    pub offset: f64,
 }
 
 /// An immutable quality posterior: cheap to copy into a routing-table snapshot.
@@ -455,6 +569,8 @@ pub struct Posterior {
     /// Production observations (everything but benchmarks), raw count: the `min_samples` input.
     pub samples: u64,
     pub phase: Phase,
+    /// The change detector's state (see [`ChangeConfig`]).
+    pub change: ChangeState,
 }
 
 impl Posterior {
@@ -473,6 +589,7 @@ impl Posterior {
             mean: 0.0,
             variance: 0.0,
             count: 0,
+            offset: 0.0,
         }; 5];
         let mut alpha = cfg.base_alpha;
         let mut beta = cfg.base_beta;
@@ -498,6 +615,7 @@ impl Posterior {
                 mean: m,
                 variance: a.variance(),
                 count: a.count,
+                offset: 0.0,
             };
         }
         if total > 0.0 {
@@ -513,6 +631,7 @@ impl Posterior {
             signals,
             samples,
             phase,
+            change: ChangeState::default(),
         }
     }
 
@@ -560,7 +679,7 @@ fn phase_of(signals: &[SignalEvidence; 5], total: f64) -> Phase {
     best.0
 }
 
-/// Reliability of `s` from its agreement with the signals of equal or higher authority.
+/// Reliability of a signal with weight `n_s` and mean `mean_s` from its agreement with a reference.
 ///
 /// A random-effects (DerSimonian–Laird) view: the signal's mean x̄ₛ estimates the reference
 /// mean x̄ᵣ with sampling variance v/nₛ + v/nᵣ (v = x̄(1 − x̄), the largest variance a [0, 1]
@@ -592,8 +711,12 @@ pub const MIN_REFERENCE: f64 = 10.0;
 fn reliability(acc: &[Acc; 5], s: Signal) -> f64 {
     let me = &acc[s.index()];
     let (mut n_ref, mut sum_ref) = (0.0, 0.0);
+    // Symmetric: every production signal is checked against all the other production signals
+    // (a judge against humans *and* humans against the judge), benchmarks against production.
+    // The cut scales with the signal's own volume (its effective count is capped at v/τ²), so
+    // when two signals disagree the large body keeps at least as much weight as the handful.
     for t in Signal::ALL {
-        if t == s || t.authority() < s.authority() {
+        if t == s || t == Signal::Benchmark {
             continue;
         }
         let a = &acc[t.index()];
@@ -737,7 +860,9 @@ mod tests {
     fn a_biased_signal_cannot_dominate_by_volume() {
         let c = cfg();
         let mut s = PosteriorState::new();
-        // Humans say 0.6; a flattering judge says 0.95 ten times as often.
+        // Humans say 0.6; a flattering judge says 0.95 ten times as often. Symmetric fusion
+        // cannot know which is right: both are capped at v/τ² effective observations, so the
+        // disagreement shows as a wide posterior instead of a confident 0.95.
         let ids: Vec<String> = (0..2200).map(|i| format!("e{i}")).collect();
         for (i, id) in ids.iter().enumerate() {
             if i < 200 {
@@ -750,7 +875,8 @@ mod tests {
         let p = s.posterior(None, &c);
         let j = p.signal(Signal::Judge);
         assert!(j.reliability < 0.05, "{j:?}");
-        assert!(p.mean() < 0.7, "mean {}", p.mean());
+        assert!(p.evidence() < 20.0, "{p:?}");
+        assert!(p.mean() < 0.9, "mean {}", p.mean());
         // An agreeing judge keeps full reliability.
         let mut s = PosteriorState::new();
         for (i, id) in ids.iter().enumerate() {
@@ -770,6 +896,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_handful_of_nps_cannot_overturn_many_judge_scores() {
+        // 82 judge scores at 0.7 against 12 sessions whose NPS says 0.4: the judge keeps the
+        // larger effective weight, so the estimate stays nearer the judge.
+        let c = cfg();
+        let mut s = PosteriorState::new();
+        let ids: Vec<String> = (0..94).map(|i| format!("x{i}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            if i < 82 {
+                let v = if i % 10 < 7 { 1.0 } else { 0.0 };
+                s.fold(&obs(id, 0, Signal::Judge, v, 1.0), &c).unwrap();
+            } else {
+                s.fold(&obs(id, 0, Signal::SessionNps, 0.4, 1.0), &c)
+                    .unwrap();
+            }
+        }
+        let p = s.posterior(None, &c);
+        let (j, n) = (p.signal(Signal::Judge), p.signal(Signal::SessionNps));
+        assert!(j.weight > n.weight, "judge {j:?} nps {n:?}");
+        assert!(p.mean() > 0.6, "mean {}", p.mean());
+        // A learned NPS offset removes a scale mismatch: NPS 0.4 on a scale 0.3 below.
+        let p = s.posterior_mapped(None, &c, -0.3);
+        let n = p.signal(Signal::SessionNps);
+        assert!((n.mean - 0.7).abs() < 1e-9 && n.offset == -0.3, "{n:?}");
+        assert!(n.reliability > 0.99, "{n:?}");
+    }
+
+    #[test]
+    fn change_detector_forgets_pre_change_evidence() {
+        let c = cfg();
+        let mut s = PosteriorState::new();
+        let ids: Vec<String> = (0..3000).map(|i| format!("c{i}")).collect();
+        // 2,000 scores at 0.8, then the model drops to 0.24 (quality × 0.3).
+        let mut alarm_at = None;
+        for (i, id) in ids.iter().enumerate() {
+            let q = if i < 2000 { 0.8 } else { 0.24 };
+            let v = if (i * 7919 % 100) as f64 / 100.0 < q {
+                1.0
+            } else {
+                0.0
+            };
+            s.fold(&obs(id, i as i64, Signal::Judge, v, 1.0), &c)
+                .unwrap();
+            if alarm_at.is_none() && s.posterior(None, &c).change.alarms > 0 {
+                alarm_at = Some(i);
+            }
+        }
+        let at = alarm_at.expect("the drop is detected");
+        assert!((2000..2100).contains(&at), "alarm at {at}");
+        let p = s.posterior(None, &c);
+        assert_eq!(p.change.alarms, 1);
+        // Only post-alarm evidence remains: the estimate is the new level.
+        assert!(p.mean() < 0.35, "{}", p.mean());
+        assert!(p.samples < 1000);
+    }
     proptest! {
         // Any arrival order gives the same posterior (late feedback counts as if on time).
         #[test]
@@ -777,7 +958,7 @@ mod tests {
             events in proptest::collection::vec((0i64..10_000_000_000, 0usize..5, 0.0f64..=1.0, 0.1f64..3.0), 1..40),
             seed in any::<u64>(),
         ) {
-            let c = PosteriorConfig { half_life_days: 20.0, ..PosteriorConfig::default() };
+            let c = PosteriorConfig { half_life_days: 20.0, change: ChangeConfig { enabled: false, ..ChangeConfig::default() }, ..PosteriorConfig::default() };
             let ids: Vec<String> = (0..events.len()).map(|i| format!("id{i}")).collect();
             let mut a = PosteriorState::new();
             for (i, (t, s, v, w)) in events.iter().enumerate() {
@@ -808,7 +989,7 @@ mod tests {
             prior in proptest::collection::vec((0usize..5, 0.0f64..=1.0), 0..30),
             v in 0.0f64..=1.0,
         ) {
-            let c = PosteriorConfig { reliability: false, ..PosteriorConfig::default() };
+            let c = PosteriorConfig { reliability: false, change: ChangeConfig { enabled: false, ..ChangeConfig::default() }, ..PosteriorConfig::default() };
             let ids: Vec<String> = (0..prior.len()).map(|i| format!("p{i}")).collect();
             let mut s = PosteriorState::new();
             for (i, (sig, x)) in prior.iter().enumerate() {

@@ -91,41 +91,110 @@ impl ScoreWeights {
 }
 
 /// Exploration settings of a route.
+///
+/// Exploration is bounded in *quality* terms: the expected quality the route loses to
+/// exploration, counted with an upper confidence bound of each explored model's gap to the
+/// baseline, stays within `budget × max_regression` per request, so every window of traffic
+/// (exploration and the promoted model together) stays within `max_regression` of the
+/// baseline (docs/routing-math.md). `rate` and `max_exploration_share` are hard caps on top.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExplorationConfig {
-    /// Desired exploration probability per request (capped by `max_exploration_share`).
+    /// Largest exploration probability per request (also capped by `max_exploration_share`).
     pub rate: f64,
-    /// Thompson value = quality draw − cost_penalty × (cost / baseline cost).
+    /// Thompson value = quality draw − cost_penalty × (cost / baseline cost): orders the search
+    /// towards cheap models among the plausible ones.
     pub cost_penalty: f64,
     /// Monte-Carlo draws used to precompute Thompson-sampling probabilities per snapshot.
     pub draws: u32,
     /// Seed for those draws (combined with the table version): snapshots are reproducible.
     pub seed: u64,
+    /// Share of `max_regression` that exploration may cost in expected quality (0 disables
+    /// exploration; 1 spends the whole limit when the baseline is the exploit pick).
+    pub budget: f64,
+    /// z of the upper confidence bound on a model's quality gap used to count that cost
+    /// (1.0 ≈ the 84% bound).
+    pub budget_z: f64,
+    /// Production samples the baseline needs before anything is explored (the gaps are
+    /// measured against it).
+    pub warmup: u64,
+    /// Production samples before a candidate can be eliminated (P(within) < 1 − min_confidence).
+    pub eliminate_after: u64,
 }
 
 impl Default for ExplorationConfig {
     fn default() -> Self {
         ExplorationConfig {
-            rate: 0.05,
+            rate: 0.3,
             cost_penalty: 0.05,
             draws: 1024,
             seed: 0x6c6f_6f70_6761_7465,
+            budget: 1.0,
+            budget_z: 1.0,
+            warmup: 10,
+            eliminate_after: 5,
         }
     }
 }
 
 impl ExplorationConfig {
-    /// `rate` in [0, 1], `cost_penalty` >= 0.
+    /// `rate` and `budget` in [0, 1], `cost_penalty` and `budget_z` >= 0.
     pub fn validate(&self) -> Result<(), String> {
-        let rate_ok = self.rate.is_finite() && (0.0..=1.0).contains(&self.rate);
-        let penalty_ok = self.cost_penalty.is_finite() && self.cost_penalty >= 0.0;
-        if rate_ok && penalty_ok {
+        let unit = |v: f64| v.is_finite() && (0.0..=1.0).contains(&v);
+        let nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        if unit(self.rate)
+            && nonneg(self.cost_penalty)
+            && unit(self.budget)
+            && nonneg(self.budget_z)
+        {
             Ok(())
         } else {
             Err(format!(
-                "exploration.rate must be in [0, 1] and cost_penalty >= 0, got {} and {}",
-                self.rate, self.cost_penalty
+                "exploration.rate and budget must be in [0, 1], cost_penalty and budget_z >= 0, got {}, {}, {} and {}",
+                self.rate, self.budget, self.cost_penalty, self.budget_z
+            ))
+        }
+    }
+}
+
+/// Promotion hysteresis of a route: leaving the baseline needs `min_confidence`, staying
+/// promoted only `demote_confidence`, and another candidate replaces the promoted one only when
+/// its score is higher by `switch_margin`. Regressions are caught by the change detector
+/// (`[routing.posterior.change]`), not by waiting for the confidence to decay.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromotionConfig {
+    /// Confidence P(within max_regression) below which a promoted model is demoted.
+    pub demote_confidence: f64,
+    /// Score advantage a challenger needs to replace the promoted model.
+    pub switch_margin: f64,
+}
+
+impl Default for PromotionConfig {
+    fn default() -> Self {
+        PromotionConfig {
+            demote_confidence: 0.8,
+            switch_margin: 0.02,
+        }
+    }
+}
+
+impl PromotionConfig {
+    /// `demote_confidence` in (0, 1) (used as min(demote_confidence, min_confidence)),
+    /// `switch_margin` >= 0.
+    pub fn validate(&self, _min_confidence: f64) -> Result<(), String> {
+        let d = self.demote_confidence;
+        if d.is_finite()
+            && d > 0.0
+            && d < 1.0
+            && self.switch_margin.is_finite()
+            && self.switch_margin >= 0.0
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "promotion.demote_confidence must be in (0, 1) and switch_margin >= 0, got {d} and {}",
+                self.switch_margin
             ))
         }
     }
@@ -194,9 +263,16 @@ pub struct PreparedModel {
     /// Not confidently below the regression limit or the floor.
     pub explore_quality_ok: bool,
     pub score: ScoreComponents,
-    /// Probability Thompson sampling picks this model among the statically explorable set.
+    /// Probability Thompson sampling picks this model among the exploration set (0 outside it).
     pub ts_prob: f64,
     pub success_rate: Option<f64>,
+    /// Upper confidence bound of the quality gap q_baseline − q_model (the exploration cost of
+    /// one request on this model; 0 for the baseline).
+    pub gap_ub: f64,
+    /// In the exploration set: alive (not eliminated), cheaper than the exploit pick, not it.
+    pub in_explore: bool,
+    /// The promoted incumbent, kept by hysteresis (promotable at `demote_confidence`).
+    pub retained: bool,
 }
 
 impl PreparedModel {
@@ -226,13 +302,33 @@ pub struct PreparedRoute {
     pub pinned: Option<usize>,
     /// Model indices by descending score (baseline included): the exploit ranking.
     pub ranking: Vec<usize>,
+    pub promotion: PromotionConfig,
+    /// The incumbent (previous snapshot's promoted model), if it is still in the route.
+    pub incumbent: Option<usize>,
+    /// Exploration probability from the quality budget (before per-request caps).
+    pub budget_epsilon: f64,
+    /// The exploit pick without per-request state (what the exploration set is built around).
+    pub static_exploit: usize,
 }
 
 const DYNAMIC: [Knob; 2] = [Knob::DailyBudget, Knob::MaxExplorationShare];
 
 impl PreparedRoute {
+    /// Prepare without an incumbent and with the default hysteresis.
     pub fn prepare(input: RouteInput) -> Result<Arc<Self>, RouteError> {
+        Self::prepare_with(input, PromotionConfig::default(), None)
+    }
+
+    /// Prepare a snapshot; `incumbent` is the model the previous snapshot promoted (hysteresis).
+    pub fn prepare_with(
+        input: RouteInput,
+        promotion: PromotionConfig,
+        incumbent: Option<&str>,
+    ) -> Result<Arc<Self>, RouteError> {
         let route = input.route.to_string();
+        if let Err(what) = promotion.validate(input.constraints.min_confidence) {
+            return Err(RouteError::Invalid { route, what });
+        }
         input
             .constraints
             .validate()
@@ -320,11 +416,18 @@ impl PreparedRoute {
                 }
             }
             let low = 1.0 - c.min_confidence;
-            // Only production evidence can rule a candidate out of exploration: with fewer than
-            // `min_samples` observations the verdict would rest on benchmark priors alone, and a
-            // candidate the priors undersell would never get the data to prove them wrong.
+            // Successive elimination: a candidate whose P(within) fell below 1 − min_confidence
+            // is dropped from exploration. Only production evidence can eliminate: on benchmark
+            // priors alone a candidate the priors undersell would never get the data to prove
+            // them wrong.
             let explore_quality_ok = (g.confidence >= low && floor_confidence >= low)
-                || m.posterior.samples < c.min_samples;
+                || m.posterior.samples < ex.eliminate_after;
+            let gap_ub = if is_base {
+                0.0
+            } else {
+                let sd = (m.posterior.variance() + base_in.posterior.variance()).sqrt();
+                base_in.posterior.mean() - m.posterior.mean() + ex.budget_z * sd
+            };
             let success = m.success_rate.unwrap_or(base_success).clamp(0.0, 1.0);
             let cost_saving = if is_base || base_in.cost_per_request <= 0.0 {
                 0.0
@@ -351,6 +454,9 @@ impl PreparedRoute {
                 },
                 ts_prob: 0.0,
                 success_rate: m.success_rate,
+                gap_ub,
+                in_explore: false,
+                retained: false,
             });
         }
         let pinned = match &input.pinned {
@@ -371,13 +477,23 @@ impl PreparedRoute {
                 .total_cmp(&models[*a].score.total)
                 .then(a.cmp(b))
         });
-        thompson_probabilities(
-            &mut models,
-            &ex,
-            base_in.cost_per_request,
-            input.table_version,
-        );
-        Ok(Arc::new(PreparedRoute {
+        // Hysteresis: the incumbent stays promotable down to `demote_confidence`.
+        let c_min_conf = input.constraints.min_confidence;
+        let incumbent = incumbent.and_then(|name| {
+            models
+                .iter()
+                .position(|m| &*m.model == name)
+                .filter(|&i| i != 0)
+        });
+        if let Some(i) = incumbent {
+            let m = &mut models[i];
+            let mut f = m.static_failures;
+            f.remove(Knob::MinConfidence);
+            let conf = m.stats.confidence.min(m.stats.floor_confidence);
+            let demote = promotion.demote_confidence.min(c_min_conf);
+            m.retained = !f.blocks(Action::Promote) && conf >= demote;
+        }
+        let mut route = PreparedRoute {
             route: input.route,
             mode: input.mode,
             table_version: input.table_version,
@@ -387,7 +503,32 @@ impl PreparedRoute {
             models,
             pinned,
             ranking,
-        }))
+            promotion,
+            incumbent,
+            budget_epsilon: 0.0,
+            static_exploit: 0,
+        };
+        let e = route.exploit(&RequestContext::default());
+        route.static_exploit = e;
+        // The exploration set: alive candidates cheaper than the exploit pick (a dearer one
+        // cannot save anything over it), after the baseline's warm-up.
+        // Shadow mode serves the baseline whatever is picked: exploring costs no quality there,
+        // so neither the warm-up nor the budget applies (only the caps).
+        let shadow = route.mode == Mode::Shadow;
+        let warm = shadow || route.models[0].posterior.samples >= ex.warmup;
+        let e_cost = route.models[e].stats.cost_per_request;
+        for (i, m) in route.models.iter_mut().enumerate().skip(1) {
+            let cheaper = e == 0 || m.stats.cost_per_request < e_cost;
+            m.in_explore = warm
+                && i != e
+                && cheaper
+                && m.explore_quality_ok
+                && !m.static_failures.blocks(Action::Explore);
+        }
+        let base_cost = base_in_cost(&route);
+        thompson_probabilities(&mut route.models, &ex, base_cost, route.table_version);
+        route.budget_epsilon = budget_epsilon(&route);
+        Ok(Arc::new(route))
     }
 
     pub fn baseline(&self) -> &PreparedModel {
@@ -418,22 +559,43 @@ impl PreparedRoute {
     }
 
     pub fn promotable(&self, i: usize, ctx: &RequestContext<'_>) -> bool {
-        i != 0 && !self.failures(i, ctx).blocks(Action::Promote)
+        if i == 0 {
+            return false;
+        }
+        let mut f = self.failures(i, ctx);
+        if self.models[i].retained {
+            f.remove(Knob::MinConfidence);
+        }
+        !f.blocks(Action::Promote)
     }
 
     pub fn explorable(&self, i: usize, ctx: &RequestContext<'_>) -> bool {
         i != 0
+            && self.models[i].in_explore
             && self.models[i].explore_quality_ok
             && !self.failures(i, ctx).blocks(Action::Explore)
     }
 
-    /// The exploit pick: the best score among the baseline and promotable candidates.
+    /// The exploit pick: the best score among the baseline and promotable candidates; the
+    /// incumbent keeps it unless that best beats it by `switch_margin`.
     pub fn exploit(&self, ctx: &RequestContext<'_>) -> usize {
-        self.ranking
+        let best = self
+            .ranking
             .iter()
             .copied()
             .find(|&i| i == 0 || self.promotable(i, ctx))
-            .unwrap_or(0)
+            .unwrap_or(0);
+        match self.incumbent {
+            Some(inc) if inc != best && self.promotable(inc, ctx) => {
+                let lead = self.models[best].score.total - self.models[inc].score.total;
+                if lead > self.promotion.switch_margin {
+                    best
+                } else {
+                    inc
+                }
+            }
+            _ => best,
+        }
     }
 
     /// The exploration probability ε actually used for this request.
@@ -442,10 +604,9 @@ impl PreparedRoute {
         if ctx.exploration_share >= c.max_exploration_share {
             return 0.0;
         }
-        let any =
-            (1..self.models.len()).any(|i| self.explorable(i, ctx) && self.models[i].ts_prob > 0.0);
-        if any {
-            self.exploration.rate.min(c.max_exploration_share)
+        let (z, any) = self.ts_mass(ctx);
+        if any && z > 0.0 {
+            self.budget_epsilon
         } else {
             0.0
         }
@@ -455,22 +616,30 @@ impl PreparedRoute {
     pub fn probability(&self, i: usize, ctx: &RequestContext<'_>) -> f64 {
         let e = self.exploit(ctx);
         let eps = self.epsilon(ctx);
-        let (z, _) = self.ts_mass(ctx);
+        let (z, _) = self.ts_mass_excluding(ctx, e);
         let exploit = if i == e { 1.0 - eps } else { 0.0 };
-        let explore = if eps > 0.0 && z > 0.0 && (i == 0 || self.explorable(i, ctx)) {
+        let explore = if eps > 0.0 && z > 0.0 && i != e && self.explorable(i, ctx) {
             eps * self.models[i].ts_prob / z
         } else {
             0.0
         };
+        // No explorable model left once the exploit pick is excluded: ε folds back into it.
+        if eps > 0.0 && z <= 0.0 && i == e {
+            return 1.0;
+        }
         exploit + explore
     }
 
-    /// Σ ts over the baseline and the explorable candidates, and whether any candidate is in it.
+    /// Σ ts over the explorable candidates, and whether any is explorable.
     fn ts_mass(&self, ctx: &RequestContext<'_>) -> (f64, bool) {
-        let mut z = self.models[0].ts_prob;
+        self.ts_mass_excluding(ctx, usize::MAX)
+    }
+
+    fn ts_mass_excluding(&self, ctx: &RequestContext<'_>, skip: usize) -> (f64, bool) {
+        let mut z = 0.0;
         let mut any = false;
         for i in 1..self.models.len() {
-            if self.explorable(i, ctx) {
+            if i != skip && self.explorable(i, ctx) && self.models[i].ts_prob > 0.0 {
                 z += self.models[i].ts_prob;
                 any = true;
             }
@@ -479,23 +648,64 @@ impl PreparedRoute {
     }
 }
 
-/// Probabilities that Thompson sampling (quality draw − cost penalty) picks each model among the
-/// baseline and the statically explorable candidates, by seeded Monte Carlo.
+fn base_in_cost(r: &PreparedRoute) -> f64 {
+    r.models[0].stats.cost_per_request
+}
+
+/// The largest ε whose expected quality cost stays within the budget:
+/// (1 − ε)·g_e + ε·Σ ts_m·g_m ≤ budget × max_regression, with g the upper confidence bound of
+/// each model's gap to the baseline (g_e = 0 when the baseline is the exploit pick). A promoted
+/// model that already uses the budget leaves nothing for exploration; exploring models that
+/// are confidently better than the exploit pick costs nothing and runs at the cap.
+fn budget_epsilon(r: &PreparedRoute) -> f64 {
+    let ex = &r.exploration;
+    let cap = ex.rate.min(r.constraints.max_exploration_share);
+    let e = r.static_exploit;
+    let mass: f64 = r
+        .models
+        .iter()
+        .filter(|m| m.in_explore)
+        .map(|m| m.ts_prob)
+        .sum();
+    if cap <= 0.0 || mass <= 0.0 {
+        return 0.0;
+    }
+    let g_bar: f64 = r
+        .models
+        .iter()
+        .filter(|m| m.in_explore)
+        .map(|m| m.ts_prob / mass * m.gap_ub)
+        .sum();
+    let g_e = if e == 0 { 0.0 } else { r.models[e].gap_ub };
+    let budget = ex.budget * r.constraints.max_regression;
+    if g_bar <= g_e || r.mode == Mode::Shadow {
+        return cap;
+    }
+    ((budget - g_e) / (g_bar - g_e)).clamp(0.0, cap)
+}
+
+/// Probabilities that Thompson sampling (quality draw − cost penalty) picks each model of the
+/// exploration set, by seeded Monte Carlo. Models outside the set get 0.
 fn thompson_probabilities(
     models: &mut [PreparedModel],
     ex: &ExplorationConfig,
     base_cost: f64,
     version: u64,
 ) {
-    let eligible: Vec<usize> = (0..models.len())
-        .filter(|&i| {
-            i == 0
-                || (models[i].explore_quality_ok
-                    && !models[i].static_failures.blocks(Action::Explore))
-        })
+    for m in models.iter_mut() {
+        m.ts_prob = 0.0;
+    }
+    let eligible: Vec<usize> = (1..models.len())
+        .filter(|&i| models[i].in_explore)
         .collect();
-    if eligible.len() <= 1 || ex.draws == 0 {
-        models[0].ts_prob = 1.0;
+    if eligible.is_empty() {
+        return;
+    }
+    if eligible.len() == 1 || ex.draws == 0 {
+        let p = 1.0 / eligible.len() as f64;
+        for &i in &eligible {
+            models[i].ts_prob = p;
+        }
         return;
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(ex.seed ^ version.rotate_left(32));
@@ -651,7 +861,7 @@ pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision 
     d.exploit = e;
     if let Some(hint) = ctx.sticky {
         match route.index_of(hint) {
-            Some(i) if i == 0 || route.promotable(i, ctx) || route.explorable(i, ctx) => {
+            Some(i) if i == 0 || i == e || route.promotable(i, ctx) || route.explorable(i, ctx) => {
                 d.sticky_model = Some(i);
                 d.chosen = i;
                 d.kind = PickKind::Sticky;
@@ -667,12 +877,12 @@ pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision 
     let u = ctx.rng.clamp(0.0, 1.0);
     if eps > 0.0 && u < eps {
         // Reuse the same uniform for the Thompson draw: u/ε is uniform on [0, 1).
-        let (z, _) = route.ts_mass(ctx);
+        let (z, _) = route.ts_mass_excluding(ctx, e);
         if z > 0.0 {
             let target = u / eps * z;
             let mut acc = 0.0;
-            for i in 0..route.models.len() {
-                if i == 0 || route.explorable(i, ctx) {
+            for i in 1..route.models.len() {
+                if i != e && route.explorable(i, ctx) {
                     let p = route.models[i].ts_prob;
                     if p <= 0.0 {
                         continue;
@@ -712,7 +922,14 @@ pub(crate) mod tests {
         let mut s = PosteriorState::new();
         let ids: Vec<String> = (0..n).map(|i| format!("o{i}")).collect();
         for (i, id) in ids.iter().enumerate() {
-            let v = if (i as u64) < k { 1.0 } else { 0.0 };
+            // Successes spread evenly: a block of failures at the end would be a change the
+            // change detector (rightly) acts on.
+            let i = i as u64;
+            let v = if (i + 1) * k / n > i * k / n {
+                1.0
+            } else {
+                0.0
+            };
             s.fold(
                 &Observation {
                     id,
@@ -904,18 +1121,150 @@ pub(crate) mod tests {
         assert_eq!(d.misses[1], Some(Miss::ProviderError));
     }
 
+    /// Baseline at 0.6 over 300 samples; candidates with the given (successes, samples, cost).
+    fn budget_route(
+        cands: &[(&str, u64, u64, f64)],
+        incumbent: Option<&str>,
+    ) -> Arc<PreparedRoute> {
+        PreparedRoute::prepare_with(
+            RouteInput {
+                route: Arc::from("b"),
+                mode: Mode::Live,
+                baseline: model("base", post(180, 300), 0.01),
+                candidates: cands
+                    .iter()
+                    .map(|(n, k, m, c)| model(n, post(*k, *m), *c))
+                    .collect(),
+                constraints: Constraints::default(),
+                weights: ScoreWeights::default(),
+                exploration: ExplorationConfig::default(),
+                pinned: None,
+                table_version: 1,
+            },
+            PromotionConfig::default(),
+            incumbent,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn exploration_stops_at_the_share_cap() {
-        let r = sample_route(Mode::Live);
+        let r = budget_route(&[("new", 0, 0, 0.001)], None);
         let ctx = RequestContext {
-            exploration_share: 0.05,
+            exploration_share: r.constraints.max_exploration_share,
             rng: 0.0,
             ..Default::default()
         };
+        assert!(r.budget_epsilon > 0.0);
         let d = decide(&r, &ctx);
         assert_eq!(d.epsilon, 0.0);
         assert_eq!(d.chosen, d.exploit);
         assert_eq!(d.propensity, 1.0);
+    }
+
+    #[test]
+    fn exploration_is_bounded_in_quality_terms() {
+        // Unknown candidates: each request on one may cost up to its gap's upper bound, so ε is
+        // what keeps ε × mean bound within budget × max_regression.
+        let r = budget_route(&[("a", 0, 0, 0.001), ("b", 0, 0, 0.002)], None);
+        let c = &r.constraints;
+        let g_bar: f64 = r.models.iter().map(|m| m.ts_prob * m.gap_ub).sum();
+        assert!(g_bar > 0.0);
+        assert!(r.budget_epsilon > 0.0);
+        assert!(r.budget_epsilon * g_bar <= r.exploration.budget * c.max_regression + 1e-12);
+        // A candidate confidently better than the baseline costs nothing: explored at the cap.
+        let r = budget_route(&[("good", 90, 100, 0.001)], None);
+        assert!(r.models[1].gap_ub < 0.0);
+        // (It is also promotable: the exploit pick, so nothing is left to explore.)
+        assert_eq!(r.static_exploit, 1);
+        let r = budget_route(&[("good", 18, 20, 0.001), ("cheaper", 0, 0, 0.0005)], None);
+        assert_eq!(r.static_exploit, 1);
+        // A promoted model's own bound is charged first.
+        let cap = r.exploration.rate.min(r.constraints.max_exploration_share);
+        assert!(r.budget_epsilon <= cap);
+        // No budget, no exploration.
+        let mut input = RouteInput {
+            route: Arc::from("b"),
+            mode: Mode::Live,
+            baseline: model("base", post(180, 300), 0.01),
+            candidates: vec![model("a", post(0, 0), 0.001)],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 1,
+        };
+        input.exploration.budget = 0.0;
+        let r = PreparedRoute::prepare(input).unwrap();
+        assert_eq!(r.budget_epsilon, 0.0);
+    }
+
+    #[test]
+    fn warm_up_then_elimination_then_cost_ordering() {
+        // The baseline has no samples yet: nothing is explored.
+        let r = PreparedRoute::prepare(RouteInput {
+            route: Arc::from("w"),
+            mode: Mode::Live,
+            baseline: model("base", post(0, 0), 0.01),
+            candidates: vec![model("a", post(0, 0), 0.001)],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 1,
+        })
+        .unwrap();
+        assert!(!r.models[1].in_explore);
+        assert_eq!(r.budget_epsilon, 0.0);
+        // Confidently worse after a few samples: eliminated; unknown: explored.
+        let r = budget_route(&[("bad", 0, 8, 0.001), ("unknown", 0, 0, 0.001)], None);
+        assert!(!r.models[1].explore_quality_ok && !r.models[1].in_explore);
+        assert!(r.models[2].in_explore);
+        assert_eq!(r.models[1].ts_prob, 0.0);
+        assert!((r.models[2].ts_prob - 1.0).abs() < 1e-12);
+        // Once a candidate is promoted, only cheaper ones are explored.
+        let r = budget_route(
+            &[
+                ("promoted", 95, 100, 0.002),
+                ("dearer", 0, 0, 0.005),
+                ("cheaper", 0, 0, 0.001),
+            ],
+            None,
+        );
+        assert_eq!(&*r.models[r.static_exploit].model, "promoted");
+        assert!(!r.models[2].in_explore);
+        assert!(r.models[3].in_explore);
+    }
+
+    #[test]
+    fn hysteresis_keeps_the_incumbent_and_needs_a_margin_to_switch() {
+        // 0.6 baseline; the candidate is at 0.6 over 100: P(within 0.02) is well below 0.95 but
+        // above 0.8? Find a case in the band and check both sides.
+        let band = |k: u64, n: u64| {
+            let r = budget_route(&[("c", k, n, 0.001)], None);
+            r.models[1].gate.confidence
+        };
+        let (k, n) = (124, 200);
+        let conf = band(k, n);
+        assert!(conf > 0.8 && conf < 0.95, "{conf}");
+        let fresh = budget_route(&[("c", k, n, 0.001)], None);
+        assert_eq!(fresh.static_exploit, 0, "not promoted at {conf}");
+        let kept = budget_route(&[("c", k, n, 0.001)], Some("c"));
+        assert_eq!(kept.static_exploit, 1, "the incumbent stays at {conf}");
+        assert!(kept.models[1].retained);
+        // Below demote_confidence the incumbent goes.
+        let gone = budget_route(&[("c", 100, 200, 0.001)], Some("c"));
+        assert_eq!(gone.static_exploit, 0);
+        // Two promotable candidates with nearly equal scores: the incumbent is not replaced.
+        let two = |inc: &str| {
+            budget_route(
+                &[("x", 190, 200, 0.001), ("y", 190, 200, 0.0009)],
+                Some(inc),
+            )
+            .static_exploit
+        };
+        assert_eq!(two("x"), 1);
+        assert_eq!(two("y"), 2);
     }
 
     fn arb_model(name: &'static str) -> impl Strategy<Value = ModelInput> {

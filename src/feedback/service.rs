@@ -323,6 +323,9 @@ pub struct BuildInputs<'a> {
     pub traffic: &'a Traffic,
     pub priors: Option<&'a Priors>,
     pub posterior_cfg: &'a super::posterior::PosteriorConfig,
+    /// The table published before this one: each route's promoted model is its incumbent
+    /// (promotion hysteresis).
+    pub previous: Option<&'a RouterTable>,
     pub version: u64,
     pub now_ms: i64,
     pub events_folded: u64,
@@ -406,25 +409,23 @@ fn build_route(
         info.prompt_tokens = rc.expected_prompt_tokens as f64;
         info.completion_tokens = rc.expected_completion_tokens as f64;
     }
-    let usage = Usage {
-        prompt_tokens: info.prompt_tokens.round() as u64,
-        completion_tokens: info.completion_tokens.round() as u64,
-        reported: true,
-        ..Default::default()
-    };
+    let (route_pt, route_ct) = (info.prompt_tokens, info.completion_tokens);
     let facts = |m: &str| -> Result<ModelFacts, String> {
         let cand = rt
             .resolve_model(m, None)
             .map_err(|e| format!("not servable: {e}"))?;
-        let price = rt
-            .catalog
-            .get(&cand.provider.profile.catalog_providers, &cand.model)
-            .filter(|i| i.has_prices())
-            .map(|i| i.cost(&usage));
         let s = inp
             .traffic
             .by_model
             .get(&(name.to_string(), cand.model.clone()));
+        // Per-model token mix (a verbose model costs what it writes), shrunk towards the
+        // route's mix by TOKEN_PRIOR pseudo-requests while the model has little traffic.
+        let own = model_usage(route_pt, route_ct, s);
+        let price = rt
+            .catalog
+            .get(&cand.provider.profile.catalog_providers, &cand.model)
+            .filter(|i| i.has_prices())
+            .map(|i| i.cost(&own));
         Ok(ModelFacts {
             name: m.to_string(),
             native: cand.model.clone(),
@@ -472,17 +473,31 @@ fn build_route(
             p95_latency_ms: f.p95,
             success_rate: f.success,
         };
-        PreparedRoute::prepare(RouteInput {
-            route: Arc::from(name),
-            mode,
-            baseline: input(&base),
-            candidates: cands.iter().map(input).collect(),
-            constraints: constraints.clone(),
-            weights: rc.score,
-            exploration: rc.exploration,
-            pinned: pinned.clone(),
-            table_version: inp.version,
-        })
+        let incumbent = inp
+            .previous
+            .and_then(|t| t.routes.get(name))
+            .and_then(|ar| {
+                let p = match key.split_once(CONTEXT_SEP) {
+                    Some((_, ctx)) => ar.contexts.get(ctx)?,
+                    None => &ar.prepared,
+                };
+                (p.static_exploit != 0).then(|| p.models[p.static_exploit].model.clone())
+            });
+        PreparedRoute::prepare_with(
+            RouteInput {
+                route: Arc::from(name),
+                mode,
+                baseline: input(&base),
+                candidates: cands.iter().map(input).collect(),
+                constraints: constraints.clone(),
+                weights: rc.score,
+                exploration: rc.exploration,
+                pinned: pinned.clone(),
+                table_version: inp.version,
+            },
+            rc.promotion,
+            incumbent.as_deref(),
+        )
         .map_err(|e| e.to_string())
     };
     info.mode_source = mode_source;
@@ -638,6 +653,7 @@ impl AggregatorService {
             traffic: &Traffic::default(),
             priors: priors.as_deref(),
             posterior_cfg: &rt.config.routing.posterior,
+            previous: None,
             version: 1,
             now_ms: chrono::Utc::now().timestamp_millis(),
             events_folded: 0,
@@ -749,12 +765,14 @@ impl AggregatorService {
         apply_priors(&mut st.agg, &rt, st.priors.as_deref(), at);
         let stats = st.agg.snapshot();
         st.version += 1;
+        let previous = self.gw.auto.table.load_full();
         let table = build_table(&BuildInputs {
             rt: &rt,
             stats: &stats,
             traffic: &st.traffic,
             priors: st.priors.as_deref(),
             posterior_cfg: st.agg.config(),
+            previous: Some(&previous),
             version: st.version,
             now_ms,
             events_folded: st.agg.events_folded() as u64,
@@ -764,6 +782,25 @@ impl AggregatorService {
         metrics().router_table_age.set(now_ms as f64 / 1000.0);
         self.gw.auto.table.store(Arc::new(table));
         self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
+    }
+}
+
+/// Pseudo-requests of the route's token mix a model's own mix is shrunk towards.
+const TOKEN_PRIOR: f64 = 20.0;
+
+/// The token mix a model's cost is estimated with: its own mean prompt and completion tokens
+/// per request on the route, shrunk towards the route's mix by [`TOKEN_PRIOR`] pseudo-requests.
+pub fn model_usage(route_prompt: f64, route_completion: f64, s: Option<&RouteModelStats>) -> Usage {
+    let (n, own_p, own_c) = s.map_or((0.0, 0, 0), |s| {
+        (s.requests as f64, s.prompt_tokens, s.completion_tokens)
+    });
+    let k = TOKEN_PRIOR;
+    let mix = |own: u64, route: f64| ((own as f64 + k * route) / (n + k)).round() as u64;
+    Usage {
+        prompt_tokens: mix(own_p, route_prompt),
+        completion_tokens: mix(own_c, route_completion),
+        reported: true,
+        ..Default::default()
     }
 }
 
@@ -780,7 +817,7 @@ impl AggregatorService {
     ) {
         let mut out = HashMap::new();
         for (name, rc) in rt.config.routes.iter().filter(|(_, r)| r.is_feedback()) {
-            let (mode, _, constraints, _, pin) = effective_state(name, rc, &st.traffic);
+            let (mode, _, _, _, pin) = effective_state(name, rc, &st.traffic);
             let record = st
                 .traffic
                 .state(name, "experiment")
@@ -815,9 +852,8 @@ impl AggregatorService {
                 rr.experiment = derive_experiment(rec, &rows).map(Arc::new);
             }
             if monitor_on {
-                let mut cfg = rc.rollback;
-                cfg.threshold = constraints.max_regression;
-                if let Ok(mut m) = RollbackMonitor::new(name, cfg) {
+                // The rollback threshold is its own setting (`[routes.x.rollback] threshold`).
+                if let Ok(mut m) = RollbackMonitor::new(name, rc.rollback) {
                     let mut alarm = None;
                     for r in rows.iter().filter(|r| r.ts_ms >= rb_since) {
                         let arm = match r.kind.as_str() {
@@ -1019,6 +1055,27 @@ mod tests {
             FeedbackKind::SessionNps { requests, .. } => assert_eq!(requests.len(), 1),
             k => panic!("unexpected {k:?}"),
         }
+    }
+
+    #[test]
+    fn a_verbose_model_is_costed_by_its_own_token_mix() {
+        let stats = |requests, completion| RouteModelStats {
+            route: "r".into(),
+            model: "m".into(),
+            requests,
+            prompt_tokens: requests * 500,
+            completion_tokens: completion,
+            ..Default::default()
+        };
+        // No traffic: the route's mix.
+        let u = model_usage(500.0, 250.0, None);
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (500, 250));
+        // 1,000 requests writing 1,000 tokens each: close to its own mix.
+        let u = model_usage(500.0, 250.0, Some(&stats(1000, 1_000_000)));
+        assert!((980..=1000).contains(&u.completion_tokens), "{u:?}");
+        // 5 requests: mostly the route's mix still.
+        let u = model_usage(500.0, 250.0, Some(&stats(5, 5_000)));
+        assert_eq!(u.completion_tokens, 400);
     }
 
     #[test]

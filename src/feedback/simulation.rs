@@ -12,8 +12,8 @@ use super::aggregator::{Aggregator, FeedbackEvent, FeedbackKind};
 use super::constraints::Constraints;
 use super::posterior::{Posterior, PosteriorConfig, Scale, Signal};
 use super::router::{
-    decide, ExplorationConfig, Mode, ModelInput, PickKind, PreparedRoute, RequestContext,
-    RouteInput, ScoreWeights,
+    decide, ExplorationConfig, Mode, ModelInput, PickKind, PreparedRoute, PromotionConfig,
+    RequestContext, RouteInput, ScoreWeights,
 };
 
 struct Outcome {
@@ -21,6 +21,8 @@ struct Outcome {
     final_share: Vec<f64>,
     promoted: Vec<u64>,
     explored_share: f64,
+    /// Mean true quality of what was served, every tick included.
+    served_quality: f64,
 }
 
 fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome {
@@ -45,6 +47,8 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
     let mut promoted = vec![0u64; 3];
     let mut last = [0u64; 3];
     let mut id = 0u64;
+    let mut quality_sum = 0.0;
+    let mut incumbent: Option<Arc<str>> = None;
     for tick in 0..ticks {
         let stats = agg.snapshot();
         let p = |i: usize| -> Posterior {
@@ -60,18 +64,24 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
             p95_latency_ms: Some(500.0),
             success_rate: Some(0.999),
         };
-        let prepared = PreparedRoute::prepare(RouteInput {
-            route: route.clone(),
-            mode: Mode::Live,
-            baseline: model(0),
-            candidates: vec![model(1), model(2)],
-            constraints: constraints.clone(),
-            weights: ScoreWeights::default(),
-            exploration: ExplorationConfig::default(),
-            pinned: None,
-            table_version: stats.version,
-        })
+        let prepared = PreparedRoute::prepare_with(
+            RouteInput {
+                route: route.clone(),
+                mode: Mode::Live,
+                baseline: model(0),
+                candidates: vec![model(1), model(2)],
+                constraints: constraints.clone(),
+                weights: ScoreWeights::default(),
+                exploration: ExplorationConfig::default(),
+                pinned: None,
+                table_version: stats.version,
+            },
+            PromotionConfig::default(),
+            incumbent.as_deref(),
+        )
         .unwrap();
+        incumbent = (prepared.static_exploit != 0)
+            .then(|| prepared.models[prepared.static_exploit].model.clone());
         let mut events = Vec::with_capacity(per_tick);
         for _ in 0..per_tick {
             let share = if served_total == 0 {
@@ -96,6 +106,7 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
             if tick + 10 >= ticks {
                 last[d.served] += 1;
             }
+            quality_sum += qualities[d.served];
             let thumbs = if rng.gen::<f64>() < qualities[d.served] {
                 1.0
             } else {
@@ -122,6 +133,7 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
         final_share: last.iter().map(|x| *x as f64 / n_last as f64).collect(),
         promoted,
         explored_share: explored as f64 / served_total as f64,
+        served_quality: quality_sum / served_total as f64,
     }
 }
 
@@ -139,7 +151,9 @@ fn moves_to_the_cheaper_model_only_when_it_holds_quality() {
         o.final_share
     );
     assert_eq!(o.promoted[2], 0, "tiny must never be promoted");
-    assert!(o.explored_share <= 0.05 + 1e-9);
+    // Exploration is bounded in quality: served quality stays within max_regression.
+    assert!(o.explored_share <= Constraints::default().max_exploration_share + 1e-9);
+    assert!(o.served_quality >= 0.85 - 0.03, "{}", o.served_quality);
 
     // Now "mini" is truly worse than the limit (0.85 − 0.03): it must never be promoted.
     let o = run([0.85, 0.78, 0.70], 60, 1000, 4);
@@ -150,4 +164,5 @@ fn moves_to_the_cheaper_model_only_when_it_holds_quality() {
     assert_eq!(o.promoted[1], 0);
     assert_eq!(o.promoted[2], 0);
     assert!(o.final_share[0] > 0.9, "{:?}", o.final_share);
+    assert!(o.served_quality >= 0.85 - 0.03, "{}", o.served_quality);
 }

@@ -35,7 +35,7 @@ pub enum MonitorError {
 pub struct RollbackConfig {
     /// Share of requests kept on the baseline as the reference (0 disables monitoring).
     pub holdback_share: f64,
-    /// Tolerated drop of served quality below the holdback (the route's `max_regression`).
+    /// Tolerated drop of served quality below the holdback before an automatic rollback.
     pub threshold: f64,
     /// Drop beyond the threshold that should be caught fastest (λ = 4·shift).
     pub shift: f64,
@@ -52,8 +52,11 @@ pub struct RollbackConfig {
 impl Default for RollbackConfig {
     fn default() -> Self {
         RollbackConfig {
-            holdback_share: 0.05,
-            threshold: 0.02,
+            // Off by default: the change detector on the promoted model's own scores
+            // (`[routing.posterior.change]`) rolls regressions back without a holdback.
+            holdback_share: 0.0,
+            // Its own setting, not `max_regression`: a rollback is for a material drop.
+            threshold: 0.05,
             shift: 0.05,
             arl0: 1e6,
             reference_alpha: 0.01,
@@ -332,6 +335,16 @@ impl RollbackMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A monitored route: the pre-issue-12 defaults (holdback on, threshold 0.02); the shipped
+    /// default has the holdback off.
+    fn monitored() -> RollbackConfig {
+        RollbackConfig {
+            holdback_share: 0.05,
+            threshold: 0.02,
+            ..RollbackConfig::default()
+        }
+    }
     use crate::feedback::sequential::{MonitorConfig, RegressionMonitor};
     use rand::{Rng, SeedableRng};
 
@@ -377,7 +390,7 @@ mod tests {
             }
         )
         .is_err());
-        let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+        let mut m = RollbackMonitor::new("r", monitored()).unwrap();
         // No reference yet: nothing is monitored.
         for _ in 0..1000 {
             m.observe(MonitorArm::Served, 0.0);
@@ -393,7 +406,7 @@ mod tests {
         let runs = 40;
         let (mut false_alarms, mut delays, mut since) = (0, Vec::new(), Vec::new());
         for run in 0..runs {
-            let mut m = RollbackMonitor::new("support", RollbackConfig::default()).unwrap();
+            let mut m = RollbackMonitor::new("support", monitored()).unwrap();
             // 20 000 clean requests (≈1 000 holdback observations), then served quality
             // silently drops from 0.85 to 0.65.
             for i in 0..20_000 {
@@ -438,7 +451,7 @@ mod tests {
         let runs = 20;
         let mut delays = Vec::new();
         for run in 0..runs {
-            let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+            let mut m = RollbackMonitor::new("r", monitored()).unwrap();
             for i in 0..20_000 {
                 request(&mut m, &mut rng, &format!("{run}-{i}"), 0.85, 0.85);
             }
@@ -467,7 +480,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(607);
         let mut alarms = 0;
         for run in 0..5 {
-            let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+            let mut m = RollbackMonitor::new("r", monitored()).unwrap();
             for i in 0..200_000 {
                 request(&mut m, &mut rng, &format!("{run}-{i}"), 0.8, 0.8);
             }
@@ -478,7 +491,7 @@ mod tests {
 
         // Baseline and served quality drift down together, 0.90 -> 0.70 over 400k requests:
         // the rolling reference follows; an all-time reference would lag and alarm.
-        let mut m = RollbackMonitor::new("r", RollbackConfig::default()).unwrap();
+        let mut m = RollbackMonitor::new("r", monitored()).unwrap();
         let mut all_time = RegressionMonitor::new(MonitorConfig::default()).unwrap();
         let n = 400_000;
         let mut all_time_alarm = None;

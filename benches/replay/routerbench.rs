@@ -1,0 +1,704 @@
+//! RouterBench replay (issue 12): many candidates per route, the issue's traffic shape, shipped
+//! defaults, several seeds.
+//!
+//! ```sh
+//! cargo bench --bench replay -- --routerbench            # 5 seeds, every route (in-process)
+//! cargo bench --bench replay -- --routerbench --quick    # 2 seeds, a third of the routes
+//! ```
+//!
+//! Routes are made from `benches/data/routerbench.jsonl.gz` by a fixed rule, not picked by
+//! hand: per task (ARC-Challenge, MBPP, Winogrande) and per baseline in {gpt-4-1106-preview,
+//! claude-v2, claude-v1}, the route with every other model as a candidate and two routes with
+//! four candidates drawn by a seeded RNG. A model dearer than the baseline is a candidate too
+//! (the shipped `max_cost_increase = 0` keeps it out, as in the gateway).
+//!
+//! The router is the library's, driven exactly as the gateway drives it: an [`Aggregator`]
+//! folds the feedback events (`judge` scores, session NPS), a fresh
+//! [`PreparedRoute::prepare_with`] snapshot with the previous snapshot's promoted model as the
+//! incumbent every `SNAPSHOT_EVERY` requests (the aggregator's refresh), [`decide`] per request
+//! with the same exploration-share average and session stickiness as `AutoState`, the embedded
+//! benchmark priors, and every default (`Constraints`, `ExplorationConfig`, `PosteriorConfig`,
+//! `PromotionConfig`). Costs per request are the task's mean logged cost per model (what the
+//! gateway's catalog × token-mix estimate stands for).
+//!
+//! Traffic: 2,000 requests per route; sessions of 1 + round(Exp(mean 4)) requests, eight open
+//! at a time; a judge score on 30% of requests (outcome + N(0, 0.1²), clamped to [0, 1]),
+//! `JUDGE_DELAY` requests later; a session NPS (round(10 × session mean quality + N(0, 1.5²)),
+//! clamped to 0..=10) on 10% of sessions, `NPS_DELAY` requests after the session ends.
+//!
+//! Metrics (truth = each model's mean outcome over the task's rows): first promotion; saving
+//! over requests 1,000–2,000 as a share of the best static choice in hindsight (the cheapest
+//! model within δ of the baseline); the lowest served quality (true means of the served models)
+//! over any 500-request window minus (baseline − δ); promotions; calibration (promotions at
+//! confidence ≥ 0.95 truly within δ); and the silent regression: the promoted model's quality
+//! × 0.3 from 200 and 2,500 requests after its promotion, requests until it is no longer the
+//! exploit pick.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use loopgate::feedback::aggregator::{Aggregator, FeedbackEvent, FeedbackKind};
+use loopgate::feedback::constraints::Constraints;
+use loopgate::feedback::posterior::{PosteriorConfig, PosteriorState, Scale, Signal};
+use loopgate::feedback::priors::Priors;
+use loopgate::feedback::router::{
+    decide, ExplorationConfig, Mode, ModelInput, PickKind, PreparedRoute, PromotionConfig,
+    RequestContext, RouteInput, ScoreWeights,
+};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+const REQUESTS: usize = 2_000;
+const SNAPSHOT_EVERY: usize = 20;
+const JUDGE_SHARE: f64 = 0.3;
+const JUDGE_NOISE: f64 = 0.1;
+const JUDGE_DELAY: usize = 5;
+const NPS_SHARE: f64 = 0.1;
+const NPS_NOISE: f64 = 1.5;
+const NPS_DELAY: usize = 10;
+const SESSION_MEAN_EXTRA: f64 = 4.0;
+const OPEN_SESSIONS: usize = 8;
+const WINDOW: usize = 500;
+const EXPLORE_EWMA: f64 = 1.0 / 200.0;
+/// The gateway's default `routing.nps_weight`.
+const NPS_WEIGHT: f64 = 3.0;
+const BASELINES: [&str; 3] = ["gpt-4-1106-preview", "claude-v2", "claude-v1"];
+
+struct Task {
+    name: String,
+    models: Vec<String>,
+    /// Per row: outcome per model.
+    q: Vec<Vec<f64>>,
+    /// Mean outcome and mean cost per model.
+    mean_q: Vec<f64>,
+    mean_c: Vec<f64>,
+}
+
+fn load(path: &Path) -> Result<Vec<Task>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let rd = std::io::BufReader::new(flate2::read::GzDecoder::new(f));
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut costs: Vec<Vec<f64>> = Vec::new();
+    for line in rd.lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+        let task = v["task"].as_str().ok_or("task")?.to_string();
+        let ms = v["models"].as_object().ok_or("models")?;
+        let ti = match tasks.iter().position(|t| t.name == task) {
+            Some(i) => i,
+            None => {
+                let mut models: Vec<String> = ms.keys().cloned().collect();
+                models.sort();
+                tasks.push(Task {
+                    name: task,
+                    models,
+                    q: Vec::new(),
+                    mean_q: Vec::new(),
+                    mean_c: Vec::new(),
+                });
+                costs.push(Vec::new());
+                tasks.len() - 1
+            }
+        };
+        let t = &mut tasks[ti];
+        let mut row = Vec::with_capacity(t.models.len());
+        let c = &mut costs[ti];
+        c.resize(t.models.len(), 0.0);
+        for (k, m) in t.models.iter().enumerate() {
+            row.push(ms[m]["quality"].as_f64().ok_or("quality")?);
+            c[k] += ms[m]["cost_usd"].as_f64().ok_or("cost")?;
+        }
+        t.q.push(row);
+    }
+    for (t, c) in tasks.iter_mut().zip(costs) {
+        let n = t.q.len() as f64;
+        t.mean_c = c.iter().map(|x| x / n).collect();
+        t.mean_q = (0..t.models.len())
+            .map(|k| t.q.iter().map(|r| r[k]).sum::<f64>() / n)
+            .collect();
+    }
+    Ok(tasks)
+}
+
+#[derive(Clone)]
+struct RouteSpec {
+    name: String,
+    task: usize,
+    /// Model indices into the task; [0] is the baseline.
+    models: Vec<usize>,
+}
+
+fn routes(tasks: &[Task]) -> Vec<RouteSpec> {
+    let mut out = Vec::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        for b in BASELINES {
+            let Some(bi) = t.models.iter().position(|m| m == b) else {
+                continue;
+            };
+            let others: Vec<usize> = (0..t.models.len()).filter(|&k| k != bi).collect();
+            out.push(RouteSpec {
+                name: format!("{}/{}/all", t.name, b),
+                task: ti,
+                models: std::iter::once(bi).chain(others.iter().copied()).collect(),
+            });
+            let mut rng = StdRng::seed_from_u64(0x5eed ^ (ti as u64) << 8 ^ bi as u64);
+            for k in 0..2 {
+                let mut pick = others.clone();
+                pick.shuffle(&mut rng);
+                pick.truncate(4);
+                pick.sort();
+                out.push(RouteSpec {
+                    name: format!("{}/{}/subset{}", t.name, b, k + 1),
+                    task: ti,
+                    models: std::iter::once(bi).chain(pick).collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    /// A cheaper candidate at least as good as the baseline.
+    Better,
+    /// The best cheaper candidate is within δ but below the baseline.
+    Within,
+    /// No cheaper candidate within δ.
+    Unsafe,
+}
+
+struct Truth {
+    q: Vec<f64>,
+    c: Vec<f64>,
+    best: usize,
+    class: Class,
+}
+
+fn truth(t: &Task, r: &RouteSpec, delta: f64) -> Truth {
+    let q: Vec<f64> = r.models.iter().map(|&k| t.mean_q[k]).collect();
+    let c: Vec<f64> = r.models.iter().map(|&k| t.mean_c[k]).collect();
+    let cheaper = |i: usize| i != 0 && c[i] <= c[0];
+    let best = (0..q.len())
+        .filter(|&i| i == 0 || (cheaper(i) && q[i] >= q[0] - delta))
+        .min_by(|&a, &b| c[a].total_cmp(&c[b]))
+        .unwrap_or(0);
+    let class = if (1..q.len()).any(|i| cheaper(i) && q[i] >= q[0]) {
+        Class::Better
+    } else if best != 0 {
+        Class::Within
+    } else {
+        Class::Unsafe
+    };
+    Truth { q, c, best, class }
+}
+
+/// A silent regression of the promoted model, `after` requests after its first promotion.
+#[derive(Clone, Copy)]
+struct Regression {
+    after: usize,
+}
+
+#[derive(Default, Clone, Debug)]
+struct RunOut {
+    first_promotion: Option<usize>,
+    promotions: Vec<(usize, usize, f64)>,
+    served: Vec<usize>,
+    /// True quality of what was served per request (regression applied).
+    served_q: Vec<f64>,
+    /// Regression: onset and requests until the regressed model was no longer the exploit pick.
+    onset: Option<usize>,
+    rollback_after: Option<usize>,
+    rolled_to_baseline: bool,
+}
+
+/// An open session: (id, requests left, last chosen model, (served model, outcome) so far).
+type Session = (u64, usize, Option<usize>, Vec<(usize, f64)>);
+
+struct Pending {
+    due: usize,
+    ev: FeedbackEvent,
+}
+
+/// The route settings under test: the shipped defaults, unless `LOOPGATE_BENCH_OVERRIDES` holds
+/// a JSON object `{"constraints": {..}, "exploration": {..}, "promotion": {..}}` (for sweeps; the
+/// headline table is always run without it).
+#[derive(Clone, Default, serde::Deserialize)]
+#[serde(default)]
+struct Settings {
+    constraints: Constraints,
+    exploration: ExplorationConfig,
+    promotion: PromotionConfig,
+}
+
+fn settings() -> Settings {
+    match std::env::var("LOOPGATE_BENCH_OVERRIDES") {
+        Ok(v) if !v.trim().is_empty() => match serde_json::from_str(&v) {
+            Ok(s) => s,
+            Err(e) => panic!("LOOPGATE_BENCH_OVERRIDES: {e}"),
+        },
+        _ => Settings::default(),
+    }
+}
+
+fn run(
+    t: &Task,
+    r: &RouteSpec,
+    seed: u64,
+    regression: Option<Regression>,
+    priors: Option<&Priors>,
+    set: &Settings,
+) -> RunOut {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let route: Arc<str> = Arc::from(r.name.as_str());
+    let names: Vec<Arc<str>> = r
+        .models
+        .iter()
+        .map(|&k| Arc::from(t.models[k].as_str()))
+        .collect();
+    let pcfg = PosteriorConfig::default();
+    let mut agg = match Aggregator::new(pcfg.clone(), NPS_WEIGHT) {
+        Ok(a) => a,
+        Err(e) => panic!("aggregator: {e}"),
+    };
+    let prior_of = |m: &str| priors.and_then(|p| p.lookup(m, None));
+    for m in &names {
+        if let Some(p) = prior_of(m) {
+            let _ = agg.set_prior(&route, m, p.score, p.n0, 0);
+        }
+    }
+    let cost: Vec<f64> = r.models.iter().map(|&k| t.mean_c[k]).collect();
+    let mut order: Vec<usize> = Vec::new();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut out = RunOut::default();
+    let mut prepared: Option<Arc<PreparedRoute>> = None;
+    let mut exploit_prev = 0usize;
+    let mut share = 0.0f64;
+    // Open sessions: (id, remaining, last model, outcomes with their models).
+    let mut sessions: Vec<Session> = Vec::new();
+    let mut next_session = 0u64;
+    let mut ev_id = 0u64;
+    let mut onset: Option<usize> = None;
+    let mut regressed_model: Option<usize> = None;
+    let mut horizon = REQUESTS;
+    let mut n = 0usize;
+    while n < horizon {
+        // Deliver due feedback (sorted by due time on insertion).
+        while pending.front().is_some_and(|p| p.due <= n) {
+            if let Some(p) = pending.pop_front() {
+                let _ = agg.fold(&p.ev);
+            }
+        }
+        if n.is_multiple_of(SNAPSHOT_EVERY) {
+            let stats = agg.snapshot();
+            let input = |i: usize| {
+                let posterior = stats.get(&route, &names[i]).copied().unwrap_or_else(|| {
+                    let mut st = PosteriorState::new();
+                    if let Some(p) = prior_of(&names[i]) {
+                        let _ = st.set_prior(p.score, p.n0, 0, &pcfg);
+                    }
+                    st.posterior(None, &pcfg)
+                });
+                ModelInput {
+                    model: names[i].clone(),
+                    posterior,
+                    cost_per_request: cost[i],
+                    p95_latency_ms: None,
+                    success_rate: None,
+                }
+            };
+            let incumbent = prepared
+                .as_ref()
+                .filter(|p| p.static_exploit != 0)
+                .map(|p| p.models[p.static_exploit].model.clone());
+            let p = PreparedRoute::prepare_with(
+                RouteInput {
+                    route: route.clone(),
+                    mode: Mode::Live,
+                    baseline: input(0),
+                    candidates: (1..names.len()).map(input).collect(),
+                    constraints: set.constraints.clone(),
+                    weights: ScoreWeights::default(),
+                    exploration: set.exploration,
+                    pinned: None,
+                    table_version: (n / SNAPSHOT_EVERY) as u64 + 1,
+                },
+                set.promotion,
+                incumbent.as_deref(),
+            );
+            let p = match p {
+                Ok(p) => p,
+                Err(e) => panic!("prepare: {e}"),
+            };
+            let e = p.static_exploit;
+            if e != 0 && e != exploit_prev {
+                out.promotions.push((n, e, p.models[e].gate.confidence));
+                if out.first_promotion.is_none() {
+                    out.first_promotion = Some(n);
+                    if let Some(reg) = regression {
+                        onset = Some(n + reg.after);
+                        regressed_model = Some(e);
+                        horizon = n + reg.after + 1_000;
+                    }
+                }
+            }
+            if let (Some(o), Some(m), None) = (onset, regressed_model, out.rollback_after) {
+                if n >= o && e != m {
+                    out.rollback_after = Some(n - o);
+                    out.rolled_to_baseline = e == 0;
+                }
+            }
+            exploit_prev = e;
+            prepared = Some(p);
+        }
+        let Some(p) = prepared.as_ref() else { break };
+        // Pick a session: open a new one when fewer than OPEN_SESSIONS are open.
+        while sessions.len() < OPEN_SESSIONS {
+            let u: f64 = 1.0 - rng.gen::<f64>();
+            let len = 1 + (-(u.ln()) * SESSION_MEAN_EXTRA).round() as usize;
+            sessions.push((next_session, len, None, Vec::new()));
+            next_session += 1;
+        }
+        let si = rng.gen_range(0..sessions.len());
+        if order.is_empty() {
+            order = (0..t.q.len()).collect();
+            order.shuffle(&mut rng);
+        }
+        let row = order.pop().unwrap_or(0);
+        let sticky = sessions[si].2.map(|i| &*names[i]);
+        let ctx = RequestContext {
+            spend_today: 0.0,
+            exploration_share: share,
+            sticky,
+            rng: rng.gen::<f64>(),
+        };
+        let d = decide(p, &ctx);
+        if !matches!(d.kind, PickKind::Off | PickKind::Pinned) {
+            let explored = if d.kind == PickKind::Explored {
+                1.0
+            } else {
+                0.0
+            };
+            share += EXPLORE_EWMA * (explored - share);
+        }
+        let m = d.served;
+        let regressed = onset.is_some_and(|o| n >= o) && regressed_model == Some(m);
+        let mut outcome = t.q[row][r.models[m]];
+        if regressed && rng.gen::<f64>() >= 0.3 {
+            outcome = 0.0;
+        }
+        out.served.push(m);
+        out.served_q
+            .push(t.mean_q[r.models[m]] * if regressed { 0.3 } else { 1.0 });
+        let at_ms = n as i64 * 1_000;
+        if rng.gen::<f64>() < JUDGE_SHARE {
+            let v = (outcome + JUDGE_NOISE * gauss(&mut rng)).clamp(0.0, 1.0);
+            ev_id += 1;
+            push(
+                &mut pending,
+                n + JUDGE_DELAY,
+                FeedbackEvent {
+                    id: format!("j{ev_id}"),
+                    at_ms,
+                    kind: FeedbackKind::Score {
+                        route: route.clone(),
+                        model: names[m].clone(),
+                        signal: Signal::Judge,
+                        value: v,
+                        scale: Scale::Unit,
+                    },
+                },
+            );
+        }
+        let s = &mut sessions[si];
+        s.2 = Some(d.chosen);
+        s.3.push((m, outcome));
+        s.1 -= 1;
+        if s.1 == 0 {
+            let (id, _, _, outcomes) = sessions.swap_remove(si);
+            if rng.gen::<f64>() < NPS_SHARE {
+                let mean = outcomes.iter().map(|x| x.1).sum::<f64>() / outcomes.len() as f64;
+                let nps = (10.0 * mean + NPS_NOISE * gauss(&mut rng))
+                    .round()
+                    .clamp(0.0, 10.0);
+                push(
+                    &mut pending,
+                    n + NPS_DELAY,
+                    FeedbackEvent {
+                        id: format!("s{id}"),
+                        at_ms,
+                        kind: FeedbackKind::SessionNps {
+                            nps,
+                            requests: outcomes
+                                .iter()
+                                .map(|(m, _)| (route.clone(), names[*m].clone()))
+                                .collect(),
+                        },
+                    },
+                );
+            }
+        }
+        n += 1;
+    }
+    out.onset = onset;
+    out
+}
+
+fn push(q: &mut VecDeque<Pending>, due: usize, ev: FeedbackEvent) {
+    let pos = q.iter().rposition(|p| p.due <= due).map_or(0, |i| i + 1);
+    q.insert(pos, Pending { due, ev });
+}
+
+fn gauss(rng: &mut StdRng) -> f64 {
+    let u1: f64 = 1.0 - rng.gen::<f64>();
+    let u2: f64 = rng.gen::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Lowest mean of `xs` over any window of `w` consecutive entries.
+fn min_window(xs: &[f64], w: usize) -> f64 {
+    if xs.len() < w {
+        return f64::NAN;
+    }
+    let mut sum: f64 = xs[..w].iter().sum();
+    let mut best = sum;
+    for i in w..xs.len() {
+        sum += xs[i] - xs[i - w];
+        best = best.min(sum);
+    }
+    best / w as f64
+}
+
+struct Args {
+    seeds: u64,
+    quick: bool,
+    out: PathBuf,
+    data: PathBuf,
+}
+
+fn parse() -> Args {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut a = Args {
+        seeds: 5,
+        quick: false,
+        out: root.join("target/bench-results"),
+        data: root.join("benches/data/routerbench.jsonl.gz"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--seeds" => a.seeds = it.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--quick" => a.quick = true,
+            "--out" => a.out = it.next().map(PathBuf::from).unwrap_or(a.out),
+            "--data" => a.data = it.next().map(PathBuf::from).unwrap_or(a.data),
+            _ => {}
+        }
+    }
+    if a.quick {
+        a.seeds = a.seeds.min(2);
+    }
+    a
+}
+
+fn fmt_opt(x: Option<usize>) -> String {
+    x.map_or("–".into(), |v| v.to_string())
+}
+
+pub fn main() {
+    let a = parse();
+    let tasks = match load(&a.data) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("routerbench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let priors = Priors::embedded().ok();
+    let set = settings();
+    let overridden = std::env::var("LOOPGATE_BENCH_OVERRIDES").is_ok_and(|v| !v.trim().is_empty());
+    let delta = set.constraints.max_regression;
+    let mut all = routes(&tasks);
+    if a.quick {
+        all = all.into_iter().step_by(3).collect();
+    }
+    let started = std::time::Instant::now();
+    let mut md = String::new();
+    md.push_str(&format!(
+        "RouterBench replay, in-process, {}, {} requests per route, seeds 0..{}, δ = {delta}\n\n",
+        if overridden {
+            "OVERRIDDEN settings (LOOPGATE_BENCH_OVERRIDES)"
+        } else {
+            "shipped defaults"
+        },
+        REQUESTS,
+        a.seeds
+    ));
+    md.push_str("| route | class | cands | first promotion (per seed) | saving vs best static, req 1000-2000 (min / mean) | min 500-window − (baseline − δ) | promotions (mean) | rollback after regression at +200 (max) | at +2500 (max) |\n|---|---|---:|---|---|---:|---:|---:|---:|\n");
+    let mut calib = (0usize, 0usize);
+    let mut json_routes = Vec::new();
+    let mut goals = HashMap::<&str, (usize, usize)>::new();
+    for r in &all {
+        let t = &tasks[r.task];
+        let tr = truth(t, r, delta);
+        let mut firsts = Vec::new();
+        let mut savings = Vec::new();
+        let mut windows = Vec::new();
+        let mut promos = Vec::new();
+        let mut rb200 = Vec::new();
+        let mut rb2500 = Vec::new();
+        for seed in 0..a.seeds {
+            let o = run(t, r, seed, None, priors.as_ref(), &set);
+            firsts.push(o.first_promotion);
+            let served_c: f64 = o.served[1000..2000].iter().map(|&m| tr.c[m]).sum::<f64>() / 1000.0;
+            if tr.best != 0 {
+                savings.push((tr.c[0] - served_c) / (tr.c[0] - tr.c[tr.best]));
+            }
+            windows.push(min_window(&o.served_q, WINDOW) - (tr.q[0] - delta));
+            promos.push(o.promotions.len());
+            for &(_, m, conf) in &o.promotions {
+                if conf >= 0.95 {
+                    calib.1 += 1;
+                    if tr.q[m] >= tr.q[0] - delta {
+                        calib.0 += 1;
+                    }
+                }
+            }
+            for (after, acc) in [(200, &mut rb200), (2500, &mut rb2500)] {
+                let o = run(
+                    t,
+                    r,
+                    seed,
+                    Some(Regression { after }),
+                    priors.as_ref(),
+                    &set,
+                );
+                if o.onset.is_some() {
+                    acc.push(o.rollback_after);
+                }
+            }
+        }
+        let firsts_s = firsts
+            .iter()
+            .map(|f| fmt_opt(*f))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (smin, smean) = if savings.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (
+                savings.iter().copied().fold(f64::INFINITY, f64::min),
+                savings.iter().sum::<f64>() / savings.len() as f64,
+            )
+        };
+        let wmin = windows.iter().copied().fold(f64::INFINITY, f64::min);
+        let pmean = promos.iter().sum::<usize>() as f64 / promos.len().max(1) as f64;
+        let rb = |v: &Vec<Option<usize>>| -> String {
+            if v.is_empty() {
+                "n/a".into()
+            } else if v.iter().any(Option::is_none) {
+                format!(
+                    "never ({} of {})",
+                    v.iter().filter(|x| x.is_none()).count(),
+                    v.len()
+                )
+            } else {
+                v.iter()
+                    .flatten()
+                    .max()
+                    .map_or("–".into(), |m| m.to_string())
+            }
+        };
+        let class = match tr.class {
+            Class::Better => "better",
+            Class::Within => "within δ",
+            Class::Unsafe => "unsafe",
+        };
+        // Goals of issue 12.
+        match tr.class {
+            Class::Better => {
+                let ok_first = firsts.iter().all(|f| f.is_some_and(|x| x <= 500));
+                let ok_saving = savings.iter().all(|s| *s >= 0.9);
+                let g = goals
+                    .entry("better: first ≤ 500 in every seed")
+                    .or_default();
+                g.1 += 1;
+                g.0 += usize::from(ok_first);
+                let g = goals
+                    .entry("better: saving ≥ 90% in every seed")
+                    .or_default();
+                g.1 += 1;
+                g.0 += usize::from(ok_saving);
+            }
+            Class::Unsafe => {
+                let g = goals.entry("unsafe: zero promotions").or_default();
+                g.1 += 1;
+                g.0 += usize::from(promos.iter().all(|p| *p == 0));
+                let g = goals
+                    .entry("unsafe: every window ≥ baseline − δ")
+                    .or_default();
+                g.1 += 1;
+                g.0 += usize::from(wmin >= 0.0);
+            }
+            Class::Within => {}
+        }
+        for v in [&rb200, &rb2500] {
+            if !v.is_empty() {
+                let g = goals
+                    .entry("regression: rollback ≤ 500 in every seed")
+                    .or_default();
+                g.1 += 1;
+                g.0 += usize::from(v.iter().all(|x| x.is_some_and(|x| x <= 500)));
+            }
+        }
+        md.push_str(&format!(
+            "| {} | {class} | {} | {firsts_s} | {} | {wmin:+.3} | {pmean:.1} | {} | {} |\n",
+            r.name,
+            r.models.len() - 1,
+            if savings.is_empty() {
+                "n/a (baseline is best)".to_string()
+            } else {
+                format!("{:.0}% / {:.0}%", smin * 100.0, smean * 100.0)
+            },
+            rb(&rb200),
+            rb(&rb2500),
+        ));
+        json_routes.push(json!({
+            "route": r.name, "class": class, "candidates": r.models.len() - 1,
+            "first_promotion": firsts, "saving_vs_best_static": savings,
+            "min_window_minus_floor": windows, "promotions": promos,
+            "rollback_after_200": rb200, "rollback_after_2500": rb2500,
+            "truth": {"quality": tr.q, "cost": tr.c, "best_static": tr.best},
+        }));
+        eprintln!("routerbench: {} done ({:.0?})", r.name, started.elapsed());
+    }
+    md.push_str(&format!(
+        "\nCalibration: {} of {} promotions made at confidence ≥ 0.95 were truly within δ ({:.1}%).\n\nGoals (routes meeting / routes of the class):\n\n",
+        calib.0,
+        calib.1,
+        100.0 * calib.0 as f64 / calib.1.max(1) as f64
+    ));
+    let mut gl: Vec<_> = goals.iter().collect();
+    gl.sort();
+    for (k, (ok, n)) in gl {
+        md.push_str(&format!("- {k}: {ok} / {n}\n"));
+    }
+    let _ = std::fs::create_dir_all(&a.out);
+    let _ = std::fs::write(a.out.join("routerbench.md"), &md);
+    let _ = std::fs::write(
+        a.out.join("routerbench.json"),
+        serde_json::to_string_pretty(
+            &json!({"routes": json_routes, "calibration": [calib.0, calib.1]}),
+        )
+        .unwrap_or_default(),
+    );
+    println!("{md}");
+    eprintln!(
+        "routerbench: wrote {} ({:.0?})",
+        a.out.join("routerbench.md").display(),
+        started.elapsed()
+    );
+}
