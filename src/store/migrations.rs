@@ -155,6 +155,11 @@ CREATE TABLE route_state (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        name: "cost_unknown",
+        sql: "ALTER TABLE traces ADD COLUMN cost_unknown INTEGER NOT NULL DEFAULT 0;",
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -300,6 +305,11 @@ CREATE TABLE route_state (
     PRIMARY KEY (route, key)
 );
 "#,
+    },
+    Migration {
+        version: 3,
+        name: "cost_unknown",
+        sql: "ALTER TABLE traces ADD COLUMN cost_unknown BOOLEAN NOT NULL DEFAULT FALSE;",
     },
 ];
 

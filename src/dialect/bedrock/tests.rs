@@ -598,8 +598,11 @@ fn owned_profiles_load() {
     assert!(o.models.is_empty());
     let h = load("huggingface.toml");
     assert_eq!(
-        (h.dialect.as_str(), h.api_key_env.as_deref()),
-        ("huggingface", Some("HF_TOKEN"))
+        (h.dialect.as_str(), h.api_key_vars()),
+        (
+            "huggingface",
+            vec!["HUGGING_FACE_API_KEY", "HF_TOKEN", "HUGGINGFACE_API_KEY"]
+        )
     );
     assert!(h.embeddings_path.is_none());
     let a = load("azure-foundry.toml");
