@@ -45,7 +45,12 @@ fn serve_expect_exit(config: &Path, env: &[(&str, &str)]) -> (Option<i32>, Strin
         if let Some(st) = child.try_wait().unwrap() {
             let mut err = String::new();
             use std::io::Read;
-            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             return (st.code(), err);
         }
         if Instant::now() > deadline {
@@ -83,7 +88,10 @@ fn dev_mode_env(mock: &MockUpstream) -> Vec<(&'static str, String)> {
 /// The quickstart's Python snippet, verbatim but for the port.
 fn readme_python_snippet() -> String {
     let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
-    let start = readme.find("```python\n").expect("README has a python snippet") + 10;
+    let start = readme
+        .find("```python\n")
+        .expect("README has a python snippet")
+        + 10;
     let end = start + readme[start..].find("```").unwrap();
     readme[start..end].to_string()
 }
@@ -164,7 +172,10 @@ async fn with_keys_a_wrong_token_gets_a_401_that_says_what_to_do() {
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("loopgate hash-key") && msg.contains("Bearer"), "{msg}");
+    assert!(
+        msg.contains("loopgate hash-key") && msg.contains("Bearer"),
+        "{msg}"
+    );
     assert_eq!(mock.count(), 0);
 }
 
@@ -174,7 +185,12 @@ fn refuses_to_start_unauthenticated_on_a_public_address() {
     let cfg = base_config(dir.path(), &format!("0.0.0.0:{}", free_port()));
     let (code, err) = serve_expect_exit(&cfg, &[]);
     assert_eq!(code, Some(2), "{err}");
-    for needle in ["0.0.0.0", "loopgate hash-key", "127.0.0.1", "LOOPGATE_MASTER_KEY"] {
+    for needle in [
+        "0.0.0.0",
+        "loopgate hash-key",
+        "127.0.0.1",
+        "LOOPGATE_MASTER_KEY",
+    ] {
         assert!(err.contains(needle), "'{needle}' not in: {err}");
     }
     // `check` says the same.
@@ -258,15 +274,24 @@ async fn a_missing_provider_key_names_the_variable_to_set() {
             let r = r.send().await.unwrap();
             let status = r.status().as_u16();
             let v: Value = r.json().await.unwrap();
-            (status, v["error"]["message"].as_str().unwrap_or("").to_string())
+            (
+                status,
+                v["error"]["message"].as_str().unwrap_or("").to_string(),
+            )
         }
     };
     let (s, m) = ask("command-r-plus", None).await;
     assert_eq!(s, 404);
-    assert!(m.contains("COHERE_API_KEY") && m.contains("CO_API_KEY"), "{m}");
+    assert!(
+        m.contains("COHERE_API_KEY") && m.contains("CO_API_KEY"),
+        "{m}"
+    );
     let (s, m) = ask("hugging-face/meta-llama/Llama-3.1-8B-Instruct", None).await;
     assert_eq!(s, 404);
-    assert!(m.contains("HUGGING_FACE_API_KEY") && m.contains("HF_TOKEN"), "{m}");
+    assert!(
+        m.contains("HUGGING_FACE_API_KEY") && m.contains("HF_TOKEN"),
+        "{m}"
+    );
     let (s, m) = ask("my-deployment", Some("azure-openai")).await;
     assert_eq!(s, 404);
     assert!(m.contains("AZURE_OPENAI_API_KEY"), "{m}");
@@ -323,7 +348,12 @@ async fn azure_foundry_variables_and_aliases() {
     chat_ok(&g, "azure-ai/my-llama", None).await;
     chat_ok(&g, "my-llama", Some("azure-foundry")).await;
     for req in mock.requests() {
-        assert!(req.path.starts_with("/models/chat/completions?api-version="), "{}", req.path);
+        assert!(
+            req.path
+                .starts_with("/models/chat/completions?api-version="),
+            "{}",
+            req.path
+        );
         assert_eq!(req.header("api-key"), Some("az-foundry-key"));
     }
 }
@@ -349,7 +379,11 @@ fn mocks_more_hf() -> Reply {
     let chat = openai_like();
     Reply::Dynamic(Arc::new(move |r: &Received| {
         if r.header("authorization") != Some("Bearer hf_common") {
-            return Reply::Json(401, vec![], json!({"error": "Invalid credentials"}).to_string());
+            return Reply::Json(
+                401,
+                vec![],
+                json!({"error": "Invalid credentials"}).to_string(),
+            );
         }
         chat.clone()
     }))
@@ -396,7 +430,8 @@ async fn vertex_ai_project_id_with_an_authorized_user_adc_file() {
     chat_ok(&g, "vertex-ai/gemini-2.5-flash", None).await;
     let req = &gemini.requests()[0];
     assert!(
-        req.path.contains("/projects/proj-from-table/locations/europe-west4/"),
+        req.path
+            .contains("/projects/proj-from-table/locations/europe-west4/"),
         "{}",
         req.path
     );
@@ -422,7 +457,10 @@ async fn vertex_with_the_metadata_server() {
         &[
             ("VERTEX_AI_PROJECT_ID", "proj-md".into()),
             ("HOME", home.path().display().to_string()),
-            ("CLOUDSDK_CONFIG", home.path().join("gcloud").display().to_string()),
+            (
+                "CLOUDSDK_CONFIG",
+                home.path().join("gcloud").display().to_string(),
+            ),
             ("GCE_METADATA_HOST", md.addr.to_string()),
             ("VERTEX_BASE_URL", gemini.url()),
         ],
@@ -437,7 +475,10 @@ async fn vertex_with_the_metadata_server() {
 /// An ECS container-credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
 fn ecs_endpoint() -> Reply {
     Reply::Dynamic(Arc::new(|r: &Received| {
-        if r.method == "GET" && r.path == "/creds" && r.header("authorization") == Some("ecs-auth-token") {
+        if r.method == "GET"
+            && r.path == "/creds"
+            && r.header("authorization") == Some("ecs-auth-token")
+        {
             return Reply::Json(
                 200,
                 vec![],
@@ -459,7 +500,10 @@ async fn bedrock_on_aws_region_with_ecs_container_credentials() {
         "",
         &[
             ("AWS_REGION", "us-west-2".into()),
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("{}/creds", ecs.url())),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("{}/creds", ecs.url()),
+            ),
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "ecs-auth-token".into()),
             ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock.url()),
         ],
@@ -472,7 +516,10 @@ async fn bedrock_on_aws_region_with_ecs_container_credentials() {
             && auth.contains("/us-west-2/bedrock/aws4_request"),
         "{auth}"
     );
-    assert_eq!(req.header("x-amz-security-token"), Some("ecs-session-token"));
+    assert_eq!(
+        req.header("x-amz-security-token"),
+        Some("ecs-session-token")
+    );
     assert!(ecs.count() >= 1);
 }
 
@@ -495,8 +542,16 @@ async fn bedrock_with_a_shared_credentials_file_profile() {
             ("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock.url()),
         ],
     );
-    chat_ok(&g, "aws-bedrock/anthropic.claude-3-haiku-20240307-v1:0", None).await;
-    let auth = bedrock.requests()[0].header("authorization").unwrap().to_string();
+    chat_ok(
+        &g,
+        "aws-bedrock/anthropic.claude-3-haiku-20240307-v1:0",
+        None,
+    )
+    .await;
+    let auth = bedrock.requests()[0]
+        .header("authorization")
+        .unwrap()
+        .to_string();
     assert!(
         auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIAFROMPROFILE/")
             && auth.contains("/eu-west-1/bedrock/aws4_request"),
@@ -509,7 +564,11 @@ async fn bedrock_with_a_shared_credentials_file_profile() {
 fn check_with(toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("g.toml");
-    std::fs::write(&p, format!("[auth]\nallow_unauthenticated_loopback = true\n{toml}")).unwrap();
+    std::fs::write(
+        &p,
+        format!("[auth]\nallow_unauthenticated_loopback = true\n{toml}"),
+    )
+    .unwrap();
     let mut cmd = loopgate();
     cmd.args(["check", "-c", p.to_str().unwrap()]);
     for (k, v) in env {
@@ -562,7 +621,10 @@ fn check_refuses_what_serve_refuses() {
     std::fs::write(&cfg, text).unwrap();
     let (code, err) = serve_expect_exit(&cfg, &[("LOOPGATE_MASTER_KEY", "lg-k")]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("routes.fast") && err.contains("GROQ_API_KEY"), "{err}");
+    assert!(
+        err.contains("routes.fast") && err.contains("GROQ_API_KEY"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -576,8 +638,14 @@ fn check_lists_unpriced_and_partly_served_models() {
         out.contains("warning: model 'openai/my-finetune-xyz' has no catalog price"),
         "{out}"
     );
-    assert!(!out.contains("'openai/gpt-4o-mini' has no catalog price"), "{out}");
-    assert!(out.contains("routes.mix: skipped targets") && out.contains("GROQ_API_KEY"), "{out}");
+    assert!(
+        !out.contains("'openai/gpt-4o-mini' has no catalog price"),
+        "{out}"
+    );
+    assert!(
+        out.contains("routes.mix: skipped targets") && out.contains("GROQ_API_KEY"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -599,7 +667,11 @@ async fn reload_reports_settings_that_need_a_restart() {
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    assert!(text.contains("loopgate_config_restart_pending 2"), "{}", g.log_text());
+    assert!(
+        text.contains("loopgate_config_restart_pending 2"),
+        "{}",
+        g.log_text()
+    );
     let log = g.log_text();
     assert!(
         log.contains("routing.sticky_ttl_secs, routing.recent_capacity") && log.contains("restart"),
@@ -666,7 +738,11 @@ async fn random_model_names_cannot_grow_the_metric_series() {
     let mock = MockUpstream::start(Reply::Dynamic(Arc::new(|r: &Received| {
         let model = r.json()["model"].as_str().unwrap_or("").to_string();
         if model.contains("boom") {
-            return Reply::Json(500, vec![], json!({"error": {"message": "upstream broke", "type": "server_error"}}).to_string());
+            return Reply::Json(
+                500,
+                vec![],
+                json!({"error": {"message": "upstream broke", "type": "server_error"}}).to_string(),
+            );
         }
         Reply::Json(200, vec![], chat_json(&model, "Hello!", 11, 3))
     })))

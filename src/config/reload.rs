@@ -90,9 +90,15 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         }
     };
     diff("server.listen", a.listen != b.listen);
-    diff("server.metrics_listen", a.metrics_listen != b.metrics_listen);
+    diff(
+        "server.metrics_listen",
+        a.metrics_listen != b.metrics_listen,
+    );
     diff("server.threads", a.threads != b.threads);
-    diff("server.grace_period_secs", a.grace_period_secs != b.grace_period_secs);
+    diff(
+        "server.grace_period_secs",
+        a.grace_period_secs != b.grace_period_secs,
+    );
     diff(
         "server.graceful_shutdown_timeout_secs",
         a.graceful_shutdown_timeout_secs != b.graceful_shutdown_timeout_secs,
@@ -115,12 +121,27 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         capture(&old.storage) != Some(true) && capture(&new.storage) == Some(true),
     );
     let (r, s) = (&old.routing, &new.routing);
-    diff("routing.signing_key_env", r.signing_key_env != s.signing_key_env);
-    diff("routing.signing_key_id", r.signing_key_id != s.signing_key_id);
-    diff("routing.sticky_ttl_secs", r.sticky_ttl_secs != s.sticky_ttl_secs);
-    diff("routing.recent_capacity", r.recent_capacity != s.recent_capacity);
+    diff(
+        "routing.signing_key_env",
+        r.signing_key_env != s.signing_key_env,
+    );
+    diff(
+        "routing.signing_key_id",
+        r.signing_key_id != s.signing_key_id,
+    );
+    diff(
+        "routing.sticky_ttl_secs",
+        r.sticky_ttl_secs != s.sticky_ttl_secs,
+    );
+    diff(
+        "routing.recent_capacity",
+        r.recent_capacity != s.recent_capacity,
+    );
     diff("judge.queue", old.judge.queue != new.judge.queue);
-    diff("judge.concurrency", old.judge.concurrency != new.judge.concurrency);
+    diff(
+        "judge.concurrency",
+        old.judge.concurrency != new.judge.concurrency,
+    );
     diff(
         "[webhook]",
         format!("{:?}", old.webhook) != format!("{:?}", new.webhook),

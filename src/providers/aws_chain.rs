@@ -104,11 +104,12 @@ impl AwsChain {
                     .with_http_client(http)
                     .with_region(Some(aws_config::Region::new(self.region.clone())));
                 // The region is given: resolving it would ask IMDS first.
-                let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                    .region(aws_config::Region::new(self.region.clone()))
-                    .configure(conf)
-                    .build()
-                    .await;
+                let chain =
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .region(aws_config::Region::new(self.region.clone()))
+                        .configure(conf)
+                        .build()
+                        .await;
                 SharedCredentialsProvider::new(chain)
             })
             .await
@@ -130,9 +131,8 @@ impl AwsChain {
                 ))
             })?;
         // The chain's errors name sources and variables, never secret values.
-        let c = got.map_err(|e| {
-            SignError::Missing(format!("no AWS credentials found ({e}): {HOW_TO}"))
-        })?;
+        let c = got
+            .map_err(|e| SignError::Missing(format!("no AWS credentials found ({e}): {HOW_TO}")))?;
         let expires_at = c
             .expiry()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

@@ -48,6 +48,12 @@ pub const METADATA_HOST_ENV: &str = "GCE_METADATA_HOST";
 const METADATA_HOST: &str = "metadata.google.internal";
 /// gcloud's ADC file, under `$CLOUDSDK_CONFIG` or `~/.config/gcloud`.
 const GCLOUD_ADC_FILE: &str = "application_default_credentials.json";
+/// Form values: everything but RFC 3986's unreserved characters is escaped.
+const FORM_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 /// Lifetime asked for in the JWT (Google's maximum).
 const JWT_LIFETIME: u64 = 3600;
 /// Refresh this long before the access token expires.
@@ -236,10 +242,13 @@ impl AuthorizedUser {
 
 /// Where access tokens come from.
 pub enum Source {
-    ServiceAccount(ServiceAccount),
+    // Boxed: the parsed RSA key is large.
+    ServiceAccount(Box<ServiceAccount>),
     AuthorizedUser(AuthorizedUser),
     /// The metadata server's default service account (GCE, GKE, Cloud Run).
-    Metadata { host: String },
+    Metadata {
+        host: String,
+    },
 }
 
 impl Source {
@@ -254,7 +263,7 @@ impl Source {
         })?;
         match k.kind.as_deref() {
             Some("authorized_user") => Ok(Source::AuthorizedUser(AuthorizedUser::from_key(k)?)),
-            _ => ServiceAccount::from_json(text).map(Source::ServiceAccount),
+            _ => ServiceAccount::from_json(text).map(|a| Source::ServiceAccount(Box::new(a))),
         }
     }
 
@@ -292,7 +301,7 @@ impl fmt::Debug for GoogleOauth {
 
 impl GoogleOauth {
     pub fn new(account: ServiceAccount) -> GoogleOauth {
-        GoogleOauth::with_source(Source::ServiceAccount(account))
+        GoogleOauth::with_source(Source::ServiceAccount(Box::new(account)))
     }
 
     pub fn with_source(source: Source) -> GoogleOauth {
@@ -357,7 +366,7 @@ impl GoogleOauth {
     /// The service account, when that is the source.
     pub fn account(&self) -> Option<&ServiceAccount> {
         match &self.source {
-            Source::ServiceAccount(a) => Some(a),
+            Source::ServiceAccount(a) => Some(a.as_ref()),
             _ => None,
         }
     }
@@ -391,20 +400,28 @@ impl GoogleOauth {
                     "grant_type={}&assertion={assertion}",
                     GRANT_TYPE.replace(':', "%3A")
                 );
-                ("POST", a.token_uri.clone(), form_headers(), Bytes::from(form))
+                (
+                    "POST",
+                    a.token_uri.clone(),
+                    form_headers(),
+                    Bytes::from(form),
+                )
             }
             Source::AuthorizedUser(u) => {
-                let enc = |v: &str| {
-                    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-                        .to_string()
-                };
+                let enc =
+                    |v: &str| percent_encoding::utf8_percent_encode(v, FORM_VALUE).to_string();
                 let form = format!(
                     "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
                     enc(&u.client_id),
                     enc(u.client_secret.expose()),
                     enc(u.refresh_token.expose())
                 );
-                ("POST", u.token_uri.clone(), form_headers(), Bytes::from(form))
+                (
+                    "POST",
+                    u.token_uri.clone(),
+                    form_headers(),
+                    Bytes::from(form),
+                )
             }
             Source::Metadata { host } => (
                 "GET",

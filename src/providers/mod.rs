@@ -176,7 +176,9 @@ impl ProviderProfile {
             .chain(&self.aliases)
             .find(|n| !id_ok(n))
         {
-            return Err(bad(format!("name or alias '{n}' must be non-empty [a-z0-9_-]")));
+            return Err(bad(format!(
+                "name or alias '{n}' must be non-empty [a-z0-9_-]"
+            )));
         }
         if dialect::dialect_for(&self.dialect).is_none() {
             return Err(bad(format!(

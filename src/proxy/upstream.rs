@@ -538,7 +538,10 @@ async fn whole_back(
     record_attempt(ctx, cand, Some(200), "ok", started, None);
     metrics()
         .upstream_latency
-        .with_label_values(&[prov.name(), crate::metrics::model_label(Some(rt), &cand.model)])
+        .with_label_values(&[
+            prov.name(),
+            crate::metrics::model_label(Some(rt), &cand.model),
+        ])
         .observe(started.elapsed().as_secs_f64());
     if let Some(m) = &t.model {
         ctx.served_model = Some(m.clone());
@@ -705,7 +708,10 @@ async fn stream_back(
             ctx.ttft_ms = Some(ctx.elapsed_ms());
             metrics()
                 .ttft
-                .with_label_values(&[prov.name(), crate::metrics::model_label(Some(rt), &cand.model)])
+                .with_label_values(&[
+                    prov.name(),
+                    crate::metrics::model_label(Some(rt), &cand.model),
+                ])
                 .observe(ctx.ttft_ms.unwrap_or(0.0) / 1000.0);
         }
         if !header_sent && (!out.is_empty() || end) {
@@ -760,7 +766,10 @@ async fn stream_back(
     }
     metrics()
         .upstream_latency
-        .with_label_values(&[prov.name(), crate::metrics::model_label(Some(rt), &cand.model)])
+        .with_label_values(&[
+            prov.name(),
+            crate::metrics::model_label(Some(rt), &cand.model),
+        ])
         .observe(started.elapsed().as_secs_f64());
     if let Some(m) = tr.model() {
         ctx.served_model = Some(m.to_string());

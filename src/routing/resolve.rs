@@ -42,7 +42,6 @@ pub struct Resolution {
     pub feedback: bool,
 }
 
-
 impl Runtime {
     /// Resolve a concrete model name (no rules) to its first candidate.
     pub fn resolve_model(

@@ -440,7 +440,10 @@ impl GatewayProc {
         cmd.env("LOOPGATE_LOG", "info");
         // The AWS chain must never reach a real metadata service or the developer's ~/.aws.
         cmd.env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("no-aws-credentials"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("no-aws-credentials"),
+            )
             .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_SESSION_TOKEN")

@@ -89,6 +89,8 @@ pub fn record(i: usize) -> TraceRecord {
         reasoning_tokens: 0,
         usage_reported: served,
         cost_usd: prompt as f64 * 2.5e-6 + completion as f64 * 1e-5,
+        // Some records unpriced: the flag round-trips through both backends.
+        cost_unknown: i.is_multiple_of(9),
         latency_ms: 50.0 + ((i * 37) % 1000) as f64 + 0.25,
         ttft_ms: Some(20.5),
         request_bytes: 1000 + i as u64,

@@ -577,7 +577,16 @@ fn owned_profiles_load() {
     assert_eq!(b.dialect.as_str(), "bedrock");
     assert_eq!(
         b.activation_vars(),
-        vec!["AWS_ACCESS_KEY_ID", "AWS_BEARER_TOKEN_BEDROCK"]
+        vec![
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_BEARER_TOKEN_BEDROCK",
+            "AWS_PROFILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE"
+        ]
     );
     assert!(b.matches_model("us.anthropic.claude-3-5-sonnet-20241022-v2:0"));
     assert!(b.matches_model("arn:aws:bedrock:us-east-1:123456789012:inference-profile/x"));
