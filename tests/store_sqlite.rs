@@ -52,7 +52,7 @@ async fn sqlite_file_is_wal_and_migrations_are_recorded_once() {
     let n: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
         .expect("migrations");
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 }
 
 /// Decisions, feedback, audit log, route state and stats, through two stores on one file.

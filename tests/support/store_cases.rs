@@ -473,7 +473,7 @@ pub async fn api_suite(mut cfg: StorageConfig) {
     submit_all(&p.sink, &recs).await;
     let store = p.store().await;
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
-    assert_eq!(store.schema_version().await.expect("version"), 2);
+    assert_eq!(store.schema_version().await.expect("version"), 3);
     // idempotent on request_id: a replayed batch stores nothing twice
     assert_eq!(store.insert_traces(&recs[..50]).await.expect("reinsert"), 0);
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
@@ -1485,7 +1485,7 @@ async fn check_route_model_stats(store: &Arc<dyn Store>) {
 /// Every routing-state method on one database, through two store instances (`a`, `b`) that
 /// share it, as two gateways would.
 pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
-    assert_eq!(a.schema_version().await.expect("version"), 2);
+    assert_eq!(a.schema_version().await.expect("version"), 3);
     check_decisions(&a).await;
     check_feedback(&a, &b).await;
     check_audit(&a, &b).await;
