@@ -11,7 +11,8 @@ gets the provider-native model id as `name` (the key without a leading `provider
 routing prefix, an Azure/Bedrock region segment, or an image quality/size prefix),
 per-token prices, context limits and four capability flags. Image-generation
 variants priced per quality and size (`low/1024-x-1024/gpt-image-1`) are folded
-into one entry per model as `image_prices`.
+into one entry per model as `image_prices`. `SUPPLEMENT` adds the few models the
+README uses that the source lacks, at the providers' published prices.
 """
 
 import hashlib
@@ -162,6 +163,33 @@ def fireworks_native(entries):
             entries[new] = (prefixed, e)
 
 
+# Models the README's own examples use that the source table lacks, at the providers'
+# published list prices (USD; per token, or per image for image models). An entry the
+# source does have always wins over this list.
+SUPPLEMENT = (
+    # https://groq.com/pricing: $0.59 / $0.79 per million tokens.
+    {"name": "llama-3.3-70b-versatile", "provider": "groq", "mode": "chat",
+     "key": "loopgate-supplement/groq/llama-3.3-70b-versatile",
+     "input": 5.9e-07, "output": 7.9e-07, "max_input_tokens": 131072, "max_output_tokens": 32768,
+     "tools": True},
+    # https://groq.com/pricing: $0.05 / $0.08 per million tokens.
+    {"name": "llama-3.1-8b-instant", "provider": "groq", "mode": "chat",
+     "key": "loopgate-supplement/groq/llama-3.1-8b-instant",
+     "input": 5e-08, "output": 8e-08, "max_input_tokens": 131072, "max_output_tokens": 131072,
+     "tools": True},
+    # https://openai.com/api/pricing (DALL-E 3): per image by quality and size.
+    {"name": "dall-e-3", "provider": "openai", "mode": "image_generation",
+     "key": "loopgate-supplement/openai/dall-e-3",
+     "image_prices": {"hd/1024x1024": 0.08, "hd/1024x1792": 0.12, "hd/1792x1024": 0.12,
+                      "standard/1024x1024": 0.04, "standard/1024x1792": 0.08,
+                      "standard/1792x1024": 0.08}},
+    # https://openai.com/api/pricing (DALL-E 2): per image by size.
+    {"name": "dall-e-2", "provider": "openai", "mode": "image_generation",
+     "key": "loopgate-supplement/openai/dall-e-2",
+     "image_prices": {"1024x1024": 0.02, "256x256": 0.016, "512x512": 0.018}},
+)
+
+
 def derive(data):
     entries = {}  # (provider, name, region) -> (prefixed, entry)
     variants = {}  # (provider, name, region) -> {label: price}, first variant key
@@ -221,6 +249,8 @@ def derive(data):
         entries[ident][1]["image_prices"] = {k: table[k] for k in sorted(table)}
 
     fireworks_native(entries)
+    for e in SUPPLEMENT:
+        entries.setdefault((e["provider"], e["name"], None), (False, dict(e)))
     out = [e for _, e in entries.values()]
     out.sort(key=lambda e: (e["provider"], e["name"], e.get("region") or "", e["key"]))
     return out

@@ -353,6 +353,11 @@ impl Catalog {
         &self.entries
     }
 
+    /// Whether some entry has exactly this model id (any provider).
+    pub fn contains_name(&self, model: &str) -> bool {
+        self.by_name.contains_key(model)
+    }
+
     /// SHA-256 of the LiteLLM file the catalog was derived from.
     pub fn source_sha256(&self) -> Option<&str> {
         self.source_sha256.as_deref()

@@ -261,8 +261,9 @@ fn main() -> ExitCode {
 fn check(config: Option<PathBuf>) -> Result<String, String> {
     let cfg =
         loopgate::config::GatewayConfig::load(config.as_deref()).map_err(|e| e.to_string())?;
-    let rt = loopgate::routing::Runtime::build(cfg, 1).map_err(|e| e.to_string())?;
-    Ok(format!(
+    // The same build `serve` and reload run: what passes here serves.
+    let rt = loopgate::routing::Runtime::build_checked(cfg, 1).map_err(|e| e.to_string())?;
+    let mut out = format!(
         "ok: {} provider profiles ({} active: {}), {} catalog models, {} routing rules, {} keys",
         rt.known.len(),
         rt.providers.len(),
@@ -270,5 +271,10 @@ fn check(config: Option<PathBuf>) -> Result<String, String> {
         rt.catalog.len(),
         rt.config.routes.len(),
         rt.keys.len()
-    ))
+    );
+    for w in &rt.warnings {
+        out.push_str("\nwarning: ");
+        out.push_str(w);
+    }
+    Ok(out)
 }

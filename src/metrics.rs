@@ -1,8 +1,10 @@
 //! Prometheus metrics. One process-wide set, registered in the default registry and
 //! served by the metrics listener in Prometheus text format.
 //!
-//! Labels never carry secrets or unbounded client input: provider and model names come
-//! from resolved configuration, never from the raw request.
+//! Labels never carry secrets or unbounded client input: provider names come from the
+//! profiles, and model names pass through [`model_label`], which keeps only models the
+//! config or the catalog names (anything else is `other`), so a client sending random
+//! `provider/<name>` models cannot grow the series count.
 
 use std::sync::LazyLock;
 
@@ -35,6 +37,8 @@ pub struct Metrics {
     pub trace_queue_depth: IntGauge,
     pub config_reloads: IntCounterVec,
     pub config_version: IntGauge,
+    /// Settings changed by the last reload that apply only after a restart.
+    pub config_restart_pending: IntGauge,
     /// Process start time; scrape freshness.
     pub start_time: Gauge,
     /// Routing decisions of feedback routes, by route, kind and mode.
@@ -63,6 +67,17 @@ pub struct Metrics {
     pub judge_calls: IntCounterVec,
     /// USD spent on judge calls.
     pub judge_spend_usd: prometheus::Counter,
+    /// Successful model calls whose cost is unknown (no catalog price), by provider and model.
+    pub unpriced: IntCounterVec,
+}
+
+/// The `model` label for a model name: the name itself when the config or the catalog
+/// knows it (a bounded set), `other` for anything else.
+pub fn model_label<'a>(rt: Option<&crate::routing::Runtime>, model: &'a str) -> &'a str {
+    match rt {
+        Some(rt) if rt.is_known_model(model) => model,
+        _ => "other",
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -149,6 +164,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "loopgate_config_version",
             "Version number of the configuration currently serving"
         )?,
+        config_restart_pending: register_int_gauge!(
+            "loopgate_config_restart_pending",
+            "Settings changed by the last reload that apply only after a restart (0: none)"
+        )?,
         start_time: register_gauge!("loopgate_start_time_seconds", "Unix time the process started")?,
         routing_decisions: register_int_counter_vec!(
             "loopgate_routing_decisions_total",
@@ -211,6 +230,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         judge_spend_usd: prometheus::register_counter!(
             "loopgate_judge_spend_usd_total",
             "USD spent on judge calls (catalog prices)"
+        )?,
+        unpriced: register_int_counter_vec!(
+            "loopgate_unpriced_requests_total",
+            "Successful model calls with no catalog price (traced with cost_unknown), by provider and model",
+            &["provider", "model"]
         )?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);

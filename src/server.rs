@@ -136,14 +136,42 @@ pub struct ServeOptions {
     pub upgrade: bool,
 }
 
+/// Bind and release `addr`, so a taken port is an error now rather than Pingora's endless retry.
+fn check_bindable(key: &str, env: &str, addr: &str) -> Result<(), String> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "{key} {addr}: address already in use (another loopgate or another program listens there): stop it, or choose another address with {key} or {env} (`loopgate serve --upgrade` takes over from a running loopgate)"
+        )),
+        Err(e) => Err(format!("{key} {addr}: cannot listen: {e}")),
+    }
+}
+
 /// Build and run the daemon; returns only on startup errors.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = GatewayConfig::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
-    let rt = Runtime::build(cfg, 1).map_err(|e| e.to_string())?;
+    let rt = Runtime::build_checked(cfg, 1).map_err(|e| e.to_string())?;
+    if !opts.upgrade {
+        // Pingora retries a taken port forever; fail fast with what to do instead.
+        // (An upgrade takes the sockets over from the running instance instead.)
+        for (key, env, addr) in [
+            ("server.listen", "LOOPGATE_LISTEN", &rt.config.server.listen),
+            (
+                "server.metrics_listen",
+                "LOOPGATE_METRICS_LISTEN",
+                &rt.config.server.metrics_listen,
+            ),
+        ] {
+            check_bindable(key, env, addr)?;
+        }
+    }
     // The writer keeps the `[storage]` it started with: backend, batching, retention and
     // turning capture on need a restart. Turning capture off and adding zero-retention
     // projects apply on reload (the request path stops capturing at once).
     let storage = rt.storage.clone();
+    for w in &rt.warnings {
+        tracing::warn!("config: {w}");
+    }
     crate::metrics::metrics().config_version.set(1);
     let s = rt.config.server.clone();
     if let Some(dir) = &s.state_dir {

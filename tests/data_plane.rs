@@ -780,8 +780,9 @@ async fn hot_reload_on_file_change_and_sighup() {
     let a = MockUpstream::start(openai_like()).await;
     let g = GatewayProc::start("", &openai_env(&a));
     let c = client();
+    // `auto:<rule>` naming no rule: a 400 that says which config to add.
     let r = post(&g, &chat_body("auto:later")).await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 400);
     // Add a routing rule: applies without restart.
     g.rewrite_config("[routes.later]\ntargets = [{ model = \"gpt-4o-mini\" }]\n");
     let ok = eventually_async(
@@ -988,11 +989,12 @@ async fn every_openai_compatible_profile_serves_through_its_wire_format() {
     let mut env: Vec<(&str, String)> = Vec::new();
     let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
     for p in &compat {
-        if let Some(k) = &p.api_key_env {
-            env.push((leak(k.clone()), format!("key-{}", p.name)));
+        let key_var = p.api_key_vars().first().copied();
+        if let Some(k) = key_var {
+            env.push((leak(k.to_string()), format!("key-{}", p.name)));
         }
         for v in p.activation_vars() {
-            if Some(v) != p.api_key_env.as_deref() {
+            if Some(v) != key_var {
                 env.push((leak(v.to_string()), mock.url()));
             }
         }

@@ -129,7 +129,7 @@ fn own_profiles_are_complete() {
             "openai"
         };
         assert_eq!(p.dialect, want, "{stem}");
-        assert_eq!(p.api_key_env.as_deref(), *key, "{stem}");
+        assert_eq!(p.api_key_vars().first().copied(), *key, "{stem}");
         let base_env = p
             .base_url_env
             .as_deref()

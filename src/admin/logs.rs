@@ -234,6 +234,7 @@ pub fn session_totals(recs: &[TraceRecord]) -> Value {
     let mut providers = BTreeSet::new();
     let (mut errors, mut pt, mut ct, mut cached, mut cost, mut lat) =
         (0u64, 0u64, 0u64, 0u64, 0f64, 0f64);
+    let unpriced = recs.iter().filter(|r| r.cost_unknown).count();
     for r in recs {
         if crate::store::is_error(r) {
             errors += 1;
@@ -263,6 +264,8 @@ pub fn session_totals(recs: &[TraceRecord]) -> Value {
         "cached_tokens": cached,
         "total_tokens": pt + ct,
         "cost_usd": (cost * 1e9).round() / 1e9,
+        // Requests whose cost is unknown (no catalog price): `cost_usd` excludes them.
+        "cost_unknown_requests": unpriced,
         "latency_ms": (lat * 1e3).round() / 1e3,
         "avg_latency_ms": if n > 0 { ((lat / n as f64) * 1e3).round() / 1e3 } else { 0.0 },
         "models": models,

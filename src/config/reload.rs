@@ -41,11 +41,24 @@ impl ReloadService {
             .map_err(|e| e.to_string())
             .and_then(|cfg| {
                 let v = self.version.load(Ordering::Relaxed) + 1;
-                Runtime::build(cfg, v).map_err(|e| e.to_string())
+                Runtime::build_checked(cfg, v).map_err(|e| e.to_string())
             });
         match built {
             Ok(rt) => {
                 let v = rt.version;
+                for w in &rt.warnings {
+                    tracing::warn!("config: {w}");
+                }
+                let old = self.gw.runtime.load();
+                let restart = needs_restart(&old.config, &rt.config);
+                drop(old);
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        sections = %restart.join(", "),
+                        "configuration reloaded, but these changed settings apply only after a restart; they keep their running values until then"
+                    );
+                }
+                metrics().config_restart_pending.set(restart.len() as i64);
                 self.version.store(v, Ordering::Relaxed);
                 self.gw.runtime.store(Arc::new(rt));
                 self.gw.auto.nudge.notify_one();
@@ -64,6 +77,76 @@ impl ReloadService {
             }
         }
     }
+}
+
+/// Settings read once at start (listeners, runtimes, the trace writer, the decision
+/// signer, queues and the webhook worker): changed in a reload, they wait for a restart.
+pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let (a, b) = (&old.server, &new.server);
+    let mut diff = |name: &str, changed: bool| {
+        if changed {
+            out.push(name.to_string());
+        }
+    };
+    diff("server.listen", a.listen != b.listen);
+    diff(
+        "server.metrics_listen",
+        a.metrics_listen != b.metrics_listen,
+    );
+    diff("server.threads", a.threads != b.threads);
+    diff(
+        "server.grace_period_secs",
+        a.grace_period_secs != b.grace_period_secs,
+    );
+    diff(
+        "server.graceful_shutdown_timeout_secs",
+        a.graceful_shutdown_timeout_secs != b.graceful_shutdown_timeout_secs,
+    );
+    diff("server.watch", a.watch != b.watch);
+    diff("server.pid_file", a.pid_file != b.pid_file);
+    diff("server.upgrade_sock", a.upgrade_sock != b.upgrade_sock);
+    // Turning body capture off and zero-retention projects apply at once; turning capture
+    // on and the rest of [storage] (backend, batching, retention) do not.
+    let storage = |t: &toml::Table| {
+        let mut t = t.clone();
+        t.remove("capture_bodies");
+        t.remove("zero_retention_projects");
+        t
+    };
+    diff("[storage]", storage(&old.storage) != storage(&new.storage));
+    let capture = |t: &toml::Table| t.get("capture_bodies").and_then(toml::Value::as_bool);
+    diff(
+        "storage.capture_bodies (turned on)",
+        capture(&old.storage) != Some(true) && capture(&new.storage) == Some(true),
+    );
+    let (r, s) = (&old.routing, &new.routing);
+    diff(
+        "routing.signing_key_env",
+        r.signing_key_env != s.signing_key_env,
+    );
+    diff(
+        "routing.signing_key_id",
+        r.signing_key_id != s.signing_key_id,
+    );
+    diff(
+        "routing.sticky_ttl_secs",
+        r.sticky_ttl_secs != s.sticky_ttl_secs,
+    );
+    diff(
+        "routing.recent_capacity",
+        r.recent_capacity != s.recent_capacity,
+    );
+    diff("judge.queue", old.judge.queue != new.judge.queue);
+    diff(
+        "judge.concurrency",
+        old.judge.concurrency != new.judge.concurrency,
+    );
+    diff(
+        "[webhook]",
+        format!("{:?}", old.webhook) != format!("{:?}", new.webhook),
+    );
+    out
 }
 
 #[async_trait]

@@ -40,7 +40,7 @@ pub fn project_location(profile: &ProviderProfile) -> Result<(&str, &str), Diale
     let project = profile.extra_str("project").ok_or_else(|| {
         DialectError::unsupported(
             format!(
-                "provider '{}' has no Vertex AI project configured (set extra.project, e.g. \"${{VERTEX_PROJECT}}\")",
+                "provider '{}' has no Vertex AI project configured (set VERTEX_AI_PROJECT_ID)",
                 profile.name
             ),
             None,

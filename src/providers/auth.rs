@@ -63,14 +63,16 @@ impl Signer for NoAuth {
 }
 
 fn read_key(profile: &ProviderProfile) -> Result<Secret, SignError> {
-    let var = profile.api_key_env.as_deref().ok_or_else(|| {
-        SignError::Missing(format!("provider {} has no api_key_env", profile.name))
-    })?;
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .map(Secret::new)
-        .ok_or_else(|| SignError::Missing(format!("env var {var} is not set")))
+    let vars = profile.api_key_vars();
+    if vars.is_empty() {
+        return Err(SignError::Missing(format!(
+            "provider {} has no api_key_env",
+            profile.name
+        )));
+    }
+    profile
+        .api_key()
+        .ok_or_else(|| SignError::Missing(format!("set {}", vars.join(" or "))))
 }
 
 /// The signer for a profile's auth scheme.

@@ -1,9 +1,17 @@
-//! Google service-account OAuth2 for Vertex AI (`auth = "google_oauth"`).
+//! Google Application Default Credentials for Vertex AI (`auth = "google_oauth"`).
 //!
-//! The key file (`GOOGLE_APPLICATION_CREDENTIALS` naming a file, or the JSON itself in
-//! `VERTEX_CREDENTIALS_JSON`) holds the account's e-mail and an RSA private key. An
-//! access token is obtained by signing a JWT (RS256, scope `cloud-platform`, one hour)
-//! and exchanging it at the key's `token_uri` (RFC 7523 `jwt-bearer` grant).
+//! Sources, in ADC order: the JSON in `VERTEX_CREDENTIALS_JSON`, the file named by
+//! `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's default file
+//! (`$CLOUDSDK_CONFIG` or `~/.config/gcloud`/`application_default_credentials.json`), then
+//! the metadata server (`GCE_METADATA_HOST`, default `metadata.google.internal`). A file
+//! holds a service account (a JWT signed RS256 with its key, exchanged at its `token_uri`,
+//! RFC 7523) or an authorized user (`gcloud auth application-default login`: its refresh
+//! token exchanged at the token endpoint).
+//!
+//! Hand-written on purpose: `gcp_auth` cannot read an authorized-user file named by
+//! `GOOGLE_APPLICATION_CREDENTIALS` nor point any source at another endpoint, and
+//! `google-cloud-auth` brings a second HTTP/TLS stack (reqwest 0.13, aws-lc); this code
+//! uses the gateway's own client and is tested against mocks of every source.
 //!
 //! The request path never waits on Google: [`GoogleOauth::sign`] only reads the cached
 //! token (an `ArcSwap`) and reports `NotReady` before the first fetch; the credential
@@ -35,6 +43,17 @@ pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 pub const CREDENTIALS_FILE_ENV: &str = "GOOGLE_APPLICATION_CREDENTIALS";
 /// Env var holding the key JSON itself (containers without a file).
 pub const CREDENTIALS_JSON_ENV: &str = "VERTEX_CREDENTIALS_JSON";
+/// Env var overriding the metadata server's host (Google's standard name).
+pub const METADATA_HOST_ENV: &str = "GCE_METADATA_HOST";
+const METADATA_HOST: &str = "metadata.google.internal";
+/// gcloud's ADC file, under `$CLOUDSDK_CONFIG` or `~/.config/gcloud`.
+const GCLOUD_ADC_FILE: &str = "application_default_credentials.json";
+/// Form values: everything but RFC 3986's unreserved characters is escaped.
+const FORM_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 /// Lifetime asked for in the JWT (Google's maximum).
 const JWT_LIFETIME: u64 = 3600;
 /// Refresh this long before the access token expires.
@@ -50,10 +69,22 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// gcloud's application-default credentials file (it may not exist).
+fn gcloud_adc_file() -> Option<std::path::PathBuf> {
+    let dir = match std::env::var_os("CLOUDSDK_CONFIG").filter(|v| !v.is_empty()) {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".config/gcloud"),
+    };
+    Some(dir.join(GCLOUD_ADC_FILE))
+}
+
 #[derive(Deserialize)]
 struct KeyFile {
     #[serde(rename = "type")]
     kind: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    refresh_token: Option<String>,
     client_email: Option<String>,
     private_key: Option<String>,
     private_key_id: Option<String>,
@@ -182,14 +213,77 @@ impl ServiceAccount {
     }
 }
 
+/// An `authorized_user` credentials file (`gcloud auth application-default login`).
+pub struct AuthorizedUser {
+    client_id: String,
+    client_secret: Secret,
+    refresh_token: Secret,
+    token_uri: String,
+}
+
+impl AuthorizedUser {
+    fn from_key(k: KeyFile) -> Result<AuthorizedUser, SignError> {
+        let need = |v: Option<String>, what: &str| {
+            v.filter(|s| !s.is_empty()).ok_or_else(|| {
+                SignError::Credential(format!("authorized_user credentials have no {what}"))
+            })
+        };
+        Ok(AuthorizedUser {
+            client_id: need(k.client_id, "client_id")?,
+            client_secret: Secret::new(need(k.client_secret, "client_secret")?),
+            refresh_token: Secret::new(need(k.refresh_token, "refresh_token")?),
+            token_uri: k
+                .token_uri
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_string()),
+        })
+    }
+}
+
+/// Where access tokens come from.
+pub enum Source {
+    // Boxed: the parsed RSA key is large.
+    ServiceAccount(Box<ServiceAccount>),
+    AuthorizedUser(AuthorizedUser),
+    /// The metadata server's default service account (GCE, GKE, Cloud Run).
+    Metadata {
+        host: String,
+    },
+}
+
+impl Source {
+    /// A credentials JSON document: a service account or an authorized user.
+    pub fn from_json(text: &str) -> Result<Source, SignError> {
+        let k: KeyFile = serde_json::from_str(text).map_err(|e| {
+            SignError::Credential(format!(
+                "credentials are not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        match k.kind.as_deref() {
+            Some("authorized_user") => Ok(Source::AuthorizedUser(AuthorizedUser::from_key(k)?)),
+            _ => ServiceAccount::from_json(text).map(|a| Source::ServiceAccount(Box::new(a))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::ServiceAccount(a) => format!("service account {}", a.email),
+            Source::AuthorizedUser(_) => "authorized user (gcloud application-default)".into(),
+            Source::Metadata { host } => format!("metadata server {host}"),
+        }
+    }
+}
+
 struct Token {
     value: Secret,
     expires_at: u64,
 }
 
-/// Service-account signer: `Authorization: Bearer <access token>`.
+/// ADC signer: `Authorization: Bearer <access token>`.
 pub struct GoogleOauth {
-    account: ServiceAccount,
+    source: Source,
     token: ArcSwapOption<Token>,
     rng: SystemRandom,
     /// One token exchange at a time, however many callers ask.
@@ -199,7 +293,7 @@ pub struct GoogleOauth {
 impl fmt::Debug for GoogleOauth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GoogleOauth")
-            .field("account", &self.account)
+            .field("source", &self.source.describe())
             .field("has_token", &self.token.load().is_some())
             .finish()
     }
@@ -207,55 +301,78 @@ impl fmt::Debug for GoogleOauth {
 
 impl GoogleOauth {
     pub fn new(account: ServiceAccount) -> GoogleOauth {
+        GoogleOauth::with_source(Source::ServiceAccount(Box::new(account)))
+    }
+
+    pub fn with_source(source: Source) -> GoogleOauth {
         GoogleOauth {
-            account,
+            source,
             token: ArcSwapOption::empty(),
             rng: SystemRandom::new(),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// From a profile: `extra.credentials_json` / `extra.credentials_file` (both usually
-    /// `${...}` references) or the standard env vars; `extra.token_uri` and
-    /// `extra.oauth_scope` override the key file's endpoint and the scope.
+    /// From a profile, in ADC order: `extra.credentials_json` / `extra.credentials_file`
+    /// (usually `${...}` references to the standard variables), gcloud's default file, the
+    /// metadata server. `extra.token_uri` and `extra.oauth_scope` override a file's token
+    /// endpoint and the scope. Reads files only: no network I/O here.
     pub fn from_profile(profile: &ProviderProfile) -> Result<GoogleOauth, SignError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let read = |file: &str| {
+            std::fs::read_to_string(file).map_err(|e| {
+                SignError::Credential(format!("cannot read credentials file {file}: {e}"))
+            })
+        };
         let json = match profile
             .extra_str("credentials_json")
             .map(str::to_string)
             .or_else(|| env(CREDENTIALS_JSON_ENV))
         {
-            Some(j) => j,
-            None => {
-                let file = profile
-                    .extra_str("credentials_file")
-                    .map(str::to_string)
-                    .or_else(|| env(CREDENTIALS_FILE_ENV))
-                    .ok_or_else(|| {
-                        SignError::Missing(format!(
-                            "provider {} needs a service-account key: set {CREDENTIALS_FILE_ENV} or {CREDENTIALS_JSON_ENV}",
-                            profile.name
-                        ))
-                    })?;
-                std::fs::read_to_string(&file).map_err(|e| {
-                    SignError::Credential(format!(
-                        "cannot read service-account key file {file}: {e}"
-                    ))
-                })?
-            }
+            Some(j) => Some(j),
+            None => match profile
+                .extra_str("credentials_file")
+                .map(str::to_string)
+                .or_else(|| env(CREDENTIALS_FILE_ENV))
+            {
+                Some(file) => Some(read(&file)?),
+                None => match gcloud_adc_file().filter(|p| p.is_file()) {
+                    Some(p) => Some(read(&p.display().to_string())?),
+                    None => None,
+                },
+            },
         };
-        let mut account = ServiceAccount::from_json(&json)?;
+        let mut source = match json {
+            Some(j) => Source::from_json(&j)?,
+            None => Source::Metadata {
+                host: env(METADATA_HOST_ENV).unwrap_or_else(|| METADATA_HOST.to_string()),
+            },
+        };
         if let Some(uri) = profile.extra_str("token_uri") {
-            account.token_uri = uri.to_string();
+            match &mut source {
+                Source::ServiceAccount(a) => a.token_uri = uri.to_string(),
+                Source::AuthorizedUser(u) => u.token_uri = uri.to_string(),
+                Source::Metadata { .. } => {}
+            }
         }
-        if let Some(scope) = profile.extra_str("oauth_scope") {
-            account.scope = scope.to_string();
+        if let (Some(scope), Source::ServiceAccount(a)) =
+            (profile.extra_str("oauth_scope"), &mut source)
+        {
+            a.scope = scope.to_string();
         }
-        Ok(GoogleOauth::new(account))
+        Ok(GoogleOauth::with_source(source))
     }
 
-    pub fn account(&self) -> &ServiceAccount {
-        &self.account
+    /// The service account, when that is the source.
+    pub fn account(&self) -> Option<&ServiceAccount> {
+        match &self.source {
+            Source::ServiceAccount(a) => Some(a.as_ref()),
+            _ => None,
+        }
+    }
+
+    pub fn source(&self) -> &Source {
+        &self.source
     }
 
     fn fresh_token(&self, now: u64) -> Option<Arc<Token>> {
@@ -266,28 +383,61 @@ impl GoogleOauth {
 
     async fn fetch(&self) -> Result<(), SignError> {
         let now = now_secs();
-        let assertion = self.account.assertion(now, &self.rng)?;
-        // The assertion is base64url and dots: nothing to escape.
-        let form = format!(
-            "grant_type={}&assertion={assertion}",
-            GRANT_TYPE.replace(':', "%3A")
-        );
-        let headers = [
-            (
-                "content-type".to_string(),
-                "application/x-www-form-urlencoded".to_string(),
+        let form_headers = || {
+            vec![
+                (
+                    "content-type".to_string(),
+                    "application/x-www-form-urlencoded".to_string(),
+                ),
+                ("accept".to_string(), "application/json".to_string()),
+            ]
+        };
+        let (method, url, headers, body) = match &self.source {
+            Source::ServiceAccount(a) => {
+                let assertion = a.assertion(now, &self.rng)?;
+                // The assertion is base64url and dots: nothing to escape.
+                let form = format!(
+                    "grant_type={}&assertion={assertion}",
+                    GRANT_TYPE.replace(':', "%3A")
+                );
+                (
+                    "POST",
+                    a.token_uri.clone(),
+                    form_headers(),
+                    Bytes::from(form),
+                )
+            }
+            Source::AuthorizedUser(u) => {
+                let enc =
+                    |v: &str| percent_encoding::utf8_percent_encode(v, FORM_VALUE).to_string();
+                let form = format!(
+                    "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
+                    enc(&u.client_id),
+                    enc(u.client_secret.expose()),
+                    enc(u.refresh_token.expose())
+                );
+                (
+                    "POST",
+                    u.token_uri.clone(),
+                    form_headers(),
+                    Bytes::from(form),
+                )
+            }
+            Source::Metadata { host } => (
+                "GET",
+                format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token"),
+                vec![("metadata-flavor".to_string(), "Google".to_string())],
+                Bytes::new(),
             ),
-            ("accept".to_string(), "application/json".to_string()),
-        ];
-        let (status, body) = crate::upstream::oneshot(
-            "POST",
-            &self.account.token_uri,
-            &headers,
-            Bytes::from(form),
-            TOKEN_TIMEOUT,
-        )
-        .await
-        .map_err(|e| SignError::Credential(format!("Google token request failed: {e}")))?;
+        };
+        let (status, body) = crate::upstream::oneshot(method, &url, &headers, body, TOKEN_TIMEOUT)
+            .await
+            .map_err(|e| {
+                SignError::Credential(format!(
+                    "Google token request ({}) failed: {e}; set GOOGLE_APPLICATION_CREDENTIALS to a service-account or authorized-user file, or run `gcloud auth application-default login`",
+                    self.source.describe()
+                ))
+            })?;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status != 200 {
             let err = v
@@ -336,8 +486,8 @@ impl Signer for GoogleOauth {
                 Ok(())
             }
             None => Err(SignError::NotReady(format!(
-                "no current Google access token for {}",
-                self.account.email
+                "no current Google access token ({})",
+                self.source.describe()
             ))),
         }
     }
@@ -598,7 +748,8 @@ mod tests {
         );
         let p = ProviderProfile::parse(&toml, "t.toml").unwrap();
         let s = GoogleOauth::from_profile(&p).unwrap();
-        assert_eq!(s.account().token_uri(), "http://127.0.0.1:9/token");
-        assert_eq!(s.account().email(), "gw@test-proj.iam.gserviceaccount.com");
+        let a = s.account().unwrap();
+        assert_eq!(a.token_uri(), "http://127.0.0.1:9/token");
+        assert_eq!(a.email(), "gw@test-proj.iam.gserviceaccount.com");
     }
 }

@@ -8,6 +8,7 @@
 //! they are expanded when the profile is loaded (and again on every reload).
 
 pub mod auth;
+pub mod aws_chain;
 pub mod google_oauth;
 pub mod refresh;
 
@@ -67,9 +68,13 @@ pub struct ProviderProfile {
     /// Env var that overrides `base_url` (private endpoint, local mock).
     #[serde(default)]
     pub base_url_env: Option<String>,
-    /// Env var holding the API key. Never logged.
+    /// Other ids accepted in `provider/model` and the provider header (`azure-openai`).
     #[serde(default)]
-    pub api_key_env: Option<String>,
+    pub aliases: Vec<String>,
+    /// Env var holding the API key, or a list in precedence order (the first one set
+    /// wins, e.g. the common name then the vendor SDK's own). Never logged.
+    #[serde(default)]
+    pub api_key_env: Option<OneOrMany>,
     /// Env var whose presence activates the provider (or a list: any one of them
     /// activates it, e.g. AWS keys or a Bedrock API key); defaults to `api_key_env`.
     #[serde(default)]
@@ -129,6 +134,15 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
+impl OneOrMany {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(v) => vec![v.as_str()],
+            OneOrMany::Many(vs) => vs.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -153,15 +167,17 @@ impl ProviderProfile {
             file: file.to_string(),
             message,
         };
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        let id_ok = |n: &str| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if let Some(n) = std::iter::once(&self.name)
+            .chain(&self.aliases)
+            .find(|n| !id_ok(n))
         {
             return Err(bad(format!(
-                "name '{}' must be non-empty [a-z0-9_-]",
-                self.name
+                "name or alias '{n}' must be non-empty [a-z0-9_-]"
             )));
         }
         if dialect::dialect_for(&self.dialect).is_none() {
@@ -208,10 +224,30 @@ impl ProviderProfile {
     /// Every env var that switches this provider on (any one suffices).
     pub fn activation_vars(&self) -> Vec<&str> {
         match &self.activate_env {
-            Some(OneOrMany::One(v)) => vec![v.as_str()],
-            Some(OneOrMany::Many(vs)) => vs.iter().map(String::as_str).collect(),
-            None => self.api_key_env.as_deref().into_iter().collect(),
+            Some(v) => v.names(),
+            None => self.api_key_vars(),
         }
+    }
+
+    /// The API key variables in precedence order.
+    pub fn api_key_vars(&self) -> Vec<&str> {
+        self.api_key_env
+            .as_ref()
+            .map(OneOrMany::names)
+            .unwrap_or_default()
+    }
+
+    /// The API key: the first of `api_key_vars` that is set and non-empty.
+    pub fn api_key(&self) -> Option<Secret> {
+        self.api_key_vars()
+            .into_iter()
+            .find_map(|v| std::env::var(v).ok().filter(|x| !x.is_empty()))
+            .map(Secret::new)
+    }
+
+    /// The id and every alias.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.aliases.iter().map(String::as_str))
     }
 
     /// True when one of the activation vars is set and non-empty.
@@ -257,13 +293,35 @@ impl ProviderProfile {
 }
 
 /// `${VAR}` / `${VAR:-default}` expansion; unknown vars expand to "" (or the default).
+/// The default may itself hold references: `${A:-${B}}` is A, else B (documented
+/// alternative variable names).
 pub fn expand_env(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        match after.find('}') {
+        // The matching `}`, counting nested `${`.
+        let mut depth = 0usize;
+        let mut end = None;
+        let b = after.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'$' && b.get(i + 1) == Some(&b'{') {
+                depth += 1;
+                i += 2;
+                continue;
+            }
+            if b[i] == b'}' {
+                if depth == 0 {
+                    end = Some(i);
+                    break;
+                }
+                depth -= 1;
+            }
+            i += 1;
+        }
+        match end {
             Some(end) => {
                 let spec = &after[..end];
                 let (var, default) = match spec.split_once(":-") {
@@ -272,7 +330,7 @@ pub fn expand_env(s: &str) -> String {
                 };
                 match std::env::var(var).ok().filter(|v| !v.is_empty()) {
                     Some(v) => out.push_str(&v),
-                    None => out.push_str(default.unwrap_or("")),
+                    None => out.push_str(&expand_env(default.unwrap_or(""))),
                 }
                 rest = &after[end + 1..];
             }
@@ -529,5 +587,8 @@ mod tests {
     fn env_expansion() {
         std::env::set_var("LG_TEST_X", "abc");
         assert_eq!(expand_env("a${LG_TEST_X}b${LG_NOPE:-d}"), "aabcbd");
+        assert_eq!(expand_env("${LG_NOPE:-${LG_TEST_X}}/v1"), "abc/v1");
+        assert_eq!(expand_env("${LG_TEST_X:-${LG_NOPE}}"), "abc");
+        assert_eq!(expand_env("${LG_NOPE:-${LG_NOPE2:-z}}"), "z");
     }
 }

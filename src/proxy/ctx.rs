@@ -73,6 +73,8 @@ pub struct RequestCtx {
     pub fallback_used: bool,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// The served model has no catalog price: `cost_usd` is 0 because unknown, not free.
+    pub cost_unknown: bool,
     pub ttft_ms: Option<f64>,
     pub request_bytes: u64,
     pub response_bytes: u64,
@@ -121,6 +123,7 @@ impl RequestCtx {
             fallback_used: false,
             usage: Usage::default(),
             cost_usd: 0.0,
+            cost_unknown: false,
             ttft_ms: None,
             request_bytes: 0,
             response_bytes: 0,

@@ -35,6 +35,7 @@ pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
         reasoning_tokens: u.reasoning_tokens,
         usage_reported: u.reported,
         cost_usd: ctx.cost_usd,
+        cost_unknown: ctx.cost_unknown,
         latency_ms: ctx.elapsed_ms(),
         ttft_ms: ctx.ttft_ms,
         request_bytes: ctx.request_bytes,
@@ -60,8 +61,22 @@ pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
 /// Metrics for a finished model call.
 pub fn observe(ctx: &RequestCtx) {
     let m = metrics();
-    let provider = ctx.provider.as_deref().unwrap_or("none");
-    let model = ctx.served_model.as_deref().unwrap_or("none");
+    let rt = ctx.runtime.as_deref();
+    // A request that failed after trying upstreams is counted against the last one tried.
+    let last = ctx.attempts.last();
+    let provider = ctx
+        .provider
+        .as_deref()
+        .or(last.map(|a| a.provider.as_str()))
+        .unwrap_or("none");
+    let model = match ctx
+        .served_model
+        .as_deref()
+        .or(last.map(|a| a.model.as_str()))
+    {
+        Some(name) => crate::metrics::model_label(rt, name),
+        None => "none",
+    };
     let status = ctx.status.to_string();
     m.requests
         .with_label_values(&[ctx.endpoint, provider, model, &status])
@@ -89,5 +104,8 @@ pub fn observe(ctx: &RequestCtx) {
         m.cost_usd
             .with_label_values(&[provider, model])
             .inc_by(ctx.cost_usd);
+    }
+    if ctx.cost_unknown {
+        m.unpriced.with_label_values(&[provider, model]).inc();
     }
 }

@@ -28,25 +28,35 @@ pub fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 }
 
 /// Authenticate the gateway key from `Authorization: Bearer <key>`.
+///
+/// Dev mode (`open_access`: no key configured, every listener on loopback) accepts any
+/// token or none, since every OpenAI SDK always sends one.
 pub fn authenticate(
     rt: &Runtime,
     session: &Session,
 ) -> Result<Option<std::sync::Arc<KeyEntry>>, GatewayError> {
+    if rt.open_access {
+        return Ok(None);
+    }
     let presented = header(session, "authorization").and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
+    if rt.keys.is_empty() {
+        return Err(GatewayError::Unauthorized(
+            "No gateway key is configured on this gateway. Create one with `loopgate hash-key` and add it under [[auth.keys]] (or set LOOPGATE_MASTER_KEY), or for local development set `allow_unauthenticated_loopback = true` in [auth] with every listener on 127.0.0.1.".into(),
+        ));
+    }
     match presented {
         Some(k) => match rt.keys.lookup(k) {
             Some(e) => Ok(Some(e.clone())),
             None => Err(GatewayError::Unauthorized(
-                "Incorrect API key provided. Use a loopgate gateway key as the Bearer token."
+                "Incorrect API key provided. Send a loopgate gateway key as `Authorization: Bearer <key>` (keys are created with `loopgate hash-key` and configured under [[auth.keys]] or LOOPGATE_KEYS / LOOPGATE_MASTER_KEY); a provider's own API key is not a gateway key."
                     .into(),
             )),
         },
-        None if rt.open_access => Ok(None),
         None => Err(GatewayError::Unauthorized(
-            "You didn't provide an API key. Send `Authorization: Bearer <gateway key>`.".into(),
+            "You didn't provide an API key. Send a loopgate gateway key as `Authorization: Bearer <key>` (the OpenAI SDKs send their `api_key` this way).".into(),
         )),
     }
 }

@@ -143,20 +143,32 @@ pub(crate) fn price(
     op: &Op,
     usage: &crate::dialect::Usage,
 ) -> f64 {
+    price_known(rt, prov, served, model, op, usage).unwrap_or(0.0)
+}
+
+/// The request's cost, or `None` when the catalog has no price for it (unknown, not free).
+pub(crate) fn price_known(
+    rt: &Runtime,
+    prov: &ProviderRuntime,
+    served: Option<&str>,
+    model: &str,
+    op: &Op,
+    usage: &crate::dialect::Usage,
+) -> Option<f64> {
     let cat = &prov.profile.catalog_providers;
     let info = served
         .and_then(|s| rt.catalog.get(cat, s))
-        .or_else(|| rt.catalog.get(cat, model));
-    let Some(info) = info else { return 0.0 };
+        .or_else(|| rt.catalog.get(cat, model))?;
+    let tokens_priced = info.input.is_some() || info.output.is_some();
     match op {
         Op::Images(body) => {
             let n = body.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
             let size = body.get("size").and_then(Value::as_str);
             let quality = body.get("quality").and_then(Value::as_str);
             info.image_cost(n, size, quality)
-                .unwrap_or_else(|| info.cost(usage))
+                .or_else(|| tokens_priced.then(|| info.cost(usage)))
         }
-        _ => info.cost(usage),
+        _ => tokens_priced.then(|| info.cost(usage)),
     }
 }
 
@@ -543,13 +555,18 @@ async fn whole_back(
     record_attempt(ctx, cand, Some(200), "ok", started, None);
     metrics()
         .upstream_latency
-        .with_label_values(&[prov.name(), &cand.model])
+        .with_label_values(&[
+            prov.name(),
+            crate::metrics::model_label(Some(rt), &cand.model),
+        ])
         .observe(started.elapsed().as_secs_f64());
     if let Some(m) = &t.model {
         ctx.served_model = Some(m.clone());
     }
     ctx.usage = t.usage;
-    ctx.cost_usd = price(rt, prov, t.model.as_deref(), &cand.model, op, &t.usage);
+    let cost = price_known(rt, prov, t.model.as_deref(), &cand.model, op, &t.usage);
+    ctx.cost_usd = cost.unwrap_or(0.0);
+    ctx.cost_unknown = cost.is_none();
     crate::rollout::judge_service::capture_whole(ctx, &t.body);
     if capture(rt, ctx) {
         ctx.response_body = Some(String::from_utf8_lossy(&t.body).into_owned());
@@ -723,7 +740,10 @@ async fn stream_back(
             ctx.ttft_ms = Some(ctx.elapsed_ms());
             metrics()
                 .ttft
-                .with_label_values(&[prov.name(), &cand.model])
+                .with_label_values(&[
+                    prov.name(),
+                    crate::metrics::model_label(Some(rt), &cand.model),
+                ])
                 .observe(ctx.ttft_ms.unwrap_or(0.0) / 1000.0);
         }
         if !header_sent && (!out.is_empty() || end) {
@@ -778,13 +798,18 @@ async fn stream_back(
     }
     metrics()
         .upstream_latency
-        .with_label_values(&[prov.name(), &cand.model])
+        .with_label_values(&[
+            prov.name(),
+            crate::metrics::model_label(Some(rt), &cand.model),
+        ])
         .observe(started.elapsed().as_secs_f64());
     if let Some(m) = tr.model() {
         ctx.served_model = Some(m.to_string());
     }
     ctx.usage = tr.usage();
-    ctx.cost_usd = price(rt, prov, tr.model(), &cand.model, op, &ctx.usage);
+    let cost = price_known(rt, prov, tr.model(), &cand.model, op, &ctx.usage);
+    ctx.cost_usd = cost.unwrap_or(0.0);
+    ctx.cost_unknown = cost.is_none();
     if let Some(c) = captured {
         ctx.response_body = Some(String::from_utf8_lossy(&c).into_owned());
     }

@@ -42,14 +42,6 @@ pub struct Resolution {
     pub feedback: bool,
 }
 
-fn not_found(model: &str) -> GatewayError {
-    GatewayError::NotFound {
-        message: format!("The model '{model}' does not exist or no configured provider serves it."),
-        code: "model_not_found",
-        param: Some("model".into()),
-    }
-}
-
 impl Runtime {
     /// Resolve a concrete model name (no rules) to its first candidate.
     pub fn resolve_model(
@@ -61,9 +53,10 @@ impl Runtime {
             let prov = self
                 .provider(p)
                 .ok_or_else(|| self.provider_unavailable(p))?;
-            let m = model
-                .strip_prefix(p)
-                .and_then(|m| m.strip_prefix('/'))
+            let m = prov
+                .profile
+                .ids()
+                .find_map(|id| model.strip_prefix(id).and_then(|m| m.strip_prefix('/')))
                 .unwrap_or(model);
             return Ok(Candidate {
                 provider: prov.clone(),
@@ -113,14 +106,34 @@ impl Runtime {
                 provider: self.providers[i].clone(),
                 model: model.to_string(),
             }),
-            None => Err(not_found(model)),
+            None => Err(self.not_found(model)),
+        }
+    }
+
+    fn not_found(&self, model: &str) -> GatewayError {
+        let servers = self.inactive_servers(model);
+        let message = if servers.is_empty() {
+            format!("The model '{model}' does not exist or no configured provider serves it.")
+        } else {
+            format!(
+                "The model '{model}' is served by a provider that is not configured on this gateway: {}, then restart or reload loopgate.",
+                self.activation_hint(model).trim_start().trim_start_matches('(').trim_end_matches(')')
+            )
+        };
+        GatewayError::NotFound {
+            message,
+            code: "model_not_found",
+            param: Some("model".into()),
         }
     }
 
     fn provider_unavailable(&self, p: &str) -> GatewayError {
-        if self.is_known(p) {
+        if let Some(profile) = self.known_profile(p) {
             GatewayError::NotFound {
-                message: format!("Provider '{p}' is not configured on this gateway (its credentials are not set)."),
+                message: format!(
+                    "Provider '{p}' is not configured on this gateway: set {} (then restart or reload loopgate).",
+                    profile.activation_vars().join(" or ")
+                ),
                 code: "model_not_found",
                 param: Some("model".into()),
             }
@@ -187,10 +200,25 @@ impl Runtime {
                     )));
                 }
             }
-            let route = self.route(name).ok_or_else(|| GatewayError::NotFound {
-                message: format!("Routing rule '{name}' is not defined."),
-                code: "route_not_found",
-                param: Some("model".into()),
+            let by_model = ask.key_rule.is_none() && ask.rule_header.is_none();
+            let route = self.route(name).ok_or_else(|| {
+                if by_model {
+                    // `model: "auto"` is a request for feedback routing: say what to configure.
+                    GatewayError::invalid_code(
+                        format!(
+                            "model '{}' needs a routing rule named '{name}', and none is configured. Add a feedback route to the config, e.g. [routes.{name}] with baseline = \"gpt-4o\" and candidates = [\"gpt-4o-mini\"] (see the commented example in conf/gateway.toml), then reload; or send a concrete model name.",
+                            ask.model
+                        ),
+                        Some("model"),
+                        "route_not_found",
+                    )
+                } else {
+                    GatewayError::NotFound {
+                        message: format!("Routing rule '{name}' is not defined."),
+                        code: "route_not_found",
+                        param: Some("model".into()),
+                    }
+                }
             })?;
             if route.is_feedback() {
                 return Ok(Resolution {

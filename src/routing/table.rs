@@ -4,7 +4,7 @@
 //! A request keeps the snapshot it started with, so a reload never changes a request
 //! mid-flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +104,12 @@ pub struct Runtime {
     pub open_access: bool,
     /// The typed `[storage]` section (capture and zero-retention settings are read per request).
     pub storage: StorageConfig,
+    /// Model names the config mentions (routes, fallbacks, judge), with and without a
+    /// `provider/` prefix: with the catalog, the bounded set of metric model labels.
+    configured_models: HashSet<String>,
+    /// Problems that do not stop serving (a route target or candidate no active provider
+    /// serves, a model without a price): printed by `check`, logged by `serve` and reload.
+    pub warnings: Vec<String>,
 }
 
 impl Runtime {
@@ -129,20 +135,36 @@ impl Runtime {
                 active.push(Arc::new(rt));
             }
         }
+        // Ids and aliases of active providers; an id or alias used twice is a config error.
+        let mut ids = HashSet::new();
+        for p in &profiles {
+            for id in p.ids() {
+                if !ids.insert(id) {
+                    return Err(ConfigError::Invalid(format!(
+                        "provider id or alias '{id}' is used by more than one profile"
+                    )));
+                }
+            }
+        }
         let by_name = active
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.name().to_string(), i))
+            .flat_map(|(i, p)| p.profile.ids().map(move |id| (id.to_string(), i)))
             .collect();
         let master = std::env::var("LOOPGATE_MASTER_KEY").ok();
         let keys = KeyTable::build(&config.auth.keys, master.as_deref());
-        let open_access = keys.is_empty() && config.auth.allow_unauthenticated_loopback;
-        if open_access && !listeners_are_loopback(&config) {
-            return Err(ConfigError::Invalid(
-                "no gateway key is configured and a listener is not on loopback: configure auth.keys or LOOPGATE_MASTER_KEY"
-                    .into(),
-            ));
+        // No key at all: serving only makes sense on loopback (dev mode); anywhere else it
+        // would either be open to the network or answer 401 to everything.
+        if keys.is_empty() {
+            if let Some(addr) = non_loopback_listener(&config) {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to start unauthenticated: no gateway key is configured and listener {addr} is not on loopback. \
+                     Fix: create a key with `loopgate hash-key` and add its [[auth.keys]] entry to the config \
+                     (or set LOOPGATE_KEYS / LOOPGATE_MASTER_KEY), or bind to 127.0.0.1 (server.listen / LOOPGATE_LISTEN)"
+                )));
+            }
         }
+        let open_access = keys.is_empty() && config.auth.allow_unauthenticated_loopback;
         let s = &config.server;
         let exchange = ExchangeOptions {
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
@@ -156,6 +178,8 @@ impl Runtime {
             .try_into()
             .map_err(|e| ConfigError::Invalid(format!("[storage]: {e}")))?;
         let rt = Runtime {
+            warnings: Vec::new(),
+            configured_models: configured_models(&config),
             storage,
             version,
             headers: HeaderNames::new(&config.server.header_prefix),
@@ -170,6 +194,131 @@ impl Runtime {
         };
         rt.check_references()?;
         Ok(rt)
+    }
+
+    /// [`Runtime::build`] plus the checks against the active providers: the one
+    /// validation `check`, `serve` and reload share.
+    pub fn build_checked(config: GatewayConfig, version: u64) -> Result<Runtime, ConfigError> {
+        let mut rt = Runtime::build(config, version)?;
+        rt.warnings = rt.check_serving()?;
+        Ok(rt)
+    }
+
+    /// What `check`, `serve` and reload all refuse (errors) or report (warnings): the
+    /// config must be servable by the providers active in this environment.
+    fn check_serving(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let err = |m: String| Err(ConfigError::Invalid(m));
+        let served = |m: &str, p: Option<&str>| self.resolve_model(m, p).ok();
+        let missing = |m: &str| {
+            let h = self.activation_hint(m);
+            if h.is_empty() {
+                " (no provider profile serves this model name)".to_string()
+            } else {
+                h
+            }
+        };
+        // Models served somewhere, for the unpriced list: (model, provider).
+        let mut used: Vec<(String, Arc<ProviderRuntime>)> = Vec::new();
+        for (name, r) in &self.config.routes {
+            if let Some(b) = &r.baseline {
+                match served(b, None) {
+                    Some(c) => used.push((c.model, c.provider)),
+                    None => {
+                        return err(format!(
+                            "routes.{name}: baseline '{b}' is served by no active provider{}",
+                            missing(b)
+                        ))
+                    }
+                }
+                for c in &r.candidates {
+                    match served(c, None) {
+                        Some(c) => used.push((c.model, c.provider)),
+                        None => warnings.push(format!(
+                            "routes.{name}: candidate '{c}' is served by no active provider{}; the router skips it",
+                            missing(c)
+                        )),
+                    }
+                }
+                continue;
+            }
+            let mut dead = Vec::new();
+            for t in &r.targets {
+                match served(&t.model, t.provider.as_deref()) {
+                    Some(c) => used.push((c.model, c.provider)),
+                    None => dead.push(format!("'{}'{}", t.model, missing(&t.model))),
+                }
+            }
+            if dead.len() == r.targets.len() {
+                return err(format!(
+                    "routes.{name}: no target is served by an active provider: {}",
+                    dead.join(", ")
+                ));
+            }
+            if !dead.is_empty() {
+                warnings.push(format!(
+                    "routes.{name}: skipped targets (no active provider): {}",
+                    dead.join(", ")
+                ));
+            }
+        }
+        for (model, chain) in &self.config.fallbacks {
+            let mut dead = Vec::new();
+            for m in chain {
+                match served(m, None) {
+                    Some(c) => used.push((c.model, c.provider)),
+                    None => dead.push(format!("'{m}'{}", missing(m))),
+                }
+            }
+            if !chain.is_empty() && dead.len() == chain.len() {
+                return err(format!(
+                    "fallbacks.\"{model}\": no entry is served by an active provider: {}",
+                    dead.join(", ")
+                ));
+            }
+            if !dead.is_empty() {
+                warnings.push(format!(
+                    "fallbacks.\"{model}\": skipped entries (no active provider): {}",
+                    dead.join(", ")
+                ));
+            }
+        }
+        let judge = &self.config.judge.model;
+        if !judge.is_empty() {
+            match served(judge, None) {
+                Some(c) => used.push((c.model, c.provider)),
+                None => {
+                    return err(format!(
+                        "judge.model '{judge}' is served by no active provider{}",
+                        missing(judge)
+                    ))
+                }
+            }
+        }
+        if let Some(wc) = &self.config.webhook {
+            let mut wc = wc.clone();
+            wc.resolve_secret(|k| std::env::var(k).ok())
+                .map_err(|e| ConfigError::Invalid(format!("[webhook]: {e}")))?;
+            wc.validate()
+                .map_err(|e| ConfigError::Invalid(format!("[webhook]: {e}")))?;
+        }
+        let mut seen = HashSet::new();
+        for (model, prov) in &used {
+            if !seen.insert((prov.name().to_string(), model.clone())) {
+                continue;
+            }
+            let priced = self
+                .catalog
+                .get(&prov.profile.catalog_providers, model)
+                .is_some_and(|i| i.has_prices());
+            if !priced {
+                warnings.push(format!(
+                    "model '{}/{model}' has no catalog price: its requests are traced with cost_unknown (add it to the catalog, server.catalog)",
+                    prov.name()
+                ));
+            }
+        }
+        Ok(warnings)
     }
 
     /// Routing rules and fallback chains may name only known providers.
@@ -213,12 +362,59 @@ impl Runtime {
         self.by_name.get(name).map(|&i| &self.providers[i])
     }
 
+    /// A provider id or alias of any profile, active or not.
     pub fn is_known(&self, name: &str) -> bool {
-        self.known.iter().any(|p| p.name == name)
+        self.known_profile(name).is_some()
+    }
+
+    /// The profile (active or not) with this id or alias.
+    pub fn known_profile(&self, name: &str) -> Option<&ProviderProfile> {
+        self.known.iter().find(|p| p.ids().any(|id| id == name))
+    }
+
+    /// Inactive profiles that would serve `model` (by `provider/` prefix, catalog listing or
+    /// pattern): for errors that name the variables to set.
+    pub fn inactive_servers(&self, model: &str) -> Vec<&ProviderProfile> {
+        let active = |p: &ProviderProfile| self.provider(&p.name).is_some();
+        if let Some((prefix, _)) = model.split_once('/') {
+            if let Some(p) = self.known_profile(prefix) {
+                return if active(p) { Vec::new() } else { vec![p] };
+            }
+        }
+        let listing: Vec<&str> = self.catalog.providers_for(model).collect();
+        self.known
+            .iter()
+            .filter(|p| !active(p))
+            .filter(|p| {
+                p.matches_model(model)
+                    || listing
+                        .iter()
+                        .any(|lp| p.catalog_providers.iter().any(|c| c == lp))
+            })
+            .collect()
+    }
+
+    /// " (set VAR for provider, ...)" naming what would activate a provider for `model`.
+    pub fn activation_hint(&self, model: &str) -> String {
+        let servers = self.inactive_servers(model);
+        if servers.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> = servers
+            .iter()
+            .take(4)
+            .map(|p| format!("{} for {}", p.activation_vars().join(" or "), p.name))
+            .collect();
+        format!(" (set {})", parts.join("; or "))
     }
 
     pub fn route(&self, name: &str) -> Option<&RouteConfig> {
         self.config.routes.get(name)
+    }
+
+    /// A model the config or the catalog names (metric labels are limited to these).
+    pub fn is_known_model(&self, model: &str) -> bool {
+        self.configured_models.contains(model) || self.catalog.contains_name(model)
     }
 
     /// Names of the active providers.
@@ -227,14 +423,41 @@ impl Runtime {
     }
 }
 
-fn listeners_are_loopback(c: &GatewayConfig) -> bool {
+/// Every model name the config mentions, as written and without a `provider/` prefix.
+fn configured_models(c: &GatewayConfig) -> HashSet<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in c.routes.values() {
+        names.extend(r.targets.iter().map(|t| t.model.as_str()));
+        names.extend(r.baseline.as_deref());
+        names.extend(r.candidates.iter().map(String::as_str));
+    }
+    for (model, chain) in &c.fallbacks {
+        names.push(model);
+        names.extend(chain.iter().map(String::as_str));
+    }
+    if !c.judge.model.is_empty() {
+        names.push(&c.judge.model);
+    }
+    let mut set = HashSet::new();
+    for n in names {
+        set.insert(n.to_string());
+        if let Some((_, m)) = n.split_once('/') {
+            set.insert(m.to_string());
+        }
+    }
+    set
+}
+
+/// The first listener that is not on a loopback address.
+fn non_loopback_listener(c: &GatewayConfig) -> Option<&str> {
     [&c.server.listen, &c.server.metrics_listen]
-        .iter()
-        .all(|a| {
-            a.parse::<std::net::SocketAddr>()
+        .into_iter()
+        .find(|a| {
+            !a.parse::<std::net::SocketAddr>()
                 .map(|s| s.ip().is_loopback())
                 .unwrap_or(false)
         })
+        .map(String::as_str)
 }
 
 /// Parse the profiles compiled into the binary.

@@ -185,6 +185,11 @@ CREATE TABLE pending_feedback (
 CREATE INDEX pending_feedback_received ON pending_feedback (received_ms);
 "#,
     },
+    Migration {
+        version: 5,
+        name: "cost_unknown",
+        sql: "ALTER TABLE traces ADD COLUMN cost_unknown INTEGER NOT NULL DEFAULT 0;",
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -360,6 +365,11 @@ CREATE TABLE pending_feedback (
 );
 CREATE INDEX pending_feedback_received ON pending_feedback (received_ms);
 "#,
+    },
+    Migration {
+        version: 5,
+        name: "cost_unknown",
+        sql: "ALTER TABLE traces ADD COLUMN cost_unknown BOOLEAN NOT NULL DEFAULT FALSE;",
     },
 ];
 

@@ -395,8 +395,8 @@ pub(crate) const TRACE_COLS: &str = "request_id, ts_ms, endpoint, key_id, sessio
 project_id, user_id, route, requested_model, served_model, provider, status, stream, cancelled, fallback_used, \
 prompt_tokens, completion_tokens, cached_tokens, cache_creation_tokens, reasoning_tokens, usage_reported, cost_usd, \
 latency_ms, ttft_ms, request_bytes, response_bytes, error, decision_id, zero_retention, shadow, properties, attempts, \
-request_body, response_body";
-pub(crate) const TRACE_NCOLS: usize = 36;
+request_body, response_body, cost_unknown";
+pub(crate) const TRACE_NCOLS: usize = 37;
 
 /// Clamp a counter into a signed 64-bit column.
 pub(crate) fn to_i64(v: u64) -> i64 {

@@ -31,7 +31,7 @@ use crate::trace::TraceRecord;
 
 /// Arbitrary constant naming loopgate's migration advisory lock.
 const MIGRATION_LOCK: i64 = 0x6c6f_6f70_6761_7465;
-/// Rows per multi-row INSERT (36 parameters each; PostgreSQL allows 65535 per statement).
+/// Rows per multi-row INSERT (TRACE_NCOLS parameters each; PostgreSQL allows 65535 per statement).
 const INSERT_CHUNK: usize = 500;
 const ROLLUP_CHUNK: usize = 2000;
 const PURGE_CHUNK: i64 = 5000;
@@ -137,6 +137,7 @@ fn row_to_record(r: &Row) -> Result<TraceRecord, StoreError> {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         request_body: r.try_get(34).map_err(q)?,
         response_body: r.try_get(35).map_err(q)?,
+        cost_unknown: r.try_get(36).map_err(q)?,
     })
 }
 
@@ -181,6 +182,7 @@ fn record_params(r: &TraceRecord, out: &mut Vec<Param>) -> Result<(), StoreError
     out.push(Box::new(attempts));
     out.push(Box::new(r.request_body.clone()));
     out.push(Box::new(r.response_body.clone()));
+    out.push(Box::new(r.cost_unknown));
     Ok(())
 }
 

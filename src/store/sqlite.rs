@@ -152,6 +152,7 @@ fn row_to_record(r: &Row) -> rusqlite::Result<TraceRecord> {
         attempts: serde_json::from_str(&attempts).map_err(json_err)?,
         request_body: r.get(34)?,
         response_body: r.get(35)?,
+        cost_unknown: r.get(36)?,
     })
 }
 
@@ -224,6 +225,7 @@ fn insert_batch(c: &mut Connection, recs: &[TraceRecord]) -> Result<usize, Store
                     attempts,
                     r.request_body,
                     r.response_body,
+                    r.cost_unknown,
                 ])
                 .map_err(map_err)?;
             if let Some(d) = &r.decision {

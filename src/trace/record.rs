@@ -54,6 +54,9 @@ pub struct TraceRecord {
     /// False when the upstream never reported usage (tokens then unknown, not zero).
     pub usage_reported: bool,
     pub cost_usd: f64,
+    /// The model has no catalog price: `cost_usd` is 0 because unknown, not free.
+    #[serde(default)]
+    pub cost_unknown: bool,
     pub latency_ms: f64,
     pub ttft_ms: Option<f64>,
     pub request_bytes: u64,

@@ -438,6 +438,20 @@ impl GatewayProc {
             .env_remove("LOOPGATE_DB");
         cmd.env("LOOPGATE_MASTER_KEY", MASTER_KEY);
         cmd.env("LOOPGATE_LOG", "info");
+        // The AWS chain must never reach a real metadata service or the developer's ~/.aws.
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("no-aws-credentials"),
+            )
+            .env("AWS_CONFIG_FILE", dir.path().join("no-aws-config"))
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("GOOGLE_CLOUD_PROJECT")
+            .env_remove("VERTEX_AI_LOCATION")
+            .env_remove("VERTEX_LOCATION")
+            .env_remove("AZURE_FOUNDRY_ENDPOINT")
+            .env_remove("AZURE_AI_ENDPOINT");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -89,6 +89,8 @@ pub fn record(i: usize) -> TraceRecord {
         reasoning_tokens: 0,
         usage_reported: served,
         cost_usd: prompt as f64 * 2.5e-6 + completion as f64 * 1e-5,
+        // Some records unpriced: the flag round-trips through both backends.
+        cost_unknown: i.is_multiple_of(9),
         latency_ms: 50.0 + ((i * 37) % 1000) as f64 + 0.25,
         ttft_ms: Some(20.5),
         request_bytes: 1000 + i as u64,
@@ -471,7 +473,7 @@ pub async fn api_suite(mut cfg: StorageConfig) {
     submit_all(&p.sink, &recs).await;
     let store = p.store().await;
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
-    assert_eq!(store.schema_version().await.expect("version"), 4);
+    assert_eq!(store.schema_version().await.expect("version"), 5);
     // idempotent on request_id: a replayed batch stores nothing twice
     assert_eq!(store.insert_traces(&recs[..50]).await.expect("reinsert"), 0);
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
@@ -1493,7 +1495,7 @@ async fn check_route_model_stats(store: &Arc<dyn Store>) {
 /// Every routing-state method on one database, through two store instances (`a`, `b`) that
 /// share it, as two gateways would.
 pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
-    assert_eq!(a.schema_version().await.expect("version"), 4);
+    assert_eq!(a.schema_version().await.expect("version"), 5);
     check_decisions(&a).await;
     check_feedback(&a, &b).await;
     check_audit(&a, &b).await;

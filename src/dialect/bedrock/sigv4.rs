@@ -34,6 +34,9 @@ pub enum BedrockAuth {
     Sigv4(Credentials),
     /// Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`) sent as `Authorization: Bearer`.
     ApiKey(Secret),
+    /// SigV4 with credentials from the AWS default chain (profile, web identity, ECS,
+    /// IMDS), fetched and renewed in the background.
+    Chain(std::sync::Arc<crate::providers::aws_chain::AwsChain>),
     /// Activated with incomplete credentials (an access key id without its secret): every
     /// request fails with this message rather than the whole gateway refusing to start.
     Unconfigured(String),
@@ -95,7 +98,8 @@ impl Sigv4Signer {
             .extra_str("service")
             .unwrap_or("bedrock")
             .to_string();
-        let bearer_var = profile.api_key_env.as_deref().unwrap_or(ENV_BEARER);
+        let bearer_vars = profile.api_key_vars();
+        let bearer_var = bearer_vars.first().copied().unwrap_or(ENV_BEARER);
         let auth = if let Some(key) = env(bearer_var) {
             BedrockAuth::ApiKey(key)
         } else {
@@ -110,15 +114,11 @@ impl Sigv4Signer {
                         "{ENV_ACCESS_KEY} is set but {ENV_SECRET_KEY} is not"
                     )))
                 }
-                _ => {
-                    let msg = format!(
-                        "provider {}: no AWS credentials: set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} \
-                         (optionally {ENV_SESSION_TOKEN}) or {bearer_var}",
-                        profile.name
-                    );
-                    tracing::warn!("{msg}");
-                    BedrockAuth::Unconfigured(msg)
-                }
+                // No keys in the environment: the rest of the AWS chain (shared profile,
+                // web identity, ECS, IMDS), resolved in the background.
+                _ => BedrockAuth::Chain(std::sync::Arc::new(
+                    crate::providers::aws_chain::AwsChain::new(&region),
+                )),
             }
         };
         Ok(Sigv4Signer::new(auth, &region, &service))
@@ -145,7 +145,26 @@ impl Sigv4Signer {
             }
             BedrockAuth::Sigv4(c) => c,
             BedrockAuth::Unconfigured(msg) => return Err(SignError::Missing(msg.clone())),
+            BedrockAuth::Chain(chain) => {
+                let now = chrono::Utc::now().timestamp().max(0) as u64;
+                let Some(cached) = chain.current(now) else {
+                    return Err(SignError::NotReady(
+                        "AWS credentials not fetched yet".into(),
+                    ));
+                };
+                return self.sign_with(req, host, amz_date, &cached.creds);
+            }
         };
+        self.sign_with(req, host, amz_date, creds)
+    }
+
+    fn sign_with(
+        &self,
+        req: &mut UpstreamRequest,
+        host: &str,
+        amz_date: &str,
+        creds: &Credentials,
+    ) -> Result<(), SignError> {
         // Drop stale signing headers (a retried request is signed again).
         req.headers.retain(|(n, _)| {
             !matches!(
@@ -181,10 +200,25 @@ impl Sigv4Signer {
     }
 }
 
+#[async_trait::async_trait]
 impl Signer for Sigv4Signer {
     fn sign(&self, req: &mut UpstreamRequest, host: &str) -> Result<(), SignError> {
         let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         self.sign_at(req, host, &now)
+    }
+
+    async fn refresh(&self) -> Result<(), SignError> {
+        match &self.auth {
+            BedrockAuth::Chain(chain) => chain.refresh().await,
+            _ => Ok(()),
+        }
+    }
+
+    fn refresh_in(&self) -> Option<u64> {
+        match &self.auth {
+            BedrockAuth::Chain(chain) => Some(chain.refresh_in()),
+            _ => None,
+        }
     }
 }
 

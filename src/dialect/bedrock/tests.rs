@@ -571,7 +571,16 @@ fn owned_profiles_load() {
     assert_eq!(b.dialect.as_str(), "bedrock");
     assert_eq!(
         b.activation_vars(),
-        vec!["AWS_ACCESS_KEY_ID", "AWS_BEARER_TOKEN_BEDROCK"]
+        vec![
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_BEARER_TOKEN_BEDROCK",
+            "AWS_PROFILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_WEB_IDENTITY_TOKEN_FILE"
+        ]
     );
     assert!(b.matches_model("us.anthropic.claude-3-5-sonnet-20241022-v2:0"));
     assert!(b.matches_model("arn:aws:bedrock:us-east-1:123456789012:inference-profile/x"));
@@ -592,8 +601,11 @@ fn owned_profiles_load() {
     assert!(o.models.is_empty());
     let h = load("huggingface.toml");
     assert_eq!(
-        (h.dialect.as_str(), h.api_key_env.as_deref()),
-        ("huggingface", Some("HF_TOKEN"))
+        (h.dialect.as_str(), h.api_key_vars()),
+        (
+            "huggingface",
+            vec!["HUGGING_FACE_API_KEY", "HF_TOKEN", "HUGGINGFACE_API_KEY"]
+        )
     );
     assert!(h.embeddings_path.is_none());
     let a = load("azure-foundry.toml");
