@@ -42,7 +42,11 @@ else
 fi
 
 start=$(date +%s)
-cargo fuzz build "${BUILD_FLAGS[@]}"
+if [ "$#" -gt 0 ]; then
+    for t in "${targets[@]}"; do cargo fuzz build "${BUILD_FLAGS[@]}" "$t"; done
+else
+    cargo fuzz build "${BUILD_FLAGS[@]}"
+fi
 echo "fuzz: built ${#targets[@]} targets in $(( $(date +%s) - start ))s"
 
 failed=()
