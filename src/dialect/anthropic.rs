@@ -907,9 +907,8 @@ impl StreamTranslator for AnthropicStream {
         if self.enc.is_done() {
             return Ok(());
         }
-        if let Err(e) = self.decoder.feed(input, &mut self.events) {
-            return Err(self.fail(e, out));
-        }
+        // Events decoded before a bad line are still translated (chunking must not matter).
+        let decoded = self.decoder.feed(input, &mut self.events);
         let events = std::mem::take(&mut self.events);
         let mut result = Ok(());
         for ev in &events {
@@ -924,7 +923,10 @@ impl StreamTranslator for AnthropicStream {
         }
         self.events = events;
         self.events.clear();
-        result
+        match decoded {
+            Err(e) if result.is_ok() && !self.enc.is_done() => Err(self.fail(e, out)),
+            _ => result,
+        }
     }
 
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), DialectError> {

@@ -596,12 +596,8 @@ impl StreamTranslator for CohereStream {
         if self.enc.is_done() {
             return Ok(());
         }
-        if let Err(e) = self.decoder.feed(input, &mut self.events) {
-            self.events.clear();
-            self.enc
-                .error(&e.to_string(), "api_error", "upstream_error", out);
-            return Err(e);
-        }
+        // Events decoded before a bad line are still translated (chunking must not matter).
+        let decoded = self.decoder.feed(input, &mut self.events);
         let events = std::mem::take(&mut self.events);
         let mut result = Ok(());
         for ev in &events {
@@ -615,7 +611,14 @@ impl StreamTranslator for CohereStream {
         }
         self.events = events;
         self.events.clear();
-        result
+        match decoded {
+            Err(e) if result.is_ok() && !self.enc.is_done() => {
+                self.enc
+                    .error(&e.to_string(), "api_error", "upstream_error", out);
+                Err(e)
+            }
+            _ => result,
+        }
     }
 
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), DialectError> {

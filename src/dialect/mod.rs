@@ -416,3 +416,81 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod chunking_tests {
+    use super::*;
+
+    /// Found by fuzz/dialect_stream: events that arrived in the same read as an
+    /// undecodable line were dropped, so the client's stream depended on where the
+    /// upstream's chunks happened to end.
+    #[test]
+    fn events_before_a_bad_line_survive_any_split() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "openai",
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            ),
+            (
+                "anthropic",
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude\",\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n\
+                 event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+                 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+            ),
+            (
+                "gemini",
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}],\"role\":\"model\"},\"index\":0}]}\r\n\r\n",
+            ),
+            (
+                "cohere",
+                "event: message-start\ndata: {\"id\":\"c1\",\"type\":\"message-start\",\"delta\":{\"message\":{\"role\":\"assistant\"}}}\n\n\
+                 event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\"Hi\"}}}}\n\n",
+            ),
+        ];
+        let profiles = crate::routing::table::embedded_profiles().unwrap();
+        for (name, good) in cases {
+            let p = profiles.iter().find(|p| p.dialect == *name).unwrap();
+            let e = crate::providers::Endpoint::parse("https://upstream.example.com/v1").unwrap();
+            let t = Target {
+                profile: p,
+                endpoint: &e,
+                model: "m",
+                stream: true,
+                request_id: "chatcmpl-test",
+                created: 1,
+                max_output_tokens: Some(1024),
+            };
+            let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+            let req = ChatRequest {
+                raw: Bytes::from(body.to_string()),
+                body: body.as_object().unwrap().clone(),
+                model: "m".into(),
+                stream: true,
+                include_usage: false,
+            };
+            let mut input = good.as_bytes().to_vec();
+            input.extend_from_slice(b"data: \xff\n\n");
+            // Driven as the proxy drives it: stop at the first error, abort unless the
+            // translator reported an upstream error itself.
+            let run = |cuts: &[usize]| {
+                let mut s = dialect_for(name).unwrap().chat_stream(&t, &req);
+                let mut out = BytesMut::new();
+                let mut last = 0;
+                for &c in cuts.iter().chain(std::iter::once(&input.len())) {
+                    if let Err(e) = s.feed(&input[last..c], &mut out) {
+                        assert!(matches!(e, DialectError::Malformed(_)), "{name}: {e:?}");
+                        s.abort(&e.to_string(), &mut out);
+                        return String::from_utf8(out.to_vec()).unwrap();
+                    }
+                    last = c;
+                }
+                panic!("{name}: a non-UTF-8 line was accepted");
+            };
+            let whole = run(&[]);
+            assert_eq!(whole, run(&[good.len()]), "{name}");
+            assert!(whole.contains("\"content\":\"Hi\""), "{name}: {whole}");
+            assert!(whole.ends_with("data: [DONE]\n\n"), "{name}: {whole}");
+            assert_eq!(whole.matches("[DONE]").count(), 1, "{name}: {whole}");
+        }
+    }
+}

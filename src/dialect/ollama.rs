@@ -528,13 +528,17 @@ impl StreamTranslator for OllamaStream {
         if self.enc.is_done() {
             return Ok(());
         }
-        if let Err(e) = self.decoder.feed(input, &mut self.lines) {
-            self.lines.clear();
-            self.enc
-                .error(&e.to_string(), "api_error", "upstream_error", out);
-            return Err(e);
+        // Lines decoded before an oversized one are still translated.
+        let decoded = self.decoder.feed(input, &mut self.lines);
+        self.drain(out)?;
+        match decoded {
+            Err(e) if !self.enc.is_done() => {
+                self.enc
+                    .error(&e.to_string(), "api_error", "upstream_error", out);
+                Err(e)
+            }
+            _ => Ok(()),
         }
-        self.drain(out)
     }
 
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), DialectError> {

@@ -501,8 +501,13 @@ impl StreamTranslator for OpenAiStream {
         if self.ended {
             return Ok(());
         }
-        self.decoder.feed(input, &mut self.events)?;
-        self.drain(out)
+        // Events decoded before a bad line are still translated (chunking must not matter).
+        let decoded = self.decoder.feed(input, &mut self.events);
+        self.drain(out)?;
+        if self.ended {
+            return Ok(());
+        }
+        decoded
     }
 
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), DialectError> {

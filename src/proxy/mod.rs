@@ -289,43 +289,9 @@ async fn other_model_call(
     ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
     ctx.request_bytes = raw.len() as u64;
-    let mut body = request::parse_object(&raw)?;
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
-    let model = request::take_model(&mut body, model_override.as_deref())?;
+    let (body, model) = request::parse_model_call(&raw, model_override.as_deref(), endpoint)?;
     ctx.requested_model = model.clone();
-    if endpoint == "embeddings" {
-        match body.get("input") {
-            Some(Value::String(_)) => {}
-            Some(Value::Array(a)) if !a.is_empty() => {}
-            Some(Value::Array(_)) => {
-                return Err(GatewayError::invalid_code(
-                    "'input' must not be empty.",
-                    Some("input"),
-                    "invalid_value",
-                ))
-            }
-            Some(_) => {
-                return Err(GatewayError::invalid_code(
-                    "Invalid type for 'input': expected a string or an array.",
-                    Some("input"),
-                    "invalid_type",
-                ))
-            }
-            None => {
-                return Err(GatewayError::invalid_code(
-                    "Missing required parameter: 'input'.",
-                    Some("input"),
-                    "missing_required_parameter",
-                ))
-            }
-        }
-    } else if !body.get("prompt").is_some_and(Value::is_string) {
-        return Err(GatewayError::invalid_code(
-            "Missing required parameter: 'prompt' (a string).",
-            Some("prompt"),
-            "missing_required_parameter",
-        ));
-    }
     let forced = request::header(session, "x-provider")
         .or_else(|| request::header(session, &rt.headers.provider))
         .map(str::to_string);

@@ -414,6 +414,51 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
     })
 }
 
+/// Parse and validate an embeddings (`endpoint == "embeddings"`) or image-generation body;
+/// returns the body (model overridden if asked) and the model.
+pub fn parse_model_call(
+    raw: &[u8],
+    model_override: Option<&str>,
+    endpoint: &str,
+) -> Result<(Map<String, Value>, String), GatewayError> {
+    let mut body = parse_object(raw)?;
+    let model = take_model(&mut body, model_override)?;
+    if endpoint == "embeddings" {
+        match body.get("input") {
+            Some(Value::String(_)) => {}
+            Some(Value::Array(a)) if !a.is_empty() => {}
+            Some(Value::Array(_)) => {
+                return Err(GatewayError::invalid_code(
+                    "'input' must not be empty.",
+                    Some("input"),
+                    "invalid_value",
+                ))
+            }
+            Some(_) => {
+                return Err(GatewayError::invalid_code(
+                    "Invalid type for 'input': expected a string or an array.",
+                    Some("input"),
+                    "invalid_type",
+                ))
+            }
+            None => {
+                return Err(GatewayError::invalid_code(
+                    "Missing required parameter: 'input'.",
+                    Some("input"),
+                    "missing_required_parameter",
+                ))
+            }
+        }
+    } else if !body.get("prompt").is_some_and(Value::is_string) {
+        return Err(GatewayError::invalid_code(
+            "Missing required parameter: 'prompt' (a string).",
+            Some("prompt"),
+            "missing_required_parameter",
+        ));
+    }
+    Ok((body, model))
+}
+
 fn clip(v: &str) -> String {
     let mut end = v.len().min(MAX_VALUE_LEN);
     while !v.is_char_boundary(end) {

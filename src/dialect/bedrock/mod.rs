@@ -701,10 +701,9 @@ impl StreamTranslator for BedrockStream {
         if self.enc.is_done() {
             return Ok(());
         }
-        if let Err(e) = self.decoder.feed(input, &mut self.messages) {
-            self.messages.clear();
-            return Err(self.fail(e, "api_error", "upstream_error", out));
-        }
+        // Frames decoded before a corrupt one are still translated, so the output does
+        // not depend on where the upstream's chunks happened to end.
+        let decoded = self.decoder.feed(input, &mut self.messages);
         let msgs = std::mem::take(&mut self.messages);
         let mut result = Ok(());
         for m in &msgs {
@@ -718,7 +717,12 @@ impl StreamTranslator for BedrockStream {
         }
         self.messages = msgs;
         self.messages.clear();
-        result
+        match decoded {
+            Err(e) if result.is_ok() && !self.enc.is_done() => {
+                Err(self.fail(e, "api_error", "upstream_error", out))
+            }
+            _ => result,
+        }
     }
 
     fn finish(&mut self, out: &mut BytesMut) -> Result<(), DialectError> {

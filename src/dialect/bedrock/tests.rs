@@ -536,6 +536,36 @@ fn truncated_and_corrupt_streams() {
     assert!(events(&out).last().unwrap().get("error").is_some());
 }
 
+/// Found by fuzz/dialect_stream: frames that arrived in the same read as a corrupt frame
+/// were dropped, so what the client saw depended on where the upstream's chunks ended.
+#[test]
+fn frames_before_a_corrupt_frame_are_translated_whatever_the_split() {
+    let mut input = event_frame("messageStart", br#"{"role":"assistant"}"#);
+    input.extend(event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+    ));
+    let good = input.len();
+    let mut bad = event_frame(
+        "contentBlockDelta",
+        br#"{"contentBlockIndex":0,"delta":{"text":"lo"}}"#,
+    );
+    let n = bad.len();
+    bad[n - 1] ^= 0xff;
+    input.extend(bad);
+    let (r1, whole, _) = run(&input, &[], false);
+    let (r2, split, _) = run(&input, &[good], false);
+    assert!(matches!(r1, Err(DialectError::Malformed(_))), "{r1:?}");
+    assert!(matches!(r2, Err(DialectError::Malformed(_))), "{r2:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&whole),
+        String::from_utf8_lossy(&split)
+    );
+    let ev = events(&whole);
+    assert_eq!(ev[1]["choices"][0]["delta"]["content"], "Hi");
+    assert!(ev.last().unwrap().get("error").is_some());
+}
+
 proptest! {
     #[test]
     fn any_split_gives_same_output(cuts in proptest::collection::vec(0usize..4000, 0..12), tools in any::<bool>()) {
