@@ -52,6 +52,7 @@ fn world() -> &'static World {
                     context: Some("code".into()),
                     session: session.map(str::to_string),
                     at_ms: 1_700_000_000_000,
+                    project: None,
                 },
             );
         }
