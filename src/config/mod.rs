@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     /// Named routing rules (`loopgate-routing-rule` header, key binding, `auto:<name>`).
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Custom models (`[models."<id>"]`): extend or override the catalog (`docs/custom-models.md`).
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::catalog::CustomModel>,
     /// Fallback chains for concrete models: `"gpt-4o" = ["anthropic/claude-sonnet-4-5", "groq/llama-3.3-70b-versatile"]`.
     #[serde(default)]
     pub fallbacks: BTreeMap<String, Vec<String>>,
@@ -199,6 +202,9 @@ pub struct RouteConfig {
     /// Keep per-prompt-context posteriors (task type, length, ...) next to the route's own.
     #[serde(default)]
     pub contextual: bool,
+    /// Prompt-level routing from labelled neighbours (`docs/prompt-routing.md`).
+    #[serde(default)]
+    pub prompt_routing: crate::feedback::prompt::PromptRoutingConfig,
     /// Shadow mode: background calls of the would-have model (sampled, budgeted).
     #[serde(default)]
     pub shadow: ShadowSettings,
@@ -524,6 +530,9 @@ impl GatewayConfig {
                 if let Err(e) = r.score.validate() {
                     return bad(format!("routes.{name}.score: {e}"));
                 }
+                if let Err(e) = r.prompt_routing.validate() {
+                    return bad(format!("routes.{name}.prompt_routing: {e}"));
+                }
                 continue;
             }
             if r.targets.is_empty() {
@@ -543,6 +552,11 @@ impl GatewayConfig {
                 return bad(format!(
                     "routes.{name}: weighted strategy needs a positive weight"
                 ));
+            }
+        }
+        for (id, m) in &self.models {
+            if let Err(e) = m.validate(id) {
+                return bad(e);
             }
         }
         let rs = &self.routing;

@@ -86,6 +86,9 @@ pub struct DecisionTrace {
     /// Prompt-context bucket whose snapshot decided (contextual routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// Prompt-level routing (`crate::feedback::prompt`): neighbours, per-model estimates, pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<serde_json::Value>,
 }
 
 fn pct(x: f64) -> String {
@@ -200,6 +203,7 @@ impl Decision {
             explanation,
             reversible: true,
             context: None,
+            prompt: None,
         }
     }
 

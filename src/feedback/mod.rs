@@ -20,6 +20,7 @@ pub mod gate;
 pub mod math;
 pub mod posterior;
 pub mod priors;
+pub mod prompt;
 pub mod router;
 pub mod sequential;
 pub mod service;

@@ -40,6 +40,8 @@ pub struct AutoCtx {
     pub context: Option<&'static str>,
     /// Candidates from this index on are the baseline's (served after a provider error).
     pub baseline_from: usize,
+    /// What the prompt router did (routes with `prompt_routing`).
+    pub prompt: Option<Box<crate::feedback::prompt::state::PromptOutcome>>,
 }
 
 pub struct RequestCtx {

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub admin: Vec<Box<dyn AdminRoutes>>,
     /// Feedback routing: the published router table and per-request routing state.
     pub auto: Arc<crate::routing::auto::AutoState>,
+    /// Prompt-level routing: per-route indexes and the memory of labelled prompts.
+    pub prompt: Arc<crate::feedback::prompt::state::PromptState>,
 }
 
 impl Gateway {
@@ -57,6 +59,7 @@ impl Gateway {
                 3600,
                 100_000,
             )),
+            prompt: Arc::new(crate::feedback::prompt::state::PromptState::new()),
         }
     }
 }
@@ -242,7 +245,10 @@ async fn chat(
     let resolution = rt.resolve(&ask, rand::random::<f64>())?;
     ctx.route = resolution.route.clone();
     let candidates = match (&resolution.route, resolution.feedback) {
-        (Some(route), true) => routed::candidates(gw, rt, ctx, &req, route)?,
+        (Some(route), true) => {
+            let embedding = routed::prompt_embedding(gw, rt, ctx, &req, route).await;
+            routed::candidates(gw, rt, ctx, &req, route, embedding)?
+        }
         _ => resolution.candidates,
     };
     upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;
