@@ -130,3 +130,24 @@ impl PromptRoutingConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_validate() {
+        let c: PromptRoutingConfig =
+            toml::from_str("mode = \"embeddings\"\nembeddings = { model = \"text-embedding-3-small\", timeout_ms = 80 }\nk = 12\n")
+                .unwrap();
+        assert_eq!(c.mode, PromptMode::Embeddings);
+        assert!(c.validate().is_ok());
+        let c: PromptRoutingConfig = toml::from_str("mode = \"embeddings\"\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("embeddings.model"));
+        let c: PromptRoutingConfig = toml::from_str("mode = \"in_process\"\nk = 99\n").unwrap();
+        assert!(c.validate().unwrap_err().contains("k must be"));
+        assert!(toml::from_str::<PromptRoutingConfig>("mode = \"fast\"\n").is_err());
+        assert!(toml::from_str::<PromptRoutingConfig>("neighbours = 3\n").is_err());
+        assert_eq!(PromptRoutingConfig::default().mode, PromptMode::Off);
+    }
+}

@@ -388,3 +388,129 @@ pub fn route_inputs(
     let c = &prepared.constraints;
     (facts, c.max_regression, c.min_confidence)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::prompt::text_features;
+
+    fn facts() -> Vec<ModelFacts> {
+        vec![
+            ModelFacts {
+                model: Arc::from("big"),
+                cost: 1.0,
+                prior_mean: 0.9,
+                allowed: true,
+            },
+            ModelFacts {
+                model: Arc::from("small"),
+                cost: 0.1,
+                prior_mean: 0.8,
+                allowed: true,
+            },
+        ]
+    }
+
+    fn cfg(capacity: usize) -> PromptRoutingConfig {
+        PromptRoutingConfig {
+            mode: PromptMode::InProcess,
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn features_wait_for_feedback_and_memory_is_bounded() {
+        let s = PromptState::new();
+        for i in 0..40 {
+            s.seen(Seen {
+                request_id: Arc::from(format!("r{i}").as_str()),
+                route: Arc::from("team/support"),
+                raw: Box::new(text_features(&format!("question number {i}"))),
+                embedding: None,
+                at_ms: 1_000,
+                explored: false,
+            });
+        }
+        let cap = |r: &str| (r == "team/support").then_some(16);
+        // Unknown requests and other routes are skipped.
+        assert!(!s.label("nope", "big", 1.0, 1.0, cap));
+        assert!(!s.label("r0", "big", f64::NAN, 1.0, cap));
+        for i in 0..40 {
+            assert!(s.label(&format!("r{i}"), "big", 1.0, 1.0, cap));
+        }
+        assert_eq!(
+            s.memory_len("team/support"),
+            16,
+            "capped at the route's capacity"
+        );
+        let routes = vec![("team/support".to_string(), cfg(16), facts(), 0.02, 0.95)];
+        s.rebuild(&routes, 2_000);
+        let ix = s.index("team/support").unwrap();
+        assert_eq!(ix.meta.len(), 16);
+        assert_eq!(ix.labels, vec![16, 0]);
+        // Nothing changed: the same snapshot stays published.
+        s.rebuild(&routes, 3_000);
+        assert!(Arc::ptr_eq(&ix, &s.index("team/support").unwrap()));
+        // Pending features age out after an hour.
+        s.seen(Seen {
+            request_id: Arc::from("late"),
+            route: Arc::from("team/support"),
+            raw: Box::new(text_features("late")),
+            embedding: None,
+            at_ms: 5_000,
+            explored: false,
+        });
+        s.rebuild(&routes, 5_000 + PENDING_MAX_AGE_MS + 1);
+        assert!(!s.label("late", "big", 1.0, 1.0, cap));
+        // Turning prompt routing off drops the index and the memory.
+        s.rebuild(&[], 10_000);
+        assert!(s.index("team/support").is_none());
+        assert_eq!(s.memory_len("team/support"), 0);
+    }
+
+    #[test]
+    fn trace_names_neighbours_models_and_fallback() {
+        let s = PromptState::new();
+        let cap = |_: &str| Some(100);
+        for i in 0..20 {
+            let id = format!("r{i}");
+            s.seen(Seen {
+                request_id: Arc::from(id.as_str()),
+                route: Arc::from("r"),
+                raw: Box::new(text_features(&format!("write a python function {i}"))),
+                embedding: None,
+                at_ms: 0,
+                explored: false,
+            });
+            s.label(&id, if i % 2 == 0 { "big" } else { "small" }, 1.0, 1.0, cap);
+        }
+        s.rebuild(&[("r".into(), cfg(100), facts(), 0.02, 0.95)], 1);
+        let ix = s.index("r").unwrap();
+        let raw = text_features("write a python function 7");
+        let pick = decide(&ix, &raw, None, 0.5, false, 0.0);
+        let out = PromptOutcome {
+            index: Arc::clone(&ix),
+            pick,
+            applied: false,
+            route_pick: Arc::from("big"),
+            embedding_fallback: Some("embeddings model 'e' timed out after 150 ms".into()),
+            raw: Box::new(raw),
+        };
+        let t = out.trace();
+        assert_eq!(t["method"], "knn");
+        assert_eq!(t["source"], "in_process");
+        assert!(t["embedding_fallback"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"));
+        assert_eq!(t["models"].as_array().unwrap().len(), 2);
+        let n = t["neighbours"].as_array().unwrap();
+        assert!(!n.is_empty());
+        assert_eq!(
+            n[0]["request_id"], "r7",
+            "the same prompt is the nearest neighbour"
+        );
+        assert!(t["features"]["structural"]["length"].as_f64().unwrap() > 0.0);
+    }
+}
