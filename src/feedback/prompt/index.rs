@@ -15,8 +15,9 @@
 //! z = Φ⁻¹(min_confidence). (2) Budgeted: otherwise the route's *partner* candidate when its
 //! regression at confidence for this prompt is at most τ (weakly supported prompts stay home). The partner and τ are calibrated in the
 //! background ([`PromptIndex::build`]) on *measured* outcomes: for the policy at τ, the average
-//! regression over the route's labelled prompts plus z standard errors must stay within
-//! `max_regression` — the quality budget is spent on the prompts predicted to lose least.
+//! regression over the route's labelled prompts plus z standard errors must stay within half of
+//! `max_regression` (exploration may spend the other half) — the quality budget is spent on the
+//! prompts predicted to lose least.
 //! (3) Else the baseline. Exploration (bounded in quality terms, only on requests known to get a
 //! score) gathers the labels the calibration needs.
 
@@ -839,7 +840,9 @@ impl PromptIndex {
             let saving = if base_cost > 0.0 { saving / total } else { 0.0 };
             (r + z * var.sqrt(), saving)
         };
-        let limit = self.params.max_regression;
+        // Half of the route's budget: exploration may spend the other half
+        // (`exploration_rate`), so the two together stay within `max_regression`.
+        let limit = 0.5 * self.params.max_regression;
         let mut best = (None, f64::NEG_INFINITY, evaluate(None, f64::NEG_INFINITY));
         if base_cost <= 0.0 {
             (self.est_regression, self.est_saving) = best.2;
