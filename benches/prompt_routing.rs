@@ -91,7 +91,7 @@ fn prompt_text(s: &str) -> String {
         .replace("\\\"", "\"")
 }
 
-fn load(dir: &PathBuf, task: &str) -> Result<Task, String> {
+fn load(dir: &std::path::Path, task: &str) -> Result<Task, String> {
     let path = dir.join(format!("routerbench_zs_{task}_train.csv"));
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let recs = csv_records(&text);

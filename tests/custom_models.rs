@@ -138,6 +138,57 @@ async fn custom_models_slash_ids_and_slash_routes_end_to_end() {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(r.headers()["loopgate-model"], "llama-3-70b");
+    // The route uses prompt routing: once its (empty) index is published, the signed decision
+    // trace carries the prompt router's section (method, features, per-model estimates).
+    let mut prompt = Value::Null;
+    for i in 0..100 {
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .json(&json!({"model": "auto:team/support", "messages": [{"role": "user", "content": format!("Where is parcel {i}?")}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["loopgate-decision-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        for _ in 0..50 {
+            let r = c
+                .get(g.url(&format!("/v1/decisions/{id}")))
+                .header("authorization", auth())
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                let d: Value = r.json().await.unwrap();
+                prompt = d["decision"]["prompt"].clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !prompt.is_null() {
+            break;
+        }
+    }
+    assert_eq!(prompt["method"], "knn", "{prompt}");
+    assert_eq!(prompt["source"], "in_process");
+    assert_eq!(
+        prompt["pick"], "acme/llama-3-70b-instruct",
+        "no labels yet: the baseline"
+    );
+    assert_eq!(
+        prompt["models"].as_array().map(Vec::len),
+        Some(2),
+        "{prompt}"
+    );
+    assert!(
+        prompt["features"]["structural"]["question"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    );
     let r = c
         .post(g.url("/v1/routes/team%2Fsupport/mode"))
         .header("authorization", auth())

@@ -62,11 +62,7 @@ pub fn raw_features(messages: &[Value]) -> RawFeatures {
                 last_user = m.get("content");
             }
             Some("assistant") => turns += 1,
-            Some("system" | "developer") => {
-                if system.is_none() {
-                    system = m.get("content");
-                }
-            }
+            Some("system" | "developer") if system.is_none() => system = m.get("content"),
             _ => {}
         }
     }

@@ -537,6 +537,8 @@ impl PromptIndex {
         Query { v }
     }
 
+    // Models, estimates and hits are parallel arrays indexed by model.
+    #[allow(clippy::needless_range_loop)]
     /// Per-model Beta evidence for a query (excluding example `skip`, for leave-one-out).
     fn estimates(
         &self,
@@ -614,6 +616,7 @@ impl PromptIndex {
     /// The pick: the cheapest allowed model whose regression at the route's confidence is within
     /// `max_regression` for this prompt (strict rule); else the partner when its regression at
     /// the route's confidence for this prompt is at most τ; else the baseline.
+    #[allow(clippy::needless_range_loop)]
     fn pick(
         &self,
         est: &mut [ModelEstimate; MAX_MODELS],
