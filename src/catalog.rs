@@ -242,6 +242,129 @@ impl ModelInfo {
     }
 }
 
+/// A model declared in `gateway.toml` (`[models."<id>"]`): extends the catalog, or overrides
+/// the entry of the same provider and upstream name. Prices are USD per token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomModel {
+    /// Provider profile that serves it (decides the provider: ids may contain `/`).
+    pub provider: String,
+    /// Model name sent upstream (default: the id).
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub input_cost_per_token: Option<f64>,
+    #[serde(default)]
+    pub output_cost_per_token: Option<f64>,
+    /// Price of cache-read input tokens (default: the input price).
+    #[serde(default)]
+    pub cached_input_cost_per_token: Option<f64>,
+    /// Context window (max input tokens).
+    #[serde(default)]
+    pub context_window: Option<u64>,
+    #[serde(default)]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default = "chat_mode")]
+    pub mode: Mode,
+    /// Serve it without prices: its traces carry `cost_unknown` (never a silent 0).
+    #[serde(default)]
+    pub cost_unknown: bool,
+    #[serde(default)]
+    pub tools: bool,
+    #[serde(default)]
+    pub vision: bool,
+}
+
+fn chat_mode() -> Mode {
+    Mode::Chat
+}
+
+impl CustomModel {
+    /// The name sent upstream.
+    pub fn upstream<'a>(&'a self, id: &'a str) -> &'a str {
+        self.model
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .unwrap_or(id)
+    }
+
+    /// Every problem names the entry: `models."<id>": ...`.
+    pub fn validate(&self, id: &str) -> Result<(), String> {
+        let name = format!("models.\"{id}\"");
+        if id.trim().is_empty() {
+            return Err("models: an entry has an empty id".into());
+        }
+        if self.provider.trim().is_empty() {
+            return Err(format!(
+                "{name}: `provider` is required (the profile that serves it)"
+            ));
+        }
+        let prices = [
+            ("input_cost_per_token", self.input_cost_per_token),
+            ("output_cost_per_token", self.output_cost_per_token),
+            (
+                "cached_input_cost_per_token",
+                self.cached_input_cost_per_token,
+            ),
+        ];
+        for (field, p) in prices {
+            if let Some(p) = p {
+                if !(p.is_finite() && p >= 0.0) {
+                    return Err(format!(
+                        "{name}: {field} = {p} must be a finite price >= 0 (USD per token)"
+                    ));
+                }
+            }
+        }
+        let needs_output = !matches!(self.mode, Mode::Embedding);
+        let missing: Vec<&str> = [
+            ("input_cost_per_token", self.input_cost_per_token.is_none()),
+            (
+                "output_cost_per_token",
+                needs_output && self.output_cost_per_token.is_none(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(f, m)| m.then_some(f))
+        .collect();
+        match (self.cost_unknown, missing.is_empty()) {
+            (false, false) => Err(format!(
+                "{name}: no {} (USD per token); set the price, or `cost_unknown = true` to serve it with unknown cost",
+                missing.join(" / ")
+            )),
+            (true, true) => Err(format!(
+                "{name}: `cost_unknown = true` contradicts its prices; remove one"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The catalog entry, under the catalog provider name `provider`.
+    pub fn to_info(&self, id: &str, provider: &str) -> ModelInfo {
+        ModelInfo {
+            name: self.upstream(id).to_string(),
+            provider: provider.to_string(),
+            mode: self.mode,
+            key: format!("config:models.{id}"),
+            region: None,
+            input: self.input_cost_per_token,
+            output: self.output_cost_per_token,
+            cache_read: self.cached_input_cost_per_token,
+            cache_creation: None,
+            long_context: None,
+            per_image: None,
+            output_image_token: None,
+            image_prices: BTreeMap::new(),
+            max_input_tokens: self.context_window,
+            max_output_tokens: self.max_output_tokens,
+            vision: self.vision,
+            tools: self.tools,
+            response_schema: false,
+            reasoning: false,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct CatalogFile {
     #[serde(default)]
@@ -356,6 +479,23 @@ impl Catalog {
     /// Whether some entry has exactly this model id (any provider).
     pub fn contains_name(&self, model: &str) -> bool {
         self.by_name.contains_key(model)
+    }
+
+    /// A copy with `extra` entries added; an extra entry replaces every entry of the same
+    /// provider and name (custom models override the catalog).
+    pub fn with_custom(&self, extra: Vec<ModelInfo>) -> Catalog {
+        let replaced: std::collections::HashSet<(&str, &str)> = extra
+            .iter()
+            .map(|e| (e.provider.as_str(), e.name.as_str()))
+            .collect();
+        let mut entries: Vec<ModelInfo> = self
+            .entries
+            .iter()
+            .filter(|e| !replaced.contains(&(e.provider.as_str(), e.name.as_str())))
+            .cloned()
+            .collect();
+        entries.extend(extra);
+        Catalog::build(entries, self.source_sha256.clone())
     }
 
     /// SHA-256 of the LiteLLM file the catalog was derived from.

@@ -62,9 +62,15 @@ impl AdminRoutes for RoutingRoutes {
             }
             p if p.starts_with("/v1/routes/") => {
                 let rest = &p["/v1/routes/".len()..];
+                // Route names may hold any character: `/` percent-encoded (`%2F`) or raw.
+                let decode = |r: &str| {
+                    percent_encoding::percent_decode_str(r)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
                 match rest.rsplit_once('/') {
-                    Some((route, "mode")) => self.mode(&rt, req, route).await,
-                    Some((route, "pin")) => self.pin(&rt, req, route).await,
+                    Some((route, "mode")) => self.mode(&rt, req, &decode(route)).await,
+                    Some((route, "pin")) => self.pin(&rt, req, &decode(route)).await,
                     _ => return None,
                 }
             }

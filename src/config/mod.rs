@@ -41,6 +41,9 @@ pub struct GatewayConfig {
     /// Named routing rules (`loopgate-routing-rule` header, key binding, `auto:<name>`).
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Custom models (`[models."<id>"]`): extend or override the catalog (`docs/custom-models.md`).
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::catalog::CustomModel>,
     /// Fallback chains for concrete models: `"gpt-4o" = ["anthropic/claude-sonnet-4-5", "groq/llama-3.3-70b-versatile"]`.
     #[serde(default)]
     pub fallbacks: BTreeMap<String, Vec<String>>,
@@ -213,6 +216,9 @@ pub struct RouteConfig {
     /// Keep per-prompt-context posteriors (task type, length, ...) next to the route's own.
     #[serde(default)]
     pub contextual: bool,
+    /// Prompt-level routing from labelled neighbours (`docs/prompt-routing.md`).
+    #[serde(default)]
+    pub prompt_routing: crate::feedback::prompt::PromptRoutingConfig,
     /// Shadow mode: background calls of the would-have model (sampled, budgeted).
     #[serde(default)]
     pub shadow: ShadowSettings,
@@ -634,6 +640,9 @@ impl GatewayConfig {
                 if let Err(e) = r.promotion.validate(r.constraints.min_confidence) {
                     return bad(format!("routes.{name}: {e}"));
                 }
+                if let Err(e) = r.prompt_routing.validate() {
+                    return bad(format!("routes.{name}.prompt_routing: {e}"));
+                }
                 continue;
             }
             if r.project.is_some() || r.learning != Learning::Shared {
@@ -658,6 +667,11 @@ impl GatewayConfig {
                 return bad(format!(
                     "routes.{name}: weighted strategy needs a positive weight"
                 ));
+            }
+        }
+        for (id, m) in &self.models {
+            if let Err(e) = m.validate(id) {
+                return bad(e);
             }
         }
         let rs = &self.routing;
@@ -701,5 +715,121 @@ impl GatewayConfig {
             v.push(self.resolve_path(c));
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<GatewayConfig, ConfigError> {
+        let c = GatewayConfig::parse(extra, "test")?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn custom_models_parse_with_slashes_and_prices() {
+        let c = parse(
+            r#"
+[models."acme/llama-3-70b"]
+provider = "openai"
+model = "llama-3-70b"
+input_cost_per_token = 0.000002
+output_cost_per_token = 0.000004
+cached_input_cost_per_token = 0.000001
+context_window = 8192
+mode = "chat"
+
+[models."free/one"]
+provider = "ollama"
+cost_unknown = true
+
+[routes."team/support"]
+baseline = "acme/llama-3-70b"
+candidates = ["free/one"]
+"#,
+        )
+        .unwrap();
+        let m = &c.models["acme/llama-3-70b"];
+        assert_eq!(m.upstream("acme/llama-3-70b"), "llama-3-70b");
+        assert_eq!(c.models["free/one"].upstream("free/one"), "free/one");
+        let info = m.to_info("acme/llama-3-70b", "openai");
+        let usage = crate::dialect::Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 100,
+            cached_tokens: 200,
+            ..Default::default()
+        };
+        // 800 uncached × 2e-6 + 200 cached × 1e-6 + 100 × 4e-6.
+        assert!((info.cost(&usage) - 0.0022).abs() < 1e-12);
+        assert_eq!(info.max_input_tokens, Some(8192));
+        assert!(c.routes.contains_key("team/support"));
+    }
+
+    #[test]
+    fn custom_model_errors_name_the_entry() {
+        let err = |t: &str| parse(t).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = err("[models.\"acme/x\"]\nprovider = \"openai\"\ninput_cost_per_token = 0.1\n");
+        assert!(
+            e.contains("models.\"acme/x\"") && e.contains("output_cost_per_token"),
+            "{e}"
+        );
+        assert!(e.contains("cost_unknown"), "{e}");
+        let e = err("[models.\"m\"]\nprovider = \"openai\"\n");
+        assert!(
+            e.contains("input_cost_per_token / output_cost_per_token"),
+            "{e}"
+        );
+        let e = err("[models.\"m\"]\nprovider = \"openai\"\ninput_cost_per_token = -1\noutput_cost_per_token = 0\n");
+        assert!(e.contains("input_cost_per_token = -1"), "{e}");
+        let e = err("[models.\"m\"]\nprovider = \"\"\ncost_unknown = true\n");
+        assert!(e.contains("`provider` is required"), "{e}");
+        let e = err("[models.\"m\"]\nprovider = \"openai\"\ncost_unknown = true\ninput_cost_per_token = 1e-6\noutput_cost_per_token = 1e-6\n");
+        assert!(e.contains("contradicts"), "{e}");
+        // Embeddings bill input only.
+        assert!(parse("[models.\"e\"]\nprovider = \"openai\"\nmode = \"embedding\"\ninput_cost_per_token = 1e-8\n").is_ok());
+        // Unknown keys are rejected (typos never silently drop a price).
+        let e = err("[models.\"m\"]\nprovider = \"openai\"\ninput_price = 1\n");
+        assert!(e.contains("input_price"), "{e}");
+    }
+
+    #[test]
+    fn custom_models_reach_the_runtime_catalog_and_resolution() {
+        let mut c = parse(
+            r#"
+[models."acme/gpt-4o"]
+provider = "openai"
+model = "gpt-4o"
+input_cost_per_token = 0.5
+output_cost_per_token = 1.0
+
+[models."nope/x"]
+provider = "no-such-provider"
+cost_unknown = true
+"#,
+        )
+        .unwrap();
+        let err = crate::routing::Runtime::build(c.clone(), 1)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("models.\"nope/x\"") && e.contains("unknown provider")),
+            "{err:?}"
+        );
+        c.models.remove("nope/x");
+        let rt = crate::routing::Runtime::build(c, 1).unwrap();
+        // The override replaced the catalog's own openai/gpt-4o price.
+        let info = rt.catalog.get(&["openai".to_string()], "gpt-4o").unwrap();
+        assert_eq!((info.input, info.output), (Some(0.5), Some(1.0)));
+        assert_eq!(info.key, "config:models.acme/gpt-4o");
+        // The id with a slash resolves through its provider field, not a prefix split (the
+        // provider is not active here, so the error names it).
+        let e = rt
+            .resolve_model("acme/gpt-4o", None)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("openai")), "{e:?}");
     }
 }

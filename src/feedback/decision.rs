@@ -89,6 +89,9 @@ pub struct DecisionTrace {
     /// Learning pool whose posteriors decided: `shared` or `project:<name>` (tenancy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// Prompt-level routing (`crate::feedback::prompt`): neighbours, per-model estimates, pick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<serde_json::Value>,
 }
 
 fn pct(x: f64) -> String {
@@ -233,6 +236,7 @@ impl Decision {
             reversible: true,
             context: None,
             pool: None,
+            prompt: None,
         }
     }
 

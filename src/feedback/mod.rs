@@ -21,6 +21,7 @@ pub mod math;
 pub mod pools;
 pub mod posterior;
 pub mod priors;
+pub mod prompt;
 pub mod router;
 pub mod sequential;
 pub mod service;

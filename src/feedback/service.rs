@@ -133,6 +133,50 @@ pub fn events_in(row: &FeedbackRow, pools: &Pools) -> Result<Vec<FeedbackEvent>,
     Ok(out)
 }
 
+/// Prompt routing: a per-request score labels the request's features (when this instance
+/// prompt-routed it). Session NPS carries no request ids and is not used per prompt.
+fn label_prompt(gw: &Gateway, rt: &Runtime, row: &FeedbackRow) {
+    let (Some(req), Some(model)) = (&row.request_id, &row.model) else {
+        return;
+    };
+    if row.signal == "session_nps" {
+        return;
+    }
+    let Some(v) =
+        parse_scale(&row.scale).and_then(|s| super::posterior::normalise(row.value, s).ok())
+    else {
+        return;
+    };
+    gw.prompt.label(req, model, v, 1.0, |route| {
+        rt.route(route)
+            .filter(|rc| rc.prompt_routing.mode != super::prompt::PromptMode::Off)
+            .map(|rc| rc.prompt_routing.capacity)
+    });
+}
+
+/// Prompt routing: rebuild the indexes of the routes that use it from the new route snapshots.
+fn rebuild_prompt(gw: &Gateway, rt: &Runtime, table: &RouterTable, now_ms: i64) {
+    let routes: Vec<_> = rt
+        .config
+        .routes
+        .iter()
+        .filter(|(_, r)| r.prompt_routing.mode != super::prompt::PromptMode::Off)
+        .filter_map(|(n, r)| {
+            let ar = table.routes.get(n)?;
+            let (facts, max_regression, min_confidence) =
+                super::prompt::state::route_inputs(&ar.prepared);
+            Some((
+                n.clone(),
+                r.prompt_routing.clone(),
+                facts,
+                max_regression,
+                min_confidence,
+            ))
+        })
+        .collect();
+    gw.prompt.rebuild(&routes, now_ms);
+}
+
 /// The priors category for a prompt-context bucket (see `conf/PRIORS.md`).
 pub fn prior_category(context: &str) -> &'static str {
     match context {
@@ -685,6 +729,7 @@ impl AggregatorService {
                 folded_rows += n;
                 for row in &rows {
                     st.cursor = st.cursor.max(row.seq);
+                    label_prompt(&self.gw, &rt, row);
                     match events_in(row, &pools) {
                         Ok(evs) => {
                             for ev in &evs {
@@ -780,6 +825,7 @@ impl AggregatorService {
         });
         metrics().router_table_version.set(st.version as i64);
         metrics().router_table_age.set(now_ms as f64 / 1000.0);
+        rebuild_prompt(&self.gw, &rt, &table, now_ms);
         self.gw.auto.table.store(Arc::new(table));
         self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
     }

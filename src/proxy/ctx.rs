@@ -42,6 +42,8 @@ pub struct AutoCtx {
     pub baseline_from: usize,
     /// The project whose learning pool decided (`None`: the shared pool).
     pub pool: Option<std::sync::Arc<str>>,
+    /// What the prompt router did (routes with `prompt_routing`).
+    pub prompt: Option<Box<crate::feedback::prompt::state::PromptOutcome>>,
 }
 
 pub struct RequestCtx {

@@ -285,3 +285,108 @@ pub fn estimate_cost(
         .get(&cand.provider.profile.catalog_providers, &cand.model)
         .map_or(0.0, |m| m.cost(&usage))
 }
+
+/// One embedding of `text` through the gateway's own embeddings path (the same build → sign →
+/// send → translate as client traffic), trying `candidates` in order. Used by prompt routing;
+/// the caller bounds it with a timeout and falls back to in-process features on any error.
+pub async fn embed_once(
+    rt: &Runtime,
+    candidates: &[Candidate],
+    text: &str,
+    request_id: &str,
+) -> Result<Vec<f32>, GatewayError> {
+    let created = crate::dialect::unix_now();
+    let mut last: Option<GatewayError> = None;
+    for cand in candidates {
+        let prov = &cand.provider;
+        let mut body = serde_json::Map::new();
+        body.insert("model".into(), Value::String(cand.model.clone()));
+        body.insert("input".into(), Value::String(text.to_string()));
+        let op = Op::Embeddings(&body);
+        let target = Target {
+            profile: &prov.profile,
+            endpoint: &prov.endpoint,
+            model: &cand.model,
+            stream: false,
+            request_id,
+            created,
+            max_output_tokens: None,
+        };
+        let started = Instant::now();
+        let mut up = match build(prov, &op, &target) {
+            Ok(r) => r,
+            Err(e) => {
+                last = Some(GatewayError::Internal(e.to_string()));
+                continue;
+            }
+        };
+        for (k, v) in &prov.profile.headers {
+            up.headers.push((k.clone(), v.clone()));
+        }
+        if let Err(e) = sign(prov, &mut up).await {
+            last = Some(upstream_error(502, e.to_string(), "upstream_auth_error"));
+            continue;
+        }
+        let opts = exchange_options(rt, prov, None);
+        let resp = match upstream::send(&prov.endpoint, &up, &opts, prov.name()).await {
+            Ok(r) => r,
+            Err(e) => {
+                attempt(cand, None, e.outcome(), started);
+                last = Some(transport_error(prov.name(), &e));
+                continue;
+            }
+        };
+        let status = resp.status();
+        let bytes = match resp.body(16 * 1024 * 1024).await {
+            Ok(b) => b,
+            Err(e) => {
+                last = Some(transport_error(prov.name(), &e));
+                continue;
+            }
+        };
+        if !(200..300).contains(&status) {
+            attempt(cand, Some(status), "http_error", started);
+            let f = prov.dialect.classify_error(status, &bytes);
+            last = Some(upstream_error(
+                status,
+                format!("{}: {}", prov.name(), f.message),
+                f.code,
+            ));
+            continue;
+        }
+        attempt(cand, Some(status), "ok", started);
+        let t = translate(prov, &op, &bytes, &target)
+            .map_err(|e| upstream_error(502, e.to_string(), "bad_upstream_response"))?;
+        let v: Value = serde_json::from_slice(&t.body)
+            .map_err(|e| upstream_error(502, e.to_string(), "bad_upstream_response"))?;
+        let emb = v
+            .pointer("/data/0/embedding")
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty() && a.len() <= 16_384)
+            .ok_or_else(|| {
+                upstream_error(
+                    502,
+                    "embeddings response has no data[0].embedding".into(),
+                    "bad_upstream_response",
+                )
+            })?;
+        return emb
+            .iter()
+            .map(|x| x.as_f64().map(|f| f as f32))
+            .collect::<Option<Vec<f32>>>()
+            .ok_or_else(|| {
+                upstream_error(
+                    502,
+                    "embedding is not numeric".into(),
+                    "bad_upstream_response",
+                )
+            });
+    }
+    Err(last.unwrap_or_else(|| {
+        upstream_error(
+            502,
+            "no embeddings candidate".into(),
+            "upstream_unavailable",
+        )
+    }))
+}

@@ -6,7 +6,38 @@ use crate::trace::TraceRecord;
 
 use super::ctx::RequestCtx;
 
+/// Served by a model without a catalog price: the cost is unknown, not 0.
+fn cost_unknown(ctx: &RequestCtx) -> bool {
+    if ctx.cost_usd > 0.0
+        || ctx.status >= 400
+        || ctx.usage.prompt_tokens + ctx.usage.completion_tokens == 0
+    {
+        return false;
+    }
+    let (Some(rt), Some(p), Some(m)) = (&ctx.runtime, &ctx.provider, &ctx.served_model) else {
+        return false;
+    };
+    let Some(prov) = rt.provider(p) else {
+        return false;
+    };
+    let attempt = ctx
+        .attempts
+        .iter()
+        .rev()
+        .find(|a| a.outcome == "ok")
+        .map(|a| a.model.as_str());
+    let priced = |name: &str| {
+        rt.catalog
+            .get(&prov.profile.catalog_providers, name)
+            .is_some_and(|i| i.has_prices())
+    };
+    !(priced(m) || attempt.is_some_and(priced))
+}
+
 pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
+    if cost_unknown(ctx) {
+        ctx.properties.push(("cost_unknown".into(), "true".into()));
+    }
     let u = ctx.usage;
     TraceRecord {
         request_id: ctx.request_id.clone(),

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub auto: Arc<crate::routing::auto::AutoState>,
     /// Ids served by this instance, for read-your-writes lookups (`trace::fresh`).
     pub recent: Option<Arc<crate::trace::fresh::Recent>>,
+    /// Prompt-level routing: per-route indexes and the memory of labelled prompts.
+    pub prompt: Arc<crate::feedback::prompt::state::PromptState>,
 }
 
 impl Gateway {
@@ -70,6 +72,7 @@ impl Gateway {
                 100_000,
             )),
             recent: None,
+            prompt: Arc::new(crate::feedback::prompt::state::PromptState::new()),
         }
     }
 }
@@ -265,7 +268,10 @@ async fn chat(
     let resolution = rt.resolve(&ask, rand::random::<f64>())?;
     ctx.route = resolution.route.clone();
     let candidates = match (&resolution.route, resolution.feedback) {
-        (Some(route), true) => routed::candidates(gw, rt, ctx, &req, route)?,
+        (Some(route), true) => {
+            let embedding = routed::prompt_embedding(gw, rt, ctx, &req, route).await;
+            routed::candidates(gw, rt, ctx, &req, route, embedding)?
+        }
         _ => resolution.candidates,
     };
     upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;

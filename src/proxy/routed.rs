@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
+use crate::feedback::prompt::state::{EmbeddingOutcome, PromptOutcome, Seen};
+use crate::feedback::prompt::{PromptMode, PromptPickKind};
 use crate::feedback::{Mode, PickKind};
 use crate::metrics::metrics;
 use crate::rollout::canary::Arm;
@@ -15,6 +17,78 @@ use crate::store::DecisionRow;
 use super::ctx::{AutoCtx, RequestCtx};
 use super::Gateway;
 
+/// Text embedded for prompt routing: the last user message, at most this many bytes of its end.
+const EMBED_TEXT_BYTES: usize = 8192;
+
+/// For routes with `prompt_routing.mode = "embeddings"`: the prompt's embedding from the
+/// configured model through the gateway's own embeddings path, bounded by the route's timeout.
+/// Never an error for the request: a failure is carried to the trace and the router falls back
+/// to in-process features.
+pub async fn prompt_embedding(
+    gw: &Gateway,
+    rt: &Arc<Runtime>,
+    ctx: &RequestCtx,
+    req: &ChatRequest,
+    route: &str,
+) -> EmbeddingOutcome {
+    let Some(e) = rt
+        .route(route)
+        .filter(|rc| rc.prompt_routing.mode == PromptMode::Embeddings)
+        .and_then(|rc| rc.prompt_routing.embeddings.as_ref())
+    else {
+        return EmbeddingOutcome::NotConfigured;
+    };
+    if gw.prompt.index(route).is_none() {
+        return EmbeddingOutcome::NotConfigured;
+    }
+    let mut text = String::new();
+    if let Some(m) = req
+        .messages()
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(serde_json::Value::as_str) == Some("user"))
+    {
+        match m.get("content") {
+            Some(serde_json::Value::String(t)) => text.push_str(t),
+            Some(serde_json::Value::Array(parts)) => {
+                for t in parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+                {
+                    text.push_str(t);
+                    text.push('\n');
+                }
+            }
+            _ => {}
+        }
+    }
+    if text.len() > EMBED_TEXT_BYTES {
+        let mut cut = text.len() - EMBED_TEXT_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        text.drain(..cut);
+    }
+    if text.trim().is_empty() {
+        return EmbeddingOutcome::Failed("no user text to embed".into());
+    }
+    let cands = match rt.resolve_with_fallbacks(&e.model, None) {
+        Ok(c) => c,
+        Err(err) => {
+            return EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model))
+        }
+    };
+    let call = super::headless::embed_once(rt, &cands, &text, &ctx.request_id);
+    match tokio::time::timeout(std::time::Duration::from_millis(e.timeout_ms), call).await {
+        Ok(Ok(v)) => EmbeddingOutcome::Ok(Arc::from(v)),
+        Ok(Err(err)) => EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model)),
+        Err(_) => EmbeddingOutcome::Failed(format!(
+            "embeddings model '{}' timed out after {} ms",
+            e.model, e.timeout_ms
+        )),
+    }
+}
+
 /// The candidates for a request on feedback route `route`: the router's pick (with its
 /// fallbacks), then the baseline (with its fallbacks) for when the pick's provider fails.
 pub fn candidates(
@@ -23,6 +97,7 @@ pub fn candidates(
     ctx: &mut RequestCtx,
     req: &ChatRequest,
     route: &str,
+    embedding: EmbeddingOutcome,
 ) -> Result<Vec<Candidate>, GatewayError> {
     // A route that declares a project serves only that project (and unlocked callers
     // without a project): to any other project it answers like an undefined route.
@@ -61,6 +136,7 @@ pub fn candidates(
         ctx.ts_ms,
         rand::random::<f64>(),
     );
+    let prompt = prompt_pick(gw, rt, ctx, req, route, &mut d, embedding);
     if d.kind != PickKind::Pinned {
         let holdback = view.holdback_share;
         if let Some(e) = view.experiment {
@@ -118,8 +194,92 @@ pub fn candidates(
         context,
         baseline_from,
         pool: view.pool,
+        prompt,
     }));
     Ok(cands)
+}
+
+/// Prompt-level routing on top of the route-level decision: only an exploit pick (baseline or
+/// promoted) is refined, and only towards a cheaper model; pins, stickiness, route-level
+/// exploration, canaries and holdback keep their say. The request's features go to the
+/// background so its feedback can label them.
+fn prompt_pick(
+    gw: &Gateway,
+    rt: &Arc<Runtime>,
+    ctx: &RequestCtx,
+    req: &ChatRequest,
+    route: &str,
+    d: &mut crate::feedback::Decision,
+    embedding: EmbeddingOutcome,
+) -> Option<Box<PromptOutcome>> {
+    let rc = rt.route(route)?;
+    if rc.prompt_routing.mode == PromptMode::Off || d.route.mode == Mode::Off {
+        return None;
+    }
+    let raw = Box::new(crate::feedback::prompt::raw_features(req.messages()));
+    let (emb, fallback) = match embedding {
+        EmbeddingOutcome::Ok(e) => (Some(e), None),
+        EmbeddingOutcome::Failed(why) => (None, Some(why)),
+        EmbeddingOutcome::NotConfigured => (None, None),
+    };
+    let seen = |explored: bool| Seen {
+        request_id: Arc::from(ctx.request_id.as_str()),
+        route: Arc::clone(&d.route.route),
+        raw: raw.clone(),
+        embedding: emb.clone(),
+        at_ms: ctx.ts_ms,
+        explored,
+    };
+    if !matches!(d.kind, PickKind::Baseline | PickKind::Promoted) {
+        gw.prompt.seen(seen(false));
+        return None;
+    }
+    let Some(index) = gw.prompt.index(route) else {
+        gw.prompt.seen(seen(false));
+        return None;
+    };
+    // Exploration only where a score is certain: the judge samples by request id.
+    let share = if rt.config.judge.model.is_empty() {
+        0.0
+    } else {
+        rc.judge.share
+    };
+    let labelled = crate::rollout::judge::should_judge(&ctx.request_id, share);
+    let pick = crate::feedback::prompt::state::decide(
+        &index,
+        &raw,
+        emb.as_deref(),
+        rand::random::<f64>(),
+        labelled,
+        share,
+    );
+    let route_pick = Arc::clone(&d.route.models[d.chosen].model);
+    let current_cost = d.route.models[d.chosen].stats.cost_per_request;
+    let target = &index.models[pick.chosen];
+    let mut applied = false;
+    if pick.chosen != 0 && target.cost < current_cost {
+        if let Some(i) = d.route.index_of(&target.model) {
+            d.chosen = i;
+            d.served = if d.route.mode == Mode::Live { i } else { 0 };
+            d.kind = if pick.kind == PromptPickKind::Explored {
+                PickKind::Explored
+            } else {
+                PickKind::Promoted
+            };
+            d.propensity *= pick.propensity;
+            applied = true;
+        }
+    }
+    let s = seen(applied && pick.kind == PromptPickKind::Explored);
+    gw.prompt.seen(s);
+    Some(Box::new(PromptOutcome {
+        index,
+        pick,
+        applied,
+        route_pick,
+        embedding_fallback: fallback,
+        raw,
+    }))
 }
 
 /// After serving: a pick whose provider failed was served by the baseline — record the miss.
@@ -166,13 +326,14 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
     if !gw.tracing {
         return None;
     }
-    match gw.auto.decision_row(
+    match gw.auto.decision_row_with(
         d,
         &ctx.request_id,
         ctx.ts_ms,
         ctx.session_id.as_deref(),
         a.context,
         a.pool.as_deref(),
+        a.prompt.as_ref().map(|p| p.trace()),
     ) {
         Ok(mut row) => {
             row.project.clone_from(&ctx.project_id);

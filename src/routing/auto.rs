@@ -384,9 +384,24 @@ impl AutoState {
         context: Option<&str>,
         pool: Option<&str>,
     ) -> Result<DecisionRow, String> {
+        self.decision_row_with(d, request_id, at_ms, session, context, pool, None)
+    }
+
+    /// As [`Self::decision_row`], with the prompt router's section of the trace.
+    pub fn decision_row_with(
+        &self,
+        d: &Decision,
+        request_id: &str,
+        at_ms: i64,
+        session: Option<&str>,
+        context: Option<&str>,
+        pool: Option<&str>,
+        prompt: Option<serde_json::Value>,
+    ) -> Result<DecisionRow, String> {
         let mut trace = d.trace(request_id, at_ms);
         trace.context = context.map(str::to_string);
         trace.pool = Some(pool_name(pool));
+        trace.prompt = prompt;
         let json = sign_to_string(&trace, &self.signing).map_err(|e| e.to_string())?;
         let served = &d.route.models[d.served];
         Ok(DecisionRow {

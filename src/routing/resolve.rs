@@ -49,6 +49,19 @@ impl Runtime {
         model: &str,
         forced: Option<&str>,
     ) -> Result<Candidate, GatewayError> {
+        // A custom model: its `provider` field decides, whatever its id looks like (ids may
+        // contain `/`).
+        if let Some(cm) = self.config.models.get(model) {
+            if forced.is_none_or(|f| f == cm.provider) {
+                let prov = self
+                    .provider(&cm.provider)
+                    .ok_or_else(|| self.provider_unavailable(&cm.provider))?;
+                return Ok(Candidate {
+                    provider: prov.clone(),
+                    model: cm.upstream(model).to_string(),
+                });
+            }
+        }
         if let Some(p) = forced {
             let prov = self
                 .provider(p)

@@ -129,6 +129,25 @@ impl Runtime {
             )),
             None => CatalogRef::Embedded(Catalog::embedded().map_err(|e| invalid(e))?),
         };
+        let catalog = if config.models.is_empty() {
+            catalog
+        } else {
+            let mut extra = Vec::with_capacity(config.models.len());
+            for (id, m) in &config.models {
+                let prof = profiles
+                    .iter()
+                    .find(|p| p.name == m.provider)
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "models.\"{id}\": unknown provider '{}'",
+                            m.provider
+                        ))
+                    })?;
+                let cp = prof.catalog_providers.first().unwrap_or(&prof.name);
+                extra.push(m.to_info(id, cp));
+            }
+            CatalogRef::Loaded(Arc::new(catalog.with_custom(extra)))
+        };
         let mut active = Vec::new();
         for p in &profiles {
             if let Some(rt) = ProviderRuntime::activate(p.clone()).map_err(|e| invalid(&e))? {
