@@ -288,10 +288,17 @@ struct Ids {
     a: String,
     b: String,
     exp: String,
+    /// A feedback event of alpha's (a session NPS).
+    fb: String,
 }
 
 fn rows(ids: &Ids) -> Vec<Row> {
-    let (a, b, exp) = (ids.a.as_str(), ids.b.as_str(), ids.exp.as_str());
+    let (a, b, exp, fb) = (
+        ids.a.as_str(),
+        ids.b.as_str(),
+        ids.exp.as_str(),
+        ids.fb.as_str(),
+    );
     let ra = "\"route\":\"ra\"";
     let shared = "\"route\":\"shared\"";
     let forbidden = st(403);
@@ -498,12 +505,34 @@ fn rows(ids: &Ids) -> Vec<Row> {
             Some(json!({"session_id": "sa", "nps": 9})),
             "a_read",
             [
-                st(403),
-                st(404),
+                // A session id is the client's own name: another project's NPS on the same
+                // name is its own event, crediting none of alpha's requests, exactly as for a
+                // session nobody used (stored at once with `pending_feedback_secs = 0`). Its
+                // body has a fresh id and clock, so it is compared by content, not bytes.
+                has(403, &[], &[]),
+                has(
+                    201,
+                    &["\"credited_requests\":0", "\"routed\":false"],
+                    &[a, "gpt-4o"],
+                ),
                 has(201, &["accepted"], &[]),
                 has(409, &["duplicate_feedback"], &[]),
             ],
-            Some(("sa", "nosuchsession")),
+            None,
+        ),
+        row(
+            "GET",
+            "/v1/feedback/{id}",
+            format!("/v1/feedback/{fb}"),
+            None,
+            "a_read",
+            [
+                st(403),
+                st(404),
+                has(200, &["accepted", fb], &[]),
+                has(200, &["accepted", fb], &[]),
+            ],
+            Some((fb, "fb_nosuchevent0000000000000")),
         ),
         row(
             "POST",
@@ -651,6 +680,7 @@ fn every_endpoint_has_a_row() {
         a: "chatcmpl-a".into(),
         b: "chatcmpl-b".into(),
         exp: "exp_x".into(),
+        fb: "fb_x".into(),
     };
     let rows = rows(&ids);
     for e in ENDPOINTS {
@@ -727,7 +757,22 @@ async fn tenancy_matrix() {
         .as_str()
         .expect("experiment id")
         .to_string();
-    let ids = Ids { a, b, exp };
+    // A feedback event of alpha's, on a session of its own (the matrix posts on "sa").
+    chat(&gw, "a", "auto:ra", "sa_fb").await;
+    let (s, body) = call(
+        &gw,
+        "a",
+        "POST",
+        "/v1/feedback",
+        Some(&json!({"session_id": "sa_fb", "nps": 8})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let fb = serde_json::from_str::<Value>(&body).expect("json")["id"]
+        .as_str()
+        .expect("feedback id")
+        .to_string();
+    let ids = Ids { a, b, exp, fb };
     for r in rows(&ids) {
         let body = r.body.as_ref();
         let (s, t) = call(&gw, r.wrong_key, r.method, &r.path, body).await;

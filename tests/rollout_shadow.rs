@@ -594,12 +594,17 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
     // Every answer so far (served and shadow) is scored before the judge starts failing.
     let all_scored = || {
         let rows = db_i64(&gw, "SELECT COUNT(*) FROM feedback WHERE signal = 'judge'");
-        let answers = db_i64(&gw, "SELECT COUNT(*) FROM decisions")
-            + db_i64(
-                &gw,
-                "SELECT COUNT(*) FROM traces WHERE endpoint = 'shadow' AND status = 200",
-            );
-        rows == answers
+        let shadow_traces = db_i64(
+            &gw,
+            "SELECT COUNT(*) FROM traces WHERE endpoint = 'shadow' AND status = 200",
+        );
+        let answers = db_i64(&gw, "SELECT COUNT(*) FROM decisions") + shadow_traces;
+        // Nothing in flight either: every shadow call the upstream saw is traced, and every
+        // judge call it saw has its score stored (a shadow answer whose trace is still on its
+        // way is not counted in `answers` yet, and would be judged after the switch below).
+        let reqs = mock.requests();
+        let seen = |m: &str| reqs.iter().filter(|r| r.json()["model"] == m).count() as i64;
+        rows == answers && seen(JUDGE_MODEL) == rows && seen("gpt-4o-mini") == shadow_traces
     };
     assert!(eventually(all_scored, Duration::from_secs(10)).await);
     let before_rows = db_i64(&gw, "SELECT COUNT(*) FROM feedback WHERE signal = 'judge'");

@@ -23,6 +23,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("GET", "/v1/export/logs"),
     e("GET", "/v1/export/decisions"),
     e("POST", "/v1/feedback"),
+    e("GET", "/v1/feedback/{id}"),
     e("GET", "/v1/decisions"),
     e("GET", "/v1/decisions/{id}"),
     e("POST", "/v1/routing/explain"),
