@@ -388,6 +388,7 @@ impl AutoState {
     }
 
     /// As [`Self::decision_row`], with the prompt router's section of the trace.
+    #[allow(clippy::too_many_arguments)] // the trace's labels, each from a different phase
     pub fn decision_row_with(
         &self,
         d: &Decision,
