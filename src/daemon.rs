@@ -176,7 +176,7 @@ pub struct UpgradeOptions {
 pub fn upgrade(opts: UpgradeOptions) -> Result<u32, String> {
     let cfg = crate::config::GatewayConfig::load(opts.config.as_deref())
         .map_err(|e| format!("config not valid, the running instance is left alone: {e}"))?;
-    crate::routing::Runtime::build(cfg.clone(), 1)
+    crate::routing::Runtime::build_checked(cfg.clone(), 1)
         .map_err(|e| format!("config not valid, the running instance is left alone: {e}"))?;
     let pid_file = cfg.server.pid_file.as_deref().map(PathBuf::from);
     let sock = PathBuf::from(cfg.server.upgrade_sock.clone().unwrap_or_default());
