@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use loopgate::auth::keys::hash_key;
 use loopgate::config::GatewayConfig;
 use loopgate::dialect::openai::{OpenAi, OpenAiStream};
 use loopgate::dialect::{ChatRequest, ChunkEncoder, Dialect, StreamTranslator, Target};
 use loopgate::proxy::request::parse_chat;
-use loopgate::routing::keys::hash_key;
 use loopgate::routing::{Ask, Runtime};
 
 const GATEWAY_KEY: &str = "lg-bench-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";

@@ -15,6 +15,7 @@
 //! - [`demo`]: `loopgate demo`: a simulated provider fleet replaying recorded outcomes
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod daemon;
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod rollout;
 pub mod routing;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod trace;
 pub mod upstream;

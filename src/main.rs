@@ -185,8 +185,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let generated = key.is_none();
-            let key = key.unwrap_or_else(loopgate::routing::keys::generate_key);
-            let hash = loopgate::routing::keys::hash_key(&key);
+            let key = key.unwrap_or_else(loopgate::auth::keys::generate_key);
+            let hash = loopgate::auth::keys::hash_key(&key);
             let mut names: Vec<&str> = Vec::new();
             for s in scopes {
                 if !names.contains(&s.name()) {

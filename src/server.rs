@@ -14,11 +14,11 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::routes::StoreRoutes;
-use crate::config::reload::ReloadService;
 use crate::config::GatewayConfig;
-use crate::providers::refresh::CredentialRefresher;
 use crate::proxy::{Gateway, LoopgateProxy};
 use crate::routing::Runtime;
+use crate::services::refresh::CredentialRefresher;
+use crate::services::reload::ReloadService;
 use crate::store::Backend;
 use crate::trace::writer::{trace_pipeline, TraceSink, TraceWriterService};
 use pingora::server::ShutdownWatch;
@@ -266,7 +266,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             runtime: gw.runtime.clone(),
         }));
     let gw = Arc::new(gw);
-    crate::feedback::service::AggregatorService::initial_table(&gw);
+    crate::services::aggregator::AggregatorService::initial_table(&gw);
 
     // Pingora sleeps its whole grace period; the coordinator exits earlier once idle.
     let conf = ServerConf {
@@ -321,7 +321,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     }
     server.add_service(background_service(
         "shadow calls",
-        crate::rollout::shadow::ShadowService::install(
+        crate::services::shadow::ShadowService::install(
             gw.clone(),
             tracing_on.then(|| slot.clone()),
         ),
@@ -329,12 +329,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     if tracing_on {
         server.add_service(background_service(
             "judge",
-            crate::rollout::judge_service::JudgeService::install(gw.clone(), slot.clone()),
+            crate::services::judge_service::JudgeService::install(gw.clone(), slot.clone()),
         ));
     }
     server.add_service(background_service(
         "feedback aggregator",
-        crate::feedback::service::AggregatorService {
+        crate::services::aggregator::AggregatorService {
             gw: gw.clone(),
             slot: tracing_on.then_some(slot),
         },

@@ -372,7 +372,7 @@ async fn expect_100_continue_is_answered() {
 async fn authentication() {
     let mock = MockUpstream::start(openai_like()).await;
     let key = "lg-inference-only-key-abc";
-    let hash = loopgate::routing::keys::hash_key(key);
+    let hash = loopgate::auth::keys::hash_key(key);
     let g = GatewayProc::start(&format!("[[auth.keys]]\nid = \"app\"\nhash = \"{hash}\"\nscopes = [\"inference\"]\nproject = \"checkout\"\n"), &openai_env(&mock));
     let c = client();
     let r = c
@@ -1150,7 +1150,7 @@ async fn body_capture_respects_zero_retention() {
         "capture_bodies = true\nzero_retention_projects = [\"secret-proj\"]\n",
         &format!(
             "[[auth.keys]]\nid = \"zr\"\nhash = \"{}\"\nzero_retention = true\n",
-            loopgate::routing::keys::hash_key(zr_key)
+            loopgate::auth::keys::hash_key(zr_key)
         ),
         &openai_env(&mock),
     );

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use loopgate::admin::endpoints::{matches, ENDPOINTS};
-use loopgate::routing::keys::hash_key;
+use loopgate::auth::keys::hash_key;
 use serde_json::{json, Value};
 
 /// Alpha: every scope; beta: every scope (the other project); the wrong-scope keys are

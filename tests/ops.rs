@@ -83,7 +83,7 @@ fn hash_key_output_configures_a_working_key() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&loopgate::routing::keys::hash_key("lg-abc")));
+    assert!(text.contains(&loopgate::auth::keys::hash_key("lg-abc")));
     assert!(!text.contains("hash: lg-abc"));
     let out = loopgate().args(["hash-key"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

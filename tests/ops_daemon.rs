@@ -561,7 +561,7 @@ fn hash_key_prints_an_entry_ready_to_paste() {
     assert_eq!(k["id"].as_str(), Some("web-app"));
     assert_eq!(
         k["hash"].as_str(),
-        Some(loopgate::routing::keys::hash_key(&key).as_str())
+        Some(loopgate::auth::keys::hash_key(&key).as_str())
     );
     assert_eq!(
         k["scopes"].as_array().unwrap(),

@@ -3,7 +3,7 @@
 //!
 //! The spec is stored in the route's state; the experiment's progress (step, estimates,
 //! verdict) is derived by every instance from the scored decisions (see
-//! `feedback::service::derive_experiment`), so all instances agree without coordination.
+//! `services::aggregator::derive_experiment`), so all instances agree without coordination.
 //! Promotion to `live` is the operator's `promote` unless the spec set `auto_promote`.
 
 use serde_json::{json, Value};
@@ -12,10 +12,10 @@ use super::logs::store_err;
 use super::routing::{actor, body_object, reason, RoutingRoutes};
 use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
-use crate::feedback::service::{effective_state, ExperimentRecord, OperatorAction};
 use crate::feedback::Mode;
 use crate::rollout::canary::{Experiment, ExperimentSpec};
 use crate::routing::Runtime;
+use crate::services::aggregator::{effective_state, ExperimentRecord, OperatorAction};
 use crate::store::AuditAppend;
 
 fn new_id() -> String {

@@ -29,9 +29,9 @@ use super::logs::{store_err, store_for};
 use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
 use crate::feedback::posterior::{normalise, nps_to_unit};
-use crate::feedback::service::{parse_scale, scale_name};
 use crate::metrics::metrics;
 use crate::routing::auto::AutoState;
+use crate::services::aggregator::{parse_scale, scale_name};
 use crate::store::{
     DecisionQuery, FeedbackInsert, FeedbackRow, PendingFeedback, PendingInsert, Store,
 };

@@ -20,55 +20,8 @@ use tokio::sync::mpsc;
 use crate::error::GatewayError;
 pub use crate::store::scoped::Visibility;
 
-/// What a gateway key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Call models (`/v1/chat/completions`, `/v1/embeddings`, ...), send feedback.
-    Inference,
-    /// Read traces, sessions, analytics, decisions, exports.
-    Read,
-    /// Change constraints, pins, experiments; admin ratings.
-    Admin,
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    /// Key id (`None` when auth is disabled in loopback dev mode).
-    pub key_id: Option<String>,
-    pub scopes: Vec<Scope>,
-    /// Project the key is locked to.
-    pub project: Option<String>,
-}
-
-impl Caller {
-    pub fn has(&self, s: Scope) -> bool {
-        // admin implies read
-        self.scopes.contains(&s) || (s == Scope::Read && self.scopes.contains(&Scope::Admin))
-    }
-
-    /// The tenancy scope of this caller (see `store::scoped`); `config` says which routes a
-    /// project owns (`None`: handlers that never touch route-level state).
-    pub fn visibility(&self, config: Option<&crate::config::GatewayConfig>) -> Visibility {
-        Visibility::new(self.project.as_deref(), config)
-    }
-
-    pub fn require(&self, s: Scope) -> Result<(), GatewayError> {
-        if self.has(s) {
-            Ok(())
-        } else {
-            Err(GatewayError::Forbidden(format!(
-                "this key lacks the '{}' scope",
-                match s {
-                    Scope::Inference => "inference",
-                    Scope::Read => "read",
-                    Scope::Admin => "admin",
-                }
-            )))
-        }
-    }
-}
+pub use crate::auth::Caller;
+pub use crate::config::Scope;
 
 #[derive(Debug, Clone)]
 pub struct AdminRequest {

@@ -5,14 +5,11 @@
 //! keeps the old config serving.
 
 pub mod paths;
-pub mod reload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-
-use crate::admin::Scope;
 
 /// The configuration compiled into the binary: `loopgate serve` with no `-c` runs on it.
 pub const EMBEDDED_CONFIG: &str = include_str!("../../conf/gateway.toml");
@@ -144,6 +141,18 @@ pub struct AuthConfig {
     /// With no key configured at all, accept unauthenticated requests — only when every
     /// listener is on loopback (a development convenience; never on a public address).
     pub allow_unauthenticated_loopback: bool,
+}
+
+/// What a gateway key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Call models (`/v1/chat/completions`, `/v1/embeddings`, ...), send feedback.
+    Inference,
+    /// Read traces, sessions, analytics, decisions, exports.
+    Read,
+    /// Change constraints, pins, experiments; admin ratings.
+    Admin,
 }
 
 /// A gateway key, stored as a hash (`loopgate hash-key`).
@@ -593,7 +602,7 @@ impl GatewayConfig {
             if !ids.insert(&k.id) {
                 return bad(format!("auth.keys: duplicate id '{}'", k.id));
             }
-            if crate::routing::keys::parse_hash(&k.hash).is_none() {
+            if crate::auth::keys::parse_hash(&k.hash).is_none() {
                 return bad(format!(
                     "auth.keys '{}': hash must be sha256:<64 hex> (see `loopgate hash-key`)",
                     k.id

@@ -249,7 +249,7 @@ impl Background {
     }
 
     fn line(&self) -> String {
-        let (queued, _) = crate::rollout::judge_service::backlog().unwrap_or((0, 0));
+        let (queued, _) = crate::services::judge_service::backlog().unwrap_or((0, 0));
         format!(
             "judge: {} scored, {} pending, {} dropped, {} failed, {} over budget",
             self.judged, queued, self.judge_dropped, self.judge_errors, self.judge_budget
@@ -266,8 +266,8 @@ async fn wait_for_background(fraction: f64, max: Duration) {
         b.is_some_and(|(n, cap)| n > 0 && n as f64 >= fraction * cap as f64)
     };
     while Instant::now() < deadline
-        && (deep(crate::rollout::judge_service::backlog())
-            || deep(crate::rollout::shadow::backlog()))
+        && (deep(crate::services::judge_service::backlog())
+            || deep(crate::services::shadow::backlog()))
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -18,13 +18,12 @@ pub mod context;
 pub mod decision;
 pub mod gate;
 pub mod math;
-pub mod pools;
 pub mod posterior;
 pub mod priors;
 pub mod prompt;
 pub mod router;
 pub mod sequential;
-pub mod service;
+
 mod simulation;
 
 pub use aggregator::{

@@ -10,7 +10,6 @@
 pub mod auth;
 pub mod aws_chain;
 pub mod google_oauth;
-pub mod refresh;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -90,8 +90,8 @@ pub struct RequestCtx {
     pub served_index: Option<usize>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
-    /// Shadow call / judge sampling of this request (`crate::rollout::shadow`).
-    pub rollout: Option<Box<crate::rollout::shadow::RolloutCtx>>,
+    /// Shadow call / judge sampling of this request (`crate::services::shadow`).
+    pub rollout: Option<Box<crate::services::shadow::RolloutCtx>>,
     /// CORS headers for this request's responses (`[server.cors]`; empty without).
     pub cors: Vec<(&'static str, String)>,
 }

@@ -231,7 +231,7 @@ async fn chat(
     rt: &Arc<Runtime>,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    key: Option<&crate::routing::keys::KeyEntry>,
+    key: Option<&crate::auth::keys::KeyEntry>,
 ) -> Result<(), GatewayError> {
     ctx.endpoint = "chat.completions";
     ctx.traced = true;
@@ -285,7 +285,7 @@ async fn other_model_call(
     rt: &Arc<Runtime>,
     session: &mut Session,
     ctx: &mut RequestCtx,
-    key: Option<&crate::routing::keys::KeyEntry>,
+    key: Option<&crate::auth::keys::KeyEntry>,
     endpoint: &'static str,
 ) -> Result<(), GatewayError> {
     ctx.endpoint = endpoint;

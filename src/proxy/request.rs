@@ -6,9 +6,9 @@ use pingora_proxy::Session;
 use serde_json::{Map, Value};
 
 use crate::admin::Caller;
+use crate::auth::keys::KeyEntry;
 use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
-use crate::routing::keys::KeyEntry;
 use crate::routing::Runtime;
 
 use super::ctx::RequestCtx;

@@ -187,7 +187,7 @@ pub fn candidates(
             project: ctx.project_id.as_deref().map(Arc::from),
         },
     );
-    ctx.rollout = crate::rollout::shadow::prepare(rt, &ctx.request_id, req, route, &d);
+    ctx.rollout = crate::services::shadow::prepare(rt, &ctx.request_id, req, route, &d);
     ctx.decision_id = Some(ctx.request_id.clone());
     ctx.auto = Some(Box::new(AutoCtx {
         decision: d,
@@ -310,7 +310,7 @@ pub fn after_serve(gw: &Gateway, ctx: &mut RequestCtx) {
 /// Logging phase: metrics, router spend, and the signed decision row for the trace.
 pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
     let a = ctx.auto.take()?;
-    crate::rollout::shadow::after_request(ctx, &a);
+    crate::services::shadow::after_request(ctx, &a);
     let d = &a.decision;
     let kind = serde_json::to_value(d.kind)
         .ok()

@@ -567,7 +567,7 @@ async fn whole_back(
     let cost = price_known(rt, prov, t.model.as_deref(), &cand.model, op, &t.usage);
     ctx.cost_usd = cost.unwrap_or(0.0);
     ctx.cost_unknown = cost.is_none();
-    crate::rollout::judge_service::capture_whole(ctx, &t.body);
+    crate::services::judge_service::capture_whole(ctx, &t.body);
     if capture(rt, ctx) {
         ctx.response_body = Some(String::from_utf8_lossy(&t.body).into_owned());
     }
@@ -771,7 +771,7 @@ async fn stream_back(
         if !out.is_empty() {
             let chunk = out.split().freeze();
             ctx.response_bytes += chunk.len() as u64;
-            crate::rollout::judge_service::capture_stream(ctx, &chunk);
+            crate::services::judge_service::capture_stream(ctx, &chunk);
             if let Some(c) = captured.as_mut() {
                 if c.len() + chunk.len() <= CAPTURE_LIMIT {
                     c.extend_from_slice(&chunk);

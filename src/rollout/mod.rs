@@ -12,9 +12,7 @@
 
 pub mod canary;
 pub mod judge;
-pub mod judge_service;
 pub mod monitor;
-pub mod shadow;
 pub mod webhook;
 
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! Routing: the table snapshot, keys, model resolution and target-ordering strategies.
 
 pub mod auto;
-pub mod keys;
+pub mod pools;
+
 pub mod resolve;
 pub mod strategy;
 pub mod table;

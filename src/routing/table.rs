@@ -15,7 +15,7 @@ use crate::providers::{self, ProviderProfile, ProviderRuntime};
 use crate::store::StorageConfig;
 use crate::upstream::ExchangeOptions;
 
-use super::keys::KeyTable;
+use crate::auth::keys::KeyTable;
 
 include!(concat!(env!("OUT_DIR"), "/embedded_filters.rs"));
 

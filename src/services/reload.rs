@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::GatewayConfig;
+use crate::config::GatewayConfig;
 use crate::metrics::metrics;
 use crate::proxy::Gateway;
 use crate::routing::Runtime;

@@ -21,14 +21,14 @@ use pingora::services::background::BackgroundService;
 use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::judge::{JudgeBudget, Reservation};
 use super::judge_service::{self, AnswerCapture, JudgeJob};
-use super::stable_unit;
 use crate::dialect::{ChatRequest, Usage};
 use crate::feedback::{Decision, Mode};
 use crate::proxy::ctx::{AutoCtx, RequestCtx};
 use crate::proxy::headless;
 use crate::proxy::Gateway;
+use crate::rollout::judge::{JudgeBudget, Reservation};
+use crate::rollout::stable_unit;
 use crate::routing::Runtime;
 use crate::store::{GroupBy, LogFilter};
 use crate::trace::writer::StoreSlot;
@@ -116,7 +116,7 @@ pub fn prepare(
     .flatten();
     let judge = judge_service::enabled()
         && !rt.config.judge.model.is_empty()
-        && super::judge::should_judge(request_id, rc.judge.share);
+        && crate::rollout::judge::should_judge(request_id, rc.judge.share);
     if shadow.is_none() && !judge {
         return None;
     }
@@ -260,7 +260,7 @@ impl DailySpend {
     }
 
     async fn seed(&self, route: &str, now_unix: i64) {
-        let day = super::judge::utc_day(now_unix);
+        let day = crate::rollout::judge::utc_day(now_unix);
         let first = self
             .seeded
             .lock()
@@ -510,7 +510,7 @@ mod tests {
         let both = (0..10_000)
             .filter(|i| {
                 let id = format!("req_{i}");
-                in_shadow_sample(&id, 0.5) && super::super::judge::should_judge(&id, 0.5)
+                in_shadow_sample(&id, 0.5) && crate::rollout::judge::should_judge(&id, 0.5)
             })
             .count();
         assert!((2_200..2_800).contains(&both), "{both}");

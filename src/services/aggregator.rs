@@ -32,12 +32,12 @@ use crate::store::{AuditAppend, ScoredDecision};
 use crate::store::{FeedbackRow, RouteModelStats, RouteStateRow, Store};
 use crate::trace::writer::StoreSlot;
 
-use super::aggregator::{Aggregator, FeedbackEvent, FeedbackKind, RoutingStats};
-use super::constraints::Constraints;
-use super::pools::{pool_key, Pools};
-use super::posterior::{Posterior, PosteriorState, Scale, Signal};
-use super::priors::Priors;
-use super::router::{Mode, ModelInput, PreparedRoute, RouteInput};
+use crate::feedback::aggregator::{Aggregator, FeedbackEvent, FeedbackKind, RoutingStats};
+use crate::feedback::constraints::Constraints;
+use crate::feedback::posterior::{Posterior, PosteriorState, Scale, Signal};
+use crate::feedback::priors::Priors;
+use crate::feedback::router::{Mode, ModelInput, PreparedRoute, RouteInput};
+use crate::routing::pools::{pool_key, Pools};
 
 /// Separator between a route and a context bucket in posterior keys (`default\u{1f}math`).
 pub const CONTEXT_SEP: char = '\u{1f}';
@@ -142,14 +142,14 @@ fn label_prompt(gw: &Gateway, rt: &Runtime, row: &FeedbackRow) {
     if row.signal == "session_nps" {
         return;
     }
-    let Some(v) =
-        parse_scale(&row.scale).and_then(|s| super::posterior::normalise(row.value, s).ok())
+    let Some(v) = parse_scale(&row.scale)
+        .and_then(|s| crate::feedback::posterior::normalise(row.value, s).ok())
     else {
         return;
     };
     gw.prompt.label(req, model, v, 1.0, |route| {
         rt.route(route)
-            .filter(|rc| rc.prompt_routing.mode != super::prompt::PromptMode::Off)
+            .filter(|rc| rc.prompt_routing.mode != crate::feedback::prompt::PromptMode::Off)
             .map(|rc| rc.prompt_routing.capacity)
     });
 }
@@ -160,11 +160,11 @@ fn rebuild_prompt(gw: &Gateway, rt: &Runtime, table: &RouterTable, now_ms: i64) 
         .config
         .routes
         .iter()
-        .filter(|(_, r)| r.prompt_routing.mode != super::prompt::PromptMode::Off)
+        .filter(|(_, r)| r.prompt_routing.mode != crate::feedback::prompt::PromptMode::Off)
         .filter_map(|(n, r)| {
             let ar = table.routes.get(n)?;
             let (facts, max_regression, min_confidence) =
-                super::prompt::state::route_inputs(&ar.prepared);
+                crate::feedback::prompt::state::route_inputs(&ar.prepared);
             Some((
                 n.clone(),
                 r.prompt_routing.clone(),
@@ -293,7 +293,7 @@ pub struct OperatorAction {
 /// A per-request score on [0, 1], or None for rows that are not scores.
 fn unit_score(r: &ScoredDecision) -> Option<f64> {
     let scale = parse_scale(&r.scale)?;
-    super::posterior::normalise(r.value, scale).ok()
+    crate::feedback::posterior::normalise(r.value, scale).ok()
 }
 
 /// Replay an experiment over its scored decisions (feedback order): the same rows give the
@@ -366,7 +366,7 @@ pub struct BuildInputs<'a> {
     pub stats: &'a RoutingStats,
     pub traffic: &'a Traffic,
     pub priors: Option<&'a Priors>,
-    pub posterior_cfg: &'a super::posterior::PosteriorConfig,
+    pub posterior_cfg: &'a crate::feedback::posterior::PosteriorConfig,
     /// The table published before this one: each route's promoted model is its incumbent
     /// (promotion hysteresis).
     pub previous: Option<&'a RouterTable>,
@@ -734,8 +734,8 @@ impl AggregatorService {
                         Ok(evs) => {
                             for ev in &evs {
                                 let label = match st.agg.fold(ev) {
-                                    Ok(super::FoldOutcome::Applied { .. }) => "applied",
-                                    Ok(super::FoldOutcome::Duplicate) => "duplicate",
+                                    Ok(crate::feedback::FoldOutcome::Applied { .. }) => "applied",
+                                    Ok(crate::feedback::FoldOutcome::Duplicate) => "duplicate",
                                     Err(e) => {
                                         tracing::warn!(id = %ev.id, error = %e, "aggregator: feedback event rejected");
                                         "rejected"

@@ -25,14 +25,14 @@ use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::judge::{
-    build_judge_request, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict, RetryDecision,
-};
 use super::shadow::DailySpend;
 use crate::error::GatewayError;
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::headless;
 use crate::proxy::Gateway;
+use crate::rollout::judge::{
+    build_judge_request, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict, RetryDecision,
+};
 use crate::routing::Runtime;
 use crate::store::{FeedbackInsert, FeedbackRow};
 use crate::trace::writer::StoreSlot;

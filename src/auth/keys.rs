@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::admin::{Caller, Scope};
+use crate::auth::{Caller, Scope};
 use crate::config::KeyConfig;
 
 /// A key as the request path needs it.
