@@ -386,7 +386,7 @@ fn yaml_number(text: &str, key: &str) -> u64 {
         .find_map(|l| {
             let l = l.trim();
             l.strip_prefix(key)
-                .and_then(|r| r.trim_start_matches(':').trim().split_whitespace().next())
+                .and_then(|r| r.trim_start_matches(':').split_whitespace().next())
                 .and_then(|n| n.trim_end_matches('}').parse().ok())
         })
         .unwrap_or_else(|| panic!("`{key}` not found"))
