@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use loopgate::admin::{AdminBody, AdminRequest, Caller, Scope};
+use loopgate::services::trace_writer::StoreSlot;
 use loopgate::store::{Backend, StorageConfig, Store};
-use loopgate::trace::writer::StoreSlot;
 use loopgate::trace::TraceRecord;
 
 const N: u64 = 1_000_000;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use loopgate::services::trace_writer::{trace_pipeline, StoreSlot, TraceSink};
 use loopgate::store::{Backend, StorageConfig};
-use loopgate::trace::writer::{trace_pipeline, StoreSlot, TraceSink};
 use loopgate::trace::{Attempt, TraceRecord};
 
 const PER_ITER: usize = 20_000;

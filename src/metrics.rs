@@ -71,9 +71,15 @@ pub struct Metrics {
     pub unpriced: IntCounterVec,
 }
 
+/// What bounds the `model` label set: the models the config or the catalog knows
+/// (implemented by the routing `Runtime`; a trait so metrics stays below routing).
+pub trait KnownModels {
+    fn is_known_model(&self, model: &str) -> bool;
+}
+
 /// The `model` label for a model name: the name itself when the config or the catalog
 /// knows it (a bounded set), `other` for anything else.
-pub fn model_label<'a>(rt: Option<&crate::routing::Runtime>, model: &'a str) -> &'a str {
+pub fn model_label<'a, K: KnownModels + ?Sized>(rt: Option<&K>, model: &'a str) -> &'a str {
     match rt {
         Some(rt) if rt.is_known_model(model) => model,
         _ => "other",

@@ -42,14 +42,23 @@ fn layers(doc: &str) -> BTreeMap<String, u32> {
             }
         }
     }
-    assert!(!out.is_empty(), "the layer table in ARCHITECTURE.md is empty");
+    assert!(
+        !out.is_empty(),
+        "the layer table in ARCHITECTURE.md is empty"
+    );
     out
 }
 
 /// `` - `a` → `b` `` lines: the documented back-imports still to remove.
 fn known(doc: &str) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
-    for line in between(doc, "<!-- back-imports:begin -->", "<!-- back-imports:end -->").lines() {
+    for line in between(
+        doc,
+        "<!-- back-imports:begin -->",
+        "<!-- back-imports:end -->",
+    )
+    .lines()
+    {
         let ticks: Vec<&str> = line.split('`').collect();
         if line.trim_start().starts_with('|') && ticks.len() >= 5 && line.contains('→') {
             out.insert((ticks[1].to_string(), ticks[3].to_string()));

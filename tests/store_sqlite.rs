@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use cases::{load_records, Pipeline};
 use loopgate::metrics::metrics;
+use loopgate::services::trace_writer::trace_pipeline;
 use loopgate::store::{Backend, StorageConfig};
-use loopgate::trace::writer::trace_pipeline;
 
 fn cfg(dir: &tempfile::TempDir) -> StorageConfig {
     StorageConfig {

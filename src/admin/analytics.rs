@@ -6,8 +6,8 @@ use serde_json::json;
 use super::logs::{check_params, check_read, scoped_filter, store_err, store_of};
 use super::{AdminRequest, AdminResponse};
 use crate::error::GatewayError;
+use crate::services::trace_writer::StoreSlot;
 use crate::store::{AnalyticsQuery, Bucket, GroupBy};
-use crate::trace::writer::StoreSlot;
 
 pub async fn handle(store: &StoreSlot, req: &AdminRequest) -> Option<AdminResponse> {
     if req.path.trim_end_matches('/') != "/v1/analytics" {

@@ -18,8 +18,8 @@ use crate::error::GatewayError;
 use crate::feedback::decision::sign;
 use crate::routing::auto::AutoState;
 use crate::routing::Runtime;
+use crate::services::trace_writer::StoreSlot;
 use crate::store::{DecisionQuery, DecisionRow, Store};
-use crate::trace::writer::StoreSlot;
 
 const MAX_LIMIT: usize = 1000;
 const EXPORT_PAGE: usize = 1000;

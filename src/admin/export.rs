@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use super::logs::{check_params, check_read, scoped_filter, store_of};
 use super::{AdminBody, AdminRequest, AdminResponse};
 use crate::error::GatewayError;
+use crate::services::trace_writer::StoreSlot;
 use crate::store::{LogFilter, LogQuery, Store};
-use crate::trace::writer::StoreSlot;
 
 const PAGE: usize = 1000;
 /// Upper bound on pages (100M records) so a runaway export always ends.

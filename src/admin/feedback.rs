@@ -32,10 +32,10 @@ use crate::feedback::posterior::{normalise, nps_to_unit};
 use crate::metrics::metrics;
 use crate::routing::auto::AutoState;
 use crate::services::aggregator::{parse_scale, scale_name};
+use crate::services::trace_writer::StoreSlot;
 use crate::store::{
     DecisionQuery, FeedbackInsert, FeedbackRow, PendingFeedback, PendingInsert, Store,
 };
-use crate::trace::writer::StoreSlot;
 
 const MAX_COMMENT: usize = 2000;
 const MAX_DETAIL_BYTES: usize = 16 * 1024;

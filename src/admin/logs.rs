@@ -11,9 +11,9 @@ use serde_json::{json, Map, Value};
 
 use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
+use crate::services::trace_writer::StoreSlot;
 use crate::store::scoped::scoped;
 use crate::store::{Cursor, LogFilter, LogQuery, Store, StoreError};
-use crate::trace::writer::StoreSlot;
 use crate::trace::TraceRecord;
 
 pub const DEFAULT_LIMIT: usize = 50;

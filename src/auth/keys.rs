@@ -39,11 +39,8 @@ pub struct KeyTable {
 }
 
 /// `sha256:<hex>` -> digest.
-pub fn parse_hash(s: &str) -> Option<[u8; 32]> {
-    let hex = s.strip_prefix("sha256:")?;
-    let bytes = hex::decode(hex).ok()?;
-    bytes.try_into().ok()
-}
+/// The stored form `sha256:<hex>` as bytes (defined with the configuration that holds it).
+pub use crate::config::parse_key_hash as parse_hash;
 
 pub fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()

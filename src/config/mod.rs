@@ -4,6 +4,7 @@
 //! is ever served (see [`crate::routing::Runtime::build`]); an invalid file on reload
 //! keeps the old config serving.
 
+pub mod cors;
 pub mod paths;
 
 use std::collections::BTreeMap;
@@ -105,7 +106,7 @@ pub struct ServerConfig {
     /// overrides; unset: `<state_dir>/upgrade.sock`.
     pub upgrade_sock: Option<String>,
     /// Optional CORS for browser clients (`[server.cors]`).
-    pub cors: Option<crate::proxy::cors::CorsConfig>,
+    pub cors: Option<cors::CorsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -602,7 +603,7 @@ impl GatewayConfig {
             if !ids.insert(&k.id) {
                 return bad(format!("auth.keys: duplicate id '{}'", k.id));
             }
-            if crate::auth::keys::parse_hash(&k.hash).is_none() {
+            if parse_key_hash(&k.hash).is_none() {
                 return bad(format!(
                     "auth.keys '{}': hash must be sha256:<64 hex> (see `loopgate hash-key`)",
                     k.id
@@ -725,6 +726,13 @@ impl GatewayConfig {
         }
         v
     }
+}
+
+/// A key hash as configured, `sha256:<64 hex>`, as bytes (`None` if malformed).
+pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
+    let hex = s.strip_prefix("sha256:")?;
+    let bytes = hex::decode(hex).ok()?;
+    bytes.try_into().ok()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::admin::Caller;
+use crate::auth::Caller;
 use crate::dialect::Usage;
 use crate::routing::Runtime;
 use crate::trace::Attempt;

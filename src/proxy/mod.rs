@@ -24,7 +24,8 @@ use pingora_error::{Error, ErrorType};
 use pingora_proxy::{ProxyHttp, Session};
 use serde_json::{json, Value};
 
-use crate::admin::{AdminBody, AdminRequest, AdminRoutes, Scope};
+use crate::admin::{AdminBody, AdminRequest, AdminRoutes};
+use crate::auth::Scope;
 use crate::error::GatewayError;
 use crate::routing::{Ask, Runtime};
 use crate::trace::TraceRecord;

@@ -5,8 +5,8 @@ use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 use serde_json::{Map, Value};
 
-use crate::admin::Caller;
 use crate::auth::keys::KeyEntry;
+use crate::auth::Caller;
 use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
 use crate::routing::Runtime;
@@ -68,9 +68,9 @@ pub fn caller_for(key: Option<&KeyEntry>) -> Caller {
         None => Caller {
             key_id: None,
             scopes: vec![
-                crate::admin::Scope::Inference,
-                crate::admin::Scope::Read,
-                crate::admin::Scope::Admin,
+                crate::auth::Scope::Inference,
+                crate::auth::Scope::Read,
+                crate::auth::Scope::Admin,
             ],
             project: None,
         },

@@ -469,6 +469,12 @@ impl Runtime {
     }
 }
 
+impl crate::metrics::KnownModels for Runtime {
+    fn is_known_model(&self, model: &str) -> bool {
+        Runtime::is_known_model(self, model)
+    }
+}
+
 /// Every model name the config mentions, as written and without a `provider/` prefix.
 fn configured_models(c: &GatewayConfig) -> HashSet<String> {
     let mut names: Vec<&str> = Vec::new();

@@ -34,8 +34,8 @@ use crate::rollout::judge::{
     build_judge_request, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict, RetryDecision,
 };
 use crate::routing::Runtime;
+use crate::services::trace_writer::StoreSlot;
 use crate::store::{FeedbackInsert, FeedbackRow};
-use crate::trace::writer::StoreSlot;
 use crate::trace::TraceRecord;
 
 /// Most assistant text kept for judging one answer (the rubric cuts it further).

@@ -30,8 +30,8 @@ use crate::proxy::Gateway;
 use crate::rollout::judge::{JudgeBudget, Reservation};
 use crate::rollout::stable_unit;
 use crate::routing::Runtime;
+use crate::services::trace_writer::StoreSlot;
 use crate::store::{GroupBy, LogFilter};
-use crate::trace::writer::StoreSlot;
 use crate::trace::TraceRecord;
 
 /// Pending shadow calls; beyond this new ones are dropped (and counted).

@@ -9,38 +9,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// One routing decision as stored (index columns + the signed trace JSON).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct DecisionRow {
-    /// Equals the request id (and the response id the client sees).
-    pub request_id: String,
-    pub ts_ms: i64,
-    pub route: String,
-    /// `off`, `shadow` or `live`.
-    pub mode: String,
-    pub session_id: Option<String>,
-    /// The policy's pick.
-    pub chosen: String,
-    /// What was served (baseline in shadow mode or after a provider error).
-    pub served: String,
-    pub baseline: String,
-    /// Prompt-context bucket the decision used (e.g. `math`, `code`), if contextual routing is on.
-    pub context: Option<String>,
-    /// `off`, `pinned`, `baseline`, `promoted`, `explored`, `sticky`.
-    pub kind: String,
-    pub shadow: bool,
-    /// Gate confidence of the chosen model (None for the baseline).
-    pub confidence: Option<f64>,
-    /// Posterior mean quality of the served model.
-    pub quality: Option<f64>,
-    pub propensity: f64,
-    pub table_version: u64,
-    /// The signed decision trace, JSON (the trace's fields plus `signature`).
-    pub signed: String,
-    /// Project of the request (the key's lock or the project header): the tenancy scope.
-    #[serde(default)]
-    pub project: Option<String>,
-}
+/// One routing decision as stored; defined with the trace record that carries it.
+pub use crate::trace::DecisionRow;
 
 /// Filter for `GET /v1/decisions`. Ordered by `(ts_ms desc, request_id desc)`.
 #[derive(Debug, Clone, Default, PartialEq)]

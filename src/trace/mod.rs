@@ -2,6 +2,5 @@
 
 pub mod fresh;
 pub mod record;
-pub mod writer;
 
-pub use record::{Attempt, TraceRecord};
+pub use record::{Attempt, DecisionRow, TraceRecord};

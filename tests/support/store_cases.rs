@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use loopgate::admin::{AdminBody, AdminRequest, Caller, Scope};
+use loopgate::services::trace_writer::{trace_pipeline, StoreSlot, TraceSink};
 use loopgate::store::{
     Cursor, GroupBy, Histogram, LogFilter, ProjectSel, PurgeRule, StatusFilter, StorageConfig,
     Store,
 };
-use loopgate::trace::writer::{trace_pipeline, StoreSlot, TraceSink};
 use loopgate::trace::{Attempt, TraceRecord};
 use serde_json::Value;
 use sha2::{Digest, Sha256};

@@ -28,10 +28,10 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, oneshot};
 
-use super::fresh::{Recent, State};
-use super::TraceRecord;
 use crate::metrics::metrics;
 use crate::store::{self, ProjectSel, PurgeRule, StorageConfig, Store, StoreError};
+use crate::trace::fresh::{Recent, State};
+use crate::trace::TraceRecord;
 
 enum Msg {
     Rec(Box<TraceRecord>),
@@ -39,7 +39,7 @@ enum Msg {
 }
 
 /// Where the admin API finds the store once the writer has opened it, and how it reads its
-/// own writes (see [`super::fresh`]).
+/// own writes (see [`crate::trace::fresh`]).
 #[derive(Clone, Default)]
 pub struct StoreSlot {
     store: Arc<ArcSwapOption<Arc<dyn Store>>>,
