@@ -57,6 +57,8 @@ pub struct RequestCtx {
     pub traced: bool,
     pub runtime: Option<Arc<Runtime>>,
     pub caller: Caller,
+    /// The virtual key of the request, if it used one (its model/route policy and limits).
+    pub vkey: Option<std::sync::Arc<crate::auth::virtual_keys::VirtualKey>>,
     pub zero_retention: bool,
     pub session_id: Option<String>,
     pub session_name: Option<String>,
@@ -107,6 +109,7 @@ impl RequestCtx {
             traced: false,
             runtime: None,
             caller: Caller::default(),
+            vkey: None,
             zero_retention: false,
             session_id: None,
             session_name: None,

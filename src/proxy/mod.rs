@@ -47,6 +47,8 @@ pub struct Gateway {
     pub recent: Option<Arc<crate::trace::fresh::Recent>>,
     /// Prompt-level routing: per-route indexes and the memory of labelled prompts.
     pub prompt: Arc<crate::feedback::prompt::state::PromptState>,
+    /// Keys created through `/v1/keys`, mirrored from the store.
+    pub vkeys: Arc<crate::auth::virtual_keys::VirtualKeys>,
 }
 
 impl Gateway {
@@ -73,6 +75,7 @@ impl Gateway {
             )),
             recent: None,
             prompt: Arc::new(crate::feedback::prompt::state::PromptState::new()),
+            vkeys: Arc::new(crate::auth::virtual_keys::VirtualKeys::new()),
         }
     }
 }
@@ -137,6 +140,7 @@ fn is_admin_path(path: &str) -> bool {
         "/v1/experiments",
         "/v1/routes",
         "/v1/report",
+        "/v1/keys",
     ];
     PREFIXES
         .iter()
@@ -164,8 +168,11 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         return;
     }
 
-    let key = match request::authenticate(&rt, session) {
-        Ok(k) => k,
+    let key = match request::authenticate(&rt, &gw.vkeys, session) {
+        Ok((k, vk)) => {
+            ctx.vkey = vk;
+            k
+        }
         Err(e) => {
             ctx.endpoint = "auth";
             respond::write_error(session, ctx, &e).await;
@@ -244,6 +251,7 @@ async fn chat(
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let req = request::parse_chat(raw, model_override.as_deref())?;
     ctx.requested_model = req.model.clone();
+    crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &req.model)?;
     ctx.stream = req.stream;
     if ctx.user_id.is_none() {
         ctx.user_id = req
@@ -266,6 +274,7 @@ async fn chat(
         key_rule: key.and_then(|k| k.route.as_deref()),
     };
     let resolution = rt.resolve(&ask, rand::random::<f64>())?;
+    crate::auth::virtual_keys::check_route(ctx.vkey.as_deref(), resolution.route.as_deref())?;
     ctx.route = resolution.route.clone();
     let candidates = match (&resolution.route, resolution.feedback) {
         (Some(route), true) => {
@@ -298,6 +307,7 @@ async fn other_model_call(
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let (body, model) = request::parse_model_call(&raw, model_override.as_deref(), endpoint)?;
     ctx.requested_model = model.clone();
+    crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &model)?;
     let forced = request::header(session, "x-provider")
         .or_else(|| request::header(session, &rt.headers.provider))
         .map(str::to_string);
