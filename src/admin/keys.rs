@@ -117,9 +117,11 @@ impl KeyRoutes {
             match &spec.project {
                 None => spec.project = Some(p.clone()),
                 Some(q) if q == p => {}
-                Some(_) => return Err(GatewayError::Forbidden(format!(
+                Some(_) => {
+                    return Err(GatewayError::Forbidden(format!(
                     "this key is locked to project '{p}' and can only manage keys of that project"
-                ))),
+                )))
+                }
             }
         }
         Ok(())

@@ -493,6 +493,23 @@ impl VirtualKeys {
     }
 }
 
+/// The background poll as a Pingora service.
+pub struct RefreshService {
+    pub keys: Arc<VirtualKeys>,
+    pub slot: crate::trace::writer::StoreSlot,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for RefreshService {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let slot = self.slot.clone();
+        tokio::select! {
+            _ = self.keys.clone().refresh_loop(move || slot.get()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,22 +599,5 @@ mod tests {
         row.revoked_ms = Some(5);
         m.apply(&row);
         assert!(m.lookup(&secret).is_none());
-    }
-}
-
-/// The background poll as a Pingora service.
-pub struct RefreshService {
-    pub keys: Arc<VirtualKeys>,
-    pub slot: crate::trace::writer::StoreSlot,
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for RefreshService {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let slot = self.slot.clone();
-        tokio::select! {
-            _ = self.keys.clone().refresh_loop(move || slot.get()) => {}
-            _ = shutdown.changed() => {}
-        }
     }
 }
