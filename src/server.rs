@@ -270,6 +270,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         vkeys: gw.vkeys.clone(),
         runtime: gw.runtime.clone(),
         auto: gw.auto.clone(),
+        limits: gw.limits.clone(),
     }));
     let vkeys = gw.vkeys.clone();
     let gw = Arc::new(gw);

@@ -699,6 +699,15 @@ fn rows(ids: &Ids) -> Vec<Row> {
             one(403, 200, 200),
             Some((key, "vk_nosuchkey")),
         ),
+        row(
+            "GET",
+            "/v1/keys/{id}/usage",
+            format!("/v1/keys/{key}/usage"),
+            None,
+            "a_read",
+            one(403, 200, 200),
+            Some((key, "vk_nosuchkey")),
+        ),
         // Revoking twice answers the revoked key both times.
         row(
             "DELETE",

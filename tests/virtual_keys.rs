@@ -252,3 +252,169 @@ async fn bad_input_expiry_and_routes() {
     let (s, body) = chat_as(&gw, CONFIG_KEY, "gpt-4o-mini").await;
     assert_eq!(s, 200, "{body}");
 }
+
+/// Create a key on `gw` with `spec`; its secret.
+async fn new_key(gw: &GatewayProc, spec: Value) -> String {
+    let (s, k) = admin(gw, "POST", "/v1/keys", Some(spec)).await;
+    assert_eq!(s, 201, "{k}");
+    k["key"].as_str().expect("secret").to_string()
+}
+
+async fn chat_resp(gw: &GatewayProc, key: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {key}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_and_budgets_through_the_gateway() {
+    let mock = MockUpstream::start(model_fleet()).await;
+    let gw = GatewayProc::start(
+        &config(),
+        &[
+            ("OPENAI_API_KEY", "sk-test".to_string()),
+            ("OPENAI_BASE_URL", mock.url()),
+        ],
+    );
+
+    // Requests per minute: 8 at once against 5/min admit exactly 5; the others get 429
+    // rate_limit_exceeded with retry-after and the x-ratelimit-* headers.
+    let key = new_key(&gw, json!({"limits": {"rpm": 5}})).await;
+    let replies = futures_util::future::join_all(
+        (0..8).map(|_| chat_resp(&gw, &key, chat_body("gpt-4o-mini"))),
+    )
+    .await;
+    let ok: Vec<_> = replies.iter().filter(|r| r.status() == 200).collect();
+    assert_eq!(ok.len(), 5);
+    for r in &ok {
+        assert_eq!(
+            header(r, "x-ratelimit-limit-requests").as_deref(),
+            Some("5")
+        );
+        let rem: u64 = header(r, "x-ratelimit-remaining-requests")
+            .and_then(|v| v.parse().ok())
+            .expect("remaining-requests");
+        assert!(rem < 5);
+        assert!(header(r, "x-ratelimit-reset-requests").is_some());
+    }
+    let mut refused = 0;
+    for r in replies.into_iter().filter(|r| r.status() != 200) {
+        assert_eq!(r.status(), 429);
+        let retry: u64 = header(&r, "retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("retry-after in seconds");
+        assert!((1..=13).contains(&retry), "{retry}");
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining-requests").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            header(&r, "x-ratelimit-limit-requests").as_deref(),
+            Some("5")
+        );
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+        assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+        refused += 1;
+    }
+    assert_eq!(refused, 3);
+    // Another key is not affected.
+    let other = new_key(&gw, json!({"limits": {"rpm": 5}})).await;
+    assert_eq!(
+        chat_resp(&gw, &other, chat_body("gpt-4o-mini"))
+            .await
+            .status(),
+        200
+    );
+
+    // Tokens per minute: charged up front from max_tokens, reconciled with the real usage
+    // (the mock reports 600 tokens). Without the reconciliation the second request would
+    // wait about 9 s for the bucket to refill.
+    let key = new_key(&gw, json!({"limits": {"tpm": 3000}})).await;
+    let mut big = chat_body("gpt-4o-mini");
+    big["max_tokens"] = json!(1700);
+    let r = chat_resp(&gw, &key, big.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "x-ratelimit-limit-tokens").as_deref(),
+        Some("3000")
+    );
+    let t0 = Instant::now();
+    loop {
+        let r = chat_resp(&gw, &key, big.clone()).await;
+        if r.status() == 200 {
+            let rem: u64 = header(&r, "x-ratelimit-remaining-tokens")
+                .and_then(|v| v.parse().ok())
+                .expect("remaining-tokens");
+            assert!(rem < 3000 - 600, "{rem}");
+            break;
+        }
+        assert_eq!(r.status(), 429);
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the estimate was never reconciled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A total budget of $0.0003: gpt-4o-mini at 400 + 200 tokens costs $0.00018, so two
+    // requests pass (the second ends past the budget and is billed), then 429
+    // insufficient_quota naming the budget.
+    let (s, k) = admin(
+        &gw,
+        "POST",
+        "/v1/keys",
+        Some(json!({"budgets": [{"period": "total", "usd": 0.0003, "soft_pct": 50}]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{k}");
+    let key = k["key"].as_str().expect("secret").to_string();
+    let id = k["id"].as_str().expect("id").to_string();
+    let t0 = Instant::now();
+    let mut served = 0;
+    let body = loop {
+        let r = chat_resp(&gw, &key, chat_body("gpt-4o-mini")).await;
+        if r.status() == 200 {
+            served += 1;
+        } else {
+            assert_eq!(r.status(), 429);
+            assert!(header(&r, "retry-after").is_none());
+            break r.json::<Value>().await.expect("json");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5) && served < 20,
+            "never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(served >= 2, "stopped before the budget was spent: {served}");
+    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("total budget of $0.0003"));
+    assert!(gw.log_text().contains("soft budget threshold"));
+
+    // The spend is visible per period against the budget.
+    let (s, usage) = admin(&gw, "GET", &format!("/v1/keys/{id}/usage"), None).await;
+    assert_eq!(s, 200, "{usage}");
+    let spent = usage["spend_usd"]["total"].as_f64().unwrap_or_default();
+    assert!(
+        (spent - served as f64 * 0.00018).abs() < 1e-8,
+        "{usage} after {served} requests"
+    );
+    assert_eq!(usage["budgets"][0]["exhausted"], true, "{usage}");
+    let (s, _) = admin(&gw, "GET", "/v1/keys/vk_nope/usage", None).await;
+    assert_eq!(s, 404);
+}

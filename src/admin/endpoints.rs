@@ -47,6 +47,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("POST", "/v1/keys"),
     e("GET", "/v1/keys"),
     e("GET", "/v1/keys/{id}"),
+    e("GET", "/v1/keys/{id}/usage"),
     e("PATCH", "/v1/keys/{id}"),
     e("DELETE", "/v1/keys/{id}"),
 ];

@@ -29,6 +29,8 @@ pub struct KeyRoutes {
     pub vkeys: Arc<VirtualKeys>,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub auto: Arc<AutoState>,
+    /// This gateway's per-key rate and spend counters (`GET /v1/keys/{id}/usage`).
+    pub limits: Arc<crate::auth::limits::Limiter>,
 }
 
 #[async_trait]
@@ -39,7 +41,11 @@ impl AdminRoutes for KeyRoutes {
             "/v1/keys" => None,
             p => Some(p.strip_prefix("/v1/keys/")?),
         };
+        let usage = id.and_then(|i| i.strip_suffix("/usage"));
         let res = match (req.method.as_str(), id) {
+            ("GET", Some(_)) if usage.is_some_and(|u| !u.contains('/')) => {
+                self.usage(req, usage.unwrap_or_default()).await
+            }
             (_, Some(id)) if id.contains('/') => return None,
             ("POST", None) => self.create(req).await,
             ("GET", None) => self.list(req).await,
@@ -250,6 +256,39 @@ impl KeyRoutes {
         };
         self.save(req, &row, "key.update", Some(&old)).await?;
         Ok(AdminResponse::json(200, &view(&row)))
+    }
+
+    /// This gateway's spend of a key per budget period, against its budgets.
+    async fn usage(&self, req: &AdminRequest, id: &str) -> Result<AdminResponse, GatewayError> {
+        req.caller.require(Scope::Admin)?;
+        let row = self.find(req, id).await?;
+        let spec: KeySpec = serde_json::from_str(&row.spec)
+            .map_err(|e| GatewayError::Internal(format!("stored key: {e}")))?;
+        let spend = self.limits.spend(id, now_ms());
+        let periods = crate::auth::limits::PERIOD_ORDER;
+        let by_period: Map<String, Value> = periods
+            .iter()
+            .zip(spend)
+            .map(|(p, usd)| (p.to_string(), json!(usd)))
+            .collect();
+        let budgets: Vec<Value> = spec
+            .budgets
+            .iter()
+            .map(|b| {
+                let spent = periods
+                    .iter()
+                    .position(|p| *p == b.period)
+                    .map_or(0.0, |i| spend[i]);
+                json!({"period": b.period, "usd": b.usd, "spent_usd": spent,
+                       "remaining_usd": (b.usd - spent).max(0.0),
+                       "exhausted": spent >= b.usd})
+            })
+            .collect();
+        Ok(AdminResponse::json(
+            200,
+            &json!({"object": "api_key.usage", "id": id, "scope": "gateway",
+                    "spend_usd": by_period, "budgets": budgets}),
+        ))
     }
 
     async fn revoke(&self, req: &AdminRequest, id: &str) -> Result<AdminResponse, GatewayError> {

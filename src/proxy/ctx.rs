@@ -59,6 +59,8 @@ pub struct RequestCtx {
     pub caller: Caller,
     /// The virtual key of the request, if it used one (its model/route policy and limits).
     pub vkey: Option<std::sync::Arc<crate::auth::virtual_keys::VirtualKey>>,
+    /// The virtual key's rate-limit ticket: its `x-ratelimit-*` headers, settled at the end.
+    pub limit: Option<crate::auth::limits::Ticket>,
     pub zero_retention: bool,
     pub session_id: Option<String>,
     pub session_name: Option<String>,
@@ -110,6 +112,7 @@ impl RequestCtx {
             runtime: None,
             caller: Caller::default(),
             vkey: None,
+            limit: None,
             zero_retention: false,
             session_id: None,
             session_name: None,
