@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::admin::Scope;
+use super::Scope;
 use crate::error::GatewayError;
 use crate::routing::keys::{digest, parse_hash, KeyEntry};
 use crate::store::{Store, VirtualKeyRow};
