@@ -288,24 +288,24 @@ async fn rate_limits_and_budgets_through_the_gateway() {
         ],
     );
 
-    // Requests per minute: 8 at once against 5/min admit exactly 5; the others get 429
+    // Requests per minute: 200 at once against 100/min admit exactly 100; the others get 429
     // rate_limit_exceeded with retry-after and the x-ratelimit-* headers.
-    let key = new_key(&gw, json!({"limits": {"rpm": 5}})).await;
+    let key = new_key(&gw, json!({"limits": {"rpm": 100}})).await;
     let replies = futures_util::future::join_all(
-        (0..8).map(|_| chat_resp(&gw, &key, chat_body("gpt-4o-mini"))),
+        (0..200).map(|_| chat_resp(&gw, &key, chat_body("gpt-4o-mini"))),
     )
     .await;
     let ok: Vec<_> = replies.iter().filter(|r| r.status() == 200).collect();
-    assert_eq!(ok.len(), 5);
+    assert_eq!(ok.len(), 100);
     for r in &ok {
         assert_eq!(
             header(r, "x-ratelimit-limit-requests").as_deref(),
-            Some("5")
+            Some("100")
         );
         let rem: u64 = header(r, "x-ratelimit-remaining-requests")
             .and_then(|v| v.parse().ok())
             .expect("remaining-requests");
-        assert!(rem < 5);
+        assert!(rem < 100);
         assert!(header(r, "x-ratelimit-reset-requests").is_some());
     }
     let mut refused = 0;
@@ -314,21 +314,21 @@ async fn rate_limits_and_budgets_through_the_gateway() {
         let retry: u64 = header(&r, "retry-after")
             .and_then(|v| v.parse().ok())
             .expect("retry-after in seconds");
-        assert!((1..=13).contains(&retry), "{retry}");
+        assert!((1..=2).contains(&retry), "{retry}");
         assert_eq!(
             header(&r, "x-ratelimit-remaining-requests").as_deref(),
             Some("0")
         );
         assert_eq!(
             header(&r, "x-ratelimit-limit-requests").as_deref(),
-            Some("5")
+            Some("100")
         );
         let body: Value = r.json().await.expect("json");
         assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
         assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
         refused += 1;
     }
-    assert_eq!(refused, 3);
+    assert_eq!(refused, 100);
     // Another key is not affected.
     let other = new_key(&gw, json!({"limits": {"rpm": 5}})).await;
     assert_eq!(
