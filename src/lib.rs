@@ -15,6 +15,7 @@
 //! - [`demo`]: `loopgate demo`: a simulated provider fleet replaying recorded outcomes
 
 pub mod admin;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod daemon;

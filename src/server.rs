@@ -265,6 +265,14 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             auto: gw.auto.clone(),
             runtime: gw.runtime.clone(),
         }));
+    gw.admin.push(Box::new(crate::admin::keys::KeyRoutes {
+        slot: tracing_on.then(|| slot.clone()),
+        vkeys: gw.vkeys.clone(),
+        runtime: gw.runtime.clone(),
+        auto: gw.auto.clone(),
+        limits: gw.limits.clone(),
+    }));
+    let vkeys = gw.vkeys.clone();
     let gw = Arc::new(gw);
     crate::feedback::service::AggregatorService::initial_table(&gw);
 
@@ -309,6 +317,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         ));
     }
     server.add_service(background_service("shutdown", coordinator));
+    if tracing_on {
+        server.add_service(background_service(
+            "virtual keys",
+            crate::auth::virtual_keys::RefreshService {
+                keys: vkeys,
+                slot: slot.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "config reload",
         ReloadService::new(gw.clone(), opts.config.clone()),

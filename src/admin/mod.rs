@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod experiments;
 pub mod export;
 pub mod feedback;
+pub mod keys;
 pub mod logs;
 pub mod report;
 pub mod routes;
@@ -20,17 +21,8 @@ use tokio::sync::mpsc;
 use crate::error::GatewayError;
 pub use crate::store::scoped::Visibility;
 
-/// What a gateway key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Call models (`/v1/chat/completions`, `/v1/embeddings`, ...), send feedback.
-    Inference,
-    /// Read traces, sessions, analytics, decisions, exports.
-    Read,
-    /// Change constraints, pins, experiments; admin ratings.
-    Admin,
-}
+/// What a gateway key may do (defined with the keys, in layer 5).
+pub use crate::auth::Scope;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, Default)]
