@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use loopgate::admin::{AdminBody, AdminRequest, Caller, Scope};
-use loopgate::services::trace_writer::StoreSlot;
+use loopgate::store::writer::StoreSlot;
 use loopgate::store::{Backend, StorageConfig, Store};
 use loopgate::trace::TraceRecord;
 

@@ -1,7 +1,7 @@
 //! Data-plane hot path, one function at a time (criterion): request parsing and
 //! validation, the OpenAI dialect's request build (raw passthrough vs rewrite), whole
 //! response translation, per-chunk stream translation, the chunk encoder, model
-//! resolution and gateway-key lookup.
+//! resolution, gateway-key lookup and a virtual key's limit and budget check.
 //!
 //! `cargo bench --bench hot_path` (about two minutes on 2 cores).
 
@@ -311,6 +311,52 @@ fn bench_resolve_and_keys(c: &mut Criterion) {
     g.finish();
 }
 
+/// A virtual key's limit and budget check and its settlement (`auth::limits`): requests and
+/// tokens per minute for the key and the model, and a daily budget, never refused here.
+fn bench_key_limits(c: &mut Criterion) {
+    use loopgate::auth::limits::Limiter;
+    use loopgate::auth::virtual_keys::{KeySpec, VirtualKey};
+    let spec = serde_json::json!({
+        "limits": {"rpm": 1_000_000_000u64, "tpm": 1_000_000_000_000u64,
+                   "models": {"gpt-4o-mini": {"rpm": 1_000_000_000u64}}},
+        "budgets": [{"period": "day", "usd": 1e12, "soft_pct": 90}]
+    });
+    let spec = KeySpec::from_object(spec.as_object().cloned().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("spec: {e}"));
+    let key = std::sync::Arc::new(VirtualKey {
+        entry: std::sync::Arc::new(loopgate::auth::keys::KeyEntry {
+            id: "vk_bench".into(),
+            scopes: spec.scopes.clone(),
+            project: None,
+            route: None,
+            zero_retention: false,
+        }),
+        expires_ms: None,
+        spec,
+    });
+    let limiter = Limiter::new();
+    let mut g = c.benchmark_group("key_limits");
+    g.bench_function("admit_and_settle", |b| {
+        b.iter(|| {
+            let mut slot = None;
+            let r = limiter.admit(Some(black_box(&key)), "gpt-4o-mini", 500, &mut slot);
+            if let Some(t) = slot.as_mut() {
+                t.settle(600, 0.0002);
+            }
+            r.is_ok()
+        })
+    });
+    g.bench_function("no_limits", |b| {
+        b.iter(|| {
+            let mut slot = None;
+            limiter
+                .admit(None, black_box("gpt-4o-mini"), 500, &mut slot)
+                .is_ok()
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -321,6 +367,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_parse, bench_build, bench_translate, bench_resolve_and_keys
+    targets = bench_parse, bench_build, bench_translate, bench_resolve_and_keys, bench_key_limits
 }
 criterion_main!(benches);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use loopgate::services::trace_writer::{trace_pipeline, StoreSlot, TraceSink};
+use loopgate::store::writer::{trace_pipeline, StoreSlot, TraceSink};
 use loopgate::store::{Backend, StorageConfig};
 use loopgate::trace::{Attempt, TraceRecord};
 

@@ -19,7 +19,7 @@ use crate::proxy::{Gateway, LoopgateProxy};
 use crate::routing::Runtime;
 use crate::services::refresh::CredentialRefresher;
 use crate::services::reload::ReloadService;
-use crate::services::trace_writer::{trace_pipeline, TraceSink, TraceWriterService};
+use crate::store::writer::{trace_pipeline, TraceSink, TraceWriterService};
 use crate::store::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -265,6 +265,14 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             auto: gw.auto.clone(),
             runtime: gw.runtime.clone(),
         }));
+    gw.admin.push(Box::new(crate::admin::keys::KeyRoutes {
+        slot: tracing_on.then(|| slot.clone()),
+        vkeys: gw.vkeys.clone(),
+        runtime: gw.runtime.clone(),
+        auto: gw.auto.clone(),
+        limits: gw.limits.clone(),
+    }));
+    let vkeys = gw.vkeys.clone();
     let gw = Arc::new(gw);
     crate::services::aggregator::AggregatorService::initial_table(&gw);
 
@@ -309,6 +317,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         ));
     }
     server.add_service(background_service("shutdown", coordinator));
+    if tracing_on {
+        server.add_service(background_service(
+            "virtual keys",
+            crate::auth::virtual_keys::RefreshService {
+                keys: vkeys,
+                slot: slot.clone(),
+            },
+        ));
+    }
     server.add_service(background_service(
         "config reload",
         ReloadService::new(gw.clone(), opts.config.clone()),

@@ -290,14 +290,17 @@ struct Ids {
     exp: String,
     /// A feedback event of alpha's (a session NPS).
     fb: String,
+    /// A virtual key of alpha's.
+    key: String,
 }
 
 fn rows(ids: &Ids) -> Vec<Row> {
-    let (a, b, exp, fb) = (
+    let (a, b, exp, fb, key) = (
         ids.a.as_str(),
         ids.b.as_str(),
         ids.exp.as_str(),
         ids.fb.as_str(),
+        ids.key.as_str(),
     );
     let ra = "\"route\":\"ra\"";
     let shared = "\"route\":\"shared\"";
@@ -654,6 +657,67 @@ fn rows(ids: &Ids) -> Vec<Row> {
             [st(403), st(404), either(200, 409), either(200, 409)],
             Some((exp, "exp_nosuchexperiment")),
         ),
+        // Virtual keys: a locked admin manages its project's keys only.
+        row(
+            "POST",
+            "/v1/keys",
+            "/v1/keys".into(),
+            Some(json!({"project": "alpha", "name": "m"})),
+            "a_read",
+            [st(403), st(403), st(201), st(201)],
+            None,
+        ),
+        row(
+            "GET",
+            "/v1/keys",
+            "/v1/keys".into(),
+            None,
+            "a_read",
+            [
+                st(403),
+                has(200, &[], &[key]),
+                has(200, &[key], &["\"key\":", "sha256:"]),
+                has(200, &[key], &["\"key\":", "sha256:"]),
+            ],
+            None,
+        ),
+        row(
+            "GET",
+            "/v1/keys/{id}",
+            format!("/v1/keys/{key}"),
+            None,
+            "a_read",
+            one(403, 200, 200),
+            Some((key, "vk_nosuchkey")),
+        ),
+        row(
+            "PATCH",
+            "/v1/keys/{id}",
+            format!("/v1/keys/{key}"),
+            Some(json!({"name": "renamed"})),
+            "a_read",
+            one(403, 200, 200),
+            Some((key, "vk_nosuchkey")),
+        ),
+        row(
+            "GET",
+            "/v1/keys/{id}/usage",
+            format!("/v1/keys/{key}/usage"),
+            None,
+            "a_read",
+            one(403, 200, 200),
+            Some((key, "vk_nosuchkey")),
+        ),
+        // Revoking twice answers the revoked key both times.
+        row(
+            "DELETE",
+            "/v1/keys/{id}",
+            format!("/v1/keys/{key}"),
+            None,
+            "a_read",
+            one(403, 200, 200),
+            Some((key, "vk_nosuchkey")),
+        ),
     ]
 }
 
@@ -681,6 +745,7 @@ fn every_endpoint_has_a_row() {
         b: "chatcmpl-b".into(),
         exp: "exp_x".into(),
         fb: "fb_x".into(),
+        key: "vk_x".into(),
     };
     let rows = rows(&ids);
     for e in ENDPOINTS {
@@ -772,7 +837,20 @@ async fn tenancy_matrix() {
         .as_str()
         .expect("feedback id")
         .to_string();
-    let ids = Ids { a, b, exp, fb };
+    let (s, body) = call(
+        &gw,
+        "a",
+        "POST",
+        "/v1/keys",
+        Some(&json!({"name": "alpha app"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let key = serde_json::from_str::<Value>(&body).expect("json")["id"]
+        .as_str()
+        .expect("key id")
+        .to_string();
+    let ids = Ids { a, b, exp, fb, key };
     for r in rows(&ids) {
         let body = r.body.as_ref();
         let (s, t) = call(&gw, r.wrong_key, r.method, &r.path, body).await;

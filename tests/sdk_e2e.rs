@@ -412,3 +412,92 @@ async fn sdk_ollama_native() {
     );
     assert!(mock.requests().iter().any(|r| r.path == "/api/chat"));
 }
+
+// ---------------------------------------------------------------- virtual keys
+
+/// Create a virtual key on `g`; its secret.
+async fn virtual_key(g: &GatewayProc, spec: serde_json::Value) -> String {
+    let r = client()
+        .post(g.url("/v1/keys"))
+        .header("authorization", auth())
+        .json(&spec)
+        .send()
+        .await
+        .expect("create key");
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    v["key"].as_str().expect("secret").to_string()
+}
+
+/// A virtual key's rate limit and budget as both SDKs see them: the success headers,
+/// `RateLimitError` with `rate_limit_exceeded`, `retry-after` and `x-ratelimit-*`, and
+/// `insufficient_quota` for a spent budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_virtual_key_limits() {
+    require_sdks();
+    let mock = MockUpstream::start(mocks::openai_full()).await;
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ],
+    );
+    let budget = virtual_key(
+        &g,
+        serde_json::json!({"budgets": [{"period": "total", "usd": 0}]}),
+    )
+    .await;
+    let mut children = Vec::new();
+    for (lang, script) in [
+        ("python", "test_key_limits.py"),
+        ("node", "test_key_limits.mjs"),
+    ] {
+        let rpm = virtual_key(&g, serde_json::json!({"limits": {"rpm": 1}})).await;
+        let mut cmd = match lang {
+            "python" => Command::new(python()),
+            _ => Command::new("node"),
+        };
+        let child = cmd
+            .arg(Path::new(ROOT).join("tests/sdk").join(script))
+            .current_dir(Path::new(ROOT).join("tests/sdk"))
+            .env("LOOPGATE_BASE_URL", g.url("/v1"))
+            .env("LG_RPM_KEY", rpm)
+            .env("LG_BUDGET_KEY", &budget)
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {lang}: {e}"));
+        children.push((lang, child));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut failures = Vec::new();
+    for (lang, mut child) in children {
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("collect script output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            failures.push(format!("--- {lang} exited with {}:\n{text}", out.status));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n--- gateway log (tail):\n{}",
+        failures.join("\n"),
+        tail(&g.log_text(), 40)
+    );
+}

@@ -6,7 +6,7 @@ use serde_json::json;
 use super::logs::{check_params, check_read, scoped_filter, store_err, store_of};
 use super::{AdminRequest, AdminResponse};
 use crate::error::GatewayError;
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::{AnalyticsQuery, Bucket, GroupBy};
 
 pub async fn handle(store: &StoreSlot, req: &AdminRequest) -> Option<AdminResponse> {

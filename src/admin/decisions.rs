@@ -18,7 +18,7 @@ use crate::error::GatewayError;
 use crate::feedback::decision::sign;
 use crate::routing::auto::AutoState;
 use crate::routing::Runtime;
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::{DecisionQuery, DecisionRow, Store};
 
 const MAX_LIMIT: usize = 1000;

@@ -44,6 +44,12 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("POST", "/v1/routes/{route}/pin"),
     e("PUT", "/v1/routes/{route}/pin"),
     e("DELETE", "/v1/routes/{route}/pin"),
+    e("POST", "/v1/keys"),
+    e("GET", "/v1/keys"),
+    e("GET", "/v1/keys/{id}"),
+    e("GET", "/v1/keys/{id}/usage"),
+    e("PATCH", "/v1/keys/{id}"),
+    e("DELETE", "/v1/keys/{id}"),
 ];
 
 fn matches_segments(pattern: &[&str], path: &[&str]) -> bool {

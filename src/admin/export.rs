@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::logs::{check_params, check_read, scoped_filter, store_of};
 use super::{AdminBody, AdminRequest, AdminResponse};
 use crate::error::GatewayError;
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::{LogFilter, LogQuery, Store};
 
 const PAGE: usize = 1000;

@@ -32,7 +32,7 @@ use crate::feedback::posterior::{normalise, nps_to_unit};
 use crate::metrics::metrics;
 use crate::routing::auto::AutoState;
 use crate::services::aggregator::{parse_scale, scale_name};
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::{
     DecisionQuery, FeedbackInsert, FeedbackRow, PendingFeedback, PendingInsert, Store,
 };

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::scoped::scoped;
 use crate::store::{Cursor, LogFilter, LogQuery, Store, StoreError};
 use crate::trace::TraceRecord;

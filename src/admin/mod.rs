@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod experiments;
 pub mod export;
 pub mod feedback;
+pub mod keys;
 pub mod logs;
 pub mod report;
 pub mod routes;

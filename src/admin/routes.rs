@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::{analytics, export, logs, AdminRequest, AdminResponse, AdminRoutes};
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 
 pub struct StoreRoutes {
     pub slot: StoreSlot,

@@ -1,9 +1,16 @@
-//! Authentication: gateway keys, the authenticated caller and its scopes.
+//! Who may call, and how much: gateway keys, the authenticated caller and its scopes.
+//!
+//! - [`keys`]: configured gateway keys (hashed) and their lookup.
+//! - [`virtual_keys`]: gateway keys created through `/v1/keys`, kept in the store and
+//!   mirrored in process (revocation reaches every instance within one refresh).
+//! - [`limits`]: per-key requests / tokens per minute and USD budgets, in process.
 //!
 //! `Scope` is part of the configuration vocabulary (a key's `scopes` in `[auth]`), so it is
 //! defined in `config` and re-exported here.
 
 pub mod keys;
+pub mod limits;
+pub mod virtual_keys;
 
 pub use crate::config::Scope;
 use crate::error::GatewayError;

@@ -57,6 +57,10 @@ pub struct RequestCtx {
     pub traced: bool,
     pub runtime: Option<Arc<Runtime>>,
     pub caller: Caller,
+    /// The virtual key of the request, if it used one (its model/route policy and limits).
+    pub vkey: Option<std::sync::Arc<crate::auth::virtual_keys::VirtualKey>>,
+    /// The virtual key's rate-limit ticket: its `x-ratelimit-*` headers, settled at the end.
+    pub limit: Option<crate::auth::limits::Ticket>,
     pub zero_retention: bool,
     pub session_id: Option<String>,
     pub session_name: Option<String>,
@@ -107,6 +111,8 @@ impl RequestCtx {
             traced: false,
             runtime: None,
             caller: Caller::default(),
+            vkey: None,
+            limit: None,
             zero_retention: false,
             session_id: None,
             session_name: None,

@@ -48,6 +48,10 @@ pub struct Gateway {
     pub recent: Option<Arc<crate::trace::fresh::Recent>>,
     /// Prompt-level routing: per-route indexes and the memory of labelled prompts.
     pub prompt: Arc<crate::feedback::prompt::state::PromptState>,
+    /// Keys created through `/v1/keys`, mirrored from the store.
+    pub vkeys: Arc<crate::auth::virtual_keys::VirtualKeys>,
+    /// Per-key rate limits and budgets of virtual keys (in process).
+    pub limits: Arc<crate::auth::limits::Limiter>,
 }
 
 impl Gateway {
@@ -74,6 +78,8 @@ impl Gateway {
             )),
             recent: None,
             prompt: Arc::new(crate::feedback::prompt::state::PromptState::new()),
+            vkeys: Arc::new(crate::auth::virtual_keys::VirtualKeys::new()),
+            limits: Arc::new(crate::auth::limits::Limiter::new()),
         }
     }
 }
@@ -112,6 +118,12 @@ impl ProxyHttp for LoopgateProxy {
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(t) = ctx.limit.as_mut() {
+            t.settle(
+                ctx.usage.prompt_tokens + ctx.usage.completion_tokens,
+                ctx.cost_usd,
+            );
+        }
         if ctx.traced {
             logging::observe(ctx);
             let decision = routed::finish(&self.gw, ctx);
@@ -138,6 +150,7 @@ fn is_admin_path(path: &str) -> bool {
         "/v1/experiments",
         "/v1/routes",
         "/v1/report",
+        "/v1/keys",
     ];
     PREFIXES
         .iter()
@@ -165,8 +178,11 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         return;
     }
 
-    let key = match request::authenticate(&rt, session) {
-        Ok(k) => k,
+    let key = match request::authenticate(&rt, &gw.vkeys, session) {
+        Ok((k, vk)) => {
+            ctx.vkey = vk;
+            k
+        }
         Err(e) => {
             ctx.endpoint = "auth";
             respond::write_error(session, ctx, &e).await;
@@ -183,11 +199,19 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         }
         ("POST", "/v1/embeddings" | "/embeddings") => {
             gw.begin(ctx);
-            other_model_call(&rt, session, ctx, key.as_deref(), "embeddings").await
+            other_model_call(&rt, &gw.limits, session, ctx, key.as_deref(), "embeddings").await
         }
         ("POST", "/v1/images/generations" | "/images/generations") => {
             gw.begin(ctx);
-            other_model_call(&rt, session, ctx, key.as_deref(), "images.generations").await
+            other_model_call(
+                &rt,
+                &gw.limits,
+                session,
+                ctx,
+                key.as_deref(),
+                "images.generations",
+            )
+            .await
         }
         ("GET", "/v1/models" | "/models") => {
             ctx.endpoint = "models";
@@ -245,6 +269,7 @@ async fn chat(
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let req = request::parse_chat(raw, model_override.as_deref())?;
     ctx.requested_model = req.model.clone();
+    crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &req.model)?;
     ctx.stream = req.stream;
     if ctx.user_id.is_none() {
         ctx.user_id = req
@@ -267,6 +292,10 @@ async fn chat(
         key_rule: key.and_then(|k| k.route.as_deref()),
     };
     let resolution = rt.resolve(&ask, rand::random::<f64>())?;
+    crate::auth::virtual_keys::check_route(ctx.vkey.as_deref(), resolution.route.as_deref())?;
+    let est = crate::auth::limits::estimate(&req.body, req.raw.len());
+    gw.limits
+        .admit(ctx.vkey.as_ref(), &req.model, est, &mut ctx.limit)?;
     ctx.route = resolution.route.clone();
     let candidates = match (&resolution.route, resolution.feedback) {
         (Some(route), true) => {
@@ -284,6 +313,7 @@ async fn chat(
 
 async fn other_model_call(
     rt: &Arc<Runtime>,
+    limits: &crate::auth::limits::Limiter,
     session: &mut Session,
     ctx: &mut RequestCtx,
     key: Option<&crate::auth::keys::KeyEntry>,
@@ -299,6 +329,9 @@ async fn other_model_call(
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let (body, model) = request::parse_model_call(&raw, model_override.as_deref(), endpoint)?;
     ctx.requested_model = model.clone();
+    crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &model)?;
+    let est = crate::auth::limits::estimate(&body, raw.len());
+    limits.admit(ctx.vkey.as_ref(), &model, est, &mut ctx.limit)?;
     let forced = request::header(session, "x-provider")
         .or_else(|| request::header(session, &rt.headers.provider))
         .map(str::to_string);

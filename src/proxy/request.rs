@@ -33,33 +33,43 @@ pub fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 /// token or none, since every OpenAI SDK always sends one.
 pub fn authenticate(
     rt: &Runtime,
+    vkeys: &crate::auth::virtual_keys::VirtualKeys,
     session: &Session,
-) -> Result<Option<std::sync::Arc<KeyEntry>>, GatewayError> {
+) -> Result<Authenticated, GatewayError> {
     if rt.open_access {
-        return Ok(None);
+        return Ok((None, None));
     }
     let presented = header(session, "authorization").and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
-    if rt.keys.is_empty() {
+    if rt.keys.is_empty() && vkeys.is_empty() {
         return Err(GatewayError::Unauthorized(
             "No gateway key is configured on this gateway. Create one with `loopgate hash-key` and add it under [[auth.keys]] (or set LOOPGATE_MASTER_KEY), or for local development set `allow_unauthenticated_loopback = true` in [auth] with every listener on 127.0.0.1.".into(),
         ));
     }
     match presented {
         Some(k) => match rt.keys.lookup(k) {
-            Some(e) => Ok(Some(e.clone())),
-            None => Err(GatewayError::Unauthorized(
-                "Incorrect API key provided. Send a loopgate gateway key as `Authorization: Bearer <key>` (keys are created with `loopgate hash-key` and configured under [[auth.keys]] or LOOPGATE_KEYS / LOOPGATE_MASTER_KEY); a provider's own API key is not a gateway key."
-                    .into(),
-            )),
+            Some(e) => Ok((Some(e.clone()), None)),
+            None => match vkeys.resolve(k, crate::auth::virtual_keys::now_ms())? {
+                Some(v) => Ok((Some(v.entry.clone()), Some(v))),
+                None => Err(GatewayError::Unauthorized(
+                    "Incorrect API key provided. Send a loopgate gateway key as `Authorization: Bearer <key>` (keys are created with `loopgate hash-key` and configured under [[auth.keys]] or LOOPGATE_KEYS / LOOPGATE_MASTER_KEY, or created with `POST /v1/keys`; a revoked key is refused); a provider's own API key is not a gateway key."
+                        .into(),
+                )),
+            },
         },
         None => Err(GatewayError::Unauthorized(
             "You didn't provide an API key. Send a loopgate gateway key as `Authorization: Bearer <key>` (the OpenAI SDKs send their `api_key` this way).".into(),
         )),
     }
 }
+
+/// The key entry of an authenticated request, and its virtual key if it used one.
+pub type Authenticated = (
+    Option<std::sync::Arc<KeyEntry>>,
+    Option<std::sync::Arc<crate::auth::virtual_keys::VirtualKey>>,
+);
 
 /// The caller for a key, or the open-access caller (every scope, no key id).
 pub fn caller_for(key: Option<&KeyEntry>) -> Caller {

@@ -82,6 +82,9 @@ pub fn response_header(
     for (k, v) in extra {
         let _ = h.append_header(k.clone(), v.as_str());
     }
+    if let Some(t) = &ctx.limit {
+        t.headers(|k, v| drop(h.insert_header(k, v)));
+    }
     for (k, v) in &ctx.cors {
         let _ = h.append_header(*k, v.as_str());
     }

@@ -28,7 +28,7 @@ use crate::rollout::canary::{Arm, Experiment, ExperimentSpec, ExperimentState};
 use crate::rollout::monitor::{MonitorArm, RollbackMonitor};
 use crate::routing::auto::{AutoRoute, RouteInfo, RouteRollout, RouterTable};
 use crate::routing::Runtime;
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::{AuditAppend, ScoredDecision};
 use crate::store::{FeedbackRow, RouteModelStats, RouteStateRow, Store};
 

@@ -34,7 +34,7 @@ use crate::rollout::judge::{
     build_judge_request, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict, RetryDecision,
 };
 use crate::routing::Runtime;
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::{FeedbackInsert, FeedbackRow};
 use crate::trace::TraceRecord;
 

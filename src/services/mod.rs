@@ -5,11 +5,9 @@
 //! - [`refresh`]: provider credential refresh (OAuth tokens)
 //! - [`judge_service`]: the background LLM-as-judge
 //! - [`shadow`]: shadow calls and their budget
-//! - [`trace_writer`]: the trace store writer (batches, retries, retention purge)
 
 pub mod aggregator;
 pub mod judge_service;
 pub mod refresh;
 pub mod reload;
 pub mod shadow;
-pub mod trace_writer;

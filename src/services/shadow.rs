@@ -30,7 +30,7 @@ use crate::proxy::Gateway;
 use crate::rollout::judge::{JudgeBudget, Reservation};
 use crate::rollout::stable_unit;
 use crate::routing::Runtime;
-use crate::services::trace_writer::StoreSlot;
+use crate::store::writer::StoreSlot;
 use crate::store::{GroupBy, LogFilter};
 use crate::trace::TraceRecord;
 

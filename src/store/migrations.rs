@@ -190,6 +190,21 @@ CREATE INDEX pending_feedback_received ON pending_feedback (received_ms);
         name: "cost_unknown",
         sql: "ALTER TABLE traces ADD COLUMN cost_unknown INTEGER NOT NULL DEFAULT 0;",
     },
+    Migration {
+        version: 6,
+        name: "virtual_keys",
+        sql: r#"
+CREATE TABLE virtual_keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    project TEXT,
+    spec TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+"#,
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -370,6 +385,21 @@ CREATE INDEX pending_feedback_received ON pending_feedback (received_ms);
         version: 5,
         name: "cost_unknown",
         sql: "ALTER TABLE traces ADD COLUMN cost_unknown BOOLEAN NOT NULL DEFAULT FALSE;",
+    },
+    Migration {
+        version: 6,
+        name: "virtual_keys",
+        sql: r#"
+CREATE TABLE virtual_keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    project TEXT,
+    spec TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    revoked_ms BIGINT
+);
+"#,
     },
 ];
 

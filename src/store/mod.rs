@@ -17,6 +17,9 @@ pub mod query;
 pub mod routing;
 pub mod scoped;
 pub mod sqlite;
+/// The trace writer: the bounded channel from the request path into the store (batches,
+/// retries, spill, retention purge) and the slot the admin API finds the store in.
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -217,6 +220,20 @@ pub struct RawRow {
     pub latency_ms: f64,
 }
 
+/// One virtual (API-created) gateway key as stored: the secret only as its SHA-256 hash,
+/// the policy as JSON owned by `auth::virtual_keys`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualKeyRow {
+    pub id: String,
+    /// `sha256:<hex>` of the secret.
+    pub hash: String,
+    pub project: Option<String>,
+    pub spec: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
 /// The storage seam. Inserts are idempotent on `request_id`, so a batch may be retried
 /// (after a timeout or a replayed spill file) without duplicates.
 ///
@@ -300,6 +317,15 @@ pub trait Store: Send + Sync {
         _limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         Err(unsupported(self.backend(), "audit"))
+    }
+    /// Insert or replace (by id) a virtual key; the hash and creation time of an existing
+    /// row never change.
+    async fn put_virtual_key(&self, _row: &VirtualKeyRow) -> Result<(), StoreError> {
+        Err(unsupported(self.backend(), "virtual keys"))
+    }
+    /// Every virtual key, revoked ones included, oldest first.
+    async fn virtual_keys(&self) -> Result<Vec<VirtualKeyRow>, StoreError> {
+        Err(unsupported(self.backend(), "virtual keys"))
     }
     /// Set (Some) or clear (None) one operator state value of a route.
     async fn put_route_state(

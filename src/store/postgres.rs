@@ -1176,6 +1176,57 @@ impl Store for PgStore {
         res
     }
 
+    async fn put_virtual_key(&self, row: &super::VirtualKeyRow) -> Result<(), StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => c
+                .execute(
+                    "INSERT INTO virtual_keys (id, hash, project, spec, created_ms, updated_ms, revoked_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET \
+                     project = EXCLUDED.project, spec = EXCLUDED.spec, updated_ms = EXCLUDED.updated_ms, \
+                     revoked_ms = EXCLUDED.revoked_ms",
+                    &[
+                        &row.id,
+                        &row.hash,
+                        &row.project,
+                        &row.spec,
+                        &row.created_ms,
+                        &row.updated_ms,
+                        &row.revoked_ms,
+                    ],
+                )
+                .await
+                .map(|_| ())
+                .map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn virtual_keys(&self) -> Result<Vec<super::VirtualKeyRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                "SELECT id, hash, project, spec, created_ms, updated_ms, revoked_ms \
+                 FROM virtual_keys ORDER BY created_ms, id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::VirtualKeyRow {
+                    id: r.try_get(0).map_err(pg_err)?,
+                    hash: r.try_get(1).map_err(pg_err)?,
+                    project: r.try_get(2).map_err(pg_err)?,
+                    spec: r.try_get(3).map_err(pg_err)?,
+                    created_ms: r.try_get(4).map_err(pg_err)?,
+                    updated_ms: r.try_get(5).map_err(pg_err)?,
+                    revoked_ms: r.try_get(6).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
     async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
         let rows = self
             .read_rows(

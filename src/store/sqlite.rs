@@ -1131,6 +1131,48 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_virtual_key(&self, row: &super::VirtualKeyRow) -> Result<(), StoreError> {
+        let r = row.clone();
+        Self::run(&self.writer, move |c| {
+            c.execute(
+                "INSERT INTO virtual_keys (id, hash, project, spec, created_ms, updated_ms, revoked_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO UPDATE SET \
+                 project = excluded.project, spec = excluded.spec, updated_ms = excluded.updated_ms, \
+                 revoked_ms = excluded.revoked_ms",
+                params![r.id, r.hash, r.project, r.spec, r.created_ms, r.updated_ms, r.revoked_ms],
+            )
+            .map(|_| ())
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn virtual_keys(&self) -> Result<Vec<super::VirtualKeyRow>, StoreError> {
+        Self::run(&self.reader, |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, hash, project, spec, created_ms, updated_ms, revoked_ms \
+                     FROM virtual_keys ORDER BY created_ms, id",
+                )
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(super::VirtualKeyRow {
+                        id: r.get(0)?,
+                        hash: r.get(1)?,
+                        project: r.get(2)?,
+                        spec: r.get(3)?,
+                        created_ms: r.get(4)?,
+                        updated_ms: r.get(5)?,
+                        revoked_ms: r.get(6)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
     async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
         Self::run(&self.reader, |c| {
             let mut st = c

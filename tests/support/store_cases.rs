@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use loopgate::admin::{AdminBody, AdminRequest, Caller, Scope};
-use loopgate::services::trace_writer::{trace_pipeline, StoreSlot, TraceSink};
+use loopgate::store::writer::{trace_pipeline, StoreSlot, TraceSink};
 use loopgate::store::{
     Cursor, GroupBy, Histogram, LogFilter, ProjectSel, PurgeRule, StatusFilter, StorageConfig,
-    Store,
+    Store, VirtualKeyRow,
 };
 use loopgate::trace::{Attempt, TraceRecord};
 use serde_json::Value;
@@ -24,6 +24,20 @@ use sha2::{Digest, Sha256};
 pub const T0: i64 = 1_767_225_600_000;
 pub const HOUR: i64 = 3_600_000;
 pub const N_FIXTURE: usize = 600;
+
+/// The newest schema migration (the same number on both backends).
+pub fn latest_version() -> u32 {
+    let v = loopgate::store::migrations::SQLITE
+        .last()
+        .map_or(0, |m| m.version);
+    assert_eq!(
+        Some(v),
+        loopgate::store::migrations::POSTGRES
+            .last()
+            .map(|m| m.version)
+    );
+    v
+}
 
 pub fn record(i: usize) -> TraceRecord {
     let models = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet"];
@@ -473,7 +487,10 @@ pub async fn api_suite(mut cfg: StorageConfig) {
     submit_all(&p.sink, &recs).await;
     let store = p.store().await;
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
-    assert_eq!(store.schema_version().await.expect("version"), 5);
+    assert_eq!(
+        store.schema_version().await.expect("version"),
+        latest_version()
+    );
     // idempotent on request_id: a replayed batch stores nothing twice
     assert_eq!(store.insert_traces(&recs[..50]).await.expect("reinsert"), 0);
     assert_eq!(store.count_traces().await.expect("count"), N_FIXTURE as u64);
@@ -1354,6 +1371,60 @@ async fn check_route_state(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     );
 }
 
+fn vkey(id: &str, hash: &str, project: Option<&str>, t: i64) -> VirtualKeyRow {
+    VirtualKeyRow {
+        id: id.into(),
+        hash: hash.into(),
+        project: project.map(str::to_string),
+        spec: format!("{{\"name\":\"{id}\"}}"),
+        created_ms: t,
+        updated_ms: t,
+        revoked_ms: None,
+    }
+}
+
+/// Virtual keys: insert, replace by id (hash and creation time kept), revoke, a duplicate
+/// hash refused, every row seen through the other instance, oldest first.
+async fn check_virtual_keys(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    assert!(a.virtual_keys().await.expect("empty").is_empty());
+    let k1 = vkey("vk_1", "sha256:01", Some("alpha"), 10);
+    let k2 = vkey("vk_2", "sha256:02", None, 11);
+    a.put_virtual_key(&k1).await.expect("put 1");
+    b.put_virtual_key(&k2).await.expect("put 2");
+    assert_eq!(
+        b.virtual_keys().await.expect("list"),
+        vec![k1.clone(), k2.clone()]
+    );
+    // A replace never changes the hash or the creation time.
+    let patched = VirtualKeyRow {
+        hash: "sha256:ff".into(),
+        created_ms: 99,
+        project: Some("beta".into()),
+        spec: "{\"name\":\"renamed\"}".into(),
+        updated_ms: 20,
+        ..k1.clone()
+    };
+    b.put_virtual_key(&patched).await.expect("patch");
+    let revoked = VirtualKeyRow {
+        updated_ms: 21,
+        revoked_ms: Some(21),
+        ..k2.clone()
+    };
+    a.put_virtual_key(&revoked).await.expect("revoke");
+    let want_1 = VirtualKeyRow {
+        hash: k1.hash.clone(),
+        created_ms: k1.created_ms,
+        ..patched
+    };
+    assert_eq!(a.virtual_keys().await.expect("list"), vec![want_1, revoked]);
+    // Two keys never share a secret.
+    assert!(a
+        .put_virtual_key(&vkey("vk_3", "sha256:01", None, 30))
+        .await
+        .is_err());
+    assert_eq!(b.virtual_keys().await.expect("list").len(), 2);
+}
+
 /// 2026-04-11: later than every other trace of the suite, so the stats window holds only these.
 pub const STATS_T: i64 = T0 + 100 * 24 * HOUR;
 
@@ -1495,8 +1566,14 @@ async fn check_route_model_stats(store: &Arc<dyn Store>) {
 /// Every routing-state method on one database, through two store instances (`a`, `b`) that
 /// share it, as two gateways would.
 pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
-    assert_eq!(a.schema_version().await.expect("version"), 5);
+    assert_eq!(
+        Some(a.schema_version().await.expect("version")),
+        loopgate::store::migrations::SQLITE
+            .last()
+            .map(|m| m.version)
+    );
     check_decisions(&a).await;
+    check_virtual_keys(&a, &b).await;
     check_feedback(&a, &b).await;
     check_audit(&a, &b).await;
     check_route_state(&a, &b).await;

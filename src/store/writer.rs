@@ -29,7 +29,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::metrics;
-use crate::store::{self, ProjectSel, PurgeRule, StorageConfig, Store, StoreError};
+use crate::store::{self as store, ProjectSel, PurgeRule, StorageConfig, Store, StoreError};
 use crate::trace::fresh::{Recent, State};
 use crate::trace::TraceRecord;
 

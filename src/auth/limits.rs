@@ -1,0 +1,780 @@
+//! Per-key rate limits and budgets, enforced in process on the request path.
+//!
+//! - **Requests per minute** (per key, and per key and model): a GCRA limiter from the
+//!   `governor` crate with a burst of the whole minute's quota.
+//! - **Tokens per minute**: a lock-free GCRA on one atomic (the theoretical arrival time in
+//!   nanoseconds), charged up front with an estimate and reconciled with the real usage
+//!   when the request ends (a refund or a top-up moves the same atomic).
+//! - **Budgets** in USD per day, month (UTC calendar) or in total: atomic nano-dollar
+//!   counters fed from the trace's cost when the request ends. A request is refused once a
+//!   budget is spent; a stream that ends past it is billed in full, never cut.
+//!
+//! State lives in process, per key id, and survives `PATCH` (a changed limit rebuilds the
+//! rate state; spend is kept). It is not shared between gateways and starts from zero on a
+//! restart.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use super::virtual_keys::{Budget, Limits, Rate, VirtualKey};
+use crate::error::GatewayError;
+
+type Gov = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+const MINUTE: Duration = Duration::from_secs(60);
+const NANOS_PER_USD: f64 = 1_000_000_000.0;
+
+/// Tokens per minute as GCRA on one atomic: `tat` is the theoretical arrival time (ns since
+/// `start`); the bucket is full when `tat <= now` and empty when `tat >= now + 60 s`.
+struct TokenRate {
+    tpm: u64,
+    /// Nanoseconds of the window one token uses (60 s / tpm), as a float for big limits.
+    ns_per_token: f64,
+    tat: AtomicI64,
+}
+
+const WINDOW_NS: i64 = 60_000_000_000;
+
+impl TokenRate {
+    fn new(tpm: u64) -> TokenRate {
+        TokenRate {
+            tpm,
+            ns_per_token: WINDOW_NS as f64 / tpm.max(1) as f64,
+            tat: AtomicI64::new(0),
+        }
+    }
+
+    /// The tokens a request of `tokens` is charged up front (capped at the whole minute,
+    /// so one big request can pass an empty bucket).
+    fn charge(&self, tokens: u64) -> u64 {
+        tokens.min(self.tpm)
+    }
+
+    fn cost(&self, tokens: u64) -> i64 {
+        (tokens as f64 * self.ns_per_token).min(i64::MAX as f64 / 2.0) as i64
+    }
+
+    /// Take `tokens` (capped at the whole minute, so one big request can pass an empty
+    /// bucket); `Err(wait)` when they do not fit now.
+    fn take(&self, now: i64, tokens: u64) -> Result<Snapshot, Duration> {
+        if self.tpm == 0 {
+            return Err(MINUTE);
+        }
+        let cost = self.cost(self.charge(tokens));
+        let mut cur = self.tat.load(Ordering::Acquire);
+        loop {
+            let base = cur.max(now);
+            let next = base.saturating_add(cost);
+            if next - now > WINDOW_NS {
+                let wait = (next - now - WINDOW_NS).max(0) as u64;
+                return Err(Duration::from_nanos(wait));
+            }
+            match self
+                .tat
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(self.snapshot_at(now, next)),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Move the charge by `delta` tokens (negative: a refund). Never refused.
+    fn adjust(&self, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let d = (delta as f64 * self.ns_per_token) as i64;
+        self.tat.fetch_add(d, Ordering::AcqRel);
+    }
+
+    fn snapshot_at(&self, now: i64, tat: i64) -> Snapshot {
+        let used_ns = (tat - now).clamp(0, WINDOW_NS);
+        let remaining = ((WINDOW_NS - used_ns) as f64 / self.ns_per_token) as u64;
+        Snapshot {
+            limit: self.tpm,
+            remaining: remaining.min(self.tpm),
+            reset: Duration::from_nanos(used_ns as u64),
+        }
+    }
+}
+
+/// Which limit refused a request (named in the message; formatted only on refusal).
+#[derive(Debug, Clone, Copy)]
+enum Scope<'a> {
+    Key,
+    Model(&'a str),
+}
+
+impl std::fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Key => f.write_str("this API key"),
+            Scope::Model(m) => write!(f, "the model '{m}' on this API key"),
+        }
+    }
+}
+
+/// One limit's state for the response headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the limit is fully replenished.
+    pub reset: Duration,
+}
+
+/// Requests and tokens per minute for one scope (the key, or the key and one model).
+struct RateState {
+    rpm: Option<(u64, Gov)>,
+    tpm: Option<TokenRate>,
+}
+
+impl RateState {
+    fn new(r: &Rate) -> Option<Arc<RateState>> {
+        let rpm = r.rpm.map(|n| {
+            // rpm 0 refuses everything: governor needs a non-zero burst, so 0 is checked
+            // before the limiter is asked.
+            let burst = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX).max(1))
+                .unwrap_or(NonZeroU32::MIN);
+            let quota = Quota::with_period(MINUTE / burst.get())
+                .unwrap_or_else(|| Quota::per_minute(burst))
+                .allow_burst(burst);
+            (
+                n,
+                RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+            )
+        });
+        let tpm = r.tpm.map(TokenRate::new);
+        (rpm.is_some() || tpm.is_some()).then(|| Arc::new(RateState { rpm, tpm }))
+    }
+
+    fn requests(&self, scope: Scope<'_>) -> Result<Option<Snapshot>, Box<Refusal>> {
+        let Some((n, gov)) = &self.rpm else {
+            return Ok(None);
+        };
+        let per = MINUTE.div_f64((*n).max(1) as f64);
+        if *n == 0 {
+            return Err(Box::new(Refusal::requests(scope, 0, MINUTE)));
+        }
+        match gov.check() {
+            Ok(s) => {
+                let remaining = u64::from(s.remaining_burst_capacity());
+                Ok(Some(Snapshot {
+                    limit: *n,
+                    remaining,
+                    reset: per.mul_f64(n.saturating_sub(remaining) as f64),
+                }))
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(gov.clock().now());
+                Err(Box::new(Refusal::requests(scope, *n, wait)))
+            }
+        }
+    }
+}
+
+/// The rate state of one key: the limits it was built from, the key's own and per model.
+struct Rates {
+    limits: Limits,
+    key: Option<Arc<RateState>>,
+    models: HashMap<String, Arc<RateState>>,
+}
+
+impl Rates {
+    fn new(limits: &Limits) -> Rates {
+        Rates {
+            limits: limits.clone(),
+            key: RateState::new(&Rate {
+                rpm: limits.rpm,
+                tpm: limits.tpm,
+            }),
+            models: limits
+                .models
+                .iter()
+                .filter_map(|(m, r)| Some((m.clone(), RateState::new(r)?)))
+                .collect(),
+        }
+    }
+}
+
+/// Spend in nano-dollars for the current day, the current month and in total.
+struct Spend {
+    /// (period index, nano-USD) per period, in [`PERIOD_ORDER`].
+    slots: [(AtomicI64, AtomicU64); 3],
+    /// Soft thresholds already reported, per period and period index.
+    soft_seen: [AtomicI64; 3],
+}
+
+/// The budget periods in the order of [`Limiter::spend`].
+pub const PERIOD_ORDER: [&str; 3] = ["day", "month", "total"];
+
+fn period_slot(period: &str) -> usize {
+    PERIOD_ORDER.iter().position(|p| *p == period).unwrap_or(2)
+}
+
+/// The index of the current day / month (UTC) / the single total period.
+fn period_index(slot: usize, now_ms: i64) -> i64 {
+    match slot {
+        0 => now_ms.div_euclid(86_400_000),
+        1 => {
+            use chrono::Datelike;
+            chrono::DateTime::from_timestamp_millis(now_ms)
+                .map_or(0, |d| i64::from(d.year()) * 12 + i64::from(d.month0()))
+        }
+        _ => 0,
+    }
+}
+
+/// Until the period rolls over (`None` for `total`).
+fn until_next_period(slot: usize, now_ms: i64) -> Option<Duration> {
+    let next_ms = match slot {
+        0 => (now_ms.div_euclid(86_400_000) + 1) * 86_400_000,
+        1 => {
+            use chrono::Datelike;
+            let d = chrono::DateTime::from_timestamp_millis(now_ms)?;
+            let (y, m) = if d.month() == 12 {
+                (d.year() + 1, 1)
+            } else {
+                (d.year(), d.month() + 1)
+            };
+            chrono::NaiveDate::from_ymd_opt(y, m, 1)?
+                .and_hms_opt(0, 0, 0)?
+                .and_utc()
+                .timestamp_millis()
+        }
+        _ => return None,
+    };
+    Some(Duration::from_millis((next_ms - now_ms).max(0) as u64))
+}
+
+impl Spend {
+    fn new() -> Spend {
+        Spend {
+            slots: Default::default(),
+            soft_seen: [AtomicI64::new(-1), AtomicI64::new(-1), AtomicI64::new(-1)],
+        }
+    }
+
+    /// Nano-dollars spent in `slot`'s current period.
+    fn spent(&self, slot: usize, now_ms: i64) -> u64 {
+        let (idx, nanos) = &self.slots[slot];
+        if idx.load(Ordering::Acquire) == period_index(slot, now_ms) {
+            nanos.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
+    fn add(&self, now_ms: i64, nanos: u64) {
+        for (slot, (idx, counter)) in self.slots.iter().enumerate() {
+            let want = period_index(slot, now_ms);
+            let cur = idx.load(Ordering::Acquire);
+            if cur != want
+                && idx
+                    .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                // This thread rolled the period over; a concurrent add may land in the
+                // old total and be lost, which only errs towards admitting.
+                counter.store(0, Ordering::Release);
+            }
+            counter.fetch_add(nanos, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Everything the limiter keeps about one key.
+struct KeyState {
+    rates: ArcSwap<Rates>,
+    spend: Spend,
+}
+
+/// Why a request was refused: the error for the client and the limit's headers.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: GatewayError,
+    /// `requests` or `tokens`, and the state of that limit.
+    pub headers: Option<(&'static str, Snapshot)>,
+}
+
+fn retry_secs(wait: Duration) -> String {
+    wait.as_secs_f64().ceil().max(1.0).to_string()
+}
+
+impl Refusal {
+    fn requests(scope: Scope<'_>, limit: u64, wait: Duration) -> Refusal {
+        Refusal {
+            error: GatewayError::Upstream {
+                status: 429,
+                message: format!(
+                    "Rate limit reached for {scope}: {limit} requests per minute. Retry in {:.1}s.",
+                    wait.as_secs_f64()
+                ),
+                retry_after: Some(retry_secs(wait)),
+                code: "rate_limit_exceeded",
+            },
+            headers: Some((
+                "requests",
+                Snapshot {
+                    limit,
+                    remaining: 0,
+                    reset: wait,
+                },
+            )),
+        }
+    }
+
+    fn tokens(scope: Scope<'_>, limit: u64, wait: Duration) -> Refusal {
+        Refusal {
+            error: GatewayError::Upstream {
+                status: 429,
+                message: format!(
+                    "Rate limit reached for {scope}: {limit} tokens per minute. Retry in {:.1}s.",
+                    wait.as_secs_f64()
+                ),
+                retry_after: Some(retry_secs(wait)),
+                code: "rate_limit_exceeded",
+            },
+            headers: Some((
+                "tokens",
+                Snapshot {
+                    limit,
+                    remaining: 0,
+                    reset: wait,
+                },
+            )),
+        }
+    }
+
+    fn budget(key: &str, b: &Budget, spent_nanos: u64, wait: Option<Duration>) -> Refusal {
+        let what = match b.period.as_str() {
+            "day" => "daily",
+            "month" => "monthly",
+            _ => "total",
+        };
+        Refusal {
+            error: GatewayError::Upstream {
+                status: 429,
+                message: format!(
+                    "The API key '{key}' has used its {what} budget of ${} (spent ${:.6}).",
+                    b.usd,
+                    spent_nanos as f64 / NANOS_PER_USD
+                ),
+                retry_after: wait.map(retry_secs),
+                code: "insufficient_quota",
+            },
+            headers: None,
+        }
+    }
+}
+
+/// An admitted request: what to reconcile when it ends, and its rate headers.
+pub struct Ticket {
+    state: Option<Arc<KeyState>>,
+    key_rate: Option<Arc<RateState>>,
+    model_rate: Option<Arc<RateState>>,
+    estimate: u64,
+    requests: Option<Snapshot>,
+    tokens: Option<Snapshot>,
+    settled: bool,
+}
+
+impl Ticket {
+    fn refused(r: &Refusal) -> Ticket {
+        let (requests, tokens) = match r.headers {
+            Some(("requests", s)) => (Some(s), None),
+            Some((_, s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        Ticket {
+            state: None,
+            key_rate: None,
+            model_rate: None,
+            estimate: 0,
+            requests,
+            tokens,
+            settled: true,
+        }
+    }
+
+    /// The OpenAI-style `x-ratelimit-*` headers for this request's tightest limits.
+    pub fn headers(&self, mut put: impl FnMut(&'static str, String)) {
+        if let Some(s) = self.requests {
+            put("x-ratelimit-limit-requests", s.limit.to_string());
+            put("x-ratelimit-remaining-requests", s.remaining.to_string());
+            put("x-ratelimit-reset-requests", duration_text(s.reset));
+        }
+        if let Some(s) = self.tokens {
+            put("x-ratelimit-limit-tokens", s.limit.to_string());
+            put("x-ratelimit-remaining-tokens", s.remaining.to_string());
+            put("x-ratelimit-reset-tokens", duration_text(s.reset));
+        }
+    }
+
+    /// The request ended: reconcile the token estimate with the real usage and add its cost
+    /// to the key's spend. Called once; later calls do nothing.
+    pub fn settle(&mut self, tokens: u64, cost_usd: f64) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        for r in [&self.key_rate, &self.model_rate].into_iter().flatten() {
+            if let Some(t) = &r.tpm {
+                t.adjust(tokens as i64 - t.charge(self.estimate) as i64);
+            }
+        }
+        if let Some(s) = &self.state {
+            if cost_usd.is_finite() && cost_usd > 0.0 {
+                s.spend.add(
+                    super::virtual_keys::now_ms(),
+                    (cost_usd * NANOS_PER_USD).round() as u64,
+                );
+            }
+        }
+    }
+}
+
+/// Go-style duration text as OpenAI sends it: `20ms`, `1.5s`, `6m0s`.
+pub fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// The per-key limiter of one gateway.
+pub struct Limiter {
+    keys: DashMap<String, Arc<KeyState>>,
+    epoch: Instant,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter::new()
+    }
+}
+
+/// A request's token estimate: a quarter of the body's bytes plus the completion cap.
+pub fn estimate(body: &serde_json::Map<String, serde_json::Value>, body_bytes: usize) -> u64 {
+    let cap = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|f| body.get(*f).and_then(serde_json::Value::as_u64))
+        .unwrap_or(0);
+    (body_bytes as u64 / 4).saturating_add(cap)
+}
+
+impl Limiter {
+    pub fn new() -> Limiter {
+        Limiter {
+            keys: DashMap::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// This gateway's spend of key `id` in the current day, month and in total (USD).
+    pub fn spend(&self, id: &str, now_ms: i64) -> [f64; 3] {
+        let Some(s) = self.keys.get(id) else {
+            return [0.0; 3];
+        };
+        [0, 1, 2].map(|slot| s.spend.spent(slot, now_ms) as f64 / NANOS_PER_USD)
+    }
+
+    fn state(&self, key: &VirtualKey) -> Arc<KeyState> {
+        if let Some(s) = self.keys.get(key.entry.id.as_str()) {
+            return s.clone();
+        }
+        self.keys
+            .entry(key.entry.id.clone())
+            .or_insert_with(|| {
+                Arc::new(KeyState {
+                    rates: ArcSwap::from_pointee(Rates::new(&key.spec.limits)),
+                    spend: Spend::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Admit one request of `key` for `model` with an estimate of `tokens`: budgets first,
+    /// then requests and tokens per minute for the key and for the key and model. The
+    /// ticket (headers, and what to reconcile) goes into `slot` whether or not the request
+    /// is admitted. Keys without limits or budgets cost one branch.
+    pub fn admit(
+        &self,
+        key: Option<&Arc<VirtualKey>>,
+        model: &str,
+        tokens: u64,
+        slot: &mut Option<Ticket>,
+    ) -> Result<(), GatewayError> {
+        let Some(key) = key else { return Ok(()) };
+        let spec = &key.spec;
+        let no_limits =
+            spec.limits.rpm.is_none() && spec.limits.tpm.is_none() && spec.limits.models.is_empty();
+        if no_limits && spec.budgets.is_empty() {
+            return Ok(());
+        }
+        match self.check(key, model, tokens) {
+            Ok(t) => {
+                *slot = Some(t);
+                Ok(())
+            }
+            Err(r) => {
+                *slot = Some(Ticket::refused(&r));
+                Err(r.error)
+            }
+        }
+    }
+
+    fn check(&self, key: &VirtualKey, model: &str, tokens: u64) -> Result<Ticket, Box<Refusal>> {
+        let state = self.state(key);
+        let now_ms = super::virtual_keys::now_ms();
+        for b in &key.spec.budgets {
+            let slot = period_slot(&b.period);
+            let spent = state.spend.spent(slot, now_ms);
+            let cap = (b.usd * NANOS_PER_USD) as u64;
+            if spent >= cap {
+                return Err(Box::new(Refusal::budget(
+                    &key.entry.id,
+                    b,
+                    spent,
+                    until_next_period(slot, now_ms),
+                )));
+            }
+            if let Some(pct) = b.soft_pct {
+                let soft = (b.usd * pct / 100.0 * NANOS_PER_USD) as u64;
+                let idx = period_index(slot, now_ms);
+                if spent >= soft && state.spend.soft_seen[slot].swap(idx, Ordering::AcqRel) != idx {
+                    tracing::warn!(
+                        key_id = %key.entry.id,
+                        period = %b.period,
+                        budget_usd = b.usd,
+                        spent_usd = spent as f64 / NANOS_PER_USD,
+                        "virtual key passed its soft budget threshold"
+                    );
+                }
+            }
+        }
+        let mut rates = state.rates.load_full();
+        if rates.limits != key.spec.limits {
+            // The key was changed (PATCH): new rate state, spend kept.
+            let fresh = Arc::new(Rates::new(&key.spec.limits));
+            let prev = state.rates.compare_and_swap(&rates, fresh.clone());
+            rates = if Arc::ptr_eq(&prev, &rates) {
+                fresh
+            } else {
+                arc_swap::Guard::into_inner(prev)
+            };
+        }
+        let model_rate = rates.models.get(model).cloned();
+        let now_ns = self.epoch.elapsed().as_nanos().min(i64::MAX as u128) as i64;
+        let mut ticket = Ticket {
+            state: Some(state.clone()),
+            key_rate: rates.key.clone(),
+            model_rate: model_rate.clone(),
+            estimate: tokens,
+            requests: None,
+            tokens: None,
+            settled: false,
+        };
+        // The narrower (model) scope first, so a model refusal costs the key nothing;
+        // tokens taken before a later refusal are given back.
+        let scopes = [
+            (model_rate.as_ref(), Scope::Model(model)),
+            (rates.key.as_ref(), Scope::Key),
+        ];
+        let mut took: [Option<&TokenRate>; 2] = [None, None];
+        let refund = |took: &[Option<&TokenRate>; 2]| {
+            for t in took.iter().flatten() {
+                t.adjust(-(t.charge(tokens) as i64));
+            }
+        };
+        for (i, (rate, scope)) in scopes.iter().enumerate() {
+            let Some(rate) = rate else { continue };
+            match rate.requests(*scope) {
+                Ok(Some(s)) => {
+                    if ticket
+                        .requests
+                        .is_none_or(|cur| s.remaining < cur.remaining)
+                    {
+                        ticket.requests = Some(s);
+                    }
+                }
+                Ok(None) => {}
+                Err(r) => {
+                    refund(&took);
+                    return Err(r);
+                }
+            }
+            if let Some(t) = &rate.tpm {
+                match t.take(now_ns, tokens) {
+                    Ok(s) => {
+                        took[i] = Some(t);
+                        if ticket.tokens.is_none_or(|cur| s.remaining < cur.remaining) {
+                            ticket.tokens = Some(s);
+                        }
+                    }
+                    Err(wait) => {
+                        refund(&took);
+                        return Err(Box::new(Refusal::tokens(*scope, t.tpm, wait)));
+                    }
+                }
+            }
+        }
+        Ok(ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::virtual_keys::KeySpec;
+    use crate::auth::keys::KeyEntry;
+
+    fn key(spec: serde_json::Value) -> Arc<VirtualKey> {
+        let spec =
+            KeySpec::from_object(spec.as_object().cloned().unwrap_or_default()).unwrap_or_default();
+        Arc::new(VirtualKey {
+            entry: Arc::new(KeyEntry {
+                id: "vk_t".into(),
+                scopes: spec.scopes.clone(),
+                project: None,
+                route: None,
+                zero_retention: false,
+            }),
+            expires_ms: None,
+            spec,
+        })
+    }
+
+    fn admit(l: &Limiter, k: &Arc<VirtualKey>, model: &str, tokens: u64) -> Result<Ticket, u16> {
+        let mut slot = None;
+        match l.admit(Some(k), model, tokens, &mut slot) {
+            Ok(()) => slot.ok_or(0),
+            Err(e) => Err(e.status()),
+        }
+    }
+
+    #[test]
+    fn requests_per_minute_admit_exactly_the_quota() {
+        let l = Limiter::new();
+        let k = key(serde_json::json!({"limits": {"rpm": 5}}));
+        let ok = (0..8).filter(|_| admit(&l, &k, "m", 0).is_ok()).count();
+        assert_eq!(ok, 5);
+        let mut slot = None;
+        let e = l.admit(Some(&k), "m", 0, &mut slot);
+        assert!(matches!(
+            e,
+            Err(GatewayError::Upstream {
+                status: 429,
+                code: "rate_limit_exceeded",
+                retry_after: Some(_),
+                ..
+            })
+        ));
+        let mut h = Vec::new();
+        if let Some(t) = &slot {
+            t.headers(|k, v| h.push((k, v)));
+        }
+        assert!(h.contains(&("x-ratelimit-remaining-requests", "0".to_string())));
+        assert!(h.contains(&("x-ratelimit-limit-requests", "5".to_string())));
+    }
+
+    #[test]
+    fn tokens_are_estimated_then_reconciled() {
+        let l = Limiter::new();
+        let k = key(serde_json::json!({"limits": {"tpm": 1000}}));
+        let mut t = admit(&l, &k, "m", 900).unwrap_or_else(|_| panic!("first fits"));
+        assert_eq!(admit(&l, &k, "m", 200).err(), Some(429));
+        // The request really used 100 tokens: 800 come back.
+        t.settle(100, 0.0);
+        let t2 = admit(&l, &k, "m", 200).unwrap_or_else(|_| panic!("fits after refund"));
+        assert!(t2
+            .tokens
+            .is_some_and(|s| s.remaining >= 690 && s.remaining <= 700));
+    }
+
+    #[test]
+    fn per_model_limit_does_not_spend_the_key_quota() {
+        let l = Limiter::new();
+        let k = key(serde_json::json!({"limits": {"rpm": 3, "models": {"big": {"rpm": 1}}}}));
+        assert!(admit(&l, &k, "big", 0).is_ok());
+        assert_eq!(admit(&l, &k, "big", 0).err(), Some(429));
+        assert!(admit(&l, &k, "small", 0).is_ok());
+        assert!(admit(&l, &k, "small", 0).is_ok());
+        assert_eq!(admit(&l, &k, "small", 0).err(), Some(429));
+    }
+
+    #[test]
+    fn budget_stops_after_the_spend_and_names_it() {
+        let l = Limiter::new();
+        let k = key(serde_json::json!({"budgets": [{"period": "day", "usd": 0.01}]}));
+        let mut t = admit(&l, &k, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        // A stream that ends past the budget is billed in full.
+        t.settle(0, 0.02);
+        t.settle(0, 5.0); // settled once
+        let mut slot = None;
+        match l.admit(Some(&k), "m", 0, &mut slot) {
+            Err(GatewayError::Upstream {
+                status: 429,
+                code: "insufficient_quota",
+                message,
+                retry_after,
+            }) => {
+                assert!(message.contains("daily budget"), "{message}");
+                assert!(message.contains("$0.01 (spent $0.020000)"), "{message}");
+                assert!(retry_after.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn patch_rebuilds_rates_and_keeps_spend() {
+        let l = Limiter::new();
+        let k1 = key(
+            serde_json::json!({"limits": {"rpm": 1}, "budgets": [{"period": "total", "usd": 1}]}),
+        );
+        let mut t = admit(&l, &k1, "m", 0).unwrap_or_else(|_| panic!("first"));
+        t.settle(0, 1.5);
+        let k2 = key(
+            serde_json::json!({"limits": {"rpm": 2}, "budgets": [{"period": "total", "usd": 2}]}),
+        );
+        assert!(admit(&l, &k2, "m", 0).is_ok());
+        let k3 = key(
+            serde_json::json!({"limits": {"rpm": 2}, "budgets": [{"period": "total", "usd": 1}]}),
+        );
+        assert_eq!(admit(&l, &k3, "m", 0).err(), Some(429));
+    }
+
+    #[test]
+    fn periods_roll_over() {
+        let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(period_index(0, t0 + 86_400_000), period_index(0, t0) + 1);
+        assert_eq!(
+            period_index(1, t0 + 31 * 86_400_000),
+            period_index(1, t0) + 1
+        );
+        assert_eq!(
+            until_next_period(1, t0),
+            Some(Duration::from_millis(31 * 86_400_000))
+        );
+        assert_eq!(until_next_period(2, t0), None);
+        assert_eq!(duration_text(Duration::from_millis(20)), "20ms");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration_text(Duration::from_secs(360)), "6m0s");
+    }
+}
