@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// Record the verdict only; the text passes unchanged (stored copies are still masked).
+    #[serde(alias = "log")]
     Flag,
     /// Replace the matched text with `[REDACTED:<rule>]`.
+    #[serde(alias = "mask")]
     Redact,
     /// Requests: answer 400 `content_filter`. Responses: cut the text before the match and
     /// finish the choice with `finish_reason: "content_filter"`.
@@ -79,8 +81,6 @@ pub struct PolicyConfig {
     pub requests: bool,
     /// Check responses (JSON and streamed).
     pub responses: bool,
-    /// Optional classifier-model check of requests for what the patterns miss.
-    pub classifier: Option<ClassifierConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -93,7 +93,6 @@ impl Default for PolicyConfig {
             disable: Vec::new(),
             requests: true,
             responses: true,
-            classifier: None,
         }
     }
 }
@@ -116,22 +115,4 @@ pub struct RuleConfig {
 
 fn default_rule_action() -> Action {
     Action::Block
-}
-
-/// The classifier-model check: a chat model asked whether the prompt is an attack.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassifierConfig {
-    /// Model id as clients name it (`openai/gpt-4o-mini`, `ollama/llama-guard3`).
-    pub model: String,
-    /// Give up after this long: no verdict (and a metric), the request goes on.
-    #[serde(default = "default_classifier_timeout")]
-    pub timeout_ms: u64,
-    /// Action when the classifier says the prompt is unsafe (`block` or `flag`).
-    #[serde(default = "default_rule_action")]
-    pub action: Action,
-}
-
-fn default_classifier_timeout() -> u64 {
-    1500
 }

@@ -19,7 +19,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
-pub use config::{Action, ClassifierConfig, FirewallConfig, PolicyConfig, RuleConfig};
+pub use config::{Action, FirewallConfig, PolicyConfig, RuleConfig};
 use packs::Check;
 
 /// Most verdicts kept per request (the rest are counted in `Report::dropped`).
@@ -52,7 +52,7 @@ pub struct Verdict {
     pub rule: String,
     pub action: Action,
     pub phase: Phase,
-    /// `messages[2].content`, `messages[0].content[1].text`, `choices[0]`, `classifier`.
+    /// `messages[2].content`, `messages[0].content[1].text`, `choices[0]`.
     pub field: String,
     pub start: usize,
     pub end: usize,
@@ -148,7 +148,6 @@ pub struct Policy {
     keyword_rules: Vec<usize>,
     pub requests: bool,
     pub responses: bool,
-    pub classifier: Option<ClassifierConfig>,
 }
 
 impl Policy {
@@ -427,7 +426,7 @@ fn compile_policy(
             return Err(err(format!("disable: unknown built-in rule '{d}'")));
         }
     }
-    for (k, _) in &p.actions {
+    for k in p.actions.keys() {
         let known = packs::pack(k).is_some()
             || packs::PACKS
                 .iter()
@@ -516,13 +515,6 @@ fn compile_policy(
                 .map_err(|e| err(format!("keywords: {e}")))?,
         )
     };
-    if let Some(c) = &p.classifier {
-        if c.model.trim().is_empty() || c.timeout_ms == 0 || c.action == Action::Redact {
-            return Err(err(
-                "classifier needs a model, timeout_ms > 0 and action block or flag".into(),
-            ));
-        }
-    }
     Ok(Policy {
         name: Arc::from(name),
         rules,
@@ -533,7 +525,6 @@ fn compile_policy(
         keyword_rules,
         requests: p.requests,
         responses: p.responses,
-        classifier: p.classifier.clone(),
     })
 }
 
@@ -543,8 +534,6 @@ pub struct FirewallMetrics {
     pub verdicts: prometheus::IntCounterVec,
     /// Requests blocked, by rule and phase.
     pub blocked: prometheus::IntCounterVec,
-    /// Classifier checks by result (`safe`, `unsafe`, `timeout`, `error`).
-    pub classifier: prometheus::IntCounterVec,
 }
 
 static METRICS: LazyLock<FirewallMetrics> = LazyLock::new(|| match build_metrics() {
@@ -565,11 +554,6 @@ fn build_metrics() -> Result<FirewallMetrics, prometheus::Error> {
             "loopgate_firewall_blocked_total",
             "Requests blocked or responses cut by the firewall, by rule and phase",
             &["rule", "phase"]
-        )?,
-        classifier: prometheus::register_int_counter_vec!(
-            "loopgate_firewall_classifier_total",
-            "Classifier-model checks, by result (safe, unsafe, timeout, error)",
-            &["result"]
         )?,
     })
 }

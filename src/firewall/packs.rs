@@ -168,7 +168,7 @@ pub fn luhn(s: &[u8]) -> bool {
             d
         };
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// ISO 13616 IBAN check: move the first four characters to the end, letters to numbers,
