@@ -489,3 +489,75 @@ async fn openai_python_sdk_sees_block_and_masked_stream() {
         .iter()
         .all(|r| !String::from_utf8_lossy(&r.body).contains(&s)));
 }
+
+/// A reload swaps the compiled policies; an invalid rule is refused by `check` and by a
+/// reload (naming the rule), and the running policies keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_policies_and_an_invalid_rule_is_refused_by_name() {
+    let (mock, g) = start().await;
+    let falcon = user("About Project Falcon.");
+    assert_eq!(post(&g, &falcon, None).await.status(), 400);
+
+    // The same rule, now `mask`: applies without a restart.
+    let masked = FIREWALL.replace(
+        "pattern = \"(?i)project\\\\s+falcon\"\naction = \"block\"",
+        "pattern = \"(?i)project\\\\s+falcon\"\naction = \"mask\"",
+    );
+    assert_ne!(masked, FIREWALL);
+    g.rewrite_config(&masked);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = post(&g, &falcon, None).await.status();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload not applied: {}",
+            g.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        content_of_last_upstream_request(&mock),
+        "About [REDACTED:codename]."
+    );
+
+    // An invalid pattern: the reload fails naming the rule, the running policies stay.
+    let broken = format!("{masked}\n[firewall.rules.bad_rule]\npattern = \"(unclosed\"\n");
+    let broken = broken.replace(
+        "rules = [\"codename\", \"leak_marker\"]",
+        "rules = [\"codename\", \"leak_marker\", \"bad_rule\"]",
+    );
+    g.rewrite_config(&broken);
+    assert!(
+        eventually(
+            || g.log_text().contains("firewall.rules.bad_rule"),
+            Duration::from_secs(10)
+        )
+        .await,
+        "the failed reload does not name the rule: {}",
+        g.log_text()
+    );
+    let before = mock.count();
+    assert_eq!(post(&g, &falcon, None).await.status(), 200);
+    assert_eq!(mock.count(), before + 1);
+    assert_eq!(
+        content_of_last_upstream_request(&mock),
+        "About [REDACTED:codename]."
+    );
+
+    // `loopgate check` says the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_loopgate"))
+        .args(["check", "-c"])
+        .arg(&g.config)
+        .env("OPENAI_API_KEY", "sk-test-openai-secret-000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("firewall.rules.bad_rule") && err.contains("invalid pattern"),
+        "{err}"
+    );
+}
