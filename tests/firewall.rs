@@ -561,3 +561,47 @@ async fn reload_swaps_policies_and_an_invalid_rule_is_refused_by_name() {
         "{err}"
     );
 }
+
+/// A routed request (`model: "auto"`) carries the verdict in its signed decision trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_requests_carry_the_verdict_in_the_decision_trace() {
+    let mock = MockUpstream::start(upstream()).await;
+    let route =
+        "[routes.default]\nbaseline = \"gpt-4o\"\ncandidates = [\"gpt-4o-mini\"]\nmode = \"off\"\n";
+    let g = GatewayProc::start_full(
+        "",
+        "capture_bodies = true",
+        &format!("{FIREWALL}\n{route}"),
+        &openai_env(&mock),
+    );
+    let s = secret();
+    let mut body = user(&format!("my key is {s}"));
+    body["model"] = json!("auto");
+    let r = post(&g, &body, None).await;
+    assert_eq!(r.status(), 200);
+    let id = request_id(&r);
+    assert_eq!(
+        content_of_last_upstream_request(&mock),
+        "my key is [REDACTED:secrets.openai_key]"
+    );
+    let mut d = Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let r = client()
+            .get(g.url(&format!("/v1/decisions/{id}")))
+            .header("authorization", auth())
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            d = r.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fw = &d["decision"]["firewall"];
+    assert_eq!(fw["policy"], "std", "{d}");
+    assert_eq!(fw["verdicts"][0]["rule"], "secrets.openai_key", "{d}");
+    assert_eq!(fw["verdicts"][0]["action"], "redact", "{d}");
+    assert!(!d.to_string().contains(&s[8..24]));
+}
