@@ -23,6 +23,7 @@ pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod feedback;
+pub mod firewall;
 pub mod install;
 pub mod logging;
 pub mod metrics;

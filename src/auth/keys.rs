@@ -122,6 +122,7 @@ mod tests {
             project: Some("p".into()),
             route: None,
             zero_retention: false,
+            firewall: None,
         };
         let t = KeyTable::build(&[cfg], Some("master-secret"));
         assert_eq!(t.lookup(&k).map(|e| e.id.as_str()), Some("a"));

@@ -57,6 +57,9 @@ pub struct GatewayConfig {
     /// Signed webhook for decision / audit / rollback / experiment events.
     #[serde(default)]
     pub webhook: Option<crate::rollout::webhook::WebhookConfig>,
+    /// The LLM firewall (`docs/firewall.md`).
+    #[serde(default)]
+    pub firewall: crate::firewall::FirewallConfig,
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -174,6 +177,9 @@ pub struct KeyConfig {
     /// Never store prompt or completion text for this key's requests.
     #[serde(default)]
     pub zero_retention: bool,
+    /// Firewall policy for this key's requests (`none`: off); wins over project and route.
+    #[serde(default)]
+    pub firewall: Option<String>,
 }
 
 fn default_scopes() -> Vec<Scope> {
@@ -206,6 +212,9 @@ pub struct RouteConfig {
     pub read_timeout_secs: Option<u64>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Firewall policy for this route's requests (`none`: off).
+    #[serde(default)]
+    pub firewall: Option<String>,
     /// Feedback routing: the default model. Setting it makes this a feedback route, whose
     /// model is picked per request by the router (`crate::feedback::router`).
     #[serde(default)]
@@ -499,6 +508,7 @@ impl GatewayConfig {
                     project: None,
                     route: None,
                     zero_retention: false,
+                    firewall: None,
                 });
             }
         }

@@ -92,6 +92,9 @@ pub struct DecisionTrace {
     /// Prompt-level routing (`crate::feedback::prompt`): neighbours, per-model estimates, pick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<serde_json::Value>,
+    /// The firewall's verdict on the request (`crate::firewall::Report::to_json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<serde_json::Value>,
 }
 
 fn pct(x: f64) -> String {
@@ -237,6 +240,7 @@ impl Decision {
             context: None,
             pool: None,
             prompt: None,
+            firewall: None,
         }
     }
 

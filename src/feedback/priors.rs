@@ -953,6 +953,80 @@ published = "2024-05"
     }
 
     #[test]
+    fn routerbench_models_resolve_with_public_priors() {
+        // The eleven candidates of the RouterBench replay (benches/replay/routerbench.rs), in
+        // RouterBench's spelling. Each must find its entry and a `general` prior built from
+        // public benchmark numbers, never from RouterBench / RouteLLM outcomes.
+        let p = emb();
+        let cases = [
+            (
+                "WizardLM/WizardLM-13B-V1.2",
+                "WizardLMTeam/WizardLM-13B-V1.2",
+            ),
+            ("claude-instant-v1", "claude-instant-1.2"),
+            ("claude-v1", "claude-1.3"),
+            ("claude-v2", "claude-2.0"),
+            ("gpt-3.5-turbo-1106", "gpt-3.5-turbo-1106"),
+            ("gpt-4-1106-preview", "gpt-4-1106-preview"),
+            (
+                "meta/code-llama-instruct-34b-chat",
+                "codellama/CodeLlama-34b-Instruct-hf",
+            ),
+            ("meta/llama-2-70b-chat", "meta-llama/Llama-2-70b-chat-hf"),
+            (
+                "mistralai/mistral-7b-chat",
+                "mistralai/Mistral-7B-Instruct-v0.1",
+            ),
+            ("mistralai/mixtral-8x7b-chat", "mixtral-8x7b-instruct-v0.1"),
+            ("zero-one-ai/Yi-34B-Chat", "01-ai/Yi-34B-Chat"),
+        ];
+        for (input, want) in cases {
+            let Some(g) = p.lookup(input, None) else {
+                panic!("{input}: no prior")
+            };
+            assert_eq!(g.model, want, "{input} matched {:?}", g.matched);
+            assert_eq!(g.category, Category::General, "{input}");
+            assert!((0.0..=1.0).contains(&g.score), "{input}: {}", g.score);
+            assert!(g.n0 > 0.0, "{input}");
+            for s in &g.sources {
+                let s = s.to_ascii_lowercase();
+                assert!(
+                    !s.contains("routerbench") && !s.contains("routellm"),
+                    "{input}: {s}"
+                );
+            }
+        }
+        // Spot checks against the published numbers.
+        let check = |m: &str, c: &str, want_cat: Category, want: f64| {
+            let Some(e) = p.lookup(m, Some(c)) else {
+                panic!("{m} {c}: no prior")
+            };
+            assert_eq!(e.category, want_cat, "{m} {c}");
+            assert!((e.score - want).abs() < 1e-9, "{m} {c}: {}", e.score);
+        };
+        check("claude-v2", "knowledge", Category::Knowledge, 0.785);
+        check("claude-instant-v1", "coding", Category::Coding, 0.587);
+        check("gpt-3.5-turbo-1106", "math", Category::Math, 0.571);
+        check("meta/llama-2-70b-chat", "math", Category::Math, 0.116);
+        // The Arena-Hard chat number of gpt-3.5-turbo-1106 stays out of `general`.
+        let Some(g) = p.lookup("gpt-3.5-turbo-1106", None) else {
+            panic!("gpt-3.5-turbo-1106")
+        };
+        assert!(
+            (g.score - (0.70 + 0.571 + 0.481) / 3.0).abs() < 1e-9,
+            "{}",
+            g.score
+        );
+        // Code Llama has coding only: knowledge falls back to general = coding.
+        check(
+            "meta/code-llama-instruct-34b-chat",
+            "knowledge",
+            Category::General,
+            0.415,
+        );
+    }
+
+    #[test]
     fn general_is_the_mean_of_accuracy_categories() {
         let text = r#"
 schema = 1

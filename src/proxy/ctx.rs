@@ -98,6 +98,8 @@ pub struct RequestCtx {
     pub rollout: Option<Box<crate::services::shadow::RolloutCtx>>,
     /// CORS headers for this request's responses (`[server.cors]`; empty without).
     pub cors: Vec<(&'static str, String)>,
+    /// The firewall's policy and verdicts for this request (`proxy::firewall`).
+    pub firewall: Option<Box<crate::firewall::Report>>,
 }
 
 impl RequestCtx {
@@ -144,6 +146,7 @@ impl RequestCtx {
             response_body: None,
             rollout: None,
             cors: Vec::new(),
+            firewall: None,
         }
     }
 

@@ -38,6 +38,7 @@ pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
     if cost_unknown(ctx) {
         ctx.properties.push(("cost_unknown".into(), "true".into()));
     }
+    super::firewall::trace_property(ctx);
     let u = ctx.usage;
     TraceRecord {
         request_id: ctx.request_id.clone(),

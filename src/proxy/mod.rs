@@ -7,6 +7,7 @@
 
 pub mod cors;
 pub mod ctx;
+pub mod firewall;
 pub mod headless;
 pub mod logging;
 pub mod request;
@@ -267,7 +268,7 @@ async fn chat(
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
     ctx.request_bytes = raw.len() as u64;
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
-    let req = request::parse_chat(raw, model_override.as_deref())?;
+    let mut req = request::parse_chat(raw, model_override.as_deref())?;
     ctx.requested_model = req.model.clone();
     crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &req.model)?;
     ctx.stream = req.stream;
@@ -278,7 +279,8 @@ async fn chat(
             .and_then(Value::as_str)
             .map(|s| s.chars().take(512).collect());
     }
-    if upstream::capture(rt, ctx) {
+    // With a firewall the body is captured after its check (a masked copy).
+    if upstream::capture(rt, ctx) && rt.firewall.is_off() {
         ctx.request_body = Some(String::from_utf8_lossy(&req.raw).into_owned());
     }
     let forced = request::header(session, "x-provider")
@@ -297,6 +299,7 @@ async fn chat(
     gw.limits
         .admit(ctx.vkey.as_ref(), &req.model, est, &mut ctx.limit)?;
     ctx.route = resolution.route.clone();
+    firewall::check_request(rt, ctx, &mut req)?;
     let candidates = match (&resolution.route, resolution.feedback) {
         (Some(route), true) => {
             let embedding = routed::prompt_embedding(gw, rt, ctx, &req, route).await;

@@ -334,6 +334,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
         a.context,
         a.pool.as_deref(),
         a.prompt.as_ref().map(|p| p.trace()),
+        ctx.firewall.as_ref().map(|r| r.to_json()),
     ) {
         Ok(mut row) => {
             row.project.clone_from(&ctx.project_id);

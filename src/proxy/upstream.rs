@@ -567,9 +567,23 @@ async fn whole_back(
     let cost = price_known(rt, prov, t.model.as_deref(), &cand.model, op, &t.usage);
     ctx.cost_usd = cost.unwrap_or(0.0);
     ctx.cost_unknown = cost.is_none();
+    let (t, masked) = match op {
+        Op::Chat(_) => match super::firewall::check_response(ctx, &t.body) {
+            (None, masked) => (t, masked),
+            (Some(body), masked) => (
+                Translated {
+                    body: body.into(),
+                    ..t
+                },
+                masked,
+            ),
+        },
+        _ => (t, None),
+    };
     crate::services::judge_service::capture_whole(ctx, &t.body);
     if capture(rt, ctx) {
-        ctx.response_body = Some(String::from_utf8_lossy(&t.body).into_owned());
+        let stored = masked.as_deref().unwrap_or(&t.body);
+        ctx.response_body = Some(String::from_utf8_lossy(stored).into_owned());
     }
     write_full(session, ctx, 200, "application/json", t.body, extra).await;
     Ok(())
@@ -643,6 +657,11 @@ async fn stream_back(
     let mut out = BytesMut::with_capacity(4096);
     let mut header_sent = false;
     let mut captured = capture(rt, ctx).then(BytesMut::new);
+    let mut guard = match op {
+        Op::Chat(_) => super::firewall::stream_guard(rt, ctx),
+        _ => None,
+    };
+    let mut masked = BytesMut::new();
     let fail = |status: u16, message: String| Failure {
         status,
         provider: prov.name().to_string(),
@@ -736,6 +755,10 @@ async fn stream_back(
                 end = true;
             }
         }
+        if let Some(g) = guard.as_mut() {
+            let m = captured.is_some().then_some(&mut masked);
+            super::firewall::guard_stream(g, &mut out, m, end);
+        }
         if ctx.ttft_ms.is_none() && tr.produced_output() {
             ctx.ttft_ms = Some(ctx.elapsed_ms());
             metrics()
@@ -773,9 +796,11 @@ async fn stream_back(
             ctx.response_bytes += chunk.len() as u64;
             crate::services::judge_service::capture_stream(ctx, &chunk);
             if let Some(c) = captured.as_mut() {
-                if c.len() + chunk.len() <= CAPTURE_LIMIT {
-                    c.extend_from_slice(&chunk);
+                let stored: &[u8] = if guard.is_some() { &masked } else { &chunk };
+                if c.len() + stored.len() <= CAPTURE_LIMIT {
+                    c.extend_from_slice(stored);
                 }
+                masked.clear();
             }
             if session.write_response_body(Some(chunk), end).await.is_err() {
                 ctx.cancelled = true;
@@ -791,6 +816,9 @@ async fn stream_back(
     }
     if ctx.cancelled {
         ctx.status = if header_sent { 200 } else { 499 };
+    }
+    if let Some(g) = guard {
+        super::firewall::stream_done(ctx, g);
     }
     record_attempt(ctx, cand, Some(200), outcome, started, error.clone());
     if error.is_some() {

@@ -384,10 +384,11 @@ impl AutoState {
         context: Option<&str>,
         pool: Option<&str>,
     ) -> Result<DecisionRow, String> {
-        self.decision_row_with(d, request_id, at_ms, session, context, pool, None)
+        self.decision_row_with(d, request_id, at_ms, session, context, pool, None, None)
     }
 
-    /// As [`Self::decision_row`], with the prompt router's section of the trace.
+    /// As [`Self::decision_row`], with the prompt router's and the firewall's sections of
+    /// the trace.
     #[allow(clippy::too_many_arguments)] // the trace's labels, each from a different phase
     pub fn decision_row_with(
         &self,
@@ -398,11 +399,13 @@ impl AutoState {
         context: Option<&str>,
         pool: Option<&str>,
         prompt: Option<serde_json::Value>,
+        firewall: Option<serde_json::Value>,
     ) -> Result<DecisionRow, String> {
         let mut trace = d.trace(request_id, at_ms);
         trace.context = context.map(str::to_string);
         trace.pool = Some(pool_name(pool));
         trace.prompt = prompt;
+        trace.firewall = firewall;
         let json = sign_to_string(&trace, &self.signing).map_err(|e| e.to_string())?;
         let served = &d.route.models[d.served];
         Ok(DecisionRow {

@@ -110,6 +110,8 @@ pub struct Runtime {
     /// Problems that do not stop serving (a route target or candidate no active provider
     /// serves, a model without a price): printed by `check`, logged by `serve` and reload.
     pub warnings: Vec<String>,
+    /// The compiled `[firewall]` policies (`crate::firewall`).
+    pub firewall: Arc<crate::firewall::Firewall>,
 }
 
 impl Runtime {
@@ -196,7 +198,23 @@ impl Runtime {
         let storage: StorageConfig = toml::Value::Table(config.storage.clone())
             .try_into()
             .map_err(|e| ConfigError::Invalid(format!("[storage]: {e}")))?;
+        let firewall = Arc::new(
+            crate::firewall::Firewall::compile(
+                &config.firewall,
+                config
+                    .auth
+                    .keys
+                    .iter()
+                    .filter_map(|k| Some((k.id.as_str(), k.firewall.as_deref()?))),
+                config
+                    .routes
+                    .iter()
+                    .filter_map(|(n, r)| Some((n.as_str(), r.firewall.as_deref()?))),
+            )
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        );
         let rt = Runtime {
+            firewall,
             warnings: Vec::new(),
             configured_models: configured_models(&config),
             storage,
