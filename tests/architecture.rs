@@ -195,7 +195,7 @@ fn imports(text: &str) -> Vec<(usize, String, String)> {
                     let m = ident(after);
                     if !m.is_empty() {
                         let shown = after
-                            .find(|c: char| c == ';' || c == ' ' || c == '(' || c == ',')
+                            .find([';', ' ', '(', ','])
                             .map_or(after, |k| &after[..k]);
                         out.push((n + 1, m.to_string(), format!("crate::{shown}")));
                     }

@@ -15,13 +15,13 @@ use serde_json::{json, Map, Value};
 use super::logs::{store_err, STORE_WAIT};
 use super::routing::{actor, body_object};
 use super::{AdminRequest, AdminResponse, AdminRoutes, Scope};
+use crate::auth::keys::{generate_key, hash_key};
 use crate::auth::virtual_keys::{now_ms, KeySpec, VirtualKeys};
 use crate::error::GatewayError;
 use crate::routing::auto::AutoState;
-use crate::auth::keys::{generate_key, hash_key};
 use crate::routing::Runtime;
-use crate::store::{AuditAppend, Store, VirtualKeyRow};
 use crate::store::writer::StoreSlot;
+use crate::store::{AuditAppend, Store, VirtualKeyRow};
 
 pub struct KeyRoutes {
     /// `None` with `storage.backend = "none"`: virtual keys need a store.

@@ -11,8 +11,8 @@ use serde_json::{json, Map, Value};
 
 use super::{AdminRequest, AdminResponse, Scope, Visibility};
 use crate::error::GatewayError;
-use crate::store::writer::StoreSlot;
 use crate::store::scoped::scoped;
+use crate::store::writer::StoreSlot;
 use crate::store::{Cursor, LogFilter, LogQuery, Store, StoreError};
 use crate::trace::TraceRecord;
 

@@ -25,8 +25,8 @@ use crate::feedback::posterior::{normalise, nps_to_unit};
 use crate::routing::auto::AutoState;
 use crate::routing::Runtime;
 use crate::services::aggregator::parse_scale;
-use crate::store::writer::StoreSlot;
 use crate::store::routing::percentile_nearest_rank;
+use crate::store::writer::StoreSlot;
 use crate::store::{Cursor, DecisionQuery, DecisionRow, LogFilter, LogQuery, Store};
 use crate::trace::TraceRecord;
 

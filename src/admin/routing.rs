@@ -25,8 +25,8 @@ use crate::metrics::metrics;
 use crate::routing::auto::AutoState;
 use crate::routing::Runtime;
 use crate::services::aggregator::{effective_state, PinState, Traffic};
-use crate::store::writer::StoreSlot;
 use crate::store::routing::{verify_chain, GENESIS_HASH};
+use crate::store::writer::StoreSlot;
 use crate::store::{AuditAppend, AuditEntry, Store};
 
 pub struct RoutingRoutes {

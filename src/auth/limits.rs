@@ -641,8 +641,8 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::virtual_keys::KeySpec;
     use crate::auth::keys::KeyEntry;
+    use crate::auth::virtual_keys::KeySpec;
 
     fn key(spec: serde_json::Value) -> Arc<VirtualKey> {
         let spec =

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::Scope;
-use crate::error::GatewayError;
 use crate::auth::keys::{digest, parse_hash, KeyEntry};
+use crate::error::GatewayError;
 use crate::store::{Store, VirtualKeyRow};
 
 /// How often each instance re-reads the key table from the store.
