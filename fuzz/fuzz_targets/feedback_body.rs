@@ -17,7 +17,7 @@ use loopgate::admin::{feedback, AdminBody, AdminRequest, Caller, Scope};
 use loopgate::routing::auto::{AutoState, RecentDecision};
 use loopgate::store::sqlite::SqliteStore;
 use loopgate::store::Store;
-use loopgate::trace::writer::StoreSlot;
+use loopgate::store::writer::StoreSlot;
 use loopgate_fuzz::MAX_INPUT;
 use serde_json::Value;
 
