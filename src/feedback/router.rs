@@ -733,35 +733,31 @@ fn exploration_weights(models: &mut [PreparedModel], ex: &ExplorationConfig, exp
     }
     let base_cost = models[0].stats.cost_per_request;
     let e_cost = models[exploit].stats.cost_per_request;
-    let mut sum = 0.0;
-    for m in models.iter_mut().skip(1).filter(|m| m.in_explore) {
-        let within = m
-            .gate
+    let within = |m: &PreparedModel| {
+        m.gate
             .confidence
             .min(m.stats.floor_confidence)
-            .clamp(0.0, 1.0);
+            .clamp(0.0, 1.0)
+    };
+    let mut sum = 0.0;
+    for m in models.iter_mut().skip(1).filter(|m| m.in_explore) {
         let saving = if base_cost > 0.0 {
             ((e_cost - m.stats.cost_per_request) / base_cost).clamp(0.0, 1.0)
         } else {
             1.0
         };
         // A floor keeps a model with no estimated saving (free baseline) explorable.
-        let v = (within * saving.max(1e-3)).powi(FOCUS);
+        let v = (within(m) * saving.max(1e-3)).powi(FOCUS);
         m.ts_prob = v;
         sum += v;
     }
     for m in models.iter_mut().skip(1).filter(|m| m.in_explore) {
-        let within = m
-            .gate
-            .confidence
-            .min(m.stats.floor_confidence)
-            .clamp(0.0, 1.0);
         let share = if sum > 0.0 {
             m.ts_prob / sum
         } else {
             1.0 / n_eligible as f64
         };
-        m.ts_prob = within * share;
+        m.ts_prob = within(m) * share;
     }
 }
 
