@@ -94,6 +94,8 @@ pub struct RequestCtx {
     pub rollout: Option<Box<crate::rollout::shadow::RolloutCtx>>,
     /// CORS headers for this request's responses (`[server.cors]`; empty without).
     pub cors: Vec<(&'static str, String)>,
+    /// Exact-cache state (`crate::cache`; `None`: the cache is off for this request).
+    pub cache: Option<Box<crate::cache::CacheCtx>>,
 }
 
 impl RequestCtx {
@@ -138,6 +140,7 @@ impl RequestCtx {
             response_body: None,
             rollout: None,
             cors: Vec::new(),
+            cache: None,
         }
     }
 

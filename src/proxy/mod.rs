@@ -5,6 +5,7 @@
 //! Phases, one file each: [`request`] (auth, body, parse, context), [`upstream`]
 //! (exchange, fallback, streaming), [`respond`] (downstream writes), [`logging`].
 
+pub mod cached;
 pub mod cors;
 pub mod ctx;
 pub mod headless;
@@ -47,6 +48,8 @@ pub struct Gateway {
     pub recent: Option<Arc<crate::trace::fresh::Recent>>,
     /// Prompt-level routing: per-route indexes and the memory of labelled prompts.
     pub prompt: Arc<crate::feedback::prompt::state::PromptState>,
+    /// The exact response cache (sized from `[cache]` at start).
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl Gateway {
@@ -60,7 +63,9 @@ impl Gateway {
 
 impl Gateway {
     pub fn new(rt: Runtime, traces: TraceHook) -> Gateway {
+        let cache = Arc::new(crate::cache::Cache::new(&rt.config.cache));
         Gateway {
+            cache,
             runtime: Arc::new(ArcSwap::from_pointee(rt)),
             traces,
             tracing: true,
@@ -274,7 +279,12 @@ async fn chat(
         }
         _ => resolution.candidates,
     };
+    let key_id = key.map(|k| k.id.as_str());
+    if cached::before(gw, rt, session, ctx, key_id, &req, &candidates).await? {
+        return Ok(());
+    }
     upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;
+    cached::after(gw, ctx);
     if resolution.feedback {
         routed::after_serve(gw, ctx);
     }

@@ -571,6 +571,9 @@ async fn whole_back(
     if capture(rt, ctx) {
         ctx.response_body = Some(String::from_utf8_lossy(&t.body).into_owned());
     }
+    if let Some(c) = ctx.cache.as_mut() {
+        c.keep_body(&t.body);
+    }
     write_full(session, ctx, 200, "application/json", t.body, extra).await;
     Ok(())
 }
@@ -772,6 +775,9 @@ async fn stream_back(
             let chunk = out.split().freeze();
             ctx.response_bytes += chunk.len() as u64;
             crate::rollout::judge_service::capture_stream(ctx, &chunk);
+            if let Some(c) = ctx.cache.as_mut() {
+                c.keep_chunk(&chunk);
+            }
             if let Some(c) = captured.as_mut() {
                 if c.len() + chunk.len() <= CAPTURE_LIMIT {
                     c.extend_from_slice(&chunk);
