@@ -6,6 +6,12 @@
 //! cargo bench --bench replay -- --routerbench --quick    # 2 seeds, a third of the routes
 //! ```
 //!
+//! Sweep aids (stderr, never in the tables): `LOOPGATE_DEBUG_WINDOW=<route>` prints which
+//! models were served in that route's worst 500-request window per seed;
+//! `LOOPGATE_DEBUG_SNAP=<route> LOOPGATE_DEBUG_SEED=<seed> LOOPGATE_DEBUG_RANGE=<from>-<to>`
+//! prints each model's posterior, P(within), exploration weight and gap bound every 40
+//! requests in that range.
+//!
 //! Routes are made from `benches/data/routerbench.jsonl.gz` by a fixed rule, not picked by
 //! hand: per task (ARC-Challenge, MBPP, Winogrande) and per baseline in {gpt-4-1106-preview,
 //! claude-v2, claude-v1}, the route with every other model as a candidate and two routes with
@@ -334,6 +340,33 @@ fn run(
                 Ok(p) => p,
                 Err(e) => panic!("prepare: {e}"),
             };
+            if regression.is_none()
+                && n.is_multiple_of(40)
+                && std::env::var("LOOPGATE_DEBUG_RANGE")
+                    .ok()
+                    .and_then(|v| {
+                        let (a, b) = v.split_once('-')?;
+                        Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                    })
+                    .is_some_and(|(a, b)| n >= a && n <= b)
+                && std::env::var("LOOPGATE_DEBUG_SEED")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    == Some(seed)
+                && std::env::var("LOOPGATE_DEBUG_SNAP").is_ok_and(|v| &*route == v.as_str())
+            {
+                eprintln!(
+                    "n={n} eps={:.3} share={share:.3} exploit={}",
+                    p.budget_epsilon, p.static_exploit
+                );
+                for (i, m) in p.models.iter().enumerate() {
+                    eprintln!(
+                        "  {:38} true={:.3} n={:4} mean={:.3} within={:.3} ts={:.4} gap_ub={:.3} in={}",
+                        &*m.model, t.mean_q[r.models[i]], m.posterior.samples, m.posterior.mean(),
+                        m.gate.confidence, m.ts_prob, m.gap_ub, m.in_explore
+                    );
+                }
+            }
             let e = p.static_exploit;
             if e != 0 && e != exploit_prev {
                 out.promotions.push((n, e, p.models[e].gate.confidence));
@@ -445,7 +478,48 @@ fn run(
         n += 1;
     }
     out.onset = onset;
+    if regression.is_none()
+        && std::env::var("LOOPGATE_DEBUG_WINDOW").is_ok_and(|v| &*route == v.as_str())
+    {
+        debug_window(t, r, &names, &out);
+    }
     out
+}
+
+/// Sweep aid: which models were served in the route's worst 500-request window.
+fn debug_window(t: &Task, r: &RouteSpec, names: &[Arc<str>], out: &RunOut) {
+    let xs = &out.served_q;
+    if xs.len() < WINDOW {
+        return;
+    }
+    let (mut best, mut at, mut sum) = (f64::INFINITY, 0, 0.0);
+    for i in 0..xs.len() {
+        sum += xs[i];
+        if i >= WINDOW {
+            sum -= xs[i - WINDOW];
+        }
+        if i + 1 >= WINDOW && sum < best {
+            best = sum;
+            at = i + 1 - WINDOW;
+        }
+    }
+    let mut counts = vec![0usize; names.len()];
+    for &m in &out.served[at..at + WINDOW] {
+        counts[m] += 1;
+    }
+    let base = t.mean_q[r.models[0]];
+    eprint!("worst window at {at}: ");
+    for (m, c) in counts.iter().enumerate() {
+        if *c > 0 {
+            eprint!(
+                "{}={} (gap {:.3}) ",
+                names[m],
+                c,
+                base - t.mean_q[r.models[m]]
+            );
+        }
+    }
+    eprintln!();
 }
 
 fn push(q: &mut VecDeque<Pending>, due: usize, ev: FeedbackEvent) {

@@ -1,8 +1,8 @@
 //! The pure `auto` routing decision.
 //!
 //! Everything that depends only on the routing table is computed once per snapshot in
-//! [`PreparedRoute::prepare`] (gate confidences, static constraint rows, scores, Thompson-sampling
-//! propensities). [`decide`] then does O(candidates) arithmetic with no allocation: it applies the
+//! [`PreparedRoute::prepare`] (gate confidences, static constraint rows, scores, exploration
+//! weights). [`decide`] then does O(candidates) arithmetic with no allocation: it applies the
 //! per-request state (spend today, exploration share, session hint, one uniform random number)
 //! and returns a compact [`Decision`] holding an `Arc` of the snapshot, from which the full trace
 //! is rendered off the hot path ([`Decision::trace`](crate::feedback::decision)).
@@ -16,14 +16,14 @@
 //! 3. Exploit: the highest score among the baseline and the promotable candidates.
 //! 4. A session hint keeps the session's model if it is still the baseline, promotable or
 //!    explorable (so its NPS is attributable); the pick is then deterministic (propensity 1).
-//! 5. Explore with probability ε = min(rate, max_exploration_share): draw from the Thompson-
-//!    sampling probabilities (quality draw − cost penalty) precomputed per snapshot, restricted
-//!    to the baseline and the explorable candidates. p(m) = (1−ε)·[m = exploit] + ε·ts(m)/Σts.
+//! 5. Explore with probability ε (the quality budget, capped by rate, max_exploration_share and
+//!    how likely exploring is to pay off): draw from the exploration weights precomputed per
+//!    snapshot (expected saving, see [`exploration_weights`]), restricted to the explorable
+//!    candidates. p(m) = (1−ε)·[m = exploit] + ε·ts(m)/Σts.
 //! 6. `shadow` serves the baseline and records the pick as `would_have`.
 
 use std::sync::Arc;
 
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::constraints::{Action, CandidateStats, Constraints, Knob, KnobSet};
@@ -102,12 +102,15 @@ impl ScoreWeights {
 pub struct ExplorationConfig {
     /// Largest exploration probability per request (also capped by `max_exploration_share`).
     pub rate: f64,
-    /// Thompson value = quality draw − cost_penalty × (cost / baseline cost): orders the search
-    /// towards cheap models among the plausible ones.
+    /// No longer used: exploration weights follow each candidate's expected saving
+    /// (P(within) × cost saving), which orders the search by cost itself. Kept so existing
+    /// configurations load.
     pub cost_penalty: f64,
-    /// Monte-Carlo draws used to precompute Thompson-sampling probabilities per snapshot.
+    /// 0 explores the exploration set uniformly; any other value weights it by expected
+    /// saving (the default). Kept as a number so existing configurations load.
     pub draws: u32,
-    /// Seed for those draws (combined with the table version): snapshots are reproducible.
+    /// No longer used (the weights are computed exactly, not by Monte Carlo). Kept so existing
+    /// configurations load.
     pub seed: u64,
     /// Share of `max_regression` that exploration may cost in expected quality (0 disables
     /// exploration; 1 spends the whole limit when the baseline is the exploit pick).
@@ -263,7 +266,7 @@ pub struct PreparedModel {
     /// Not confidently below the regression limit or the floor.
     pub explore_quality_ok: bool,
     pub score: ScoreComponents,
-    /// Probability Thompson sampling picks this model among the exploration set (0 outside it).
+    /// Exploration weight of this model (expected saving; 0 outside the exploration set).
     pub ts_prob: f64,
     pub success_rate: Option<f64>,
     /// Upper confidence bound of the quality gap q_baseline − q_model (the exploration cost of
@@ -420,7 +423,14 @@ impl PreparedRoute {
             // is dropped from exploration. Only production evidence can eliminate: on benchmark
             // priors alone a candidate the priors undersell would never get the data to prove
             // them wrong.
-            let explore_quality_ok = (g.confidence >= low && floor_confidence >= low)
+            //
+            // The test is repeated at every snapshot as samples arrive, so a fixed level would
+            // eliminate a good candidate on early noise with probability far above 1 −
+            // min_confidence. The level is spent over sample counts instead (α_n = α·6/(π²n²),
+            // Σα_n = α): a candidate within the limit is eliminated with probability ≤ α over
+            // its whole life, whatever the number of looks (docs/routing-math.md).
+            let low_n = anytime_level(low, m.posterior.samples);
+            let explore_quality_ok = (g.confidence >= low_n && floor_confidence >= low_n)
                 || m.posterior.samples < ex.eliminate_after;
             let gap_ub = if is_base {
                 0.0
@@ -525,8 +535,7 @@ impl PreparedRoute {
                 && m.explore_quality_ok
                 && !m.static_failures.blocks(Action::Explore);
         }
-        let base_cost = base_in_cost(&route);
-        thompson_probabilities(&mut route.models, &ex, base_cost, route.table_version);
+        exploration_weights(&mut route.models, &ex, e);
         route.budget_epsilon = budget_epsilon(&route);
         Ok(Arc::new(route))
     }
@@ -648,10 +657,6 @@ impl PreparedRoute {
     }
 }
 
-fn base_in_cost(r: &PreparedRoute) -> f64 {
-    r.models[0].stats.cost_per_request
-}
-
 /// The largest ε whose expected quality cost stays within the budget:
 /// (1 − ε)·g_e + ε·Σ ts_m·g_m ≤ budget × max_regression, with g the upper confidence bound of
 /// each model's gap to the baseline (g_e = 0 when the baseline is the exploit pick). A promoted
@@ -678,62 +683,91 @@ fn budget_epsilon(r: &PreparedRoute) -> f64 {
         .sum();
     let g_e = if e == 0 { 0.0 } else { r.models[e].gap_ub };
     let budget = ex.budget * r.constraints.max_regression;
-    if g_bar <= g_e || r.mode == Mode::Shadow {
+    // Shadow exploration serves the baseline: it costs no quality, so it runs at the cap.
+    if r.mode == Mode::Shadow {
+        return cap;
+    }
+    // The weights sum to how likely exploring is to pay off (`mass`): exploration fades as the
+    // evidence settles the question, instead of running at the cap for ever.
+    let cap = cap.min(mass);
+    if g_bar <= g_e {
         return cap;
     }
     ((budget - g_e) / (g_bar - g_e)).clamp(0.0, cap)
 }
 
-/// Probabilities that Thompson sampling (quality draw − cost penalty) picks each model of the
-/// exploration set, by seeded Monte Carlo. Models outside the set get 0.
-fn thompson_probabilities(
-    models: &mut [PreparedModel],
-    ex: &ExplorationConfig,
-    base_cost: f64,
-    version: u64,
-) {
+/// The per-look level of a test repeated as samples arrive: α·6/(π²·n²) at n samples, so the
+/// levels over every n sum to α (a union bound over looks; anytime-valid).
+pub fn anytime_level(alpha: f64, samples: u64) -> f64 {
+    let n = samples.max(1) as f64;
+    alpha * 6.0 / (std::f64::consts::PI * std::f64::consts::PI * n * n)
+}
+
+/// Exploration weights of the exploration set (`ts_prob`); their sum (at most 1) is how much
+/// exploring can still change the decision.
+///
+/// The value of exploring model m is what it would save if it turned out promotable:
+/// P(m within `max_regression`) × (cost of the exploit pick − cost of m) / baseline cost.
+/// Weights are that value raised to `FOCUS` and normalised, so exploration concentrates on
+/// the candidate most likely to pay off (a cheap model that is probably good) instead of
+/// spreading over every alive candidate or chasing the cheapest model whose gap is too close to
+/// call in the traffic at hand: once that candidate is promoted, the exploration set shrinks to
+/// the models cheaper than it, so the search walks down the cost ladder. Each share is then
+/// scaled by the model's own P(within), so exploration fades as the evidence rules candidates
+/// out, and a doubtful candidate left alone in the set does not inherit the whole rate
+/// (docs/routing-math.md). `draws = 0`: uniform over the set (no weighting).
+fn exploration_weights(models: &mut [PreparedModel], ex: &ExplorationConfig, exploit: usize) {
     for m in models.iter_mut() {
         m.ts_prob = 0.0;
     }
-    let eligible: Vec<usize> = (1..models.len())
-        .filter(|&i| models[i].in_explore)
-        .collect();
-    if eligible.is_empty() {
+    let n_eligible = models.iter().skip(1).filter(|m| m.in_explore).count();
+    if n_eligible == 0 {
         return;
     }
-    if eligible.len() == 1 || ex.draws == 0 {
-        let p = 1.0 / eligible.len() as f64;
-        for &i in &eligible {
-            models[i].ts_prob = p;
+    if ex.draws == 0 {
+        let p = 1.0 / n_eligible as f64;
+        for m in models.iter_mut().skip(1).filter(|m| m.in_explore) {
+            m.ts_prob = p;
         }
         return;
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(ex.seed ^ version.rotate_left(32));
-    let penalty: Vec<f64> = eligible
-        .iter()
-        .map(|&i| {
-            if base_cost > 0.0 {
-                ex.cost_penalty * models[i].stats.cost_per_request / base_cost
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let mut wins = vec![0u32; eligible.len()];
-    for _ in 0..ex.draws {
-        let mut best = (f64::NEG_INFINITY, 0usize);
-        for (k, &i) in eligible.iter().enumerate() {
-            let v = models[i].posterior.params().sample(&mut rng) - penalty[k];
-            if v > best.0 {
-                best = (v, k);
-            }
-        }
-        wins[best.1] += 1;
+    let base_cost = models[0].stats.cost_per_request;
+    let e_cost = models[exploit].stats.cost_per_request;
+    let mut sum = 0.0;
+    for m in models.iter_mut().skip(1).filter(|m| m.in_explore) {
+        let within = m
+            .gate
+            .confidence
+            .min(m.stats.floor_confidence)
+            .clamp(0.0, 1.0);
+        let saving = if base_cost > 0.0 {
+            ((e_cost - m.stats.cost_per_request) / base_cost).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        // A floor keeps a model with no estimated saving (free baseline) explorable.
+        let v = (within * saving.max(1e-3)).powi(FOCUS);
+        m.ts_prob = v;
+        sum += v;
     }
-    for (k, &i) in eligible.iter().enumerate() {
-        models[i].ts_prob = f64::from(wins[k]) / f64::from(ex.draws);
+    for m in models.iter_mut().skip(1).filter(|m| m.in_explore) {
+        let within = m
+            .gate
+            .confidence
+            .min(m.stats.floor_confidence)
+            .clamp(0.0, 1.0);
+        let share = if sum > 0.0 {
+            m.ts_prob / sum
+        } else {
+            1.0 / n_eligible as f64
+        };
+        m.ts_prob = within * share;
     }
 }
+
+/// How sharply exploration concentrates on the most valuable candidate (see
+/// [`exploration_weights`]): with 4, a candidate worth half the best one gets 1/16 of its share.
+const FOCUS: i32 = 4;
 
 /// Per-request state the decision depends on.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -760,7 +794,7 @@ pub enum PickKind {
     Baseline,
     /// A candidate passed every promotion row and scored best.
     Promoted,
-    /// Exploration (Thompson sampling) picked a model other than the exploit pick.
+    /// Exploration picked a model other than the exploit pick.
     Explored,
     /// The session's previous model, still allowed.
     Sticky,
@@ -876,7 +910,7 @@ pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision 
     let mut chosen = e;
     let u = ctx.rng.clamp(0.0, 1.0);
     if eps > 0.0 && u < eps {
-        // Reuse the same uniform for the Thompson draw: u/ε is uniform on [0, 1).
+        // Reuse the same uniform for the exploration draw: u/ε is uniform on [0, 1).
         let (z, _) = route.ts_mass_excluding(ctx, e);
         if z > 0.0 {
             let target = u / eps * z;
@@ -1168,7 +1202,8 @@ pub(crate) mod tests {
         // what keeps ε × mean bound within budget × max_regression.
         let r = budget_route(&[("a", 0, 0, 0.001), ("b", 0, 0, 0.002)], None);
         let c = &r.constraints;
-        let g_bar: f64 = r.models.iter().map(|m| m.ts_prob * m.gap_ub).sum();
+        let mass: f64 = r.models.iter().map(|m| m.ts_prob).sum();
+        let g_bar: f64 = r.models.iter().map(|m| m.ts_prob / mass * m.gap_ub).sum();
         assert!(g_bar > 0.0);
         assert!(r.budget_epsilon > 0.0);
         assert!(r.budget_epsilon * g_bar <= r.exploration.budget * c.max_regression + 1e-12);
@@ -1217,11 +1252,13 @@ pub(crate) mod tests {
         assert!(!r.models[1].in_explore);
         assert_eq!(r.budget_epsilon, 0.0);
         // Confidently worse after a few samples: eliminated; unknown: explored.
-        let r = budget_route(&[("bad", 0, 8, 0.001), ("unknown", 0, 0, 0.001)], None);
+        // (12 straight failures: the anytime level at 12 samples is ~2e-4.)
+        let r = budget_route(&[("bad", 0, 12, 0.001), ("unknown", 0, 0, 0.001)], None);
         assert!(!r.models[1].explore_quality_ok && !r.models[1].in_explore);
         assert!(r.models[2].in_explore);
         assert_eq!(r.models[1].ts_prob, 0.0);
-        assert!((r.models[2].ts_prob - 1.0).abs() < 1e-12);
+        // The only model of the set wins every draw where it is within the limit.
+        assert!(r.models[2].ts_prob > 0.3 && r.models[2].ts_prob <= 1.0);
         // Once a candidate is promoted, only cheaper ones are explored.
         let r = budget_route(
             &[
@@ -1234,6 +1271,39 @@ pub(crate) mod tests {
         assert_eq!(&*r.models[r.static_exploit].model, "promoted");
         assert!(!r.models[2].in_explore);
         assert!(r.models[3].in_explore);
+    }
+
+    #[test]
+    fn exploration_concentrates_on_the_expected_saving() {
+        // Baseline 0.6. A cheap candidate that is probably within the limit, a cheaper one that
+        // is probably not, and a dear one that is within but saves little.
+        let r = budget_route(
+            &[
+                ("likely", 62, 100, 0.001),
+                ("doubtful", 45, 100, 0.0005),
+                ("dear", 62, 100, 0.009),
+            ],
+            None,
+        );
+        let ts: Vec<f64> = r.models.iter().map(|m| m.ts_prob).collect();
+        assert!(ts[1] > 5.0 * ts[2], "{ts:?}");
+        assert!(ts[1] > 5.0 * ts[3], "{ts:?}");
+        let sum: f64 = ts.iter().sum();
+        assert!(sum > 0.0 && sum <= 1.0 + 1e-12, "{ts:?}");
+        // A doubtful candidate left alone does not inherit the whole rate: its weight is its own
+        // P(within).
+        let alone = budget_route(&[("doubtful", 45, 100, 0.0005)], None);
+        let m = &alone.models[1];
+        assert!(m.in_explore);
+        assert!((m.ts_prob - m.gate.confidence).abs() < 1e-12);
+        assert!(m.ts_prob < 0.2, "{}", m.ts_prob);
+    }
+
+    #[test]
+    fn anytime_levels_sum_to_alpha() {
+        let total: f64 = (1..200_000u64).map(|n| anytime_level(0.05, n)).sum();
+        assert!(total <= 0.05 && total > 0.0499, "{total}");
+        assert!(anytime_level(0.05, 1) < 0.05);
     }
 
     #[test]

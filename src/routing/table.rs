@@ -253,6 +253,33 @@ impl Runtime {
                         ))
                     }
                 }
+                if let Some(e) = r.prompt_routing.embeddings.as_ref().filter(|_| {
+                    r.prompt_routing.mode == crate::feedback::prompt::PromptMode::Embeddings
+                }) {
+                    let Some(c) = served(&e.model, None) else {
+                        return err(format!(
+                            "routes.{name}.prompt_routing.embeddings.model: '{}' is served by no active provider{}",
+                            e.model,
+                            missing(&e.model)
+                        ));
+                    };
+                    let mode = self
+                        .catalog
+                        .get(&c.provider.profile.catalog_providers, &c.model)
+                        .map(|i| i.mode);
+                    if mode.is_some_and(|m| {
+                        !matches!(
+                            m,
+                            crate::catalog::Mode::Embedding | crate::catalog::Mode::Other
+                        )
+                    }) {
+                        return err(format!(
+                            "routes.{name}.prompt_routing.embeddings.model: '{}' is not an embeddings model (catalog mode '{}')",
+                            e.model,
+                            mode.map(|m| m.as_str()).unwrap_or_default()
+                        ));
+                    }
+                }
                 for c in &r.candidates {
                     match served(c, None) {
                         Some(c) => used.push((c.model, c.provider)),
