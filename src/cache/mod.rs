@@ -28,6 +28,8 @@ pub struct CacheConfig {
     pub ttl_secs: u64,
     /// Bound of the in-memory store (bytes of cached bodies and chunks).
     pub max_bytes: u64,
+    /// Largest answer (JSON body or all stream chunks) that is stored; a larger one is not.
+    pub max_entry_bytes: u64,
     /// Requests with a `temperature` above this bypass the cache unless forced.
     pub max_temperature: f64,
     /// Per routing rule opt-in / opt-out and TTL.
@@ -42,6 +44,7 @@ impl Default for CacheConfig {
             enabled: false,
             ttl_secs: 300,
             max_bytes: 64 * 1024 * 1024,
+            max_entry_bytes: 1024 * 1024,
             max_temperature: 1.0,
             routes: BTreeMap::new(),
             keys: BTreeMap::new(),
@@ -98,6 +101,22 @@ impl Mode {
     }
 }
 
+/// The mode a standard `Cache-Control` request header asks for (used when the request has
+/// no `<prefix>-cache` header): `no-store` → no-store, `no-cache` / `max-age=0` → refresh,
+/// `only-if-cached` → only-if-cached.
+pub fn from_cache_control(v: &str) -> Option<Mode> {
+    let mut mode = None;
+    for d in v.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        match d.as_str() {
+            "no-store" => return Some(Mode::NoStore),
+            "no-cache" | "max-age=0" => mode = Some(Mode::Refresh),
+            "only-if-cached" => mode = mode.or(Some(Mode::OnlyIfCached)),
+            _ => {}
+        }
+    }
+    mode
+}
+
 /// A 256-bit digest of the canonical request.
 pub type Key = [u8; 32];
 
@@ -132,28 +151,28 @@ impl Entry {
     }
 }
 
-/// The bounded store (TinyLFU admission, byte weights, TTL) shared by every request.
+/// Each entry lives until its own `expires` (TTLs differ per route and key).
+struct PerEntryTtl;
+
+impl moka::Expiry<Key, Arc<Entry>> for PerEntryTtl {
+    fn expire_after_create(&self, _k: &Key, e: &Arc<Entry>, now: Instant) -> Option<Duration> {
+        Some(e.expires.saturating_duration_since(now))
+    }
+}
+
+/// The bounded store (TinyLFU admission, byte weights, per-entry TTL) shared by every request.
 pub struct Cache {
     store: moka::sync::Cache<Key, Arc<Entry>>,
-    /// Longest TTL an entry may have (the store's own expiry bound).
     max_bytes: u64,
 }
 
 impl Cache {
+    /// Sized from `[cache].max_bytes` (fixed for the life of the process).
     pub fn new(cfg: &CacheConfig) -> Cache {
-        let max_ttl = cfg
-            .routes
-            .values()
-            .chain(cfg.keys.values())
-            .filter_map(|r| r.ttl_secs)
-            .chain([cfg.ttl_secs])
-            .max()
-            .unwrap_or(cfg.ttl_secs)
-            .max(1);
         let store = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
             .weigher(|_k: &Key, e: &Arc<Entry>| e.weight())
-            .time_to_live(Duration::from_secs(max_ttl))
+            .expire_after(PerEntryTtl)
             .build();
         Cache {
             store,
@@ -171,11 +190,18 @@ impl Cache {
         Some(e)
     }
 
-    pub fn insert(&self, key: Key, e: Entry) {
+    /// Store `e` (not when it alone outweighs the whole store). `false`: not stored.
+    pub fn insert(&self, key: Key, e: Entry) -> bool {
         if u64::from(e.weight()) > self.max_bytes {
-            return;
+            return false;
         }
         self.store.insert(key, Arc::new(e));
+        true
+    }
+
+    /// Weighted size as last maintained (cheap; may lag pending evictions).
+    pub fn bytes(&self) -> u64 {
+        self.store.weighted_size()
     }
 
     pub fn invalidate(&self, key: &Key) {
@@ -345,9 +371,6 @@ fn value_into(h: &mut Sha256, v: &Value) {
     }
 }
 
-/// Bound of what one streamed answer may put in the cache (a longer one is not stored).
-pub const MAX_STREAM_BYTES: usize = 4 * 1024 * 1024;
-
 /// Per-request cache state carried on the request context.
 #[derive(Debug)]
 pub struct CacheCtx {
@@ -359,11 +382,13 @@ pub struct CacheCtx {
     pub body: Option<Bytes>,
     pub chunks: Vec<Bytes>,
     chunk_bytes: usize,
+    /// `[cache].max_entry_bytes`: a larger answer is not stored.
+    limit: usize,
     overflow: bool,
 }
 
 impl CacheCtx {
-    pub fn new(status: &'static str, key: Option<Key>, ttl_secs: u64) -> CacheCtx {
+    pub fn new(status: &'static str, key: Option<Key>, ttl_secs: u64, limit: u64) -> CacheCtx {
         CacheCtx {
             status,
             key,
@@ -371,13 +396,14 @@ impl CacheCtx {
             body: None,
             chunks: Vec::new(),
             chunk_bytes: 0,
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
             overflow: false,
         }
     }
 
-    /// The JSON answer as written downstream.
+    /// The JSON answer as written downstream (not kept above the entry bound).
     pub fn keep_body(&mut self, b: &Bytes) {
-        if self.key.is_some() {
+        if self.key.is_some() && b.len() <= self.limit {
             self.body = Some(b.clone());
         }
     }
@@ -388,7 +414,7 @@ impl CacheCtx {
             return;
         }
         self.chunk_bytes += c.len();
-        if self.chunk_bytes > MAX_STREAM_BYTES {
+        if self.chunk_bytes > self.limit {
             self.overflow = true;
             self.chunks = Vec::new();
             return;

@@ -26,7 +26,9 @@ pub async fn before(
     candidates: &[Candidate],
 ) -> Result<bool, GatewayError> {
     let header = match request::header(session, &rt.headers.cache) {
-        None | Some("") => None,
+        None | Some("") => {
+            request::header(session, "cache-control").and_then(cache::from_cache_control)
+        }
         Some(v) => Some(Mode::parse(v).ok_or_else(|| {
             GatewayError::invalid(
                 format!(
@@ -37,6 +39,7 @@ pub async fn before(
             )
         })?),
     };
+    let limit = rt.config.cache.max_entry_bytes;
     let (mode, ttl_secs) = match cache::plan(
         &rt.config.cache,
         ctx.route.as_deref(),
@@ -46,7 +49,8 @@ pub async fn before(
     ) {
         Plan::Off => return Ok(false),
         Plan::Bypass => {
-            ctx.cache = Some(Box::new(CacheCtx::new("bypass", None, 0)));
+            ctx.cache = Some(Box::new(CacheCtx::new("bypass", None, 0, 0)));
+            count("bypass");
             return Ok(false);
         }
         Plan::Use { mode, ttl_secs } => (mode, ttl_secs),
@@ -68,7 +72,8 @@ pub async fn before(
     };
     let Some(entry) = hit else {
         if mode == Mode::OnlyIfCached {
-            ctx.cache = Some(Box::new(CacheCtx::new("miss", None, 0)));
+            ctx.cache = Some(Box::new(CacheCtx::new("miss", None, 0, 0)));
+            count("miss");
             return Err(GatewayError::Upstream {
                 status: 504,
                 message: "No cached answer for this request (only-if-cached).".into(),
@@ -76,10 +81,15 @@ pub async fn before(
                 code: "cache_miss",
             });
         }
-        ctx.cache = Some(Box::new(CacheCtx::new("miss", Some(k), ttl_secs)));
+        ctx.cache = Some(Box::new(CacheCtx::new("miss", Some(k), ttl_secs, limit)));
+        count("miss");
         return Ok(false);
     };
-    ctx.cache = Some(Box::new(CacheCtx::new("hit", None, 0)));
+    ctx.cache = Some(Box::new(CacheCtx::new("hit", None, 0, 0)));
+    count("hit");
+    crate::metrics::metrics()
+        .cache_saved_usd
+        .inc_by(entry.cost_usd.max(0.0));
     serve_hit(rt, session, ctx, &entry).await;
     Ok(true)
 }
@@ -150,9 +160,11 @@ pub fn after(gw: &Gateway, ctx: &mut RequestCtx) {
     };
     let ttl = c.ttl_secs;
     let Some(body) = c.take_body(ctx.stream) else {
+        // Above `max_entry_bytes` (the only way a complete answer has nothing kept).
+        count("too_large");
         return;
     };
-    gw.cache.insert(
+    let stored = gw.cache.insert(
         k,
         Entry {
             body,
@@ -165,4 +177,16 @@ pub fn after(gw: &Gateway, ctx: &mut RequestCtx) {
             expires: Instant::now() + Duration::from_secs(ttl),
         },
     );
+    count(if stored { "stored" } else { "too_large" });
+    crate::metrics::metrics()
+        .cache_bytes
+        .set(i64::try_from(gw.cache.bytes()).unwrap_or(i64::MAX));
+}
+
+/// `loopgate_cache_requests_total{outcome}` (a fixed label set).
+fn count(outcome: &'static str) {
+    crate::metrics::metrics()
+        .cache_requests
+        .with_label_values(&[outcome])
+        .inc();
 }
