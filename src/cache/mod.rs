@@ -552,4 +552,70 @@ mod tests {
         );
         assert_eq!(rewrite_id(&b, "chatcmpl-AAA", "short"), b);
     }
+
+    #[test]
+    fn total_bytes_stay_bounded_and_cache_control_maps_to_modes() {
+        let cfg = CacheConfig {
+            max_bytes: 20_000,
+            ..CacheConfig::default()
+        };
+        let c = Cache::new(&cfg);
+        for i in 0..200u8 {
+            let stored = c.insert(
+                [i; 32],
+                Entry {
+                    body: Body::Json(Bytes::from(vec![b'x'; 1000])),
+                    provider: "p".into(),
+                    model: None,
+                    usage: Usage::default(),
+                    cost_usd: 0.0,
+                    latency_ms: 1.0,
+                    request_id: "x".into(),
+                    expires: Instant::now() + Duration::from_secs(60),
+                },
+            );
+            assert!(stored);
+        }
+        let (entries, bytes) = c.stats();
+        assert!(bytes <= 20_000, "{bytes} bytes");
+        assert!((1..=20).contains(&entries), "{entries} entries");
+        let whale = Entry {
+            body: Body::Json(Bytes::from(vec![b'x'; 30_000])),
+            provider: "p".into(),
+            model: None,
+            usage: Usage::default(),
+            cost_usd: 0.0,
+            latency_ms: 1.0,
+            request_id: "x".into(),
+            expires: Instant::now() + Duration::from_secs(60),
+        };
+        assert!(!c.insert([255; 32], whale));
+
+        assert_eq!(from_cache_control("no-store"), Some(Mode::NoStore));
+        assert_eq!(
+            from_cache_control("no-cache, no-store"),
+            Some(Mode::NoStore)
+        );
+        assert_eq!(from_cache_control("No-Cache"), Some(Mode::Refresh));
+        assert_eq!(from_cache_control("max-age=0"), Some(Mode::Refresh));
+        assert_eq!(
+            from_cache_control("only-if-cached"),
+            Some(Mode::OnlyIfCached)
+        );
+        assert_eq!(from_cache_control("max-age=60"), None);
+    }
+
+    #[test]
+    fn stream_chunks_above_the_entry_bound_are_dropped() {
+        let mut c = CacheCtx::new("miss", Some([0; 32]), 60, 10);
+        c.keep_chunk(&Bytes::from_static(b"data: 123\n\n"));
+        assert!(c.take_body(true).is_none());
+        let mut c = CacheCtx::new("miss", Some([0; 32]), 60, 100);
+        c.keep_chunk(&Bytes::from_static(b"a"));
+        c.keep_chunk(&Bytes::from_static(b"b"));
+        assert!(matches!(c.take_body(true), Some(Body::Stream(v)) if v.len() == 2));
+        let mut c = CacheCtx::new("miss", Some([0; 32]), 60, 3);
+        c.keep_body(&Bytes::from_static(b"{\"a\":1}"));
+        assert!(c.take_body(false).is_none());
+    }
 }

@@ -51,6 +51,7 @@ pub async fn before(
         Plan::Bypass => {
             ctx.cache = Some(Box::new(CacheCtx::new("bypass", None, 0, 0)));
             count("bypass");
+            mark(ctx, "bypass", &[]);
             return Ok(false);
         }
         Plan::Use { mode, ttl_secs } => (mode, ttl_secs),
@@ -74,6 +75,7 @@ pub async fn before(
         if mode == Mode::OnlyIfCached {
             ctx.cache = Some(Box::new(CacheCtx::new("miss", None, 0, 0)));
             count("miss");
+            mark(ctx, "miss", &[]);
             return Err(GatewayError::Upstream {
                 status: 504,
                 message: "No cached answer for this request (only-if-cached).".into(),
@@ -83,6 +85,7 @@ pub async fn before(
         }
         ctx.cache = Some(Box::new(CacheCtx::new("miss", Some(k), ttl_secs, limit)));
         count("miss");
+        mark(ctx, "miss", &[]);
         return Ok(false);
     };
     ctx.cache = Some(Box::new(CacheCtx::new("hit", None, 0, 0)));
@@ -135,11 +138,22 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
         }
     }
     let saved_ms = (e.latency_ms - ctx.elapsed_ms()).max(0.0);
-    ctx.properties.push(("cache".into(), "hit".into()));
+    let saved = [
+        ("cache_saved_usd", format!("{:.9}", e.cost_usd)),
+        ("cache_saved_ms", format!("{saved_ms:.3}")),
+    ];
+    mark(ctx, "hit", &saved);
+}
+
+/// The trace properties `cache` = outcome (and, on a hit, what it saved). Set by the
+/// gateway only: a client's `<prefix>-property-cache*` header of the same name is replaced.
+fn mark(ctx: &mut RequestCtx, outcome: &str, extra: &[(&str, String)]) {
     ctx.properties
-        .push(("cache_saved_usd".into(), format!("{:.9}", e.cost_usd)));
-    ctx.properties
-        .push(("cache_saved_ms".into(), format!("{saved_ms:.3}")));
+        .retain(|(k, _)| !matches!(k.as_str(), "cache" | "cache_saved_usd" | "cache_saved_ms"));
+    ctx.properties.push(("cache".into(), outcome.into()));
+    for (k, v) in extra {
+        ctx.properties.push(((*k).into(), v.clone()));
+    }
     ctx.properties.sort();
 }
 
