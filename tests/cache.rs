@@ -56,6 +56,10 @@ fn upstream() -> Reply {
             let usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
             let call_s = format!(" #{call}");
             let parts = openai_stream_parts(&model, &["Hel", "lo", &call_s], usage);
+            if content == "cut" {
+                // Two events, then the connection drops: a partial stream.
+                return Reply::Reset("text/event-stream".into(), parts[..2].to_vec());
+            }
             return Reply::Chunks(
                 200,
                 "text/event-stream".into(),
@@ -347,13 +351,20 @@ async fn json_hits_scoping_modes_errors_and_traces() {
     }
     assert_eq!(calls(&mock, "big"), 2);
 
-    let m = gw.metrics().await;
-    for line in [
+    // An answer is offered to the store after its last byte went out: poll (bounded).
+    let want = [
         "loopgate_cache_requests_total{outcome=\"hit\"}",
         "loopgate_cache_requests_total{outcome=\"too_large\"} 2",
         "loopgate_cache_bytes",
         "loopgate_cache_saved_usd_total",
-    ] {
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut m = gw.metrics().await;
+    while !want.iter().all(|l| m.contains(l)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        m = gw.metrics().await;
+    }
+    for line in want {
         assert!(m.contains(line), "{line} missing in metrics");
     }
 }
@@ -417,6 +428,19 @@ async fn streams_replay_as_sse_with_usage() {
         props(&hit_props).get("cache").map(String::as_str),
         Some("hit")
     );
+    // A stream the upstream cuts short is never stored.
+    let mut cut = body.clone();
+    cut["messages"][0]["content"] = json!("cut");
+    for _ in 0..2 {
+        let r = send(&gw, ALPHA, &cut, &[]).await;
+        assert_eq!(r.cache(), Some("miss"));
+        assert!(
+            !r.text.ends_with("data: [DONE]\n\n") || r.text.contains("error"),
+            "{}",
+            r.text
+        );
+    }
+    assert_eq!(calls(&mock, "cut"), 2);
     // The same messages without `stream` are a different entry.
     let mut plain = body.clone();
     plain.as_object_mut().map(|o| {

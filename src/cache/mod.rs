@@ -58,7 +58,8 @@ impl Default for CacheConfig {
 pub struct CacheRule {
     pub enabled: bool,
     pub ttl_secs: Option<u64>,
-    /// Mode used when the request carries no `<prefix>-cache` header (keys only).
+    /// Mode used when the request carries no `<prefix>-cache` / `Cache-Control` directive
+    /// (a key's default wins over a route's).
     pub mode: Option<Mode>,
 }
 
@@ -250,6 +251,7 @@ pub fn plan(
         .unwrap_or(cfg.ttl_secs);
     let mode = header
         .or(key_rule.and_then(|r| r.mode))
+        .or(route_rule.and_then(|r| r.mode))
         .unwrap_or(Mode::Default);
     if mode == Mode::NoStore || ttl_secs == 0 {
         return Plan::Bypass;
