@@ -374,12 +374,13 @@ fn value_into(h: &mut Sha256, v: &Value) {
 }
 
 /// Per-request cache state carried on the request context.
-#[derive(Debug)]
 pub struct CacheCtx {
     /// `hit`, `miss` or `bypass` (the `<prefix>-cache` response header).
     pub status: &'static str,
     /// Where a successful answer is stored (`None`: not stored).
     pub key: Option<Key>,
+    /// The store it goes to (set with `key`).
+    pub store: Option<Arc<Cache>>,
     pub ttl_secs: u64,
     pub body: Option<Bytes>,
     pub chunks: Vec<Bytes>,
@@ -389,11 +390,21 @@ pub struct CacheCtx {
     overflow: bool,
 }
 
+impl std::fmt::Debug for CacheCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheCtx")
+            .field("status", &self.status)
+            .field("stored", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl CacheCtx {
     pub fn new(status: &'static str, key: Option<Key>, ttl_secs: u64, limit: u64) -> CacheCtx {
         CacheCtx {
             status,
             key,
+            store: None,
             ttl_secs,
             body: None,
             chunks: Vec::new(),

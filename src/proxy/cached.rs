@@ -83,7 +83,9 @@ pub async fn before(
                 code: "cache_miss",
             });
         }
-        ctx.cache = Some(Box::new(CacheCtx::new("miss", Some(k), ttl_secs, limit)));
+        let mut c = CacheCtx::new("miss", Some(k), ttl_secs, limit);
+        c.store = Some(Arc::clone(&gw.cache));
+        ctx.cache = Some(Box::new(c));
         count("miss");
         mark(ctx, "miss", &[]);
         return Ok(false);
@@ -157,18 +159,19 @@ fn mark(ctx: &mut RequestCtx, outcome: &str, extra: &[(&str, String)]) {
     ctx.properties.sort();
 }
 
-/// After the exchange: store a complete, successful answer of a planned miss.
-pub fn after(gw: &Gateway, ctx: &mut RequestCtx) {
+/// Store the complete, successful answer of a planned miss. Called by the exchange with
+/// the whole answer in hand and *before* its last byte goes downstream, so the client's
+/// next identical request already finds it. `ctx` carries the served provider, model,
+/// usage and cost of the answer.
+pub fn commit(ctx: &mut RequestCtx) {
     let Some(c) = ctx.cache.as_mut() else {
         return;
     };
-    let Some(k) = c.key.take() else {
+    let (Some(k), Some(store)) = (c.key.take(), c.store.take()) else {
         return;
     };
-    let ok = ctx.status == 200
-        && ctx.error.is_none()
-        && !ctx.cancelled
-        && ctx.attempts.last().is_some_and(|a| a.outcome == "ok");
+    // Only an answer of the target the key names (not a fallback's) is stored.
+    let ok = ctx.error.is_none() && !ctx.cancelled && !ctx.fallback_used;
     let Some(provider) = ctx.provider.clone().filter(|_| ok) else {
         return;
     };
@@ -178,7 +181,7 @@ pub fn after(gw: &Gateway, ctx: &mut RequestCtx) {
         count("too_large");
         return;
     };
-    let stored = gw.cache.insert(
+    let stored = store.insert(
         k,
         Entry {
             body,
@@ -194,7 +197,7 @@ pub fn after(gw: &Gateway, ctx: &mut RequestCtx) {
     count(if stored { "stored" } else { "too_large" });
     crate::metrics::metrics()
         .cache_bytes
-        .set(i64::try_from(gw.cache.bytes()).unwrap_or(i64::MAX));
+        .set(i64::try_from(store.bytes()).unwrap_or(i64::MAX));
 }
 
 /// `loopgate_cache_requests_total{outcome}` (a fixed label set).

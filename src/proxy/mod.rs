@@ -284,7 +284,6 @@ async fn chat(
         return Ok(());
     }
     upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;
-    cached::after(gw, ctx);
     if resolution.feedback {
         routed::after_serve(gw, ctx);
     }
