@@ -10,12 +10,14 @@
 //! - [`proxy`]: the Pingora `ProxyHttp` data plane
 //! - [`trace`]: per-request trace records and the off-path writer
 //! - [`store`]: trace/feedback storage backends
+//! - [`cache`]: the exact response cache (store and policy)
 //! - [`admin`]: admin and analytics API
 //! - [`metrics`]: Prometheus metrics
 //! - [`demo`]: `loopgate demo`: a simulated provider fleet replaying recorded outcomes
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod daemon;

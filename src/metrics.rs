@@ -69,6 +69,10 @@ pub struct Metrics {
     pub judge_spend_usd: prometheus::Counter,
     /// Successful model calls whose cost is unknown (no catalog price), by provider and model.
     pub unpriced: IntCounterVec,
+    /// Exact cache, by outcome (hit, miss, bypass, stored, too_large).
+    pub cache_requests: IntCounterVec,
+    pub cache_saved_usd: prometheus::Counter,
+    pub cache_bytes: IntGauge,
 }
 
 /// What bounds the `model` label set: the models the config or the catalog knows
@@ -241,6 +245,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "loopgate_unpriced_requests_total",
             "Successful model calls with no catalog price (traced with cost_unknown), by provider and model",
             &["provider", "model"]
+        )?,
+        cache_requests: register_int_counter_vec!(
+            "loopgate_cache_requests_total",
+            "Exact response cache: requests by outcome (hit, miss, bypass) and answers offered to it (stored, too_large)",
+            &["outcome"]
+        )?,
+        cache_saved_usd: prometheus::register_counter!(
+            "loopgate_cache_saved_usd_total",
+            "USD the original answers of cache hits cost (catalog prices)"
+        )?,
+        cache_bytes: register_int_gauge!(
+            "loopgate_cache_bytes",
+            "Weighted bytes held by the in-memory exact cache (as of the last store)"
         )?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);

@@ -54,6 +54,9 @@ pub struct GatewayConfig {
     /// The LLM-as-judge.
     #[serde(default)]
     pub judge: JudgeSettings,
+    /// Exact response cache (`docs/cache.md`).
+    #[serde(default)]
+    pub cache: crate::cache::CacheConfig,
     /// Signed webhook for decision / audit / rollback / experiment events.
     #[serde(default)]
     pub webhook: Option<crate::rollout::webhook::WebhookConfig>,

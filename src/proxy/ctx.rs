@@ -100,6 +100,8 @@ pub struct RequestCtx {
     pub cors: Vec<(&'static str, String)>,
     /// The firewall's policy and verdicts for this request (`proxy::firewall`).
     pub firewall: Option<Box<crate::firewall::Report>>,
+    /// Exact-cache state (`crate::cache`; `None`: the cache is off for this request).
+    pub cache: Option<Box<crate::cache::CacheCtx>>,
 }
 
 impl RequestCtx {
@@ -147,6 +149,7 @@ impl RequestCtx {
             rollout: None,
             cors: Vec::new(),
             firewall: None,
+            cache: None,
         }
     }
 

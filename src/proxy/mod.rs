@@ -5,6 +5,7 @@
 //! Phases, one file each: [`request`] (auth, body, parse, context), [`upstream`]
 //! (exchange, fallback, streaming), [`respond`] (downstream writes), [`logging`].
 
+pub mod cached;
 pub mod cors;
 pub mod ctx;
 pub mod firewall;
@@ -53,6 +54,8 @@ pub struct Gateway {
     pub vkeys: Arc<crate::auth::virtual_keys::VirtualKeys>,
     /// Per-key rate limits and budgets of virtual keys (in process).
     pub limits: Arc<crate::auth::limits::Limiter>,
+    /// The exact response cache (sized from `[cache]` at start).
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 impl Gateway {
@@ -66,7 +69,9 @@ impl Gateway {
 
 impl Gateway {
     pub fn new(rt: Runtime, traces: TraceHook) -> Gateway {
+        let cache = Arc::new(crate::cache::Cache::new(&rt.config.cache));
         Gateway {
+            cache,
             runtime: Arc::new(ArcSwap::from_pointee(rt)),
             traces,
             tracing: true,
@@ -307,6 +312,10 @@ async fn chat(
         }
         _ => resolution.candidates,
     };
+    let key_id = key.map(|k| k.id.as_str());
+    if cached::before(gw, rt, session, ctx, key_id, &req, &candidates).await? {
+        return Ok(());
+    }
     upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;
     if resolution.feedback {
         routed::after_serve(gw, ctx);

@@ -76,6 +76,9 @@ pub fn response_header(
             if ctx.fallback_used { "true" } else { "false" },
         );
     }
+    if let Some(c) = &ctx.cache {
+        let _ = h.insert_header(names.cache.clone(), c.status);
+    }
     if let Some(d) = &ctx.decision_id {
         let _ = h.insert_header(names.resp_decision_id.clone(), d.as_str());
     }

@@ -585,8 +585,30 @@ async fn whole_back(
         let stored = masked.as_deref().unwrap_or(&t.body);
         ctx.response_body = Some(String::from_utf8_lossy(stored).into_owned());
     }
+    if let Some(c) = ctx.cache.as_mut() {
+        c.keep_body(&t.body);
+        super::cached::commit(ctx);
+    }
     write_full(session, ctx, 200, "application/json", t.body, extra).await;
     Ok(())
+}
+
+/// A stream read to its end: its usage, cost and model, then the exact cache stores it
+/// (before the last write, so the client's next identical request finds it).
+fn cache_stream(
+    rt: &Runtime,
+    ctx: &mut RequestCtx,
+    tr: &dyn StreamTranslator,
+    cand: &Candidate,
+    op: &Op<'_>,
+) {
+    if let Some(m) = tr.model() {
+        ctx.served_model = Some(m.to_string());
+    }
+    ctx.usage = tr.usage();
+    let cost = price_known(rt, &cand.provider, tr.model(), &cand.model, op, &ctx.usage);
+    ctx.cost_usd = cost.unwrap_or(0.0);
+    super::cached::commit(ctx);
 }
 
 /// `encoding_format: "base64"` for dialects that always answer with float arrays: each
@@ -795,6 +817,12 @@ async fn stream_back(
             let chunk = out.split().freeze();
             ctx.response_bytes += chunk.len() as u64;
             crate::services::judge_service::capture_stream(ctx, &chunk);
+            if let Some(c) = ctx.cache.as_mut() {
+                c.keep_chunk(&chunk);
+                if end && outcome == "ok" {
+                    cache_stream(rt, ctx, &*tr, cand, op);
+                }
+            }
             if let Some(c) = captured.as_mut() {
                 let stored: &[u8] = if guard.is_some() { &masked } else { &chunk };
                 if c.len() + stored.len() <= CAPTURE_LIMIT {
@@ -808,6 +836,9 @@ async fn stream_back(
                 break;
             }
         } else if end {
+            if outcome == "ok" && ctx.cache.is_some() {
+                cache_stream(rt, ctx, &*tr, cand, op);
+            }
             let _ = session.write_response_body(None, true).await;
         }
         if end {

@@ -60,6 +60,8 @@ pub struct HeaderNames {
     pub resp_decision_id: String,
     /// The upstream provider's own request id, passed on.
     pub resp_upstream_request_id: String,
+    /// `<prefix>-cache`: the cache mode (request) and outcome (response).
+    pub cache: String,
 }
 
 impl HeaderNames {
@@ -82,6 +84,7 @@ impl HeaderNames {
             resp_request_id: h("request-id"),
             resp_decision_id: h("decision-id"),
             resp_upstream_request_id: h("upstream-request-id"),
+            cache: h("cache"),
             prefix: p,
         }
     }

@@ -106,6 +106,10 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
     diff("server.watch", a.watch != b.watch);
     diff("server.pid_file", a.pid_file != b.pid_file);
     diff("server.upgrade_sock", a.upgrade_sock != b.upgrade_sock);
+    diff(
+        "cache.max_bytes",
+        old.cache.max_bytes != new.cache.max_bytes,
+    );
     // Turning body capture off and zero-retention projects apply at once; turning capture
     // on and the rest of [storage] (backend, batching, retention) do not.
     let storage = |t: &toml::Table| {

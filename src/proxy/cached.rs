@@ -1,0 +1,209 @@
+//! The exact cache on the request path (`crate::cache` holds the store and the policy):
+//! [`before`] plans, looks up and serves hits; [`after`] stores a complete answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora_proxy::Session;
+
+use crate::cache::{self, Body, CacheCtx, Entry, Mode, Plan};
+use crate::dialect::ChatRequest;
+use crate::error::GatewayError;
+use crate::routing::{Candidate, Runtime};
+
+use super::ctx::RequestCtx;
+use super::respond::{response_header, write_full};
+use super::{request, Gateway};
+
+/// Before the exchange. `Ok(true)`: the request was answered from the cache.
+pub async fn before(
+    gw: &Gateway,
+    rt: &Arc<Runtime>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    key_id: Option<&str>,
+    req: &ChatRequest,
+    candidates: &[Candidate],
+) -> Result<bool, GatewayError> {
+    let header = match request::header(session, &rt.headers.cache) {
+        None | Some("") => {
+            request::header(session, "cache-control").and_then(cache::from_cache_control)
+        }
+        Some(v) => Some(Mode::parse(v).ok_or_else(|| {
+            GatewayError::invalid(
+                format!(
+                    "'{}' must be one of no-store, refresh, only-if-cached, force, default",
+                    rt.headers.cache
+                ),
+                None,
+            )
+        })?),
+    };
+    let limit = rt.config.cache.max_entry_bytes;
+    let (mode, ttl_secs) = match cache::plan(
+        &rt.config.cache,
+        ctx.route.as_deref(),
+        key_id,
+        header,
+        &req.body,
+    ) {
+        Plan::Off => return Ok(false),
+        Plan::Bypass => {
+            ctx.cache = Some(Box::new(CacheCtx::new("bypass", None, 0, 0)));
+            count("bypass");
+            mark(ctx, "bypass", &[]);
+            return Ok(false);
+        }
+        Plan::Use { mode, ttl_secs } => (mode, ttl_secs),
+    };
+    let Some(first) = candidates.first() else {
+        return Ok(false);
+    };
+    let k = cache::key(
+        ctx.project_id.as_deref(),
+        first.provider.name(),
+        &first.model,
+        req.stream,
+        &req.body,
+    );
+    let hit = if mode == Mode::Refresh {
+        None
+    } else {
+        gw.cache.get(&k)
+    };
+    let Some(entry) = hit else {
+        if mode == Mode::OnlyIfCached {
+            ctx.cache = Some(Box::new(CacheCtx::new("miss", None, 0, 0)));
+            count("miss");
+            mark(ctx, "miss", &[]);
+            return Err(GatewayError::Upstream {
+                status: 504,
+                message: "No cached answer for this request (only-if-cached).".into(),
+                retry_after: None,
+                code: "cache_miss",
+            });
+        }
+        let mut c = CacheCtx::new("miss", Some(k), ttl_secs, limit);
+        c.store = Some(Arc::clone(&gw.cache));
+        ctx.cache = Some(Box::new(c));
+        count("miss");
+        mark(ctx, "miss", &[]);
+        return Ok(false);
+    };
+    ctx.cache = Some(Box::new(CacheCtx::new("hit", None, 0, 0)));
+    count("hit");
+    crate::metrics::metrics()
+        .cache_saved_usd
+        .inc_by(entry.cost_usd.max(0.0));
+    serve_hit(rt, session, ctx, &entry).await;
+    Ok(true)
+}
+
+async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e: &Entry) {
+    ctx.provider = Some(e.provider.clone());
+    ctx.served_model = e.model.clone();
+    ctx.usage = e.usage;
+    ctx.cost_usd = 0.0;
+    let id = ctx.request_id.clone();
+    match &e.body {
+        Body::Json(b) => {
+            let body = cache::rewrite_id(b, &e.request_id, &id);
+            write_full(session, ctx, 200, "application/json", body, &[]).await;
+        }
+        Body::Stream(chunks) => {
+            let Some(h) =
+                response_header(200, "text/event-stream", None, ctx, Some(&rt.headers), &[])
+            else {
+                return;
+            };
+            ctx.status = 200;
+            if session.write_response_header(h, false).await.is_err() {
+                ctx.cancelled = true;
+                return;
+            }
+            let last = chunks.len().saturating_sub(1);
+            for (i, c) in chunks.iter().enumerate() {
+                let c = cache::rewrite_id(c, &e.request_id, &id);
+                ctx.response_bytes += c.len() as u64;
+                if ctx.ttft_ms.is_none() {
+                    ctx.ttft_ms = Some(ctx.elapsed_ms());
+                }
+                if session
+                    .write_response_body(Some(c), i == last)
+                    .await
+                    .is_err()
+                {
+                    ctx.cancelled = true;
+                    return;
+                }
+            }
+        }
+    }
+    let saved_ms = (e.latency_ms - ctx.elapsed_ms()).max(0.0);
+    let saved = [
+        ("cache_saved_usd", format!("{:.9}", e.cost_usd)),
+        ("cache_saved_ms", format!("{saved_ms:.3}")),
+    ];
+    mark(ctx, "hit", &saved);
+}
+
+/// The trace properties `cache` = outcome (and, on a hit, what it saved). Set by the
+/// gateway only: a client's `<prefix>-property-cache*` header of the same name is replaced.
+fn mark(ctx: &mut RequestCtx, outcome: &str, extra: &[(&str, String)]) {
+    ctx.properties
+        .retain(|(k, _)| !matches!(k.as_str(), "cache" | "cache_saved_usd" | "cache_saved_ms"));
+    ctx.properties.push(("cache".into(), outcome.into()));
+    for (k, v) in extra {
+        ctx.properties.push(((*k).into(), v.clone()));
+    }
+    ctx.properties.sort();
+}
+
+/// Store the complete, successful answer of a planned miss. Called by the exchange with
+/// the whole answer in hand and *before* its last byte goes downstream, so the client's
+/// next identical request already finds it. `ctx` carries the served provider, model,
+/// usage and cost of the answer.
+pub fn commit(ctx: &mut RequestCtx) {
+    let Some(c) = ctx.cache.as_mut() else {
+        return;
+    };
+    let (Some(k), Some(store)) = (c.key.take(), c.store.take()) else {
+        return;
+    };
+    // Only an answer of the target the key names (not a fallback's) is stored.
+    let ok = ctx.error.is_none() && !ctx.cancelled && !ctx.fallback_used;
+    let Some(provider) = ctx.provider.clone().filter(|_| ok) else {
+        return;
+    };
+    let ttl = c.ttl_secs;
+    let Some(body) = c.take_body(ctx.stream) else {
+        // Above `max_entry_bytes` (the only way a complete answer has nothing kept).
+        count("too_large");
+        return;
+    };
+    let stored = store.insert(
+        k,
+        Entry {
+            body,
+            provider,
+            model: ctx.served_model.clone(),
+            usage: ctx.usage,
+            cost_usd: ctx.cost_usd,
+            latency_ms: ctx.elapsed_ms(),
+            request_id: ctx.request_id.clone(),
+            expires: Instant::now() + Duration::from_secs(ttl),
+        },
+    );
+    count(if stored { "stored" } else { "too_large" });
+    crate::metrics::metrics()
+        .cache_bytes
+        .set(i64::try_from(store.bytes()).unwrap_or(i64::MAX));
+}
+
+/// `loopgate_cache_requests_total{outcome}` (a fixed label set).
+fn count(outcome: &'static str) {
+    crate::metrics::metrics()
+        .cache_requests
+        .with_label_values(&[outcome])
+        .inc();
+}
