@@ -40,6 +40,7 @@ fn route() -> Arc<PreparedRoute> {
         cost_per_request: cost,
         p95_latency_ms: Some(900.0),
         success_rate: Some(0.995),
+        recent_requests: 0,
     };
     let candidates = (0..10)
         .map(|i| {

@@ -160,6 +160,7 @@ impl InProc {
             cost_per_request: self.cfg.costs[m],
             p95_latency_ms: None,
             success_rate: None,
+            recent_requests: 0,
         }
     }
 

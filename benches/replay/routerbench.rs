@@ -301,6 +301,11 @@ fn run(
         }
         if n.is_multiple_of(SNAPSHOT_EVERY) {
             let stats = agg.snapshot();
+            // The gateway's stats window stands for the trailing window here.
+            let mut recent = vec![0u64; names.len()];
+            for &m in &out.served[out.served.len().saturating_sub(WINDOW)..] {
+                recent[m] += 1;
+            }
             let input = |i: usize| {
                 let posterior = stats.get(&route, &names[i]).copied().unwrap_or_else(|| {
                     let mut st = PosteriorState::new();
@@ -315,6 +320,7 @@ fn run(
                     cost_per_request: cost[i],
                     p95_latency_ms: None,
                     success_rate: None,
+                    recent_requests: recent[i],
                 }
             };
             let incumbent = prepared

@@ -154,8 +154,11 @@ impl Decision {
                     });
                 }
                 if m.in_explore {
+                    let realized = r.realized_gap.map_or(String::new(), |g| {
+                        format!(", realized gap of the recent window {g:.4}")
+                    });
                     filter_reasons.push(format!(
-                        "exploration cost: gap upper bound {:.4} (budget {:.4} per request, ε = {:.4})",
+                        "exploration cost: gap upper bound {:.4} (budget {:.4} per request{realized}, ε = {:.4})",
                         m.gap_ub,
                         r.exploration.budget * c.max_regression,
                         r.budget_epsilon

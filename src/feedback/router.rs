@@ -213,6 +213,9 @@ pub struct ModelInput {
     pub p95_latency_ms: Option<f64>,
     /// Upstream success rate in [0, 1], if measured.
     pub success_rate: Option<f64>,
+    /// Requests this model served on the route over the recent window (the realized
+    /// exploration account of the quality budget, docs/routing-math.md §3).
+    pub recent_requests: u64,
 }
 
 /// A route's inputs for a snapshot.
@@ -276,6 +279,8 @@ pub struct PreparedModel {
     pub in_explore: bool,
     /// The promoted incumbent, kept by hysteresis (promotable at `demote_confidence`).
     pub retained: bool,
+    /// Requests served on the route over the recent window ([`ModelInput::recent_requests`]).
+    pub recent_requests: u64,
 }
 
 impl PreparedModel {
@@ -287,6 +292,7 @@ impl PreparedModel {
             cost_per_request: self.stats.cost_per_request,
             p95_latency_ms: self.stats.p95_latency_ms,
             success_rate: self.success_rate,
+            recent_requests: self.recent_requests,
         }
     }
 }
@@ -310,6 +316,10 @@ pub struct PreparedRoute {
     pub incumbent: Option<usize>,
     /// Exploration probability from the quality budget (before per-request caps).
     pub budget_epsilon: f64,
+    /// Realized quality cost of the recent window: the mean gap to the baseline of the models
+    /// actually served, each at its current posterior mean (`None` below
+    /// [`REALIZED_MIN_REQUESTS`] served requests).
+    pub realized_gap: Option<f64>,
     /// The exploit pick without per-request state (what the exploration set is built around).
     pub static_exploit: usize,
 }
@@ -467,6 +477,7 @@ impl PreparedRoute {
                 gap_ub,
                 in_explore: false,
                 retained: false,
+                recent_requests: m.recent_requests,
             });
         }
         let pinned = match &input.pinned {
@@ -516,6 +527,7 @@ impl PreparedRoute {
             promotion,
             incumbent,
             budget_epsilon: 0.0,
+            realized_gap: None,
             static_exploit: 0,
         };
         let e = route.exploit(&RequestContext::default());
@@ -536,6 +548,7 @@ impl PreparedRoute {
                 && !m.static_failures.blocks(Action::Explore);
         }
         exploration_weights(&mut route.models, &ex, e);
+        route.realized_gap = realized_gap(&route.models);
         route.budget_epsilon = budget_epsilon(&route);
         Ok(Arc::new(route))
     }
@@ -682,7 +695,7 @@ fn budget_epsilon(r: &PreparedRoute) -> f64 {
         .map(|m| m.ts_prob / mass * m.gap_ub)
         .sum();
     let g_e = if e == 0 { 0.0 } else { r.models[e].gap_ub };
-    let budget = ex.budget * r.constraints.max_regression;
+    let budget = ex.budget * r.constraints.max_regression * realized_throttle(r, ex.budget);
     // Shadow exploration serves the baseline: it costs no quality, so it runs at the cap.
     if r.mode == Mode::Shadow {
         return cap;
@@ -694,6 +707,42 @@ fn budget_epsilon(r: &PreparedRoute) -> f64 {
         return cap;
     }
     ((budget - g_e) / (g_bar - g_e)).clamp(0.0, cap)
+}
+
+/// Served requests in the recent window before the realized account is trusted.
+pub const REALIZED_MIN_REQUESTS: u64 = 20;
+
+/// The mean gap to the baseline of what the route actually served over the recent window,
+/// each model at its *current* posterior mean: what the last window's exploration turned out
+/// to cost, as far as the evidence now tells. The planned cost of [`budget_epsilon`] uses each
+/// candidate's gap bound at the time it is explored; with many candidates the best-looking one
+/// is usually lucky (the winner's curse), so its bound is too low exactly when most of the
+/// exploration goes to it. This account re-prices past exploration as evidence arrives.
+fn realized_gap(models: &[PreparedModel]) -> Option<f64> {
+    let served: u64 = models.iter().map(|m| m.recent_requests).sum();
+    if served < REALIZED_MIN_REQUESTS {
+        return None;
+    }
+    let base = models[0].posterior.mean();
+    let cost: f64 = models
+        .iter()
+        .skip(1)
+        .map(|m| m.recent_requests as f64 * (base - m.posterior.mean()))
+        .sum();
+    Some(cost / served as f64)
+}
+
+/// Share of the quality budget left to plan with, from the realized account: the whole budget
+/// while the recent window spent at most half of it, nothing once it spent all of it, linear in
+/// between. A window that overspent (a lucky candidate that was not) thereby pays back before
+/// exploring more, so the windowed quality stays above the floor; a window that served better
+/// models (negative realized gap) leaves the full budget.
+fn realized_throttle(r: &PreparedRoute, budget_share: f64) -> f64 {
+    let budget = budget_share * r.constraints.max_regression;
+    match r.realized_gap {
+        Some(g) if budget > 0.0 => (2.0 * (1.0 - g / budget)).clamp(0.0, 1.0),
+        _ => 1.0,
+    }
 }
 
 /// The per-look level of a test repeated as samples arrive: α·6/(π²·n²) at n samples, so the
@@ -982,6 +1031,7 @@ pub(crate) mod tests {
             cost_per_request: cost,
             p95_latency_ms: Some(800.0),
             success_rate: Some(0.995),
+            recent_requests: 0,
         }
     }
 
@@ -1177,6 +1227,62 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// The budget route with served counts over the recent window per model (baseline first).
+    fn served_route(cands: &[(&str, u64, u64, f64)], served: &[u64]) -> Arc<PreparedRoute> {
+        let r = budget_route(cands, None);
+        let mut models: Vec<ModelInput> =
+            r.models.iter().cloned().map(|m| m.into_input()).collect();
+        for (m, n) in models.iter_mut().zip(served) {
+            m.recent_requests = *n;
+        }
+        let baseline = models.remove(0);
+        PreparedRoute::prepare_with(
+            RouteInput {
+                route: Arc::from("b"),
+                mode: Mode::Live,
+                baseline,
+                candidates: models,
+                constraints: Constraints::default(),
+                weights: ScoreWeights::default(),
+                exploration: ExplorationConfig::default(),
+                pinned: None,
+                table_version: 1,
+            },
+            PromotionConfig::default(),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_overspent_window_pays_back_before_exploring_more() {
+        // "bad" is now known to be 0.2 below the baseline (0.6); "new" is unknown.
+        let cands = [("bad", 8, 20, 0.002), ("new", 0, 0, 0.001)];
+        let fresh = served_route(&cands, &[0, 0, 0]);
+        assert_eq!(fresh.realized_gap, None);
+        assert!(fresh.budget_epsilon > 0.0);
+        // Too little served traffic: the account is not trusted yet.
+        let few = served_route(&cands, &[5, 5, 0]);
+        assert_eq!(few.realized_gap, None);
+        assert_eq!(few.budget_epsilon, fresh.budget_epsilon);
+        // 12% of the window went to "bad": a realized gap above 0.02, the whole budget.
+        let spent = served_route(&cands, &[440, 60, 0]);
+        let g = spent.realized_gap.unwrap();
+        assert!(g > 0.02 && g < 0.025, "{g}");
+        assert_eq!(spent.budget_epsilon, 0.0);
+        // Half the budget spent: the plan may use the whole budget again.
+        let half = served_route(&cands, &[475, 25, 0]);
+        assert!(half.realized_gap.unwrap() <= 0.0101);
+        assert!((half.budget_epsilon - fresh.budget_epsilon).abs() < 0.02 * fresh.budget_epsilon);
+        // In between: less than the full plan, more than nothing.
+        let some = served_route(&cands, &[465, 35, 0]);
+        assert!(some.budget_epsilon > 0.0 && some.budget_epsilon < fresh.budget_epsilon);
+        // The decision trace says what the window cost.
+        let d = decide(&some, &RequestContext::default());
+        let why = serde_json::to_string(&d.trace("req", 0)).unwrap();
+        assert!(why.contains("realized gap of the recent window"), "{why}");
+    }
+
     #[test]
     fn exploration_stops_at_the_share_cap() {
         let r = budget_route(&[("new", 0, 0, 0.001)], None);
@@ -1347,6 +1453,7 @@ pub(crate) mod tests {
                 cost_per_request: cost,
                 p95_latency_ms: p95,
                 success_rate: Some(succ),
+                recent_requests: 0,
             })
     }
 

@@ -63,6 +63,7 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
             cost_per_request: costs[i],
             p95_latency_ms: Some(500.0),
             success_rate: Some(0.999),
+            recent_requests: 0,
         };
         let prepared = PreparedRoute::prepare_with(
             RouteInput {

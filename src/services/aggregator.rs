@@ -404,6 +404,8 @@ struct ModelFacts {
     cost: f64,
     p95: Option<f64>,
     success: Option<f64>,
+    /// Requests served on the route over the stats window.
+    served: u64,
 }
 
 fn build_route(
@@ -478,6 +480,7 @@ fn build_route(
             success: s
                 .filter(|s| s.requests > 0)
                 .map(|s| (s.requests - s.errors.min(s.requests)) as f64 / s.requests as f64),
+            served: s.map_or(0, |s| s.requests),
         })
     };
     let base = match facts(baseline) {
@@ -494,6 +497,7 @@ fn build_route(
                 cost: 0.0,
                 p95: None,
                 success: None,
+                served: 0,
             }
         }
         Err(e) => return Err(format!("baseline '{baseline}' {e}")),
@@ -516,6 +520,7 @@ fn build_route(
             cost_per_request: f.cost,
             p95_latency_ms: f.p95,
             success_rate: f.success,
+            recent_requests: f.served,
         };
         let incumbent = inp
             .previous
