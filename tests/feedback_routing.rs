@@ -454,6 +454,51 @@ async fn constraints_pins_audit_explain_and_export() {
         tampered["chosen"] = json!("gpt-4o-mini-tampered");
         assert!(verify_value(&tampered, &key).is_err());
     }
+    verify_with_the_documented_python_script(&text);
+}
+
+/// Runs the verifier of docs/feedback-routing.md, verbatim, on a real export with the
+/// off-the-shelf RFC 8785 library (`rfc8785` from PyPI, installed by tests/sdk/setup.sh):
+/// every signature checks with the right key and none with a wrong one.
+fn verify_with_the_documented_python_script(export: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "run `bash tests/sdk/setup.sh` to install the Python test dependencies"
+    );
+    let doc = std::fs::read_to_string(root.join("docs/feedback-routing.md")).unwrap();
+    let from = doc
+        .find("## Verifying a decision signature")
+        .expect("section in docs/feedback-routing.md");
+    let block = doc[from..]
+        .split("```python\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("python block");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("verify_decisions.py");
+    let file = dir.path().join("decisions.jsonl");
+    std::fs::write(&script, block).unwrap();
+    std::fs::write(&file, export).unwrap();
+    let run = |key: &str| {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&file)
+            .env("LOOPGATE_DECISION_KEY", key)
+            .output()
+            .unwrap()
+    };
+    let ok = run(DECISION_KEY);
+    let out = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(
+        ok.status.success() && out.contains(" 0 bad"),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = run("wrong-key");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("0 signatures ok"));
 }
 
 #[path = "support/pg.rs"]

@@ -1,9 +1,11 @@
 //! The decision trace (JSON) and its signature.
 //!
 //! A trace is rendered from a [`Decision`] off the hot path. It is signed with HMAC-SHA256 over
-//! a canonical form — the JSON object without its `signature` member, keys sorted
-//! lexicographically at every level, no whitespace — so an exported trace can be verified by
-//! anyone holding the key, whatever key order or spacing a tool gives it on the way.
+//! its RFC 8785 canonical form (JCS: the JSON object without its `signature` member, keys
+//! sorted, no whitespace, numbers as ECMAScript prints them), so an exported trace can be
+//! verified by anyone holding the key with an off-the-shelf JCS library, whatever key order,
+//! spacing or float formatting a tool gives it on the way. Signatures made before JCS
+//! (`alg = "HMAC-SHA256"`) keep verifying with their own canonical form.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -340,7 +342,7 @@ pub struct SigningKey {
 pub struct Signature {
     pub alg: String,
     pub key_id: String,
-    /// Lowercase hex HMAC-SHA256 of the canonical form.
+    /// Lowercase hex HMAC-SHA256 of the canonical form named by `alg`.
     pub value: String,
 }
 
@@ -358,7 +360,7 @@ pub enum SignError {
     NotAnObject,
     #[error("decision trace has no signature")]
     Unsigned,
-    #[error("signature algorithm {0:?} is not HMAC-SHA256")]
+    #[error("signature algorithm {0:?} is neither HMAC-SHA256/JCS nor the legacy HMAC-SHA256")]
     Algorithm(String),
     #[error("signature key id {got:?} does not match the configured key {want:?}")]
     KeyId { got: String, want: String },
@@ -372,8 +374,19 @@ pub enum SignError {
     Serialise(String),
 }
 
-/// Canonical JSON: keys sorted at every level, no whitespace, numbers as serde_json prints them.
-pub fn canonical_json(v: &Value) -> String {
+/// The signature algorithm of new traces: HMAC-SHA256 over the RFC 8785 (JCS) form.
+pub const SIGNATURE_ALG: &str = "HMAC-SHA256/JCS";
+/// Traces signed before JCS: HMAC-SHA256 over [`legacy_canonical_json`].
+pub const LEGACY_SIGNATURE_ALG: &str = "HMAC-SHA256";
+
+/// The RFC 8785 (JCS) form of a value.
+pub fn jcs(v: &impl Serialize) -> Result<Vec<u8>, SignError> {
+    serde_json_canonicalizer::to_vec(v).map_err(|e| SignError::Serialise(e.to_string()))
+}
+
+/// The canonical form of traces signed before JCS (`alg = "HMAC-SHA256"`): keys sorted at every
+/// level, no whitespace, numbers as serde_json prints them. Kept to verify old exports only.
+pub fn legacy_canonical_json(v: &Value) -> String {
     let mut out = String::new();
     write_canonical(v, &mut out);
     out
@@ -389,8 +402,7 @@ fn write_canonical(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                // serde_json's string escaping, without cloning the key.
-                let _ = serde_json::to_writer(string_writer(out), k.as_str());
+                out.push_str(&Value::String((*k).clone()).to_string());
                 out.push(':');
                 if let Some(x) = map.get(*k) {
                     write_canonical(x, out);
@@ -412,29 +424,6 @@ fn write_canonical(v: &Value, out: &mut String) {
     }
 }
 
-/// `io::Write` into a `String` (serde_json only ever writes valid UTF-8 for a `&str`).
-fn string_writer(out: &mut String) -> impl std::io::Write + '_ {
-    struct W<'a>(&'a mut String);
-    impl std::io::Write for W<'_> {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            match std::str::from_utf8(buf) {
-                Ok(s) => {
-                    self.0.push_str(s);
-                    Ok(buf.len())
-                }
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "not UTF-8",
-                )),
-            }
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    W(out)
-}
-
 fn mac(key: &SigningKey) -> Result<Hmac<Sha256>, SignError> {
     if key.secret.is_empty() {
         return Err(SignError::EmptyKey);
@@ -442,78 +431,37 @@ fn mac(key: &SigningKey) -> Result<Hmac<Sha256>, SignError> {
     Hmac::<Sha256>::new_from_slice(key.secret.expose().as_bytes()).map_err(|_| SignError::EmptyKey)
 }
 
-/// Round every float to 12 significant digits and flush |x| < 1e-10 to 0.
-///
-/// Exact text round trips are guaranteed for |x| < 1e15, which covers every number a trace holds
-/// (probabilities, USD, milliseconds, counts).
-///
-/// Why: serde_json's default float parser is exact only for short decimals with small
-/// exponents; a 17-digit float can come back one ULP off after an export is re-parsed, which
-/// would change the canonical form and break verification. Normalised floats round-trip exactly.
-pub fn normalise_numbers(v: &mut Value) {
-    match v {
-        Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().unwrap_or(0.0);
-            let y = if x.abs() < 1e-10 {
-                0.0
-            } else if short_enough(x) {
-                // Already ≤ 12 significant digits: rounding would not change it.
-                x
-            } else {
-                format!("{x:.11e}").parse::<f64>().unwrap_or(x)
-            };
-            if let Some(m) = serde_json::Number::from_f64(y) {
-                *n = m;
-            }
-        }
-        Value::Array(xs) => xs.iter_mut().for_each(normalise_numbers),
-        Value::Object(m) => m.values_mut().for_each(normalise_numbers),
-        _ => {}
-    }
-}
-
-/// Whether the shortest representation of `x` has at most 12 significant digits.
-fn short_enough(x: f64) -> bool {
-    use std::fmt::Write;
-    let mut buf = String::with_capacity(32);
-    let _ = write!(buf, "{x:e}");
-    let mantissa = buf.split('e').next().unwrap_or("");
-    mantissa.bytes().filter(u8::is_ascii_digit).count() <= 12
-}
-
-/// Sign a trace and render the signed JSON text (what is stored and exported) in one pass.
-pub fn sign_to_string(trace: &DecisionTrace, key: &SigningKey) -> Result<String, SignError> {
-    let ser = |e: serde_json::Error| SignError::Serialise(e.to_string());
-    let mut v = serde_json::to_value(trace).map_err(ser)?;
-    normalise_numbers(&mut v);
+fn signature_of(trace: &DecisionTrace, key: &SigningKey) -> Result<Signature, SignError> {
     let mut m = mac(key)?;
-    m.update(canonical_json(&v).as_bytes());
-    let sig = Signature {
-        alg: "HMAC-SHA256".to_string(),
+    m.update(&jcs(trace)?);
+    Ok(Signature {
+        alg: SIGNATURE_ALG.to_string(),
         key_id: key.key_id.clone(),
         value: hex::encode(m.finalize().into_bytes()),
-    };
-    if let Value::Object(map) = &mut v {
-        map.insert("signature".into(), serde_json::to_value(&sig).map_err(ser)?);
-    }
-    serde_json::to_string(&v).map_err(ser)
+    })
 }
 
-/// Sign a trace. The returned copy has its floats normalised (see [`normalise_numbers`]).
-pub fn sign(trace: &DecisionTrace, key: &SigningKey) -> Result<SignedDecision, SignError> {
+/// Sign a trace and render the signed JSON text (what is stored and exported) in one pass:
+/// the trace's own JSON with the `signature` member appended (no intermediate `Value`).
+pub fn sign_to_string(trace: &DecisionTrace, key: &SigningKey) -> Result<String, SignError> {
     let ser = |e: serde_json::Error| SignError::Serialise(e.to_string());
-    let mut v = serde_json::to_value(trace).map_err(ser)?;
-    normalise_numbers(&mut v);
-    let trace: DecisionTrace = serde_json::from_value(v.clone()).map_err(ser)?;
-    let mut m = mac(key)?;
-    m.update(canonical_json(&v).as_bytes());
+    let sig = signature_of(trace, key)?;
+    let mut out = serde_json::to_string(trace).map_err(ser)?;
+    // A struct serialises as one JSON object: replace its closing brace.
+    if out.pop() != Some('}') {
+        return Err(SignError::NotAnObject);
+    }
+    out.push_str(",\"signature\":");
+    out.push_str(&serde_json::to_string(&sig).map_err(ser)?);
+    out.push('}');
+    Ok(out)
+}
+
+/// Sign a trace.
+pub fn sign(trace: &DecisionTrace, key: &SigningKey) -> Result<SignedDecision, SignError> {
     Ok(SignedDecision {
-        trace,
-        signature: Signature {
-            alg: "HMAC-SHA256".to_string(),
-            key_id: key.key_id.clone(),
-            value: hex::encode(m.finalize().into_bytes()),
-        },
+        signature: signature_of(trace, key)?,
+        trace: trace.clone(),
     })
 }
 
@@ -526,9 +474,6 @@ pub fn verify_value(v: &Value, key: &SigningKey) -> Result<(), SignError> {
         .map(serde_json::from_value)
         .ok_or(SignError::Unsigned)?
         .map_err(|_| SignError::Unsigned)?;
-    if sig.alg != "HMAC-SHA256" {
-        return Err(SignError::Algorithm(sig.alg));
-    }
     if sig.key_id != key.key_id {
         return Err(SignError::KeyId {
             got: sig.key_id,
@@ -538,8 +483,13 @@ pub fn verify_value(v: &Value, key: &SigningKey) -> Result<(), SignError> {
     let tag = hex::decode(&sig.value).map_err(|_| SignError::BadHex)?;
     let mut body = obj.clone();
     body.remove("signature");
+    let body = Value::Object(body);
     let mut m = mac(key)?;
-    m.update(canonical_json(&Value::Object(body)).as_bytes());
+    match sig.alg.as_str() {
+        SIGNATURE_ALG => m.update(&jcs(&body)?),
+        LEGACY_SIGNATURE_ALG => m.update(legacy_canonical_json(&body).as_bytes()),
+        _ => return Err(SignError::Algorithm(sig.alg)),
+    }
     // verify_slice compares in constant time.
     m.verify_slice(&tag).map_err(|_| SignError::Mismatch)
 }
@@ -564,25 +514,60 @@ mod tests {
     }
 
     proptest::proptest! {
-        // Normalised floats survive text round trips, so exported traces keep verifying.
+        // Any float survives an export's text round trip (serde_json's exact float parsing) and
+        // its JCS form is the same after it, so exported traces keep verifying.
         #[test]
-        fn normalised_floats_round_trip(
+        fn floats_round_trip_through_text_and_jcs(
             parts in proptest::collection::vec((-1.0f64..1.0, -12i32..15), 1..20)
         ) {
             let xs: Vec<f64> = parts.iter().map(|(m, e)| m * 10f64.powi(*e)).collect();
-            let mut v = serde_json::json!({ "xs": xs, "nested": { "x": xs[0] } });
-            normalise_numbers(&mut v);
-            let canon = canonical_json(&v);
+            let v = serde_json::json!({ "xs": xs, "nested": { "x": xs[0] } });
+            let canon = jcs(&v).unwrap();
             let back: Value = serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
-            proptest::prop_assert_eq!(canonical_json(&back), canon);
+            proptest::prop_assert_eq!(jcs(&back).unwrap(), canon);
         }
     }
 
     #[test]
-    fn canonical_form_sorts_keys_and_strips_space() {
+    fn canonical_form_is_rfc8785() {
+        let v: Value = serde_json::from_str(
+            r#"{ "b": [1, {"z": 1.0, "a": "x y"}], "a": 0.5, "c": 1e-7, "d": 1e21, "\u00e9": "é" }"#,
+        )
+        .unwrap();
+        // Keys by UTF-16 code units, integral floats without ".0", ECMAScript exponents.
+        assert_eq!(
+            String::from_utf8(jcs(&v).unwrap()).unwrap(),
+            r#"{"a":0.5,"b":[1,{"a":"x y","z":1}],"c":1e-7,"d":1e+21,"é":"é"}"#
+        );
+        // The legacy form (old signatures) prints numbers the serde_json way.
         let v: Value =
             serde_json::from_str(r#"{ "b": [1, {"z": 1, "a": "x y"}], "a": 0.5 }"#).unwrap();
-        assert_eq!(canonical_json(&v), r#"{"a":0.5,"b":[1,{"a":"x y","z":1}]}"#);
+        assert_eq!(
+            legacy_canonical_json(&v),
+            r#"{"a":0.5,"b":[1,{"a":"x y","z":1}]}"#
+        );
+    }
+
+    #[test]
+    fn legacy_signatures_keep_verifying() {
+        // A trace signed the pre-JCS way: HMAC over the legacy canonical form.
+        let v = serde_json::json!({ "request_id": "req_old", "confidence": 0.97, "n": 3 });
+        let mut m = mac(&key()).unwrap();
+        m.update(legacy_canonical_json(&v).as_bytes());
+        let mut signed = v.clone();
+        signed["signature"] = serde_json::json!({
+            "alg": LEGACY_SIGNATURE_ALG,
+            "key_id": "k1",
+            "value": hex::encode(m.finalize().into_bytes()),
+        });
+        verify_value(&signed, &key()).unwrap();
+        signed["n"] = serde_json::json!(4);
+        assert_eq!(verify_value(&signed, &key()), Err(SignError::Mismatch));
+        signed["signature"]["alg"] = serde_json::json!("HMAC-MD5");
+        assert!(matches!(
+            verify_value(&signed, &key()),
+            Err(SignError::Algorithm(_))
+        ));
     }
 
     #[test]
@@ -643,6 +628,14 @@ mod tests {
         verify_value(&v, &key()).unwrap();
         let back: SignedDecision = serde_json::from_str(&text).unwrap();
         assert_eq!(back, signed);
+        // The stored form (rendered without a `Value`) is the same signed object.
+        let stored = sign_to_string(&t, &key()).unwrap();
+        verify_value(&serde_json::from_str(&stored).unwrap(), &key()).unwrap();
+        assert_eq!(
+            serde_json::from_str::<SignedDecision>(&stored).unwrap(),
+            signed
+        );
+        assert_eq!(signed.signature.alg, SIGNATURE_ALG);
         // Tampering is detected.
         let mut v2 = v.clone();
         v2["served"] = Value::String("gpt-4o".into());
