@@ -214,6 +214,8 @@ struct RunOut {
     first_promotion: Option<usize>,
     promotions: Vec<(usize, usize, f64)>,
     served: Vec<usize>,
+    /// Decisions that explored (sweep aid).
+    explored_n: usize,
     /// True quality of what was served per request (regression applied).
     served_q: Vec<f64>,
     /// Regression: onset and requests until the regressed model was no longer the exploit pick.
@@ -362,8 +364,8 @@ fn run(
                 && std::env::var("LOOPGATE_DEBUG_SNAP").is_ok_and(|v| &*route == v.as_str())
             {
                 eprintln!(
-                    "n={n} eps={:.3} share={share:.3} exploit={}",
-                    p.budget_epsilon, p.static_exploit
+                    "n={n} eps={:.3} share={share:.3} exploit={} explored={} sessions={}",
+                    p.budget_epsilon, p.static_exploit, out.explored_n, next_session
                 );
                 for (i, m) in p.models.iter().enumerate() {
                     eprintln!(
@@ -423,6 +425,7 @@ fn run(
                 0.0
             };
             share += EXPLORE_EWMA * (explored - share);
+            out.explored_n += explored as usize;
         }
         let m = d.served;
         let regressed = onset.is_some_and(|o| n >= o) && regressed_model == Some(m);
