@@ -75,6 +75,28 @@ fn call(name: &str, args: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": name, "arguments": args}})
 }
 
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}})
+}
+
+/// Poll until `token` answers 401 "expired" (it was minted with `ttl_secs: 1`).
+async fn wait_expired(gw: &GatewayProc, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, v) = rpc(gw, Some(token), initialize()).await;
+        if s == 401 {
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("expired"),
+                "{v}"
+            );
+            return;
+        }
+        assert_eq!(s, 200, "{v}");
+        assert!(Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_python_sdk_lists_and_calls_every_tool() {
     let python = Path::new(ROOT).join("target/sdk-venv/bin/python");
@@ -107,6 +129,30 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         assert!(Instant::now() < deadline, "decision {id} never stored");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // A second request in s1, tagged feature=search (what a tag-filtered token sees).
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {MASTER_KEY}"))
+        .header("loopgate-session-id", "s1")
+        .header("loopgate-property-feature", "search")
+        .json(&json!({"model": "auto:ra", "messages": [{"role": "user", "content": "find"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tagged_id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin(&gw, "GET", &format!("/v1/logs/{tagged_id}"), json!({}))
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "trace {tagged_id} never stored");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let (s, v) = admin(
         &gw,
         "POST",
@@ -115,6 +161,21 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
     )
     .await;
     assert!(s < 300, "{s} {v}");
+    // Cost per resolved session through the analytics API: s1 (NPS 10) is resolved.
+    let (s, v) = admin(
+        &gw,
+        "GET",
+        "/v1/analytics?group_by=model&resolved_nps=9",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let rs = &v["resolved_sessions"];
+    assert_eq!(rs["rated_sessions"], 1, "{v}");
+    assert_eq!(rs["resolved_sessions"], 1, "{v}");
+    assert!(rs["cost_per_resolved_session"].as_f64().is_some(), "{v}");
+    let (_, v) = admin(&gw, "GET", "/v1/analytics?resolved_nps=10.5", json!({})).await;
+    assert_eq!(v["error"]["param"], "resolved_nps", "{v}");
 
     let read = mint(
         &gw,
@@ -126,12 +187,20 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         json!({"scope": "mutate", "routes": ["ra"], "ttl_secs": 600}),
     )
     .await;
+    let tagged = mint(
+        &gw,
+        json!({"scope": "read", "tags": ["feature:search"], "ttl_secs": 600}),
+    )
+    .await;
+    let expired = mint(&gw, json!({"scope": "read", "ttl_secs": 1})).await;
+    wait_expired(&gw, &expired).await;
     let out = Command::new(&python)
         .arg(Path::new(ROOT).join("tests/sdk/test_mcp_python.py"))
-        .args([&gw.url(""), &read, &mutate, &id])
+        .args([&gw.url(""), &read, &mutate, &id, &tagged, &expired])
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
     assert!(
         out.status.success(),
         "python MCP client failed:\n{stdout}\n{}\ngateway log:\n{}",
@@ -154,6 +223,8 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         "constraints_confirmed",
         "experiment_confirmed",
         "mutate_filter",
+        "tag_filter",
+        "expired_401",
         "done",
     ] {
         assert!(
@@ -276,23 +347,55 @@ async fn mcp_bad_input_is_a_json_rpc_error_with_the_right_status() {
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("scope")));
     let (s, v) = admin(&gw, "POST", "/v1/mcp/tokens", json!({"ttl_secs": 0})).await;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("ttl_secs")));
-    let (s, v) = admin(&gw, "POST", "/v1/mcp/tokens", json!({"tags": ["x"]})).await;
-    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("tags")));
 
     // Expiry: a 1-second token answers 401 once it has expired.
     let short = mint(&gw, json!({"ttl_secs": 1})).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (s, v) = rpc(&gw, Some(&short), init.clone()).await;
-        if s == 401 {
-            assert!(
-                v["error"]["message"].as_str().unwrap().contains("expired"),
-                "{v}"
-            );
-            break;
-        }
-        assert_eq!(s, 200);
-        assert!(Instant::now() < deadline, "the token never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_expired(&gw, &short).await;
+    // A tag filter needs name:value, and a mutate token cannot have one.
+    let (s, v) = admin(&gw, "POST", "/v1/mcp/tokens", json!({"tags": ["x"]})).await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("tags")),
+        "{v}"
+    );
+    let (s, v) = admin(
+        &gw,
+        "POST",
+        "/v1/mcp/tokens",
+        json!({"scope": "mutate", "tags": ["feature:x"]}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("tags")),
+        "{v}"
+    );
+    // An MCP-Protocol-Version the server does not speak: 400 naming the supported ones.
+    let r = client()
+        .post(gw.url("/mcp"))
+        .header("authorization", format!("Bearer {read}"))
+        .header("mcp-protocol-version", "1999-01-01")
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32022, "{v}");
+    assert!(v["error"]["data"]["supported"].as_array().is_some(), "{v}");
+    // ping with a supported version.
+    let r = client()
+        .post(gw.url("/mcp"))
+        .header("authorization", format!("Bearer {read}"))
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(4), json!({}))
+    );
 }

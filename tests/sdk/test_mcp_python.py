@@ -1,8 +1,9 @@
 """loopgate's MCP server through the official MCP Python SDK (Streamable HTTP).
 
 Run by tests/mcp_sdk.rs: argv = base URL, read token (filtered to route "ra"), mutate token
-(filtered to route "ra"), a request id served on "ra". Prints one JSON line per check;
-any failed assertion exits non-zero.
+(filtered to route "ra"), a request id served on "ra" (untagged), a read token filtered to the
+tag feature:search (one tagged request exists), an expired token. Prints one JSON line per
+check; any failed assertion exits non-zero.
 """
 
 import asyncio
@@ -13,7 +14,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-URL, READ, MUTATE, REQUEST_ID = sys.argv[1:5]
+URL, READ, MUTATE, REQUEST_ID, TAGGED, EXPIRED = sys.argv[1:7]
 
 
 def dump(r):
@@ -26,17 +27,10 @@ def structured(r):
     return d["structuredContent"]
 
 
-async def connect(token):
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    transport = streamable_http_client(f"{URL}/mcp", http_client=http)
-    return http, transport
-
-
 async def with_client(token, body):
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with streamable_http_client(f"{URL}/mcp", http_client=http) as transport:
-            async with Client(transport) as c:
-                return await body(c)
+        async with Client(streamable_http_client(f"{URL}/mcp", http_client=http)) as c:
+            return await body(c)
 
 
 async def read_checks(c):
@@ -146,9 +140,37 @@ async def mutate_checks(c):
     print(json.dumps({"check": "mutate_filter"}))
 
 
+async def tag_checks(c):
+    a = structured(await c.call_tool("get_analytics", {"window": "1h"}))
+    assert a["totals"]["requests"] == 1, a  # only the tagged request
+    ls = structured(await c.call_tool("list_decisions", {"window": "1h"}))
+    assert ls["count"] == 1 and ls["data"][0]["id"] != REQUEST_ID, ls
+    out = dump(await c.call_tool("get_decision", {"request_id": REQUEST_ID}))
+    assert out.get("isError") is True, out  # the untagged request is outside the filter
+    print(json.dumps({"check": "tag_filter", "requests": a["totals"]["requests"]}))
+
+
+async def expired_check():
+    async def never(c):
+        raise AssertionError("connected with an expired token")
+
+    try:
+        await with_client(EXPIRED, never)
+    except AssertionError:
+        raise
+    except BaseException as ex:  # the SDK surfaces the 401 JSON-RPC error (maybe in a group)
+        text = repr(ex)
+        for sub in getattr(ex, "exceptions", ()):
+            text += repr(sub)
+        assert "expired" in text or "401" in text, text
+        print(json.dumps({"check": "expired_401", "error": text[:200]}))
+
+
 async def main():
     await with_client(READ, read_checks)
     await with_client(MUTATE, mutate_checks)
+    await with_client(TAGGED, tag_checks)
+    await expired_check()
     print(json.dumps({"check": "done"}))
 
 
