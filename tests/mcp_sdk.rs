@@ -239,6 +239,8 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
     let calls = text.matches("mcp.tool_call").count();
     assert!(calls >= 17, "only {calls} audited tool calls: {text}");
     assert!(text.contains("mcp:mcptok_"), "{text}");
+    // The read token's refused pin_route is audited too, with the refusal.
+    assert!(text.contains("refused: tool 'pin_route'"), "{text}");
     assert!(
         !text.contains(&read) && !text.contains(&mutate),
         "token leaked"

@@ -335,6 +335,45 @@ mod tests {
     }
 
     #[test]
+    fn filters_match_routes_and_every_tag() {
+        let mut g = grant(0);
+        assert!(g.allows_route("any") && g.allows_trace(&json!({})));
+        g.routes = vec!["ra".into()];
+        g.tags = vec![
+            ("feature".into(), "search".into()),
+            ("team".into(), "a".into()),
+        ];
+        assert!(g.allows_route("ra") && !g.allows_route("rb"));
+        let both = json!({"properties": [["feature", "search"], ["team", "a"], ["x", "y"]]});
+        let one = json!({"properties": [["feature", "search"]]});
+        let other = json!({"properties": [["feature", "chat"], ["team", "a"]]});
+        assert!(g.allows_trace(&both));
+        assert!(!g.allows_trace(&one));
+        assert!(!g.allows_trace(&other));
+        assert!(!g.allows_trace(&json!({"properties": []})));
+        assert!(g.allows_trace(&json!({"properties": {"feature": "search", "team": "a"}})));
+        // A mutate token acts as an admin of its project; a read token only reads.
+        assert!(!g.caller().has(Scope::Admin) && g.caller().has(Scope::Read));
+        g.scope = TokenScope::Mutate;
+        assert!(g.caller().has(Scope::Admin));
+        assert_eq!(g.caller().key_id.as_deref(), Some("mcp:t"));
+    }
+
+    #[test]
+    fn the_token_table_is_bounded_and_drops_expired_tokens_first() {
+        let t = Tokens::new();
+        for _ in 0..MAX_TOKENS {
+            t.mint(grant(now_ms() - 1)).unwrap();
+        }
+        // All expired: dropped, so a new one fits.
+        t.mint(grant(now_ms() + 60_000)).unwrap();
+        for _ in 1..MAX_TOKENS {
+            t.mint(grant(now_ms() + 60_000)).unwrap();
+        }
+        assert!(t.mint(grant(now_ms() + 60_000)).is_err());
+    }
+
+    #[test]
     fn tokens_are_checked_by_hash_and_expire() {
         let t = Tokens::new();
         let live = t.mint(grant(now_ms() + 60_000)).unwrap();

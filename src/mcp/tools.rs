@@ -321,25 +321,26 @@ pub async fn call(
             ),
         ));
     }
-    if mutating && grant.scope != TokenScope::Mutate {
-        return Err(RpcError::forbidden(format!(
-            "tool '{name}' needs a token with the mutate scope"
-        )));
-    }
-    // Every call is audited before it runs; a call that cannot be audited does not run.
+    let refused = (mutating && grant.scope != TokenScope::Mutate)
+        .then(|| RpcError::forbidden(format!("tool '{name}' needs a token with the mutate scope")));
+    // Every call is audited before it runs (a refused one too, with the refusal as its
+    // reason); a call that cannot be audited does not run.
     let route = args
         .get("route")
         .and_then(Value::as_str)
-        .map(str::to_string);
+        .map(|r| r.chars().take(256).collect::<String>());
     let audited = json!({"tool": name, "arguments": audit_args(&args)});
     mcp.audit(
         &format!("mcp:{}", grant.token_id),
         "mcp.tool_call",
         route,
         Some(audited.to_string()),
-        None,
+        refused.as_ref().map(|e| format!("refused: {}", e.message)),
     )
     .await?;
+    if let Some(e) = refused {
+        return Err(e);
+    }
     let out = run(mcp, admin, grant, &name, Args(args)).await;
     match out {
         Ok(v) => Ok(json!({
