@@ -385,6 +385,21 @@ async fn mcp_bad_input_is_a_json_rpc_error_with_the_right_status() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], -32022, "{v}");
     assert!(v["error"]["data"]["supported"].as_array().is_some(), "{v}");
+    // A foreign browser Origin is refused (DNS-rebinding guard); the gateway's own is not.
+    for (origin, status) in [
+        ("http://evil.example", 403),
+        (gw.url("").trim_end_matches('/'), 200),
+    ] {
+        let r = client()
+            .post(gw.url("/mcp"))
+            .header("authorization", format!("Bearer {read}"))
+            .header("origin", origin)
+            .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{origin}");
+    }
     // ping with a supported version.
     let r = client()
         .post(gw.url("/mcp"))

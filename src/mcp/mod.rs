@@ -53,6 +53,23 @@ impl Mcp {
         }
     }
 
+    /// DNS-rebinding guard of the Streamable HTTP transport: a browser `Origin` must be the
+    /// gateway's own (its authority equals `Host`) or one `[server.cors]` allows.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let authority = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        if authority.is_some_and(|a| host.is_some_and(|h| a.eq_ignore_ascii_case(h))) {
+            return true;
+        }
+        let rt = self.runtime.load();
+        rt.config
+            .server
+            .cors
+            .as_ref()
+            .is_some_and(|c| c.allows_origin(origin))
+    }
+
     /// Build the MCP server into `gw`: `/mcp` and the token route `POST /v1/mcp/tokens`.
     /// Call [`Mcp::bind`] with the gateway once it is in its `Arc`.
     pub fn assemble(gw: &mut Gateway, slot: Option<StoreSlot>) -> Arc<Mcp> {
@@ -88,6 +105,14 @@ impl Mcp {
             );
             r.headers.push(("allow".into(), "POST".into()));
             return r;
+        }
+        if let Some(origin) = header("origin") {
+            if !self.origin_allowed(origin, header("host")) {
+                let e = RpcError::forbidden(
+                    "this Origin may not call /mcp: same origin only, or one [server.cors] allows",
+                );
+                return rpc_response(403, &rpc::error_body(&Value::Null, &e));
+            }
         }
         if let Some(v) = header("mcp-protocol-version") {
             if !PROTOCOL_VERSIONS.contains(&v) {
