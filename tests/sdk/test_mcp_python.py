@@ -63,7 +63,12 @@ async def read_checks(c):
     ls = structured(await c.call_tool("list_decisions", {"window": "1h", "max_latency_ms": 60000}))
     assert ls["count"] >= 1 and all(x["route"] == "ra" for x in ls["data"]), ls
     assert all("latency_ms" in x for x in ls["data"]), ls
-    print(json.dumps({"check": "list_decisions", "count": ls["count"]}))
+    s1 = structured(await c.call_tool("list_decisions", {"session_id": "s1", "limit": 10}))
+    none = structured(await c.call_tool("list_decisions", {"session_id": "no-such-session"}))
+    assert s1["count"] >= 1 and none["count"] == 0, (s1, none)
+    q = structured(await c.call_tool("list_decisions", {"min_quality": 0.0, "max_quality": 1.0}))
+    assert all(x["route"] == "ra" for x in q["data"]), q
+    print(json.dumps({"check": "list_decisions", "count": ls["count"], "session": s1["count"]}))
 
     v = structured(await c.call_tool("get_verification", {"route": "ra", "window": "1h"}))
     print(json.dumps({"check": "get_verification", "keys": sorted(v.keys())[:6]}))
@@ -133,6 +138,7 @@ async def mutate_checks(c):
     exp = structured(await c.call_tool("create_experiment", {"route": "ra", "candidate": "gpt-4o-mini"}))
     assert exp["status"] == "confirmation_required", exp
     r = dump(await c.call_tool("create_experiment", {"confirmation_id": exp["confirmation_id"]}))
+    assert not r.get("isError") and r["structuredContent"]["status"] == "applied", r
     print(json.dumps({"check": "experiment_confirmed", "isError": r.get("isError", False)}))
 
     out = dump(await c.call_tool("pin_route", {"route": "shared"}))
