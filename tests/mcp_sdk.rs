@@ -232,6 +232,34 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
             "missing {check}:\n{stdout}"
         );
     }
+    // The project filter: a token of project "beta" sees none of this (project-less) traffic.
+    let beta = mint(&gw, json!({"project": "beta", "ttl_secs": 600})).await;
+    let (s, v) = rpc(
+        &gw,
+        Some(&beta),
+        call("get_analytics", json!({"window": "1h"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"]["totals"]["requests"], 0,
+        "{v}"
+    );
+    let (_, v) = rpc(
+        &gw,
+        Some(&beta),
+        call("get_decision", json!({"request_id": id})),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let (_, v) = rpc(
+        &gw,
+        Some(&beta),
+        call("list_decisions", json!({"window": "1h"})),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["count"], 0, "{v}");
+
     // Every tool call is in the audit log, under the token's id.
     let (s, v) = admin(&gw, "GET", "/v1/audit?limit=500", json!({})).await;
     assert_eq!(s, 200, "{v}");
