@@ -28,6 +28,7 @@ pub mod feedback;
 pub mod firewall;
 pub mod install;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod providers;
 pub mod proxy;

@@ -272,8 +272,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         auto: gw.auto.clone(),
         limits: gw.limits.clone(),
     }));
+    let mcp = crate::mcp::Mcp::assemble(&mut gw, tracing_on.then(|| slot.clone()));
     let vkeys = gw.vkeys.clone();
     let gw = Arc::new(gw);
+    mcp.bind(&gw);
     crate::services::aggregator::AggregatorService::initial_table(&gw);
 
     // Pingora sleeps its whole grace period; the coordinator exits earlier once idle.

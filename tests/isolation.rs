@@ -639,6 +639,21 @@ fn rows(ids: &Ids) -> Vec<Row> {
             ],
             Some(("ra", "nosuchroute")),
         ),
+        // A scoped MCP token of alpha: beta (locked to beta) cannot mint one for alpha.
+        row(
+            "POST",
+            "/v1/mcp/tokens",
+            "/v1/mcp/tokens".into(),
+            Some(json!({"project": "alpha", "scope": "read", "ttl_secs": 60})),
+            "a_read",
+            [
+                st(403),
+                st(403),
+                has(201, &["\"project\":\"alpha\"", "lgm_"], &[]),
+                has(201, &["\"project\":\"alpha\"", "lgm_"], &[]),
+            ],
+            None,
+        ),
         row(
             "POST",
             "/v1/experiments/{id}/promote",

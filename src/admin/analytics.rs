@@ -22,7 +22,21 @@ pub async fn handle(store: &StoreSlot, req: &AdminRequest) -> Option<AdminRespon
 
 async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, GatewayError> {
     check_read(req)?;
-    check_params(req, &["group_by", "bucket"])?;
+    check_params(req, &["group_by", "bucket", "resolved_nps"])?;
+    let resolved_nps = match req.param("resolved_nps") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<f64>()
+                .ok()
+                .filter(|n| (0.0..=10.0).contains(n))
+                .ok_or_else(|| {
+                    GatewayError::invalid(
+                        "'resolved_nps' must be a number 0..=10 (the session NPS at or above which a session counts as resolved)",
+                        Some("resolved_nps"),
+                    )
+                })?,
+        ),
+    };
     let group_name = req.param("group_by").unwrap_or("model");
     let group_by = GroupBy::parse(group_name).ok_or_else(|| {
         GatewayError::invalid(
@@ -42,6 +56,21 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
         bucket,
     };
     let rows = store.analytics(&q).await.map_err(store_err)?;
+    let resolved = match resolved_nps {
+        Some(t) => {
+            // Feedback pages are read unscoped (a narrowed page would end the scan early)
+            // and filtered by the caller's visibility here.
+            let vis = req.caller.visibility(None);
+            let raw = store_of(slot, &crate::store::scoped::Visibility::All)?;
+            let s = Rated {
+                feedback: &*raw,
+                logs: &*store,
+                vis: &vis,
+            };
+            Some(resolved_sessions(s, &filter, &q.group_by, t).await?)
+        }
+        None => None,
+    };
     let (mut requests, mut errors, mut pt, mut ct, mut cost) = (0u64, 0u64, 0u64, 0u64, 0f64);
     for r in &rows {
         requests += r.requests;
@@ -50,9 +79,7 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
         ct += r.completion_tokens;
         cost += r.cost_usd;
     }
-    Ok(AdminResponse::json(
-        200,
-        &json!({
+    let mut body = json!({
             "object": "analytics",
             "group_by": group_name,
             "bucket": bucket_name,
@@ -69,6 +96,157 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
                 "cost_usd": (cost * 1e9).round() / 1e9,
             },
             "data": rows,
-        }),
-    ))
+    });
+    if let Some(r) = resolved {
+        body["resolved_sessions"] = r;
+    }
+    Ok(AdminResponse::json(200, &body))
+}
+
+/// How many sessions (with a session NPS in the window) the cost-per-resolved-session
+/// figure reads at most, and how many feedback rows it scans.
+const MAX_RATED_SESSIONS: usize = 500;
+const MAX_FEEDBACK_SCAN: usize = 100_000;
+
+/// Cost per resolved session: of the sessions rated (session NPS) in the filter's window, the
+/// resolved ones have NPS >= `threshold`. Per group (e.g. model), the rated sessions the group
+/// served in, their whole cost, and that cost divided by the resolved ones among them (a
+/// session served by two models counts for both).
+struct Rated<'a> {
+    feedback: &'a dyn crate::store::Store,
+    logs: &'a dyn crate::store::Store,
+    vis: &'a crate::store::scoped::Visibility,
+}
+
+async fn resolved_sessions(
+    stores: Rated<'_>,
+    filter: &crate::store::LogFilter,
+    group_by: &GroupBy,
+    threshold: f64,
+) -> Result<serde_json::Value, GatewayError> {
+    use std::collections::{BTreeMap, HashMap};
+    let (from, to) = (
+        filter.start_ms.unwrap_or(i64::MIN),
+        filter.end_ms.unwrap_or(i64::MAX),
+    );
+    // The last NPS of each session rated in the window.
+    let mut nps: HashMap<String, f64> = HashMap::new();
+    let (mut after, mut scanned, mut truncated) = (0i64, 0usize, false);
+    loop {
+        let page = stores
+            .feedback
+            .feedback_since(after, 5_000)
+            .await
+            .map_err(store_err)?;
+        let n = page.len();
+        scanned += n;
+        for f in page {
+            after = after.max(f.seq);
+            if f.signal != "session_nps"
+                || f.at_ms < from
+                || f.at_ms > to
+                || !stores.vis.sees(f.project.as_deref())
+            {
+                continue;
+            }
+            if let Some(s) = f.session_id {
+                if nps.len() < MAX_RATED_SESSIONS || nps.contains_key(&s) {
+                    nps.insert(s, f.value);
+                } else {
+                    truncated = true;
+                }
+            }
+        }
+        if n < 5_000 {
+            break;
+        }
+        if scanned >= MAX_FEEDBACK_SCAN {
+            truncated = true;
+            break;
+        }
+    }
+    #[derive(Default)]
+    struct Acc {
+        sessions: u64,
+        resolved: u64,
+        cost: f64,
+    }
+    let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+    let (mut sessions, mut resolved, mut cost) = (0u64, 0u64, 0f64);
+    for (sid, score) in &nps {
+        let mut f = filter.clone();
+        f.session = Some(sid.clone());
+        // The session's requests of any time: a session rated in the window is costed whole.
+        f.start_ms = None;
+        f.end_ms = None;
+        let page = stores
+            .logs
+            .query_logs(&crate::store::LogQuery {
+                filter: f,
+                limit: 1_000,
+                after: None,
+            })
+            .await
+            .map_err(store_err)?;
+        if page.records.is_empty() {
+            continue;
+        }
+        let ok = *score >= threshold;
+        let session_cost: f64 = page.records.iter().map(|r| r.cost_usd).sum();
+        sessions += 1;
+        resolved += u64::from(ok);
+        cost += session_cost;
+        let mut keys: Vec<String> = page
+            .records
+            .iter()
+            .map(|r| match group_by {
+                GroupBy::Model => r
+                    .served_model
+                    .clone()
+                    .unwrap_or_else(|| r.requested_model.clone()),
+                GroupBy::Provider => r.provider.clone().unwrap_or_default(),
+                GroupBy::Project => r.project_id.clone().unwrap_or_default(),
+                GroupBy::User => r.user_id.clone().unwrap_or_default(),
+                GroupBy::Route => r.route.clone().unwrap_or_default(),
+                GroupBy::Property(p) => r
+                    .properties
+                    .iter()
+                    .find(|(k, _)| k == p)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let a = groups.entry(k).or_default();
+            a.sessions += 1;
+            a.resolved += u64::from(ok);
+            a.cost += session_cost;
+        }
+    }
+    let per = |cost: f64, resolved: u64| {
+        (resolved > 0).then(|| ((cost / resolved as f64) * 1e9).round() / 1e9)
+    };
+    let data: Vec<serde_json::Value> = groups
+        .into_iter()
+        .map(|(k, a)| {
+            json!({
+                "group": k,
+                "rated_sessions": a.sessions,
+                "resolved_sessions": a.resolved,
+                "cost_usd": (a.cost * 1e9).round() / 1e9,
+                "cost_per_resolved_session": per(a.cost, a.resolved),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "threshold_nps": threshold,
+        "rated_sessions": sessions,
+        "resolved_sessions": resolved,
+        "cost_usd": (cost * 1e9).round() / 1e9,
+        "cost_per_resolved_session": per(cost, resolved),
+        "truncated": truncated,
+        "data": data,
+    }))
 }

@@ -50,6 +50,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("GET", "/v1/keys/{id}/usage"),
     e("PATCH", "/v1/keys/{id}"),
     e("DELETE", "/v1/keys/{id}"),
+    e("POST", "/v1/mcp/tokens"),
 ];
 
 fn matches_segments(pattern: &[&str], path: &[&str]) -> bool {

@@ -102,6 +102,11 @@ impl CorsConfig {
         Ok(())
     }
 
+    /// Whether `origin` is allowed (also `/mcp`'s Origin check).
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allow_origin(origin).is_some()
+    }
+
     /// The `Access-Control-Allow-Origin` value for `origin`, if it is allowed.
     fn allow_origin(&self, origin: &str) -> Option<String> {
         let origins = self.allowed_origins.items();

@@ -56,6 +56,9 @@ pub struct Gateway {
     pub limits: Arc<crate::auth::limits::Limiter>,
     /// The exact response cache (sized from `[cache]` at start).
     pub cache: Arc<crate::cache::Cache>,
+    /// The MCP server at `/mcp` (`None`: 404). It checks its own scoped tokens, so it gets
+    /// the request before gateway-key auth; the server assembles it (`crate::mcp`).
+    pub mcp: Option<Arc<dyn AdminRoutes>>,
 }
 
 impl Gateway {
@@ -86,6 +89,7 @@ impl Gateway {
             prompt: Arc::new(crate::feedback::prompt::state::PromptState::new()),
             vkeys: Arc::new(crate::auth::virtual_keys::VirtualKeys::new()),
             limits: Arc::new(crate::auth::limits::Limiter::new()),
+            mcp: None,
         }
     }
 }
@@ -157,6 +161,7 @@ fn is_admin_path(path: &str) -> bool {
         "/v1/routes",
         "/v1/report",
         "/v1/keys",
+        "/v1/mcp",
     ];
     PREFIXES
         .iter()
@@ -181,6 +186,14 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         let body =
             json!({"status": "ok", "config_version": rt.version, "providers": rt.providers.len()});
         respond::write_full(session, ctx, 200, "application/json", to_bytes(&body), &[]).await;
+        return;
+    }
+
+    if let (Some(mcp), "/mcp") = (&gw.mcp, path.trim_end_matches('/')) {
+        ctx.endpoint = "mcp";
+        if let Err(e) = unauthenticated(mcp.as_ref(), session, ctx, &method, "/mcp").await {
+            respond::write_error(session, ctx, &e).await;
+        }
         return;
     }
 
@@ -459,6 +472,46 @@ async fn admin(
         code: "unknown_url",
         param: None,
     })
+}
+
+/// A handler that authenticates by itself (`/mcp`): the request with its own headers
+/// (`authorization` included) and no gateway caller.
+async fn unauthenticated(
+    routes: &dyn AdminRoutes,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    method: &str,
+    path: &str,
+) -> Result<(), GatewayError> {
+    let max = ctx
+        .runtime
+        .as_ref()
+        .map_or(1 << 20, |r| r.config.server.max_body_bytes);
+    let body = request::read_body(session, max).await?;
+    let headers = session
+        .req_header()
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let req = AdminRequest {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: Vec::new(),
+        body,
+        caller: crate::auth::Caller::default(),
+        headers,
+    };
+    let resp = routes
+        .handle(&req)
+        .await
+        .ok_or_else(|| GatewayError::NotFound {
+            message: format!("Unknown request URL: {method} {path}."),
+            code: "unknown_url",
+            param: None,
+        })?;
+    write_admin(session, ctx, resp).await;
+    Ok(())
 }
 
 async fn write_admin(

@@ -1,0 +1,249 @@
+//! MCP server at `/mcp` (Streamable HTTP, JSON responses; see docs/mcp.md).
+//!
+//! A small JSON-RPC 2.0 layer over the admin API: each tool builds an [`AdminRequest`] for
+//! the caller a scoped token stands for and asks the gateway's admin route families, so a tool
+//! sees exactly what the matching admin endpoint would show that caller (the project lock is
+//! enforced by the scoped store). Tokens are minted by an admin (`POST /v1/mcp/tokens`), kept
+//! hashed, expire, and carry a read or mutate scope plus a project / route filter. Every tool
+//! call is appended to the audit log. Mutating tools need a confirmation round trip.
+//!
+//! Layer 16, above `admin` and `proxy`: the proxy reaches it through the
+//! `Gateway::mcp` handler (an [`AdminRoutes`] it is handed), and the server assembles it.
+
+pub mod rpc;
+pub mod tokens;
+pub mod tools;
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::admin::{AdminBody, AdminRequest, AdminResponse, AdminRoutes};
+use crate::proxy::Gateway;
+use crate::routing::Runtime;
+use crate::store::writer::StoreSlot;
+use rpc::RpcError;
+pub use tokens::{Grant, McpTokenRoutes, TokenScope, Tokens};
+
+/// Protocol revisions this server speaks, newest first.
+pub const PROTOCOL_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18"];
+
+/// The MCP server's state: tokens, pending confirmations, and what the tools read.
+pub struct Mcp {
+    pub tokens: Tokens,
+    pub confirms: tools::Confirms,
+    /// Where tool calls are audited (`None` with `storage.backend = "none"`: tools refuse).
+    pub slot: Option<StoreSlot>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    /// The gateway whose admin route families the tools call (weak: the gateway holds us).
+    gw: OnceLock<Weak<Gateway>>,
+}
+
+impl Mcp {
+    pub fn new(slot: Option<StoreSlot>, runtime: Arc<ArcSwap<Runtime>>) -> Mcp {
+        Mcp {
+            tokens: Tokens::new(),
+            confirms: tools::Confirms::new(),
+            slot,
+            runtime,
+            gw: OnceLock::new(),
+        }
+    }
+
+    /// DNS-rebinding guard of the Streamable HTTP transport: a browser `Origin` must be the
+    /// gateway's own (its authority equals `Host`) or one `[server.cors]` allows.
+    fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
+        let authority = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        if authority.is_some_and(|a| host.is_some_and(|h| a.eq_ignore_ascii_case(h))) {
+            return true;
+        }
+        let rt = self.runtime.load();
+        rt.config
+            .server
+            .cors
+            .as_ref()
+            .is_some_and(|c| c.allows_origin(origin))
+    }
+
+    /// Build the MCP server into `gw`: `/mcp` and the token route `POST /v1/mcp/tokens`.
+    /// Call [`Mcp::bind`] with the gateway once it is in its `Arc`.
+    pub fn assemble(gw: &mut Gateway, slot: Option<StoreSlot>) -> Arc<Mcp> {
+        let mcp = Arc::new(Mcp::new(slot, gw.runtime.clone()));
+        gw.admin.push(Box::new(McpTokenRoutes { mcp: mcp.clone() }));
+        gw.mcp = Some(mcp.clone());
+        mcp
+    }
+
+    /// Hand over the assembled gateway (once, right after it is built).
+    pub fn bind(&self, gw: &Arc<Gateway>) {
+        let _ = self.gw.set(Arc::downgrade(gw));
+    }
+
+    /// The gateway the tools read through (`None` before [`Mcp::bind`] or at shutdown).
+    pub(crate) fn gateway(&self) -> Option<Arc<Gateway>> {
+        self.gw.get().and_then(Weak::upgrade)
+    }
+
+    /// Answer one Streamable HTTP request (`req.headers` carry `authorization`).
+    pub async fn handle_http(&self, req: &AdminRequest) -> AdminResponse {
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        if req.method != "POST" {
+            // No server-initiated stream (GET) and no sessions to delete (DELETE).
+            let mut r = rpc_response(
+                405,
+                &rpc::error_body(&Value::Null, &RpcError::method_http()),
+            );
+            r.headers.push(("allow".into(), "POST".into()));
+            return r;
+        }
+        if let Some(origin) = header("origin") {
+            if !self.origin_allowed(origin, header("host")) {
+                let e = RpcError::forbidden(
+                    "this Origin may not call /mcp: same origin only, or one [server.cors] allows",
+                );
+                return rpc_response(403, &rpc::error_body(&Value::Null, &e));
+            }
+        }
+        if let Some(v) = header("mcp-protocol-version") {
+            if !PROTOCOL_VERSIONS.contains(&v) {
+                let e = RpcError::unsupported_version(v, PROTOCOL_VERSIONS);
+                return rpc_response(400, &rpc::error_body(&Value::Null, &e));
+            }
+        }
+        let msg = match rpc::parse(&req.body) {
+            Ok(m) => m,
+            Err(e) => return rpc_response(e.http_status, &rpc::error_body(&Value::Null, &e)),
+        };
+        let id = msg.id.clone().unwrap_or(Value::Null);
+        // Authenticate before anything else (notifications included).
+        let grant = match self.tokens.check(header("authorization")) {
+            Ok(g) => g,
+            Err(e) => {
+                let mut r = rpc_response(e.http_status, &rpc::error_body(&id, &e));
+                r.headers.push((
+                    "www-authenticate".into(),
+                    "Bearer realm=\"loopgate-mcp\"".into(),
+                ));
+                return r;
+            }
+        };
+        let Some(method) = msg.method.as_deref() else {
+            // A response from the client (we never send requests): acknowledged.
+            return accepted();
+        };
+        if msg.id.is_none() {
+            // Notifications (`notifications/initialized`, cancellations): nothing to answer.
+            return accepted();
+        }
+        let Some(gw) = self.gateway() else {
+            let e =
+                RpcError::unavailable("the gateway is starting or shutting down; retry shortly");
+            return rpc_response(e.http_status, &rpc::error_body(&id, &e));
+        };
+        match self.dispatch(&gw.admin, &grant, method, msg.params).await {
+            Ok(result) => rpc_response(200, &json!({"jsonrpc": "2.0", "id": id, "result": result})),
+            Err(e) => rpc_response(e.http_status, &rpc::error_body(&id, &e)),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        admin: &[Box<dyn AdminRoutes>],
+        grant: &Grant,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, RpcError> {
+        match method {
+            "initialize" => {
+                let asked = params
+                    .as_ref()
+                    .and_then(|p| p.get("protocolVersion"))
+                    .and_then(Value::as_str);
+                let version = asked
+                    .filter(|v| PROTOCOL_VERSIONS.contains(v))
+                    .unwrap_or(PROTOCOL_VERSIONS[0]);
+                Ok(json!({
+                    "protocolVersion": version,
+                    "capabilities": {"tools": {"listChanged": false}},
+                    "serverInfo": {"name": "loopgate", "title": "loopgate gateway", "version": env!("CARGO_PKG_VERSION")},
+                    "instructions": "Read loopgate's costs, routing decisions and verification reports. Mutating tools answer first with a preview and a confirmation_id; call again with only the confirmation_id to apply.",
+                }))
+            }
+            "ping" => Ok(json!({})),
+            "tools/list" => Ok(json!({"tools": tools::list(grant)})),
+            "tools/call" => tools::call(self, admin, grant, params).await,
+            m => Err(RpcError::method_not_found(m)),
+        }
+    }
+}
+
+#[async_trait]
+impl AdminRoutes for Mcp {
+    async fn handle(&self, req: &AdminRequest) -> Option<AdminResponse> {
+        (req.path.trim_end_matches('/') == "/mcp").then_some(())?;
+        Some(self.handle_http(req).await)
+    }
+}
+
+fn rpc_response(status: u16, v: &Value) -> AdminResponse {
+    AdminResponse {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: AdminBody::Full(Bytes::from(serde_json::to_vec(v).unwrap_or_default())),
+    }
+}
+
+fn accepted() -> AdminResponse {
+    AdminResponse {
+        status: 202,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: AdminBody::Full(Bytes::new()),
+    }
+}
+
+impl Mcp {
+    /// Append one entry to the audit log; refuses (503) when there is no store to write it.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        route: Option<String>,
+        new: Option<String>,
+        reason: Option<String>,
+    ) -> Result<(), RpcError> {
+        let unavailable = || {
+            RpcError::unavailable(
+                "MCP tool calls are audited and the audit log needs a store: storage.backend is \"none\" or the store is not open yet",
+            )
+        };
+        let slot = self.slot.as_ref().ok_or_else(unavailable)?;
+        let store = slot
+            .wait(crate::admin::logs::STORE_WAIT)
+            .await
+            .ok_or_else(unavailable)?;
+        let entry = crate::store::AuditAppend {
+            ts_ms: chrono::Utc::now().timestamp_millis(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            route,
+            old: None,
+            new,
+            reason,
+        };
+        store.append_audit(&entry).await.map_err(|e| {
+            tracing::warn!(error = %e, "MCP audit append failed");
+            RpcError::unavailable("the audit log is temporarily unavailable; retry shortly")
+        })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,446 @@
+//! The MCP server at `/mcp`: the official MCP Python SDK (venv of `tests/sdk/setup.sh`)
+//! connects over Streamable HTTP, lists and calls every tool, sees the token's route filter
+//! and the confirm step; plus raw JSON-RPC for the bad-input cases (401 / 403 / -32602).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+const ROUTES: &str = r#"
+[routes.ra]
+baseline = "gpt-4o"
+candidates = ["gpt-4o-mini"]
+mode = "shadow"
+[routes.shared]
+baseline = "gpt-4o"
+candidates = ["gpt-4o-mini"]
+mode = "shadow"
+[routing]
+refresh_ms = 60
+"#;
+
+async fn start() -> (MockUpstream, GatewayProc) {
+    let mock = MockUpstream::start(model_fleet()).await;
+    let gw = GatewayProc::start(
+        ROUTES,
+        &[
+            ("OPENAI_API_KEY", "sk-test".into()),
+            ("OPENAI_BASE_URL", mock.url()),
+        ],
+    );
+    (mock, gw)
+}
+
+async fn admin(gw: &GatewayProc, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = client()
+        .request(m, gw.url(path))
+        .header("authorization", format!("Bearer {MASTER_KEY}"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn mint(gw: &GatewayProc, body: Value) -> String {
+    let (s, v) = admin(gw, "POST", "/v1/mcp/tokens", body).await;
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().expect("token").to_string()
+}
+
+/// One JSON-RPC POST to `/mcp`.
+async fn rpc(gw: &GatewayProc, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut r = client()
+        .post(gw.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&body);
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    let r = r.send().await.expect("send");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+fn call(name: &str, args: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": name, "arguments": args}})
+}
+
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}})
+}
+
+/// Poll until `token` answers 401 "expired" (it was minted with `ttl_secs: 1`).
+async fn wait_expired(gw: &GatewayProc, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, v) = rpc(gw, Some(token), initialize()).await;
+        if s == 401 {
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("expired"),
+                "{v}"
+            );
+            return;
+        }
+        assert_eq!(s, 200, "{v}");
+        assert!(Instant::now() < deadline, "the token never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_python_sdk_lists_and_calls_every_tool() {
+    let python = Path::new(ROOT).join("target/sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run `bash tests/sdk/setup.sh` (official MCP Python SDK)",
+        python.display()
+    );
+    let (_mock, gw) = start().await;
+    // Traffic on "ra": one routed request in session s1, rated NPS 10.
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {MASTER_KEY}"))
+        .header("loopgate-session-id", "s1")
+        .json(&json!({"model": "auto:ra", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin(&gw, "GET", &format!("/v1/decisions/{id}"), json!({}))
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "decision {id} never stored");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // A second request in s1, tagged feature=search (what a tag-filtered token sees).
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {MASTER_KEY}"))
+        .header("loopgate-session-id", "s1")
+        .header("loopgate-property-feature", "search")
+        .json(&json!({"model": "auto:ra", "messages": [{"role": "user", "content": "find"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tagged_id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin(&gw, "GET", &format!("/v1/logs/{tagged_id}"), json!({}))
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "trace {tagged_id} never stored");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (s, v) = admin(
+        &gw,
+        "POST",
+        "/v1/feedback",
+        json!({"session_id": "s1", "nps": 10}),
+    )
+    .await;
+    assert!(s < 300, "{s} {v}");
+    // Cost per resolved session through the analytics API: s1 (NPS 10) is resolved.
+    let (s, v) = admin(
+        &gw,
+        "GET",
+        "/v1/analytics?group_by=model&resolved_nps=9",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let rs = &v["resolved_sessions"];
+    assert_eq!(rs["rated_sessions"], 1, "{v}");
+    assert_eq!(rs["resolved_sessions"], 1, "{v}");
+    assert!(rs["cost_per_resolved_session"].as_f64().is_some(), "{v}");
+    let (_, v) = admin(&gw, "GET", "/v1/analytics?resolved_nps=10.5", json!({})).await;
+    assert_eq!(v["error"]["param"], "resolved_nps", "{v}");
+
+    let read = mint(
+        &gw,
+        json!({"scope": "read", "routes": ["ra"], "ttl_secs": 600}),
+    )
+    .await;
+    let mutate = mint(
+        &gw,
+        json!({"scope": "mutate", "routes": ["ra"], "ttl_secs": 600}),
+    )
+    .await;
+    let tagged = mint(
+        &gw,
+        json!({"scope": "read", "tags": ["feature:search"], "ttl_secs": 600}),
+    )
+    .await;
+    let expired = mint(&gw, json!({"scope": "read", "ttl_secs": 1})).await;
+    wait_expired(&gw, &expired).await;
+    let out = Command::new(&python)
+        .arg(Path::new(ROOT).join("tests/sdk/test_mcp_python.py"))
+        .args([&gw.url(""), &read, &mutate, &id, &tagged, &expired])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "python MCP client failed:\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&gw.log).unwrap_or_default()
+    );
+    for check in [
+        "read_tools",
+        "list_models",
+        "get_analytics",
+        "get_decision",
+        "list_decisions",
+        "get_verification",
+        "explain_routing",
+        "filter",
+        "read_cannot_mutate",
+        "bad_argument",
+        "pin_confirmed",
+        "confirmation_single_use",
+        "constraints_confirmed",
+        "experiment_confirmed",
+        "mutate_filter",
+        "tag_filter",
+        "expired_401",
+        "done",
+    ] {
+        assert!(
+            stdout.contains(&format!("\"check\": \"{check}\"")),
+            "missing {check}:\n{stdout}"
+        );
+    }
+    // The project filter: a token of project "beta" sees none of this (project-less) traffic.
+    let beta = mint(&gw, json!({"project": "beta", "ttl_secs": 600})).await;
+    let (s, v) = rpc(
+        &gw,
+        Some(&beta),
+        call("get_analytics", json!({"window": "1h"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"]["totals"]["requests"], 0,
+        "{v}"
+    );
+    let (_, v) = rpc(
+        &gw,
+        Some(&beta),
+        call("get_decision", json!({"request_id": id})),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let (_, v) = rpc(
+        &gw,
+        Some(&beta),
+        call("list_decisions", json!({"window": "1h"})),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["count"], 0, "{v}");
+
+    // Every tool call is in the audit log, under the token's id.
+    let (s, v) = admin(&gw, "GET", "/v1/audit?limit=500", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let text = v.to_string();
+    let calls = text.matches("mcp.tool_call").count();
+    assert!(calls >= 17, "only {calls} audited tool calls: {text}");
+    assert!(text.contains("mcp:mcptok_"), "{text}");
+    // The read token's refused pin_route is audited too, with the refusal.
+    assert!(text.contains("refused: tool 'pin_route'"), "{text}");
+    assert!(
+        !text.contains(&read) && !text.contains(&mutate),
+        "token leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_bad_input_is_a_json_rpc_error_with_the_right_status() {
+    let (_mock, gw) = start().await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+
+    // No token, unknown token: 401 with a JSON-RPC error body.
+    for tok in [None, Some("lgm_nope")] {
+        let (s, v) = rpc(&gw, tok, init.clone()).await;
+        assert_eq!(s, 401, "{v}");
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], 1);
+        assert_eq!(v["error"]["code"], -32001, "{v}");
+    }
+    // A gateway key is not an MCP token.
+    let (s, _) = rpc(&gw, Some(MASTER_KEY), init.clone()).await;
+    assert_eq!(s, 401);
+
+    let read = mint(&gw, json!({"scope": "read", "routes": ["ra"]})).await;
+    let (s, v) = rpc(&gw, Some(&read), init.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
+    assert!(v["result"]["capabilities"]["tools"].is_object());
+
+    // Wrong scope: a read token calling a mutating tool is a 403.
+    let (s, v) = rpc(&gw, Some(&read), call("pin_route", json!({"route": "ra"}))).await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], -32003);
+    assert!(v["error"]["message"].as_str().unwrap().contains("mutate"));
+
+    // Bad arguments: -32602 naming the argument.
+    for (tool, args, arg) in [
+        ("get_analytics", json!({"window": "forever"}), "window"),
+        ("get_analytics", json!({"group_by": "colour"}), "group_by"),
+        ("get_analytics", json!({"resolved_nps": 11}), "resolved_nps"),
+        ("get_analytics", json!({"nope": 1}), "nope"),
+        ("get_decision", json!({}), "request_id"),
+        ("get_decision", json!({"request_id": 5}), "request_id"),
+        ("get_verification", json!({}), "route"),
+        ("list_decisions", json!({"limit": 0}), "limit"),
+        (
+            "list_decisions",
+            json!({"min_latency_ms": "fast"}),
+            "min_latency_ms",
+        ),
+        (
+            "explain_routing",
+            json!({"route": "ra", "messages": []}),
+            "messages",
+        ),
+        ("no_such_tool", json!({}), "name"),
+    ] {
+        let (s, v) = rpc(&gw, Some(&read), call(tool, args.clone())).await;
+        assert_eq!(s, 200, "{tool} {args}: {v}");
+        assert_eq!(v["error"]["code"], -32602, "{tool} {args}: {v}");
+        assert_eq!(v["error"]["data"]["argument"], arg, "{tool} {args}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(arg), "{v}");
+    }
+    let mutate = mint(&gw, json!({"scope": "mutate"})).await;
+    for (args, arg) in [
+        (json!({"route": "ra"}), "constraints"),
+        (
+            json!({"confirmation_id": "confirm_nope"}),
+            "confirmation_id",
+        ),
+        (json!({"constraints": {"max_regression": 0.1}}), "route"),
+    ] {
+        let (s, v) = rpc(&gw, Some(&mutate), call("update_constraints", args.clone())).await;
+        assert_eq!(s, 200, "{args}: {v}");
+        assert_eq!(v["error"]["data"]["argument"], arg, "{args}: {v}");
+    }
+    // Malformed JSON-RPC.
+    let (s, v) = rpc(&gw, Some(&read), json!([1, 2])).await;
+    assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32600)));
+    let (s, v) = rpc(
+        &gw,
+        Some(&read),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "resources/list"}),
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_i64()), (200, Some(-32601)));
+    // Notifications are accepted without a body.
+    let (s, _) = rpc(
+        &gw,
+        Some(&read),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    // GET (no server stream) is a 405.
+    let r = client()
+        .get(gw.url("/mcp"))
+        .header("authorization", format!("Bearer {read}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+
+    // Minting: bad fields are named; a read-scoped gateway key cannot mint.
+    let (s, v) = admin(&gw, "POST", "/v1/mcp/tokens", json!({"scope": "root"})).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("scope")));
+    let (s, v) = admin(&gw, "POST", "/v1/mcp/tokens", json!({"ttl_secs": 0})).await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("ttl_secs")));
+
+    // Expiry: a 1-second token answers 401 once it has expired.
+    let short = mint(&gw, json!({"ttl_secs": 1})).await;
+    wait_expired(&gw, &short).await;
+    // A tag filter needs name:value, and a mutate token cannot have one.
+    let (s, v) = admin(&gw, "POST", "/v1/mcp/tokens", json!({"tags": ["x"]})).await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("tags")),
+        "{v}"
+    );
+    let (s, v) = admin(
+        &gw,
+        "POST",
+        "/v1/mcp/tokens",
+        json!({"scope": "mutate", "tags": ["feature:x"]}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (400, Some("tags")),
+        "{v}"
+    );
+    // An MCP-Protocol-Version the server does not speak: 400 naming the supported ones.
+    let r = client()
+        .post(gw.url("/mcp"))
+        .header("authorization", format!("Bearer {read}"))
+        .header("mcp-protocol-version", "1999-01-01")
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], -32022, "{v}");
+    assert!(v["error"]["data"]["supported"].as_array().is_some(), "{v}");
+    // A foreign browser Origin is refused (DNS-rebinding guard); the gateway's own is not.
+    for (origin, status) in [
+        ("http://evil.example", 403),
+        (gw.url("").trim_end_matches('/'), 200),
+    ] {
+        let r = client()
+            .post(gw.url("/mcp"))
+            .header("authorization", format!("Bearer {read}"))
+            .header("origin", origin)
+            .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "ping"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{origin}");
+    }
+    // ping with a supported version.
+    let r = client()
+        .post(gw.url("/mcp"))
+        .header("authorization", format!("Bearer {read}"))
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["id"].clone(), v["result"].clone()),
+        (json!(4), json!({}))
+    );
+}
