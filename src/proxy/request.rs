@@ -43,6 +43,8 @@ pub fn authenticate(
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
+    // The Anthropic SDKs send their key as `x-api-key` (`/v1/messages`).
+    let presented = presented.or_else(|| header(session, "x-api-key"));
     if rt.keys.is_empty() && vkeys.is_empty() {
         return Err(GatewayError::Unauthorized(
             "No gateway key is configured on this gateway. Create one with `loopgate hash-key` and add it under [[auth.keys]] (or set LOOPGATE_MASTER_KEY), or for local development set `allow_unauthenticated_loopback = true` in [auth] with every listener on 127.0.0.1.".into(),
