@@ -325,3 +325,165 @@ async fn messages_cache_replays_in_the_asking_clients_shape_and_errors_keep_the_
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["type"], "error", "{e}");
 }
+
+const SECRET: &str = "sk-proj-Q7fZk2LmN8pR4tV6xY0bC3dE5gH9jK1w";
+
+const GUARDED: &str = r#"
+[fallbacks]
+"gpt-4o-mini" = ["claude-sonnet-4-5"]
+
+[routes.msgs]
+targets = [{ model = "gpt-4o-mini" }]
+
+[firewall]
+default_policy = "std"
+projects = { out = "outbound" }
+stream_window_bytes = 64
+
+[firewall.policies.std]
+packs = ["secrets"]
+rules = ["codename"]
+
+# Responses only: the prompt passes as sent, the answer is checked.
+[firewall.policies.outbound]
+packs = ["secrets"]
+requests = false
+
+[firewall.rules.codename]
+pattern = "(?i)project\\s+falcon"
+action = "block"
+"#;
+
+/// OpenAI-like: `say-secret:<s>` answers with `s` (streamed in 7-byte pieces, so the
+/// secret is split across chunks), `FAIL_OVER` is a 500, anything else `openai_full`.
+fn guarded_openai() -> Reply {
+    let Reply::Dynamic(inner) = mocks::openai_full() else {
+        unreachable!()
+    };
+    Reply::Dynamic(Arc::new(move |r: &Received| {
+        let body = r.json();
+        let model = body["model"].as_str().unwrap_or("m").to_string();
+        let prompt = body["messages"][0]["content"].as_str().unwrap_or("");
+        if prompt == "FAIL_OVER" {
+            return Reply::Json(
+                500,
+                vec![],
+                json!({"error": {"message": "boom", "type": "server_error"}}).to_string(),
+            );
+        }
+        let Some(s) = prompt.strip_prefix("say-secret:") else {
+            return inner(r);
+        };
+        let answer = format!("Your key is {s} keep it safe.");
+        if body["stream"].as_bool() == Some(true) {
+            let pieces: Vec<String> = answer
+                .as_bytes()
+                .chunks(7)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+            let parts = openai_stream_parts(&model, &refs, true);
+            return Reply::Chunks(
+                200,
+                "text/event-stream".into(),
+                parts.into_iter().map(|p| (Duration::ZERO, p)).collect(),
+            );
+        }
+        Reply::Json(200, vec![], chat_json(&model, &answer, 11, 3))
+    }))
+}
+
+/// The text of a Messages SSE body (all `text_delta`s).
+fn streamed_text(text: &str) -> String {
+    text.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["delta"]["type"] == "text_delta")
+        .map(|v| v["delta"]["text"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_firewall_fallback_routes_and_midstream_errors() {
+    let openai = MockUpstream::start(guarded_openai()).await;
+    let claude = MockUpstream::start(mocks::anthropic_like()).await;
+    let g = GatewayProc::start(
+        GUARDED,
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+            ("ANTHROPIC_API_KEY", "sk-ant-test".into()),
+            ("ANTHROPIC_BASE_URL", claude.url()),
+        ],
+    );
+    let redacted = "Your key is [REDACTED:secrets.openai_key] keep it safe.";
+    let say = |stream: bool| {
+        json!({"model": "gpt-4o-mini", "max_tokens": 50, "stream": stream,
+            "messages": [{"role": "user", "content": format!("say-secret:{SECRET}")}]})
+    };
+    let send = |body: Value| {
+        client()
+            .post(g.url("/v1/messages"))
+            .header("x-api-key", MASTER_KEY)
+            .header("loopgate-project-id", "out")
+            .json(&body)
+            .send()
+    };
+
+    // The firewall redacts the answer before it is re-encoded: stream and JSON.
+    let r = send(say(true)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&SECRET[..16]), "{text}");
+    assert_eq!(streamed_text(&text), redacted, "{text}");
+    assert_eq!(
+        event_names(&text).last().map(String::as_str),
+        Some("message_stop")
+    );
+    let r = send(say(false)).await.unwrap();
+    let m: Value = r.json().await.unwrap();
+    assert_eq!(m["content"][0]["text"], redacted, "{m}");
+
+    // A block rule on the request: 400 in Anthropic's shape.
+    let r = post(
+        &g,
+        "/v1/messages",
+        &messages_body("tell me about Project Falcon", false),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("codename"),
+        "{e}"
+    );
+
+    // The OpenAI upstream fails: the fallback (Anthropic) serves the stream.
+    let r = post(&g, "/v1/messages", &messages_body("FAIL_OVER", true)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["loopgate-fallback-used"], "true");
+    assert_eq!(r.headers()["loopgate-provider"], "anthropic");
+    let text = r.text().await.unwrap();
+    assert_eq!(streamed_text(&text), "Hello!", "{text}");
+
+    // A routing rule (`auto:<rule>`).
+    let mut body = messages_body("hi", false);
+    body["model"] = json!("auto:msgs");
+    let r = post(&g, "/v1/messages", &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["loopgate-provider"], "openai");
+    let m: Value = r.json().await.unwrap();
+    assert_eq!(m["content"][0]["text"], "Hello!", "{m}");
+
+    // An upstream error after the stream started: an `error` event, no message_stop.
+    let mut body = messages_body(mocks::MIDSTREAM_ERROR, true);
+    body["model"] = json!("claude-sonnet-4-5");
+    let r = post(&g, "/v1/messages", &body).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let names = event_names(&text);
+    assert_eq!(names.last().map(String::as_str), Some("error"), "{text}");
+    assert!(!names.iter().any(|n| n == "message_stop"), "{text}");
+    assert!(text.contains("Overloaded"), "{text}");
+}
