@@ -473,8 +473,25 @@ async fn messages_firewall_fallback_routes_and_midstream_errors() {
     let r = post(&g, "/v1/messages", &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["loopgate-provider"], "openai");
+    let rid = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let m: Value = r.json().await.unwrap();
     assert_eq!(m["content"][0]["text"], "Hello!", "{m}");
+    // The message id scores the request it names.
+    let r = client()
+        .post(g.url("/v1/feedback"))
+        .header("x-api-key", MASTER_KEY)
+        .json(&json!({"id": m["id"], "score": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let fb: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{status} {fb}");
+    assert_eq!(fb["request_id"], rid.as_str(), "{fb}");
+    assert_eq!(fb["model"], "gpt-4o-mini", "{fb}");
 
     // An upstream error after the stream started: an `error` event, no message_stop.
     let mut body = messages_body(mocks::MIDSTREAM_ERROR, true);
