@@ -532,10 +532,18 @@ pub fn from_completion(
         .ok_or_else(|| DialectError::Malformed("completion without choices".into()))?;
     let msg = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
-    if let Some(t) = msg.get("content").and_then(Value::as_str) {
-        if !t.is_empty() {
-            content.push(json!({"type": "text", "text": t}));
-        }
+    // An OpenAI refusal (structured outputs) is the answer's text, stop reason `refusal`.
+    let refusal = msg
+        .get("refusal")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty());
+    if let Some(t) = msg
+        .get("content")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .or(refusal)
+    {
+        content.push(json!({"type": "text", "text": t}));
     }
     for tc in msg
         .get("tool_calls")
@@ -550,10 +558,11 @@ pub fn from_completion(
             "name": f.get("name").and_then(Value::as_str).unwrap_or(""),
             "input": tool_input(args)}));
     }
-    let finish = choice
-        .get("finish_reason")
-        .and_then(Value::as_str)
-        .unwrap_or("stop");
+    let finish = match choice.get("finish_reason").and_then(Value::as_str) {
+        _ if refusal.is_some() => "content_filter",
+        Some(f) => f,
+        None => "stop",
+    };
     let out = json!({
         "id": message_id(request_id),
         "type": "message",
@@ -605,6 +614,8 @@ pub struct MessagesEncoder {
     /// OpenAI tool-call index → Messages block index (bounded by the upstream's tool calls).
     tools: Vec<(u64, u64)>,
     stop: &'static str,
+    /// An OpenAI `refusal` delta was seen: the stop reason is `refusal`.
+    refused: bool,
     usage: Usage,
 }
 
@@ -621,6 +632,7 @@ impl MessagesEncoder {
             open: Open::None,
             tools: Vec::new(),
             stop: "end_turn",
+            refused: false,
             usage: Usage::default(),
         }
     }
@@ -727,10 +739,18 @@ impl MessagesEncoder {
         };
         self.start(out);
         let delta = choice.get("delta");
+        let refusal = delta
+            .and_then(|d| d.get("refusal"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty());
+        if refusal.is_some() {
+            self.refused = true;
+        }
         if let Some(t) = delta
             .and_then(|d| d.get("content"))
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
+            .or(refusal)
         {
             if self.open != Open::Text {
                 self.close_block(out);
@@ -759,7 +779,11 @@ impl MessagesEncoder {
             self.tool_delta(tc, out);
         }
         if let Some(f) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.stop = stop_reason(f);
+            self.stop = if self.refused {
+                "refusal"
+            } else {
+                stop_reason(f)
+            };
         }
     }
 
@@ -963,6 +987,14 @@ mod tests {
             serde_json::from_slice(&from_completion(len.to_string().as_bytes(), &u, "r").unwrap())
                 .unwrap();
         assert_eq!(m["stop_reason"], "max_tokens");
+        let refused = json!({"model": "g", "choices": [{"finish_reason": "stop",
+            "message": {"content": null, "refusal": "I can't help with that."}}]});
+        let m: Value = serde_json::from_slice(
+            &from_completion(refused.to_string().as_bytes(), &u, "r").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["stop_reason"], "refusal");
+        assert_eq!(m["content"][0]["text"], "I can't help with that.");
     }
 
     /// Decode a Messages SSE byte stream into (event, data) pairs.
