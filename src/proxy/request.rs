@@ -27,7 +27,7 @@ pub fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Authenticate the gateway key from `Authorization: Bearer <key>`.
+/// Authenticate the gateway key from `Authorization: Bearer <key>` (or `x-api-key: <key>`).
 ///
 /// Dev mode (`open_access`: no key configured, every listener on loopback) accepts any
 /// token or none, since every OpenAI SDK always sends one.
@@ -62,7 +62,7 @@ pub fn authenticate(
             },
         },
         None => Err(GatewayError::Unauthorized(
-            "You didn't provide an API key. Send a loopgate gateway key as `Authorization: Bearer <key>` (the OpenAI SDKs send their `api_key` this way).".into(),
+            "You didn't provide an API key. Send a loopgate gateway key as `Authorization: Bearer <key>` (the OpenAI SDKs send their `api_key` this way), or as `x-api-key: <key>` (the Anthropic SDKs' way).".into(),
         )),
     }
 }
