@@ -206,6 +206,13 @@ async fn messages_cache_replays_in_the_asking_clients_shape_and_errors_keep_the_
                 json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}).to_string(),
             );
         }
+        if String::from_utf8_lossy(&r.body).contains("SERVER_ERROR_ME") {
+            return Reply::Json(
+                500,
+                vec![],
+                json!({"error": {"message": "The server had an error", "type": "server_error"}}).to_string(),
+            );
+        }
         inner(r)
     })))
     .await;
@@ -304,6 +311,17 @@ async fn messages_cache_replays_in_the_asking_clients_shape_and_errors_keep_the_
     assert_eq!(r.status(), 429);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "rate_limit_error", "{e}");
+
+    // An upstream 5xx (no fallback): a 5xx in Anthropic's shape, never cached.
+    let before = mock.count();
+    for _ in 0..2 {
+        let r = post(&g, "/v1/messages", &messages_body("SERVER_ERROR_ME", false)).await;
+        assert!(r.status().is_server_error(), "{}", r.status());
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["type"], "error", "{e}");
+        assert_eq!(e["error"]["type"], "api_error", "{e}");
+    }
+    assert_eq!(mock.count(), before + 2);
 
     // Missing key and a wrong method: Anthropic's shape too.
     let r = client()
