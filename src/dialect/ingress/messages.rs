@@ -316,14 +316,44 @@ fn image_part(b: &Value, param: &str) -> Result<Value, GatewayError> {
     Ok(json!({"type": "image_url", "image_url": {"url": url}}))
 }
 
-fn tool_result(b: &Value, param: &str) -> Result<Value, GatewayError> {
+/// A `tool_result` block as an OpenAI `tool` message. OpenAI tool messages hold text only:
+/// images in the result are returned in `images`, for the user message that follows the
+/// tool messages (with a note in the tool message pointing at them).
+fn tool_result(b: &Value, param: &str, images: &mut Vec<Value>) -> Result<Value, GatewayError> {
     let content = match b.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(inner)) => text_of(inner, &format!("{param}.content"))?,
+        Some(Value::Array(inner)) => {
+            let mut text = Vec::with_capacity(inner.len());
+            for (k, block) in inner.iter().enumerate() {
+                let p = format!("{param}.content.{k}");
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        text.push(block.get("text").and_then(Value::as_str).unwrap_or(""))
+                    }
+                    Some("image") => {
+                        images.push(image_part(block, &p)?);
+                        text.push("[image: attached in the next user message]");
+                    }
+                    Some(other) => {
+                        return Err(unsupported(
+                            &format!("a '{other}' block in a tool result"),
+                            &format!("{p}.type"),
+                        ))
+                    }
+                    None => {
+                        return Err(invalid(
+                            format!("{p}.type: Field required"),
+                            &format!("{p}.type"),
+                        ))
+                    }
+                }
+            }
+            text.join("\n")
+        }
         Some(_) => {
             return Err(invalid(
-                format!("{param}.content: Input should be a string or a list of text blocks"),
+                format!("{param}.content: Input should be a string or a list of blocks"),
                 &format!("{param}.content"),
             ))
         }
@@ -374,6 +404,7 @@ fn convert_message(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), Gate
     let mut parts = Vec::new();
     let mut tool_calls = Vec::new();
     let mut images = false;
+    let mut tool_images = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let param = format!("messages.{i}.content.{j}");
         match (role, b.get("type").and_then(Value::as_str)) {
@@ -400,7 +431,14 @@ fn convert_message(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), Gate
                 }));
             }
             // OpenAI wants tool answers right after the assistant's calls, before any text.
-            ("user", Some("tool_result")) => out.push(tool_result(b, &param)?),
+            ("user", Some("tool_result")) => {
+                let mut found = Vec::new();
+                out.push(tool_result(b, &param, &mut found)?);
+                if !found.is_empty() {
+                    images = true;
+                    tool_images.extend(found);
+                }
+            }
             // Earlier reasoning of the assistant: it cannot be replayed to another provider.
             ("assistant", Some("thinking" | "redacted_thinking")) => {}
             (_, Some(other)) => {
@@ -437,7 +475,9 @@ fn convert_message(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), Gate
         }
         out.push(msg);
     } else if images {
-        out.push(json!({"role": "user", "content": parts}));
+        // Images returned by tools come first, then the user's own blocks.
+        tool_images.extend(parts);
+        out.push(json!({"role": "user", "content": tool_images}));
     } else if !parts.is_empty() {
         out.push(json!({"role": "user", "content": joined("\n")}));
     }
@@ -910,6 +950,33 @@ mod tests {
         assert_eq!(c["temperature"], 0.2);
         assert!(c.get("top_k").is_none());
         assert_eq!(c["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn images_in_tool_results_follow_the_tool_messages() {
+        let c = chat(json!({"model": "m", "max_tokens": 10, "messages": [
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": [
+                    {"type": "text", "text": "screen:"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "QUJD"}}]},
+                {"type": "text", "text": "what do you see?"}]}
+        ]}));
+        assert_eq!(c["messages"][1]["role"], "tool");
+        assert_eq!(
+            c["messages"][1]["content"],
+            "screen:\n[image: attached in the next user message]"
+        );
+        assert_eq!(c["messages"][2]["role"], "user");
+        assert_eq!(
+            c["messages"][2]["content"][0]["image_url"]["url"],
+            "data:image/png;base64,QUJD"
+        );
+        assert_eq!(c["messages"][2]["content"][1]["text"], "what do you see?");
+        let e = err(json!({"model": "m", "max_tokens": 10, "messages": [
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                "content": [{"type": "document", "source": {}}]}]}]}));
+        assert_eq!(e.param(), Some("messages.0.content.0.content.0.type"));
     }
 
     #[test]
