@@ -464,6 +464,9 @@ fn convert_message(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), Gate
     };
     if role == "assistant" {
         let text = joined("");
+        if text.is_empty() && tool_calls.is_empty() {
+            return Ok(()); // only earlier reasoning: nothing to replay
+        }
         let content = if text.is_empty() && !tool_calls.is_empty() {
             Value::Null
         } else {
