@@ -123,7 +123,13 @@ pub async fn handle(
     req.caller
         .require(Scope::Inference)
         .or_else(|_| req.caller.require(Scope::Admin))?;
-    let body: Map<String, Value> = crate::proxy::request::parse_object(&req.body)?;
+    let mut body: Map<String, Value> = crate::proxy::request::parse_object(&req.body)?;
+    // A Messages answer's id is `msg_<request id>` (`/v1/messages`): either scores it.
+    if let Some(Value::String(id)) = body.get_mut("id") {
+        if let Some(rest) = id.strip_prefix("msg_") {
+            *id = rest.to_string();
+        }
+    }
     // Scoped: a locked key finds (and so scores) only its project's requests and sessions;
     // another project's id answers exactly like an unknown one.
     let vis = req.caller.visibility(None);

@@ -276,7 +276,7 @@ pub async fn shadow(
                     shadows.entry(of.as_str()).or_default().push(r);
                 }
             }
-            "chat.completions" if !r.shadow => {
+            "chat.completions" | "messages" if !r.shadow => {
                 served.insert(r.request_id.as_str(), r);
             }
             _ => {}

@@ -18,6 +18,7 @@ pub mod encode;
 pub mod fireworks;
 pub mod gemini;
 pub mod huggingface;
+pub mod ingress;
 pub mod ollama;
 pub mod openai;
 pub mod replicate;

@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::routing::{Candidate, Runtime};
 
 use super::ctx::RequestCtx;
-use super::respond::{response_header, write_full};
+use super::respond::response_header;
 use super::{request, Gateway};
 
 /// Before the exchange. `Ok(true)`: the request was answered from the cache.
@@ -108,7 +108,7 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
     match &e.body {
         Body::Json(b) => {
             let body = cache::rewrite_id(b, &e.request_id, &id);
-            write_full(session, ctx, 200, "application/json", body, &[]).await;
+            super::ingress::write_whole(session, ctx, body, &[]).await;
         }
         Body::Stream(chunks) => {
             let Some(h) =
@@ -122,16 +122,18 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
                 return;
             }
             let last = chunks.len().saturating_sub(1);
+            // Stored in the internal (OpenAI) shape: re-encoded for an ingress client.
+            let mut reenc = super::ingress::encoder(ctx);
             for (i, c) in chunks.iter().enumerate() {
                 let c = cache::rewrite_id(c, &e.request_id, &id);
+                let c = super::ingress::reencode(&mut reenc, c, i == last);
                 ctx.response_bytes += c.len() as u64;
                 if ctx.ttft_ms.is_none() {
                     ctx.ttft_ms = Some(ctx.elapsed_ms());
                 }
-                if session
-                    .write_response_body(Some(c), i == last)
-                    .await
-                    .is_err()
+                let body = (!c.is_empty()).then_some(c);
+                if (body.is_some() || i == last)
+                    && session.write_response_body(body, i == last).await.is_err()
                 {
                     ctx.cancelled = true;
                     return;

@@ -53,6 +53,8 @@ pub struct RequestCtx {
     pub request_id: String,
     /// `chat.completions`, `embeddings`, `images.generations`, `models`, `admin`, ...
     pub endpoint: &'static str,
+    /// The client API when it is not OpenAI's (`/v1/messages`: `proxy::ingress`).
+    pub ingress: Option<crate::dialect::ingress::Ingress>,
     /// Only model calls produce traces.
     pub traced: bool,
     pub runtime: Option<Arc<Runtime>>,
@@ -112,6 +114,7 @@ impl RequestCtx {
             ts_ms: chrono::Utc::now().timestamp_millis(),
             request_id: new_request_id(),
             endpoint: "unknown",
+            ingress: None,
             traced: false,
             runtime: None,
             caller: Caller::default(),

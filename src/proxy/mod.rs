@@ -10,6 +10,7 @@ pub mod cors;
 pub mod ctx;
 pub mod firewall;
 pub mod headless;
+pub mod ingress;
 pub mod logging;
 pub mod request;
 pub mod respond;
@@ -197,6 +198,7 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         return;
     }
 
+    ctx.ingress = crate::dialect::ingress::Ingress::for_path(&path);
     let key = match request::authenticate(&rt, &gw.vkeys, session) {
         Ok((k, vk)) => {
             ctx.vkey = vk;
@@ -215,6 +217,9 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     let result = match route {
         ("POST", "/v1/chat/completions" | "/chat/completions") => {
             chat(gw, &rt, session, ctx, key.as_deref()).await
+        }
+        (m, p) if ctx.ingress.is_some() => {
+            ingress::handle(gw, &rt, session, ctx, key.as_deref(), m, p).await
         }
         ("POST", "/v1/embeddings" | "/embeddings") => {
             gw.begin(ctx);
@@ -270,14 +275,14 @@ fn to_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-async fn chat(
+pub(crate) async fn chat(
     gw: &Gateway,
     rt: &Arc<Runtime>,
     session: &mut Session,
     ctx: &mut RequestCtx,
     key: Option<&crate::auth::keys::KeyEntry>,
 ) -> Result<(), GatewayError> {
-    ctx.endpoint = "chat.completions";
+    ctx.endpoint = ctx.ingress.map_or("chat.completions", |i| i.endpoint());
     ctx.traced = true;
     gw.begin(ctx);
     ctx.caller.require(Scope::Inference)?;
@@ -285,6 +290,7 @@ async fn chat(
     ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
     ctx.request_bytes = raw.len() as u64;
+    let raw = ingress::request_body(ctx, raw)?;
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let mut req = request::parse_chat(raw, model_override.as_deref())?;
     ctx.requested_model = req.model.clone();

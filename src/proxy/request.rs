@@ -27,7 +27,7 @@ pub fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Authenticate the gateway key from `Authorization: Bearer <key>`.
+/// Authenticate the gateway key from `Authorization: Bearer <key>` (or `x-api-key: <key>`).
 ///
 /// Dev mode (`open_access`: no key configured, every listener on loopback) accepts any
 /// token or none, since every OpenAI SDK always sends one.
@@ -43,6 +43,8 @@ pub fn authenticate(
         let (scheme, rest) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
+    // The Anthropic SDKs send their key as `x-api-key` (`/v1/messages`).
+    let presented = presented.or_else(|| header(session, "x-api-key"));
     if rt.keys.is_empty() && vkeys.is_empty() {
         return Err(GatewayError::Unauthorized(
             "No gateway key is configured on this gateway. Create one with `loopgate hash-key` and add it under [[auth.keys]] (or set LOOPGATE_MASTER_KEY), or for local development set `allow_unauthenticated_loopback = true` in [auth] with every listener on 127.0.0.1.".into(),
@@ -60,7 +62,7 @@ pub fn authenticate(
             },
         },
         None => Err(GatewayError::Unauthorized(
-            "You didn't provide an API key. Send a loopgate gateway key as `Authorization: Bearer <key>` (the OpenAI SDKs send their `api_key` this way).".into(),
+            "You didn't provide an API key. Send a loopgate gateway key as `Authorization: Bearer <key>` (the OpenAI SDKs send their `api_key` this way), or as `x-api-key: <key>` (the Anthropic SDKs' way).".into(),
         )),
     }
 }

@@ -127,7 +127,7 @@ pub async fn write_full(
     true
 }
 
-/// Write an OpenAI-shaped error.
+/// Write an error in the client API's shape (OpenAI's, or the ingress API's).
 pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, e: &GatewayError) -> bool {
     let mut extra = Vec::new();
     if let Some(ra) = e.retry_after() {
@@ -137,13 +137,9 @@ pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, e: &Gatewa
         extra.push(("www-authenticate".to_string(), "Bearer".to_string()));
     }
     ctx.error = Some(e.to_string());
-    write_full(
-        session,
-        ctx,
-        e.status(),
-        "application/json",
-        e.to_openai(),
-        &extra,
-    )
-    .await
+    let body = match ctx.ingress {
+        Some(i) => i.error_body(e.status(), &e.to_string()),
+        None => e.to_openai(),
+    };
+    write_full(session, ctx, e.status(), "application/json", body, &extra).await
 }

@@ -21,9 +21,7 @@ use crate::trace::Attempt;
 use crate::upstream::{self, ExchangeOptions, UpstreamError, UpstreamResponse};
 
 use super::ctx::RequestCtx;
-use super::respond::{
-    forwardable, response_header, write_error, write_full, UPSTREAM_REQUEST_ID_HEADERS,
-};
+use super::respond::{forwardable, response_header, write_error, UPSTREAM_REQUEST_ID_HEADERS};
 
 /// What is being asked of the upstream.
 #[derive(Clone, Copy)]
@@ -589,7 +587,7 @@ async fn whole_back(
         c.keep_body(&t.body);
         super::cached::commit(ctx);
     }
-    write_full(session, ctx, 200, "application/json", t.body, extra).await;
+    super::ingress::write_whole(session, ctx, t.body, extra).await;
     Ok(())
 }
 
@@ -684,6 +682,7 @@ async fn stream_back(
         _ => None,
     };
     let mut masked = BytesMut::new();
+    let mut reenc = super::ingress::encoder(ctx);
     let fail = |status: u16, message: String| Failure {
         status,
         provider: prov.name().to_string(),
@@ -830,7 +829,9 @@ async fn stream_back(
                 }
                 masked.clear();
             }
-            if session.write_response_body(Some(chunk), end).await.is_err() {
+            let chunk = super::ingress::reencode(&mut reenc, chunk, end);
+            let body = (!chunk.is_empty()).then_some(chunk);
+            if (body.is_some() || end) && session.write_response_body(body, end).await.is_err() {
                 ctx.cancelled = true;
                 outcome = "cancelled";
                 break;
@@ -839,7 +840,10 @@ async fn stream_back(
             if outcome == "ok" && ctx.cache.is_some() {
                 cache_stream(rt, ctx, &*tr, cand, op);
             }
-            let _ = session.write_response_body(None, true).await;
+            let tail = super::ingress::reencode(&mut reenc, bytes::Bytes::new(), true);
+            let _ = session
+                .write_response_body((!tail.is_empty()).then_some(tail), true)
+                .await;
         }
         if end {
             break;

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the official SDKs used by tests/sdk_e2e.rs (OpenAI) and tests/mcp_sdk.rs (MCP):
+# Install the official SDKs used by tests/sdk_e2e.rs (OpenAI), tests/messages_sdk.rs (Anthropic)
+# and tests/mcp_sdk.rs (MCP), and the RFC 8785 library of tests/feedback_routing.rs:
 #   - Python: a venv in target/sdk-venv with tests/sdk/requirements.txt
 #   - Node:   tests/sdk/node_modules from tests/sdk/package.json (+ package-lock.json)
 # Idempotent: a stamp holding the hash of the pinned requirements skips work already done.
@@ -16,7 +17,7 @@ hash_of() { sha256sum "$@" | sha256sum | cut -c1-16; }
 py_stamp="$venv/.loopgate-stamp"
 py_want="$(hash_of "$sdk/requirements.txt")"
 if [[ -x "$venv/bin/python" && -f "$py_stamp" && "$(cat "$py_stamp")" == "$py_want" ]] \
-   && "$venv/bin/python" -c 'import openai, mcp' 2>/dev/null; then
+   && "$venv/bin/python" -c 'import openai, mcp, anthropic, rfc8785' 2>/dev/null; then
   echo "sdk setup: python venv up to date ($venv)"
 else
   python="${PYTHON:-python3}"
