@@ -695,7 +695,8 @@ fn budget_epsilon(r: &PreparedRoute) -> f64 {
         .map(|m| m.ts_prob / mass * m.gap_ub)
         .sum();
     let g_e = if e == 0 { 0.0 } else { r.models[e].gap_ub };
-    let budget = ex.budget * r.constraints.max_regression * realized_throttle(r, ex.budget);
+    let budget = ex.budget * r.constraints.max_regression;
+    let budget = budget * realized_throttle(r.realized_gap, budget);
     // Shadow exploration serves the baseline: it costs no quality, so it runs at the cap.
     if r.mode == Mode::Shadow {
         return cap;
@@ -737,9 +738,8 @@ fn realized_gap(models: &[PreparedModel]) -> Option<f64> {
 /// between. A window that overspent (a lucky candidate that was not) thereby pays back before
 /// exploring more, so the windowed quality stays above the floor; a window that served better
 /// models (negative realized gap) leaves the full budget.
-fn realized_throttle(r: &PreparedRoute, budget_share: f64) -> f64 {
-    let budget = budget_share * r.constraints.max_regression;
-    match r.realized_gap {
+fn realized_throttle(realized_gap: Option<f64>, budget: f64) -> f64 {
+    match realized_gap {
         Some(g) if budget > 0.0 => (2.0 * (1.0 - g / budget)).clamp(0.0, 1.0),
         _ => 1.0,
     }
@@ -1206,15 +1206,33 @@ pub(crate) mod tests {
         cands: &[(&str, u64, u64, f64)],
         incumbent: Option<&str>,
     ) -> Arc<PreparedRoute> {
+        served_route(cands, incumbent, &[])
+    }
+
+    /// [`budget_route`] with the requests each model served over the recent window (baseline
+    /// first; missing entries are 0).
+    fn served_route(
+        cands: &[(&str, u64, u64, f64)],
+        incumbent: Option<&str>,
+        served: &[u64],
+    ) -> Arc<PreparedRoute> {
+        let mut baseline = model("base", post(180, 300), 0.01);
+        let mut candidates: Vec<ModelInput> = cands
+            .iter()
+            .map(|(n, k, m, c)| model(n, post(*k, *m), *c))
+            .collect();
+        for (m, n) in std::iter::once(&mut baseline)
+            .chain(candidates.iter_mut())
+            .zip(served)
+        {
+            m.recent_requests = *n;
+        }
         PreparedRoute::prepare_with(
             RouteInput {
                 route: Arc::from("b"),
                 mode: Mode::Live,
-                baseline: model("base", post(180, 300), 0.01),
-                candidates: cands
-                    .iter()
-                    .map(|(n, k, m, c)| model(n, post(*k, *m), *c))
-                    .collect(),
+                baseline,
+                candidates,
                 constraints: Constraints::default(),
                 weights: ScoreWeights::default(),
                 exploration: ExplorationConfig::default(),
@@ -1227,55 +1245,28 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    /// The budget route with served counts over the recent window per model (baseline first).
-    fn served_route(cands: &[(&str, u64, u64, f64)], served: &[u64]) -> Arc<PreparedRoute> {
-        let r = budget_route(cands, None);
-        let mut models: Vec<ModelInput> =
-            r.models.iter().cloned().map(|m| m.into_input()).collect();
-        for (m, n) in models.iter_mut().zip(served) {
-            m.recent_requests = *n;
-        }
-        let baseline = models.remove(0);
-        PreparedRoute::prepare_with(
-            RouteInput {
-                route: Arc::from("b"),
-                mode: Mode::Live,
-                baseline,
-                candidates: models,
-                constraints: Constraints::default(),
-                weights: ScoreWeights::default(),
-                exploration: ExplorationConfig::default(),
-                pinned: None,
-                table_version: 1,
-            },
-            PromotionConfig::default(),
-            None,
-        )
-        .unwrap()
-    }
-
     #[test]
     fn an_overspent_window_pays_back_before_exploring_more() {
         // "bad" is now known to be 0.2 below the baseline (0.6); "new" is unknown.
         let cands = [("bad", 8, 20, 0.002), ("new", 0, 0, 0.001)];
-        let fresh = served_route(&cands, &[0, 0, 0]);
+        let fresh = served_route(&cands, None, &[0, 0, 0]);
         assert_eq!(fresh.realized_gap, None);
         assert!(fresh.budget_epsilon > 0.0);
         // Too little served traffic: the account is not trusted yet.
-        let few = served_route(&cands, &[5, 5, 0]);
+        let few = served_route(&cands, None, &[5, 5, 0]);
         assert_eq!(few.realized_gap, None);
         assert_eq!(few.budget_epsilon, fresh.budget_epsilon);
         // 12% of the window went to "bad": a realized gap above 0.02, the whole budget.
-        let spent = served_route(&cands, &[440, 60, 0]);
+        let spent = served_route(&cands, None, &[440, 60, 0]);
         let g = spent.realized_gap.unwrap();
         assert!(g > 0.02 && g < 0.025, "{g}");
         assert_eq!(spent.budget_epsilon, 0.0);
         // Half the budget spent: the plan may use the whole budget again.
-        let half = served_route(&cands, &[475, 25, 0]);
+        let half = served_route(&cands, None, &[475, 25, 0]);
         assert!(half.realized_gap.unwrap() <= 0.0101);
         assert!((half.budget_epsilon - fresh.budget_epsilon).abs() < 0.02 * fresh.budget_epsilon);
         // In between: less than the full plan, more than nothing.
-        let some = served_route(&cands, &[465, 35, 0]);
+        let some = served_route(&cands, None, &[465, 35, 0]);
         assert!(some.budget_epsilon > 0.0 && some.budget_epsilon < fresh.budget_epsilon);
         // The decision trace says what the window cost.
         let d = decide(&some, &RequestContext::default());
