@@ -233,7 +233,7 @@ struct Pending {
 }
 
 /// The route settings under test: the shipped defaults, unless `LOOPGATE_BENCH_OVERRIDES` holds
-/// a JSON object `{"constraints": {..}, "exploration": {..}, "promotion": {..}}` (for sweeps; the
+/// a JSON object `{"constraints": {..}, "exploration": {..}, "promotion": {..}, "posterior": {..}}` (for sweeps; the
 /// headline table is always run without it).
 #[derive(Clone, Default, serde::Deserialize)]
 #[serde(default)]
@@ -241,6 +241,7 @@ struct Settings {
     constraints: Constraints,
     exploration: ExplorationConfig,
     promotion: PromotionConfig,
+    posterior: PosteriorConfig,
 }
 
 fn settings() -> Settings {
@@ -268,7 +269,7 @@ fn run(
         .iter()
         .map(|&k| Arc::from(t.models[k].as_str()))
         .collect();
-    let pcfg = PosteriorConfig::default();
+    let pcfg = set.posterior.clone();
     let mut agg = match Aggregator::new(pcfg.clone(), NPS_WEIGHT) {
         Ok(a) => a,
         Err(e) => panic!("aggregator: {e}"),

@@ -160,7 +160,7 @@ impl Default for Constraints {
             // the confidence row does the real work.
             min_samples: 20,
             // A hard cap only: the quality budget (exploration.budget) is what bounds exploration.
-            max_exploration_share: 0.3,
+            max_exploration_share: 0.5,
         }
     }
 }

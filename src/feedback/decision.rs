@@ -159,8 +159,16 @@ impl Decision {
                     let realized = r.realized_gap.map_or(String::new(), |g| {
                         format!(", realized gap of the recent window {g:.4}")
                     });
+                    // Above the ordinary cap only on a trial (exploration confidently no worse).
+                    let trial = if r.budget_epsilon
+                        > r.exploration.rate.min(c.max_exploration_share) + 1e-12
+                    {
+                        ", a trial: the explored candidates are confidently no worse than the baseline"
+                    } else {
+                        ""
+                    };
                     filter_reasons.push(format!(
-                        "exploration cost: gap upper bound {:.4} (budget {:.4} per request{realized}, ε = {:.4})",
+                        "exploration cost: gap upper bound {:.4} (budget {:.4} per request{realized}, ε = {:.4}{trial})",
                         m.gap_ub,
                         r.exploration.budget * c.max_regression,
                         r.budget_epsilon

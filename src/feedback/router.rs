@@ -123,6 +123,14 @@ pub struct ExplorationConfig {
     pub warmup: u64,
     /// Production samples before a candidate can be eliminated (P(within) < 1 − min_confidence).
     pub eliminate_after: u64,
+    /// Largest exploration probability while every candidate being explored is *confidently*
+    /// no worse than the baseline (gap bound at `trial_z` ≤ 0): such a trial costs no quality,
+    /// so it may run above `rate` (still capped by `max_exploration_share`) and settle the
+    /// promotion sooner.
+    pub trial_rate: f64,
+    /// z of the gap bound that admits the `trial_rate` (1.0 ≈ the 84% bound, as `budget_z`;
+    /// the promotion gate itself stays at `min_confidence`). Values below `budget_z` act as it.
+    pub trial_z: f64,
 }
 
 impl Default for ExplorationConfig {
@@ -136,6 +144,8 @@ impl Default for ExplorationConfig {
             budget_z: 1.0,
             warmup: 10,
             eliminate_after: 5,
+            trial_rate: 0.5,
+            trial_z: 1.0,
         }
     }
 }
@@ -149,12 +159,14 @@ impl ExplorationConfig {
             && nonneg(self.cost_penalty)
             && unit(self.budget)
             && nonneg(self.budget_z)
+            && unit(self.trial_rate)
+            && nonneg(self.trial_z)
         {
             Ok(())
         } else {
             Err(format!(
-                "exploration.rate and budget must be in [0, 1], cost_penalty and budget_z >= 0, got {}, {}, {} and {}",
-                self.rate, self.budget, self.cost_penalty, self.budget_z
+                "exploration.rate, budget and trial_rate must be in [0, 1], cost_penalty, budget_z and trial_z >= 0, got {}, {}, {}, {}, {} and {}",
+                self.rate, self.budget, self.trial_rate, self.cost_penalty, self.budget_z, self.trial_z
             ))
         }
     }
@@ -275,6 +287,8 @@ pub struct PreparedModel {
     /// Upper confidence bound of the quality gap q_baseline − q_model (the exploration cost of
     /// one request on this model; 0 for the baseline).
     pub gap_ub: f64,
+    /// Standard deviation of that gap (the bound is mean + `budget_z` × this).
+    pub gap_sd: f64,
     /// In the exploration set: alive (not eliminated), cheaper than the exploit pick, not it.
     pub in_explore: bool,
     /// The promoted incumbent, kept by hysteresis (promotable at `demote_confidence`).
@@ -442,11 +456,15 @@ impl PreparedRoute {
             let low_n = anytime_level(low, m.posterior.samples);
             let explore_quality_ok = (g.confidence >= low_n && floor_confidence >= low_n)
                 || m.posterior.samples < ex.eliminate_after;
+            let gap_sd = if is_base {
+                0.0
+            } else {
+                (m.posterior.variance() + base_in.posterior.variance()).sqrt()
+            };
             let gap_ub = if is_base {
                 0.0
             } else {
-                let sd = (m.posterior.variance() + base_in.posterior.variance()).sqrt();
-                base_in.posterior.mean() - m.posterior.mean() + ex.budget_z * sd
+                base_in.posterior.mean() - m.posterior.mean() + ex.budget_z * gap_sd
             };
             let success = m.success_rate.unwrap_or(base_success).clamp(0.0, 1.0);
             let cost_saving = if is_base || base_in.cost_per_request <= 0.0 {
@@ -475,6 +493,7 @@ impl PreparedRoute {
                 ts_prob: 0.0,
                 success_rate: m.success_rate,
                 gap_ub,
+                gap_sd,
                 in_explore: false,
                 retained: false,
                 recent_requests: m.recent_requests,
@@ -705,9 +724,32 @@ fn budget_epsilon(r: &PreparedRoute) -> f64 {
     // evidence settles the question, instead of running at the cap for ever.
     let cap = cap.min(mass);
     if g_bar <= g_e {
-        return cap;
+        return cap.max(trial_cap(r, mass));
     }
     ((budget - g_e) / (g_bar - g_e)).clamp(0.0, cap)
+}
+
+/// The exploration cap of a trial: `trial_rate` (within `max_exploration_share` and the weight
+/// mass) when the baseline is the exploit pick and exploration, weighted as it is drawn, is no
+/// worse than it at the stricter `trial_z` bound; otherwise 0 (the ordinary cap applies).
+fn trial_cap(r: &PreparedRoute, mass: f64) -> f64 {
+    let ex = &r.exploration;
+    if r.static_exploit != 0 {
+        return 0.0;
+    }
+    let strict: f64 = r
+        .models
+        .iter()
+        .filter(|m| m.in_explore)
+        .map(|m| m.ts_prob / mass * (m.gap_ub + (ex.trial_z - ex.budget_z) * m.gap_sd))
+        .sum();
+    if strict <= 0.0 {
+        ex.trial_rate
+            .min(r.constraints.max_exploration_share)
+            .min(mass)
+    } else {
+        0.0
+    }
 }
 
 /// Served requests in the recent window before the realized account is trusted.
@@ -1325,6 +1367,49 @@ pub(crate) mod tests {
         input.exploration.budget = 0.0;
         let r = PreparedRoute::prepare(input).unwrap();
         assert_eq!(r.budget_epsilon, 0.0);
+    }
+
+    #[test]
+    fn a_trial_of_a_confidently_no_worse_candidate_runs_above_the_rate() {
+        // 18 samples: too few to promote (min_samples 20), but its gap bound is already ≤ 0.
+        let r = budget_route(&[("likely", 15, 18, 0.001)], None);
+        assert_eq!(r.static_exploit, 0);
+        assert!(r.models[1].gap_ub <= 0.0, "{}", r.models[1].gap_ub);
+        let mass: f64 = r.models.iter().map(|m| m.ts_prob).sum();
+        let trial = r
+            .exploration
+            .trial_rate
+            .min(r.constraints.max_exploration_share)
+            .min(mass);
+        assert!(trial > r.exploration.rate, "{trial}");
+        assert!((r.budget_epsilon - trial).abs() < 1e-12);
+        // A stricter trial bound (z = 3) is not met yet: back to the ordinary cap.
+        let mut input = RouteInput {
+            route: Arc::from("b"),
+            mode: Mode::Live,
+            baseline: model("base", post(180, 300), 0.01),
+            candidates: vec![model("likely", post(15, 18), 0.001)],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 1,
+        };
+        input.exploration.trial_z = 3.0;
+        let strict = PreparedRoute::prepare(input.clone()).unwrap();
+        assert!(strict.budget_epsilon <= strict.exploration.rate + 1e-12);
+        assert!(strict.budget_epsilon > 0.0);
+        // An unknown candidate is never on trial: its bound is far above 0.
+        let unknown = budget_route(&[("new", 0, 0, 0.001)], None);
+        assert!(unknown.budget_epsilon < unknown.exploration.rate);
+        // The trial rate is itself a setting.
+        let d = decide(&r, &RequestContext::default());
+        let why = serde_json::to_string(&d.trace("req", 0)).unwrap();
+        assert!(why.contains("a trial: the explored candidates"), "{why}");
+        input.exploration.trial_z = 1.0;
+        input.exploration.trial_rate = 0.3;
+        let capped = PreparedRoute::prepare(input).unwrap();
+        assert!(capped.budget_epsilon <= 0.3 + 1e-12);
     }
 
     #[test]
