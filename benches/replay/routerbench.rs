@@ -420,11 +420,7 @@ fn run(
         };
         let d = decide(p, &ctx);
         if !matches!(d.kind, PickKind::Off | PickKind::Pinned) {
-            let explored = if d.kind == PickKind::Explored {
-                1.0
-            } else {
-                0.0
-            };
+            let explored = if d.explores() { 1.0 } else { 0.0 };
             share += EXPLORE_EWMA * (explored - share);
             out.explored_n += explored as usize;
         }

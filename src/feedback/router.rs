@@ -937,6 +937,17 @@ impl Decision {
     pub fn is_exploration(&self) -> bool {
         self.kind == PickKind::Explored
     }
+    /// Whether this request is exploration *traffic*: an explored pick, or a session held on a
+    /// candidate that is not the exploit pick (the rest of an explored session). This is what
+    /// `max_exploration_share` counts; counting only the explored first requests undercounted
+    /// the share by the mean session length.
+    pub fn explores(&self) -> bool {
+        match self.kind {
+            PickKind::Explored => true,
+            PickKind::Sticky => self.chosen != self.exploit && self.chosen != 0,
+            _ => false,
+        }
+    }
     /// The chosen candidate's provider failed: serve the baseline and record the miss.
     pub fn provider_error(mut self) -> Self {
         self.served = 0;
@@ -1367,6 +1378,52 @@ pub(crate) mod tests {
         input.exploration.budget = 0.0;
         let r = PreparedRoute::prepare(input).unwrap();
         assert_eq!(r.budget_epsilon, 0.0);
+    }
+
+    #[test]
+    fn exploration_traffic_includes_the_rest_of_an_explored_session() {
+        let r = budget_route(&[("new", 0, 0, 0.001)], None);
+        assert_eq!(r.static_exploit, 0);
+        // The first request of the session explores...
+        let first = decide(
+            &r,
+            &RequestContext {
+                rng: 0.0,
+                ..Default::default()
+            },
+        );
+        assert_eq!(first.kind, PickKind::Explored);
+        assert!(first.explores());
+        // ...and the session held on that candidate is exploration traffic too.
+        let held = decide(
+            &r,
+            &RequestContext {
+                sticky: Some("new"),
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
+        assert_eq!(held.kind, PickKind::Sticky);
+        assert!(held.explores());
+        // A session held on the exploit pick (here the baseline) is not.
+        let base = decide(
+            &r,
+            &RequestContext {
+                sticky: Some("base"),
+                rng: 0.9,
+                ..Default::default()
+            },
+        );
+        assert_eq!(base.kind, PickKind::Sticky);
+        assert!(!base.explores());
+        let plain = decide(
+            &r,
+            &RequestContext {
+                rng: 0.99,
+                ..Default::default()
+            },
+        );
+        assert!(!plain.explores());
     }
 
     #[test]

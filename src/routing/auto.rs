@@ -296,11 +296,7 @@ impl AutoState {
             return;
         }
         let c = self.counters.entry(route.to_string()).or_default();
-        let explored = if d.kind == PickKind::Explored {
-            1.0
-        } else {
-            0.0
-        };
+        let explored = if d.explores() { 1.0 } else { 0.0 };
         let _ = c
             .explore_share
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
