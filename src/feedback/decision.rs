@@ -139,6 +139,19 @@ impl Decision {
                         filter_reasons.push(reason(&row));
                     }
                 }
+                let conf = m.gate.confidence.min(m.stats.floor_confidence);
+                let level = crate::feedback::router::promotion_level(
+                    c.min_confidence,
+                    m.posterior.samples,
+                    c.min_samples,
+                    r.promotion.look_spending,
+                );
+                if conf >= c.min_confidence && conf < level && !m.retained {
+                    filter_reasons.push(format!(
+                        "min_confidence after {} samples: {conf:.4} < {level:.4} (the level tightens with the looks, promotion.look_spending)",
+                        m.posterior.samples
+                    ));
+                }
                 if !m.explore_quality_ok {
                     filter_reasons.push(format!(
                         "not explored: eliminated, confidently below the quality limits (P(within) = {:.4} < {:.4})",

@@ -181,6 +181,9 @@ impl ExplorationConfig {
 pub struct PromotionConfig {
     /// Confidence P(within max_regression) below which a promoted model is demoted.
     pub demote_confidence: f64,
+    /// How fast the promotion level tightens with the samples seen ([`promotion_level`]);
+    /// 0 keeps it at `min_confidence` for ever.
+    pub look_spending: f64,
     /// Score advantage a challenger needs to replace the promoted model.
     pub switch_margin: f64,
 }
@@ -190,6 +193,7 @@ impl Default for PromotionConfig {
         PromotionConfig {
             demote_confidence: 0.8,
             switch_margin: 0.02,
+            look_spending: 1.0,
         }
     }
 }
@@ -204,12 +208,14 @@ impl PromotionConfig {
             && d < 1.0
             && self.switch_margin.is_finite()
             && self.switch_margin >= 0.0
+            && self.look_spending.is_finite()
+            && self.look_spending >= 0.0
         {
             Ok(())
         } else {
             Err(format!(
-                "promotion.demote_confidence must be in (0, 1) and switch_margin >= 0, got {d} and {}",
-                self.switch_margin
+                "promotion.demote_confidence must be in (0, 1), switch_margin and look_spending >= 0, got {d}, {} and {}",
+                self.switch_margin, self.look_spending
             ))
         }
     }
@@ -440,6 +446,17 @@ impl PreparedRoute {
                     if !c.check(k, &stats, &base_stats, 0.0, 0.0).passed {
                         static_failures.insert(k);
                     }
+                }
+                let conf = stats.confidence.min(stats.floor_confidence);
+                if conf
+                    < promotion_level(
+                        c.min_confidence,
+                        m.posterior.samples,
+                        c.min_samples,
+                        promotion.look_spending,
+                    )
+                {
+                    static_failures.insert(Knob::MinConfidence);
                 }
             }
             let low = 1.0 - c.min_confidence;
@@ -750,6 +767,18 @@ fn trial_cap(r: &PreparedRoute, mass: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// The confidence a promotion needs at `samples` production samples. The gate is re-tested at
+/// every snapshot as samples arrive; at a fixed level a candidate just outside the limit is
+/// eventually promoted by a lucky streak far more often than 1 − `min_confidence`. The level
+/// therefore tightens slowly with the samples seen (a logarithmic spending of the error over
+/// looks): α_n = α / (1 + s·ln(n / min_samples)), α = 1 − `min_confidence`, s =
+/// `promotion.look_spending`. Early, decisive evidence is judged at `min_confidence` itself.
+pub fn promotion_level(min_confidence: f64, samples: u64, min_samples: u64, spending: f64) -> f64 {
+    let n0 = min_samples.max(1) as f64;
+    let n = (samples as f64).max(n0);
+    1.0 - (1.0 - min_confidence) / (1.0 + spending * (n / n0).ln())
 }
 
 /// Served requests in the recent window before the realized account is trusted.
@@ -1095,7 +1124,7 @@ pub(crate) mod tests {
             mode,
             baseline: model("gpt-4o", post(1800, 2000), 0.01),
             candidates: vec![
-                model("gpt-4o-mini", post(1795, 2000), 0.0006),
+                model("gpt-4o-mini", post(1810, 2000), 0.0006),
                 model("cheap-bad", post(1500, 2000), 0.0002),
                 model("newcomer", post(9, 10), 0.001),
             ],
@@ -1378,6 +1407,56 @@ pub(crate) mod tests {
         input.exploration.budget = 0.0;
         let r = PreparedRoute::prepare(input).unwrap();
         assert_eq!(r.budget_epsilon, 0.0);
+    }
+
+    #[test]
+    fn the_promotion_level_tightens_with_the_looks() {
+        // At min_samples the level is min_confidence itself; it rises slowly after.
+        assert!((promotion_level(0.95, 20, 20, 1.0) - 0.95).abs() < 1e-12);
+        assert!((promotion_level(0.95, 5, 20, 1.0) - 0.95).abs() < 1e-12);
+        let at_54 = promotion_level(0.95, 54, 20, 1.0);
+        assert!((at_54 - (1.0 - 0.05 / (1.0 + (54.0f64 / 20.0).ln()))).abs() < 1e-12);
+        assert!(at_54 > 0.97 && at_54 < 0.98, "{at_54}");
+        assert!(promotion_level(0.95, 2000, 20, 1.0) < 1.0);
+        // 0 turns the spending off.
+        assert_eq!(promotion_level(0.95, 2000, 20, 0.0), 0.95);
+        // A candidate at ≈ 0.96 after many samples is not promoted; with no spending it is.
+        let level = promotion_level(0.95, 160, 20, 1.0);
+        let k = (80..160)
+            .find(|&k| {
+                let c = budget_route(&[("close", k, 160, 0.001)], None).models[1]
+                    .gate
+                    .confidence;
+                c > 0.95 && c < level
+            })
+            .expect("a success count with confidence in (0.95, level)");
+        let r = budget_route(&[("close", k, 160, 0.001)], None);
+        assert_eq!(r.static_exploit, 0);
+        let why =
+            serde_json::to_string(&decide(&r, &RequestContext::default()).trace("q", 0)).unwrap();
+        assert!(why.contains("look"), "{why}");
+        let mut input = RouteInput {
+            route: Arc::from("b"),
+            mode: Mode::Live,
+            baseline: model("base", post(180, 300), 0.01),
+            candidates: vec![model("close", post(k, 160), 0.001)],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 1,
+        };
+        input.constraints.min_confidence = 0.95;
+        let off = PreparedRoute::prepare_with(
+            input,
+            PromotionConfig {
+                look_spending: 0.0,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        assert_eq!(off.static_exploit, 1);
     }
 
     #[test]
