@@ -175,17 +175,17 @@ pub async fn write_whole(
 
 /// A stream re-encoder for an ingress API.
 pub enum Encoder {
-    Messages(messages::MessagesEncoder),
+    Messages(Box<messages::MessagesEncoder>),
     Responses(Box<responses::ResponsesEncoder>),
 }
 
 /// The stream re-encoder for the client's API (`None`: OpenAI SSE goes out as it is).
 pub fn encoder(ctx: &RequestCtx) -> Option<Encoder> {
     ctx.ingress.map(|i| match i {
-        Ingress::Messages => Encoder::Messages(messages::MessagesEncoder::new(
+        Ingress::Messages => Encoder::Messages(Box::new(messages::MessagesEncoder::new(
             &ctx.request_id,
             &ctx.requested_model,
-        )),
+        ))),
         Ingress::Responses => Encoder::Responses(Box::new(responses::ResponsesEncoder::new(
             &ctx.request_id,
             &ctx.requested_model,
