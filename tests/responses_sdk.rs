@@ -1,5 +1,6 @@
 //! `POST /v1/responses` (the OpenAI Responses API at the edge), end to end: the official
-//! OpenAI Python SDK (tests/sdk/test_responses_python.py, installed by
+//! OpenAI Python and Node SDKs (tests/sdk/test_responses_python.py and
+//! test_responses_node.mjs, installed by
 //! `bash tests/sdk/setup.sh`) drives the real `loopgate` binary in front of an OpenAI,
 //! an Anthropic and a Gemini mock (the last two translated): JSON, streams (raw events
 //! and the SDK's stream helper), function tools with `function_call_output`,
@@ -25,13 +26,34 @@ fn python() -> PathBuf {
     Path::new(ROOT).join("target/sdk-venv/bin/python")
 }
 
-/// Run the SDK script (bounded in time); panic with its output and the gateway log on failure.
+/// Run both SDK scripts (Python, then Node).
 fn run_sdk(g: &GatewayProc, model: &str, provider: &str) {
-    let hint = "run `bash tests/sdk/setup.sh` to install the official SDKs (Python venv in target/sdk-venv)";
+    let hint = "run `bash tests/sdk/setup.sh` to install the official SDKs (Python venv in target/sdk-venv, npm packages in tests/sdk/node_modules)";
     let py = python();
     assert!(py.exists(), "{} not found: {hint}", py.display());
-    let mut child = Command::new(&py)
-        .arg(Path::new(ROOT).join("tests/sdk/test_responses_python.py"))
+    run_script(
+        g,
+        model,
+        provider,
+        py.as_os_str(),
+        "test_responses_python.py",
+    );
+    let pkg = Path::new(ROOT).join("tests/sdk/node_modules/openai/package.json");
+    assert!(pkg.exists(), "{} not found: {hint}", pkg.display());
+    run_script(
+        g,
+        model,
+        provider,
+        "node".as_ref(),
+        "test_responses_node.mjs",
+    );
+}
+
+/// Run one SDK script (bounded in time); panic with its output and the gateway log on failure.
+fn run_script(g: &GatewayProc, model: &str, provider: &str, prog: &std::ffi::OsStr, script: &str) {
+    let hint = "run `bash tests/sdk/setup.sh`";
+    let mut child = Command::new(prog)
+        .arg(Path::new(ROOT).join("tests/sdk").join(script))
         .env("LOOPGATE_BASE_URL", g.url("/v1"))
         .env("LOOPGATE_KEY", MASTER_KEY)
         .env("LG_MODEL", model)
@@ -46,7 +68,7 @@ fn run_sdk(g: &GatewayProc, model: &str, provider: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e} ({hint})", py.display()));
+        .unwrap_or_else(|e| panic!("spawn {prog:?}: {e} ({hint})"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().ok().flatten().is_none() {
         if Instant::now() > deadline {
@@ -65,7 +87,7 @@ fn run_sdk(g: &GatewayProc, model: &str, provider: &str) {
     let lines: Vec<&str> = log.lines().collect();
     assert!(
         out.status.success(),
-        "openai SDK responses against {model} ({provider}) exited with {}:\n{text}\n--- gateway log (tail):\n{}",
+        "{script} against {model} ({provider}) exited with {}:\n{text}\n--- gateway log (tail):\n{}",
         out.status,
         lines[lines.len().saturating_sub(40)..].join("\n")
     );
@@ -80,7 +102,7 @@ async fn traced_with_cost(g: &GatewayProc) {
             trace_rows(
                 &db,
                 "WHERE endpoint = 'responses' AND status = 200 AND cost_usd > 0",
-            ) >= 7
+            ) >= 12
         },
         Duration::from_secs(10),
     )
