@@ -134,6 +134,18 @@ async fn previous(
     let (Some(req), Some(resp)) = (t.request_body.as_deref(), t.response_body.as_deref()) else {
         return Err(not_found());
     };
+    // A chain grows by one exchange per call: bounded so no chain grows memory without end.
+    let limit = rt.config.server.max_body_bytes.saturating_mul(4);
+    if req.len() + resp.len() > limit {
+        return Err(GatewayError::invalid_code(
+            format!(
+                "the conversation of previous response {id} is longer than {limit} bytes; \
+                 send the conversation in `input` instead."
+            ),
+            Some(PARAM),
+            "invalid_value",
+        ));
+    }
     responses::history(req, resp).map_err(|e| {
         GatewayError::invalid_code(
             format!("previous response {id} cannot be continued: {e}"),
