@@ -217,6 +217,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let mut gw = Gateway::new(rt, hook);
     gw.tracing = tracing_on;
     gw.recent = tracing_on.then(|| slot.recent());
+    gw.store = tracing_on.then(|| slot.clone());
     let signing_key = std::env::var(&routing.signing_key_env).ok();
     gw.auto = Arc::new(crate::routing::auto::AutoState::new(
         signing_key,

@@ -124,9 +124,10 @@ pub async fn handle(
         .require(Scope::Inference)
         .or_else(|_| req.caller.require(Scope::Admin))?;
     let mut body: Map<String, Value> = crate::proxy::request::parse_object(&req.body)?;
-    // A Messages answer's id is `msg_<request id>` (`/v1/messages`): either scores it.
+    // A Messages answer's id is `msg_<request id>` (`/v1/messages`), a Responses answer's
+    // `resp_<request id>` (`/v1/responses`): any of them scores it.
     if let Some(Value::String(id)) = body.get_mut("id") {
-        if let Some(rest) = id.strip_prefix("msg_") {
+        if let Some(rest) = id.strip_prefix("msg_").or_else(|| id.strip_prefix("resp_")) {
             *id = rest.to_string();
         }
     }

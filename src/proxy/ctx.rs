@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub endpoint: &'static str,
     /// The client API when it is not OpenAI's (`/v1/messages`: `proxy::ingress`).
     pub ingress: Option<crate::dialect::ingress::Ingress>,
+    /// What a `/v1/responses` answer echoes from its request (`proxy::ingress`).
+    pub responses: Option<Box<crate::dialect::ingress::responses::Echo>>,
     /// Only model calls produce traces.
     pub traced: bool,
     pub runtime: Option<Arc<Runtime>>,
@@ -115,6 +117,7 @@ impl RequestCtx {
             request_id: new_request_id(),
             endpoint: "unknown",
             ingress: None,
+            responses: None,
             traced: false,
             runtime: None,
             caller: Caller::default(),

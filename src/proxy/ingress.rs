@@ -1,4 +1,5 @@
-//! Ingress APIs other than OpenAI's (`POST /v1/messages`, `/v1/messages/count_tokens`):
+//! Ingress APIs other than OpenAI's (`POST /v1/messages`, `/v1/messages/count_tokens`,
+//! `POST /v1/responses`):
 //! the request is translated by `crate::dialect::ingress` and then takes the normal chat
 //! path (auth, routing, `auto`, fallback, firewall, exact cache, traces, cost); answers
 //! and errors are re-encoded in the client API's shape at the last moment, so everything
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use crate::auth::keys::KeyEntry;
 use crate::auth::Scope;
-use crate::dialect::ingress::{messages, Ingress};
+use crate::dialect::ingress::{messages, responses, Ingress};
 use crate::error::GatewayError;
 use crate::routing::Runtime;
 
@@ -32,8 +33,9 @@ pub async fn handle(
     match (method, path.trim_end_matches('/')) {
         ("POST", "/v1/messages") => super::chat(gw, rt, session, ctx, key).await,
         ("POST", "/v1/messages/count_tokens") => count_tokens(rt, session, ctx).await,
+        ("POST", "/v1/responses") => super::chat(gw, rt, session, ctx, key).await,
         (m, p) => {
-            ctx.endpoint = "messages";
+            ctx.endpoint = ctx.ingress.map_or("messages", |i| i.endpoint());
             Err(GatewayError::MethodNotAllowed(format!(
                 "Method {m} is not allowed on {p}."
             )))
@@ -56,11 +58,101 @@ async fn count_tokens(
 }
 
 /// The client's body as an OpenAI chat-completions body.
-pub fn request_body(ctx: &RequestCtx, raw: Bytes) -> Result<Bytes, GatewayError> {
+pub async fn request_body(
+    gw: &Gateway,
+    rt: &Runtime,
+    ctx: &mut RequestCtx,
+    raw: Bytes,
+) -> Result<Bytes, GatewayError> {
     match ctx.ingress {
         None => Ok(raw),
         Some(Ingress::Messages) => messages::to_chat(&raw),
+        Some(Ingress::Responses) => {
+            let req = responses::parse(&raw)?;
+            let history = match &req.previous_response_id {
+                Some(id) => previous(gw, rt, ctx, id).await?,
+                None => Vec::new(),
+            };
+            let (chat, echo) = responses::to_chat(&req, history, ctx.ts_ms / 1000)?;
+            ctx.responses = Some(Box::new(echo));
+            Ok(chat)
+        }
     }
+}
+
+/// The chat messages of a `previous_response_id` chain, from the trace store: the stored
+/// request and answer bodies of that response (`storage.capture_bodies`), within
+/// retention, of the caller's own project.
+async fn previous(
+    gw: &Gateway,
+    rt: &Runtime,
+    ctx: &RequestCtx,
+    id: &str,
+) -> Result<Vec<serde_json::Value>, GatewayError> {
+    const PARAM: &str = "previous_response_id";
+    let not_found = || GatewayError::NotFound {
+        message: format!(
+            "Previous response with id '{}' not found: unknown, past the trace retention, \
+             stored without its bodies, or not visible to this key's project.",
+            id.chars().take(140).collect::<String>()
+        ),
+        code: "previous_response_not_found",
+        param: Some(PARAM.to_string()),
+    };
+    let Some(rid) = responses::request_id_of(id) else {
+        return Err(not_found());
+    };
+    let slot = match &gw.store {
+        Some(s) if rt.storage.capture_bodies => s,
+        _ => {
+            return Err(GatewayError::invalid_code(
+                "previous_response_id needs the trace store with bodies \
+                 (storage.capture_bodies = true); send the whole conversation in `input` instead.",
+                Some(PARAM),
+                "unsupported_parameter",
+            ))
+        }
+    };
+    let Some(store) = slot.wait(std::time::Duration::from_secs(2)).await else {
+        return Err(GatewayError::Unavailable(
+            "the trace store is not available".into(),
+        ));
+    };
+    let unavailable = |e: crate::store::StoreError| GatewayError::Unavailable(e.to_string());
+    let mut found = store.get_trace(rid).await.map_err(unavailable)?;
+    if found.is_none() {
+        // Served a moment ago by this instance: wait for its record to be written.
+        slot.settle(rid).await;
+        found = store.get_trace(rid).await.map_err(unavailable)?;
+    }
+    let Some(t) = found else {
+        return Err(not_found());
+    };
+    if t.project_id != ctx.project_id || t.endpoint != "responses" || t.status != 200 {
+        return Err(not_found());
+    }
+    let (Some(req), Some(resp)) = (t.request_body.as_deref(), t.response_body.as_deref()) else {
+        return Err(not_found());
+    };
+    // A chain grows by one exchange per call: bounded so no chain grows memory without end.
+    let limit = rt.config.server.max_body_bytes.saturating_mul(4);
+    if req.len() + resp.len() > limit {
+        return Err(GatewayError::invalid_code(
+            format!(
+                "the conversation of previous response {id} is longer than {limit} bytes; \
+                 send the conversation in `input` instead."
+            ),
+            Some(PARAM),
+            "invalid_value",
+        ));
+    }
+    responses::history(req, resp).map_err(|e| {
+        GatewayError::invalid_code(
+            format!("previous response {id} cannot be continued: {e}"),
+            Some(PARAM),
+            "invalid_value",
+        )
+    })
 }
 
 /// Write a whole OpenAI chat completion (live or from the cache) in the client's shape.
@@ -70,43 +162,70 @@ pub async fn write_whole(
     body: Bytes,
     extra: &[(String, String)],
 ) -> bool {
-    let body = match ctx.ingress {
-        None => body,
-        Some(Ingress::Messages) => {
-            match messages::from_completion(&body, &ctx.usage, &ctx.request_id) {
-                Ok(b) => b,
-                Err(e) => {
-                    let e = GatewayError::Upstream {
-                        status: 502,
-                        message: e.to_string(),
-                        retry_after: None,
-                        code: "bad_upstream_response",
-                    };
-                    return respond::write_error(session, ctx, &e).await;
-                }
-            }
+    let converted = match ctx.ingress {
+        None => Ok(body),
+        Some(Ingress::Messages) => messages::from_completion(&body, &ctx.usage, &ctx.request_id),
+        Some(Ingress::Responses) => {
+            let echo = ctx.responses.as_deref().cloned().unwrap_or_default();
+            responses::from_completion(&body, &ctx.usage, &ctx.request_id, &echo)
+        }
+    };
+    let body = match converted {
+        Ok(b) => b,
+        Err(e) => {
+            let e = GatewayError::Upstream {
+                status: 502,
+                message: e.to_string(),
+                retry_after: None,
+                code: "bad_upstream_response",
+            };
+            return respond::write_error(session, ctx, &e).await;
         }
     };
     respond::write_full(session, ctx, 200, "application/json", body, extra).await
 }
 
+/// A stream re-encoder for an ingress API.
+pub enum Encoder {
+    Messages(Box<messages::MessagesEncoder>),
+    Responses(Box<responses::ResponsesEncoder>),
+}
+
 /// The stream re-encoder for the client's API (`None`: OpenAI SSE goes out as it is).
-pub fn encoder(ctx: &RequestCtx) -> Option<messages::MessagesEncoder> {
+pub fn encoder(ctx: &RequestCtx) -> Option<Encoder> {
     ctx.ingress.map(|i| match i {
-        Ingress::Messages => messages::MessagesEncoder::new(&ctx.request_id, &ctx.requested_model),
+        Ingress::Messages => Encoder::Messages(Box::new(messages::MessagesEncoder::new(
+            &ctx.request_id,
+            &ctx.requested_model,
+        ))),
+        Ingress::Responses => Encoder::Responses(Box::new(responses::ResponsesEncoder::new(
+            &ctx.request_id,
+            &ctx.requested_model,
+            ctx.responses.as_deref().cloned().unwrap_or_default(),
+        ))),
     })
 }
 
 /// Re-encode a chunk of the internal SSE stream; `end`: the stream is over. The result may
 /// be empty (a usage-only chunk): write nothing then, unless it is the end.
-pub fn reencode(enc: &mut Option<messages::MessagesEncoder>, chunk: Bytes, end: bool) -> Bytes {
+pub fn reencode(enc: &mut Option<Encoder>, chunk: Bytes, end: bool) -> Bytes {
     let Some(enc) = enc.as_mut() else {
         return chunk;
     };
     let mut out = BytesMut::with_capacity(chunk.len() + 256);
-    enc.feed(&chunk, &mut out);
-    if end {
-        enc.finish(&mut out);
+    match enc {
+        Encoder::Messages(m) => {
+            m.feed(&chunk, &mut out);
+            if end {
+                m.finish(&mut out);
+            }
+        }
+        Encoder::Responses(r) => {
+            r.feed(&chunk, &mut out);
+            if end {
+                r.finish(&mut out);
+            }
+        }
     }
     out.freeze()
 }

@@ -60,6 +60,8 @@ pub struct Gateway {
     /// The MCP server at `/mcp` (`None`: 404). It checks its own scoped tokens, so it gets
     /// the request before gateway-key auth; the server assembles it (`crate::mcp`).
     pub mcp: Option<Arc<dyn AdminRoutes>>,
+    /// The trace store, for `previous_response_id` on `/v1/responses` (`None`: no store).
+    pub store: Option<crate::store::writer::StoreSlot>,
 }
 
 impl Gateway {
@@ -91,6 +93,7 @@ impl Gateway {
             vkeys: Arc::new(crate::auth::virtual_keys::VirtualKeys::new()),
             limits: Arc::new(crate::auth::limits::Limiter::new()),
             mcp: None,
+            store: None,
         }
     }
 }
@@ -290,7 +293,7 @@ pub(crate) async fn chat(
     ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
     ctx.request_bytes = raw.len() as u64;
-    let raw = ingress::request_body(ctx, raw)?;
+    let raw = ingress::request_body(gw, rt, ctx, raw).await?;
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let mut req = request::parse_chat(raw, model_override.as_deref())?;
     ctx.requested_model = req.model.clone();

@@ -138,7 +138,7 @@ pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, e: &Gatewa
     }
     ctx.error = Some(e.to_string());
     let body = match ctx.ingress {
-        Some(i) => i.error_body(e.status(), &e.to_string()),
+        Some(i) => i.error_body(e),
         None => e.to_openai(),
     };
     write_full(session, ctx, e.status(), "application/json", body, &extra).await

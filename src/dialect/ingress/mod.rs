@@ -6,12 +6,15 @@
 //! Pure: bytes in, bytes out, no sockets.
 
 pub mod messages;
+pub mod responses;
 
 /// Which client API a request came in through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingress {
     /// Anthropic Messages (`POST /v1/messages`, `/v1/messages/count_tokens`).
     Messages,
+    /// OpenAI Responses (`POST /v1/responses`).
+    Responses,
 }
 
 impl Ingress {
@@ -19,6 +22,7 @@ impl Ingress {
     pub fn for_path(path: &str) -> Option<Ingress> {
         match path.trim_end_matches('/') {
             "/v1/messages" | "/v1/messages/count_tokens" => Some(Ingress::Messages),
+            "/v1/responses" => Some(Ingress::Responses),
             _ => None,
         }
     }
@@ -27,13 +31,16 @@ impl Ingress {
     pub fn endpoint(self) -> &'static str {
         match self {
             Ingress::Messages => "messages",
+            Ingress::Responses => "responses",
         }
     }
 
     /// An error body in this API's own shape.
-    pub fn error_body(self, status: u16, message: &str) -> bytes::Bytes {
+    pub fn error_body(self, e: &crate::error::GatewayError) -> bytes::Bytes {
         match self {
-            Ingress::Messages => messages::error_body(status, message),
+            Ingress::Messages => messages::error_body(e.status(), &e.to_string()),
+            // The Responses API uses OpenAI's error shape (`param` and `code` included).
+            Ingress::Responses => e.to_openai(),
         }
     }
 }

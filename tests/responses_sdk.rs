@@ -1,0 +1,263 @@
+//! `POST /v1/responses` (the OpenAI Responses API at the edge), end to end: the official
+//! OpenAI Python and Node SDKs (tests/sdk/test_responses_python.py and
+//! test_responses_node.mjs, installed by
+//! `bash tests/sdk/setup.sh`) drives the real `loopgate` binary in front of an OpenAI,
+//! an Anthropic and a Gemini mock (the last two translated): JSON, streams (raw events
+//! and the SDK's stream helper), function tools with `function_call_output`,
+//! `previous_response_id` from the trace store, and 400s naming unsupported input.
+
+mod common;
+#[path = "common/mocks.rs"]
+mod mocks;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Bodies are captured so `previous_response_id` can continue a stored exchange.
+const STORAGE: &str = "capture_bodies = true\n";
+
+fn python() -> PathBuf {
+    Path::new(ROOT).join("target/sdk-venv/bin/python")
+}
+
+/// Run both SDK scripts (Python, then Node).
+fn run_sdk(g: &GatewayProc, model: &str, provider: &str) {
+    let hint = "run `bash tests/sdk/setup.sh` to install the official SDKs (Python venv in target/sdk-venv, npm packages in tests/sdk/node_modules)";
+    let py = python();
+    assert!(py.exists(), "{} not found: {hint}", py.display());
+    run_script(
+        g,
+        model,
+        provider,
+        py.as_os_str(),
+        "test_responses_python.py",
+    );
+    let pkg = Path::new(ROOT).join("tests/sdk/node_modules/openai/package.json");
+    assert!(pkg.exists(), "{} not found: {hint}", pkg.display());
+    run_script(
+        g,
+        model,
+        provider,
+        "node".as_ref(),
+        "test_responses_node.mjs",
+    );
+}
+
+/// Run one SDK script (bounded in time); panic with its output and the gateway log on failure.
+fn run_script(g: &GatewayProc, model: &str, provider: &str, prog: &std::ffi::OsStr, script: &str) {
+    let hint = "run `bash tests/sdk/setup.sh`";
+    let mut child = Command::new(prog)
+        .arg(Path::new(ROOT).join("tests/sdk").join(script))
+        .env("LOOPGATE_BASE_URL", g.url("/v1"))
+        .env("LOOPGATE_KEY", MASTER_KEY)
+        .env("LG_MODEL", model)
+        .env("LG_PROVIDER", provider)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {prog:?}: {e} ({hint})"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("script output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = g.log_text();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        out.status.success(),
+        "{script} against {model} ({provider}) exited with {}:\n{text}\n--- gateway log (tail):\n{}",
+        out.status,
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    );
+    print!("{text}");
+}
+
+/// The served requests are trace rows of endpoint `responses` with a cost.
+async fn traced_with_cost(g: &GatewayProc) {
+    let db = g.db_path();
+    let ok = eventually(
+        || {
+            trace_rows(
+                &db,
+                "WHERE endpoint = 'responses' AND status = 200 AND cost_usd > 0",
+            ) >= 12
+        },
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        ok,
+        "trace rows of endpoint responses with a cost: {}",
+        trace_rows(&db, "WHERE endpoint = 'responses'")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_sdk_against_an_openai_upstream() {
+    let mock = MockUpstream::start(mocks::openai_full()).await;
+    let g = GatewayProc::start_full(
+        "",
+        STORAGE,
+        "",
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ],
+    );
+    run_sdk(&g, "gpt-4o-mini", "openai");
+    traced_with_cost(&g).await;
+    let reqs: Vec<Value> = mock.requests().iter().map(|r| r.json()).collect();
+    let first = &reqs[0];
+    assert_eq!(
+        first["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert!(first["messages"][1]["content"][1]["image_url"]["url"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("data:image/png;base64,")));
+    // previous_response_id: the stored exchange came first, then the new input.
+    let cont = &reqs[1]["messages"];
+    assert_eq!(cont[1]["content"][0]["text"], "Say hello", "{cont}");
+    assert_eq!(cont[2], json!({"role": "assistant", "content": "Hello!"}));
+    assert_eq!(cont[3], json!({"role": "user", "content": "And again"}));
+    // The tool round trip reached the upstream as a tool call and a tool message.
+    let round = reqs
+        .iter()
+        .find(|b| b["messages"].as_array().is_some_and(|m| m.len() == 3))
+        .expect("the follow-up request with the tool output");
+    assert_eq!(round["messages"][1]["tool_calls"][0]["id"], "call_abc123");
+    assert_eq!(
+        round["messages"][2],
+        json!({"role": "tool", "tool_call_id": "call_abc123", "content": "Sunny, 21 C"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_sdk_against_an_anthropic_upstream() {
+    let mock = MockUpstream::start(mocks::anthropic_like()).await;
+    let g = GatewayProc::start_full(
+        "",
+        STORAGE,
+        "",
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-test".into()),
+            ("ANTHROPIC_BASE_URL", mock.url()),
+        ],
+    );
+    run_sdk(&g, "claude-sonnet-4-5", "anthropic");
+    traced_with_cost(&g).await;
+    assert!(mock.requests().iter().all(|r| r.path == "/v1/messages"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_sdk_against_a_gemini_upstream() {
+    let mock = MockUpstream::start(mocks::gemini_like()).await;
+    let g = GatewayProc::start_full(
+        "",
+        STORAGE,
+        "",
+        &[
+            ("GEMINI_API_KEY", "gm-test".into()),
+            ("GEMINI_BASE_URL", mock.url()),
+        ],
+    );
+    run_sdk(&g, "gemini-2.5-flash", "gemini");
+    traced_with_cost(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_errors_keep_the_openai_shape_and_other_projects_cannot_continue() {
+    let mock = MockUpstream::start(mocks::openai_full()).await;
+    let g = GatewayProc::start_full(
+        "",
+        STORAGE,
+        "",
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ],
+    );
+    let post = |body: Value, project: &'static str| {
+        client()
+            .post(g.url("/v1/responses"))
+            .header("authorization", auth())
+            .header("loopgate-project-id", project)
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({"model": "gpt-4o-mini", "input": "hi"}), "a")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Another project's response id answers like an unknown one.
+    let r = post(
+        json!({"model": "gpt-4o-mini", "input": "more", "previous_response_id": id}),
+        "b",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "previous_response_id", "{e}");
+    assert_eq!(e["error"]["code"], "previous_response_not_found", "{e}");
+    // Its own project continues it.
+    let r = post(
+        json!({"model": "gpt-4o-mini", "input": "more", "previous_response_id": id}),
+        "a",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // A file input: 400 naming it, in OpenAI's error shape.
+    let r = post(
+        json!({"model": "gpt-4o-mini", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+        "a",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    assert_eq!(e["error"]["param"], "input[0].content[0].type", "{e}");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("input_file"));
+    // A wrong method: 405 in OpenAI's shape.
+    let r = client()
+        .get(g.url("/v1/responses"))
+        .header("authorization", auth())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"]["message"].is_string(), "{e}");
+    assert_eq!(mock.count(), 2);
+}
