@@ -79,12 +79,27 @@ fn start(rt: &tokio::runtime::Runtime, cfg: &StorageConfig) -> Running {
     }
 }
 
+/// CPU time of this whole process (user + system): the writer, the store client and, for
+/// SQLite, the database engine itself; the submitting loop is a small part.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a zeroed rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 fn ingest(rt: &tokio::runtime::Runtime, run: &Running, iters: u64) -> Duration {
     let mut total = Duration::ZERO;
+    let mut cpu = Duration::ZERO;
     for _ in 0..iters {
         let base = SEQ.fetch_add(PER_ITER as u64, Ordering::Relaxed);
         let recs: Vec<TraceRecord> = (base..base + PER_ITER as u64).map(rec).collect();
         let t = Instant::now();
+        let c0 = cpu_time();
         rt.block_on(async {
             for r in recs {
                 run.sink.submit(r);
@@ -93,7 +108,16 @@ fn ingest(rt: &tokio::runtime::Runtime, run: &Running, iters: u64) -> Duration {
         })
         .unwrap_or_else(|e| panic!("flush failed: {e}"));
         total += t.elapsed();
+        cpu += cpu_time().saturating_sub(c0);
     }
+    let n = iters as f64 * PER_ITER as f64;
+    eprintln!(
+        "  {} records: {:.0} records/s, {:.2} CPU-seconds per 100k records ({:.0}% of one core)",
+        n,
+        n / total.as_secs_f64().max(1e-9),
+        cpu.as_secs_f64() * 100_000.0 / n,
+        100.0 * cpu.as_secs_f64() / total.as_secs_f64().max(1e-9)
+    );
     total
 }
 
