@@ -8,6 +8,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use super::Reencode;
 use crate::dialect::sse::{SseDecoder, SseEvent};
 use crate::dialect::{DialectError, Usage};
 use crate::error::GatewayError;
@@ -662,6 +663,24 @@ pub struct MessagesEncoder {
     usage: Usage,
 }
 
+impl Reencode for MessagesEncoder {
+    fn source(&mut self) -> (&mut SseDecoder, &mut Vec<SseEvent>) {
+        (&mut self.dec, &mut self.events)
+    }
+    fn is_closed(&self) -> bool {
+        self.finished
+    }
+    fn on_chunk(&mut self, chunk: &Value, out: &mut BytesMut) {
+        self.chunk(chunk, out);
+    }
+    fn on_done(&mut self, out: &mut BytesMut) {
+        self.done(out);
+    }
+    fn on_broken(&mut self, out: &mut BytesMut) {
+        self.error("the stream could not be re-encoded", out);
+    }
+}
+
 impl MessagesEncoder {
     pub fn new(request_id: &str, model: &str) -> Self {
         MessagesEncoder {
@@ -680,36 +699,14 @@ impl MessagesEncoder {
         }
     }
 
-    /// Feed OpenAI SSE bytes (any split); Messages SSE bytes are appended to `out`.
+    /// Feed internal SSE bytes (any split); this API's SSE bytes are appended to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut BytesMut) {
-        // Our own well-formed SSE: a decode error (a line over 32 MiB) cannot happen; if
-        // it did, the stream is closed with an error event below.
-        if self.dec.feed(input, &mut self.events).is_err() {
-            self.error("the stream could not be re-encoded", out);
-        }
-        self.drain(out);
+        self.feed_chunks(input, out);
     }
 
     /// The stream ended: close it properly if `[DONE]` never came.
     pub fn finish(&mut self, out: &mut BytesMut) {
-        let _ = self.dec.finish(&mut self.events);
-        self.drain(out);
-        self.done(out);
-    }
-
-    fn drain(&mut self, out: &mut BytesMut) {
-        let mut events = std::mem::take(&mut self.events);
-        for ev in events.drain(..) {
-            if self.finished {
-                continue;
-            }
-            if ev.data == "[DONE]" {
-                self.done(out);
-            } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                self.chunk(&v, out);
-            }
-        }
-        self.events = events;
+        self.finish_chunks(out);
     }
 
     fn start(&mut self, out: &mut BytesMut) {

@@ -5,6 +5,11 @@
 //!
 //! Pure: bytes in, bytes out, no sockets.
 
+use bytes::BytesMut;
+use serde_json::Value;
+
+use crate::dialect::sse::{SseDecoder, SseEvent};
+
 pub mod messages;
 pub mod responses;
 
@@ -42,5 +47,55 @@ impl Ingress {
             // The Responses API uses OpenAI's error shape (`param` and `code` included).
             Ingress::Responses => e.to_openai(),
         }
+    }
+}
+
+/// The part of every ingress stream re-encoder that does not depend on the client API: decode
+/// the internal `chat.completion.chunk` SSE stream incrementally (any split) and hand each
+/// chunk, `[DONE]` or a decode failure to the API's encoder.
+pub(crate) trait Reencode {
+    /// The decoder and the events it has produced and not yet handed on.
+    fn source(&mut self) -> (&mut SseDecoder, &mut Vec<SseEvent>);
+    /// The client stream is closed: later events are ignored.
+    fn is_closed(&self) -> bool;
+    /// One internal chunk.
+    fn on_chunk(&mut self, chunk: &Value, out: &mut BytesMut);
+    /// `[DONE]`, or the end of the bytes: close the client stream (idempotent).
+    fn on_done(&mut self, out: &mut BytesMut);
+    /// The internal stream could not be decoded (a line over the decoder's bound; our own
+    /// well-formed SSE never has one): close the client stream with an error event.
+    fn on_broken(&mut self, out: &mut BytesMut);
+
+    /// Feed internal SSE bytes; the client API's SSE bytes are appended to `out`.
+    fn feed_chunks(&mut self, input: &[u8], out: &mut BytesMut) {
+        let (dec, events) = self.source();
+        if dec.feed(input, events).is_err() {
+            self.on_broken(out);
+        }
+        self.drain_chunks(out);
+    }
+
+    /// The internal stream ended: close the client stream properly if `[DONE]` never came.
+    fn finish_chunks(&mut self, out: &mut BytesMut) {
+        let (dec, events) = self.source();
+        let _ = dec.finish(events);
+        self.drain_chunks(out);
+        self.on_done(out);
+    }
+
+    fn drain_chunks(&mut self, out: &mut BytesMut) {
+        let mut events = std::mem::take(self.source().1);
+        for ev in events.drain(..) {
+            if self.is_closed() {
+                continue;
+            }
+            if ev.data == "[DONE]" {
+                self.on_done(out);
+            } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
+                self.on_chunk(&v, out);
+            }
+        }
+        // Keep the (now empty) buffer's capacity for the next feed.
+        *self.source().1 = events;
     }
 }
