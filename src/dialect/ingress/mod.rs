@@ -58,19 +58,20 @@ pub(crate) trait Reencode {
     fn source(&mut self) -> (&mut SseDecoder, &mut Vec<SseEvent>);
     /// The client stream is closed: later events are ignored.
     fn is_closed(&self) -> bool;
-    /// One internal chunk.
+    /// One internal chunk (not an error event).
     fn on_chunk(&mut self, chunk: &Value, out: &mut BytesMut);
     /// `[DONE]`, or the end of the bytes: close the client stream (idempotent).
     fn on_done(&mut self, out: &mut BytesMut);
-    /// The internal stream could not be decoded (a line over the decoder's bound; our own
-    /// well-formed SSE never has one): close the client stream with an error event.
-    fn on_broken(&mut self, out: &mut BytesMut);
+    /// An error event in the internal stream (the upstream failed mid-stream), or bytes that
+    /// could not be decoded (a line over the decoder's bound; our own well-formed SSE never has
+    /// one): close the client stream with this API's error event.
+    fn on_error(&mut self, message: &str, out: &mut BytesMut);
 
     /// Feed internal SSE bytes; the client API's SSE bytes are appended to `out`.
     fn feed_chunks(&mut self, input: &[u8], out: &mut BytesMut) {
         let (dec, events) = self.source();
         if dec.feed(input, events).is_err() {
-            self.on_broken(out);
+            self.on_error("the stream could not be re-encoded", out);
         }
         self.drain_chunks(out);
     }
@@ -92,7 +93,15 @@ pub(crate) trait Reencode {
             if ev.data == "[DONE]" {
                 self.on_done(out);
             } else if let Ok(v) = serde_json::from_str::<Value>(&ev.data) {
-                self.on_chunk(&v, out);
+                match v.get("error") {
+                    Some(e) => self.on_error(
+                        e.get("message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("upstream error"),
+                        out,
+                    ),
+                    None => self.on_chunk(&v, out),
+                }
             }
         }
         // Keep the (now empty) buffer's capacity for the next feed.

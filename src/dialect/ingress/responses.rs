@@ -753,8 +753,8 @@ impl Reencode for ResponsesEncoder {
     fn on_done(&mut self, out: &mut BytesMut) {
         self.done(out);
     }
-    fn on_broken(&mut self, out: &mut BytesMut) {
-        self.fail("the stream could not be re-encoded", out);
+    fn on_error(&mut self, message: &str, out: &mut BytesMut) {
+        self.fail(message, out);
     }
 }
 
@@ -906,15 +906,8 @@ impl ResponsesEncoder {
         self.finished = true;
     }
 
+    /// One chunk that is not an error event ([`Reencode`] routes those to the error path).
     fn chunk(&mut self, v: &Value, out: &mut BytesMut) {
-        if let Some(e) = v.get("error") {
-            let msg = e
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error");
-            self.fail(msg, out);
-            return;
-        }
         if !self.started {
             if let Some(m) = v
                 .get("model")
