@@ -23,7 +23,7 @@ use pingora::services::background::BackgroundService;
 use crate::config::RouteConfig;
 use crate::dialect::Usage;
 use crate::metrics::metrics;
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 use crate::rollout::canary::{Arm, Experiment, ExperimentSpec, ExperimentState};
 use crate::rollout::monitor::{MonitorArm, RollbackMonitor};
 use crate::routing::auto::{AutoRoute, RouteInfo, RouteRollout, RouterTable};

@@ -16,7 +16,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::config::GatewayConfig;
 use crate::metrics::metrics;
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 use crate::routing::Runtime;
 
 pub struct ReloadService {
