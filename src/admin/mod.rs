@@ -21,4 +21,3 @@ pub use crate::store::scoped::Visibility;
 
 pub use crate::auth::Caller;
 pub use crate::config::Scope;
-

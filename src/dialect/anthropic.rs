@@ -341,7 +341,9 @@ pub(crate) fn build_body(
         Flavor::Vertex => {
             let v = t
                 .profile
-                .extra.anthropic_version.as_deref()
+                .extra
+                .anthropic_version
+                .as_deref()
                 .unwrap_or(VERTEX_API_VERSION);
             out.insert("anthropic_version".into(), Value::String(v.to_string()));
         }
@@ -611,7 +613,9 @@ impl Dialect for Anthropic {
         let body = build_body(req, t, Flavor::Direct)?;
         let version = t
             .profile
-            .extra.anthropic_version.as_deref()
+            .extra
+            .anthropic_version
+            .as_deref()
             .unwrap_or(API_VERSION);
         let mut headers = vec![
             ("content-type".to_string(), "application/json".to_string()),

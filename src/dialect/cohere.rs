@@ -372,7 +372,7 @@ impl Dialect for Cohere {
         let input_type = body
             .get("input_type")
             .and_then(Value::as_str)
-            .or_else(|| t.profile.extra.embed_input_type.as_deref())
+            .or(t.profile.extra.embed_input_type.as_deref())
             .unwrap_or("search_document");
         let mut out = json!({
             "model": t.model,

@@ -185,7 +185,6 @@ pub struct Target<'a> {
     pub max_output_tokens: Option<u64>,
 }
 
-
 /// A translated non-streaming response.
 #[derive(Debug, Clone)]
 pub struct Translated {
@@ -436,7 +435,10 @@ mod chunking_tests {
         ];
         let profiles = crate::routing::table::embedded_profiles().unwrap();
         for (name, good) in cases {
-            let p = profiles.iter().find(|p| p.dialect.as_str() == *name).unwrap();
+            let p = profiles
+                .iter()
+                .find(|p| p.dialect.as_str() == *name)
+                .unwrap();
             let e = crate::providers::Endpoint::parse("https://upstream.example.com/v1").unwrap();
             let t = Target {
                 profile: p,

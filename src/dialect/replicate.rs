@@ -71,7 +71,8 @@ fn prediction(t: &Target, input: Value) -> Result<UpstreamRequest, DialectError>
     };
     let wait = t
         .profile
-        .extra.wait_secs
+        .extra
+        .wait_secs
         .unwrap_or(MAX_WAIT_SECS)
         .clamp(1, MAX_WAIT_SECS);
     let mut headers = vec![
@@ -272,7 +273,9 @@ impl Dialect for Replicate {
         }
         let max_key = t
             .profile
-            .extra.max_tokens_param.as_deref()
+            .extra
+            .max_tokens_param
+            .as_deref()
             .unwrap_or("max_tokens");
         if let Some(m) = b
             .get("max_completion_tokens")

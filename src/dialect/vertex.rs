@@ -46,7 +46,11 @@ pub fn project_location(profile: &ProviderProfile) -> Result<(&str, &str), Diale
             None,
         )
     })?;
-    let location = profile.extra.location.as_deref().unwrap_or(DEFAULT_LOCATION);
+    let location = profile
+        .extra
+        .location
+        .as_deref()
+        .unwrap_or(DEFAULT_LOCATION);
     let ok = |s: &str| {
         !s.is_empty()
             && s.chars()

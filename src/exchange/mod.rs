@@ -35,10 +35,7 @@ impl Op<'_> {
     }
 }
 
-pub async fn sign(
-    prov: &ProviderRuntime,
-    req: &mut UpstreamRequest,
-) -> Result<(), SignError> {
+pub async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), SignError> {
     let host = prov.endpoint.host_header();
     match prov.signer.sign(req, &host) {
         Err(SignError::NotReady(_)) => {
@@ -111,11 +108,7 @@ pub fn price_known(
     }
 }
 
-pub fn build(
-    prov: &ProviderRuntime,
-    op: &Op,
-    t: &Target,
-) -> Result<UpstreamRequest, DialectError> {
+pub fn build(prov: &ProviderRuntime, op: &Op, t: &Target) -> Result<UpstreamRequest, DialectError> {
     match op {
         Op::Chat(r) => prov.dialect().build_chat(r, t),
         Op::Embeddings(b) => prov.dialect().build_embeddings(b, t),
@@ -135,4 +128,3 @@ pub fn translate(
         Op::Images(_) => prov.dialect().translate_images(body, t),
     }
 }
-

@@ -325,4 +325,3 @@ pub fn parse_model_call(
     }
     Ok((body, model))
 }
-

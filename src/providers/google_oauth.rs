@@ -325,13 +325,17 @@ impl GoogleOauth {
             })
         };
         let json = match profile
-            .extra.credentials_json.as_deref()
+            .extra
+            .credentials_json
+            .as_deref()
             .map(str::to_string)
             .or_else(|| env(CREDENTIALS_JSON_ENV))
         {
             Some(j) => Some(j),
             None => match profile
-                .extra.credentials_file.as_deref()
+                .extra
+                .credentials_file
+                .as_deref()
                 .map(str::to_string)
                 .or_else(|| env(CREDENTIALS_FILE_ENV))
             {

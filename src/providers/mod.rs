@@ -18,7 +18,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 pub use crate::upstream::{Endpoint, UpstreamRequest};
 

@@ -18,7 +18,6 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::upstreams::peer::HttpPeer;
@@ -30,12 +29,11 @@ use crate::api::{AdminBody, AdminRequest, AdminResponse, AdminRoutes};
 use crate::auth::Scope;
 use crate::error::GatewayError;
 use crate::routing::{Ask, Runtime};
-use crate::trace::TraceRecord;
 
-pub use ctx::RequestCtx;
 /// The shared state lives below the proxy (`crate::gateway`) so background services use it
 /// without importing the proxy.
 pub use crate::gateway::{Gateway, TraceHook};
+pub use ctx::RequestCtx;
 
 /// Mark a traced request as served here before anything reaches the client.
 fn begin(gw: &Gateway, ctx: &RequestCtx) {
@@ -284,7 +282,14 @@ pub(crate) async fn chat(
     if cached::before(gw, rt, session, ctx, key_id, &req, &candidates).await? {
         return Ok(());
     }
-    upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;
+    upstream::serve(
+        rt,
+        session,
+        ctx,
+        crate::exchange::Op::Chat(&req),
+        &candidates,
+    )
+    .await;
     if resolution.feedback {
         routed::after_serve(gw, ctx);
     }
@@ -317,9 +322,9 @@ async fn other_model_call(
         .map(str::to_string);
     let candidates = rt.resolve_with_fallbacks(&model, forced.as_deref())?;
     let op = if endpoint == "embeddings" {
-        upstream::Op::Embeddings(&body)
+        crate::exchange::Op::Embeddings(&body)
     } else {
-        upstream::Op::Images(&body)
+        crate::exchange::Op::Images(&body)
     };
     upstream::serve(rt, session, ctx, op, &candidates).await;
     Ok(())
@@ -469,11 +474,7 @@ async fn unauthenticated(
     Ok(())
 }
 
-async fn write_admin(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    resp: AdminResponse,
-) {
+async fn write_admin(session: &mut Session, ctx: &mut RequestCtx, resp: AdminResponse) {
     let content_type = resp
         .headers
         .iter()

@@ -3,11 +3,9 @@
 
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
-use serde_json::{Map, Value};
 
 use crate::auth::keys::KeyEntry;
 use crate::auth::Caller;
-use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
 use crate::routing::Runtime;
 
@@ -198,6 +196,7 @@ pub fn context_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::ChatRequest;
 
     fn parse(s: &str) -> Result<ChatRequest, GatewayError> {
         parse_chat(Bytes::from(s.to_string()), None)

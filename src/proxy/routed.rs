@@ -321,7 +321,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
             usage: ctx.usage,
             ok: (200..400).contains(&ctx.status) && !ctx.cancelled && ctx.error.is_none(),
         };
-        crate::services::shadow::after_request(rollout, &served, &a.decision, a.context);
+        crate::services::shadow::after_request(*rollout, &served, &a.decision, a.context);
     }
     let d = &a.decision;
     let kind = serde_json::to_value(d.kind)

@@ -7,21 +7,19 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pingora_proxy::Session;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::dialect::{
-    ChatRequest, DialectError, StreamTranslator, Target, Translated, UpstreamRequest,
-};
+use crate::dialect::{DialectError, StreamTranslator, Target, Translated};
 use crate::error::GatewayError;
 use crate::metrics::metrics;
-use crate::providers::{ProviderRuntime, SignError};
 use crate::routing::resolve::upstream_key;
 use crate::routing::{strategy, Candidate, Runtime};
 use crate::trace::Attempt;
-use crate::upstream::{self, ExchangeOptions, UpstreamError, UpstreamResponse};
+use crate::upstream::{self, UpstreamError, UpstreamResponse};
+
+use crate::exchange::{build, exchange_options, price_known, sign, translate, Op};
 
 use super::ctx::RequestCtx;
-use crate::exchange::{build, exchange_options, price, price_known, sign, translate, Op};
 use super::respond::{forwardable, response_header, write_error, UPSTREAM_REQUEST_ID_HEADERS};
 
 /// Why a candidate failed, kept for the final error if every candidate fails.

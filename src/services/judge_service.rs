@@ -26,8 +26,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::shadow::DailySpend;
-use crate::error::GatewayError;
 use super::shadow::RolloutCtx;
+use crate::error::GatewayError;
 use crate::exchange::headless;
 use crate::gateway::Gateway;
 use crate::rollout::judge::{

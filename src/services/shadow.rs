@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::judge_service::{self, AnswerCapture, JudgeJob};
 use crate::dialect::{ChatRequest, Usage};
-use crate::feedback::{Decision, Mode};
 use crate::exchange::headless;
+use crate::feedback::{Decision, Mode};
 use crate::gateway::Gateway;
 use crate::rollout::judge::{JudgeBudget, Reservation};
 use crate::rollout::stable_unit;
@@ -144,7 +144,7 @@ pub struct Served<'a> {
 /// Logging phase (`routed::finish`): hand the sampled work to the background queues.
 /// Never waits: a full queue drops the job.
 pub fn after_request(
-    r: Box<RolloutCtx>,
+    r: RolloutCtx,
     served: &Served<'_>,
     d: &Decision,
     context: Option<&'static str>,
@@ -159,7 +159,7 @@ pub fn after_request(
         shadow,
         judge,
         answer,
-    } = *r;
+    } = r;
     let judge_served = judge
         && answer
             .and_then(AnswerCapture::into_text)

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use super::common::{content_text, inline_image, parse_arguments, reject_n, stop_list};
 use super::encode::finish_reason_from;
 use super::{
     ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated,
     UpstreamRequest, Usage,
 };
-use super::common::{content_text, inline_image, parse_arguments, reject_n, stop_list};
 use eventstream::{EventStreamDecoder, Message};
 
 pub struct Bedrock;
