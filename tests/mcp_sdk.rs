@@ -1,11 +1,15 @@
 //! The MCP server at `/mcp`: the official MCP Python SDK (venv of `tests/sdk/setup.sh`)
 //! connects over Streamable HTTP, lists and calls every tool, sees the token's route filter
 //! and the confirm step; plus raw JSON-RPC for the bad-input cases (401 / 403 / -32602).
+//! Persisted tokens: a token survives a restart (SQLite), works on a second gateway sharing
+//! PostgreSQL, and its revocation or expiry reaches every instance.
 
 mod common;
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -443,4 +447,216 @@ async fn mcp_bad_input_is_a_json_rpc_error_with_the_right_status() {
         (v["id"].clone(), v["result"].clone()),
         (json!(4), json!({}))
     );
+}
+
+fn env_of(mock: &MockUpstream) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPENAI_API_KEY", "sk-test".into()),
+        ("OPENAI_BASE_URL", mock.url()),
+    ]
+}
+
+/// Kill the gateway (SIGKILL: nothing gets a chance to flush) and start it again on the same
+/// config and database, on fresh ports.
+fn restart(gw: &mut GatewayProc, env: &[(&str, String)]) {
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
+    let (port, metrics_port) = (free_port(), free_port());
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    let text = text
+        .replace(
+            &format!("127.0.0.1:{}\"", gw.port),
+            &format!("127.0.0.1:{port}\""),
+        )
+        .replace(
+            &format!("127.0.0.1:{}\"", gw.metrics_port),
+            &format!("127.0.0.1:{metrics_port}\""),
+        );
+    std::fs::write(&gw.config, text).unwrap();
+    let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
+    let config = gw.config.clone();
+    *gw = GatewayProc::spawn(dir, config, port, metrics_port, env);
+}
+
+/// One token through the official MCP Python SDK: `expect` is "ok", "revoked", "expired"
+/// or "unknown" (tests/sdk/test_mcp_token_python.py). Bounded in time.
+fn sdk_token(gw: &GatewayProc, token: &str, expect: &str) {
+    let python = Path::new(ROOT).join("target/sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run `bash tests/sdk/setup.sh` (official MCP Python SDK)",
+        python.display()
+    );
+    let mut child = Command::new(&python)
+        .arg(Path::new(ROOT).join("tests/sdk/test_mcp_token_python.py"))
+        .args([&gw.url(""), token, expect])
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("python output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("\"token_{expect}\"")),
+        "MCP SDK with a token expected {expect}:\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log_text()
+    );
+    print!("{stdout}");
+}
+
+/// The 401 message for `token` on `gw` (panics on any other status).
+async fn refused(gw: &GatewayProc, token: &str) -> String {
+    let (s, v) = rpc(gw, Some(token), initialize()).await;
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    v["error"]["message"].as_str().unwrap_or("").to_string()
+}
+
+async fn listed(gw: &GatewayProc) -> Vec<Value> {
+    let (s, v) = admin(gw, "GET", "/v1/mcp/tokens", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tokens_survive_a_restart_and_are_revoked_and_expire() {
+    let mock = MockUpstream::start(model_fleet()).await;
+    let env = env_of(&mock);
+    let mut gw = GatewayProc::start(ROUTES, &env);
+    let keep = mint(&gw, json!({"scope": "read", "reason": "restart test"})).await;
+    let short = mint(&gw, json!({"scope": "read", "ttl_secs": 2})).await;
+    let (s, v) = admin(&gw, "GET", "/v1/mcp/tokens", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["persistent"], true, "{v}");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(2), "{v}");
+    // Never a secret or a hash in the listing.
+    let text = v.to_string();
+    assert!(!text.contains(&keep) && !text.contains("lgm_") && !text.contains("sha256"));
+    // Only the hash is in the database.
+    let db = rusqlite::Connection::open(gw.db_path()).unwrap();
+    let hashes: Vec<String> = db
+        .prepare("SELECT hash FROM mcp_tokens")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    drop(db);
+    assert_eq!(hashes.len(), 2);
+    assert!(hashes
+        .iter()
+        .all(|h| h.starts_with("sha256:") && !h.contains(&keep[4..])));
+
+    restart(&mut gw, &env);
+    // The token minted before the restart still works, through the official SDK.
+    sdk_token(&gw, &keep, "ok");
+    assert_eq!(listed(&gw).await.len(), 2);
+    // The short-lived one expires (refused, through the SDK too).
+    wait_expired(&gw, &short).await;
+    sdk_token(&gw, &short, "expired");
+
+    // Revocation takes effect at once on this instance.
+    let id = listed(&gw)
+        .await
+        .iter()
+        .find(|t| t["expires_at_ms"].as_i64() > Some(chrono_now_ms() + 60_000))
+        .and_then(|t| t["id"].as_str().map(str::to_string))
+        .expect("the long-lived token");
+    let (s, v) = admin(
+        &gw,
+        "DELETE",
+        &format!("/v1/mcp/tokens/{id}"),
+        json!({"reason": "done"}),
+    )
+    .await;
+    assert_eq!((s, v["revoked"].clone()), (200, json!(true)), "{v}");
+    assert!(refused(&gw, &keep).await.contains("revoked"));
+    sdk_token(&gw, &keep, "revoked");
+    let (s, v) = admin(&gw, "DELETE", &format!("/v1/mcp/tokens/{id}"), json!({})).await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["error"]["code"], "mcp_token_not_found", "{v}");
+    let now = listed(&gw).await;
+    let row = now.iter().find(|t| t["id"] == id.as_str()).expect("listed");
+    assert!(row["revoked_at_ms"].as_i64().is_some(), "{row}");
+    // Still revoked after another restart; the revocation is audited.
+    restart(&mut gw, &env);
+    assert!(refused(&gw, &keep).await.contains("revoked"));
+    let (_, audit) = admin(&gw, "GET", "/v1/audit?limit=100", json!({})).await;
+    let audit = audit.to_string();
+    assert!(
+        audit.contains("mcp.token_revoke") && audit.contains(&id),
+        "{audit}"
+    );
+    // A wrong method on the token routes.
+    let (s, _) = admin(&gw, "PUT", "/v1/mcp/tokens", json!({})).await;
+    assert_eq!(s, 405);
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tokens_are_shared_and_revoked_across_two_gateways_on_postgres() {
+    let srv = pg::PgServer::start();
+    srv.create_db("mcp");
+    let url = srv.url_for("mcp");
+    let mock = MockUpstream::start(model_fleet()).await;
+    let env = env_of(&mock);
+    let storage = format!("backend = \"postgres\"\npostgres_url = \"{url}\"\n");
+    let a = GatewayProc::start_full("", &storage, ROUTES, &env);
+    let b = GatewayProc::start_full("", &storage, ROUTES, &env);
+    // Minted on A, used on B (and A) through the official SDK.
+    let token = mint(&a, json!({"scope": "read", "ttl_secs": 600})).await;
+    sdk_token(&b, &token, "ok");
+    let (s, v) = rpc(&a, Some(&token), initialize()).await;
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<Value> = listed(&b).await.iter().map(|t| t["id"].clone()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids[0].as_str().unwrap().to_string();
+    // Revoked on B: A (which just trusted it) refuses it within about a second.
+    let (s, v) = admin(&b, "DELETE", &format!("/v1/mcp/tokens/{id}"), json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
+    loop {
+        let (s, v) = rpc(&a, Some(&token), initialize()).await;
+        if s == 401 {
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("revoked"),
+                "{v}"
+            );
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "A still accepts the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "revocation took {:?} to reach the other instance",
+        t0.elapsed()
+    );
+    sdk_token(&a, &token, "revoked");
+    assert!(refused(&b, &token).await.contains("revoked"));
+    // An expired token minted on B is refused on A.
+    let short = mint(&b, json!({"scope": "read", "ttl_secs": 1})).await;
+    wait_expired(&a, &short).await;
+    // Unknown tokens are unknown everywhere.
+    assert!(refused(&a, "lgm_nope").await.contains("unknown"));
 }

@@ -1,10 +1,12 @@
 //! `POST /v1/responses` (the OpenAI Responses API at the edge), end to end: the official
 //! OpenAI Python and Node SDKs (tests/sdk/test_responses_python.py and
-//! test_responses_node.mjs, installed by
-//! `bash tests/sdk/setup.sh`) drives the real `loopgate` binary in front of an OpenAI,
+//! test_responses_node.mjs) and the Vercel AI SDK's default OpenAI provider
+//! (tests/sdk/test_ai_sdk_node.mjs: `ai` + `@ai-sdk/openai`), installed by
+//! `bash tests/sdk/setup.sh`, drive the real `loopgate` binary in front of an OpenAI,
 //! an Anthropic and a Gemini mock (the last two translated): JSON, streams (raw events
 //! and the SDK's stream helper), function tools with `function_call_output`,
-//! `previous_response_id` from the trace store, and 400s naming unsupported input.
+//! `previous_response_id` and `item_reference` from the trace store, multi-step tool
+//! calls (`generateText` / `streamText` with `stopWhen`), and 400s naming unsupported input.
 
 mod common;
 #[path = "common/mocks.rs"]
@@ -47,6 +49,30 @@ fn run_sdk(g: &GatewayProc, model: &str, provider: &str) {
         "node".as_ref(),
         "test_responses_node.mjs",
     );
+    let ai = Path::new(ROOT).join("tests/sdk/node_modules/@ai-sdk/openai/package.json");
+    assert!(ai.exists(), "{} not found: {hint}", ai.display());
+    run_script(g, model, provider, "node".as_ref(), "test_ai_sdk_node.mjs");
+}
+
+/// The AI SDK's second tool step reached the upstream with the tool result (and, where
+/// the first answer had text, that text resolved from its `item_reference`).
+fn ai_sdk_tool_result_sent(bodies: &[String], earlier_text: Option<&str>) {
+    let result = "Sunny, 21 C in Paris";
+    let second = bodies
+        .iter()
+        .filter(|b| b.contains(result))
+        .collect::<Vec<_>>();
+    assert!(
+        second.len() >= 2,
+        "the AI SDK's tool results (generateText and streamText) never reached the upstream"
+    );
+    if let Some(t) = earlier_text {
+        assert!(
+            second.iter().all(|b| b.contains(t)),
+            "the referenced earlier answer '{t}' is missing: {}",
+            second[0]
+        );
+    }
 }
 
 /// Run one SDK script (bounded in time); panic with its output and the gateway log on failure.
@@ -152,6 +178,16 @@ async fn responses_sdk_against_an_openai_upstream() {
         round["messages"][2],
         json!({"role": "tool", "tool_call_id": "call_abc123", "content": "Sunny, 21 C"})
     );
+    let bodies: Vec<String> = reqs.iter().map(Value::to_string).collect();
+    ai_sdk_tool_result_sent(&bodies, None);
+    // The AI SDK's second turn: its earlier answer came back as an item_reference and
+    // reached the upstream as the assistant's text.
+    let turn2 = json!([{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "And again"}]);
+    assert!(
+        reqs.iter().any(|b| b["messages"] == turn2),
+        "no request carried the resolved item_reference"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +205,13 @@ async fn responses_sdk_against_an_anthropic_upstream() {
     run_sdk(&g, "claude-sonnet-4-5", "anthropic");
     traced_with_cost(&g).await;
     assert!(mock.requests().iter().all(|r| r.path == "/v1/messages"));
+    // Claude's tool answers start with text: the AI SDK sends it back as an item_reference.
+    let bodies: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.json().to_string())
+        .collect();
+    ai_sdk_tool_result_sent(&bodies, Some("Let me check."));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,6 +228,12 @@ async fn responses_sdk_against_a_gemini_upstream() {
     );
     run_sdk(&g, "gemini-2.5-flash", "gemini");
     traced_with_cost(&g).await;
+    let bodies: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.json().to_string())
+        .collect();
+    ai_sdk_tool_result_sent(&bodies, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,6 +298,38 @@ async fn responses_errors_keep_the_openai_shape_and_other_projects_cannot_contin
         .as_str()
         .unwrap()
         .contains("input_file"));
+    // An item_reference to an unknown answer: 404 naming it; to a function call: 400.
+    let r = post(
+        json!({"model": "gpt-4o-mini", "input": [{"type": "item_reference", "id": "msg_chatcmpl-nope"}]}),
+        "a",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "input[0].id", "{e}");
+    assert_eq!(e["error"]["code"], "item_not_found", "{e}");
+    let r = post(
+        json!({"model": "gpt-4o-mini", "input": [{"role": "user", "content": "x"}, {"type": "item_reference", "id": "fc_chatcmpl-x_0"}]}),
+        "a",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "input[1].id", "{e}");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("function call"));
+    // Another project's answer cannot be referenced.
+    let r = post(
+        json!({"model": "gpt-4o-mini", "input": [{"type": "item_reference", "id": format!("msg_{}", id.trim_start_matches("resp_"))}]}),
+        "b",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
     // A wrong method: 405 in OpenAI's shape.
     let r = client()
         .get(g.url("/v1/responses"))

@@ -4,7 +4,8 @@
 //! the caller a scoped token stands for and asks the gateway's admin route families, so a tool
 //! sees exactly what the matching admin endpoint would show that caller (the project lock is
 //! enforced by the scoped store). Tokens are minted by an admin (`POST /v1/mcp/tokens`), kept
-//! hashed, expire, and carry a read or mutate scope plus a project / route filter. Every tool
+//! hashed in the store (in memory without one), expire or are revoked
+//! (`DELETE /v1/mcp/tokens/{id}`), and carry a read or mutate scope plus a project / route filter. Every tool
 //! call is appended to the audit log. Mutating tools need a confirmation round trip.
 //!
 //! Layer 16, above `admin` and `proxy`: the proxy reaches it through the
@@ -45,7 +46,7 @@ pub struct Mcp {
 impl Mcp {
     pub fn new(slot: Option<StoreSlot>, runtime: Arc<ArcSwap<Runtime>>) -> Mcp {
         Mcp {
-            tokens: Tokens::new(),
+            tokens: slot.clone().map_or_else(Tokens::new, Tokens::with_store),
             confirms: tools::Confirms::new(),
             slot,
             runtime,
@@ -70,7 +71,7 @@ impl Mcp {
             .is_some_and(|c| c.allows_origin(origin))
     }
 
-    /// Build the MCP server into `gw`: `/mcp` and the token route `POST /v1/mcp/tokens`.
+    /// Build the MCP server into `gw`: `/mcp` and the token routes under `/v1/mcp/tokens`.
     /// Call [`Mcp::bind`] with the gateway once it is in its `Arc`.
     pub fn assemble(gw: &mut Gateway, slot: Option<StoreSlot>) -> Arc<Mcp> {
         let mcp = Arc::new(Mcp::new(slot, gw.runtime.clone()));
@@ -126,7 +127,7 @@ impl Mcp {
         };
         let id = msg.id.clone().unwrap_or(Value::Null);
         // Authenticate before anything else (notifications included).
-        let grant = match self.tokens.check(header("authorization")) {
+        let grant = match self.tokens.check(header("authorization")).await {
             Ok(g) => g,
             Err(e) => {
                 let mut r = rpc_response(e.http_status, &rpc::error_body(&id, &e));

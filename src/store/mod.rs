@@ -234,6 +234,20 @@ pub struct VirtualKeyRow {
     pub revoked_ms: Option<i64>,
 }
 
+/// One MCP token (`mcp::tokens`) as stored: the secret only as its SHA-256 hash, its grant
+/// (scope, route and tag filter) as JSON owned by `mcp::tokens`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpTokenRow {
+    pub id: String,
+    /// `sha256:<hex>` of the secret.
+    pub hash: String,
+    pub project: Option<String>,
+    pub spec: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
 /// The storage seam. Inserts are idempotent on `request_id`, so a batch may be retried
 /// (after a timeout or a replayed spill file) without duplicates.
 ///
@@ -326,6 +340,26 @@ pub trait Store: Send + Sync {
     /// Every virtual key, revoked ones included, oldest first.
     async fn virtual_keys(&self) -> Result<Vec<VirtualKeyRow>, StoreError> {
         Err(unsupported(self.backend(), "virtual keys"))
+    }
+    /// Store a new MCP token (ids and hashes are unique).
+    async fn insert_mcp_token(&self, _row: &McpTokenRow) -> Result<(), StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// The MCP token whose secret hashes to `hash` (`sha256:<hex>`), revoked or expired too.
+    async fn mcp_token_by_hash(&self, _hash: &str) -> Result<Option<McpTokenRow>, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// Every stored MCP token (revoked and expired ones until purged), oldest first.
+    async fn mcp_tokens(&self) -> Result<Vec<McpTokenRow>, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// Mark a token revoked at `now_ms`; `false` when there is no such unrevoked token.
+    async fn revoke_mcp_token(&self, _id: &str, _now_ms: i64) -> Result<bool, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// Delete the tokens expired (or revoked) before `before_ms`; returns how many.
+    async fn purge_mcp_tokens(&self, _before_ms: i64) -> Result<u64, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
     }
     /// Set (Some) or clear (None) one operator state value of a route.
     async fn put_route_state(
