@@ -8,7 +8,7 @@
 //! (`DELETE /v1/mcp/tokens/{id}`), and carry a read or mutate scope plus a project / route filter. Every tool
 //! call is appended to the audit log. Mutating tools need a confirmation round trip.
 //!
-//! Layer 16, above `admin` and `proxy`: the proxy reaches it through the
+//! Layer 18, above `admin` and `proxy`: the proxy reaches it through the
 //! `Gateway::mcp` handler (an [`AdminRoutes`] it is handed), and the server assembles it.
 
 pub mod rpc;
@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::admin::{AdminBody, AdminRequest, AdminResponse, AdminRoutes};
-use crate::proxy::Gateway;
+use crate::api::{AdminBody, AdminRequest, AdminResponse, AdminRoutes};
+use crate::gateway::Gateway;
 use crate::routing::Runtime;
 use crate::store::writer::StoreSlot;
 use rpc::RpcError;

@@ -164,8 +164,12 @@ pub struct Tokens {
     /// Without a store: every token, by hash.
     held: Mutex<HashMap<[u8; 32], Held>>,
     /// With a store: the last answer about each presented hash (`None`: unknown).
-    cache: Mutex<HashMap<[u8; 32], (Instant, Option<Held>)>>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
 }
+
+/// A cached store answer about a presented hash: when it was read, and the token (`None`:
+/// unknown).
+type Cached = (Instant, Option<Held>);
 
 impl Default for Tokens {
     fn default() -> Self {

@@ -1341,8 +1341,10 @@ mod tests {
             "tools": [{"type": "function", "name": "f"}, {"type": "file_search", "vector_store_ids": []}]}));
         assert_eq!(e.param(), Some("tools[1].type"));
         assert!(e.to_string().contains("file_search"), "{e}");
+        // An item_reference to anything but one of this gateway's output messages.
         let e = err(json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}));
-        assert_eq!(e.param(), Some("input[0].type"));
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.param(), Some("input[0].id"));
         assert!(e.to_string().contains("item_reference"), "{e}");
         let e = err(
             json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
