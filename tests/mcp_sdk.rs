@@ -109,7 +109,7 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         "{} not found: run `bash tests/sdk/setup.sh` (official MCP Python SDK)",
         python.display()
     );
-    let (_mock, gw) = start().await;
+    let (mock, gw) = start().await;
     // Traffic on "ra": one routed request in session s1, rated NPS 10.
     let r = client()
         .post(gw.url("/v1/chat/completions"))
@@ -215,6 +215,7 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         "read_tools",
         "list_models",
         "get_analytics",
+        "get_analytics_feature",
         "get_decision",
         "list_decisions",
         "get_verification",
@@ -236,6 +237,38 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
             "missing {check}:\n{stdout}"
         );
     }
+    // explain_routing is a dry run: no provider call, no log row.
+    let logged = |v: &Value| v["data"].as_array().map(Vec::len).unwrap_or(0);
+    let (_, logs_before) = admin(&gw, "GET", "/v1/logs?limit=100", json!({})).await;
+    let calls_before = mock.count();
+    let (s, v) = rpc(
+        &gw,
+        Some(&read),
+        call(
+            "explain_routing",
+            json!({"route": "ra", "messages": [{"role": "user", "content": "dry"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["result"]["structuredContent"]["chosen"].is_string(),
+        "{v}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, logs_after) = admin(&gw, "GET", "/v1/logs?limit=100", json!({})).await;
+    assert_eq!(
+        mock.count(),
+        calls_before,
+        "explain_routing called a provider"
+    );
+    assert_eq!(
+        logged(&logs_after),
+        logged(&logs_before),
+        "explain_routing wrote a log row: {logs_after}"
+    );
+    assert!(logged(&logs_before) >= 2, "{logs_before}");
+
     // The project filter: a token of project "beta" sees none of this (project-less) traffic.
     let beta = mint(&gw, json!({"project": "beta", "ttl_secs": 600})).await;
     let (s, v) = rpc(
@@ -271,6 +304,18 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
     let calls = text.matches("mcp.tool_call").count();
     assert!(calls >= 17, "only {calls} audited tool calls: {text}");
     assert!(text.contains("mcp:mcptok_"), "{text}");
+    // The confirm step: each preview changed nothing, each confirmation applied once (the
+    // mutate token previewed and confirmed one pin and one constraints change).
+    let actions: Vec<&str> = v["data"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["action"].as_str()).collect())
+        .unwrap_or_default();
+    let n = |a: &str| actions.iter().filter(|x| **x == a).count();
+    assert_eq!(n("route.pin"), 1, "{actions:?}");
+    assert!(
+        actions.iter().filter(|x| x.contains("constraints")).count() == 1,
+        "{actions:?}"
+    );
     // The read token's refused pin_route is audited too, with the refusal.
     assert!(text.contains("refused: tool 'pin_route'"), "{text}");
     assert!(
