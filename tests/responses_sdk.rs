@@ -342,3 +342,74 @@ async fn responses_errors_keep_the_openai_shape_and_other_projects_cannot_contin
     assert!(e["error"]["message"].is_string(), "{e}");
     assert_eq!(mock.count(), 2);
 }
+
+/// `previous_response_id` continues only within the trace retention: a stored response past
+/// its project's retention answers the clear 404 at once, before the hourly purge deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_previous_response_id_past_retention_is_a_clear_404() {
+    let mock = MockUpstream::start(mocks::openai_full()).await;
+    let g = GatewayProc::start_full(
+        "",
+        "capture_bodies = true\nretention_days = 30\npurge_interval_secs = 86400\n\
+         [storage.project_retention_days]\nshort = 1\n",
+        "",
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ],
+    );
+    let post = |body: Value| {
+        client()
+            .post(g.url("/v1/responses"))
+            .header("authorization", auth())
+            .header("loopgate-project-id", "short")
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({"model": "gpt-4o-mini", "input": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rid = id.trim_start_matches("resp_").to_string();
+    let db = g.db_path();
+    let row = format!("WHERE request_id = '{rid}'");
+    assert!(
+        eventually(|| trace_rows(&db, &row) == 1, Duration::from_secs(10)).await,
+        "the response was never stored"
+    );
+    // Within retention it continues.
+    let more = json!({"model": "gpt-4o-mini", "input": "more", "previous_response_id": id});
+    assert_eq!(post(more.clone()).await.unwrap().status(), 200);
+    // Two days old, with the project's retention of one day: gone, though not purged yet.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE traces SET ts_ms = ts_ms - 2 * 86400000 WHERE request_id = ?1",
+        [&rid],
+    )
+    .unwrap();
+    drop(conn);
+    let r = post(more).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+    assert_eq!(e["error"]["param"], "previous_response_id", "{e}");
+    assert_eq!(e["error"]["code"], "previous_response_not_found", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("past the trace retention"),
+        "{e}"
+    );
+    assert_eq!(
+        trace_rows(&db, &row),
+        1,
+        "the purge ran: the check was not exercised"
+    );
+    // Only the first two calls reached the upstream.
+    assert_eq!(mock.count(), 2);
+}

@@ -166,6 +166,14 @@ async fn stored(
     if t.project_id != ctx.project_id || t.endpoint != "responses" || t.status != 200 {
         return Err(not_found());
     }
+    // Past retention but not purged yet (the purge runs every purge_interval_secs): gone.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if rt
+        .storage
+        .past_retention(t.project_id.as_deref(), t.ts_ms, now_ms)
+    {
+        return Err(not_found());
+    }
     let (Some(req), Some(resp)) = (t.request_body.as_deref(), t.response_body.as_deref()) else {
         return Err(not_found());
     };

@@ -104,6 +104,20 @@ pub struct StorageConfig {
     pub pending_feedback_secs: u64,
 }
 
+impl StorageConfig {
+    /// Whether a trace of `project` started at `ts_ms` is past its retention at `now_ms`
+    /// (the per-project override, else `retention_days`; never without one). The purge
+    /// deletes such traces only every `purge_interval_secs`; readers that must honour the
+    /// retention exactly (continuing a stored response) check this too.
+    pub fn past_retention(&self, project: Option<&str>, ts_ms: i64, now_ms: i64) -> bool {
+        let days = project
+            .and_then(|p| self.project_retention_days.get(p))
+            .copied()
+            .or(self.retention_days);
+        days.is_some_and(|d| ts_ms < now_ms - d as i64 * 86_400_000)
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
@@ -540,6 +554,24 @@ pub fn sanitize_for_storage(cfg: &StorageConfig, rec: &mut TraceRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_retention_uses_the_project_override_then_the_default() {
+        let day = 86_400_000i64;
+        let now = 100 * day;
+        let mut cfg = StorageConfig::default();
+        assert!(
+            !cfg.past_retention(None, 0, now),
+            "no retention: kept forever"
+        );
+        cfg.retention_days = Some(30);
+        cfg.project_retention_days.insert("short".into(), 1);
+        assert!(!cfg.past_retention(None, now - 29 * day, now));
+        assert!(cfg.past_retention(None, now - 31 * day, now));
+        assert!(!cfg.past_retention(Some("other"), now - 2 * day, now));
+        assert!(cfg.past_retention(Some("short"), now - 2 * day, now));
+        assert!(!cfg.past_retention(Some("short"), now - day + 1, now));
+    }
 
     #[test]
     fn bodies_kept_only_with_capture_and_without_zero_retention() {
