@@ -413,3 +413,132 @@ async fn responses_previous_response_id_past_retention_is_a_clear_404() {
     // Only the first two calls reached the upstream.
     assert_eq!(mock.count(), 2);
 }
+
+/// A feedback route (`auto:<route>`) served through `/v1/responses`: the decision is recorded
+/// and the `resp_` id scores the request; an upstream failure falls back to a provider of
+/// another wire format, in JSON and in a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_auto_routes_fallback_and_feedback_ids() {
+    let Reply::Dynamic(inner) = mocks::openai_full() else {
+        unreachable!()
+    };
+    let openai = MockUpstream::start(Reply::Dynamic(std::sync::Arc::new(move |r: &Received| {
+        let failing = r.json()["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|x| x["content"] == "FAIL_OVER"));
+        if failing {
+            let e = json!({"error": {"message": "boom", "type": "server_error"}});
+            return Reply::Json(500, vec![], e.to_string());
+        }
+        inner(r)
+    })))
+    .await;
+    let claude = MockUpstream::start(mocks::anthropic_like()).await;
+    let g = GatewayProc::start_full(
+        "",
+        STORAGE,
+        r#"
+[fallbacks]
+"gpt-4o" = ["claude-sonnet-4-5"]
+"gpt-4o-mini" = ["claude-sonnet-4-5"]
+
+[routes.fb]
+baseline = "gpt-4o"
+candidates = ["gpt-4o-mini"]
+mode = "live"
+"#,
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", openai.url())),
+            ("ANTHROPIC_API_KEY", "sk-ant-test".into()),
+            ("ANTHROPIC_BASE_URL", claude.url()),
+        ],
+    );
+    let post = |body: Value| {
+        client()
+            .post(g.url("/v1/responses"))
+            .header("authorization", auth())
+            .json(&body)
+            .send()
+    };
+    // The feedback route decides; the decision is stored under the request id.
+    let r = post(json!({"model": "auto:fb", "input": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["loopgate-provider"], "openai");
+    let rid = r.headers()["loopgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(r.headers().contains_key("loopgate-decision-id"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "response", "{v}");
+    assert_eq!(v["id"], format!("resp_{rid}"), "{v}");
+    assert!(
+        v["output_text"].is_string() || v["output"].is_array(),
+        "{v}"
+    );
+    let admin_get = |path: String| {
+        client()
+            .get(g.url(&path))
+            .header("authorization", auth())
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let decision = loop {
+        let r = admin_get(format!("/v1/decisions/{rid}")).await.unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "decision {rid} never stored");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(decision["route"], "fb", "{decision}");
+    assert_eq!(decision["baseline"], "gpt-4o", "{decision}");
+    // The response id scores the request it names.
+    let r = client()
+        .post(g.url("/v1/feedback"))
+        .header("authorization", auth())
+        .json(&json!({"id": v["id"], "score": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let fb: Value = r.json().await.unwrap();
+    assert!(status.is_success(), "{status} {fb}");
+    assert_eq!(fb["request_id"], rid.as_str(), "{fb}");
+
+    // The OpenAI upstream fails: the fallback (Anthropic, translated) serves, JSON and stream.
+    let r = post(json!({"model": "gpt-4o-mini", "input": "FAIL_OVER"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["loopgate-fallback-used"], "true");
+    assert_eq!(r.headers()["loopgate-provider"], "anthropic");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "completed", "{v}");
+    let r = post(json!({"model": "gpt-4o-mini", "input": "FAIL_OVER", "stream": true}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["loopgate-fallback-used"], "true");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("event: response.completed"), "{text}");
+    assert!(!text.contains("response.failed"), "{text}");
+    // Traced as responses, with the cost of what served.
+    let db = g.db_path();
+    assert!(
+        eventually(
+            || trace_rows(
+                &db,
+                "WHERE endpoint = 'responses' AND status = 200 AND cost_usd > 0"
+            ) >= 3,
+            Duration::from_secs(10)
+        )
+        .await,
+        "{}",
+        trace_rows(&db, "WHERE endpoint = 'responses'")
+    );
+    assert!(claude.count() >= 2);
+}
