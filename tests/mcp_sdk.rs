@@ -28,6 +28,11 @@ candidates = ["gpt-4o-mini"]
 mode = "shadow"
 [routing]
 refresh_ms = 60
+# A firewall applies to every request, so each decision carries its verdict.
+[firewall]
+default_policy = "std"
+[firewall.policies.std]
+packs = ["secrets"]
 "#;
 
 async fn start() -> (MockUpstream, GatewayProc) {

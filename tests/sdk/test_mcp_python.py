@@ -67,6 +67,7 @@ async def read_checks(c):
     # The full audit: chosen vs baseline, the signals and the signed trace.
     assert d["chosen"] and d["baseline"] == "gpt-4o", d
     assert d["decision"]["signature"], d
+    assert d["decision"]["firewall"]["policy"] == "std", d  # the firewall verdict
     print(json.dumps({"check": "get_decision", "route": d["route"], "chosen": d["chosen"]}))
 
     ls = structured(await c.call_tool("list_decisions", {"window": "1h", "max_latency_ms": 60000}))
