@@ -399,6 +399,56 @@ async fn mcp_bad_input_is_a_json_rpc_error_with_the_right_status() {
         assert_eq!(s, 200, "{args}: {v}");
         assert_eq!(v["error"]["data"]["argument"], arg, "{args}: {v}");
     }
+    // A change the admin endpoint would refuse is refused at the preview (no confirmation_id),
+    // naming the argument.
+    for (tool, args, arg) in [
+        (
+            "create_experiment",
+            json!({"route": "ra", "candidate": "gpt-5-nope"}),
+            "candidate",
+        ),
+        (
+            "create_experiment",
+            json!({"route": "ra", "candidate": "gpt-4o-mini", "alpha": 2}),
+            "alpha",
+        ),
+        (
+            "create_experiment",
+            json!({"route": "ra", "candidate": "gpt-4o-mini", "ramp": "fast"}),
+            "ramp",
+        ),
+        (
+            "create_experiment",
+            json!({"route": "ra", "candidate": "gpt-4o-mini", "ramp": [0.5, 0.2]}),
+            "ramp",
+        ),
+        (
+            "create_experiment",
+            json!({"route": "ra", "candidate": "gpt-4o-mini", "colour": "red"}),
+            "colour",
+        ),
+        ("create_experiment", json!({"route": "ra"}), "candidate"),
+        (
+            "pin_route",
+            json!({"route": "ra", "model": "gpt-5-nope"}),
+            "model",
+        ),
+        (
+            "update_constraints",
+            json!({"route": "ra", "constraints": {"max_regression": 5}}),
+            "constraints",
+        ),
+        (
+            "update_constraints",
+            json!({"route": "ra", "constraints": {"min_confidence": "high"}}),
+            "constraints",
+        ),
+    ] {
+        let (s, v) = rpc(&gw, Some(&mutate), call(tool, args.clone())).await;
+        assert_eq!(s, 200, "{tool} {args}: {v}");
+        assert_eq!(v["error"]["code"], -32602, "{tool} {args}: {v}");
+        assert_eq!(v["error"]["data"]["argument"], arg, "{tool} {args}: {v}");
+    }
     // Malformed JSON-RPC.
     let (s, v) = rpc(&gw, Some(&read), json!([1, 2])).await;
     assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32600)));
