@@ -235,6 +235,8 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         "mutate_filter",
         "tag_filter",
         "expired_401",
+        "protocol_2026_07_28",
+        "protocol_2025_11_25",
         "done",
     ] {
         assert!(
@@ -532,6 +534,147 @@ async fn mcp_bad_input_is_a_json_rpc_error_with_the_right_status() {
             .unwrap();
         assert_eq!(r.status(), status, "{origin}");
     }
+    // The 2026-07-28 revision: self-contained requests (an envelope in params._meta and
+    // routing headers that agree with the body), server/discover, protocol errors with
+    // their own HTTP status.
+    let modern = |method: &str, name: Option<&str>, params: Value| {
+        let mut r = client()
+            .post(gw.url("/mcp"))
+            .header("authorization", format!("Bearer {read}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method);
+        if let Some(n) = name {
+            r = r.header("mcp-name", n);
+        }
+        r.json(&json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params}))
+            .send()
+    };
+    let envelope = |extra: Value| {
+        let mut p = json!({"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }});
+        if let (Some(p), Value::Object(e)) = (p.as_object_mut(), extra) {
+            p.extend(e);
+        }
+        p
+    };
+    let answer = |r: reqwest::Response| async move {
+        let s = r.status().as_u16();
+        (s, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (s, v) = answer(
+        modern("server/discover", None, envelope(json!({})))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["result"]["supportedVersions"][0], "2026-07-28", "{v}");
+    assert_eq!(v["result"]["resultType"], "complete", "{v}");
+    assert_eq!(v["result"]["cacheScope"], "private", "{v}");
+    assert_eq!(
+        v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "loopgate",
+        "{v}"
+    );
+    let (s, v) = answer(
+        modern("tools/list", None, envelope(json!({})))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["result"]["tools"].as_array().map(Vec::len),
+        Some(6),
+        "{v}"
+    );
+    // The tool name may come base64-wrapped in Mcp-Name.
+    let (s, v) = answer(
+        modern(
+            "tools/call",
+            Some("=?base64?bGlzdF9tb2RlbHM=?="),
+            envelope(json!({"name": "list_models", "arguments": {}})),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    for (method, name, params, code, status) in [
+        // No envelope.
+        ("tools/list", None, json!({}), -32602, 400),
+        // The envelope lacks the client's capabilities.
+        (
+            "tools/list",
+            None,
+            json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}),
+            -32602,
+            400,
+        ),
+        // The envelope's revision disagrees with the header.
+        (
+            "tools/list",
+            None,
+            json!({"_meta": {"io.modelcontextprotocol/protocolVersion": "2025-11-25",
+                "io.modelcontextprotocol/clientCapabilities": {}}}),
+            -32020,
+            400,
+        ),
+        // Mcp-Name disagrees with the tool called.
+        (
+            "tools/call",
+            Some("get_analytics"),
+            envelope(json!({"name": "list_models", "arguments": {}})),
+            -32020,
+            400,
+        ),
+        // ping and initialize are not part of 2026-07-28.
+        ("ping", None, envelope(json!({})), -32601, 404),
+        ("initialize", None, envelope(json!({})), -32601, 404),
+        // A bad tool argument: invalid params naming it, with 400.
+        (
+            "tools/call",
+            Some("get_analytics"),
+            envelope(json!({"name": "get_analytics", "arguments": {"window": "forever"}})),
+            -32602,
+            400,
+        ),
+    ] {
+        let (s, v) = answer(modern(method, name, params.clone()).await.unwrap()).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_i64()),
+            (status, Some(code)),
+            "{method} {params}: {v}"
+        );
+    }
+    // Mcp-Method disagrees with the body's method.
+    let r = client()
+        .post(gw.url("/mcp"))
+        .header("authorization", format!("Bearer {read}"))
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .json(&json!({"jsonrpc": "2.0", "id": 10, "method": "tools/list", "params": envelope(json!({}))}))
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = answer(r).await;
+    assert_eq!((s, v["error"]["code"].as_i64()), (400, Some(-32020)), "{v}");
+    // The read token still may not mutate: 403 on this revision too.
+    let (s, v) = answer(
+        modern(
+            "tools/call",
+            Some("pin_route"),
+            envelope(json!({"name": "pin_route", "arguments": {"route": "ra"}})),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((s, v["error"]["code"].as_i64()), (403, Some(-32003)), "{v}");
+
     // ping with a supported version.
     let r = client()
         .post(gw.url("/mcp"))

@@ -28,9 +28,13 @@ def structured(r):
     return d["structuredContent"]
 
 
-async def with_client(token, body):
+async def with_client(token, body, mode="auto", version="2026-07-28"):
+    """`mode="auto"` (the SDK's default) probes `server/discover` and speaks the 2026-07-28
+    revision (no handshake, a per-request envelope); `mode="legacy"` uses the initialize
+    handshake (2025-11-25)."""
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with Client(streamable_http_client(f"{URL}/mcp", http_client=http)) as c:
+        async with Client(streamable_http_client(f"{URL}/mcp", http_client=http), mode=mode) as c:
+            assert c.protocol_version == version, (mode, c.protocol_version)
             return await body(c)
 
 
@@ -185,8 +189,11 @@ async def expired_check():
 
 async def main():
     await with_client(READ, read_checks)
+    print(json.dumps({"check": "protocol_2026_07_28"}))
     await with_client(MUTATE, mutate_checks)
-    await with_client(TAGGED, tag_checks)
+    # The handshake revision too: the same tools through `initialize`.
+    await with_client(TAGGED, tag_checks, mode="legacy", version="2025-11-25")
+    print(json.dumps({"check": "protocol_2025_11_25"}))
     await expired_check()
     print(json.dumps({"check": "done"}))
 
