@@ -292,15 +292,18 @@ struct Ids {
     fb: String,
     /// A virtual key of alpha's.
     key: String,
+    /// An MCP token (its id) of alpha's.
+    mcp: String,
 }
 
 fn rows(ids: &Ids) -> Vec<Row> {
-    let (a, b, exp, fb, key) = (
+    let (a, b, exp, fb, key, mcp) = (
         ids.a.as_str(),
         ids.b.as_str(),
         ids.exp.as_str(),
         ids.fb.as_str(),
         ids.key.as_str(),
+        ids.mcp.as_str(),
     );
     let ra = "\"route\":\"ra\"";
     let shared = "\"route\":\"shared\"";
@@ -654,6 +657,36 @@ fn rows(ids: &Ids) -> Vec<Row> {
             ],
             None,
         ),
+        // Alpha's tokens are listed (never a secret or hash) to alpha and the unlocked admin.
+        row(
+            "GET",
+            "/v1/mcp/tokens",
+            "/v1/mcp/tokens".into(),
+            None,
+            "a_read",
+            [
+                st(403),
+                has(200, &[], &[mcp]),
+                has(200, &[mcp], &["lgm_", "sha256:"]),
+                has(200, &[mcp], &["lgm_", "sha256:"]),
+            ],
+            None,
+        ),
+        // Beta cannot revoke alpha's token (answered as an unknown id); alpha can, once.
+        row(
+            "DELETE",
+            "/v1/mcp/tokens/{id}",
+            format!("/v1/mcp/tokens/{mcp}"),
+            None,
+            "a_read",
+            [
+                st(403),
+                has(404, &["mcp_token_not_found"], &[]),
+                has(200, &["\"revoked\":true"], &[]),
+                has(404, &["mcp_token_not_found"], &[]),
+            ],
+            Some((mcp, "mcptok_nosuchtoken")),
+        ),
         row(
             "POST",
             "/v1/experiments/{id}/promote",
@@ -761,6 +794,7 @@ fn every_endpoint_has_a_row() {
         exp: "exp_x".into(),
         fb: "fb_x".into(),
         key: "vk_x".into(),
+        mcp: "mcptok_x".into(),
     };
     let rows = rows(&ids);
     for e in ENDPOINTS {
@@ -865,7 +899,27 @@ async fn tenancy_matrix() {
         .as_str()
         .expect("key id")
         .to_string();
-    let ids = Ids { a, b, exp, fb, key };
+    let (s, body) = call(
+        &gw,
+        "a",
+        "POST",
+        "/v1/mcp/tokens",
+        Some(&json!({"scope": "read", "ttl_secs": 600})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let mcp = serde_json::from_str::<Value>(&body).expect("json")["id"]
+        .as_str()
+        .expect("mcp token id")
+        .to_string();
+    let ids = Ids {
+        a,
+        b,
+        exp,
+        fb,
+        key,
+        mcp,
+    };
     for r in rows(&ids) {
         let body = r.body.as_ref();
         let (s, t) = call(&gw, r.wrong_key, r.method, &r.path, body).await;

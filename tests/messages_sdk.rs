@@ -1,7 +1,8 @@
 //! `POST /v1/messages` (the Anthropic Messages API at the edge), end to end: the official
 //! Anthropic Python SDK (tests/sdk/test_anthropic_python.py, installed by
 //! `bash tests/sdk/setup.sh`) drives the real `loopgate` binary in front of an
-//! OpenAI-dialect mock (the answer is translated) and an Anthropic-dialect mock; the trace
+//! OpenAI-dialect mock and a Gemini-dialect mock (the answers are translated) and an
+//! Anthropic-dialect mock; the trace
 //! rows carry the endpoint and the cost. Then, over raw HTTP: the exact cache replays a
 //! stored answer in the shape of whichever client asks, and an upstream 429 keeps the
 //! Anthropic error shape.
@@ -167,6 +168,50 @@ async fn messages_sdk_against_an_anthropic_upstream() {
     let result = &round["messages"][2]["content"][0];
     assert_eq!(result["type"], "tool_result", "{round}");
     assert_eq!(result["tool_use_id"], "toolu_01A09q90qw90lq917835lq9");
+}
+
+/// A provider with a third wire format (Gemini's `generateContent`): the Messages request is
+/// translated to it and its answers and streams back to Messages JSON and events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sdk_against_a_gemini_upstream() {
+    let mock = MockUpstream::start(mocks::gemini_like()).await;
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("GEMINI_API_KEY", "gm-test".into()),
+            ("GEMINI_BASE_URL", mock.url()),
+        ],
+    );
+    run_anthropic_sdk(&g, "gemini-2.5-flash", "gemini");
+    traced_with_cost(&g).await;
+    let reqs = mock.requests();
+    assert!(reqs
+        .iter()
+        .all(|r| r.path.contains("/models/gemini-2.5-flash:")));
+    // The translated request: the system prompt as systemInstruction, the image inline.
+    let first = reqs[0].json();
+    assert!(
+        first["systemInstruction"].to_string().contains("Be brief."),
+        "{first}"
+    );
+    assert_eq!(
+        first["contents"][0]["parts"][1]["inlineData"]["mimeType"], "image/png",
+        "{first}"
+    );
+    // The tool round trip reached Gemini as a functionCall and a functionResponse.
+    let round = reqs
+        .iter()
+        .map(|r| r.json())
+        .find(|b| b["contents"].as_array().is_some_and(|m| m.len() == 3))
+        .expect("the follow-up request with the tool result");
+    assert_eq!(
+        round["contents"][1]["parts"][0]["functionCall"]["name"], "get_weather",
+        "{round}"
+    );
+    assert_eq!(
+        round["contents"][2]["parts"][0]["functionResponse"]["name"], "get_weather",
+        "{round}"
+    );
 }
 
 fn messages_body(text: &str, stream: bool) -> Value {

@@ -51,6 +51,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("PATCH", "/v1/keys/{id}"),
     e("DELETE", "/v1/keys/{id}"),
     e("POST", "/v1/mcp/tokens"),
+    e("GET", "/v1/mcp/tokens"),
+    e("DELETE", "/v1/mcp/tokens/{id}"),
 ];
 
 fn matches_segments(pattern: &[&str], path: &[&str]) -> bool {

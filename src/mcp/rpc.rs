@@ -9,6 +9,9 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// The `MCP-Protocol-Version` is not one this server speaks (data: `supported`, `requested`).
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+/// 2026-07-28: a routing header (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) disagrees
+/// with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
 /// Server-defined: the bearer token is missing, unknown or expired.
 pub const UNAUTHORIZED: i64 = -32001;
 /// Server-defined: the token's scope or filter does not allow this.
@@ -81,6 +84,27 @@ impl RpcError {
         );
         e.data = Some(json!({"argument": argument}));
         e
+    }
+    /// 2026-07-28: the per-request envelope (`params._meta`) is missing or malformed.
+    pub fn envelope(m: impl Into<String>) -> RpcError {
+        RpcError::new(INVALID_PARAMS, m, 400)
+    }
+    pub fn header_mismatch(m: impl Into<String>) -> RpcError {
+        RpcError::new(HEADER_MISMATCH, m, 400)
+    }
+    /// The HTTP status of this error on the 2026-07-28 single-exchange transport: protocol
+    /// errors carry their own (400, or 404 for an unknown method); auth and availability
+    /// errors keep theirs.
+    pub fn modern_status(&self) -> u16 {
+        match self.code {
+            PARSE_ERROR
+            | INVALID_REQUEST
+            | INVALID_PARAMS
+            | HEADER_MISMATCH
+            | UNSUPPORTED_PROTOCOL_VERSION => 400,
+            METHOD_NOT_FOUND => 404,
+            _ => self.http_status,
+        }
     }
     pub fn internal(m: impl Into<String>) -> RpcError {
         RpcError::new(INTERNAL_ERROR, m, 500)

@@ -10,7 +10,12 @@ use serde_json::{json, Map, Value};
 use super::rpc::RpcError;
 use super::tokens::{Grant, TokenScope};
 use super::Mcp;
+use crate::admin::routing::RoutingRoutes;
 use crate::admin::{AdminBody, AdminRequest, AdminRoutes, Visibility};
+use crate::error::GatewayError;
+use crate::feedback::constraints::Constraints;
+use crate::feedback::sequential::SequentialError;
+use crate::rollout::canary::{CanaryError, Experiment, ExperimentSpec};
 
 /// Pending confirmations: at most this many at once, each valid this long.
 pub const MAX_PENDING: usize = 256;
@@ -103,7 +108,23 @@ fn definition(name: &str) -> Value {
         "create_experiment" => (
             "Create a canary experiment",
             "Start a canary experiment on a route (body of POST /v1/experiments). First call: a preview and a confirmation_id; second call with only confirmation_id: applies it.",
-            json!({"type": "object", "properties": {"route": route, "candidate": {"type": "string"}, "confirmation_id": confirm}, "additionalProperties": true}),
+            schema(
+                json!({
+                    "route": route,
+                    "candidate": {"type": "string", "description": "a candidate model of the route"},
+                    "baseline": {"type": "string", "description": "the route's baseline (default)"},
+                    "ramp": {"type": "array", "items": {"type": "number"}, "description": "strictly increasing traffic shares in (0, 1]"},
+                    "metric": {"type": "string", "enum": ["quality", "judge", "feedback", "success"]},
+                    "max_regression": {"type": "number"},
+                    "alpha": {"type": "number"},
+                    "min_samples_per_step": {"type": "integer", "minimum": 1},
+                    "auto_promote": {"type": "boolean"},
+                    "max_samples_per_arm": {"type": "integer", "minimum": 1},
+                    "n_opt": {"type": "integer", "minimum": 1},
+                    "confirmation_id": confirm,
+                }),
+                &[],
+            ),
         ),
         "update_constraints" => (
             "Update route constraints",
@@ -688,13 +709,142 @@ fn plan(name: &str, args: &Map<String, Value>) -> Result<Plan, RpcError> {
                 current: ("/v1/routing".into(), q("route", &route)),
             })
         }
-        _ => Ok(Plan {
-            method: "POST",
-            path: "/v1/experiments".into(),
-            body: Value::Object(args.clone()),
-            current: ("/v1/routing".into(), q("route", &route)),
-        }),
+        _ => {
+            a.known(EXPERIMENT_ARGS)?;
+            a.req_str("candidate")?;
+            Ok(Plan {
+                method: "POST",
+                path: "/v1/experiments".into(),
+                body: Value::Object(args.clone()),
+                current: ("/v1/routing".into(), q("route", &route)),
+            })
+        }
     }
+}
+
+/// The arguments of `create_experiment`: the fields of `POST /v1/experiments`.
+const EXPERIMENT_ARGS: &[&str] = &[
+    "route",
+    "candidate",
+    "baseline",
+    "ramp",
+    "metric",
+    "max_regression",
+    "alpha",
+    "min_samples_per_step",
+    "auto_promote",
+    "max_samples_per_arm",
+    "n_opt",
+];
+
+/// An admin-layer error as a tool failure: a 400 naming a parameter is invalid params naming
+/// it, anything else a tool error the model can read (as `admin_call` maps answers).
+fn gw_fail(e: GatewayError) -> Fail {
+    match (e.status(), e.param()) {
+        (400, Some(p)) => Fail::Rpc(RpcError::invalid_params(p, e.to_string())),
+        _ => Fail::Tool(e.to_string()),
+    }
+}
+
+/// Check a mutating tool's change the way the admin endpoint will when it is applied, so a
+/// bad argument is refused at the first call (naming it) instead of after the confirmation.
+/// `current`: the admin read the preview shows (for constraints: the effective ones).
+fn validate(
+    mcp: &Mcp,
+    grant: &Grant,
+    name: &str,
+    args: &Map<String, Value>,
+    current: &Value,
+) -> Result<(), Fail> {
+    let rt = mcp.runtime.load_full();
+    let vis = Visibility::new(grant.project.as_deref(), Some(&rt.config));
+    let route = args
+        .get("route")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let rc = RoutingRoutes::feedback_route(&rt, route, &vis).map_err(gw_fail)?;
+    let baseline = rc.baseline.clone().unwrap_or_default();
+    let bad = |arg: &str, m: String| Fail::Rpc(RpcError::invalid_params(arg, m));
+    match name {
+        "update_constraints" => {
+            let effective = current["data"]
+                .as_array()
+                .and_then(|d| d.iter().find(|x| x["route"] == route))
+                .map(|x| x["constraints"].clone())
+                .or_else(|| serde_json::to_value(&rc.constraints).ok());
+            let mut merged = effective
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_default();
+            if let Some(Value::Object(patch)) = args.get("constraints") {
+                for (k, v) in patch {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            let new: Constraints = serde_json::from_value(Value::Object(merged))
+                .map_err(|e| bad("constraints", e.to_string()))?;
+            new.validate()
+                .map_err(|e| bad("constraints", e.to_string()))?;
+        }
+        "pin_route" => {
+            if let Some(m) = args.get("model").and_then(Value::as_str) {
+                if *m != baseline && !rc.candidates.iter().any(|c| c == m) {
+                    return Err(bad(
+                        "model",
+                        format!("'{m}' is neither the baseline nor a candidate of route '{route}'"),
+                    ));
+                }
+            }
+        }
+        _ => {
+            // Each field alone, so a wrongly typed one is named.
+            for (k, v) in args
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "route" | "candidate"))
+            {
+                let probe = json!({"route": route, "candidate": "c", k.as_str(): v});
+                serde_json::from_value::<ExperimentSpec>(probe)
+                    .map_err(|e| bad(k, e.to_string()))?;
+            }
+            let candidate = args
+                .get("candidate")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if !rc.candidates.iter().any(|c| c == candidate) {
+                return Err(bad(
+                    "candidate",
+                    format!(
+                        "'{candidate}' is not a candidate of route '{route}' (candidates: {})",
+                        rc.candidates.join(", ")
+                    ),
+                ));
+            }
+            if args
+                .get("baseline")
+                .and_then(Value::as_str)
+                .is_some_and(|b| b != baseline)
+            {
+                return Err(bad(
+                    "baseline",
+                    format!("the baseline of route '{route}' is '{baseline}'"),
+                ));
+            }
+            let mut spec: ExperimentSpec = serde_json::from_value(Value::Object(args.clone()))
+                .map_err(|e| bad("route", e.to_string()))?;
+            spec.baseline = Some(baseline);
+            Experiment::new("preview", spec, now_ms()).map_err(|e| {
+                let arg = match &e {
+                    CanaryError::Sequential(SequentialError::Alpha(_)) => "alpha",
+                    CanaryError::Sequential(SequentialError::Limit(_)) => "max_regression",
+                    CanaryError::Sequential(_) => "n_opt",
+                    _ if e.to_string().contains("ramp") => "ramp",
+                    _ if e.to_string().contains("min_samples_per_step") => "min_samples_per_step",
+                    _ => "candidate",
+                };
+                bad(arg, e.to_string())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 async fn mutate(
@@ -725,6 +875,7 @@ async fn mutate(
     route_check(grant, &route)?;
     let (cur_path, cur_query) = p.current;
     let current = admin_call(admin, grant, "GET", &cur_path, cur_query, None).await?;
+    validate(mcp, grant, name, &args.0, &current)?;
     let expires_ms = now_ms() + CONFIRM_TTL_MS;
     let id = mcp.confirms.put(Pending {
         token_id: grant.token_id.clone(),

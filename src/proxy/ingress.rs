@@ -68,11 +68,27 @@ pub async fn request_body(
         None => Ok(raw),
         Some(Ingress::Messages) => messages::to_chat(&raw),
         Some(Ingress::Responses) => {
-            let req = responses::parse(&raw)?;
+            let mut req = responses::parse(&raw)?;
             let history = match &req.previous_response_id {
                 Some(id) => previous(gw, rt, ctx, id).await?,
                 None => Vec::new(),
             };
+            for r in req.references()? {
+                let param = r.param.clone();
+                let not_found = || GatewayError::NotFound {
+                    message: format!(
+                        "Item with id '{}' not found: unknown, past the trace retention, \
+                         stored without its bodies, or not visible to this key's project.",
+                        r.id.chars().take(140).collect::<String>()
+                    ),
+                    code: "item_not_found",
+                    param: Some(param.clone()),
+                };
+                let mut exchange = stored(gw, rt, ctx, &r.request_id, &param, not_found).await?;
+                if let Some(answer) = exchange.pop() {
+                    req.referenced.insert(r.request_id, answer);
+                }
+            }
             let (chat, echo) = responses::to_chat(&req, history, ctx.ts_ms / 1000)?;
             ctx.responses = Some(Box::new(echo));
             Ok(chat)
@@ -102,13 +118,32 @@ async fn previous(
     let Some(rid) = responses::request_id_of(id) else {
         return Err(not_found());
     };
+    stored(gw, rt, ctx, rid, PARAM, not_found).await
+}
+
+/// The chat messages (input, then the assistant answer) of an earlier `/v1/responses`
+/// exchange, gateway request id `rid`, from the trace store with bodies, within retention,
+/// of the caller's own project. `param`: the request field that pointed at it.
+async fn stored(
+    gw: &Gateway,
+    rt: &Runtime,
+    ctx: &RequestCtx,
+    rid: &str,
+    param: &str,
+    not_found: impl Fn() -> GatewayError,
+) -> Result<Vec<serde_json::Value>, GatewayError> {
     let slot = match &gw.store {
         Some(s) if rt.storage.capture_bodies => s,
         _ => {
             return Err(GatewayError::invalid_code(
-                "previous_response_id needs the trace store with bodies \
-                 (storage.capture_bodies = true); send the whole conversation in `input` instead.",
-                Some(PARAM),
+                format!(
+                    "{param}: continuing a stored response (previous_response_id, or an \
+                     item_reference as clients with store: true send) needs the trace store \
+                     with bodies (storage.capture_bodies = true); otherwise send the whole \
+                     conversation in `input` (with the Vercel AI SDK: \
+                     providerOptions.openai.store = false)."
+                ),
+                Some(param),
                 "unsupported_parameter",
             ))
         }
@@ -131,6 +166,14 @@ async fn previous(
     if t.project_id != ctx.project_id || t.endpoint != "responses" || t.status != 200 {
         return Err(not_found());
     }
+    // Past retention but not purged yet (the purge runs every purge_interval_secs): gone.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if rt
+        .storage
+        .past_retention(t.project_id.as_deref(), t.ts_ms, now_ms)
+    {
+        return Err(not_found());
+    }
     let (Some(req), Some(resp)) = (t.request_body.as_deref(), t.response_body.as_deref()) else {
         return Err(not_found());
     };
@@ -139,17 +182,17 @@ async fn previous(
     if req.len() + resp.len() > limit {
         return Err(GatewayError::invalid_code(
             format!(
-                "the conversation of previous response {id} is longer than {limit} bytes; \
-                 send the conversation in `input` instead."
+                "the conversation of the response {param} points at is longer than {limit} \
+                 bytes; send the conversation in `input` instead."
             ),
-            Some(PARAM),
+            Some(param),
             "invalid_value",
         ));
     }
     responses::history(req, resp).map_err(|e| {
         GatewayError::invalid_code(
-            format!("previous response {id} cannot be continued: {e}"),
-            Some(PARAM),
+            format!("the response {param} points at cannot be continued: {e}"),
+            Some(param),
             "invalid_value",
         )
     })

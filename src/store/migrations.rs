@@ -205,6 +205,22 @@ CREATE TABLE virtual_keys (
 );
 "#,
     },
+    Migration {
+        version: 7,
+        name: "mcp_tokens",
+        sql: r#"
+CREATE TABLE mcp_tokens (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    project TEXT,
+    spec TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
+CREATE INDEX mcp_tokens_expires ON mcp_tokens (expires_ms);
+"#,
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -399,6 +415,22 @@ CREATE TABLE virtual_keys (
     updated_ms BIGINT NOT NULL,
     revoked_ms BIGINT
 );
+"#,
+    },
+    Migration {
+        version: 7,
+        name: "mcp_tokens",
+        sql: r#"
+CREATE TABLE mcp_tokens (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    project TEXT,
+    spec TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL,
+    revoked_ms BIGINT
+);
+CREATE INDEX mcp_tokens_expires ON mcp_tokens (expires_ms);
 "#,
     },
 ];

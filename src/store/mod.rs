@@ -104,6 +104,20 @@ pub struct StorageConfig {
     pub pending_feedback_secs: u64,
 }
 
+impl StorageConfig {
+    /// Whether a trace of `project` started at `ts_ms` is past its retention at `now_ms`
+    /// (the per-project override, else `retention_days`; never without one). The purge
+    /// deletes such traces only every `purge_interval_secs`; readers that must honour the
+    /// retention exactly (continuing a stored response) check this too.
+    pub fn past_retention(&self, project: Option<&str>, ts_ms: i64, now_ms: i64) -> bool {
+        let days = project
+            .and_then(|p| self.project_retention_days.get(p))
+            .copied()
+            .or(self.retention_days);
+        days.is_some_and(|d| ts_ms < now_ms - d as i64 * 86_400_000)
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
@@ -234,6 +248,20 @@ pub struct VirtualKeyRow {
     pub revoked_ms: Option<i64>,
 }
 
+/// One MCP token (`mcp::tokens`) as stored: the secret only as its SHA-256 hash, its grant
+/// (scope, route and tag filter) as JSON owned by `mcp::tokens`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpTokenRow {
+    pub id: String,
+    /// `sha256:<hex>` of the secret.
+    pub hash: String,
+    pub project: Option<String>,
+    pub spec: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
 /// The storage seam. Inserts are idempotent on `request_id`, so a batch may be retried
 /// (after a timeout or a replayed spill file) without duplicates.
 ///
@@ -326,6 +354,26 @@ pub trait Store: Send + Sync {
     /// Every virtual key, revoked ones included, oldest first.
     async fn virtual_keys(&self) -> Result<Vec<VirtualKeyRow>, StoreError> {
         Err(unsupported(self.backend(), "virtual keys"))
+    }
+    /// Store a new MCP token (ids and hashes are unique).
+    async fn insert_mcp_token(&self, _row: &McpTokenRow) -> Result<(), StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// The MCP token whose secret hashes to `hash` (`sha256:<hex>`), revoked or expired too.
+    async fn mcp_token_by_hash(&self, _hash: &str) -> Result<Option<McpTokenRow>, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// Every stored MCP token (revoked and expired ones until purged), oldest first.
+    async fn mcp_tokens(&self) -> Result<Vec<McpTokenRow>, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// Mark a token revoked at `now_ms`; `false` when there is no such unrevoked token.
+    async fn revoke_mcp_token(&self, _id: &str, _now_ms: i64) -> Result<bool, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
+    }
+    /// Delete the tokens expired (or revoked) before `before_ms`; returns how many.
+    async fn purge_mcp_tokens(&self, _before_ms: i64) -> Result<u64, StoreError> {
+        Err(unsupported(self.backend(), "MCP tokens"))
     }
     /// Set (Some) or clear (None) one operator state value of a route.
     async fn put_route_state(
@@ -506,6 +554,24 @@ pub fn sanitize_for_storage(cfg: &StorageConfig, rec: &mut TraceRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_retention_uses_the_project_override_then_the_default() {
+        let day = 86_400_000i64;
+        let now = 100 * day;
+        let mut cfg = StorageConfig::default();
+        assert!(
+            !cfg.past_retention(None, 0, now),
+            "no retention: kept forever"
+        );
+        cfg.retention_days = Some(30);
+        cfg.project_retention_days.insert("short".into(), 1);
+        assert!(!cfg.past_retention(None, now - 29 * day, now));
+        assert!(cfg.past_retention(None, now - 31 * day, now));
+        assert!(!cfg.past_retention(Some("other"), now - 2 * day, now));
+        assert!(cfg.past_retention(Some("short"), now - 2 * day, now));
+        assert!(!cfg.past_retention(Some("short"), now - day + 1, now));
+    }
 
     #[test]
     fn bodies_kept_only_with_capture_and_without_zero_retention() {

@@ -1227,6 +1227,90 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn insert_mcp_token(&self, row: &super::McpTokenRow) -> Result<(), StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => c
+                .execute(
+                    "INSERT INTO mcp_tokens (id, hash, project, spec, created_ms, expires_ms, revoked_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &row.id,
+                        &row.hash,
+                        &row.project,
+                        &row.spec,
+                        &row.created_ms,
+                        &row.expires_ms,
+                        &row.revoked_ms,
+                    ],
+                )
+                .await
+                .map(|_| ())
+                .map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn mcp_token_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<super::McpTokenRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                "SELECT id, hash, project, spec, created_ms, expires_ms, revoked_ms \
+                 FROM mcp_tokens WHERE hash = $1",
+                &[SqlParam::Text(hash.to_string())],
+            )
+            .await?;
+        rows.first().map(mcp_token_row).transpose()
+    }
+
+    async fn mcp_tokens(&self) -> Result<Vec<super::McpTokenRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                "SELECT id, hash, project, spec, created_ms, expires_ms, revoked_ms \
+                 FROM mcp_tokens ORDER BY created_ms, id",
+                &[],
+            )
+            .await?;
+        rows.iter().map(mcp_token_row).collect()
+    }
+
+    async fn revoke_mcp_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => c
+                .execute(
+                    "UPDATE mcp_tokens SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL",
+                    &[&id, &now_ms],
+                )
+                .await
+                .map(|n| n > 0)
+                .map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn purge_mcp_tokens(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => c
+                .execute(
+                    "DELETE FROM mcp_tokens WHERE expires_ms < $1 OR revoked_ms < $1",
+                    &[&before_ms],
+                )
+                .await
+                .map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
     async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
         let rows = self
             .read_rows(
@@ -1409,6 +1493,18 @@ async fn purge_rollup(c: &mut Client, rule: &PurgeRule) -> Result<(), StoreError
     apply_rollup(&tx, &leaving, false).await?;
     tx.commit().await.map_err(pg_err)?;
     Ok(())
+}
+
+fn mcp_token_row(r: &Row) -> Result<super::McpTokenRow, StoreError> {
+    Ok(super::McpTokenRow {
+        id: r.try_get(0).map_err(pg_err)?,
+        hash: r.try_get(1).map_err(pg_err)?,
+        project: r.try_get(2).map_err(pg_err)?,
+        spec: r.try_get(3).map_err(pg_err)?,
+        created_ms: r.try_get(4).map_err(pg_err)?,
+        expires_ms: r.try_get(5).map_err(pg_err)?,
+        revoked_ms: r.try_get(6).map_err(pg_err)?,
+    })
 }
 
 #[cfg(test)]

@@ -1173,6 +1173,77 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn insert_mcp_token(&self, row: &super::McpTokenRow) -> Result<(), StoreError> {
+        let r = row.clone();
+        Self::run(&self.writer, move |c| {
+            c.execute(
+                "INSERT INTO mcp_tokens (id, hash, project, spec, created_ms, expires_ms, revoked_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.id, r.hash, r.project, r.spec, r.created_ms, r.expires_ms, r.revoked_ms],
+            )
+            .map(|_| ())
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn mcp_token_by_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<super::McpTokenRow>, StoreError> {
+        let h = hash.to_string();
+        Self::run(&self.reader, move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, hash, project, spec, created_ms, expires_ms, revoked_ms \
+                     FROM mcp_tokens WHERE hash = ?1",
+                )
+                .map_err(map_err)?;
+            let mut rows = st.query_map(params![h], mcp_token_row).map_err(map_err)?;
+            rows.next().transpose().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn mcp_tokens(&self) -> Result<Vec<super::McpTokenRow>, StoreError> {
+        Self::run(&self.reader, |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, hash, project, spec, created_ms, expires_ms, revoked_ms \
+                     FROM mcp_tokens ORDER BY created_ms, id",
+                )
+                .map_err(map_err)?;
+            let rows = st.query_map([], mcp_token_row).map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn revoke_mcp_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        Self::run(&self.writer, move |c| {
+            c.execute(
+                "UPDATE mcp_tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+                params![id, now_ms],
+            )
+            .map(|n| n > 0)
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn purge_mcp_tokens(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Self::run(&self.writer, move |c| {
+            c.execute(
+                "DELETE FROM mcp_tokens WHERE expires_ms < ?1 OR revoked_ms < ?1",
+                params![before_ms],
+            )
+            .map(|n| n as u64)
+            .map_err(map_err)
+        })
+        .await
+    }
+
     async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
         Self::run(&self.reader, |c| {
             let mut st = c
@@ -1276,4 +1347,16 @@ pub(crate) fn page(records: &mut Vec<TraceRecord>, limit: usize) -> LogPage {
         records: std::mem::take(records),
         next,
     }
+}
+
+fn mcp_token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<super::McpTokenRow> {
+    Ok(super::McpTokenRow {
+        id: r.get(0)?,
+        hash: r.get(1)?,
+        project: r.get(2)?,
+        spec: r.get(3)?,
+        created_ms: r.get(4)?,
+        expires_ms: r.get(5)?,
+        revoked_ms: r.get(6)?,
+    })
 }

@@ -12,6 +12,7 @@ import sys
 
 import httpx2
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 URL, READ, MUTATE, REQUEST_ID, TAGGED, EXPIRED = sys.argv[1:7]
@@ -27,9 +28,13 @@ def structured(r):
     return d["structuredContent"]
 
 
-async def with_client(token, body):
+async def with_client(token, body, mode="auto", version="2026-07-28"):
+    """`mode="auto"` (the SDK's default) probes `server/discover` and speaks the 2026-07-28
+    revision (no handshake, a per-request envelope); `mode="legacy"` uses the initialize
+    handshake (2025-11-25)."""
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with Client(streamable_http_client(f"{URL}/mcp", http_client=http)) as c:
+        async with Client(streamable_http_client(f"{URL}/mcp", http_client=http), mode=mode) as c:
+            assert c.protocol_version == version, (mode, c.protocol_version)
             return await body(c)
 
 
@@ -56,9 +61,18 @@ async def read_checks(c):
     assert "resolved_sessions" in a, a
     print(json.dumps({"check": "get_analytics", "requests": a["totals"]["requests"], "resolved": a["resolved_sessions"]}))
 
+    f = structured(await c.call_tool("get_analytics", {"group_by": "feature", "window": "1h"}))
+    groups = {g["group"]: g["requests"] for g in f["data"]}
+    assert groups.get("search") == 1, f  # the request tagged loopgate-property-feature: search
+    print(json.dumps({"check": "get_analytics_feature", "groups": groups}))
+
     d = structured(await c.call_tool("get_decision", {"request_id": REQUEST_ID}))
     assert d["id"] == REQUEST_ID and d["route"] == "ra", d
-    print(json.dumps({"check": "get_decision", "route": d["route"]}))
+    # The full audit: chosen vs baseline, the signals and the signed trace.
+    assert d["chosen"] and d["baseline"] == "gpt-4o", d
+    assert d["decision"]["signature"], d
+    assert d["decision"]["firewall"]["policy"] == "std", d  # the firewall verdict
+    print(json.dumps({"check": "get_decision", "route": d["route"], "chosen": d["chosen"]}))
 
     ls = structured(await c.call_tool("list_decisions", {"window": "1h", "max_latency_ms": 60000}))
     assert ls["count"] >= 1 and all(x["route"] == "ra" for x in ls["data"]), ls
@@ -71,12 +85,18 @@ async def read_checks(c):
     print(json.dumps({"check": "list_decisions", "count": ls["count"], "session": s1["count"]}))
 
     v = structured(await c.call_tool("get_verification", {"route": "ra", "window": "1h"}))
-    print(json.dumps({"check": "get_verification", "keys": sorted(v.keys())[:6]}))
+    # Baseline vs served side by side, with the evidence counts.
+    assert v["object"] == "report.shadow" and v["route"] == "ra", v
+    assert v["baseline"]["model"] == "gpt-4o" and "requests" in v["baseline"], v
+    assert "requests" in v["loopgate"] and "quality" in v["loopgate"], v
+    assert v["routed_requests"] >= 1, v
+    print(json.dumps({"check": "get_verification", "routed": v["routed_requests"]}))
 
     e = structured(
         await c.call_tool("explain_routing", {"route": "ra", "messages": [{"role": "user", "content": "hi"}]})
     )
-    print(json.dumps({"check": "explain_routing", "keys": sorted(e.keys())[:6]}))
+    assert e["route"] == "ra" and e["chosen"] in ("gpt-4o", "gpt-4o-mini"), e
+    print(json.dumps({"check": "explain_routing", "chosen": e["chosen"]}))
 
     # The filter: another route answers like an undefined one.
     out = dump(await c.call_tool("get_verification", {"route": "shared"}))
@@ -87,23 +107,18 @@ async def read_checks(c):
     try:
         r = await c.call_tool("pin_route", {"route": "ra"})
         raise AssertionError(f"read token pinned: {dump(r)}")
-    except AssertionError:
-        raise
-    except Exception as ex:  # the SDK surfaces the 403 JSON-RPC error
-        assert "mutate" in str(ex), repr(ex)
+    except MCPError as ex:  # the SDK surfaces the 403 JSON-RPC error
+        assert ex.code == -32003 and "mutate" in ex.error.message, repr(ex)
         print(json.dumps({"check": "read_cannot_mutate", "error": str(ex)[:200]}))
 
-    # Bad arguments: JSON-RPC invalid params naming the argument.
+    # Bad arguments: a JSON-RPC invalid-params error (-32602) naming the argument.
     try:
         r = await c.call_tool("get_analytics", {"window": "forever"})
-        d = dump(r)
-        assert d.get("isError") and "window" in json.dumps(d), d
-        print(json.dumps({"check": "bad_argument", "result": d["content"][0]["text"][:200]}))
-    except AssertionError:
-        raise
-    except Exception as ex:
-        assert "window" in str(ex), repr(ex)
-        print(json.dumps({"check": "bad_argument", "error": str(ex)[:200]}))
+        raise AssertionError(f"bad argument accepted: {dump(r)}")
+    except MCPError as ex:
+        assert ex.code == -32602 and "window" in ex.error.message, repr(ex)
+        assert (ex.error.data or {}).get("argument") == "window", repr(ex)
+        print(json.dumps({"check": "bad_argument", "code": ex.code, "error": ex.error.message[:200]}))
 
 
 async def mutate_checks(c):
@@ -174,8 +189,11 @@ async def expired_check():
 
 async def main():
     await with_client(READ, read_checks)
+    print(json.dumps({"check": "protocol_2026_07_28"}))
     await with_client(MUTATE, mutate_checks)
-    await with_client(TAGGED, tag_checks)
+    # The handshake revision too: the same tools through `initialize`.
+    await with_client(TAGGED, tag_checks, mode="legacy", version="2025-11-25")
+    print(json.dumps({"check": "protocol_2025_11_25"}))
     await expired_check()
     print(json.dumps({"check": "done"}))
 

@@ -1425,6 +1425,62 @@ async fn check_virtual_keys(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     assert_eq!(b.virtual_keys().await.expect("list").len(), 2);
 }
 
+/// MCP tokens: insert, found by hash through the other instance, listed oldest first,
+/// revoked once, a duplicate hash refused, expired and revoked rows purged by time.
+async fn check_mcp_tokens(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    use loopgate::store::McpTokenRow;
+    let tok = |id: &str, hash: &str, created: i64, expires: i64| McpTokenRow {
+        id: id.into(),
+        hash: hash.into(),
+        project: Some("alpha".into()),
+        spec: "{\"scope\":\"read\",\"routes\":[],\"tags\":[]}".into(),
+        created_ms: created,
+        expires_ms: expires,
+        revoked_ms: None,
+    };
+    assert!(a.mcp_tokens().await.expect("empty").is_empty());
+    let t1 = tok("mcptok_1", "sha256:a1", 10, 1_000);
+    let t2 = McpTokenRow {
+        project: None,
+        ..tok("mcptok_2", "sha256:a2", 11, 5_000)
+    };
+    a.insert_mcp_token(&t1).await.expect("insert 1");
+    b.insert_mcp_token(&t2).await.expect("insert 2");
+    assert_eq!(
+        b.mcp_token_by_hash("sha256:a1").await.expect("by hash"),
+        Some(t1.clone())
+    );
+    assert_eq!(b.mcp_token_by_hash("sha256:zz").await.expect("none"), None);
+    assert_eq!(
+        a.mcp_tokens().await.expect("list"),
+        vec![t1.clone(), t2.clone()]
+    );
+    // A second token never shares a secret or an id.
+    assert!(a
+        .insert_mcp_token(&tok("mcptok_3", "sha256:a1", 12, 9_000))
+        .await
+        .is_err());
+    assert!(a
+        .insert_mcp_token(&tok("mcptok_1", "sha256:a3", 12, 9_000))
+        .await
+        .is_err());
+    // Revoked once, seen by the other instance.
+    assert!(b.revoke_mcp_token("mcptok_2", 2_000).await.expect("revoke"));
+    assert!(!a.revoke_mcp_token("mcptok_2", 2_500).await.expect("again"));
+    assert!(!a
+        .revoke_mcp_token("mcptok_9", 2_500)
+        .await
+        .expect("unknown"));
+    let r2 = a.mcp_token_by_hash("sha256:a2").await.expect("by hash");
+    assert_eq!(r2.and_then(|r| r.revoked_ms), Some(2_000));
+    // Purge: rows expired or revoked before the cut-off go, others stay.
+    assert_eq!(a.purge_mcp_tokens(900).await.expect("purge none"), 0);
+    assert_eq!(b.purge_mcp_tokens(1_500).await.expect("purge expired"), 1);
+    assert_eq!(a.mcp_tokens().await.expect("list").len(), 1);
+    assert_eq!(a.purge_mcp_tokens(2_001).await.expect("purge revoked"), 1);
+    assert!(b.mcp_tokens().await.expect("list").is_empty());
+}
+
 /// 2026-04-11: later than every other trace of the suite, so the stats window holds only these.
 pub const STATS_T: i64 = T0 + 100 * 24 * HOUR;
 
@@ -1574,6 +1630,7 @@ pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     );
     check_decisions(&a).await;
     check_virtual_keys(&a, &b).await;
+    check_mcp_tokens(&a, &b).await;
     check_feedback(&a, &b).await;
     check_audit(&a, &b).await;
     check_route_state(&a, &b).await;

@@ -56,6 +56,32 @@ pub fn request_id_of(response_id: &str) -> Option<&str> {
 pub struct Request {
     body: Map<String, Value>,
     pub previous_response_id: Option<String>,
+    /// The stored assistant message of each request id an `item_reference` points at
+    /// (filled by the proxy from the trace store, see [`Request::references`]).
+    pub referenced: std::collections::HashMap<String, Value>,
+}
+
+/// At most this many distinct earlier responses may be referenced by `item_reference` items.
+pub const MAX_REFERENCED: usize = 32;
+
+/// One `item_reference` of the input: the gateway request id it points at, the referenced id
+/// as sent, and the parameter to name in errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub request_id: String,
+    pub id: String,
+    pub param: String,
+}
+
+/// The gateway request id of an output message item id (`msg_<request id>` or
+/// `msg_<request id>_<n>`, as [`from_completion`] and [`ResponsesEncoder`] name them).
+fn message_request_id(item_id: &str) -> Option<&str> {
+    let rest = item_id.strip_prefix("msg_")?;
+    let rid = match rest.rsplit_once('_') {
+        Some((rid, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => rid,
+        _ => rest,
+    };
+    request_id_of(&format!("resp_{rid}")).map(|_| rid)
 }
 
 /// Top-level fields that need server-side state or tools no provider behind the chat
@@ -87,7 +113,59 @@ pub fn parse(raw: &[u8]) -> Result<Request, GatewayError> {
     Ok(Request {
         body,
         previous_response_id,
+        referenced: std::collections::HashMap::new(),
     })
+}
+
+impl Request {
+    /// The earlier responses the input's `item_reference` items point at, distinct, in input
+    /// order. Clients that keep responses stored (the OpenAI default `store: true`, which the
+    /// Vercel AI SDK follows) send an earlier assistant message back as
+    /// `{"type": "item_reference", "id": "msg_..."}` instead of its text: the proxy resolves
+    /// those from the trace store like `previous_response_id`. A reference to anything but
+    /// one of this gateway's output messages is a 400 naming it.
+    pub fn references(&self) -> Result<Vec<Reference>, GatewayError> {
+        let mut out: Vec<Reference> = Vec::new();
+        let Some(Value::Array(items)) = self.body.get("input") else {
+            return Ok(out);
+        };
+        for (i, item) in items.iter().enumerate() {
+            if item.get("type").and_then(Value::as_str) != Some("item_reference") {
+                continue;
+            }
+            let param = format!("input[{i}].id");
+            let Some(id) = item.get("id").and_then(Value::as_str) else {
+                return Err(missing(&param));
+            };
+            let Some(rid) = message_request_id(id) else {
+                let what = if id.starts_with("fc_") {
+                    "an item_reference to a function call (send the function_call item itself)"
+                        .to_string()
+                } else {
+                    format!(
+                        "an item_reference to '{}' (only this gateway's output messages, msg_..., can be referenced; send the item itself)",
+                        id.chars().take(80).collect::<String>()
+                    )
+                };
+                return Err(unsupported(&what, &param));
+            };
+            if out.iter().any(|r| r.request_id == rid) {
+                continue;
+            }
+            if out.len() >= MAX_REFERENCED {
+                return Err(invalid(
+                    format!("input: at most {MAX_REFERENCED} earlier responses may be referenced by item_reference; send the items themselves"),
+                    &param,
+                ));
+            }
+            out.push(Reference {
+                request_id: rid.to_string(),
+                id: id.to_string(),
+                param,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// What the `response` object echoes back from the request, plus its creation time.
@@ -170,7 +248,12 @@ pub fn to_chat(
     match body.get("input") {
         Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
         Some(Value::Array(items)) => {
+            let mut used = Vec::new();
             for (i, item) in items.iter().enumerate() {
+                if item.get("type").and_then(Value::as_str) == Some("item_reference") {
+                    referenced_item(req, item, i, &mut used, &mut messages)?;
+                    continue;
+                }
                 input_item(item, i, &mut messages)?;
             }
         }
@@ -399,6 +482,55 @@ fn message_content(c: &Value, param: &str, role: &str) -> Result<Value, GatewayE
             param,
         )),
     }
+}
+
+/// An `item_reference` to an earlier output message: the text of that stored answer, as an
+/// assistant message (once per referenced response; its tool calls come as their own
+/// `function_call` items and join it).
+fn referenced_item(
+    req: &Request,
+    item: &Value,
+    i: usize,
+    used: &mut Vec<String>,
+    out: &mut Vec<Value>,
+) -> Result<(), GatewayError> {
+    let param = format!("input[{i}].id");
+    let id = item
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing(&param))?;
+    let rid = message_request_id(id).ok_or_else(|| {
+        unsupported(
+            "an item_reference to anything but an output message of this gateway",
+            &param,
+        )
+    })?;
+    let Some(stored) = req.referenced.get(rid) else {
+        return Err(GatewayError::NotFound {
+            message: format!(
+                "Item with id '{}' not found.",
+                id.chars().take(140).collect::<String>()
+            ),
+            code: "item_not_found",
+            param: Some(param),
+        });
+    };
+    if used.iter().any(|u| u == rid) {
+        return Ok(());
+    }
+    used.push(rid.to_string());
+    let text = match stored.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    };
+    if !text.is_empty() {
+        out.push(json!({"role": "assistant", "content": text}));
+    }
+    Ok(())
 }
 
 fn input_item(item: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), GatewayError> {
@@ -1150,6 +1282,56 @@ mod tests {
     }
 
     #[test]
+    fn item_references_name_earlier_answers_and_resolve_to_their_text() {
+        let rid = "chatcmpl-AbC123";
+        let body = json!({"model": "m", "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "weather?"}]},
+            {"type": "item_reference", "id": format!("msg_{rid}")},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+            {"type": "item_reference", "id": format!("msg_{rid}_3")},
+            {"role": "user", "content": "thanks"}
+        ]});
+        let mut req = parse(body.to_string().as_bytes()).unwrap();
+        let refs = req.references().unwrap();
+        assert_eq!(
+            refs,
+            vec![Reference {
+                request_id: rid.into(),
+                id: format!("msg_{rid}"),
+                param: "input[1].id".into()
+            }]
+        );
+        // Unresolved: 404 naming the item.
+        let e = to_chat(&req, vec![], 0).unwrap_err();
+        assert_eq!(e.status(), 404);
+        assert!(e.to_string().contains(&format!("msg_{rid}")), "{e}");
+        req.referenced.insert(
+            rid.into(),
+            json!({"role": "assistant", "content": "Let me check.", "tool_calls": []}),
+        );
+        let (c, _) = to_chat(&req, vec![], 0).unwrap();
+        let c: Value = serde_json::from_slice(&c).unwrap();
+        let m = &c["messages"];
+        assert_eq!(m[1]["content"], "Let me check.");
+        assert_eq!(m[1]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(m[2]["role"], "tool");
+        // The second reference to the same answer adds nothing.
+        assert_eq!(m[3], json!({"role": "user", "content": "thanks"}));
+        assert_eq!(m.as_array().unwrap().len(), 4);
+        // Anything but one of our output messages: 400 naming it.
+        for (id, what) in [("fc_chatcmpl-x_1", "function call"), ("rs_1", "rs_1")] {
+            let b = json!({"model": "m", "input": [{"type": "item_reference", "id": id}]});
+            let e = parse(b.to_string().as_bytes())
+                .unwrap()
+                .references()
+                .unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains(what), "{e}");
+        }
+    }
+
+    #[test]
     fn unsupported_and_bad_input_are_400_naming_it() {
         let e = err(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}));
         assert_eq!(e.status(), 400);
@@ -1159,8 +1341,10 @@ mod tests {
             "tools": [{"type": "function", "name": "f"}, {"type": "file_search", "vector_store_ids": []}]}));
         assert_eq!(e.param(), Some("tools[1].type"));
         assert!(e.to_string().contains("file_search"), "{e}");
+        // An item_reference to anything but one of this gateway's output messages.
         let e = err(json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}));
-        assert_eq!(e.param(), Some("input[0].type"));
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.param(), Some("input[0].id"));
         assert!(e.to_string().contains("item_reference"), "{e}");
         let e = err(
             json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
