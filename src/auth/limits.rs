@@ -9,9 +9,11 @@
 //!   counters fed from the trace's cost when the request ends. A request is refused once a
 //!   budget is spent; a stream that ends past it is billed in full, never cut.
 //!
-//! State lives in process, per key id, and survives `PATCH` (a changed limit rebuilds the
-//! rate state; spend is kept). It is not shared between gateways and starts from zero on a
-//! restart.
+//! With `[limits] backend = "memory"` (the default) the state lives in process, per key id,
+//! and survives `PATCH` (a changed limit rebuilds the rate state; spend is kept); at start
+//! the spend of the current periods is reloaded from the store's traces
+//! ([`Limiter::seed_spend`]). With `backend = "redis"` the same checks run in Redis
+//! ([`super::fleet`]), shared by every gateway on it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -26,7 +28,9 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
+use super::fleet::{Fleet, FleetTicket, SharedLimit, Verdict, WINDOW_US};
 use super::virtual_keys::{Budget, Limits, Rate, VirtualKey};
+use crate::config::{FailureMode, LimitsBackend, LimitsConfig};
 use crate::error::GatewayError;
 
 type Gov = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -388,6 +392,8 @@ pub struct Ticket {
     requests: Option<Snapshot>,
     tokens: Option<Snapshot>,
     settled: bool,
+    /// Admitted through the shared backend: what to settle there.
+    fleet: Option<FleetTicket>,
 }
 
 impl Ticket {
@@ -405,6 +411,7 @@ impl Ticket {
             requests,
             tokens,
             settled: true,
+            fleet: None,
         }
     }
 
@@ -426,6 +433,15 @@ impl Ticket {
     /// to the key's spend. Called once; later calls do nothing.
     pub fn settle(&mut self, tokens: u64, cost_usd: f64) {
         if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        if let Some(f) = self.fleet.take() {
+            let nanos = if cost_usd.is_finite() && cost_usd > 0.0 {
+                (cost_usd * NANOS_PER_USD).round() as u64
+            } else {
+                0
+            };
+            f.settle(tokens, nanos);
             return;
         }
         for r in [&self.key_rate, &self.model_rate].into_iter().flatten() {
@@ -457,10 +473,34 @@ pub fn duration_text(d: Duration) -> String {
     }
 }
 
+/// Report a budget's soft threshold once per key, period and gateway: a log line and
+/// `loopgate_budget_soft_threshold_total`.
+fn soft_threshold(state: &KeyState, key: &VirtualKey, b: &Budget, spent: u64, now_ms: i64) {
+    let Some(pct) = b.soft_pct else { return };
+    let slot = period_slot(&b.period);
+    let soft = (b.usd * pct / 100.0 * NANOS_PER_USD) as u64;
+    let idx = period_index(slot, now_ms);
+    if spent >= soft && state.spend.soft_seen[slot].swap(idx, Ordering::AcqRel) != idx {
+        crate::metrics::metrics()
+            .budget_soft_threshold
+            .with_label_values(&[PERIOD_ORDER[slot]])
+            .inc();
+        tracing::warn!(
+            key_id = %key.entry.id,
+            period = %b.period,
+            budget_usd = b.usd,
+            spent_usd = spent as f64 / NANOS_PER_USD,
+            "virtual key passed its soft budget threshold"
+        );
+    }
+}
+
 /// The per-key limiter of one gateway.
 pub struct Limiter {
     keys: DashMap<String, Arc<KeyState>>,
     epoch: Instant,
+    /// The shared backend (`[limits] backend = "redis"`); `None`: in process.
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Default for Limiter {
@@ -483,6 +523,254 @@ impl Limiter {
         Limiter {
             keys: DashMap::new(),
             epoch: Instant::now(),
+            fleet: None,
+        }
+    }
+
+    /// The limiter `[limits]` asks for (Redis is not contacted until the first request).
+    pub fn with_config(cfg: &LimitsConfig) -> Result<Limiter, String> {
+        let mut l = Limiter::new();
+        if cfg.backend == LimitsBackend::Redis {
+            l.fleet = Some(Arc::new(Fleet::new(cfg)?));
+        }
+        Ok(l)
+    }
+
+    /// Whether counters and spend are shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    /// Set a key's spend of the current day, month and total (USD), as recomputed from the
+    /// store at start, unless this gateway already counted some (in process only).
+    pub fn seed_spend(&self, id: &str, usd: [f64; 3], now_ms: i64) {
+        if self.fleet.is_some() {
+            return;
+        }
+        let state = self
+            .keys
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(KeyState {
+                    rates: ArcSwap::from_pointee(Rates::new(&Limits::default())),
+                    spend: Spend::new(),
+                })
+            })
+            .clone();
+        for (slot, usd) in usd.into_iter().enumerate() {
+            if !(usd.is_finite() && usd > 0.0) {
+                continue;
+            }
+            let (idx, counter) = &state.spend.slots[slot];
+            let want = period_index(slot, now_ms);
+            let cur = idx.load(Ordering::Acquire);
+            let counted = cur == want && counter.load(Ordering::Acquire) > 0;
+            if !counted {
+                idx.store(want, Ordering::Release);
+                counter.store((usd * NANOS_PER_USD).round() as u64, Ordering::Release);
+            }
+        }
+    }
+
+    /// The spend of key `id` in the current day, month and in total (USD): this gateway's
+    /// in process, the fleet's with Redis.
+    pub async fn spend_now(&self, id: &str, now_ms: i64) -> Result<[f64; 3], GatewayError> {
+        let Some(f) = &self.fleet else {
+            return Ok(self.spend(id, now_ms));
+        };
+        let keys = f.spend_keys(id, period_index(0, now_ms), period_index(1, now_ms));
+        match f.spend(&keys).await {
+            Ok(n) => Ok(n.map(|v| v as f64 / NANOS_PER_USD)),
+            Err(e) => {
+                f.log_fault("reading spend", &e);
+                Err(GatewayError::Unavailable(format!(
+                    "the shared limits store did not answer: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Admit one request: in process ([`admit`](Self::admit)) or through Redis. Async only
+    /// with Redis, bounded by `limits.timeout_ms`.
+    pub async fn admit_request(
+        &self,
+        key: Option<&Arc<VirtualKey>>,
+        model: &str,
+        tokens: u64,
+        slot: &mut Option<Ticket>,
+    ) -> Result<(), GatewayError> {
+        let Some(fleet) = &self.fleet else {
+            return self.admit(key, model, tokens, slot);
+        };
+        let Some(key) = key else { return Ok(()) };
+        let spec = &key.spec;
+        let no_limits =
+            spec.limits.rpm.is_none() && spec.limits.tpm.is_none() && spec.limits.models.is_empty();
+        if no_limits && spec.budgets.is_empty() {
+            return Ok(());
+        }
+        match self.check_shared(fleet, key, model, tokens).await {
+            Ok(t) => {
+                *slot = Some(t);
+                Ok(())
+            }
+            Err(r) => {
+                *slot = Some(Ticket::refused(&r));
+                Err(r.error)
+            }
+        }
+    }
+
+    async fn check_shared(
+        &self,
+        fleet: &Arc<Fleet>,
+        key: &VirtualKey,
+        model: &str,
+        tokens: u64,
+    ) -> Result<Ticket, Box<Refusal>> {
+        let spec = &key.spec;
+        let id = key.entry.id.as_str();
+        let now_ms = super::virtual_keys::now_ms();
+        let spend_keys = fleet.spend_keys(id, period_index(0, now_ms), period_index(1, now_ms));
+        let mut caps = [-1i64; 3];
+        for b in &spec.budgets {
+            caps[period_slot(&b.period)] = (b.usd * NANOS_PER_USD).min(i64::MAX as f64) as i64;
+        }
+        // The narrower (model) scope first, as in process; nothing is taken unless all fit.
+        let model_rate = spec.limits.models.get(model);
+        let scopes = [
+            (
+                model_rate.map(|r| (r.rpm, r.tpm)),
+                Scope::Model(model),
+                Some(model),
+            ),
+            (Some((spec.limits.rpm, spec.limits.tpm)), Scope::Key, None),
+        ];
+        let mut limits: Vec<SharedLimit> = Vec::new();
+        // Per limit: scope, tokens (not requests), the limit, the tokens charged.
+        let mut meta: Vec<(Scope<'_>, bool, u64, u64)> = Vec::new();
+        for (rate, scope, name) in scopes {
+            let Some((rpm, tpm)) = rate else { continue };
+            if let Some(n) = rpm {
+                if n == 0 {
+                    return Err(Box::new(Refusal::requests(scope, 0, MINUTE)));
+                }
+                let us = WINDOW_US / n as f64;
+                limits.push(SharedLimit {
+                    key: fleet.rate_key(id, name, "rpm"),
+                    us_per_unit: us,
+                    cost_us: us,
+                });
+                meta.push((scope, false, n, 0));
+            }
+            if let Some(n) = tpm {
+                if n == 0 {
+                    return Err(Box::new(Refusal::tokens(scope, 0, MINUTE)));
+                }
+                let us = WINDOW_US / n as f64;
+                let charged = tokens.min(n);
+                limits.push(SharedLimit {
+                    key: fleet.rate_key(id, name, "tpm"),
+                    us_per_unit: us,
+                    cost_us: charged as f64 * us,
+                });
+                meta.push((scope, true, n, charged));
+            }
+        }
+        let fleet_ticket = |charged: bool| FleetTicket {
+            fleet: fleet.clone(),
+            spend_keys: spend_keys.clone(),
+            tokens: if charged {
+                limits
+                    .iter()
+                    .zip(&meta)
+                    .filter(|(_, m)| m.1)
+                    .map(|(l, m)| (l.key.clone(), l.us_per_unit, m.3))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let mut ticket = Ticket {
+            state: None,
+            key_rate: None,
+            model_rate: None,
+            estimate: tokens,
+            requests: None,
+            tokens: None,
+            settled: false,
+            fleet: None,
+        };
+        match fleet.admit(&spend_keys, caps, &limits).await {
+            Ok(Verdict::Admitted { spent, used_us }) => {
+                if spec.budgets.iter().any(|b| b.soft_pct.is_some()) {
+                    let state = self.state(key);
+                    for b in &spec.budgets {
+                        let slot = period_slot(&b.period);
+                        soft_threshold(&state, key, b, spent[slot], now_ms);
+                    }
+                }
+                for ((l, m), used) in limits.iter().zip(&meta).zip(used_us) {
+                    let free = (WINDOW_US - used as f64).max(0.0);
+                    let s = Snapshot {
+                        limit: m.2,
+                        remaining: ((free / l.us_per_unit).floor() as u64).min(m.2),
+                        reset: Duration::from_micros(used),
+                    };
+                    let cur = if m.1 {
+                        &mut ticket.tokens
+                    } else {
+                        &mut ticket.requests
+                    };
+                    if cur.is_none_or(|c| s.remaining < c.remaining) {
+                        *cur = Some(s);
+                    }
+                }
+                ticket.fleet = Some(fleet_ticket(true));
+                Ok(ticket)
+            }
+            Ok(Verdict::Budget { slot, spent }) => {
+                let b = spec
+                    .budgets
+                    .iter()
+                    .find(|b| period_slot(&b.period) == slot)
+                    .cloned()
+                    .unwrap_or(Budget {
+                        period: PERIOD_ORDER[slot].to_string(),
+                        usd: 0.0,
+                        soft_pct: None,
+                    });
+                Err(Box::new(Refusal::budget(
+                    id,
+                    &b,
+                    spent,
+                    until_next_period(slot, now_ms),
+                )))
+            }
+            Ok(Verdict::Rate { index, wait }) => {
+                let (scope, is_tokens, n, _) = meta[index.min(meta.len().saturating_sub(1))];
+                Err(Box::new(if is_tokens {
+                    Refusal::tokens(scope, n, wait)
+                } else {
+                    Refusal::requests(scope, n, wait)
+                }))
+            }
+            Err(e) => match fleet.failure_mode {
+                FailureMode::FailOpen => {
+                    fleet.fault("admission", &e, "admitted");
+                    // Nothing was charged; the request's cost still goes to the shared
+                    // spend when it ends, if Redis answers by then.
+                    ticket.fleet = Some(fleet_ticket(false));
+                    Ok(ticket)
+                }
+                FailureMode::FailClosed => {
+                    fleet.fault("admission", &e, "refused");
+                    Err(Box::new(Refusal {
+                        error: fleet.unavailable(),
+                        headers: None,
+                    }))
+                }
+            },
         }
     }
 
@@ -554,19 +842,7 @@ impl Limiter {
                     until_next_period(slot, now_ms),
                 )));
             }
-            if let Some(pct) = b.soft_pct {
-                let soft = (b.usd * pct / 100.0 * NANOS_PER_USD) as u64;
-                let idx = period_index(slot, now_ms);
-                if spent >= soft && state.spend.soft_seen[slot].swap(idx, Ordering::AcqRel) != idx {
-                    tracing::warn!(
-                        key_id = %key.entry.id,
-                        period = %b.period,
-                        budget_usd = b.usd,
-                        spent_usd = spent as f64 / NANOS_PER_USD,
-                        "virtual key passed its soft budget threshold"
-                    );
-                }
-            }
+            soft_threshold(&state, key, b, spent, now_ms);
         }
         let mut rates = state.rates.load_full();
         if rates.limits != key.spec.limits {
@@ -589,6 +865,7 @@ impl Limiter {
             requests: None,
             tokens: None,
             settled: false,
+            fleet: None,
         };
         // The narrower (model) scope first, so a model refusal costs the key nothing;
         // tokens taken before a later refusal are given back.
