@@ -214,7 +214,7 @@ fn cases() -> Vec<Case> {
 fn bench_case(c: &mut Criterion, case: &Case) {
     let profile = ProviderProfile::parse(case.profile, "bench.toml").expect("bench profile parses");
     let endpoint = Endpoint::parse(&profile.base_url).expect("bench base_url parses");
-    let dialect = dialect_for(&profile.dialect).expect("dialect is registered");
+    let dialect = dialect_for(profile.dialect);
     let target = |stream| Target {
         profile: &profile,
         endpoint: &endpoint,

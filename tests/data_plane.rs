@@ -979,7 +979,7 @@ async fn every_openai_compatible_profile_serves_through_its_wire_format() {
     .unwrap();
     let compat: Vec<_> = profiles
         .into_iter()
-        .filter(|p| p.dialect == "openai")
+        .filter(|p| p.dialect == loopgate::providers::DialectKind::OpenAi)
         .collect();
     assert!(
         compat.len() >= 16,

@@ -128,7 +128,7 @@ fn own_profiles_are_complete() {
         } else {
             "openai"
         };
-        assert_eq!(p.dialect, want, "{stem}");
+        assert_eq!(p.dialect.as_str(), want, "{stem}");
         assert_eq!(p.api_key_vars().first().copied(), *key, "{stem}");
         let base_env = p
             .base_url_env

@@ -47,7 +47,7 @@ pub fn providers() -> &'static [Provider] {
                 let endpoint = Endpoint::parse(&profile.base_url)
                     .or_else(|_| Endpoint::parse("https://upstream.example.com/v1"))
                     .expect("fallback endpoint parses");
-                let dialect = dialect_for(&profile.dialect).expect("known dialect");
+                let dialect = dialect_for(profile.dialect);
                 Provider {
                     profile,
                     endpoint,
@@ -63,7 +63,7 @@ pub fn providers() -> &'static [Provider] {
 pub fn one_per_dialect() -> &'static [&'static Provider] {
     static P: OnceLock<Vec<&'static Provider>> = OnceLock::new();
     P.get_or_init(|| {
-        loopgate::dialect::KNOWN_DIALECTS
+        loopgate::providers::DialectKind::ALL
             .iter()
             .map(|d| {
                 providers()

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use super::common::{image_url_of, parse_data_url, requested_max_tokens, stop_list};
 use super::encode::{finish_reason_from, ChunkEncoder};
 use super::sse::{SseDecoder, SseEvent};
 use super::{
@@ -46,45 +47,6 @@ pub(crate) enum Flavor {
 
 fn bad_msg(message: impl Into<String>) -> DialectError {
     DialectError::unsupported(message, Some("messages"))
-}
-
-/// `data:<mime>;base64,<data>` → (mime, data).
-pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("data:")?;
-    let (meta, data) = rest.split_once(',')?;
-    let mime = meta.strip_suffix(";base64")?;
-    Some((
-        if mime.is_empty() {
-            "application/octet-stream"
-        } else {
-            mime
-        },
-        data,
-    ))
-}
-
-/// The URL of an OpenAI `image_url` part (string or `{url}` object).
-pub(crate) fn image_url_of(part: &Value) -> Option<&str> {
-    match part.get("image_url")? {
-        Value::String(s) => Some(s),
-        v => v.get("url").and_then(Value::as_str),
-    }
-}
-
-/// Stop sequences from OpenAI `stop` (string or array).
-pub(crate) fn stop_list(v: Option<&Value>) -> Vec<Value> {
-    match v {
-        Some(Value::String(s)) => vec![Value::String(s.clone())],
-        Some(Value::Array(a)) => a.iter().filter(|s| s.is_string()).cloned().collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// `max_completion_tokens` (current OpenAI name) or `max_tokens` (legacy).
-pub(crate) fn requested_max_tokens(b: &Map<String, Value>) -> Option<u64> {
-    b.get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| b.get("max_tokens").and_then(Value::as_u64))
 }
 
 /// Instruction text standing in for `response_format`, which the Messages API has no
@@ -379,7 +341,9 @@ pub(crate) fn build_body(
         Flavor::Vertex => {
             let v = t
                 .profile
-                .extra_str("anthropic_version")
+                .extra
+                .anthropic_version
+                .as_deref()
                 .unwrap_or(VERTEX_API_VERSION);
             out.insert("anthropic_version".into(), Value::String(v.to_string()));
         }
@@ -649,13 +613,15 @@ impl Dialect for Anthropic {
         let body = build_body(req, t, Flavor::Direct)?;
         let version = t
             .profile
-            .extra_str("anthropic_version")
+            .extra
+            .anthropic_version
+            .as_deref()
             .unwrap_or(API_VERSION);
         let mut headers = vec![
             ("content-type".to_string(), "application/json".to_string()),
             ("anthropic-version".to_string(), version.to_string()),
         ];
-        if let Some(beta) = t.profile.extra_str("anthropic_beta") {
+        if let Some(beta) = t.profile.extra.anthropic_beta.as_deref() {
             headers.push(("anthropic-beta".into(), beta.to_string()));
         }
         if t.stream {

@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::bedrock::{content_text, reject_n, stop_list};
+use super::common::{content_text, image_url_of, reject_n, stop_list};
 use super::encode::finish_reason_from;
 use super::sse::{SseDecoder, SseEvent};
 use super::{
@@ -31,7 +31,7 @@ fn user_content(content: Option<&Value>) -> Result<Value, DialectError> {
                     Some("text") | None => out.push(json!({"type": "text", "text": p.get("text").cloned().unwrap_or(json!(""))})),
                     // Vision models (command-a-vision) take OpenAI-shaped image parts, data or http URLs.
                     Some("image_url") => {
-                        let url = super::bedrock::image_url_of(p)
+                        let url = image_url_of(p)
                             .ok_or_else(|| DialectError::unsupported("image_url part has no url", Some("messages")))?;
                         let mut iu = json!({"url": url});
                         if let Some(d) = p.pointer("/image_url/detail") {
@@ -172,8 +172,9 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
     if !tools.is_empty() {
         body.insert("tools".into(), Value::Array(tools));
     }
-    if let Some(s) = stop_list(b.get("stop")) {
-        body.insert("stop_sequences".into(), Value::Array(s));
+    let stops = stop_list(b.get("stop"));
+    if !stops.is_empty() {
+        body.insert("stop_sequences".into(), Value::Array(stops));
     }
     if let Some(m) = b
         .get("max_completion_tokens")
@@ -371,7 +372,7 @@ impl Dialect for Cohere {
         let input_type = body
             .get("input_type")
             .and_then(Value::as_str)
-            .or_else(|| t.profile.extra_str("embed_input_type"))
+            .or(t.profile.extra.embed_input_type.as_deref())
             .unwrap_or("search_document");
         let mut out = json!({
             "model": t.model,

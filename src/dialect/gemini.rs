@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Map, Value};
 
-use super::anthropic::{image_url_of, parse_data_url, requested_max_tokens, stop_list};
+use super::common::{image_url_of, parse_data_url, requested_max_tokens, stop_list};
 use super::encode::{finish_reason_from, ChunkEncoder};
 use super::sse::{SseDecoder, SseEvent};
 use super::{
@@ -792,7 +792,7 @@ impl Dialect for Gemini {
 
     fn build_chat(&self, req: &ChatRequest, t: &Target) -> Result<UpstreamRequest, DialectError> {
         let body = build_body(req, t)?;
-        let ver = t.profile.extra_str("api_version").unwrap_or("v1beta");
+        let ver = t.profile.extra.api_version.as_deref().unwrap_or("v1beta");
         let method = if t.stream {
             "streamGenerateContent?alt=sse"
         } else {
@@ -848,13 +848,13 @@ impl Dialect for Gemini {
                 if let Some(d) = dims {
                     r["outputDimensionality"] = Value::from(d);
                 }
-                if let Some(task) = t.profile.extra_str("embedding_task_type") {
+                if let Some(task) = t.profile.extra.embedding_task_type.as_deref() {
                     r["taskType"] = Value::String(task.to_string());
                 }
                 r
             })
             .collect();
-        let ver = t.profile.extra_str("api_version").unwrap_or("v1beta");
+        let ver = t.profile.extra.api_version.as_deref().unwrap_or("v1beta");
         let path = t.profile.path_for(
             t.endpoint,
             &format!("/{ver}/models/{}:batchEmbedContents", path_model(t.model)),

@@ -135,7 +135,9 @@ impl Dialect for HuggingFace {
         }
         let root = t
             .profile
-            .extra_str("inference_root")
+            .extra
+            .inference_root
+            .as_deref()
             .map(str::to_string)
             .unwrap_or_else(|| {
                 let b = t.endpoint.base_path.as_str();
@@ -143,7 +145,9 @@ impl Dialect for HuggingFace {
             });
         let template = t
             .profile
-            .extra_str("feature_extraction_path")
+            .extra
+            .feature_extraction_path
+            .as_deref()
             .unwrap_or(DEFAULT_FEATURE_EXTRACTION_PATH);
         Ok(UpstreamRequest {
             method: "POST",

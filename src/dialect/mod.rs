@@ -14,6 +14,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod cohere;
+pub mod common;
 pub mod encode;
 pub mod fireworks;
 pub mod gemini;
@@ -29,7 +30,9 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::providers::{Endpoint, ProviderProfile};
+use crate::providers::{DialectKind, Endpoint, ProviderProfile, ProviderRuntime};
+/// Re-exported: every dialect builds one (the type lives with the transport).
+pub use crate::upstream::UpstreamRequest;
 
 pub use encode::ChunkEncoder;
 
@@ -180,17 +183,6 @@ pub struct Target<'a> {
     pub created: u64,
     /// Catalog's max output tokens for this model (Anthropic needs a `max_tokens`).
     pub max_output_tokens: Option<u64>,
-}
-
-/// A native request, ready to be signed and sent.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamRequest {
-    pub method: &'static str,
-    /// Path and query, including the provider's base path prefix.
-    pub path: String,
-    /// Headers other than Host, Content-Length and authentication.
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
 }
 
 /// A translated non-streaming response.
@@ -377,38 +369,31 @@ pub fn extract_error_message(body: &[u8]) -> Option<String> {
         .map(|m| m.chars().take(2000).collect())
 }
 
-/// The dialect implementation for a profile's `dialect` name.
-pub fn dialect_for(name: &str) -> Option<&'static dyn Dialect> {
-    match name {
-        "openai" => Some(&openai::OpenAi),
-        "anthropic" => Some(&anthropic::Anthropic),
-        "gemini" => Some(&gemini::Gemini),
-        "vertex" => Some(&vertex::Vertex),
-        "vertex-anthropic" => Some(&vertex::VertexAnthropic),
-        "bedrock" => Some(&bedrock::Bedrock),
-        "cohere" => Some(&cohere::Cohere),
-        "ollama" => Some(&ollama::Ollama),
-        "fireworks" => Some(&fireworks::Fireworks),
-        "huggingface" => Some(&huggingface::HuggingFace),
-        "replicate" => Some(&replicate::Replicate),
-        _ => None,
+/// The implementation of a dialect.
+pub fn dialect_for(kind: DialectKind) -> &'static dyn Dialect {
+    match kind {
+        DialectKind::OpenAi => &openai::OpenAi,
+        DialectKind::Anthropic => &anthropic::Anthropic,
+        DialectKind::Gemini => &gemini::Gemini,
+        DialectKind::Vertex => &vertex::Vertex,
+        DialectKind::VertexAnthropic => &vertex::VertexAnthropic,
+        DialectKind::Bedrock => &bedrock::Bedrock,
+        DialectKind::Cohere => &cohere::Cohere,
+        DialectKind::Ollama => &ollama::Ollama,
+        DialectKind::Fireworks => &fireworks::Fireworks,
+        DialectKind::HuggingFace => &huggingface::HuggingFace,
+        DialectKind::Replicate => &replicate::Replicate,
     }
 }
 
-/// Names accepted in a profile's `dialect` key.
-pub const KNOWN_DIALECTS: &[&str] = &[
-    "openai",
-    "anthropic",
-    "gemini",
-    "vertex",
-    "vertex-anthropic",
-    "bedrock",
-    "cohere",
-    "ollama",
-    "fireworks",
-    "huggingface",
-    "replicate",
-];
+// Defined here rather than in `providers` so that providers (signing) never import the
+// translation layer above them.
+impl ProviderRuntime {
+    /// The dialect that translates for this provider.
+    pub fn dialect(&self) -> &'static dyn Dialect {
+        dialect_for(self.profile.dialect)
+    }
+}
 
 /// Milliseconds-free unix time in seconds, for `created`.
 pub fn unix_now() -> u64 {
@@ -450,7 +435,10 @@ mod chunking_tests {
         ];
         let profiles = crate::routing::table::embedded_profiles().unwrap();
         for (name, good) in cases {
-            let p = profiles.iter().find(|p| p.dialect == *name).unwrap();
+            let p = profiles
+                .iter()
+                .find(|p| p.dialect.as_str() == *name)
+                .unwrap();
             let e = crate::providers::Endpoint::parse("https://upstream.example.com/v1").unwrap();
             let t = Target {
                 profile: p,
@@ -474,7 +462,7 @@ mod chunking_tests {
             // Driven as the proxy drives it: stop at the first error, abort unless the
             // translator reported an upstream error itself.
             let run = |cuts: &[usize]| {
-                let mut s = dialect_for(name).unwrap().chat_stream(&t, &req);
+                let mut s = dialect_for(p.dialect).chat_stream(&t, &req);
                 let mut out = BytesMut::new();
                 let mut last = 0;
                 for &c in cuts.iter().chain(std::iter::once(&input.len())) {

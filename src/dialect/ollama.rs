@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use super::bedrock::{content_text, inline_image, parse_arguments, reject_n, stop_list};
+use super::common::{content_text, inline_image, parse_arguments, reject_n, stop_list};
 use super::encode::finish_reason_from;
 use super::sse::NdjsonDecoder;
 use super::{
@@ -152,8 +152,9 @@ pub fn chat_body(req: &ChatRequest, model: &str, stream: bool) -> Result<Value, 
     {
         options.insert("num_predict".into(), m.clone());
     }
-    if let Some(s) = stop_list(b.get("stop")) {
-        options.insert("stop".into(), Value::Array(s));
+    let stops = stop_list(b.get("stop"));
+    if !stops.is_empty() {
+        options.insert("stop".into(), Value::Array(stops));
     }
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));

@@ -72,8 +72,7 @@ fn prediction(t: &Target, input: Value) -> Result<UpstreamRequest, DialectError>
     let wait = t
         .profile
         .extra
-        .get("wait_secs")
-        .and_then(Value::as_u64)
+        .wait_secs
         .unwrap_or(MAX_WAIT_SECS)
         .clamp(1, MAX_WAIT_SECS);
     let mut headers = vec![
@@ -81,7 +80,7 @@ fn prediction(t: &Target, input: Value) -> Result<UpstreamRequest, DialectError>
         ("prefer".to_string(), format!("wait={wait}")),
     ];
     // Optional deadline so a prediction the gateway stopped waiting for is not left running.
-    if let Some(c) = t.profile.extra_str("cancel_after") {
+    if let Some(c) = t.profile.extra.cancel_after.as_deref() {
         headers.push(("cancel-after".to_string(), c.to_string()));
     }
     Ok(UpstreamRequest {
@@ -274,7 +273,9 @@ impl Dialect for Replicate {
         }
         let max_key = t
             .profile
-            .extra_str("max_tokens_param")
+            .extra
+            .max_tokens_param
+            .as_deref()
             .unwrap_or("max_tokens");
         if let Some(m) = b
             .get("max_completion_tokens")

@@ -37,7 +37,7 @@ pub fn base_url_for(location: &str) -> String {
 
 /// `(project, location)` from the profile's `extra`.
 pub fn project_location(profile: &ProviderProfile) -> Result<(&str, &str), DialectError> {
-    let project = profile.extra_str("project").ok_or_else(|| {
+    let project = profile.extra.project.as_deref().ok_or_else(|| {
         DialectError::unsupported(
             format!(
                 "provider '{}' has no Vertex AI project configured (set VERTEX_AI_PROJECT_ID)",
@@ -46,7 +46,11 @@ pub fn project_location(profile: &ProviderProfile) -> Result<(&str, &str), Diale
             None,
         )
     })?;
-    let location = profile.extra_str("location").unwrap_or(DEFAULT_LOCATION);
+    let location = profile
+        .extra
+        .location
+        .as_deref()
+        .unwrap_or(DEFAULT_LOCATION);
     let ok = |s: &str| {
         !s.is_empty()
             && s.chars()
@@ -67,7 +71,7 @@ pub fn project_location(profile: &ProviderProfile) -> Result<(&str, &str), Diale
 /// `{base}/v1/projects/{p}/locations/{l}/publishers/{publisher}/models/{model}:{method}`
 fn model_path(t: &Target, publisher: &str, method: &str) -> Result<String, DialectError> {
     let (project, location) = project_location(t.profile)?;
-    let ver = t.profile.extra_str("api_version").unwrap_or("v1");
+    let ver = t.profile.extra.api_version.as_deref().unwrap_or("v1");
     let template = format!(
         "/{ver}/projects/{project}/locations/{location}/publishers/{publisher}/models/{}:{method}",
         path_model(t.model)
@@ -129,7 +133,7 @@ impl Dialect for Vertex {
             .iter()
             .map(|s| {
                 let mut i = json!({"content": s});
-                if let Some(task) = t.profile.extra_str("embedding_task_type") {
+                if let Some(task) = t.profile.extra.embedding_task_type.as_deref() {
                     i["task_type"] = Value::String(task.to_string());
                 }
                 i
@@ -409,8 +413,7 @@ mod profile_tests {
             ),
         ] {
             let p = ProviderProfile::parse(text, file).unwrap();
-            assert_eq!(p.dialect, dialect);
-            assert!(crate::dialect::dialect_for(&p.dialect).is_some());
+            assert_eq!(p.dialect.as_str(), dialect);
             if dialect.starts_with("vertex") {
                 assert_eq!(p.auth, AuthScheme::GoogleOauth);
                 assert!(!p.model_in_body);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{AuthScheme, ProviderProfile, Secret};
-use crate::dialect::UpstreamRequest;
+use crate::upstream::UpstreamRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -92,9 +92,9 @@ pub fn signer_for(profile: &ProviderProfile) -> Result<Arc<dyn Signer>, SignErro
             key: read_key(profile)?,
         })),
         AuthScheme::None => Ok(Arc::new(NoAuth)),
-        AuthScheme::Sigv4 => Ok(Arc::new(
-            crate::dialect::bedrock::sigv4::Sigv4Signer::from_env(profile)?,
-        )),
+        AuthScheme::Sigv4 => Ok(Arc::new(crate::providers::sigv4::Sigv4Signer::from_env(
+            profile,
+        )?)),
         AuthScheme::GoogleOauth => Ok(Arc::new(super::google_oauth::GoogleOauth::from_profile(
             profile,
         )?)),

@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
 use super::{Secret, SignError};
-use crate::dialect::bedrock::sigv4::Credentials;
+use crate::providers::sigv4::Credentials;
 
 /// Refresh this long before temporary credentials expire.
 const REFRESH_AHEAD: u64 = 300;

@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ProviderProfile, Secret, SignError, Signer};
-use crate::dialect::UpstreamRequest;
+use crate::upstream::UpstreamRequest;
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 pub const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -325,13 +325,17 @@ impl GoogleOauth {
             })
         };
         let json = match profile
-            .extra_str("credentials_json")
+            .extra
+            .credentials_json
+            .as_deref()
             .map(str::to_string)
             .or_else(|| env(CREDENTIALS_JSON_ENV))
         {
             Some(j) => Some(j),
             None => match profile
-                .extra_str("credentials_file")
+                .extra
+                .credentials_file
+                .as_deref()
                 .map(str::to_string)
                 .or_else(|| env(CREDENTIALS_FILE_ENV))
             {
@@ -348,7 +352,7 @@ impl GoogleOauth {
                 host: env(METADATA_HOST_ENV).unwrap_or_else(|| METADATA_HOST.to_string()),
             },
         };
-        if let Some(uri) = profile.extra_str("token_uri") {
+        if let Some(uri) = profile.extra.token_uri.as_deref() {
             match &mut source {
                 Source::ServiceAccount(a) => a.token_uri = uri.to_string(),
                 Source::AuthorizedUser(u) => u.token_uri = uri.to_string(),
@@ -356,7 +360,7 @@ impl GoogleOauth {
             }
         }
         if let (Some(scope), Source::ServiceAccount(a)) =
-            (profile.extra_str("oauth_scope"), &mut source)
+            (profile.extra.oauth_scope.as_deref(), &mut source)
         {
             a.scope = scope.to_string();
         }

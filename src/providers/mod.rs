@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod aws_chain;
 pub mod google_oauth;
+pub mod sigv4;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,9 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use crate::dialect::{self, Dialect};
+pub use crate::upstream::{Endpoint, UpstreamRequest};
 
 pub use auth::{SignError, Signer};
 
@@ -52,6 +52,85 @@ pub enum AuthScheme {
     GoogleOauth,
 }
 
+/// The API family a provider speaks, i.e. which `dialect` module translates for it.
+/// A closed set: a profile naming an unknown dialect fails to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum DialectKind {
+    /// OpenAI Chat Completions and its many compatible APIs.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic Messages.
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    /// Google Gemini API (generateContent).
+    #[serde(rename = "gemini")]
+    Gemini,
+    /// Gemini on Vertex AI.
+    #[serde(rename = "vertex")]
+    Vertex,
+    /// Claude on Vertex AI (rawPredict).
+    #[serde(rename = "vertex-anthropic")]
+    VertexAnthropic,
+    /// Amazon Bedrock Converse.
+    #[serde(rename = "bedrock")]
+    Bedrock,
+    /// Cohere v2 chat.
+    #[serde(rename = "cohere")]
+    Cohere,
+    /// Ollama native /api/chat.
+    #[serde(rename = "ollama")]
+    Ollama,
+    /// Fireworks FLUX image generation.
+    #[serde(rename = "fireworks")]
+    Fireworks,
+    /// Hugging Face feature-extraction embeddings.
+    #[serde(rename = "huggingface")]
+    HuggingFace,
+    /// Replicate predictions.
+    #[serde(rename = "replicate")]
+    Replicate,
+}
+
+impl DialectKind {
+    /// Every dialect, in the order the docs list them.
+    pub const ALL: [DialectKind; 11] = [
+        DialectKind::OpenAi,
+        DialectKind::Anthropic,
+        DialectKind::Gemini,
+        DialectKind::Vertex,
+        DialectKind::VertexAnthropic,
+        DialectKind::Bedrock,
+        DialectKind::Cohere,
+        DialectKind::Ollama,
+        DialectKind::Fireworks,
+        DialectKind::HuggingFace,
+        DialectKind::Replicate,
+    ];
+
+    /// The name a profile writes in its `dialect` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DialectKind::OpenAi => "openai",
+            DialectKind::Anthropic => "anthropic",
+            DialectKind::Gemini => "gemini",
+            DialectKind::Vertex => "vertex",
+            DialectKind::VertexAnthropic => "vertex-anthropic",
+            DialectKind::Bedrock => "bedrock",
+            DialectKind::Cohere => "cohere",
+            DialectKind::Ollama => "ollama",
+            DialectKind::Fireworks => "fireworks",
+            DialectKind::HuggingFace => "huggingface",
+            DialectKind::Replicate => "replicate",
+        }
+    }
+}
+
+impl fmt::Display for DialectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A provider profile as written in `filters/<name>.toml`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,8 +139,8 @@ pub struct ProviderProfile {
     pub name: String,
     #[serde(default)]
     pub display_name: Option<String>,
-    /// Dialect implementation: see `dialect::KNOWN_DIALECTS`.
-    pub dialect: String,
+    /// The API family the provider speaks.
+    pub dialect: DialectKind,
     /// Base URL including any path prefix, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     /// Env var that overrides `base_url` (private endpoint, local mock).
@@ -122,7 +201,98 @@ pub struct ProviderProfile {
     pub model_in_body: bool,
     /// Dialect-specific settings (region, project, location, API versions, ...).
     #[serde(default)]
-    pub extra: Map<String, Value>,
+    pub extra: DialectSettings,
+}
+
+/// Dialect- and signer-specific settings of a profile (`[extra]` in its TOML file). Typed so
+/// a misspelt key fails the load instead of being ignored. String values may reference the
+/// environment (`${VAR}`); one that expands to nothing counts as unset.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialectSettings {
+    /// `anthropic-version` header (Anthropic) or body field (Claude on Vertex).
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    /// `anthropic-beta` header (Anthropic).
+    #[serde(default)]
+    pub anthropic_beta: Option<String>,
+    /// API version in the path (Gemini `v1beta`, Vertex `v1`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Embeddings task type (Gemini, Vertex), e.g. `RETRIEVAL_DOCUMENT`.
+    #[serde(default)]
+    pub embedding_task_type: Option<String>,
+    /// Default `input_type` of `/v2/embed` (Cohere).
+    #[serde(default)]
+    pub embed_input_type: Option<String>,
+    /// Google Cloud project (Vertex).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Google Cloud location (Vertex), e.g. `us-central1`.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Service-account JSON file (Google OAuth).
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    /// Service-account JSON inline (Google OAuth).
+    #[serde(default)]
+    pub credentials_json: Option<String>,
+    /// Token endpoint override (Google OAuth; private access, tests).
+    #[serde(default)]
+    pub token_uri: Option<String>,
+    /// OAuth scope override (Google OAuth).
+    #[serde(default)]
+    pub oauth_scope: Option<String>,
+    /// Region signed for when the host names none (SigV4).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Service name signed for (SigV4), `bedrock`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Feature-extraction path relative to the inference root (Hugging Face).
+    #[serde(default)]
+    pub feature_extraction_path: Option<String>,
+    /// Inference root override (Hugging Face).
+    #[serde(default)]
+    pub inference_root: Option<String>,
+    /// Seconds to wait synchronously for a prediction (Replicate `Prefer: wait`).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+    /// `Cancel-After` for predictions the gateway stopped waiting for (Replicate).
+    #[serde(default)]
+    pub cancel_after: Option<String>,
+    /// The input field a Replicate model takes the token limit in.
+    #[serde(default)]
+    pub max_tokens_param: Option<String>,
+}
+
+impl DialectSettings {
+    fn expand_env(&mut self) {
+        for v in [
+            &mut self.anthropic_version,
+            &mut self.anthropic_beta,
+            &mut self.api_version,
+            &mut self.embedding_task_type,
+            &mut self.embed_input_type,
+            &mut self.project,
+            &mut self.location,
+            &mut self.credentials_file,
+            &mut self.credentials_json,
+            &mut self.token_uri,
+            &mut self.oauth_scope,
+            &mut self.region,
+            &mut self.service,
+            &mut self.feature_extraction_path,
+            &mut self.inference_root,
+            &mut self.cancel_after,
+            &mut self.max_tokens_param,
+        ] {
+            if let Some(s) = v.take() {
+                let s = expand_env(&s);
+                *v = (!s.is_empty()).then_some(s);
+            }
+        }
+    }
 }
 
 /// A string or a list of strings in TOML.
@@ -179,13 +349,6 @@ impl ProviderProfile {
                 "name or alias '{n}' must be non-empty [a-z0-9_-]"
             )));
         }
-        if dialect::dialect_for(&self.dialect).is_none() {
-            return Err(bad(format!(
-                "unknown dialect '{}' (known: {})",
-                self.dialect,
-                dialect::KNOWN_DIALECTS.join(", ")
-            )));
-        }
         if self.auth == AuthScheme::Header && self.auth_header.is_none() {
             return Err(bad("auth = \"header\" needs auth_header".into()));
         }
@@ -208,11 +371,7 @@ impl ProviderProfile {
         for v in self.headers.values_mut() {
             *v = expand_env(v);
         }
-        for v in self.extra.values_mut() {
-            if let Value::String(s) = v {
-                *s = expand_env(s);
-            }
-        }
+        self.extra.expand_env();
     }
 
     /// The (first) env var that switches this provider on.
@@ -281,13 +440,6 @@ impl ProviderProfile {
             path.push_str(q);
         }
         path
-    }
-
-    pub fn extra_str(&self, key: &str) -> Option<&str> {
-        self.extra
-            .get(key)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
     }
 }
 
@@ -371,84 +523,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     true
 }
 
-/// A parsed base URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without trailing slash (may be empty).
-    pub base_path: String,
-}
-
-impl Endpoint {
-    /// Parse `http(s)://host[:port][/prefix]`; a bare `host:port` means http.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let url = url.trim();
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else if url.contains("://") {
-            return Err(format!("unsupported URL scheme in '{url}'"));
-        } else {
-            (false, url)
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        if authority.is_empty() {
-            return Err(format!("no host in '{url}'"));
-        }
-        let (host, port) = if let Some(h) = authority.strip_prefix('[') {
-            // [v6]:port
-            let end = h
-                .find(']')
-                .ok_or_else(|| format!("bad IPv6 host in '{url}'"))?;
-            let port = h[end + 1..].strip_prefix(':').map(str::parse::<u16>);
-            (h[..end].to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p.parse::<u16>())),
-                None => (authority.to_string(), None),
-            }
-        };
-        let port = match port {
-            Some(Ok(p)) => p,
-            Some(Err(_)) => return Err(format!("bad port in '{url}'")),
-            None => {
-                if tls {
-                    443
-                } else {
-                    80
-                }
-            }
-        };
-        Ok(Endpoint {
-            tls,
-            host,
-            port,
-            base_path: path.trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// `Host` header value.
-    pub fn host_header(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-}
-
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, Default)]
 pub struct Secret(String);
@@ -475,7 +549,6 @@ impl fmt::Debug for Secret {
 pub struct ProviderRuntime {
     pub profile: ProviderProfile,
     pub endpoint: Endpoint,
-    pub dialect: &'static dyn Dialect,
     pub signer: Arc<dyn Signer>,
 }
 
@@ -484,7 +557,7 @@ impl fmt::Debug for ProviderRuntime {
         f.debug_struct("ProviderRuntime")
             .field("name", &self.profile.name)
             .field("endpoint", &self.endpoint)
-            .field("dialect", &self.dialect.name())
+            .field("dialect", &self.profile.dialect)
             .finish()
     }
 }
@@ -506,11 +579,6 @@ impl ProviderRuntime {
                 message,
             }
         })?;
-        let dialect =
-            dialect::dialect_for(&profile.dialect).ok_or_else(|| ProfileError::Invalid {
-                file: file.clone(),
-                message: format!("unknown dialect {}", profile.dialect),
-            })?;
         let signer = auth::signer_for(&profile).map_err(|e| ProfileError::Invalid {
             file,
             message: e.to_string(),
@@ -518,7 +586,6 @@ impl ProviderRuntime {
         Ok(Some(ProviderRuntime {
             profile,
             endpoint,
-            dialect,
             signer,
         }))
     }

@@ -9,7 +9,6 @@ pub mod cached;
 pub mod cors;
 pub mod ctx;
 pub mod firewall;
-pub mod headless;
 pub mod ingress;
 pub mod logging;
 pub mod request;
@@ -19,7 +18,6 @@ pub mod upstream;
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::upstreams::peer::HttpPeer;
@@ -27,74 +25,20 @@ use pingora_error::{Error, ErrorType};
 use pingora_proxy::{ProxyHttp, Session};
 use serde_json::{json, Value};
 
-use crate::admin::{AdminBody, AdminRequest, AdminRoutes};
+use crate::api::{AdminBody, AdminRequest, AdminResponse, AdminRoutes};
 use crate::auth::Scope;
 use crate::error::GatewayError;
 use crate::routing::{Ask, Runtime};
-use crate::trace::TraceRecord;
 
+/// The shared state lives below the proxy (`crate::gateway`) so background services use it
+/// without importing the proxy.
+pub use crate::gateway::{Gateway, TraceHook};
 pub use ctx::RequestCtx;
 
-/// Where finished traces go (the trace writer's channel in production).
-pub type TraceHook = Box<dyn Fn(TraceRecord) + Send + Sync>;
-
-/// State shared by every request: the current routing table and the outlets.
-pub struct Gateway {
-    pub runtime: Arc<ArcSwap<Runtime>>,
-    pub traces: TraceHook,
-    /// False with `storage.backend = "none"`: the trace record is not even built.
-    pub tracing: bool,
-    pub admin: Vec<Box<dyn AdminRoutes>>,
-    /// Feedback routing: the published router table and per-request routing state.
-    pub auto: Arc<crate::routing::auto::AutoState>,
-    /// Ids served by this instance, for read-your-writes lookups (`trace::fresh`).
-    pub recent: Option<Arc<crate::trace::fresh::Recent>>,
-    /// Prompt-level routing: per-route indexes and the memory of labelled prompts.
-    pub prompt: Arc<crate::feedback::prompt::state::PromptState>,
-    /// Keys created through `/v1/keys`, mirrored from the store.
-    pub vkeys: Arc<crate::auth::virtual_keys::VirtualKeys>,
-    /// Per-key rate limits and budgets of virtual keys (in process).
-    pub limits: Arc<crate::auth::limits::Limiter>,
-    /// The exact response cache (sized from `[cache]` at start).
-    pub cache: Arc<crate::cache::Cache>,
-    /// The MCP server at `/mcp` (`None`: 404). It checks its own scoped tokens, so it gets
-    /// the request before gateway-key auth; the server assembles it (`crate::mcp`).
-    pub mcp: Option<Arc<dyn AdminRoutes>>,
-    /// The trace store, for `previous_response_id` on `/v1/responses` (`None`: no store).
-    pub store: Option<crate::store::writer::StoreSlot>,
-}
-
-impl Gateway {
-    /// Mark a traced request as served here before anything reaches the client.
-    fn begin(&self, ctx: &RequestCtx) {
-        if let Some(r) = &self.recent {
-            r.begin(&ctx.request_id);
-        }
-    }
-}
-
-impl Gateway {
-    pub fn new(rt: Runtime, traces: TraceHook) -> Gateway {
-        let cache = Arc::new(crate::cache::Cache::new(&rt.config.cache));
-        Gateway {
-            cache,
-            runtime: Arc::new(ArcSwap::from_pointee(rt)),
-            traces,
-            tracing: true,
-            admin: Vec::new(),
-            auto: Arc::new(crate::routing::auto::AutoState::new(
-                None,
-                "ephemeral",
-                3600,
-                100_000,
-            )),
-            recent: None,
-            prompt: Arc::new(crate::feedback::prompt::state::PromptState::new()),
-            vkeys: Arc::new(crate::auth::virtual_keys::VirtualKeys::new()),
-            limits: Arc::new(crate::auth::limits::Limiter::new()),
-            mcp: None,
-            store: None,
-        }
+/// Mark a traced request as served here before anything reaches the client.
+fn begin(gw: &Gateway, ctx: &RequestCtx) {
+    if let Some(r) = &gw.recent {
+        r.begin(&ctx.request_id);
     }
 }
 
@@ -225,11 +169,11 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
             ingress::handle(gw, &rt, session, ctx, key.as_deref(), m, p).await
         }
         ("POST", "/v1/embeddings" | "/embeddings") => {
-            gw.begin(ctx);
+            begin(gw, ctx);
             other_model_call(&rt, &gw.limits, session, ctx, key.as_deref(), "embeddings").await
         }
         ("POST", "/v1/images/generations" | "/images/generations") => {
-            gw.begin(ctx);
+            begin(gw, ctx);
             other_model_call(
                 &rt,
                 &gw.limits,
@@ -287,7 +231,7 @@ pub(crate) async fn chat(
 ) -> Result<(), GatewayError> {
     ctx.endpoint = ctx.ingress.map_or("chat.completions", |i| i.endpoint());
     ctx.traced = true;
-    gw.begin(ctx);
+    begin(gw, ctx);
     ctx.caller.require(Scope::Inference)?;
     request::context_headers(rt, session, ctx, key);
     ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
@@ -338,7 +282,14 @@ pub(crate) async fn chat(
     if cached::before(gw, rt, session, ctx, key_id, &req, &candidates).await? {
         return Ok(());
     }
-    upstream::serve(rt, session, ctx, upstream::Op::Chat(&req), &candidates).await;
+    upstream::serve(
+        rt,
+        session,
+        ctx,
+        crate::exchange::Op::Chat(&req),
+        &candidates,
+    )
+    .await;
     if resolution.feedback {
         routed::after_serve(gw, ctx);
     }
@@ -371,9 +322,9 @@ async fn other_model_call(
         .map(str::to_string);
     let candidates = rt.resolve_with_fallbacks(&model, forced.as_deref())?;
     let op = if endpoint == "embeddings" {
-        upstream::Op::Embeddings(&body)
+        crate::exchange::Op::Embeddings(&body)
     } else {
-        upstream::Op::Images(&body)
+        crate::exchange::Op::Images(&body)
     };
     upstream::serve(rt, session, ctx, op, &candidates).await;
     Ok(())
@@ -437,7 +388,7 @@ async fn admin(
         .clone()
         .ok_or_else(|| GatewayError::Internal("no runtime".into()))?;
     // Only endpoints of the route table are served (each has its tenancy-matrix row).
-    if !crate::admin::endpoints::known_path(path) {
+    if !crate::api::endpoints::known_path(path) {
         return Err(GatewayError::NotFound {
             message: format!("Unknown request URL: {method} {path}."),
             code: "unknown_url",
@@ -523,11 +474,7 @@ async fn unauthenticated(
     Ok(())
 }
 
-async fn write_admin(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    resp: crate::admin::AdminResponse,
-) {
+async fn write_admin(session: &mut Session, ctx: &mut RequestCtx, resp: AdminResponse) {
     let content_type = resp
         .headers
         .iter()

@@ -78,7 +78,7 @@ pub async fn prompt_embedding(
             return EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model))
         }
     };
-    let call = super::headless::embed_once(rt, &cands, &text, &ctx.request_id);
+    let call = crate::exchange::headless::embed_once(rt, &cands, &text, &ctx.request_id);
     match tokio::time::timeout(std::time::Duration::from_millis(e.timeout_ms), call).await {
         Ok(Ok(v)) => EmbeddingOutcome::Ok(Arc::from(v)),
         Ok(Err(err)) => EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model)),
@@ -310,7 +310,19 @@ pub fn after_serve(gw: &Gateway, ctx: &mut RequestCtx) {
 /// Logging phase: metrics, router spend, and the signed decision row for the trace.
 pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
     let a = ctx.auto.take()?;
-    crate::services::shadow::after_request(ctx, &a);
+    if let Some(rollout) = ctx.rollout.take() {
+        let served = crate::services::shadow::Served {
+            request_id: &ctx.request_id,
+            session_id: ctx.session_id.as_deref(),
+            at_ms: ctx.ts_ms,
+            project_id: ctx.project_id.as_deref(),
+            key_id: ctx.caller.key_id.as_deref(),
+            zero_retention: ctx.zero_retention,
+            usage: ctx.usage,
+            ok: (200..400).contains(&ctx.status) && !ctx.cancelled && ctx.error.is_none(),
+        };
+        crate::services::shadow::after_request(*rollout, &served, &a.decision, a.context);
+    }
     let d = &a.decision;
     let kind = serde_json::to_value(d.kind)
         .ok()

@@ -7,35 +7,20 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pingora_proxy::Session;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::dialect::{
-    ChatRequest, DialectError, StreamTranslator, Target, Translated, UpstreamRequest,
-};
+use crate::dialect::{DialectError, StreamTranslator, Target, Translated};
 use crate::error::GatewayError;
 use crate::metrics::metrics;
-use crate::providers::{ProviderRuntime, SignError};
 use crate::routing::resolve::upstream_key;
 use crate::routing::{strategy, Candidate, Runtime};
 use crate::trace::Attempt;
-use crate::upstream::{self, ExchangeOptions, UpstreamError, UpstreamResponse};
+use crate::upstream::{self, UpstreamError, UpstreamResponse};
+
+use crate::exchange::{build, exchange_options, price_known, sign, translate, Op};
 
 use super::ctx::RequestCtx;
 use super::respond::{forwardable, response_header, write_error, UPSTREAM_REQUEST_ID_HEADERS};
-
-/// What is being asked of the upstream.
-#[derive(Clone, Copy)]
-pub enum Op<'a> {
-    Chat(&'a ChatRequest),
-    Embeddings(&'a Map<String, Value>),
-    Images(&'a Map<String, Value>),
-}
-
-impl Op<'_> {
-    fn stream(&self) -> bool {
-        matches!(self, Op::Chat(r) if r.stream)
-    }
-}
 
 /// Why a candidate failed, kept for the final error if every candidate fails.
 struct Failure {
@@ -80,44 +65,6 @@ fn record_attempt(
     });
 }
 
-pub(crate) async fn sign(
-    prov: &ProviderRuntime,
-    req: &mut UpstreamRequest,
-) -> Result<(), SignError> {
-    let host = prov.endpoint.host_header();
-    match prov.signer.sign(req, &host) {
-        Err(SignError::NotReady(_)) => {
-            // First use before the background refresh ran: fetch once, then sign.
-            prov.signer.refresh().await?;
-            prov.signer.sign(req, &host)
-        }
-        other => other,
-    }
-}
-
-/// Timeouts for one attempt. Read timeout precedence: the routing rule's, then the
-/// server config's (when set), then the provider profile's, then the built-in default.
-pub(crate) fn exchange_options(
-    rt: &Runtime,
-    prov: &ProviderRuntime,
-    route: Option<&str>,
-) -> ExchangeOptions {
-    let mut o = rt.exchange;
-    if let (None, Some(s)) = (
-        rt.config.server.read_timeout_secs,
-        prov.profile.read_timeout_secs,
-    ) {
-        o.read_timeout = Duration::from_secs(s);
-    }
-    if let Some(s) = route
-        .and_then(|r| rt.route(r))
-        .and_then(|r| r.read_timeout_secs)
-    {
-        o.read_timeout = Duration::from_secs(s);
-    }
-    o
-}
-
 fn forwarded_headers(resp: &UpstreamResponse) -> Vec<(String, String)> {
     let mut v = Vec::new();
     if let Some(h) = resp.header() {
@@ -130,69 +77,6 @@ fn forwarded_headers(resp: &UpstreamResponse) -> Vec<(String, String)> {
         }
     }
     v
-}
-
-/// Price a response from the catalog (served model first, then the requested id).
-pub(crate) fn price(
-    rt: &Runtime,
-    prov: &ProviderRuntime,
-    served: Option<&str>,
-    model: &str,
-    op: &Op,
-    usage: &crate::dialect::Usage,
-) -> f64 {
-    price_known(rt, prov, served, model, op, usage).unwrap_or(0.0)
-}
-
-/// The request's cost, or `None` when the catalog has no price for it (unknown, not free).
-pub(crate) fn price_known(
-    rt: &Runtime,
-    prov: &ProviderRuntime,
-    served: Option<&str>,
-    model: &str,
-    op: &Op,
-    usage: &crate::dialect::Usage,
-) -> Option<f64> {
-    let cat = &prov.profile.catalog_providers;
-    let info = served
-        .and_then(|s| rt.catalog.get(cat, s))
-        .or_else(|| rt.catalog.get(cat, model))?;
-    let tokens_priced = info.input.is_some() || info.output.is_some();
-    match op {
-        Op::Images(body) => {
-            let n = body.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
-            let size = body.get("size").and_then(Value::as_str);
-            let quality = body.get("quality").and_then(Value::as_str);
-            info.image_cost(n, size, quality)
-                .or_else(|| tokens_priced.then(|| info.cost(usage)))
-        }
-        _ => tokens_priced.then(|| info.cost(usage)),
-    }
-}
-
-pub(crate) fn build(
-    prov: &ProviderRuntime,
-    op: &Op,
-    t: &Target,
-) -> Result<UpstreamRequest, DialectError> {
-    match op {
-        Op::Chat(r) => prov.dialect.build_chat(r, t),
-        Op::Embeddings(b) => prov.dialect.build_embeddings(b, t),
-        Op::Images(b) => prov.dialect.build_images(b, t),
-    }
-}
-
-pub(crate) fn translate(
-    prov: &ProviderRuntime,
-    op: &Op,
-    body: &[u8],
-    t: &Target,
-) -> Result<Translated, DialectError> {
-    match op {
-        Op::Chat(r) => prov.dialect.translate_chat(body, t, r),
-        Op::Embeddings(_) => prov.dialect.translate_embeddings(body, t),
-        Op::Images(_) => prov.dialect.translate_images(body, t),
-    }
 }
 
 /// Try the candidates in order and answer the client. Never returns an error: every
@@ -359,7 +243,7 @@ pub async fn serve(
             let retry_after = resp.header_str("retry-after").map(str::to_string);
             let body = resp.body(1024 * 1024).await.unwrap_or_default();
             let retry_after = retry_after.or_else(|| retry_delay_from_body(&body));
-            let f = prov.dialect.classify_error(status, &body);
+            let f = prov.dialect().classify_error(status, &body);
             let outcome = if f.code == "overloaded" {
                 "overloaded"
             } else {
@@ -408,7 +292,7 @@ pub async fn serve(
         let extra = forwarded_headers(&resp);
         let result = if stream {
             let Op::Chat(r) = op else { return };
-            let translator = prov.dialect.chat_stream(&target, r);
+            let translator = prov.dialect().chat_stream(&target, r);
             stream_back(
                 rt, session, ctx, resp, translator, &extra, cand, &op, started,
             )
@@ -578,7 +462,7 @@ async fn whole_back(
         },
         _ => (t, None),
     };
-    crate::services::judge_service::capture_whole(ctx, &t.body);
+    crate::services::judge_service::capture_whole(&mut ctx.rollout, &t.body);
     if capture(rt, ctx) {
         let stored = masked.as_deref().unwrap_or(&t.body);
         ctx.response_body = Some(String::from_utf8_lossy(stored).into_owned());
@@ -815,7 +699,7 @@ async fn stream_back(
         if !out.is_empty() {
             let chunk = out.split().freeze();
             ctx.response_bytes += chunk.len() as u64;
-            crate::services::judge_service::capture_stream(ctx, &chunk);
+            crate::services::judge_service::capture_stream(&mut ctx.rollout, &chunk);
             if let Some(c) = ctx.cache.as_mut() {
                 c.keep_chunk(&chunk);
                 if end && outcome == "ok" {

@@ -22,8 +22,8 @@ use pingora::services::background::BackgroundService;
 
 use crate::config::RouteConfig;
 use crate::dialect::Usage;
+use crate::gateway::Gateway;
 use crate::metrics::metrics;
-use crate::proxy::Gateway;
 use crate::rollout::canary::{Arm, Experiment, ExperimentSpec, ExperimentState};
 use crate::rollout::monitor::{MonitorArm, RollbackMonitor};
 use crate::routing::auto::{AutoRoute, RouteInfo, RouteRollout, RouterTable};

@@ -1,6 +1,6 @@
 //! The LLM-as-judge in the background: scores a sampled share of routed requests (served
 //! answers, and shadow answers) with the configured judge model, called through the
-//! gateway's own provider layer ([`crate::proxy::headless`]), so any provider can judge.
+//! gateway's own provider layer ([`crate::exchange::headless`]), so any provider can judge.
 //!
 //! - Sampling is decided up front (`should_judge` on the request id), so only sampled
 //!   requests keep their answer text — in memory, bounded, never stored (zero-retention
@@ -26,10 +26,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::shadow::DailySpend;
+use super::shadow::RolloutCtx;
 use crate::error::GatewayError;
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::headless;
-use crate::proxy::Gateway;
+use crate::exchange::headless;
+use crate::gateway::Gateway;
 use crate::rollout::judge::{
     build_judge_request, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict, RetryDecision,
 };
@@ -151,15 +151,15 @@ impl AnswerCapture {
 }
 
 /// Response hook (non-streamed): keep the answer text of a request sampled for judging.
-pub fn capture_whole(ctx: &mut RequestCtx, body: &[u8]) {
-    if let Some(c) = ctx.rollout.as_mut().and_then(|r| r.answer.as_mut()) {
+pub fn capture_whole(rollout: &mut Option<Box<RolloutCtx>>, body: &[u8]) {
+    if let Some(c) = rollout.as_mut().and_then(|r| r.answer.as_mut()) {
         c.whole(body);
     }
 }
 
 /// Response hook (streamed): the translated OpenAI chunk just sent downstream.
-pub fn capture_stream(ctx: &mut RequestCtx, chunk: &[u8]) {
-    if let Some(c) = ctx.rollout.as_mut().and_then(|r| r.answer.as_mut()) {
+pub fn capture_stream(rollout: &mut Option<Box<RolloutCtx>>, chunk: &[u8]) {
+    if let Some(c) = rollout.as_mut().and_then(|r| r.answer.as_mut()) {
         c.stream(chunk);
     }
 }
@@ -419,7 +419,7 @@ impl Worker {
             let Some(reservation) = reservation else {
                 return count("budget");
             };
-            let id = crate::proxy::ctx::new_request_id();
+            let id = crate::trace::ids::new_request_id();
             let ts_ms = chrono::Utc::now().timestamp_millis();
             let started = Instant::now();
             let mut tried = Vec::new();

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 
 /// Refresh when the credential has less than this long to live.
 const AHEAD_SECS: u64 = 300;

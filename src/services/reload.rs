@@ -15,8 +15,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::GatewayConfig;
+use crate::gateway::Gateway;
 use crate::metrics::metrics;
-use crate::proxy::Gateway;
 use crate::routing::Runtime;
 
 pub struct ReloadService {

@@ -23,10 +23,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::judge_service::{self, AnswerCapture, JudgeJob};
 use crate::dialect::{ChatRequest, Usage};
+use crate::exchange::headless;
 use crate::feedback::{Decision, Mode};
-use crate::proxy::ctx::{AutoCtx, RequestCtx};
-use crate::proxy::headless;
-use crate::proxy::Gateway;
+use crate::gateway::Gateway;
 use crate::rollout::judge::{JudgeBudget, Reservation};
 use crate::rollout::stable_unit;
 use crate::routing::Runtime;
@@ -128,54 +127,70 @@ pub fn prepare(
     }))
 }
 
+/// What the logging phase knows of a routed request that was served (the proxy fills it
+/// from its request context).
+pub struct Served<'a> {
+    pub request_id: &'a str,
+    pub session_id: Option<&'a str>,
+    pub at_ms: i64,
+    pub project_id: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub zero_retention: bool,
+    pub usage: Usage,
+    /// Answered with a success status, completely, to a client still there.
+    pub ok: bool,
+}
+
 /// Logging phase (`routed::finish`): hand the sampled work to the background queues.
 /// Never waits: a full queue drops the job.
-pub fn after_request(ctx: &mut RequestCtx, a: &AutoCtx) {
-    let Some(r) = ctx.rollout.take() else { return };
-    let served_ok = (200..400).contains(&ctx.status) && !ctx.cancelled && ctx.error.is_none();
-    if !served_ok {
+pub fn after_request(
+    r: RolloutCtx,
+    served: &Served<'_>,
+    d: &Decision,
+    context: Option<&'static str>,
+) {
+    if !served.ok {
         return;
     }
-    let d = &a.decision;
     let route = d.route.route.to_string();
-    let context = a.context.map(str::to_string);
+    let context = context.map(str::to_string);
     let RolloutCtx {
         raw,
         shadow,
         judge,
         answer,
-    } = *r;
+    } = r;
     let judge_served = judge
         && answer
             .and_then(AnswerCapture::into_text)
             .map(|text| {
                 judge_service::enqueue(JudgeJob {
-                    request_id: ctx.request_id.clone(),
+                    request_id: served.request_id.to_string(),
                     route: route.clone(),
                     model: d.served_model().to_string(),
                     context: context.clone(),
-                    session_id: ctx.session_id.clone(),
-                    at_ms: ctx.ts_ms,
+                    session_id: served.session_id.map(str::to_string),
+                    at_ms: served.at_ms,
                     raw: raw.clone(),
                     answer: text,
                     shadow_of: None,
-                    project_id: ctx.project_id.clone(),
-                    zero_retention: ctx.zero_retention,
+                    project_id: served.project_id.map(str::to_string),
+                    zero_retention: served.zero_retention,
                 })
             })
             .unwrap_or(false);
     if let (Some(t), 0) = (shadow, d.served) {
         enqueue(ShadowJob {
-            shadow_of: ctx.request_id.clone(),
+            shadow_of: served.request_id.to_string(),
             route,
             model: d.route.models[t].model.to_string(),
             context,
             raw,
-            served_usage: ctx.usage,
-            at_ms: ctx.ts_ms,
-            project_id: ctx.project_id.clone(),
-            key_id: ctx.caller.key_id.clone(),
-            zero_retention: ctx.zero_retention,
+            served_usage: served.usage,
+            at_ms: served.at_ms,
+            project_id: served.project_id.map(str::to_string),
+            key_id: served.key_id.map(str::to_string),
+            zero_retention: served.zero_retention,
             judge: judge_served,
         });
     }
@@ -405,7 +420,7 @@ async fn run(gw: &Gateway, budget: &DailySpend, job: ShadowJob) {
     let Some(reservation) = reservation else {
         return count("budget");
     };
-    let id = crate::proxy::ctx::new_request_id();
+    let id = crate::trace::ids::new_request_id();
     let ts_ms = chrono::Utc::now().timestamp_millis();
     let started = Instant::now();
     let mut attempts = Vec::new();

@@ -1,6 +1,7 @@
 //! Request traces: the record and its writer (bounded channel, batched, never blocking).
 
 pub mod fresh;
+pub mod ids;
 pub mod record;
 
 pub use record::{Attempt, DecisionRow, TraceRecord};

@@ -23,8 +23,9 @@ use pingora_core::protocols::ALPN;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::dialect::UpstreamRequest;
-use crate::providers::Endpoint;
+mod request;
+
+pub use request::{Endpoint, UpstreamRequest};
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]

@@ -3,16 +3,16 @@
 //! `POST /model/{modelId}/converse` (JSON) and `/converse-stream` (binary
 //! `application/vnd.amazon.eventstream` frames, see [`eventstream`]). Model ids contain
 //! `:` and may be ARNs with `/`, so they are percent-encoded into one path segment.
-//! Signing (SigV4 or Bedrock API key) happens afterwards in [`sigv4`].
+//! Signing (SigV4 or Bedrock API key) happens afterwards in [`crate::providers::sigv4`].
 
 pub mod eventstream;
-pub mod sigv4;
 
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
+use super::common::{content_text, inline_image, parse_arguments, reject_n, stop_list};
 use super::encode::finish_reason_from;
 use super::{
     ChatRequest, ChunkEncoder, Dialect, DialectError, StreamTranslator, Target, Translated,
@@ -21,78 +21,6 @@ use super::{
 use eventstream::{EventStreamDecoder, Message};
 
 pub struct Bedrock;
-
-/// Text of an OpenAI `content` (string, or the text parts of an array).
-pub(crate) fn content_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| {
-                p.get("text").and_then(Value::as_str).filter(|_| {
-                    p.get("type")
-                        .and_then(Value::as_str)
-                        .is_none_or(|t| t == "text")
-                })
-            })
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
-}
-
-/// `data:image/png;base64,AAAA` → (`image/png`, `AAAA`).
-pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("data:")?;
-    let (meta, data) = rest.split_once(',')?;
-    let mime = meta.strip_suffix(";base64")?;
-    Some((mime, data))
-}
-
-/// The `url` of an OpenAI `image_url` part (string or `{url}` form).
-pub(crate) fn image_url_of(part: &Value) -> Option<&str> {
-    let iu = part.get("image_url")?;
-    iu.get("url")
-        .and_then(Value::as_str)
-        .or_else(|| iu.as_str())
-}
-
-/// A base64 data URL's payload, or a clear "unsupported" for remote URLs.
-pub(crate) fn inline_image<'a>(
-    part: &'a Value,
-    provider: &str,
-) -> Result<(&'a str, &'a str), DialectError> {
-    let url = image_url_of(part)
-        .ok_or_else(|| DialectError::unsupported("image_url part has no url", Some("messages")))?;
-    parse_data_url(url).ok_or_else(|| {
-        DialectError::unsupported(
-            format!(
-                "{provider} accepts only inline images (base64 data: URLs), not remote image URLs"
-            ),
-            Some("messages"),
-        )
-    })
-}
-
-/// `stop` as a list.
-pub(crate) fn stop_list(v: Option<&Value>) -> Option<Vec<Value>> {
-    match v? {
-        Value::String(s) => Some(vec![Value::String(s.clone())]),
-        Value::Array(a) if !a.is_empty() => Some(a.clone()),
-        _ => None,
-    }
-}
-
-/// `n` > 1 cannot be served by providers without candidates.
-pub(crate) fn reject_n(body: &Map<String, Value>, provider: &str) -> Result<(), DialectError> {
-    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(DialectError::unsupported(
-            format!("{provider} does not support n > 1"),
-            Some("n"),
-        ));
-    }
-    Ok(())
-}
 
 fn image_format(mime: &str) -> Result<&'static str, DialectError> {
     match mime.to_ascii_lowercase().as_str() {
@@ -139,21 +67,6 @@ fn user_blocks(content: Option<&Value>) -> Result<Vec<Value>, DialectError> {
         _ => {}
     }
     Ok(blocks)
-}
-
-/// Tool-call arguments (a JSON string) as the object Bedrock wants.
-pub(crate) fn parse_arguments(args: Option<&Value>) -> Result<Value, DialectError> {
-    match args {
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(json!({})),
-        Some(Value::String(s)) => serde_json::from_str(s).map_err(|_| {
-            DialectError::unsupported(
-                "assistant tool_calls arguments are not valid JSON",
-                Some("messages"),
-            )
-        }),
-        Some(v @ Value::Object(_)) => Ok(v.clone()),
-        _ => Ok(json!({})),
-    }
 }
 
 fn build_messages(req: &ChatRequest) -> Result<(Vec<Value>, Vec<Value>), DialectError> {
@@ -343,8 +256,9 @@ pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
     if let Some(p) = b.get("top_p").filter(|v| v.is_number()) {
         inf.insert("topP".into(), p.clone());
     }
-    if let Some(s) = stop_list(b.get("stop")) {
-        inf.insert("stopSequences".into(), Value::Array(s));
+    let stops = stop_list(b.get("stop"));
+    if !stops.is_empty() {
+        inf.insert("stopSequences".into(), Value::Array(stops));
     }
     if !inf.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(inf));
@@ -366,7 +280,7 @@ pub fn converse_body(req: &ChatRequest) -> Result<Value, DialectError> {
 /// `/model/{id}/converse[-stream]` with the id as one encoded segment.
 pub fn converse_path(t: &Target, stream: bool) -> String {
     let mut id = String::with_capacity(t.model.len() + 8);
-    sigv4::uri_encode(t.model, &mut id);
+    crate::providers::sigv4::uri_encode(t.model, &mut id);
     let template = if stream {
         "/model/{model}/converse-stream"
     } else {

@@ -1,7 +1,7 @@
 //! Headless exchange: one non-streamed chat completion through the gateway's own provider
 //! layer, with no downstream session. Background work (shadow calls, the judge) uses it so
 //! any configured provider can serve them, with the same build → sign → send → translate
-//! steps and the same fallback rules as client traffic (`super::upstream`).
+//! steps and the same fallback rules as client traffic (the proxy's `upstream` phase).
 
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use crate::routing::{Candidate, Runtime};
 use crate::trace::Attempt;
 use crate::upstream::{self, UpstreamError};
 
-use super::upstream::{build, exchange_options, price, sign, translate, Op};
+use super::{build, exchange_options, price, sign, translate, Op};
 
 /// The answer of one headless exchange.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ fn failed(
 
 /// As [`chat_once`], recording every attempt in `attempts` even when all fail (the caller
 /// traces failed background calls too). `route` selects the route's read timeout.
-pub(crate) async fn exchange(
+pub async fn exchange(
     rt: &Runtime,
     candidates: &[Candidate],
     body: Value,
@@ -112,7 +112,7 @@ pub(crate) async fn exchange(
     }
     let raw = serde_json::to_vec(&map).map_err(|e| GatewayError::Internal(e.to_string()))?;
     // The client path's validation, so a background call never sends what a client could not.
-    let req = super::request::parse_chat(Bytes::from(raw), None)?;
+    let req = super::parse::parse_chat(Bytes::from(raw), None)?;
     let op = Op::Chat(&req);
     let created = crate::dialect::unix_now();
     let limit = rt.config.server.max_response_bytes;
@@ -174,7 +174,7 @@ pub(crate) async fn exchange(
         let status = resp.status();
         if !(200..300).contains(&status) {
             let body = resp.body(1024 * 1024).await.unwrap_or_default();
-            let f = prov.dialect.classify_error(status, &body);
+            let f = prov.dialect().classify_error(status, &body);
             let outcome = if f.code == "overloaded" {
                 "overloaded"
             } else {
@@ -346,7 +346,7 @@ pub async fn embed_once(
         };
         if !(200..300).contains(&status) {
             attempt(cand, Some(status), "http_error", started);
-            let f = prov.dialect.classify_error(status, &bytes);
+            let f = prov.dialect().classify_error(status, &bytes);
             last = Some(upstream_error(
                 status,
                 format!("{}: {}", prov.name(), f.message),

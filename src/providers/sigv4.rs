@@ -8,8 +8,8 @@
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::dialect::UpstreamRequest;
 use crate::providers::{ProviderProfile, Secret, SignError, Signer};
+use crate::upstream::UpstreamRequest;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -85,7 +85,9 @@ impl Sigv4Signer {
     /// the AWS SDKs; access keys need both the id and the secret.
     pub fn from_env(profile: &ProviderProfile) -> Result<Self, SignError> {
         let region = profile
-            .extra_str("region")
+            .extra
+            .region
+            .as_deref()
             .map(str::to_string)
             .or_else(|| std::env::var("AWS_REGION").ok().filter(|v| !v.is_empty()))
             .or_else(|| {
@@ -95,7 +97,9 @@ impl Sigv4Signer {
             })
             .unwrap_or_else(|| "us-east-1".to_string());
         let service = profile
-            .extra_str("service")
+            .extra
+            .service
+            .as_deref()
             .unwrap_or("bedrock")
             .to_string();
         let bearer_vars = profile.api_key_vars();

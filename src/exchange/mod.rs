@@ -1,0 +1,130 @@
+//! The exchange engine: what every upstream call does, client traffic and background
+//! callers alike — validate the request (`parse`), build the native request with the
+//! provider's dialect, sign it, send it with the route's timeouts, translate and price the
+//! answer — and, for callers without a downstream session (the judge, shadow calls, the
+//! demo), the whole fallback loop (`headless`).
+//!
+//! Session-free: it never sees Pingora's `Session`, so the proxy (which streams to a client)
+//! and the background services (which need the whole answer) share it. It sits below
+//! `services` and `proxy` and above `routing` (candidates and the runtime snapshot).
+
+pub mod headless;
+pub mod parse;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::dialect::{ChatRequest, DialectError, Target, Translated, UpstreamRequest};
+use crate::providers::{ProviderRuntime, SignError};
+use crate::routing::Runtime;
+use crate::upstream::ExchangeOptions;
+
+/// What is being asked of the upstream.
+#[derive(Clone, Copy)]
+pub enum Op<'a> {
+    Chat(&'a ChatRequest),
+    Embeddings(&'a Map<String, Value>),
+    Images(&'a Map<String, Value>),
+}
+
+impl Op<'_> {
+    /// Whether the answer is streamed (a chat request with `stream: true`).
+    pub fn stream(&self) -> bool {
+        matches!(self, Op::Chat(r) if r.stream)
+    }
+}
+
+pub async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), SignError> {
+    let host = prov.endpoint.host_header();
+    match prov.signer.sign(req, &host) {
+        Err(SignError::NotReady(_)) => {
+            // First use before the background refresh ran: fetch once, then sign.
+            prov.signer.refresh().await?;
+            prov.signer.sign(req, &host)
+        }
+        other => other,
+    }
+}
+
+/// Timeouts for one attempt. Read timeout precedence: the routing rule's, then the
+/// server config's (when set), then the provider profile's, then the built-in default.
+pub fn exchange_options(
+    rt: &Runtime,
+    prov: &ProviderRuntime,
+    route: Option<&str>,
+) -> ExchangeOptions {
+    let mut o = rt.exchange;
+    if let (None, Some(s)) = (
+        rt.config.server.read_timeout_secs,
+        prov.profile.read_timeout_secs,
+    ) {
+        o.read_timeout = Duration::from_secs(s);
+    }
+    if let Some(s) = route
+        .and_then(|r| rt.route(r))
+        .and_then(|r| r.read_timeout_secs)
+    {
+        o.read_timeout = Duration::from_secs(s);
+    }
+    o
+}
+
+/// Price a response from the catalog (served model first, then the requested id).
+pub fn price(
+    rt: &Runtime,
+    prov: &ProviderRuntime,
+    served: Option<&str>,
+    model: &str,
+    op: &Op,
+    usage: &crate::dialect::Usage,
+) -> f64 {
+    price_known(rt, prov, served, model, op, usage).unwrap_or(0.0)
+}
+
+/// The request's cost, or `None` when the catalog has no price for it (unknown, not free).
+pub fn price_known(
+    rt: &Runtime,
+    prov: &ProviderRuntime,
+    served: Option<&str>,
+    model: &str,
+    op: &Op,
+    usage: &crate::dialect::Usage,
+) -> Option<f64> {
+    let cat = &prov.profile.catalog_providers;
+    let info = served
+        .and_then(|s| rt.catalog.get(cat, s))
+        .or_else(|| rt.catalog.get(cat, model))?;
+    let tokens_priced = info.input.is_some() || info.output.is_some();
+    match op {
+        Op::Images(body) => {
+            let n = body.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
+            let size = body.get("size").and_then(Value::as_str);
+            let quality = body.get("quality").and_then(Value::as_str);
+            info.image_cost(n, size, quality)
+                .or_else(|| tokens_priced.then(|| info.cost(usage)))
+        }
+        _ => tokens_priced.then(|| info.cost(usage)),
+    }
+}
+
+pub fn build(prov: &ProviderRuntime, op: &Op, t: &Target) -> Result<UpstreamRequest, DialectError> {
+    match op {
+        Op::Chat(r) => prov.dialect().build_chat(r, t),
+        Op::Embeddings(b) => prov.dialect().build_embeddings(b, t),
+        Op::Images(b) => prov.dialect().build_images(b, t),
+    }
+}
+
+pub fn translate(
+    prov: &ProviderRuntime,
+    op: &Op,
+    body: &[u8],
+    t: &Target,
+) -> Result<Translated, DialectError> {
+    match op {
+        Op::Chat(r) => prov.dialect().translate_chat(body, t, r),
+        Op::Embeddings(_) => prov.dialect().translate_embeddings(body, t),
+        Op::Images(_) => prov.dialect().translate_images(body, t),
+    }
+}
