@@ -12,14 +12,14 @@
 //!   corrected to the real usage.
 //! - **Faults**: every call is bounded by `limits.timeout_ms`; a timeout or an error applies
 //!   `limits.failure_mode` (admit, or refuse with 503 `limits_unavailable`), counts
-//!   `loopgate_limits_backend_errors_total` and logs at most one line per
-//!   [`LOG_EVERY`]. The connection manager reconnects by itself when Redis returns.
+//!   `loopgate_limits_backend_errors_total` and logs one warning when an outage starts and
+//!   one line when Redis answers again. The connection manager reconnects by itself.
 //!
 //! Keys: `<prefix>{<key id>}:rate:<scope>:<rpm|tpm>` (the TAT in µs of Redis time) and
 //! `<prefix>{<key id>}:spend:<day|month|total>[:<period index>]` (nano-USD); the braces keep
 //! one key's entries in one Redis Cluster slot.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -27,9 +27,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{FailureMode, LimitsConfig};
 use crate::error::GatewayError;
-
-/// At most one log line per this interval while Redis fails.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// GCRA window (and burst) in µs: one minute.
 pub const WINDOW_US: f64 = 60_000_000.0;
@@ -136,9 +133,9 @@ pub struct Fleet {
     prefix: String,
     admit: redis::Script,
     settle: redis::Script,
-    /// Unix ms of the last fault logged, and faults since.
-    last_log_ms: AtomicI64,
-    unlogged: AtomicU64,
+    /// Redis is failing (an outage was logged), and the faults seen during it.
+    down: AtomicBool,
+    faults: AtomicU64,
 }
 
 impl Fleet {
@@ -157,8 +154,8 @@ impl Fleet {
             prefix: cfg.key_prefix.clone(),
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
-            last_log_ms: AtomicI64::new(i64::MIN),
-            unlogged: AtomicU64::new(0),
+            down: AtomicBool::new(false),
+            faults: AtomicU64::new(0),
         })
     }
 
@@ -174,6 +171,12 @@ impl Fleet {
             .set_max_delay(Duration::from_millis(250));
         let made = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
         Ok(self.conn.get_or_init(|| made).clone())
+    }
+
+    /// Where Redis is, for logs: scheme, host and port (or socket path), never the
+    /// user name or password.
+    pub fn endpoint(&self) -> String {
+        redacted(self.client.get_connection_info())
     }
 
     /// `<prefix>{<id>}:rate:<scope>:<kind>`.
@@ -224,6 +227,7 @@ impl Fleet {
             inv.arg(format!("{:.0}", l.cost_us.max(0.0)));
         }
         let reply: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        self.answered();
         parse_verdict(&reply, limits.len())
     }
 
@@ -245,6 +249,7 @@ impl Fleet {
             inv.arg(format!("{d:.0}"));
         }
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        self.answered();
         Ok(())
     }
 
@@ -256,6 +261,7 @@ impl Fleet {
             cmd.arg(k);
         }
         let v: Vec<Option<u64>> = self.bounded(cmd.query_async(&mut conn)).await?;
+        self.answered();
         let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
         Ok([at(0), at(1), at(2)])
     }
@@ -269,26 +275,23 @@ impl Fleet {
         self.log_fault(what, e);
     }
 
-    /// Log a fault (rate-limited) without counting a request.
+    /// Log a fault without counting a request: one warning when an outage starts.
     pub fn log_fault(&self, what: &str, e: &FleetError) {
-        let now = super::virtual_keys::now_ms();
-        let last = self.last_log_ms.load(Ordering::Acquire);
-        let due = now.saturating_sub(last) >= LOG_EVERY.as_millis() as i64;
-        if due
-            && self
-                .last_log_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            let suppressed = self.unlogged.swap(0, Ordering::AcqRel);
+        self.faults.fetch_add(1, Ordering::AcqRel);
+        if !self.down.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 error = %e,
                 failure_mode = ?self.failure_mode,
-                suppressed,
-                "limits backend: {what} failed"
+                "limits backend: {what} failed; the failure mode applies until Redis answers again"
             );
-        } else {
-            self.unlogged.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Redis answered: ends an outage (one line with the faults it saw).
+    fn answered(&self) {
+        if self.down.load(Ordering::Acquire) && self.down.swap(false, Ordering::AcqRel) {
+            let faults = self.faults.swap(0, Ordering::AcqRel);
+            tracing::warn!(faults, "limits backend: Redis answers again");
         }
     }
 
@@ -303,6 +306,14 @@ impl Fleet {
             retry_after: Some("1".into()),
             code: "limits_unavailable",
         }
+    }
+}
+
+fn redacted(info: &redis::ConnectionInfo) -> String {
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}"),
+        redis::ConnectionAddr::Unix(path) => format!("unix://{}", path.display()),
+        _ => "redis (TLS)".into(),
     }
 }
 

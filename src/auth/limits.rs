@@ -240,6 +240,17 @@ fn period_index(slot: usize, now_ms: i64) -> i64 {
     }
 }
 
+/// Unix ms of the start of the current UTC day and month.
+fn period_starts(now_ms: i64) -> (i64, i64) {
+    use chrono::Datelike;
+    let day = now_ms.div_euclid(86_400_000) * 86_400_000;
+    let month = chrono::DateTime::from_timestamp_millis(now_ms)
+        .and_then(|d| chrono::NaiveDate::from_ymd_opt(d.year(), d.month(), 1))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(day, |d| d.and_utc().timestamp_millis());
+    (day, month)
+}
+
 /// Until the period rolls over (`None` for `total`).
 fn until_next_period(slot: usize, now_ms: i64) -> Option<Duration> {
     let next_ms = match slot {
@@ -281,20 +292,25 @@ impl Spend {
     }
 
     fn add(&self, now_ms: i64, nanos: u64) {
-        for (slot, (idx, counter)) in self.slots.iter().enumerate() {
-            let want = period_index(slot, now_ms);
-            let cur = idx.load(Ordering::Acquire);
-            if cur != want
-                && idx
-                    .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                // This thread rolled the period over; a concurrent add may land in the
-                // old total and be lost, which only errs towards admitting.
-                counter.store(0, Ordering::Release);
-            }
-            counter.fetch_add(nanos, Ordering::AcqRel);
+        for slot in 0..3 {
+            self.add_slot(slot, now_ms, nanos);
         }
+    }
+
+    fn add_slot(&self, slot: usize, now_ms: i64, nanos: u64) {
+        let (idx, counter) = &self.slots[slot];
+        let want = period_index(slot, now_ms);
+        let cur = idx.load(Ordering::Acquire);
+        if cur != want
+            && idx
+                .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // This thread rolled the period over; a concurrent add may land in the
+            // old total and be lost, which only errs towards admitting.
+            counter.store(0, Ordering::Release);
+        }
+        counter.fetch_add(nanos, Ordering::AcqRel);
     }
 }
 
@@ -501,6 +517,9 @@ pub struct Limiter {
     epoch: Instant,
     /// The shared backend (`[limits] backend = "redis"`); `None`: in process.
     fleet: Option<Arc<Fleet>>,
+    /// Unix ms at creation; whether the spend before it was reloaded from the store.
+    started_ms: i64,
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Limiter {
@@ -524,6 +543,8 @@ impl Limiter {
             keys: DashMap::new(),
             epoch: Instant::now(),
             fleet: None,
+            started_ms: super::virtual_keys::now_ms(),
+            loaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -536,13 +557,19 @@ impl Limiter {
         Ok(l)
     }
 
+    /// Where the shared backend is (redacted: no credentials); `None` in process.
+    pub fn endpoint(&self) -> Option<String> {
+        self.fleet.as_ref().map(|f| f.endpoint())
+    }
+
     /// Whether counters and spend are shared through Redis.
     pub fn is_shared(&self) -> bool {
         self.fleet.is_some()
     }
 
-    /// Set a key's spend of the current day, month and total (USD), as recomputed from the
-    /// store at start, unless this gateway already counted some (in process only).
+    /// Add a key's spend of the current day, month and total (USD), as recomputed from the
+    /// store's traces of requests that started before this limiter existed (in process
+    /// only: with Redis the spend is already shared there).
     pub fn seed_spend(&self, id: &str, usd: [f64; 3], now_ms: i64) {
         if self.fleet.is_some() {
             return;
@@ -558,18 +585,42 @@ impl Limiter {
             })
             .clone();
         for (slot, usd) in usd.into_iter().enumerate() {
-            if !(usd.is_finite() && usd > 0.0) {
-                continue;
-            }
-            let (idx, counter) = &state.spend.slots[slot];
-            let want = period_index(slot, now_ms);
-            let cur = idx.load(Ordering::Acquire);
-            let counted = cur == want && counter.load(Ordering::Acquire) > 0;
-            if !counted {
-                idx.store(want, Ordering::Release);
-                counter.store((usd * NANOS_PER_USD).round() as u64, Ordering::Release);
+            if usd.is_finite() && usd > 0.0 {
+                state
+                    .spend
+                    .add_slot(slot, now_ms, (usd * NANOS_PER_USD).round() as u64);
             }
         }
+    }
+
+    /// Unix ms when this limiter was made: the spend of requests that started earlier is
+    /// reloaded from the store ([`reload_spend`](Self::reload_spend)).
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms
+    }
+
+    /// Whether the spend reload from the store is done (or not needed).
+    pub fn spend_loaded(&self) -> bool {
+        self.fleet.is_some() || self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Reload every virtual key's spend of the current day, month and total from the
+    /// store's traces (in process only; once, at start). Returns the keys seeded.
+    pub async fn reload_spend(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<usize, crate::store::StoreError> {
+        if self.fleet.is_some() {
+            return Ok(0);
+        }
+        let now_ms = super::virtual_keys::now_ms();
+        let (day_ms, month_ms) = period_starts(now_ms);
+        let rows = store.key_spend(day_ms, month_ms, self.started_ms).await?;
+        for r in &rows {
+            self.seed_spend(&r.key_id, r.usd, now_ms);
+        }
+        self.loaded.store(true, Ordering::Release);
+        Ok(rows.len())
     }
 
     /// The spend of key `id` in the current day, month and in total (USD): this gateway's
@@ -912,6 +963,58 @@ impl Limiter {
             }
         }
         Ok(ticket)
+    }
+}
+
+/// Reloads the spend of virtual keys from the store once at start (in process backend), so
+/// a restart does not reset budgets. Retries while the store is not up, for a bounded time.
+pub struct SpendReload {
+    pub limiter: Arc<Limiter>,
+    pub slot: crate::store::writer::StoreSlot,
+}
+
+impl SpendReload {
+    /// Attempts, one per second at most, before giving up (logged).
+    const ATTEMPTS: u32 = 120;
+
+    async fn run(&self) {
+        let mut warned = false;
+        for _ in 0..Self::ATTEMPTS {
+            let Some(store) = self.slot.wait(Duration::from_secs(1)).await else {
+                continue;
+            };
+            match self.limiter.reload_spend(store.as_ref()).await {
+                Ok(n) => {
+                    tracing::info!(
+                        keys = n,
+                        "limits: virtual keys' spend reloaded from the store"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(error = %e, "limits: cannot reload spend from the store yet; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::error!(
+            "limits: spend not reloaded from the store; budgets count only this process's requests"
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for SpendReload {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        if self.limiter.spend_loaded() {
+            return;
+        }
+        tokio::select! {
+            _ = self.run() => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }
 
