@@ -234,10 +234,7 @@ async fn two_gateways_on_one_redis_enforce_one_limit_and_one_budget() {
             .count()
     });
     assert_eq!(ok, 100, "admitted across both gateways {per_gateway:?}");
-    assert!(
-        per_gateway[0] > 0 && per_gateway[1] > 0,
-        "{per_gateway:?}"
-    );
+    assert!(per_gateway[0] > 0 && per_gateway[1] > 0, "{per_gateway:?}");
     for (s, body, _) in replies.iter().filter(|r| r.0 != 200) {
         assert_eq!(*s, 429, "{body}");
         assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
@@ -336,7 +333,10 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
             assert!(body["error"]["message"].is_string(), "{body}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "never refused: {s} {body}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "never refused: {s} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -351,9 +351,16 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
         assert!(*took < Duration::from_secs(2), "a request hung {took:?}");
     }
     let admitted = "loopgate_limits_backend_errors_total{outcome=\"admitted\"}";
-    assert!(metric(&open, admitted).await >= 1.0, "{}", open.metrics().await);
+    assert!(
+        metric(&open, admitted).await >= 1.0,
+        "{}",
+        open.metrics().await
+    );
     // fail_closed: served until the kill, 503 limits_unavailable after; nothing else.
-    assert!(seen_closed.iter().any(|r| r.0 == 503), "no 503 during the outage");
+    assert!(
+        seen_closed.iter().any(|r| r.0 == 503),
+        "no 503 during the outage"
+    );
     for (s, body, took) in &seen_closed {
         assert!(*s == 200 || *s == 503, "{s} {body}");
         assert!(*took < Duration::from_secs(2), "a request hung {took:?}");
@@ -378,14 +385,19 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
     let t0 = Instant::now();
     let before = metric(&open, admitted).await;
     loop {
-        // Until the open gateway's connection is back, its requests are admitted unchecked.
-        let (s, _, _) = chat(&open, &one).await;
-        let (s2, body, _) = chat(&open, &one).await;
-        if s == 200 && s2 == 429 {
+        // Until the open gateway's connection is back its requests are admitted unchecked;
+        // then the second request of the minute is refused.
+        let (s, body, _) = chat(&open, &one).await;
+        if s == 429 {
             assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "limits never applied again");
+        assert_eq!(s, 200, "{body}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "limits never applied again: {}",
+            open.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(metric(&open, admitted).await >= before);
@@ -438,7 +450,10 @@ async fn restart_keeps_the_in_process_spend() {
         if n == 2 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "traces not stored: {n}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "traces not stored: {n}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let _ = a.child.kill();
@@ -453,7 +468,15 @@ async fn restart_keeps_the_in_process_spend() {
         (usage["spend_usd"]["day"].as_f64().unwrap_or_default() - 2.0 * COST).abs() < 1e-9,
         "{usage}"
     );
-    let (s, body, _) = chat(&b, &key).await;
+    // The key reaches the new gateway's copy of the key table within one refresh.
+    let t0 = Instant::now();
+    let (s, body) = loop {
+        let (s, body, _) = chat(&b, &key).await;
+        if s != 401 || t0.elapsed() > Duration::from_secs(2) {
+            break (s, body);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert_eq!(s, 429, "{body}");
     assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
     assert!(body["error"]["message"]
