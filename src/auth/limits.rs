@@ -1141,6 +1141,25 @@ mod tests {
     }
 
     #[test]
+    fn reloaded_spend_adds_to_what_this_gateway_counted() {
+        let l = Limiter::new();
+        let k = key(serde_json::json!({"budgets": [{"period": "day", "usd": 1.0}]}));
+        let mut t = admit(&l, &k, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.25);
+        let now = crate::auth::virtual_keys::now_ms();
+        l.seed_spend("vk_t", [0.5, 0.5, 2.0], now);
+        assert_eq!(l.spend("vk_t", now), [0.75, 0.75, 2.25]);
+        assert!(admit(&l, &k, "m", 0).is_ok());
+        l.seed_spend("vk_t", [0.25, 0.0, 0.0], now);
+        assert_eq!(admit(&l, &k, "m", 0).err(), Some(429));
+        let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(
+            period_starts(t0 + 40 * 86_400_000 + 5 * 3_600_000),
+            (t0 + 40 * 86_400_000, t0 + 31 * 86_400_000)
+        );
+    }
+
+    #[test]
     fn periods_roll_over() {
         let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
         assert_eq!(period_index(0, t0 + 86_400_000), period_index(0, t0) + 1);
