@@ -199,7 +199,7 @@ fn upstream_env(mock: &MockUpstream) -> Vec<(&'static str, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_on_one_redis_enforce_one_limit_and_one_budget() {
+async fn two_gateways_on_one_redis_and_one_sqlite_enforce_one_limit_and_one_budget() {
     if !redis_available() {
         return;
     }
@@ -210,17 +210,43 @@ async fn two_gateways_on_one_redis_enforce_one_limit_and_one_budget() {
     let mut env_b = upstream_env(&mock);
     env_b.push(("LOOPGATE_DB", a.db_path().display().to_string()));
     let b = GatewayProc::start(&limits, &env_b);
+    one_limit_and_one_budget(&a, &b).await;
+}
 
+#[path = "support/pg.rs"]
+mod pg;
+
+/// As above on one PostgreSQL database (the fleet: Redis and PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_redis_and_one_postgres_enforce_one_limit_and_one_budget() {
+    if !redis_available() {
+        return;
+    }
+    let redis = RedisProc::start(free_port(), None);
+    let srv = pg::PgServer::start();
+    srv.create_db("fleet");
+    let storage = format!(
+        "backend = \"postgres\"\npostgres_url = \"{}\"",
+        srv.url_for("fleet")
+    );
+    let mock = MockUpstream::start(model_fleet()).await;
+    let limits = limits_toml(&redis.url(None), "fail_closed");
+    let a = GatewayProc::start_full("", &storage, &limits, &upstream_env(&mock));
+    let b = GatewayProc::start_full("", &storage, &limits, &upstream_env(&mock));
+    one_limit_and_one_budget(&a, &b).await;
+}
+
+async fn one_limit_and_one_budget(a: &GatewayProc, b: &GatewayProc) {
     // The limited key first, then an unlimited probe: once B serves the probe, its copy of
     // the key table (read whole) holds the limited key too, and no limited request was
     // spent on finding out.
-    let (limited, _) = new_key(&a, json!({"limits": {"rpm": 100}})).await;
-    let (probe, _) = new_key(&a, json!({})).await;
-    until_served(&b, &probe, Duration::from_secs(2)).await;
+    let (limited, _) = new_key(a, json!({"limits": {"rpm": 100}})).await;
+    let (probe, _) = new_key(a, json!({})).await;
+    until_served(b, &probe, Duration::from_secs(2)).await;
 
     // 200 concurrent requests, half on each gateway, against 100 per minute: exactly 100.
     let replies = futures_util::future::join_all((0..200).map(|i| {
-        let gw = if i % 2 == 0 { &a } else { &b };
+        let gw = if i % 2 == 0 { a } else { b };
         let key = limited.clone();
         async move { chat(gw, &key).await }
     }))
@@ -244,21 +270,21 @@ async fn two_gateways_on_one_redis_enforce_one_limit_and_one_budget() {
     // settled in Redis (B's usage shows it), B's ends past the budget and is billed, then
     // both gateways refuse with insufficient_quota.
     let (key, id) = new_key(
-        &a,
+        a,
         json!({"budgets": [{"period": "total", "usd": 0.0003, "soft_pct": 50}]}),
     )
     .await;
-    let (probe, _) = new_key(&a, json!({})).await;
-    until_served(&b, &probe, Duration::from_secs(2)).await;
-    let (s, body, _) = chat(&a, &key).await;
+    let (probe, _) = new_key(a, json!({})).await;
+    until_served(b, &probe, Duration::from_secs(2)).await;
+    let (s, body, _) = chat(a, &key).await;
     assert_eq!(s, 200, "{body}");
-    let usage = until_spend(&b, &id, COST, Duration::from_secs(3)).await;
+    let usage = until_spend(b, &id, COST, Duration::from_secs(3)).await;
     assert_eq!(usage["scope"], "fleet", "{usage}");
-    let (s, body, _) = chat(&b, &key).await;
+    let (s, body, _) = chat(b, &key).await;
     assert_eq!(s, 200, "under the budget on B: {body}");
-    let usage = until_spend(&a, &id, 2.0 * COST, Duration::from_secs(3)).await;
+    let usage = until_spend(a, &id, 2.0 * COST, Duration::from_secs(3)).await;
     assert_eq!(usage["budgets"][0]["exhausted"], true, "{usage}");
-    for gw in [&a, &b] {
+    for gw in [a, b] {
         let (s, body, _) = chat(gw, &key).await;
         assert_eq!(s, 429, "{body}");
         assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
@@ -269,7 +295,7 @@ async fn two_gateways_on_one_redis_enforce_one_limit_and_one_budget() {
     }
     // B's admission saw A's spend past the soft threshold (50%): metric and log line there.
     let soft = "loopgate_budget_soft_threshold_total{period=\"total\"}";
-    assert_eq!(metric(&b, soft).await, 1.0, "{}", b.metrics().await);
+    assert_eq!(metric(b, soft).await, 1.0, "{}", b.metrics().await);
     assert!(b.log_text().contains("soft budget threshold"));
     assert!(a.log_text().contains("shared through Redis"));
 }
