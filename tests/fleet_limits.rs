@@ -511,3 +511,40 @@ async fn restart_keeps_the_in_process_spend() {
         .contains("daily budget"));
     assert!(b.log_text().contains("spend reloaded from the store"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_then_up() {
+    if !redis_available() {
+        return;
+    }
+    // Nothing listens on the port yet: the gateway starts anyway (Redis is contacted on
+    // the first limited request) and fail_closed refuses until Redis is there.
+    let port = free_port();
+    let mock = MockUpstream::start(model_fleet()).await;
+    let limits = limits_toml(&format!("redis://127.0.0.1:{port}/0"), "fail_closed");
+    let gw = GatewayProc::start(&limits, &upstream_env(&mock));
+    let (key, _) = new_key(&gw, json!({"limits": {"rpm": 1000}})).await;
+    let (open_key, _) = new_key(&gw, json!({})).await;
+    let (s, body, took) = chat(&gw, &key).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "limits_unavailable", "{body}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // A key without limits or budgets never needs Redis.
+    let (s, body, _) = chat(&gw, &open_key).await;
+    assert_eq!(s, 200, "{body}");
+    let _redis = RedisProc::start(port, None);
+    let t0 = Instant::now();
+    loop {
+        let (s, body, _) = chat(&gw, &key).await;
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 503, "{body}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never connected: {}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
