@@ -354,7 +354,68 @@ fn bench_key_limits(c: &mut Criterion) {
                 .is_ok()
         })
     });
+    bench_redis_admit(&mut g, &key);
     g.finish();
+}
+
+/// The same check through the Redis backend: one admission round trip to a real
+/// `redis-server` on loopback (started here; skipped with a message when it is missing),
+/// with the settlement sent off the measured path as in the gateway.
+fn bench_redis_admit(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    key: &std::sync::Arc<loopgate::auth::virtual_keys::VirtualKey>,
+) {
+    const REDIS: &str = "/usr/bin/redis-server";
+    if !std::path::Path::new(REDIS).exists() {
+        eprintln!("key_limits/redis_admit_and_settle skipped: {REDIS} not found");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"));
+    let mut child = std::process::Command::new(REDIS)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("redis-server: {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cfg = loopgate::config::LimitsConfig {
+        backend: loopgate::config::LimitsBackend::Redis,
+        redis_url: Some(format!("redis://127.0.0.1:{port}/0")),
+        timeout_ms: 1000,
+        ..Default::default()
+    };
+    let limiter = loopgate::auth::limits::Limiter::with_config(&cfg)
+        .unwrap_or_else(|e| panic!("limiter: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    g.bench_function("redis_admit_and_settle", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut slot = None;
+                let r = limiter
+                    .admit_request(Some(black_box(key)), "gpt-4o-mini", 500, &mut slot)
+                    .await;
+                assert!(r.is_ok(), "{r:?}");
+                if let Some(t) = slot.as_mut() {
+                    t.settle(600, 0.0002);
+                }
+            })
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn config() -> Criterion {

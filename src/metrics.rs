@@ -73,6 +73,12 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_saved_usd: prometheus::Counter,
     pub cache_bytes: IntGauge,
+    /// Requests whose limits the shared backend (Redis) could not check in time, by what
+    /// the failure mode did (`admitted`, `refused`).
+    pub limits_backend_errors: IntCounterVec,
+    /// Virtual keys' budgets passing their soft threshold (once per key, period and
+    /// gateway), by period.
+    pub budget_soft_threshold: IntCounterVec,
 }
 
 /// What bounds the `model` label set: the models the config or the catalog knows
@@ -259,6 +265,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "loopgate_cache_bytes",
             "Weighted bytes held by the in-memory exact cache (as of the last store)"
         )?,
+        limits_backend_errors: register_int_counter_vec!(
+            "loopgate_limits_backend_errors_total",
+            "Requests whose rate limits and budgets the shared backend could not check in time, by outcome of the failure mode",
+            &["outcome"]
+        )?,
+        budget_soft_threshold: register_int_counter_vec!(
+            "loopgate_budget_soft_threshold_total",
+            "Virtual key budgets that passed their soft threshold, by period",
+            &["period"]
+        )?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);
     // Export the loss counters at zero from the start, so "nothing dropped" is visible.
@@ -267,6 +283,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     }
     for result in ["ok", "failed"] {
         m.config_reloads.with_label_values(&[result]);
+    }
+    for outcome in ["admitted", "refused"] {
+        m.limits_backend_errors.with_label_values(&[outcome]);
     }
     Ok(m)
 }

@@ -214,7 +214,21 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         Box::new(|_| {})
     };
     let routing = rt.config.routing.clone();
+    let limits_cfg = rt.config.limits.clone();
     let mut gw = Gateway::new(rt, hook);
+    gw.limits = Arc::new(
+        crate::auth::limits::Limiter::with_config(&limits_cfg)
+            .map_err(|e| format!("limits: {e}"))?,
+    );
+    match gw.limits.endpoint() {
+        Some(at) => tracing::info!(
+            redis = %at,
+            failure_mode = ?limits_cfg.failure_mode,
+            timeout_ms = limits_cfg.timeout_ms,
+            "limits: rate counters and budget spend shared through Redis"
+        ),
+        None => tracing::debug!("limits: rate counters and budget spend in process"),
+    }
     gw.tracing = tracing_on;
     gw.recent = tracing_on.then(|| slot.recent());
     gw.store = tracing_on.then(|| slot.clone());
@@ -328,6 +342,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
                 slot: slot.clone(),
             },
         ));
+        if !gw.limits.is_shared() {
+            server.add_service(background_service(
+                "limits spend reload",
+                crate::auth::limits::SpendReload {
+                    limiter: gw.limits.clone(),
+                    slot: slot.clone(),
+                },
+            ));
+        }
     }
     server.add_service(background_service(
         "config reload",

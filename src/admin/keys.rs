@@ -258,13 +258,19 @@ impl KeyRoutes {
         Ok(AdminResponse::json(200, &view(&row)))
     }
 
-    /// This gateway's spend of a key per budget period, against its budgets.
+    /// A key's spend per budget period, against its budgets: this gateway's in process,
+    /// the fleet's with the Redis backend.
     async fn usage(&self, req: &AdminRequest, id: &str) -> Result<AdminResponse, GatewayError> {
         req.caller.require(Scope::Admin)?;
         let row = self.find(req, id).await?;
         let spec: KeySpec = serde_json::from_str(&row.spec)
             .map_err(|e| GatewayError::Internal(format!("stored key: {e}")))?;
-        let spend = self.limits.spend(id, now_ms());
+        let spend = self.limits.spend_now(id, now_ms()).await?;
+        let scope = if self.limits.is_shared() {
+            "fleet"
+        } else {
+            "gateway"
+        };
         let periods = crate::auth::limits::PERIOD_ORDER;
         let by_period: Map<String, Value> = periods
             .iter()
@@ -286,7 +292,7 @@ impl KeyRoutes {
             .collect();
         Ok(AdminResponse::json(
             200,
-            &json!({"object": "api_key.usage", "id": id, "scope": "gateway",
+            &json!({"object": "api_key.usage", "id": id, "scope": scope,
                     "spend_usd": by_period, "budgets": budgets}),
         ))
     }

@@ -9,9 +9,11 @@
 //!   counters fed from the trace's cost when the request ends. A request is refused once a
 //!   budget is spent; a stream that ends past it is billed in full, never cut.
 //!
-//! State lives in process, per key id, and survives `PATCH` (a changed limit rebuilds the
-//! rate state; spend is kept). It is not shared between gateways and starts from zero on a
-//! restart.
+//! With `[limits] backend = "memory"` (the default) the state lives in process, per key id,
+//! and survives `PATCH` (a changed limit rebuilds the rate state; spend is kept); at start
+//! the spend of the current periods is reloaded from the store's traces
+//! ([`Limiter::seed_spend`]). With `backend = "redis"` the same checks run in Redis
+//! ([`super::fleet`]), shared by every gateway on it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -26,7 +28,9 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
+use super::fleet::{Fleet, FleetTicket, SharedLimit, Verdict, WINDOW_US};
 use super::virtual_keys::{Budget, Limits, Rate, VirtualKey};
+use crate::config::{FailureMode, LimitsBackend, LimitsConfig};
 use crate::error::GatewayError;
 
 type Gov = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -236,6 +240,17 @@ fn period_index(slot: usize, now_ms: i64) -> i64 {
     }
 }
 
+/// Unix ms of the start of the current UTC day and month.
+fn period_starts(now_ms: i64) -> (i64, i64) {
+    use chrono::Datelike;
+    let day = now_ms.div_euclid(86_400_000) * 86_400_000;
+    let month = chrono::DateTime::from_timestamp_millis(now_ms)
+        .and_then(|d| chrono::NaiveDate::from_ymd_opt(d.year(), d.month(), 1))
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(day, |d| d.and_utc().timestamp_millis());
+    (day, month)
+}
+
 /// Until the period rolls over (`None` for `total`).
 fn until_next_period(slot: usize, now_ms: i64) -> Option<Duration> {
     let next_ms = match slot {
@@ -277,20 +292,25 @@ impl Spend {
     }
 
     fn add(&self, now_ms: i64, nanos: u64) {
-        for (slot, (idx, counter)) in self.slots.iter().enumerate() {
-            let want = period_index(slot, now_ms);
-            let cur = idx.load(Ordering::Acquire);
-            if cur != want
-                && idx
-                    .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                // This thread rolled the period over; a concurrent add may land in the
-                // old total and be lost, which only errs towards admitting.
-                counter.store(0, Ordering::Release);
-            }
-            counter.fetch_add(nanos, Ordering::AcqRel);
+        for slot in 0..3 {
+            self.add_slot(slot, now_ms, nanos);
         }
+    }
+
+    fn add_slot(&self, slot: usize, now_ms: i64, nanos: u64) {
+        let (idx, counter) = &self.slots[slot];
+        let want = period_index(slot, now_ms);
+        let cur = idx.load(Ordering::Acquire);
+        if cur != want
+            && idx
+                .compare_exchange(cur, want, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // This thread rolled the period over; a concurrent add may land in the
+            // old total and be lost, which only errs towards admitting.
+            counter.store(0, Ordering::Release);
+        }
+        counter.fetch_add(nanos, Ordering::AcqRel);
     }
 }
 
@@ -388,6 +408,8 @@ pub struct Ticket {
     requests: Option<Snapshot>,
     tokens: Option<Snapshot>,
     settled: bool,
+    /// Admitted through the shared backend: what to settle there.
+    fleet: Option<FleetTicket>,
 }
 
 impl Ticket {
@@ -405,6 +427,7 @@ impl Ticket {
             requests,
             tokens,
             settled: true,
+            fleet: None,
         }
     }
 
@@ -426,6 +449,15 @@ impl Ticket {
     /// to the key's spend. Called once; later calls do nothing.
     pub fn settle(&mut self, tokens: u64, cost_usd: f64) {
         if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        if let Some(f) = self.fleet.take() {
+            let nanos = if cost_usd.is_finite() && cost_usd > 0.0 {
+                (cost_usd * NANOS_PER_USD).round() as u64
+            } else {
+                0
+            };
+            f.settle(tokens, nanos);
             return;
         }
         for r in [&self.key_rate, &self.model_rate].into_iter().flatten() {
@@ -457,10 +489,37 @@ pub fn duration_text(d: Duration) -> String {
     }
 }
 
+/// Report a budget's soft threshold once per key, period and gateway: a log line and
+/// `loopgate_budget_soft_threshold_total`.
+fn soft_threshold(state: &KeyState, key: &VirtualKey, b: &Budget, spent: u64, now_ms: i64) {
+    let Some(pct) = b.soft_pct else { return };
+    let slot = period_slot(&b.period);
+    let soft = (b.usd * pct / 100.0 * NANOS_PER_USD) as u64;
+    let idx = period_index(slot, now_ms);
+    if spent >= soft && state.spend.soft_seen[slot].swap(idx, Ordering::AcqRel) != idx {
+        crate::metrics::metrics()
+            .budget_soft_threshold
+            .with_label_values(&[PERIOD_ORDER[slot]])
+            .inc();
+        tracing::warn!(
+            key_id = %key.entry.id,
+            period = %b.period,
+            budget_usd = b.usd,
+            spent_usd = spent as f64 / NANOS_PER_USD,
+            "virtual key passed its soft budget threshold"
+        );
+    }
+}
+
 /// The per-key limiter of one gateway.
 pub struct Limiter {
     keys: DashMap<String, Arc<KeyState>>,
     epoch: Instant,
+    /// The shared backend (`[limits] backend = "redis"`); `None`: in process.
+    fleet: Option<Arc<Fleet>>,
+    /// Unix ms at creation; whether the spend before it was reloaded from the store.
+    started_ms: i64,
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Limiter {
@@ -483,6 +542,286 @@ impl Limiter {
         Limiter {
             keys: DashMap::new(),
             epoch: Instant::now(),
+            fleet: None,
+            started_ms: super::virtual_keys::now_ms(),
+            loaded: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The limiter `[limits]` asks for (Redis is not contacted until the first request).
+    pub fn with_config(cfg: &LimitsConfig) -> Result<Limiter, String> {
+        let mut l = Limiter::new();
+        if cfg.backend == LimitsBackend::Redis {
+            l.fleet = Some(Arc::new(Fleet::new(cfg)?));
+        }
+        Ok(l)
+    }
+
+    /// Where the shared backend is (redacted: no credentials); `None` in process.
+    pub fn endpoint(&self) -> Option<String> {
+        self.fleet.as_ref().map(|f| f.endpoint())
+    }
+
+    /// Whether counters and spend are shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.fleet.is_some()
+    }
+
+    /// Add a key's spend of the current day, month and total (USD), as recomputed from the
+    /// store's traces of requests that started before this limiter existed (in process
+    /// only: with Redis the spend is already shared there).
+    pub fn seed_spend(&self, id: &str, usd: [f64; 3], now_ms: i64) {
+        if self.fleet.is_some() {
+            return;
+        }
+        let state = self
+            .keys
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(KeyState {
+                    rates: ArcSwap::from_pointee(Rates::new(&Limits::default())),
+                    spend: Spend::new(),
+                })
+            })
+            .clone();
+        for (slot, usd) in usd.into_iter().enumerate() {
+            if usd.is_finite() && usd > 0.0 {
+                state
+                    .spend
+                    .add_slot(slot, now_ms, (usd * NANOS_PER_USD).round() as u64);
+            }
+        }
+    }
+
+    /// Unix ms when this limiter was made: the spend of requests that started earlier is
+    /// reloaded from the store ([`reload_spend`](Self::reload_spend)).
+    pub fn started_ms(&self) -> i64 {
+        self.started_ms
+    }
+
+    /// Whether the spend reload from the store is done (or not needed).
+    pub fn spend_loaded(&self) -> bool {
+        self.fleet.is_some() || self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Reload every virtual key's spend of the current day, month and total from the
+    /// store's traces (in process only; once, at start). Returns the keys seeded.
+    pub async fn reload_spend(
+        &self,
+        store: &dyn crate::store::Store,
+    ) -> Result<usize, crate::store::StoreError> {
+        if self.fleet.is_some() {
+            return Ok(0);
+        }
+        let now_ms = super::virtual_keys::now_ms();
+        let (day_ms, month_ms) = period_starts(now_ms);
+        let rows = store.key_spend(day_ms, month_ms, self.started_ms).await?;
+        for r in &rows {
+            self.seed_spend(&r.key_id, r.usd, now_ms);
+        }
+        self.loaded.store(true, Ordering::Release);
+        Ok(rows.len())
+    }
+
+    /// The spend of key `id` in the current day, month and in total (USD): this gateway's
+    /// in process, the fleet's with Redis.
+    pub async fn spend_now(&self, id: &str, now_ms: i64) -> Result<[f64; 3], GatewayError> {
+        let Some(f) = &self.fleet else {
+            return Ok(self.spend(id, now_ms));
+        };
+        let keys = f.spend_keys(id, period_index(0, now_ms), period_index(1, now_ms));
+        match f.spend(&keys).await {
+            Ok(n) => Ok(n.map(|v| v as f64 / NANOS_PER_USD)),
+            Err(e) => {
+                f.log_fault("reading spend", &e);
+                Err(GatewayError::Unavailable(format!(
+                    "the shared limits store did not answer: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Admit one request: in process ([`admit`](Self::admit)) or through Redis. Async only
+    /// with Redis, bounded by `limits.timeout_ms`.
+    pub async fn admit_request(
+        &self,
+        key: Option<&Arc<VirtualKey>>,
+        model: &str,
+        tokens: u64,
+        slot: &mut Option<Ticket>,
+    ) -> Result<(), GatewayError> {
+        let Some(fleet) = &self.fleet else {
+            return self.admit(key, model, tokens, slot);
+        };
+        let Some(key) = key else { return Ok(()) };
+        let spec = &key.spec;
+        let no_limits =
+            spec.limits.rpm.is_none() && spec.limits.tpm.is_none() && spec.limits.models.is_empty();
+        if no_limits && spec.budgets.is_empty() {
+            return Ok(());
+        }
+        match self.check_shared(fleet, key, model, tokens).await {
+            Ok(t) => {
+                *slot = Some(t);
+                Ok(())
+            }
+            Err(r) => {
+                *slot = Some(Ticket::refused(&r));
+                Err(r.error)
+            }
+        }
+    }
+
+    async fn check_shared(
+        &self,
+        fleet: &Arc<Fleet>,
+        key: &VirtualKey,
+        model: &str,
+        tokens: u64,
+    ) -> Result<Ticket, Box<Refusal>> {
+        let spec = &key.spec;
+        let id = key.entry.id.as_str();
+        let now_ms = super::virtual_keys::now_ms();
+        let spend_keys = fleet.spend_keys(id, period_index(0, now_ms), period_index(1, now_ms));
+        let mut caps = [-1i64; 3];
+        for b in &spec.budgets {
+            caps[period_slot(&b.period)] = (b.usd * NANOS_PER_USD).min(i64::MAX as f64) as i64;
+        }
+        // The narrower (model) scope first, as in process; nothing is taken unless all fit.
+        let model_rate = spec.limits.models.get(model);
+        let scopes = [
+            (
+                model_rate.map(|r| (r.rpm, r.tpm)),
+                Scope::Model(model),
+                Some(model),
+            ),
+            (Some((spec.limits.rpm, spec.limits.tpm)), Scope::Key, None),
+        ];
+        let mut limits: Vec<SharedLimit> = Vec::new();
+        // Per limit: scope, tokens (not requests), the limit, the tokens charged.
+        let mut meta: Vec<(Scope<'_>, bool, u64, u64)> = Vec::new();
+        for (rate, scope, name) in scopes {
+            let Some((rpm, tpm)) = rate else { continue };
+            if let Some(n) = rpm {
+                if n == 0 {
+                    return Err(Box::new(Refusal::requests(scope, 0, MINUTE)));
+                }
+                let us = WINDOW_US / n as f64;
+                limits.push(SharedLimit {
+                    key: fleet.rate_key(id, name, "rpm"),
+                    us_per_unit: us,
+                    cost_us: us,
+                });
+                meta.push((scope, false, n, 0));
+            }
+            if let Some(n) = tpm {
+                if n == 0 {
+                    return Err(Box::new(Refusal::tokens(scope, 0, MINUTE)));
+                }
+                let us = WINDOW_US / n as f64;
+                let charged = tokens.min(n);
+                limits.push(SharedLimit {
+                    key: fleet.rate_key(id, name, "tpm"),
+                    us_per_unit: us,
+                    cost_us: charged as f64 * us,
+                });
+                meta.push((scope, true, n, charged));
+            }
+        }
+        let fleet_ticket = |charged: bool| FleetTicket {
+            fleet: fleet.clone(),
+            spend_keys: spend_keys.clone(),
+            tokens: if charged {
+                limits
+                    .iter()
+                    .zip(&meta)
+                    .filter(|(_, m)| m.1)
+                    .map(|(l, m)| (l.key.clone(), l.us_per_unit, m.3))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let mut ticket = Ticket {
+            state: None,
+            key_rate: None,
+            model_rate: None,
+            estimate: tokens,
+            requests: None,
+            tokens: None,
+            settled: false,
+            fleet: None,
+        };
+        match fleet.admit(&spend_keys, caps, &limits).await {
+            Ok(Verdict::Admitted { spent, used_us }) => {
+                if spec.budgets.iter().any(|b| b.soft_pct.is_some()) {
+                    let state = self.state(key);
+                    for b in &spec.budgets {
+                        let slot = period_slot(&b.period);
+                        soft_threshold(&state, key, b, spent[slot], now_ms);
+                    }
+                }
+                for ((l, m), used) in limits.iter().zip(&meta).zip(used_us) {
+                    let free = (WINDOW_US - used as f64).max(0.0);
+                    let s = Snapshot {
+                        limit: m.2,
+                        remaining: ((free / l.us_per_unit).floor() as u64).min(m.2),
+                        reset: Duration::from_micros(used),
+                    };
+                    let cur = if m.1 {
+                        &mut ticket.tokens
+                    } else {
+                        &mut ticket.requests
+                    };
+                    if cur.is_none_or(|c| s.remaining < c.remaining) {
+                        *cur = Some(s);
+                    }
+                }
+                ticket.fleet = Some(fleet_ticket(true));
+                Ok(ticket)
+            }
+            Ok(Verdict::Budget { slot, spent }) => {
+                let b = spec
+                    .budgets
+                    .iter()
+                    .find(|b| period_slot(&b.period) == slot)
+                    .cloned()
+                    .unwrap_or(Budget {
+                        period: PERIOD_ORDER[slot].to_string(),
+                        usd: 0.0,
+                        soft_pct: None,
+                    });
+                Err(Box::new(Refusal::budget(
+                    id,
+                    &b,
+                    spent,
+                    until_next_period(slot, now_ms),
+                )))
+            }
+            Ok(Verdict::Rate { index, wait }) => {
+                let (scope, is_tokens, n, _) = meta[index.min(meta.len().saturating_sub(1))];
+                Err(Box::new(if is_tokens {
+                    Refusal::tokens(scope, n, wait)
+                } else {
+                    Refusal::requests(scope, n, wait)
+                }))
+            }
+            Err(e) => match fleet.failure_mode {
+                FailureMode::FailOpen => {
+                    fleet.fault("admission", &e, "admitted");
+                    // Nothing was charged; the request's cost still goes to the shared
+                    // spend when it ends, if Redis answers by then.
+                    ticket.fleet = Some(fleet_ticket(false));
+                    Ok(ticket)
+                }
+                FailureMode::FailClosed => {
+                    fleet.fault("admission", &e, "refused");
+                    Err(Box::new(Refusal {
+                        error: fleet.unavailable(),
+                        headers: None,
+                    }))
+                }
+            },
         }
     }
 
@@ -554,19 +893,7 @@ impl Limiter {
                     until_next_period(slot, now_ms),
                 )));
             }
-            if let Some(pct) = b.soft_pct {
-                let soft = (b.usd * pct / 100.0 * NANOS_PER_USD) as u64;
-                let idx = period_index(slot, now_ms);
-                if spent >= soft && state.spend.soft_seen[slot].swap(idx, Ordering::AcqRel) != idx {
-                    tracing::warn!(
-                        key_id = %key.entry.id,
-                        period = %b.period,
-                        budget_usd = b.usd,
-                        spent_usd = spent as f64 / NANOS_PER_USD,
-                        "virtual key passed its soft budget threshold"
-                    );
-                }
-            }
+            soft_threshold(&state, key, b, spent, now_ms);
         }
         let mut rates = state.rates.load_full();
         if rates.limits != key.spec.limits {
@@ -589,6 +916,7 @@ impl Limiter {
             requests: None,
             tokens: None,
             settled: false,
+            fleet: None,
         };
         // The narrower (model) scope first, so a model refusal costs the key nothing;
         // tokens taken before a later refusal are given back.
@@ -635,6 +963,58 @@ impl Limiter {
             }
         }
         Ok(ticket)
+    }
+}
+
+/// Reloads the spend of virtual keys from the store once at start (in process backend), so
+/// a restart does not reset budgets. Retries while the store is not up, for a bounded time.
+pub struct SpendReload {
+    pub limiter: Arc<Limiter>,
+    pub slot: crate::store::writer::StoreSlot,
+}
+
+impl SpendReload {
+    /// Attempts, one per second at most, before giving up (logged).
+    const ATTEMPTS: u32 = 120;
+
+    async fn run(&self) {
+        let mut warned = false;
+        for _ in 0..Self::ATTEMPTS {
+            let Some(store) = self.slot.wait(Duration::from_secs(1)).await else {
+                continue;
+            };
+            match self.limiter.reload_spend(store.as_ref()).await {
+                Ok(n) => {
+                    tracing::info!(
+                        keys = n,
+                        "limits: virtual keys' spend reloaded from the store"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(error = %e, "limits: cannot reload spend from the store yet; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        tracing::error!(
+            "limits: spend not reloaded from the store; budgets count only this process's requests"
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for SpendReload {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        if self.limiter.spend_loaded() {
+            return;
+        }
+        tokio::select! {
+            _ = self.run() => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }
 
@@ -758,6 +1138,25 @@ mod tests {
             serde_json::json!({"limits": {"rpm": 2}, "budgets": [{"period": "total", "usd": 1}]}),
         );
         assert_eq!(admit(&l, &k3, "m", 0).err(), Some(429));
+    }
+
+    #[test]
+    fn reloaded_spend_adds_to_what_this_gateway_counted() {
+        let l = Limiter::new();
+        let k = key(serde_json::json!({"budgets": [{"period": "day", "usd": 1.0}]}));
+        let mut t = admit(&l, &k, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.25);
+        let now = crate::auth::virtual_keys::now_ms();
+        l.seed_spend("vk_t", [0.5, 0.5, 2.0], now);
+        assert_eq!(l.spend("vk_t", now), [0.75, 0.75, 2.25]);
+        assert!(admit(&l, &k, "m", 0).is_ok());
+        l.seed_spend("vk_t", [0.25, 0.0, 0.0], now);
+        assert_eq!(admit(&l, &k, "m", 0).err(), Some(429));
+        let t0 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+        assert_eq!(
+            period_starts(t0 + 40 * 86_400_000 + 5 * 3_600_000),
+            (t0 + 40 * 86_400_000, t0 + 31 * 86_400_000)
+        );
     }
 
     #[test]

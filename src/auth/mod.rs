@@ -3,11 +3,13 @@
 //! - [`keys`]: configured gateway keys (hashed) and their lookup.
 //! - [`virtual_keys`]: gateway keys created through `/v1/keys`, kept in the store and
 //!   mirrored in process (revocation reaches every instance within one refresh).
-//! - [`limits`]: per-key requests / tokens per minute and USD budgets, in process.
+//! - [`limits`]: per-key requests / tokens per minute and USD budgets, in process or
+//!   through [`fleet`] (Redis, shared by every gateway on it).
 //!
 //! `Scope` is part of the configuration vocabulary (a key's `scopes` in `[auth]`), so it is
 //! defined in `config` and re-exported here.
 
+pub mod fleet;
 pub mod keys;
 pub mod limits;
 pub mod virtual_keys;

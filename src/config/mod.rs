@@ -63,12 +63,97 @@ pub struct GatewayConfig {
     /// The LLM firewall (`docs/firewall.md`).
     #[serde(default)]
     pub firewall: crate::firewall::FirewallConfig,
+    /// Where virtual keys' rate counters and budget spend live (`docs/keys.md`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
     /// Which rule chose `server.state_dir` ([`paths::state_dir`]); empty when none was needed.
     #[serde(skip)]
     pub state_dir_from: &'static str,
+}
+
+/// Where rate counters and budget spend of virtual keys live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    /// In this gateway's memory: per instance.
+    #[default]
+    Memory,
+    /// In Redis: shared by every gateway on the same Redis.
+    Redis,
+}
+
+/// What a request meets when the shared limits backend does not answer in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Admit the request unchecked (counted in a metric, logged).
+    #[default]
+    FailOpen,
+    /// Refuse it with 503 `limits_unavailable`.
+    FailClosed,
+}
+
+/// `[limits]`: the backend of virtual keys' rate limits and budgets (`docs/keys.md`).
+/// Read at start; a change applies after a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub backend: LimitsBackend,
+    /// `redis://[user:password@]host:port[/db]` or `unix:///path`; env `LOOPGATE_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// Longest a request waits for Redis before the failure mode applies.
+    pub timeout_ms: u64,
+    pub failure_mode: FailureMode,
+    /// Prefix of every Redis key (several fleets on one Redis).
+    pub key_prefix: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            backend: LimitsBackend::Memory,
+            redis_url: None,
+            timeout_ms: 50,
+            failure_mode: FailureMode::FailOpen,
+            key_prefix: "loopgate:".into(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.timeout_ms) {
+            return Err(format!(
+                "limits.timeout_ms must be from 1 to 10000, got {}",
+                self.timeout_ms
+            ));
+        }
+        if self.key_prefix.len() > 64 || self.key_prefix.contains(['{', '}']) {
+            return Err("limits.key_prefix must be at most 64 bytes without '{' or '}'".into());
+        }
+        if self.backend == LimitsBackend::Redis {
+            match self.redis_url.as_deref() {
+                Some(u)
+                    if ["redis://", "redis+unix://", "unix://"]
+                        .iter()
+                        .any(|p| u.starts_with(p)) => {}
+                Some(_) => return Err(
+                    "limits.redis_url must start with redis:// or unix:// (TLS is not supported)"
+                        .into(),
+                ),
+                None => {
+                    return Err(
+                        "limits.backend = \"redis\" needs limits.redis_url (or LOOPGATE_REDIS_URL)"
+                            .into(),
+                    )
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -467,6 +552,9 @@ impl GatewayConfig {
         if let Some(v) = var("LOOPGATE_CATALOG") {
             self.server.catalog = Some(v);
         }
+        if let Some(v) = var("LOOPGATE_REDIS_URL") {
+            self.limits.redis_url = Some(v);
+        }
         if let Some(v) = var("LOOPGATE_DB") {
             self.storage
                 .insert("sqlite_path".into(), toml::Value::String(v));
@@ -588,6 +676,7 @@ impl GatewayConfig {
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes must be > 0".into());
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         let prefix = &self.server.header_prefix;
         if prefix.is_empty()
             || !prefix

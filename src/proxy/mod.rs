@@ -268,7 +268,8 @@ pub(crate) async fn chat(
     crate::auth::virtual_keys::check_route(ctx.vkey.as_deref(), resolution.route.as_deref())?;
     let est = crate::auth::limits::estimate(&req.body, req.raw.len());
     gw.limits
-        .admit(ctx.vkey.as_ref(), &req.model, est, &mut ctx.limit)?;
+        .admit_request(ctx.vkey.as_ref(), &req.model, est, &mut ctx.limit)
+        .await?;
     ctx.route = resolution.route.clone();
     firewall::check_request(rt, ctx, &mut req)?;
     let candidates = match (&resolution.route, resolution.feedback) {
@@ -316,7 +317,9 @@ async fn other_model_call(
     ctx.requested_model = model.clone();
     crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &model)?;
     let est = crate::auth::limits::estimate(&body, raw.len());
-    limits.admit(ctx.vkey.as_ref(), &model, est, &mut ctx.limit)?;
+    limits
+        .admit_request(ctx.vkey.as_ref(), &model, est, &mut ctx.limit)
+        .await?;
     let forced = request::header(session, "x-provider")
         .or_else(|| request::header(session, &rt.headers.provider))
         .map(str::to_string);

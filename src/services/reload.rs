@@ -110,6 +110,7 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         "cache.max_bytes",
         old.cache.max_bytes != new.cache.max_bytes,
     );
+    diff("[limits]", old.limits != new.limits);
     // Turning body capture off and zero-retention projects apply at once; turning capture
     // on and the rest of [storage] (backend, batching, retention) do not.
     let storage = |t: &toml::Table| {
@@ -236,4 +237,19 @@ fn watch(
         }
     }
     Some(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_limits_backend_waits_for_a_restart() {
+        let old = GatewayConfig::default();
+        let mut new = old.clone();
+        assert!(needs_restart(&old, &new).is_empty());
+        new.limits.backend = crate::config::LimitsBackend::Redis;
+        new.limits.redis_url = Some("redis://127.0.0.1:6379".into());
+        assert_eq!(needs_restart(&old, &new), vec!["[limits]".to_string()]);
+    }
 }

@@ -262,6 +262,13 @@ pub struct McpTokenRow {
     pub revoked_ms: Option<i64>,
 }
 
+/// One virtual key's spend in USD since the start of the day, of the month, and in total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySpend {
+    pub key_id: String,
+    pub usd: [f64; 3],
+}
+
 /// The storage seam. Inserts are idempotent on `request_id`, so a batch may be retried
 /// (after a timeout or a replayed spill file) without duplicates.
 ///
@@ -374,6 +381,17 @@ pub trait Store: Send + Sync {
     /// Delete the tokens expired (or revoked) before `before_ms`; returns how many.
     async fn purge_mcp_tokens(&self, _before_ms: i64) -> Result<u64, StoreError> {
         Err(unsupported(self.backend(), "MCP tokens"))
+    }
+
+    /// Spend (`cost_usd`) per virtual key (`key_id` starting `vk_`) of the traces that
+    /// started before `before_ms`: since `day_ms`, since `month_ms` and in total.
+    async fn key_spend(
+        &self,
+        _day_ms: i64,
+        _month_ms: i64,
+        _before_ms: i64,
+    ) -> Result<Vec<KeySpend>, StoreError> {
+        Err(unsupported(self.backend(), "key spend"))
     }
     /// Set (Some) or clear (None) one operator state value of a route.
     async fn put_route_state(

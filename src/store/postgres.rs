@@ -1311,6 +1311,40 @@ impl Store for PgStore {
         res
     }
 
+    async fn key_spend(
+        &self,
+        day_ms: i64,
+        month_ms: i64,
+        before_ms: i64,
+    ) -> Result<Vec<super::KeySpend>, StoreError> {
+        let rows = self
+            .read_rows(
+                "SELECT key_id, \
+                 COALESCE(SUM(CASE WHEN ts_ms >= $1 THEN cost_usd ELSE 0 END), 0)::DOUBLE PRECISION, \
+                 COALESCE(SUM(CASE WHEN ts_ms >= $2 THEN cost_usd ELSE 0 END), 0)::DOUBLE PRECISION, \
+                 COALESCE(SUM(cost_usd), 0)::DOUBLE PRECISION \
+                 FROM traces WHERE substr(key_id, 1, 3) = 'vk_' AND ts_ms < $3 GROUP BY key_id",
+                &[
+                    SqlParam::Int(day_ms),
+                    SqlParam::Int(month_ms),
+                    SqlParam::Int(before_ms),
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::KeySpend {
+                    key_id: r.try_get(0).map_err(pg_err)?,
+                    usd: [
+                        r.try_get(1).map_err(pg_err)?,
+                        r.try_get(2).map_err(pg_err)?,
+                        r.try_get(3).map_err(pg_err)?,
+                    ],
+                })
+            })
+            .collect()
+    }
+
     async fn route_states(&self) -> Result<Vec<RouteStateRow>, StoreError> {
         let rows = self
             .read_rows(

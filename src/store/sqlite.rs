@@ -816,6 +816,12 @@ impl SqliteStore {
     }
 }
 
+const KEY_SPEND_SQLITE: &str = "SELECT key_id, \
+     COALESCE(SUM(CASE WHEN ts_ms >= ?1 THEN cost_usd ELSE 0 END), 0), \
+     COALESCE(SUM(CASE WHEN ts_ms >= ?2 THEN cost_usd ELSE 0 END), 0), \
+     COALESCE(SUM(cost_usd), 0) \
+     FROM traces WHERE substr(key_id, 1, 3) = 'vk_' AND ts_ms < ?3 GROUP BY key_id";
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -1214,6 +1220,27 @@ impl Store for SqliteStore {
                 )
                 .map_err(map_err)?;
             let rows = st.query_map([], mcp_token_row).map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn key_spend(
+        &self,
+        day_ms: i64,
+        month_ms: i64,
+        before_ms: i64,
+    ) -> Result<Vec<super::KeySpend>, StoreError> {
+        Self::run(&self.reader, move |c| {
+            let mut st = c.prepare_cached(KEY_SPEND_SQLITE).map_err(map_err)?;
+            let rows = st
+                .query_map(rusqlite::params![day_ms, month_ms, before_ms], |r| {
+                    Ok(super::KeySpend {
+                        key_id: r.get(0)?,
+                        usd: [r.get(1)?, r.get(2)?, r.get(3)?],
+                    })
+                })
+                .map_err(map_err)?;
             rows.collect::<Result<_, _>>().map_err(map_err)
         })
         .await

@@ -1654,4 +1654,50 @@ pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         .await
         .expect("query");
     assert_eq!(left.len(), 40);
+    check_key_spend(&a, &b).await;
+}
+
+/// Spend per virtual key (reloaded by an in-process limiter at start): since the day and
+/// month starts, in total, only traces before the cut-off, only `vk_` keys.
+async fn check_key_spend(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    let day = T0 + 40 * 86_400_000; // 2026-02-10
+    let month = T0 + 31 * 86_400_000; // 2026-02-01
+    let cut = day + 3_600_000;
+    let rows: Vec<(&str, Option<&str>, i64, f64)> = vec![
+        ("ks-1", Some("vk_a"), month - 1, 1.0),  // total only
+        ("ks-2", Some("vk_a"), month + 5, 0.25), // month and total
+        ("ks-3", Some("vk_a"), day + 10, 0.125), // day, month, total
+        ("ks-4", Some("vk_a"), cut, 8.0),        // at the cut-off: not counted
+        ("ks-5", Some("vk_b"), day + 20, 0.5),
+        ("ks-6", Some("cfg"), day + 30, 9.0), // a config key: not listed
+        ("ks-7", None, day + 40, 9.0),
+    ];
+    let recs: Vec<TraceRecord> = rows
+        .iter()
+        .map(|(id, key, ts, cost)| {
+            let mut r = record(3);
+            r.request_id = id.to_string();
+            r.key_id = key.map(str::to_string);
+            r.ts_ms = *ts;
+            r.cost_usd = *cost;
+            r.decision = None;
+            r
+        })
+        .collect();
+    a.insert_traces(&recs).await.expect("insert");
+    let mut got = b.key_spend(day, month, cut).await.expect("key spend");
+    got.sort_by(|x, y| x.key_id.cmp(&y.key_id));
+    assert_eq!(
+        got,
+        vec![
+            loopgate::store::KeySpend {
+                key_id: "vk_a".into(),
+                usd: [0.125, 0.375, 1.375],
+            },
+            loopgate::store::KeySpend {
+                key_id: "vk_b".into(),
+                usd: [0.5, 0.5, 0.5],
+            },
+        ]
+    );
 }

@@ -1,0 +1,410 @@
+//! The shared limits backend: rate counters and budget spend of virtual keys in Redis, so
+//! every gateway on one Redis enforces one limit and one budget together.
+//!
+//! - **Admission** is one Lua script (`EVALSHA`, one round trip): it reads the key's spend in
+//!   each budgeted period and refuses when a cap is reached, then runs GCRA on every rate
+//!   limit of the request (the model's, then the key's; requests and tokens per minute) and
+//!   writes the new theoretical arrival times only when all of them fit. Time is Redis's
+//!   own (`TIME`), so gateways with skewed clocks share one timeline.
+//! - **Settlement** (the request ended) is a second script, sent off the request path by a
+//!   spawned task: the real cost is added to the spend of the day, month and total
+//!   (integer nano-dollars, period-stamped keys with a TTL), and the token estimate is
+//!   corrected to the real usage.
+//! - **Faults**: every call is bounded by `limits.timeout_ms`; a timeout or an error applies
+//!   `limits.failure_mode` (admit, or refuse with 503 `limits_unavailable`), counts
+//!   `loopgate_limits_backend_errors_total` and logs one warning when an outage starts and
+//!   one line when Redis answers again. The connection manager reconnects by itself.
+//!
+//! Keys: `<prefix>{<key id>}:rate:<scope>:<rpm|tpm>` (the TAT in µs of Redis time) and
+//! `<prefix>{<key id>}:spend:<day|month|total>[:<period index>]` (nano-USD); the braces keep
+//! one key's entries in one Redis Cluster slot.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::{FailureMode, LimitsConfig};
+use crate::error::GatewayError;
+
+/// GCRA window (and burst) in µs: one minute.
+pub const WINDOW_US: f64 = 60_000_000.0;
+
+/// Budgets first (refuse when spent), then GCRA on every limit; writes only when all fit.
+/// KEYS[1..3]: spend of the day, month, total; KEYS[4..]: the limits' TAT keys.
+/// ARGV[1..3]: the caps in nano-USD (-1: no budget in that period); ARGV[4..]: the cost in
+/// µs of this request on each limit.
+/// Reply: {0, spent_day, spent_month, spent_total, used_1, used_2, ...} (µs of the window
+/// in use after taking), {1, period, spent} (a budget is spent), {2, limit, wait_us}.
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {0, 0, 0, 0}
+for i = 1, 3 do
+  local cap = tonumber(ARGV[i])
+  if cap >= 0 then
+    local spent = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+    if spent >= cap then return {1, i, spent} end
+    out[i + 1] = spent
+  end
+end
+local n = #KEYS - 3
+local next = {}
+for j = 1, n do
+  local tat = tonumber(redis.call('GET', KEYS[3 + j]) or '0') or 0
+  if tat < now then tat = now end
+  local nt = tat + tonumber(ARGV[3 + j])
+  if nt - now > 60000000 then return {2, j, nt - now - 60000000} end
+  next[j] = nt
+  out[4 + j] = nt - now
+end
+for j = 1, n do
+  local ttl = math.floor((next[j] - now) / 1000) + 1000
+  redis.call('SET', KEYS[3 + j], string.format('%.0f', next[j]), 'PX', ttl)
+end
+return out
+";
+
+/// KEYS[1..3]: spend of the day, month, total; KEYS[4..]: TAT keys to move.
+/// ARGV[1]: nano-USD to add (0: none); ARGV[2], ARGV[3]: TTL in s of the day and month keys;
+/// ARGV[4..]: µs to move each TAT by (negative: a refund). A TAT that expired stays gone.
+const SETTLE: &str = r"
+local nanos = tonumber(ARGV[1])
+if nanos > 0 then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('INCRBY', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  redis.call('INCRBY', KEYS[3], ARGV[1])
+end
+for j = 4, #KEYS do
+  local d = tonumber(ARGV[j])
+  if d ~= 0 and redis.call('EXISTS', KEYS[j]) == 1 then
+    redis.call('INCRBY', KEYS[j], string.format('%.0f', d))
+  end
+end
+return 1
+";
+
+/// A day key outlives its day by a day; a month key by a few days.
+const DAY_TTL_SECS: u64 = 2 * 86_400;
+const MONTH_TTL_SECS: u64 = 35 * 86_400;
+
+/// One rate limit of a request as the script sees it.
+#[derive(Debug, Clone)]
+pub struct SharedLimit {
+    pub key: String,
+    /// µs of the window one unit (a request, a token) uses.
+    pub us_per_unit: f64,
+    /// µs this request costs.
+    pub cost_us: f64,
+}
+
+/// What the script answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Admitted: spend per period (nano-USD) and the µs in use of each limit after taking.
+    Admitted { spent: [u64; 3], used_us: Vec<u64> },
+    /// A budget is spent: its period slot and the spend.
+    Budget { slot: usize, spent: u64 },
+    /// Limit `index` (into the request's limits) does not fit for `wait`.
+    Rate { index: usize, wait: Duration },
+}
+
+/// Why a call to Redis did not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("no answer from Redis within {0} ms")]
+    Timeout(u64),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from the limits script: {0}")]
+    Reply(String),
+}
+
+/// The Redis side of the limiter: one multiplexed connection (made on first use, inside the
+/// runtime that serves requests) that reconnects by itself.
+pub struct Fleet {
+    client: redis::Client,
+    conn: OnceLock<ConnectionManager>,
+    timeout: Duration,
+    pub failure_mode: FailureMode,
+    prefix: String,
+    admit: redis::Script,
+    settle: redis::Script,
+    /// Redis is failing (an outage was logged), and the faults seen during it.
+    down: AtomicBool,
+    faults: AtomicU64,
+}
+
+impl Fleet {
+    /// Check the URL; nothing is connected until the first request.
+    pub fn new(cfg: &LimitsConfig) -> Result<Fleet, String> {
+        let url = cfg
+            .redis_url
+            .as_deref()
+            .ok_or("limits.redis_url is not set")?;
+        let client = redis::Client::open(url).map_err(|e| format!("limits.redis_url: {e}"))?;
+        Ok(Fleet {
+            client,
+            conn: OnceLock::new(),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            failure_mode: cfg.failure_mode,
+            prefix: cfg.key_prefix.clone(),
+            admit: redis::Script::new(ADMIT),
+            settle: redis::Script::new(SETTLE),
+            down: AtomicBool::new(false),
+            faults: AtomicU64::new(0),
+        })
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, FleetError> {
+        if let Some(c) = self.conn.get() {
+            return Ok(c.clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(250));
+        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
+        Ok(self.conn.get_or_init(|| made).clone())
+    }
+
+    /// Where Redis is, for logs: scheme, host and port (or socket path), never the
+    /// user name or password.
+    pub fn endpoint(&self) -> String {
+        redacted(self.client.get_connection_info())
+    }
+
+    /// `<prefix>{<id>}:rate:<scope>:<kind>`.
+    pub fn rate_key(&self, id: &str, scope: Option<&str>, kind: &str) -> String {
+        match scope {
+            Some(model) => format!("{}{{{id}}}:rate:model:{model}:{kind}", self.prefix),
+            None => format!("{}{{{id}}}:rate:key:{kind}", self.prefix),
+        }
+    }
+
+    /// The spend keys of the day, month and total for the periods `idx` (day, month).
+    pub fn spend_keys(&self, id: &str, day: i64, month: i64) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}{{{id}}}:spend:day:{day}"),
+            format!("{p}{{{id}}}:spend:month:{month}"),
+            format!("{p}{{{id}}}:spend:total"),
+        ]
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, FleetError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(FleetError::Timeout(self.timeout.as_millis() as u64)),
+        }
+    }
+
+    /// Run the admission script.
+    pub async fn admit(
+        &self,
+        spend_keys: &[String; 3],
+        caps: [i64; 3],
+        limits: &[SharedLimit],
+    ) -> Result<Verdict, FleetError> {
+        let mut conn = self.conn()?;
+        let mut inv = self.admit.prepare_invoke();
+        for k in spend_keys {
+            inv.key(k);
+        }
+        for c in caps {
+            inv.arg(c);
+        }
+        for l in limits {
+            inv.key(&l.key);
+            inv.arg(format!("{:.0}", l.cost_us.max(0.0)));
+        }
+        let reply: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        self.answered();
+        parse_verdict(&reply, limits.len())
+    }
+
+    /// Run the settlement script (`nanos` of spend; µs to move each TAT by).
+    pub async fn settle(
+        &self,
+        spend_keys: &[String; 3],
+        nanos: u64,
+        moves: &[(String, f64)],
+    ) -> Result<(), FleetError> {
+        let mut conn = self.conn()?;
+        let mut inv = self.settle.prepare_invoke();
+        for k in spend_keys {
+            inv.key(k);
+        }
+        inv.arg(nanos).arg(DAY_TTL_SECS).arg(MONTH_TTL_SECS);
+        for (k, d) in moves {
+            inv.key(k);
+            inv.arg(format!("{d:.0}"));
+        }
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        self.answered();
+        Ok(())
+    }
+
+    /// The spend of the day, month and total (nano-USD).
+    pub async fn spend(&self, spend_keys: &[String; 3]) -> Result<[u64; 3], FleetError> {
+        let mut conn = self.conn()?;
+        let mut cmd = redis::cmd("MGET");
+        for k in spend_keys {
+            cmd.arg(k);
+        }
+        let v: Vec<Option<u64>> = self.bounded(cmd.query_async(&mut conn)).await?;
+        self.answered();
+        let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
+        Ok([at(0), at(1), at(2)])
+    }
+
+    /// Count a fault and log it, at most once per [`LOG_EVERY`].
+    pub fn fault(&self, what: &str, e: &FleetError, outcome: &'static str) {
+        crate::metrics::metrics()
+            .limits_backend_errors
+            .with_label_values(&[outcome])
+            .inc();
+        self.log_fault(what, e);
+    }
+
+    /// Log a fault without counting a request: one warning when an outage starts.
+    pub fn log_fault(&self, what: &str, e: &FleetError) {
+        self.faults.fetch_add(1, Ordering::AcqRel);
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                error = %e,
+                failure_mode = ?self.failure_mode,
+                "limits backend: {what} failed; the failure mode applies until Redis answers again"
+            );
+        }
+    }
+
+    /// Redis answered: ends an outage (one line with the faults it saw).
+    fn answered(&self) {
+        if self.down.load(Ordering::Acquire) && self.down.swap(false, Ordering::AcqRel) {
+            let faults = self.faults.swap(0, Ordering::AcqRel);
+            tracing::warn!(faults, "limits backend: Redis answers again");
+        }
+    }
+
+    /// The 503 of `fail_closed`.
+    pub fn unavailable(&self) -> GatewayError {
+        GatewayError::Upstream {
+            status: 503,
+            message: format!(
+                "Rate limits and budgets cannot be checked right now: the shared limits store did not answer within {} ms. Retry shortly.",
+                self.timeout.as_millis()
+            ),
+            retry_after: Some("1".into()),
+            code: "limits_unavailable",
+        }
+    }
+}
+
+fn redacted(info: &redis::ConnectionInfo) -> String {
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}"),
+        redis::ConnectionAddr::Unix(path) => format!("unix://{}", path.display()),
+        _ => "redis (TLS)".into(),
+    }
+}
+
+fn parse_verdict(r: &[i64], n: usize) -> Result<Verdict, FleetError> {
+    let bad = || FleetError::Reply(format!("{r:?}"));
+    let at = |i: usize| r.get(i).copied().ok_or_else(bad);
+    match at(0)? {
+        0 if r.len() == 4 + n => Ok(Verdict::Admitted {
+            spent: [at(1)?, at(2)?, at(3)?].map(|v| v.max(0) as u64),
+            used_us: r[4..].iter().map(|v| (*v).max(0) as u64).collect(),
+        }),
+        1 => Ok(Verdict::Budget {
+            slot: (at(1)? - 1).clamp(0, 2) as usize,
+            spent: at(2)?.max(0) as u64,
+        }),
+        2 => {
+            let index = usize::try_from(at(1)? - 1).map_err(|_| bad())?;
+            if index >= n {
+                return Err(bad());
+            }
+            Ok(Verdict::Rate {
+                index,
+                wait: Duration::from_micros(at(2)?.max(0) as u64),
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// What a fleet-admitted request settles when it ends.
+pub struct FleetTicket {
+    pub fleet: Arc<Fleet>,
+    pub spend_keys: [String; 3],
+    /// TAT keys of the token limits, their µs per token and the tokens charged up front.
+    pub tokens: Vec<(String, f64, u64)>,
+}
+
+impl FleetTicket {
+    /// Send the settlement off the request path (a spawned task, bounded by the timeout).
+    pub fn settle(self, tokens: u64, nanos: u64) {
+        let moves: Vec<(String, f64)> = self
+            .tokens
+            .iter()
+            .map(|(k, us, charged)| (k.clone(), (tokens as f64 - *charged as f64) * us))
+            .filter(|(_, d)| d.abs() >= 1.0)
+            .collect();
+        if nanos == 0 && moves.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = self.fleet.settle(&self.spend_keys, nanos, &moves).await {
+                // The spend of this request is lost to the shared budget: logged, counted.
+                crate::metrics::metrics()
+                    .limits_backend_errors
+                    .with_label_values(&["settle_lost"])
+                    .inc();
+                self.fleet.log_fault("settling a request", &e);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_parse_and_bad_replies_are_errors() {
+        assert_eq!(
+            parse_verdict(&[0, 1, 2, 3, 600, 700], 2).ok(),
+            Some(Verdict::Admitted {
+                spent: [1, 2, 3],
+                used_us: vec![600, 700]
+            })
+        );
+        assert_eq!(
+            parse_verdict(&[1, 3, 99], 0).ok(),
+            Some(Verdict::Budget { slot: 2, spent: 99 })
+        );
+        assert_eq!(
+            parse_verdict(&[2, 2, 1500], 2).ok(),
+            Some(Verdict::Rate {
+                index: 1,
+                wait: Duration::from_micros(1500)
+            })
+        );
+        assert!(parse_verdict(&[2, 3, 1], 2).is_err());
+        assert!(parse_verdict(&[0, 1], 2).is_err());
+        assert!(parse_verdict(&[7], 0).is_err());
+    }
+}
