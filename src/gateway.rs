@@ -40,6 +40,8 @@ pub struct Gateway {
     pub mcp: Option<Arc<dyn AdminRoutes>>,
     /// The trace store, for `previous_response_id` on `/v1/responses` (`None`: no store).
     pub store: Option<crate::store::writer::StoreSlot>,
+    /// The judge and shadow queues (the services create them when installed).
+    pub jobs: Arc<crate::rollout::jobs::JobQueues>,
 }
 
 impl Gateway {
@@ -63,6 +65,7 @@ impl Gateway {
             limits: Arc::new(crate::auth::limits::Limiter::new()),
             mcp: None,
             store: None,
+            jobs: Arc::default(),
         }
     }
 }

@@ -133,7 +133,11 @@ fn main() -> ExitCode {
             if let Err(code) = init_logging() {
                 return code;
             }
-            match loopgate::server::serve(loopgate::server::ServeOptions { config, upgrade }) {
+            match loopgate::server::serve(loopgate::server::ServeOptions {
+                config,
+                upgrade,
+                jobs: Default::default(),
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("loopgate: {e}");

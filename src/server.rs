@@ -134,6 +134,9 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     /// Take over listeners from a running instance (Pingora graceful upgrade).
     pub upgrade: bool,
+    /// The gateway's judge and shadow queues: pass a shared one to watch their backlog
+    /// (the demo's backpressure); otherwise `Default::default()`.
+    pub jobs: Arc<crate::rollout::jobs::JobQueues>,
 }
 
 /// Bind and release `addr`, so a taken port is an error now rather than Pingora's endless retry.
@@ -216,6 +219,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let routing = rt.config.routing.clone();
     let limits_cfg = rt.config.limits.clone();
     let mut gw = Gateway::new(rt, hook);
+    gw.jobs = Arc::clone(&opts.jobs);
     gw.limits = Arc::new(
         crate::auth::limits::Limiter::with_config(&limits_cfg)
             .map_err(|e| format!("limits: {e}"))?,

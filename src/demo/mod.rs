@@ -26,6 +26,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
+use crate::rollout::jobs::JobQueues;
 use data::{Row, CHEAP, STRONG};
 
 /// What `loopgate demo` takes.
@@ -114,6 +115,9 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
     let driver_rows = Arc::clone(&rows);
     let driver_opts = opts.clone();
+    // The gateway's background queues, shared with the driver for its backpressure.
+    let jobs = Arc::new(crate::rollout::jobs::JobQueues::default());
+    let driver_jobs = Arc::clone(&jobs);
     std::thread::Builder::new()
         .name("loopgate-demo".into())
         .spawn(move || {
@@ -137,7 +141,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
                     }
                 };
                 let _ = tx.send(Ok(sim.addr));
-                let ok = drive(&driver_opts, &driver_rows).await;
+                let ok = drive(&driver_opts, &driver_rows, &driver_jobs).await;
                 if driver_opts.exit {
                     if !ok {
                         std::process::exit(1);
@@ -173,6 +177,7 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     crate::server::serve(crate::server::ServeOptions {
         config: Some(cfg_path),
         upgrade: false,
+        jobs,
     })
 }
 
@@ -248,8 +253,8 @@ impl Background {
         }
     }
 
-    fn line(&self) -> String {
-        let (queued, _) = crate::services::judge_service::backlog().unwrap_or((0, 0));
+    fn line(&self, jobs: &JobQueues) -> String {
+        let (queued, _) = jobs.judge_backlog().unwrap_or((0, 0));
         format!(
             "judge: {} scored, {} pending, {} dropped, {} failed, {} over budget",
             self.judged, queued, self.judge_dropped, self.judge_errors, self.judge_budget
@@ -260,15 +265,12 @@ impl Background {
 /// Backpressure: wait while the shadow-call or judge backlog is above `fraction` of its
 /// queue (0: until both are empty), at most `max` — the gateway drops jobs beyond a full
 /// queue, and a dropped judge job is a lost learning signal.
-async fn wait_for_background(fraction: f64, max: Duration) {
+async fn wait_for_background(jobs: &JobQueues, fraction: f64, max: Duration) {
     let deadline = Instant::now() + max;
     let deep = |b: Option<(usize, usize)>| {
         b.is_some_and(|(n, cap)| n > 0 && n as f64 >= fraction * cap as f64)
     };
-    while Instant::now() < deadline
-        && (deep(crate::services::judge_service::backlog())
-            || deep(crate::services::shadow::backlog()))
-    {
+    while Instant::now() < deadline && (deep(jobs.judge_backlog()) || deep(jobs.shadow_backlog())) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -358,7 +360,7 @@ fn route_summary(v: &Value) -> String {
     )
 }
 
-async fn drive(opts: &DemoOptions, rows: &[Row]) -> bool {
+async fn drive(opts: &DemoOptions, rows: &[Row], jobs: &JobQueues) -> bool {
     if !wait_ready(opts.port).await {
         eprintln!("demo: the gateway did not come up");
         return false;
@@ -379,7 +381,7 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
     let mut last_id = String::new();
     for i in 0..opts.shadow_requests {
         let Some(row) = it.next() else { break };
-        wait_for_background(0.25, Duration::from_secs(60)).await;
+        wait_for_background(jobs, 0.25, Duration::from_secs(60)).await;
         if let Some((id, m)) = ask(&mut c, row).await {
             shadow.add(row, &m);
             last_id = id;
@@ -390,12 +392,12 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
                 .await
                 .map(|r| r.json())
                 .unwrap_or(Value::Null);
-            println!("  {} | {}", shadow.line(), Background::now().line());
+            println!("  {} | {}", shadow.line(), Background::now().line(jobs));
             println!("    router: {}", route_summary(&st));
         }
     }
     // Let every background shadow call and judge score land before the report.
-    wait_for_background(0.0, Duration::from_secs(60)).await;
+    wait_for_background(jobs, 0.0, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let report = c
         .send(
@@ -443,7 +445,7 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
     let mut sample_decision = String::new();
     for i in 0..opts.live_requests {
         let Some(row) = it.next() else { break };
-        wait_for_background(0.25, Duration::from_secs(60)).await;
+        wait_for_background(jobs, 0.25, Duration::from_secs(60)).await;
         if let Some((id, m)) = ask(&mut c, row).await {
             live.add(row, &m);
             if m == CHEAP && sample_decision.is_empty() {
@@ -457,11 +459,11 @@ when it is >= 90% confident the judge's score drops by at most {} (0..1 scale)",
                 .await
                 .map(|r| r.json())
                 .unwrap_or(Value::Null);
-            println!("  {} | {}", live.line(), Background::now().line());
+            println!("  {} | {}", live.line(), Background::now().line(jobs));
             println!("    router: {}", route_summary(&st));
         }
     }
-    wait_for_background(0.0, Duration::from_secs(60)).await;
+    wait_for_background(jobs, 0.0, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let st = c
         .send("GET", "/v1/routing", None, &[])

@@ -187,7 +187,7 @@ pub fn candidates(
             project: ctx.project_id.as_deref().map(Arc::from),
         },
     );
-    ctx.rollout = crate::services::shadow::prepare(rt, &ctx.request_id, req, route, &d);
+    ctx.rollout = crate::services::shadow::prepare(&gw.jobs, rt, &ctx.request_id, req, route, &d);
     ctx.decision_id = Some(ctx.request_id.clone());
     ctx.auto = Some(Box::new(AutoCtx {
         decision: d,
@@ -321,7 +321,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
             usage: ctx.usage,
             ok: (200..400).contains(&ctx.status) && !ctx.cancelled && ctx.error.is_none(),
         };
-        crate::services::shadow::after_request(*rollout, &served, &a.decision, a.context);
+        crate::services::shadow::after_request(&gw.jobs, *rollout, &served, &a.decision, a.context);
     }
     let d = &a.decision;
     let kind = serde_json::to_value(d.kind)

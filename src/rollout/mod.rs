@@ -11,6 +11,7 @@
 //! - [`monitor`]: CUSUM rollback monitor for live routes against a baseline holdback
 
 pub mod canary;
+pub mod jobs;
 pub mod judge;
 pub mod monitor;
 pub mod webhook;

@@ -14,12 +14,11 @@
 //!   detail = the four dimensions + rubric version, dedup `request:<id>:judge`) and wakes the
 //!   aggregator. Failures are never a quality signal: nothing is stored for them.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde_json::{json, Value};
@@ -30,6 +29,8 @@ use super::shadow::RolloutCtx;
 use crate::error::GatewayError;
 use crate::exchange::headless;
 use crate::gateway::Gateway;
+pub use crate::rollout::jobs::JudgeJob;
+use crate::rollout::jobs::{JobQueues, NotQueued};
 use crate::rollout::judge::{
     build_judge_request, JudgeFailure, JudgeRetryPolicy, JudgeRubric, JudgeVerdict, RetryDecision,
 };
@@ -42,28 +43,6 @@ use crate::trace::TraceRecord;
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// A stream line longer than this is not an OpenAI chunk we can use: dropped.
 const MAX_PENDING_LINE: usize = 1024 * 1024;
-
-/// One answer to score.
-#[derive(Debug, Clone)]
-pub struct JudgeJob {
-    /// The judged request: the served request, or the shadow call.
-    pub request_id: String,
-    pub route: String,
-    /// The route's name of the model that wrote the answer.
-    pub model: String,
-    pub context: Option<String>,
-    pub session_id: Option<String>,
-    /// When the judged request happened.
-    pub at_ms: i64,
-    /// The client's request body (the conversation), in memory only.
-    pub raw: Bytes,
-    /// The assistant text, in memory only.
-    pub answer: String,
-    /// For a shadow answer: the served request it shadows.
-    pub shadow_of: Option<String>,
-    pub project_id: Option<String>,
-    pub zero_retention: bool,
-}
 
 /// The assistant text of a served answer, accumulated as it goes downstream (bounded).
 #[derive(Debug, Default, Clone)]
@@ -164,29 +143,8 @@ pub fn capture_stream(rollout: &mut Option<Box<RolloutCtx>>, chunk: &[u8]) {
     }
 }
 
-static QUEUE_TX: OnceLock<mpsc::Sender<JudgeJob>> = OnceLock::new();
-
 /// The loaded rubric and the configured path it came from.
 type RubricCache = Arc<Mutex<Option<(String, Arc<JudgeRubric>)>>>;
-
-/// Whether the judge service is running in this process.
-pub fn enabled() -> bool {
-    QUEUE_TX.get().is_some()
-}
-
-/// Judge jobs taken off the queue and not finished yet.
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-/// Jobs waiting in the queue plus jobs being judged, and the queue's capacity; `None`
-/// when the judge is not running. Lets a driver (the demo) apply backpressure.
-pub fn backlog() -> Option<(usize, usize)> {
-    let tx = QUEUE_TX.get()?;
-    let queued = tx.max_capacity() - tx.capacity();
-    Some((
-        queued + IN_FLIGHT.load(Ordering::Relaxed),
-        tx.max_capacity(),
-    ))
-}
 
 /// A dropped background job is never silent: counted by the caller's metric, and logged
 /// at most once a minute per kind (a log line per drop would flood under overload).
@@ -210,13 +168,11 @@ static LAST_DROP_WARN: AtomicI64 = AtomicI64::new(0);
 
 /// Queue an answer for judging; `false` when the judge is not running or the queue is full
 /// (then counted as `loopgate_judge_calls_total{result="dropped"}` and logged).
-pub fn enqueue(job: JudgeJob) -> bool {
-    let Some(tx) = QUEUE_TX.get() else {
-        return false;
-    };
-    match tx.try_send(job) {
+pub fn enqueue(jobs: &JobQueues, job: JudgeJob) -> bool {
+    match jobs.try_judge(job) {
         Ok(()) => true,
-        Err(_) => {
+        Err(NotQueued::NotRunning) => false,
+        Err(NotQueued::Full) => {
             let c = crate::metrics::metrics()
                 .judge_calls
                 .with_label_values(&["dropped"]);
@@ -243,13 +199,10 @@ impl JudgeService {
     /// the store, so there is no judge without one.
     pub fn install(gw: Arc<Gateway>, slot: StoreSlot) -> JudgeService {
         let cfg = gw.runtime.load().config.judge.clone();
-        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let rx = if QUEUE_TX.set(tx).is_ok() {
-            Some(rx)
-        } else {
+        let rx = gw.jobs.install_judge(cfg.queue);
+        if rx.is_none() {
             tracing::warn!("judge service installed twice; the second one stays idle");
-            None
-        };
+        }
         let m = crate::metrics::metrics();
         for r in ["ok", "error", "retry", "dropped", "budget"] {
             m.judge_calls.with_label_values(&[r]);
@@ -277,10 +230,11 @@ impl BackgroundService for JudgeService {
                 j = rx.recv() => j,
             };
             let Some(job) = job else { return };
-            IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+            self.gw.jobs.judge_in_flight(true);
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
+            let jobs = Arc::clone(&self.gw.jobs);
             let w = Worker {
                 gw: self.gw.clone(),
                 slot: self.slot.clone(),
@@ -289,7 +243,7 @@ impl BackgroundService for JudgeService {
             };
             tokio::spawn(async move {
                 w.judge(job).await;
-                IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+                jobs.judge_in_flight(false);
                 drop(permit);
             });
         }

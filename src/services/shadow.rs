@@ -11,7 +11,7 @@
 //! `shadow = true` (never counted as served traffic) and never store prompt or answer text.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -21,11 +21,13 @@ use pingora::services::background::BackgroundService;
 use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::judge_service::{self, AnswerCapture, JudgeJob};
+use super::judge_service::{self, AnswerCapture};
 use crate::dialect::{ChatRequest, Usage};
 use crate::exchange::headless;
 use crate::feedback::{Decision, Mode};
 use crate::gateway::Gateway;
+pub use crate::rollout::jobs::ShadowJob;
+use crate::rollout::jobs::{JobQueues, JudgeJob, NotQueued};
 use crate::rollout::judge::{JudgeBudget, Reservation};
 use crate::rollout::stable_unit;
 use crate::routing::Runtime;
@@ -49,28 +51,6 @@ pub struct RolloutCtx {
     /// The served assistant text, bounded (only when judged).
     pub(crate) answer: Option<AnswerCapture>,
 }
-
-/// One background call of a would-have model.
-#[derive(Debug, Clone)]
-pub struct ShadowJob {
-    /// The client's request id (the served request).
-    pub shadow_of: String,
-    pub route: String,
-    /// The route's name of the would-have model.
-    pub model: String,
-    pub context: Option<String>,
-    pub raw: Bytes,
-    /// Usage of the served baseline answer (the cost estimate's token mix).
-    pub served_usage: Usage,
-    pub at_ms: i64,
-    pub project_id: Option<String>,
-    pub key_id: Option<String>,
-    pub zero_retention: bool,
-    /// Judge the shadow answer too (the served one is judged: a pair).
-    pub judge: bool,
-}
-
-static QUEUE_TX: OnceLock<mpsc::Sender<ShadowJob>> = OnceLock::new();
 
 /// Whether a request is in the shadow sample: deterministic per request id.
 pub fn in_shadow_sample(request_id: &str, share: f64) -> bool {
@@ -100,6 +80,7 @@ pub fn shadow_target(request_id: &str, d: &Decision) -> Option<usize> {
 /// Request phase (`routed::candidates`): decide once whether this request gets a shadow call
 /// and/or a judge score, and keep what they need. `None` for the vast majority: no cost.
 pub fn prepare(
+    jobs: &JobQueues,
     rt: &Runtime,
     request_id: &str,
     req: &ChatRequest,
@@ -107,13 +88,13 @@ pub fn prepare(
     d: &Decision,
 ) -> Option<Box<RolloutCtx>> {
     let rc = rt.route(route)?;
-    let shadow = (QUEUE_TX.get().is_some()
+    let shadow = (jobs.shadow_running()
         && d.route.mode == Mode::Shadow
         && d.served == 0
         && in_shadow_sample(request_id, rc.shadow.share))
     .then(|| shadow_target(request_id, d))
     .flatten();
-    let judge = judge_service::enabled()
+    let judge = jobs.judge_running()
         && !rt.config.judge.model.is_empty()
         && crate::rollout::judge::should_judge(request_id, rc.judge.share);
     if shadow.is_none() && !judge {
@@ -144,6 +125,7 @@ pub struct Served<'a> {
 /// Logging phase (`routed::finish`): hand the sampled work to the background queues.
 /// Never waits: a full queue drops the job.
 pub fn after_request(
+    jobs: &JobQueues,
     r: RolloutCtx,
     served: &Served<'_>,
     d: &Decision,
@@ -164,56 +146,54 @@ pub fn after_request(
         && answer
             .and_then(AnswerCapture::into_text)
             .map(|text| {
-                judge_service::enqueue(JudgeJob {
-                    request_id: served.request_id.to_string(),
-                    route: route.clone(),
-                    model: d.served_model().to_string(),
-                    context: context.clone(),
-                    session_id: served.session_id.map(str::to_string),
-                    at_ms: served.at_ms,
-                    raw: raw.clone(),
-                    answer: text,
-                    shadow_of: None,
-                    project_id: served.project_id.map(str::to_string),
-                    zero_retention: served.zero_retention,
-                })
+                judge_service::enqueue(
+                    jobs,
+                    JudgeJob {
+                        request_id: served.request_id.to_string(),
+                        route: route.clone(),
+                        model: d.served_model().to_string(),
+                        context: context.clone(),
+                        session_id: served.session_id.map(str::to_string),
+                        at_ms: served.at_ms,
+                        raw: raw.clone(),
+                        answer: text,
+                        shadow_of: None,
+                        project_id: served.project_id.map(str::to_string),
+                        zero_retention: served.zero_retention,
+                    },
+                )
             })
             .unwrap_or(false);
     if let (Some(t), 0) = (shadow, d.served) {
-        enqueue(ShadowJob {
-            shadow_of: served.request_id.to_string(),
-            route,
-            model: d.route.models[t].model.to_string(),
-            context,
-            raw,
-            served_usage: served.usage,
-            at_ms: served.at_ms,
-            project_id: served.project_id.map(str::to_string),
-            key_id: served.key_id.map(str::to_string),
-            zero_retention: served.zero_retention,
-            judge: judge_served,
-        });
+        enqueue(
+            jobs,
+            ShadowJob {
+                shadow_of: served.request_id.to_string(),
+                route,
+                model: d.route.models[t].model.to_string(),
+                context,
+                raw,
+                served_usage: served.usage,
+                at_ms: served.at_ms,
+                project_id: served.project_id.map(str::to_string),
+                key_id: served.key_id.map(str::to_string),
+                zero_retention: served.zero_retention,
+                judge: judge_served,
+            },
+        );
     }
-}
-
-/// Shadow calls waiting in the queue and the queue's capacity; `None` when not running.
-pub fn backlog() -> Option<(usize, usize)> {
-    let tx = QUEUE_TX.get()?;
-    Some((tx.max_capacity() - tx.capacity(), tx.max_capacity()))
 }
 
 static LAST_DROP_WARN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Queue a shadow call; `false` when shadow calls are not running or the queue is full
 /// (then counted in `loopgate_shadow_dropped_total` and logged).
-pub fn enqueue(job: ShadowJob) -> bool {
-    let Some(tx) = QUEUE_TX.get() else {
-        return false;
-    };
+pub fn enqueue(jobs: &JobQueues, job: ShadowJob) -> bool {
     let route = job.route.clone();
-    match tx.try_send(job) {
+    match jobs.try_shadow(job) {
         Ok(()) => true,
-        Err(_) => {
+        Err(NotQueued::NotRunning) => false,
+        Err(NotQueued::Full) => {
             let c = crate::metrics::metrics()
                 .shadow_dropped
                 .with_label_values(&[&route]);
@@ -329,13 +309,10 @@ impl ShadowService {
     /// Create the queue (once per process) and the service that drains it. `slot` (the
     /// trace store) seeds each route's spend of the day.
     pub fn install(gw: Arc<Gateway>, slot: Option<StoreSlot>) -> ShadowService {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let rx = if QUEUE_TX.set(tx).is_ok() {
-            Some(rx)
-        } else {
+        let rx = gw.jobs.install_shadow(QUEUE);
+        if rx.is_none() {
             tracing::warn!("shadow service installed twice; the second one stays idle");
-            None
-        };
+        }
         ShadowService {
             gw,
             rx: Mutex::new(rx),
@@ -485,19 +462,22 @@ async fn run(gw: &Gateway, budget: &DailySpend, job: ShadowJob) {
             if job.judge {
                 let text = r.text().to_string();
                 if !text.is_empty() {
-                    judge_service::enqueue(JudgeJob {
-                        request_id: id,
-                        route: job.route,
-                        model: job.model,
-                        context: job.context,
-                        session_id: None,
-                        at_ms: job.at_ms,
-                        raw: job.raw,
-                        answer: text,
-                        shadow_of: Some(job.shadow_of),
-                        project_id: job.project_id,
-                        zero_retention: job.zero_retention,
-                    });
+                    judge_service::enqueue(
+                        &gw.jobs,
+                        JudgeJob {
+                            request_id: id,
+                            route: job.route,
+                            model: job.model,
+                            context: job.context,
+                            session_id: None,
+                            at_ms: job.at_ms,
+                            raw: job.raw,
+                            answer: text,
+                            shadow_of: Some(job.shadow_of),
+                            project_id: job.project_id,
+                            zero_retention: job.zero_retention,
+                        },
+                    );
                 }
             }
         }
