@@ -12,9 +12,7 @@ use loopgate::store::{Backend, StorageConfig};
 
 /// The newest migration (every migration recorded once, numbered 1..=latest).
 fn latest() -> u32 {
-    loopgate::store::migrations::SQLITE
-        .last()
-        .map_or(0, |m| m.version)
+    loopgate::store::migrations::latest_version()
 }
 
 fn cfg(dir: &tempfile::TempDir) -> StorageConfig {
@@ -79,11 +77,11 @@ async fn sqlite_upgrades_a_version_1_database() {
     let c = cfg(&dir);
     {
         let conn = rusqlite::Connection::open(&c.sqlite_path).expect("open raw");
-        let m1 = &loopgate::store::migrations::SQLITE[0];
+        let m1 = &loopgate::store::migrations::MIGRATIONS[0];
         conn.execute_batch(&format!(
             "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL); \
              {} INSERT INTO schema_migrations VALUES (1, 'traces', 0);",
-            m1.sql
+            m1.sql(loopgate::store::migrations::SqlDialect::Sqlite)
         ))
         .expect("version 1 schema");
     }

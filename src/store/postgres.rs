@@ -14,7 +14,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
-use super::migrations::POSTGRES;
+use super::migrations::{SqlDialect, MIGRATIONS};
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::routing::{
     assemble_stats, decisions_sql, stats_latency_sql, stats_totals_sql, RParam, AUDIT_COLS,
@@ -682,7 +682,7 @@ async fn migrate_locked(c: &mut Client) -> Result<u32, StoreError> {
     .await
     .map_err(pg_err)?;
     let mut current = 0u32;
-    for m in POSTGRES {
+    for m in MIGRATIONS {
         let tx = c.transaction().await.map_err(pg_err)?;
         let have: i64 = tx
             .query_one(
@@ -697,7 +697,7 @@ async fn migrate_locked(c: &mut Client) -> Result<u32, StoreError> {
             current = have as u32;
             continue;
         }
-        tx.batch_execute(m.sql)
+        tx.batch_execute(&m.sql(SqlDialect::Postgres))
             .await
             .map_err(|e| StoreError::Migration {
                 version: m.version,

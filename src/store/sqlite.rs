@@ -14,7 +14,7 @@ use rusqlite::{
     params, params_from_iter, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior,
 };
 
-use super::migrations::{Migration, SQLITE};
+use super::migrations::{Migration, SqlDialect, MIGRATIONS};
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::routing::{
     assemble_stats, decisions_sql, stats_latency_sql, stats_totals_sql, RParam, AUDIT_COLS,
@@ -92,10 +92,11 @@ fn migrate(c: &mut Connection, list: &[Migration]) -> Result<u32, StoreError> {
             current = have as u32;
             continue;
         }
-        tx.execute_batch(m.sql).map_err(|e| StoreError::Migration {
-            version: m.version,
-            message: e.to_string(),
-        })?;
+        tx.execute_batch(&m.sql(SqlDialect::Sqlite))
+            .map_err(|e| StoreError::Migration {
+                version: m.version,
+                message: e.to_string(),
+            })?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?1, ?2, ?3)",
             params![m.version, m.name, chrono::Utc::now().timestamp_millis()],
@@ -788,7 +789,7 @@ impl SqliteStore {
         let path = path.to_string();
         tokio::task::spawn_blocking(move || {
             let mut w = connect(&path, busy_timeout_ms)?;
-            migrate(&mut w, SQLITE)?;
+            migrate(&mut w, MIGRATIONS)?;
             let r = connect(&path, busy_timeout_ms)?;
             Ok(SqliteStore {
                 writer: Arc::new(Mutex::new(w)),
