@@ -36,7 +36,7 @@ pub struct Gateway {
     /// The exact response cache (sized from `[cache]` at start).
     pub cache: Arc<crate::cache::Cache>,
     /// The MCP server at `/mcp` (`None`: 404). It checks its own scoped tokens, so it gets
-    /// the request before gateway-key auth; the server assembles it (`crate::mcp`).
+    /// the request before gateway-key auth; the server assembles it (`mcp` module).
     pub mcp: Option<Arc<dyn AdminRoutes>>,
     /// The trace store, for `previous_response_id` on `/v1/responses` (`None`: no store).
     pub store: Option<crate::store::writer::StoreSlot>,

@@ -375,3 +375,61 @@ fn the_parser_sees_imports_and_skips_tests_and_comments() {
         .collect();
     assert_eq!(got, ["a", "c", "e", "f"]);
 }
+
+/// Doc and line comments follow the layers too: a comment that names `crate::x` of a higher
+/// layer (often an intra-doc link) reads as a dependency to a newcomer and to import-graph
+/// tools that do not strip comments. Name the higher module in prose instead.
+#[test]
+fn comments_point_only_down() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let layer = layers(&doc);
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut problems = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).expect("under src");
+        let module = rel
+            .components()
+            .next()
+            .expect("component")
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        let Some(&from) = layer.get(&module) else {
+            continue; // lib.rs, main.rs (the module map), or reported by the test above
+        };
+        let text = std::fs::read_to_string(f).expect("read source");
+        let before_tests = text.split("#[cfg(test)]").next().unwrap_or("");
+        // Only the comment lines, numbering kept.
+        let comments: String = before_tests
+            .lines()
+            .map(|l| {
+                let t = l.trim_start();
+                if t.starts_with("//") {
+                    t
+                } else {
+                    ""
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (line, target, shown) in imports(&comments) {
+            if let Some(&to) = layer.get(&target) {
+                if to > from {
+                    problems.push(format!(
+                        "src/{}:{line}: a comment in `{module}` (layer {from}) names `{shown}` (layer {to})",
+                        rel.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "comments pointing up the layers:\n{}",
+        problems.join("\n")
+    );
+}

@@ -1,7 +1,7 @@
 //! Typed gateway configuration: `conf/gateway.toml` plus environment overrides.
 //!
 //! The whole system reads one typed config. A config is validated completely before it
-//! is ever served (see [`crate::routing::Runtime::build`]); an invalid file on reload
+//! is ever served (see `routing::Runtime::build`); an invalid file on reload
 //! keeps the old config serving.
 
 pub mod cors;

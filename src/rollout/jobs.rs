@@ -1,5 +1,5 @@
 //! The background job queues of one gateway: the request path hands judge and shadow work
-//! to them with `try_send` (never waits), the services in `crate::services` drain them.
+//! to them with `try_send` (never waits), the background services drain them.
 //!
 //! They are fields of the gateway state (`Gateway::jobs`), not process-wide statics, so two
 //! gateways in one process (tests, the demo) each have their own queues, and a service that

@@ -1,6 +1,6 @@
 //! Feedback routing on the request path (`model: "auto"`).
 //!
-//! The background aggregator (`crate::services::aggregator`) publishes a [`RouterTable`] — one
+//! The background aggregator (`services::aggregator`) publishes a [`RouterTable`] — one
 //! immutable [`PreparedRoute`] per feedback route (and per prompt-context bucket) — through an
 //! `ArcSwap`. A request loads it lock-free, adds the little per-request state the decision
 //! needs (today's router spend, the recent exploration share, its session's previous model, a

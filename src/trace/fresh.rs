@@ -7,7 +7,7 @@
 //! flight* when the request starts, *submitted* once the logging phase handed the record to
 //! the writer. A lookup that misses the store and finds the id here waits for the submit (the
 //! logging phase runs microseconds after the last byte) and then asks the writer to flush
-//! ([`crate::store::writer::StoreSlot::settle`]), so the store stays the one source of truth
+//! (`store::writer::StoreSlot::settle`), so the store stays the one source of truth
 //! and every scoping rule the store applies applies here too.
 //!
 //! The table is direct-mapped by a keyed hash: a newer id may overwrite an older one in the
