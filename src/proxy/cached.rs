@@ -42,7 +42,7 @@ pub async fn before(
     let limit = rt.config.cache.max_entry_bytes;
     let (mode, ttl_secs) = match cache::plan(
         &rt.config.cache,
-        ctx.route.as_deref(),
+        ctx.trace.route.as_deref(),
         key_id,
         header,
         &req.body,
@@ -60,7 +60,7 @@ pub async fn before(
         return Ok(false);
     };
     let k = cache::key(
-        ctx.project_id.as_deref(),
+        ctx.trace.project_id.as_deref(),
         first.provider.name(),
         &first.model,
         req.stream,
@@ -100,11 +100,11 @@ pub async fn before(
 }
 
 async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e: &Entry) {
-    ctx.provider = Some(e.provider.clone());
-    ctx.served_model = e.model.clone();
+    ctx.trace.provider = Some(e.provider.clone());
+    ctx.trace.served_model = e.model.clone();
     ctx.usage = e.usage;
-    ctx.cost_usd = 0.0;
-    let id = ctx.request_id.clone();
+    ctx.trace.cost_usd = 0.0;
+    let id = ctx.trace.request_id.clone();
     match &e.body {
         Body::Json(b) => {
             let body = cache::rewrite_id(b, &e.request_id, &id);
@@ -116,9 +116,9 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
             else {
                 return;
             };
-            ctx.status = 200;
+            ctx.trace.status = 200;
             if session.write_response_header(h, false).await.is_err() {
-                ctx.cancelled = true;
+                ctx.trace.cancelled = true;
                 return;
             }
             let last = chunks.len().saturating_sub(1);
@@ -127,15 +127,15 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
             for (i, c) in chunks.iter().enumerate() {
                 let c = cache::rewrite_id(c, &e.request_id, &id);
                 let c = super::ingress::reencode(&mut reenc, c, i == last);
-                ctx.response_bytes += c.len() as u64;
-                if ctx.ttft_ms.is_none() {
-                    ctx.ttft_ms = Some(ctx.elapsed_ms());
+                ctx.trace.response_bytes += c.len() as u64;
+                if ctx.trace.ttft_ms.is_none() {
+                    ctx.trace.ttft_ms = Some(ctx.elapsed_ms());
                 }
                 let body = (!c.is_empty()).then_some(c);
                 if (body.is_some() || i == last)
                     && session.write_response_body(body, i == last).await.is_err()
                 {
-                    ctx.cancelled = true;
+                    ctx.trace.cancelled = true;
                     return;
                 }
             }
@@ -152,13 +152,14 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
 /// The trace properties `cache` = outcome (and, on a hit, what it saved). Set by the
 /// gateway only: a client's `<prefix>-property-cache*` header of the same name is replaced.
 fn mark(ctx: &mut RequestCtx, outcome: &str, extra: &[(&str, String)]) {
-    ctx.properties
+    ctx.trace
+        .properties
         .retain(|(k, _)| !matches!(k.as_str(), "cache" | "cache_saved_usd" | "cache_saved_ms"));
-    ctx.properties.push(("cache".into(), outcome.into()));
+    ctx.trace.properties.push(("cache".into(), outcome.into()));
     for (k, v) in extra {
-        ctx.properties.push(((*k).into(), v.clone()));
+        ctx.trace.properties.push(((*k).into(), v.clone()));
     }
-    ctx.properties.sort();
+    ctx.trace.properties.sort();
 }
 
 /// Store the complete, successful answer of a planned miss. Called by the exchange with
@@ -173,12 +174,12 @@ pub fn commit(ctx: &mut RequestCtx) {
         return;
     };
     // Only an answer of the target the key names (not a fallback's) is stored.
-    let ok = ctx.error.is_none() && !ctx.cancelled && !ctx.fallback_used;
-    let Some(provider) = ctx.provider.clone().filter(|_| ok) else {
+    let ok = ctx.trace.error.is_none() && !ctx.trace.cancelled && !ctx.trace.fallback_used;
+    let Some(provider) = ctx.trace.provider.clone().filter(|_| ok) else {
         return;
     };
     let ttl = c.ttl_secs;
-    let Some(body) = c.take_body(ctx.stream) else {
+    let Some(body) = c.take_body(ctx.trace.stream) else {
         // Above `max_entry_bytes` (the only way a complete answer has nothing kept).
         count("too_large");
         return;
@@ -188,11 +189,11 @@ pub fn commit(ctx: &mut RequestCtx) {
         Entry {
             body,
             provider,
-            model: ctx.served_model.clone(),
+            model: ctx.trace.served_model.clone(),
             usage: ctx.usage,
-            cost_usd: ctx.cost_usd,
+            cost_usd: ctx.trace.cost_usd,
             latency_ms: ctx.elapsed_ms(),
-            request_id: ctx.request_id.clone(),
+            request_id: ctx.trace.request_id.clone(),
             expires: Instant::now() + Duration::from_secs(ttl),
         },
     );

@@ -66,9 +66,9 @@ pub async fn apply(session: &mut Session, ctx: &mut RequestCtx) -> bool {
     for (k, v) in headers {
         let _ = h.insert_header(k, v);
     }
-    ctx.status = 204;
+    ctx.trace.status = 204;
     if session.write_response_header(h, true).await.is_err() {
-        ctx.cancelled = true;
+        ctx.trace.cancelled = true;
     }
     true
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::auth::Caller;
 use crate::dialect::Usage;
 use crate::routing::Runtime;
-use crate::trace::Attempt;
+use crate::trace::TraceRecord;
 
 /// Requests currently being handled (for graceful shutdown).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -49,8 +49,6 @@ pub struct AutoCtx {
 pub struct RequestCtx {
     _in_flight: InFlight,
     pub start: Instant,
-    pub ts_ms: i64,
-    pub request_id: String,
     /// `chat.completions`, `embeddings`, `images.generations`, `models`, `admin`, ...
     pub endpoint: &'static str,
     /// The client API when it is not OpenAI's (`/v1/messages`: `proxy::ingress`).
@@ -65,39 +63,17 @@ pub struct RequestCtx {
     pub vkey: Option<std::sync::Arc<crate::auth::virtual_keys::VirtualKey>>,
     /// The virtual key's rate-limit ticket: its `x-ratelimit-*` headers, settled at the end.
     pub limit: Option<crate::auth::limits::Ticket>,
-    pub zero_retention: bool,
-    pub session_id: Option<String>,
-    pub session_name: Option<String>,
-    pub session_path: Option<String>,
-    pub project_id: Option<String>,
-    pub user_id: Option<String>,
-    pub properties: Vec<(String, String)>,
-    pub route: Option<String>,
-    pub requested_model: String,
-    pub served_model: Option<String>,
-    pub provider: Option<String>,
-    pub attempts: Vec<Attempt>,
-    pub status: u16,
-    pub stream: bool,
-    pub cancelled: bool,
-    pub fallback_used: bool,
+    /// The request's trace record, filled in as the request goes (the logging phase
+    /// completes it: key, endpoint, token counts, latency) and handed to the trace outlet.
+    pub trace: TraceRecord,
+    /// Token usage as reported (copied into `trace` at the end).
     pub usage: Usage,
-    pub cost_usd: f64,
-    /// The served model has no catalog price: `cost_usd` is 0 because unknown, not free.
-    pub cost_unknown: bool,
-    pub ttft_ms: Option<f64>,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub error: Option<String>,
-    pub decision_id: Option<String>,
     /// The serving upstream's own request id (`loopgate-upstream-request-id`).
     pub upstream_request_id: Option<String>,
     /// The routing decision of a feedback route (`model: "auto"`).
     pub auto: Option<Box<AutoCtx>>,
     /// Index of the candidate that served the request.
     pub served_index: Option<usize>,
-    pub request_body: Option<String>,
-    pub response_body: Option<String>,
     /// Shadow call / judge sampling of this request (`crate::services::shadow`).
     pub rollout: Option<Box<crate::services::shadow::RolloutCtx>>,
     /// CORS headers for this request's responses (`[server.cors]`; empty without).
@@ -113,8 +89,6 @@ impl RequestCtx {
         RequestCtx {
             _in_flight: InFlight::enter(),
             start: Instant::now(),
-            ts_ms: chrono::Utc::now().timestamp_millis(),
-            request_id: new_request_id(),
             endpoint: "unknown",
             ingress: None,
             responses: None,
@@ -123,35 +97,15 @@ impl RequestCtx {
             caller: Caller::default(),
             vkey: None,
             limit: None,
-            zero_retention: false,
-            session_id: None,
-            session_name: None,
-            session_path: None,
-            project_id: None,
-            user_id: None,
-            properties: Vec::new(),
-            route: None,
-            requested_model: String::new(),
-            served_model: None,
-            provider: None,
-            attempts: Vec::new(),
-            status: 0,
-            stream: false,
-            cancelled: false,
-            fallback_used: false,
+            trace: TraceRecord {
+                request_id: new_request_id(),
+                ts_ms: chrono::Utc::now().timestamp_millis(),
+                ..TraceRecord::default()
+            },
             usage: Usage::default(),
-            cost_usd: 0.0,
-            cost_unknown: false,
-            ttft_ms: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            error: None,
-            decision_id: None,
             upstream_request_id: None,
             auto: None,
             served_index: None,
-            request_body: None,
-            response_body: None,
             rollout: None,
             cors: Vec::new(),
             firewall: None,

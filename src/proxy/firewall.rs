@@ -28,15 +28,15 @@ pub fn check_request(
     if rt.firewall.is_off() {
         return Ok(());
     }
-    ctx.properties.retain(|(k, _)| k != PROPERTY);
+    ctx.trace.properties.retain(|(k, _)| k != PROPERTY);
     let capture = super::upstream::capture(rt, ctx);
     let Some(policy) = rt.firewall.policy_for(
         ctx.caller.key_id.as_deref(),
-        ctx.project_id.as_deref(),
-        ctx.route.as_deref(),
+        ctx.trace.project_id.as_deref(),
+        ctx.trace.route.as_deref(),
     ) else {
         if capture {
-            ctx.request_body = Some(String::from_utf8_lossy(&req.raw).into_owned());
+            ctx.trace.request_body = Some(String::from_utf8_lossy(&req.raw).into_owned());
         }
         return Ok(());
     };
@@ -48,7 +48,7 @@ pub fn check_request(
     };
     if capture {
         // Never the original text in a stored copy: every match masked, flags included.
-        ctx.request_body = Some(if report.verdicts.is_empty() && report.dropped == 0 {
+        ctx.trace.request_body = Some(if report.verdicts.is_empty() && report.dropped == 0 {
             String::from_utf8_lossy(&req.raw).into_owned()
         } else {
             serde_json::Value::Object(chat::masked_copy(&report, &req.body)).to_string()
@@ -135,7 +135,10 @@ pub fn trace_property(ctx: &mut RequestCtx) {
     };
     let value = report.to_json().to_string();
     let at = ctx
+        .trace
         .properties
         .partition_point(|(k, _)| k.as_str() < PROPERTY);
-    ctx.properties.insert(at, (PROPERTY.to_string(), value));
+    ctx.trace
+        .properties
+        .insert(at, (PROPERTY.to_string(), value));
 }

@@ -89,7 +89,7 @@ pub async fn request_body(
                     req.referenced.insert(r.request_id, answer);
                 }
             }
-            let (chat, echo) = responses::to_chat(&req, history, ctx.ts_ms / 1000)?;
+            let (chat, echo) = responses::to_chat(&req, history, ctx.trace.ts_ms / 1000)?;
             ctx.responses = Some(Box::new(echo));
             Ok(chat)
         }
@@ -163,7 +163,7 @@ async fn stored(
     let Some(t) = found else {
         return Err(not_found());
     };
-    if t.project_id != ctx.project_id || t.endpoint != "responses" || t.status != 200 {
+    if t.project_id != ctx.trace.project_id || t.endpoint != "responses" || t.status != 200 {
         return Err(not_found());
     }
     // Past retention but not purged yet (the purge runs every purge_interval_secs): gone.
@@ -207,10 +207,12 @@ pub async fn write_whole(
 ) -> bool {
     let converted = match ctx.ingress {
         None => Ok(body),
-        Some(Ingress::Messages) => messages::from_completion(&body, &ctx.usage, &ctx.request_id),
+        Some(Ingress::Messages) => {
+            messages::from_completion(&body, &ctx.usage, &ctx.trace.request_id)
+        }
         Some(Ingress::Responses) => {
             let echo = ctx.responses.as_deref().cloned().unwrap_or_default();
-            responses::from_completion(&body, &ctx.usage, &ctx.request_id, &echo)
+            responses::from_completion(&body, &ctx.usage, &ctx.trace.request_id, &echo)
         }
     };
     let body = match converted {
@@ -238,12 +240,12 @@ pub enum Encoder {
 pub fn encoder(ctx: &RequestCtx) -> Option<Encoder> {
     ctx.ingress.map(|i| match i {
         Ingress::Messages => Encoder::Messages(Box::new(messages::MessagesEncoder::new(
-            &ctx.request_id,
-            &ctx.requested_model,
+            &ctx.trace.request_id,
+            &ctx.trace.requested_model,
         ))),
         Ingress::Responses => Encoder::Responses(Box::new(responses::ResponsesEncoder::new(
-            &ctx.request_id,
-            &ctx.requested_model,
+            &ctx.trace.request_id,
+            &ctx.trace.requested_model,
             ctx.responses.as_deref().cloned().unwrap_or_default(),
         ))),
     })

@@ -8,19 +8,21 @@ use super::ctx::RequestCtx;
 
 /// Served by a model without a catalog price: the cost is unknown, not 0.
 fn cost_unknown(ctx: &RequestCtx) -> bool {
-    if ctx.cost_usd > 0.0
-        || ctx.status >= 400
+    if ctx.trace.cost_usd > 0.0
+        || ctx.trace.status >= 400
         || ctx.usage.prompt_tokens + ctx.usage.completion_tokens == 0
     {
         return false;
     }
-    let (Some(rt), Some(p), Some(m)) = (&ctx.runtime, &ctx.provider, &ctx.served_model) else {
+    let (Some(rt), Some(p), Some(m)) = (&ctx.runtime, &ctx.trace.provider, &ctx.trace.served_model)
+    else {
         return false;
     };
     let Some(prov) = rt.provider(p) else {
         return false;
     };
     let attempt = ctx
+        .trace
         .attempts
         .iter()
         .rev()
@@ -36,58 +38,30 @@ fn cost_unknown(ctx: &RequestCtx) -> bool {
 
 pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
     if cost_unknown(ctx) {
-        ctx.properties.push(("cost_unknown".into(), "true".into()));
+        ctx.trace
+            .properties
+            .push(("cost_unknown".into(), "true".into()));
     }
     super::firewall::trace_property(ctx);
+    // What only the end of the request knows; the rest was filled in as it went.
     let u = ctx.usage;
-    TraceRecord {
-        request_id: ctx.request_id.clone(),
-        ts_ms: ctx.ts_ms,
-        endpoint: ctx.endpoint.to_string(),
-        key_id: ctx.caller.key_id.clone(),
-        session_id: ctx.session_id.take(),
-        session_name: ctx.session_name.take(),
-        session_path: ctx.session_path.take(),
-        project_id: ctx.project_id.take(),
-        user_id: ctx.user_id.take(),
-        properties: std::mem::take(&mut ctx.properties),
-        route: ctx.route.take(),
-        requested_model: std::mem::take(&mut ctx.requested_model),
-        served_model: ctx.served_model.clone(),
-        provider: ctx.provider.clone(),
-        attempts: std::mem::take(&mut ctx.attempts),
-        status: ctx.status,
-        stream: ctx.stream,
-        cancelled: ctx.cancelled,
-        fallback_used: ctx.fallback_used,
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-        cached_tokens: u.cached_tokens,
-        cache_creation_tokens: u.cache_creation_tokens,
-        reasoning_tokens: u.reasoning_tokens,
-        usage_reported: u.reported,
-        cost_usd: ctx.cost_usd,
-        cost_unknown: ctx.cost_unknown,
-        latency_ms: ctx.elapsed_ms(),
-        ttft_ms: ctx.ttft_ms,
-        request_bytes: ctx.request_bytes,
-        response_bytes: ctx.response_bytes,
-        error: ctx.error.take(),
-        decision_id: ctx.decision_id.take(),
-        request_body: if ctx.zero_retention {
-            None
-        } else {
-            ctx.request_body.take()
-        },
-        response_body: if ctx.zero_retention {
-            None
-        } else {
-            ctx.response_body.take()
-        },
-        zero_retention: ctx.zero_retention,
-        shadow: false,
-        decision: None,
+    let latency_ms = ctx.elapsed_ms();
+    let t = &mut ctx.trace;
+    t.endpoint = ctx.endpoint.to_string();
+    t.key_id = ctx.caller.key_id.clone();
+    t.prompt_tokens = u.prompt_tokens;
+    t.completion_tokens = u.completion_tokens;
+    t.cached_tokens = u.cached_tokens;
+    t.cache_creation_tokens = u.cache_creation_tokens;
+    t.reasoning_tokens = u.reasoning_tokens;
+    t.usage_reported = u.reported;
+    t.latency_ms = latency_ms;
+    if t.zero_retention {
+        t.request_body = None;
+        t.response_body = None;
     }
+    // The last use of the request context: the record moves out whole (no copies).
+    std::mem::take(t)
 }
 
 /// Metrics for a finished model call.
@@ -95,13 +69,15 @@ pub fn observe(ctx: &RequestCtx) {
     let m = metrics();
     let rt = ctx.runtime.as_deref();
     // A request that failed after trying upstreams is counted against the last one tried.
-    let last = ctx.attempts.last();
+    let last = ctx.trace.attempts.last();
     let provider = ctx
+        .trace
         .provider
         .as_deref()
         .or(last.map(|a| a.provider.as_str()))
         .unwrap_or("none");
     let model = match ctx
+        .trace
         .served_model
         .as_deref()
         .or(last.map(|a| a.model.as_str()))
@@ -109,12 +85,15 @@ pub fn observe(ctx: &RequestCtx) {
         Some(name) => crate::metrics::model_label(rt, name),
         None => "none",
     };
-    let status = ctx.status.to_string();
+    let status = ctx.trace.status.to_string();
     m.requests
         .with_label_values(&[ctx.endpoint, provider, model, &status])
         .inc();
     m.request_duration
-        .with_label_values(&[ctx.endpoint, if ctx.stream { "true" } else { "false" }])
+        .with_label_values(&[
+            ctx.endpoint,
+            if ctx.trace.stream { "true" } else { "false" },
+        ])
         .observe(ctx.start.elapsed().as_secs_f64());
     let u = &ctx.usage;
     if u.reported {
@@ -132,12 +111,12 @@ pub fn observe(ctx: &RequestCtx) {
             }
         }
     }
-    if ctx.cost_usd > 0.0 {
+    if ctx.trace.cost_usd > 0.0 {
         m.cost_usd
             .with_label_values(&[provider, model])
-            .inc_by(ctx.cost_usd);
+            .inc_by(ctx.trace.cost_usd);
     }
-    if ctx.cost_unknown {
+    if ctx.trace.cost_unknown {
         m.unpriced.with_label_values(&[provider, model]).inc();
     }
 }

@@ -38,7 +38,7 @@ pub use ctx::RequestCtx;
 /// Mark a traced request as served here before anything reaches the client.
 fn begin(gw: &Gateway, ctx: &RequestCtx) {
     if let Some(r) = &gw.recent {
-        r.begin(&ctx.request_id);
+        r.begin(&ctx.trace.request_id);
     }
 }
 
@@ -79,7 +79,7 @@ impl ProxyHttp for LoopgateProxy {
         if let Some(t) = ctx.limit.as_mut() {
             t.settle(
                 ctx.usage.prompt_tokens + ctx.usage.completion_tokens,
-                ctx.cost_usd,
+                ctx.trace.cost_usd,
             );
         }
         if ctx.traced {
@@ -158,7 +158,7 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
         }
     };
     ctx.caller = request::caller_for(key.as_deref());
-    ctx.zero_retention = key.as_ref().is_some_and(|k| k.zero_retention);
+    ctx.trace.zero_retention = key.as_ref().is_some_and(|k| k.zero_retention);
 
     let route = (method.as_str(), path.trim_end_matches('/'));
     let result = match route {
@@ -234,17 +234,18 @@ pub(crate) async fn chat(
     begin(gw, ctx);
     ctx.caller.require(Scope::Inference)?;
     request::context_headers(rt, session, ctx, key);
-    ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
+    ctx.trace.zero_retention =
+        rt.zero_retention(ctx.trace.zero_retention, ctx.trace.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
-    ctx.request_bytes = raw.len() as u64;
+    ctx.trace.request_bytes = raw.len() as u64;
     let raw = ingress::request_body(gw, rt, ctx, raw).await?;
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let mut req = request::parse_chat(raw, model_override.as_deref())?;
-    ctx.requested_model = req.model.clone();
+    ctx.trace.requested_model = req.model.clone();
     crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &req.model)?;
-    ctx.stream = req.stream;
-    if ctx.user_id.is_none() {
-        ctx.user_id = req
+    ctx.trace.stream = req.stream;
+    if ctx.trace.user_id.is_none() {
+        ctx.trace.user_id = req
             .body
             .get("user")
             .and_then(Value::as_str)
@@ -252,7 +253,7 @@ pub(crate) async fn chat(
     }
     // With a firewall the body is captured after its check (a masked copy).
     if upstream::capture(rt, ctx) && rt.firewall.is_off() {
-        ctx.request_body = Some(String::from_utf8_lossy(&req.raw).into_owned());
+        ctx.trace.request_body = Some(String::from_utf8_lossy(&req.raw).into_owned());
     }
     let forced = request::header(session, "x-provider")
         .or_else(|| request::header(session, &rt.headers.provider))
@@ -270,7 +271,7 @@ pub(crate) async fn chat(
     gw.limits
         .admit_request(ctx.vkey.as_ref(), &req.model, est, &mut ctx.limit)
         .await?;
-    ctx.route = resolution.route.clone();
+    ctx.trace.route = resolution.route.clone();
     firewall::check_request(rt, ctx, &mut req)?;
     let candidates = match (&resolution.route, resolution.feedback) {
         (Some(route), true) => {
@@ -309,12 +310,13 @@ async fn other_model_call(
     ctx.traced = true;
     ctx.caller.require(Scope::Inference)?;
     request::context_headers(rt, session, ctx, key);
-    ctx.zero_retention = rt.zero_retention(ctx.zero_retention, ctx.project_id.as_deref());
+    ctx.trace.zero_retention =
+        rt.zero_retention(ctx.trace.zero_retention, ctx.trace.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;
-    ctx.request_bytes = raw.len() as u64;
+    ctx.trace.request_bytes = raw.len() as u64;
     let model_override = request::header(session, &rt.headers.model_override).map(str::to_string);
     let (body, model) = request::parse_model_call(&raw, model_override.as_deref(), endpoint)?;
-    ctx.requested_model = model.clone();
+    ctx.trace.requested_model = model.clone();
     crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &model)?;
     let est = crate::auth::limits::estimate(&body, raw.len());
     limits
@@ -505,19 +507,19 @@ async fn write_admin(session: &mut Session, ctx: &mut RequestCtx, resp: AdminRes
             ) else {
                 return;
             };
-            ctx.status = resp.status;
+            ctx.trace.status = resp.status;
             if session.write_response_header(h, false).await.is_err() {
-                ctx.cancelled = true;
+                ctx.trace.cancelled = true;
                 return;
             }
             while let Some(chunk) = rx.recv().await {
-                ctx.response_bytes += chunk.len() as u64;
+                ctx.trace.response_bytes += chunk.len() as u64;
                 if session
                     .write_response_body(Some(chunk), false)
                     .await
                     .is_err()
                 {
-                    ctx.cancelled = true;
+                    ctx.trace.cancelled = true;
                     return;
                 }
             }

@@ -170,14 +170,14 @@ pub fn context_headers(
     key: Option<&KeyEntry>,
 ) {
     let h = &rt.headers;
-    ctx.session_id = header(session, &h.session_id).map(clip);
-    ctx.session_name = header(session, &h.session_name).map(clip);
-    ctx.session_path = header(session, &h.session_path).map(clip);
+    ctx.trace.session_id = header(session, &h.session_id).map(clip);
+    ctx.trace.session_name = header(session, &h.session_name).map(clip);
+    ctx.trace.session_path = header(session, &h.session_path).map(clip);
     // A key locked to a project always wins over the header.
-    ctx.project_id = key
+    ctx.trace.project_id = key
         .and_then(|k| k.project.clone())
         .or_else(|| header(session, &h.project_id).map(clip));
-    ctx.user_id = header(session, &h.user_id).map(clip);
+    ctx.trace.user_id = header(session, &h.user_id).map(clip);
     let mut props = Vec::new();
     for (name, value) in session.req_header().headers.iter() {
         if let Some(p) = name.as_str().strip_prefix(h.property_prefix.as_str()) {
@@ -190,7 +190,7 @@ pub fn context_headers(
         }
     }
     props.sort();
-    ctx.properties = props;
+    ctx.trace.properties = props;
 }
 
 #[cfg(test)]

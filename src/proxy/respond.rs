@@ -56,30 +56,34 @@ pub fn response_header(
             &default_names
         }
     };
-    let _ = h.insert_header(names.resp_request_id.clone(), ctx.request_id.as_str());
+    let _ = h.insert_header(names.resp_request_id.clone(), ctx.trace.request_id.as_str());
     // OpenAI SDKs read `x-request-id` into `_request_id` / `response._request_id`.
     if names.resp_request_id != "x-request-id" {
-        let _ = h.insert_header("x-request-id", ctx.request_id.as_str());
+        let _ = h.insert_header("x-request-id", ctx.trace.request_id.as_str());
     }
     if let Some(u) = &ctx.upstream_request_id {
         let _ = h.insert_header(names.resp_upstream_request_id.clone(), u.as_str());
     }
-    if let Some(p) = &ctx.provider {
+    if let Some(p) = &ctx.trace.provider {
         let _ = h.insert_header(names.resp_provider.clone(), p.as_str());
     }
-    if let Some(m) = &ctx.served_model {
+    if let Some(m) = &ctx.trace.served_model {
         let _ = h.insert_header(names.resp_model.clone(), m.as_str());
     }
     if ctx.traced {
         let _ = h.insert_header(
             names.resp_fallback.clone(),
-            if ctx.fallback_used { "true" } else { "false" },
+            if ctx.trace.fallback_used {
+                "true"
+            } else {
+                "false"
+            },
         );
     }
     if let Some(c) = &ctx.cache {
         let _ = h.insert_header(names.cache.clone(), c.status);
     }
-    if let Some(d) = &ctx.decision_id {
+    if let Some(d) = &ctx.trace.decision_id {
         let _ = h.insert_header(names.resp_decision_id.clone(), d.as_str());
     }
     for (k, v) in extra {
@@ -114,14 +118,14 @@ pub async fn write_full(
     ) else {
         return false;
     };
-    ctx.status = status;
-    ctx.response_bytes += body.len() as u64;
+    ctx.trace.status = status;
+    ctx.trace.response_bytes += body.len() as u64;
     if session.write_response_header(h, false).await.is_err() {
-        ctx.cancelled = true;
+        ctx.trace.cancelled = true;
         return false;
     }
     if session.write_response_body(Some(body), true).await.is_err() {
-        ctx.cancelled = true;
+        ctx.trace.cancelled = true;
         return false;
     }
     true
@@ -136,7 +140,7 @@ pub async fn write_error(session: &mut Session, ctx: &mut RequestCtx, e: &Gatewa
     if e.status() == 401 {
         extra.push(("www-authenticate".to_string(), "Bearer".to_string()));
     }
-    ctx.error = Some(e.to_string());
+    ctx.trace.error = Some(e.to_string());
     let body = match ctx.ingress {
         Some(i) => i.error_body(e),
         None => e.to_openai(),

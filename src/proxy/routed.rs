@@ -78,7 +78,7 @@ pub async fn prompt_embedding(
             return EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model))
         }
     };
-    let call = crate::exchange::headless::embed_once(rt, &cands, &text, &ctx.request_id);
+    let call = crate::exchange::headless::embed_once(rt, &cands, &text, &ctx.trace.request_id);
     match tokio::time::timeout(std::time::Duration::from_millis(e.timeout_ms), call).await {
         Ok(Ok(v)) => EmbeddingOutcome::Ok(Arc::from(v)),
         Ok(Err(err)) => EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model)),
@@ -104,7 +104,9 @@ pub fn candidates(
     let rc = rt
         .route(route)
         .filter(|rc| {
-            rc.project.is_none() || ctx.project_id.is_none() || rc.project == ctx.project_id
+            rc.project.is_none()
+                || ctx.trace.project_id.is_none()
+                || rc.project == ctx.trace.project_id
         })
         .ok_or_else(|| GatewayError::NotFound {
             message: format!("Routing rule '{route}' is not defined."),
@@ -116,7 +118,7 @@ pub fn candidates(
         .contextual
         .then(|| crate::feedback::context::context_key(req.messages()).as_str());
     let pool = match rc.learning {
-        crate::config::Learning::Project => ctx.project_id.as_deref(),
+        crate::config::Learning::Project => ctx.trace.project_id.as_deref(),
         crate::config::Learning::Shared => None,
     };
     let Some(view) = gw.auto.lookup_for(route, pool, context) else {
@@ -125,15 +127,16 @@ pub fn candidates(
         return rt.resolve_with_fallbacks(baseline, None);
     };
     // Sticky sessions are per project: session ids are the clients' and may collide.
-    let sticky_key: Option<std::borrow::Cow<'_, str>> = match (&ctx.project_id, &ctx.session_id) {
-        (Some(p), Some(s)) => Some(format!("{p}\u{1e}{s}").into()),
-        (_, s) => s.as_deref().map(Into::into),
-    };
+    let sticky_key: Option<std::borrow::Cow<'_, str>> =
+        match (&ctx.trace.project_id, &ctx.trace.session_id) {
+            (Some(p), Some(s)) => Some(format!("{p}\u{1e}{s}").into()),
+            (_, s) => s.as_deref().map(Into::into),
+        };
     let mut d = gw.auto.decide(
         &view.prepared,
         route,
         sticky_key.as_deref(),
-        ctx.ts_ms,
+        ctx.trace.ts_ms,
         rand::random::<f64>(),
     );
     let prompt = prompt_pick(gw, rt, ctx, req, route, &mut d, embedding);
@@ -141,7 +144,11 @@ pub fn candidates(
         let holdback = view.holdback_share;
         if let Some(e) = view.experiment {
             // A canary assigns by session (or request) and serves its arm for real.
-            let key = ctx.session_id.as_deref().unwrap_or(&ctx.request_id);
+            let key = ctx
+                .trace
+                .session_id
+                .as_deref()
+                .unwrap_or(&ctx.trace.request_id);
             let arm = e.assign(key);
             let model = match arm {
                 Arm::Candidate => e.candidate.as_str(),
@@ -160,7 +167,7 @@ pub fn candidates(
             }
         } else if d.route.mode == Mode::Live
             && holdback > 0.0
-            && crate::rollout::monitor::in_holdback(route, &ctx.request_id, holdback)
+            && crate::rollout::monitor::in_holdback(route, &ctx.trace.request_id, holdback)
         {
             d.served = 0;
             d.kind = PickKind::Holdback;
@@ -177,18 +184,19 @@ pub fn candidates(
         cands.extend(rt.resolve_with_fallbacks(baseline, None)?);
     }
     gw.auto.remember(
-        &ctx.request_id,
+        &ctx.trace.request_id,
         RecentDecision {
             route: Arc::clone(&d.route.route),
             served: Arc::clone(&d.route.models[d.served].model),
             context: context.map(Arc::from),
-            session: ctx.session_id.clone(),
-            at_ms: ctx.ts_ms,
-            project: ctx.project_id.as_deref().map(Arc::from),
+            session: ctx.trace.session_id.clone(),
+            at_ms: ctx.trace.ts_ms,
+            project: ctx.trace.project_id.as_deref().map(Arc::from),
         },
     );
-    ctx.rollout = crate::services::shadow::prepare(&gw.jobs, rt, &ctx.request_id, req, route, &d);
-    ctx.decision_id = Some(ctx.request_id.clone());
+    ctx.rollout =
+        crate::services::shadow::prepare(&gw.jobs, rt, &ctx.trace.request_id, req, route, &d);
+    ctx.trace.decision_id = Some(ctx.trace.request_id.clone());
     ctx.auto = Some(Box::new(AutoCtx {
         decision: d,
         context,
@@ -223,11 +231,11 @@ fn prompt_pick(
         EmbeddingOutcome::NotConfigured => (None, None),
     };
     let seen = |explored: bool| Seen {
-        request_id: Arc::from(ctx.request_id.as_str()),
+        request_id: Arc::from(ctx.trace.request_id.as_str()),
         route: Arc::clone(&d.route.route),
         raw: raw.clone(),
         embedding: emb.clone(),
-        at_ms: ctx.ts_ms,
+        at_ms: ctx.trace.ts_ms,
         explored,
     };
     if !matches!(d.kind, PickKind::Baseline | PickKind::Promoted) {
@@ -244,7 +252,7 @@ fn prompt_pick(
     } else {
         rc.judge.share
     };
-    let labelled = crate::rollout::judge::should_judge(&ctx.request_id, share);
+    let labelled = crate::rollout::judge::should_judge(&ctx.trace.request_id, share);
     let pick = crate::feedback::prompt::state::decide(
         &index,
         &raw,
@@ -294,14 +302,14 @@ pub fn after_serve(gw: &Gateway, ctx: &mut RequestCtx) {
             .with_label_values(&[&*a.decision.route.route])
             .inc();
         gw.auto.remember(
-            &ctx.request_id,
+            &ctx.trace.request_id,
             RecentDecision {
                 route: Arc::clone(&a.decision.route.route),
                 served: Arc::clone(&a.decision.route.models[0].model),
                 context: a.context.map(Arc::from),
-                session: ctx.session_id.clone(),
-                at_ms: ctx.ts_ms,
-                project: ctx.project_id.as_deref().map(Arc::from),
+                session: ctx.trace.session_id.clone(),
+                at_ms: ctx.trace.ts_ms,
+                project: ctx.trace.project_id.as_deref().map(Arc::from),
             },
         );
     }
@@ -312,14 +320,16 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
     let a = ctx.auto.take()?;
     if let Some(rollout) = ctx.rollout.take() {
         let served = crate::services::shadow::Served {
-            request_id: &ctx.request_id,
-            session_id: ctx.session_id.as_deref(),
-            at_ms: ctx.ts_ms,
-            project_id: ctx.project_id.as_deref(),
+            request_id: &ctx.trace.request_id,
+            session_id: ctx.trace.session_id.as_deref(),
+            at_ms: ctx.trace.ts_ms,
+            project_id: ctx.trace.project_id.as_deref(),
             key_id: ctx.caller.key_id.as_deref(),
-            zero_retention: ctx.zero_retention,
+            zero_retention: ctx.trace.zero_retention,
             usage: ctx.usage,
-            ok: (200..400).contains(&ctx.status) && !ctx.cancelled && ctx.error.is_none(),
+            ok: (200..400).contains(&ctx.trace.status)
+                && !ctx.trace.cancelled
+                && ctx.trace.error.is_none(),
         };
         crate::services::shadow::after_request(&gw.jobs, *rollout, &served, &a.decision, a.context);
     }
@@ -332,24 +342,25 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
         .routing_decisions
         .with_label_values(&[&*d.route.route, kind.as_str(), d.route.mode.as_str()])
         .inc();
-    if d.served != 0 && d.route.mode == Mode::Live && ctx.status < 400 {
-        gw.auto.add_spend(&d.route.route, ctx.cost_usd, ctx.ts_ms);
+    if d.served != 0 && d.route.mode == Mode::Live && ctx.trace.status < 400 {
+        gw.auto
+            .add_spend(&d.route.route, ctx.trace.cost_usd, ctx.trace.ts_ms);
     }
     if !gw.tracing {
         return None;
     }
     match gw.auto.decision_row_with(
         d,
-        &ctx.request_id,
-        ctx.ts_ms,
-        ctx.session_id.as_deref(),
+        &ctx.trace.request_id,
+        ctx.trace.ts_ms,
+        ctx.trace.session_id.as_deref(),
         a.context,
         a.pool.as_deref(),
         a.prompt.as_ref().map(|p| p.trace()),
         ctx.firewall.as_ref().map(|r| r.to_json()),
     ) {
         Ok(mut row) => {
-            row.project.clone_from(&ctx.project_id);
+            row.project.clone_from(&ctx.trace.project_id);
             gw.auto
                 .emit(crate::rollout::webhook::EventKind::Decision, || {
                     serde_json::from_str(&row.signed).unwrap_or(serde_json::Value::Null)
@@ -357,7 +368,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
             Some(Box::new(row))
         }
         Err(e) => {
-            tracing::error!(request_id = %ctx.request_id, error = %e, "decision trace could not be signed");
+            tracing::error!(request_id = %ctx.trace.request_id, error = %e, "decision trace could not be signed");
             None
         }
     }

@@ -55,7 +55,7 @@ fn record_attempt(
         .attempts
         .with_label_values(&[cand.provider.name(), outcome])
         .inc();
-    ctx.attempts.push(Attempt {
+    ctx.trace.attempts.push(Attempt {
         provider: cand.provider.name().to_string(),
         model: cand.model.clone(),
         status,
@@ -90,12 +90,12 @@ pub async fn serve(
 ) {
     let created = crate::dialect::unix_now();
     let stream = op.stream();
-    ctx.stream = stream;
+    ctx.trace.stream = stream;
     let mut last: Option<Failure> = None;
     let mut tried: Vec<String> = Vec::with_capacity(candidates.len());
     let mut first_failed: Option<String> = None;
     // Own copy: `ctx` is mutated while targets borrow the id.
-    let request_id = ctx.request_id.clone();
+    let request_id = ctx.trace.request_id.clone();
 
     for (i, cand) in candidates.iter().enumerate() {
         let prov = &cand.provider;
@@ -199,13 +199,13 @@ pub async fn serve(
             continue;
         }
 
-        let opts = exchange_options(rt, prov, ctx.route.as_deref());
+        let opts = exchange_options(rt, prov, ctx.trace.route.as_deref());
         let sent = tokio::select! {
             r = upstream::send(&prov.endpoint, &req, &opts, prov.name()) => r,
             _ = client_gone(session) => {
                 record_attempt(ctx, cand, None, "cancelled", started, None);
-                ctx.cancelled = true;
-                ctx.status = 499;
+                ctx.trace.cancelled = true;
+                ctx.trace.status = 499;
                 return;
             }
         };
@@ -269,8 +269,8 @@ pub async fn serve(
                 first_failed.get_or_insert_with(|| prov.name().to_string());
                 continue;
             }
-            ctx.provider = Some(prov.name().to_string());
-            ctx.served_model = Some(cand.model.clone());
+            ctx.trace.provider = Some(prov.name().to_string());
+            ctx.trace.served_model = Some(cand.model.clone());
             let mut e = final_error(&failure, &tried);
             if status == 400 {
                 if let Some((param, code)) = openai_error_fields(&body) {
@@ -285,9 +285,9 @@ pub async fn serve(
             return;
         }
 
-        ctx.provider = Some(prov.name().to_string());
-        ctx.served_model = Some(cand.model.clone());
-        ctx.fallback_used = i > 0;
+        ctx.trace.provider = Some(prov.name().to_string());
+        ctx.trace.served_model = Some(cand.model.clone());
+        ctx.trace.fallback_used = i > 0;
         ctx.served_index = Some(i);
         let extra = forwarded_headers(&resp);
         let result = if stream {
@@ -304,7 +304,7 @@ pub async fn serve(
             Ok(()) => {
                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                 strategy::latency().observe(&upstream_key(cand), ms);
-                if let (true, Some(from)) = (ctx.fallback_used, first_failed.as_deref()) {
+                if let (true, Some(from)) = (ctx.trace.fallback_used, first_failed.as_deref()) {
                     metrics()
                         .fallbacks
                         .with_label_values(&[from, prov.name()])
@@ -313,9 +313,9 @@ pub async fn serve(
                 return;
             }
             Err(f) => {
-                ctx.provider = None;
-                ctx.served_model = None;
-                ctx.fallback_used = false;
+                ctx.trace.provider = None;
+                ctx.trace.served_model = None;
+                ctx.trace.fallback_used = false;
                 first_failed.get_or_insert_with(|| prov.name().to_string());
                 last = Some(f);
             }
@@ -375,8 +375,8 @@ async fn whole_back(
         b = resp.body(limit) => b,
         _ = client_gone(session) => {
             record_attempt(ctx, cand, Some(200), "cancelled", started, None);
-            ctx.cancelled = true;
-            ctx.status = 499;
+            ctx.trace.cancelled = true;
+            ctx.trace.status = 499;
             return Ok(());
         }
     };
@@ -443,12 +443,12 @@ async fn whole_back(
         ])
         .observe(started.elapsed().as_secs_f64());
     if let Some(m) = &t.model {
-        ctx.served_model = Some(m.clone());
+        ctx.trace.served_model = Some(m.clone());
     }
     ctx.usage = t.usage;
     let cost = price_known(rt, prov, t.model.as_deref(), &cand.model, op, &t.usage);
-    ctx.cost_usd = cost.unwrap_or(0.0);
-    ctx.cost_unknown = cost.is_none();
+    ctx.trace.cost_usd = cost.unwrap_or(0.0);
+    ctx.trace.cost_unknown = cost.is_none();
     let (t, masked) = match op {
         Op::Chat(_) => match super::firewall::check_response(ctx, &t.body) {
             (None, masked) => (t, masked),
@@ -465,7 +465,7 @@ async fn whole_back(
     crate::services::judge_service::capture_whole(&mut ctx.rollout, &t.body);
     if capture(rt, ctx) {
         let stored = masked.as_deref().unwrap_or(&t.body);
-        ctx.response_body = Some(String::from_utf8_lossy(stored).into_owned());
+        ctx.trace.response_body = Some(String::from_utf8_lossy(stored).into_owned());
     }
     if let Some(c) = ctx.cache.as_mut() {
         c.keep_body(&t.body);
@@ -485,11 +485,11 @@ fn cache_stream(
     op: &Op<'_>,
 ) {
     if let Some(m) = tr.model() {
-        ctx.served_model = Some(m.to_string());
+        ctx.trace.served_model = Some(m.to_string());
     }
     ctx.usage = tr.usage();
     let cost = price_known(rt, &cand.provider, tr.model(), &cand.model, op, &ctx.usage);
-    ctx.cost_usd = cost.unwrap_or(0.0);
+    ctx.trace.cost_usd = cost.unwrap_or(0.0);
     super::cached::commit(ctx);
 }
 
@@ -540,7 +540,7 @@ fn retry_delay_from_body(body: &[u8]) -> Option<String> {
 
 /// Bodies are captured only when the operator turned capture on and the request is not zero-retention.
 pub fn capture(rt: &Runtime, ctx: &RequestCtx) -> bool {
-    !ctx.zero_retention && rt.storage.capture_bodies
+    !ctx.trace.zero_retention && rt.storage.capture_bodies
 }
 
 const CAPTURE_LIMIT: usize = 1024 * 1024;
@@ -590,7 +590,7 @@ async fn stream_back(
         let next = tokio::select! {
             c = resp.chunk() => c,
             _ = client_gone(session) => {
-                ctx.cancelled = true;
+                ctx.trace.cancelled = true;
                 outcome = "cancelled";
                 break;
             }
@@ -664,19 +664,19 @@ async fn stream_back(
             let m = captured.is_some().then_some(&mut masked);
             super::firewall::guard_stream(g, &mut out, m, end);
         }
-        if ctx.ttft_ms.is_none() && tr.produced_output() {
-            ctx.ttft_ms = Some(ctx.elapsed_ms());
+        if ctx.trace.ttft_ms.is_none() && tr.produced_output() {
+            ctx.trace.ttft_ms = Some(ctx.elapsed_ms());
             metrics()
                 .ttft
                 .with_label_values(&[
                     prov.name(),
                     crate::metrics::model_label(Some(rt), &cand.model),
                 ])
-                .observe(ctx.ttft_ms.unwrap_or(0.0) / 1000.0);
+                .observe(ctx.trace.ttft_ms.unwrap_or(0.0) / 1000.0);
         }
         if !header_sent && (!out.is_empty() || end) {
             if let Some(m) = tr.model() {
-                ctx.served_model = Some(m.to_string());
+                ctx.trace.served_model = Some(m.to_string());
             }
             let Some(h) = response_header(
                 200,
@@ -688,9 +688,9 @@ async fn stream_back(
             ) else {
                 break;
             };
-            ctx.status = 200;
+            ctx.trace.status = 200;
             if session.write_response_header(h, false).await.is_err() {
-                ctx.cancelled = true;
+                ctx.trace.cancelled = true;
                 outcome = "cancelled";
                 break;
             }
@@ -698,7 +698,7 @@ async fn stream_back(
         }
         if !out.is_empty() {
             let chunk = out.split().freeze();
-            ctx.response_bytes += chunk.len() as u64;
+            ctx.trace.response_bytes += chunk.len() as u64;
             crate::services::judge_service::capture_stream(&mut ctx.rollout, &chunk);
             if let Some(c) = ctx.cache.as_mut() {
                 c.keep_chunk(&chunk);
@@ -716,7 +716,7 @@ async fn stream_back(
             let chunk = super::ingress::reencode(&mut reenc, chunk, end);
             let body = (!chunk.is_empty()).then_some(chunk);
             if (body.is_some() || end) && session.write_response_body(body, end).await.is_err() {
-                ctx.cancelled = true;
+                ctx.trace.cancelled = true;
                 outcome = "cancelled";
                 break;
             }
@@ -733,15 +733,15 @@ async fn stream_back(
             break;
         }
     }
-    if ctx.cancelled {
-        ctx.status = if header_sent { 200 } else { 499 };
+    if ctx.trace.cancelled {
+        ctx.trace.status = if header_sent { 200 } else { 499 };
     }
     if let Some(g) = guard {
         super::firewall::stream_done(ctx, g);
     }
     record_attempt(ctx, cand, Some(200), outcome, started, error.clone());
     if error.is_some() {
-        ctx.error = error;
+        ctx.trace.error = error;
     }
     metrics()
         .upstream_latency
@@ -751,16 +751,16 @@ async fn stream_back(
         ])
         .observe(started.elapsed().as_secs_f64());
     if let Some(m) = tr.model() {
-        ctx.served_model = Some(m.to_string());
+        ctx.trace.served_model = Some(m.to_string());
     }
     ctx.usage = tr.usage();
     let cost = price_known(rt, prov, tr.model(), &cand.model, op, &ctx.usage);
-    ctx.cost_usd = cost.unwrap_or(0.0);
-    ctx.cost_unknown = cost.is_none();
+    ctx.trace.cost_usd = cost.unwrap_or(0.0);
+    ctx.trace.cost_unknown = cost.is_none();
     if let Some(c) = captured {
-        ctx.response_body = Some(String::from_utf8_lossy(&c).into_owned());
+        ctx.trace.response_body = Some(String::from_utf8_lossy(&c).into_owned());
     }
-    if outcome == "ok" && !ctx.cancelled {
+    if outcome == "ok" && !ctx.trace.cancelled {
         // A stream read to its end goes back to the pool (no connect before the next one).
         resp.release().await;
     } else {
