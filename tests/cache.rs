@@ -570,6 +570,7 @@ async fn off_by_default_per_key_opt_in_default_mode_and_ttl() {
             break;
         }
         assert_eq!(r.cache(), Some("hit"));
+        // The pause between polls.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(expired, "entry still served after 5 s with a 1 s TTL");

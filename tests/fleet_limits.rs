@@ -347,7 +347,15 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
     };
     let load_open = load(&open, k_open.clone());
     let load_closed = load(&closed, k_closed.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Redis is killed mid-load: once the loads are running (the upstream serves them).
+    let served = mock.count();
+    wait_until(
+        "the loads reach the upstream",
+        Duration::from_secs(10),
+        || async { mock.count() >= served + 20 },
+    )
+    .await;
+    let admitted = "loopgate_limits_backend_errors_total{outcome=\"admitted\"}";
     let (redis_dir, port) = redis.kill();
     // Keep loading until the closed gateway has refused for a while (bounded).
     let t0 = Instant::now();
@@ -363,9 +371,17 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
             t0.elapsed() < Duration::from_secs(5),
             "never refused: {s} {body}"
         );
+        // The pause between polls.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The open gateway's load runs through the outage too: until it has admitted a
+    // request unchecked.
+    wait_until(
+        "fail_open admits a request unchecked during the outage",
+        Duration::from_secs(10),
+        || async { metric(&open, admitted).await >= 1.0 },
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Release);
     let seen_open = load_open.await.expect("load");
     let seen_closed = load_closed.await.expect("load");
@@ -376,7 +392,6 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
         assert_eq!(*s, 200, "fail_open refused: {body}");
         assert!(*took < Duration::from_secs(2), "a request hung {took:?}");
     }
-    let admitted = "loopgate_limits_backend_errors_total{outcome=\"admitted\"}";
     assert!(
         metric(&open, admitted).await >= 1.0,
         "{}",

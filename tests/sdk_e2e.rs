@@ -278,13 +278,14 @@ async fn vertex_setup(
     ]
 }
 
-/// The credential refresher fetches the first token in the background: wait for it.
+/// The credential refresher fetches the first token in the background: wait for it to
+/// reach the token endpoint. No wait for the token to be stored: a request signed before
+/// the fetch finished waits for that fetch (`exchange::sign`).
 async fn wait_token(token: &MockUpstream) {
     assert!(
         eventually(|| token.count() > 0, Duration::from_secs(10)).await,
         "no token request reached the token endpoint"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
