@@ -28,6 +28,7 @@ async fn log_entry(g: &GatewayProc, id: &str) -> Value {
         if r.status() == 200 || std::time::Instant::now() > deadline {
             return r.json().await.unwrap();
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

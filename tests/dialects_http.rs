@@ -54,6 +54,7 @@ async fn trace(g: &GatewayProc, id: &str) -> Value {
             }
         }
         assert!(Instant::now() < deadline, "no trace row for {id}");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }

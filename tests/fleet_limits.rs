@@ -83,6 +83,7 @@ impl RedisProc {
                     return;
                 }
             }
+            // The pause between polls of this bounded loop.
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server did not start on port {}", self.port);
@@ -161,6 +162,7 @@ async fn until_served(gw: &GatewayProc, key: &str, within: Duration) {
             return;
         }
         assert!(t0.elapsed() < within, "still {s} after {within:?}: {body}");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -179,6 +181,7 @@ async fn until_spend(gw: &GatewayProc, id: &str, want: f64, within: Duration) ->
             t0.elapsed() < within,
             "spend never reached {want} within {within:?}: {s} {usage}"
         );
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -419,6 +422,7 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
         }
         assert_eq!(s, 503, "{body}");
         assert!(t0.elapsed() < Duration::from_secs(10), "never recovered");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Limits apply again after the recovery (a fresh Redis: a new key with rpm 1).
@@ -439,6 +443,7 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
             "limits never applied again: {}",
             open.log_text()
         );
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(metric(&open, admitted).await >= before);
@@ -495,6 +500,7 @@ async fn restart_keeps_the_in_process_spend() {
             t0.elapsed() < Duration::from_secs(5),
             "traces not stored: {n}"
         );
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let _ = a.child.kill();
@@ -516,6 +522,7 @@ async fn restart_keeps_the_in_process_spend() {
         if s != 401 || t0.elapsed() > Duration::from_secs(2) {
             break (s, body);
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     assert_eq!(s, 429, "{body}");
@@ -560,6 +567,7 @@ async fn redis_down_at_start_then_up() {
             "never connected: {}",
             gw.log_text()
         );
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

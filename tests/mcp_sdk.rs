@@ -102,6 +102,7 @@ async fn wait_expired(gw: &GatewayProc, token: &str) {
         }
         assert_eq!(s, 200, "{v}");
         assert!(Instant::now() < deadline, "the token never expired");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -136,6 +137,7 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         != 200
     {
         assert!(Instant::now() < deadline, "decision {id} never stored");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // A second request in s1, tagged feature=search (what a tag-filtered token sees).
@@ -160,6 +162,7 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         != 200
     {
         assert!(Instant::now() < deadline, "trace {tagged_id} never stored");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let (s, v) = admin(
@@ -745,6 +748,7 @@ fn sdk_token(gw: &GatewayProc, token: &str, expect: &str) {
             let _ = child.kill();
             break;
         }
+        // The pause between polls of this bounded loop.
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("python output");

@@ -333,6 +333,7 @@ async fn shadow_leaves_the_client_response_and_latency_untouched() {
                 break;
             }
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(stats_ok, "served stats never appeared for the baseline");
@@ -456,6 +457,7 @@ async fn wait_signals(gw: &GatewayProc, model: &str, at_least: u64) -> Value {
         if signal_count(&t, model, "judge") >= at_least {
             return t;
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     t
@@ -558,6 +560,7 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
             dec = v;
             break;
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let sigs = dec["decision"]["signals"]
@@ -579,6 +582,7 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
         if report["regression_events"]["total"].as_u64().unwrap_or(0) > 0 {
             break;
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let base = &report["baseline"];

@@ -121,6 +121,7 @@ fn run_sdks(g: &GatewayProc, c: &Case) {
             match child.try_wait() {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => {
+                    // The pause between polls of this bounded loop.
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => {
@@ -482,6 +483,7 @@ async fn sdk_virtual_key_limits() {
     let mut failures = Vec::new();
     for (lang, mut child) in children {
         while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            // The pause between polls of this bounded loop.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = child.kill();

@@ -198,6 +198,7 @@ async fn serve_conn(
                 sock.write_all(head.as_bytes()).await?;
                 for (delay, part) in parts {
                     if !delay.is_zero() {
+                        // The scripted delay of this mock chunk: the point of the script.
                         tokio::time::sleep(delay).await;
                     }
                     let frame = [
@@ -478,6 +479,7 @@ impl GatewayProc {
             {
                 return;
             }
+            // The pause between polls of this bounded loop.
             std::thread::sleep(Duration::from_millis(30));
         }
         panic!("gateway did not start; log:\n{}", self.log_text());
