@@ -105,6 +105,10 @@ impl RedisProc {
     }
 }
 
+/// A request slower than this hung: 25 times the 200 ms `limits.timeout_ms`, so a loaded
+/// machine does not trip it, while a request waiting on a dead Redis without a bound does.
+const HUNG: Duration = Duration::from_secs(5);
+
 fn limits_toml(url: &str, mode: &str) -> String {
     // The URL goes through LOOPGATE_REDIS_URL in the tests that carry a password.
     let url_line = if url.is_empty() {
@@ -364,7 +368,7 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
     let t0 = Instant::now();
     loop {
         let (s, body, took) = chat(&closed, &k_closed).await;
-        assert!(took < Duration::from_secs(2), "a request hung {took:?}");
+        assert!(took < HUNG, "a request hung {took:?}");
         if s == 503 {
             assert_eq!(body["error"]["code"], "limits_unavailable", "{body}");
             assert!(body["error"]["message"].is_string(), "{body}");
@@ -393,7 +397,7 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
     assert!(!seen_open.is_empty());
     for (s, body, took) in &seen_open {
         assert_eq!(*s, 200, "fail_open refused: {body}");
-        assert!(*took < Duration::from_secs(2), "a request hung {took:?}");
+        assert!(*took < HUNG, "a request hung {took:?}");
     }
     assert!(
         metric(&open, admitted).await >= 1.0,
@@ -407,7 +411,7 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
     );
     for (s, body, took) in &seen_closed {
         assert!(*s == 200 || *s == 503, "{s} {body}");
-        assert!(*took < Duration::from_secs(2), "a request hung {took:?}");
+        assert!(*took < HUNG, "a request hung {took:?}");
     }
     let refused = "loopgate_limits_backend_errors_total{outcome=\"refused\"}";
     assert!(metric(&closed, refused).await >= 1.0);
@@ -550,7 +554,7 @@ async fn redis_down_at_start_then_up() {
     let (s, body, took) = chat(&gw, &key).await;
     assert_eq!(s, 503, "{body}");
     assert_eq!(body["error"]["code"], "limits_unavailable", "{body}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < HUNG, "{took:?}");
     // A key without limits or budgets never needs Redis.
     let (s, body, _) = chat(&gw, &open_key).await;
     assert_eq!(s, 200, "{body}");

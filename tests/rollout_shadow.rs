@@ -247,8 +247,10 @@ async fn shadow_leaves_the_client_response_and_latency_untouched() {
         shadow_ms.push(chat(&gw, "auto", &format!("q{i}"), false).await.2);
     }
     let (md, ms) = (median(direct_ms), median(shadow_ms));
+    // Relative to the direct requests measured alongside (a loaded machine slows both), and
+    // below the shadow's own 300 ms, which a client that waited for it could not beat.
     assert!(
-        ms < md + 100.0 && ms < 150.0,
+        ms < md + 100.0 && ms < 300.0,
         "shadow added latency: median {ms:.1} ms vs {md:.1} ms direct"
     );
 
