@@ -159,6 +159,7 @@ async fn trace_of(gw: &GatewayProc, request_id: &str) -> (f64, String, i64) {
             "no trace row for {request_id}; log:\n{}",
             gw.log_text()
         );
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -361,6 +362,7 @@ async fn json_hits_scoping_modes_errors_and_traces() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut m = gw.metrics().await;
     while !want.iter().all(|l| m.contains(l)) && Instant::now() < deadline {
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(20)).await;
         m = gw.metrics().await;
     }
@@ -500,6 +502,7 @@ assert out[0][2] == 14 and out[0][1].startswith("Hello"), out
             break;
         }
         assert!(Instant::now() < deadline, "python SDK run timed out");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let out = child.wait_with_output().expect("output");
@@ -570,6 +573,7 @@ async fn off_by_default_per_key_opt_in_default_mode_and_ttl() {
             break;
         }
         assert_eq!(r.cache(), Some("hit"));
+        // The pause between polls.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(expired, "entry still served after 5 s with a 1 s TTL");

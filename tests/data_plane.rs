@@ -28,6 +28,7 @@ async fn log_entry(g: &GatewayProc, id: &str) -> Value {
         if r.status() == 200 || std::time::Instant::now() > deadline {
             return r.json().await.unwrap();
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -785,46 +786,35 @@ async fn hot_reload_on_file_change_and_sighup() {
     assert_eq!(r.status(), 400);
     // Add a routing rule: applies without restart.
     g.rewrite_config("[routes.later]\ntargets = [{ model = \"gpt-4o-mini\" }]\n");
-    let ok = eventually_async(
+    wait_until(
+        "the file change is reloaded (auto:later answers 200)",
+        Duration::from_secs(10),
         || async { post(&g, &chat_body("auto:later")).await.status() == 200 },
-        Duration::from_secs(5),
     )
     .await;
-    assert!(ok, "file change did not reload: {}", g.log_text());
     // An invalid file keeps the old config serving and is counted.
     g.rewrite_config("[routes.broken\n");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_until(
+        "the invalid file is counted as a failed reload",
+        Duration::from_secs(10),
+        || async {
+            g.metrics()
+                .await
+                .contains("loopgate_config_reloads_total{result=\"failed\"}")
+        },
+    )
+    .await;
     assert_eq!(post(&g, &chat_body("auto:later")).await.status(), 200);
-    let m = g.metrics().await;
-    assert!(
-        m.contains("loopgate_config_reloads_total{result=\"failed\"}"),
-        "{m}"
-    );
     // SIGHUP reloads too.
     g.rewrite_config("[routes.viahup]\ntargets = [{ model = \"gpt-4o-mini\" }]\n");
     unsafe { libc::kill(g.child.id() as i32, libc::SIGHUP) };
-    let ok = eventually_async(
+    wait_until(
+        "SIGHUP reloads the config (auto:viahup answers 200)",
+        Duration::from_secs(10),
         || async { post(&g, &chat_body("auto:viahup")).await.status() == 200 },
-        Duration::from_secs(5),
     )
     .await;
-    assert!(ok);
     let _ = c;
-}
-
-async fn eventually_async<F, Fut>(mut f: F, within: Duration) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -843,7 +833,13 @@ async fn metrics_are_prometheus_text_and_secrets_never_leak() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Metrics and traces are recorded after the response: wait for both served requests.
+    wait_until(
+        "both served requests are traced",
+        Duration::from_secs(10),
+        || async { trace_rows(&g.db_path(), "WHERE status = 200") >= 2 },
+    )
+    .await;
     let m = g.metrics().await;
     for name in [
         "loopgate_requests_total",
@@ -1223,6 +1219,8 @@ async fn storage_backend_none_records_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
+    // Negative check: a fixed wait, to give a (wrongly) started trace writer time to create
+    // the file. Nothing to poll for: the condition is that nothing happens.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!g.db_path().exists(), "no database with backend = none");
     assert!(g.metrics().await.contains("loopgate_requests_total"));

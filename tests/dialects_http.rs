@@ -54,6 +54,7 @@ async fn trace(g: &GatewayProc, id: &str) -> Value {
             }
         }
         assert!(Instant::now() < deadline, "no trace row for {id}");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }
@@ -663,7 +664,8 @@ async fn vertex_translation() {
     let form = String::from_utf8_lossy(&token.requests()[0].body).to_string();
     let assertion = form.split("assertion=").nth(1).unwrap();
     assert_eq!(assertion.split('.').count(), 3);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No wait for the token to be stored: a request signed before the background fetch
+    // finished waits for that fetch (`exchange::sign`).
 
     let (json_id, _) = common_chat_checks(&g, "vertex/gemini-2.5-flash", "vertex").await;
     assert_eq!(gem.requests()[0].path, "/v1/projects/test-proj/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent");

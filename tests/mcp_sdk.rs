@@ -102,6 +102,7 @@ async fn wait_expired(gw: &GatewayProc, token: &str) {
         }
         assert_eq!(s, 200, "{v}");
         assert!(Instant::now() < deadline, "the token never expired");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -136,6 +137,7 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         != 200
     {
         assert!(Instant::now() < deadline, "decision {id} never stored");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // A second request in s1, tagged feature=search (what a tag-filtered token sees).
@@ -160,6 +162,7 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         != 200
     {
         assert!(Instant::now() < deadline, "trace {tagged_id} never stored");
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let (s, v) = admin(
@@ -262,6 +265,7 @@ async fn mcp_python_sdk_lists_and_calls_every_tool() {
         v["result"]["structuredContent"]["chosen"].is_string(),
         "{v}"
     );
+    // Negative check: a fixed wait for a log row or provider call that must never come.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, logs_after) = admin(&gw, "GET", "/v1/logs?limit=100", json!({})).await;
     assert_eq!(
@@ -744,6 +748,7 @@ fn sdk_token(gw: &GatewayProc, token: &str, expect: &str) {
             let _ = child.kill();
             break;
         }
+        // The pause between polls of this bounded loop.
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("python output");
@@ -874,7 +879,11 @@ async fn mcp_tokens_are_shared_and_revoked_across_two_gateways_on_postgres() {
     let (s, v) = admin(&b, "DELETE", &format!("/v1/mcp/tokens/{id}"), json!({})).await;
     assert_eq!(s, 200, "{v}");
     let t0 = Instant::now();
+    // When the last accepted request was sent: a loaded machine may answer slowly, but a
+    // request sent more than 1.5 s after the revocation must be refused.
+    let mut last_accepted = Duration::ZERO;
     loop {
+        let sent = t0.elapsed();
         let (s, v) = rpc(&a, Some(&token), initialize()).await;
         if s == 401 {
             assert!(
@@ -884,16 +893,17 @@ async fn mcp_tokens_are_shared_and_revoked_across_two_gateways_on_postgres() {
             break;
         }
         assert_eq!(s, 200, "{v}");
+        last_accepted = sent;
         assert!(
-            t0.elapsed() < Duration::from_secs(3),
+            t0.elapsed() < Duration::from_secs(10),
             "A still accepts the revoked token"
         );
+        // The pause between polls.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(
-        t0.elapsed() < Duration::from_millis(1500),
-        "revocation took {:?} to reach the other instance",
-        t0.elapsed()
+        last_accepted < Duration::from_millis(1500),
+        "A accepted the revoked token in a request sent {last_accepted:?} after the revocation"
     );
     sdk_token(&a, &token, "revoked");
     assert!(refused(&b, &token).await.contains("revoked"));

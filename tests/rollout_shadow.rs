@@ -247,8 +247,10 @@ async fn shadow_leaves_the_client_response_and_latency_untouched() {
         shadow_ms.push(chat(&gw, "auto", &format!("q{i}"), false).await.2);
     }
     let (md, ms) = (median(direct_ms), median(shadow_ms));
+    // Relative to the direct requests measured alongside (a loaded machine slows both), and
+    // below the shadow's own 300 ms, which a client that waited for it could not beat.
     assert!(
-        ms < md + 100.0 && ms < 150.0,
+        ms < md + 100.0 && ms < 300.0,
         "shadow added latency: median {ms:.1} ms vs {md:.1} ms direct"
     );
 
@@ -333,6 +335,7 @@ async fn shadow_leaves_the_client_response_and_latency_untouched() {
                 break;
             }
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(stats_ok, "served stats never appeared for the baseline");
@@ -367,15 +370,7 @@ async fn shadow_calls_stay_within_their_daily_budget() {
         "too few differing picks to test the budget: {picks}"
     );
     // Let the queue drain, then count.
-    let mut last = -1;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let n = db_i64(&gw, "SELECT COUNT(*) FROM traces WHERE endpoint = 'shadow'");
-        if n == last && n > 0 {
-            break;
-        }
-        last = n;
-    }
+    wait_shadow_settled(&gw, &mock, 30, 0).await;
     let n = db_i64(&gw, "SELECT COUNT(*) FROM traces WHERE endpoint = 'shadow'");
     let spent = db_f64(
         &gw,
@@ -405,10 +400,15 @@ async fn shadow_calls_stay_within_their_daily_budget() {
 
     // A restart does not reset the day's spend: it is read back from the stored shadow traces.
     let gw = restart(gw, &mock);
+    let decisions_before = db_i64(&gw, "SELECT COUNT(*) FROM decisions");
+    let picks_before = db_i64(
+        &gw,
+        "SELECT COUNT(*) FROM decisions WHERE chosen <> baseline",
+    );
     for i in 0..15 {
         chat(&gw, "auto", &format!("after restart {i}"), false).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_shadow_settled(&gw, &mock, decisions_before + 15, picks_before).await;
     let spent = db_f64(
         &gw,
         "SELECT SUM(cost_usd) FROM traces WHERE endpoint = 'shadow'",
@@ -419,6 +419,39 @@ async fn shadow_calls_stay_within_their_daily_budget() {
     );
 }
 
+/// Wait until `decisions` decisions are stored, every shadow job this process started
+/// for the differing picks beyond `picks_before` has run to its end (called, refused by
+/// the budget, or dropped) and every shadow call the upstream saw is traced.
+async fn wait_shadow_settled(
+    gw: &GatewayProc,
+    mock: &MockUpstream,
+    decisions: i64,
+    picks_before: i64,
+) {
+    wait_until(
+        "every shadow job is settled and traced",
+        Duration::from_secs(10),
+        || async {
+            let stored = db_i64(gw, "SELECT COUNT(*) FROM decisions");
+            let picks = db_i64(
+                gw,
+                "SELECT COUNT(*) FROM decisions WHERE chosen <> baseline",
+            ) - picks_before;
+            let m = gw.metrics().await;
+            let settled = metric(&m, "loopgate_shadow_calls_total", &[])
+                + metric(&m, "loopgate_shadow_dropped_total", &[]);
+            let traced = db_i64(gw, "SELECT COUNT(*) FROM traces WHERE endpoint = 'shadow'");
+            let upstream = mock
+                .requests()
+                .iter()
+                .filter(|r| r.json()["model"] == "gpt-4o-mini")
+                .count() as i64;
+            stored >= decisions && settled >= picks as f64 && traced == upstream
+        },
+    )
+    .await;
+}
+
 async fn wait_signals(gw: &GatewayProc, model: &str, at_least: u64) -> Value {
     let mut t = Value::Null;
     for _ in 0..200 {
@@ -426,6 +459,7 @@ async fn wait_signals(gw: &GatewayProc, model: &str, at_least: u64) -> Value {
         if signal_count(&t, model, "judge") >= at_least {
             return t;
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     t
@@ -528,6 +562,7 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
             dec = v;
             break;
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let sigs = dec["decision"]["signals"]
@@ -549,6 +584,7 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
         if report["regression_events"]["total"].as_u64().unwrap_or(0) > 0 {
             break;
         }
+        // The pause between polls of this bounded loop.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let base = &report["baseline"];
@@ -609,8 +645,11 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
     assert!(eventually(all_scored, Duration::from_secs(10)).await);
     let before_rows = db_i64(&gw, "SELECT COUNT(*) FROM feedback WHERE signal = 'judge'");
     let m0 = gw.metrics().await;
+    let errors = |m: &str| metric(m, "loopgate_judge_calls_total", &["result=\"error\""]);
+    let retries = |m: &str| metric(m, "loopgate_judge_calls_total", &["result=\"retry\""]);
     for (mode, label) in [(JUDGE_500, "e500"), (JUDGE_MALFORMED, "bad")] {
         judge.store(mode, Ordering::SeqCst);
+        let before = gw.metrics().await;
         let calls0 = mock
             .requests()
             .iter()
@@ -630,11 +669,29 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
             )
             .await
         );
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        wait_until(
+            &format!("the failing judge ({label}) is counted as a retry and an error"),
+            Duration::from_secs(10),
+            || async {
+                let m = gw.metrics().await;
+                errors(&m) > errors(&before) && retries(&m) > retries(&before)
+            },
+        )
+        .await;
     }
+    // The failed calls are traced before anything below is checked.
+    wait_until(
+        "the failed judge calls are traced",
+        Duration::from_secs(10),
+        || async {
+            db_i64(
+                &gw,
+                "SELECT COUNT(*) FROM traces WHERE endpoint = 'judge' AND status = 500",
+            ) >= 2
+        },
+    )
+    .await;
     let m1 = gw.metrics().await;
-    let errors = |m: &str| metric(m, "loopgate_judge_calls_total", &["result=\"error\""]);
-    let retries = |m: &str| metric(m, "loopgate_judge_calls_total", &["result=\"retry\""]);
     assert!(errors(&m1) >= errors(&m0) + 2.0, "{m1}");
     assert!(retries(&m1) >= retries(&m0) + 2.0, "{m1}");
     assert_eq!(

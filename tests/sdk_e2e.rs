@@ -121,6 +121,7 @@ fn run_sdks(g: &GatewayProc, c: &Case) {
             match child.try_wait() {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => {
+                    // The pause between polls of this bounded loop.
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => {
@@ -278,13 +279,14 @@ async fn vertex_setup(
     ]
 }
 
-/// The credential refresher fetches the first token in the background: wait for it.
+/// The credential refresher fetches the first token in the background: wait for it to
+/// reach the token endpoint. No wait for the token to be stored: a request signed before
+/// the fetch finished waits for that fetch (`exchange::sign`).
 async fn wait_token(token: &MockUpstream) {
     assert!(
         eventually(|| token.count() > 0, Duration::from_secs(10)).await,
         "no token request reached the token endpoint"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +483,7 @@ async fn sdk_virtual_key_limits() {
     let mut failures = Vec::new();
     for (lang, mut child) in children {
         while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            // The pause between polls of this bounded loop.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = child.kill();

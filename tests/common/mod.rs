@@ -198,6 +198,7 @@ async fn serve_conn(
                 sock.write_all(head.as_bytes()).await?;
                 for (delay, part) in parts {
                     if !delay.is_zero() {
+                        // The scripted delay of this mock chunk: the point of the script.
                         tokio::time::sleep(delay).await;
                     }
                     let frame = [
@@ -478,6 +479,7 @@ impl GatewayProc {
             {
                 return;
             }
+            // The pause between polls of this bounded loop.
             std::thread::sleep(Duration::from_millis(30));
         }
         panic!("gateway did not start; log:\n{}", self.log_text());
@@ -544,6 +546,31 @@ pub async fn eventually<F: FnMut() -> bool>(mut f: F, within: Duration) -> bool 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// How often [`wait_until`] re-checks its condition.
+pub const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Poll the async condition `f` every [`POLL_EVERY`] until it holds; panic naming `what`
+/// if it still does not hold after `within`. Use it instead of a fixed sleep before an
+/// assertion on something the gateway does in the background (a trace flushed, a reload
+/// applied, a metric updated): it returns as soon as the condition holds, and a slow
+/// machine only makes it wait longer, never fail.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting until {what}");
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
 
 /// Count trace rows in the gateway's SQLite file.
