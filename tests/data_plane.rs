@@ -863,7 +863,12 @@ async fn metrics_are_prometheus_text_and_secrets_never_leak() {
         MASTER_KEY,
         "lg-wrong-secret-key",
     ];
-    let db = std::fs::read(g.db_path()).unwrap_or_default();
+    // The database and its write-ahead log: recent rows may not be checkpointed yet.
+    let mut db = std::fs::read(g.db_path()).unwrap_or_default();
+    let mut wal = g.db_path().into_os_string();
+    wal.push("-wal");
+    db.extend(std::fs::read(&wal).unwrap_or_default());
+    assert!(!db.is_empty(), "the trace store was not written");
     let log = g.log_text();
     for s in secrets {
         assert!(!m.contains(s), "secret in metrics");
