@@ -1159,6 +1159,63 @@ mod tests {
     }
 
     #[test]
+    fn soft_threshold_queues_one_webhook_event_per_period_and_never_blocks() {
+        use crate::rollout::webhook::{WebhookConfig, WebhookStats};
+        let mut c = WebhookConfig::new(
+            "http://127.0.0.1:9/hook",
+            crate::providers::Secret::new("whsec".into()),
+        );
+        c.queue_capacity = 1;
+        let stats = Arc::new(WebhookStats::new().unwrap_or_else(|e| panic!("{e}")));
+        // The worker is never run: events stay queued where the test can read them.
+        let (sender, mut worker) = WebhookSender::new(c, stats).unwrap_or_else(|e| panic!("{e}"));
+        let l = Limiter::new();
+        l.set_webhook(sender.clone());
+        let k = key(serde_json::json!({
+            "project": "shop",
+            "budgets": [{"period": "day", "usd": 1.0, "soft_pct": 50}]
+        }));
+        let mut t = admit(&l, &k, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.4);
+        assert!(admit(&l, &k, "m", 0).is_ok());
+        assert_eq!(sender.queue_len(), 0, "40% is under the soft threshold");
+        let mut t = admit(&l, &k, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.2);
+        for _ in 0..5 {
+            assert!(admit(&l, &k, "m", 0).is_ok());
+        }
+        assert_eq!(sender.queue_len(), 1, "once per key, budget and period");
+        assert_eq!(
+            sender.stats().snapshot().dropped,
+            0,
+            "no second event tried"
+        );
+        let e = worker
+            .try_recv()
+            .unwrap_or_else(|| panic!("an event was queued"));
+        assert_eq!(e.kind, EventKind::BudgetSoftThreshold);
+        assert_eq!(e.data["key_id"], "vk_t");
+        assert_eq!(e.data["project"], "shop");
+        assert_eq!(e.data["period"], "day");
+        assert_eq!(e.data["budget_usd"], 1.0);
+        assert!((e.data["spent_usd"].as_f64().unwrap_or_default() - 0.6).abs() < 1e-9);
+        // A full queue drops the event (counted); the request is still admitted.
+        sender.try_send(WebhookEvent::new(EventKind::Audit, serde_json::json!({})));
+        let k2 = Arc::new(VirtualKey {
+            entry: Arc::new(KeyEntry {
+                id: "vk_u".into(),
+                ..(*k.entry).clone()
+            }),
+            spec: k.spec.clone(),
+            expires_ms: None,
+        });
+        let mut t = admit(&l, &k2, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.9);
+        assert!(admit(&l, &k2, "m", 0).is_ok());
+        assert_eq!(sender.stats().snapshot().dropped, 1);
+    }
+
+    #[test]
     fn patch_rebuilds_rates_and_keeps_spend() {
         let l = Limiter::new();
         let k1 = key(

@@ -542,6 +542,12 @@ impl fmt::Debug for WebhookWorker {
 }
 
 impl WebhookWorker {
+    /// The next queued event, taken without sending it (other modules' tests).
+    #[cfg(test)]
+    pub(crate) fn try_recv(&mut self) -> Option<WebhookEvent> {
+        self.rx.try_recv().ok()
+    }
+
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.run())
     }
