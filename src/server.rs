@@ -274,6 +274,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             .map_err(|e| format!("webhook: {e}"))?;
         let (sender, worker) = crate::rollout::webhook::WebhookSender::new(wc, Arc::new(stats))
             .map_err(|e| format!("webhook: {e}"))?;
+        gw.limits.set_webhook(sender.clone());
         let _ = gw.auto.webhook.set(sender);
         webhook_worker = Some(worker);
     }

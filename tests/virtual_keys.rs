@@ -418,3 +418,95 @@ async fn rate_limits_and_budgets_through_the_gateway() {
     let (s, _) = admin(&gw, "GET", "/v1/keys/vk_nope/usage", None).await;
     assert_eq!(s, 404);
 }
+
+/// The soft threshold of a budget sends one signed `budget.soft_threshold` event to the
+/// webhook (other kinds filtered out), and the key's requests show up in
+/// `GET /v1/analytics?group_by=key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_threshold_reaches_the_webhook_once_and_analytics_group_by_key() {
+    let mock = MockUpstream::start(model_fleet()).await;
+    let hook = MockUpstream::start(Reply::Json(200, vec![], "{}".into())).await;
+    let toml = format!(
+        "{}[webhook]\nurl = \"{}/hook\"\nsecret_env = \"LG_TEST_WEBHOOK_SECRET\"\nevents = [\"budget.soft_threshold\"]\n",
+        config(),
+        hook.url()
+    );
+    let gw = GatewayProc::start(
+        &toml,
+        &[
+            ("OPENAI_API_KEY", "sk-test".to_string()),
+            ("OPENAI_BASE_URL", mock.url()),
+            ("LG_TEST_WEBHOOK_SECRET", "whsec-test".to_string()),
+        ],
+    );
+    // $0.001 a day, soft at 10% ($0.0001): each gpt-4o-mini request costs $0.00018, so
+    // every request after the first finds the key past the soft threshold; five stay under
+    // the budget.
+    let (s, k) = admin(
+        &gw,
+        "POST",
+        "/v1/keys",
+        Some(json!({
+            "name": "ci",
+            "project": "alpha",
+            "budgets": [{"period": "day", "usd": 0.001, "soft_pct": 10}]
+        })),
+    )
+    .await;
+    assert_eq!(s, 201, "{k}");
+    let secret = k["key"].as_str().expect("secret").to_string();
+    let id = k["id"].as_str().expect("id").to_string();
+    for _ in 0..5 {
+        let r = chat_resp(&gw, &secret, chat_body("gpt-4o-mini")).await;
+        assert_eq!(r.status(), 200);
+    }
+    assert!(eventually(|| hook.count() >= 1, Duration::from_secs(10)).await);
+    // Give a (wrong) second event time to arrive before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let key = loopgate::providers::Secret::new("whsec-test".into());
+    let mut events = Vec::new();
+    for got in hook.requests() {
+        let sig = got.header("loopgate-signature").expect("signature");
+        loopgate::rollout::webhook::verify_signature(&key, sig, &got.body, now, 300)
+            .expect("signed");
+        assert!(!String::from_utf8_lossy(&got.body).contains(&secret));
+        events.extend(got.json()["events"].as_array().cloned().unwrap_or_default());
+    }
+    assert_eq!(
+        events.len(),
+        1,
+        "once per key, budget and period: {events:?}"
+    );
+    let e = &events[0];
+    assert_eq!(e["type"], "budget.soft_threshold", "{e}");
+    assert_eq!(e["data"]["key_id"], id.as_str(), "{e}");
+    assert_eq!(e["data"]["key_name"], "ci", "{e}");
+    assert_eq!(e["data"]["project"], "alpha", "{e}");
+    assert_eq!(e["data"]["period"], "day", "{e}");
+    assert_eq!(e["data"]["budget_usd"], 0.001, "{e}");
+    let spent = e["data"]["spent_usd"].as_f64().unwrap_or_default();
+    assert!((spent - 0.00018).abs() < 1e-9, "{e}");
+    assert!(gw.log_text().contains("soft budget threshold"));
+
+    // Analytics by key: the five requests under the key's id (traces land asynchronously).
+    let mut row = Value::Null;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let (s, a) = admin(&gw, "GET", "/v1/analytics?group_by=key", None).await;
+        assert_eq!(s, 200, "{a}");
+        row = a["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|r| r["group"] == id.as_str()).cloned())
+            .unwrap_or(Value::Null);
+        if row["requests"] == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(row["requests"], 5, "{row}");
+    assert!((row["cost_usd"].as_f64().unwrap_or_default() - 5.0 * 0.00018).abs() < 1e-9);
+}

@@ -40,7 +40,7 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
     let group_name = req.param("group_by").unwrap_or("model");
     let group_by = GroupBy::parse(group_name).ok_or_else(|| {
         GatewayError::invalid(
-            "'group_by' must be one of model, provider, project, user, route, property:<name>",
+            "'group_by' must be one of model, provider, project, user, route, key, property:<name>",
             Some("group_by"),
         )
     })?;
@@ -208,6 +208,7 @@ async fn resolved_sessions(
                 GroupBy::Project => r.project_id.clone().unwrap_or_default(),
                 GroupBy::User => r.user_id.clone().unwrap_or_default(),
                 GroupBy::Route => r.route.clone().unwrap_or_default(),
+                GroupBy::Key => r.key_id.clone().unwrap_or_default(),
                 GroupBy::Property(p) => r
                     .properties
                     .iter()

@@ -32,6 +32,7 @@ use super::fleet::{Fleet, FleetTicket, SharedLimit, Verdict, WINDOW_US};
 use super::virtual_keys::{Budget, Limits, Rate, VirtualKey};
 use crate::config::{FailureMode, LimitsBackend, LimitsConfig};
 use crate::error::GatewayError;
+use crate::rollout::webhook::{EventKind, WebhookEvent, WebhookSender};
 
 type Gov = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -489,9 +490,17 @@ pub fn duration_text(d: Duration) -> String {
     }
 }
 
-/// Report a budget's soft threshold once per key, period and gateway: a log line and
-/// `loopgate_budget_soft_threshold_total`.
-fn soft_threshold(state: &KeyState, key: &VirtualKey, b: &Budget, spent: u64, now_ms: i64) {
+/// Report a budget's soft threshold once per key, period and gateway: a log line,
+/// `loopgate_budget_soft_threshold_total` and, when a webhook is configured, a
+/// `budget.soft_threshold` event (queued: never blocks, a full queue drops and counts).
+fn soft_threshold(
+    state: &KeyState,
+    key: &VirtualKey,
+    b: &Budget,
+    spent: u64,
+    now_ms: i64,
+    webhook: Option<&WebhookSender>,
+) {
     let Some(pct) = b.soft_pct else { return };
     let slot = period_slot(&b.period);
     let soft = (b.usd * pct / 100.0 * NANOS_PER_USD) as u64;
@@ -508,7 +517,26 @@ fn soft_threshold(state: &KeyState, key: &VirtualKey, b: &Budget, spent: u64, no
             spent_usd = spent as f64 / NANOS_PER_USD,
             "virtual key passed its soft budget threshold"
         );
+        if let Some(w) = webhook.filter(|w| w.wants(EventKind::BudgetSoftThreshold)) {
+            let _ = w.try_send(WebhookEvent::new(
+                EventKind::BudgetSoftThreshold,
+                soft_threshold_event(key, b, spent),
+            ));
+        }
     }
+}
+
+/// The `data` of a `budget.soft_threshold` event (never the key's secret or hash).
+fn soft_threshold_event(key: &VirtualKey, b: &Budget, spent: u64) -> serde_json::Value {
+    serde_json::json!({
+        "key_id": key.entry.id,
+        "key_name": key.spec.name,
+        "project": key.spec.project,
+        "period": b.period,
+        "budget_usd": b.usd,
+        "soft_pct": b.soft_pct,
+        "spent_usd": spent as f64 / NANOS_PER_USD,
+    })
 }
 
 /// The per-key limiter of one gateway.
@@ -520,6 +548,8 @@ pub struct Limiter {
     /// Unix ms at creation; whether the spend before it was reloaded from the store.
     started_ms: i64,
     loaded: std::sync::atomic::AtomicBool,
+    /// Where `budget.soft_threshold` events go (`[webhook]`), once the server set it.
+    webhook: std::sync::OnceLock<WebhookSender>,
 }
 
 impl Default for Limiter {
@@ -545,7 +575,13 @@ impl Limiter {
             fleet: None,
             started_ms: super::virtual_keys::now_ms(),
             loaded: std::sync::atomic::AtomicBool::new(false),
+            webhook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Send budget events to `sender` (the gateway's `[webhook]`); the first call wins.
+    pub fn set_webhook(&self, sender: WebhookSender) {
+        let _ = self.webhook.set(sender);
     }
 
     /// The limiter `[limits]` asks for (Redis is not contacted until the first request).
@@ -758,7 +794,7 @@ impl Limiter {
                     let state = self.state(key);
                     for b in &spec.budgets {
                         let slot = period_slot(&b.period);
-                        soft_threshold(&state, key, b, spent[slot], now_ms);
+                        soft_threshold(&state, key, b, spent[slot], now_ms, self.webhook.get());
                     }
                 }
                 for ((l, m), used) in limits.iter().zip(&meta).zip(used_us) {
@@ -893,7 +929,7 @@ impl Limiter {
                     until_next_period(slot, now_ms),
                 )));
             }
-            soft_threshold(&state, key, b, spent, now_ms);
+            soft_threshold(&state, key, b, spent, now_ms, self.webhook.get());
         }
         let mut rates = state.rates.load_full();
         if rates.limits != key.spec.limits {
@@ -1120,6 +1156,63 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn soft_threshold_queues_one_webhook_event_per_period_and_never_blocks() {
+        use crate::rollout::webhook::{WebhookConfig, WebhookStats};
+        let mut c = WebhookConfig::new(
+            "http://127.0.0.1:9/hook",
+            crate::providers::Secret::new("whsec".into()),
+        );
+        c.queue_capacity = 1;
+        let stats = Arc::new(WebhookStats::new().unwrap_or_else(|e| panic!("{e}")));
+        // The worker is never run: events stay queued where the test can read them.
+        let (sender, mut worker) = WebhookSender::new(c, stats).unwrap_or_else(|e| panic!("{e}"));
+        let l = Limiter::new();
+        l.set_webhook(sender.clone());
+        let k = key(serde_json::json!({
+            "project": "shop",
+            "budgets": [{"period": "day", "usd": 1.0, "soft_pct": 50}]
+        }));
+        let mut t = admit(&l, &k, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.4);
+        assert!(admit(&l, &k, "m", 0).is_ok());
+        assert_eq!(sender.queue_len(), 0, "40% is under the soft threshold");
+        let mut t = admit(&l, &k, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.2);
+        for _ in 0..5 {
+            assert!(admit(&l, &k, "m", 0).is_ok());
+        }
+        assert_eq!(sender.queue_len(), 1, "once per key, budget and period");
+        assert_eq!(
+            sender.stats().snapshot().dropped,
+            0,
+            "no second event tried"
+        );
+        let e = worker
+            .try_recv()
+            .unwrap_or_else(|| panic!("an event was queued"));
+        assert_eq!(e.kind, EventKind::BudgetSoftThreshold);
+        assert_eq!(e.data["key_id"], "vk_t");
+        assert_eq!(e.data["project"], "shop");
+        assert_eq!(e.data["period"], "day");
+        assert_eq!(e.data["budget_usd"], 1.0);
+        assert!((e.data["spent_usd"].as_f64().unwrap_or_default() - 0.6).abs() < 1e-9);
+        // A full queue drops the event (counted); the request is still admitted.
+        sender.try_send(WebhookEvent::new(EventKind::Audit, serde_json::json!({})));
+        let k2 = Arc::new(VirtualKey {
+            entry: Arc::new(KeyEntry {
+                id: "vk_u".into(),
+                ..(*k.entry).clone()
+            }),
+            spec: k.spec.clone(),
+            expires_ms: None,
+        });
+        let mut t = admit(&l, &k2, "m", 0).unwrap_or_else(|_| panic!("under budget"));
+        t.settle(0, 0.9);
+        assert!(admit(&l, &k2, "m", 0).is_ok());
+        assert_eq!(sender.stats().snapshot().dropped, 1);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub struct GatewayConfig {
     /// Exact response cache (`docs/cache.md`).
     #[serde(default)]
     pub cache: crate::cache::CacheConfig,
-    /// Signed webhook for decision / audit / rollback / experiment events.
+    /// Signed webhook for decision / audit / rollback / experiment / budget events.
     #[serde(default)]
     pub webhook: Option<crate::rollout::webhook::WebhookConfig>,
     /// The LLM firewall (`docs/firewall.md`).

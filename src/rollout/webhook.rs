@@ -1,4 +1,4 @@
-//! Signed webhooks: decision, audit, rollback and experiment events pushed to an operator's
+//! Signed webhooks: decision, audit, rollback, experiment and budget events pushed to an operator's
 //! endpoint (e.g. to land them in their own warehouse).
 //!
 //! - [`WebhookSender::try_send`] never blocks and never fails the caller: events go into a
@@ -64,14 +64,19 @@ pub enum EventKind {
     Rollback,
     /// A canary experiment transition (advanced, reverted, promoted, stopped).
     Experiment,
+    /// A virtual key's spend passed the `soft_pct` share of one of its budgets (once per
+    /// key, budget period and gateway).
+    #[serde(rename = "budget.soft_threshold")]
+    BudgetSoftThreshold,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Decision,
         EventKind::Audit,
         EventKind::Rollback,
         EventKind::Experiment,
+        EventKind::BudgetSoftThreshold,
     ];
     fn bit(self) -> u8 {
         1 << (self as u8)
@@ -537,6 +542,12 @@ impl fmt::Debug for WebhookWorker {
 }
 
 impl WebhookWorker {
+    /// The next queued event, taken without sending it (other modules' tests).
+    #[cfg(test)]
+    pub(crate) fn try_recv(&mut self) -> Option<WebhookEvent> {
+        self.rx.try_recv().ok()
+    }
+
     pub fn spawn(self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.run())
     }

@@ -137,7 +137,7 @@ pub struct AutoState {
     pub nudge: tokio::sync::Notify,
     /// Operator state changed on this instance: re-read it at the next refresh.
     pub states_dirty: std::sync::atomic::AtomicBool,
-    /// Signed webhook for decision / audit / rollback / experiment events, when configured.
+    /// Signed webhook for decision / audit / rollback / experiment / budget events, when configured.
     pub webhook: std::sync::OnceLock<crate::rollout::webhook::WebhookSender>,
 }
 

@@ -478,6 +478,7 @@ pub(crate) fn dim_name(g: &GroupBy) -> String {
         GroupBy::Project => "project".into(),
         GroupBy::User => "user".into(),
         GroupBy::Route => "route".into(),
+        GroupBy::Key => "key".into(),
         GroupBy::Property(n) => format!("property:{n}"),
     }
 }

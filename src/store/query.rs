@@ -199,6 +199,8 @@ pub enum GroupBy {
     Project,
     User,
     Route,
+    /// The virtual (or gateway) key id the request authenticated with.
+    Key,
     Property(String),
 }
 
@@ -210,6 +212,7 @@ impl GroupBy {
             "project" => GroupBy::Project,
             "user" => GroupBy::User,
             "route" => GroupBy::Route,
+            "key" => GroupBy::Key,
             _ => {
                 let n = s
                     .strip_prefix("property:")
@@ -572,6 +575,7 @@ impl Sql {
             GroupBy::Project => ("t.project_id".into(), String::new()),
             GroupBy::User => ("t.user_id".into(), String::new()),
             GroupBy::Route => ("t.route".into(), String::new()),
+            GroupBy::Key => ("t.key_id".into(), String::new()),
             GroupBy::Property(n) => {
                 let n = self.text(n);
                 (
@@ -624,9 +628,10 @@ pub(crate) async fn run_analytics<S: Store + ?Sized>(
     let mut acc: BTreeMap<(Option<i64>, Option<String>), Stats> = BTreeMap::new();
     let f = &q.filter;
     let mut raw_windows: Vec<LogFilter> = Vec::new();
-    // Users are high-cardinality: an hourly rollup barely compresses them (and would slow
-    // every insert), so user groupings read raw rows through the (ts_ms) / (project_id, ts_ms) indexes.
-    if f.rollup_eligible() && q.group_by != GroupBy::User {
+    // Users and keys are high-cardinality: an hourly rollup barely compresses them (and
+    // would slow every insert), so user and key groupings read raw rows through the
+    // (ts_ms) / (project_id, ts_ms) indexes.
+    if f.rollup_eligible() && !matches!(q.group_by, GroupBy::User | GroupBy::Key) {
         let full_from = f.start_ms.map(ceil_hour);
         let full_to = f.end_ms.map(floor_hour);
         let has_full = match (full_from, full_to) {
