@@ -121,19 +121,6 @@ fn limits_toml(url: &str, mode: &str) -> String {
     )
 }
 
-async fn admin(gw: &GatewayProc, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut r = client()
-        .request(m, gw.url(path))
-        .header("authorization", auth());
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.expect("send");
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// Create a key on `gw`: (secret, id).
 async fn new_key(gw: &GatewayProc, spec: Value) -> (String, String) {
     let (s, k) = admin(gw, "POST", "/v1/keys", Some(spec)).await;

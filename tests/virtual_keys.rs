@@ -18,19 +18,6 @@ fn config() -> String {
     )
 }
 
-async fn admin(gw: &GatewayProc, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut r = client()
-        .request(m, gw.url(path))
-        .header("authorization", auth());
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.expect("send");
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn chat_as(gw: &GatewayProc, key: &str, model: &str) -> (u16, Value) {
     let resp = client()
         .post(gw.url("/v1/chat/completions"))

@@ -333,6 +333,25 @@ pub fn auth() -> String {
     format!("Bearer {MASTER_KEY}")
 }
 
+/// One admin API call with the master key: status and JSON body (`null` when not JSON).
+pub async fn admin(
+    gw: &GatewayProc,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut r = client()
+        .request(m, gw.url(path))
+        .header("authorization", auth());
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.expect("send");
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 // ---------- the gateway process ----------
 
 pub fn free_port() -> u16 {
