@@ -55,7 +55,7 @@ fn definition(name: &str) -> Value {
             "Requests, errors, tokens, cost and latency grouped by model, provider, project, route, user or feature for a window; with resolved_nps, also the cost per resolved session (sessions whose NPS >= resolved_nps) per group.",
             schema(
                 json!({
-                    "group_by": {"type": "string", "enum": ["model", "provider", "project", "route", "user", "feature"]},
+                    "group_by": {"type": "string", "enum": ["model", "provider", "project", "route", "user", "key", "feature"]},
                     "window": window,
                     "route": route,
                     "model": {"type": "string"},
@@ -431,11 +431,11 @@ async fn run(
             let group = match args.str("group_by")?.as_deref() {
                 None => "model".to_string(),
                 Some("feature") => "property:feature".to_string(),
-                Some(g @ ("model" | "provider" | "project" | "route" | "user")) => g.to_string(),
+                Some(g @ ("model" | "provider" | "project" | "route" | "user" | "key")) => g.to_string(),
                 Some(_) => {
                     return Err(RpcError::invalid_params(
                         "group_by",
-                        "must be one of model, provider, project, route, user, feature",
+                        "must be one of model, provider, project, route, user, key, feature",
                     )
                     .into())
                 }

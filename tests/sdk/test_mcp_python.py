@@ -66,6 +66,11 @@ async def read_checks(c):
     assert groups.get("search") == 1, f  # the request tagged loopgate-property-feature: search
     print(json.dumps({"check": "get_analytics_feature", "groups": groups}))
 
+    k = structured(await c.call_tool("get_analytics", {"group_by": "key", "window": "1h"}))
+    per_key = {g["group"]: g["requests"] for g in k["data"]}
+    assert per_key and sum(per_key.values()) == k["totals"]["requests"], k
+    print(json.dumps({"check": "get_analytics_key", "groups": per_key}))
+
     d = structured(await c.call_tool("get_decision", {"request_id": REQUEST_ID}))
     assert d["id"] == REQUEST_ID and d["route"] == "ra", d
     # The full audit: chosen vs baseline, the signals and the signed trace.
