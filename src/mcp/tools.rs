@@ -431,7 +431,9 @@ async fn run(
             let group = match args.str("group_by")?.as_deref() {
                 None => "model".to_string(),
                 Some("feature") => "property:feature".to_string(),
-                Some(g @ ("model" | "provider" | "project" | "route" | "user" | "key")) => g.to_string(),
+                Some(g @ ("model" | "provider" | "project" | "route" | "user" | "key")) => {
+                    g.to_string()
+                }
                 Some(_) => {
                     return Err(RpcError::invalid_params(
                         "group_by",
