@@ -690,22 +690,10 @@ impl Limiter {
             return self.admit(key, model, tokens, slot);
         };
         let Some(key) = key else { return Ok(()) };
-        let spec = &key.spec;
-        let no_limits =
-            spec.limits.rpm.is_none() && spec.limits.tpm.is_none() && spec.limits.models.is_empty();
-        if no_limits && spec.budgets.is_empty() {
+        if key.spec.unlimited() {
             return Ok(());
         }
-        match self.check_shared(fleet, key, model, tokens).await {
-            Ok(t) => {
-                *slot = Some(t);
-                Ok(())
-            }
-            Err(r) => {
-                *slot = Some(Ticket::refused(&r));
-                Err(r.error)
-            }
-        }
+        fill_slot(self.check_shared(fleet, key, model, tokens).await, slot)
     }
 
     async fn check_shared(
@@ -896,22 +884,10 @@ impl Limiter {
         slot: &mut Option<Ticket>,
     ) -> Result<(), GatewayError> {
         let Some(key) = key else { return Ok(()) };
-        let spec = &key.spec;
-        let no_limits =
-            spec.limits.rpm.is_none() && spec.limits.tpm.is_none() && spec.limits.models.is_empty();
-        if no_limits && spec.budgets.is_empty() {
+        if key.spec.unlimited() {
             return Ok(());
         }
-        match self.check(key, model, tokens) {
-            Ok(t) => {
-                *slot = Some(t);
-                Ok(())
-            }
-            Err(r) => {
-                *slot = Some(Ticket::refused(&r));
-                Err(r.error)
-            }
-        }
+        fill_slot(self.check(key, model, tokens), slot)
     }
 
     fn check(&self, key: &VirtualKey, model: &str, tokens: u64) -> Result<Ticket, Box<Refusal>> {
@@ -1050,6 +1026,24 @@ impl pingora::services::background::BackgroundService for SpendReload {
         tokio::select! {
             _ = self.run() => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Keep the ticket of an admission (its headers, and what to reconcile) in `slot`, whether
+/// or not the request was admitted.
+fn fill_slot(
+    checked: Result<Ticket, Box<Refusal>>,
+    slot: &mut Option<Ticket>,
+) -> Result<(), GatewayError> {
+    match checked {
+        Ok(t) => {
+            *slot = Some(t);
+            Ok(())
+        }
+        Err(r) => {
+            *slot = Some(Ticket::refused(&r));
+            Err(r.error)
         }
     }
 }

@@ -310,6 +310,14 @@ pub fn validate_fields(obj: &Map<String, Value>) -> Result<(), GatewayError> {
 }
 
 impl KeySpec {
+    /// Neither a rate limit nor a budget: the request path skips such a key in one branch.
+    pub fn unlimited(&self) -> bool {
+        self.limits.rpm.is_none()
+            && self.limits.tpm.is_none()
+            && self.limits.models.is_empty()
+            && self.budgets.is_empty()
+    }
+
     /// Parse a validated object.
     pub fn from_object(obj: Map<String, Value>) -> Result<KeySpec, GatewayError> {
         validate_fields(&obj)?;
