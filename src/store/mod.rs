@@ -126,7 +126,7 @@ impl Default for StorageConfig {
             sqlite_busy_timeout_ms: 2000,
             postgres_url: None,
             channel_capacity: 65536,
-            batch_size: 512,
+            batch_size: 4096,
             flush_interval_ms: 200,
             buffer_max: 100_000,
             spill_path: "loopgate-spill.jsonl".into(),

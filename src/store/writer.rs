@@ -665,10 +665,11 @@ impl Writer {
         }
         while !self.pending.is_empty() {
             let n = self.pending.len().min(self.cfg.batch_size.max(1));
-            let batch: Vec<TraceRecord> = self.pending.iter().take(n).cloned().collect();
+            // Moved out, not copied (a batch can be thousands of records); put back in
+            // order if the store fails.
+            let batch: Vec<TraceRecord> = self.pending.drain(..n).collect();
             match self.insert_resilient(&s, &batch).await {
                 Ok(new) => {
-                    self.pending.drain(..n);
                     let m = metrics();
                     m.trace_written
                         .with_label_values(&[s.backend()])
@@ -676,6 +677,9 @@ impl Writer {
                     m.trace_queue_depth.sub(n as i64);
                 }
                 Err(e) => {
+                    for r in batch.into_iter().rev() {
+                        self.pending.push_front(r);
+                    }
                     self.fail(&e);
                     return Err(e);
                 }
