@@ -5,7 +5,12 @@
 //! fresh temp dir and SQLite store) with a generated `gateway.toml` that declares the eleven
 //! RouterBench models as custom models (`[models."<id>"]`, provider `openai`, the prices of
 //! [`PRICES`]) and the run's route as a feedback route with the shipped defaults (only its
-//! exploration seed is set; `routing.refresh_ms = 50` so a snapshot does not wait a second).
+//! exploration seed is set). The replay runs 2,000 requests in a few seconds, so the
+//! aggregator's clocks are compressed with it: `routing.refresh_ms = 50` (a snapshot does not
+//! wait a second) and `routing.stats_refresh_ms = 50` (the traffic stats — each model's token
+//! mix behind its cost estimate, the served counts behind the realized exploration account —
+//! are re-read as often as the in-process replay recomputes them, instead of every 5 s, which
+//! would leave a whole run on the configured token-mix guess and without the account).
 //! The route is switched to `live` through `POST /v1/routes/<name>/mode` (its name holds `/`,
 //! percent-encoded). The simulated fleet ([`RbResponder`]) answers each model on each prompt
 //! with usage whose cost at those prices is the record's logged USD cost (see [`usage`]).
@@ -210,6 +215,7 @@ flush_interval_ms = 50
 
 [routing]
 refresh_ms = 50
+stats_refresh_ms = 50
 
 "#,
         dir = dir.display(),
@@ -240,6 +246,9 @@ pub struct HttpRouter<'a> {
     ids: Vec<String>,
     /// Served-model names the driver could not map to a route model.
     pub unknown_served: u64,
+    /// Sweep aid (`LOOPGATE_DEBUG_TABLE=<route>`): each model's true mean quality and logged
+    /// cost, printed next to the gateway's view every 200 requests.
+    debug: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl<'a> HttpRouter<'a> {
@@ -278,6 +287,14 @@ impl<'a> HttpRouter<'a> {
             prompts: &t.prompts,
             ids: Vec::with_capacity(8_192),
             unknown_served: 0,
+            debug: std::env::var("LOOPGATE_DEBUG_TABLE")
+                .is_ok_and(|v| v == r.name)
+                .then(|| {
+                    (
+                        r.models.iter().map(|&k| t.mean_q[k]).collect(),
+                        r.models.iter().map(|&k| t.mean_c[k]).collect(),
+                    )
+                }),
         })
     }
 
@@ -290,12 +307,29 @@ impl<'a> HttpRouter<'a> {
 }
 
 impl Router for HttpRouter<'_> {
-    fn snapshot(&mut self, _n: usize) -> Snap {
+    fn snapshot(&mut self, n: usize) -> Snap {
         self.gw.stats.refreshes += 1;
         let v = self
             .gw
             .table_at(&format!("/v1/routing?route={}", enc(&self.route)));
         let r = &v["routes"][0];
+        if let Some((q, c)) = self.debug.as_ref().filter(|_| n.is_multiple_of(200)) {
+            eprintln!(
+                "n={n} exploit={} eps={} token_mix={}",
+                r["exploit"], r["exploration_epsilon"], r["token_mix"]
+            );
+            for m in r["models"].as_array().into_iter().flatten() {
+                let name = m["model"].as_str().unwrap_or_default();
+                let i = self.names.iter().position(|x| x == name).unwrap_or(0);
+                eprintln!(
+                    "  {name:38} true q={:.3} c={:.6} | n={} mean={:.3} conf={:.3} cost={:.6} ts={:.4} gap_ub={:.3} static_failures={}",
+                    q[i], c[i], m["samples"], m["quality_mean"].as_f64().unwrap_or(0.0),
+                    m["confidence"].as_f64().unwrap_or(0.0), m["cost_per_request"].as_f64().unwrap_or(0.0),
+                    m["exploration_probability"].as_f64().unwrap_or(0.0),
+                    m["gap_upper_bound"].as_f64().unwrap_or(0.0), m["static_failures"]
+                );
+            }
+        }
         let exploit = r["exploit"].as_str().unwrap_or_default();
         let e = self.index_of(exploit).unwrap_or(0);
         let confidence = r["models"]
