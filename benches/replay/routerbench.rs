@@ -885,6 +885,8 @@ pub fn main() {
         let mut savings = Vec::new();
         let mut windows = Vec::new();
         let mut promos = Vec::new();
+        // Per seed: (request, promoted model, its gate confidence) of every promotion.
+        let mut promo_events = Vec::new();
         let mut rb200 = Vec::new();
         let mut rb2500 = Vec::new();
         for seed in 0..a.seeds {
@@ -948,6 +950,12 @@ pub fn main() {
             }
             windows.push(min_window(&o.served_q, WINDOW) - (tr.q[0] - delta));
             promos.push(o.promotions.len());
+            promo_events.push(
+                o.promotions
+                    .iter()
+                    .map(|&(n, m, c)| json!([n, t.models[r.models[m]], c]))
+                    .collect::<Vec<_>>(),
+            );
             for &(_, m, conf) in &o.promotions {
                 if conf >= 0.95 {
                     calib.1 += 1;
@@ -1049,7 +1057,8 @@ pub fn main() {
         ));
         json_routes.push(json!({
             "route": r.name, "class": class, "candidates": r.models.len() - 1,
-            "first_promotion": firsts, "saving_vs_best_static": savings,
+            "first_promotion": firsts, "promotion_events": promo_events,
+            "saving_vs_best_static": savings,
             "min_window_minus_floor": windows, "promotions": promos,
             "rollback_after_200": rb200, "rollback_after_2500": rb2500,
             "truth": {"quality": tr.q, "cost": tr.c, "best_static": tr.best},

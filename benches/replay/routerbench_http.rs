@@ -247,8 +247,10 @@ pub struct HttpRouter<'a> {
     /// Served-model names the driver could not map to a route model.
     pub unknown_served: u64,
     /// Sweep aid (`LOOPGATE_DEBUG_TABLE=<route>`): each model's true mean quality and logged
-    /// cost, printed next to the gateway's view every 200 requests.
+    /// cost, printed next to the gateway's view every 200 requests and when the exploit pick
+    /// changes.
     debug: Option<(Vec<f64>, Vec<f64>)>,
+    last_exploit: String,
 }
 
 impl<'a> HttpRouter<'a> {
@@ -287,6 +289,7 @@ impl<'a> HttpRouter<'a> {
             prompts: &t.prompts,
             ids: Vec::with_capacity(8_192),
             unknown_served: 0,
+            last_exploit: t.models[r.models[0]].clone(),
             debug: std::env::var("LOOPGATE_DEBUG_TABLE")
                 .is_ok_and(|v| v == r.name)
                 .then(|| {
@@ -313,7 +316,13 @@ impl Router for HttpRouter<'_> {
             .gw
             .table_at(&format!("/v1/routing?route={}", enc(&self.route)));
         let r = &v["routes"][0];
-        if let Some((q, c)) = self.debug.as_ref().filter(|_| n.is_multiple_of(200)) {
+        let changed = r["exploit"].as_str() != Some(self.last_exploit.as_str());
+        self.last_exploit = r["exploit"].as_str().unwrap_or_default().to_string();
+        if let Some((q, c)) = self
+            .debug
+            .as_ref()
+            .filter(|_| n.is_multiple_of(200) || changed)
+        {
             eprintln!(
                 "n={n} exploit={} eps={} token_mix={}",
                 r["exploit"], r["exploration_epsilon"], r["token_mix"]
