@@ -24,6 +24,11 @@
 //! has folded every accepted feedback event and reads the route's `exploit` pick and its
 //! confidence from it. Every routing statistic is the gateway's own (its aggregator, cost
 //! estimates from the catalog and the traces' token mix, stats window, stickiness).
+//!
+//! Limits: the gateway republishes its table on every feedback nudge, so a promotion made
+//! between two snapshots is first seen (and counted in the calibration line) at the next
+//! snapshot's confidence, possibly already the incumbent's hysteresis level; the gateway draws
+//! its own exploration randomness, so runs are not reproducible request by request.
 
 use std::collections::HashMap;
 
