@@ -40,6 +40,8 @@ mod inproc;
 mod report;
 #[path = "replay/routerbench.rs"]
 mod routerbench;
+#[path = "replay/routerbench_http.rs"]
+mod routerbench_http;
 #[path = "replay/sim.rs"]
 mod sim;
 
@@ -445,8 +447,8 @@ fn main() {
                         };
                         let t = Instant::now();
                         let res = sim::run(&spec, &mut router);
-                        router.stats.wall_s = t.elapsed().as_secs_f64();
-                        let st = router.stats;
+                        router.gw.stats.wall_s = t.elapsed().as_secs_f64();
+                        let st = router.gw.stats;
                         eprintln!(
                             "replay:   http {} {:.2} seed {seed} {}: {} requests ({} failed, {} holdback), feedback {} accepted / {} duplicate / {} rejected, {} refresh timeouts, {:.1}s ({:.0} req/s)",
                             mode.as_str(),

@@ -243,3 +243,100 @@ async fn check_refuses_a_custom_model_without_prices() {
         "{text}"
     );
 }
+
+/// The router's cost estimate is the custom model's price × its measured token mix, and with
+/// `routing.stats_refresh_ms` the traffic stats behind it are re-read that often: 400 prompt
+/// and 200 completion tokens from the mock reach `GET /v1/routing` within a second of being
+/// served (the fixed 5 s clock before the setting left a replay's whole run on the
+/// configured guess of 500 / 250).
+#[tokio::test]
+async fn stats_refresh_ms_brings_the_measured_token_mix_into_the_cost_estimate() {
+    let mock = MockUpstream::start(model_fleet()).await;
+    let g = GatewayProc::start(
+        r#"
+[models."acme/llama-3-70b-instruct"]
+provider = "openai"
+model = "llama-3-70b"
+input_cost_per_token = 0.000002
+output_cost_per_token = 0.000004
+
+[routes."team/fast"]
+baseline = "acme/llama-3-70b-instruct"
+candidates = ["gpt-4o-mini"]
+mode = "shadow"
+
+[routing]
+refresh_ms = 50
+stats_refresh_ms = 50
+"#,
+        &[
+            ("OPENAI_API_KEY", "sk-test".into()),
+            ("OPENAI_BASE_URL", mock.url()),
+        ],
+    );
+    let c = client();
+    let table = || async {
+        let r = client()
+            .get(g.url("/v1/routing?route=team%2Ffast"))
+            .header("authorization", auth())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["routes"][0].clone()
+    };
+    // An operator change makes the aggregator re-read the traffic stats at once (none yet);
+    // the next read is `stats_refresh_ms` later.
+    let r = c
+        .post(g.url("/v1/routes/team%2Ffast/mode"))
+        .header("authorization", auth())
+        .json(&json!({"mode": "live"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let mut before = Value::Null;
+    for _ in 0..200 {
+        before = table().await;
+        if before["mode"] == "live" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(before["mode"], "live", "{before}");
+    // Before any traffic: the configured guess (expected_prompt/completion_tokens).
+    assert_eq!(before["token_mix"]["measured"], false, "{before}");
+    assert_eq!(before["token_mix"]["prompt_tokens"], 500.0, "{before}");
+    for _ in 0..5 {
+        let r = c
+            .post(g.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .json(&chat_body("auto:team/fast"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+    let served = std::time::Instant::now();
+    let mut last = Value::Null;
+    while served.elapsed() < Duration::from_secs(2) {
+        last = table().await;
+        if last["token_mix"]["measured"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        last["token_mix"]["measured"], true,
+        "token mix not measured within 2 s: {last}"
+    );
+    assert_eq!(last["token_mix"]["prompt_tokens"], 400.0, "{last}");
+    assert_eq!(last["token_mix"]["completion_tokens"], 200.0, "{last}");
+    let base = last["models"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["baseline"] == true).cloned())
+        .unwrap_or_default();
+    // 400 × 2e-6 + 200 × 4e-6 (the custom price × the measured mix).
+    let cost = base["cost_per_request"].as_f64().unwrap_or(0.0);
+    assert!((cost - 0.0016).abs() < 1e-9, "{base}");
+}

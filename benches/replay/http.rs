@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopgate::demo::http::Client;
-use loopgate::demo::sim::{self as fleet, SimFleet};
+use loopgate::demo::sim::{self as fleet, Responder, SimFleet};
 use loopgate::feedback::context::ContextKey;
 use serde_json::{json, Value};
 
@@ -53,9 +53,23 @@ pub struct HttpEnv {
 }
 
 impl HttpEnv {
+    /// The RouteLLM replay fleet (`loopgate::demo::sim`, the embedded replay set).
     pub fn new() -> Result<HttpEnv, String> {
-        let bin = gateway_binary()?;
         let rows = Arc::new(loopgate::demo::data::embedded()?);
+        Self::start(|| SimFleet::start(rows, 0))
+    }
+
+    /// A fleet answering with `responder` (the RouterBench replay brings its own).
+    pub fn with_responder(responder: Arc<dyn Responder>) -> Result<HttpEnv, String> {
+        Self::start(|| SimFleet::start_with(responder, 0))
+    }
+
+    fn start<F, Fut>(fleet: F) -> Result<HttpEnv, String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<SimFleet>>,
+    {
+        let bin = gateway_binary()?;
         // One worker: the fleet keeps answering while the driver's thread blocks on a call.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -63,7 +77,7 @@ impl HttpEnv {
             .build()
             .map_err(|e| format!("runtime: {e}"))?;
         let fleet = rt
-            .block_on(SimFleet::start(rows, 0))
+            .block_on(fleet())
             .map_err(|e| format!("simulated fleet: {e}"))?;
         Ok(HttpEnv { rt, fleet, bin })
     }
@@ -97,21 +111,43 @@ pub struct HttpStats {
     pub wall_s: f64,
 }
 
-pub struct Http<'a> {
+/// One gateway child process (fresh temp dir and SQLite store) and a client to it: what every
+/// HTTP replay (RouteLLM and RouterBench) drives.
+pub struct Gateway<'a> {
     env: &'a HttpEnv,
-    cfg: HttpConfig,
     child: Child,
     dir: tempfile::TempDir,
     client: Client,
+    /// Events the aggregator never folded (rejected), so refresh stops waiting for them.
+    fold_deficit: u64,
+    pub stats: HttpStats,
+}
+
+impl HttpStats {
+    /// Sum of runs.
+    pub fn add(&mut self, o: &HttpStats) {
+        self.requests += o.requests;
+        self.request_errors += o.request_errors;
+        self.holdback += o.holdback;
+        self.feedback_accepted += o.feedback_accepted;
+        self.feedback_duplicate += o.feedback_duplicate;
+        self.feedback_rejected += o.feedback_rejected;
+        self.feedback_skipped += o.feedback_skipped;
+        self.refreshes += o.refreshes;
+        self.refresh_timeouts += o.refresh_timeouts;
+        self.wall_s += o.wall_s;
+    }
+}
+
+pub struct Http<'a> {
+    pub gw: Gateway<'a>,
+    cfg: HttpConfig,
     /// Response id per stream position (empty: the request failed).
     ids: Vec<String>,
     /// Exploit pick per bucket at the last refresh (for the `explored` estimate).
     promoted: [bool; 11],
     pinned_at: Option<u64>,
-    /// Events the aggregator never folded (rejected), so refresh stops waiting for them.
-    fold_deficit: u64,
     started: Instant,
-    pub stats: HttpStats,
 }
 
 fn free_port() -> Result<u16, String> {
@@ -166,11 +202,30 @@ nps_weight = 1.0
 impl<'a> Http<'a> {
     /// Start a fresh gateway (fresh store) for one run.
     pub fn new(env: &'a HttpEnv, cfg: HttpConfig) -> Result<Http<'a>, String> {
+        let gw = Gateway::start(env, |dir, port, mport| config(&cfg, dir, port, mport))?;
+        Ok(Http {
+            gw,
+            cfg,
+            ids: Vec::with_capacity(16_384),
+            promoted: [false; 11],
+            pinned_at: None,
+            started: Instant::now(),
+        })
+    }
+}
+
+impl<'a> Gateway<'a> {
+    /// Start `loopgate serve` with the config `config(dir, port, metrics_port)` writes, in
+    /// front of the env's simulated fleet, and wait (bounded) until it answers.
+    pub fn start(
+        env: &'a HttpEnv,
+        config: impl FnOnce(&Path, u16, u16) -> String,
+    ) -> Result<Gateway<'a>, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let port = free_port()?;
         let mport = free_port()?;
         let cfg_path = dir.path().join("gateway.toml");
-        std::fs::write(&cfg_path, config(&cfg, dir.path(), port, mport))
+        std::fs::write(&cfg_path, config(dir.path(), port, mport))
             .map_err(|e| format!("{}: {e}", cfg_path.display()))?;
         let log = std::fs::File::create(dir.path().join("gateway.log"))
             .map_err(|e| format!("log: {e}"))?;
@@ -191,25 +246,20 @@ impl<'a> Http<'a> {
             .spawn()
             .map_err(|e| format!("start {}: {e}", env.bin.display()))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut me = Http {
+        let mut me = Gateway {
             env,
-            cfg,
             child,
             dir,
             client: Client::new(addr, MASTER),
-            ids: Vec::with_capacity(16_384),
-            promoted: [false; 11],
-            pinned_at: None,
             fold_deficit: 0,
-            started: Instant::now(),
             stats: HttpStats::default(),
         };
         me.wait_ready()?;
-        me.started = Instant::now();
         Ok(me)
     }
 
-    fn log_tail(&self) -> String {
+    /// The last 2,000 bytes of the gateway's log.
+    pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default();
         let start = s.len().saturating_sub(2_000);
         let mut i = start;
@@ -243,7 +293,8 @@ impl<'a> Http<'a> {
         ))
     }
 
-    fn call(
+    /// One call: (status, JSON body with the served model as `__served`, holdback header).
+    pub fn call(
         &mut self,
         method: &str,
         path: &str,
@@ -264,7 +315,7 @@ impl<'a> Http<'a> {
         Some((r.status, v, holdback))
     }
 
-    fn post_feedback(&mut self, body: Value) {
+    pub fn post_feedback(&mut self, body: Value) {
         match self.call("POST", "/v1/feedback", Some(&body), &[]) {
             Some((201 | 200, _, _)) => self.stats.feedback_accepted += 1,
             Some((409, _, _)) => self.stats.feedback_duplicate += 1,
@@ -278,8 +329,9 @@ impl<'a> Http<'a> {
         }
     }
 
-    /// Wait (bounded) until the published table has folded the accepted feedback.
-    fn table(&mut self) -> Value {
+    /// Wait (bounded) until the published table has folded the accepted feedback; `path` is
+    /// `/v1/routing` or a filtered form of it (`/v1/routing?route=...`).
+    pub fn table_at(&mut self, path: &str) -> Value {
         let target = self
             .stats
             .feedback_accepted
@@ -287,7 +339,7 @@ impl<'a> Http<'a> {
         let deadline = Instant::now() + REFRESH_TIMEOUT;
         let mut last = Value::Null;
         loop {
-            if let Some((200, v, _)) = self.call("GET", "/v1/routing", None, &[]) {
+            if let Some((200, v, _)) = self.call("GET", path, None, &[]) {
                 let folded = v["events_folded"].as_u64().unwrap_or(0);
                 last = v;
                 if folded >= target {
@@ -305,9 +357,13 @@ impl<'a> Http<'a> {
             std::thread::sleep(POLL);
         }
     }
+
+    fn table(&mut self) -> Value {
+        self.table_at("/v1/routing")
+    }
 }
 
-impl Drop for Http<'_> {
+impl Drop for Gateway<'_> {
     fn drop(&mut self) {
         // Only the child this run started, by its handle.
         let _ = self.child.kill();
@@ -327,8 +383,8 @@ impl RouterUnderTest for Http<'_> {
     fn route(&mut self, req: &Request<'_>) -> Routed {
         let session = format!("s{}", req.session);
         let body = json!({"model": "auto", "messages": req.row.messages});
-        self.stats.requests += 1;
-        let (model, id, holdback) = match self.call(
+        self.gw.stats.requests += 1;
+        let (model, id, holdback) = match self.gw.call(
             "POST",
             "/v1/chat/completions",
             Some(&body),
@@ -344,18 +400,18 @@ impl RouterUnderTest for Http<'_> {
                 )
             }
             other => {
-                if self.stats.request_errors < 3 {
+                if self.gw.stats.request_errors < 3 {
                     eprintln!(
                         "replay-http: request {} failed: {:?}",
                         req.seq,
                         other.map(|(s, v, _)| (s, v))
                     );
                 }
-                self.stats.request_errors += 1;
+                self.gw.stats.request_errors += 1;
                 (0, String::new(), false)
             }
         };
-        self.stats.holdback += u64::from(holdback);
+        self.gw.stats.holdback += u64::from(holdback);
         debug_assert_eq!(self.ids.len() as u64, req.seq);
         self.ids.push(id);
         // Estimate: served against the bucket's exploit pick at the last refresh.
@@ -380,15 +436,15 @@ impl RouterUnderTest for Http<'_> {
             }
         };
         match body {
-            Some(b) => self.post_feedback(b),
-            None => self.stats.feedback_skipped += 1,
+            Some(b) => self.gw.post_feedback(b),
+            None => self.gw.stats.feedback_skipped += 1,
         }
     }
 
     fn refresh(&mut self, now_seq: u64) -> Vec<UnitState> {
-        self.stats.refreshes += 1;
-        let t = self.table();
-        self.stats.wall_s = self.started.elapsed().as_secs_f64();
+        self.gw.stats.refreshes += 1;
+        let t = self.gw.table();
+        self.gw.stats.wall_s = self.started.elapsed().as_secs_f64();
         let r = &t["routes"][0];
         let pinned = !r["pinned"].is_null();
         if pinned && self.pinned_at.is_none() {

@@ -4,7 +4,12 @@
 //! ```sh
 //! cargo bench --bench replay -- --routerbench            # 5 seeds, every route (in-process)
 //! cargo bench --bench replay -- --routerbench --quick    # 2 seeds, a third of the routes
+//! cargo bench --profile test --bench replay -- --routerbench --http --quick --seeds 3
+//!                                                         # through the real gateway
 //! ```
+//! `--only TEXT` keeps the routes whose name contains TEXT. `--http` drives the same traffic
+//! through the built `loopgate` binary (`routerbench_http.rs`); results go to
+//! `routerbench_http.{md,json}` instead of `routerbench.{md,json}`.
 //!
 //! Sweep aids (stderr, never in the tables): `LOOPGATE_DEBUG_WINDOW=<route>` prints which
 //! models were served in that route's worst 500-request window per seed;
@@ -18,7 +23,7 @@
 //! four candidates drawn by a seeded RNG. A model dearer than the baseline is a candidate too
 //! (the shipped `max_cost_increase = 0` keeps it out, as in the gateway).
 //!
-//! The router is the library's, driven exactly as the gateway drives it: an [`Aggregator`]
+//! In process ([`InProcRouter`]) the router is the library's, driven as the gateway drives it: an [`Aggregator`]
 //! folds the feedback events (`judge` scores, session NPS), a fresh
 //! [`PreparedRoute::prepare_with`] snapshot with the previous snapshot's promoted model as the
 //! incumbent every `SNAPSHOT_EVERY` requests (the aggregator's refresh), [`decide`] per request
@@ -58,6 +63,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use super::http::{HttpEnv, HttpStats};
+use super::routerbench_http::{HttpRouter, RbResponder};
+
 const REQUESTS: usize = 2_000;
 const SNAPSHOT_EVERY: usize = 20;
 const JUDGE_SHARE: f64 = 0.3;
@@ -74,14 +82,18 @@ const EXPLORE_EWMA: f64 = 1.0 / 200.0;
 const NPS_WEIGHT: f64 = 3.0;
 const BASELINES: [&str; 3] = ["gpt-4-1106-preview", "claude-v2", "claude-v1"];
 
-struct Task {
-    name: String,
-    models: Vec<String>,
+pub(crate) struct Task {
+    pub(crate) name: String,
+    pub(crate) models: Vec<String>,
+    /// Per row: the prompt text as recorded.
+    pub(crate) prompts: Vec<String>,
     /// Per row: outcome per model.
-    q: Vec<Vec<f64>>,
+    pub(crate) q: Vec<Vec<f64>>,
+    /// Per row: logged USD cost per model.
+    pub(crate) cost: Vec<Vec<f64>>,
     /// Mean outcome and mean cost per model.
-    mean_q: Vec<f64>,
-    mean_c: Vec<f64>,
+    pub(crate) mean_q: Vec<f64>,
+    pub(crate) mean_c: Vec<f64>,
 }
 
 fn load(path: &Path) -> Result<Vec<Task>, String> {
@@ -102,7 +114,9 @@ fn load(path: &Path) -> Result<Vec<Task>, String> {
                 tasks.push(Task {
                     name: task,
                     models,
+                    prompts: Vec::new(),
                     q: Vec::new(),
+                    cost: Vec::new(),
                     mean_q: Vec::new(),
                     mean_c: Vec::new(),
                 });
@@ -112,13 +126,19 @@ fn load(path: &Path) -> Result<Vec<Task>, String> {
         };
         let t = &mut tasks[ti];
         let mut row = Vec::with_capacity(t.models.len());
+        let mut row_c = Vec::with_capacity(t.models.len());
         let c = &mut costs[ti];
         c.resize(t.models.len(), 0.0);
         for (k, m) in t.models.iter().enumerate() {
             row.push(ms[m]["quality"].as_f64().ok_or("quality")?);
-            c[k] += ms[m]["cost_usd"].as_f64().ok_or("cost")?;
+            let usd = ms[m]["cost_usd"].as_f64().ok_or("cost")?;
+            c[k] += usd;
+            row_c.push(usd);
         }
         t.q.push(row);
+        t.cost.push(row_c);
+        t.prompts
+            .push(v["prompt"].as_str().ok_or("prompt")?.to_string());
     }
     for (t, c) in tasks.iter_mut().zip(costs) {
         let n = t.q.len() as f64;
@@ -131,11 +151,11 @@ fn load(path: &Path) -> Result<Vec<Task>, String> {
 }
 
 #[derive(Clone)]
-struct RouteSpec {
-    name: String,
-    task: usize,
+pub(crate) struct RouteSpec {
+    pub(crate) name: String,
+    pub(crate) task: usize,
     /// Model indices into the task; [0] is the baseline.
-    models: Vec<usize>,
+    pub(crate) models: Vec<usize>,
 }
 
 fn routes(tasks: &[Task]) -> Vec<RouteSpec> {
@@ -205,17 +225,15 @@ fn truth(t: &Task, r: &RouteSpec, delta: f64) -> Truth {
 
 /// A silent regression of the promoted model, `after` requests after its first promotion.
 #[derive(Clone, Copy)]
-struct Regression {
+pub(crate) struct Regression {
     after: usize,
 }
 
 #[derive(Default, Clone, Debug)]
-struct RunOut {
+pub(crate) struct RunOut {
     first_promotion: Option<usize>,
     promotions: Vec<(usize, usize, f64)>,
     served: Vec<usize>,
-    /// Decisions that explored (sweep aid).
-    explored_n: usize,
     /// True quality of what was served per request (regression applied).
     served_q: Vec<f64>,
     /// Regression: onset and requests until the regressed model was no longer the exploit pick.
@@ -224,12 +242,84 @@ struct RunOut {
     rolled_to_baseline: bool,
 }
 
+impl RunOut {
+    /// The run as it stood after its first `n` requests (a regression whose onset lies
+    /// beyond them has not happened yet).
+    fn prefix(&self, n: usize) -> RunOut {
+        let n = n.min(self.served.len());
+        RunOut {
+            first_promotion: self.first_promotion.filter(|&f| f < n),
+            promotions: self
+                .promotions
+                .iter()
+                .copied()
+                .filter(|p| p.0 < n)
+                .collect(),
+            served: self.served[..n].to_vec(),
+            served_q: self.served_q[..n].to_vec(),
+            onset: None,
+            rollback_after: None,
+            rolled_to_baseline: false,
+        }
+    }
+}
+
 /// An open session: (id, requests left, last chosen model, (served model, outcome) so far).
 type Session = (u64, usize, Option<usize>, Vec<(usize, f64)>);
 
+/// A feedback event of the traffic model, in the run's own terms (model = index into the
+/// route's models); each router turns it into its own form (an [`Aggregator`] event in
+/// process, a `POST /v1/feedback` body over HTTP).
+#[derive(Clone, Debug)]
+pub(crate) enum Fb {
+    /// A judge score of request `seq` (served `model`), on the unit scale.
+    Judge {
+        id: u64,
+        seq: usize,
+        model: usize,
+        value: f64,
+        at_ms: i64,
+    },
+    /// A session NPS (0..=10) for every request of `session` (their served models).
+    Nps {
+        session: u64,
+        nps: f64,
+        served: Vec<usize>,
+        at_ms: i64,
+    },
+}
+
 struct Pending {
     due: usize,
-    ev: FeedbackEvent,
+    ev: Fb,
+}
+
+/// The route's state at a snapshot: the exploit pick and its gate confidence.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Snap {
+    pub exploit: usize,
+    pub confidence: f64,
+}
+
+/// What the traffic model drives: the library in process ([`InProcRouter`]), or the real
+/// gateway over HTTP (`routerbench_http.rs`). Both see the same requests, sessions and
+/// feedback, in the same order.
+pub(crate) trait Router {
+    /// The snapshot before request `n` (every `SNAPSHOT_EVERY` requests, after the due
+    /// feedback was delivered).
+    fn snapshot(&mut self, n: usize) -> Snap;
+    /// Route request `n` of `session` (prompt `row`): (served model, chosen model). `sticky`
+    /// is the session's last chosen model, `draw` a uniform number for the decision.
+    fn route(
+        &mut self,
+        n: usize,
+        session: u64,
+        sticky: Option<usize>,
+        row: usize,
+        draw: f64,
+    ) -> (usize, usize);
+    /// Deliver one feedback event.
+    fn deliver(&mut self, ev: &Fb);
 }
 
 /// The route settings under test: the shipped defaults, unless `LOOPGATE_BENCH_OVERRIDES` holds
@@ -237,7 +327,7 @@ struct Pending {
 /// headline table is always run without it).
 #[derive(Clone, Default, serde::Deserialize)]
 #[serde(default)]
-struct Settings {
+pub(crate) struct Settings {
     constraints: Constraints,
     exploration: ExplorationConfig,
     promotion: PromotionConfig,
@@ -254,39 +344,247 @@ fn settings() -> Settings {
     }
 }
 
-fn run(
+/// The library's router, driven exactly as the gateway drives it (see the module docs).
+pub(crate) struct InProcRouter<'a> {
+    t: &'a Task,
+    r: &'a RouteSpec,
+    seed: u64,
+    debug: bool,
+    set: &'a Settings,
+    priors: Option<&'a Priors>,
+    route: Arc<str>,
+    names: Vec<Arc<str>>,
+    agg: Aggregator,
+    cost: Vec<f64>,
+    prepared: Option<Arc<PreparedRoute>>,
+    share: f64,
+    /// Served model per request (the stats window's trailing requests).
+    served: Vec<usize>,
+    /// Decisions that explored (sweep aid).
+    explored_n: usize,
+}
+
+impl<'a> InProcRouter<'a> {
+    fn new(
+        t: &'a Task,
+        r: &'a RouteSpec,
+        seed: u64,
+        debug: bool,
+        priors: Option<&'a Priors>,
+        set: &'a Settings,
+    ) -> Self {
+        let route: Arc<str> = Arc::from(r.name.as_str());
+        let names: Vec<Arc<str>> = r
+            .models
+            .iter()
+            .map(|&k| Arc::from(t.models[k].as_str()))
+            .collect();
+        let mut agg = match Aggregator::new(set.posterior.clone(), NPS_WEIGHT) {
+            Ok(a) => a,
+            Err(e) => panic!("aggregator: {e}"),
+        };
+        for m in &names {
+            if let Some(p) = priors.and_then(|p| p.lookup(m, None)) {
+                let _ = agg.set_prior(&route, m, p.score, p.n0, 0);
+            }
+        }
+        let cost: Vec<f64> = r.models.iter().map(|&k| t.mean_c[k]).collect();
+        InProcRouter {
+            t,
+            r,
+            seed,
+            debug,
+            set,
+            priors,
+            route,
+            names,
+            agg,
+            cost,
+            prepared: None,
+            share: 0.0,
+            served: Vec::new(),
+            explored_n: 0,
+        }
+    }
+}
+
+impl Router for InProcRouter<'_> {
+    fn snapshot(&mut self, n: usize) -> Snap {
+        let stats = self.agg.snapshot();
+        let pcfg = &self.set.posterior;
+        let prior_of = |m: &str| self.priors.and_then(|p| p.lookup(m, None));
+        // The gateway's stats window stands for the trailing window here.
+        let mut recent = vec![0u64; self.names.len()];
+        for &m in &self.served[self.served.len().saturating_sub(WINDOW)..] {
+            recent[m] += 1;
+        }
+        let input = |i: usize| {
+            let posterior = stats
+                .get(&self.route, &self.names[i])
+                .copied()
+                .unwrap_or_else(|| {
+                    let mut st = PosteriorState::new();
+                    if let Some(p) = prior_of(&self.names[i]) {
+                        let _ = st.set_prior(p.score, p.n0, 0, pcfg);
+                    }
+                    st.posterior(None, pcfg)
+                });
+            ModelInput {
+                model: self.names[i].clone(),
+                posterior,
+                cost_per_request: self.cost[i],
+                p95_latency_ms: None,
+                success_rate: None,
+                recent_requests: recent[i],
+            }
+        };
+        let incumbent = self
+            .prepared
+            .as_ref()
+            .filter(|p| p.static_exploit != 0)
+            .map(|p| p.models[p.static_exploit].model.clone());
+        let p = PreparedRoute::prepare_with(
+            RouteInput {
+                route: self.route.clone(),
+                mode: Mode::Live,
+                baseline: input(0),
+                candidates: (1..self.names.len()).map(input).collect(),
+                constraints: self.set.constraints.clone(),
+                weights: ScoreWeights::default(),
+                exploration: self.set.exploration,
+                pinned: None,
+                table_version: (n / SNAPSHOT_EVERY) as u64 + 1,
+            },
+            self.set.promotion,
+            incumbent.as_deref(),
+        );
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => panic!("prepare: {e}"),
+        };
+        if self.debug
+            && n.is_multiple_of(40)
+            && std::env::var("LOOPGATE_DEBUG_RANGE")
+                .ok()
+                .and_then(|v| {
+                    let (a, b) = v.split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                })
+                .is_some_and(|(a, b)| n >= a && n <= b)
+            && std::env::var("LOOPGATE_DEBUG_SEED")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                == Some(self.seed)
+            && std::env::var("LOOPGATE_DEBUG_SNAP").is_ok_and(|v| &*self.route == v.as_str())
+        {
+            eprintln!(
+                "n={n} eps={:.3} share={:.3} exploit={} explored={}",
+                p.budget_epsilon, self.share, p.static_exploit, self.explored_n
+            );
+            for (i, m) in p.models.iter().enumerate() {
+                eprintln!(
+                    "  {:38} true={:.3} n={:4} mean={:.3} within={:.3} ts={:.4} gap_ub={:.3} in={}",
+                    &*m.model,
+                    self.t.mean_q[self.r.models[i]],
+                    m.posterior.samples,
+                    m.posterior.mean(),
+                    m.gate.confidence,
+                    m.ts_prob,
+                    m.gap_ub,
+                    m.in_explore
+                );
+            }
+        }
+        let e = p.static_exploit;
+        let snap = Snap {
+            exploit: e,
+            confidence: p.models[e].gate.confidence,
+        };
+        self.prepared = Some(p);
+        snap
+    }
+
+    fn route(
+        &mut self,
+        _n: usize,
+        _session: u64,
+        sticky: Option<usize>,
+        _row: usize,
+        draw: f64,
+    ) -> (usize, usize) {
+        let Some(p) = self.prepared.as_ref() else {
+            return (0, 0);
+        };
+        let ctx = RequestContext {
+            spend_today: 0.0,
+            exploration_share: self.share,
+            sticky: sticky.map(|i| &*self.names[i]),
+            rng: draw,
+        };
+        let d = decide(p, &ctx);
+        if !matches!(d.kind, PickKind::Off | PickKind::Pinned) {
+            let explored = if d.explores() { 1.0 } else { 0.0 };
+            self.share += EXPLORE_EWMA * (explored - self.share);
+            self.explored_n += explored as usize;
+        }
+        self.served.push(d.served);
+        (d.served, d.chosen)
+    }
+
+    fn deliver(&mut self, ev: &Fb) {
+        let ev = match ev {
+            Fb::Judge {
+                id,
+                model,
+                value,
+                at_ms,
+                ..
+            } => FeedbackEvent {
+                id: format!("j{id}"),
+                at_ms: *at_ms,
+                kind: FeedbackKind::Score {
+                    route: self.route.clone(),
+                    model: self.names[*model].clone(),
+                    signal: Signal::Judge,
+                    value: *value,
+                    scale: Scale::Unit,
+                },
+            },
+            Fb::Nps {
+                session,
+                nps,
+                served,
+                at_ms,
+            } => FeedbackEvent {
+                id: format!("s{session}"),
+                at_ms: *at_ms,
+                kind: FeedbackKind::SessionNps {
+                    nps: *nps,
+                    requests: served
+                        .iter()
+                        .map(|m| (self.route.clone(), self.names[*m].clone()))
+                        .collect(),
+                },
+            },
+        };
+        let _ = self.agg.fold(&ev);
+    }
+}
+
+/// One run of the traffic model against `router` (2,000 requests, or until 1,000 requests
+/// after a regression's onset).
+pub(crate) fn run(
     t: &Task,
     r: &RouteSpec,
     seed: u64,
     regression: Option<Regression>,
-    priors: Option<&Priors>,
-    set: &Settings,
+    router: &mut dyn Router,
 ) -> RunOut {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let route: Arc<str> = Arc::from(r.name.as_str());
-    let names: Vec<Arc<str>> = r
-        .models
-        .iter()
-        .map(|&k| Arc::from(t.models[k].as_str()))
-        .collect();
-    let pcfg = set.posterior.clone();
-    let mut agg = match Aggregator::new(pcfg.clone(), NPS_WEIGHT) {
-        Ok(a) => a,
-        Err(e) => panic!("aggregator: {e}"),
-    };
-    let prior_of = |m: &str| priors.and_then(|p| p.lookup(m, None));
-    for m in &names {
-        if let Some(p) = prior_of(m) {
-            let _ = agg.set_prior(&route, m, p.score, p.n0, 0);
-        }
-    }
-    let cost: Vec<f64> = r.models.iter().map(|&k| t.mean_c[k]).collect();
     let mut order: Vec<usize> = Vec::new();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut out = RunOut::default();
-    let mut prepared: Option<Arc<PreparedRoute>> = None;
     let mut exploit_prev = 0usize;
-    let mut share = 0.0f64;
     // Open sessions: (id, remaining, last model, outcomes with their models).
     let mut sessions: Vec<Session> = Vec::new();
     let mut next_session = 0u64;
@@ -299,86 +597,16 @@ fn run(
         // Deliver due feedback (sorted by due time on insertion).
         while pending.front().is_some_and(|p| p.due <= n) {
             if let Some(p) = pending.pop_front() {
-                let _ = agg.fold(&p.ev);
+                router.deliver(&p.ev);
             }
         }
         if n.is_multiple_of(SNAPSHOT_EVERY) {
-            let stats = agg.snapshot();
-            // The gateway's stats window stands for the trailing window here.
-            let mut recent = vec![0u64; names.len()];
-            for &m in &out.served[out.served.len().saturating_sub(WINDOW)..] {
-                recent[m] += 1;
-            }
-            let input = |i: usize| {
-                let posterior = stats.get(&route, &names[i]).copied().unwrap_or_else(|| {
-                    let mut st = PosteriorState::new();
-                    if let Some(p) = prior_of(&names[i]) {
-                        let _ = st.set_prior(p.score, p.n0, 0, &pcfg);
-                    }
-                    st.posterior(None, &pcfg)
-                });
-                ModelInput {
-                    model: names[i].clone(),
-                    posterior,
-                    cost_per_request: cost[i],
-                    p95_latency_ms: None,
-                    success_rate: None,
-                    recent_requests: recent[i],
-                }
-            };
-            let incumbent = prepared
-                .as_ref()
-                .filter(|p| p.static_exploit != 0)
-                .map(|p| p.models[p.static_exploit].model.clone());
-            let p = PreparedRoute::prepare_with(
-                RouteInput {
-                    route: route.clone(),
-                    mode: Mode::Live,
-                    baseline: input(0),
-                    candidates: (1..names.len()).map(input).collect(),
-                    constraints: set.constraints.clone(),
-                    weights: ScoreWeights::default(),
-                    exploration: set.exploration,
-                    pinned: None,
-                    table_version: (n / SNAPSHOT_EVERY) as u64 + 1,
-                },
-                set.promotion,
-                incumbent.as_deref(),
-            );
-            let p = match p {
-                Ok(p) => p,
-                Err(e) => panic!("prepare: {e}"),
-            };
-            if regression.is_none()
-                && n.is_multiple_of(40)
-                && std::env::var("LOOPGATE_DEBUG_RANGE")
-                    .ok()
-                    .and_then(|v| {
-                        let (a, b) = v.split_once('-')?;
-                        Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
-                    })
-                    .is_some_and(|(a, b)| n >= a && n <= b)
-                && std::env::var("LOOPGATE_DEBUG_SEED")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    == Some(seed)
-                && std::env::var("LOOPGATE_DEBUG_SNAP").is_ok_and(|v| &*route == v.as_str())
-            {
-                eprintln!(
-                    "n={n} eps={:.3} share={share:.3} exploit={} explored={} sessions={}",
-                    p.budget_epsilon, p.static_exploit, out.explored_n, next_session
-                );
-                for (i, m) in p.models.iter().enumerate() {
-                    eprintln!(
-                        "  {:38} true={:.3} n={:4} mean={:.3} within={:.3} ts={:.4} gap_ub={:.3} in={}",
-                        &*m.model, t.mean_q[r.models[i]], m.posterior.samples, m.posterior.mean(),
-                        m.gate.confidence, m.ts_prob, m.gap_ub, m.in_explore
-                    );
-                }
-            }
-            let e = p.static_exploit;
+            let Snap {
+                exploit: e,
+                confidence,
+            } = router.snapshot(n);
             if e != 0 && e != exploit_prev {
-                out.promotions.push((n, e, p.models[e].gate.confidence));
+                out.promotions.push((n, e, confidence));
                 if out.first_promotion.is_none() {
                     out.first_promotion = Some(n);
                     if let Some(reg) = regression {
@@ -395,9 +623,7 @@ fn run(
                 }
             }
             exploit_prev = e;
-            prepared = Some(p);
         }
-        let Some(p) = prepared.as_ref() else { break };
         // Pick a session: open a new one when fewer than OPEN_SESSIONS are open.
         while sessions.len() < OPEN_SESSIONS {
             let u: f64 = 1.0 - rng.gen::<f64>();
@@ -411,20 +637,9 @@ fn run(
             order.shuffle(&mut rng);
         }
         let row = order.pop().unwrap_or(0);
-        let sticky = sessions[si].2.map(|i| &*names[i]);
-        let ctx = RequestContext {
-            spend_today: 0.0,
-            exploration_share: share,
-            sticky,
-            rng: rng.gen::<f64>(),
-        };
-        let d = decide(p, &ctx);
-        if !matches!(d.kind, PickKind::Off | PickKind::Pinned) {
-            let explored = if d.explores() { 1.0 } else { 0.0 };
-            share += EXPLORE_EWMA * (explored - share);
-            out.explored_n += explored as usize;
-        }
-        let m = d.served;
+        let sticky = sessions[si].2;
+        let draw = rng.gen::<f64>();
+        let (m, chosen) = router.route(n, sessions[si].0, sticky, row, draw);
         let regressed = onset.is_some_and(|o| n >= o) && regressed_model == Some(m);
         let mut outcome = t.q[row][r.models[m]];
         if regressed && rng.gen::<f64>() >= 0.3 {
@@ -440,21 +655,17 @@ fn run(
             push(
                 &mut pending,
                 n + JUDGE_DELAY,
-                FeedbackEvent {
-                    id: format!("j{ev_id}"),
+                Fb::Judge {
+                    id: ev_id,
+                    seq: n,
+                    model: m,
+                    value: v,
                     at_ms,
-                    kind: FeedbackKind::Score {
-                        route: route.clone(),
-                        model: names[m].clone(),
-                        signal: Signal::Judge,
-                        value: v,
-                        scale: Scale::Unit,
-                    },
                 },
             );
         }
         let s = &mut sessions[si];
-        s.2 = Some(d.chosen);
+        s.2 = Some(chosen);
         s.3.push((m, outcome));
         s.1 -= 1;
         if s.1 == 0 {
@@ -467,16 +678,11 @@ fn run(
                 push(
                     &mut pending,
                     n + NPS_DELAY,
-                    FeedbackEvent {
-                        id: format!("s{id}"),
+                    Fb::Nps {
+                        session: id,
+                        nps,
+                        served: outcomes.iter().map(|(m, _)| *m).collect(),
                         at_ms,
-                        kind: FeedbackKind::SessionNps {
-                            nps,
-                            requests: outcomes
-                                .iter()
-                                .map(|(m, _)| (route.clone(), names[*m].clone()))
-                                .collect(),
-                        },
                     },
                 );
             }
@@ -485,8 +691,13 @@ fn run(
     }
     out.onset = onset;
     if regression.is_none()
-        && std::env::var("LOOPGATE_DEBUG_WINDOW").is_ok_and(|v| &*route == v.as_str())
+        && std::env::var("LOOPGATE_DEBUG_WINDOW").is_ok_and(|v| r.name == v.as_str())
     {
+        let names: Vec<Arc<str>> = r
+            .models
+            .iter()
+            .map(|&k| Arc::from(t.models[k].as_str()))
+            .collect();
         debug_window(t, r, &names, &out);
     }
     out
@@ -528,7 +739,7 @@ fn debug_window(t: &Task, r: &RouteSpec, names: &[Arc<str>], out: &RunOut) {
     eprintln!();
 }
 
-fn push(q: &mut VecDeque<Pending>, due: usize, ev: FeedbackEvent) {
+fn push(q: &mut VecDeque<Pending>, due: usize, ev: Fb) {
     let pos = q.iter().rposition(|p| p.due <= due).map_or(0, |i| i + 1);
     q.insert(pos, Pending { due, ev });
 }
@@ -558,6 +769,10 @@ struct Args {
     quick: bool,
     out: PathBuf,
     data: PathBuf,
+    /// Through the real gateway (`routerbench_http.rs`).
+    http: bool,
+    /// Only routes whose name contains this text.
+    only: Option<String>,
 }
 
 fn parse() -> Args {
@@ -567,20 +782,29 @@ fn parse() -> Args {
         quick: false,
         out: root.join("target/bench-results"),
         data: root.join("benches/data/routerbench.jsonl.gz"),
+        http: false,
+        only: None,
     };
+    let mut seeds_set = false;
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         match x.as_str() {
-            "--seeds" => a.seeds = it.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--seeds" => {
+                a.seeds = it.next().and_then(|v| v.parse().ok()).unwrap_or(5);
+                seeds_set = true;
+            }
             "--quick" => a.quick = true,
+            "--http" => a.http = true,
+            "--only" => a.only = it.next(),
             "--out" => a.out = it.next().map(PathBuf::from).unwrap_or(a.out),
             "--data" => a.data = it.next().map(PathBuf::from).unwrap_or(a.data),
             _ => {}
         }
     }
-    if a.quick {
+    if a.quick && !seeds_set {
         a.seeds = a.seeds.min(2);
     }
+    a.seeds = a.seeds.clamp(1, 100);
     a
 }
 
@@ -605,10 +829,43 @@ pub fn main() {
     if a.quick {
         all = all.into_iter().step_by(3).collect();
     }
+    if let Some(only) = &a.only {
+        all.retain(|r| r.name.contains(only.as_str()));
+    }
+    if a.http && overridden {
+        eprintln!("routerbench: LOOPGATE_BENCH_OVERRIDES applies in process only; the HTTP run serves the gateway's shipped defaults");
+        std::process::exit(2);
+    }
+    let http_env = if a.http {
+        let env = RbResponder::new(&tasks).and_then(|resp| HttpEnv::with_responder(Arc::new(resp)));
+        match env {
+            Ok(e) => {
+                eprintln!(
+                    "routerbench: HTTP mode, gateway binary {}",
+                    e.binary().display()
+                );
+                Some(e)
+            }
+            Err(e) => {
+                eprintln!("routerbench: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
+    let mut http_total = HttpStats::default();
+    let mut http_runs = Vec::new();
+    let mut unknown_served = 0u64;
     let started = std::time::Instant::now();
     let mut md = String::new();
     md.push_str(&format!(
-        "RouterBench replay, in-process, {}, {} requests per route, seeds 0..{}, δ = {delta}\n\n",
+        "RouterBench replay, {}, {}, {} requests per route, seeds 0..{}, δ = {delta}\n\n",
+        if a.http {
+            "through the real gateway over HTTP"
+        } else {
+            "in-process"
+        },
         if overridden {
             "OVERRIDDEN settings (LOOPGATE_BENCH_OVERRIDES)"
         } else {
@@ -628,10 +885,64 @@ pub fn main() {
         let mut savings = Vec::new();
         let mut windows = Vec::new();
         let mut promos = Vec::new();
+        // Per seed: (request, promoted model, its gate confidence) of every promotion.
+        let mut promo_events = Vec::new();
         let mut rb200 = Vec::new();
         let mut rb2500 = Vec::new();
         for seed in 0..a.seeds {
-            let o = run(t, r, seed, None, priors.as_ref(), &set);
+            let (o, regs) = match &http_env {
+                None => {
+                    let mut router = InProcRouter::new(t, r, seed, true, priors.as_ref(), &set);
+                    let o = run(t, r, seed, None, &mut router);
+                    let regs = [200, 2500].map(|after| {
+                        let mut router =
+                            InProcRouter::new(t, r, seed, false, priors.as_ref(), &set);
+                        run(t, r, seed, Some(Regression { after }), &mut router)
+                    });
+                    (o, regs.map(Some))
+                }
+                Some(env) => {
+                    let mut go = |reg: Option<Regression>, what: &str| -> RunOut {
+                        let mut router = match HttpRouter::new(env, t, r, seed) {
+                            Ok(x) => x,
+                            Err(e) => {
+                                eprintln!("routerbench: gateway: {e}");
+                                std::process::exit(1);
+                            }
+                        };
+                        let t0 = std::time::Instant::now();
+                        let o = run(t, r, seed, reg, &mut router);
+                        let mut st = router.gw.stats;
+                        st.wall_s = t0.elapsed().as_secs_f64();
+                        unknown_served += router.unknown_served;
+                        eprintln!(
+                            "routerbench:   http {} seed {seed} {what}: {} requests ({} failed), feedback {} accepted / {} duplicate / {} rejected / {} skipped, {} snapshots ({} timeouts), {:.1}s ({:.0} req/s)",
+                            r.name, st.requests, st.request_errors, st.feedback_accepted,
+                            st.feedback_duplicate, st.feedback_rejected, st.feedback_skipped,
+                            st.refreshes, st.refresh_timeouts, st.wall_s,
+                            st.requests as f64 / st.wall_s.max(1e-9)
+                        );
+                        http_total.add(&st);
+                        http_runs
+                            .push(json!({"route": r.name, "seed": seed, "run": what, "stats": st}));
+                        o
+                    };
+                    // The clean run is the first 2,000 requests of the +2,500 regression run
+                    // (its onset lies after request 2,000; before it the two are the same
+                    // run), so one gateway run serves both; the +200 run only when the clean
+                    // part promoted (otherwise there is nothing to roll back).
+                    let long = go(
+                        Some(Regression { after: 2500 }),
+                        "clean + regression at +2500",
+                    );
+                    let o = long.prefix(REQUESTS);
+                    let r200 = o
+                        .first_promotion
+                        .is_some()
+                        .then(|| go(Some(Regression { after: 200 }), "regression at +200"));
+                    (o, [r200, Some(long)])
+                }
+            };
             firsts.push(o.first_promotion);
             let served_c: f64 = o.served[1000..2000].iter().map(|&m| tr.c[m]).sum::<f64>() / 1000.0;
             if tr.best != 0 {
@@ -639,6 +950,12 @@ pub fn main() {
             }
             windows.push(min_window(&o.served_q, WINDOW) - (tr.q[0] - delta));
             promos.push(o.promotions.len());
+            promo_events.push(
+                o.promotions
+                    .iter()
+                    .map(|&(n, m, c)| json!([n, t.models[r.models[m]], c]))
+                    .collect::<Vec<_>>(),
+            );
             for &(_, m, conf) in &o.promotions {
                 if conf >= 0.95 {
                     calib.1 += 1;
@@ -647,16 +964,8 @@ pub fn main() {
                     }
                 }
             }
-            for (after, acc) in [(200, &mut rb200), (2500, &mut rb2500)] {
-                let o = run(
-                    t,
-                    r,
-                    seed,
-                    Some(Regression { after }),
-                    priors.as_ref(),
-                    &set,
-                );
-                if o.onset.is_some() {
+            for (o, acc) in regs.into_iter().zip([&mut rb200, &mut rb2500]) {
+                if let Some(o) = o.filter(|o| o.onset.is_some()) {
                     acc.push(o.rollback_after);
                 }
             }
@@ -748,7 +1057,8 @@ pub fn main() {
         ));
         json_routes.push(json!({
             "route": r.name, "class": class, "candidates": r.models.len() - 1,
-            "first_promotion": firsts, "saving_vs_best_static": savings,
+            "first_promotion": firsts, "promotion_events": promo_events,
+            "saving_vs_best_static": savings,
             "min_window_minus_floor": windows, "promotions": promos,
             "rollback_after_200": rb200, "rollback_after_2500": rb2500,
             "truth": {"quality": tr.q, "cost": tr.c, "best_static": tr.best},
@@ -766,19 +1076,34 @@ pub fn main() {
     for (k, (ok, n)) in gl {
         md.push_str(&format!("- {k}: {ok} / {n}\n"));
     }
+    if a.http {
+        let st = &http_total;
+        md.push_str(&format!(
+            "\nThrough the gateway: {} requests ({} failed, {} served models not in the route), feedback {} accepted / {} duplicate / {} rejected / {} skipped, {} snapshots ({} fold timeouts), {:.0} s of runs ({:.0} requests/s), {:.0} s in all.\n",
+            st.requests, st.request_errors, unknown_served, st.feedback_accepted, st.feedback_duplicate,
+            st.feedback_rejected, st.feedback_skipped, st.refreshes, st.refresh_timeouts, st.wall_s,
+            st.requests as f64 / st.wall_s.max(1e-9), started.elapsed().as_secs_f64()
+        ));
+    }
+    let stem = if a.http {
+        "routerbench_http"
+    } else {
+        "routerbench"
+    };
     let _ = std::fs::create_dir_all(&a.out);
-    let _ = std::fs::write(a.out.join("routerbench.md"), &md);
+    let _ = std::fs::write(a.out.join(format!("{stem}.md")), &md);
     let _ = std::fs::write(
-        a.out.join("routerbench.json"),
-        serde_json::to_string_pretty(
-            &json!({"routes": json_routes, "calibration": [calib.0, calib.1]}),
-        )
+        a.out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&json!({
+            "routes": json_routes, "calibration": [calib.0, calib.1],
+            "http": a.http.then(|| json!({"total": http_total, "runs": http_runs})),
+        }))
         .unwrap_or_default(),
     );
     println!("{md}");
     eprintln!(
         "routerbench: wrote {} ({:.0?})",
-        a.out.join("routerbench.md").display(),
+        a.out.join(format!("{stem}.md")).display(),
         started.elapsed()
     );
 }

@@ -466,6 +466,9 @@ pub struct RoutingSettings {
     pub refresh_ms: u64,
     /// Window for success rate, p95 latency and token mix per (route, model).
     pub stats_window_hours: u64,
+    /// How often the aggregator re-reads those traffic stats (token mix, served counts, p95
+    /// latency, spend) and re-evaluates canaries and rollback monitors from the store.
+    pub stats_refresh_ms: u64,
     /// How long a session stays on the model it was first served.
     pub sticky_ttl_secs: u64,
     /// Recent routed requests kept in memory so feedback can arrive before the trace is stored.
@@ -482,6 +485,7 @@ impl Default for RoutingSettings {
             priors: String::new(),
             refresh_ms: 1000,
             stats_window_hours: 24,
+            stats_refresh_ms: 5000,
             sticky_ttl_secs: 3600,
             recent_capacity: 100_000,
         }
@@ -796,6 +800,9 @@ impl GatewayConfig {
         if rs.refresh_ms < 50 {
             return bad("routing.refresh_ms must be >= 50".into());
         }
+        if rs.stats_refresh_ms < 50 {
+            return bad("routing.stats_refresh_ms must be >= 50".into());
+        }
         if rs.stats_window_hours == 0 {
             return bad("routing.stats_window_hours must be >= 1".into());
         }
@@ -845,6 +852,19 @@ mod tests {
         let c = GatewayConfig::parse(extra, "test")?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn stats_refresh_defaults_to_five_seconds_and_is_bounded() {
+        let c = parse("").unwrap();
+        assert_eq!(c.routing.stats_refresh_ms, 5000);
+        let c = parse("[routing]\nstats_refresh_ms = 50\n").unwrap();
+        assert_eq!(c.routing.stats_refresh_ms, 50);
+        let e = parse("[routing]\nstats_refresh_ms = 10\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("routing.stats_refresh_ms must be >= 50"), "{e}");
     }
 
     #[test]

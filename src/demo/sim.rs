@@ -31,8 +31,28 @@ pub fn model_of(requested: &str) -> Option<&'static str> {
 
 pub struct SimFleet {
     pub addr: SocketAddr,
-    /// Requests answered per replay model, and judge calls.
+    /// Requests answered per replay model, and judge calls (the replay responder of
+    /// [`SimFleet::start`]; empty for a custom [`Responder`]).
     pub served: Arc<HashMap<&'static str, AtomicU64>>,
+}
+
+/// What a simulated fleet answers: one OpenAI chat request body in, (status, JSON body) out.
+/// [`SimFleet::start`] answers from the embedded RouteLLM replay set; other replay sets (the
+/// RouterBench replay of `benches/replay/routerbench.rs`) bring their own.
+pub trait Responder: Send + Sync + 'static {
+    fn answer(&self, request: &Value) -> (u16, Value);
+}
+
+/// The RouteLLM replay set as a [`Responder`] (also plays the judge).
+struct ReplayResponder {
+    index: Index,
+    counts: Arc<HashMap<&'static str, AtomicU64>>,
+}
+
+impl Responder for ReplayResponder {
+    fn answer(&self, request: &Value) -> (u16, Value) {
+        answer(&self.index, &self.counts, request)
+    }
 }
 
 struct Index {
@@ -45,18 +65,17 @@ impl SimFleet {
     /// Serve on `127.0.0.1:port` (0: any free port) until the runtime stops.
     pub async fn start(rows: Arc<Vec<Row>>, port: u16) -> std::io::Result<SimFleet> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        let addr = listener.local_addr()?;
         let mut by_prompt = HashMap::new();
         let mut by_id = HashMap::new();
         for (i, r) in rows.iter().enumerate() {
             by_prompt.entry(r.prompt.clone()).or_insert(i);
             by_id.insert(r.id.clone(), i);
         }
-        let index = Arc::new(Index {
+        let index = Index {
             rows,
             by_prompt,
             by_id,
-        });
+        };
         let served: Arc<HashMap<&'static str, AtomicU64>> = Arc::new(
             [
                 (STRONG, AtomicU64::new(0)),
@@ -66,13 +85,30 @@ impl SimFleet {
             .into_iter()
             .collect(),
         );
-        let counts = Arc::clone(&served);
+        let responder = ReplayResponder {
+            index,
+            counts: Arc::clone(&served),
+        };
+        Self::serve(listener, Arc::new(responder), served)
+    }
+
+    /// Serve `responder` on `127.0.0.1:port` (0: any free port) until the runtime stops.
+    pub async fn start_with(responder: Arc<dyn Responder>, port: u16) -> std::io::Result<SimFleet> {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        Self::serve(listener, responder, Arc::new(HashMap::new()))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        responder: Arc<dyn Responder>,
+        served: Arc<HashMap<&'static str, AtomicU64>>,
+    ) -> std::io::Result<SimFleet> {
+        let addr = listener.local_addr()?;
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let index = Arc::clone(&index);
-                let counts = Arc::clone(&counts);
+                let responder = Arc::clone(&responder);
                 tokio::spawn(async move {
-                    let _ = serve_conn(sock, &index, &counts).await;
+                    let _ = serve_conn(sock, &*responder).await;
                 });
             }
         });
@@ -125,16 +161,18 @@ async fn read_request(
     }
 }
 
-async fn serve_conn(
-    mut sock: TcpStream,
-    index: &Index,
-    counts: &HashMap<&'static str, AtomicU64>,
-) -> std::io::Result<()> {
+async fn serve_conn(mut sock: TcpStream, responder: &dyn Responder) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
     let mut buf = Vec::new();
     while let Some((line, body)) = read_request(&mut sock, &mut buf).await? {
         let (status, v) = if line.contains("/chat/completions") {
-            answer(index, counts, &body)
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(req) => responder.answer(&req),
+                Err(_) => (
+                    400,
+                    json!({"error": {"message": "simulator: body is not JSON", "type": "invalid_request_error"}}),
+                ),
+            }
         } else {
             (
                 404,
@@ -156,7 +194,8 @@ async fn serve_conn(
     Ok(())
 }
 
-fn last_user_text(body: &Value) -> String {
+/// The text of the last user message of an OpenAI chat request (parts joined by newlines).
+pub fn last_user_text(body: &Value) -> String {
     body["messages"]
         .as_array()
         .and_then(|ms| ms.iter().rev().find(|m| m["role"] == "user"))
@@ -172,15 +211,9 @@ fn last_user_text(body: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn answer(index: &Index, counts: &HashMap<&'static str, AtomicU64>, body: &[u8]) -> (u16, Value) {
-    let Ok(req) = serde_json::from_slice::<Value>(body) else {
-        return (
-            400,
-            json!({"error": {"message": "simulator: body is not JSON", "type": "invalid_request_error"}}),
-        );
-    };
+fn answer(index: &Index, counts: &HashMap<&'static str, AtomicU64>, req: &Value) -> (u16, Value) {
     let requested = req["model"].as_str().unwrap_or_default().to_string();
-    let text = last_user_text(&req);
+    let text = last_user_text(req);
     // A judge call: score the marked answer from the data.
     if let Some(start) = text.find("[sim:") {
         let marker = &text[start + 5..];
@@ -235,10 +268,59 @@ fn answer(index: &Index, counts: &HashMap<&'static str, AtomicU64>, body: &[u8])
     )
 }
 
-fn completion(model: &str, content: &str, prompt: u64, completion: u64) -> Value {
+/// A non-streamed OpenAI chat completion with the given usage.
+pub fn completion(model: &str, content: &str, prompt: u64, completion: u64) -> Value {
     json!({
         "id": "chatcmpl-sim", "object": "chat.completion", "created": crate::dialect::unix_now(), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demo::http::Client;
+
+    /// Answers `echo-model` with usage from the prompt's length; anything else is a 404.
+    struct Echo;
+
+    impl Responder for Echo {
+        fn answer(&self, request: &Value) -> (u16, Value) {
+            let model = request["model"].as_str().unwrap_or_default();
+            if model != "acme/echo-model" {
+                return (404, json!({"error": {"message": "unknown model"}}));
+            }
+            let text = last_user_text(request);
+            (200, completion(model, &text, text.len() as u64, 7))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_responder_answers_over_loopback_http() {
+        let fleet = SimFleet::start_with(Arc::new(Echo), 0).await.unwrap();
+        let mut c = Client::new(fleet.addr, "unused");
+        let body = json!({"model": "acme/echo-model", "messages": [
+            {"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+            {"role": "user", "content": [{"type": "text", "text": "hello"}]}]});
+        let r = c
+            .send("POST", "/v1/chat/completions", Some(&body), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        assert_eq!(v["choices"][0]["message"]["content"], "hello");
+        assert_eq!(v["usage"]["prompt_tokens"], 5);
+        assert_eq!(v["usage"]["total_tokens"], 12);
+        let other = json!({"model": "other", "messages": [{"role": "user", "content": "a"}]});
+        let r = c
+            .send("POST", "/v1/chat/completions", Some(&other), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404);
+        // Not a chat call: the fleet's own 404.
+        let r = c.send("GET", "/v1/models", None, &[]).await.unwrap();
+        assert_eq!(r.status, 404);
+        assert!(fleet.served.is_empty());
+    }
 }

@@ -658,9 +658,6 @@ struct Loop {
     last_rollout: Option<Instant>,
 }
 
-/// Traffic stats are re-read at most this often (they change slowly; feedback is folded at
-/// every refresh).
-const TRAFFIC_EVERY: Duration = Duration::from_secs(5);
 /// Routed requests are remembered this long for early feedback (traces are stored by then).
 const RECENT_MAX_AGE_MS: i64 = 15 * 60 * 1000;
 const FEEDBACK_PAGE: usize = 5000;
@@ -768,7 +765,8 @@ impl AggregatorService {
                 .auto
                 .states_dirty
                 .swap(false, std::sync::atomic::Ordering::AcqRel);
-            if dirty || st.last_traffic.is_none_or(|t| t.elapsed() >= TRAFFIC_EVERY) {
+            let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
+            if dirty || st.last_traffic.is_none_or(|t| t.elapsed() >= every) {
                 let window_ms = rt.config.routing.stats_window_hours as i64 * 3_600_000;
                 let midnight = now_ms - now_ms.rem_euclid(86_400_000);
                 let baselines: HashMap<String, String> = rt
@@ -804,7 +802,8 @@ impl AggregatorService {
         }
         // 3. Canaries and rollback monitors, from the scored decisions in the store.
         if let Some(store) = &store {
-            let due = st.last_rollout.is_none_or(|t| t.elapsed() >= TRAFFIC_EVERY);
+            let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
+            let due = st.last_rollout.is_none_or(|t| t.elapsed() >= every);
             if folded_rows > 0 || due || traffic_refreshed {
                 self.evaluate_rollout(&rt, store, st, now_ms).await;
                 st.last_rollout = Some(Instant::now());
