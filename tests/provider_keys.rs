@@ -411,16 +411,37 @@ async fn weights_failover_cooldowns_delete_audit_and_no_secret_anywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_one_sqlite_file_see_adds_and_deletes() {
     let mock = MockUpstream::start(provider(Modes::default())).await;
-    let seen = Seen::default();
     let a = GatewayProc::start("", &env(&mock, Some(VAULT_1)));
     let mut env_b = env(&mock, Some(VAULT_1));
     env_b.push(("LOOPGATE_DB", a.db_path().display().to_string()));
     let b = GatewayProc::start("", &env_b);
+    add_and_delete_reach_the_other_gateway(&a, &b).await;
+}
 
-    let id = add(&a, &seen, KEY_A, 1, "shared").await;
+#[path = "support/pg.rs"]
+mod pg;
+
+/// The same on one PostgreSQL database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_postgres_see_adds_and_deletes() {
+    let srv = pg::PgServer::start();
+    srv.create_db("vault");
+    let storage = format!(
+        "backend = \"postgres\"\npostgres_url = \"{}\"",
+        srv.url_for("vault")
+    );
+    let mock = MockUpstream::start(provider(Modes::default())).await;
+    let a = GatewayProc::start_full("", &storage, "", &env(&mock, Some(VAULT_1)));
+    let b = GatewayProc::start_full("", &storage, "", &env(&mock, Some(VAULT_1)));
+    add_and_delete_reach_the_other_gateway(&a, &b).await;
+}
+
+async fn add_and_delete_reach_the_other_gateway(a: &GatewayProc, b: &GatewayProc) {
+    let seen = Seen::default();
+    let id = add(a, &seen, KEY_A, 1, "shared").await;
     let t0 = Instant::now();
     loop {
-        let (s, v) = chat(&b, &seen).await;
+        let (s, v) = chat(b, &seen).await;
         assert_eq!(s, 200, "{v}");
         if content(&v) == "served with alpha" {
             break;
@@ -457,7 +478,7 @@ async fn two_gateways_on_one_sqlite_file_see_adds_and_deletes() {
     eprintln!("delete reached the second gateway in {:?}", t0.elapsed());
     // Rotation on the next request: B answers only from A's table now.
     for _ in 0..10 {
-        let (_, v) = chat(&b, &seen).await;
+        let (_, v) = chat(b, &seen).await;
         assert_eq!(content(&v), "served with env");
     }
 }
