@@ -454,7 +454,7 @@ async fn add_and_delete_reach_the_other_gateway(a: &GatewayProc, b: &GatewayProc
     }
     eprintln!("add reached the second gateway in {:?}", t0.elapsed());
     let (s, v) = call(
-        &a,
+        a,
         &seen,
         "DELETE",
         &format!("/v1/providers/openai/keys/{id}"),
@@ -464,7 +464,7 @@ async fn add_and_delete_reach_the_other_gateway(a: &GatewayProc, b: &GatewayProc
     assert_eq!(s, 200, "{v}");
     let t0 = Instant::now();
     loop {
-        let (s, v) = chat(&b, &seen).await;
+        let (s, v) = chat(b, &seen).await;
         assert_eq!(s, 200, "{v}");
         if content(&v) == "served with env" {
             break;
