@@ -621,3 +621,60 @@ async fn restart_rotation_and_wrong_master_key() {
     let answers = seen.text();
     assert!(!answers.contains(KEY_A));
 }
+
+/// Background calls (here shadow calls of a feedback route in shadow mode) sign with the
+/// runtime keys too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_calls_use_the_runtime_keys() {
+    let mock = MockUpstream::start(provider(Modes::default())).await;
+    let toml = r#"
+[routes.default]
+baseline = "gpt-4o"
+candidates = ["gpt-4o-mini"]
+mode = "shadow"
+[routes.default.constraints]
+max_regression = 0.05
+min_confidence = 0.9
+min_samples = 100000
+max_exploration_share = 1.0
+max_cost_increase = 0.0
+[routes.default.exploration]
+rate = 1.0
+eliminate_after = 1000000
+[routes.default.shadow]
+share = 1.0
+daily_budget = 5.0
+[routing]
+refresh_ms = 60
+"#;
+    let g = GatewayProc::start(toml, &env(&mock, Some(VAULT_1)));
+    let seen = Seen::default();
+    add(&g, &seen, KEY_A, 1, "shadow").await;
+    for _ in 0..5 {
+        let r = client()
+            .post(g.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .json(&chat_body("auto"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+    }
+    wait_until(
+        "a shadow call to gpt-4o-mini signed with the runtime key",
+        Duration::from_secs(10),
+        || async {
+            mock.requests().iter().any(|r| {
+                r.json()["model"] == "gpt-4o-mini"
+                    && r.header("authorization") == Some(&format!("Bearer {KEY_A}")[..])
+            })
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&mock, ENV_KEY),
+        0,
+        "the env key signed nothing: {:?}",
+        used(&mock)
+    );
+}
