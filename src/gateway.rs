@@ -31,6 +31,8 @@ pub struct Gateway {
     pub prompt: Arc<crate::feedback::prompt::state::PromptState>,
     /// Keys created through `/v1/keys`, mirrored from the store.
     pub vkeys: Arc<crate::auth::virtual_keys::VirtualKeys>,
+    /// Provider API keys added at runtime (decrypted mirror, cooldowns).
+    pub provider_keys: Arc<crate::auth::provider_keys::ProviderKeys>,
     /// Per-key rate limits and budgets of virtual keys (in process).
     pub limits: Arc<crate::auth::limits::Limiter>,
     /// The exact response cache (sized from `[cache]` at start).
@@ -62,6 +64,7 @@ impl Gateway {
             recent: None,
             prompt: Arc::new(crate::feedback::prompt::state::PromptState::new()),
             vkeys: Arc::new(crate::auth::virtual_keys::VirtualKeys::new()),
+            provider_keys: Arc::default(),
             limits: Arc::new(crate::auth::limits::Limiter::new()),
             mcp: None,
             store: None,

@@ -82,6 +82,12 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
     },
+    /// Provider keys added at runtime: make a master key, or re-encrypt the stored keys
+    /// under a new one.
+    Vault {
+        #[command(subcommand)]
+        cmd: VaultCmd,
+    },
     /// Install this binary, the systemd unit, /etc/loopgate/gateway.toml and
     /// /etc/loopgate/env (existing config files are kept).
     Install {
@@ -94,6 +100,19 @@ enum Cmd {
         /// Do not run `systemctl daemon-reload`.
         #[arg(long)]
         no_daemon_reload: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VaultCmd {
+    /// Print a new random master key (32 bytes, base64) for LOOPGATE_VAULT_KEY.
+    NewKey,
+    /// Re-encrypt every stored provider key under LOOPGATE_VAULT_KEY (or
+    /// LOOPGATE_VAULT_KEY_FILE / vault.master_key_file), reading keys stored under
+    /// LOOPGATE_VAULT_KEY_PREVIOUS. Gateways accept both keys while it runs.
+    Rotate {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -145,6 +164,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Vault {
+            cmd: VaultCmd::NewKey,
+        } => {
+            println!("{}", loopgate::auth::provider_keys::new_master_key());
+            ExitCode::SUCCESS
+        }
+        Cmd::Vault {
+            cmd: VaultCmd::Rotate { config },
+        } => match vault_rotate(config) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loopgate vault rotate: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Check { config } => match check(config) {
             Ok(summary) => {
                 println!("{summary}");
@@ -260,6 +297,45 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn vault_rotate(config: Option<PathBuf>) -> Result<String, String> {
+    let cfg =
+        loopgate::config::GatewayConfig::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let file = cfg
+        .vault
+        .master_key_file
+        .as_deref()
+        .map(|f| cfg.resolve_path(f));
+    let master = loopgate::auth::provider_keys::MasterKeys::load(file.as_deref())?;
+    let storage: loopgate::store::StorageConfig = toml::Value::Table(cfg.storage.clone())
+        .try_into()
+        .map_err(|e| format!("[storage]: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = loopgate::store::open(&storage)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = loopgate::auth::provider_keys::rotate(store.as_ref(), &master).await?;
+        let kid = master.kid().unwrap_or_default();
+        let mut out = format!(
+            "re-encrypted {} provider key(s) under master key {kid}; {} already under it",
+            r.reencrypted, r.unchanged
+        );
+        if r.failed.is_empty() {
+            Ok(out)
+        } else {
+            out.push_str(&format!(
+                "; {} could not be decrypted (set the key they were stored under as LOOPGATE_VAULT_KEY_PREVIOUS):\n  {}",
+                r.failed.len(),
+                r.failed.join("\n  ")
+            ));
+            Err(out)
+        }
+    })
 }
 
 fn check(config: Option<PathBuf>) -> Result<String, String> {

@@ -10,7 +10,8 @@ use std::sync::LazyLock;
 
 use prometheus::{
     register_counter_vec, register_gauge, register_histogram_vec, register_int_counter_vec,
-    register_int_gauge, CounterVec, Gauge, HistogramVec, IntCounterVec, IntGauge,
+    register_int_gauge, register_int_gauge_vec, CounterVec, Gauge, HistogramVec, IntCounterVec,
+    IntGauge, IntGaugeVec,
 };
 
 pub struct Metrics {
@@ -79,6 +80,12 @@ pub struct Metrics {
     /// Virtual keys' budgets passing their soft threshold (once per key, period and
     /// gateway), by period.
     pub budget_soft_threshold: IntCounterVec,
+    /// Provider keys added at runtime and usable on this gateway, by provider.
+    pub provider_keys: IntGaugeVec,
+    /// Provider keys cooling down on this gateway after a 401/403/429, by provider.
+    pub provider_keys_cooling: IntGaugeVec,
+    /// Cooldowns started, by provider and reason (`unauthorized`, `rate_limited`).
+    pub provider_key_cooldowns: IntCounterVec,
 }
 
 /// What bounds the `model` label set: the models the config or the catalog knows
@@ -274,6 +281,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "loopgate_budget_soft_threshold_total",
             "Virtual key budgets that passed their soft threshold, by period",
             &["period"]
+        )?,
+        provider_keys: register_int_gauge_vec!(
+            "loopgate_provider_keys",
+            "Provider API keys added at runtime that this gateway can use, by provider",
+            &["provider"]
+        )?,
+        provider_keys_cooling: register_int_gauge_vec!(
+            "loopgate_provider_keys_cooling_down",
+            "Provider API keys left out after the provider rejected them (401/403/429), by provider",
+            &["provider"]
+        )?,
+        provider_key_cooldowns: register_int_counter_vec!(
+            "loopgate_provider_key_cooldowns_total",
+            "Cooldowns of provider API keys started on this gateway, by provider and reason",
+            &["provider", "reason"]
         )?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);

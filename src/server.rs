@@ -150,6 +150,14 @@ fn check_bindable(key: &str, env: &str, addr: &str) -> Result<(), String> {
     }
 }
 
+/// `vault.master_key_file`, resolved against the config's directory.
+fn rt_vault_file(cfg: &GatewayConfig) -> Option<PathBuf> {
+    cfg.vault
+        .master_key_file
+        .as_deref()
+        .map(|f| cfg.resolve_path(f))
+}
+
 /// Build and run the daemon; returns only on startup errors.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = GatewayConfig::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
@@ -292,8 +300,33 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         auto: gw.auto.clone(),
         limits: gw.limits.clone(),
     }));
+    let vault_file = rt_vault_file(&gw.runtime.load().config);
+    let master = crate::auth::provider_keys::MasterKeys::load(vault_file.as_deref())
+        .map_err(|e| format!("vault: {e}"))?;
+    match master.kid() {
+        Some(kid) => {
+            tracing::info!(master_key_id = %kid, "vault: provider keys added at runtime are encrypted under this master key")
+        }
+        None => tracing::info!(
+            "vault: no master key ({}); provider keys cannot be added at runtime",
+            crate::auth::provider_keys::ENV_KEY
+        ),
+    }
+    gw.provider_keys = Arc::new(crate::auth::provider_keys::ProviderKeys::new(
+        master,
+        gw.runtime.load().config.vault.clone(),
+        tracing_on,
+    ));
+    gw.admin
+        .push(Box::new(crate::admin::provider_keys::ProviderKeyRoutes {
+            slot: tracing_on.then(|| slot.clone()),
+            keys: gw.provider_keys.clone(),
+            runtime: gw.runtime.clone(),
+            auto: gw.auto.clone(),
+        }));
     let mcp = crate::mcp::Mcp::assemble(&mut gw, tracing_on.then(|| slot.clone()));
     let vkeys = gw.vkeys.clone();
+    let provider_keys = gw.provider_keys.clone();
     let gw = Arc::new(gw);
     mcp.bind(&gw);
     crate::services::aggregator::AggregatorService::initial_table(&gw);
@@ -344,6 +377,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             "virtual keys",
             crate::auth::virtual_keys::RefreshService {
                 keys: vkeys,
+                provider_keys: Some(provider_keys),
                 slot: slot.clone(),
             },
         ));

@@ -817,10 +817,27 @@ async fn hot_reload_on_file_change_and_sighup() {
     let _ = c;
 }
 
+/// A provider key added through `/v1/providers/openai/keys`, and the vault master key.
+const RUNTIME_PROVIDER_KEY: &str = "sk-runtime-provider-secret-4242";
+const VAULT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text_and_secrets_never_leak() {
     let mock = MockUpstream::start(openai_like()).await;
-    let g = GatewayProc::start("", &openai_env(&mock));
+    let mut env = openai_env(&mock);
+    env.push(("LOOPGATE_VAULT_KEY", VAULT_KEY.to_string()));
+    let g = GatewayProc::start("", &env);
+    // A provider key added at runtime (stored encrypted) signs the requests below.
+    let (s, v) = admin(
+        &g,
+        "POST",
+        "/v1/providers/openai/keys",
+        Some(json!({"key": RUNTIME_PROVIDER_KEY, "label": "leak-check"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (_, listed) = admin(&g, "GET", "/v1/providers/openai/keys", None).await;
+    let (_, audit) = admin(&g, "GET", "/v1/audit", None).await;
     let mut body = chat_body("gpt-4o");
     post(&g, &body).await.text().await.unwrap();
     body["stream"] = json!(true);
@@ -862,7 +879,17 @@ async fn metrics_are_prometheus_text_and_secrets_never_leak() {
         "sk-test-openai-secret-000",
         MASTER_KEY,
         "lg-wrong-secret-key",
+        RUNTIME_PROVIDER_KEY,
+        VAULT_KEY,
     ];
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|r| r.header("authorization")
+                == Some(&format!("Bearer {RUNTIME_PROVIDER_KEY}")[..])),
+        "the runtime key signed the requests"
+    );
+    let answers = format!("{v}{listed}{audit}");
     // The database and its write-ahead log: recent rows may not be checkpointed yet.
     let mut db = std::fs::read(g.db_path()).unwrap_or_default();
     let mut wal = g.db_path().into_os_string();
@@ -873,6 +900,7 @@ async fn metrics_are_prometheus_text_and_secrets_never_leak() {
     for s in secrets {
         assert!(!m.contains(s), "secret in metrics");
         assert!(!log.contains(s), "secret in log");
+        assert!(!answers.contains(s), "secret in an API answer");
         assert!(
             !String::from_utf8_lossy(&db).contains(s),
             "secret in trace store"

@@ -95,6 +95,10 @@ async fn start_with(pending_secs: u64) -> (MockUpstream, GatewayProc) {
         &[
             ("OPENAI_API_KEY", "sk-test".into()),
             ("OPENAI_BASE_URL", mock.url()),
+            (
+                "LOOPGATE_VAULT_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
+            ),
         ],
     );
     (mock, gw)
@@ -765,6 +769,49 @@ fn rows(ids: &Ids) -> Vec<Row> {
             "a_read",
             one(403, 200, 200),
             Some((key, "vk_nosuchkey")),
+        ),
+        // Provider keys serve the whole gateway: no project-locked admin manages them.
+        row(
+            "POST",
+            "/v1/providers/{name}/keys",
+            "/v1/providers/openai/keys".into(),
+            Some(json!({"key": "sk-isolation-provider-key-0000", "label": "iso"})),
+            "a_read",
+            [
+                st(403),
+                st(403),
+                st(403),
+                has(201, &["pk_", "\"last4\":\"0000\""], &["sk-isolation"]),
+            ],
+            None,
+        ),
+        row(
+            "GET",
+            "/v1/providers/{name}/keys",
+            "/v1/providers/openai/keys".into(),
+            None,
+            "a_read",
+            [
+                st(403),
+                st(403),
+                st(403),
+                has(200, &["\"label\":\"iso\""], &["sk-isolation"]),
+            ],
+            None,
+        ),
+        row(
+            "DELETE",
+            "/v1/providers/{name}/keys/{id}",
+            "/v1/providers/openai/keys/pk_nosuchkey".into(),
+            None,
+            "a_read",
+            [
+                st(403),
+                st(403),
+                st(403),
+                has(404, &["provider_key_not_found"], &[]),
+            ],
+            None,
         ),
     ]
 }

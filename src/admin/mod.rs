@@ -10,6 +10,7 @@ pub mod export;
 pub mod feedback;
 pub mod keys;
 pub mod logs;
+pub mod provider_keys;
 pub mod report;
 pub mod routes;
 pub mod routing;

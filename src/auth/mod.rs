@@ -5,6 +5,8 @@
 //!   mirrored in process (revocation reaches every instance within one refresh).
 //! - [`limits`]: per-key requests / tokens per minute and USD budgets, in process or
 //!   through [`fleet`] (Redis, shared by every gateway on it).
+//! - [`provider_keys`]: provider API keys added through `/v1/providers/{name}/keys`,
+//!   encrypted in the store and mirrored by the same poll as the virtual keys.
 //!
 //! `Scope` is part of the configuration vocabulary (a key's `scopes` in `[auth]`), so it is
 //! defined in `config` and re-exported here.
@@ -12,6 +14,7 @@
 pub mod fleet;
 pub mod keys;
 pub mod limits;
+pub mod provider_keys;
 pub mod virtual_keys;
 
 pub use crate::config::Scope;

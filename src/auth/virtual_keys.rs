@@ -469,9 +469,16 @@ impl VirtualKeys {
     }
 
     /// Re-read the store every [`REFRESH`] until the process ends. A failed read keeps
-    /// the last mirror (logged once per outage).
-    pub async fn refresh_loop(self: Arc<Self>, store: impl Fn() -> Option<Arc<dyn Store>>) {
+    /// the last mirror (logged once per outage). The same poll mirrors the provider keys
+    /// added at runtime (`provider_keys`), so an add or delete reaches every gateway the
+    /// way a revocation does.
+    pub async fn refresh_loop(
+        self: Arc<Self>,
+        store: impl Fn() -> Option<Arc<dyn Store>>,
+        provider_keys: Option<Arc<super::provider_keys::ProviderKeys>>,
+    ) {
         let mut failing = false;
+        let mut pk_failing = false;
         let mut tick = tokio::time::interval(REFRESH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -497,6 +504,26 @@ impl VirtualKeys {
                 }
                 _ => {}
             }
+            let Some(pk) = &provider_keys else { continue };
+            match tokio::time::timeout(REFRESH * 4, s.provider_keys()).await {
+                Ok(Ok(rows)) => {
+                    pk_failing = false;
+                    pk.replace(&rows);
+                }
+                Ok(Err(e)) if !pk_failing => {
+                    pk_failing = true;
+                    pk.mark_loaded();
+                    tracing::warn!(error = %e, "provider keys: cannot read the store; keeping the last key table");
+                }
+                Err(_) if !pk_failing => {
+                    pk_failing = true;
+                    pk.mark_loaded();
+                    tracing::warn!(
+                        "provider keys: store read timed out; keeping the last key table"
+                    );
+                }
+                _ => pk.publish_gauges(now_ms()),
+            }
         }
     }
 }
@@ -504,6 +531,8 @@ impl VirtualKeys {
 /// The background poll as a Pingora service.
 pub struct RefreshService {
     pub keys: Arc<VirtualKeys>,
+    /// Provider keys added at runtime, mirrored by the same poll.
+    pub provider_keys: Option<Arc<super::provider_keys::ProviderKeys>>,
     pub slot: crate::store::writer::StoreSlot,
 }
 
@@ -512,7 +541,7 @@ impl pingora::services::background::BackgroundService for RefreshService {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let slot = self.slot.clone();
         tokio::select! {
-            _ = self.keys.clone().refresh_loop(move || slot.get()) => {}
+            _ = self.keys.clone().refresh_loop(move || slot.get(), self.provider_keys.clone()) => {}
             _ = shutdown.changed() => {}
         }
     }

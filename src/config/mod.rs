@@ -66,6 +66,10 @@ pub struct GatewayConfig {
     /// Where virtual keys' rate counters and budget spend live (`docs/keys.md`).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Provider API keys added at runtime (`docs/provider-keys.md`): the master key file
+    /// and the cooldowns of rejected keys.
+    #[serde(default)]
+    pub vault: VaultConfig,
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -120,6 +124,59 @@ impl Default for LimitsConfig {
             failure_mode: FailureMode::FailOpen,
             key_prefix: "loopgate:".into(),
         }
+    }
+}
+
+/// `[vault]`: provider API keys added through `/v1/providers/{name}/keys`, stored encrypted.
+/// Read at start; a change applies after a restart.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// File holding the master key (32 bytes, base64 or hex); `LOOPGATE_VAULT_KEY` and
+    /// `LOOPGATE_VAULT_KEY_FILE` win.
+    pub master_key_file: Option<String>,
+    /// How long a key the provider answered 401 (or 403) to is left out.
+    pub cooldown_unauthorized_secs: u64,
+    /// How long a key the provider answered 429 to is left out when no `retry-after` came.
+    pub cooldown_rate_limited_secs: u64,
+    /// Upper bound of any cooldown (a provider's `retry-after` included).
+    pub max_cooldown_secs: u64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            master_key_file: None,
+            cooldown_unauthorized_secs: 300,
+            cooldown_rate_limited_secs: 30,
+            max_cooldown_secs: 3600,
+        }
+    }
+}
+
+impl VaultConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_cooldown_secs == 0 || self.max_cooldown_secs > 86_400 {
+            return Err("vault.max_cooldown_secs must be from 1 to 86400".into());
+        }
+        for (k, v) in [
+            (
+                "cooldown_unauthorized_secs",
+                self.cooldown_unauthorized_secs,
+            ),
+            (
+                "cooldown_rate_limited_secs",
+                self.cooldown_rate_limited_secs,
+            ),
+        ] {
+            if v == 0 || v > self.max_cooldown_secs {
+                return Err(format!(
+                    "vault.{k} must be from 1 to vault.max_cooldown_secs ({}), got {v}",
+                    self.max_cooldown_secs
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -681,6 +738,7 @@ impl GatewayConfig {
             return bad("server.max_body_bytes must be > 0".into());
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.vault.validate().map_err(ConfigError::Invalid)?;
         let prefix = &self.server.header_prefix;
         if prefix.is_empty()
             || !prefix

@@ -15,7 +15,8 @@ use crate::routing::{Candidate, Runtime};
 use crate::trace::Attempt;
 use crate::upstream::{self, UpstreamError};
 
-use super::{build, exchange_options, price, sign, translate, Op};
+use super::{build, exchange_options, key_rejected, price, sign_attempt, translate, Op};
+use crate::auth::provider_keys::ProviderKeys;
 
 /// The answer of one headless exchange.
 #[derive(Debug, Clone)]
@@ -43,6 +44,9 @@ impl HeadlessResult {
     }
 }
 
+/// Extra attempts with another runtime key of a provider after a 401/403/429.
+const MAX_KEY_RETRIES: usize = 8;
+
 /// One chat completion, no streaming, trying `candidates` in order (fallback on connect
 /// errors, timeouts, 429, 5xx and "overloaded", as on the client path).
 pub async fn chat_once(
@@ -52,7 +56,7 @@ pub async fn chat_once(
     request_id: &str,
 ) -> Result<HeadlessResult, GatewayError> {
     let mut attempts = Vec::new();
-    exchange(rt, candidates, body, request_id, None, &mut attempts).await
+    exchange(rt, None, candidates, body, request_id, None, &mut attempts).await
 }
 
 fn attempt(cand: &Candidate, status: Option<u16>, outcome: &str, started: Instant) -> Attempt {
@@ -85,8 +89,10 @@ fn failed(
 
 /// As [`chat_once`], recording every attempt in `attempts` even when all fail (the caller
 /// traces failed background calls too). `route` selects the route's read timeout.
+/// `keys`: the provider keys added at runtime (signing and cooldowns as on the client path).
 pub async fn exchange(
     rt: &Runtime,
+    keys: Option<&ProviderKeys>,
     candidates: &[Candidate],
     body: Value,
     request_id: &str,
@@ -118,7 +124,13 @@ pub async fn exchange(
     let limit = rt.config.server.max_response_bytes;
     let mut last: Option<GatewayError> = None;
 
-    for (i, cand) in candidates.iter().enumerate() {
+    // As on the client path: a candidate is tried again with the provider's next key when
+    // the provider rejected the runtime key it was signed with (bounded).
+    let mut key_retries = 0usize;
+    let mut next = 0usize;
+    while let Some(cand) = candidates.get(next) {
+        let i = next;
+        next += 1;
         let prov = &cand.provider;
         let more = i + 1 < candidates.len();
         let info = rt.catalog.get(&prov.profile.catalog_providers, &cand.model);
@@ -152,16 +164,19 @@ pub async fn exchange(
         for (k, v) in &prov.profile.headers {
             up.headers.push((k.clone(), v.clone()));
         }
-        if let Err(e) = sign(prov, &mut up).await {
-            // SignError messages name variables, never credential values.
-            attempts.push(failed(cand, None, "sign_error", started, e.to_string()));
-            last = Some(upstream_error(
-                502,
-                format!("could not authenticate to {}: {e}", prov.name()),
-                "upstream_auth_error",
-            ));
-            continue;
-        }
+        let used_key = match sign_attempt(prov, keys, &mut up).await {
+            Ok(k) => k,
+            Err(e) => {
+                // SignError messages name variables, never credential values.
+                attempts.push(failed(cand, None, "sign_error", started, e.to_string()));
+                last = Some(upstream_error(
+                    502,
+                    format!("could not authenticate to {}: {e}", prov.name()),
+                    "upstream_auth_error",
+                ));
+                continue;
+            }
+        };
         let opts = exchange_options(rt, prov, route);
         let resp = match upstream::send(&prov.endpoint, &up, &opts, prov.name()).await {
             Ok(r) => r,
@@ -173,6 +188,7 @@ pub async fn exchange(
         };
         let status = resp.status();
         if !(200..300).contains(&status) {
+            let retry_after = resp.header_str("retry-after").map(str::to_string);
             let body = resp.body(1024 * 1024).await.unwrap_or_default();
             let f = prov.dialect().classify_error(status, &body);
             let outcome = if f.code == "overloaded" {
@@ -188,6 +204,14 @@ pub async fn exchange(
                 f.message.clone(),
             ));
             let e = upstream_error(status, format!("{}: {}", prov.name(), f.message), f.code);
+            if key_rejected(keys, used_key.as_deref(), status, retry_after.as_deref())
+                && key_retries < MAX_KEY_RETRIES
+            {
+                key_retries += 1;
+                next = i;
+                last = Some(e);
+                continue;
+            }
             if f.retryable && more {
                 last = Some(e);
                 continue;
@@ -291,6 +315,7 @@ pub fn estimate_cost(
 /// the caller bounds it with a timeout and falls back to in-process features on any error.
 pub async fn embed_once(
     rt: &Runtime,
+    keys: Option<&ProviderKeys>,
     candidates: &[Candidate],
     text: &str,
     request_id: &str,
@@ -323,10 +348,13 @@ pub async fn embed_once(
         for (k, v) in &prov.profile.headers {
             up.headers.push((k.clone(), v.clone()));
         }
-        if let Err(e) = sign(prov, &mut up).await {
-            last = Some(upstream_error(502, e.to_string(), "upstream_auth_error"));
-            continue;
-        }
+        let used_key = match sign_attempt(prov, keys, &mut up).await {
+            Ok(k) => k,
+            Err(e) => {
+                last = Some(upstream_error(502, e.to_string(), "upstream_auth_error"));
+                continue;
+            }
+        };
         let opts = exchange_options(rt, prov, None);
         let resp = match upstream::send(&prov.endpoint, &up, &opts, prov.name()).await {
             Ok(r) => r,
@@ -337,6 +365,7 @@ pub async fn embed_once(
             }
         };
         let status = resp.status();
+        let retry_after = resp.header_str("retry-after").map(str::to_string);
         let bytes = match resp.body(16 * 1024 * 1024).await {
             Ok(b) => b,
             Err(e) => {
@@ -346,6 +375,8 @@ pub async fn embed_once(
         };
         if !(200..300).contains(&status) {
             attempt(cand, Some(status), "http_error", started);
+            // Cooled down for the next call; this bounded call moves on to the next candidate.
+            key_rejected(keys, used_key.as_deref(), status, retry_after.as_deref());
             let f = prov.dialect().classify_error(status, &bytes);
             last = Some(upstream_error(
                 status,

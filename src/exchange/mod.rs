@@ -11,10 +11,13 @@
 pub mod headless;
 pub mod parse;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::auth::provider_keys::{LiveKey, Pick, ProviderKeys};
+use crate::auth::virtual_keys::now_ms;
 use crate::dialect::{ChatRequest, DialectError, Target, Translated, UpstreamRequest};
 use crate::providers::{ProviderRuntime, SignError};
 use crate::routing::Runtime;
@@ -44,6 +47,51 @@ pub async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(
             prov.signer.sign(req, &host)
         }
         other => other,
+    }
+}
+
+/// Sign one attempt: with one of the provider's runtime keys when it has usable ones
+/// (weighted choice among those not cooling down), else with the provider's own
+/// credential (its env var). Returns the runtime key used, for [`key_rejected`].
+pub async fn sign_attempt(
+    prov: &ProviderRuntime,
+    keys: Option<&ProviderKeys>,
+    req: &mut UpstreamRequest,
+) -> Result<Option<Arc<LiveKey>>, SignError> {
+    if let Some(keys) = keys {
+        keys.wait_loaded().await;
+        match keys.pick(prov.name(), now_ms()) {
+            Pick::Key(k) => {
+                crate::providers::auth::sign_with_key(&prov.profile, req, k.secret())?;
+                return Ok(Some(k));
+            }
+            Pick::Unreadable(n) => {
+                return Err(SignError::Credential(format!(
+                    "{n} provider key(s) of {} are stored but cannot be decrypted with this gateway's master key ({}); \
+                     set the key they were added under (or it as {} during a rotation)",
+                    prov.name(),
+                    crate::auth::provider_keys::ENV_KEY,
+                    crate::auth::provider_keys::ENV_KEY_PREVIOUS,
+                )))
+            }
+            Pick::None | Pick::AllCooling => {}
+        }
+    }
+    sign(prov, req).await.map(|()| None)
+}
+
+/// After an error answer to an attempt signed with a runtime key: on 401/403/429 the key
+/// is cooled down and the same candidate is worth another attempt with the provider's
+/// next key (or its own credential once every runtime key is cooling down).
+pub fn key_rejected(
+    keys: Option<&ProviderKeys>,
+    used: Option<&LiveKey>,
+    status: u16,
+    retry_after: Option<&str>,
+) -> bool {
+    match (keys, used) {
+        (Some(k), Some(u)) => k.reject(u, status, retry_after, now_ms()),
+        _ => false,
     }
 }
 

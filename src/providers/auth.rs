@@ -75,6 +75,39 @@ fn read_key(profile: &ProviderProfile) -> Result<Secret, SignError> {
         .ok_or_else(|| SignError::Missing(format!("set {}", vars.join(" or "))))
 }
 
+/// Where a profile's API key goes: header name and value prefix (`None`: the provider does
+/// not authenticate with a static API key, e.g. SigV4 or OAuth).
+pub fn key_header(profile: &ProviderProfile) -> Option<(String, &'static str)> {
+    match profile.auth {
+        AuthScheme::Bearer => Some(("authorization".into(), "Bearer ")),
+        AuthScheme::Header => Some((
+            profile
+                .auth_header
+                .clone()
+                .unwrap_or_else(|| "api-key".into()),
+            "",
+        )),
+        AuthScheme::None | AuthScheme::Sigv4 | AuthScheme::GoogleOauth => None,
+    }
+}
+
+/// Sign with a given API key (one added at runtime) instead of the profile's own.
+pub fn sign_with_key(
+    profile: &ProviderProfile,
+    req: &mut UpstreamRequest,
+    key: &Secret,
+) -> Result<(), SignError> {
+    let (header, prefix) = key_header(profile).ok_or_else(|| {
+        SignError::Credential(format!(
+            "provider {} does not authenticate with an API key",
+            profile.name
+        ))
+    })?;
+    req.headers
+        .push((header, format!("{prefix}{}", key.expose())));
+    Ok(())
+}
+
 /// The signer for a profile's auth scheme.
 pub fn signer_for(profile: &ProviderProfile) -> Result<Arc<dyn Signer>, SignError> {
     match profile.auth {

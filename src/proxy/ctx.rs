@@ -58,6 +58,8 @@ pub struct RequestCtx {
     /// Only model calls produce traces.
     pub traced: bool,
     pub runtime: Option<Arc<Runtime>>,
+    /// Provider API keys added at runtime (`None`: providers' own credentials only).
+    pub provider_keys: Option<Arc<crate::auth::provider_keys::ProviderKeys>>,
     pub caller: Caller,
     /// The virtual key of the request, if it used one (its model/route policy and limits).
     pub vkey: Option<std::sync::Arc<crate::auth::virtual_keys::VirtualKey>>,
@@ -94,6 +96,7 @@ impl RequestCtx {
             responses: None,
             traced: false,
             runtime: None,
+            provider_keys: None,
             caller: Caller::default(),
             vkey: None,
             limit: None,

@@ -51,7 +51,9 @@ impl ProxyHttp for LoopgateProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
+        let mut ctx = RequestCtx::new();
+        ctx.provider_keys = Some(self.gw.provider_keys.clone());
+        ctx
     }
 
     /// Never reached: `request_filter` answers every request.
@@ -110,6 +112,7 @@ fn is_admin_path(path: &str) -> bool {
         "/v1/report",
         "/v1/keys",
         "/v1/mcp",
+        "/v1/providers",
     ];
     PREFIXES
         .iter()

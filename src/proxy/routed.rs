@@ -78,7 +78,13 @@ pub async fn prompt_embedding(
             return EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model))
         }
     };
-    let call = crate::exchange::headless::embed_once(rt, &cands, &text, &ctx.trace.request_id);
+    let call = crate::exchange::headless::embed_once(
+        rt,
+        ctx.provider_keys.as_deref(),
+        &cands,
+        &text,
+        &ctx.trace.request_id,
+    );
     match tokio::time::timeout(std::time::Duration::from_millis(e.timeout_ms), call).await {
         Ok(Ok(v)) => EmbeddingOutcome::Ok(Arc::from(v)),
         Ok(Err(err)) => EmbeddingOutcome::Failed(format!("embeddings model '{}': {err}", e.model)),

@@ -17,10 +17,15 @@ use crate::routing::{strategy, Candidate, Runtime};
 use crate::trace::Attempt;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
 
-use crate::exchange::{build, exchange_options, price_known, sign, translate, Op};
+use crate::exchange::{
+    build, exchange_options, key_rejected, price_known, sign_attempt, translate, Op,
+};
 
 use super::ctx::RequestCtx;
 use super::respond::{forwardable, response_header, write_error, UPSTREAM_REQUEST_ID_HEADERS};
+
+/// Extra attempts of one request with another runtime key of a provider after a 401/403/429.
+const MAX_KEY_RETRIES: usize = 8;
 
 /// Why a candidate failed, kept for the final error if every candidate fails.
 struct Failure {
@@ -97,7 +102,14 @@ pub async fn serve(
     // Own copy: `ctx` is mutated while targets borrow the id.
     let request_id = ctx.trace.request_id.clone();
 
-    for (i, cand) in candidates.iter().enumerate() {
+    let vault = ctx.provider_keys.clone();
+    // A candidate is tried again (same index) when the provider rejected the runtime key
+    // it was signed with and has another one; bounded by `MAX_KEY_RETRIES`.
+    let mut key_retries = 0usize;
+    let mut next = 0usize;
+    while let Some(cand) = candidates.get(next) {
+        let i = next;
+        next += 1;
         let prov = &cand.provider;
         if !tried.iter().any(|t| t == prov.name()) {
             tried.push(prov.name().to_string());
@@ -185,19 +197,22 @@ pub async fn serve(
         for (k, v) in &prov.profile.headers {
             req.headers.push((k.clone(), v.clone()));
         }
-        if let Err(e) = sign(prov, &mut req).await {
-            // Never include credential material: SignError messages name vars, not values.
-            record_attempt(ctx, cand, None, "sign_error", started, Some(e.to_string()));
-            last = Some(Failure {
-                status: 502,
-                provider: prov.name().into(),
-                message: format!("could not authenticate to {}: {e}", prov.name()),
-                retry_after: None,
-                code: "upstream_auth_error",
-            });
-            first_failed.get_or_insert_with(|| prov.name().to_string());
-            continue;
-        }
+        let used_key = match sign_attempt(prov, vault.as_deref(), &mut req).await {
+            Ok(k) => k,
+            Err(e) => {
+                // Never include credential material: SignError messages name vars, not values.
+                record_attempt(ctx, cand, None, "sign_error", started, Some(e.to_string()));
+                last = Some(Failure {
+                    status: 502,
+                    provider: prov.name().into(),
+                    message: format!("could not authenticate to {}: {e}", prov.name()),
+                    retry_after: None,
+                    code: "upstream_auth_error",
+                });
+                first_failed.get_or_insert_with(|| prov.name().to_string());
+                continue;
+            }
+        };
 
         let opts = exchange_options(rt, prov, ctx.trace.route.as_deref());
         let sent = tokio::select! {
@@ -257,6 +272,12 @@ pub async fn serve(
                 started,
                 Some(f.message.clone()),
             );
+            let rejected = key_rejected(
+                vault.as_deref(),
+                used_key.as_deref(),
+                status,
+                retry_after.as_deref(),
+            );
             let failure = Failure {
                 status,
                 provider: prov.name().into(),
@@ -264,6 +285,13 @@ pub async fn serve(
                 retry_after,
                 code: f.code,
             };
+            if rejected && key_retries < MAX_KEY_RETRIES {
+                // The same candidate again, with the provider's next credential.
+                key_retries += 1;
+                next = i;
+                last = Some(failure);
+                continue;
+            }
             if f.retryable && more {
                 last = Some(failure);
                 first_failed.get_or_insert_with(|| prov.name().to_string());

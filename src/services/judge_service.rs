@@ -381,6 +381,7 @@ impl Worker {
                 timeout,
                 headless::exchange(
                     &rt,
+                    Some(&self.gw.provider_keys),
                     &candidates,
                     body.clone(),
                     &id,

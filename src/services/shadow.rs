@@ -403,6 +403,7 @@ async fn run(gw: &Gateway, budget: &DailySpend, job: ShadowJob) {
     let mut attempts = Vec::new();
     let res = headless::exchange(
         &rt,
+        Some(&gw.provider_keys),
         std::slice::from_ref(&cand),
         body,
         &id,

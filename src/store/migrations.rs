@@ -266,6 +266,25 @@ CREATE TABLE mcp_tokens (
 CREATE INDEX mcp_tokens_expires ON mcp_tokens (expires_ms);
 "#,
     },
+    Migration {
+        version: 8,
+        name: "provider_keys",
+        // Provider API keys added at runtime, encrypted (`auth::provider_keys`).
+        sql: r#"
+CREATE TABLE provider_keys (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    label TEXT,
+    weight {INT} NOT NULL,
+    last4 TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_ms {INT} NOT NULL,
+    updated_ms {INT} NOT NULL
+);
+CREATE INDEX provider_keys_provider ON provider_keys (provider, created_ms);
+"#,
+    },
 ];
 
 /// The newest schema version.

@@ -248,6 +248,25 @@ pub struct VirtualKeyRow {
     pub revoked_ms: Option<i64>,
 }
 
+/// One provider API key added at runtime (`auth::provider_keys`) as stored: the secret
+/// only as AEAD ciphertext under the master key `kid` names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderKeyRow {
+    pub id: String,
+    /// The provider profile's name.
+    pub provider: String,
+    pub label: Option<String>,
+    pub weight: i64,
+    /// The secret's last four characters (shown in listings).
+    pub last4: String,
+    /// Which master key encrypted `secret` (a short fingerprint, never the key).
+    pub kid: String,
+    /// `v1.<base64url(nonce || ciphertext)>`.
+    pub secret: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
 /// One MCP token (`mcp::tokens`) as stored: the secret only as its SHA-256 hash, its grant
 /// (scope, route and tag filter) as JSON owned by `mcp::tokens`.
 #[derive(Debug, Clone, PartialEq)]
@@ -361,6 +380,18 @@ pub trait Store: Send + Sync {
     /// Every virtual key, revoked ones included, oldest first.
     async fn virtual_keys(&self) -> Result<Vec<VirtualKeyRow>, StoreError> {
         Err(unsupported(self.backend(), "virtual keys"))
+    }
+    /// Insert or replace (by id) a provider key (re-encryption replaces `kid` and `secret`).
+    async fn put_provider_key(&self, _row: &ProviderKeyRow) -> Result<(), StoreError> {
+        Err(unsupported(self.backend(), "provider keys"))
+    }
+    /// Every provider key, oldest first.
+    async fn provider_keys(&self) -> Result<Vec<ProviderKeyRow>, StoreError> {
+        Err(unsupported(self.backend(), "provider keys"))
+    }
+    /// Remove a provider key; `false` when there was none with that id.
+    async fn delete_provider_key(&self, _id: &str) -> Result<bool, StoreError> {
+        Err(unsupported(self.backend(), "provider keys"))
     }
     /// Store a new MCP token (ids and hashes are unique).
     async fn insert_mcp_token(&self, _row: &McpTokenRow) -> Result<(), StoreError> {

@@ -1227,6 +1227,75 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn put_provider_key(&self, row: &super::ProviderKeyRow) -> Result<(), StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => c
+                .execute(
+                    "INSERT INTO provider_keys (id, provider, label, weight, last4, kid, secret, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO UPDATE SET \
+                     label = EXCLUDED.label, weight = EXCLUDED.weight, kid = EXCLUDED.kid, \
+                     secret = EXCLUDED.secret, updated_ms = EXCLUDED.updated_ms",
+                    &[
+                        &row.id,
+                        &row.provider,
+                        &row.label,
+                        &row.weight,
+                        &row.last4,
+                        &row.kid,
+                        &row.secret,
+                        &row.created_ms,
+                        &row.updated_ms,
+                    ],
+                )
+                .await
+                .map(|_| ())
+                .map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
+    async fn provider_keys(&self) -> Result<Vec<super::ProviderKeyRow>, StoreError> {
+        let rows = self
+            .read_rows(
+                "SELECT id, provider, label, weight, last4, kid, secret, created_ms, updated_ms \
+                 FROM provider_keys ORDER BY created_ms, id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::ProviderKeyRow {
+                    id: r.try_get(0).map_err(pg_err)?,
+                    provider: r.try_get(1).map_err(pg_err)?,
+                    label: r.try_get(2).map_err(pg_err)?,
+                    weight: r.try_get(3).map_err(pg_err)?,
+                    last4: r.try_get(4).map_err(pg_err)?,
+                    kid: r.try_get(5).map_err(pg_err)?,
+                    secret: r.try_get(6).map_err(pg_err)?,
+                    created_ms: r.try_get(7).map_err(pg_err)?,
+                    updated_ms: r.try_get(8).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_provider_key(&self, id: &str) -> Result<bool, StoreError> {
+        let mut g = self.lock(&self.writer).await?;
+        let res = match g.as_mut() {
+            Some(c) => c
+                .execute("DELETE FROM provider_keys WHERE id = $1", &[&id])
+                .await
+                .map(|n| n > 0)
+                .map_err(pg_err),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        };
+        Self::settle(&mut g, &res);
+        res
+    }
+
     async fn insert_mcp_token(&self, row: &super::McpTokenRow) -> Result<(), StoreError> {
         let mut g = self.lock(&self.writer).await?;
         let res = match g.as_mut() {

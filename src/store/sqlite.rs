@@ -1259,6 +1259,70 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_provider_key(&self, row: &super::ProviderKeyRow) -> Result<(), StoreError> {
+        let r = row.clone();
+        Self::run(&self.writer, move |c| {
+            c.execute(
+                "INSERT INTO provider_keys (id, provider, label, weight, last4, kid, secret, created_ms, updated_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO UPDATE SET \
+                 label = excluded.label, weight = excluded.weight, kid = excluded.kid, \
+                 secret = excluded.secret, updated_ms = excluded.updated_ms",
+                params![
+                    r.id,
+                    r.provider,
+                    r.label,
+                    r.weight,
+                    r.last4,
+                    r.kid,
+                    r.secret,
+                    r.created_ms,
+                    r.updated_ms
+                ],
+            )
+            .map(|_| ())
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn provider_keys(&self) -> Result<Vec<super::ProviderKeyRow>, StoreError> {
+        Self::run(&self.reader, |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, provider, label, weight, last4, kid, secret, created_ms, updated_ms \
+                     FROM provider_keys ORDER BY created_ms, id",
+                )
+                .map_err(map_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(super::ProviderKeyRow {
+                        id: r.get(0)?,
+                        provider: r.get(1)?,
+                        label: r.get(2)?,
+                        weight: r.get(3)?,
+                        last4: r.get(4)?,
+                        kid: r.get(5)?,
+                        secret: r.get(6)?,
+                        created_ms: r.get(7)?,
+                        updated_ms: r.get(8)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn delete_provider_key(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        Self::run(&self.writer, move |c| {
+            c.execute("DELETE FROM provider_keys WHERE id = ?1", params![id])
+                .map(|n| n > 0)
+                .map_err(map_err)
+        })
+        .await
+    }
+
     async fn insert_mcp_token(&self, row: &super::McpTokenRow) -> Result<(), StoreError> {
         let r = row.clone();
         Self::run(&self.writer, move |c| {
