@@ -312,10 +312,14 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             crate::auth::provider_keys::ENV_KEY
         ),
     }
+    // Without a master key this gateway can use no runtime key, so its first requests have
+    // nothing to wait for (a bounded call such as a prompt-routing embedding would otherwise
+    // time out waiting for the store's first read).
+    let wait_for_store = tracing_on && master.is_set();
     gw.provider_keys = Arc::new(crate::auth::provider_keys::ProviderKeys::new(
         master,
         gw.runtime.load().config.vault.clone(),
-        tracing_on,
+        wait_for_store,
     ));
     gw.admin
         .push(Box::new(crate::admin::provider_keys::ProviderKeyRoutes {
