@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::dialect::{DialectError, Target, Usage};
+use crate::dialect::{DialectError, Usage};
 use crate::error::GatewayError;
 use crate::metrics::metrics;
 use crate::routing::{Candidate, Runtime};
@@ -133,16 +133,7 @@ pub async fn exchange(
         next += 1;
         let prov = &cand.provider;
         let more = i + 1 < candidates.len();
-        let info = rt.catalog.get(&prov.profile.catalog_providers, &cand.model);
-        let target = Target {
-            profile: &prov.profile,
-            endpoint: &prov.endpoint,
-            model: &cand.model,
-            stream: false,
-            request_id,
-            created,
-            max_output_tokens: info.and_then(|m| m.max_output_tokens),
-        };
+        let target = super::target(rt, cand, false, request_id, created);
         let started = Instant::now();
         let mut up = match build(prov, &op, &target) {
             Ok(r) => r,
@@ -328,15 +319,7 @@ pub async fn embed_once(
         body.insert("model".into(), Value::String(cand.model.clone()));
         body.insert("input".into(), Value::String(text.to_string()));
         let op = Op::Embeddings(&body);
-        let target = Target {
-            profile: &prov.profile,
-            endpoint: &prov.endpoint,
-            model: &cand.model,
-            stream: false,
-            request_id,
-            created,
-            max_output_tokens: None,
-        };
+        let target = super::target(rt, cand, false, request_id, created);
         let started = Instant::now();
         let mut up = match build(prov, &op, &target) {
             Ok(r) => r,

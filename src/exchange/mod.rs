@@ -20,7 +20,7 @@ use crate::auth::provider_keys::{LiveKey, Pick, ProviderKeys};
 use crate::auth::virtual_keys::now_ms;
 use crate::dialect::{ChatRequest, DialectError, Target, Translated, UpstreamRequest};
 use crate::providers::{ProviderRuntime, SignError};
-use crate::routing::Runtime;
+use crate::routing::{Candidate, Runtime};
 use crate::upstream::ExchangeOptions;
 
 /// What is being asked of the upstream.
@@ -153,6 +153,30 @@ pub fn price_known(
                 .or_else(|| tokens_priced.then(|| info.cost(usage)))
         }
         _ => tokens_priced.then(|| info.cost(usage)),
+    }
+}
+
+/// What the dialect needs to know about one attempt on `cand` (the same for the proxy's
+/// serve loop and the headless loops).
+pub fn target<'a>(
+    rt: &Runtime,
+    cand: &'a Candidate,
+    stream: bool,
+    request_id: &'a str,
+    created: u64,
+) -> Target<'a> {
+    let prov = &cand.provider;
+    Target {
+        profile: &prov.profile,
+        endpoint: &prov.endpoint,
+        model: &cand.model,
+        stream,
+        request_id,
+        created,
+        max_output_tokens: rt
+            .catalog
+            .get(&prov.profile.catalog_providers, &cand.model)
+            .and_then(|m| m.max_output_tokens),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::trace::Attempt;
 use crate::upstream::{self, UpstreamError, UpstreamResponse};
 
 use crate::exchange::{
-    build, exchange_options, key_rejected, price_known, sign_attempt, translate, Op,
+    build, exchange_options, key_rejected, price_known, sign_attempt, target, translate, Op,
 };
 
 use super::ctx::RequestCtx;
@@ -116,15 +116,7 @@ pub async fn serve(
         }
         let more = i + 1 < candidates.len();
         let info = rt.catalog.get(&prov.profile.catalog_providers, &cand.model);
-        let target = Target {
-            profile: &prov.profile,
-            endpoint: &prov.endpoint,
-            model: &cand.model,
-            stream,
-            request_id: &request_id,
-            created,
-            max_output_tokens: info.and_then(|m| m.max_output_tokens),
-        };
+        let target = target(rt, cand, stream, &request_id, created);
         let started = Instant::now();
         ctx.upstream_request_id = None;
 
