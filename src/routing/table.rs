@@ -4,7 +4,7 @@
 //! A request keeps the snapshot it started with, so a reload never changes a request
 //! mid-flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,12 +115,27 @@ pub struct Runtime {
     pub warnings: Vec<String>,
     /// The compiled `[firewall]` policies (`crate::firewall`).
     pub firewall: Arc<crate::firewall::Firewall>,
+    /// Providers that had runtime keys when this snapshot was built (those whose
+    /// activation variable is unset are active through them, when a key alone can
+    /// activate them): the rebuild on a key change compares against it.
+    pub keyed: BTreeSet<String>,
 }
 
 impl Runtime {
     /// Load profiles and catalog, activate providers from the environment, and check
     /// that every reference in the config resolves. Nothing here runs per request.
     pub fn build(config: GatewayConfig, version: u64) -> Result<Runtime, ConfigError> {
+        Runtime::build_keyed(config, version, BTreeSet::new())
+    }
+
+    /// [`Runtime::build`] where `keyed` names the providers that have runtime keys
+    /// (`auth::provider_keys`): a provider whose activation variable is unset is active
+    /// when it is in `keyed` and a key alone can activate it.
+    pub fn build_keyed(
+        config: GatewayConfig,
+        version: u64,
+        keyed: BTreeSet<String>,
+    ) -> Result<Runtime, ConfigError> {
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
         let profiles = match &config.server.filters_dir {
             Some(dir) => {
@@ -155,7 +170,10 @@ impl Runtime {
         };
         let mut active = Vec::new();
         for p in &profiles {
-            if let Some(rt) = ProviderRuntime::activate(p.clone()).map_err(|e| invalid(&e))? {
+            let has_key = keyed.contains(&p.name);
+            if let Some(rt) =
+                ProviderRuntime::activate_with(p.clone(), has_key).map_err(|e| invalid(&e))?
+            {
                 active.push(Arc::new(rt));
             }
         }
@@ -231,6 +249,7 @@ impl Runtime {
             exchange,
             open_access,
             config,
+            keyed,
         };
         rt.check_references()?;
         Ok(rt)
@@ -239,16 +258,39 @@ impl Runtime {
     /// [`Runtime::build`] plus the checks against the active providers: the one
     /// validation `check`, `serve` and reload share.
     pub fn build_checked(config: GatewayConfig, version: u64) -> Result<Runtime, ConfigError> {
-        let mut rt = Runtime::build(config, version)?;
-        rt.warnings = rt.check_serving()?;
+        Runtime::build_checked_keyed(config, version, BTreeSet::new(), false)
+    }
+
+    /// [`Runtime::build_checked`] with the providers that have runtime keys (see
+    /// [`Runtime::build_keyed`]): what `serve` and hot reload publish. `lenient`: a
+    /// route, fallback chain or judge model that no active provider serves is a warning,
+    /// not an error (the rebuild after a provider's last runtime key was removed: the
+    /// operator's change takes effect, the config is unchanged).
+    pub fn build_checked_keyed(
+        config: GatewayConfig,
+        version: u64,
+        keyed: BTreeSet<String>,
+        lenient: bool,
+    ) -> Result<Runtime, ConfigError> {
+        let mut rt = Runtime::build_keyed(config, version, keyed)?;
+        rt.warnings = rt.check_serving(lenient)?;
         Ok(rt)
     }
 
     /// What `check`, `serve` and reload all refuse (errors) or report (warnings): the
     /// config must be servable by the providers active in this environment.
-    fn check_serving(&self) -> Result<Vec<String>, ConfigError> {
+    fn check_serving(&self, lenient: bool) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
         let err = |m: String| Err(ConfigError::Invalid(m));
+        // Nothing active serves an entry: an error, or with `lenient` a warning.
+        let unserved = |m: String, warnings: &mut Vec<String>| {
+            if lenient {
+                warnings.push(m);
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(m))
+            }
+        };
         let served = |m: &str, p: Option<&str>| self.resolve_model(m, p).ok();
         let missing = |m: &str| {
             let h = self.activation_hint(m);
@@ -265,21 +307,29 @@ impl Runtime {
                 match served(b, None) {
                     Some(c) => used.push((c.model, c.provider)),
                     None => {
-                        return err(format!(
-                            "routes.{name}: baseline '{b}' is served by no active provider{}",
-                            missing(b)
-                        ))
+                        unserved(
+                            format!(
+                                "routes.{name}: baseline '{b}' is served by no active provider{}",
+                                missing(b)
+                            ),
+                            &mut warnings,
+                        )?;
+                        continue;
                     }
                 }
                 if let Some(e) = r.prompt_routing.embeddings.as_ref().filter(|_| {
                     r.prompt_routing.mode == crate::feedback::prompt::PromptMode::Embeddings
                 }) {
                     let Some(c) = served(&e.model, None) else {
-                        return err(format!(
-                            "routes.{name}.prompt_routing.embeddings.model: '{}' is served by no active provider{}",
-                            e.model,
-                            missing(&e.model)
-                        ));
+                        unserved(
+                            format!(
+                                "routes.{name}.prompt_routing.embeddings.model: '{}' is served by no active provider{}",
+                                e.model,
+                                missing(&e.model)
+                            ),
+                            &mut warnings,
+                        )?;
+                        continue;
                     };
                     let mode = self
                         .catalog
@@ -317,12 +367,14 @@ impl Runtime {
                 }
             }
             if dead.len() == r.targets.len() {
-                return err(format!(
-                    "routes.{name}: no target is served by an active provider: {}",
-                    dead.join(", ")
-                ));
-            }
-            if !dead.is_empty() {
+                unserved(
+                    format!(
+                        "routes.{name}: no target is served by an active provider: {}",
+                        dead.join(", ")
+                    ),
+                    &mut warnings,
+                )?;
+            } else if !dead.is_empty() {
                 warnings.push(format!(
                     "routes.{name}: skipped targets (no active provider): {}",
                     dead.join(", ")
@@ -338,12 +390,14 @@ impl Runtime {
                 }
             }
             if !chain.is_empty() && dead.len() == chain.len() {
-                return err(format!(
-                    "fallbacks.\"{model}\": no entry is served by an active provider: {}",
-                    dead.join(", ")
-                ));
-            }
-            if !dead.is_empty() {
+                unserved(
+                    format!(
+                        "fallbacks.\"{model}\": no entry is served by an active provider: {}",
+                        dead.join(", ")
+                    ),
+                    &mut warnings,
+                )?;
+            } else if !dead.is_empty() {
                 warnings.push(format!(
                     "fallbacks.\"{model}\": skipped entries (no active provider): {}",
                     dead.join(", ")
@@ -354,12 +408,13 @@ impl Runtime {
         if !judge.is_empty() {
             match served(judge, None) {
                 Some(c) => used.push((c.model, c.provider)),
-                None => {
-                    return err(format!(
+                None => unserved(
+                    format!(
                         "judge.model '{judge}' is served by no active provider{}",
                         missing(judge)
-                    ))
-                }
+                    ),
+                    &mut warnings,
+                )?,
             }
         }
         if let Some(wc) = &self.config.webhook {
@@ -470,7 +525,17 @@ impl Runtime {
         let parts: Vec<String> = servers
             .iter()
             .take(4)
-            .map(|p| format!("{} for {}", p.activation_vars().join(" or "), p.name))
+            .map(|p| {
+                let vars = p.activation_vars().join(" or ");
+                if p.key_activatable() {
+                    format!(
+                        "{vars} for {} or add a key with POST /v1/providers/{}/keys",
+                        p.name, p.name
+                    )
+                } else {
+                    format!("{vars} for {}", p.name)
+                }
+            })
             .collect();
         format!(" (set {})", parts.join("; or "))
     }
