@@ -725,11 +725,22 @@ async fn a_runtime_key_activates_a_provider_without_its_variable() {
         ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
         ("LOOPGATE_VAULT_KEY", VAULT_1.to_string()),
     ];
-    let a = GatewayProc::start("", &env_a);
+    // A route and a fallback chain that only the key-activated provider serves: with a
+    // vault key the start accepts them (a warning), they serve once the key is added.
+    let a = GatewayProc::start(
+        "[routes.default]\ntargets = [{ model = \"gpt-4o-mini\" }]\n\n[fallbacks]\n\"gpt-4o\" = [\"openai/gpt-4o-mini\"]\n",
+        &env_a,
+    );
     let mut env_b = env_a.clone();
     env_b.push(("LOOPGATE_DB", a.db_path().display().to_string()));
     let b = GatewayProc::start("", &env_b);
     let seen = Seen::default();
+    assert!(
+        a.log_text()
+            .contains("routes.default: no target is served by an active provider"),
+        "{}",
+        a.log_text()
+    );
 
     // Inactive: the documented error, naming both ways to activate it; not listed.
     for g in [&a, &b] {
@@ -765,6 +776,16 @@ async fn a_runtime_key_activates_a_provider_without_its_variable() {
             .expect("send");
         assert_eq!(r.status().as_u16(), 200);
     }
+    // The routing rule (model "auto") over it on A.
+    let r = client()
+        .post(a.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .json(&chat_body("auto"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["loopgate-provider"], "openai");
     assert!(
         used(&mock).iter().all(|k| k == KEY_A),
         "only the runtime key signs: {:?}",

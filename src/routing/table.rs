@@ -262,29 +262,34 @@ impl Runtime {
     }
 
     /// [`Runtime::build_checked`] with the providers that have runtime keys (see
-    /// [`Runtime::build_keyed`]): what `serve` and hot reload publish. `lenient`: a
-    /// route, fallback chain or judge model that no active provider serves is a warning,
-    /// not an error (the rebuild after a provider's last runtime key was removed: the
-    /// operator's change takes effect, the config is unchanged).
+    /// [`Runtime::build_keyed`]): what `serve` and hot reload publish. `keys_possible`
+    /// (this gateway can hold runtime keys): a route, fallback chain or judge model that no
+    /// active provider serves is a warning, not an error, when every model it names would
+    /// be served by a provider a runtime key alone activates — its key may be added (or
+    /// be read from the store) at any time, and its removal takes effect even when a route
+    /// then has nothing left to serve it.
     pub fn build_checked_keyed(
         config: GatewayConfig,
         version: u64,
         keyed: BTreeSet<String>,
-        lenient: bool,
+        keys_possible: bool,
     ) -> Result<Runtime, ConfigError> {
         let mut rt = Runtime::build_keyed(config, version, keyed)?;
-        rt.warnings = rt.check_serving(lenient)?;
+        rt.warnings = rt.check_serving(keys_possible)?;
         Ok(rt)
     }
 
     /// What `check`, `serve` and reload all refuse (errors) or report (warnings): the
     /// config must be servable by the providers active in this environment.
-    fn check_serving(&self, lenient: bool) -> Result<Vec<String>, ConfigError> {
+    fn check_serving(&self, keys_possible: bool) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
         let err = |m: String| Err(ConfigError::Invalid(m));
-        // Nothing active serves an entry: an error, or with `lenient` a warning.
-        let unserved = |m: String, warnings: &mut Vec<String>| {
-            if lenient {
+        // Nothing active serves `models`: an error, or a warning when a runtime key could
+        // activate a provider for each of them.
+        let key_activatable =
+            |m: &str| self.inactive_servers(m).iter().any(|p| p.key_activatable());
+        let unserved = |m: String, models: &[&str], warnings: &mut Vec<String>| {
+            if keys_possible && models.iter().all(|x| key_activatable(x)) {
                 warnings.push(m);
                 Ok(())
             } else {
@@ -312,6 +317,7 @@ impl Runtime {
                                 "routes.{name}: baseline '{b}' is served by no active provider{}",
                                 missing(b)
                             ),
+                            &[b.as_str()],
                             &mut warnings,
                         )?;
                         continue;
@@ -327,6 +333,7 @@ impl Runtime {
                                 e.model,
                                 missing(&e.model)
                             ),
+                            &[e.model.as_str()],
                             &mut warnings,
                         )?;
                         continue;
@@ -372,6 +379,10 @@ impl Runtime {
                         "routes.{name}: no target is served by an active provider: {}",
                         dead.join(", ")
                     ),
+                    &r.targets
+                        .iter()
+                        .map(|t| t.model.as_str())
+                        .collect::<Vec<_>>(),
                     &mut warnings,
                 )?;
             } else if !dead.is_empty() {
@@ -395,6 +406,7 @@ impl Runtime {
                         "fallbacks.\"{model}\": no entry is served by an active provider: {}",
                         dead.join(", ")
                     ),
+                    &chain.iter().map(String::as_str).collect::<Vec<_>>(),
                     &mut warnings,
                 )?;
             } else if !dead.is_empty() {
@@ -413,6 +425,7 @@ impl Runtime {
                         "judge.model '{judge}' is served by no active provider{}",
                         missing(judge)
                     ),
+                    &[judge.as_str()],
                     &mut warnings,
                 )?,
             }

@@ -39,7 +39,7 @@ impl ReloadService {
     pub fn reload(&self) -> Result<u64, String> {
         let built = GatewayConfig::load(self.config_path.as_deref())
             .map_err(|e| e.to_string())
-            .and_then(|cfg| self.build(cfg, false));
+            .and_then(|cfg| self.build(cfg));
         self.publish(built, "configuration reloaded")
     }
 
@@ -53,9 +53,9 @@ impl ReloadService {
         if old.keyed == self.gw.provider_keys.keyed_providers() {
             return Ok(old.version);
         }
-        // Lenient: a route that only the deactivated provider served becomes unservable
-        // (logged) rather than keeping a provider whose key is gone.
-        let built = self.build(old.config.clone(), true);
+        // A route only the deactivated provider served becomes unservable (a logged
+        // warning) rather than keeping a provider whose key is gone.
+        let built = self.build(old.config.clone());
         if let Ok(rt) = &built {
             log_key_activation(&old, rt);
         }
@@ -66,11 +66,18 @@ impl ReloadService {
     }
 
     /// Build the next version of the runtime from `cfg` with the providers that have
-    /// runtime keys now (`lenient`: see [`Runtime::build_checked_keyed`]).
-    fn build(&self, cfg: GatewayConfig, lenient: bool) -> Result<Runtime, String> {
+    /// runtime keys now; when this gateway can hold runtime keys (a vault master key),
+    /// entries only a key-activated provider would serve are warnings (see
+    /// [`Runtime::build_checked_keyed`]).
+    fn build(&self, cfg: GatewayConfig) -> Result<Runtime, String> {
         let v = self.version.load(Ordering::Relaxed) + 1;
-        Runtime::build_checked_keyed(cfg, v, self.gw.provider_keys.keyed_providers(), lenient)
-            .map_err(|e| e.to_string())
+        Runtime::build_checked_keyed(
+            cfg,
+            v,
+            self.gw.provider_keys.keyed_providers(),
+            self.gw.provider_keys.master().is_set(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Publish a built runtime (one atomic swap; requests in flight keep theirs), or log
