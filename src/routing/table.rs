@@ -618,3 +618,90 @@ pub fn embedded_profiles() -> Result<Vec<ProviderProfile>, providers::ProfileErr
         .map(|(name, text)| ProviderProfile::parse(text, &format!("<embedded filters/{name}>")))
         .collect()
 }
+
+#[cfg(test)]
+mod key_activation_tests {
+    use super::*;
+
+    /// The providers a runtime key alone activates, as docs/provider-keys.md lists them.
+    #[test]
+    fn which_shipped_providers_a_key_alone_activates() {
+        let profiles = embedded_profiles().unwrap();
+        let yes: Vec<&str> = profiles
+            .iter()
+            .filter(|p| p.key_activatable())
+            .map(|p| p.name.as_str())
+            .filter(|n| !n.starts_with("azure"))
+            .collect();
+        let mut want = vec![
+            "ai21",
+            "anthropic",
+            "cerebras",
+            "cohere",
+            "deepinfra",
+            "deepseek",
+            "fireworks",
+            "gemini",
+            "groq",
+            "huggingface",
+            "mistral",
+            "nebius",
+            "novita",
+            "openai",
+            "perplexity",
+            "replicate",
+            "sambanova",
+            "together",
+            "xai",
+        ];
+        want.sort_unstable();
+        let mut got = yes.clone();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        for p in &profiles {
+            if [
+                "bedrock",
+                "vertex",
+                "vertex-anthropic",
+                "ollama",
+                "ollama-native",
+            ]
+            .contains(&p.name.as_str())
+            {
+                assert!(!p.key_activatable(), "{}", p.name);
+            }
+        }
+        // Azure's base URL is its endpoint variable: a key alone activates it only once
+        // that is set (this process does not set it).
+        if std::env::var("AZURE_OPENAI_ENDPOINT").is_err()
+            && std::env::var("AZURE_OPENAI_BASE_URL").is_err()
+        {
+            let azure = profiles.iter().find(|p| p.name == "azure").unwrap();
+            assert!(!azure.key_activatable());
+        }
+    }
+
+    /// A keyed provider without its variable is active, with no key of its own; not keyed,
+    /// it is not; Bedrock is never activated by a key.
+    #[test]
+    fn the_keyed_set_activates_the_runtime() {
+        let keyed: BTreeSet<String> = ["groq", "bedrock"].iter().map(|s| s.to_string()).collect();
+        if std::env::var("GROQ_API_KEY").is_ok() {
+            return;
+        }
+        let rt = Runtime::build_keyed(GatewayConfig::default(), 1, keyed).unwrap();
+        let groq = rt.provider("groq").expect("groq is active by its key");
+        assert!(groq.by_runtime_key);
+        let aws = [
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+        ];
+        if aws.iter().all(|v| std::env::var(v).is_err()) {
+            assert!(rt.provider("bedrock").is_none());
+        }
+        let rt = Runtime::build(GatewayConfig::default(), 1).unwrap();
+        assert!(rt.provider("groq").is_none());
+    }
+}
