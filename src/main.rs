@@ -342,7 +342,7 @@ fn check(config: Option<PathBuf>) -> Result<String, String> {
     let cfg =
         loopgate::config::GatewayConfig::load(config.as_deref()).map_err(|e| e.to_string())?;
     // The same build `serve` and reload run: what passes here serves.
-    let rt = loopgate::routing::Runtime::build_checked(cfg, 1).map_err(|e| e.to_string())?;
+    let rt = loopgate::server::start_runtime(cfg)?;
     let mut out = format!(
         "ok: {} provider profiles ({} active: {}), {} catalog models, {} routing rules, {} keys",
         rt.known.len(),

@@ -158,10 +158,22 @@ fn rt_vault_file(cfg: &GatewayConfig) -> Option<PathBuf> {
         .map(|f| cfg.resolve_path(f))
 }
 
+/// The runtime a start builds (and `loopgate check` checks): runtime keys are not read
+/// yet, so with a vault master key set a route, fallback chain or judge model that only a
+/// provider a runtime key alone activates would serve is a warning, not an error (the
+/// store poll activates that provider once it reads its key).
+pub fn start_runtime(cfg: GatewayConfig) -> Result<Runtime, String> {
+    let keys_possible =
+        crate::auth::provider_keys::MasterKeys::load(rt_vault_file(&cfg).as_deref())
+            .is_ok_and(|m| m.is_set());
+    Runtime::build_checked_keyed(cfg, 1, std::collections::BTreeSet::new(), keys_possible)
+        .map_err(|e| e.to_string())
+}
+
 /// Build and run the daemon; returns only on startup errors.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let cfg = GatewayConfig::load(opts.config.as_deref()).map_err(|e| e.to_string())?;
-    let rt = Runtime::build_checked(cfg, 1).map_err(|e| e.to_string())?;
+    let rt = start_runtime(cfg)?;
     if !opts.upgrade {
         // Pingora retries a taken port forever; fail fast with what to do instead.
         // (An upgrade takes the sockets over from the running instance instead.)

@@ -678,3 +678,190 @@ refresh_ms = 60
         used(&mock)
     );
 }
+
+/// `GET /v1/models` ids.
+async fn model_ids(g: &GatewayProc) -> Vec<String> {
+    let r = client()
+        .get(g.url("/v1/models"))
+        .header("authorization", auth())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    v["data"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Poll `cond` on `g` (at most `limit`, 20 ms apart); the time it took.
+async fn within<F, Fut>(limit: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    loop {
+        if cond().await {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < limit, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 15: a provider whose variable is unset becomes active on every gateway of the
+/// store when its first runtime key is added, and inactive again when the last is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_key_activates_a_provider_without_its_variable() {
+    let mock = MockUpstream::start(provider(Modes::default())).await;
+    // No OPENAI_API_KEY: only where the provider is (the mock) and the vault key.
+    let env_a = vec![
+        ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ("LOOPGATE_VAULT_KEY", VAULT_1.to_string()),
+    ];
+    // A route and a fallback chain that only the key-activated provider serves: with a
+    // vault key the start accepts them (a warning), they serve once the key is added.
+    let a = GatewayProc::start(
+        "[routes.default]\ntargets = [{ model = \"gpt-4o-mini\" }]\n\n[fallbacks]\n\"gpt-4o\" = [\"openai/gpt-4o-mini\"]\n",
+        &env_a,
+    );
+    let mut env_b = env_a.clone();
+    env_b.push(("LOOPGATE_DB", a.db_path().display().to_string()));
+    let b = GatewayProc::start("", &env_b);
+    let seen = Seen::default();
+    assert!(
+        a.log_text()
+            .contains("routes.default: no target is served by an active provider"),
+        "{}",
+        a.log_text()
+    );
+
+    // Inactive: the documented error, naming both ways to activate it; not listed.
+    for g in [&a, &b] {
+        let (s, v) = chat(g, &seen).await;
+        assert_eq!(s, 404, "{v}");
+        assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("OPENAI_API_KEY") && msg.contains("POST /v1/providers/openai/keys"),
+            "{v}"
+        );
+        assert!(!model_ids(g).await.iter().any(|m| m == "gpt-4o-mini"));
+    }
+    assert!(mock.requests().is_empty(), "nothing reached the provider");
+
+    // Add a key on A: both gateways serve with it within a second, and list the models.
+    let id = add(&a, &seen, KEY_A, 1, "first").await;
+    for g in [&a, &b] {
+        let took = within(Duration::from_secs(1), "activation", || async {
+            let (s, v) = chat(g, &seen).await;
+            s == 200 && content(&v) == "served with alpha"
+        })
+        .await;
+        eprintln!("active in {took:?}");
+        assert!(model_ids(g).await.iter().any(|m| m == "gpt-4o-mini"));
+        // A `provider/` model works too.
+        let r = client()
+            .post(g.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .json(&chat_body("openai/gpt-4o-mini"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    // The routing rule (model "auto") over it on A.
+    let r = client()
+        .post(a.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .json(&chat_body("auto"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["loopgate-provider"], "openai");
+    assert!(
+        used(&mock).iter().all(|k| k == KEY_A),
+        "only the runtime key signs: {:?}",
+        used(&mock)
+    );
+
+    // Delete it on A: inactive again on both within a second.
+    let (s, v) = call(
+        &a,
+        &seen,
+        "DELETE",
+        &format!("/v1/providers/openai/keys/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    for g in [&a, &b] {
+        let took = within(Duration::from_secs(1), "deactivation", || async {
+            chat(g, &seen).await.0 == 404
+        })
+        .await;
+        eprintln!("inactive in {took:?}");
+        assert!(!model_ids(g).await.iter().any(|m| m == "gpt-4o-mini"));
+    }
+    let served = used(&mock).len();
+    let (s, _) = chat(&b, &seen).await;
+    assert_eq!(s, 404);
+    assert_eq!(used(&mock).len(), served, "nothing reaches the provider");
+
+    // Azure needs its endpoint variable: a key alone leaves it inactive, with a warning.
+    let (s, v) = call(
+        &a,
+        &seen,
+        "POST",
+        "/v1/providers/azure/keys",
+        Some(json!({"key": KEY_B})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    within(Duration::from_secs(1), "the azure warning", || async {
+        a.log_text().contains("stays inactive")
+    })
+    .await;
+
+    for g in [&a, &b] {
+        let log = g.log_text();
+        assert!(log.contains("provider active"), "{log}");
+        assert!(log.contains("provider inactive"), "{log}");
+        for secret in [KEY_A, KEY_B] {
+            assert!(!log.contains(secret), "secret in the log");
+        }
+    }
+}
+
+/// A gateway started after the key was added serves the provider too, from its first read
+/// of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_is_activated_by_the_stored_key() {
+    let mock = MockUpstream::start(provider(Modes::default())).await;
+    let env_a = vec![
+        ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ("LOOPGATE_VAULT_KEY", VAULT_1.to_string()),
+    ];
+    let a = GatewayProc::start("", &env_a);
+    let seen = Seen::default();
+    add(&a, &seen, KEY_B, 1, "stored").await;
+    let mut env_b = env_a.clone();
+    env_b.push(("LOOPGATE_DB", a.db_path().display().to_string()));
+    let b = GatewayProc::start("", &env_b);
+    within(
+        Duration::from_secs(2),
+        "activation after a start",
+        || async {
+            let (s, v) = chat(&b, &seen).await;
+            s == 200 && content(&v) == "served with bravo"
+        },
+    )
+    .await;
+}

@@ -17,7 +17,7 @@
 //!   row under the current key, reading rows sealed under `LOOPGATE_VAULT_KEY_PREVIOUS`;
 //!   gateways accept both keys meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -385,6 +385,9 @@ pub struct ProviderKeys {
     /// False until the first read of the store (see [`ProviderKeys::wait_loaded`]).
     loaded: AtomicBool,
     load_done: tokio::sync::Notify,
+    /// Providers with at least one decrypted key, republished when that set changes (the
+    /// config reload service rebuilds the routing snapshot on it: activation by key).
+    keyed: tokio::sync::watch::Sender<BTreeSet<String>>,
 }
 
 impl Default for ProviderKeys {
@@ -410,7 +413,18 @@ impl ProviderKeys {
             gauged: Mutex::new(HashSet::new()),
             loaded: AtomicBool::new(!from_store),
             load_done: tokio::sync::Notify::new(),
+            keyed: tokio::sync::watch::Sender::new(BTreeSet::new()),
         }
+    }
+
+    /// Providers with at least one key this gateway can decrypt (cooling down or not).
+    pub fn keyed_providers(&self) -> BTreeSet<String> {
+        self.keyed.borrow().clone()
+    }
+
+    /// Notified whenever [`ProviderKeys::keyed_providers`] changes.
+    pub fn watch_keyed(&self) -> tokio::sync::watch::Receiver<BTreeSet<String>> {
+        self.keyed.subscribe()
     }
 
     /// The store could not be read: stop holding requests for the first load (they sign
@@ -485,7 +499,19 @@ impl ProviderKeys {
         }
         let live: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
         self.cooldowns.retain(|id, _| live.contains(id.as_str()));
+        let keyed: BTreeSet<String> = next
+            .iter()
+            .filter(|(_, set)| !set.keys.is_empty())
+            .map(|(p, _)| p.clone())
+            .collect();
         self.table.store(Arc::new(next));
+        self.keyed.send_if_modified(|cur| {
+            let changed = *cur != keyed;
+            if changed {
+                *cur = keyed;
+            }
+            changed
+        });
         self.mark_loaded();
         self.publish_gauges(crate::auth::virtual_keys::now_ms());
     }

@@ -108,6 +108,31 @@ pub fn sign_with_key(
     Ok(())
 }
 
+/// The signer of a provider active only through its runtime keys: it has no key of its
+/// own, so an attempt that reaches it (every runtime key is cooling down) fails naming
+/// what would serve it.
+struct RuntimeKeysOnly {
+    message: String,
+}
+
+impl Signer for RuntimeKeysOnly {
+    fn sign(&self, _req: &mut UpstreamRequest, _host: &str) -> Result<(), SignError> {
+        Err(SignError::Missing(self.message.clone()))
+    }
+}
+
+/// The signer for a provider activated by runtime keys alone (see [`RuntimeKeysOnly`]).
+pub fn runtime_keys_only(profile: &ProviderProfile) -> Arc<dyn Signer> {
+    let vars = profile.api_key_vars();
+    Arc::new(RuntimeKeysOnly {
+        message: format!(
+            "every runtime key of provider {} is cooling down and {} is not set",
+            profile.name,
+            vars.join(" or ")
+        ),
+    })
+}
+
 /// The signer for a profile's auth scheme.
 pub fn signer_for(profile: &ProviderProfile) -> Result<Arc<dyn Signer>, SignError> {
     match profile.auth {

@@ -415,6 +415,20 @@ impl ProviderProfile {
             .any(|v| std::env::var(v).map(|x| !x.is_empty()).unwrap_or(false))
     }
 
+    /// True when a runtime API key alone (`POST /v1/providers/{name}/keys`) can activate
+    /// this provider: it authenticates with a bearer or header API key, nothing but that
+    /// key's variable activates it (no region, project or host variable), and its base URL
+    /// resolves without one (Azure's needs its endpoint variable set).
+    pub fn key_activatable(&self) -> bool {
+        let keyed = matches!(self.auth, AuthScheme::Bearer | AuthScheme::Header);
+        let keys = self.api_key_vars();
+        let only_key = match &self.activate_env {
+            None => true,
+            Some(v) => v.names().iter().all(|n| keys.contains(n)),
+        };
+        keyed && only_key && Endpoint::parse(&self.effective_base_url()).is_ok()
+    }
+
     /// True when `model` matches one of the profile's patterns.
     pub fn matches_model(&self, model: &str) -> bool {
         self.models.iter().any(|p| glob_match(p, model))
@@ -550,6 +564,9 @@ pub struct ProviderRuntime {
     pub profile: ProviderProfile,
     pub endpoint: Endpoint,
     pub signer: Arc<dyn Signer>,
+    /// Active only because it has runtime keys (its activation variable is unset): its
+    /// signer has no key of its own.
+    pub by_runtime_key: bool,
 }
 
 impl fmt::Debug for ProviderRuntime {
@@ -569,9 +586,24 @@ impl ProviderRuntime {
 
     /// Build the runtime for an active profile (`None` when its activation var is unset).
     pub fn activate(profile: ProviderProfile) -> Result<Option<ProviderRuntime>, ProfileError> {
-        if !profile.is_activated() {
+        ProviderRuntime::activate_with(profile, false)
+    }
+
+    /// [`ProviderRuntime::activate`], where `runtime_key` says the provider has at least
+    /// one runtime key: a profile whose activation variable is unset is then active when
+    /// a key alone can activate it ([`ProviderProfile::key_activatable`]), with a signer
+    /// that has no key of its own (requests sign with the runtime keys).
+    pub fn activate_with(
+        profile: ProviderProfile,
+        runtime_key: bool,
+    ) -> Result<Option<ProviderRuntime>, ProfileError> {
+        let by_runtime_key = if profile.is_activated() {
+            false
+        } else if runtime_key && profile.key_activatable() {
+            true
+        } else {
             return Ok(None);
-        }
+        };
         let file = format!("filters/{}.toml", profile.name);
         let endpoint = Endpoint::parse(&profile.effective_base_url()).map_err(|message| {
             ProfileError::Invalid {
@@ -579,14 +611,19 @@ impl ProviderRuntime {
                 message,
             }
         })?;
-        let signer = auth::signer_for(&profile).map_err(|e| ProfileError::Invalid {
-            file,
-            message: e.to_string(),
-        })?;
+        let signer = if by_runtime_key {
+            auth::runtime_keys_only(&profile)
+        } else {
+            auth::signer_for(&profile).map_err(|e| ProfileError::Invalid {
+                file,
+                message: e.to_string(),
+            })?
+        };
         Ok(Some(ProviderRuntime {
             profile,
             endpoint,
             signer,
+            by_runtime_key,
         }))
     }
 }

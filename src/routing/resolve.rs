@@ -128,8 +128,13 @@ impl Runtime {
         let message = if servers.is_empty() {
             format!("The model '{model}' does not exist or no configured provider serves it.")
         } else {
+            let when = if servers.iter().any(|p| p.key_activatable()) {
+                "a variable takes effect after a restart or reload, a key added through the API within a second"
+            } else {
+                "then restart or reload loopgate"
+            };
             format!(
-                "The model '{model}' is served by a provider that is not configured on this gateway: {}, then restart or reload loopgate.",
+                "The model '{model}' is served by a provider that is not configured on this gateway: {} ({when}).",
                 self.activation_hint(model).trim_start().trim_start_matches('(').trim_end_matches(')')
             )
         };
@@ -143,10 +148,18 @@ impl Runtime {
     fn provider_unavailable(&self, p: &str) -> GatewayError {
         if let Some(profile) = self.known_profile(p) {
             GatewayError::NotFound {
-                message: format!(
-                    "Provider '{p}' is not configured on this gateway: set {} (then restart or reload loopgate).",
-                    profile.activation_vars().join(" or ")
-                ),
+                message: if profile.key_activatable() {
+                    format!(
+                        "Provider '{p}' is not configured on this gateway: set {} (then restart or reload loopgate), or add a key with POST /v1/providers/{}/keys.",
+                        profile.activation_vars().join(" or "),
+                        profile.name
+                    )
+                } else {
+                    format!(
+                        "Provider '{p}' is not configured on this gateway: set {} (then restart or reload loopgate).",
+                        profile.activation_vars().join(" or ")
+                    )
+                },
                 code: "model_not_found",
                 param: Some("model".into()),
             }

@@ -4,7 +4,7 @@
 //! A request keeps the snapshot it started with, so a reload never changes a request
 //! mid-flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,12 +115,27 @@ pub struct Runtime {
     pub warnings: Vec<String>,
     /// The compiled `[firewall]` policies (`crate::firewall`).
     pub firewall: Arc<crate::firewall::Firewall>,
+    /// Providers that had runtime keys when this snapshot was built (those whose
+    /// activation variable is unset are active through them, when a key alone can
+    /// activate them): the rebuild on a key change compares against it.
+    pub keyed: BTreeSet<String>,
 }
 
 impl Runtime {
     /// Load profiles and catalog, activate providers from the environment, and check
     /// that every reference in the config resolves. Nothing here runs per request.
     pub fn build(config: GatewayConfig, version: u64) -> Result<Runtime, ConfigError> {
+        Runtime::build_keyed(config, version, BTreeSet::new())
+    }
+
+    /// [`Runtime::build`] where `keyed` names the providers that have runtime keys
+    /// (`auth::provider_keys`): a provider whose activation variable is unset is active
+    /// when it is in `keyed` and a key alone can activate it.
+    pub fn build_keyed(
+        config: GatewayConfig,
+        version: u64,
+        keyed: BTreeSet<String>,
+    ) -> Result<Runtime, ConfigError> {
         let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
         let profiles = match &config.server.filters_dir {
             Some(dir) => {
@@ -155,7 +170,10 @@ impl Runtime {
         };
         let mut active = Vec::new();
         for p in &profiles {
-            if let Some(rt) = ProviderRuntime::activate(p.clone()).map_err(|e| invalid(&e))? {
+            let has_key = keyed.contains(&p.name);
+            if let Some(rt) =
+                ProviderRuntime::activate_with(p.clone(), has_key).map_err(|e| invalid(&e))?
+            {
                 active.push(Arc::new(rt));
             }
         }
@@ -231,6 +249,7 @@ impl Runtime {
             exchange,
             open_access,
             config,
+            keyed,
         };
         rt.check_references()?;
         Ok(rt)
@@ -239,16 +258,44 @@ impl Runtime {
     /// [`Runtime::build`] plus the checks against the active providers: the one
     /// validation `check`, `serve` and reload share.
     pub fn build_checked(config: GatewayConfig, version: u64) -> Result<Runtime, ConfigError> {
-        let mut rt = Runtime::build(config, version)?;
-        rt.warnings = rt.check_serving()?;
+        Runtime::build_checked_keyed(config, version, BTreeSet::new(), false)
+    }
+
+    /// [`Runtime::build_checked`] with the providers that have runtime keys (see
+    /// [`Runtime::build_keyed`]): what `serve` and hot reload publish. `keys_possible`
+    /// (this gateway can hold runtime keys): a route, fallback chain or judge model that no
+    /// active provider serves is a warning, not an error, when every model it names would
+    /// be served by a provider a runtime key alone activates — its key may be added (or
+    /// be read from the store) at any time, and its removal takes effect even when a route
+    /// then has nothing left to serve it.
+    pub fn build_checked_keyed(
+        config: GatewayConfig,
+        version: u64,
+        keyed: BTreeSet<String>,
+        keys_possible: bool,
+    ) -> Result<Runtime, ConfigError> {
+        let mut rt = Runtime::build_keyed(config, version, keyed)?;
+        rt.warnings = rt.check_serving(keys_possible)?;
         Ok(rt)
     }
 
     /// What `check`, `serve` and reload all refuse (errors) or report (warnings): the
     /// config must be servable by the providers active in this environment.
-    fn check_serving(&self) -> Result<Vec<String>, ConfigError> {
+    fn check_serving(&self, keys_possible: bool) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
         let err = |m: String| Err(ConfigError::Invalid(m));
+        // Nothing active serves `models`: an error, or a warning when a runtime key could
+        // activate a provider for each of them.
+        let key_activatable =
+            |m: &str| self.inactive_servers(m).iter().any(|p| p.key_activatable());
+        let unserved = |m: String, models: &[&str], warnings: &mut Vec<String>| {
+            if keys_possible && models.iter().all(|x| key_activatable(x)) {
+                warnings.push(m);
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(m))
+            }
+        };
         let served = |m: &str, p: Option<&str>| self.resolve_model(m, p).ok();
         let missing = |m: &str| {
             let h = self.activation_hint(m);
@@ -265,21 +312,31 @@ impl Runtime {
                 match served(b, None) {
                     Some(c) => used.push((c.model, c.provider)),
                     None => {
-                        return err(format!(
-                            "routes.{name}: baseline '{b}' is served by no active provider{}",
-                            missing(b)
-                        ))
+                        unserved(
+                            format!(
+                                "routes.{name}: baseline '{b}' is served by no active provider{}",
+                                missing(b)
+                            ),
+                            &[b.as_str()],
+                            &mut warnings,
+                        )?;
+                        continue;
                     }
                 }
                 if let Some(e) = r.prompt_routing.embeddings.as_ref().filter(|_| {
                     r.prompt_routing.mode == crate::feedback::prompt::PromptMode::Embeddings
                 }) {
                     let Some(c) = served(&e.model, None) else {
-                        return err(format!(
-                            "routes.{name}.prompt_routing.embeddings.model: '{}' is served by no active provider{}",
-                            e.model,
-                            missing(&e.model)
-                        ));
+                        unserved(
+                            format!(
+                                "routes.{name}.prompt_routing.embeddings.model: '{}' is served by no active provider{}",
+                                e.model,
+                                missing(&e.model)
+                            ),
+                            &[e.model.as_str()],
+                            &mut warnings,
+                        )?;
+                        continue;
                     };
                     let mode = self
                         .catalog
@@ -317,12 +374,18 @@ impl Runtime {
                 }
             }
             if dead.len() == r.targets.len() {
-                return err(format!(
-                    "routes.{name}: no target is served by an active provider: {}",
-                    dead.join(", ")
-                ));
-            }
-            if !dead.is_empty() {
+                unserved(
+                    format!(
+                        "routes.{name}: no target is served by an active provider: {}",
+                        dead.join(", ")
+                    ),
+                    &r.targets
+                        .iter()
+                        .map(|t| t.model.as_str())
+                        .collect::<Vec<_>>(),
+                    &mut warnings,
+                )?;
+            } else if !dead.is_empty() {
                 warnings.push(format!(
                     "routes.{name}: skipped targets (no active provider): {}",
                     dead.join(", ")
@@ -338,12 +401,15 @@ impl Runtime {
                 }
             }
             if !chain.is_empty() && dead.len() == chain.len() {
-                return err(format!(
-                    "fallbacks.\"{model}\": no entry is served by an active provider: {}",
-                    dead.join(", ")
-                ));
-            }
-            if !dead.is_empty() {
+                unserved(
+                    format!(
+                        "fallbacks.\"{model}\": no entry is served by an active provider: {}",
+                        dead.join(", ")
+                    ),
+                    &chain.iter().map(String::as_str).collect::<Vec<_>>(),
+                    &mut warnings,
+                )?;
+            } else if !dead.is_empty() {
                 warnings.push(format!(
                     "fallbacks.\"{model}\": skipped entries (no active provider): {}",
                     dead.join(", ")
@@ -354,12 +420,14 @@ impl Runtime {
         if !judge.is_empty() {
             match served(judge, None) {
                 Some(c) => used.push((c.model, c.provider)),
-                None => {
-                    return err(format!(
+                None => unserved(
+                    format!(
                         "judge.model '{judge}' is served by no active provider{}",
                         missing(judge)
-                    ))
-                }
+                    ),
+                    &[judge.as_str()],
+                    &mut warnings,
+                )?,
             }
         }
         if let Some(wc) = &self.config.webhook {
@@ -470,7 +538,17 @@ impl Runtime {
         let parts: Vec<String> = servers
             .iter()
             .take(4)
-            .map(|p| format!("{} for {}", p.activation_vars().join(" or "), p.name))
+            .map(|p| {
+                let vars = p.activation_vars().join(" or ");
+                if p.key_activatable() {
+                    format!(
+                        "{vars} for {} or add a key with POST /v1/providers/{}/keys",
+                        p.name, p.name
+                    )
+                } else {
+                    format!("{vars} for {}", p.name)
+                }
+            })
             .collect();
         format!(" (set {})", parts.join("; or "))
     }
@@ -539,4 +617,91 @@ pub fn embedded_profiles() -> Result<Vec<ProviderProfile>, providers::ProfileErr
         .iter()
         .map(|(name, text)| ProviderProfile::parse(text, &format!("<embedded filters/{name}>")))
         .collect()
+}
+
+#[cfg(test)]
+mod key_activation_tests {
+    use super::*;
+
+    /// The providers a runtime key alone activates, as docs/provider-keys.md lists them.
+    #[test]
+    fn which_shipped_providers_a_key_alone_activates() {
+        let profiles = embedded_profiles().unwrap();
+        let yes: Vec<&str> = profiles
+            .iter()
+            .filter(|p| p.key_activatable())
+            .map(|p| p.name.as_str())
+            .filter(|n| !n.starts_with("azure"))
+            .collect();
+        let mut want = vec![
+            "ai21",
+            "anthropic",
+            "cerebras",
+            "cohere",
+            "deepinfra",
+            "deepseek",
+            "fireworks",
+            "gemini",
+            "groq",
+            "huggingface",
+            "mistral",
+            "nebius",
+            "novita",
+            "openai",
+            "perplexity",
+            "replicate",
+            "sambanova",
+            "together",
+            "xai",
+        ];
+        want.sort_unstable();
+        let mut got = yes.clone();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        for p in &profiles {
+            if [
+                "bedrock",
+                "vertex",
+                "vertex-anthropic",
+                "ollama",
+                "ollama-native",
+            ]
+            .contains(&p.name.as_str())
+            {
+                assert!(!p.key_activatable(), "{}", p.name);
+            }
+        }
+        // Azure's base URL is its endpoint variable: a key alone activates it only once
+        // that is set (this process does not set it).
+        if std::env::var("AZURE_OPENAI_ENDPOINT").is_err()
+            && std::env::var("AZURE_OPENAI_BASE_URL").is_err()
+        {
+            let azure = profiles.iter().find(|p| p.name == "azure").unwrap();
+            assert!(!azure.key_activatable());
+        }
+    }
+
+    /// A keyed provider without its variable is active, with no key of its own; not keyed,
+    /// it is not; Bedrock is never activated by a key.
+    #[test]
+    fn the_keyed_set_activates_the_runtime() {
+        let keyed: BTreeSet<String> = ["groq", "bedrock"].iter().map(|s| s.to_string()).collect();
+        if std::env::var("GROQ_API_KEY").is_ok() {
+            return;
+        }
+        let rt = Runtime::build_keyed(GatewayConfig::default(), 1, keyed).unwrap();
+        let groq = rt.provider("groq").expect("groq is active by its key");
+        assert!(groq.by_runtime_key);
+        let aws = [
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+        ];
+        if aws.iter().all(|v| std::env::var(v).is_err()) {
+            assert!(rt.provider("bedrock").is_none());
+        }
+        let rt = Runtime::build(GatewayConfig::default(), 1).unwrap();
+        assert!(rt.provider("groq").is_none());
+    }
 }

@@ -39,10 +39,50 @@ impl ReloadService {
     pub fn reload(&self) -> Result<u64, String> {
         let built = GatewayConfig::load(self.config_path.as_deref())
             .map_err(|e| e.to_string())
-            .and_then(|cfg| {
-                let v = self.version.load(Ordering::Relaxed) + 1;
-                Runtime::build_checked(cfg, v).map_err(|e| e.to_string())
-            });
+            .and_then(|cfg| self.build(cfg));
+        self.publish(built, "configuration reloaded")
+    }
+
+    /// The providers with runtime keys changed (`auth::provider_keys`, mirrored by the
+    /// store poll): rebuild the running configuration with them and publish it the way a
+    /// reload does, so a provider whose first key was just added becomes active and one
+    /// whose last key was removed inactive (unless its variable is set). A no-op when the
+    /// running snapshot already has that set.
+    pub fn rekey(&self) -> Result<u64, String> {
+        let old = self.gw.runtime.load_full();
+        if old.keyed == self.gw.provider_keys.keyed_providers() {
+            return Ok(old.version);
+        }
+        // A route only the deactivated provider served becomes unservable (a logged
+        // warning) rather than keeping a provider whose key is gone.
+        let built = self.build(old.config.clone());
+        if let Ok(rt) = &built {
+            log_key_activation(&old, rt);
+        }
+        self.publish(
+            built,
+            "configuration rebuilt: the providers with runtime keys changed",
+        )
+    }
+
+    /// Build the next version of the runtime from `cfg` with the providers that have
+    /// runtime keys now; when this gateway can hold runtime keys (a vault master key),
+    /// entries only a key-activated provider would serve are warnings (see
+    /// [`Runtime::build_checked_keyed`]).
+    fn build(&self, cfg: GatewayConfig) -> Result<Runtime, String> {
+        let v = self.version.load(Ordering::Relaxed) + 1;
+        Runtime::build_checked_keyed(
+            cfg,
+            v,
+            self.gw.provider_keys.keyed_providers(),
+            self.gw.provider_keys.master().is_set(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// Publish a built runtime (one atomic swap; requests in flight keep theirs), or log
+    /// why it could not be built and keep the running one.
+    fn publish(&self, built: Result<Runtime, String>, what: &str) -> Result<u64, String> {
         match built {
             Ok(rt) => {
                 let v = rt.version;
@@ -64,7 +104,7 @@ impl ReloadService {
                 self.gw.auto.nudge.notify_one();
                 metrics().config_reloads.with_label_values(&["ok"]).inc();
                 metrics().config_version.set(v as i64);
-                tracing::info!(version = v, "configuration reloaded");
+                tracing::info!(version = v, "{what}");
                 Ok(v)
             }
             Err(e) => {
@@ -75,6 +115,27 @@ impl ReloadService {
                 tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
                 Err(e)
             }
+        }
+    }
+}
+
+/// One line per provider that became active or inactive through its runtime keys between
+/// `old` and `new` (names only, never a key); a warning for a provider that has runtime
+/// keys but needs more than a key to be active.
+fn log_key_activation(old: &Runtime, new: &Runtime) {
+    let by_key =
+        |rt: &Runtime, name: &str| rt.provider(name).filter(|p| p.by_runtime_key).is_some();
+    for p in &new.known {
+        let (was, is) = (by_key(old, &p.name), by_key(new, &p.name));
+        if is && !was && old.provider(&p.name).is_none() {
+            tracing::info!(provider = %p.name, "provider active: it has a runtime key (POST /v1/providers/{}/keys)", p.name);
+        } else if was && new.provider(&p.name).is_none() {
+            tracing::info!(provider = %p.name, "provider inactive: its last runtime key was removed and {} is not set", p.activation_vars().join(" or "));
+        } else if new.keyed.contains(&p.name)
+            && !old.keyed.contains(&p.name)
+            && new.provider(&p.name).is_none()
+        {
+            tracing::warn!(provider = %p.name, "provider has runtime keys but stays inactive: a key alone does not activate it (set {})", p.activation_vars().join(" or "));
         }
     }
 }
@@ -173,9 +234,16 @@ impl BackgroundService for ReloadService {
             None
         };
         drop(rt);
+        // Activation by runtime key: the store poll republishes the set of providers with
+        // keys; a change (or one before this service started) rebuilds the snapshot.
+        let mut keyed = self.gw.provider_keys.watch_keyed();
+        let _ = self.rekey();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
+                Ok(()) = keyed.changed() => {
+                    let _ = self.rekey();
+                }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading configuration");
                     let _ = self.reload();
