@@ -677,6 +677,43 @@ struct Loop {
 }
 
 /// Routed requests are remembered this long for early feedback (traces are stored by then).
+/// The traffic facts of every feedback route, read from the store: the stats window
+/// (`routing.stats_window_hours`), today's spend, operator state, and the realized account
+/// over each route's last `routing.realized_window_requests` decisions.
+pub async fn read_traffic(
+    rt: &Runtime,
+    store: &dyn Store,
+    now_ms: i64,
+) -> Result<Traffic, crate::store::StoreError> {
+    let window_ms = rt.config.routing.stats_window_hours as i64 * 3_600_000;
+    let midnight = now_ms - now_ms.rem_euclid(86_400_000);
+    let baselines: HashMap<String, String> = rt
+        .config
+        .routes
+        .iter()
+        .filter_map(|(n, r)| {
+            let b = r.baseline.as_deref()?;
+            let native = rt.resolve_model(b, None).ok()?.model;
+            Some((n.clone(), native))
+        })
+        .collect();
+    // Feedback routes only (a baseline): the realized account is theirs.
+    let routes: Vec<String> = rt
+        .config
+        .routes
+        .iter()
+        .filter(|(_, r)| r.baseline.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let (w, t, s, r) = tokio::join!(
+        store.route_model_stats(now_ms - window_ms),
+        store.route_model_stats(midnight),
+        store.route_states(),
+        store.recent_served(&routes, rt.config.routing.realized_window_requests)
+    );
+    Ok(Traffic::from_rows(w?, t?, s?, &baselines).with_recent_served(r?))
+}
+
 const RECENT_MAX_AGE_MS: i64 = 15 * 60 * 1000;
 const FEEDBACK_PAGE: usize = 5000;
 
@@ -785,44 +822,17 @@ impl AggregatorService {
                 .swap(false, std::sync::atomic::Ordering::AcqRel);
             let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
             if dirty || st.last_traffic.is_none_or(|t| t.elapsed() >= every) {
-                let window_ms = rt.config.routing.stats_window_hours as i64 * 3_600_000;
-                let midnight = now_ms - now_ms.rem_euclid(86_400_000);
-                let baselines: HashMap<String, String> = rt
-                    .config
-                    .routes
-                    .iter()
-                    .filter_map(|(n, r)| {
-                        let b = r.baseline.as_deref()?;
-                        let native = rt.resolve_model(b, None).ok()?.model;
-                        Some((n.clone(), native))
-                    })
-                    .collect();
-                // Feedback routes only (a baseline): the realized account is theirs.
-                let routes: Vec<String> = rt
-                    .config
-                    .routes
-                    .iter()
-                    .filter(|(_, r)| r.baseline.is_some())
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                let (w, t, s, r) = tokio::join!(
-                    store.route_model_stats(now_ms - window_ms),
-                    store.route_model_stats(midnight),
-                    store.route_states(),
-                    store.recent_served(&routes, rt.config.routing.realized_window_requests)
-                );
-                match (w, t, s, r) {
-                    (Ok(w), Ok(t), Ok(s), Ok(r)) => {
-                        st.traffic = Traffic::from_rows(w, t, s, &baselines).with_recent_served(r);
+                match read_traffic(&rt, store.as_ref(), now_ms).await {
+                    Ok(traffic) => {
+                        st.traffic = traffic;
                         for (route, usd) in &st.traffic.spend_today {
                             self.gw.auto.set_stored_spend(route, *usd, now_ms);
                         }
                         st.last_traffic = Some(Instant::now());
                         traffic_refreshed = true;
                     }
-                    (w, t, s, r) => {
-                        let e = w.err().or(t.err()).or(s.err()).or(r.err());
-                        tracing::warn!(error = ?e.map(|e| e.to_string()), "aggregator: reading traffic stats failed; keeping the last ones");
+                    Err(e) => {
+                        tracing::warn!(error = %e, "aggregator: reading traffic stats failed; keeping the last ones");
                     }
                 }
             }
