@@ -526,6 +526,9 @@ pub struct RoutingSettings {
     /// How often the aggregator re-reads those traffic stats (token mix, served counts, p95
     /// latency, spend) and re-evaluates canaries and rollback monitors from the store.
     pub stats_refresh_ms: u64,
+    /// The realized exploration account of the quality budget counts what each route served
+    /// over its last this-many routed requests (its decisions in the store; docs/routing-math.md §3).
+    pub realized_window_requests: usize,
     /// How long a session stays on the model it was first served.
     pub sticky_ttl_secs: u64,
     /// Recent routed requests kept in memory so feedback can arrive before the trace is stored.
@@ -543,6 +546,7 @@ impl Default for RoutingSettings {
             refresh_ms: 1000,
             stats_window_hours: 24,
             stats_refresh_ms: 5000,
+            realized_window_requests: 500,
             sticky_ttl_secs: 3600,
             recent_capacity: 100_000,
         }
@@ -860,6 +864,9 @@ impl GatewayConfig {
         }
         if rs.stats_refresh_ms < 50 {
             return bad("routing.stats_refresh_ms must be >= 50".into());
+        }
+        if !(100..=1_000_000).contains(&rs.realized_window_requests) {
+            return bad("routing.realized_window_requests must be in 100..=1000000".into());
         }
         if rs.stats_window_hours == 0 {
             return bad("routing.stats_window_hours must be >= 1".into());

@@ -30,7 +30,7 @@ use crate::routing::auto::{AutoRoute, RouteInfo, RouteRollout, RouterTable};
 use crate::routing::Runtime;
 use crate::store::writer::StoreSlot;
 use crate::store::{AuditAppend, ScoredDecision};
-use crate::store::{FeedbackRow, RouteModelStats, RouteStateRow, Store};
+use crate::store::{FeedbackRow, RouteModelStats, RouteServed, RouteStateRow, Store};
 
 use crate::feedback::aggregator::{Aggregator, FeedbackEvent, FeedbackKind, RoutingStats};
 use crate::feedback::constraints::Constraints;
@@ -218,6 +218,9 @@ pub struct Traffic {
     pub spend_today: HashMap<String, f64>,
     /// Operator state per (route, key).
     pub states: HashMap<(String, String), String>,
+    /// (route, route model name) → requests it served among the route's last
+    /// `routing.realized_window_requests` decisions: the realized exploration account.
+    pub recent_served: HashMap<(String, String), u64>,
 }
 
 impl Traffic {
@@ -244,7 +247,17 @@ impl Traffic {
                 .into_iter()
                 .map(|r| ((r.route, r.key), r.value))
                 .collect(),
+            recent_served: HashMap::new(),
         }
+    }
+
+    /// Set the realized account's counts (see [`Traffic::recent_served`]).
+    pub fn with_recent_served(mut self, rows: Vec<RouteServed>) -> Traffic {
+        self.recent_served = rows
+            .into_iter()
+            .map(|r| ((r.route, r.model), r.requests))
+            .collect();
+        self
     }
 
     fn state(&self, route: &str, key: &str) -> Option<&str> {
@@ -404,7 +417,7 @@ struct ModelFacts {
     cost: f64,
     p95: Option<f64>,
     success: Option<f64>,
-    /// Requests served on the route over the stats window.
+    /// Requests served among the route's last `routing.realized_window_requests` decisions.
     served: u64,
 }
 
@@ -480,7 +493,12 @@ fn build_route(
             success: s
                 .filter(|s| s.requests > 0)
                 .map(|s| (s.requests - s.errors.min(s.requests)) as f64 / s.requests as f64),
-            served: s.map_or(0, |s| s.requests),
+            served: inp
+                .traffic
+                .recent_served
+                .get(&(name.to_string(), m.to_string()))
+                .copied()
+                .unwrap_or(0),
         })
     };
     let base = match facts(baseline) {
@@ -659,6 +677,43 @@ struct Loop {
 }
 
 /// Routed requests are remembered this long for early feedback (traces are stored by then).
+/// The traffic facts of every feedback route, read from the store: the stats window
+/// (`routing.stats_window_hours`), today's spend, operator state, and the realized account
+/// over each route's last `routing.realized_window_requests` decisions.
+pub async fn read_traffic(
+    rt: &Runtime,
+    store: &dyn Store,
+    now_ms: i64,
+) -> Result<Traffic, crate::store::StoreError> {
+    let window_ms = rt.config.routing.stats_window_hours as i64 * 3_600_000;
+    let midnight = now_ms - now_ms.rem_euclid(86_400_000);
+    let baselines: HashMap<String, String> = rt
+        .config
+        .routes
+        .iter()
+        .filter_map(|(n, r)| {
+            let b = r.baseline.as_deref()?;
+            let native = rt.resolve_model(b, None).ok()?.model;
+            Some((n.clone(), native))
+        })
+        .collect();
+    // Feedback routes only (a baseline): the realized account is theirs.
+    let routes: Vec<String> = rt
+        .config
+        .routes
+        .iter()
+        .filter(|(_, r)| r.baseline.is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let (w, t, s, r) = tokio::join!(
+        store.route_model_stats(now_ms - window_ms),
+        store.route_model_stats(midnight),
+        store.route_states(),
+        store.recent_served(&routes, rt.config.routing.realized_window_requests)
+    );
+    Ok(Traffic::from_rows(w?, t?, s?, &baselines).with_recent_served(r?))
+}
+
 const RECENT_MAX_AGE_MS: i64 = 15 * 60 * 1000;
 const FEEDBACK_PAGE: usize = 5000;
 
@@ -767,35 +822,17 @@ impl AggregatorService {
                 .swap(false, std::sync::atomic::Ordering::AcqRel);
             let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
             if dirty || st.last_traffic.is_none_or(|t| t.elapsed() >= every) {
-                let window_ms = rt.config.routing.stats_window_hours as i64 * 3_600_000;
-                let midnight = now_ms - now_ms.rem_euclid(86_400_000);
-                let baselines: HashMap<String, String> = rt
-                    .config
-                    .routes
-                    .iter()
-                    .filter_map(|(n, r)| {
-                        let b = r.baseline.as_deref()?;
-                        let native = rt.resolve_model(b, None).ok()?.model;
-                        Some((n.clone(), native))
-                    })
-                    .collect();
-                let (w, t, s) = tokio::join!(
-                    store.route_model_stats(now_ms - window_ms),
-                    store.route_model_stats(midnight),
-                    store.route_states()
-                );
-                match (w, t, s) {
-                    (Ok(w), Ok(t), Ok(s)) => {
-                        st.traffic = Traffic::from_rows(w, t, s, &baselines);
+                match read_traffic(&rt, store.as_ref(), now_ms).await {
+                    Ok(traffic) => {
+                        st.traffic = traffic;
                         for (route, usd) in &st.traffic.spend_today {
                             self.gw.auto.set_stored_spend(route, *usd, now_ms);
                         }
                         st.last_traffic = Some(Instant::now());
                         traffic_refreshed = true;
                     }
-                    (w, t, s) => {
-                        let e = w.err().or(t.err()).or(s.err());
-                        tracing::warn!(error = ?e.map(|e| e.to_string()), "aggregator: reading traffic stats failed; keeping the last ones");
+                    Err(e) => {
+                        tracing::warn!(error = %e, "aggregator: reading traffic stats failed; keeping the last ones");
                     }
                 }
             }

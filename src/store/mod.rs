@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::trace::TraceRecord;
 pub use routing::{
     AuditAppend, AuditEntry, DecisionQuery, DecisionRow, FeedbackInsert, FeedbackRow,
-    RouteModelStats, RouteStateRow, ScoredDecision,
+    RouteModelStats, RouteServed, RouteStateRow, ScoredDecision,
 };
 
 pub use pending::{PendingFeedback, PendingInsert};
@@ -451,6 +451,15 @@ pub trait Store: Send + Sync {
     /// Served-traffic aggregates per (route, served model) since `since_ms`.
     async fn route_model_stats(&self, _since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {
         Err(unsupported(self.backend(), "route stats"))
+    }
+    /// Per route of `routes`: how many of its last `last` decisions (newest by `ts_ms`) each
+    /// model served. Routes without decisions yield no rows.
+    async fn recent_served(
+        &self,
+        _routes: &[String],
+        _last: usize,
+    ) -> Result<Vec<RouteServed>, StoreError> {
+        Err(unsupported(self.backend(), "recent served counts"))
     }
 
     // ---- pending feedback (see `pending`) ----

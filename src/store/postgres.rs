@@ -17,15 +17,15 @@ use tokio_postgres::{Client, NoTls, Row};
 use super::migrations::{SqlDialect, MIGRATIONS};
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::routing::{
-    assemble_stats, decisions_sql, stats_latency_sql, stats_totals_sql, RParam, AUDIT_COLS,
-    DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
+    assemble_stats, decisions_sql, recent_served_sql, stats_latency_sql, stats_totals_sql, RParam,
+    AUDIT_COLS, DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
 };
 use super::sqlite::{page, project_cond};
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
     FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, PurgeRule, RawRow,
-    RollupKey, RollupRow, RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError,
-    ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
+    RollupKey, RollupRow, RouteModelStats, RouteServed, RouteStateRow, ScoredDecision, Store,
+    StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS, TRACE_NCOLS,
 };
 use crate::trace::TraceRecord;
 
@@ -1501,6 +1501,29 @@ impl Store for PgStore {
         };
         Self::settle(&mut g, &res);
         res
+    }
+
+    async fn recent_served(
+        &self,
+        routes: &[String],
+        last: usize,
+    ) -> Result<Vec<RouteServed>, StoreError> {
+        let last = last.min(crate::store::routing::MAX_RECENT_SERVED) as i64;
+        let sql = recent_served_sql(true);
+        let mut out = Vec::new();
+        for route in routes {
+            let rows = self
+                .read_rows(&sql, &[SqlParam::Text(route.clone()), SqlParam::Int(last)])
+                .await?;
+            for r in &rows {
+                out.push(RouteServed {
+                    route: route.clone(),
+                    model: r.try_get(0).map_err(pg_err)?,
+                    requests: to_u64(r.try_get(1).map_err(pg_err)?),
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

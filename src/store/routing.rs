@@ -228,6 +228,33 @@ pub struct RouteModelStats {
     pub p95_latency_ms: Option<f64>,
 }
 
+/// Requests one model served on a route among the route's most recent decisions (the
+/// realized exploration account of the quality budget, docs/routing-math.md §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteServed {
+    pub route: String,
+    /// The route's model name as the decision recorded it (`decisions.served`).
+    pub model: String,
+    pub requests: u64,
+}
+
+/// Served-model counts of one route over its last `LIMIT` decisions, newest by `ts_ms`
+/// (parameters: route, limit; an index range scan of `decisions_route_ts`).
+pub(crate) fn recent_served_sql(pg: bool) -> String {
+    let (cast, r, l) = if pg {
+        ("::BIGINT", "$1", "$2")
+    } else {
+        ("", "?1", "?2")
+    };
+    format!(
+        "SELECT served, COUNT(*){cast} FROM (SELECT served FROM decisions WHERE route = {r} \
+         ORDER BY ts_ms DESC LIMIT {l}) AS w GROUP BY served ORDER BY served"
+    )
+}
+
+/// Upper bound of `last` in `Store::recent_served` (the setting is validated below it).
+pub const MAX_RECENT_SERVED: usize = 1_000_000;
+
 // ---- helpers shared by the two backends (crate-internal) ----
 
 /// Column order of `decisions` reads and writes.

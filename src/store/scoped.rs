@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use super::{
     AnalyticsQuery, AnalyticsRow, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
     FeedbackInsert, FeedbackRow, GroupBy, LogFilter, LogPage, LogQuery, PurgeRule, RawRow,
-    RollupRow, RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError,
+    RollupRow, RouteModelStats, RouteServed, RouteStateRow, ScoredDecision, Store, StoreError,
 };
 use super::{PendingFeedback, PendingInsert};
 use crate::config::GatewayConfig as Config;
@@ -301,6 +301,18 @@ impl Store for Scoped {
         let mut rows = self.inner.route_model_stats(since_ms).await?;
         rows.retain(|r| self.routes.contains(&r.route));
         Ok(rows)
+    }
+    async fn recent_served(
+        &self,
+        routes: &[String],
+        last: usize,
+    ) -> Result<Vec<RouteServed>, StoreError> {
+        let own: Vec<String> = routes
+            .iter()
+            .filter(|r| self.routes.contains(r.as_str()))
+            .cloned()
+            .collect();
+        self.inner.recent_served(&own, last).await
     }
 
     // Pending feedback: a pending event carries the project of the key that sent it (see

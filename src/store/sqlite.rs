@@ -19,14 +19,14 @@ use rusqlite::{
 use super::migrations::{Migration, SqlDialect, MIGRATIONS};
 use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
 use super::routing::{
-    assemble_stats, decisions_sql, stats_latency_sql, stats_totals_sql, RParam, AUDIT_COLS,
-    DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
+    assemble_stats, decisions_sql, recent_served_sql, stats_latency_sql, stats_totals_sql, RParam,
+    AUDIT_COLS, DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
 };
 use super::{
     rollup_deltas, to_i64, to_u64, AuditAppend, AuditEntry, Cursor, DecisionQuery, DecisionRow,
     FeedbackInsert, FeedbackRow, GroupBy, PendingFeedback, PendingInsert, ProjectSel, PurgeRule,
-    RawRow, RollupRow, RouteModelStats, RouteStateRow, ScoredDecision, Store, StoreError,
-    ALL_PROJECTS, HOUR_MS, TRACE_COLS,
+    RawRow, RollupRow, RouteModelStats, RouteServed, RouteStateRow, ScoredDecision, Store,
+    StoreError, ALL_PROJECTS, HOUR_MS, TRACE_COLS,
 };
 use crate::trace::TraceRecord;
 
@@ -1499,6 +1499,42 @@ impl Store for SqliteStore {
 
     async fn route_model_stats(&self, since_ms: i64) -> Result<Vec<RouteModelStats>, StoreError> {
         Self::run(&self.reader, move |c| route_model_stats_sync(c, since_ms)).await
+    }
+
+    async fn recent_served(
+        &self,
+        routes: &[String],
+        last: usize,
+    ) -> Result<Vec<RouteServed>, StoreError> {
+        let routes = routes.to_vec();
+        let last = last.min(crate::store::routing::MAX_RECENT_SERVED) as i64;
+        Self::run(&self.reader, move |c| {
+            // One read transaction so every route is counted from the same snapshot.
+            let tx = c.transaction().map_err(map_err)?;
+            let mut out = Vec::new();
+            {
+                let mut st = tx
+                    .prepare_cached(&recent_served_sql(false))
+                    .map_err(map_err)?;
+                for route in &routes {
+                    let rows = st
+                        .query_map(rusqlite::params![route, last], |r| {
+                            Ok(RouteServed {
+                                route: route.clone(),
+                                model: r.get(0)?,
+                                requests: to_u64(r.get(1)?),
+                            })
+                        })
+                        .map_err(map_err)?;
+                    for row in rows {
+                        out.push(row.map_err(map_err)?);
+                    }
+                }
+            }
+            tx.commit().map_err(map_err)?;
+            Ok(out)
+        })
+        .await
     }
 }
 

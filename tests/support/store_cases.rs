@@ -967,7 +967,7 @@ pub fn load_records(prefix: &str, n: usize) -> Vec<TraceRecord> {
 use loopgate::store::routing::{verify_chain, GENESIS_HASH};
 use loopgate::store::{
     AuditAppend, AuditEntry, DecisionQuery, DecisionRow, FeedbackInsert, FeedbackRow,
-    RouteModelStats, RouteStateRow,
+    RouteModelStats, RouteServed, RouteStateRow,
 };
 
 /// A trace with a routing decision attached (`ts` ties on purpose, for the cursor).
@@ -1688,6 +1688,63 @@ pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
         .expect("query");
     assert_eq!(left.len(), 40);
     check_key_spend(&a, &b).await;
+    check_recent_served(&a, &b).await;
+}
+
+/// The realized exploration account: per route, what its last N decisions served, written
+/// by one gateway and read by another.
+async fn check_recent_served(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    let t = STATS_T + 1_000_000_000;
+    let dec = |i: i64, route: &str, served: &str| {
+        let mut r = decided(0);
+        let id = format!("rs-{route}-{i:03}");
+        r.request_id = id.clone();
+        r.decision_id = Some(id.clone());
+        r.ts_ms = t + i * 1_000;
+        r.route = Some(route.into());
+        r.served_model = Some(served.into());
+        if let Some(d) = r.decision.as_mut() {
+            d.request_id = id;
+            d.ts_ms = t + i * 1_000;
+            d.route = route.into();
+            d.served = served.into();
+        }
+        r
+    };
+    let mut recs = Vec::new();
+    // rs-a: 30 older decisions on the baseline, then 10 newer on a candidate, inserted newest
+    // first so insertion order cannot stand in for time order
+    for i in (0..40).rev() {
+        recs.push(dec(i, "rs-a", if i < 30 { "m0" } else { "m1" }));
+    }
+    for i in 0..3 {
+        recs.push(dec(i, "rs-b", "m2"));
+    }
+    a.insert_traces(&recs).await.expect("insert decisions");
+    let routes = ["rs-a", "rs-b", "rs-none"].map(String::from);
+    let mut got = b.recent_served(&routes, 15).await.expect("recent served");
+    got.sort_by(|x, y| (&x.route, &x.model).cmp(&(&y.route, &y.model)));
+    let row = |route: &str, model: &str, requests| RouteServed {
+        route: route.into(),
+        model: model.into(),
+        requests,
+    };
+    assert_eq!(
+        got,
+        vec![
+            row("rs-a", "m0", 5),
+            row("rs-a", "m1", 10),
+            row("rs-b", "m2", 3)
+        ]
+    );
+    // the window covers everything when it is larger; unlisted routes are not read
+    let mut all = a
+        .recent_served(&["rs-a".to_string()], 1_000)
+        .await
+        .expect("recent served");
+    all.sort_by(|x, y| x.model.cmp(&y.model));
+    assert_eq!(all, vec![row("rs-a", "m0", 30), row("rs-a", "m1", 10)]);
+    assert!(b.recent_served(&[], 500).await.expect("none").is_empty());
 }
 
 /// Spend per virtual key (reloaded by an in-process limiter at start): since the day and
