@@ -405,7 +405,16 @@ fn bench_redis_admit(
             rt.block_on(async {
                 let mut slot = None;
                 let r = limiter
-                    .admit_request(Some(black_box(key)), "gpt-4o-mini", 500, &mut slot)
+                    .admit_request(
+                        &cfg,
+                        loopgate::auth::limits::Who {
+                            key: Some(black_box(key)),
+                            ..Default::default()
+                        },
+                        "gpt-4o-mini",
+                        500,
+                        &mut slot,
+                    )
                     .await;
                 assert!(r.is_ok(), "{r:?}");
                 if let Some(t) = slot.as_mut() {

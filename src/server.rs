@@ -403,6 +403,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
                 crate::auth::limits::SpendReload {
                     limiter: gw.limits.clone(),
                     slot: slot.clone(),
+                    groups: limits_cfg.clone(),
                 },
             ));
         }

@@ -77,6 +77,12 @@ mode = "shadow"
 learning = "project"
 [routing]
 refresh_ms = 60
+[limits.projects.alpha]
+rpm = 1000000
+[limits.projects.beta]
+rpm = 1000000
+[limits.teams.crew]
+rpm = 1000000
 "#,
     );
     t
@@ -759,6 +765,22 @@ fn rows(ids: &Ids) -> Vec<Row> {
             "a_read",
             one(403, 200, 200),
             Some((key, "vk_nosuchkey")),
+        ),
+        // Each locked admin sees its own project's limits only; teams and users span
+        // projects, so only an unlocked admin sees them.
+        row(
+            "GET",
+            "/v1/limits",
+            "/v1/limits".into(),
+            None,
+            "a_read",
+            [
+                st(403),
+                has(200, &["\"name\":\"beta\""], &["alpha", "crew"]),
+                has(200, &["\"name\":\"alpha\""], &["beta", "crew"]),
+                has(200, &["alpha", "beta", "crew"], &[]),
+            ],
+            None,
         ),
         // Revoking twice answers the revoked key both times.
         row(

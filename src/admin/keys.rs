@@ -37,6 +37,15 @@ pub struct KeyRoutes {
 impl AdminRoutes for KeyRoutes {
     async fn handle(&self, req: &AdminRequest) -> Option<AdminResponse> {
         let path = req.path.trim_end_matches('/');
+        if path == "/v1/limits" {
+            let res = match req.method.as_str() {
+                "GET" => self.group_limits(req).await,
+                m => Err(GatewayError::MethodNotAllowed(format!(
+                    "Method {m} is not allowed on {path}."
+                ))),
+            };
+            return Some(res.unwrap_or_else(|e| AdminResponse::error(&e)));
+        }
         let id = match path {
             "/v1/keys" => None,
             p => Some(p.strip_prefix("/v1/keys/")?),
@@ -294,6 +303,58 @@ impl KeyRoutes {
             200,
             &json!({"object": "api_key.usage", "id": id, "scope": scope,
                     "spend_usd": by_period, "budgets": budgets}),
+        ))
+    }
+
+    /// `GET /v1/limits`: the projects, teams and users `[limits]` has limits for, with
+    /// their spend against their budgets. A project-locked caller sees its project only
+    /// (teams and users may span projects).
+    async fn group_limits(&self, req: &AdminRequest) -> Result<AdminResponse, GatewayError> {
+        use crate::auth::limits::{GroupKind, PERIOD_ORDER};
+        req.caller.require(Scope::Admin)?;
+        let rt = self.runtime.load_full();
+        let now = now_ms();
+        let mut data = Vec::new();
+        for kind in GroupKind::ALL {
+            for (name, g) in kind.configured(&rt.config.limits) {
+                let visible = match req.caller.project.as_deref() {
+                    None => true,
+                    Some(p) => kind == GroupKind::Project && p == name,
+                };
+                if !visible {
+                    continue;
+                }
+                let spend = self.limits.group_spend_now(kind, name, now).await?;
+                let budgets: Vec<Value> = g
+                    .budgets
+                    .iter()
+                    .map(|b| {
+                        let spent = spend[b.period as usize];
+                        json!({"period": b.period.as_str(), "usd": b.usd, "soft_pct": b.soft_pct,
+                               "spent_usd": spent, "remaining_usd": (b.usd - spent).max(0.0),
+                               "exhausted": spent >= b.usd})
+                    })
+                    .collect();
+                let by_period: Map<String, Value> = PERIOD_ORDER
+                    .iter()
+                    .zip(spend)
+                    .map(|(p, usd)| (p.to_string(), json!(usd)))
+                    .collect();
+                data.push(
+                    json!({"object": "limit_group", "kind": kind.as_str(), "name": name,
+                                 "rpm": g.rpm, "tpm": g.tpm, "budgets": budgets,
+                                 "spend_usd": by_period}),
+                );
+            }
+        }
+        let scope = if self.limits.is_shared() {
+            "fleet"
+        } else {
+            "gateway"
+        };
+        Ok(AdminResponse::json(
+            200,
+            &json!({"object": "list", "scope": scope, "data": data}),
         ))
     }
 

@@ -50,6 +50,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("GET", "/v1/keys/{id}/usage"),
     e("PATCH", "/v1/keys/{id}"),
     e("DELETE", "/v1/keys/{id}"),
+    e("GET", "/v1/limits"),
     e("POST", "/v1/providers/{name}/keys"),
     e("GET", "/v1/providers/{name}/keys"),
     e("DELETE", "/v1/providers/{name}/keys/{id}"),

@@ -15,9 +15,10 @@
 //!   `loopgate_limits_backend_errors_total` and logs one warning when an outage starts and
 //!   one line when Redis answers again. The connection manager reconnects by itself.
 //!
-//! Keys: `<prefix>{<key id>}:rate:<scope>:<rpm|tpm>` (the TAT in µs of Redis time) and
-//! `<prefix>{<key id>}:spend:<day|month|total>[:<period index>]` (nano-USD); the braces keep
-//! one key's entries in one Redis Cluster slot.
+//! Keys: `<prefix>{<holder>}:rate:<scope>:<rpm|tpm>` (the TAT in µs of Redis time) and
+//! `<prefix>{<holder>}:spend:<day|month|total>[:<period index>]` (nano-USD), where the
+//! holder is a key id or `project:<name>`, `team:<name>`, `user:<name>`; the braces keep
+//! one holder's entries in one Redis Cluster slot.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -32,54 +33,61 @@ use crate::error::GatewayError;
 pub const WINDOW_US: f64 = 60_000_000.0;
 
 /// Budgets first (refuse when spent), then GCRA on every limit; writes only when all fit.
-/// KEYS[1..3]: spend of the day, month, total; KEYS[4..]: the limits' TAT keys.
-/// ARGV[1..3]: the caps in nano-USD (-1: no budget in that period); ARGV[4..]: the cost in
-/// µs of this request on each limit.
-/// Reply: {0, spent_day, spent_month, spent_total, used_1, used_2, ...} (µs of the window
-/// in use after taking), {1, period, spent} (a budget is spent), {2, limit, wait_us}.
+/// ARGV[1]: H, the holders (key, project, team, user) of the request.
+/// KEYS[1..3H]: each holder's spend of the day, month, total; KEYS[3H+1..]: the limits' TAT
+/// keys. ARGV[2..3H+1]: the caps in nano-USD (-1: no budget in that period);
+/// ARGV[3H+2..]: the cost in µs of this request on each limit.
+/// Reply: {0, spent_1 .. spent_3H, used_1, used_2, ...} (µs of the window in use after
+/// taking), {1, spend index, spent} (a budget is spent), {2, limit, wait_us}.
 const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local out = {0, 0, 0, 0}
-for i = 1, 3 do
-  local cap = tonumber(ARGV[i])
+local h3 = tonumber(ARGV[1]) * 3
+local out = {0}
+for i = 1, h3 do
+  out[i + 1] = 0
+  local cap = tonumber(ARGV[i + 1])
   if cap >= 0 then
     local spent = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
     if spent >= cap then return {1, i, spent} end
     out[i + 1] = spent
   end
 end
-local n = #KEYS - 3
+local n = #KEYS - h3
 local next = {}
 for j = 1, n do
-  local tat = tonumber(redis.call('GET', KEYS[3 + j]) or '0') or 0
+  local tat = tonumber(redis.call('GET', KEYS[h3 + j]) or '0') or 0
   if tat < now then tat = now end
-  local nt = tat + tonumber(ARGV[3 + j])
+  local nt = tat + tonumber(ARGV[h3 + 1 + j])
   if nt - now > 60000000 then return {2, j, nt - now - 60000000} end
   next[j] = nt
-  out[4 + j] = nt - now
+  out[h3 + 1 + j] = nt - now
 end
 for j = 1, n do
   local ttl = math.floor((next[j] - now) / 1000) + 1000
-  redis.call('SET', KEYS[3 + j], string.format('%.0f', next[j]), 'PX', ttl)
+  redis.call('SET', KEYS[h3 + j], string.format('%.0f', next[j]), 'PX', ttl)
 end
 return out
 ";
 
-/// KEYS[1..3]: spend of the day, month, total; KEYS[4..]: TAT keys to move.
-/// ARGV[1]: nano-USD to add (0: none); ARGV[2], ARGV[3]: TTL in s of the day and month keys;
-/// ARGV[4..]: µs to move each TAT by (negative: a refund). A TAT that expired stays gone.
+/// ARGV[1]: H, the holders; KEYS[1..3H]: each holder's spend of the day, month, total;
+/// KEYS[3H+1..]: TAT keys to move. ARGV[2]: nano-USD to add (0: none); ARGV[3], ARGV[4]:
+/// TTL in s of the day and month keys; ARGV[5..]: µs to move each TAT by (negative: a
+/// refund). A TAT that expired stays gone.
 const SETTLE: &str = r"
-local nanos = tonumber(ARGV[1])
+local h3 = tonumber(ARGV[1]) * 3
+local nanos = tonumber(ARGV[2])
 if nanos > 0 then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('INCRBY', KEYS[2], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-  redis.call('INCRBY', KEYS[3], ARGV[1])
+  for i = 1, h3, 3 do
+    redis.call('INCRBY', KEYS[i], ARGV[2])
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+    redis.call('INCRBY', KEYS[i + 1], ARGV[2])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[4])
+    redis.call('INCRBY', KEYS[i + 2], ARGV[2])
+  end
 end
-for j = 4, #KEYS do
-  local d = tonumber(ARGV[j])
+for j = h3 + 1, #KEYS do
+  local d = tonumber(ARGV[j - h3 + 4])
   if d ~= 0 and redis.call('EXISTS', KEYS[j]) == 1 then
     redis.call('INCRBY', KEYS[j], string.format('%.0f', d))
   end
@@ -104,9 +112,10 @@ pub struct SharedLimit {
 /// What the script answered.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Admitted: spend per period (nano-USD) and the µs in use of each limit after taking.
-    Admitted { spent: [u64; 3], used_us: Vec<u64> },
-    /// A budget is spent: its period slot and the spend.
+    /// Admitted: spend per holder and period (nano-USD, holder-major) and the µs in use
+    /// of each limit after taking.
+    Admitted { spent: Vec<u64>, used_us: Vec<u64> },
+    /// A budget is spent: its index (holder × 3 + period slot) and the spend.
     Budget { slot: usize, spent: u64 },
     /// Limit `index` (into the request's limits) does not fit for `wait`.
     Rate { index: usize, wait: Duration },
@@ -207,20 +216,21 @@ impl Fleet {
         }
     }
 
-    /// Run the admission script.
+    /// Run the admission script: one spend triple and caps per holder, then the limits.
     pub async fn admit(
         &self,
-        spend_keys: &[String; 3],
-        caps: [i64; 3],
+        spend_keys: &[[String; 3]],
+        caps: &[[i64; 3]],
         limits: &[SharedLimit],
     ) -> Result<Verdict, FleetError> {
         let mut conn = self.conn()?;
         let mut inv = self.admit.prepare_invoke();
-        for k in spend_keys {
+        inv.arg(spend_keys.len());
+        for k in spend_keys.iter().flatten() {
             inv.key(k);
         }
-        for c in caps {
-            inv.arg(c);
+        for c in caps.iter().flatten() {
+            inv.arg(*c);
         }
         for l in limits {
             inv.key(&l.key);
@@ -228,19 +238,20 @@ impl Fleet {
         }
         let reply: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
         self.answered();
-        parse_verdict(&reply, limits.len())
+        parse_verdict(&reply, spend_keys.len(), limits.len())
     }
 
-    /// Run the settlement script (`nanos` of spend; µs to move each TAT by).
+    /// Run the settlement script (`nanos` of spend for every holder; µs to move each TAT by).
     pub async fn settle(
         &self,
-        spend_keys: &[String; 3],
+        spend_keys: &[[String; 3]],
         nanos: u64,
         moves: &[(String, f64)],
     ) -> Result<(), FleetError> {
         let mut conn = self.conn()?;
         let mut inv = self.settle.prepare_invoke();
-        for k in spend_keys {
+        inv.arg(spend_keys.len());
+        for k in spend_keys.iter().flatten() {
             inv.key(k);
         }
         inv.arg(nanos).arg(DAY_TTL_SECS).arg(MONTH_TTL_SECS);
@@ -317,16 +328,21 @@ fn redacted(info: &redis::ConnectionInfo) -> String {
     }
 }
 
-fn parse_verdict(r: &[i64], n: usize) -> Result<Verdict, FleetError> {
+/// `holders` spend triples and `n` limits.
+fn parse_verdict(r: &[i64], holders: usize, n: usize) -> Result<Verdict, FleetError> {
     let bad = || FleetError::Reply(format!("{r:?}"));
     let at = |i: usize| r.get(i).copied().ok_or_else(bad);
+    let h3 = holders * 3;
     match at(0)? {
-        0 if r.len() == 4 + n => Ok(Verdict::Admitted {
-            spent: [at(1)?, at(2)?, at(3)?].map(|v| v.max(0) as u64),
-            used_us: r[4..].iter().map(|v| (*v).max(0) as u64).collect(),
+        0 if r.len() == 1 + h3 + n => Ok(Verdict::Admitted {
+            spent: r[1..1 + h3].iter().map(|v| (*v).max(0) as u64).collect(),
+            used_us: r[1 + h3..].iter().map(|v| (*v).max(0) as u64).collect(),
         }),
         1 => Ok(Verdict::Budget {
-            slot: (at(1)? - 1).clamp(0, 2) as usize,
+            slot: usize::try_from(at(1)? - 1)
+                .ok()
+                .filter(|i| *i < h3)
+                .ok_or_else(bad)?,
             spent: at(2)?.max(0) as u64,
         }),
         2 => {
@@ -346,7 +362,8 @@ fn parse_verdict(r: &[i64], n: usize) -> Result<Verdict, FleetError> {
 /// What a fleet-admitted request settles when it ends.
 pub struct FleetTicket {
     pub fleet: Arc<Fleet>,
-    pub spend_keys: [String; 3],
+    /// The spend keys of every holder of the request.
+    pub spend_keys: Vec<[String; 3]>,
     /// TAT keys of the token limits, their µs per token and the tokens charged up front.
     pub tokens: Vec<(String, f64, u64)>,
 }
@@ -386,25 +403,37 @@ mod tests {
     #[test]
     fn verdicts_parse_and_bad_replies_are_errors() {
         assert_eq!(
-            parse_verdict(&[0, 1, 2, 3, 600, 700], 2).ok(),
+            parse_verdict(&[0, 1, 2, 3, 600, 700], 1, 2).ok(),
             Some(Verdict::Admitted {
-                spent: [1, 2, 3],
+                spent: vec![1, 2, 3],
                 used_us: vec![600, 700]
             })
         );
         assert_eq!(
-            parse_verdict(&[1, 3, 99], 0).ok(),
+            parse_verdict(&[0, 1, 2, 3, 4, 5, 6, 600], 2, 1).ok(),
+            Some(Verdict::Admitted {
+                spent: vec![1, 2, 3, 4, 5, 6],
+                used_us: vec![600]
+            })
+        );
+        assert_eq!(
+            parse_verdict(&[1, 3, 99], 1, 0).ok(),
             Some(Verdict::Budget { slot: 2, spent: 99 })
         );
         assert_eq!(
-            parse_verdict(&[2, 2, 1500], 2).ok(),
+            parse_verdict(&[1, 5, 99], 2, 0).ok(),
+            Some(Verdict::Budget { slot: 4, spent: 99 })
+        );
+        assert!(parse_verdict(&[1, 4, 99], 1, 0).is_err());
+        assert_eq!(
+            parse_verdict(&[2, 2, 1500], 1, 2).ok(),
             Some(Verdict::Rate {
                 index: 1,
                 wait: Duration::from_micros(1500)
             })
         );
-        assert!(parse_verdict(&[2, 3, 1], 2).is_err());
-        assert!(parse_verdict(&[0, 1], 2).is_err());
-        assert!(parse_verdict(&[7], 0).is_err());
+        assert!(parse_verdict(&[2, 3, 1], 1, 2).is_err());
+        assert!(parse_verdict(&[0, 1], 1, 2).is_err());
+        assert!(parse_verdict(&[7], 1, 0).is_err());
     }
 }

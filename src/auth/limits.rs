@@ -30,7 +30,7 @@ use governor::{Quota, RateLimiter};
 
 use super::fleet::{Fleet, FleetTicket, SharedLimit, Verdict, WINDOW_US};
 use super::virtual_keys::{Budget, Limits, Rate, VirtualKey};
-use crate::config::{FailureMode, LimitsBackend, LimitsConfig};
+use crate::config::{FailureMode, GroupBudget, GroupLimits, LimitsBackend, LimitsConfig};
 use crate::error::GatewayError;
 use crate::rollout::webhook::{EventKind, WebhookEvent, WebhookSender};
 
@@ -119,6 +119,7 @@ impl TokenRate {
 enum Scope<'a> {
     Key,
     Model(&'a str),
+    Group(GroupKind, &'a str),
 }
 
 impl std::fmt::Display for Scope<'_> {
@@ -126,8 +127,153 @@ impl std::fmt::Display for Scope<'_> {
         match self {
             Scope::Key => f.write_str("this API key"),
             Scope::Model(m) => write!(f, "the model '{m}' on this API key"),
+            Scope::Group(k, n) => write!(f, "the {} '{n}'", k.as_str()),
         }
     }
+}
+
+/// The holders of limits above a key: `[limits.projects]`, `[limits.teams]`, `[limits.users]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    Project,
+    Team,
+    User,
+}
+
+impl GroupKind {
+    pub const ALL: [GroupKind; 3] = [GroupKind::Project, GroupKind::Team, GroupKind::User];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupKind::Project => "project",
+            GroupKind::Team => "team",
+            GroupKind::User => "user",
+        }
+    }
+
+    /// The configured groups of this kind.
+    pub fn configured(
+        self,
+        cfg: &LimitsConfig,
+    ) -> &std::collections::BTreeMap<String, GroupLimits> {
+        match self {
+            GroupKind::Project => &cfg.projects,
+            GroupKind::Team => &cfg.teams,
+            GroupKind::User => &cfg.users,
+        }
+    }
+}
+
+/// One budget as the checks see it, from a key's spec or a group's config.
+#[derive(Debug, Clone, Copy)]
+struct Cap {
+    slot: usize,
+    usd: f64,
+    soft_pct: Option<f64>,
+}
+
+impl Cap {
+    fn of_key(b: &Budget) -> Cap {
+        Cap {
+            slot: period_slot(&b.period),
+            usd: b.usd,
+            soft_pct: b.soft_pct,
+        }
+    }
+
+    fn of_group(b: &GroupBudget) -> Cap {
+        Cap {
+            slot: b.period as usize,
+            usd: b.usd,
+            soft_pct: b.soft_pct,
+        }
+    }
+
+    fn nanos(&self) -> u64 {
+        (self.usd * NANOS_PER_USD).min(u64::MAX as f64) as u64
+    }
+}
+
+/// Who a request's limits and budgets belong to: its virtual key (with the key's per-model
+/// limits), then its project, team and user when `[limits]` names them.
+#[derive(Clone, Copy)]
+enum Holder<'a> {
+    Key(&'a VirtualKey),
+    Group(GroupKind, &'a str, &'a GroupLimits),
+}
+
+impl<'a> Holder<'a> {
+    fn scope(&self) -> Scope<'a> {
+        match self {
+            Holder::Key(_) => Scope::Key,
+            Holder::Group(k, n, _) => Scope::Group(*k, n),
+        }
+    }
+
+    fn caps(&self) -> impl Iterator<Item = Cap> + 'a {
+        let (k, g): (&'a [Budget], &'a [GroupBudget]) = match self {
+            Holder::Key(key) => (&key.spec.budgets, &[]),
+            Holder::Group(_, _, g) => (&[], &g.budgets),
+        };
+        k.iter().map(Cap::of_key).chain(g.iter().map(Cap::of_group))
+    }
+
+    /// The key or group limits as rate limits (a group has no per-model limits).
+    fn rate_of(&self) -> (Option<u64>, Option<u64>) {
+        match self {
+            Holder::Key(k) => (k.spec.limits.rpm, k.spec.limits.tpm),
+            Holder::Group(_, _, g) => (g.rpm, g.tpm),
+        }
+    }
+
+    /// The id of its counters in Redis: the key id, or `<kind>:<name>`.
+    fn shared_id(&self) -> String {
+        match self {
+            Holder::Key(k) => k.entry.id.clone(),
+            Holder::Group(kind, name, _) => format!("{}:{name}", kind.as_str()),
+        }
+    }
+}
+
+/// One holder's (rpm, tpm) for the Redis script, its scope, its Redis id and its model.
+type SharedRate<'a> = (
+    (Option<u64>, Option<u64>),
+    Scope<'a>,
+    &'a str,
+    Option<&'a str>,
+);
+
+/// The request's side of admission: its virtual key (none for config-file keys), project
+/// and user id (the key's `user` wins over the request's).
+#[derive(Clone, Copy, Default)]
+pub struct Who<'a> {
+    pub key: Option<&'a Arc<VirtualKey>>,
+    pub project: Option<&'a str>,
+    pub user: Option<&'a str>,
+}
+
+/// The holders of a request, in the order they are checked; `None` where nothing applies.
+fn holders<'a>(cfg: &'a LimitsConfig, who: &Who<'a>) -> [Option<Holder<'a>>; 4] {
+    let spec = who.key.map(|k| &k.spec);
+    let group = |kind: GroupKind, name: Option<&'a str>| {
+        let map = kind.configured(cfg);
+        if map.is_empty() {
+            return None;
+        }
+        let (name, g) = map.get_key_value(name?)?;
+        (!g.is_empty()).then_some(Holder::Group(kind, name.as_str(), g))
+    };
+    [
+        who.key
+            .filter(|k| !k.spec.unlimited())
+            .map(|k| Holder::Key(k)),
+        group(GroupKind::Project, who.project),
+        group(GroupKind::Team, spec.and_then(|s| s.team.as_deref())),
+        group(
+            GroupKind::User,
+            spec.and_then(|s| s.user.as_deref()).or(who.user),
+        ),
+    ]
 }
 
 /// One limit's state for the response headers.
@@ -378,17 +524,21 @@ impl Refusal {
         }
     }
 
-    fn budget(key: &str, b: &Budget, spent_nanos: u64, wait: Option<Duration>) -> Refusal {
-        let what = match b.period.as_str() {
-            "day" => "daily",
-            "month" => "monthly",
+    fn budget(holder: &Holder<'_>, b: &Cap, spent_nanos: u64, wait: Option<Duration>) -> Refusal {
+        let what = match b.slot {
+            0 => "daily",
+            1 => "monthly",
             _ => "total",
+        };
+        let who = match holder {
+            Holder::Key(k) => format!("The API key '{}'", k.entry.id),
+            Holder::Group(kind, name, _) => format!("The {} '{name}'", kind.as_str()),
         };
         Refusal {
             error: GatewayError::Upstream {
                 status: 429,
                 message: format!(
-                    "The API key '{key}' has used its {what} budget of ${} (spent ${:.6}).",
+                    "{who} has used its {what} budget of ${} (spent ${:.6}).",
                     b.usd,
                     spent_nanos as f64 / NANOS_PER_USD
                 ),
@@ -402,9 +552,10 @@ impl Refusal {
 
 /// An admitted request: what to reconcile when it ends, and its rate headers.
 pub struct Ticket {
-    state: Option<Arc<KeyState>>,
-    key_rate: Option<Arc<RateState>>,
-    model_rate: Option<Arc<RateState>>,
+    /// The spend of each holder (key, project, team, user) the cost goes to.
+    states: [Option<Arc<KeyState>>; 4],
+    /// Every rate limit that took tokens (the key's model, key, project, team, user).
+    rates: [Option<Arc<RateState>>; 5],
     estimate: u64,
     requests: Option<Snapshot>,
     tokens: Option<Snapshot>,
@@ -421,9 +572,8 @@ impl Ticket {
             None => (None, None),
         };
         Ticket {
-            state: None,
-            key_rate: None,
-            model_rate: None,
+            states: Default::default(),
+            rates: Default::default(),
             estimate: 0,
             requests,
             tokens,
@@ -461,17 +611,16 @@ impl Ticket {
             f.settle(tokens, nanos);
             return;
         }
-        for r in [&self.key_rate, &self.model_rate].into_iter().flatten() {
+        for r in self.rates.iter().flatten() {
             if let Some(t) = &r.tpm {
                 t.adjust(tokens as i64 - t.charge(self.estimate) as i64);
             }
         }
-        if let Some(s) = &self.state {
-            if cost_usd.is_finite() && cost_usd > 0.0 {
-                s.spend.add(
-                    super::virtual_keys::now_ms(),
-                    (cost_usd * NANOS_PER_USD).round() as u64,
-                );
+        if cost_usd.is_finite() && cost_usd > 0.0 {
+            let now_ms = super::virtual_keys::now_ms();
+            let nanos = (cost_usd * NANOS_PER_USD).round() as u64;
+            for s in self.states.iter().flatten() {
+                s.spend.add(now_ms, nanos);
             }
         }
     }
@@ -490,19 +639,19 @@ pub fn duration_text(d: Duration) -> String {
     }
 }
 
-/// Report a budget's soft threshold once per key, period and gateway: a log line,
+/// Report a budget's soft threshold once per holder, period and gateway: a log line,
 /// `loopgate_budget_soft_threshold_total` and, when a webhook is configured, a
 /// `budget.soft_threshold` event (queued: never blocks, a full queue drops and counts).
 fn soft_threshold(
     state: &KeyState,
-    key: &VirtualKey,
-    b: &Budget,
+    holder: &Holder<'_>,
+    b: &Cap,
     spent: u64,
     now_ms: i64,
     webhook: Option<&WebhookSender>,
 ) {
     let Some(pct) = b.soft_pct else { return };
-    let slot = period_slot(&b.period);
+    let slot = b.slot;
     let soft = (b.usd * pct / 100.0 * NANOS_PER_USD) as u64;
     let idx = period_index(slot, now_ms);
     if spent >= soft && state.spend.soft_seen[slot].swap(idx, Ordering::AcqRel) != idx {
@@ -510,38 +659,56 @@ fn soft_threshold(
             .budget_soft_threshold
             .with_label_values(&[PERIOD_ORDER[slot]])
             .inc();
+        let (scope, name) = match holder {
+            Holder::Key(k) => ("key", k.entry.id.as_str()),
+            Holder::Group(kind, name, _) => (kind.as_str(), *name),
+        };
         tracing::warn!(
-            key_id = %key.entry.id,
-            period = %b.period,
+            scope,
+            name,
+            period = PERIOD_ORDER[slot],
             budget_usd = b.usd,
             spent_usd = spent as f64 / NANOS_PER_USD,
-            "virtual key passed its soft budget threshold"
+            "soft budget threshold passed"
         );
         if let Some(w) = webhook.filter(|w| w.wants(EventKind::BudgetSoftThreshold)) {
             let _ = w.try_send(WebhookEvent::new(
                 EventKind::BudgetSoftThreshold,
-                soft_threshold_event(key, b, spent),
+                soft_threshold_event(holder, b, spent),
             ));
         }
     }
 }
 
 /// The `data` of a `budget.soft_threshold` event (never the key's secret or hash).
-fn soft_threshold_event(key: &VirtualKey, b: &Budget, spent: u64) -> serde_json::Value {
-    serde_json::json!({
-        "key_id": key.entry.id,
-        "key_name": key.spec.name,
-        "project": key.spec.project,
-        "period": b.period,
-        "budget_usd": b.usd,
-        "soft_pct": b.soft_pct,
-        "spent_usd": spent as f64 / NANOS_PER_USD,
-    })
+fn soft_threshold_event(holder: &Holder<'_>, b: &Cap, spent: u64) -> serde_json::Value {
+    let mut data = match holder {
+        Holder::Key(key) => serde_json::json!({
+            "scope": "key",
+            "key_id": key.entry.id,
+            "key_name": key.spec.name,
+            "project": key.spec.project,
+        }),
+        Holder::Group(kind, name, _) => serde_json::json!({
+            "scope": kind.as_str(),
+            "name": name,
+        }),
+    };
+    if let Some(o) = data.as_object_mut() {
+        o.insert("period".into(), PERIOD_ORDER[b.slot].into());
+        o.insert("budget_usd".into(), b.usd.into());
+        o.insert("soft_pct".into(), b.soft_pct.into());
+        o.insert("spent_usd".into(), (spent as f64 / NANOS_PER_USD).into());
+    }
+    data
 }
 
 /// The per-key limiter of one gateway.
 pub struct Limiter {
     keys: DashMap<String, Arc<KeyState>>,
+    /// Projects, teams and users (in [`GroupKind::ALL`] order) by name: only names the
+    /// configuration has limits for get a state, so clients cannot grow these maps.
+    groups: [DashMap<String, Arc<KeyState>>; 3],
     epoch: Instant,
     /// The shared backend (`[limits] backend = "redis"`); `None`: in process.
     fleet: Option<Arc<Fleet>>,
@@ -571,6 +738,7 @@ impl Limiter {
     pub fn new() -> Limiter {
         Limiter {
             keys: DashMap::new(),
+            groups: Default::default(),
             epoch: Instant::now(),
             fleet: None,
             started_ms: super::virtual_keys::now_ms(),
@@ -640,23 +808,85 @@ impl Limiter {
         self.fleet.is_some() || self.loaded.load(Ordering::Acquire)
     }
 
-    /// Reload every virtual key's spend of the current day, month and total from the
-    /// store's traces (in process only; once, at start). Returns the keys seeded.
+    /// Reload the spend of the current day, month and total of every virtual key and of
+    /// the projects, teams and users `groups` has limits for, from the store's traces (in
+    /// process only; once, at start). Returns the keys and groups seeded.
     pub async fn reload_spend(
         &self,
         store: &dyn crate::store::Store,
+        groups: &LimitsConfig,
     ) -> Result<usize, crate::store::StoreError> {
         if self.fleet.is_some() {
             return Ok(0);
         }
         let now_ms = super::virtual_keys::now_ms();
         let (day_ms, month_ms) = period_starts(now_ms);
-        let rows = store.key_spend(day_ms, month_ms, self.started_ms).await?;
+        let rows = store
+            .holder_spend(day_ms, month_ms, self.started_ms)
+            .await?;
+        // A key's team and user come from its spec (the trace has neither of the key's).
+        let mut owners: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        if !groups.teams.is_empty() || !groups.users.is_empty() {
+            for row in store.virtual_keys().await? {
+                if let Ok(spec) = serde_json::from_str::<super::virtual_keys::KeySpec>(&row.spec) {
+                    owners.insert(row.id, (spec.team, spec.user));
+                }
+            }
+        }
+        let mut keys: HashMap<&str, [f64; 3]> = HashMap::new();
+        let mut sums: [HashMap<&str, [f64; 3]>; 3] = Default::default();
         for r in &rows {
-            self.seed_spend(&r.key_id, r.usd, now_ms);
+            let key = r.key_id.as_deref();
+            if let Some(k) = key.filter(|k| k.starts_with("vk_")) {
+                add_spend(&mut keys, k, &r.usd);
+            }
+            let (team, key_user) = key
+                .and_then(|k| owners.get(k))
+                .map_or((None, None), |(t, u)| (t.as_deref(), u.as_deref()));
+            let names = [
+                r.project_id.as_deref(),
+                team,
+                key_user.or(r.user_id.as_deref()),
+            ];
+            for (kind, name) in GroupKind::ALL.into_iter().zip(names) {
+                if let Some(n) = name.filter(|n| kind.configured(groups).contains_key(*n)) {
+                    add_spend(&mut sums[kind as usize], n, &r.usd);
+                }
+            }
+        }
+        for (id, usd) in &keys {
+            self.seed_spend(id, *usd, now_ms);
+        }
+        for kind in GroupKind::ALL {
+            for (name, usd) in &sums[kind as usize] {
+                self.seed_group_spend(kind, name, *usd, now_ms);
+            }
         }
         self.loaded.store(true, Ordering::Release);
-        Ok(rows.len())
+        Ok(keys.len() + sums.iter().map(HashMap::len).sum::<usize>())
+    }
+
+    /// Add a project's, team's or user's spend (USD) as recomputed from the store.
+    pub fn seed_group_spend(&self, kind: GroupKind, name: &str, usd: [f64; 3], now_ms: i64) {
+        if self.fleet.is_some() {
+            return;
+        }
+        let state = self.groups[kind as usize]
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(KeyState {
+                    rates: ArcSwap::from_pointee(Rates::new(&Limits::default())),
+                    spend: Spend::new(),
+                })
+            })
+            .clone();
+        for (slot, usd) in usd.into_iter().enumerate() {
+            if usd.is_finite() && usd > 0.0 {
+                state
+                    .spend
+                    .add_slot(slot, now_ms, (usd * NANOS_PER_USD).round() as u64);
+            }
+        }
     }
 
     /// The spend of key `id` in the current day, month and in total (USD): this gateway's
@@ -677,55 +907,95 @@ impl Limiter {
         }
     }
 
-    /// Admit one request: in process ([`admit`](Self::admit)) or through Redis. Async only
-    /// with Redis, bounded by `limits.timeout_ms`.
+    /// Admit one request of `who` for `model` with an estimate of `tokens`: in process or
+    /// through Redis (async only then, bounded by `limits.timeout_ms`). Budgets first, then
+    /// requests and tokens per minute of the key's model, the key, the project, the team
+    /// and the user; nothing is taken unless all fit. The ticket (headers, and what to
+    /// reconcile) goes into `slot` whether or not the request is admitted. A request no
+    /// limit applies to costs a few branches.
     pub async fn admit_request(
+        &self,
+        cfg: &LimitsConfig,
+        who: Who<'_>,
+        model: &str,
+        tokens: u64,
+        slot: &mut Option<Ticket>,
+    ) -> Result<(), GatewayError> {
+        let holders = holders(cfg, &who);
+        if holders.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let checked = match &self.fleet {
+            None => self.check(&holders, model, tokens),
+            Some(fleet) => self.check_shared(fleet, &holders, model, tokens).await,
+        };
+        fill_slot(checked, slot)
+    }
+
+    /// [`admit_request`](Self::admit_request) for a key alone, in process.
+    pub fn admit(
         &self,
         key: Option<&Arc<VirtualKey>>,
         model: &str,
         tokens: u64,
         slot: &mut Option<Ticket>,
     ) -> Result<(), GatewayError> {
-        let Some(fleet) = &self.fleet else {
-            return self.admit(key, model, tokens, slot);
-        };
-        let Some(key) = key else { return Ok(()) };
-        if key.spec.unlimited() {
+        let cfg = LimitsConfig::default();
+        let holders = holders(
+            &cfg,
+            &Who {
+                key,
+                ..Who::default()
+            },
+        );
+        if holders.iter().all(Option::is_none) {
             return Ok(());
         }
-        fill_slot(self.check_shared(fleet, key, model, tokens).await, slot)
+        fill_slot(self.check(&holders, model, tokens), slot)
     }
 
     async fn check_shared(
         &self,
         fleet: &Arc<Fleet>,
-        key: &VirtualKey,
+        holders: &[Option<Holder<'_>>; 4],
         model: &str,
         tokens: u64,
     ) -> Result<Ticket, Box<Refusal>> {
-        let spec = &key.spec;
-        let id = key.entry.id.as_str();
         let now_ms = super::virtual_keys::now_ms();
-        let spend_keys = fleet.spend_keys(id, period_index(0, now_ms), period_index(1, now_ms));
-        let mut caps = [-1i64; 3];
-        for b in &spec.budgets {
-            caps[period_slot(&b.period)] = (b.usd * NANOS_PER_USD).min(i64::MAX as f64) as i64;
+        let (day, month) = (period_index(0, now_ms), period_index(1, now_ms));
+        let present: Vec<(Holder<'_>, String)> = holders
+            .iter()
+            .flatten()
+            .map(|h| (*h, h.shared_id()))
+            .collect();
+        let spend_keys: Vec<[String; 3]> = present
+            .iter()
+            .map(|(_, id)| fleet.spend_keys(id, day, month))
+            .collect();
+        let caps: Vec<[i64; 3]> = present
+            .iter()
+            .map(|(h, _)| {
+                let mut c = [-1i64; 3];
+                for b in h.caps() {
+                    c[b.slot] = b.nanos().min(i64::MAX as u64) as i64;
+                }
+                c
+            })
+            .collect();
+        // The narrower scope first, as in process; nothing is taken unless all fit.
+        let mut rates: Vec<SharedRate<'_>> = Vec::with_capacity(5);
+        for (h, id) in &present {
+            if let Holder::Key(k) = h {
+                if let Some(r) = k.spec.limits.models.get(model) {
+                    rates.push(((r.rpm, r.tpm), Scope::Model(model), id, Some(model)));
+                }
+            }
+            rates.push((h.rate_of(), h.scope(), id, None));
         }
-        // The narrower (model) scope first, as in process; nothing is taken unless all fit.
-        let model_rate = spec.limits.models.get(model);
-        let scopes = [
-            (
-                model_rate.map(|r| (r.rpm, r.tpm)),
-                Scope::Model(model),
-                Some(model),
-            ),
-            (Some((spec.limits.rpm, spec.limits.tpm)), Scope::Key, None),
-        ];
         let mut limits: Vec<SharedLimit> = Vec::new();
         // Per limit: scope, tokens (not requests), the limit, the tokens charged.
         let mut meta: Vec<(Scope<'_>, bool, u64, u64)> = Vec::new();
-        for (rate, scope, name) in scopes {
-            let Some((rpm, tpm)) = rate else { continue };
+        for ((rpm, tpm), scope, id, name) in rates {
             if let Some(n) = rpm {
                 if n == 0 {
                     return Err(Box::new(Refusal::requests(scope, 0, MINUTE)));
@@ -767,22 +1037,25 @@ impl Limiter {
             },
         };
         let mut ticket = Ticket {
-            state: None,
-            key_rate: None,
-            model_rate: None,
+            states: Default::default(),
+            rates: Default::default(),
             estimate: tokens,
             requests: None,
             tokens: None,
             settled: false,
             fleet: None,
         };
-        match fleet.admit(&spend_keys, caps, &limits).await {
+        match fleet.admit(&spend_keys, &caps, &limits).await {
             Ok(Verdict::Admitted { spent, used_us }) => {
-                if spec.budgets.iter().any(|b| b.soft_pct.is_some()) {
-                    let state = self.state(key);
-                    for b in &spec.budgets {
-                        let slot = period_slot(&b.period);
-                        soft_threshold(&state, key, b, spent[slot], now_ms, self.webhook.get());
+                for (i, (h, _)) in present.iter().enumerate() {
+                    let mut caps = h.caps().filter(|b| b.soft_pct.is_some()).peekable();
+                    if caps.peek().is_none() {
+                        continue;
+                    }
+                    let state = self.state_of(h);
+                    for b in caps {
+                        let s = spent.get(i * 3 + b.slot).copied().unwrap_or(0);
+                        soft_threshold(&state, h, &b, s, now_ms, self.webhook.get());
                     }
                 }
                 for ((l, m), used) in limits.iter().zip(&meta).zip(used_us) {
@@ -805,21 +1078,18 @@ impl Limiter {
                 Ok(ticket)
             }
             Ok(Verdict::Budget { slot, spent }) => {
-                let b = spec
-                    .budgets
-                    .iter()
-                    .find(|b| period_slot(&b.period) == slot)
-                    .cloned()
-                    .unwrap_or(Budget {
-                        period: PERIOD_ORDER[slot].to_string(),
-                        usd: 0.0,
-                        soft_pct: None,
-                    });
+                let (h, _) = &present[(slot / 3).min(present.len().saturating_sub(1))];
+                let period = slot % 3;
+                let b = h.caps().find(|b| b.slot == period).unwrap_or(Cap {
+                    slot: period,
+                    usd: 0.0,
+                    soft_pct: None,
+                });
                 Err(Box::new(Refusal::budget(
-                    id,
+                    h,
                     &b,
                     spent,
-                    until_next_period(slot, now_ms),
+                    until_next_period(period, now_ms),
                 )))
             }
             Ok(Verdict::Rate { index, wait }) => {
@@ -857,93 +1127,136 @@ impl Limiter {
         [0, 1, 2].map(|slot| s.spend.spent(slot, now_ms) as f64 / NANOS_PER_USD)
     }
 
-    fn state(&self, key: &VirtualKey) -> Arc<KeyState> {
-        if let Some(s) = self.keys.get(key.entry.id.as_str()) {
+    /// This gateway's spend of a project, team or user (USD; zero when it has no state).
+    pub fn group_spend(&self, kind: GroupKind, name: &str, now_ms: i64) -> [f64; 3] {
+        let Some(s) = self.groups[kind as usize].get(name) else {
+            return [0.0; 3];
+        };
+        [0, 1, 2].map(|slot| s.spend.spent(slot, now_ms) as f64 / NANOS_PER_USD)
+    }
+
+    /// The spend of a project, team or user in the current day, month and in total (USD):
+    /// this gateway's in process, the fleet's with Redis.
+    pub async fn group_spend_now(
+        &self,
+        kind: GroupKind,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<[f64; 3], GatewayError> {
+        match &self.fleet {
+            None => Ok(self.group_spend(kind, name, now_ms)),
+            Some(_) => {
+                self.spend_now(&format!("{}:{name}", kind.as_str()), now_ms)
+                    .await
+            }
+        }
+    }
+
+    /// The state of one holder: made on first use; its rate state is rebuilt when its
+    /// limits changed (a key's `PATCH`, a group's reload), its spend kept.
+    fn state_of(&self, h: &Holder<'_>) -> Arc<KeyState> {
+        let (map, id) = match h {
+            Holder::Key(k) => (&self.keys, k.entry.id.as_str()),
+            Holder::Group(kind, name, _) => (&self.groups[*kind as usize], *name),
+        };
+        if let Some(s) = map.get(id) {
             return s.clone();
         }
-        self.keys
-            .entry(key.entry.id.clone())
+        map.entry(id.to_string())
             .or_insert_with(|| {
                 Arc::new(KeyState {
-                    rates: ArcSwap::from_pointee(Rates::new(&key.spec.limits)),
+                    rates: ArcSwap::from_pointee(Rates::new(&Limits::default())),
                     spend: Spend::new(),
                 })
             })
             .clone()
     }
 
-    /// Admit one request of `key` for `model` with an estimate of `tokens`: budgets first,
-    /// then requests and tokens per minute for the key and for the key and model. The
-    /// ticket (headers, and what to reconcile) goes into `slot` whether or not the request
-    /// is admitted. Keys without limits or budgets cost one branch.
-    pub fn admit(
-        &self,
-        key: Option<&Arc<VirtualKey>>,
-        model: &str,
-        tokens: u64,
-        slot: &mut Option<Ticket>,
-    ) -> Result<(), GatewayError> {
-        let Some(key) = key else { return Ok(()) };
-        if key.spec.unlimited() {
-            return Ok(());
+    /// The holder's current rate state (rebuilt when its limits changed).
+    fn rates_of(state: &KeyState, h: &Holder<'_>) -> Arc<Rates> {
+        let rates = state.rates.load_full();
+        let same = match h {
+            Holder::Key(k) => rates.limits == k.spec.limits,
+            Holder::Group(_, _, g) => {
+                rates.limits.rpm == g.rpm
+                    && rates.limits.tpm == g.tpm
+                    && rates.limits.models.is_empty()
+            }
+        };
+        if same {
+            return rates;
         }
-        fill_slot(self.check(key, model, tokens), slot)
+        let limits = match h {
+            Holder::Key(k) => k.spec.limits.clone(),
+            Holder::Group(_, _, g) => Limits {
+                rpm: g.rpm,
+                tpm: g.tpm,
+                models: Default::default(),
+            },
+        };
+        let fresh = Arc::new(Rates::new(&limits));
+        let prev = state.rates.compare_and_swap(&rates, fresh.clone());
+        if Arc::ptr_eq(&prev, &rates) {
+            fresh
+        } else {
+            arc_swap::Guard::into_inner(prev)
+        }
     }
 
-    fn check(&self, key: &VirtualKey, model: &str, tokens: u64) -> Result<Ticket, Box<Refusal>> {
-        let state = self.state(key);
+    fn check(
+        &self,
+        holders: &[Option<Holder<'_>>; 4],
+        model: &str,
+        tokens: u64,
+    ) -> Result<Ticket, Box<Refusal>> {
         let now_ms = super::virtual_keys::now_ms();
-        for b in &key.spec.budgets {
-            let slot = period_slot(&b.period);
-            let spent = state.spend.spent(slot, now_ms);
-            let cap = (b.usd * NANOS_PER_USD) as u64;
-            if spent >= cap {
-                return Err(Box::new(Refusal::budget(
-                    &key.entry.id,
-                    b,
-                    spent,
-                    until_next_period(slot, now_ms),
-                )));
-            }
-            soft_threshold(&state, key, b, spent, now_ms, self.webhook.get());
-        }
-        let mut rates = state.rates.load_full();
-        if rates.limits != key.spec.limits {
-            // The key was changed (PATCH): new rate state, spend kept.
-            let fresh = Arc::new(Rates::new(&key.spec.limits));
-            let prev = state.rates.compare_and_swap(&rates, fresh.clone());
-            rates = if Arc::ptr_eq(&prev, &rates) {
-                fresh
-            } else {
-                arc_swap::Guard::into_inner(prev)
-            };
-        }
-        let model_rate = rates.models.get(model).cloned();
-        let now_ns = self.epoch.elapsed().as_nanos().min(i64::MAX as u128) as i64;
         let mut ticket = Ticket {
-            state: Some(state.clone()),
-            key_rate: rates.key.clone(),
-            model_rate: model_rate.clone(),
+            states: Default::default(),
+            rates: Default::default(),
             estimate: tokens,
             requests: None,
             tokens: None,
             settled: false,
             fleet: None,
         };
-        // The narrower (model) scope first, so a model refusal costs the key nothing;
-        // tokens taken before a later refusal are given back.
-        let scopes = [
-            (model_rate.as_ref(), Scope::Model(model)),
-            (rates.key.as_ref(), Scope::Key),
-        ];
-        let mut took: [Option<&TokenRate>; 2] = [None, None];
-        let refund = |took: &[Option<&TokenRate>; 2]| {
+        // Budgets of every holder first: a spent budget refuses before any rate is taken.
+        let mut scopes: [Option<(Arc<RateState>, Scope<'_>)>; 5] = Default::default();
+        for (i, h) in holders.iter().enumerate() {
+            let Some(h) = h else { continue };
+            let state = self.state_of(h);
+            for b in h.caps() {
+                let spent = state.spend.spent(b.slot, now_ms);
+                if spent >= b.nanos() {
+                    return Err(Box::new(Refusal::budget(
+                        h,
+                        &b,
+                        spent,
+                        until_next_period(b.slot, now_ms),
+                    )));
+                }
+                soft_threshold(&state, h, &b, spent, now_ms, self.webhook.get());
+            }
+            let rates = Self::rates_of(&state, h);
+            if i == 0 {
+                scopes[0] = rates
+                    .models
+                    .get(model)
+                    .map(|r| (r.clone(), Scope::Model(model)));
+            }
+            scopes[i + 1] = rates.key.clone().map(|r| (r, h.scope()));
+            ticket.states[i] = Some(state);
+        }
+        let now_ns = self.epoch.elapsed().as_nanos().min(i64::MAX as u128) as i64;
+        // The narrower scope first, so a model refusal costs the key nothing; tokens taken
+        // before a later refusal are given back.
+        let mut took: [Option<&TokenRate>; 5] = [None; 5];
+        let refund = |took: &[Option<&TokenRate>; 5]| {
             for t in took.iter().flatten() {
                 t.adjust(-(t.charge(tokens) as i64));
             }
         };
-        for (i, (rate, scope)) in scopes.iter().enumerate() {
-            let Some(rate) = rate else { continue };
+        for (i, entry) in scopes.iter().enumerate() {
+            let Some((rate, scope)) = entry else { continue };
             match rate.requests(*scope) {
                 Ok(Some(s)) => {
                     if ticket
@@ -974,7 +1287,17 @@ impl Limiter {
                 }
             }
         }
+        for (i, entry) in scopes.into_iter().enumerate() {
+            ticket.rates[i] = entry.map(|(r, _)| r);
+        }
         Ok(ticket)
+    }
+}
+
+fn add_spend<'a>(m: &mut HashMap<&'a str, [f64; 3]>, k: &'a str, usd: &[f64; 3]) {
+    let e = m.entry(k).or_insert([0.0; 3]);
+    for (sum, v) in e.iter_mut().zip(usd) {
+        *sum += v;
     }
 }
 
@@ -983,6 +1306,9 @@ impl Limiter {
 pub struct SpendReload {
     pub limiter: Arc<Limiter>,
     pub slot: crate::store::writer::StoreSlot,
+    /// `[limits]` at start: which projects, teams and users to reload (one added later by
+    /// a reload counts from then on).
+    pub groups: LimitsConfig,
 }
 
 impl SpendReload {
@@ -995,11 +1321,15 @@ impl SpendReload {
             let Some(store) = self.slot.wait(Duration::from_secs(1)).await else {
                 continue;
             };
-            match self.limiter.reload_spend(store.as_ref()).await {
+            match self
+                .limiter
+                .reload_spend(store.as_ref(), &self.groups)
+                .await
+            {
                 Ok(n) => {
                     tracing::info!(
                         keys = n,
-                        "limits: virtual keys' spend reloaded from the store"
+                        "limits: the spend of keys, projects, teams and users reloaded from the store"
                     );
                     return;
                 }
@@ -1244,6 +1574,165 @@ mod tests {
             period_starts(t0 + 40 * 86_400_000 + 5 * 3_600_000),
             (t0 + 40 * 86_400_000, t0 + 31 * 86_400_000)
         );
+    }
+
+    fn groups(toml_text: &str) -> LimitsConfig {
+        toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn admit_who(l: &Limiter, cfg: &LimitsConfig, who: Who<'_>) -> Result<Ticket, String> {
+        let mut slot = None;
+        let r =
+            futures_util::FutureExt::now_or_never(l.admit_request(cfg, who, "m", 10, &mut slot))
+                .unwrap_or_else(|| panic!("in process admission never waits"));
+        match r {
+            Ok(()) => Ok(slot.unwrap_or_else(|| {
+                Ticket::refused(&Refusal {
+                    error: GatewayError::Internal(String::new()),
+                    headers: None,
+                })
+            })),
+            Err(GatewayError::Upstream { message, .. }) => Err(message),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_project_limit_binds_every_key_of_the_project_and_config_keys_too() {
+        let cfg = groups("[projects.shop]\nrpm = 3\n[projects.idle]\n");
+        let l = Limiter::new();
+        let (k1, k2) = (
+            key(serde_json::json!({"project": "shop"})),
+            key(serde_json::json!({"project": "shop", "limits": {"rpm": 100}})),
+        );
+        let shop = |k| Who {
+            key: k,
+            project: Some("shop"),
+            user: None,
+        };
+        assert!(admit_who(&l, &cfg, shop(Some(&k1))).is_ok());
+        assert!(admit_who(&l, &cfg, shop(Some(&k2))).is_ok());
+        // A config-file key (no virtual key) naming the project by header.
+        assert!(admit_who(&l, &cfg, shop(None)).is_ok());
+        let refused = admit_who(&l, &cfg, shop(Some(&k2)))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            refused.contains("the project 'shop': 3 requests per minute"),
+            "{refused}"
+        );
+        // Other projects, unconfigured or without limits, are free and get no state.
+        for p in ["other", "idle"] {
+            let who = Who {
+                project: Some(p),
+                ..Who::default()
+            };
+            assert!(admit_who(&l, &cfg, who).is_ok());
+        }
+        assert_eq!(l.groups[0].len(), 1, "only the limited project has state");
+    }
+
+    #[test]
+    fn team_budget_and_user_limits_come_from_the_key_first() {
+        let cfg = groups(
+            "[teams.pay]\nbudgets = [{ period = \"month\", usd = 0.5 }]\n[users.bob]\ntpm = 15\n",
+        );
+        let l = Limiter::new();
+        let t = key(serde_json::json!({"team": "pay"}));
+        let who = Who {
+            key: Some(&t),
+            ..Who::default()
+        };
+        let mut ticket = admit_who(&l, &cfg, who).unwrap_or_else(|e| panic!("{e}"));
+        ticket.settle(10, 0.75);
+        let refused = admit_who(&l, &cfg, who).err().unwrap_or_default();
+        assert!(
+            refused.contains("The team 'pay' has used its monthly budget of $0.5"),
+            "{refused}"
+        );
+        let now = crate::auth::virtual_keys::now_ms();
+        assert_eq!(
+            l.group_spend(GroupKind::Team, "pay", now),
+            [0.75, 0.75, 0.75]
+        );
+        // The key's `user` wins over the request's: 10 + 10 tokens > 15 for bob.
+        let b = key(serde_json::json!({"user": "bob"}));
+        let as_carol = Who {
+            key: Some(&b),
+            project: None,
+            user: Some("carol"),
+        };
+        assert!(admit_who(&l, &cfg, as_carol).is_ok());
+        let refused = admit_who(&l, &cfg, as_carol).err().unwrap_or_default();
+        assert!(
+            refused.contains("the user 'bob': 15 tokens per minute"),
+            "{refused}"
+        );
+        // A request naming bob without a key counts against the same limit.
+        let anon = Who {
+            user: Some("bob"),
+            ..Who::default()
+        };
+        assert!(admit_who(&l, &cfg, anon).is_err());
+    }
+
+    #[test]
+    fn a_refusal_by_a_wider_scope_gives_back_the_narrower_tokens() {
+        let cfg = groups("[projects.shop]\ntpm = 15\n");
+        let l = Limiter::new();
+        let k = key(serde_json::json!({"limits": {"tpm": 100}}));
+        let who = Who {
+            key: Some(&k),
+            project: Some("shop"),
+            user: None,
+        };
+        assert!(admit_who(&l, &cfg, who).is_ok()); // 10 of 15 project tokens
+        assert!(admit_who(&l, &cfg, who).is_err()); // the project refuses
+        let t = admit_who(
+            &l,
+            &cfg,
+            Who {
+                project: None,
+                ..who
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // The key's bucket holds the first request's 10 only: the refused one was refunded.
+        assert!(
+            t.tokens
+                .is_some_and(|s| s.remaining >= 79 && s.remaining <= 80),
+            "{:?}",
+            t.tokens
+        );
+    }
+
+    #[test]
+    fn group_limits_are_validated_naming_the_field() {
+        let bad = |t: &str| {
+            groups(t)
+                .validate()
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {t}"))
+        };
+        assert!(
+            bad("[projects.a]\nbudgets = [{ period = \"day\", usd = -1 }]\n")
+                .contains("limits.projects.a.budgets[0].usd")
+        );
+        assert!(bad(
+            "[teams.a]\nbudgets = [{ period = \"day\", usd = 1 }, { period = \"day\", usd = 2 }]\n"
+        )
+        .contains("at most one budget per period"));
+        assert!(bad("[users.\"a{b}\"]\nrpm = 1\n").contains("limits.users"));
+        assert!(
+            bad("[users.a]\nbudgets = [{ period = \"day\", usd = 1, soft_pct = 120 }]\n")
+                .contains("soft_pct")
+        );
+        assert!(toml::from_str::<LimitsConfig>(
+            "[projects.a]\nbudgets = [{ period = \"week\", usd = 1 }]\n"
+        )
+        .is_err());
+        assert!(toml::from_str::<LimitsConfig>("[projects.a]\nrpmm = 1\n").is_err());
+        assert!(groups("[projects.a]\nrpm = 0\n").validate().is_ok());
     }
 
     #[test]

@@ -100,8 +100,9 @@ pub enum FailureMode {
     FailClosed,
 }
 
-/// `[limits]`: the backend of virtual keys' rate limits and budgets (`docs/keys.md`).
-/// Read at start; a change applies after a restart.
+/// `[limits]`: the backend of rate limits and budgets, and the limits of projects, teams
+/// and users (`docs/keys.md`). The backend settings are read at start (a change applies
+/// after a restart); the projects', teams' and users' limits apply on reload.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -113,6 +114,82 @@ pub struct LimitsConfig {
     pub failure_mode: FailureMode,
     /// Prefix of every Redis key (several fleets on one Redis).
     pub key_prefix: String,
+    /// Rate limits and budgets of projects (`[limits.projects.<name>]`): every request of
+    /// the project counts, whatever key it came with. Applies on reload.
+    pub projects: BTreeMap<String, GroupLimits>,
+    /// Of teams: requests of virtual keys whose `team` is the name.
+    pub teams: BTreeMap<String, GroupLimits>,
+    /// Of users: requests of virtual keys whose `user` is the name, else requests whose
+    /// user id (`<prefix>-user-id` header, body `user`) is.
+    pub users: BTreeMap<String, GroupLimits>,
+}
+
+/// Budget periods: UTC calendar day and month, or all time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+    Total,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetPeriod::Day => "day",
+            BudgetPeriod::Month => "month",
+            BudgetPeriod::Total => "total",
+        }
+    }
+}
+
+/// A spending cap in USD of a project, team or user over one period.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupBudget {
+    pub period: BudgetPeriod,
+    pub usd: f64,
+    /// Share of `usd` (0–100) past which a `budget.soft_threshold` event fires.
+    #[serde(default)]
+    pub soft_pct: Option<f64>,
+}
+
+/// Requests and tokens per minute and budgets shared by every request of one project,
+/// team or user.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupLimits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub budgets: Vec<GroupBudget>,
+}
+
+impl GroupLimits {
+    fn validate(&self, field: &str) -> Result<(), String> {
+        let mut seen = [false; 3];
+        for (i, b) in self.budgets.iter().enumerate() {
+            let at = format!("{field}.budgets[{i}]");
+            if !(b.usd.is_finite() && b.usd >= 0.0) {
+                return Err(format!("{at}.usd must be a number >= 0, got {}", b.usd));
+            }
+            if b.soft_pct.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+                return Err(format!("{at}.soft_pct must be from 0 to 100"));
+            }
+            if std::mem::replace(&mut seen[b.period as usize], true) {
+                return Err(format!(
+                    "{field}.budgets may hold at most one budget per period ({} twice)",
+                    b.period.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Neither a rate limit nor a budget.
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.budgets.is_empty()
+    }
 }
 
 impl Default for LimitsConfig {
@@ -123,6 +200,9 @@ impl Default for LimitsConfig {
             timeout_ms: 50,
             failure_mode: FailureMode::FailOpen,
             key_prefix: "loopgate:".into(),
+            projects: BTreeMap::new(),
+            teams: BTreeMap::new(),
+            users: BTreeMap::new(),
         }
     }
 }
@@ -190,6 +270,24 @@ impl LimitsConfig {
         }
         if self.key_prefix.len() > 64 || self.key_prefix.contains(['{', '}']) {
             return Err("limits.key_prefix must be at most 64 bytes without '{' or '}'".into());
+        }
+        for (kind, groups) in [
+            ("projects", &self.projects),
+            ("teams", &self.teams),
+            ("users", &self.users),
+        ] {
+            for (name, g) in groups {
+                if name.is_empty()
+                    || name.len() > 256
+                    || name.contains(['{', '}'])
+                    || name.chars().any(char::is_control)
+                {
+                    return Err(format!(
+                        "limits.{kind}: the name {name:?} must be 1 to 256 bytes without '{{', '}}' or control characters"
+                    ));
+                }
+                g.validate(&format!("limits.{kind}.{name}"))?;
+            }
         }
         if self.backend == LimitsBackend::Redis {
             match self.redis_url.as_deref() {

@@ -111,6 +111,7 @@ fn is_admin_path(path: &str) -> bool {
         "/v1/routes",
         "/v1/report",
         "/v1/keys",
+        "/v1/limits",
         "/v1/mcp",
         "/v1/providers",
     ];
@@ -271,8 +272,13 @@ pub(crate) async fn chat(
     let resolution = rt.resolve(&ask, rand::random::<f64>())?;
     crate::auth::virtual_keys::check_route(ctx.vkey.as_deref(), resolution.route.as_deref())?;
     let est = crate::auth::limits::estimate(&req.body, req.raw.len());
+    let who = crate::auth::limits::Who {
+        key: ctx.vkey.as_ref(),
+        project: ctx.trace.project_id.as_deref(),
+        user: ctx.trace.user_id.as_deref(),
+    };
     gw.limits
-        .admit_request(ctx.vkey.as_ref(), &req.model, est, &mut ctx.limit)
+        .admit_request(&rt.config.limits, who, &req.model, est, &mut ctx.limit)
         .await?;
     ctx.trace.route = resolution.route.clone();
     firewall::check_request(rt, ctx, &mut req)?;
@@ -322,8 +328,13 @@ async fn other_model_call(
     ctx.trace.requested_model = model.clone();
     crate::auth::virtual_keys::check_model(ctx.vkey.as_deref(), &model)?;
     let est = crate::auth::limits::estimate(&body, raw.len());
+    let who = crate::auth::limits::Who {
+        key: ctx.vkey.as_ref(),
+        project: ctx.trace.project_id.as_deref(),
+        user: ctx.trace.user_id.as_deref(),
+    };
     limits
-        .admit_request(ctx.vkey.as_ref(), &model, est, &mut ctx.limit)
+        .admit_request(&rt.config.limits, who, &model, est, &mut ctx.limit)
         .await?;
     let forced = request::header(session, "x-provider")
         .or_else(|| request::header(session, &rt.headers.provider))

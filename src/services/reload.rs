@@ -171,7 +171,19 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         "cache.max_bytes",
         old.cache.max_bytes != new.cache.max_bytes,
     );
-    diff("[limits]", old.limits != new.limits);
+    diff("[limits]", {
+        // The limits of projects, teams and users apply on reload; the backend does not.
+        let backend = |l: &crate::config::LimitsConfig| {
+            (
+                l.backend,
+                l.redis_url.clone(),
+                l.timeout_ms,
+                l.failure_mode,
+                l.key_prefix.clone(),
+            )
+        };
+        backend(&old.limits) != backend(&new.limits)
+    });
     // Turning body capture off and zero-retention projects apply at once; turning capture
     // on and the rest of [storage] (backend, batching, retention) do not.
     let storage = |t: &toml::Table| {

@@ -281,10 +281,14 @@ pub struct McpTokenRow {
     pub revoked_ms: Option<i64>,
 }
 
-/// One virtual key's spend in USD since the start of the day, of the month, and in total.
+/// The spend in USD since the start of the day, of the month, and in total of the traces
+/// of one (key id, project, user id): what an in-process limiter reloads at start for the
+/// budgets of virtual keys, projects, teams and users.
 #[derive(Debug, Clone, PartialEq)]
-pub struct KeySpend {
-    pub key_id: String,
+pub struct HolderSpend {
+    pub key_id: Option<String>,
+    pub project_id: Option<String>,
+    pub user_id: Option<String>,
     pub usd: [f64; 3],
 }
 
@@ -416,13 +420,13 @@ pub trait Store: Send + Sync {
 
     /// Spend (`cost_usd`) per virtual key (`key_id` starting `vk_`) of the traces that
     /// started before `before_ms`: since `day_ms`, since `month_ms` and in total.
-    async fn key_spend(
+    async fn holder_spend(
         &self,
         _day_ms: i64,
         _month_ms: i64,
         _before_ms: i64,
-    ) -> Result<Vec<KeySpend>, StoreError> {
-        Err(unsupported(self.backend(), "key spend"))
+    ) -> Result<Vec<HolderSpend>, StoreError> {
+        Err(unsupported(self.backend(), "holder spend"))
     }
     /// Set (Some) or clear (None) one operator state value of a route.
     async fn put_route_state(

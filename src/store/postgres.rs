@@ -1380,19 +1380,19 @@ impl Store for PgStore {
         res
     }
 
-    async fn key_spend(
+    async fn holder_spend(
         &self,
         day_ms: i64,
         month_ms: i64,
         before_ms: i64,
-    ) -> Result<Vec<super::KeySpend>, StoreError> {
+    ) -> Result<Vec<super::HolderSpend>, StoreError> {
         let rows = self
             .read_rows(
-                "SELECT key_id, \
+                "SELECT key_id, project_id, user_id, \
                  COALESCE(SUM(CASE WHEN ts_ms >= $1 THEN cost_usd ELSE 0 END), 0)::DOUBLE PRECISION, \
                  COALESCE(SUM(CASE WHEN ts_ms >= $2 THEN cost_usd ELSE 0 END), 0)::DOUBLE PRECISION, \
                  COALESCE(SUM(cost_usd), 0)::DOUBLE PRECISION \
-                 FROM traces WHERE substr(key_id, 1, 3) = 'vk_' AND ts_ms < $3 GROUP BY key_id",
+                 FROM traces WHERE ts_ms < $3 AND cost_usd > 0 GROUP BY key_id, project_id, user_id",
                 &[
                     SqlParam::Int(day_ms),
                     SqlParam::Int(month_ms),
@@ -1402,12 +1402,14 @@ impl Store for PgStore {
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(super::KeySpend {
+                Ok(super::HolderSpend {
                     key_id: r.try_get(0).map_err(pg_err)?,
+                    project_id: r.try_get(1).map_err(pg_err)?,
+                    user_id: r.try_get(2).map_err(pg_err)?,
                     usd: [
-                        r.try_get(1).map_err(pg_err)?,
-                        r.try_get(2).map_err(pg_err)?,
                         r.try_get(3).map_err(pg_err)?,
+                        r.try_get(4).map_err(pg_err)?,
+                        r.try_get(5).map_err(pg_err)?,
                     ],
                 })
             })

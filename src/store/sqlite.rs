@@ -894,11 +894,11 @@ impl SqliteStore {
     }
 }
 
-const KEY_SPEND_SQLITE: &str = "SELECT key_id, \
+const HOLDER_SPEND_SQLITE: &str = "SELECT key_id, project_id, user_id, \
      COALESCE(SUM(CASE WHEN ts_ms >= ?1 THEN cost_usd ELSE 0 END), 0), \
      COALESCE(SUM(CASE WHEN ts_ms >= ?2 THEN cost_usd ELSE 0 END), 0), \
      COALESCE(SUM(cost_usd), 0) \
-     FROM traces WHERE substr(key_id, 1, 3) = 'vk_' AND ts_ms < ?3 GROUP BY key_id";
+     FROM traces WHERE ts_ms < ?3 AND cost_usd > 0 GROUP BY key_id, project_id, user_id";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -1369,19 +1369,21 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn key_spend(
+    async fn holder_spend(
         &self,
         day_ms: i64,
         month_ms: i64,
         before_ms: i64,
-    ) -> Result<Vec<super::KeySpend>, StoreError> {
+    ) -> Result<Vec<super::HolderSpend>, StoreError> {
         Self::run(&self.reader, move |c| {
-            let mut st = c.prepare_cached(KEY_SPEND_SQLITE).map_err(map_err)?;
+            let mut st = c.prepare_cached(HOLDER_SPEND_SQLITE).map_err(map_err)?;
             let rows = st
                 .query_map(rusqlite::params![day_ms, month_ms, before_ms], |r| {
-                    Ok(super::KeySpend {
+                    Ok(super::HolderSpend {
                         key_id: r.get(0)?,
-                        usd: [r.get(1)?, r.get(2)?, r.get(3)?],
+                        project_id: r.get(1)?,
+                        user_id: r.get(2)?,
+                        usd: [r.get(3)?, r.get(4)?, r.get(5)?],
                     })
                 })
                 .map_err(map_err)?;

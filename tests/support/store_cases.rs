@@ -1747,27 +1747,66 @@ async fn check_recent_served(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     assert!(b.recent_served(&[], 500).await.expect("none").is_empty());
 }
 
-/// Spend per virtual key (reloaded by an in-process limiter at start): since the day and
-/// month starts, in total, only traces before the cut-off, only `vk_` keys.
+/// Spend per (key, project, user) (reloaded by an in-process limiter at start): since the
+/// day and month starts, in total, only traces before the cut-off, only costed traces.
 async fn check_key_spend(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     let day = T0 + 40 * 86_400_000; // 2026-02-10
     let month = T0 + 31 * 86_400_000; // 2026-02-01
     let cut = day + 3_600_000;
-    let rows: Vec<(&str, Option<&str>, i64, f64)> = vec![
-        ("ks-1", Some("vk_a"), month - 1, 1.0),  // total only
-        ("ks-2", Some("vk_a"), month + 5, 0.25), // month and total
-        ("ks-3", Some("vk_a"), day + 10, 0.125), // day, month, total
-        ("ks-4", Some("vk_a"), cut, 8.0),        // at the cut-off: not counted
-        ("ks-5", Some("vk_b"), day + 20, 0.5),
-        ("ks-6", Some("cfg"), day + 30, 9.0), // a config key: not listed
-        ("ks-7", None, day + 40, 9.0),
+    type Row<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        i64,
+        f64,
+    );
+    let rows: Vec<Row<'_>> = vec![
+        (
+            "ks-1",
+            Some("vk_ks_a"),
+            Some("shop_ks"),
+            None,
+            month - 1,
+            1.0,
+        ), // total only
+        (
+            "ks-2",
+            Some("vk_ks_a"),
+            Some("shop_ks"),
+            None,
+            month + 5,
+            0.25,
+        ), // month and total
+        (
+            "ks-3",
+            Some("vk_ks_a"),
+            Some("shop_ks"),
+            None,
+            day + 10,
+            0.125,
+        ), // day, month, total
+        ("ks-4", Some("vk_ks_a"), Some("shop_ks"), None, cut, 8.0), // at the cut-off: not counted
+        ("ks-5", Some("vk_ks_b"), None, Some("u_ks"), day + 20, 0.5),
+        (
+            "ks-6",
+            Some("cfg_ks"),
+            Some("shop_ks"),
+            Some("u_ks"),
+            day + 30,
+            2.0,
+        ),
+        ("ks-7", None, Some("p_ks"), None, day + 40, 4.0),
+        ("ks-8", Some("vk_ks_b"), None, Some("u_ks"), day + 50, 0.0), // free: not listed
     ];
     let recs: Vec<TraceRecord> = rows
         .iter()
-        .map(|(id, key, ts, cost)| {
+        .map(|(id, key, project, user, ts, cost)| {
             let mut r = record(3);
             r.request_id = id.to_string();
             r.key_id = key.map(str::to_string);
+            r.project_id = project.map(str::to_string);
+            r.user_id = user.map(str::to_string);
             r.ts_ms = *ts;
             r.cost_usd = *cost;
             r.decision = None;
@@ -1775,19 +1814,35 @@ async fn check_key_spend(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
         })
         .collect();
     a.insert_traces(&recs).await.expect("insert");
-    let mut got = b.key_spend(day, month, cut).await.expect("key spend");
+    let mut got = b.holder_spend(day, month, cut).await.expect("holder spend");
+    // Other cases' traces share the store: only this case's names.
+    let mine = |v: &Option<String>| v.as_deref().is_some_and(|v| v.contains("_ks"));
+    got.retain(|r| mine(&r.key_id) || mine(&r.project_id) || mine(&r.user_id));
     got.sort_by(|x, y| x.key_id.cmp(&y.key_id));
+    let s = |v: Option<&str>| v.map(str::to_string);
+    let row = |k, p, u, usd| loopgate::store::HolderSpend {
+        key_id: s(k),
+        project_id: s(p),
+        user_id: s(u),
+        usd,
+    };
     assert_eq!(
         got,
         vec![
-            loopgate::store::KeySpend {
-                key_id: "vk_a".into(),
-                usd: [0.125, 0.375, 1.375],
-            },
-            loopgate::store::KeySpend {
-                key_id: "vk_b".into(),
-                usd: [0.5, 0.5, 0.5],
-            },
+            row(None, Some("p_ks"), None, [4.0, 4.0, 4.0]),
+            row(
+                Some("cfg_ks"),
+                Some("shop_ks"),
+                Some("u_ks"),
+                [2.0, 2.0, 2.0]
+            ),
+            row(
+                Some("vk_ks_a"),
+                Some("shop_ks"),
+                None,
+                [0.125, 0.375, 1.375]
+            ),
+            row(Some("vk_ks_b"), None, Some("u_ks"), [0.5, 0.5, 0.5]),
         ]
     );
 }
