@@ -48,6 +48,8 @@ pub struct FirewallConfig {
     pub policies: BTreeMap<String, PolicyConfig>,
     /// Custom rules (`pattern` regex or `keywords` list), referenced by policies' `rules`.
     pub rules: BTreeMap<String, RuleConfig>,
+    /// Classifier models, referenced by policies' `classifier`.
+    pub classifiers: BTreeMap<String, super::classifier::ClassifierConfig>,
 }
 
 impl Default for FirewallConfig {
@@ -59,6 +61,7 @@ impl Default for FirewallConfig {
             stream_max_hold_bytes: 16 * 1024,
             policies: BTreeMap::new(),
             rules: BTreeMap::new(),
+            classifiers: BTreeMap::new(),
         }
     }
 }
@@ -81,6 +84,9 @@ pub struct PolicyConfig {
     pub requests: bool,
     /// Check responses (JSON and streamed).
     pub responses: bool,
+    /// A classifier from `[firewall.classifiers]` that reads each request the rules let
+    /// through (requests only).
+    pub classifier: Option<String>,
 }
 
 impl Default for PolicyConfig {
@@ -93,6 +99,7 @@ impl Default for PolicyConfig {
             disable: Vec::new(),
             requests: true,
             responses: true,
+            classifier: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! each. Verdicts carry the rule, the action and byte offsets — never the matched text.
 
 pub mod chat;
+pub mod classifier;
 pub mod config;
 pub mod packs;
 pub mod stream;
@@ -67,6 +68,8 @@ pub struct Report {
     pub dropped: u32,
     /// The rule that blocked the request or cut the response.
     pub blocked: Option<String>,
+    /// The classifier model's call, when the policy has one.
+    pub classifier: Option<classifier::Run>,
 }
 
 impl Report {
@@ -76,6 +79,7 @@ impl Report {
             verdicts: Vec::new(),
             dropped: 0,
             blocked: None,
+            classifier: None,
         }
     }
 
@@ -106,14 +110,41 @@ impl Report {
         });
     }
 
+    /// Record the classifier's finding as a verdict (no span: it covers the messages).
+    pub fn push_classified(&mut self, c: &classifier::Classifier, category: &str) {
+        metrics()
+            .verdicts
+            .with_label_values(&[&c.rule, c.action.as_str(), Phase::Request.as_str()])
+            .inc();
+        if self.verdicts.len() >= MAX_VERDICTS {
+            self.dropped += 1;
+            return;
+        }
+        self.verdicts.push(Verdict {
+            rule: c.rule.to_string(),
+            action: c.action,
+            phase: Phase::Request,
+            field: format!("messages ({category})"),
+            start: 0,
+            end: 0,
+        });
+    }
+
     /// The verdicts as stored in the trace and the decision trace.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "policy": &*self.policy.name,
             "verdicts": self.verdicts,
             "dropped": self.dropped,
             "blocked": self.blocked,
-        })
+        });
+        if let (Some(run), Some(o)) = (&self.classifier, v.as_object_mut()) {
+            o.insert(
+                "classifier".into(),
+                serde_json::to_value(run).unwrap_or_default(),
+            );
+        }
+        v
     }
 }
 
@@ -148,6 +179,8 @@ pub struct Policy {
     keyword_rules: Vec<usize>,
     pub requests: bool,
     pub responses: bool,
+    /// The classifier model that reads requests after the rules.
+    pub classifier: Option<Arc<classifier::Classifier>>,
 }
 
 impl Policy {
@@ -248,7 +281,7 @@ pub struct Firewall {
 #[error("{0}")]
 pub struct FirewallError(pub String);
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
@@ -311,12 +344,27 @@ impl Firewall {
                 }
             }
         }
+        let mut classifiers = HashMap::new();
+        for (id, c) in &cfg.classifiers {
+            classifiers.insert(
+                id.as_str(),
+                Arc::new(classifier::Classifier::compile(id, c)?),
+            );
+        }
         let mut policies = HashMap::new();
         for (name, p) in &cfg.policies {
             if name == NONE {
                 return err("firewall.policies.none: `none` is reserved (no firewall)".into());
             }
-            let policy = compile_policy(name, p, cfg, &custom)?;
+            let mut policy = compile_policy(name, p, cfg, &custom)?;
+            if let Some(id) = &p.classifier {
+                let Some(c) = classifiers.get(id.as_str()) else {
+                    return err(format!(
+                        "firewall.policies.{name}.classifier: '{id}' is not defined in [firewall.classifiers]"
+                    ));
+                };
+                policy.classifier = Some(c.clone());
+            }
             policies.insert(name.clone(), Arc::new(policy));
         }
         let lookup = |what: &str, name: &str| -> Result<Option<Arc<Policy>>, FirewallError> {
@@ -392,12 +440,18 @@ impl Firewall {
         self.policies.get(name)
     }
 
-    /// Every rule id of every policy (the bounded set of metric labels).
+    /// Every rule id of every policy (the bounded set of metric labels), classifiers'
+    /// `classifier.<id>` included.
     pub fn rule_ids(&self) -> Vec<Arc<str>> {
         let mut v: Vec<Arc<str>> = self
             .policies
             .values()
-            .flat_map(|p| p.rules.iter().map(|r| r.id.clone()))
+            .flat_map(|p| {
+                p.rules
+                    .iter()
+                    .map(|r| r.id.clone())
+                    .chain(p.classifier.iter().map(|c| c.rule.clone()))
+            })
             .collect();
         v.sort();
         v.dedup();
@@ -525,6 +579,7 @@ fn compile_policy(
         keyword_rules,
         requests: p.requests,
         responses: p.responses,
+        classifier: None,
     })
 }
 
@@ -534,6 +589,8 @@ pub struct FirewallMetrics {
     pub verdicts: prometheus::IntCounterVec,
     /// Requests blocked, by rule and phase.
     pub blocked: prometheus::IntCounterVec,
+    /// Classifier calls by classifier id (from config) and outcome (a fixed word).
+    pub classifier: prometheus::IntCounterVec,
 }
 
 static METRICS: LazyLock<FirewallMetrics> = LazyLock::new(|| match build_metrics() {
@@ -554,6 +611,11 @@ fn build_metrics() -> Result<FirewallMetrics, prometheus::Error> {
             "loopgate_firewall_blocked_total",
             "Requests blocked or responses cut by the firewall, by rule and phase",
             &["rule", "phase"]
+        )?,
+        classifier: prometheus::register_int_counter_vec!(
+            "loopgate_firewall_classifier_total",
+            "Classifier-model calls, by classifier and outcome (safe, unsafe, error, timeout)",
+            &["classifier", "outcome"]
         )?,
     })
 }

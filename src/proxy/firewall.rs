@@ -7,6 +7,7 @@ use bytes::BytesMut;
 
 use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
+use crate::firewall::classifier::{OnError, Run};
 use crate::firewall::{chat, stream::StreamGuard, Report};
 use crate::routing::Runtime;
 
@@ -74,6 +75,119 @@ pub fn check_request(
     };
     ctx.firewall = Some(Box::new(report));
     result
+}
+
+/// The policy's classifier model reads the request the rules let through (after any
+/// redaction: the classifier never sees a masked secret). `UNSAFE` with `block` → 400
+/// `firewall_blocked` naming `classifier.<id>`; with `flag` → passes, recorded. A failed,
+/// late or unreadable answer follows the classifier's `on_error`: `allow` passes (the
+/// outcome is recorded and counted), `block` → 503 `firewall_unavailable`.
+pub async fn classify(
+    rt: &Runtime,
+    ctx: &mut RequestCtx,
+    req: &ChatRequest,
+) -> Result<(), GatewayError> {
+    let Some(c) = ctx
+        .firewall
+        .as_deref()
+        .and_then(|r| r.policy.classifier.clone())
+    else {
+        return Ok(());
+    };
+    let Some(body) = c.request(&req.body) else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    let call = async {
+        let candidates = rt.resolve_with_fallbacks(&c.model, None)?;
+        let mut attempts = Vec::new();
+        crate::exchange::headless::exchange(
+            rt,
+            ctx.provider_keys.as_deref(),
+            &candidates,
+            body,
+            &ctx.trace.request_id,
+            None,
+            &mut attempts,
+        )
+        .await
+    };
+    let answer = tokio::time::timeout(c.timeout, call).await;
+    let mut run = Run {
+        classifier: c.id.to_string(),
+        outcome: "error",
+        category: None,
+        model: None,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        cost_usd: 0.0,
+        error: None,
+    };
+    let verdict = match answer {
+        Err(_) => {
+            run.outcome = "timeout";
+            run.error = Some(format!("no answer within {} ms", c.timeout.as_millis()));
+            None
+        }
+        Ok(Err(e)) => {
+            run.error = Some(e.to_string());
+            None
+        }
+        Ok(Ok(res)) => {
+            run.model = Some(format!("{}/{}", res.provider, res.served_model));
+            run.cost_usd = res.cost_usd;
+            let parsed = c.parse(res.text());
+            if parsed.is_none() {
+                run.error = Some("the answer was neither SAFE nor UNSAFE".into());
+            }
+            parsed
+        }
+    };
+    if let Some(v) = verdict {
+        run.outcome = if v.is_some() { "unsafe" } else { "safe" };
+        run.category = v.map(str::to_string);
+    }
+    crate::firewall::metrics()
+        .classifier
+        .with_label_values(&[&c.id, run.outcome])
+        .inc();
+    let Some(report) = ctx.firewall.as_deref_mut() else {
+        return Ok(());
+    };
+    report.classifier = Some(run);
+    match verdict {
+        Some(Some(category)) => {
+            report.push_classified(&c, category);
+            if c.action != crate::firewall::Action::Block {
+                return Ok(());
+            }
+            report.blocked = Some(c.rule.to_string());
+            crate::firewall::metrics()
+                .blocked
+                .with_label_values(&[&c.rule, "request"])
+                .inc();
+            Err(GatewayError::invalid_code(
+                format!(
+                    "The request was blocked by the gateway's firewall (rule '{}', category '{category}').",
+                    c.rule
+                ),
+                None,
+                "firewall_blocked",
+            ))
+        }
+        Some(None) => Ok(()),
+        None => match c.on_error {
+            OnError::Allow => Ok(()),
+            OnError::Block => Err(GatewayError::Upstream {
+                status: 503,
+                message: format!(
+                    "The gateway's firewall classifier '{}' could not check the request, and its policy refuses unchecked requests.",
+                    c.id
+                ),
+                retry_after: None,
+                code: "firewall_unavailable",
+            }),
+        },
+    }
 }
 
 /// The stream guard for a streamed chat response, when the request's policy checks

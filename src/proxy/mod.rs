@@ -282,6 +282,7 @@ pub(crate) async fn chat(
         .await?;
     ctx.trace.route = resolution.route.clone();
     firewall::check_request(rt, ctx, &mut req)?;
+    firewall::classify(rt, ctx, &req).await?;
     let candidates = match (&resolution.route, resolution.feedback) {
         (Some(route), true) => {
             let embedding = routed::prompt_embedding(gw, rt, ctx, &req, route).await;

@@ -453,6 +453,19 @@ impl Runtime {
                 ));
             }
         }
+        for (id, c) in &self.config.firewall.classifiers {
+            if served(&c.model, None).is_none() {
+                unserved(
+                    format!(
+                        "firewall.classifiers.{id}.model: '{}' is served by no active provider{}",
+                        c.model,
+                        missing(&c.model)
+                    ),
+                    &[c.model.as_str()],
+                    &mut warnings,
+                )?;
+            }
+        }
         Ok(warnings)
     }
 
