@@ -350,6 +350,8 @@ mod passthrough {
 struct Proc {
     name: String,
     child: Child,
+    /// Where its stderr goes (quoted when it exits at startup).
+    log: Option<PathBuf>,
 }
 
 impl Drop for Proc {
@@ -417,6 +419,12 @@ fn hash_key(key: &str) -> String {
 enum Tracing {
     On,
     Off,
+    /// Tracing on, and the key's project under `[limits.projects]`: an rpm, a tpm and a
+    /// daily budget checked and settled on every request (issue 15), set high enough that
+    /// nothing is refused.
+    Limits,
+    /// Tracing on, and the firewall's three packs on every request (issue 16).
+    Firewall,
 }
 
 fn start_loopgate(
@@ -432,9 +440,14 @@ fn start_loopgate(
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let d = dir.display();
     let storage = match tracing {
-        Tracing::On => format!("backend = \"sqlite\"\nsqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
+        Tracing::On | Tracing::Limits | Tracing::Firewall => format!("backend = \"sqlite\"\nsqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
         // `backend = "none"`: no trace record is built, nothing is written.
         Tracing::Off => "backend = \"none\"\n".to_string(),
+    };
+    let extra = match tracing {
+        Tracing::Limits => "\n[limits.projects.bench]\nrpm = 100000000\ntpm = 1000000000000\nbudgets = [{ period = \"day\", usd = 1000000000.0 }]\n",
+        Tracing::Firewall => "\n[firewall]\ndefault_policy = \"std\"\n[firewall.policies.std]\npacks = [\"injection\", \"pii\", \"secrets\"]\n",
+        Tracing::On | Tracing::Off => "",
     };
     let config = format!(
         r#"[server]
@@ -445,6 +458,7 @@ watch = false
 filters_dir = "{filters}"
 pid_file = "{d}/loopgate.pid"
 upgrade_sock = "{d}/loopgate.sock"
+state_dir = "{d}"
 grace_period_secs = 0
 graceful_shutdown_timeout_secs = 1
 
@@ -453,9 +467,10 @@ allow_unauthenticated_loopback = false
 [[auth.keys]]
 id = "bench"
 hash = "{hash}"
+project = "bench"
 
 [storage]
-{storage}"#,
+{storage}{extra}"#,
         filters = concat!(env!("CARGO_MANIFEST_DIR"), "/filters"),
         hash = hash_key(GATEWAY_KEY),
     );
@@ -478,6 +493,7 @@ hash = "{hash}"
         Proc {
             name: name.to_string(),
             child,
+            log: Some(dir.join("loopgate.log")),
         },
         listen,
         metrics,
@@ -501,6 +517,7 @@ fn start_passthrough(tmp: &Path, upstream: SocketAddr) -> R<(Proc, SocketAddr)> 
         Proc {
             name: "passthrough".into(),
             child,
+            log: None,
         },
         listen,
     ))
@@ -783,8 +800,15 @@ async fn wait_ready(name: &str, addr: SocketAddr, path: &str, proc_: Option<&mut
     while Instant::now() < deadline {
         if let Some(p) = p.as_mut() {
             if let Ok(Some(st)) = p.child.try_wait() {
+                let log = p
+                    .log
+                    .as_ref()
+                    .and_then(|l| std::fs::read_to_string(l).ok())
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 return Err(format!(
-                    "{name} exited at startup ({st}); see its log in the temp dir"
+                    "{name} exited at startup ({st}); its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )
                 .into());
             }
@@ -857,6 +881,20 @@ async fn run() -> R<()> {
         start_loopgate(&bin, tmp.path(), "lg_trace_on", &fast_base, Tracing::On)?;
     let (mut off, off_addr, off_metrics) =
         start_loopgate(&bin, tmp.path(), "lg_trace_off", &fast_base, Tracing::Off)?;
+    let (mut lim, lim_addr, _) = start_loopgate(
+        &bin,
+        tmp.path(),
+        "lg_limits_on",
+        &fast_base,
+        Tracing::Limits,
+    )?;
+    let (mut fw, fw_addr, _) = start_loopgate(
+        &bin,
+        tmp.path(),
+        "lg_firewall_on",
+        &fast_base,
+        Tracing::Firewall,
+    )?;
     let (mut on_slow, on_slow_addr, _) = start_loopgate(
         &bin,
         tmp.path(),
@@ -890,6 +928,20 @@ async fn run() -> R<()> {
         off_addr,
         "/v1/chat/completions",
         Some(&mut off),
+    )
+    .await?;
+    wait_ready(
+        "lg_limits_on",
+        lim_addr,
+        "/v1/chat/completions",
+        Some(&mut lim),
+    )
+    .await?;
+    wait_ready(
+        "lg_firewall_on",
+        fw_addr,
+        "/v1/chat/completions",
+        Some(&mut fw),
     )
     .await?;
     wait_ready(
@@ -930,6 +982,16 @@ async fn run() -> R<()> {
             addr: off_addr,
             path: "/v1/chat/completions",
         },
+        Target {
+            name: "lg_limits_on",
+            addr: lim_addr,
+            path: "/v1/chat/completions",
+        },
+        Target {
+            name: "lg_firewall_on",
+            addr: fw_addr,
+            path: "/v1/chat/completions",
+        },
     ];
     eprintln!("latency, non-stream ...");
     let non_stream = latency_phase(&lat_targets, false).await?;
@@ -967,7 +1029,7 @@ async fn run() -> R<()> {
     let traces_written = scrape(on_metrics, "loopgate_trace_written_total").await;
     let traces_dropped = scrape(on_metrics, "loopgate_trace_dropped_total").await;
     let off_written = scrape(off_metrics, "loopgate_trace_written_total").await;
-    drop((pt, on, off, on_slow, off_slow));
+    drop((pt, on, off, lim, fw, on_slow, off_slow));
 
     // Report.
     let added =
@@ -1072,6 +1134,20 @@ async fn run() -> R<()> {
         on50 - off50,
         10.0,
         on50 - off50 < 10.0,
+    ));
+    let (lim50, _) = added(&non_stream, 4);
+    checks.push((
+        "limits on vs off (tracing on): p50 difference < 25 us (issue 15)".into(),
+        lim50 - on50,
+        25.0,
+        lim50 - on50 < 25.0,
+    ));
+    let (fw50, _) = added(&non_stream, 5);
+    checks.push((
+        "firewall on vs off (tracing on): p50 difference < 15 us (issue 16)".into(),
+        fw50 - on50,
+        15.0,
+        fw50 - on50 < 15.0,
     ));
     let _ = writeln!(out, "\ntargets (loopgate = tracing on):");
     for (what, value, limit, ok) in &checks {
