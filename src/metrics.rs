@@ -74,6 +74,9 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_saved_usd: prometheus::Counter,
     pub cache_bytes: IntGauge,
+    /// Exact cache's shared backend (Redis) faults, by operation (get, set, delete, decode,
+    /// write_dropped).
+    pub cache_backend_errors: IntCounterVec,
     /// Requests whose limits the shared backend (Redis) could not check in time, by what
     /// the failure mode did (`admitted`, `refused`).
     pub limits_backend_errors: IntCounterVec,
@@ -271,6 +274,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cache_bytes: register_int_gauge!(
             "loopgate_cache_bytes",
             "Weighted bytes held by the in-memory exact cache (as of the last store)"
+        )?,
+        cache_backend_errors: register_int_counter_vec!(
+            "loopgate_cache_backend_errors_total",
+            "Exact cache's Redis backend: faults by operation (get, set, delete: timeout or error, a miss; decode: a bad entry, deleted; write_dropped: too many writes in flight)",
+            &["op"]
         )?,
         limits_backend_errors: register_int_counter_vec!(
             "loopgate_limits_backend_errors_total",

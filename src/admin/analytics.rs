@@ -1,5 +1,6 @@
 //! `GET /v1/analytics?group_by=...&bucket=...&start=&end=&<filters>`: requests, errors,
-//! error rate, tokens, cost and p50/p95 latency per group and time bucket.
+//! error rate, tokens, cost and p50/p95 latency per group and time bucket, and the exact
+//! cache's hits with the cost and latency they saved.
 
 use serde_json::json;
 
@@ -56,6 +57,34 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
         bucket,
     };
     let rows = store.analytics(&q).await.map_err(store_err)?;
+    // Exact-cache hits and what they saved (cost and latency of the original answers).
+    let savings = crate::store::query::fold_cache_savings(
+        store
+            .cache_savings(&q.filter, &q.group_by)
+            .await
+            .map_err(store_err)?,
+        q.bucket,
+    );
+    let mut saved_total = crate::store::CacheSavings::default();
+    for s in savings.values() {
+        saved_total.cache_hits += s.cache_hits;
+        saved_total.cache_saved_usd += s.cache_saved_usd;
+        saved_total.cache_saved_ms += s.cache_saved_ms;
+    }
+    let data: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = json!(r);
+            let s = savings
+                .get(&(r.bucket_start_ms, r.group.clone()))
+                .cloned()
+                .unwrap_or_default();
+            v["cache_hits"] = json!(s.cache_hits);
+            v["cache_saved_usd"] = json!(round9(s.cache_saved_usd));
+            v["cache_saved_ms"] = json!(round3(s.cache_saved_ms));
+            v
+        })
+        .collect();
     let resolved = match resolved_nps {
         Some(t) => {
             // Feedback pages are read unscoped (a narrowed page would end the scan early)
@@ -94,13 +123,24 @@ async fn run(slot: &StoreSlot, req: &AdminRequest) -> Result<AdminResponse, Gate
                 "completion_tokens": ct,
                 "total_tokens": pt + ct,
                 "cost_usd": (cost * 1e9).round() / 1e9,
+                "cache_hits": saved_total.cache_hits,
+                "cache_saved_usd": round9(saved_total.cache_saved_usd),
+                "cache_saved_ms": round3(saved_total.cache_saved_ms),
             },
-            "data": rows,
+            "data": data,
     });
     if let Some(r) = resolved {
         body["resolved_sessions"] = r;
     }
     Ok(AdminResponse::json(200, &body))
+}
+
+fn round9(v: f64) -> f64 {
+    (v * 1e9).round() / 1e9
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1e3).round() / 1e3
 }
 
 /// How many sessions (with a session NPS in the window) the cost-per-resolved-session

@@ -5,7 +5,10 @@
 //!
 //! This module is pure state and policy: the proxy (`src/proxy/cached.rs`) asks
 //! [`plan`] what to do with a request, serves an [`Entry`] on a hit and offers what it
-//! served back through [`CacheCtx`].
+//! served back through [`CacheCtx`]. With `backend = "redis"` entries also go to a Redis
+//! shared by a fleet ([`redis`]), with this store as a local copy in front of it.
+
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +39,75 @@ pub struct CacheConfig {
     pub routes: BTreeMap<String, CacheRule>,
     /// Per gateway key (by key id) opt-in / opt-out, TTL and default mode.
     pub keys: BTreeMap<String, CacheRule>,
+    /// Where entries live: this process's memory, or a Redis shared by a fleet.
+    pub backend: Backend,
+    /// `redis://[user:password@]host:port[/db]` or `unix:///path`; env `LOOPGATE_CACHE_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// Longest a lookup waits for Redis before it is a miss (and a write before it is dropped).
+    pub redis_timeout_ms: u64,
+    /// Prefix of every cache key in Redis (several fleets on one Redis).
+    pub redis_key_prefix: String,
+    /// With `backend = "redis"`: keep a local copy of entries in front of Redis (bounded by
+    /// `max_bytes`).
+    pub l1: bool,
+}
+
+/// `[cache] backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this gateway's memory: per instance.
+    #[default]
+    Memory,
+    /// In Redis: shared by every gateway on the same Redis and key prefix.
+    Redis,
+}
+
+impl CacheConfig {
+    /// Checks naming the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.redis_timeout_ms) {
+            return Err(format!(
+                "cache.redis_timeout_ms must be from 1 to 10000, got {}",
+                self.redis_timeout_ms
+            ));
+        }
+        let p = &self.redis_key_prefix;
+        if p.len() > 64 || p.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(
+                "cache.redis_key_prefix must be at most 64 bytes without spaces or control characters"
+                    .into(),
+            );
+        }
+        if !(self.max_temperature.is_finite() && self.max_temperature >= 0.0) {
+            return Err(format!(
+                "cache.max_temperature must be a number >= 0, got {}",
+                self.max_temperature
+            ));
+        }
+        if self.backend == Backend::Redis {
+            let Some(url) = self.redis_url.as_deref() else {
+                return Err(
+                    "cache.backend = \"redis\" needs cache.redis_url (or LOOPGATE_CACHE_REDIS_URL)"
+                        .into(),
+                );
+            };
+            if !["redis://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|s| url.starts_with(s))
+            {
+                return Err(
+                    "cache.redis_url must start with redis:// or unix:// (TLS is not supported)"
+                        .into(),
+                );
+            }
+            // Parsing only (nothing is connected); the error never repeats the URL (password).
+            if ::redis::Client::open(url).is_err() {
+                return Err("cache.redis_url is not a valid Redis URL".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for CacheConfig {
@@ -48,6 +120,11 @@ impl Default for CacheConfig {
             max_temperature: 1.0,
             routes: BTreeMap::new(),
             keys: BTreeMap::new(),
+            backend: Backend::Memory,
+            redis_url: None,
+            redis_timeout_ms: 50,
+            redis_key_prefix: "loopgate:cache:".into(),
+            l1: true,
         }
     }
 }
@@ -118,6 +195,10 @@ pub fn from_cache_control(v: &str) -> Option<Mode> {
     mode
 }
 
+/// Trace properties the cache sets (a client's `<prefix>-property-<name>` of these names is
+/// ignored, so analytics of hits and savings cannot be forged).
+pub const PROPERTIES: &[&str] = &["cache", "cache_saved_usd", "cache_saved_ms"];
+
 /// A 256-bit digest of the canonical request.
 pub type Key = [u8; 32];
 
@@ -143,7 +224,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn weight(&self) -> u32 {
+    pub(crate) fn weight(&self) -> u32 {
         let body = match &self.body {
             Body::Json(b) => b.len(),
             Body::Stream(v) => v.iter().map(|c| c.len() + 16).sum(),
@@ -161,27 +242,89 @@ impl moka::Expiry<Key, Arc<Entry>> for PerEntryTtl {
     }
 }
 
-/// The bounded store (TinyLFU admission, byte weights, per-entry TTL) shared by every request.
+/// The bounded store (TinyLFU admission, byte weights, per-entry TTL) shared by every request,
+/// and the Redis behind it when `backend = "redis"`.
 pub struct Cache {
     store: moka::sync::Cache<Key, Arc<Entry>>,
     max_bytes: u64,
+    /// The in-memory store is used (always with `memory`; `l1` with `redis`).
+    local: bool,
+    shared: Option<Arc<redis::Shared>>,
 }
 
 impl Cache {
-    /// Sized from `[cache].max_bytes` (fixed for the life of the process).
+    /// Sized from `[cache].max_bytes`; the backend from `[cache].backend` (both fixed for the
+    /// life of the process). Nothing is connected until the first lookup.
     pub fn new(cfg: &CacheConfig) -> Cache {
         let store = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
             .weigher(|_k: &Key, e: &Arc<Entry>| e.weight())
             .expire_after(PerEntryTtl)
             .build();
+        let shared = match cfg.backend {
+            Backend::Memory => None,
+            Backend::Redis => match redis::Shared::new(cfg) {
+                Ok(s) => {
+                    tracing::info!(
+                        redis = %s.endpoint(),
+                        l1 = cfg.l1,
+                        "cache: entries shared through Redis"
+                    );
+                    Some(Arc::new(s))
+                }
+                Err(e) => {
+                    // Validation checked the URL; this only guards a config built in code.
+                    tracing::error!("cache: the Redis backend is off: {e}");
+                    None
+                }
+            },
+        };
         Cache {
             store,
             max_bytes: cfg.max_bytes,
+            local: shared.is_none() || cfg.l1,
+            shared,
         }
     }
 
-    /// The live entry for `key`; an expired one is evicted and is a miss.
+    /// Where the shared entries live (scheme, host, port; never credentials), if any.
+    pub fn shared_endpoint(&self) -> Option<String> {
+        self.shared.as_ref().map(|s| s.endpoint())
+    }
+
+    /// The live entry for `key`: the local store first, then Redis (bounded by
+    /// `cache.redis_timeout_ms`; a fault or a bad entry is a miss, never an error).
+    pub async fn lookup(&self, key: &Key) -> Option<Arc<Entry>> {
+        if self.local {
+            if let Some(e) = self.get(key) {
+                return Some(e);
+            }
+        }
+        let e = Arc::new(self.shared.as_ref()?.get(key).await?);
+        if self.local && u64::from(e.weight()) <= self.max_bytes {
+            self.store.insert(*key, Arc::clone(&e));
+        }
+        Some(e)
+    }
+
+    /// Offer a complete answer: into the local store at once, to Redis off the request path
+    /// (a spawned write; dropped and counted when too many are in flight). `false`: stored
+    /// nowhere (it alone outweighs the local store and there is no Redis).
+    pub fn offer(&self, key: Key, e: Entry) -> bool {
+        let e = Arc::new(e);
+        let mut stored = false;
+        if self.local && u64::from(e.weight()) <= self.max_bytes {
+            self.store.insert(key, Arc::clone(&e));
+            stored = true;
+        }
+        if let Some(s) = &self.shared {
+            s.put(key, e);
+            stored = true;
+        }
+        stored
+    }
+
+    /// The live entry for `key` in the local store; an expired one is evicted and is a miss.
     pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         let e = self.store.get(key)?;
         if e.expires <= Instant::now() {
@@ -191,7 +334,7 @@ impl Cache {
         Some(e)
     }
 
-    /// Store `e` (not when it alone outweighs the whole store). `false`: not stored.
+    /// Store `e` locally (not when it alone outweighs the whole store). `false`: not stored.
     pub fn insert(&self, key: Key, e: Entry) -> bool {
         if u64::from(e.weight()) > self.max_bytes {
             return false;
@@ -616,6 +759,51 @@ mod tests {
             Some(Mode::OnlyIfCached)
         );
         assert_eq!(from_cache_control("max-age=60"), None);
+    }
+
+    #[test]
+    fn backend_settings_are_validated_naming_the_field() {
+        let ok = CacheConfig::default();
+        assert!(ok.validate().is_ok());
+        let redis = |url: Option<&str>| CacheConfig {
+            backend: Backend::Redis,
+            redis_url: url.map(str::to_string),
+            ..CacheConfig::default()
+        };
+        assert!(redis(None)
+            .validate()
+            .is_err_and(|e| e.contains("cache.redis_url")));
+        assert!(redis(Some("rediss://h:6379"))
+            .validate()
+            .is_err_and(|e| e.contains("cache.redis_url")));
+        let e = redis(Some("redis://:s3cret@[bad")).validate().unwrap_err();
+        assert!(
+            e.contains("cache.redis_url") && !e.contains("s3cret"),
+            "{e}"
+        );
+        assert!(redis(Some("redis://:pw@127.0.0.1:6379/0"))
+            .validate()
+            .is_ok());
+        assert!(redis(Some("unix:///run/redis.sock")).validate().is_ok());
+        let t = CacheConfig {
+            redis_timeout_ms: 0,
+            ..CacheConfig::default()
+        };
+        assert!(t
+            .validate()
+            .is_err_and(|e| e.contains("cache.redis_timeout_ms")));
+        let p = CacheConfig {
+            redis_key_prefix: "a b".into(),
+            ..CacheConfig::default()
+        };
+        assert!(p
+            .validate()
+            .is_err_and(|e| e.contains("cache.redis_key_prefix")));
+        let parsed: CacheConfig =
+            toml::from_str("backend = \"redis\"\nredis_url = \"redis://h\"\nl1 = false\n")
+                .expect("parse");
+        assert_eq!((parsed.backend, parsed.l1), (Backend::Redis, false));
+        assert!(toml::from_str::<CacheConfig>("backend = \"memcached\"\n").is_err());
     }
 
     #[test]

@@ -718,6 +718,9 @@ impl GatewayConfig {
         if let Some(v) = var("LOOPGATE_REDIS_URL") {
             self.limits.redis_url = Some(v);
         }
+        if let Some(v) = var("LOOPGATE_CACHE_REDIS_URL") {
+            self.cache.redis_url = Some(v);
+        }
         if let Some(v) = var("LOOPGATE_DB") {
             self.storage
                 .insert("sqlite_path".into(), toml::Value::String(v));
@@ -840,6 +843,7 @@ impl GatewayConfig {
             return bad("server.max_body_bytes must be > 0".into());
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.cache.validate().map_err(ConfigError::Invalid)?;
         self.vault.validate().map_err(ConfigError::Invalid)?;
         let prefix = &self.server.header_prefix;
         if prefix.is_empty()

@@ -69,7 +69,8 @@ pub async fn before(
     let hit = if mode == Mode::Refresh {
         None
     } else {
-        gw.cache.get(&k)
+        // Bounded by `cache.redis_timeout_ms` with the Redis backend; a fault is a miss.
+        gw.cache.lookup(&k).await
     };
     let Some(entry) = hit else {
         if mode == Mode::OnlyIfCached {
@@ -184,7 +185,7 @@ pub fn commit(ctx: &mut RequestCtx) {
         count("too_large");
         return;
     };
-    let stored = store.insert(
+    let stored = store.offer(
         k,
         Entry {
             body,

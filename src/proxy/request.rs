@@ -181,7 +181,11 @@ pub fn context_headers(
     let mut props = Vec::new();
     for (name, value) in session.req_header().headers.iter() {
         if let Some(p) = name.as_str().strip_prefix(h.property_prefix.as_str()) {
-            if props.len() >= MAX_PROPERTIES || p.is_empty() {
+            // `cache`, `cache_saved_*` are set by the gateway only (analytics sums them).
+            if props.len() >= MAX_PROPERTIES
+                || p.is_empty()
+                || crate::cache::PROPERTIES.contains(&p)
+            {
                 continue;
             }
             if let Ok(v) = value.to_str() {

@@ -171,6 +171,19 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         "cache.max_bytes",
         old.cache.max_bytes != new.cache.max_bytes,
     );
+    diff("[cache] backend", {
+        // The store is built at start: its backend and Redis settings apply after a restart.
+        let backend = |c: &crate::cache::CacheConfig| {
+            (
+                c.backend,
+                c.redis_url.clone(),
+                c.redis_timeout_ms,
+                c.redis_key_prefix.clone(),
+                c.l1,
+            )
+        };
+        backend(&old.cache) != backend(&new.cache)
+    });
     diff("[limits]", {
         // The limits of projects, teams and users apply on reload; the backend does not.
         let backend = |l: &crate::config::LimitsConfig| {

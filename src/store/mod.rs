@@ -35,8 +35,8 @@ pub use routing::{
 
 pub use pending::{PendingFeedback, PendingInsert};
 pub use query::{
-    AnalyticsQuery, AnalyticsRow, Bucket, Cursor, GroupBy, Histogram, LogFilter, LogPage, LogQuery,
-    Stats, StatusFilter,
+    AnalyticsQuery, AnalyticsRow, Bucket, CacheSavings, CacheSavingsRow, Cursor, GroupBy,
+    Histogram, LogFilter, LogPage, LogQuery, Stats, StatusFilter,
 };
 
 /// Which backend stores traces.
@@ -325,6 +325,15 @@ pub trait Store: Send + Sync {
         filter: &LogFilter,
         group: &GroupBy,
     ) -> Result<Vec<RawRow>, StoreError>;
+    /// Exact-cache hits and their savings (`cache_saved_usd` / `cache_saved_ms` trace
+    /// properties) matching a filter, per group and hour.
+    async fn cache_savings(
+        &self,
+        _filter: &LogFilter,
+        _group: &GroupBy,
+    ) -> Result<Vec<CacheSavingsRow>, StoreError> {
+        Err(unsupported(self.backend(), "cache savings"))
+    }
     /// Retention purge; returns traces deleted.
     async fn purge(&self, rule: &PurgeRule) -> Result<u64, StoreError>;
     /// Total stored traces (tests, `loopgate` tools).

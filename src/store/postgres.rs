@@ -15,7 +15,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::migrations::{SqlDialect, MIGRATIONS};
-use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
+use super::query::{
+    CacheSavingsRow, Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats,
+};
 use super::routing::{
     assemble_stats, decisions_sql, recent_served_sql, stats_latency_sql, stats_totals_sql, RParam,
     AUDIT_COLS, DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
@@ -1000,6 +1002,33 @@ impl Store for PgStore {
                     completion_tokens: to_u64(r.try_get(4).map_err(pg_err)?),
                     cost_usd: r.try_get(5).map_err(pg_err)?,
                     latency_ms: r.try_get(6).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cache_savings(
+        &self,
+        filter: &LogFilter,
+        group: &GroupBy,
+    ) -> Result<Vec<CacheSavingsRow>, StoreError> {
+        let mut sql = Sql::new(true);
+        let q = sql.cache_savings_query(filter, group);
+        let rows = self.read_rows(&q, &sql.params).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CacheSavingsRow {
+                    group: r.try_get(0).map_err(pg_err)?,
+                    hour_ms: r.try_get(1).map_err(pg_err)?,
+                    hits: to_u64(r.try_get(2).map_err(pg_err)?),
+                    saved_usd: r
+                        .try_get::<_, Option<f64>>(3)
+                        .map_err(pg_err)?
+                        .unwrap_or(0.0),
+                    saved_ms: r
+                        .try_get::<_, Option<f64>>(4)
+                        .map_err(pg_err)?
+                        .unwrap_or(0.0),
                 })
             })
             .collect()

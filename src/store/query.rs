@@ -259,6 +259,40 @@ pub struct AnalyticsQuery {
     pub bucket: Bucket,
 }
 
+/// Exact-cache hits of one group in one hour (see [`Sql::cache_savings_query`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSavingsRow {
+    pub group: Option<String>,
+    pub hour_ms: i64,
+    pub hits: u64,
+    pub saved_usd: f64,
+    pub saved_ms: f64,
+}
+
+/// Cache hits and what they saved, per group (and time bucket) of an analytics query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CacheSavings {
+    pub cache_hits: u64,
+    pub cache_saved_usd: f64,
+    pub cache_saved_ms: f64,
+}
+
+/// Fold hourly savings rows into the query's buckets: `(bucket start, group) -> savings`.
+pub fn fold_cache_savings(
+    rows: Vec<CacheSavingsRow>,
+    bucket: Bucket,
+) -> BTreeMap<(Option<i64>, Option<String>), CacheSavings> {
+    let mut out: BTreeMap<(Option<i64>, Option<String>), CacheSavings> = BTreeMap::new();
+    for r in rows {
+        let group = r.group.filter(|g| !g.is_empty());
+        let s = out.entry((bucket.floor(r.hour_ms), group)).or_default();
+        s.cache_hits += r.hits;
+        s.cache_saved_usd += r.saved_usd;
+        s.cache_saved_ms += r.saved_ms;
+    }
+    out
+}
+
 /// One result row of `/v1/analytics`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnalyticsRow {
@@ -564,9 +598,9 @@ impl Sql {
         c
     }
 
-    /// Raw analytics query: `group, ts_ms, is_error, prompt, completion, cost, latency`.
-    pub fn raw_rows_query(&mut self, f: &LogFilter, g: &GroupBy) -> String {
-        let (group_expr, join) = match g {
+    /// The group expression and the join it needs.
+    fn group_sql(&mut self, g: &GroupBy) -> (String, String) {
+        match g {
             GroupBy::Model => (
                 "COALESCE(t.served_model, t.requested_model)".to_string(),
                 String::new(),
@@ -583,7 +617,50 @@ impl Sql {
                     format!(" JOIN trace_properties gp ON gp.request_id = t.request_id AND gp.name = {n}"),
                 )
             }
+        }
+    }
+
+    /// Exact-cache hits per group and hour: `group, hour_ms, hits, saved_usd, saved_ms`,
+    /// read from the `cache` = `hit`, `cache_saved_usd` and `cache_saved_ms` properties.
+    pub fn cache_savings_query(&mut self, f: &LogFilter, g: &GroupBy) -> String {
+        let (group_expr, join) = self.group_sql(g);
+        // PostgreSQL's CAST fails on a value that is not a number; SQLite's gives 0.
+        let num = |col: &str, pg: bool| {
+            if pg {
+                format!("CASE WHEN {col} ~ '^[0-9]{{1,15}}(\\.[0-9]{{1,12}})?$' THEN CAST({col} AS DOUBLE PRECISION) ELSE 0 END")
+            } else {
+                format!("CAST({col} AS DOUBLE PRECISION)")
+            }
         };
+        let (usd, ms) = (num("cs.value", self.pg), num("cm.value", self.pg));
+        // Driven by the hits (`cache` = `hit`, a primary-key range of the side table), not
+        // by a scan of every trace in the window.
+        let mut conds = vec![
+            "ch.name = 'cache'".to_string(),
+            "ch.value = 'hit'".to_string(),
+        ];
+        if let Some(s) = f.start_ms {
+            conds.push(format!("ch.ts_ms >= {}", self.int(s)));
+        }
+        if let Some(e) = f.end_ms {
+            conds.push(format!("ch.ts_ms < {}", self.int(e)));
+        }
+        conds.extend(self.filter_conds(f, None));
+        let mut q = format!(
+            "SELECT {group_expr}, (t.ts_ms / {HOUR_MS}) * {HOUR_MS}, COUNT(*), SUM({usd}), COALESCE(SUM({ms}), 0.0) \
+             FROM trace_properties ch JOIN traces t ON t.request_id = ch.request_id{join} \
+             JOIN trace_properties cs ON cs.request_id = t.request_id AND cs.name = 'cache_saved_usd' \
+             LEFT JOIN trace_properties cm ON cm.request_id = t.request_id AND cm.name = 'cache_saved_ms'"
+        );
+        q.push_str(" WHERE ");
+        q.push_str(&conds.join(" AND "));
+        q.push_str(" GROUP BY 1, 2");
+        q
+    }
+
+    /// Raw analytics query: `group, ts_ms, is_error, prompt, completion, cost, latency`.
+    pub fn raw_rows_query(&mut self, f: &LogFilter, g: &GroupBy) -> String {
+        let (group_expr, join) = self.group_sql(g);
         let conds = self.filter_conds(f, None);
         let mut q = format!(
             "SELECT {group_expr}, t.ts_ms, CASE WHEN t.status >= 400 OR t.error IS NOT NULL THEN 1 ELSE 0 END, \

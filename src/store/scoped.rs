@@ -13,9 +13,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    AnalyticsQuery, AnalyticsRow, AuditAppend, AuditEntry, DecisionQuery, DecisionRow,
-    FeedbackInsert, FeedbackRow, GroupBy, LogFilter, LogPage, LogQuery, PurgeRule, RawRow,
-    RollupRow, RouteModelStats, RouteServed, RouteStateRow, ScoredDecision, Store, StoreError,
+    AnalyticsQuery, AnalyticsRow, AuditAppend, AuditEntry, CacheSavingsRow, DecisionQuery,
+    DecisionRow, FeedbackInsert, FeedbackRow, GroupBy, LogFilter, LogPage, LogQuery, PurgeRule,
+    RawRow, RollupRow, RouteModelStats, RouteServed, RouteStateRow, ScoredDecision, Store,
+    StoreError,
 };
 use super::{PendingFeedback, PendingInsert};
 use crate::config::GatewayConfig as Config;
@@ -193,6 +194,16 @@ impl Store for Scoped {
     ) -> Result<Vec<RawRow>, StoreError> {
         match self.filter(filter) {
             Some(f) => self.inner.raw_rows(&f, group).await,
+            None => Ok(Vec::new()),
+        }
+    }
+    async fn cache_savings(
+        &self,
+        filter: &LogFilter,
+        group: &GroupBy,
+    ) -> Result<Vec<CacheSavingsRow>, StoreError> {
+        match self.filter(filter) {
+            Some(f) => self.inner.cache_savings(&f, group).await,
             None => Ok(Vec::new()),
         }
     }

@@ -17,7 +17,9 @@ use rusqlite::{
 };
 
 use super::migrations::{Migration, SqlDialect, MIGRATIONS};
-use super::query::{Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats};
+use super::query::{
+    CacheSavingsRow, Histogram, LogFilter, LogPage, LogQuery, Sql, SqlParam, Stats,
+};
 use super::routing::{
     assemble_stats, decisions_sql, recent_served_sql, stats_latency_sql, stats_totals_sql, RParam,
     AUDIT_COLS, DECISION_COLS, DECISION_NCOLS, FEEDBACK_COLS, FEEDBACK_NCOLS,
@@ -1034,6 +1036,31 @@ impl Store for SqliteStore {
                         completion_tokens: to_u64(r.get(4)?),
                         cost_usd: r.get(5)?,
                         latency_ms: r.get(6)?,
+                    })
+                })
+                .map_err(map_err)?;
+            rows.collect::<Result<_, _>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn cache_savings(
+        &self,
+        filter: &LogFilter,
+        group: &GroupBy,
+    ) -> Result<Vec<CacheSavingsRow>, StoreError> {
+        let mut sql = Sql::new(false);
+        let q = sql.cache_savings_query(filter, group);
+        Self::run(&self.reader, move |c| {
+            let mut st = c.prepare_cached(&q).map_err(map_err)?;
+            let rows = st
+                .query_map(params_from_iter(to_values(&sql.params)), |r| {
+                    Ok(CacheSavingsRow {
+                        group: r.get(0)?,
+                        hour_ms: r.get(1)?,
+                        hits: to_u64(r.get(2)?),
+                        saved_usd: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                        saved_ms: r.get::<_, Option<f64>>(4)?.unwrap_or(0.0),
                     })
                 })
                 .map_err(map_err)?;

@@ -52,6 +52,18 @@ pub fn record(i: usize) -> TraceRecord {
     if i.is_multiple_of(4) {
         props.push(("team".to_string(), "a".to_string()));
     }
+    if i % 6 == 1 {
+        // An exact-cache hit: what the original answer cost and how long it took.
+        props.push(("cache".to_string(), "hit".to_string()));
+        props.push((
+            "cache_saved_usd".to_string(),
+            format!("{:.9}", 0.000_1 * (i % 5 + 1) as f64),
+        ));
+        props.push((
+            "cache_saved_ms".to_string(),
+            format!("{:.3}", 10.25 + i as f64),
+        ));
+    }
     props.sort();
     let prompt = 100 + i as u64;
     let completion = 10 + (i % 50) as u64;
@@ -322,6 +334,36 @@ fn expect_ids(recs: &[TraceRecord], f: &LogFilter) -> Vec<String> {
 }
 
 type Agg = BTreeMap<(Option<i64>, Option<String>), (u64, u64, u64, u64, f64, Histogram)>;
+/// Exact-cache hits, USD and ms saved per (bucket, group).
+type CacheAgg = BTreeMap<(Option<i64>, Option<String>), (u64, f64, f64)>;
+
+fn expected_cache(recs: &[TraceRecord], f: &LogFilter, g: &GroupBy, bucket: &str) -> CacheAgg {
+    let mut out: CacheAgg = BTreeMap::new();
+    let hits: Vec<TraceRecord> = recs
+        .iter()
+        .filter(|r| r.properties.iter().any(|(n, _)| n == "cache_saved_usd"))
+        .cloned()
+        .collect();
+    let prop = |r: &TraceRecord, n: &str| -> f64 {
+        r.properties
+            .iter()
+            .find(|(a, _)| a == n)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    for (k, _) in expected_analytics(&hits, f, g, bucket) {
+        let mut one = (0u64, 0.0, 0.0);
+        for r in &hits {
+            if expected_analytics(std::slice::from_ref(r), f, g, bucket).contains_key(&k) {
+                one.0 += 1;
+                one.1 += prop(r, "cache_saved_usd");
+                one.2 += prop(r, "cache_saved_ms");
+            }
+        }
+        out.insert(k, one);
+    }
+    out
+}
 
 fn expected_analytics(recs: &[TraceRecord], f: &LogFilter, g: &GroupBy, bucket: &str) -> Agg {
     let mut out: Agg = BTreeMap::new();
@@ -381,6 +423,7 @@ async fn check_analytics(slot: &StoreSlot, recs: &[TraceRecord], q: &[(&str, &st
         .map(|(_, v)| *v)
         .unwrap_or("none");
     let exp = expected_analytics(recs, &f, &g, bucket);
+    let cache = expected_cache(recs, &f, &g, bucket);
     let r = get(slot, "/v1/analytics", q).await;
     assert_eq!(r.status, 200, "{q:?}: {}", String::from_utf8_lossy(&r.body));
     let v = r.json();
@@ -415,7 +458,24 @@ async fn check_analytics(slot: &StoreSlot, recs: &[TraceRecord], q: &[(&str, &st
         );
         let rate = e.1 as f64 / e.0 as f64;
         assert!((row["error_rate"].as_f64().unwrap_or(-1.0) - rate).abs() < 1e-5);
+        let c = cache.get(&key).copied().unwrap_or_default();
+        assert_eq!(row["cache_hits"].as_u64(), Some(c.0), "{q:?} {row}");
+        assert!(
+            (row["cache_saved_usd"].as_f64().unwrap_or(-1.0) - c.1).abs() < 1e-9,
+            "{q:?} {row} want {c:?}"
+        );
+        assert!(
+            (row["cache_saved_ms"].as_f64().unwrap_or(-1.0) - c.2).abs() < 1e-3,
+            "{q:?} {row} want {c:?}"
+        );
     }
+    let hits: u64 = cache.values().map(|c| c.0).sum();
+    let usd: f64 = cache.values().map(|c| c.1).sum();
+    let t = &v["totals"];
+    // Property groupings count a trace once per value it carries; the filter-wide totals
+    // are the sum of the rows either way.
+    assert_eq!(t["cache_hits"].as_u64(), Some(hits), "{q:?} {t}");
+    assert!((t["cache_saved_usd"].as_f64().unwrap_or(-1.0) - usd).abs() < 1e-9);
 }
 
 /// Submit and flush, retrying the flush a bounded number of times.
@@ -724,6 +784,12 @@ async fn analytics_cases(slot: &StoreSlot, recs: &[TraceRecord]) {
     for q in &cases {
         check_analytics(slot, recs, q).await;
     }
+    // The fixture's cache hits are counted (the checks above compare them per row).
+    let r = get(slot, "/v1/analytics", &[("group_by", "project")]).await;
+    let t = &r.json()["totals"];
+    assert_eq!(t["cache_hits"].as_u64(), Some(100), "{t}");
+    assert!(t["cache_saved_usd"].as_f64().unwrap_or(0.0) > 0.01, "{t}");
+    assert!(t["cache_saved_ms"].as_f64().unwrap_or(0.0) > 1000.0, "{t}");
     // a locked key gets its project's numbers only
     let r = call(
         slot,
