@@ -74,6 +74,9 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_saved_usd: prometheus::Counter,
     pub cache_bytes: IntGauge,
+    /// Semantic cache, by outcome (hit, miss, skipped, embed_error, embed_timeout, stored,
+    /// not_stored).
+    pub cache_semantic: IntCounterVec,
     /// Requests whose limits the shared backend (Redis) could not check in time, by what
     /// the failure mode did (`admitted`, `refused`).
     pub limits_backend_errors: IntCounterVec,
@@ -271,6 +274,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cache_bytes: register_int_gauge!(
             "loopgate_cache_bytes",
             "Weighted bytes held by the in-memory exact cache (as of the last store)"
+        )?,
+        cache_semantic: register_int_counter_vec!(
+            "loopgate_cache_semantic_total",
+            "Semantic cache: lookups by outcome (hit, miss, skipped, embed_error, embed_timeout) and answers offered to it (stored, not_stored)",
+            &["outcome"]
         )?,
         limits_backend_errors: register_int_counter_vec!(
             "loopgate_limits_backend_errors_total",

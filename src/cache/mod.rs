@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::dialect::Usage;
 
+pub mod semantic;
+
 /// `[cache]` in the gateway config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,6 +38,8 @@ pub struct CacheConfig {
     pub routes: BTreeMap<String, CacheRule>,
     /// Per gateway key (by key id) opt-in / opt-out, TTL and default mode.
     pub keys: BTreeMap<String, CacheRule>,
+    /// `[cache.semantic]`: the second lookup, by embedding similarity (`semantic`).
+    pub semantic: semantic::SemanticConfig,
 }
 
 impl Default for CacheConfig {
@@ -48,6 +52,7 @@ impl Default for CacheConfig {
             max_temperature: 1.0,
             routes: BTreeMap::new(),
             keys: BTreeMap::new(),
+            semantic: semantic::SemanticConfig::default(),
         }
     }
 }

@@ -840,6 +840,10 @@ impl GatewayConfig {
             return bad("server.max_body_bytes must be > 0".into());
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.cache
+            .semantic
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         self.vault.validate().map_err(ConfigError::Invalid)?;
         let prefix = &self.server.header_prefix;
         if prefix.is_empty()

@@ -171,6 +171,12 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         "cache.max_bytes",
         old.cache.max_bytes != new.cache.max_bytes,
     );
+    let sem =
+        |c: &crate::cache::semantic::SemanticConfig| (c.max_entries, c.max_scopes, c.max_bytes);
+    diff(
+        "cache.semantic.max_entries, max_scopes, max_bytes",
+        sem(&old.cache.semantic) != sem(&new.cache.semantic),
+    );
     diff("[limits]", {
         // The limits of projects, teams and users apply on reload; the backend does not.
         let backend = |l: &crate::config::LimitsConfig| {
