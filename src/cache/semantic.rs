@@ -246,6 +246,7 @@ pub fn normalize(mut v: Vec<f32>) -> Option<Vec<f32>> {
 /// A stored answer and the scope it belongs to.
 struct Stored {
     entry: Arc<Entry>,
+    scope: Key,
     weight: u32,
 }
 
@@ -302,15 +303,27 @@ impl SemanticCache {
     /// Sized from `[cache.semantic]` (`max_entries`, `max_scopes`, `max_bytes` are fixed for
     /// the life of the process).
     pub fn new(cfg: &SemanticConfig) -> SemanticCache {
+        let scopes: moka::sync::Cache<Key, Arc<Scope>> = moka::sync::Cache::builder()
+            .max_capacity(cfg.max_scopes)
+            .build();
+        // An answer evicted (bytes, TTL) takes its vector out of its scope's index. Never
+        // called with a scope lock held: no scope lock is held across an entry-store call.
+        let indexes = scopes.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
             .weigher(|_k: &u64, s: &Arc<Stored>| s.weight)
             .expire_after(PerEntryTtl)
+            .eviction_listener(move |id: Arc<u64>, s: Arc<Stored>, _cause| {
+                if let Some(scope) = indexes.get(&s.scope) {
+                    let mut g = scope.lock();
+                    if g.index.remove(*id).is_ok_and(|n| n > 0) {
+                        g.order.retain(|x| *x != *id);
+                    }
+                }
+            })
             .build();
         SemanticCache {
-            scopes: moka::sync::Cache::builder()
-                .max_capacity(cfg.max_scopes)
-                .build(),
+            scopes,
             entries,
             next: AtomicU64::new(1),
             max_entries: cfg.max_entries.clamp(1, MAX_ENTRIES),
@@ -369,7 +382,9 @@ impl SemanticCache {
     /// Store `e` under the unit vector `v` in `scope`. `false`: not stored (too large for
     /// the store, a dimension that differs from the scope's, or an index error).
     pub fn insert(&self, scope: Key, v: &[f32], e: Entry) -> bool {
-        let weight = weight(&e);
+        // The answer plus its vector and graph links in the index.
+        let weight =
+            weight(&e).saturating_add(u32::try_from(v.len() * 4 + 256).unwrap_or(u32::MAX));
         if u64::from(weight) > self.max_bytes || v.is_empty() {
             return false;
         }
@@ -393,6 +408,7 @@ impl SemanticCache {
             id,
             Arc::new(Stored {
                 entry: Arc::new(e),
+                scope,
                 weight,
             }),
         );
@@ -655,6 +671,18 @@ mod tests {
         let (scopes, _, bytes) = c.stats();
         assert!(scopes <= 4, "{scopes} scopes");
         assert!(bytes <= 10_000, "{bytes} bytes");
+        // Answers evicted for bytes take their vectors out of the index.
+        let one = SemanticCache::new(&cfg);
+        for i in 0..50u8 {
+            one.insert(
+                [0; 32],
+                &unit(&[1.0, i as f32]),
+                entry(&"x".repeat(900), 60),
+            );
+        }
+        let (_, entries, bytes) = one.stats();
+        assert!(bytes <= 10_000, "{bytes} bytes");
+        assert!(one.scope_len(&[0; 32]) as u64 <= entries + 1, "{entries}");
         assert!(!c.insert([1; 32], &unit(&[1.0]), entry(&"x".repeat(20_000), 60)));
     }
 
