@@ -40,6 +40,8 @@ pub struct Gateway {
     /// The MCP server at `/mcp` (`None`: 404). It checks its own scoped tokens, so it gets
     /// the request before gateway-key auth; the server assembles it (`mcp` module).
     pub mcp: Option<Arc<dyn AdminRoutes>>,
+    /// The semantic cache (sized from `[cache.semantic]` at start).
+    pub semantic: Arc<crate::cache::semantic::SemanticCache>,
     /// The trace store, for `previous_response_id` on `/v1/responses` (`None`: no store).
     pub store: Option<crate::store::writer::StoreSlot>,
     /// The judge and shadow queues (the services create them when installed).
@@ -49,6 +51,9 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(rt: Runtime, traces: TraceHook) -> Gateway {
         let cache = Arc::new(crate::cache::Cache::new(&rt.config.cache));
+        let semantic = Arc::new(crate::cache::semantic::SemanticCache::new(
+            &rt.config.cache.semantic,
+        ));
         Gateway {
             cache,
             runtime: Arc::new(ArcSwap::from_pointee(rt)),
@@ -67,6 +72,7 @@ impl Gateway {
             provider_keys: Arc::default(),
             limits: Arc::new(crate::auth::limits::Limiter::new()),
             mcp: None,
+            semantic,
             store: None,
             jobs: Arc::default(),
         }

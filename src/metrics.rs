@@ -77,6 +77,9 @@ pub struct Metrics {
     /// Exact cache's shared backend (Redis) faults, by operation (get, set, delete, decode,
     /// write_dropped).
     pub cache_backend_errors: IntCounterVec,
+    /// Semantic cache, by outcome (hit, miss, skipped, embed_error, embed_timeout, stored,
+    /// not_stored).
+    pub cache_semantic: IntCounterVec,
     /// Requests whose limits the shared backend (Redis) could not check in time, by what
     /// the failure mode did (`admitted`, `refused`).
     pub limits_backend_errors: IntCounterVec,
@@ -279,6 +282,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "loopgate_cache_backend_errors_total",
             "Exact cache's Redis backend: faults by operation (get, set, delete: timeout or error, a miss; decode: a bad entry, deleted; write_dropped: too many writes in flight)",
             &["op"]
+        )?,
+        cache_semantic: register_int_counter_vec!(
+            "loopgate_cache_semantic_total",
+            "Semantic cache: lookups by outcome (hit, miss, skipped, embed_error, embed_timeout) and answers offered to it (stored, not_stored)",
+            &["outcome"]
         )?,
         limits_backend_errors: register_int_counter_vec!(
             "loopgate_limits_backend_errors_total",

@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 
 use crate::dialect::Usage;
 
+pub mod semantic;
+
 /// `[cache]` in the gateway config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,6 +52,8 @@ pub struct CacheConfig {
     /// With `backend = "redis"`: keep a local copy of entries in front of Redis (bounded by
     /// `max_bytes`).
     pub l1: bool,
+    /// `[cache.semantic]`: the second lookup, by embedding similarity (`semantic`).
+    pub semantic: semantic::SemanticConfig,
 }
 
 /// `[cache] backend`.
@@ -125,6 +129,7 @@ impl Default for CacheConfig {
             redis_timeout_ms: 50,
             redis_key_prefix: "loopgate:cache:".into(),
             l1: true,
+            semantic: semantic::SemanticConfig::default(),
         }
     }
 }

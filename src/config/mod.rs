@@ -844,6 +844,10 @@ impl GatewayConfig {
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.cache.validate().map_err(ConfigError::Invalid)?;
+        self.cache
+            .semantic
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         self.vault.validate().map_err(ConfigError::Invalid)?;
         let prefix = &self.server.header_prefix;
         if prefix.is_empty()

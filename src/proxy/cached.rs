@@ -72,11 +72,22 @@ pub async fn before(
         // Bounded by `cache.redis_timeout_ms` with the Redis backend; a fault is a miss.
         gw.cache.lookup(&k).await
     };
-    let Some(entry) = hit else {
+    // Exact first, then semantic (`proxy::semantic`; off unless configured).
+    let (hit, sem) = match hit {
+        Some(e) => (Some((e, None)), Vec::new()),
+        None => {
+            let refresh = mode == Mode::Refresh;
+            match super::semantic::lookup(gw, rt, ctx, key_id, req, first, refresh).await {
+                Some(o) => (o.hit.map(|(e, s)| (e, Some(s))), o.props),
+                None => (None, Vec::new()),
+            }
+        }
+    };
+    let Some((entry, similarity)) = hit else {
         if mode == Mode::OnlyIfCached {
             ctx.cache = Some(Box::new(CacheCtx::new("miss", None, 0, 0)));
             count("miss");
-            mark(ctx, "miss", &[]);
+            mark(ctx, "miss", &sem);
             return Err(GatewayError::Upstream {
                 status: 504,
                 message: "No cached answer for this request (only-if-cached).".into(),
@@ -88,7 +99,7 @@ pub async fn before(
         c.store = Some(Arc::clone(&gw.cache));
         ctx.cache = Some(Box::new(c));
         count("miss");
-        mark(ctx, "miss", &[]);
+        mark(ctx, "miss", &sem);
         return Ok(false);
     };
     ctx.cache = Some(Box::new(CacheCtx::new("hit", None, 0, 0)));
@@ -96,11 +107,28 @@ pub async fn before(
     crate::metrics::metrics()
         .cache_saved_usd
         .inc_by(entry.cost_usd.max(0.0));
-    serve_hit(rt, session, ctx, &entry).await;
+    serve_hit(rt, session, ctx, &entry, similarity, sem).await;
     Ok(true)
 }
 
-async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e: &Entry) {
+/// `similarity`: a semantic hit (`<prefix>-cache-match` header, `sem` trace properties).
+async fn serve_hit(
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    e: &Entry,
+    similarity: Option<f32>,
+    sem: Vec<(&'static str, String)>,
+) {
+    let extra: Vec<(String, String)> = similarity
+        .map(|s| {
+            (
+                format!("{}-cache-match", rt.headers.prefix),
+                format!("semantic; similarity={s:.4}"),
+            )
+        })
+        .into_iter()
+        .collect();
     ctx.trace.provider = Some(e.provider.clone());
     ctx.trace.served_model = e.model.clone();
     ctx.usage = e.usage;
@@ -109,12 +137,17 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
     match &e.body {
         Body::Json(b) => {
             let body = cache::rewrite_id(b, &e.request_id, &id);
-            super::ingress::write_whole(session, ctx, body, &[]).await;
+            super::ingress::write_whole(session, ctx, body, &extra).await;
         }
         Body::Stream(chunks) => {
-            let Some(h) =
-                response_header(200, "text/event-stream", None, ctx, Some(&rt.headers), &[])
-            else {
+            let Some(h) = response_header(
+                200,
+                "text/event-stream",
+                None,
+                ctx,
+                Some(&rt.headers),
+                &extra,
+            ) else {
                 return;
             };
             ctx.trace.status = 200;
@@ -143,19 +176,23 @@ async fn serve_hit(rt: &Runtime, session: &mut Session, ctx: &mut RequestCtx, e:
         }
     }
     let saved_ms = (e.latency_ms - ctx.elapsed_ms()).max(0.0);
-    let saved = [
+    let mut saved = vec![
         ("cache_saved_usd", format!("{:.9}", e.cost_usd)),
         ("cache_saved_ms", format!("{saved_ms:.3}")),
     ];
+    saved.extend(sem);
     mark(ctx, "hit", &saved);
 }
 
 /// The trace properties `cache` = outcome (and, on a hit, what it saved). Set by the
 /// gateway only: a client's `<prefix>-property-cache*` header of the same name is replaced.
 fn mark(ctx: &mut RequestCtx, outcome: &str, extra: &[(&str, String)]) {
-    ctx.trace
-        .properties
-        .retain(|(k, _)| !matches!(k.as_str(), "cache" | "cache_saved_usd" | "cache_saved_ms"));
+    ctx.trace.properties.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "cache" | "cache_saved_usd" | "cache_saved_ms" | "cache_semantic" | "cache_similarity"
+        )
+    });
     ctx.trace.properties.push(("cache".into(), outcome.into()));
     for (k, v) in extra {
         ctx.trace.properties.push(((*k).into(), v.clone()));
@@ -185,19 +222,18 @@ pub fn commit(ctx: &mut RequestCtx) {
         count("too_large");
         return;
     };
-    let stored = store.offer(
-        k,
-        Entry {
-            body,
-            provider,
-            model: ctx.trace.served_model.clone(),
-            usage: ctx.usage,
-            cost_usd: ctx.trace.cost_usd,
-            latency_ms: ctx.elapsed_ms(),
-            request_id: ctx.trace.request_id.clone(),
-            expires: Instant::now() + Duration::from_secs(ttl),
-        },
-    );
+    let entry = Entry {
+        body,
+        provider,
+        model: ctx.trace.served_model.clone(),
+        usage: ctx.usage,
+        cost_usd: ctx.trace.cost_usd,
+        latency_ms: ctx.elapsed_ms(),
+        request_id: ctx.trace.request_id.clone(),
+        expires: Instant::now() + Duration::from_secs(ttl),
+    };
+    super::semantic::offer(ctx.semantic.take(), &entry);
+    let stored = store.offer(k, entry);
     count(if stored { "stored" } else { "too_large" });
     crate::metrics::metrics()
         .cache_bytes

@@ -84,6 +84,8 @@ pub struct RequestCtx {
     pub firewall: Option<Box<crate::firewall::Report>>,
     /// Exact-cache state (`crate::cache`; `None`: the cache is off for this request).
     pub cache: Option<Box<crate::cache::CacheCtx>>,
+    /// Semantic-cache insert planned on a miss (`proxy::semantic`; `None`: nothing to store).
+    pub semantic: Option<Box<super::semantic::Pending>>,
 }
 
 impl RequestCtx {
@@ -113,6 +115,7 @@ impl RequestCtx {
             cors: Vec::new(),
             firewall: None,
             cache: None,
+            semantic: None,
         }
     }
 

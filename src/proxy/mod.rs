@@ -14,6 +14,7 @@ pub mod logging;
 pub mod request;
 pub mod respond;
 pub mod routed;
+pub mod semantic;
 pub mod upstream;
 
 use std::sync::Arc;

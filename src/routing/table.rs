@@ -430,6 +430,32 @@ impl Runtime {
                 )?,
             }
         }
+        let sem = &self.config.cache.semantic;
+        if sem.used() && !sem.model.is_empty() {
+            let Some(c) = served(&sem.model, None) else {
+                return err(format!(
+                    "cache.semantic.model: '{}' is served by no active provider{}",
+                    sem.model,
+                    missing(&sem.model)
+                ));
+            };
+            let mode = self
+                .catalog
+                .get(&c.provider.profile.catalog_providers, &c.model)
+                .map(|i| i.mode);
+            if mode.is_some_and(|m| {
+                !matches!(
+                    m,
+                    crate::catalog::Mode::Embedding | crate::catalog::Mode::Other
+                )
+            }) {
+                return err(format!(
+                    "cache.semantic.model: '{}' is not an embeddings model (catalog mode '{}')",
+                    sem.model,
+                    mode.map(|m| m.as_str()).unwrap_or_default()
+                ));
+            }
+        }
         if let Some(wc) = &self.config.webhook {
             let mut wc = wc.clone();
             wc.resolve_secret(|k| std::env::var(k).ok())

@@ -184,6 +184,12 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         };
         backend(&old.cache) != backend(&new.cache)
     });
+    let sem =
+        |c: &crate::cache::semantic::SemanticConfig| (c.max_entries, c.max_scopes, c.max_bytes);
+    diff(
+        "cache.semantic.max_entries, max_scopes, max_bytes",
+        sem(&old.cache.semantic) != sem(&new.cache.semantic),
+    );
     diff("[limits]", {
         // The limits of projects, teams and users apply on reload; the backend does not.
         let backend = |l: &crate::config::LimitsConfig| {
