@@ -84,6 +84,8 @@ pub struct RequestCtx {
     pub firewall: Option<Box<crate::firewall::Report>>,
     /// Exact-cache state (`crate::cache`; `None`: the cache is off for this request).
     pub cache: Option<Box<crate::cache::CacheCtx>>,
+    /// W3C trace context and what the OpenTelemetry span needs (`None`: `[otlp]` off).
+    pub otel: Option<Box<crate::trace::otel::OtelCtx>>,
 }
 
 impl RequestCtx {
@@ -113,6 +115,7 @@ impl RequestCtx {
             cors: Vec::new(),
             firewall: None,
             cache: None,
+            otel: None,
         }
     }
 
