@@ -95,14 +95,15 @@ impl OtlpFlush {
     }
 }
 
+/// The span queue and the shutdown flush requests.
+type Queues = (
+    mpsc::Receiver<SpanData>,
+    mpsc::Receiver<oneshot::Sender<()>>,
+);
+
 pub struct OtlpService {
     cfg: OtlpConfig,
-    rx: Mutex<
-        Option<(
-            mpsc::Receiver<SpanData>,
-            mpsc::Receiver<oneshot::Sender<()>>,
-        )>,
-    >,
+    rx: Mutex<Option<Queues>>,
 }
 
 impl OtlpService {
