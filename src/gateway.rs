@@ -46,6 +46,8 @@ pub struct Gateway {
     pub store: Option<crate::store::writer::StoreSlot>,
     /// The judge and shadow queues (the services create them when installed).
     pub jobs: Arc<crate::rollout::jobs::JobQueues>,
+    /// OpenTelemetry span outlet (`[otlp] enabled`; `None`: no trace context, no spans).
+    pub otlp: Option<Arc<crate::trace::otel::Otel>>,
 }
 
 impl Gateway {
@@ -75,6 +77,7 @@ impl Gateway {
             semantic,
             store: None,
             jobs: Arc::default(),
+            otlp: None,
         }
     }
 }

@@ -92,6 +92,14 @@ pub struct Metrics {
     pub provider_keys_cooling: IntGaugeVec,
     /// Cooldowns started, by provider and reason (`unauthorized`, `rate_limited`).
     pub provider_key_cooldowns: IntCounterVec,
+    /// OTLP spans not exported, by reason (`queue_full`, `export_failed`, `closed`).
+    pub otlp_dropped: IntCounterVec,
+    /// OTLP spans the collector accepted.
+    pub otlp_exported: prometheus::IntCounter,
+    /// OTLP export calls that failed (collector down, refused, timed out).
+    pub otlp_export_failures: prometheus::IntCounter,
+    /// Spans waiting in the OTLP queue (as of the exporter's last batch).
+    pub otlp_queue_depth: IntGauge,
 }
 
 /// What bounds the `model` label set: the models the config or the catalog knows
@@ -313,11 +321,31 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Cooldowns of provider API keys started on this gateway, by provider and reason",
             &["provider", "reason"]
         )?,
+        otlp_dropped: register_int_counter_vec!(
+            "loopgate_otlp_spans_dropped_total",
+            "OpenTelemetry spans not exported, by reason (queue_full, export_failed, closed)",
+            &["reason"]
+        )?,
+        otlp_exported: prometheus::register_int_counter!(
+            "loopgate_otlp_spans_exported_total",
+            "OpenTelemetry spans accepted by the OTLP collector"
+        )?,
+        otlp_export_failures: prometheus::register_int_counter!(
+            "loopgate_otlp_export_failures_total",
+            "OTLP export calls that failed (collector down, refused or timed out)"
+        )?,
+        otlp_queue_depth: register_int_gauge!(
+            "loopgate_otlp_queue_depth",
+            "OpenTelemetry spans waiting for export"
+        )?,
     };
     m.start_time.set(crate::dialect::unix_now() as f64);
     // Export the loss counters at zero from the start, so "nothing dropped" is visible.
     for reason in ["channel_full", "rejected", "spill_failed", "spill_corrupt"] {
         m.trace_dropped.with_label_values(&[reason]);
+    }
+    for reason in ["queue_full", "export_failed", "closed"] {
+        m.otlp_dropped.with_label_values(&[reason]);
     }
     for result in ["ok", "failed"] {
         m.config_reloads.with_label_values(&[result]);

@@ -63,6 +63,8 @@ pub struct ShutdownCoordinator {
     pub stop_writer: watch::Sender<bool>,
     /// Removed on exit while it still names this process.
     pub pid_file: Option<PathBuf>,
+    /// The OTLP exporter's queue, exported (bounded) before exit (`[otlp]` on).
+    pub otlp: Option<crate::services::otlp::OtlpFlush>,
 }
 
 #[async_trait]
@@ -90,6 +92,9 @@ impl BackgroundService for ShutdownCoordinator {
                 }
                 Err(_) => tracing::warn!("trace flush timed out"),
             }
+        }
+        if let Some(o) = &self.otlp {
+            o.flush_and_stop().await;
         }
         let _ = self.stop_writer.send(true);
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -224,11 +229,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let tracing_on = storage.backend != Backend::None;
     let (sink, writer, slot) = trace_pipeline(&storage);
     let (stop_writer, writer_stop) = watch::channel(false);
-    let coordinator = ShutdownCoordinator {
+    let mut coordinator = ShutdownCoordinator {
         sink: tracing_on.then(|| sink.clone()),
         grace: Duration::from_secs(s.grace_period_secs),
         stop_writer,
         pid_file: s.pid_file.as_deref().map(PathBuf::from),
+        otlp: None,
     };
     let hook: crate::proxy::TraceHook = if tracing_on {
         Box::new(move |r| sink.submit(r))
@@ -340,6 +346,15 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             runtime: gw.runtime.clone(),
             auto: gw.auto.clone(),
         }));
+    let otlp_cfg = gw.runtime.load().config.otlp.clone();
+    let mut otlp_service = None;
+    if otlp_cfg.enabled {
+        let (outlet, rx) = crate::trace::otel::Otel::channel(&otlp_cfg);
+        gw.otlp = Some(Arc::new(outlet));
+        let (svc, flush) = crate::services::otlp::OtlpService::new(otlp_cfg, rx);
+        coordinator.otlp = Some(flush);
+        otlp_service = Some(svc);
+    }
     let mcp = crate::mcp::Mcp::assemble(&mut gw, tracing_on.then(|| slot.clone()));
     let vkeys = gw.vkeys.clone();
     let provider_keys = gw.provider_keys.clone();
@@ -388,6 +403,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         ));
     }
     server.add_service(background_service("shutdown", coordinator));
+    if let Some(svc) = otlp_service {
+        server.add_service(background_service("otlp exporter", svc));
+    }
     if tracing_on {
         server.add_service(background_service(
             "virtual keys",

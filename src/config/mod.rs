@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     /// and the cooldowns of rejected keys.
     #[serde(default)]
     pub vault: VaultConfig,
+    /// OpenTelemetry: one span per model call exported over OTLP (`docs/operations.md`).
+    #[serde(default)]
+    pub otlp: crate::trace::otel::OtlpConfig,
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -769,6 +772,7 @@ impl GatewayConfig {
                 });
             }
         }
+        self.otlp.apply_env(&var);
         // LOOPGATE_MASTER_KEY is read by the runtime (hashed there, never stored in config).
     }
 
@@ -849,6 +853,7 @@ impl GatewayConfig {
             .validate()
             .map_err(ConfigError::Invalid)?;
         self.vault.validate().map_err(ConfigError::Invalid)?;
+        self.otlp.validate().map_err(ConfigError::Invalid)?;
         let prefix = &self.server.header_prefix;
         if prefix.is_empty()
             || !prefix

@@ -86,6 +86,8 @@ pub struct RequestCtx {
     pub cache: Option<Box<crate::cache::CacheCtx>>,
     /// Semantic-cache insert planned on a miss (`proxy::semantic`; `None`: nothing to store).
     pub semantic: Option<Box<super::semantic::Pending>>,
+    /// W3C trace context and what the OpenTelemetry span needs (`None`: `[otlp]` off).
+    pub otel: Option<Box<crate::trace::otel::OtelCtx>>,
 }
 
 impl RequestCtx {
@@ -116,6 +118,7 @@ impl RequestCtx {
             firewall: None,
             cache: None,
             semantic: None,
+            otel: None,
         }
     }
 

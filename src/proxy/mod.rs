@@ -88,10 +88,22 @@ impl ProxyHttp for LoopgateProxy {
         if ctx.traced {
             logging::observe(ctx);
             let decision = routed::finish(&self.gw, ctx);
-            if self.gw.tracing {
+            let otel = self.gw.otlp.as_deref().zip(ctx.otel.take());
+            if self.gw.tracing || otel.is_some() {
+                if let Some((_, o)) = &otel {
+                    ctx.trace
+                        .properties
+                        .push(("otel_trace_id".into(), o.trace_id_hex()));
+                }
                 let mut rec = logging::trace_record(ctx);
                 rec.decision = decision;
-                (self.gw.traces)(rec);
+                if let Some((out, o)) = &otel {
+                    // Built from the finished record; `submit` only enqueues.
+                    out.submit(&rec, o);
+                }
+                if self.gw.tracing {
+                    (self.gw.traces)(rec);
+                }
             }
         }
     }
@@ -151,6 +163,11 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     }
 
     ctx.ingress = crate::dialect::ingress::Ingress::for_path(&path);
+    if let Some(o) = &gw.otlp {
+        let h = &session.req_header().headers;
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+        ctx.otel = Some(o.begin(get("traceparent"), get("tracestate")));
+    }
     let key = match request::authenticate(&rt, &gw.vkeys, session) {
         Ok((k, vk)) => {
             ctx.vkey = vk;

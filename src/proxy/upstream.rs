@@ -96,6 +96,9 @@ pub async fn serve(
     let created = crate::dialect::unix_now();
     let stream = op.stream();
     ctx.trace.stream = stream;
+    if let (Some(o), Op::Chat(r)) = (ctx.otel.as_mut(), &op) {
+        o.request_params(&r.body);
+    }
     let mut last: Option<Failure> = None;
     let mut tried: Vec<String> = Vec::with_capacity(candidates.len());
     let mut first_failed: Option<String> = None;
@@ -188,6 +191,10 @@ pub async fn serve(
         };
         for (k, v) in &prov.profile.headers {
             req.headers.push((k.clone(), v.clone()));
+        }
+        if let Some(o) = &ctx.otel {
+            // Before signing: a signer that signs every header covers it too.
+            o.inject(&mut req);
         }
         let used_key = match sign_attempt(prov, vault.as_deref(), &mut req).await {
             Ok(k) => k,
@@ -483,6 +490,9 @@ async fn whole_back(
         _ => (t, None),
     };
     crate::services::judge_service::capture_whole(&mut ctx.rollout, &t.body);
+    if let (Some(o), Op::Chat(_)) = (ctx.otel.as_mut(), op) {
+        o.scan_finish_reasons(&t.body);
+    }
     if capture(rt, ctx) {
         let stored = masked.as_deref().unwrap_or(&t.body);
         ctx.trace.response_body = Some(String::from_utf8_lossy(stored).into_owned());
@@ -720,6 +730,9 @@ async fn stream_back(
             let chunk = out.split().freeze();
             ctx.trace.response_bytes += chunk.len() as u64;
             crate::services::judge_service::capture_stream(&mut ctx.rollout, &chunk);
+            if let Some(o) = ctx.otel.as_mut() {
+                o.scan_finish_reasons(&chunk);
+            }
             if let Some(c) = ctx.cache.as_mut() {
                 c.keep_chunk(&chunk);
                 if end && outcome == "ok" {

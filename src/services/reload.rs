@@ -203,6 +203,7 @@ pub fn needs_restart(old: &GatewayConfig, new: &GatewayConfig) -> Vec<String> {
         };
         backend(&old.limits) != backend(&new.limits)
     });
+    diff("[otlp]", old.otlp != new.otlp);
     // Turning body capture off and zero-retention projects apply at once; turning capture
     // on and the rest of [storage] (backend, batching, retention) do not.
     let storage = |t: &toml::Table| {

@@ -2,6 +2,7 @@
 
 pub mod fresh;
 pub mod ids;
+pub mod otel;
 pub mod record;
 
 pub use record::{Attempt, DecisionRow, TraceRecord};

@@ -15,6 +15,14 @@ pub struct UpstreamRequest {
     pub body: Bytes,
 }
 
+impl UpstreamRequest {
+    /// Set a header, replacing any of the same name (case-insensitive).
+    pub fn set_header(&mut self, name: &str, value: String) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_string(), value));
+    }
+}
+
 /// A parsed base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
