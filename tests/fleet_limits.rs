@@ -8,102 +8,18 @@
 //! `LOOPGATE_REQUIRE_REDIS` is set (CI installs it: `.ci/setup --test`), then they fail.
 
 mod common;
+#[path = "support/redis.rs"]
+mod redis_proc;
 
-use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use redis_proc::{redis_available, RedisProc};
 use serde_json::{json, Value};
 
-const REDIS: &str = "/usr/bin/redis-server";
 const REDIS_PASSWORD: &str = "fleet-test-redis-password-7f3a";
 /// gpt-4o-mini at 400 prompt + 200 completion tokens (the mock's usage).
 const COST: f64 = 0.00018;
-
-/// A real redis-server on loopback, killed on drop.
-struct RedisProc {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for RedisProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether Redis tests can run here; panics when they must (LOOPGATE_REQUIRE_REDIS).
-fn redis_available() -> bool {
-    if Path::new(REDIS).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("LOOPGATE_REQUIRE_REDIS").is_none(),
-        "LOOPGATE_REQUIRE_REDIS is set but {REDIS} is missing (apt-get install redis-server)"
-    );
-    eprintln!("SKIPPED: {REDIS} not found; install redis-server to run the fleet limit tests");
-    false
-}
-
-impl RedisProc {
-    fn start(port: u16, password: Option<&str>) -> RedisProc {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir, port, password)
-    }
-
-    fn start_in(dir: tempfile::TempDir, port: u16, password: Option<&str>) -> RedisProc {
-        let mut cmd = Command::new(REDIS);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(p) = password {
-            cmd.args(["--requirepass", p]);
-        }
-        let child = cmd.spawn().expect("spawn redis-server");
-        let r = RedisProc { child, port, dir };
-        r.wait_ready();
-        r
-    }
-
-    /// Poll until Redis answers a PING (any reply: NOAUTH counts), at most 10 s.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut buf = [0u8; 64];
-                if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0) {
-                    return;
-                }
-            }
-            // The pause between polls of this bounded loop.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start on port {}", self.port);
-    }
-
-    /// Kill Redis (SIGKILL: no goodbye to its clients).
-    fn kill(mut self) -> (tempfile::TempDir, u16) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = tempfile::tempdir().expect("tempdir");
-        (std::mem::replace(&mut self.dir, dir), self.port)
-    }
-
-    fn url(&self, password: Option<&str>) -> String {
-        match password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
-        }
-    }
-}
 
 /// A request slower than this hung: 25 times the 200 ms `limits.timeout_ms`, so a loaded
 /// machine does not trip it, while a request waiting on a dead Redis without a bound does.
@@ -197,9 +113,9 @@ async fn two_gateways_on_one_redis_and_one_sqlite_enforce_one_limit_and_one_budg
     if !redis_available() {
         return;
     }
-    let redis = RedisProc::start(free_port(), None);
+    let redis = RedisProc::start_with(free_port(), None);
     let mock = MockUpstream::start(model_fleet()).await;
-    let limits = limits_toml(&redis.url(None), "fail_closed");
+    let limits = limits_toml(&redis.url_with(None), "fail_closed");
     let a = GatewayProc::start(&limits, &upstream_env(&mock));
     let mut env_b = upstream_env(&mock);
     env_b.push(("LOOPGATE_DB", a.db_path().display().to_string()));
@@ -216,7 +132,7 @@ async fn two_gateways_on_one_redis_and_one_postgres_enforce_one_limit_and_one_bu
     if !redis_available() {
         return;
     }
-    let redis = RedisProc::start(free_port(), None);
+    let redis = RedisProc::start_with(free_port(), None);
     let srv = pg::PgServer::start();
     srv.create_db("fleet");
     let storage = format!(
@@ -224,7 +140,7 @@ async fn two_gateways_on_one_redis_and_one_postgres_enforce_one_limit_and_one_bu
         srv.url_for("fleet")
     );
     let mock = MockUpstream::start(model_fleet()).await;
-    let limits = limits_toml(&redis.url(None), "fail_closed");
+    let limits = limits_toml(&redis.url_with(None), "fail_closed");
     let a = GatewayProc::start_full("", &storage, &limits, &upstream_env(&mock));
     let b = GatewayProc::start_full("", &storage, &limits, &upstream_env(&mock));
     one_limit_and_one_budget(&a, &b).await;
@@ -330,8 +246,8 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
     if !redis_available() {
         return;
     }
-    let redis = RedisProc::start(free_port(), Some(REDIS_PASSWORD));
-    let url = redis.url(Some(REDIS_PASSWORD));
+    let redis = RedisProc::start_with(free_port(), Some(REDIS_PASSWORD));
+    let url = redis.url_with(Some(REDIS_PASSWORD));
     let mock = MockUpstream::start(model_fleet()).await;
     let mut env = upstream_env(&mock);
     env.push(("LOOPGATE_REDIS_URL", url.clone()));
@@ -381,7 +297,7 @@ async fn redis_killed_mid_load_meets_the_failure_mode_and_recovers() {
     )
     .await;
     let admitted = "loopgate_limits_backend_errors_total{outcome=\"admitted\"}";
-    let (redis_dir, port) = redis.kill();
+    let (redis_dir, port) = redis.kill_keeping_dir();
     // Keep loading until the closed gateway has refused for a while (bounded).
     let t0 = Instant::now();
     loop {
@@ -576,7 +492,7 @@ async fn redis_down_at_start_then_up() {
     // A key without limits or budgets never needs Redis.
     let (s, body, _) = chat(&gw, &open_key).await;
     assert_eq!(s, 200, "{body}");
-    let _redis = RedisProc::start(port, None);
+    let _redis = RedisProc::start_with(port, None);
     let t0 = Instant::now();
     loop {
         let (s, body, _) = chat(&gw, &key).await;
@@ -659,9 +575,12 @@ async fn projects_teams_and_users_share_limits_and_budgets_across_two_gateways()
     if !redis_available() {
         return;
     }
-    let redis = RedisProc::start(free_port(), None);
+    let redis = RedisProc::start_with(free_port(), None);
     let mock = MockUpstream::start(model_fleet()).await;
-    let limits = format!("{}{GROUPS}", limits_toml(&redis.url(None), "fail_closed"));
+    let limits = format!(
+        "{}{GROUPS}",
+        limits_toml(&redis.url_with(None), "fail_closed")
+    );
     let a = GatewayProc::start(&limits, &upstream_env(&mock));
     let mut env_b = upstream_env(&mock);
     env_b.push(("LOOPGATE_DB", a.db_path().display().to_string()));

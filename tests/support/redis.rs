@@ -1,6 +1,8 @@
 //! A real `redis-server` on a loopback port for the tests that share state through Redis,
 //! killed on drop. Without `/usr/bin/redis-server` the Redis tests are skipped with a loud
 //! message, unless `LOOPGATE_REQUIRE_REDIS` is set (CI installs it), then they fail.
+//! Used by `tests/fleet_limits.rs` and `tests/cache_fleet.rs` (each uses part of it).
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -37,22 +39,34 @@ pub fn redis_available() -> bool {
 
 impl RedisProc {
     pub fn start(port: u16) -> RedisProc {
+        Self::start_with(port, None)
+    }
+
+    /// With `requirepass` when `password` is set.
+    pub fn start_with(port: u16, password: Option<&str>) -> RedisProc {
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(REDIS)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        Self::start_in(dir, port, password)
+    }
+
+    /// In `dir` (a restart on the directory a killed server left).
+    pub fn start_in(dir: tempfile::TempDir, port: u16, password: Option<&str>) -> RedisProc {
+        let mut cmd = Command::new(REDIS);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
+            .stderr(Stdio::null());
+        if let Some(p) = password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd.spawn().expect("spawn redis-server");
         let r = RedisProc { child, port, dir };
         r.wait_ready();
         r
     }
 
-    /// Poll until Redis answers a PING, at most 10 s.
+    /// Poll until Redis answers a PING (any reply: NOAUTH counts), at most 10 s.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -80,8 +94,23 @@ impl RedisProc {
         self.port
     }
 
+    /// Kill Redis and keep its directory and port for [`RedisProc::start_in`].
+    pub fn kill_keeping_dir(mut self) -> (tempfile::TempDir, u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("tempdir");
+        (std::mem::replace(&mut self.dir, dir), self.port)
+    }
+
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.url_with(None)
+    }
+
+    pub fn url_with(&self, password: Option<&str>) -> String {
+        match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// A connection of the test's own, to look at and tamper with what the gateways stored.
