@@ -1,6 +1,9 @@
 //! The LLM firewall's cost on a chat request (criterion): the fast path of a clean 2 KiB
 //! prompt through every built-in pack plus custom regex and keyword rules, the same prompt
-//! with one secret to redact, and the stream guard per chunk.
+//! with one secret to redact, the stream guard per chunk, and what a cacheable request pays
+//! before it goes upstream or is answered from the cache: the exact-cache key of the 2 KiB
+//! request, the in-memory lookup (a hit), and the firewall's fast path (issue 16's
+//! "cache lookup + firewall fast path < 20 µs").
 //!
 //! `cargo bench --bench firewall` (well under a minute).
 
@@ -85,6 +88,49 @@ fn bench(c: &mut Criterion) {
                     guard.feed(c, &mut out, None);
                 }
                 black_box(out.len())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    // The exact cache's lookup on the same request, then the firewall: key (SHA-256 over
+    // the canonical body) + in-memory get (a hit) + the clean-prompt check.
+    let cache = loopgate::cache::Cache::new(&loopgate::cache::CacheConfig::default());
+    let key = loopgate::cache::key(Some("bench"), "openai", "gpt-4o-mini", false, &clean);
+    cache.insert(
+        key,
+        loopgate::cache::Entry {
+            body: loopgate::cache::Body::Json(bytes::Bytes::from_static(b"{\"id\":\"x\"}")),
+            provider: "openai".into(),
+            model: Some("gpt-4o-mini".into()),
+            usage: Default::default(),
+            cost_usd: 0.0,
+            latency_ms: 1.0,
+            request_id: "x".into(),
+            expires: std::time::Instant::now() + Duration::from_secs(3600),
+        },
+    );
+    let mut g = c.benchmark_group("cache");
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("key_2k", |b| {
+        b.iter(|| {
+            black_box(loopgate::cache::key(
+                Some("bench"),
+                "openai",
+                "gpt-4o-mini",
+                false,
+                black_box(&clean),
+            ))
+        })
+    });
+    g.bench_function("key_lookup_hit_and_firewall_2k", |b| {
+        b.iter_batched_ref(
+            || (Report::new(p.clone()), clean.clone()),
+            |(r, body)| {
+                let clean_ok = chat::check_request(r, body).is_ok();
+                let k = loopgate::cache::key(Some("bench"), "openai", "gpt-4o-mini", false, body);
+                black_box((clean_ok, cache.get(&k).is_some()))
             },
             BatchSize::SmallInput,
         )

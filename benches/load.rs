@@ -425,6 +425,8 @@ enum Tracing {
     Limits,
     /// Tracing on, and the firewall's three packs on every request (issue 16).
     Firewall,
+    /// Tracing on, and the exact cache on: every request after the first is a hit (issue 16).
+    Cache,
 }
 
 fn start_loopgate(
@@ -440,13 +442,14 @@ fn start_loopgate(
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let d = dir.display();
     let storage = match tracing {
-        Tracing::On | Tracing::Limits | Tracing::Firewall => format!("backend = \"sqlite\"\nsqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
+        Tracing::On | Tracing::Limits | Tracing::Firewall | Tracing::Cache => format!("backend = \"sqlite\"\nsqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
         // `backend = "none"`: no trace record is built, nothing is written.
         Tracing::Off => "backend = \"none\"\n".to_string(),
     };
     let extra = match tracing {
         Tracing::Limits => "\n[limits.projects.bench]\nrpm = 100000000\ntpm = 1000000000000\nbudgets = [{ period = \"day\", usd = 1000000000.0 }]\n",
         Tracing::Firewall => "\n[firewall]\ndefault_policy = \"std\"\n[firewall.policies.std]\npacks = [\"injection\", \"pii\", \"secrets\"]\n",
+        Tracing::Cache => "\n[cache]\nenabled = true\n",
         Tracing::On | Tracing::Off => "",
     };
     let config = format!(
@@ -895,6 +898,8 @@ async fn run() -> R<()> {
         &fast_base,
         Tracing::Firewall,
     )?;
+    let (mut ch, ch_addr, _) =
+        start_loopgate(&bin, tmp.path(), "lg_cache_hit", &fast_base, Tracing::Cache)?;
     let (mut on_slow, on_slow_addr, _) = start_loopgate(
         &bin,
         tmp.path(),
@@ -945,6 +950,13 @@ async fn run() -> R<()> {
     )
     .await?;
     wait_ready(
+        "lg_cache_hit",
+        ch_addr,
+        "/v1/chat/completions",
+        Some(&mut ch),
+    )
+    .await?;
+    wait_ready(
         "lg_trace_on_slow",
         on_slow_addr,
         "/v1/chat/completions",
@@ -992,6 +1004,11 @@ async fn run() -> R<()> {
             addr: fw_addr,
             path: "/v1/chat/completions",
         },
+        Target {
+            name: "lg_cache_hit",
+            addr: ch_addr,
+            path: "/v1/chat/completions",
+        },
     ];
     eprintln!("latency, non-stream ...");
     let non_stream = latency_phase(&lat_targets, false).await?;
@@ -1029,7 +1046,7 @@ async fn run() -> R<()> {
     let traces_written = scrape(on_metrics, "loopgate_trace_written_total").await;
     let traces_dropped = scrape(on_metrics, "loopgate_trace_dropped_total").await;
     let off_written = scrape(off_metrics, "loopgate_trace_written_total").await;
-    drop((pt, on, off, lim, fw, on_slow, off_slow));
+    drop((pt, on, off, lim, fw, ch, on_slow, off_slow));
 
     // Report.
     let added =
