@@ -778,23 +778,7 @@ impl Limiter {
         if self.fleet.is_some() {
             return;
         }
-        let state = self
-            .keys
-            .entry(id.to_string())
-            .or_insert_with(|| {
-                Arc::new(KeyState {
-                    rates: ArcSwap::from_pointee(Rates::new(&Limits::default())),
-                    spend: Spend::new(),
-                })
-            })
-            .clone();
-        for (slot, usd) in usd.into_iter().enumerate() {
-            if usd.is_finite() && usd > 0.0 {
-                state
-                    .spend
-                    .add_slot(slot, now_ms, (usd * NANOS_PER_USD).round() as u64);
-            }
-        }
+        seed_into(&self.keys, id, usd, now_ms);
     }
 
     /// Unix ms when this limiter was made: the spend of requests that started earlier is
@@ -871,22 +855,7 @@ impl Limiter {
         if self.fleet.is_some() {
             return;
         }
-        let state = self.groups[kind as usize]
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(KeyState {
-                    rates: ArcSwap::from_pointee(Rates::new(&Limits::default())),
-                    spend: Spend::new(),
-                })
-            })
-            .clone();
-        for (slot, usd) in usd.into_iter().enumerate() {
-            if usd.is_finite() && usd > 0.0 {
-                state
-                    .spend
-                    .add_slot(slot, now_ms, (usd * NANOS_PER_USD).round() as u64);
-            }
-        }
+        seed_into(&self.groups[kind as usize], name, usd, now_ms);
     }
 
     /// The spend of key `id` in the current day, month and in total (USD): this gateway's
@@ -1374,6 +1343,27 @@ fn fill_slot(
         Err(r) => {
             *slot = Some(Ticket::refused(&r));
             Err(r.error)
+        }
+    }
+}
+
+/// Add a holder's recomputed spend (day, month, total; USD) to its state in `map`, creating
+/// the state (without rates) when the holder has not been seen yet.
+fn seed_into(map: &DashMap<String, Arc<KeyState>>, name: &str, usd: [f64; 3], now_ms: i64) {
+    let state = map
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            Arc::new(KeyState {
+                rates: ArcSwap::from_pointee(Rates::new(&Limits::default())),
+                spend: Spend::new(),
+            })
+        })
+        .clone();
+    for (slot, usd) in usd.into_iter().enumerate() {
+        if usd.is_finite() && usd > 0.0 {
+            state
+                .spend
+                .add_slot(slot, now_ms, (usd * NANOS_PER_USD).round() as u64);
         }
     }
 }

@@ -92,41 +92,45 @@ impl Report {
         start: usize,
         end: usize,
     ) {
-        metrics()
-            .verdicts
-            .with_label_values(&[&rule.id, rule.action.as_str(), phase.as_str()])
-            .inc();
-        if self.verdicts.len() >= MAX_VERDICTS {
-            self.dropped += 1;
-            return;
-        }
-        self.verdicts.push(Verdict {
-            rule: rule.id.to_string(),
-            action: rule.action,
-            phase,
-            field: field(),
-            start,
-            end,
-        });
+        self.record(&rule.id, rule.action, phase, field, start, end);
     }
 
     /// Record the classifier's finding as a verdict (no span: it covers the messages).
     pub fn push_classified(&mut self, c: &classifier::Classifier, category: &str) {
+        self.record(
+            &c.rule,
+            c.action,
+            Phase::Request,
+            || format!("messages ({category})"),
+            0,
+            0,
+        );
+    }
+
+    fn record(
+        &mut self,
+        rule: &str,
+        action: Action,
+        phase: Phase,
+        field: impl FnOnce() -> String,
+        start: usize,
+        end: usize,
+    ) {
         metrics()
             .verdicts
-            .with_label_values(&[&c.rule, c.action.as_str(), Phase::Request.as_str()])
+            .with_label_values(&[rule, action.as_str(), phase.as_str()])
             .inc();
         if self.verdicts.len() >= MAX_VERDICTS {
             self.dropped += 1;
             return;
         }
         self.verdicts.push(Verdict {
-            rule: c.rule.to_string(),
-            action: c.action,
-            phase: Phase::Request,
-            field: format!("messages ({category})"),
-            start: 0,
-            end: 0,
+            rule: rule.to_string(),
+            action,
+            phase,
+            field: field(),
+            start,
+            end,
         });
     }
 

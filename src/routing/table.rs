@@ -297,6 +297,19 @@ impl Runtime {
             }
         };
         let served = |m: &str, p: Option<&str>| self.resolve_model(m, p).ok();
+        // The catalog mode of a model the catalog lists as something other than embeddings
+        // (an unlisted model passes: a self-hosted embeddings model need not be catalogued).
+        let not_embeddings = |c: &super::Candidate| -> Option<&'static str> {
+            let mode = self
+                .catalog
+                .get(&c.provider.profile.catalog_providers, &c.model)?
+                .mode;
+            (!matches!(
+                mode,
+                crate::catalog::Mode::Embedding | crate::catalog::Mode::Other
+            ))
+            .then(|| mode.as_str())
+        };
         let missing = |m: &str| {
             let h = self.activation_hint(m);
             if h.is_empty() {
@@ -338,20 +351,10 @@ impl Runtime {
                         )?;
                         continue;
                     };
-                    let mode = self
-                        .catalog
-                        .get(&c.provider.profile.catalog_providers, &c.model)
-                        .map(|i| i.mode);
-                    if mode.is_some_and(|m| {
-                        !matches!(
-                            m,
-                            crate::catalog::Mode::Embedding | crate::catalog::Mode::Other
-                        )
-                    }) {
+                    if let Some(mode) = not_embeddings(&c) {
                         return err(format!(
-                            "routes.{name}.prompt_routing.embeddings.model: '{}' is not an embeddings model (catalog mode '{}')",
-                            e.model,
-                            mode.map(|m| m.as_str()).unwrap_or_default()
+                            "routes.{name}.prompt_routing.embeddings.model: '{}' is not an embeddings model (catalog mode '{mode}')",
+                            e.model
                         ));
                     }
                 }
@@ -439,20 +442,10 @@ impl Runtime {
                     missing(&sem.model)
                 ));
             };
-            let mode = self
-                .catalog
-                .get(&c.provider.profile.catalog_providers, &c.model)
-                .map(|i| i.mode);
-            if mode.is_some_and(|m| {
-                !matches!(
-                    m,
-                    crate::catalog::Mode::Embedding | crate::catalog::Mode::Other
-                )
-            }) {
+            if let Some(mode) = not_embeddings(&c) {
                 return err(format!(
-                    "cache.semantic.model: '{}' is not an embeddings model (catalog mode '{}')",
-                    sem.model,
-                    mode.map(|m| m.as_str()).unwrap_or_default()
+                    "cache.semantic.model: '{}' is not an embeddings model (catalog mode '{mode}')",
+                    sem.model
                 ));
             }
         }
