@@ -260,10 +260,15 @@ async fn try_send(
     }
 }
 
+/// How many times a request is sent when each failure came from a pooled connection.
+const MAX_SENDS_ON_REUSED: usize = 4;
+
 /// Send a request and wait for the response header.
 ///
-/// A pooled connection the server closed while idle is retried once on a fresh one,
-/// as Pingora's own proxy does; any other failure is returned for the caller's fallback.
+/// A pooled connection the server closed while idle fails before the server saw the request,
+/// so it is retried on the next connection, as Pingora's own proxy does (the pool may hold
+/// several such connections: each failure discards one). A failure on a fresh connection, or a
+/// timeout, is returned for the caller's fallback: the server may have processed the request.
 pub async fn send(
     ep: &Endpoint,
     req: &UpstreamRequest,
@@ -272,15 +277,18 @@ pub async fn send(
 ) -> Result<UpstreamResponse, UpstreamError> {
     let addr = resolve(&ep.host, ep.port).await?;
     let peer = peer_for(ep, addr, opts);
-    let session = match try_send(ep, &peer, req, opts, who).await {
-        Ok((s, _)) => s,
-        Err((e, true)) if !matches!(e, UpstreamError::Timeout(_)) => {
-            try_send(ep, &peer, req, opts, who)
-                .await
-                .map_err(|(e, _)| e)?
-                .0
+    let mut sends = 0;
+    let session = loop {
+        sends += 1;
+        match try_send(ep, &peer, req, opts, who).await {
+            Ok((s, _)) => break s,
+            Err((e, true))
+                if sends < MAX_SENDS_ON_REUSED && !matches!(e, UpstreamError::Timeout(_)) =>
+            {
+                tracing::debug!(upstream = who, error = %e, "pooled connection failed; resending");
+            }
+            Err((e, _)) => return Err(e),
         }
-        Err((e, _)) => return Err(e),
     };
     Ok(UpstreamResponse {
         session,
