@@ -8,14 +8,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::dialect::{DialectError, Usage};
+use crate::dialect::Usage;
 use crate::error::GatewayError;
 use crate::metrics::metrics;
 use crate::routing::{Candidate, Runtime};
 use crate::trace::Attempt;
-use crate::upstream::{self, UpstreamError};
 
-use super::{build, exchange_options, key_rejected, price, sign_attempt, translate, Op};
+use super::attempt::{self, AttemptFailure, FailureKind, Plan, Step};
+use super::{price, translate, Op};
 use crate::auth::provider_keys::ProviderKeys;
 
 /// The answer of one headless exchange.
@@ -43,9 +43,6 @@ impl HeadlessResult {
             .unwrap_or("")
     }
 }
-
-/// Extra attempts with another runtime key of a provider after a 401/403/429.
-const MAX_KEY_RETRIES: usize = 8;
 
 /// One chat completion, no streaming, trying `candidates` in order (fallback on connect
 /// errors, timeouts, 429, 5xx and "overloaded", as on the client path).
@@ -124,91 +121,33 @@ pub async fn exchange(
     let limit = rt.config.server.max_response_bytes;
     let mut last: Option<GatewayError> = None;
 
-    // As on the client path: a candidate is tried again with the provider's next key when
-    // the provider rejected the runtime key it was signed with (bounded).
-    let mut key_retries = 0usize;
-    let mut next = 0usize;
-    while let Some(cand) = candidates.get(next) {
-        let i = next;
-        next += 1;
+    // The client path's attempt and order: fallback, and a rejected runtime key retried with
+    // the provider's next one.
+    let mut plan = Plan::new(candidates);
+    while let Some((i, cand)) = plan.next_attempt() {
         let prov = &cand.provider;
-        let more = i + 1 < candidates.len();
         let target = super::target(rt, cand, false, request_id, created);
         let started = Instant::now();
-        let mut up = match build(prov, &op, &target) {
+        let resp = match attempt::send(rt, keys, cand, &op, &target, route, |_| {}).await {
             Ok(r) => r,
-            Err(DialectError::Unsupported { message, param }) => {
-                attempts.push(failed(cand, None, "unsupported", started, message.clone()));
-                last = Some(GatewayError::invalid_code(
-                    message,
-                    param.as_deref(),
-                    "unsupported_parameter",
+            Err(f) => {
+                attempts.push(failed(
+                    cand,
+                    f.upstream_status,
+                    f.outcome,
+                    started,
+                    f.message.clone(),
                 ));
-                continue;
-            }
-            Err(e) => {
-                attempts.push(failed(cand, None, "build_error", started, e.to_string()));
-                last = Some(GatewayError::Internal(e.to_string()));
-                continue;
-            }
-        };
-        for (k, v) in &prov.profile.headers {
-            up.headers.push((k.clone(), v.clone()));
-        }
-        let used_key = match sign_attempt(prov, keys, &mut up).await {
-            Ok(k) => k,
-            Err(e) => {
-                // SignError messages name variables, never credential values.
-                attempts.push(failed(cand, None, "sign_error", started, e.to_string()));
-                last = Some(upstream_error(
-                    502,
-                    format!("could not authenticate to {}: {e}", prov.name()),
-                    "upstream_auth_error",
-                ));
-                continue;
-            }
-        };
-        let opts = exchange_options(rt, prov, route);
-        let resp = match upstream::send(&prov.endpoint, &up, &opts, prov.name()).await {
-            Ok(r) => r,
-            Err(e) => {
-                attempts.push(failed(cand, None, e.outcome(), started, e.to_string()));
-                last = Some(transport_error(prov.name(), &e));
+                let step = plan.after(i, &f);
+                let e = headless_error(prov.name(), f);
+                if step == Step::Stop {
+                    return Err(e);
+                }
+                last = Some(e);
                 continue;
             }
         };
         let status = resp.status();
-        if !(200..300).contains(&status) {
-            let retry_after = resp.header_str("retry-after").map(str::to_string);
-            let body = resp.body(1024 * 1024).await.unwrap_or_default();
-            let f = prov.dialect().classify_error(status, &body);
-            let outcome = if f.code == "overloaded" {
-                "overloaded"
-            } else {
-                "http_error"
-            };
-            attempts.push(failed(
-                cand,
-                Some(status),
-                outcome,
-                started,
-                f.message.clone(),
-            ));
-            let e = upstream_error(status, format!("{}: {}", prov.name(), f.message), f.code);
-            if key_rejected(keys, used_key.as_deref(), status, retry_after.as_deref())
-                && key_retries < MAX_KEY_RETRIES
-            {
-                key_retries += 1;
-                next = i;
-                last = Some(e);
-                continue;
-            }
-            if f.retryable && more {
-                last = Some(e);
-                continue;
-            }
-            return Err(e);
-        }
         let bytes = match resp.body(limit).await {
             Ok(b) => b,
             Err(e) => {
@@ -219,7 +158,7 @@ pub async fn exchange(
                     started,
                     e.to_string(),
                 ));
-                last = Some(transport_error(prov.name(), &e));
+                last = Some(headless_error(prov.name(), AttemptFailure::transport(&e)));
                 continue;
             }
         };
@@ -269,17 +208,19 @@ fn upstream_error(status: u16, message: String, code: &'static str) -> GatewayEr
     }
 }
 
-fn transport_error(provider: &str, e: &UpstreamError) -> GatewayError {
-    let timeout = matches!(e, UpstreamError::Timeout(_));
-    upstream_error(
-        if timeout { 504 } else { 502 },
-        format!("{provider}: {e}"),
-        if timeout {
-            "upstream_timeout"
-        } else {
-            "upstream_unavailable"
-        },
-    )
+/// A failed attempt as the error of a headless exchange.
+fn headless_error(provider: &str, f: AttemptFailure) -> GatewayError {
+    match f.kind {
+        FailureKind::Unsupported => {
+            GatewayError::invalid_code(f.message, f.param.as_deref(), f.code)
+        }
+        FailureKind::Build => GatewayError::Internal(f.message),
+        // The message already names the provider.
+        FailureKind::Sign => upstream_error(f.status, f.message, f.code),
+        FailureKind::Transport | FailureKind::Http => {
+            upstream_error(f.status, format!("{provider}: {}", f.message), f.code)
+        }
+    }
 }
 
 /// Catalog price of `usage` on a candidate (0 when the model has no price): the estimate
@@ -321,53 +262,24 @@ pub async fn embed_once(
         let op = Op::Embeddings(&body);
         let target = super::target(rt, cand, false, request_id, created);
         let started = Instant::now();
-        let mut up = match build(prov, &op, &target) {
+        // Any failure moves on to the next candidate: the caller bounds the whole call with a
+        // short timeout, so a rejected key is cooled down (by the attempt) but not retried here.
+        let resp = match attempt::send(rt, keys, cand, &op, &target, None, |_| {}).await {
             Ok(r) => r,
-            Err(e) => {
-                last = Some(GatewayError::Internal(e.to_string()));
-                continue;
-            }
-        };
-        for (k, v) in &prov.profile.headers {
-            up.headers.push((k.clone(), v.clone()));
-        }
-        let used_key = match sign_attempt(prov, keys, &mut up).await {
-            Ok(k) => k,
-            Err(e) => {
-                last = Some(upstream_error(502, e.to_string(), "upstream_auth_error"));
-                continue;
-            }
-        };
-        let opts = exchange_options(rt, prov, None);
-        let resp = match upstream::send(&prov.endpoint, &up, &opts, prov.name()).await {
-            Ok(r) => r,
-            Err(e) => {
-                attempt(cand, None, e.outcome(), started);
-                last = Some(transport_error(prov.name(), &e));
+            Err(f) => {
+                attempt(cand, f.upstream_status, f.outcome, started);
+                last = Some(headless_error(prov.name(), f));
                 continue;
             }
         };
         let status = resp.status();
-        let retry_after = resp.header_str("retry-after").map(str::to_string);
         let bytes = match resp.body(16 * 1024 * 1024).await {
             Ok(b) => b,
             Err(e) => {
-                last = Some(transport_error(prov.name(), &e));
+                last = Some(headless_error(prov.name(), AttemptFailure::transport(&e)));
                 continue;
             }
         };
-        if !(200..300).contains(&status) {
-            attempt(cand, Some(status), "http_error", started);
-            // Cooled down for the next call; this bounded call moves on to the next candidate.
-            key_rejected(keys, used_key.as_deref(), status, retry_after.as_deref());
-            let f = prov.dialect().classify_error(status, &bytes);
-            last = Some(upstream_error(
-                status,
-                format!("{}: {}", prov.name(), f.message),
-                f.code,
-            ));
-            continue;
-        }
         attempt(cand, Some(status), "ok", started);
         let t = translate(prov, &op, &bytes, &target)
             .map_err(|e| upstream_error(502, e.to_string(), "bad_upstream_response"))?;

@@ -8,6 +8,7 @@
 //! and the background services (which need the whole answer) share it. It sits below
 //! `services` and `proxy` and above `routing` (candidates and the runtime snapshot).
 
+pub mod attempt;
 pub mod headless;
 pub mod parse;
 

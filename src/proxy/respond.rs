@@ -15,19 +15,6 @@ pub fn forwardable(name: &str) -> bool {
     name == "retry-after" || name.starts_with("x-ratelimit-") || name == "openai-processing-ms"
 }
 
-/// Where providers put their own request id (OpenAI and most OpenAI-compatible APIs,
-/// Anthropic, AWS, Azure, Google), in order of preference.
-pub const UPSTREAM_REQUEST_ID_HEADERS: &[&str] = &[
-    "x-request-id",
-    "request-id",
-    "x-amzn-requestid",
-    "x-amz-request-id",
-    "apim-request-id",
-    "x-ms-request-id",
-    "x-goog-request-id",
-    "x-trace-id",
-];
-
 /// Build a response header with the `loopgate-*` headers from the context.
 pub fn response_header(
     status: u16,

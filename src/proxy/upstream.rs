@@ -15,17 +15,13 @@ use crate::metrics::metrics;
 use crate::routing::resolve::upstream_key;
 use crate::routing::{strategy, Candidate, Runtime};
 use crate::trace::Attempt;
-use crate::upstream::{self, UpstreamError, UpstreamResponse};
+use crate::upstream::{UpstreamError, UpstreamResponse};
 
-use crate::exchange::{
-    build, exchange_options, key_rejected, price_known, sign_attempt, target, translate, Op,
-};
+use crate::exchange::attempt::{self, AttemptFailure, FailureKind, Plan, Step};
+use crate::exchange::{price_known, target, translate, Op};
 
 use super::ctx::RequestCtx;
-use super::respond::{forwardable, response_header, write_error, UPSTREAM_REQUEST_ID_HEADERS};
-
-/// Extra attempts of one request with another runtime key of a provider after a 401/403/429.
-const MAX_KEY_RETRIES: usize = 8;
+use super::respond::{forwardable, response_header, write_error};
 
 /// Why a candidate failed, kept for the final error if every candidate fails.
 struct Failure {
@@ -34,6 +30,18 @@ struct Failure {
     message: String,
     retry_after: Option<String>,
     code: &'static str,
+}
+
+impl Failure {
+    fn of(provider: &str, f: &AttemptFailure) -> Failure {
+        Failure {
+            status: f.status,
+            provider: provider.to_string(),
+            message: f.message.clone(),
+            retry_after: f.retry_after.clone(),
+            code: f.code,
+        }
+    }
 }
 
 /// Resolves when the client has gone away (connection closed). Never resolves otherwise.
@@ -106,116 +114,24 @@ pub async fn serve(
     let request_id = ctx.trace.request_id.clone();
 
     let vault = ctx.provider_keys.clone();
-    // A candidate is tried again (same index) when the provider rejected the runtime key
-    // it was signed with and has another one; bounded by `MAX_KEY_RETRIES`.
-    let mut key_retries = 0usize;
-    let mut next = 0usize;
-    while let Some(cand) = candidates.get(next) {
-        let i = next;
-        next += 1;
+    let route = ctx.trace.route.clone();
+    let mut plan = Plan::new(candidates);
+    while let Some((i, cand)) = plan.next_attempt() {
         let prov = &cand.provider;
         if !tried.iter().any(|t| t == prov.name()) {
             tried.push(prov.name().to_string());
         }
-        let more = i + 1 < candidates.len();
-        let info = rt.catalog.get(&prov.profile.catalog_providers, &cand.model);
         let target = target(rt, cand, stream, &request_id, created);
         let started = Instant::now();
         ctx.upstream_request_id = None;
 
-        // Capability check before any upstream call (the catalog knows vision models).
-        if let (Op::Chat(r), Some(info)) = (&op, info) {
-            if r.has_images() && !info.vision && info.has_prices() {
-                let e = GatewayError::invalid_code(
-                    format!(
-                        "Model '{}' on provider '{}' does not accept image input.",
-                        cand.model,
-                        prov.name()
-                    ),
-                    Some("messages"),
-                    "model_not_vision_capable",
-                );
-                record_attempt(ctx, cand, None, "unsupported", started, Some(e.to_string()));
-                if more {
-                    last = Some(Failure {
-                        status: 400,
-                        provider: prov.name().into(),
-                        message: e.to_string(),
-                        retry_after: None,
-                        code: "model_not_vision_capable",
-                    });
-                    continue;
-                }
-                write_error(session, ctx, &e).await;
-                return;
-            }
-        }
-
-        let mut req = match build(prov, &op, &target) {
-            Ok(r) => r,
-            Err(DialectError::Unsupported { message, param }) => {
-                record_attempt(
-                    ctx,
-                    cand,
-                    None,
-                    "unsupported",
-                    started,
-                    Some(message.clone()),
-                );
-                if more {
-                    last = Some(Failure {
-                        status: 400,
-                        provider: prov.name().into(),
-                        message,
-                        retry_after: None,
-                        code: "unsupported_parameter",
-                    });
-                    continue;
-                }
-                let e =
-                    GatewayError::invalid_code(message, param.as_deref(), "unsupported_parameter");
-                write_error(session, ctx, &e).await;
-                return;
-            }
-            Err(e) => {
-                record_attempt(ctx, cand, None, "build_error", started, Some(e.to_string()));
-                last = Some(Failure {
-                    status: 500,
-                    provider: prov.name().into(),
-                    message: e.to_string(),
-                    retry_after: None,
-                    code: "internal_error",
-                });
-                continue;
-            }
-        };
-        for (k, v) in &prov.profile.headers {
-            req.headers.push((k.clone(), v.clone()));
-        }
-        if let Some(o) = &ctx.otel {
-            // Before signing: a signer that signs every header covers it too.
-            o.inject(&mut req);
-        }
-        let used_key = match sign_attempt(prov, vault.as_deref(), &mut req).await {
-            Ok(k) => k,
-            Err(e) => {
-                // Never include credential material: SignError messages name vars, not values.
-                record_attempt(ctx, cand, None, "sign_error", started, Some(e.to_string()));
-                last = Some(Failure {
-                    status: 502,
-                    provider: prov.name().into(),
-                    message: format!("could not authenticate to {}: {e}", prov.name()),
-                    retry_after: None,
-                    code: "upstream_auth_error",
-                });
-                first_failed.get_or_insert_with(|| prov.name().to_string());
-                continue;
-            }
-        };
-
-        let opts = exchange_options(rt, prov, ctx.trace.route.as_deref());
+        let otel = ctx.otel.as_ref();
         let sent = tokio::select! {
-            r = upstream::send(&prov.endpoint, &req, &opts, prov.name()) => r,
+            r = attempt::send(rt, vault.as_deref(), cand, &op, &target, route.as_deref(), |req| {
+                if let Some(o) = otel {
+                    o.inject(req);
+                }
+            }) => r,
             _ = client_gone(session) => {
                 record_attempt(ctx, cand, None, "cancelled", started, None);
                 ctx.trace.cancelled = true;
@@ -225,92 +141,60 @@ pub async fn serve(
         };
         let resp = match sent {
             Ok(r) => r,
-            Err(e) => {
-                let status = if matches!(e, UpstreamError::Timeout(_)) {
-                    504
-                } else {
-                    502
-                };
-                record_attempt(ctx, cand, None, e.outcome(), started, Some(e.to_string()));
-                last = Some(Failure {
-                    status,
-                    provider: prov.name().into(),
-                    message: e.to_string(),
-                    retry_after: None,
-                    code: if status == 504 {
-                        "upstream_timeout"
-                    } else {
-                        "upstream_unavailable"
-                    },
-                });
-                first_failed.get_or_insert_with(|| prov.name().to_string());
-                continue;
-            }
-        };
-        let status = resp.status();
-        ctx.upstream_request_id = UPSTREAM_REQUEST_ID_HEADERS
-            .iter()
-            .find_map(|h| resp.header_str(h))
-            .filter(|v| !v.is_empty() && v.len() <= 256)
-            .map(str::to_string);
-        if !(200..300).contains(&status) {
-            let retry_after = resp.header_str("retry-after").map(str::to_string);
-            let body = resp.body(1024 * 1024).await.unwrap_or_default();
-            let retry_after = retry_after.or_else(|| retry_delay_from_body(&body));
-            let f = prov.dialect().classify_error(status, &body);
-            let outcome = if f.code == "overloaded" {
-                "overloaded"
-            } else {
-                "http_error"
-            };
-            record_attempt(
-                ctx,
-                cand,
-                Some(status),
-                outcome,
-                started,
-                Some(f.message.clone()),
-            );
-            let rejected = key_rejected(
-                vault.as_deref(),
-                used_key.as_deref(),
-                status,
-                retry_after.as_deref(),
-            );
-            let failure = Failure {
-                status,
-                provider: prov.name().into(),
-                message: f.message,
-                retry_after,
-                code: f.code,
-            };
-            if rejected && key_retries < MAX_KEY_RETRIES {
-                // The same candidate again, with the provider's next credential.
-                key_retries += 1;
-                next = i;
-                last = Some(failure);
-                continue;
-            }
-            if f.retryable && more {
-                last = Some(failure);
-                first_failed.get_or_insert_with(|| prov.name().to_string());
-                continue;
-            }
-            ctx.trace.provider = Some(prov.name().to_string());
-            ctx.trace.served_model = Some(cand.model.clone());
-            let mut e = final_error(&failure, &tried);
-            if status == 400 {
-                if let Some((param, code)) = openai_error_fields(&body) {
-                    e = GatewayError::UpstreamInvalid {
-                        message: e.to_string(),
-                        param,
-                        code,
-                    };
+            Err(f) => {
+                ctx.upstream_request_id = f.upstream_request_id.clone();
+                record_attempt(
+                    ctx,
+                    cand,
+                    f.upstream_status,
+                    f.outcome,
+                    started,
+                    Some(f.message.clone()),
+                );
+                match plan.after(i, &f) {
+                    Step::Again => {
+                        last = Some(Failure::of(prov.name(), &f));
+                        continue;
+                    }
+                    Step::Next => {
+                        if !matches!(f.kind, FailureKind::Unsupported | FailureKind::Build) {
+                            first_failed.get_or_insert_with(|| prov.name().to_string());
+                        }
+                        last = Some(Failure::of(prov.name(), &f));
+                        continue;
+                    }
+                    Step::Stop => {
+                        let e = match f.kind {
+                            // The last candidate cannot take the request: the client's error.
+                            FailureKind::Unsupported => {
+                                GatewayError::invalid_code(f.message, f.param.as_deref(), f.code)
+                            }
+                            FailureKind::Http => {
+                                ctx.trace.provider = Some(prov.name().to_string());
+                                ctx.trace.served_model = Some(cand.model.clone());
+                                let mut e = final_error(&Failure::of(prov.name(), &f), &tried);
+                                if f.status == 400 {
+                                    if let Some((param, code)) = openai_error_fields(&f.body) {
+                                        e = GatewayError::UpstreamInvalid {
+                                            message: e.to_string(),
+                                            param,
+                                            code,
+                                        };
+                                    }
+                                }
+                                e
+                            }
+                            FailureKind::Build | FailureKind::Sign | FailureKind::Transport => {
+                                final_error(&Failure::of(prov.name(), &f), &tried)
+                            }
+                        };
+                        write_error(session, ctx, &e).await;
+                        return;
+                    }
                 }
             }
-            write_error(session, ctx, &e).await;
-            return;
-        }
+        };
+        ctx.upstream_request_id = attempt::upstream_request_id(&resp);
 
         ctx.trace.provider = Some(prov.name().to_string());
         ctx.trace.served_model = Some(cand.model.clone());
@@ -555,17 +439,6 @@ fn openai_error_fields(body: &[u8]) -> Option<(Option<String>, Option<String>)> 
         _ => None,
     };
     (param.is_some() || code.is_some()).then_some((param, code))
-}
-
-/// Google APIs put the wait in the body (`RetryInfo.retryDelay: "7s"`), not in a header.
-fn retry_delay_from_body(body: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let details = v.get("error")?.get("details")?.as_array()?;
-    details.iter().find_map(|d| {
-        let s = d.get("retryDelay")?.as_str()?;
-        let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
-        Some(format!("{}", secs.ceil() as u64))
-    })
 }
 
 /// Bodies are captured only when the operator turned capture on and the request is not zero-retention.
@@ -824,13 +697,6 @@ mod tests {
         );
         assert_eq!(openai_error_fields(br#"{"error":{"message":"x"}}"#), None);
         assert_eq!(openai_error_fields(b"not json"), None);
-    }
-
-    #[test]
-    fn google_retry_delay_becomes_retry_after() {
-        let body = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"6.5s"}]}}"#;
-        assert_eq!(retry_delay_from_body(body).as_deref(), Some("7"));
-        assert_eq!(retry_delay_from_body(b"{}"), None);
     }
 
     #[test]
