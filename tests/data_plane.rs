@@ -1258,3 +1258,87 @@ async fn storage_backend_none_records_nothing() {
     assert!(!g.db_path().exists(), "no database with backend = none");
     assert!(g.metrics().await.contains("loopgate_requests_total"));
 }
+
+/// A server that closes idle keep-alive connections may close one just as the gateway reuses
+/// it: the request never reached the server, so the gateway sends it again on the next
+/// connection — past several such connections — instead of failing the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_stale_pooled_connections_are_sent_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Each connection answers its first request (slowly, so concurrent requests open their own
+    // connections) and closes without answering on any later one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let conns = connections.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut answered = false;
+                let mut buf = Vec::new();
+                loop {
+                    // Read one whole request (head + content-length body).
+                    let total = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break end + 4 + len;
+                            }
+                        }
+                        let mut tmp = [0u8; 16 * 1024];
+                        match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    buf.drain(..total);
+                    if answered {
+                        return; // closes the connection without an answer
+                    }
+                    answered = true;
+                    // Long enough that the three concurrent requests overlap.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let body = chat_json("gpt-4o-mini", "hi", 3, 1);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if sock.write_all(head.as_bytes()).await.is_err()
+                        || sock.write_all(body.as_bytes()).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let g = GatewayProc::start(
+        "",
+        &[
+            ("OPENAI_API_KEY", "sk-test-openai-secret-000".to_string()),
+            ("OPENAI_BASE_URL", format!("http://{addr}/v1")),
+        ],
+    );
+    // Three connections, each answered once and then pooled.
+    let body = chat_body("gpt-4o-mini");
+    let first = futures_util::future::join_all((0..3).map(|_| post(&g, &body))).await;
+    for r in first {
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    // Every pooled connection is now stale: three sends fail, the fourth opens a new one.
+    let r = post(&g, &chat_body("gpt-4o-mini")).await;
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap());
+    assert_eq!(connections.load(Ordering::SeqCst), 4);
+    server.abort();
+}
