@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{send_chat as send, upstream_calls as calls};
 use loopgate::auth::keys::hash_key;
 use serde_json::{json, Value};
 
@@ -76,63 +77,6 @@ fn upstream() -> Reply {
 }
 
 /// Upstream calls whose first message is `content`.
-fn calls(mock: &MockUpstream, content: &str) -> usize {
-    mock.requests()
-        .iter()
-        .filter(|r| r.json()["messages"][0]["content"].as_str() == Some(content))
-        .count()
-}
-
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    text: String,
-}
-
-impl Resp {
-    fn cache(&self) -> Option<&str> {
-        self.headers.get("loopgate-cache").map(String::as_str)
-    }
-    fn id(&self) -> String {
-        self.headers
-            .get("loopgate-request-id")
-            .cloned()
-            .unwrap_or_default()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
-    }
-    fn content(&self) -> String {
-        self.json()["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    }
-}
-
-async fn send(gw: &GatewayProc, key: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
-    let mut r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", format!("Bearer {key}"))
-        .json(body);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let resp = r.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let text = resp.text().await.unwrap_or_default();
-    Resp {
-        status,
-        headers,
-        text,
-    }
-}
-
 fn msg(model: &str, content: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": content}], "temperature": 0})
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::{send_chat as send, upstream_calls as calls};
 use loopgate::auth::keys::hash_key;
 use redis_proc::{redis_available, RedisProc};
 use serde_json::{json, Value};
@@ -80,58 +81,6 @@ fn upstream() -> Reply {
             chat_json(&model, &format!("answer #{call}"), 11, 3),
         )
     }))
-}
-
-fn calls(mock: &MockUpstream, content: &str) -> usize {
-    mock.requests()
-        .iter()
-        .filter(|r| r.json()["messages"][0]["content"].as_str() == Some(content))
-        .count()
-}
-
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    text: String,
-    took: Duration,
-}
-
-impl Resp {
-    fn cache(&self) -> Option<&str> {
-        self.headers.get("loopgate-cache").map(String::as_str)
-    }
-    fn content(&self) -> String {
-        let v: Value = serde_json::from_str(&self.text).unwrap_or(Value::Null);
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    }
-}
-
-async fn send(gw: &GatewayProc, key: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
-    let t0 = Instant::now();
-    let mut r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", format!("Bearer {key}"))
-        .json(body);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let resp = r.send().await.expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let text = resp.text().await.unwrap_or_default();
-    Resp {
-        status,
-        headers,
-        text,
-        took: t0.elapsed(),
-    }
 }
 
 fn msg(content: &str) -> Value {

@@ -193,61 +193,8 @@ async fn start() -> (Mock, GatewayProc) {
     (m, gw)
 }
 
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    text: String,
-}
-
-impl Resp {
-    fn cache(&self) -> Option<&str> {
-        self.headers.get("loopgate-cache").map(String::as_str)
-    }
-    fn matched(&self) -> Option<&str> {
-        self.headers.get("loopgate-cache-match").map(String::as_str)
-    }
-    /// The similarity the `loopgate-cache-match` header reports.
-    fn similarity(&self) -> Option<f32> {
-        self.matched()?
-            .strip_prefix("semantic; similarity=")?
-            .parse()
-            .ok()
-    }
-    fn id(&self) -> String {
-        self.headers
-            .get("loopgate-request-id")
-            .cloned()
-            .unwrap_or_default()
-    }
-    fn content(&self) -> String {
-        let v: Value = serde_json::from_str(&self.text).unwrap_or(Value::Null);
-        v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    }
-}
-
-async fn send(gw: &GatewayProc, key: &str, body: &Value) -> Resp {
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", format!("Bearer {key}"))
-        .json(body)
-        .send()
-        .await
-        .expect("send");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let text = resp.text().await.unwrap_or_default();
-    Resp {
-        status,
-        headers,
-        text,
-    }
+async fn send(gw: &GatewayProc, key: &str, body: &Value) -> ChatResp {
+    send_chat(gw, key, body, &[]).await
 }
 
 fn ask(content: &str) -> Value {

@@ -540,6 +540,87 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A chat completion answer as the cache tests read it: status, headers, body, time taken.
+pub struct ChatResp {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub text: String,
+    pub took: Duration,
+}
+
+impl ChatResp {
+    /// The `loopgate-cache` header (`hit`, `miss`, ...).
+    pub fn cache(&self) -> Option<&str> {
+        self.headers.get("loopgate-cache").map(String::as_str)
+    }
+    /// The `loopgate-cache-match` header.
+    pub fn matched(&self) -> Option<&str> {
+        self.headers.get("loopgate-cache-match").map(String::as_str)
+    }
+    /// The similarity the `loopgate-cache-match` header reports.
+    pub fn similarity(&self) -> Option<f32> {
+        self.matched()?
+            .strip_prefix("semantic; similarity=")?
+            .parse()
+            .ok()
+    }
+    pub fn id(&self) -> String {
+        self.headers
+            .get("loopgate-request-id")
+            .cloned()
+            .unwrap_or_default()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or(serde_json::Value::Null)
+    }
+    /// The first choice's message content.
+    pub fn content(&self) -> String {
+        self.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// `POST /v1/chat/completions` with `key` and extra headers; the whole answer read.
+pub async fn send_chat(
+    gw: &GatewayProc,
+    key: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> ChatResp {
+    let t0 = Instant::now();
+    let mut r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {key}"))
+        .json(body);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.expect("send");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let text = resp.text().await.unwrap_or_default();
+    ChatResp {
+        status,
+        headers,
+        text,
+        took: t0.elapsed(),
+    }
+}
+
+/// How many requests the mock received whose first message is `content`.
+pub fn upstream_calls(mock: &MockUpstream, content: &str) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.json()["messages"][0]["content"].as_str() == Some(content))
+        .count()
+}
+
 pub fn chat_body(model: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say hello"}]})
 }
