@@ -21,13 +21,12 @@
 //! one holder's entries in one Redis Cluster slot.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::{FailureMode, LimitsConfig};
 use crate::error::GatewayError;
+use crate::upstream::redis::{RedisLink, RedisLinkError};
 
 /// GCRA window (and burst) in µs: one minute.
 pub const WINDOW_US: f64 = 60_000_000.0;
@@ -124,10 +123,8 @@ pub enum Verdict {
 /// Why a call to Redis did not answer.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("no answer from Redis within {0} ms")]
-    Timeout(u64),
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Link(#[from] RedisLinkError),
     #[error("unexpected reply from the limits script: {0}")]
     Reply(String),
 }
@@ -135,9 +132,7 @@ pub enum FleetError {
 /// The Redis side of the limiter: one multiplexed connection (made on first use, inside the
 /// runtime that serves requests) that reconnects by itself.
 pub struct Fleet {
-    client: redis::Client,
-    conn: OnceLock<ConnectionManager>,
-    timeout: Duration,
+    link: RedisLink,
     pub failure_mode: FailureMode,
     prefix: String,
     admit: redis::Script,
@@ -154,11 +149,10 @@ impl Fleet {
             .redis_url
             .as_deref()
             .ok_or("limits.redis_url is not set")?;
-        let client = redis::Client::open(url).map_err(|e| format!("limits.redis_url: {e}"))?;
+        let link = RedisLink::open(url, Duration::from_millis(cfg.timeout_ms))
+            .map_err(|e| format!("limits.redis_url: {e}"))?;
         Ok(Fleet {
-            client,
-            conn: OnceLock::new(),
-            timeout: Duration::from_millis(cfg.timeout_ms),
+            link,
             failure_mode: cfg.failure_mode,
             prefix: cfg.key_prefix.clone(),
             admit: redis::Script::new(ADMIT),
@@ -168,24 +162,10 @@ impl Fleet {
         })
     }
 
-    fn conn(&self) -> Result<ConnectionManager, FleetError> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
-        }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(250));
-        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
-        Ok(self.conn.get_or_init(|| made).clone())
-    }
-
     /// Where Redis is, for logs: scheme, host and port (or socket path), never the
     /// user name or password.
     pub fn endpoint(&self) -> String {
-        redacted(self.client.get_connection_info())
+        self.link.endpoint()
     }
 
     /// `<prefix>{<id>}:rate:<scope>:<kind>`.
@@ -206,16 +186,6 @@ impl Fleet {
         ]
     }
 
-    async fn bounded<T>(
-        &self,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, FleetError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(FleetError::Timeout(self.timeout.as_millis() as u64)),
-        }
-    }
-
     /// Run the admission script: one spend triple and caps per holder, then the limits.
     pub async fn admit(
         &self,
@@ -223,7 +193,7 @@ impl Fleet {
         caps: &[[i64; 3]],
         limits: &[SharedLimit],
     ) -> Result<Verdict, FleetError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn().map_err(RedisLinkError::from)?;
         let mut inv = self.admit.prepare_invoke();
         inv.arg(spend_keys.len());
         for k in spend_keys.iter().flatten() {
@@ -236,7 +206,7 @@ impl Fleet {
             inv.key(&l.key);
             inv.arg(format!("{:.0}", l.cost_us.max(0.0)));
         }
-        let reply: Vec<i64> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let reply: Vec<i64> = self.link.bounded(inv.invoke_async(&mut conn)).await?;
         self.answered();
         parse_verdict(&reply, spend_keys.len(), limits.len())
     }
@@ -248,7 +218,7 @@ impl Fleet {
         nanos: u64,
         moves: &[(String, f64)],
     ) -> Result<(), FleetError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn().map_err(RedisLinkError::from)?;
         let mut inv = self.settle.prepare_invoke();
         inv.arg(spend_keys.len());
         for k in spend_keys.iter().flatten() {
@@ -259,19 +229,19 @@ impl Fleet {
             inv.key(k);
             inv.arg(format!("{d:.0}"));
         }
-        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let _: i64 = self.link.bounded(inv.invoke_async(&mut conn)).await?;
         self.answered();
         Ok(())
     }
 
     /// The spend of the day, month and total (nano-USD).
     pub async fn spend(&self, spend_keys: &[String; 3]) -> Result<[u64; 3], FleetError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.link.conn().map_err(RedisLinkError::from)?;
         let mut cmd = redis::cmd("MGET");
         for k in spend_keys {
             cmd.arg(k);
         }
-        let v: Vec<Option<u64>> = self.bounded(cmd.query_async(&mut conn)).await?;
+        let v: Vec<Option<u64>> = self.link.bounded(cmd.query_async(&mut conn)).await?;
         self.answered();
         let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
         Ok([at(0), at(1), at(2)])
@@ -312,19 +282,11 @@ impl Fleet {
             status: 503,
             message: format!(
                 "Rate limits and budgets cannot be checked right now: the shared limits store did not answer within {} ms. Retry shortly.",
-                self.timeout.as_millis()
+                self.link.timeout().as_millis()
             ),
             retry_after: Some("1".into()),
             code: "limits_unavailable",
         }
-    }
-}
-
-fn redacted(info: &redis::ConnectionInfo) -> String {
-    match info.addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}"),
-        redis::ConnectionAddr::Unix(path) => format!("unix://{}", path.display()),
-        _ => "redis (TLS)".into(),
     }
 }
 

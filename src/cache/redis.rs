@@ -15,14 +15,14 @@
 //!   beyond that a write is dropped and counted (`op="write_dropped"`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use bytes::Bytes;
 
 use super::{Body, CacheConfig, Entry, Key};
 use crate::dialect::Usage;
+use crate::upstream::redis::RedisLink;
 
 /// Writes to Redis in flight at once; more are dropped (and counted).
 pub const MAX_WRITES: usize = 64;
@@ -31,14 +31,8 @@ const MAGIC: &[u8; 4] = b"LGC\x01";
 /// At most one warning per this while Redis keeps failing (or entries keep failing to decode).
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Why Redis did not answer.
-#[derive(Debug, thiserror::Error)]
-pub enum SharedError {
-    #[error("no answer from Redis within {0} ms")]
-    Timeout(u64),
-    #[error("Redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-}
+/// Why a call to the shared cache failed (a miss for the caller, never an error).
+pub use crate::upstream::redis::RedisLinkError as SharedError;
 
 /// Why a stored value is not an entry.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,9 +46,7 @@ pub enum DecodeError {
 /// The Redis side of the cache: one multiplexed connection (made on first use, inside the
 /// runtime that serves requests) that reconnects by itself.
 pub struct Shared {
-    client: ::redis::Client,
-    conn: OnceLock<ConnectionManager>,
-    timeout: Duration,
+    link: RedisLink,
     prefix: String,
     writes: Arc<tokio::sync::Semaphore>,
     /// Redis is failing (an outage was logged), the faults seen since the last log line,
@@ -73,12 +65,11 @@ impl Shared {
             .redis_url
             .as_deref()
             .ok_or("cache.redis_url is not set")?;
-        let client =
-            ::redis::Client::open(url).map_err(|_| "cache.redis_url is not a valid Redis URL")?;
+        let timeout = Duration::from_millis(cfg.redis_timeout_ms.max(1));
+        let link = RedisLink::open(url, timeout)
+            .map_err(|_| "cache.redis_url is not a valid Redis URL")?;
         Ok(Shared {
-            client,
-            conn: OnceLock::new(),
-            timeout: Duration::from_millis(cfg.redis_timeout_ms.max(1)),
+            link,
             prefix: cfg.redis_key_prefix.clone(),
             writes: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES)),
             down: AtomicBool::new(false),
@@ -89,27 +80,9 @@ impl Shared {
         })
     }
 
-    fn conn(&self) -> Result<ConnectionManager, SharedError> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
-        }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(250));
-        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
-        Ok(self.conn.get_or_init(|| made).clone())
-    }
-
     /// Where Redis is, for logs: scheme, host and port (or socket path), never credentials.
     pub fn endpoint(&self) -> String {
-        match self.client.get_connection_info().addr() {
-            ::redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}"),
-            ::redis::ConnectionAddr::Unix(path) => format!("unix://{}", path.display()),
-            _ => "redis (TLS)".into(),
-        }
+        self.link.endpoint()
     }
 
     /// `<prefix><hex key>`.
@@ -117,28 +90,19 @@ impl Shared {
         format!("{}{}", self.prefix, hex::encode(key))
     }
 
-    async fn bounded<T>(
-        &self,
-        f: impl std::future::Future<Output = ::redis::RedisResult<T>>,
-    ) -> Result<T, SharedError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(SharedError::Timeout(self.timeout.as_millis() as u64)),
-        }
-    }
-
     /// The entry stored under `key`, expiring when Redis expires it. A fault, a timeout or a
     /// value that does not decode (deleted then) is `None`.
     pub async fn get(self: &Arc<Self>, key: &Key) -> Option<Entry> {
         let k = self.redis_key(key);
-        let reply = match self.conn() {
+        let reply = match self.link.conn() {
             Ok(mut conn) => {
                 let mut p = ::redis::pipe();
                 p.cmd("GET").arg(&k).cmd("PTTL").arg(&k);
-                self.bounded(p.query_async::<(Option<Vec<u8>>, i64)>(&mut conn))
+                self.link
+                    .bounded(p.query_async::<(Option<Vec<u8>>, i64)>(&mut conn))
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         };
         let (value, pttl) = match reply {
             Ok(r) => r,
@@ -193,13 +157,13 @@ impl Shared {
             let _permit = permit;
             let value = encode(&e);
             let k = this.redis_key(&key);
-            let r = match this.conn() {
+            let r = match this.link.conn() {
                 Ok(mut conn) => {
                     let mut cmd = ::redis::cmd("SET");
                     cmd.arg(&k).arg(value).arg("PX").arg(ttl_ms);
-                    this.bounded(cmd.query_async::<()>(&mut conn)).await
+                    this.link.bounded(cmd.query_async::<()>(&mut conn)).await
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             match r {
                 Ok(()) => this.answered(),
@@ -215,13 +179,13 @@ impl Shared {
         };
         let this = Arc::clone(self);
         rt.spawn(async move {
-            let r = match this.conn() {
+            let r = match this.link.conn() {
                 Ok(mut conn) => {
                     let mut cmd = ::redis::cmd("DEL");
                     cmd.arg(&k);
-                    this.bounded(cmd.query_async::<i64>(&mut conn)).await
+                    this.link.bounded(cmd.query_async::<i64>(&mut conn)).await
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             if let Err(err) = r {
                 this.fault("delete", &err);

@@ -23,6 +23,7 @@ use pingora_core::protocols::ALPN;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+pub mod redis;
 mod request;
 
 pub use request::{Endpoint, UpstreamRequest};
