@@ -193,7 +193,7 @@ impl Default for PromotionConfig {
         PromotionConfig {
             demote_confidence: 0.8,
             switch_margin: 0.02,
-            look_spending: 1.0,
+            look_spending: 0.5,
         }
     }
 }
