@@ -21,11 +21,23 @@
 //! - **load generator**: raw tokio TCP, one keep-alive HTTP/1.1 connection per worker,
 //!   `TCP_NODELAY`, hand-written response parsing (content-length and chunked).
 //!
-//! Measured: p50/p99 at concurrency 1 for non-stream requests (time to the whole
+//! Measured: p50/p95/p99 at concurrency 1 for non-stream requests (time to the whole
 //! response) and stream TTFB (time to the first body byte); 2,000 requests per target
 //! and mode after 200 warm-up ones, targets interleaved in 8 rounds so drift on a shared
 //! machine hits all of them alike (the order rotates each round). Throughput: 64
-//! connections, 20 ms mock, 10 s window.
+//! connections, 20 ms mock, 10 s window. For every process under test: CPU time per
+//! request (the process's user + system CPU clock, the figure `/proc/<pid>/stat` reports as
+//! utime + stime but in nanoseconds, read before and after each measured block) and its
+//! memory (`VmRSS` / `VmHWM` from `/proc/<pid>/status`) at the end of its phase.
+//! `lg_otlp_on` is tracing on plus OTLP export (HTTP/protobuf, shipped batching) to a local
+//! receiver that accepts and discards `/v1/traces` (issue 18). A stream soak then runs
+//! bounded waves of streamed requests through a fresh passthrough and a fresh loopgate and
+//! reports RSS after every wave (issue 14's memory goals).
+//!
+//! Flags (after `--`): `--concurrency N` (throughput connections, 64), `--slow-ms N` (mock
+//! delay of the throughput test, 20), `--window-s N` (throughput window, 10),
+//! `--soak-waves N` (20), `--soak-per-wave N` (1,000 streams), `--soak-concurrency N` (64),
+//! `--no-throughput`, `--no-soak`, `--help`. Every phase is bounded in count and time.
 //! Prints a table, PASS/MISS per target (never fails the run), and writes
 //! `target/bench-results/load.json`.
 
@@ -34,7 +46,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,9 +61,13 @@ const GATEWAY_KEY: &str = "lg-bench-load-0123456789abcdefghijklmnopqrstuvwxyz";
 const WARMUP: usize = 200;
 const ROUNDS: usize = 8;
 const PER_ROUND: usize = 250;
-const CONCURRENCY: usize = 64;
-const SLOW_MS: u64 = 20;
-const WINDOW: Duration = Duration::from_secs(10);
+/// The `/slow/` mock delay (`--slow-ms`), read by the mock thread.
+static SLOW_MS: AtomicU64 = AtomicU64::new(20);
+/// Export requests and body bytes the local OTLP receiver accepted.
+static OTLP_POSTS: AtomicUsize = AtomicUsize::new(0);
+static OTLP_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Hard cap on the stream soak of one target, whatever happens.
+const SOAK_CAP: Duration = Duration::from_secs(120);
 const THROUGHPUT_WARMUP: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Hard cap on each latency phase, whatever happens.
@@ -229,7 +245,7 @@ async fn mock_conn(mut s: TcpStream, answers: &'static MockAnswers) -> R<()> {
         let stream = find(body, b"\"stream\":true").is_some();
         let usage = find(body, b"\"include_usage\":true").is_some();
         if head.status_or_path.starts_with("/slow/") {
-            tokio::time::sleep(Duration::from_millis(SLOW_MS)).await;
+            tokio::time::sleep(Duration::from_millis(SLOW_MS.load(Ordering::Relaxed))).await;
         }
         if stream {
             let (first, rest) = if usage {
@@ -286,6 +302,134 @@ fn start_mock() -> R<SocketAddr> {
             });
         })?;
     Ok(addr)
+}
+
+/// One keep-alive connection of the OTLP receiver: reads each `POST /v1/traces` whole
+/// (content-length or chunked), counts it and answers an empty `ExportTraceServiceResponse`.
+async fn otlp_conn(mut s: TcpStream) -> R<()> {
+    s.set_nodelay(true)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut tmp = vec![0u8; 64 * 1024];
+    loop {
+        let (head, end) = loop {
+            if let Some(h) = parse_head(&buf)? {
+                let end = if h.chunked {
+                    chunked_end(&buf, h.len)?
+                } else {
+                    let e = h.len + h.content_length.unwrap_or(0);
+                    (buf.len() >= e).then_some(e)
+                };
+                if let Some(end) = end {
+                    break (h, end);
+                }
+            }
+            let n = s.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        };
+        OTLP_POSTS.fetch_add(1, Ordering::Relaxed);
+        OTLP_BYTES.fetch_add(end - head.len, Ordering::Relaxed);
+        let answer: &[u8] = if head.status_or_path == "/v1/traces" {
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+        };
+        s.write_all(answer).await?;
+        buf.drain(..end);
+    }
+}
+
+/// A local OTLP/HTTP receiver that accepts and discards `/v1/traces` (own thread).
+fn start_otlp_receiver() -> R<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("otlp-receiver".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("otlp receiver runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else {
+                    return;
+                };
+                while let Ok((s, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let _ = otlp_conn(s).await;
+                    });
+                }
+            });
+        })?;
+    Ok(addr)
+}
+
+// ---------------------------------------------------------------------------------------
+// What a process under test costs: CPU time and memory, read from the outside.
+
+/// User + system CPU time of a whole process (all its threads), nanoseconds: the
+/// process's CPU-time clock (`clock_getcpuclockid`), which is what `/proc/<pid>/stat`
+/// reports as utime + stime but without the 10 ms tick rounding. Falls back to the
+/// ticks of `/proc/<pid>/stat` if the clock cannot be read.
+fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: writes one clockid_t into the variable given.
+    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } == 0 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes one timespec into the variable given.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+            return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+        }
+    }
+    proc_stat_ticks(pid).map(|t| t * (1_000_000_000 / clk_tck()))
+}
+
+fn clk_tck() -> u64 {
+    // SAFETY: sysconf only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`, clock ticks.
+fn proc_stat_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after `state`.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, KiB.
+fn proc_mem_kib(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 // ---------------------------------------------------------------------------------------
@@ -427,6 +571,9 @@ enum Tracing {
     Firewall,
     /// Tracing on, and the exact cache on: every request after the first is a hit (issue 16).
     Cache,
+    /// Tracing on, and OTLP export (HTTP/protobuf, the shipped batching: 512 spans or 1 s)
+    /// to the local receiver at this address (issue 18).
+    Otlp(SocketAddr),
 }
 
 fn start_loopgate(
@@ -442,15 +589,17 @@ fn start_loopgate(
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let d = dir.display();
     let storage = match tracing {
-        Tracing::On | Tracing::Limits | Tracing::Firewall | Tracing::Cache => format!("backend = \"sqlite\"\nsqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
+        Tracing::On | Tracing::Limits | Tracing::Firewall | Tracing::Cache | Tracing::Otlp(_) => format!("backend = \"sqlite\"\nsqlite_path = \"{d}/traces.db\"\nspill_path = \"{d}/spill.jsonl\"\n"),
         // `backend = "none"`: no trace record is built, nothing is written.
         Tracing::Off => "backend = \"none\"\n".to_string(),
     };
     let extra = match tracing {
-        Tracing::Limits => "\n[limits.projects.bench]\nrpm = 100000000\ntpm = 1000000000000\nbudgets = [{ period = \"day\", usd = 1000000000.0 }]\n",
-        Tracing::Firewall => "\n[firewall]\ndefault_policy = \"std\"\n[firewall.policies.std]\npacks = [\"injection\", \"pii\", \"secrets\"]\n",
-        Tracing::Cache => "\n[cache]\nenabled = true\n",
-        Tracing::On | Tracing::Off => "",
+        Tracing::Limits => "\n[limits.projects.bench]\nrpm = 100000000\ntpm = 1000000000000\nbudgets = [{ period = \"day\", usd = 1000000000.0 }]\n".to_string(),
+        Tracing::Firewall => "\n[firewall]\ndefault_policy = \"std\"\n[firewall.policies.std]\npacks = [\"injection\", \"pii\", \"secrets\"]\n".to_string(),
+        Tracing::Cache => "\n[cache]\nenabled = true\n".to_string(),
+        // Everything else as shipped: batch_size 512, export_interval_ms 1000, queue 4096.
+        Tracing::Otlp(rx) => format!("\n[otlp]\nenabled = true\nendpoint = \"http://{rx}\"\nprotocol = \"http/protobuf\"\n"),
+        Tracing::On | Tracing::Off => String::new(),
     };
     let config = format!(
         r#"[server]
@@ -653,6 +802,8 @@ struct Target {
     addr: SocketAddr,
     /// Request path (the mock's `/v1/...` or `/slow/v1/...` for direct and passthrough).
     path: &'static str,
+    /// The process serving it (none for the mock, which runs inside this one).
+    pid: Option<u32>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -668,9 +819,12 @@ struct LatencyStats {
     n: usize,
     errors: usize,
     p50_us: f64,
+    p95_us: f64,
     p99_us: f64,
     /// Upstream connections the mock accepted while this target was measured.
     upstream_conns: usize,
+    /// The target process's CPU time over its measured blocks, per request (µs).
+    cpu_us_per_req: Option<f64>,
 }
 
 /// Concurrency 1, targets interleaved in rounds. `stream` selects the TTFB measurement.
@@ -684,6 +838,7 @@ async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>>
         vec![Vec::with_capacity(ROUNDS * PER_ROUND); targets.len()];
     let mut errors = vec![0usize; targets.len()];
     let mut upstream_conns = vec![0usize; targets.len()];
+    let mut cpu_ns: Vec<Option<u64>> = targets.iter().map(|t| t.pid.map(|_| 0)).collect();
     let started = Instant::now();
     for (i, c) in conns.iter_mut().enumerate() {
         for _ in 0..WARMUP {
@@ -698,6 +853,7 @@ async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>>
             let i = (k + round) % targets.len();
             let c = &mut conns[i];
             let accepted = MOCK_CONNS.load(Ordering::Relaxed);
+            let cpu0 = targets[i].pid.and_then(proc_cpu_ns);
             for _ in 0..PER_ROUND {
                 if started.elapsed() > PHASE_CAP {
                     eprintln!("latency phase hit its {PHASE_CAP:?} cap; stopping early");
@@ -716,20 +872,29 @@ async fn latency_phase(targets: &[Target], stream: bool) -> R<Vec<LatencyStats>>
                 }
             }
             upstream_conns[i] += MOCK_CONNS.load(Ordering::Relaxed) - accepted;
+            let cpu1 = targets[i].pid.and_then(proc_cpu_ns);
+            match (cpu0, cpu1, cpu_ns[i].as_mut()) {
+                (Some(a), Some(b), Some(acc)) => *acc += b.saturating_sub(a),
+                _ => cpu_ns[i] = None,
+            }
         }
     }
     Ok(samples
         .into_iter()
         .zip(errors)
         .zip(upstream_conns)
-        .map(|((mut s, errors), upstream_conns)| {
+        .zip(cpu_ns)
+        .map(|(((mut s, errors), upstream_conns), cpu)| {
             s.sort();
+            let done = (s.len() + errors).max(1) as f64;
             LatencyStats {
                 n: s.len(),
                 errors,
                 p50_us: percentile(&s, 50.0),
+                p95_us: percentile(&s, 95.0),
                 p99_us: percentile(&s, 99.0),
                 upstream_conns,
+                cpu_us_per_req: cpu.map(|ns| ns as f64 / 1000.0 / done),
             }
         })
         .collect())
@@ -742,15 +907,39 @@ struct ThroughputStats {
     errors: usize,
     p50_ms: f64,
     p99_ms: f64,
+    /// The target process's CPU time in the window per completed request (µs), from its
+    /// CPU clock and, as a cross-check, from `/proc/<pid>/stat` ticks.
+    cpu_us_per_req: Option<f64>,
+    cpu_us_per_req_stat: Option<f64>,
+    /// Share of one core the target process used in the window.
+    cpu_cores: Option<f64>,
+    /// (`VmRSS`, `VmHWM`) at the end of the window, KiB.
+    mem_kib: Option<(u64, u64)>,
 }
 
-/// `CONCURRENCY` keep-alive connections in a closed loop for `WINDOW` (after a warm-up).
-async fn throughput(target: &Target) -> R<ThroughputStats> {
+/// `concurrency` keep-alive connections in a closed loop for `window` (after a warm-up).
+async fn throughput(target: &Target, concurrency: usize, window: Duration) -> R<ThroughputStats> {
     let req: &'static [u8] = Box::leak(request_bytes(target.path, false).into_boxed_slice());
     let start = Instant::now() + THROUGHPUT_WARMUP;
-    let stop = start + WINDOW;
-    let mut tasks = Vec::with_capacity(CONCURRENCY);
-    for _ in 0..CONCURRENCY {
+    let stop = start + window;
+    // CPU of the process under test over exactly the window.
+    let pid = target.pid;
+    let cpu_probe = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let a = pid.and_then(proc_cpu_ns);
+        let at = pid.and_then(proc_stat_ticks);
+        tokio::time::sleep_until(stop.into()).await;
+        let b = pid.and_then(proc_cpu_ns);
+        let bt = pid.and_then(proc_stat_ticks);
+        let mem = pid.and_then(proc_mem_kib);
+        (
+            a.zip(b).map(|(a, b)| b.saturating_sub(a)),
+            at.zip(bt).map(|(a, b)| b.saturating_sub(a)),
+            mem,
+        )
+    });
+    let mut tasks = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
         let addr = target.addr;
         tasks.push(tokio::spawn(async move {
             let mut c = Conn::new(addr);
@@ -785,12 +974,18 @@ async fn throughput(target: &Target) -> R<ThroughputStats> {
         errors += e;
     }
     all.sort();
+    let (cpu, ticks, mem_kib) = cpu_probe.await?;
+    let done = all.len().max(1) as f64;
     Ok(ThroughputStats {
-        rps: all.len() as f64 / WINDOW.as_secs_f64(),
+        rps: all.len() as f64 / window.as_secs_f64(),
         completed: all.len(),
         errors,
         p50_ms: percentile(&all, 50.0) / 1000.0,
         p99_ms: percentile(&all, 99.0) / 1000.0,
+        cpu_us_per_req: cpu.map(|ns| ns as f64 / 1000.0 / done),
+        cpu_us_per_req_stat: ticks.map(|t| t as f64 * 1e6 / clk_tck() as f64 / done),
+        cpu_cores: cpu.map(|ns| ns as f64 / 1e9 / window.as_secs_f64()),
+        mem_kib,
     })
 }
 
@@ -871,49 +1066,209 @@ fn round(x: f64, digits: i32) -> Option<f64> {
     x.is_finite().then(|| (x * k).round() / k)
 }
 
-async fn run() -> R<()> {
+#[derive(Default, Clone)]
+struct SoakWave {
+    completed: usize,
+    errors: usize,
+    /// Longest single stream of the wave, request written to last byte (ms).
+    worst_ms: f64,
+    /// (`VmRSS`, `VmHWM`) right after the wave, KiB.
+    mem_kib: Option<(u64, u64)>,
+}
+
+#[derive(Default, Clone)]
+struct SoakStats {
+    /// (`VmRSS`, `VmHWM`) before the first wave (the process has answered one request).
+    before_kib: Option<(u64, u64)>,
+    waves: Vec<SoakWave>,
+    elapsed_s: f64,
+    cpu_us_per_req: Option<f64>,
+}
+
+impl SoakStats {
+    fn rss_mib(&self, wave: usize) -> Option<f64> {
+        self.waves
+            .get(wave)
+            .and_then(|w| w.mem_kib)
+            .map(|(r, _)| mib(r))
+    }
+    /// RSS change from the end of the first wave (warm-up) to the end of the last, MiB.
+    fn growth_after_warmup_mib(&self) -> Option<f64> {
+        Some(self.rss_mib(self.waves.len().checked_sub(1)?)? - self.rss_mib(0)?)
+    }
+    /// RSS change over the second half of the waves, MiB (flat memory: about zero).
+    fn growth_second_half_mib(&self) -> Option<f64> {
+        let last = self.waves.len().checked_sub(1)?;
+        Some(self.rss_mib(last)? - self.rss_mib(last / 2)?)
+    }
+}
+
+/// Bounded stream soak: `waves` waves of `per_wave` streamed requests on `concurrency`
+/// fresh keep-alive connections each; RSS read after every wave. Stops at `SOAK_CAP`.
+async fn soak(target: &Target, waves: usize, per_wave: usize, concurrency: usize) -> R<SoakStats> {
+    let req: &'static [u8] = Box::leak(request_bytes(target.path, true).into_boxed_slice());
+    let started = Instant::now();
+    let deadline = started + SOAK_CAP;
+    let mut out = SoakStats {
+        before_kib: target.pid.and_then(proc_mem_kib),
+        ..Default::default()
+    };
+    let cpu0 = target.pid.and_then(proc_cpu_ns);
+    let mut total = 0usize;
+    for _ in 0..waves {
+        if Instant::now() >= deadline {
+            eprintln!(
+                "soak {} hit its {SOAK_CAP:?} cap; stopping early",
+                target.name
+            );
+            break;
+        }
+        let left = std::sync::Arc::new(AtomicUsize::new(per_wave));
+        let mut tasks = Vec::with_capacity(concurrency);
+        for _ in 0..concurrency {
+            let addr = target.addr;
+            let left = left.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = Conn::new(addr);
+                let (mut done, mut errors, mut worst) = (0usize, 0usize, Duration::ZERO);
+                while Instant::now() < deadline
+                    && left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    match c.request(req, true).await {
+                        Ok(t) => {
+                            done += 1;
+                            worst = worst.max(t.total);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+                (done, errors, worst)
+            }));
+        }
+        let mut w = SoakWave::default();
+        let mut worst = Duration::ZERO;
+        for t in tasks {
+            let (d, e, x) = t.await?;
+            w.completed += d;
+            w.errors += e;
+            worst = worst.max(x);
+        }
+        w.worst_ms = worst.as_secs_f64() * 1000.0;
+        w.mem_kib = target.pid.and_then(proc_mem_kib);
+        total += w.completed + w.errors;
+        out.waves.push(w);
+    }
+    out.elapsed_s = started.elapsed().as_secs_f64();
+    let cpu1 = target.pid.and_then(proc_cpu_ns);
+    out.cpu_us_per_req = cpu0
+        .zip(cpu1)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0 / total.max(1) as f64);
+    Ok(out)
+}
+
+/// Command-line flags (after `cargo bench --bench load --`).
+struct Opts {
+    concurrency: usize,
+    slow_ms: u64,
+    window: Duration,
+    soak_waves: usize,
+    soak_per_wave: usize,
+    soak_concurrency: usize,
+    throughput: bool,
+    soak: bool,
+}
+
+const USAGE: &str = "cargo bench --bench load -- [--concurrency N (64)] [--slow-ms N (20)] \
+[--window-s N (10)] [--soak-waves N (20)] [--soak-per-wave N (1000)] [--soak-concurrency N (64)] \
+[--no-throughput] [--no-soak]";
+
+fn parse_opts(args: &[String]) -> R<Opts> {
+    let mut o = Opts {
+        concurrency: 64,
+        slow_ms: 20,
+        window: Duration::from_secs(10),
+        soak_waves: 20,
+        soak_per_wave: 1000,
+        soak_concurrency: 64,
+        throughput: true,
+        soak: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str, max: u64| -> R<u64> {
+            let v: u64 = it
+                .next()
+                .ok_or_else(|| format!("{name} needs a value"))?
+                .parse()
+                .map_err(|_| format!("{name}: not a number"))?;
+            if v == 0 || v > max {
+                return Err(format!("{name}: 1..={max}").into());
+            }
+            Ok(v)
+        };
+        match a.as_str() {
+            "--concurrency" => o.concurrency = num(a, 4096)? as usize,
+            "--slow-ms" => o.slow_ms = num(a, 10_000)?,
+            "--window-s" => o.window = Duration::from_secs(num(a, 600)?),
+            "--soak-waves" => o.soak_waves = num(a, 1000)? as usize,
+            "--soak-per-wave" => o.soak_per_wave = num(a, 1_000_000)? as usize,
+            "--soak-concurrency" => o.soak_concurrency = num(a, 4096)? as usize,
+            "--no-throughput" => o.throughput = false,
+            "--no-soak" => o.soak = false,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            // cargo passes `--bench`; filters are not used by this bench.
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+/// Start a loopgate and wait until it answers; returns (process, listen, metrics).
+async fn loopgate_ready(
+    bin: &Path,
+    tmp: &Path,
+    name: &str,
+    upstream_base: &str,
+    tracing: Tracing,
+) -> R<(Proc, SocketAddr, SocketAddr)> {
+    let (mut p, addr, metrics) = start_loopgate(bin, tmp, name, upstream_base, tracing)?;
+    wait_ready(name, addr, "/v1/chat/completions", Some(&mut p)).await?;
+    Ok((p, addr, metrics))
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn mem_json(m: Option<(u64, u64)>) -> serde_json::Value {
+    match m {
+        Some((rss, hwm)) => {
+            serde_json::json!({"rss_mib": round(mib(rss), 1), "hwm_mib": round(mib(hwm), 1)})
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
+async fn run(o: &Opts) -> R<()> {
+    SLOW_MS.store(o.slow_ms, Ordering::Relaxed);
     let bin = loopgate_binary()?;
     let tmp = tempfile::tempdir()?;
     let mock = start_mock()?;
+    let otlp_rx = start_otlp_receiver()?;
     let fast_base = format!("http://{mock}/v1");
     let slow_base = format!("http://{mock}/slow/v1");
-    eprintln!("mock on {mock}; loopgate binary {}", bin.display());
+    eprintln!(
+        "mock on {mock}; OTLP receiver on {otlp_rx}; loopgate binary {}",
+        bin.display()
+    );
+    let t = tmp.path();
 
-    let (mut pt, pt_addr) = start_passthrough(tmp.path(), mock)?;
-    let (mut on, on_addr, on_metrics) =
-        start_loopgate(&bin, tmp.path(), "lg_trace_on", &fast_base, Tracing::On)?;
-    let (mut off, off_addr, off_metrics) =
-        start_loopgate(&bin, tmp.path(), "lg_trace_off", &fast_base, Tracing::Off)?;
-    let (mut lim, lim_addr, _) = start_loopgate(
-        &bin,
-        tmp.path(),
-        "lg_limits_on",
-        &fast_base,
-        Tracing::Limits,
-    )?;
-    let (mut fw, fw_addr, _) = start_loopgate(
-        &bin,
-        tmp.path(),
-        "lg_firewall_on",
-        &fast_base,
-        Tracing::Firewall,
-    )?;
-    let (mut ch, ch_addr, _) =
-        start_loopgate(&bin, tmp.path(), "lg_cache_hit", &fast_base, Tracing::Cache)?;
-    let (mut on_slow, on_slow_addr, _) = start_loopgate(
-        &bin,
-        tmp.path(),
-        "lg_trace_on_slow",
-        &slow_base,
-        Tracing::On,
-    )?;
-    let (mut off_slow, off_slow_addr, _) = start_loopgate(
-        &bin,
-        tmp.path(),
-        "lg_trace_off_slow",
-        &slow_base,
-        Tracing::Off,
-    )?;
+    let (mut pt, pt_addr) = start_passthrough(t, mock)?;
     wait_ready(
         "passthrough",
         pt_addr,
@@ -921,132 +1276,185 @@ async fn run() -> R<()> {
         Some(&mut pt),
     )
     .await?;
-    wait_ready(
-        "lg_trace_on",
-        on_addr,
-        "/v1/chat/completions",
-        Some(&mut on),
-    )
-    .await?;
-    wait_ready(
-        "lg_trace_off",
-        off_addr,
-        "/v1/chat/completions",
-        Some(&mut off),
-    )
-    .await?;
-    wait_ready(
-        "lg_limits_on",
-        lim_addr,
-        "/v1/chat/completions",
-        Some(&mut lim),
-    )
-    .await?;
-    wait_ready(
-        "lg_firewall_on",
-        fw_addr,
-        "/v1/chat/completions",
-        Some(&mut fw),
-    )
-    .await?;
-    wait_ready(
-        "lg_cache_hit",
-        ch_addr,
-        "/v1/chat/completions",
-        Some(&mut ch),
-    )
-    .await?;
-    wait_ready(
-        "lg_trace_on_slow",
-        on_slow_addr,
-        "/v1/chat/completions",
-        Some(&mut on_slow),
-    )
-    .await?;
-    wait_ready(
-        "lg_trace_off_slow",
-        off_slow_addr,
-        "/v1/chat/completions",
-        Some(&mut off_slow),
-    )
-    .await?;
+    let (on, on_addr, on_metrics) =
+        loopgate_ready(&bin, t, "lg_trace_on", &fast_base, Tracing::On).await?;
+    let (off, off_addr, off_metrics) =
+        loopgate_ready(&bin, t, "lg_trace_off", &fast_base, Tracing::Off).await?;
+    let (lim, lim_addr, _) =
+        loopgate_ready(&bin, t, "lg_limits_on", &fast_base, Tracing::Limits).await?;
+    let (fw, fw_addr, _) =
+        loopgate_ready(&bin, t, "lg_firewall_on", &fast_base, Tracing::Firewall).await?;
+    let (ch, ch_addr, _) =
+        loopgate_ready(&bin, t, "lg_cache_hit", &fast_base, Tracing::Cache).await?;
+    let (ot, ot_addr, ot_metrics) =
+        loopgate_ready(&bin, t, "lg_otlp_on", &fast_base, Tracing::Otlp(otlp_rx)).await?;
     let load_before = load_average();
     eprintln!("all up; load average {load_before}");
 
+    let pid = |p: &Proc| Some(p.child.id());
     let lat_targets = [
         Target {
             name: "direct",
             addr: mock,
             path: "/v1/chat/completions",
+            pid: None,
         },
         Target {
             name: "passthrough",
             addr: pt_addr,
             path: "/v1/chat/completions",
+            pid: pid(&pt),
         },
         Target {
             name: "lg_trace_on",
             addr: on_addr,
             path: "/v1/chat/completions",
+            pid: pid(&on),
         },
         Target {
             name: "lg_trace_off",
             addr: off_addr,
             path: "/v1/chat/completions",
+            pid: pid(&off),
         },
         Target {
             name: "lg_limits_on",
             addr: lim_addr,
             path: "/v1/chat/completions",
+            pid: pid(&lim),
         },
         Target {
             name: "lg_firewall_on",
             addr: fw_addr,
             path: "/v1/chat/completions",
+            pid: pid(&fw),
         },
         Target {
             name: "lg_cache_hit",
             addr: ch_addr,
             path: "/v1/chat/completions",
+            pid: pid(&ch),
+        },
+        Target {
+            name: "lg_otlp_on",
+            addr: ot_addr,
+            path: "/v1/chat/completions",
+            pid: pid(&ot),
         },
     ];
+    // Idle memory: each process has started and answered one request.
+    let idle_mem: Vec<Option<(u64, u64)>> = lat_targets
+        .iter()
+        .map(|t| t.pid.and_then(proc_mem_kib))
+        .collect();
     eprintln!("latency, non-stream ...");
     let non_stream = latency_phase(&lat_targets, false).await?;
     eprintln!("latency, stream TTFB ...");
     let stream = latency_phase(&lat_targets, true).await?;
-
-    let tp_targets = [
-        Target {
-            name: "direct",
-            addr: mock,
-            path: "/slow/v1/chat/completions",
-        },
-        Target {
-            name: "passthrough",
-            addr: pt_addr,
-            path: "/slow/v1/chat/completions",
-        },
-        Target {
-            name: "lg_trace_on",
-            addr: on_slow_addr,
-            path: "/v1/chat/completions",
-        },
-        Target {
-            name: "lg_trace_off",
-            addr: off_slow_addr,
-            path: "/v1/chat/completions",
-        },
-    ];
-    let mut tp = Vec::new();
-    for t in &tp_targets {
-        eprintln!("throughput {} ...", t.name);
-        tp.push(throughput(t).await?);
-    }
-    let load_after = load_average();
+    let lat_mem: Vec<Option<(u64, u64)>> = lat_targets
+        .iter()
+        .map(|t| t.pid.and_then(proc_mem_kib))
+        .collect();
+    // Let the OTLP batch (1 s interval) go out before reading the counters.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let traces_written = scrape(on_metrics, "loopgate_trace_written_total").await;
     let traces_dropped = scrape(on_metrics, "loopgate_trace_dropped_total").await;
     let off_written = scrape(off_metrics, "loopgate_trace_written_total").await;
-    drop((pt, on, off, lim, fw, ch, on_slow, off_slow));
+    let otlp_exported = scrape(ot_metrics, "loopgate_otlp_spans_exported_total").await;
+    let otlp_dropped = scrape(ot_metrics, "loopgate_otlp_spans_dropped_total").await;
+    let otlp_failures = scrape(ot_metrics, "loopgate_otlp_export_failures_total").await;
+    let otlp_posts = OTLP_POSTS.load(Ordering::Relaxed);
+    let otlp_bytes = OTLP_BYTES.load(Ordering::Relaxed);
+    // The latency processes are done: stop them so the throughput phase has the cores.
+    drop((on, off, lim, fw, ch, ot));
+
+    // Throughput: fresh gateways on the slow mock, one at a time.
+    let mut tp_targets: Vec<Target> = Vec::new();
+    let mut tp: Vec<ThroughputStats> = Vec::new();
+    if o.throughput {
+        let slow: [(&'static str, Option<Tracing>); 5] = [
+            ("direct", None),
+            ("passthrough", None),
+            ("lg_trace_on", Some(Tracing::On)),
+            ("lg_trace_off", Some(Tracing::Off)),
+            ("lg_otlp_on", Some(Tracing::Otlp(otlp_rx))),
+        ];
+        for (name, tracing) in slow {
+            let proc_ = match tracing {
+                Some(tr) => {
+                    let (p, addr, _) =
+                        loopgate_ready(&bin, t, &format!("{name}_slow"), &slow_base, tr).await?;
+                    Some((p, addr))
+                }
+                None => None,
+            };
+            let target = match (&proc_, name) {
+                (Some((p, addr)), _) => Target {
+                    name,
+                    addr: *addr,
+                    path: "/v1/chat/completions",
+                    pid: pid(p),
+                },
+                (None, "direct") => Target {
+                    name,
+                    addr: mock,
+                    path: "/slow/v1/chat/completions",
+                    pid: None,
+                },
+                (None, _) => Target {
+                    name,
+                    addr: pt_addr,
+                    path: "/slow/v1/chat/completions",
+                    pid: pid(&pt),
+                },
+            };
+            eprintln!("throughput {name} ...");
+            tp.push(throughput(&target, o.concurrency, o.window).await?);
+            tp_targets.push(target);
+            drop(proc_);
+        }
+    }
+    drop(pt);
+
+    // Stream soak: a fresh passthrough and a fresh loopgate (tracing on), one after the other.
+    let mut soaks: Vec<(&'static str, SoakStats)> = Vec::new();
+    if o.soak {
+        let (mut spt, spt_addr) = start_passthrough(&t.join("soak"), mock)?;
+        wait_ready(
+            "soak passthrough",
+            spt_addr,
+            "/v1/chat/completions",
+            Some(&mut spt),
+        )
+        .await?;
+        let target = Target {
+            name: "passthrough",
+            addr: spt_addr,
+            path: "/v1/chat/completions",
+            pid: pid(&spt),
+        };
+        eprintln!("stream soak passthrough ...");
+        soaks.push((
+            "passthrough",
+            soak(&target, o.soak_waves, o.soak_per_wave, o.soak_concurrency).await?,
+        ));
+        drop(spt);
+        let (slg, slg_addr, _) =
+            loopgate_ready(&bin, t, "lg_trace_on_soak", &fast_base, Tracing::On).await?;
+        let target = Target {
+            name: "lg_trace_on",
+            addr: slg_addr,
+            path: "/v1/chat/completions",
+            pid: pid(&slg),
+        };
+        eprintln!("stream soak lg_trace_on ...");
+        soaks.push((
+            "lg_trace_on",
+            soak(&target, o.soak_waves, o.soak_per_wave, o.soak_concurrency).await?,
+        ));
+        drop(slg);
+    }
+    let load_after = load_average();
 
     // Report.
     let added =
@@ -1064,14 +1472,16 @@ async fn run() -> R<()> {
     );
     let _ = writeln!(
         out,
-        "{:<14} {:>9} {:>9} {:>10} {:>10} {:>6} | {:>9} {:>9} {:>10} {:>10} {:>6}",
+        "{:<15} {:>8} {:>8} {:>8} {:>9} {:>9} {:>5} | {:>8} {:>8} {:>8} {:>9} {:>9} {:>5}",
         "target",
         "p50",
+        "p95",
         "p99",
         "added p50",
         "added p99",
         "conns",
         "TTFB p50",
+        "TTFB p95",
         "TTFB p99",
         "added p50",
         "added p99",
@@ -1082,14 +1492,16 @@ async fn run() -> R<()> {
         let (s50, s99) = added(&stream, i);
         let _ = writeln!(
             out,
-            "{:<14} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>6} | {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>6}",
+            "{:<15} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>5} | {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>5}",
             t.name,
             non_stream[i].p50_us,
+            non_stream[i].p95_us,
             non_stream[i].p99_us,
             a50,
             a99,
             non_stream[i].upstream_conns,
             stream[i].p50_us,
+            stream[i].p95_us,
             stream[i].p99_us,
             s50,
             s99,
@@ -1098,29 +1510,94 @@ async fn run() -> R<()> {
     }
     let _ = writeln!(
         out,
-        "\nthroughput: {CONCURRENCY} connections, mock answers after {SLOW_MS} ms, {}s window",
-        WINDOW.as_secs()
+        "\nprocess cost in the latency phase (CPU = the process's user+system CPU time per request; memory in MiB)"
     );
     let _ = writeln!(
         out,
-        "{:<14} {:>10} {:>8} {:>9} {:>9} {:>7}",
-        "target", "req/s", "errors", "p50 ms", "p99 ms", "x pt"
+        "{:<15} {:>13} {:>13} {:>9} {:>12} {:>12}",
+        "target", "CPU us/req", "CPU us/TTFB", "idle RSS", "RSS at end", "HWM at end"
     );
-    for (i, t) in tp_targets.iter().enumerate() {
+    for (i, t) in lat_targets.iter().enumerate().skip(1) {
         let _ = writeln!(
             out,
-            "{:<14} {:>10.0} {:>8} {:>9.2} {:>9.2} {:>7.3}",
+            "{:<15} {:>13} {:>13} {:>9} {:>12} {:>12}",
             t.name,
-            tp[i].rps,
-            tp[i].errors,
-            tp[i].p50_ms,
-            tp[i].p99_ms,
-            tp[i].rps / tp[1].rps
+            fmt_opt(non_stream[i].cpu_us_per_req, 1),
+            fmt_opt(stream[i].cpu_us_per_req, 1),
+            fmt_opt(idle_mem[i].map(|m| mib(m.0)), 1),
+            fmt_opt(lat_mem[i].map(|m| mib(m.0)), 1),
+            fmt_opt(lat_mem[i].map(|m| mib(m.1)), 1),
+        );
+    }
+    if o.throughput {
+        let _ = writeln!(
+            out,
+            "\nthroughput: {} connections, mock answers after {} ms, {}s window (a fresh process per target)",
+            o.concurrency,
+            o.slow_ms,
+            o.window.as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "{:<15} {:>9} {:>7} {:>8} {:>8} {:>7} {:>11} {:>11} {:>7} {:>8} {:>8}",
+            "target",
+            "req/s",
+            "errors",
+            "p50 ms",
+            "p99 ms",
+            "x pt",
+            "CPU us/req",
+            "(stat tck)",
+            "cores",
+            "RSS MiB",
+            "HWM MiB"
+        );
+        for (i, t) in tp_targets.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{:<15} {:>9.0} {:>7} {:>8.2} {:>8.2} {:>7.3} {:>11} {:>11} {:>7} {:>8} {:>8}",
+                t.name,
+                tp[i].rps,
+                tp[i].errors,
+                tp[i].p50_ms,
+                tp[i].p99_ms,
+                tp[i].rps / tp[1].rps,
+                fmt_opt(tp[i].cpu_us_per_req, 1),
+                fmt_opt(tp[i].cpu_us_per_req_stat, 1),
+                fmt_opt(tp[i].cpu_cores, 2),
+                fmt_opt(tp[i].mem_kib.map(|m| mib(m.0)), 1),
+                fmt_opt(tp[i].mem_kib.map(|m| mib(m.1)), 1),
+            );
+        }
+    }
+    for (name, s) in &soaks {
+        let _ = writeln!(
+            out,
+            "\nstream soak {name}: {} waves x {} streams on {} connections, {:.1} s, CPU {} us/stream; RSS MiB before {}",
+            s.waves.len(),
+            o.soak_per_wave,
+            o.soak_concurrency,
+            s.elapsed_s,
+            fmt_opt(s.cpu_us_per_req, 1),
+            fmt_opt(s.before_kib.map(|m| mib(m.0)), 1),
+        );
+        let curve: Vec<String> = s
+            .waves
+            .iter()
+            .map(|w| fmt_opt(w.mem_kib.map(|m| mib(m.0)), 1))
+            .collect();
+        let worst = s.waves.iter().map(|w| w.worst_ms).fold(0.0, f64::max);
+        let errors: usize = s.waves.iter().map(|w| w.errors).sum();
+        let _ = writeln!(
+            out,
+            "  RSS after each wave: {}; HWM {}; worst stream {worst:.1} ms; errors {errors}",
+            curve.join(" "),
+            fmt_opt(s.waves.last().and_then(|w| w.mem_kib).map(|m| mib(m.1)), 1),
         );
     }
 
     // Targets (loopgate with tracing on is the product as shipped).
-    let mut checks = Vec::new();
+    let mut checks: Vec<(String, f64, f64, bool)> = Vec::new();
     for (mode, s) in [("non-stream", &non_stream), ("stream TTFB", &stream)] {
         let (pt50, _) = added(s, 1);
         let (lg50, lg99) = added(s, 2);
@@ -1137,13 +1614,58 @@ async fn run() -> R<()> {
             lg99 <= 150.0,
         ));
     }
-    let ratio = tp[2].rps / tp[1].rps;
+    let (_, pt99) = added(&non_stream, 1);
+    let (_, lg99) = added(&non_stream, 2);
     checks.push((
-        "throughput >= 0.85x passthrough".into(),
-        ratio,
-        0.85,
-        ratio >= 0.85,
+        "non-stream: added p99 <= passthrough's + 50 us (issue 14)".into(),
+        lg99 - pt99,
+        50.0,
+        lg99 - pt99 <= 50.0,
     ));
+    let (pt50s, _) = added(&stream, 1);
+    let (lg50s, _) = added(&stream, 2);
+    checks.push((
+        "stream TTFB: added p50 <= passthrough's + 30 us (issue 14)".into(),
+        lg50s - pt50s,
+        30.0,
+        lg50s - pt50s <= 30.0,
+    ));
+    if o.throughput {
+        let ratio = tp[2].rps / tp[1].rps;
+        checks.push((
+            "throughput >= 0.85x passthrough".into(),
+            ratio,
+            0.85,
+            ratio >= 0.85,
+        ));
+        if let (Some(lg), Some(p)) = (tp[2].cpu_us_per_req, tp[1].cpu_us_per_req) {
+            checks.push((
+                "throughput phase: CPU per request <= 1.7x passthrough's (issue 14)".into(),
+                lg / p,
+                1.7,
+                lg / p <= 1.7,
+            ));
+        }
+        if let (Some(ot), Some(on)) = (tp[4].cpu_us_per_req, tp[2].cpu_us_per_req) {
+            checks.push((
+                "throughput phase: OTLP on minus tracing on, CPU us per request (no limit set; issue 18)".into(),
+                ot - on,
+                f64::NAN,
+                true,
+            ));
+        }
+        if let Some((_, hwm)) = tp[2].mem_kib {
+            checks.push((
+                format!(
+                    "peak RSS (VmHWM) under load <= 40 MiB (issue 14 asks it at c=128; here c={})",
+                    o.concurrency
+                ),
+                mib(hwm),
+                40.0,
+                mib(hwm) <= 40.0,
+            ));
+        }
+    }
     let (on50, _) = added(&non_stream, 2);
     let (off50, _) = added(&non_stream, 3);
     checks.push((
@@ -1166,13 +1688,64 @@ async fn run() -> R<()> {
         15.0,
         fw50 - on50 < 15.0,
     ));
+    let (ot50, _) = added(&non_stream, 7);
+    checks.push((
+        "OTLP on vs off (tracing on): p50 difference < 10 us (issue 18)".into(),
+        ot50 - on50,
+        10.0,
+        ot50 - on50 < 10.0,
+    ));
+    let ot95 = non_stream[7].p95_us - non_stream[2].p95_us;
+    checks.push((
+        "OTLP on vs off (tracing on): p95 difference (no limit set; issue 18)".into(),
+        ot95,
+        f64::NAN,
+        true,
+    ));
+    let ot50s = stream[7].p50_us - stream[2].p50_us;
+    checks.push((
+        "OTLP on vs off (tracing on): stream TTFB p50 difference < 10 us (issue 18)".into(),
+        ot50s,
+        10.0,
+        ot50s < 10.0,
+    ));
+    if let (Some(ot), Some(on)) = (non_stream[7].cpu_us_per_req, non_stream[2].cpu_us_per_req) {
+        checks.push((
+            "OTLP on minus tracing on: CPU us per request at c=1 (no limit set; issue 18)".into(),
+            ot - on,
+            f64::NAN,
+            true,
+        ));
+    }
+    if let Some((rss, _)) = idle_mem[2] {
+        checks.push((
+            "idle RSS <= 25 MiB (issue 14; tracing on, after one request)".into(),
+            mib(rss),
+            25.0,
+            mib(rss) <= 25.0,
+        ));
+    }
+    for (name, s) in &soaks {
+        if let Some(g) = s.growth_second_half_mib() {
+            checks.push((
+                format!("stream soak {name}: RSS growth over the second half of the waves <= 1 MiB (flat after warm-up, issue 14)"),
+                g,
+                1.0,
+                g <= 1.0,
+            ));
+        }
+    }
     let _ = writeln!(out, "\ntargets (loopgate = tracing on):");
     for (what, value, limit, ok) in &checks {
-        let _ = writeln!(
-            out,
-            "  {:<4} {what}: {value:.2} (limit {limit})",
-            verdict(*ok)
-        );
+        if limit.is_nan() {
+            let _ = writeln!(out, "  info {what}: {value:.2}");
+        } else {
+            let _ = writeln!(
+                out,
+                "  {:<4} {what}: {value:.2} (limit {limit})",
+                verdict(*ok)
+            );
+        }
     }
     let _ = writeln!(
         out,
@@ -1180,6 +1753,13 @@ async fn run() -> R<()> {
         traces_written.map_or("?".into(), |v| v.to_string()),
         traces_dropped.map_or("0".into(), |v| v.to_string()),
         off_written.map_or("0".into(), |v| v.to_string()),
+    );
+    let _ = writeln!(
+        out,
+        "OTLP (latency phase): spans exported {} dropped {} export failures {}; receiver got {otlp_posts} POSTs, {otlp_bytes} bytes",
+        otlp_exported.map_or("?".into(), |v| v.to_string()),
+        otlp_dropped.map_or("0".into(), |v| v.to_string()),
+        otlp_failures.map_or("0".into(), |v| v.to_string()),
     );
     print!("{out}");
 
@@ -1192,14 +1772,23 @@ async fn run() -> R<()> {
                 t.name.into(),
                 serde_json::json!({
                     "n": s[i].n, "errors": s[i].errors,
-                    "p50_us": round(s[i].p50_us, 1), "p99_us": round(s[i].p99_us, 1),
+                    "p50_us": round(s[i].p50_us, 1), "p95_us": round(s[i].p95_us, 1),
+                    "p99_us": round(s[i].p99_us, 1),
                     "added_p50_us": round(a50, 1), "added_p99_us": round(a99, 1),
                     "upstream_connections_opened": s[i].upstream_conns,
+                    "cpu_us_per_request": s[i].cpu_us_per_req.and_then(|v| round(v, 1)),
                 }),
             );
         }
         serde_json::Value::Object(m)
     };
+    let mut mem = serde_json::Map::new();
+    for (i, t) in lat_targets.iter().enumerate().skip(1) {
+        mem.insert(
+            t.name.into(),
+            serde_json::json!({"idle": mem_json(idle_mem[i]), "end_of_latency_phase": mem_json(lat_mem[i])}),
+        );
+    }
     let mut tp_json = serde_json::Map::new();
     for (i, t) in tp_targets.iter().enumerate() {
         tp_json.insert(
@@ -1207,12 +1796,40 @@ async fn run() -> R<()> {
             serde_json::json!({
                 "rps": round(tp[i].rps, 1), "completed": tp[i].completed, "errors": tp[i].errors,
                 "p50_ms": round(tp[i].p50_ms, 3), "p99_ms": round(tp[i].p99_ms, 3),
+                "cpu_us_per_request": tp[i].cpu_us_per_req.and_then(|v| round(v, 1)),
+                "cpu_us_per_request_stat_ticks": tp[i].cpu_us_per_req_stat.and_then(|v| round(v, 1)),
+                "cpu_cores": tp[i].cpu_cores.and_then(|v| round(v, 3)),
+                "memory_end": mem_json(tp[i].mem_kib),
+            }),
+        );
+    }
+    let mut soak_json = serde_json::Map::new();
+    for (name, s) in &soaks {
+        soak_json.insert(
+            (*name).into(),
+            serde_json::json!({
+                "waves": s.waves.len(), "streams_per_wave": o.soak_per_wave,
+                "concurrency": o.soak_concurrency, "elapsed_s": round(s.elapsed_s, 2),
+                "cpu_us_per_stream": s.cpu_us_per_req.and_then(|v| round(v, 1)),
+                "before": mem_json(s.before_kib),
+                "rss_mib_after_each_wave": s.waves.iter().map(|w| w.mem_kib.and_then(|m| round(mib(m.0), 1))).collect::<Vec<_>>(),
+                "worst_stream_ms_each_wave": s.waves.iter().map(|w| round(w.worst_ms, 1)).collect::<Vec<_>>(),
+                "errors": s.waves.iter().map(|w| w.errors).sum::<usize>(),
+                "hwm_mib_end": s.waves.last().and_then(|w| w.mem_kib).and_then(|m| round(mib(m.1), 1)),
+                "growth_after_warmup_mib": s.growth_after_warmup_mib().and_then(|v| round(v, 2)),
+                "growth_second_half_mib": s.growth_second_half_mib().and_then(|v| round(v, 2)),
             }),
         );
     }
     let checks_json: Vec<_> = checks
         .iter()
-        .map(|(w, v, l, ok)| serde_json::json!({"target": w, "value": round(*v, 2), "limit": l, "pass": ok}))
+        .map(|(w, v, l, ok)| {
+            if l.is_nan() {
+                serde_json::json!({"target": w, "value": round(*v, 2)})
+            } else {
+                serde_json::json!({"target": w, "value": round(*v, 2), "limit": l, "pass": ok})
+            }
+        })
         .collect();
     let json = serde_json::json!({
         "cores": num_cpus(),
@@ -1220,17 +1837,23 @@ async fn run() -> R<()> {
         "load_average_after": load_after,
         "requests_per_target": ROUNDS * PER_ROUND,
         "warmup_per_target": WARMUP,
-        "concurrency": CONCURRENCY,
-        "slow_mock_ms": SLOW_MS,
-        "window_s": WINDOW.as_secs(),
+        "concurrency": o.concurrency,
+        "slow_mock_ms": o.slow_ms,
+        "window_s": o.window.as_secs(),
         "latency_non_stream": lat_json(&non_stream),
         "latency_stream_ttfb": lat_json(&stream),
+        "memory_latency_targets": mem,
         "throughput": tp_json,
-        "throughput_ratio": round(ratio, 3),
+        "stream_soak": soak_json,
         "checks": checks_json,
         "traces_written_tracing_on": traces_written,
         "traces_dropped_tracing_on": traces_dropped.unwrap_or(0.0),
         "traces_written_tracing_off": off_written.unwrap_or(0.0),
+        "otlp_spans_exported": otlp_exported,
+        "otlp_spans_dropped": otlp_dropped.unwrap_or(0.0),
+        "otlp_export_failures": otlp_failures.unwrap_or(0.0),
+        "otlp_receiver_posts": otlp_posts,
+        "otlp_receiver_bytes": otlp_bytes,
     });
     let dir = target_profile_dir()?
         .parent()
@@ -1254,7 +1877,13 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--serve-passthrough") {
         passthrough::serve(&args[i + 1..]);
     }
-    // `cargo bench -- <filter>` passes filters; this bench has one scenario and ignores them.
+    let opts = match parse_opts(&args[1..]) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("load bench: {e}\nusage: {USAGE}");
+            std::process::exit(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1265,7 +1894,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run()) {
+    if let Err(e) = rt.block_on(run(&opts)) {
         eprintln!("load bench failed: {e}");
         std::process::exit(1);
     }

@@ -1,9 +1,11 @@
 //! Sustained trace ingest (records/s) through the whole pipeline: `TraceSink::submit` ->
 //! bounded channel -> batched writer -> store, ending with a flush, per backend.
 //!
-//! `cargo bench --bench store_ingest`. PostgreSQL runs against a throwaway server started
-//! from the machine's binaries (as in the tests); without them that backend is skipped
-//! with a printed note.
+//! `cargo bench --bench store_ingest` (filter: `-- postgres`). PostgreSQL runs against a
+//! throwaway server started from the machine's binaries (as in the tests), twice: the
+//! shipped binary-`COPY` path (`postgres_copy`) and multi-row `INSERT`s (`postgres_insert`,
+//! `storage.postgres_copy = false`), each into a fresh database. Without the binaries that
+//! backend is skipped with a printed note.
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -166,11 +168,26 @@ fn bench(c: &mut Criterion) {
                 .into_owned(),
             ..base.clone()
         };
-        let run = start(&rt, &pgc);
-        g.bench_function(BenchmarkId::new("pipeline", "postgres"), |b| {
-            b.iter_custom(|iters| ingest(&rt, &run, iters))
-        });
-        drop(run);
+        // The shipped bulk path (binary COPY) and the multi-row INSERT path it replaced,
+        // each into its own fresh database on the same server, in the same run.
+        for (name, copy) in [("postgres_copy", true), ("postgres_insert", false)] {
+            srv.create_db(name);
+            let cfg = StorageConfig {
+                postgres_url: Some(srv.url_for(name)),
+                postgres_copy: copy,
+                spill_path: dir
+                    .path()
+                    .join(format!("spill-{name}.jsonl"))
+                    .to_string_lossy()
+                    .into_owned(),
+                ..pgc.clone()
+            };
+            let run = start(&rt, &cfg);
+            g.bench_function(BenchmarkId::new("pipeline", name), |b| {
+                b.iter_custom(|iters| ingest(&rt, &run, iters))
+            });
+            drop(run);
+        }
         drop(srv);
     }
     g.finish();

@@ -76,6 +76,47 @@ async fn postgres_every_endpoint_and_two_gateways_share_traces() {
     );
     a.shutdown().await;
     b.shutdown().await;
+
+    // The bulk path (COPY) on awkward batches: an id twice in one batch (stored once, the
+    // first occurrence), a property pair repeated in one record, a record with every
+    // optional column empty; then an overlapping retry (COPY refuses it, the INSERT path
+    // stores only the new rows) — counts and the rollup never double.
+    srv.create_db("copy");
+    let store = loopgate::store::open(&cfg(srv.url_for("copy"), &dir, "copy"))
+        .await
+        .expect("open");
+    let mut batch: Vec<_> = (0..30).map(cases::record).collect();
+    let mut again = batch[3].clone();
+    again.latency_ms += 1000.0;
+    batch.push(again);
+    let pair = batch[5].properties[0].clone();
+    batch[5].properties.push(pair);
+    batch[7] = loopgate::trace::TraceRecord {
+        request_id: batch[7].request_id.clone(),
+        ts_ms: batch[7].ts_ms,
+        endpoint: "chat.completions".into(),
+        requested_model: "m".into(),
+        ..Default::default()
+    };
+    assert_eq!(store.insert_traces(&batch).await.expect("copy"), 30);
+    assert_eq!(store.count_traces().await.expect("count"), 30);
+    for i in [3, 5, 7, 29] {
+        let got = store
+            .get_trace(&batch[i].request_id)
+            .await
+            .expect("get")
+            .expect("stored");
+        cases::assert_same(&got, &batch[i]);
+    }
+    let more: Vec<_> = (20..45).map(cases::record).collect();
+    assert_eq!(store.insert_traces(&more).await.expect("retry"), 15);
+    assert_eq!(store.count_traces().await.expect("count"), 45);
+    let rows = store
+        .rollup_rows("model", None, None, Some(loopgate::store::ALL_PROJECTS))
+        .await
+        .expect("rollup");
+    let requests: u64 = rows.iter().map(|r| r.stats.requests).sum();
+    assert_eq!(requests, 45, "each stored trace counted once in the rollup");
 }
 
 /// Stop the PostgreSQL server mid-load and start it again: every trace is stored exactly once.

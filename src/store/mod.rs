@@ -72,6 +72,9 @@ pub struct StorageConfig {
     pub sqlite_busy_timeout_ms: u64,
     /// libpq-style connection string (env `LOOPGATE_POSTGRES_URL` overrides). No TLS.
     pub postgres_url: Option<String>,
+    /// PostgreSQL: write trace batches with binary `COPY` (a batch holding an already stored
+    /// id goes through `INSERT ... ON CONFLICT` instead); `false`: multi-row `INSERT` always.
+    pub postgres_copy: bool,
     /// Bounded channel between the request path and the writer.
     pub channel_capacity: usize,
     /// Records per insert transaction.
@@ -125,6 +128,7 @@ impl Default for StorageConfig {
             sqlite_path: "loopgate.db".into(),
             sqlite_busy_timeout_ms: 2000,
             postgres_url: None,
+            postgres_copy: true,
             channel_capacity: 65536,
             batch_size: 4096,
             flush_interval_ms: 200,
@@ -515,7 +519,9 @@ pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
         )),
         Backend::Postgres => {
             let url = cfg.postgres_url.as_deref().unwrap_or_default();
-            Ok(Arc::new(postgres::PgStore::open(url).await?))
+            Ok(Arc::new(
+                postgres::PgStore::open(url, cfg.postgres_copy).await?,
+            ))
         }
         Backend::None => Err(StoreError::Config(
             "storage is disabled (backend = \"none\")".into(),

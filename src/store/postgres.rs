@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use super::migrations::{SqlDialect, MIGRATIONS};
@@ -48,6 +50,8 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 pub struct PgStore {
     config: tokio_postgres::Config,
+    /// Trace batches go through binary `COPY` (`storage.postgres_copy`).
+    copy: bool,
     writer: Mutex<Option<Client>>,
     reader: Mutex<Option<Client>>,
 }
@@ -208,7 +212,220 @@ fn values_list(rows: usize, cols: usize) -> String {
     s
 }
 
+/// Column types of `TRACE_COLS`, in order, for binary `COPY` (the PostgreSQL forms of
+/// the migrations' `{INT}`, `{REAL}` and `{BOOL}`).
+const TRACE_TYPES: [Type; TRACE_NCOLS] = [
+    Type::TEXT,   // request_id
+    Type::INT8,   // ts_ms
+    Type::TEXT,   // endpoint
+    Type::TEXT,   // key_id
+    Type::TEXT,   // session_id
+    Type::TEXT,   // session_name
+    Type::TEXT,   // session_path
+    Type::TEXT,   // project_id
+    Type::TEXT,   // user_id
+    Type::TEXT,   // route
+    Type::TEXT,   // requested_model
+    Type::TEXT,   // served_model
+    Type::TEXT,   // provider
+    Type::INT8,   // status
+    Type::BOOL,   // stream
+    Type::BOOL,   // cancelled
+    Type::BOOL,   // fallback_used
+    Type::INT8,   // prompt_tokens
+    Type::INT8,   // completion_tokens
+    Type::INT8,   // cached_tokens
+    Type::INT8,   // cache_creation_tokens
+    Type::INT8,   // reasoning_tokens
+    Type::BOOL,   // usage_reported
+    Type::FLOAT8, // cost_usd
+    Type::FLOAT8, // latency_ms
+    Type::FLOAT8, // ttft_ms
+    Type::INT8,   // request_bytes
+    Type::INT8,   // response_bytes
+    Type::TEXT,   // error
+    Type::TEXT,   // decision_id
+    Type::BOOL,   // zero_retention
+    Type::BOOL,   // shadow
+    Type::TEXT,   // properties
+    Type::TEXT,   // attempts
+    Type::TEXT,   // request_body
+    Type::TEXT,   // response_body
+    Type::BOOL,   // cost_unknown
+];
+
+/// Why the `COPY` path gave the batch back.
+enum CopyOutcome {
+    /// Written and committed; this many traces were new.
+    Done(usize),
+    /// A row already exists (a retried batch, or another gateway wrote the same id): the
+    /// transaction was rolled back and the batch goes through the `INSERT ... ON CONFLICT`
+    /// path, which skips existing rows.
+    Conflict,
+}
+
+/// Write a batch of traces in one transaction: the traces, their properties, their
+/// decisions and the rollup deltas of the traces that were new.
+///
+/// The bulk path is binary `COPY ... FROM STDIN` into `traces` and `trace_properties`
+/// (no statement text or parameters to parse per row); `COPY` cannot skip existing rows,
+/// so when one already exists the whole transaction is rolled back and the batch is
+/// written again with multi-row `INSERT ... ON CONFLICT DO NOTHING` — a retried batch
+/// (e.g. after the server restarted mid-commit) is never counted twice.
 async fn insert_batch(c: &mut Client, recs: &[TraceRecord]) -> Result<usize, StoreError> {
+    match copy_batch(c, recs).await? {
+        CopyOutcome::Done(n) => Ok(n),
+        CopyOutcome::Conflict => insert_batch_rows(c, recs).await,
+    }
+}
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// One trace as the binary `COPY` row of `TRACE_COLS`.
+async fn copy_trace_row(
+    w: std::pin::Pin<&mut BinaryCopyInWriter>,
+    r: &TraceRecord,
+) -> Result<(), tokio_postgres::Error> {
+    // Serialising a Vec of strings / plain structs cannot fail; an empty list is the
+    // harmless fallback all the same.
+    let props = serde_json::to_string(&r.properties).unwrap_or_else(|_| "[]".into());
+    let attempts = serde_json::to_string(&r.attempts).unwrap_or_else(|_| "[]".into());
+    let status = r.status as i64;
+    let (pt, ct, cached, creation, reasoning) = (
+        to_i64(r.prompt_tokens),
+        to_i64(r.completion_tokens),
+        to_i64(r.cached_tokens),
+        to_i64(r.cache_creation_tokens),
+        to_i64(r.reasoning_tokens),
+    );
+    let (req_bytes, resp_bytes) = (to_i64(r.request_bytes), to_i64(r.response_bytes));
+    let row: [&(dyn ToSql + Sync); TRACE_NCOLS] = [
+        &r.request_id,
+        &r.ts_ms,
+        &r.endpoint,
+        &r.key_id,
+        &r.session_id,
+        &r.session_name,
+        &r.session_path,
+        &r.project_id,
+        &r.user_id,
+        &r.route,
+        &r.requested_model,
+        &r.served_model,
+        &r.provider,
+        &status,
+        &r.stream,
+        &r.cancelled,
+        &r.fallback_used,
+        &pt,
+        &ct,
+        &cached,
+        &creation,
+        &reasoning,
+        &r.usage_reported,
+        &r.cost_usd,
+        &r.latency_ms,
+        &r.ttft_ms,
+        &req_bytes,
+        &resp_bytes,
+        &r.error,
+        &r.decision_id,
+        &r.zero_retention,
+        &r.shadow,
+        &props,
+        &attempts,
+        &r.request_body,
+        &r.response_body,
+        &r.cost_unknown,
+    ];
+    w.write(&row).await
+}
+
+/// The `COPY` path of `insert_batch`.
+async fn copy_batch(c: &mut Client, recs: &[TraceRecord]) -> Result<CopyOutcome, StoreError> {
+    // First occurrence of each id (a batch may carry the same id twice; COPY would refuse).
+    let mut seen: HashSet<&str> = HashSet::with_capacity(recs.len());
+    let unique: Vec<&TraceRecord> = recs
+        .iter()
+        .filter(|r| seen.insert(r.request_id.as_str()))
+        .collect();
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let copied = async {
+        let sink = tx
+            .copy_in(&format!(
+                "COPY traces ({TRACE_COLS}) FROM STDIN (FORMAT binary)"
+            ))
+            .await?;
+        let w = BinaryCopyInWriter::new(sink, &TRACE_TYPES);
+        tokio::pin!(w);
+        for r in &unique {
+            copy_trace_row(w.as_mut(), r).await?;
+        }
+        w.as_mut().finish().await?;
+        // Properties of the new traces; (name, value, request_id) is the key, so a
+        // repeated pair in one record is written once.
+        let mut pairs: HashSet<(&str, &str, &str)> = HashSet::new();
+        let sink = tx
+            .copy_in(
+                "COPY trace_properties (name, value, request_id, ts_ms) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        let w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8]);
+        tokio::pin!(w);
+        for r in &unique {
+            for (k, v) in &r.properties {
+                if pairs.insert((k.as_str(), v.as_str(), r.request_id.as_str())) {
+                    let row: [&(dyn ToSql + Sync); 4] = [k, v, &r.request_id, &r.ts_ms];
+                    w.as_mut().write(&row).await?;
+                }
+            }
+        }
+        w.as_mut().finish().await?;
+        Ok::<(), tokio_postgres::Error>(())
+    }
+    .await;
+    match copied {
+        Ok(()) => {}
+        Err(e) if is_unique_violation(&e) => {
+            // The transaction is aborted; roll it back explicitly before the INSERT path.
+            tx.rollback().await.map_err(pg_err)?;
+            return Ok(CopyOutcome::Conflict);
+        }
+        Err(e) => return Err(pg_err(e)),
+    }
+    let decisions: Vec<&DecisionRow> = recs.iter().filter_map(|r| r.decision.as_deref()).collect();
+    insert_decisions(&tx, &decisions).await?;
+    let deltas: Vec<_> = rollup_deltas(unique.iter().copied()).into_iter().collect();
+    apply_rollup(&tx, &deltas, true).await?;
+    tx.commit().await.map_err(pg_err)?;
+    Ok(CopyOutcome::Done(unique.len()))
+}
+
+/// Decisions ride with their trace: same transaction, idempotent on request id (a
+/// decision may already be stored, so this stays an `INSERT ... ON CONFLICT`).
+async fn insert_decisions(
+    tx: &tokio_postgres::Transaction<'_>,
+    decisions: &[&DecisionRow],
+) -> Result<(), StoreError> {
+    for chunk in decisions.chunks(INSERT_CHUNK) {
+        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * DECISION_NCOLS);
+        for d in chunk {
+            decision_params(d, &mut ps);
+        }
+        let sql = format!(
+            "INSERT INTO decisions ({DECISION_COLS}) VALUES {} ON CONFLICT (request_id) DO NOTHING",
+            values_list(chunk.len(), DECISION_NCOLS)
+        );
+        tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+/// The `INSERT ... ON CONFLICT DO NOTHING` path of `insert_batch`: skips traces that
+/// already exist and counts only the new ones in the rollup.
+async fn insert_batch_rows(c: &mut Client, recs: &[TraceRecord]) -> Result<usize, StoreError> {
     let tx = c.transaction().await.map_err(pg_err)?;
     let mut new_ids: HashSet<String> = HashSet::with_capacity(recs.len());
     for chunk in recs.chunks(INSERT_CHUNK) {
@@ -252,19 +469,8 @@ async fn insert_batch(c: &mut Client, recs: &[TraceRecord]) -> Result<usize, Sto
         );
         tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
     }
-    // Decisions ride with their trace: same transaction, idempotent on request id.
     let decisions: Vec<&DecisionRow> = recs.iter().filter_map(|r| r.decision.as_deref()).collect();
-    for chunk in decisions.chunks(INSERT_CHUNK) {
-        let mut ps: Vec<Param> = Vec::with_capacity(chunk.len() * DECISION_NCOLS);
-        for d in chunk {
-            decision_params(d, &mut ps);
-        }
-        let sql = format!(
-            "INSERT INTO decisions ({DECISION_COLS}) VALUES {} ON CONFLICT (request_id) DO NOTHING",
-            values_list(chunk.len(), DECISION_NCOLS)
-        );
-        tx.execute(&sql, &refs(&ps)).await.map_err(pg_err)?;
-    }
+    insert_decisions(&tx, &decisions).await?;
     let deltas: Vec<_> = rollup_deltas(inserted.iter().copied())
         .into_iter()
         .collect();
@@ -798,7 +1004,7 @@ async fn insert_pending_pg(
 
 impl PgStore {
     /// Connect, migrate, and keep the connection string for reconnects.
-    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+    pub async fn open(url: &str, copy: bool) -> Result<PgStore, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Config(format!("postgres_url: {e}")))?;
         if config.get_connect_timeout().is_none() {
@@ -809,6 +1015,7 @@ impl PgStore {
         }
         let store = PgStore {
             config,
+            copy,
             writer: Mutex::new(None),
             reader: Mutex::new(None),
         };
@@ -913,7 +1120,8 @@ impl Store for PgStore {
         }
         let mut g = self.lock(&self.writer).await?;
         let res = match g.as_mut() {
-            Some(c) => insert_batch(c, recs).await,
+            Some(c) if self.copy => insert_batch(c, recs).await,
+            Some(c) => insert_batch_rows(c, recs).await,
             None => Err(StoreError::Unavailable("no connection".into())),
         };
         Self::settle(&mut g, &res);
