@@ -67,7 +67,7 @@ fn rec(i: u64, end_ms: i64) -> TraceRecord {
     let m = (h % MODELS.len() as u64) as usize;
     let id = format!("r{i:09}");
     let ts = end_ms - SPAN_MS + (i as i64 * SPAN_MS) / N as i64;
-    let auto = i % 10 == 0;
+    let auto = i.is_multiple_of(10);
     let route = if auto {
         Some("default".to_string())
     } else {

@@ -253,19 +253,16 @@ async fn dashboard_in_a_real_browser() {
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let script = root().join("tests/sdk/test_dashboard.mjs");
-    let env = vec![
+    let env = [
         ("LOOPGATE_URL", gw.url("")),
         ("LOOPGATE_ADMIN_KEY", MASTER_KEY.to_string()),
         ("LOOPGATE_READ_KEY", READ_KEY.to_string()),
         ("LOOPGATE_SCREENSHOTS", shots.display().to_string()),
         ("LOOPGATE_CHROMIUM", chromium.display().to_string()),
     ];
-    let (ok, out) = tokio::task::spawn_blocking(move || {
-        let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
-        run_browser(&script, &env)
-    })
-    .await
-    .expect("join");
+    let (ok, out) = tokio::task::spawn_blocking(move || run_browser(&script, &env))
+        .await
+        .expect("join");
     println!("{out}");
     assert!(
         ok,
