@@ -495,30 +495,23 @@ async function keys() {
   const [k, l] = await Promise.all([api('GET', '/v1/keys'), api('GET', '/v1/limits')]);
   const rows = k.data || [];
   return h('div', {}, h('h1', {}, 'Keys & limits'),
-    section('Virtual keys', table(rows, [
+    section('Virtual keys and config keys', table(rows, [
       ['id', (r) => r.id],
-      ['name', (r) => r.name],
-      ['project', (r) => r.project],
-      ['scopes', (r) => (r.scopes || []).join(', ')],
-      ['budgets', (r) => (r.budgets || []).map((b) => `${b.period} ${usd(b.usd)}`).join(', ')],
-      ['spend', (r) => (r.spend_usd ? Object.entries(r.spend_usd).map(([p, v]) => `${p} ${usd(v)}`).join(', ') : '–')],
-      ['state', (r) => (r.revoked_ms || r.revoked ? 'revoked' : 'active')],
-      ['', (r) => (r.revoked_ms || r.revoked ? '' : action('Revoke…', async () => {
+      ['source', (r) => r.source],
+      ['name', (r) => r.spec?.name],
+      ['project', (r) => r.spec?.project],
+      ['team', (r) => r.spec?.team],
+      ['scopes', (r) => (r.spec?.scopes || []).join(', ')],
+      ['budgets', (r) => (r.spec?.budgets || []).map((x) => `${x.period} ${usd(x.usd)}`).join(', ') || '–'],
+      ['expires', (r) => (r.spec?.expires_at ? time(r.spec.expires_at) : '–')],
+      ['state', (r) => (r.revoked_ms ? `revoked ${time(r.revoked_ms)}` : 'active')],
+      ['', (r) => (r.read_only || r.revoked_ms ? '' : action('Revoke…', async () => {
         if (!(await confirmDialog(`Revoke key ${r.id}? Requests with it fail at once.`))) return;
         await api('DELETE', `/v1/keys/${encodeURIComponent(r.id)}`);
         rerender();
       }, 'revoke'))],
-    ], { empty: 'No virtual key. Create one with POST /v1/keys (docs/keys.md).' })),
-    section('Limits', limitsView(l)));
-}
-
-function limitsView(l) {
-  const parts = [];
-  for (const [k, v] of Object.entries(l || {})) {
-    if (k === 'object') continue;
-    parts.push(h('h3', {}, k), Array.isArray(v) ? objects(v) : kv(v));
-  }
-  return h('div', {}, parts);
+    ], { empty: 'No key. Create one with POST /v1/keys (docs/keys.md).' })),
+    section(`Limits and budgets (${l.scope || 'gateway'})`, objects(l.data || [], 'No project, team or user limit in [limits].')));
 }
 
 export const PAGES = {
