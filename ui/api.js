@@ -1,5 +1,5 @@
 // The admin API client. The key lives in this tab's sessionStorage only and goes out as an
-// Authorization header: never in a URL, never in a cookie (so no CSRF), never in localStorage.
+// Authorization header: never in a URL, never in a cookie (so no CSRF), never in localStorage (it goes with the tab).
 const KEY = 'loopgate.key';
 
 export class ApiError extends Error {

@@ -267,17 +267,16 @@ mod tests {
     }
 
     #[test]
-    fn assets_hold_no_inline_script_and_no_key_in_urls() {
+    fn assets_hold_no_inline_script_and_keep_keys_in_session_storage() {
         let html = std::str::from_utf8(ASSETS[0].body).unwrap_or_default();
         assert!(!html.contains("<script>"), "inline script breaks the CSP");
         assert!(!html.contains("style=\""), "inline style breaks the CSP");
         for a in ASSETS {
             let text = String::from_utf8_lossy(a.body);
-            assert!(
-                !text.contains("localStorage"),
-                "{}: keys stay in sessionStorage",
-                a.path
-            );
+            // Keys stay in sessionStorage: never localStorage, never a cookie.
+            for banned in ["localStorage.", "document.cookie"] {
+                assert!(!text.contains(banned), "{}: uses {banned}", a.path);
+            }
         }
     }
 }
