@@ -40,6 +40,9 @@ pub struct Gateway {
     /// The MCP server at `/mcp` (`None`: 404). It checks its own scoped tokens, so it gets
     /// the request before gateway-key auth; the server assembles it (`mcp` module).
     pub mcp: Option<Arc<dyn AdminRoutes>>,
+    /// The operator dashboard's static assets at `/ui` (`None`: 404). Served before
+    /// gateway-key auth: the pages sign in from the browser with a key the API checks.
+    pub ui: Option<Arc<dyn AdminRoutes>>,
     /// The semantic cache (sized from `[cache.semantic]` at start).
     pub semantic: Arc<crate::cache::semantic::SemanticCache>,
     /// The trace store, for `previous_response_id` on `/v1/responses` (`None`: no store).
@@ -74,6 +77,7 @@ impl Gateway {
             provider_keys: Arc::default(),
             limits: Arc::new(crate::auth::limits::Limiter::new()),
             mcp: None,
+            ui: None,
             semantic,
             store: None,
             jobs: Arc::default(),

@@ -45,4 +45,5 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod trace;
+pub mod ui;
 pub mod upstream;

@@ -355,6 +355,8 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         coordinator.otlp = Some(flush);
         otlp_service = Some(svc);
     }
+    gw.ui = Some(Arc::new(crate::ui::Ui::new(gw.runtime.clone())));
+    gw.admin.push(Box::new(crate::ui::WhoAmI));
     let mcp = crate::mcp::Mcp::assemble(&mut gw, tracing_on.then(|| slot.clone()));
     let vkeys = gw.vkeys.clone();
     let provider_keys = gw.provider_keys.clone();

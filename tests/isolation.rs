@@ -397,6 +397,21 @@ fn rows(ids: &Ids) -> Vec<Row> {
             listing(),
             None,
         ),
+        // Verification reads the decision like GET /v1/decisions/{id}: same visibility.
+        row(
+            "POST",
+            "/v1/decisions/{id}/verify",
+            format!("/v1/decisions/{a}/verify"),
+            None,
+            "a_inf",
+            [
+                st(403),
+                st(404),
+                has(200, &[a, "\"valid\":true"], &[]),
+                has(200, &[a, "\"valid\":true"], &[]),
+            ],
+            Some((a, "chatcmpl-unknown")),
+        ),
         row(
             "GET",
             "/v1/decisions/{id}",
@@ -768,6 +783,21 @@ fn rows(ids: &Ids) -> Vec<Row> {
         ),
         // Each locked admin sees its own project's limits only; teams and users span
         // projects, so only an unlocked admin sees them.
+        // The caller's own key id, scopes and project: nothing of another project's.
+        row(
+            "GET",
+            "/v1/whoami",
+            "/v1/whoami".into(),
+            None,
+            "a_inf",
+            [
+                st(403),
+                has(200, &["\"project\":\"beta\""], &["alpha"]),
+                has(200, &["\"project\":\"alpha\""], &["beta"]),
+                has(200, &["\"admin\":true"], &["alpha", "beta"]),
+            ],
+            None,
+        ),
         row(
             "GET",
             "/v1/limits",

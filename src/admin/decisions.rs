@@ -15,7 +15,7 @@ use super::export::{export_gzip, export_response, gzip_param, JsonlExport};
 use super::logs::{store_err, store_for};
 use super::{AdminRequest, AdminResponse, Scope};
 use crate::error::GatewayError;
-use crate::feedback::decision::sign;
+use crate::feedback::decision::{sign, verify_value};
 use crate::routing::auto::AutoState;
 use crate::routing::Runtime;
 use crate::store::writer::StoreSlot;
@@ -105,6 +105,56 @@ pub async fn get_one(
             param: None,
         }),
     }
+}
+
+/// `POST /v1/decisions/{id}/verify`: check the stored signed trace against this gateway's
+/// signing key. Read scope and the visibility rules of `GET /v1/decisions/{id}`; the answer
+/// is `{"valid": bool, "key_id", "alg", "reason"}` (`reason` says why a signature fails).
+pub async fn verify(
+    slot: Option<&StoreSlot>,
+    auto: &AutoState,
+    req: &AdminRequest,
+    id: &str,
+) -> Result<AdminResponse, GatewayError> {
+    req.caller.require(Scope::Read)?;
+    if req.method != "POST" {
+        return Err(GatewayError::MethodNotAllowed(format!(
+            "{} is not allowed on {}; use POST",
+            req.method, req.path
+        )));
+    }
+    let store = store_for(
+        slot,
+        "decisions are stored with traces",
+        &req.caller.visibility(None),
+    )
+    .await?;
+    if let Some(s) = slot {
+        s.settle(id).await;
+    }
+    let d = store
+        .get_decision(id)
+        .await
+        .map_err(store_err)?
+        .ok_or_else(|| GatewayError::NotFound {
+            message: format!("No decision with id '{id}'."),
+            code: "decision_not_found",
+            param: None,
+        })?;
+    let signed: Value = serde_json::from_str(&d.signed).unwrap_or(Value::Null);
+    let sig = &signed["signature"];
+    let result = verify_value(&signed, &auto.signing);
+    Ok(AdminResponse::json(
+        200,
+        &json!({
+            "object": "routing.decision.verification",
+            "id": d.request_id,
+            "valid": result.is_ok(),
+            "key_id": sig["key_id"],
+            "alg": sig["alg"],
+            "reason": result.err().map(|e| e.to_string()),
+        }),
+    ))
 }
 
 fn num(req: &AdminRequest, k: &str) -> Result<Option<f64>, GatewayError> {

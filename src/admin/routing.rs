@@ -1,6 +1,7 @@
 //! Feedback-routing endpoints as one [`AdminRoutes`] family:
 //! - `POST /v1/feedback` (see [`super::feedback`]),
-//! - `GET /v1/decisions`, `GET /v1/decisions/{id}`, `GET /v1/export/decisions`,
+//! - `GET /v1/decisions`, `GET /v1/decisions/{id}`, `POST /v1/decisions/{id}/verify`,
+//!   `GET /v1/export/decisions`,
 //!   `POST /v1/routing/explain` (see [`super::decisions`]),
 //! - `GET /v1/routing`: the published router table (posteriors, phases, gates, costs),
 //! - `GET|PUT|DELETE /v1/constraints`: per-route constraints, every change audited,
@@ -57,6 +58,10 @@ impl AdminRoutes for RoutingRoutes {
             p if p.starts_with("/v1/feedback/") => {
                 super::feedback::get_one(slot, req, &p["/v1/feedback/".len()..]).await
             }
+            p if verify_id(p).is_some() => {
+                let id = verify_id(p).unwrap_or_default();
+                super::decisions::verify(slot, &self.auto, req, id).await
+            }
             p if p.starts_with("/v1/decisions/") => {
                 super::decisions::get_one(slot, req, &p["/v1/decisions/".len()..]).await
             }
@@ -78,6 +83,13 @@ impl AdminRoutes for RoutingRoutes {
         };
         Some(res.unwrap_or_else(|e| AdminResponse::error(&e)))
     }
+}
+
+/// The id of `/v1/decisions/{id}/verify`.
+fn verify_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/decisions/")?
+        .strip_suffix("/verify")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
 pub(crate) fn actor(req: &AdminRequest) -> String {

@@ -26,6 +26,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("GET", "/v1/feedback/{id}"),
     e("GET", "/v1/decisions"),
     e("GET", "/v1/decisions/{id}"),
+    e("POST", "/v1/decisions/{id}/verify"),
     e("POST", "/v1/routing/explain"),
     e("GET", "/v1/routing"),
     e("GET", "/v1/constraints"),
@@ -56,6 +57,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     e("DELETE", "/v1/providers/{name}/keys/{id}"),
     e("POST", "/v1/mcp/tokens"),
     e("GET", "/v1/mcp/tokens"),
+    e("GET", "/v1/whoami"),
     e("DELETE", "/v1/mcp/tokens/{id}"),
 ];
 

@@ -73,6 +73,9 @@ pub struct GatewayConfig {
     /// OpenTelemetry: one span per model call exported over OTLP (`docs/operations.md`).
     #[serde(default)]
     pub otlp: crate::trace::otel::OtlpConfig,
+    /// The built-in operator dashboard at `/ui` (`docs/dashboard.md`).
+    #[serde(default)]
+    pub ui: UiConfig,
     /// Where this config came from; relative paths resolve against its directory.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -207,6 +210,20 @@ impl Default for LimitsConfig {
             teams: BTreeMap::new(),
             users: BTreeMap::new(),
         }
+    }
+}
+
+/// `[ui]`: the operator dashboard served at `/ui`. Read per request (a reload applies at once).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Serve the dashboard's static assets; `false` answers 404 on `/ui`.
+    pub enabled: bool,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig { enabled: true }
     }
 }
 

@@ -127,6 +127,7 @@ fn is_admin_path(path: &str) -> bool {
         "/v1/limits",
         "/v1/mcp",
         "/v1/providers",
+        "/v1/whoami",
     ];
     PREFIXES
         .iter()
@@ -157,6 +158,14 @@ async fn handle(gw: &Gateway, session: &mut Session, ctx: &mut RequestCtx) {
     if let (Some(mcp), "/mcp") = (&gw.mcp, path.trim_end_matches('/')) {
         ctx.endpoint = "mcp";
         if let Err(e) = unauthenticated(mcp.as_ref(), session, ctx, &method, "/mcp").await {
+            respond::write_error(session, ctx, &e).await;
+        }
+        return;
+    }
+
+    if let (Some(ui), true) = (&gw.ui, path == "/ui" || path.starts_with("/ui/")) {
+        ctx.endpoint = "ui";
+        if let Err(e) = unauthenticated(ui.as_ref(), session, ctx, &method, &path).await {
             respond::write_error(session, ctx, &e).await;
         }
         return;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the official SDKs used by tests/sdk_e2e.rs (OpenAI), tests/messages_sdk.rs (Anthropic),
 # tests/responses_sdk.rs (OpenAI, and the Vercel AI SDK `ai` + `@ai-sdk/openai`) and
-# tests/mcp_sdk.rs (MCP), and the RFC 8785 library of tests/feedback_routing.rs:
+# tests/mcp_sdk.rs (MCP), the RFC 8785 library of tests/feedback_routing.rs, and
+# playwright-core, the browser driver of tests/ui.rs (it drives Debian's chromium; it
+# downloads no browser):
 #   - Python: a venv in target/sdk-venv with tests/sdk/requirements.txt
 #   - Node:   tests/sdk/node_modules from tests/sdk/package.json (+ package-lock.json)
 # Idempotent: a stamp holding the hash of the pinned requirements skips work already done.
@@ -34,7 +36,7 @@ node_stamp="$sdk/node_modules/.loopgate-stamp"
 lock=()
 [[ -f "$sdk/package-lock.json" ]] && lock=("$sdk/package-lock.json")
 node_want="$(hash_of "$sdk/package.json" "${lock[@]}")"
-if [[ -f "$node_stamp" && "$(cat "$node_stamp")" == "$node_want" && -d "$sdk/node_modules/openai" && -d "$sdk/node_modules/@ai-sdk/openai" ]]; then
+if [[ -f "$node_stamp" && "$(cat "$node_stamp")" == "$node_want" && -d "$sdk/node_modules/openai" && -d "$sdk/node_modules/@ai-sdk/openai" && -d "$sdk/node_modules/playwright-core" ]]; then
   echo "sdk setup: node_modules up to date ($sdk/node_modules)"
 else
   command -v npm >/dev/null || { echo "sdk setup: npm not found (install nodejs and npm)" >&2; exit 1; }
