@@ -217,29 +217,40 @@ struct MockAnswers {
     stream_usage: (Vec<u8>, Vec<u8>),
 }
 
+/// Read one whole request (head and body, content-length or chunked) into `buf`: the head and
+/// where the request ends; `None` when the peer closed the connection.
+async fn read_request(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    tmp: &mut [u8],
+) -> R<Option<(Head, usize)>> {
+    loop {
+        if let Some(h) = parse_head(buf)? {
+            let end = if h.chunked {
+                chunked_end(buf, h.len)?
+            } else {
+                let e = h.len + h.content_length.unwrap_or(0);
+                (buf.len() >= e).then_some(e)
+            };
+            if let Some(end) = end {
+                return Ok(Some((h, end)));
+            }
+        }
+        let n = s.read(tmp).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
 async fn mock_conn(mut s: TcpStream, answers: &'static MockAnswers) -> R<()> {
     s.set_nodelay(true)?;
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut tmp = vec![0u8; 64 * 1024];
     loop {
-        // Read one whole request (head and body).
-        let (head, end) = loop {
-            if let Some(h) = parse_head(&buf)? {
-                let end = if h.chunked {
-                    chunked_end(&buf, h.len)?
-                } else {
-                    let e = h.len + h.content_length.unwrap_or(0);
-                    (buf.len() >= e).then_some(e)
-                };
-                if let Some(end) = end {
-                    break (h, end);
-                }
-            }
-            let n = s.read(&mut tmp).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&tmp[..n]);
+        let Some((head, end)) = read_request(&mut s, &mut buf, &mut tmp).await? else {
+            return Ok(());
         };
         let body = &buf[head.len..end];
         let stream = find(body, b"\"stream\":true").is_some();
@@ -311,23 +322,8 @@ async fn otlp_conn(mut s: TcpStream) -> R<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut tmp = vec![0u8; 64 * 1024];
     loop {
-        let (head, end) = loop {
-            if let Some(h) = parse_head(&buf)? {
-                let end = if h.chunked {
-                    chunked_end(&buf, h.len)?
-                } else {
-                    let e = h.len + h.content_length.unwrap_or(0);
-                    (buf.len() >= e).then_some(e)
-                };
-                if let Some(end) = end {
-                    break (h, end);
-                }
-            }
-            let n = s.read(&mut tmp).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&tmp[..n]);
+        let Some((head, end)) = read_request(&mut s, &mut buf, &mut tmp).await? else {
+            return Ok(());
         };
         OTLP_POSTS.fetch_add(1, Ordering::Relaxed);
         OTLP_BYTES.fetch_add(end - head.len, Ordering::Relaxed);

@@ -61,42 +61,24 @@ pub fn decision_json(d: &DecisionRow) -> Value {
     })
 }
 
-pub async fn get_one(
+/// The decision `id` as the caller may see it (read-your-writes: a decision this instance just
+/// made is flushed before the lookup), and the store it came from; 404 when there is none.
+async fn stored_decision(
     slot: Option<&StoreSlot>,
     req: &AdminRequest,
     id: &str,
-) -> Result<AdminResponse, GatewayError> {
-    check_get(req)?;
+) -> Result<(Arc<dyn Store>, DecisionRow), GatewayError> {
     let store = store_for(
         slot,
         "decisions are stored with traces",
         &req.caller.visibility(None),
     )
     .await?;
-    // Read-your-writes: a decision this instance just made is flushed before the lookup.
     if let Some(s) = slot {
         s.settle(id).await;
     }
     match store.get_decision(id).await.map_err(store_err)? {
-        Some(d) => {
-            let mut v = decision_json(&d);
-            // Quality signals recorded for this request since (judge dimensions, user scores).
-            let fb = store.feedback_for_request(id).await.map_err(store_err)?;
-            let scores: Vec<Value> = fb
-                .iter()
-                .map(|f| {
-                    json!({
-                        "id": f.id, "signal": f.signal, "value": f.value, "scale": f.scale,
-                        "model": f.model, "received_ms": f.received_ms,
-                        "detail": f.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
-                    })
-                })
-                .collect();
-            if let Some(o) = v.as_object_mut() {
-                o.insert("scores".into(), Value::Array(scores));
-            }
-            Ok(AdminResponse::json(200, &v))
-        }
+        Some(d) => Ok((store, d)),
         None => Err(GatewayError::NotFound {
             message: format!(
                 "No decision with id '{id}' (decisions exist for `auto` requests and are stored with their trace, usually within a second)."
@@ -105,6 +87,32 @@ pub async fn get_one(
             param: None,
         }),
     }
+}
+
+pub async fn get_one(
+    slot: Option<&StoreSlot>,
+    req: &AdminRequest,
+    id: &str,
+) -> Result<AdminResponse, GatewayError> {
+    check_get(req)?;
+    let (store, d) = stored_decision(slot, req, id).await?;
+    let mut v = decision_json(&d);
+    // Quality signals recorded for this request since (judge dimensions, user scores).
+    let fb = store.feedback_for_request(id).await.map_err(store_err)?;
+    let scores: Vec<Value> = fb
+        .iter()
+        .map(|f| {
+            json!({
+                "id": f.id, "signal": f.signal, "value": f.value, "scale": f.scale,
+                "model": f.model, "received_ms": f.received_ms,
+                "detail": f.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
+            })
+        })
+        .collect();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("scores".into(), Value::Array(scores));
+    }
+    Ok(AdminResponse::json(200, &v))
 }
 
 /// `POST /v1/decisions/{id}/verify`: check the stored signed trace against this gateway's
@@ -123,24 +131,7 @@ pub async fn verify(
             req.method, req.path
         )));
     }
-    let store = store_for(
-        slot,
-        "decisions are stored with traces",
-        &req.caller.visibility(None),
-    )
-    .await?;
-    if let Some(s) = slot {
-        s.settle(id).await;
-    }
-    let d = store
-        .get_decision(id)
-        .await
-        .map_err(store_err)?
-        .ok_or_else(|| GatewayError::NotFound {
-            message: format!("No decision with id '{id}'."),
-            code: "decision_not_found",
-            param: None,
-        })?;
+    let (_, d) = stored_decision(slot, req, id).await?;
     let signed: Value = serde_json::from_str(&d.signed).unwrap_or(Value::Null);
     let sig = &signed["signature"];
     let result = verify_value(&signed, &auto.signing);
