@@ -273,6 +273,43 @@ async fn mock_conn(mut s: TcpStream, answers: &'static MockAnswers) -> R<()> {
     }
 }
 
+/// Listen on a loopback port and serve each connection with `on_conn` on a thread of its own
+/// (a current-thread runtime, so the server never competes with the client's workers);
+/// returns the address.
+fn serve_on_thread<F, Fut>(name: &str, on_conn: F) -> R<SocketAddr>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(label.clone())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("{label} runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(std_listener) else {
+                    return;
+                };
+                while let Ok((s, _)) = listener.accept().await {
+                    tokio::spawn(on_conn(s));
+                }
+            });
+        })?;
+    Ok(addr)
+}
+
 /// Start the mock on its own thread and current-thread runtime; returns its address.
 fn start_mock() -> R<SocketAddr> {
     let json_head = format!(
@@ -284,35 +321,12 @@ fn start_mock() -> R<SocketAddr> {
         stream: stream_response(false),
         stream_usage: stream_response(true),
     }));
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("mock".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("mock runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(std_listener) else {
-                    return;
-                };
-                while let Ok((s, _)) = listener.accept().await {
-                    MOCK_CONNS.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        let _ = mock_conn(s, answers).await;
-                    });
-                }
-            });
-        })?;
-    Ok(addr)
+    serve_on_thread("mock", move |s| {
+        MOCK_CONNS.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let _ = mock_conn(s, answers).await;
+        }
+    })
 }
 
 /// One keep-alive connection of the OTLP receiver: reads each `POST /v1/traces` whole
@@ -339,34 +353,9 @@ async fn otlp_conn(mut s: TcpStream) -> R<()> {
 
 /// A local OTLP/HTTP receiver that accepts and discards `/v1/traces` (own thread).
 fn start_otlp_receiver() -> R<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    std_listener.set_nonblocking(true)?;
-    let addr = std_listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("otlp-receiver".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("otlp receiver runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let Ok(listener) = TcpListener::from_std(std_listener) else {
-                    return;
-                };
-                while let Ok((s, _)) = listener.accept().await {
-                    tokio::spawn(async move {
-                        let _ = otlp_conn(s).await;
-                    });
-                }
-            });
-        })?;
-    Ok(addr)
+    serve_on_thread("otlp-receiver", |s| async move {
+        let _ = otlp_conn(s).await;
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -396,11 +394,6 @@ async fn streams_replay_as_sse_with_usage() {
     assert_eq!(send(&gw, ALPHA, &plain, &[]).await.cache(), Some("miss"));
 
     // The official OpenAI Python SDK reads both the fresh and the replayed stream.
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    assert!(
-        py.exists(),
-        "run `bash tests/sdk/setup.sh` to install the official OpenAI SDKs"
-    );
     let script = r#"
 import os, sys
 from openai import OpenAI
@@ -424,32 +417,8 @@ assert [o[0] for o in out] == ["miss", "miss", "hit", "hit"], out
 assert out[0][1:] == out[2][1:] and out[1][1:] == out[3][1:], out
 assert out[0][2] == 14 and out[0][1].startswith("Hello"), out
 "#;
-    let mut child = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .env("LG_BASE", gw.url("/v1"))
-        .env("LG_KEY", ALPHA)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "python SDK run timed out");
-        // The pause between polls of this bounded loop.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = child.wait_with_output().expect("output");
+    let base = gw.url("/v1");
+    let out = run_sdk_python(script, &[("LG_BASE", &base), ("LG_KEY", ALPHA)]).await;
     assert!(
         out.status.success(),
         "python SDK: {}\n{}",

@@ -15,8 +15,6 @@ mod common;
 mod redis_proc;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,12 +162,7 @@ fn gateway(cache: &str, mock: &MockUpstream) -> GatewayProc {
 
 /// One run of the official OpenAI Python SDK against `base`: a stream with usage of
 /// `content`; prints `[cache header, text, total tokens]` as JSON.
-fn python_stream(base: &str, content: &str) -> Value {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    assert!(
-        py.exists(),
-        "run `bash tests/sdk/setup.sh` to install the official OpenAI SDKs"
-    );
+async fn python_stream(base: &str, content: &str) -> Value {
     let script = r#"
 import json, os
 from openai import OpenAI
@@ -185,22 +178,15 @@ for ch in raw.parse():
         usage = ch.usage.total_tokens
 print(json.dumps([raw.headers.get("loopgate-cache"), text, usage, chunks]))
 "#;
-    let out = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .env("LG_BASE", base)
-        .env("LG_KEY", ALPHA)
-        .env("LG_CONTENT", content)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdin(Stdio::null())
-        .output()
-        .expect("python");
+    let out = run_sdk_python(
+        script,
+        &[
+            ("LG_BASE", base),
+            ("LG_KEY", ALPHA),
+            ("LG_CONTENT", content),
+        ],
+    )
+    .await;
     assert!(
         out.status.success(),
         "python SDK: {}\n{}",
@@ -315,9 +301,9 @@ async fn two_gateways_share_entries_by_project_with_ttl_and_drop_corrupt_ones() 
     assert_eq!(calls(&mock, "s1"), 1);
 
     // The official OpenAI Python SDK: a stream on A, then the same on B reads the replay.
-    let on_a = python_stream(&a.url("/v1"), "sdk-fleet");
+    let on_a = python_stream(&a.url("/v1"), "sdk-fleet").await;
     until_keys(&mut conn, p, 4).await;
-    let on_b = python_stream(&b.url("/v1"), "sdk-fleet");
+    let on_b = python_stream(&b.url("/v1"), "sdk-fleet").await;
     assert_eq!(on_a[0], "miss", "{on_a}");
     assert_eq!(on_b[0], "hit", "{on_b}");
     assert_eq!(

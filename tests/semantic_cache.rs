@@ -12,8 +12,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -443,11 +442,6 @@ async fn the_official_python_sdk_reads_a_semantic_hit() {
     assert_eq!(first.cache(), Some("miss"));
     stored(&gw, 1).await;
 
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    assert!(
-        py.exists(),
-        "run `bash tests/sdk/setup.sh` to install the official OpenAI SDKs"
-    );
     let script = r#"
 import os
 from openai import OpenAI
@@ -459,32 +453,8 @@ print(r.headers.get("loopgate-cache"))
 print(r.headers.get("loopgate-cache-match"))
 print(r.parse().choices[0].message.content)
 "#;
-    let mut child = Command::new(py)
-        .arg("-c")
-        .arg(script)
-        .env("LG_BASE", gw.url("/v1"))
-        .env("LG_KEY", ALPHA)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "python SDK run timed out");
-        // The pause between polls of this bounded loop.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let out = child.wait_with_output().expect("output");
+    let base = gw.url("/v1");
+    let out = run_sdk_python(script, &[("LG_BASE", &base), ("LG_KEY", ALPHA)]).await;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

@@ -540,6 +540,71 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The SDK virtualenv's Python (`bash tests/sdk/setup.sh` makes it); fails with the setup
+/// command when it is missing.
+pub fn sdk_python() -> PathBuf {
+    let py = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
+    assert!(
+        py.exists(),
+        "run `bash tests/sdk/setup.sh` to install the official OpenAI SDKs"
+    );
+    py
+}
+
+/// Keep a developer's real provider settings and proxies away from an SDK child process:
+/// it must talk to the loopback gateway and nothing else.
+pub trait SdkIsolated {
+    fn sdk_isolated(&mut self) -> &mut Self;
+}
+
+impl SdkIsolated for Command {
+    fn sdk_isolated(&mut self) -> &mut Command {
+        for var in [
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "OPENAI_ORG_ID",
+            "OPENAI_PROJECT_ID",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_AUTH_TOKEN",
+            "ANTHROPIC_BASE_URL",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ] {
+            self.env_remove(var);
+        }
+        self.env("NO_PROXY", "127.0.0.1,localhost")
+    }
+}
+
+/// Run a Python script with the SDK virtualenv, isolated from the host's settings, with `env`
+/// set; waits at most 60 s (a hung SDK fails the test) and returns its output.
+pub async fn run_sdk_python(script: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(sdk_python());
+    cmd.arg("-c").arg(script);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .sdk_isolated()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("python SDK run timed out");
+        }
+        // The pause between polls of this bounded loop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.wait_with_output().expect("output")
+}
+
 /// A chat completion answer as the cache tests read it: status, headers, body, time taken.
 pub struct ChatResp {
     pub status: u16,
