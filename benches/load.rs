@@ -1163,11 +1163,14 @@ struct Opts {
     soak_concurrency: usize,
     throughput: bool,
     soak: bool,
+    /// Another loopgate build measured beside this one (tracing on) as `lg_baseline`:
+    /// before/after comparisons of a change in one run.
+    baseline_bin: Option<PathBuf>,
 }
 
 const USAGE: &str = "cargo bench --bench load -- [--concurrency N (64)] [--slow-ms N (20)] \
 [--window-s N (10)] [--soak-waves N (20)] [--soak-per-wave N (1000)] [--soak-concurrency N (64)] \
-[--no-throughput] [--no-soak]";
+[--no-throughput] [--no-soak] [--baseline-bin PATH]";
 
 fn parse_opts(args: &[String]) -> R<Opts> {
     let mut o = Opts {
@@ -1179,6 +1182,7 @@ fn parse_opts(args: &[String]) -> R<Opts> {
         soak_concurrency: 64,
         throughput: true,
         soak: true,
+        baseline_bin: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -1202,6 +1206,13 @@ fn parse_opts(args: &[String]) -> R<Opts> {
             "--soak-concurrency" => o.soak_concurrency = num(a, 4096)? as usize,
             "--no-throughput" => o.throughput = false,
             "--no-soak" => o.soak = false,
+            "--baseline-bin" => {
+                let p = PathBuf::from(it.next().ok_or("--baseline-bin needs a path")?);
+                if !p.is_file() {
+                    return Err(format!("--baseline-bin {}: no such file", p.display()).into());
+                }
+                o.baseline_bin = Some(p);
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -1273,11 +1284,15 @@ async fn run(o: &Opts) -> R<()> {
         loopgate_ready(&bin, t, "lg_cache_hit", &fast_base, Tracing::Cache).await?;
     let (ot, ot_addr, ot_metrics) =
         loopgate_ready(&bin, t, "lg_otlp_on", &fast_base, Tracing::Otlp(otlp_rx)).await?;
+    let baseline = match &o.baseline_bin {
+        Some(b) => Some(loopgate_ready(b, t, "lg_baseline", &fast_base, Tracing::On).await?),
+        None => None,
+    };
     let load_before = load_average();
     eprintln!("all up; load average {load_before}");
 
     let pid = |p: &Proc| Some(p.child.id());
-    let lat_targets = [
+    let mut lat_targets = vec![
         Target {
             name: "direct",
             addr: mock,
@@ -1327,6 +1342,14 @@ async fn run(o: &Opts) -> R<()> {
             pid: pid(&ot),
         },
     ];
+    if let Some((p, addr, _)) = &baseline {
+        lat_targets.push(Target {
+            name: "lg_baseline",
+            addr: *addr,
+            path: "/v1/chat/completions",
+            pid: pid(p),
+        });
+    }
     // Idle memory: each process has started and answered one request.
     let idle_mem: Vec<Option<(u64, u64)>> = lat_targets
         .iter()
@@ -1351,24 +1374,28 @@ async fn run(o: &Opts) -> R<()> {
     let otlp_posts = OTLP_POSTS.load(Ordering::Relaxed);
     let otlp_bytes = OTLP_BYTES.load(Ordering::Relaxed);
     // The latency processes are done: stop them so the throughput phase has the cores.
-    drop((on, off, lim, fw, ch, ot));
+    drop((on, off, lim, fw, ch, ot, baseline));
 
     // Throughput: fresh gateways on the slow mock, one at a time.
     let mut tp_targets: Vec<Target> = Vec::new();
     let mut tp: Vec<ThroughputStats> = Vec::new();
     if o.throughput {
-        let slow: [(&'static str, Option<Tracing>); 5] = [
-            ("direct", None),
-            ("passthrough", None),
-            ("lg_trace_on", Some(Tracing::On)),
-            ("lg_trace_off", Some(Tracing::Off)),
-            ("lg_otlp_on", Some(Tracing::Otlp(otlp_rx))),
+        let mut slow: Vec<(&'static str, Option<Tracing>, &Path)> = vec![
+            ("direct", None, &bin),
+            ("passthrough", None, &bin),
+            ("lg_trace_on", Some(Tracing::On), &bin),
+            ("lg_trace_off", Some(Tracing::Off), &bin),
+            ("lg_otlp_on", Some(Tracing::Otlp(otlp_rx)), &bin),
         ];
-        for (name, tracing) in slow {
+        if let Some(b) = &o.baseline_bin {
+            slow.push(("lg_baseline", Some(Tracing::On), b));
+        }
+        for (name, tracing, target_bin) in slow {
             let proc_ = match tracing {
                 Some(tr) => {
                     let (p, addr, _) =
-                        loopgate_ready(&bin, t, &format!("{name}_slow"), &slow_base, tr).await?;
+                        loopgate_ready(target_bin, t, &format!("{name}_slow"), &slow_base, tr)
+                            .await?;
                     Some((p, addr))
                 }
                 None => None,

@@ -155,6 +155,64 @@ fn check_bindable(key: &str, env: &str, addr: &str) -> Result<(), String> {
     }
 }
 
+/// A listen address after port 0 is resolved, and what holds that port.
+struct Listen {
+    addr: String,
+    /// Set for port 0: the socket that picked the port, bound with `SO_REUSEPORT` and never
+    /// listening (so it takes no connection); Pingora binds the same port with `SO_REUSEPORT`.
+    /// Unlike probing a free port and releasing it, no other program can take the port in
+    /// between. Held for the life of the process.
+    hold: Option<socket2::Socket>,
+}
+
+impl Listen {
+    /// `addr` unchanged, or for port 0 the port the kernel picked (named in the
+    /// "starting loopgate" log line, which is how a test or script learns it).
+    fn resolve(key: &str, addr: &str, upgrade: bool) -> Result<Listen, String> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let at: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("{key} '{addr}' is not an address:port"))?;
+        if at.port() != 0 {
+            return Ok(Listen {
+                addr: addr.to_string(),
+                hold: None,
+            });
+        }
+        if upgrade {
+            // The running instance's port is not in the config: nothing to take over.
+            return Err(format!(
+                "{key} {addr}: port 0 cannot be taken over by an upgrade; give a fixed port"
+            ));
+        }
+        let cannot = |e: std::io::Error| format!("{key} {addr}: cannot pick a port: {e}");
+        let sock = Socket::new(Domain::for_address(at), Type::STREAM, Some(Protocol::TCP))
+            .map_err(cannot)?;
+        sock.set_reuse_port(true).map_err(cannot)?;
+        sock.bind(&at.into()).map_err(cannot)?;
+        let bound = sock
+            .local_addr()
+            .map_err(cannot)?
+            .as_socket()
+            .ok_or_else(|| format!("{key} {addr}: the picked port has no IP address"))?;
+        Ok(Listen {
+            addr: bound.to_string(),
+            hold: Some(sock),
+        })
+    }
+
+    /// Add this address to a Pingora listening service.
+    fn add_to<A>(&self, service: &mut Service<A>) {
+        if self.hold.is_some() {
+            let mut opts = pingora::listeners::TcpSocketOptions::default();
+            opts.so_reuseport = Some(true);
+            service.add_tcp_with_settings(&self.addr, opts);
+        } else {
+            service.add_tcp(&self.addr);
+        }
+    }
+}
+
 /// `vault.master_key_file`, resolved against the config's directory.
 fn rt_vault_file(cfg: &GatewayConfig) -> Option<PathBuf> {
     cfg.vault
@@ -201,7 +259,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         tracing::warn!("config: {w}");
     }
     crate::metrics::metrics().config_version.set(1);
-    let s = rt.config.server.clone();
+    let mut s = rt.config.server.clone();
+    // Port 0 becomes a concrete port here, before anything logs or probes the address.
+    let listen = Listen::resolve("server.listen", &s.listen, opts.upgrade)?;
+    let metrics_listen = Listen::resolve("server.metrics_listen", &s.metrics_listen, opts.upgrade)?;
+    s.listen = listen.addr.clone();
+    s.metrics_listen = metrics_listen.addr.clone();
     if let Some(dir) = &s.state_dir {
         let made = {
             use std::os::unix::fs::DirBuilderExt;
@@ -385,12 +448,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         LoopgateProxy { gw: gw.clone() },
         "loopgate proxy",
     );
-    proxy.add_tcp(&s.listen);
+    listen.add_to(&mut proxy);
     let mut metrics = Service::new(
         "loopgate metrics".to_string(),
         HttpServer::new_app(MetricsApp),
     );
-    metrics.add_tcp(&s.metrics_listen);
+    metrics_listen.add_to(&mut metrics);
     metrics.threads = Some(1);
 
     server.add_service(proxy);

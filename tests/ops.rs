@@ -198,3 +198,52 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         "warnings about the unit: {stderr}"
     );
 }
+
+/// `server.listen` with port 0: the gateway picks a port, names it in its log, serves on it,
+/// and holds it (another program cannot bind it); an upgrade with port 0 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_zero_is_picked_held_and_named_in_the_log() {
+    let mock = MockUpstream::start(openai_like()).await;
+    let gw = GatewayProc::start(
+        "",
+        &[
+            ("OPENAI_API_KEY", "sk-x".into()),
+            ("OPENAI_BASE_URL", format!("{}/v1", mock.url())),
+        ],
+    );
+    assert!(gw.port != 0 && gw.metrics_port != 0 && gw.port != gw.metrics_port);
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    assert!(config.contains("listen = \"127.0.0.1:0\""), "{config}");
+    let r = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {MASTER_KEY}"))
+        .json(&chat_body("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = client()
+        .get(format!("http://127.0.0.1:{}/metrics", gw.metrics_port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200);
+    // Held: a plain bind of either port fails while the gateway runs.
+    for port in [gw.port, gw.metrics_port] {
+        let e = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "port {port}");
+    }
+    // An upgrade has nothing to take over on port 0: a clear error, exit code 2.
+    let out = loopgate()
+        .args(["serve", "--upgrade", "-c"])
+        .arg(&gw.config)
+        .env("LOOPGATE_MASTER_KEY", MASTER_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.listen 127.0.0.1:0: port 0 cannot be taken over by an upgrade"),
+        "{err}"
+    );
+}

@@ -25,8 +25,8 @@ refresh_ms = 60
 /// which would hide the problem this file tests).
 fn start(storage: &str, mock: &MockUpstream) -> GatewayProc {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let metrics_port = free_port();
+    // Port 0: the gateway picks and holds its ports and names them in its log.
+    let (port, metrics_port) = (0, 0);
     let config = dir.path().join("gateway.toml");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\nthreads = 2\nfilters_dir = \"{filters}\"\npid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n[storage]\nsqlite_path = \"{db}\"\nspill_path = \"{spill}\"\n{storage}\n{ROUTE}\n",

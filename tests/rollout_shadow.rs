@@ -115,14 +115,15 @@ fn start(mock: &MockUpstream, toml: &str) -> GatewayProc {
     GatewayProc::start(toml, &env(mock))
 }
 
-/// Stop the gateway and start it again on the same config and database.
+/// Stop the gateway and start it again on the same config and database (its config asks
+/// for port 0, so the new process picks fresh ports).
 fn restart(mut gw: GatewayProc, mock: &MockUpstream) -> GatewayProc {
     let dir = std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap());
-    let (config, port, metrics_port) = (gw.config.clone(), gw.port, gw.metrics_port);
+    let config = gw.config.clone();
     let _ = gw.child.kill();
     let _ = gw.child.wait();
     drop(gw);
-    GatewayProc::spawn(dir, config, port, metrics_port, &env(mock))
+    GatewayProc::spawn(dir, config, 0, 0, &env(mock))
 }
 
 /// Drop the fields the gateway mints per response.

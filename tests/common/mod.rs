@@ -422,8 +422,8 @@ impl GatewayProc {
         env: &[(&str, String)],
     ) -> GatewayProc {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let metrics_port = free_port();
+        // Port 0: the gateway picks and holds its ports and names them in its log.
+        let (port, metrics_port) = (0, 0);
         let config = dir.path().join("gateway.toml");
         let filters = concat!(env!("CARGO_MANIFEST_DIR"), "/filters");
         let db = dir.path().join("traces.db");
@@ -478,7 +478,7 @@ impl GatewayProc {
         cmd.stdout(Stdio::from(logf.try_clone().unwrap()))
             .stderr(Stdio::from(logf));
         let child = cmd.spawn().expect("spawn loopgate");
-        let g = GatewayProc {
+        let mut g = GatewayProc {
             child,
             port,
             metrics_port,
@@ -490,8 +490,30 @@ impl GatewayProc {
         g
     }
 
-    fn wait_ready(&self) {
+    /// The ports a gateway started on port 0 picked: from its "starting loopgate" log line.
+    fn ports_from_log(&self) -> Option<(u16, u16)> {
+        let text = self.log_text();
+        let line = text.lines().find(|l| l.contains("starting loopgate"))?;
+        let port_of = |key: &str| -> Option<u16> {
+            let at = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+            at.trim_matches('"').rsplit(':').next()?.parse().ok()
+        };
+        Some((port_of("listen=")?, port_of("metrics=")?))
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
+        while self.port == 0 && Instant::now() < deadline {
+            if let Some((port, metrics_port)) = self.ports_from_log() {
+                (self.port, self.metrics_port) = (port, metrics_port);
+                break;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited ({status}); log:\n{}", self.log_text());
+            }
+            // The pause between polls of this bounded loop.
+            std::thread::sleep(Duration::from_millis(20));
+        }
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).is_ok()
