@@ -454,15 +454,8 @@ impl RouterUnderTest for Http<'_> {
         let base = models.iter().find(|m| m["baseline"] == true);
         let cand = models.iter().find(|m| m["baseline"] != true);
         let samples = |m: Option<&Value>| m.map_or(0, |m| m["samples"].as_u64().unwrap_or(0));
-        // Route level: the candidate is the exploit pick when no static gate fails and it
-        // ranks above the baseline (the table's `score` is the ranking).
-        let route_promoted = !pinned
-            && cand.is_some_and(|c| {
-                c["static_failures"]
-                    .as_array()
-                    .is_some_and(|a| a.is_empty())
-                    && f(&c["score"]) > base.map_or(f64::INFINITY, |b| f(&b["score"]))
-            });
+        // Route level: the model the gateway serves outside exploration (`exploit`).
+        let route_promoted = !pinned && r["exploit"].as_str().is_some_and(|e| e != BASELINE);
         let route_unit = |members: Vec<ContextKey>| UnitState {
             name: "route".into(),
             members,

@@ -334,8 +334,8 @@ fn build_json(inp: &ReportInput<'_>, sums: &[CellSummary]) -> Value {
         "models": {"baseline": super::data::MODELS[0], "candidate": super::data::MODELS[1]},
         "estimated_cost_per_request": inp.costs,
         "router_defaults": {
-            "constraints": "library defaults (min_confidence 0.95, min_samples 100, max_exploration_share 0.05, max_cost_increase 0) with max_regression swept",
-            "exploration": "library defaults (rate 0.05, cost_penalty 0.05, 1024 Thompson draws)",
+            "constraints": format!("library defaults ({}) with max_regression swept", constraint_defaults()),
+            "exploration": format!("library defaults ({})", exploration_defaults()),
             "posterior": "library defaults (uniform Beta(1,1) base, half-life 30 days, reliability weighting on unless --no-reliability)",
             "reliability_weighting": inp.args.reliability,
             "score_weights": "library defaults 0.4 success / 0.4 feedback / 0.2 cost",
@@ -579,12 +579,32 @@ fn build_md(inp: &ReportInput<'_>, sums: &[CellSummary]) -> String {
         }
     }
     let s = inp.sim;
-    let _ = writeln!(m, "\n## Settings\n\nRouter: library defaults (`Constraints::default()` except the swept max_regression: min_confidence 0.95, min_samples 100, max_exploration_share 0.05, max_cost_increase 0; `ExplorationConfig::default()`: rate 0.05, cost penalty 0.05; `PosteriorConfig::default()`{}; score weights 0.4/0.4/0.2), priors: {}. Sessions are sticky (a session stays on its first request's model where allowed). Contextual: a bucket decides alone once both models have ≥ min_samples samples in it, smaller buckets share one pooled posterior; a session NPS counts for a bucket only if the whole session was in it. Regression monitor per bucket (threshold = max_regression, `MonitorConfig::default()` otherwise); an alarm pins the bucket to the baseline.\n\nFeedback: judge scores (the served model's recorded quality) on {:.0}% of requests after {} requests; sessions of {} unrelated prompts (MT-Bench: its 2-turn conversation), {:.0}% answer an NPS = round(10 × mean quality + N(0, {:.1}²)) {} requests after the session; admin ratings round(10 × quality) on {:.1}% of requests after {} requests. Snapshot every {} requests.\n\nFeatures: {:.0} ns per prompt mean (p50 {:.0}, p99 {:.0}).", 
+    let _ = writeln!(m, "\n## Settings\n\nRouter: library defaults (`Constraints::default()` except the swept max_regression: {}; `ExplorationConfig::default()`: {}; `PosteriorConfig::default()`{}; score weights 0.4/0.4/0.2), priors: {}. Sessions are sticky (a session stays on its first request's model where allowed). Contextual: a bucket decides alone once both models have ≥ min_samples samples in it, smaller buckets share one pooled posterior; a session NPS counts for a bucket only if the whole session was in it. Regression monitor per bucket (threshold = max_regression, `MonitorConfig::default()` otherwise); an alarm pins the bucket to the baseline.\n\nFeedback: judge scores (the served model's recorded quality) on {:.0}% of requests after {} requests; sessions of {} unrelated prompts (MT-Bench: its 2-turn conversation), {:.0}% answer an NPS = round(10 × mean quality + N(0, {:.1}²)) {} requests after the session; admin ratings round(10 × quality) on {:.1}% of requests after {} requests. Snapshot every {} requests.\n\nFeatures: {:.0} ns per prompt mean (p50 {:.0}, p99 {:.0}).", 
+        constraint_defaults(),
+        exploration_defaults(),
         if inp.args.reliability { "" } else { " but reliability weighting off (--no-reliability)" },
         if inp.args.priors.baseline.is_none() && inp.args.priors.candidate.is_none() { "neutral (none)".to_string() } else { format!("{:?}", inp.args.priors) },
         s.judge_share * 100.0, s.judge_delay, s.session_len, s.nps_rate * 100.0, s.nps_noise, s.nps_delay, s.admin_rate * 100.0, s.admin_delay, s.snapshot_every,
         inp.features_ns.0, inp.features_ns.1, inp.features_ns.2);
     m
+}
+
+/// The router's shipped constraint defaults, read from the library (never restated by hand).
+fn constraint_defaults() -> String {
+    let c = loopgate::feedback::constraints::Constraints::default();
+    format!(
+        "min_confidence {}, min_samples {}, max_exploration_share {}, max_cost_increase {:?}",
+        c.min_confidence, c.min_samples, c.max_exploration_share, c.max_cost_increase
+    )
+}
+
+/// The router's shipped exploration defaults, read from the library.
+fn exploration_defaults() -> String {
+    let e = loopgate::feedback::router::ExplorationConfig::default();
+    format!(
+        "rate {}, budget {} at z {}, trial_rate {}, warmup {}, cost_penalty {}, {} Thompson draws",
+        e.rate, e.budget, e.budget_z, e.trial_rate, e.warmup, e.cost_penalty, e.draws
+    )
 }
 
 /// A plotted line: name, colour, points (cost %, quality %, label).
