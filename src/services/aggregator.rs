@@ -674,6 +674,8 @@ struct Loop {
     priors: Option<Arc<Priors>>,
     rollout: HashMap<String, RouteRollout>,
     last_rollout: Option<Instant>,
+    /// When the table was last rebuilt, and from which config version.
+    last_build: Option<(Instant, u64)>,
 }
 
 /// Routed requests are remembered this long for early feedback (traces are stored by then).
@@ -771,6 +773,7 @@ impl AggregatorService {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut folded_rows = 0usize;
         let mut traffic_refreshed = false;
+        let mut rollout_evaluated = false;
         if let Some(store) = &store {
             // 1. Fold new feedback (into the learning pool of its project, see `Pools`).
             let pools = Pools::of(&rt.config);
@@ -844,9 +847,26 @@ impl AggregatorService {
             if folded_rows > 0 || due || traffic_refreshed {
                 self.evaluate_rollout(&rt, store, st, now_ms).await;
                 st.last_rollout = Some(Instant::now());
+                rollout_evaluated = true;
             }
         }
-        // 4. Rebuild and publish.
+        // 4. Rebuild and publish — only when an input changed: new feedback, fresh traffic
+        // stats or operator state, a rollout evaluation, another config; and at least every
+        // `stats_refresh_ms` (time-dependent parts: sticky-session sweep, evidence decay,
+        // the published table's age). An idle gateway thus rebuilds every route once per
+        // stats refresh instead of every `refresh_ms`.
+        let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
+        let changed = folded_rows > 0
+            || traffic_refreshed
+            || rollout_evaluated
+            || st
+                .last_build
+                .is_none_or(|(at, version)| version != rt.version || at.elapsed() >= every);
+        if !changed {
+            self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
+            return;
+        }
+        st.last_build = Some((Instant::now(), rt.version));
         let at = st.agg.latest_ms().unwrap_or(now_ms);
         apply_priors(&mut st.agg, &rt, st.priors.as_deref(), at);
         let stats = st.agg.snapshot();
@@ -1043,6 +1063,7 @@ impl BackgroundService for AggregatorService {
             priors: Self::load_priors(&rt),
             rollout: HashMap::new(),
             last_rollout: None,
+            last_build: None,
         };
         let mut config_version = rt.version;
         let mut pools = Pools::of(&rt.config);
