@@ -189,6 +189,10 @@ fn hash_key(key: &str) -> String {
 }
 
 fn loopgate_binary() -> R<PathBuf> {
+    // `LOOPGATE_BENCH_BIN=<path>`: another build (A/B comparisons in the same conditions).
+    if let Some(p) = std::env::var_os("LOOPGATE_BENCH_BIN") {
+        return Ok(PathBuf::from(p));
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_loopgate") {
         let p = PathBuf::from(p);
         if p.exists() {

@@ -413,6 +413,29 @@ fn proc_mem_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// (`RssAnon`, `RssFile`, `RssShmem`) in KiB: heap and stacks, mapped files (the binary's
+/// pages, SQLite's files), shared memory (SQLite's WAL index).
+fn proc_rss_split_kib(pid: u32) -> Option<(u64, u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?, field("RssShmem:")?))
+}
+
+fn fmt_split(m: Option<(u64, u64, u64)>) -> String {
+    m.map_or("-".into(), |(a, f, s)| {
+        format!("anon {:.1} file {:.1} shmem {:.1}", mib(a), mib(f), mib(s))
+    })
+}
+
+/// How long the soak waits after its last wave before reading memory again (allocators
+/// return freed memory on timers: jemalloc's decay is 10 s).
+const SOAK_SETTLE: Duration = Duration::from_secs(12);
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -522,6 +545,10 @@ fn target_profile_dir() -> R<PathBuf> {
 }
 
 fn loopgate_binary() -> R<PathBuf> {
+    // `LOOPGATE_BENCH_BIN=<path>`: another build (A/B comparisons in the same conditions).
+    if let Some(p) = std::env::var_os("LOOPGATE_BENCH_BIN") {
+        return Ok(PathBuf::from(p));
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_loopgate") {
         let p = PathBuf::from(p);
         if p.exists() {
@@ -614,18 +641,23 @@ project = "bench"
     let conf_path = dir.join("gateway.toml");
     std::fs::write(&conf_path, config)?;
     let log = std::fs::File::create(dir.join("loopgate.log"))?;
-    let child = Command::new(bin)
-        .arg("serve")
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
         .arg("-c")
         .arg(&conf_path)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("OPENAI_API_KEY", "sk-bench")
         .env("OPENAI_BASE_URL", upstream_base)
-        .env("LOOPGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
+        .env("LOOPGATE_LOG", "warn");
+    // Allocator experiments (`MALLOC_ARENA_MAX=2`, `_RJEM_MALLOC_CONF=...`) reach loopgate as
+    // they reach the passthrough, which keeps the bench's environment.
+    for (k, v) in std::env::vars() {
+        if ALLOCATOR_ENV.contains(&k.as_str()) {
+            cmd.env(k, v);
+        }
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(log).spawn()?;
     Ok((
         Proc {
             name: name.to_string(),
@@ -636,6 +668,14 @@ project = "bench"
         metrics,
     ))
 }
+
+/// Environment variables that tune the allocator, passed on to loopgate.
+const ALLOCATOR_ENV: &[&str] = &[
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
+    "_RJEM_MALLOC_CONF",
+    "MALLOC_CONF",
+];
 
 fn start_passthrough(tmp: &Path, upstream: SocketAddr) -> R<(Proc, SocketAddr)> {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -1068,6 +1108,12 @@ struct SoakStats {
     waves: Vec<SoakWave>,
     elapsed_s: f64,
     cpu_us_per_req: Option<f64>,
+    /// RSS split before the first wave, after the last and `SOAK_SETTLE` later.
+    split_before: Option<(u64, u64, u64)>,
+    split_after: Option<(u64, u64, u64)>,
+    split_settled: Option<(u64, u64, u64)>,
+    /// `VmRSS` `SOAK_SETTLE` after the last wave.
+    settled_kib: Option<(u64, u64)>,
 }
 
 impl SoakStats {
@@ -1096,6 +1142,7 @@ async fn soak(target: &Target, waves: usize, per_wave: usize, concurrency: usize
     let deadline = started + SOAK_CAP;
     let mut out = SoakStats {
         before_kib: target.pid.and_then(proc_mem_kib),
+        split_before: target.pid.and_then(proc_rss_split_kib),
         ..Default::default()
     };
     let cpu0 = target.pid.and_then(proc_cpu_ns);
@@ -1147,6 +1194,10 @@ async fn soak(target: &Target, waves: usize, per_wave: usize, concurrency: usize
     }
     out.elapsed_s = started.elapsed().as_secs_f64();
     let cpu1 = target.pid.and_then(proc_cpu_ns);
+    out.split_after = target.pid.and_then(proc_rss_split_kib);
+    tokio::time::sleep(SOAK_SETTLE).await;
+    out.split_settled = target.pid.and_then(proc_rss_split_kib);
+    out.settled_kib = target.pid.and_then(proc_mem_kib);
     out.cpu_us_per_req = cpu0
         .zip(cpu1)
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0 / total.max(1) as f64);
@@ -1606,6 +1657,16 @@ async fn run(o: &Opts) -> R<()> {
             curve.join(" "),
             fmt_opt(s.waves.last().and_then(|w| w.mem_kib).map(|m| mib(m.1)), 1),
         );
+        let _ = writeln!(
+            out,
+            "  RSS {:.0} s after the last wave: {}; split before: {}; after: {}; {:.0} s later: {}",
+            SOAK_SETTLE.as_secs_f64(),
+            fmt_opt(s.settled_kib.map(|m| mib(m.0)), 1),
+            fmt_split(s.split_before),
+            fmt_split(s.split_after),
+            SOAK_SETTLE.as_secs_f64(),
+            fmt_split(s.split_settled),
+        );
     }
 
     // Targets (loopgate with tracing on is the product as shipped).
@@ -1830,6 +1891,8 @@ async fn run(o: &Opts) -> R<()> {
                 "hwm_mib_end": s.waves.last().and_then(|w| w.mem_kib).and_then(|m| round(mib(m.1), 1)),
                 "growth_after_warmup_mib": s.growth_after_warmup_mib().and_then(|v| round(v, 2)),
                 "growth_second_half_mib": s.growth_second_half_mib().and_then(|v| round(v, 2)),
+                "settled": mem_json(s.settled_kib),
+                "split_kib": {"before": s.split_before, "after": s.split_after, "settled": s.split_settled},
             }),
         );
     }

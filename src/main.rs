@@ -5,6 +5,18 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of glibc malloc: see the note in Cargo.toml.
+#[cfg(all(unix, not(target_env = "musl")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options: a background thread returns freed pages on the decay timers even
+/// when the process is idle after a burst (`_RJEM_MALLOC_CONF` overrides at run time).
+#[cfg(all(unix, not(target_env = "musl")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true\0";
+
 #[derive(Parser)]
 #[command(
     name = "loopgate",

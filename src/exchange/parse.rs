@@ -173,24 +173,24 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
             "empty_array",
         ));
     }
+    // The parameter names are formatted only for an error, not once per valid message.
     for (i, m) in messages.iter().enumerate() {
-        let param = format!("messages[{i}]");
         let Some(o) = m.as_object() else {
-            return Err(wrong_type(&param, "an object", m));
+            return Err(wrong_type(&format!("messages[{i}]"), "an object", m));
         };
         match o.get("role") {
             Some(Value::String(r)) if ROLES.contains(&r.as_str()) => {}
             Some(Value::String(r)) => {
                 return Err(out_of_range(
-                    &format!("{param}.role"),
+                    &format!("messages[{i}].role"),
                     &format!("'{r}' is not one of {}", ROLES.join(", ")),
                 ))
             }
-            Some(v) => return Err(wrong_type(&format!("{param}.role"), "a string", v)),
+            Some(v) => return Err(wrong_type(&format!("messages[{i}].role"), "a string", v)),
             None => {
                 return Err(GatewayError::invalid_code(
-                    format!("Missing required parameter: '{param}.role'."),
-                    Some(&format!("{param}.role")),
+                    format!("Missing required parameter: 'messages[{i}].role'."),
+                    Some(&format!("messages[{i}].role")),
                     "missing_required_parameter",
                 ))
             }
@@ -199,7 +199,7 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
             None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(v) => {
                 return Err(wrong_type(
-                    &format!("{param}.content"),
+                    &format!("messages[{i}].content"),
                     "a string or an array",
                     v,
                 ))
