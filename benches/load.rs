@@ -37,7 +37,8 @@
 //! Flags (after `--`): `--concurrency N` (throughput connections, 64), `--slow-ms N` (mock
 //! delay of the throughput test, 20), `--window-s N` (throughput window, 10),
 //! `--soak-waves N` (20), `--soak-per-wave N` (1,000 streams), `--soak-concurrency N` (64),
-//! `--no-throughput`, `--no-soak`, `--help`. Every phase is bounded in count and time.
+//! `--no-throughput`, `--no-soak`, `--baseline-bin PATH` (another loopgate build measured
+//! beside this one, tracing on, as `lg_baseline`: before/after in one run), `--help`. Every phase is bounded in count and time.
 //! Prints a table, PASS/MISS per target (never fails the run), and writes
 //! `target/bench-results/load.json`.
 
