@@ -402,29 +402,31 @@ fn proc_stat_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, KiB.
-fn proc_mem_kib(pid: u32) -> Option<(u64, u64)> {
+/// The named KiB fields of `/proc/<pid>/status`, in the order asked.
+fn proc_status_kib<const N: usize>(pid: u32, names: [&str; N]) -> Option<[u64; N]> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        s.lines()
+    let mut out = [0u64; N];
+    for (slot, name) in out.iter_mut().zip(names) {
+        *slot = s
+            .lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+            .and_then(|v| v.parse::<u64>().ok())?;
+    }
+    Some(out)
+}
+
+/// (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, KiB.
+fn proc_mem_kib(pid: u32) -> Option<(u64, u64)> {
+    let [rss, hwm] = proc_status_kib(pid, ["VmRSS:", "VmHWM:"])?;
+    Some((rss, hwm))
 }
 
 /// (`RssAnon`, `RssFile`, `RssShmem`) in KiB: heap and stacks, mapped files (the binary's
 /// pages, SQLite's files), shared memory (SQLite's WAL index).
 fn proc_rss_split_kib(pid: u32) -> Option<(u64, u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("RssAnon:")?, field("RssFile:")?, field("RssShmem:")?))
+    let [anon, file, shmem] = proc_status_kib(pid, ["RssAnon:", "RssFile:", "RssShmem:"])?;
+    Some((anon, file, shmem))
 }
 
 fn fmt_split(m: Option<(u64, u64, u64)>) -> String {

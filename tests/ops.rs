@@ -214,14 +214,8 @@ async fn port_zero_is_picked_held_and_named_in_the_log() {
     assert!(gw.port != 0 && gw.metrics_port != 0 && gw.port != gw.metrics_port);
     let config = std::fs::read_to_string(&gw.config).unwrap();
     assert!(config.contains("listen = \"127.0.0.1:0\""), "{config}");
-    let r = client()
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", format!("Bearer {MASTER_KEY}"))
-        .json(&chat_body("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send_chat(&gw, MASTER_KEY, &chat_body("gpt-4o"), &[]).await;
+    assert_eq!(r.status, 200);
     let m = client()
         .get(format!("http://127.0.0.1:{}/metrics", gw.metrics_port))
         .send()
