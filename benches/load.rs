@@ -834,6 +834,18 @@ struct Target {
     pid: Option<u32>,
 }
 
+impl Target {
+    /// A target taking `POST /v1/chat/completions` (every one but the mock's slow path).
+    fn chat(name: &'static str, addr: SocketAddr, pid: Option<u32>) -> Target {
+        Target {
+            name,
+            addr,
+            path: "/v1/chat/completions",
+            pid,
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1347,62 +1359,17 @@ async fn run(o: &Opts) -> R<()> {
 
     let pid = |p: &Proc| Some(p.child.id());
     let mut lat_targets = vec![
-        Target {
-            name: "direct",
-            addr: mock,
-            path: "/v1/chat/completions",
-            pid: None,
-        },
-        Target {
-            name: "passthrough",
-            addr: pt_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&pt),
-        },
-        Target {
-            name: "lg_trace_on",
-            addr: on_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&on),
-        },
-        Target {
-            name: "lg_trace_off",
-            addr: off_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&off),
-        },
-        Target {
-            name: "lg_limits_on",
-            addr: lim_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&lim),
-        },
-        Target {
-            name: "lg_firewall_on",
-            addr: fw_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&fw),
-        },
-        Target {
-            name: "lg_cache_hit",
-            addr: ch_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&ch),
-        },
-        Target {
-            name: "lg_otlp_on",
-            addr: ot_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&ot),
-        },
+        Target::chat("direct", mock, None),
+        Target::chat("passthrough", pt_addr, pid(&pt)),
+        Target::chat("lg_trace_on", on_addr, pid(&on)),
+        Target::chat("lg_trace_off", off_addr, pid(&off)),
+        Target::chat("lg_limits_on", lim_addr, pid(&lim)),
+        Target::chat("lg_firewall_on", fw_addr, pid(&fw)),
+        Target::chat("lg_cache_hit", ch_addr, pid(&ch)),
+        Target::chat("lg_otlp_on", ot_addr, pid(&ot)),
     ];
     if let Some((p, addr, _)) = &baseline {
-        lat_targets.push(Target {
-            name: "lg_baseline",
-            addr: *addr,
-            path: "/v1/chat/completions",
-            pid: pid(p),
-        });
+        lat_targets.push(Target::chat("lg_baseline", *addr, pid(p)));
     }
     // Idle memory: each process has started and answered one request.
     let idle_mem: Vec<Option<(u64, u64)>> = lat_targets
@@ -1455,12 +1422,7 @@ async fn run(o: &Opts) -> R<()> {
                 None => None,
             };
             let target = match (&proc_, name) {
-                (Some((p, addr)), _) => Target {
-                    name,
-                    addr: *addr,
-                    path: "/v1/chat/completions",
-                    pid: pid(p),
-                },
+                (Some((p, addr)), _) => Target::chat(name, *addr, pid(p)),
                 (None, "direct") => Target {
                     name,
                     addr: mock,
@@ -1493,12 +1455,7 @@ async fn run(o: &Opts) -> R<()> {
             Some(&mut spt),
         )
         .await?;
-        let target = Target {
-            name: "passthrough",
-            addr: spt_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&spt),
-        };
+        let target = Target::chat("passthrough", spt_addr, pid(&spt));
         eprintln!("stream soak passthrough ...");
         soaks.push((
             "passthrough",
@@ -1507,12 +1464,7 @@ async fn run(o: &Opts) -> R<()> {
         drop(spt);
         let (slg, slg_addr, _) =
             loopgate_ready(&bin, t, "lg_trace_on_soak", &fast_base, Tracing::On).await?;
-        let target = Target {
-            name: "lg_trace_on",
-            addr: slg_addr,
-            path: "/v1/chat/completions",
-            pid: pid(&slg),
-        };
+        let target = Target::chat("lg_trace_on", slg_addr, pid(&slg));
         eprintln!("stream soak lg_trace_on ...");
         soaks.push((
             "lg_trace_on",
