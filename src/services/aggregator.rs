@@ -771,6 +771,8 @@ impl AggregatorService {
     async fn refresh(&self, st: &mut Loop, store: Option<Arc<dyn Store>>) {
         let rt = self.gw.runtime.load_full();
         let now_ms = chrono::Utc::now().timestamp_millis();
+        // The cadence of the traffic re-read, the rollout evaluation and the idle rebuild.
+        let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
         let mut folded_rows = 0usize;
         let mut traffic_refreshed = false;
         let mut rollout_evaluated = false;
@@ -823,7 +825,6 @@ impl AggregatorService {
                 .auto
                 .states_dirty
                 .swap(false, std::sync::atomic::Ordering::AcqRel);
-            let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
             if dirty || st.last_traffic.is_none_or(|t| t.elapsed() >= every) {
                 match read_traffic(&rt, store.as_ref(), now_ms).await {
                     Ok(traffic) => {
@@ -842,7 +843,6 @@ impl AggregatorService {
         }
         // 3. Canaries and rollback monitors, from the scored decisions in the store.
         if let Some(store) = &store {
-            let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
             let due = st.last_rollout.is_none_or(|t| t.elapsed() >= every);
             if folded_rows > 0 || due || traffic_refreshed {
                 self.evaluate_rollout(&rt, store, st, now_ms).await;
@@ -850,12 +850,12 @@ impl AggregatorService {
                 rollout_evaluated = true;
             }
         }
+        self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
         // 4. Rebuild and publish — only when an input changed: new feedback, fresh traffic
         // stats or operator state, a rollout evaluation, another config; and at least every
-        // `stats_refresh_ms` (time-dependent parts: sticky-session sweep, evidence decay,
-        // the published table's age). An idle gateway thus rebuilds every route once per
-        // stats refresh instead of every `refresh_ms`.
-        let every = Duration::from_millis(rt.config.routing.stats_refresh_ms);
+        // `stats_refresh_ms` (time-dependent parts: evidence decay, the published table's
+        // age). An idle gateway thus rebuilds every route once per stats refresh instead of
+        // every `refresh_ms`.
         let changed = folded_rows > 0
             || traffic_refreshed
             || rollout_evaluated
@@ -863,7 +863,6 @@ impl AggregatorService {
                 .last_build
                 .is_none_or(|(at, version)| version != rt.version || at.elapsed() >= every);
         if !changed {
-            self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
             return;
         }
         st.last_build = Some((Instant::now(), rt.version));
@@ -888,7 +887,6 @@ impl AggregatorService {
         metrics().router_table_age.set(now_ms as f64 / 1000.0);
         rebuild_prompt(&self.gw, &rt, &table, now_ms);
         self.gw.auto.table.store(Arc::new(table));
-        self.gw.auto.sweep(now_ms, RECENT_MAX_AGE_MS);
     }
 }
 
