@@ -82,6 +82,7 @@ fn bench_decide(c: &mut Criterion) {
                 exploration_share: 0.01,
                 sticky: None,
                 rng: (i >> 11) as f64 / (1u64 << 53) as f64,
+                labelling: Default::default(),
             };
             black_box(decide(black_box(&r), &ctx))
         })
@@ -116,6 +117,8 @@ fn bench_decide(c: &mut Criterion) {
                 session,
                 1_700_000_000_000,
                 (j >> 11) as f64 / (1u64 << 53) as f64,
+                // The common case with an announced judge sample: concentrate on scored requests.
+                loopgate::routing::auto::ScoreHint::Announced(j & 4 == 0),
             ))
         })
     });
@@ -127,6 +130,7 @@ fn bench_decide(c: &mut Criterion) {
                 exploration_share: 0.0,
                 sticky: None,
                 rng: 0.5,
+                labelling: Default::default(),
             },
         );
         b.iter(|| black_box(state.decision_row(&d, "chatcmpl-x", 0, Some("s"), None, None)))
@@ -138,6 +142,7 @@ fn bench_decide(c: &mut Criterion) {
                 exploration_share: 0.01,
                 sticky: None,
                 rng: 0.5,
+                labelling: Default::default(),
             };
             black_box(decide(&r, &ctx).trace("req", 0))
         })

@@ -592,3 +592,104 @@ async fn instances_sharing_postgres_converge_to_the_same_table() {
     }
     assert!(same, "instances did not converge: {sa:?} vs {sb:?}");
 }
+
+/// Issue 12: a client that announces which requests its judge will score
+/// (`loopgate-feedback-expected`) gets its route-level exploration on exactly those requests
+/// (every explored request then yields evidence), the trace says so, and a malformed
+/// announcement is a 400 naming the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_scores_concentrate_exploration_on_scored_requests() {
+    let mock = MockUpstream::start(model_fleet()).await;
+    let gw = start("live", &mock).await;
+    let c = client();
+    let quality: HashMap<&str, f64> = [("gpt-4o", 0.8), ("gpt-4o-mini", 0.85)].into();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut scored_ids = std::collections::HashSet::new();
+    for i in 0..300 {
+        // Every other request is announced as scored: a share of 0.5, above the route's
+        // exploration cap (0.35), so no exploration needs to spill onto unscored requests.
+        let scored = i % 2 == 0;
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .header("loopgate-feedback-expected", if scored { "true" } else { "false" })
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": format!("q {i}")}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        let served = r.headers()["loopgate-model"].to_str().unwrap().to_string();
+        let body: Value = r.json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_string();
+        if scored {
+            let thumbs = u8::from(rng.gen::<f64>() < quality[served.as_str()]);
+            let f = c
+                .post(gw.url("/v1/feedback"))
+                .header("authorization", auth())
+                .json(&json!({"id": id, "score": thumbs, "scale": "thumbs"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(f.status(), 201);
+            scored_ids.insert(id);
+        }
+    }
+    // Decisions are stored with their traces within about a second.
+    let mut data = Vec::new();
+    for _ in 0..100 {
+        let v: Value = c
+            .get(gw.url("/v1/decisions?route=default&limit=1000"))
+            .header("authorization", auth())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        data = v["data"].as_array().cloned().unwrap_or_default();
+        if data.len() >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(data.len(), 300);
+    let explored: Vec<&Value> = data.iter().filter(|d| d["kind"] == "explored").collect();
+    assert!(
+        explored.len() >= 5,
+        "too little exploration to judge: {}",
+        explored.len()
+    );
+    for d in &explored {
+        let id = d["id"].as_str().unwrap();
+        assert!(scored_ids.contains(id), "explored an unscored request: {d}");
+        let full: Value = c
+            .get(gw.url(&format!("/v1/decisions/{id}")))
+            .header("authorization", auth())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let l = &full["decision"]["labelling"];
+        assert_eq!(l["known"], "scored", "{full}");
+        assert!(l["share"].as_f64().unwrap() > 0.3, "{l}");
+        assert!(full["decision"]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("known to be scored"));
+    }
+    // A malformed announcement is refused, in OpenAI's error shape, naming the header.
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .header("loopgate-feedback-expected", "maybe")
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+    assert_eq!(b["error"]["param"], "loopgate-feedback-expected", "{b}");
+}

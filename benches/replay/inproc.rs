@@ -251,6 +251,7 @@ impl RouterUnderTest for InProc {
             exploration_share: share,
             sticky: hint,
             rng: self.rng.gen::<f64>(),
+            labelling: Default::default(),
         };
         let d = decide(&unit.route, &ctx);
         let served = d.served.min(1);

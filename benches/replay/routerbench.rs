@@ -55,8 +55,8 @@ use loopgate::feedback::constraints::Constraints;
 use loopgate::feedback::posterior::{PosteriorConfig, PosteriorState, Scale, Signal};
 use loopgate::feedback::priors::Priors;
 use loopgate::feedback::router::{
-    decide, ExplorationConfig, Mode, ModelInput, PickKind, PreparedRoute, PromotionConfig,
-    RequestContext, RouteInput, ScoreWeights,
+    decide, ExplorationConfig, Labelling, Mode, ModelInput, PickKind, PreparedRoute,
+    PromotionConfig, RequestContext, RouteInput, ScoreWeights,
 };
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -309,7 +309,10 @@ pub(crate) trait Router {
     /// feedback was delivered).
     fn snapshot(&mut self, n: usize) -> Snap;
     /// Route request `n` of `session` (prompt `row`): (served model, chosen model). `sticky`
-    /// is the session's last chosen model, `draw` a uniform number for the decision.
+    /// is the session's last chosen model, `draw` a uniform number for the decision, `scored`
+    /// whether the judge will score it when that is announced before routing (the gateway's
+    /// own judge knows by request id; an external judge says so with
+    /// `loopgate-feedback-expected`), `None` when it is not announced.
     fn route(
         &mut self,
         n: usize,
@@ -317,6 +320,7 @@ pub(crate) trait Router {
         sticky: Option<usize>,
         row: usize,
         draw: f64,
+        scored: Option<bool>,
     ) -> (usize, usize);
     /// Deliver one feedback event.
     fn deliver(&mut self, ev: &Fb);
@@ -358,6 +362,9 @@ pub(crate) struct InProcRouter<'a> {
     cost: Vec<f64>,
     prepared: Option<Arc<PreparedRoute>>,
     share: f64,
+    /// Share of announced requests announced as scored, and how many were seen (as the
+    /// gateway's `AutoState` learns it).
+    announced: (f64, u64),
     /// Served model per request (the stats window's trailing requests).
     served: Vec<usize>,
     /// Decisions that explored (sweep aid).
@@ -402,6 +409,7 @@ impl<'a> InProcRouter<'a> {
             cost,
             prepared: None,
             share: 0.0,
+            announced: (0.0, 0),
             served: Vec::new(),
             explored_n: 0,
         }
@@ -511,6 +519,7 @@ impl Router for InProcRouter<'_> {
         sticky: Option<usize>,
         _row: usize,
         draw: f64,
+        scored: Option<bool>,
     ) -> (usize, usize) {
         let Some(p) = self.prepared.as_ref() else {
             return (0, 0);
@@ -520,12 +529,20 @@ impl Router for InProcRouter<'_> {
             exploration_share: self.share,
             sticky: sticky.map(|i| &*self.names[i]),
             rng: draw,
+            labelling: scored.map_or(Labelling::Unknown, |s| {
+                Labelling::from_share(s, self.announced.0)
+            }),
         };
         let d = decide(p, &ctx);
         if !matches!(d.kind, PickKind::Off | PickKind::Pinned) {
             let explored = if d.explores() { 1.0 } else { 0.0 };
             self.share += EXPLORE_EWMA * (explored - self.share);
             self.explored_n += explored as usize;
+            if let Some(s) = scored {
+                self.announced.1 += 1;
+                let w = (1.0 / self.announced.1 as f64).max(EXPLORE_EWMA);
+                self.announced.0 += w * (if s { 1.0 } else { 0.0 } - self.announced.0);
+            }
         }
         self.served.push(d.served);
         (d.served, d.chosen)
@@ -578,6 +595,7 @@ pub(crate) fn run(
     r: &RouteSpec,
     seed: u64,
     regression: Option<Regression>,
+    announce: bool,
     router: &mut dyn Router,
 ) -> RunOut {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -639,7 +657,16 @@ pub(crate) fn run(
         let row = order.pop().unwrap_or(0);
         let sticky = sessions[si].2;
         let draw = rng.gen::<f64>();
-        let (m, chosen) = router.route(n, sessions[si].0, sticky, row, draw);
+        // The judge's sample is drawn before routing (independent of it either way).
+        let judged = rng.gen::<f64>() < JUDGE_SHARE;
+        let (m, chosen) = router.route(
+            n,
+            sessions[si].0,
+            sticky,
+            row,
+            draw,
+            announce.then_some(judged),
+        );
         let regressed = onset.is_some_and(|o| n >= o) && regressed_model == Some(m);
         let mut outcome = t.q[row][r.models[m]];
         if regressed && rng.gen::<f64>() >= 0.3 {
@@ -649,7 +676,7 @@ pub(crate) fn run(
         out.served_q
             .push(t.mean_q[r.models[m]] * if regressed { 0.3 } else { 1.0 });
         let at_ms = n as i64 * 1_000;
-        if rng.gen::<f64>() < JUDGE_SHARE {
+        if judged {
             let v = (outcome + JUDGE_NOISE * gauss(&mut rng)).clamp(0.0, 1.0);
             ev_id += 1;
             push(
@@ -773,6 +800,8 @@ struct Args {
     http: bool,
     /// Only routes whose name contains this text.
     only: Option<String>,
+    /// Whether the judge's sample is announced before routing (default; `--unannounced`: not).
+    announce: bool,
 }
 
 fn parse() -> Args {
@@ -784,6 +813,7 @@ fn parse() -> Args {
         data: root.join("benches/data/routerbench.jsonl.gz"),
         http: false,
         only: None,
+        announce: true,
     };
     let mut seeds_set = false;
     let mut it = std::env::args().skip(1);
@@ -796,6 +826,7 @@ fn parse() -> Args {
             "--quick" => a.quick = true,
             "--http" => a.http = true,
             "--only" => a.only = it.next(),
+            "--unannounced" => a.announce = false,
             "--out" => a.out = it.next().map(PathBuf::from).unwrap_or(a.out),
             "--data" => a.data = it.next().map(PathBuf::from).unwrap_or(a.data),
             _ => {}
@@ -860,11 +891,16 @@ pub fn main() {
     let started = std::time::Instant::now();
     let mut md = String::new();
     md.push_str(&format!(
-        "RouterBench replay, {}, {}, {} requests per route, seeds 0..{}, δ = {delta}\n\n",
+        "RouterBench replay, {}, {}, {}, {} requests per route, seeds 0..{}, δ = {delta}\n\n",
         if a.http {
             "through the real gateway over HTTP"
         } else {
             "in-process"
+        },
+        if a.announce {
+            "judge sample announced before routing (loopgate-feedback-expected)"
+        } else {
+            "judge sample not announced (--unannounced)"
         },
         if overridden {
             "OVERRIDDEN settings (LOOPGATE_BENCH_OVERRIDES)"
@@ -893,11 +929,18 @@ pub fn main() {
             let (o, regs) = match &http_env {
                 None => {
                     let mut router = InProcRouter::new(t, r, seed, true, priors.as_ref(), &set);
-                    let o = run(t, r, seed, None, &mut router);
+                    let o = run(t, r, seed, None, a.announce, &mut router);
                     let regs = [200, 2500].map(|after| {
                         let mut router =
                             InProcRouter::new(t, r, seed, false, priors.as_ref(), &set);
-                        run(t, r, seed, Some(Regression { after }), &mut router)
+                        run(
+                            t,
+                            r,
+                            seed,
+                            Some(Regression { after }),
+                            a.announce,
+                            &mut router,
+                        )
                     });
                     (o, regs.map(Some))
                 }
@@ -911,7 +954,7 @@ pub fn main() {
                             }
                         };
                         let t0 = std::time::Instant::now();
-                        let o = run(t, r, seed, reg, &mut router);
+                        let o = run(t, r, seed, reg, a.announce, &mut router);
                         let mut st = router.gw.stats;
                         st.wall_s = t0.elapsed().as_secs_f64();
                         unknown_served += router.unknown_served;

@@ -364,6 +364,7 @@ impl Router for HttpRouter<'_> {
         _sticky: Option<usize>,
         row: usize,
         _draw: f64,
+        scored: Option<bool>,
     ) -> (usize, usize) {
         let body = json!({
             "model": format!("auto:{}", self.route),
@@ -371,12 +372,17 @@ impl Router for HttpRouter<'_> {
         });
         let sid = format!("s{session}");
         self.gw.stats.requests += 1;
-        let (m, id) = match self.gw.call(
-            "POST",
-            "/v1/chat/completions",
-            Some(&body),
-            &[("loopgate-session-id", sid.as_str())],
-        ) {
+        let mut headers = vec![("loopgate-session-id", sid.as_str())];
+        if let Some(s) = scored {
+            headers.push((
+                "loopgate-feedback-expected",
+                if s { "true" } else { "false" },
+            ));
+        }
+        let (m, id) = match self
+            .gw
+            .call("POST", "/v1/chat/completions", Some(&body), &headers)
+        {
             Some((200, v, holdback)) => {
                 self.gw.stats.holdback += u64::from(holdback);
                 let served = v["__served"]

@@ -400,7 +400,14 @@ pub async fn explain(
     });
     let now = chrono::Utc::now().timestamp_millis();
     // A fixed draw: the explanation shows the exploit decision, not a random exploration.
-    let d = auto.explain(&view.prepared, &rule, session.as_deref(), now, 0.999_999);
+    let d = auto.explain(
+        &view.prepared,
+        &rule,
+        session.as_deref(),
+        now,
+        0.999_999,
+        crate::routing::auto::ScoreHint::None,
+    );
     let mut trace = d.trace("explain", now);
     trace.context = context.map(str::to_string);
     trace.pool = Some(crate::routing::auto::pool_name(view.pool.as_deref()));

@@ -14,7 +14,7 @@ use sha2::Sha256;
 
 use super::constraints::{Action, ConstraintResult, Knob};
 use super::posterior::{Phase, SignalEvidence};
-use super::router::{Decision, Miss, Mode, PickKind, ScoreComponents};
+use super::router::{Decision, Labelling, Miss, Mode, PickKind, ScoreComponents};
 use crate::providers::Secret;
 
 /// Trace schema version (bump on incompatible changes).
@@ -73,6 +73,10 @@ pub struct DecisionTrace {
     pub kind: PickKind,
     pub propensity: f64,
     pub exploration_rate: f64,
+    /// Whether the request was known before routing to be scored (`known`: `scored` /
+    /// `unscored`, with the route's scored `share`): exploration is drawn on scored requests.
+    #[serde(default, skip_serializing_if = "Labelling::is_unknown")]
+    pub labelling: Labelling,
     pub phase: Phase,
     pub confidence: Option<f64>,
     pub evidence: Evidence,
@@ -241,6 +245,7 @@ impl Decision {
             kind: self.kind,
             propensity: self.propensity,
             exploration_rate: self.epsilon,
+            labelling: self.labelling,
             phase: fm.map_or(base.posterior.phase, |m| m.posterior.phase),
             confidence: fm.map(|m| m.gate.confidence),
             evidence: Evidence {
@@ -305,11 +310,19 @@ impl Decision {
             ),
             PickKind::Explored => format!(
                 "Explored {} (probability {:.4}, exploration share {} of max {}): it meets the cost \
-                 and latency limits and is not known to be worse than the limit.",
+                 and latency limits and is not known to be worse than the limit.{}",
                 chosen.model,
                 self.propensity,
                 pct(ctx.exploration_share),
-                pct(r.constraints.max_exploration_share)
+                pct(r.constraints.max_exploration_share),
+                match self.labelling {
+                    Labelling::Scored { share } => format!(
+                        " Drawn on a request known to be scored ({} of the route's requests are), \
+                         so the exploration yields evidence.",
+                        pct(share)
+                    ),
+                    _ => String::new(),
+                }
             ),
             PickKind::Baseline => match focus {
                 None => format!("Served the default {}: the route has no candidates.", base.model),

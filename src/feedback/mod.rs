@@ -33,5 +33,7 @@ pub use constraints::{CandidateStats, ConstraintResult, Constraints, Knob};
 pub use decision::{sign, verify, verify_value, DecisionTrace, SignedDecision, SigningKey};
 pub use gate::{confidence_within, gate, GateOutcome};
 pub use posterior::{Phase, Posterior, PosteriorConfig, PosteriorState, Scale, Signal};
-pub use router::{decide, Decision, Mode, PickKind, PreparedRoute, RequestContext, RouteInput};
+pub use router::{
+    decide, Decision, Labelling, Mode, PickKind, PreparedRoute, RequestContext, RouteInput,
+};
 pub use sequential::{RegressionMonitor, TwoArmSequence, Verdict};

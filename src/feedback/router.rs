@@ -656,7 +656,8 @@ impl PreparedRoute {
         }
     }
 
-    /// The exploration probability ε actually used for this request.
+    /// The exploration probability ε actually used for this request: the snapshot's budgeted
+    /// rate, concentrated on the scored requests when they are known ([`Labelling`]).
     pub fn epsilon(&self, ctx: &RequestContext<'_>) -> f64 {
         let c = &self.constraints;
         if ctx.exploration_share >= c.max_exploration_share {
@@ -664,7 +665,7 @@ impl PreparedRoute {
         }
         let (z, any) = self.ts_mass(ctx);
         if any && z > 0.0 {
-            self.budget_epsilon
+            ctx.labelling.exploration_probability(self.budget_epsilon)
         } else {
             0.0
         }
@@ -885,6 +886,61 @@ fn exploration_weights(models: &mut [PreparedModel], ex: &ExplorationConfig, exp
 /// [`exploration_weights`]): with 4, a candidate worth half the best one gets 1/16 of its share.
 const FOCUS: i32 = 4;
 
+/// What is known before routing about whether this request will get a per-request score.
+///
+/// Exploration produces evidence only where a score arrives. When the scored requests are known
+/// in advance (the gateway's own judge samples by request id; a client can announce its own
+/// judge's sample with the `loopgate-feedback-expected` header), exploration is drawn on them:
+/// the explored share of all traffic, and so its quality cost, is unchanged, but every explored
+/// request is scored instead of one in 1/share (docs/routing-math.md, "Labelled exploration").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "known", rename_all = "snake_case")]
+pub enum Labelling {
+    /// Not known: exploration draws on every request alike.
+    #[default]
+    Unknown,
+    /// The request will be scored; `share` is the route's share of scored requests.
+    Scored { share: f64 },
+    /// The request will not be scored; `share` as above.
+    Unscored { share: f64 },
+}
+
+impl Labelling {
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Labelling::Unknown)
+    }
+
+    /// From a scored flag and the share of scored requests (`share` outside (0, 1]: unknown).
+    pub fn from_share(scored: bool, share: f64) -> Labelling {
+        if !(share > 0.0 && share <= 1.0) {
+            Labelling::Unknown
+        } else if scored {
+            Labelling::Scored { share }
+        } else {
+            Labelling::Unscored { share }
+        }
+    }
+
+    /// This request's exploration probability for a route-level rate `eps`: concentrated on
+    /// the scored requests, so that share·p(scored) + (1 − share)·p(unscored) = eps. Above
+    /// the scored share every scored request explores and the rest spills evenly onto the
+    /// others.
+    pub fn exploration_probability(&self, eps: f64) -> f64 {
+        let eps = eps.clamp(0.0, 1.0);
+        match *self {
+            Labelling::Unknown => eps,
+            Labelling::Scored { share } => (eps / share).min(1.0),
+            Labelling::Unscored { share } => {
+                if eps <= share || share >= 1.0 {
+                    0.0
+                } else {
+                    ((eps - share) / (1.0 - share)).clamp(0.0, 1.0)
+                }
+            }
+        }
+    }
+}
+
 /// Per-request state the decision depends on.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RequestContext<'a> {
@@ -896,6 +952,8 @@ pub struct RequestContext<'a> {
     pub sticky: Option<&'a str>,
     /// A uniform random number in [0, 1) drawn by the caller.
     pub rng: f64,
+    /// Whether this request will be scored, when known before routing.
+    pub labelling: Labelling,
 }
 
 /// How the pick was made.
@@ -950,6 +1008,7 @@ pub struct Decision {
     pub spend_today: f64,
     pub exploration_share: f64,
     pub sticky_model: Option<usize>,
+    pub labelling: Labelling,
 }
 
 impl Decision {
@@ -989,6 +1048,7 @@ impl Decision {
             exploration_share: self.exploration_share,
             sticky: None,
             rng: 0.0,
+            labelling: self.labelling,
         }
     }
 }
@@ -1007,6 +1067,7 @@ pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision 
         spend_today: ctx.spend_today,
         exploration_share: ctx.exploration_share,
         sticky_model: None,
+        labelling: ctx.labelling,
     };
     if route.mode == Mode::Off {
         d.kind = PickKind::Off;
@@ -1354,6 +1415,61 @@ pub(crate) mod tests {
         let d = decide(&some, &RequestContext::default());
         let why = serde_json::to_string(&d.trace("req", 0)).unwrap();
         assert!(why.contains("realized gap of the recent window"), "{why}");
+    }
+
+    #[test]
+    fn labelled_exploration_keeps_the_share_and_lands_on_scored_requests() {
+        // share·p(scored) + (1 − share)·p(unscored) = ε, below and above the scored share.
+        for &share in &[0.05, 0.3, 0.5, 1.0] {
+            for &eps in &[0.0, 0.01, 0.1, 0.3, 0.45, 0.5, 1.0] {
+                let ps = Labelling::from_share(true, share).exploration_probability(eps);
+                let pu = Labelling::from_share(false, share).exploration_probability(eps);
+                assert!((0.0..=1.0).contains(&ps) && (0.0..=1.0).contains(&pu));
+                let mean = share * ps + (1.0 - share) * pu;
+                assert!(
+                    (mean - eps).abs() < 1e-12,
+                    "share {share} eps {eps}: {mean}"
+                );
+                if eps <= share {
+                    assert_eq!(pu, 0.0, "nothing explored where no score comes");
+                }
+            }
+        }
+        assert_eq!(Labelling::Unknown.exploration_probability(0.2), 0.2);
+        assert!(Labelling::from_share(true, 0.0).is_unknown());
+        assert!(Labelling::from_share(true, f64::NAN).is_unknown());
+        // Through `decide`: the explored share over many draws is ε either way, and with the
+        // sample announced every explored request is a scored one.
+        let r = budget_route(&[("new", 0, 0, 0.001)], None);
+        let eps = r.budget_epsilon;
+        assert!(eps > 0.0);
+        let share = 0.3;
+        let (mut explored, mut explored_scored) = (0usize, 0usize);
+        let n = 20_000;
+        for k in 0..n {
+            let scored = k % 10 < 3;
+            let d = decide(
+                &r,
+                &RequestContext {
+                    rng: ((k * 7919) % n) as f64 / n as f64,
+                    labelling: Labelling::from_share(scored, share),
+                    ..Default::default()
+                },
+            );
+            if d.kind == PickKind::Explored {
+                explored += 1;
+                explored_scored += usize::from(scored);
+                assert!((d.propensity - r.probability(d.chosen, &d.context())).abs() < 1e-12);
+            }
+        }
+        let observed = explored as f64 / n as f64;
+        assert!(
+            (observed - eps).abs() < 0.01,
+            "explored {observed} vs ε {eps}"
+        );
+        if eps <= share {
+            assert_eq!(explored, explored_scored);
+        }
     }
 
     #[test]
@@ -1712,7 +1828,7 @@ pub(crate) mod tests {
                 exploration: ExplorationConfig { rate: 0.2, draws: 256, ..ExplorationConfig::default() },
                 pinned: None, table_version: 3,
             }).unwrap();
-            let ctx = RequestContext { spend_today: spend, exploration_share: share, sticky: hint.map(|h| names[h]), rng: u };
+            let ctx = RequestContext { spend_today: spend, exploration_share: share, sticky: hint.map(|h| names[h]), rng: u, labelling: Default::default() };
             let d = decide(&r, &ctx);
             prop_assert!(d.propensity > 0.0 && d.propensity <= 1.0);
             if d.served != 0 {

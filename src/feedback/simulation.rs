@@ -95,6 +95,7 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
                 exploration_share: share,
                 sticky: None,
                 rng: rng.gen(),
+                labelling: Default::default(),
             };
             let d = decide(&prepared, &ctx);
             served_total += 1;

@@ -74,6 +74,8 @@ pub struct RequestCtx {
     pub upstream_request_id: Option<String>,
     /// The routing decision of a feedback route (`model: "auto"`).
     pub auto: Option<Box<AutoCtx>>,
+    /// `<prefix>-feedback-expected`: the client said it will (or will not) score this request.
+    pub feedback_expected: Option<bool>,
     /// Index of the candidate that served the request.
     pub served_index: Option<usize>,
     /// Shadow call / judge sampling of this request (`crate::services::shadow`).
@@ -112,6 +114,7 @@ impl RequestCtx {
             usage: Usage::default(),
             upstream_request_id: None,
             auto: None,
+            feedback_expected: None,
             served_index: None,
             rollout: None,
             cors: Vec::new(),

@@ -265,6 +265,7 @@ pub(crate) async fn chat(
     begin(gw, ctx);
     ctx.caller.require(Scope::Inference)?;
     request::context_headers(rt, session, ctx, key);
+    ctx.feedback_expected = request::feedback_expected(session, &rt.headers.feedback_expected)?;
     ctx.trace.zero_retention =
         rt.zero_retention(ctx.trace.zero_retention, ctx.trace.project_id.as_deref());
     let raw = request::read_body(session, rt.config.server.max_body_bytes).await?;

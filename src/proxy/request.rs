@@ -162,6 +162,27 @@ fn clip(v: &str) -> String {
     v[..end].to_string()
 }
 
+/// The `<prefix>-feedback-expected` header: whether the client's own judge will score this
+/// request (`true` / `false`, also `1` / `0`); absent: not announced.
+pub fn feedback_expected(session: &Session, name: &str) -> Result<Option<bool>, GatewayError> {
+    let Some(v) = header(session, name) else {
+        return Ok(None);
+    };
+    if v.eq_ignore_ascii_case("true") || v == "1" {
+        Ok(Some(true))
+    } else if v.eq_ignore_ascii_case("false") || v == "0" {
+        Ok(Some(false))
+    } else {
+        Err(GatewayError::InvalidRequest {
+            message: format!(
+                "header '{name}' must be 'true' or 'false' (whether your judge will score this request)"
+            ),
+            param: Some(name.to_string()),
+            code: Some("invalid_header"),
+        })
+    }
+}
+
 /// Session, project, user and custom properties from the request headers.
 pub fn context_headers(
     rt: &Runtime,

@@ -7,10 +7,10 @@ use crate::dialect::ChatRequest;
 use crate::error::GatewayError;
 use crate::feedback::prompt::state::{EmbeddingOutcome, PromptOutcome, Seen};
 use crate::feedback::prompt::{PromptMode, PromptPickKind};
-use crate::feedback::{Mode, PickKind};
+use crate::feedback::{Labelling, Mode, PickKind};
 use crate::metrics::metrics;
 use crate::rollout::canary::Arm;
-use crate::routing::auto::RecentDecision;
+use crate::routing::auto::{RecentDecision, ScoreHint};
 use crate::routing::{Candidate, Runtime};
 use crate::store::DecisionRow;
 
@@ -138,12 +138,14 @@ pub fn candidates(
             (Some(p), Some(s)) => Some(format!("{p}\u{1e}{s}").into()),
             (_, s) => s.as_deref().map(Into::into),
         };
+    let hint = score_hint(rt, ctx, rc);
     let mut d = gw.auto.decide(
         &view.prepared,
         route,
         sticky_key.as_deref(),
         ctx.trace.ts_ms,
         rand::random::<f64>(),
+        hint,
     );
     let prompt = prompt_pick(gw, rt, ctx, req, route, &mut d, embedding);
     if d.kind != PickKind::Pinned {
@@ -213,6 +215,20 @@ pub fn candidates(
     Ok(cands)
 }
 
+/// Whether this request will be scored, as far as it is known before routing: the gateway's
+/// own judge samples by request id (so it knows now), else the client's announcement.
+fn score_hint(rt: &Runtime, ctx: &RequestCtx, rc: &crate::config::RouteConfig) -> ScoreHint {
+    if !rt.config.judge.model.is_empty() && rc.judge.share > 0.0 {
+        let sampled = crate::rollout::judge::should_judge(&ctx.trace.request_id, rc.judge.share);
+        return ScoreHint::Judge {
+            scored: sampled || ctx.feedback_expected == Some(true),
+            share: rc.judge.share,
+        };
+    }
+    ctx.feedback_expected
+        .map_or(ScoreHint::None, ScoreHint::Announced)
+}
+
 /// Prompt-level routing on top of the route-level decision: only an exploit pick (baseline or
 /// promoted) is refined, and only towards a cheaper model; pins, stickiness, route-level
 /// exploration, canaries and holdback keep their say. The request's features go to the
@@ -252,13 +268,13 @@ fn prompt_pick(
         gw.prompt.seen(seen(false));
         return None;
     };
-    // Exploration only where a score is certain: the judge samples by request id.
-    let share = if rt.config.judge.model.is_empty() {
-        0.0
-    } else {
-        rc.judge.share
+    // Exploration only where a score is certain: the judge samples by request id, or the
+    // client announced its own judge's sample.
+    let (labelled, share) = match d.labelling {
+        Labelling::Unknown => (false, 0.0),
+        Labelling::Scored { share } => (true, share),
+        Labelling::Unscored { share } => (false, share),
     };
-    let labelled = crate::rollout::judge::should_judge(&ctx.trace.request_id, share);
     let pick = crate::feedback::prompt::state::decide(
         &index,
         &raw,

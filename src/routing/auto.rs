@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::feedback::decision::{sign_to_string, SigningKey};
 use crate::feedback::router::PreparedRoute;
-use crate::feedback::{decide, Decision, PickKind, RequestContext};
+use crate::feedback::{decide, Decision, Labelling, PickKind, RequestContext};
 use crate::providers::Secret;
 use crate::store::DecisionRow;
 
@@ -112,10 +112,28 @@ struct RouteCounters {
     local_micros: AtomicU64,
     /// Exponentially weighted share of exploration picks (f64 bits).
     explore_share: AtomicU64,
+    /// Share of announced requests announced as scored (f64 bits), and how many were seen
+    /// (the average is a plain mean until it has `EXPLORE_EWMA`'s horizon).
+    announced_share: AtomicU64,
+    announced_seen: AtomicU64,
 }
 
 /// Weight of one decision in the exploration-share average (≈ the last 200 decisions).
 const EXPLORE_EWMA: f64 = 1.0 / 200.0;
+
+/// What the request path knows, before routing, about whether a request will be scored.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum ScoreHint {
+    /// Nothing: feedback may or may not come.
+    #[default]
+    None,
+    /// The gateway's own judge samples the route at `share` (by request id, so it is known
+    /// now); `scored`: this request is in the sample.
+    Judge { scored: bool, share: f64 },
+    /// The client announced whether its own judge will score this request
+    /// (`loopgate-feedback-expected`); the route's share is learned from the announcements.
+    Announced(bool),
+}
 
 fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
@@ -246,18 +264,39 @@ impl AutoState {
         (now_ms - e.1 <= self.sticky_ttl_ms).then(|| Arc::clone(&e.0))
     }
 
+    /// The route's share of announced requests that were announced as scored (0 before any).
+    fn announced_share(&self, route: &str) -> f64 {
+        self.counters.get(route).map_or(0.0, |c| {
+            f64::from_bits(c.announced_share.load(Ordering::Relaxed))
+        })
+    }
+
+    /// The hint as the decision uses it: whether this request will be scored, and the share of
+    /// scored requests it is one of.
+    pub fn labelling(&self, route: &str, hint: ScoreHint) -> Labelling {
+        match hint {
+            ScoreHint::None => Labelling::Unknown,
+            ScoreHint::Judge { scored, share } => Labelling::from_share(scored, share),
+            ScoreHint::Announced(scored) => {
+                Labelling::from_share(scored, self.announced_share(route))
+            }
+        }
+    }
+
     fn context<'a>(
         &self,
         route: &str,
         sticky: Option<&'a str>,
         now_ms: i64,
         rng: f64,
+        hint: ScoreHint,
     ) -> RequestContext<'a> {
         RequestContext {
             spend_today: self.spend_today(route, now_ms),
             exploration_share: self.exploration_share(route),
             sticky,
             rng,
+            labelling: self.labelling(route, hint),
         }
     }
 
@@ -269,9 +308,10 @@ impl AutoState {
         session: Option<&str>,
         now_ms: i64,
         rng: f64,
+        hint: ScoreHint,
     ) -> Decision {
-        let d = self.explain(prepared, route, session, now_ms, rng);
-        self.after_decision(route, session, &d, now_ms);
+        let d = self.explain(prepared, route, session, now_ms, rng, hint);
+        self.after_decision(route, session, &d, now_ms, hint);
         d
     }
 
@@ -283,19 +323,39 @@ impl AutoState {
         session: Option<&str>,
         now_ms: i64,
         rng: f64,
+        hint: ScoreHint,
     ) -> Decision {
         let sticky = self.sticky_of(route, session, now_ms);
         decide(
             prepared,
-            &self.context(route, sticky.as_deref(), now_ms, rng),
+            &self.context(route, sticky.as_deref(), now_ms, rng, hint),
         )
     }
 
-    fn after_decision(&self, route: &str, session: Option<&str>, d: &Decision, now_ms: i64) {
+    fn after_decision(
+        &self,
+        route: &str,
+        session: Option<&str>,
+        d: &Decision,
+        now_ms: i64,
+        hint: ScoreHint,
+    ) {
         if matches!(d.kind, PickKind::Off | PickKind::Pinned) {
             return;
         }
         let c = self.counters.entry(route.to_string()).or_default();
+        if let ScoreHint::Announced(scored) = hint {
+            // A plain mean over the first announcements, then the exploration share's horizon.
+            let seen = c.announced_seen.fetch_add(1, Ordering::Relaxed) + 1;
+            let w = (1.0 / seen as f64).max(EXPLORE_EWMA);
+            let x = if scored { 1.0 } else { 0.0 };
+            let _ = c
+                .announced_share
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                    let s = f64::from_bits(bits);
+                    Some((s + w * (x - s)).to_bits())
+                });
+        }
         let explored = if d.explores() { 1.0 } else { 0.0 };
         let _ = c
             .explore_share

@@ -52,6 +52,8 @@ pub struct HeaderNames {
     pub provider: String,
     pub model_override: String,
     pub routing_rule: String,
+    /// `<prefix>-feedback-expected`: the client announces whether it will score the request.
+    pub feedback_expected: String,
     // response headers
     pub resp_provider: String,
     pub resp_model: String,
@@ -78,6 +80,7 @@ impl HeaderNames {
             provider: h("provider"),
             model_override: h("model-override"),
             routing_rule: h("routing-rule"),
+            feedback_expected: h("feedback-expected"),
             resp_provider: h("provider"),
             resp_model: h("model"),
             resp_fallback: h("fallback-used"),
