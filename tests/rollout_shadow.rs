@@ -708,3 +708,69 @@ async fn judge_scores_flow_into_routing_and_the_report_and_failures_do_not() {
         ) >= 2
     );
 }
+
+/// Issue 12: with the built-in judge, which requests get a score is known before routing (it
+/// samples by request id), so a live route explores only on judged requests: every explored
+/// request is scored, and its decision trace says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_exploration_lands_on_the_requests_the_judge_will_score() {
+    let judge = Arc::new(AtomicU8::new(JUDGE_OK));
+    let mock = MockUpstream::start(fleet(Duration::ZERO, judge)).await;
+    // Judge share 0.4, exploration capped at 0.3: no exploration needs to spill onto
+    // unjudged requests.
+    let toml = config(0.0, 0.0, 0.4)
+        .replace("mode = \"shadow\"", "mode = \"live\"")
+        .replace("max_exploration_share = 1.0", "max_exploration_share = 0.3")
+        .replace("rate = 1.0", "rate = 0.3")
+        .replace("max_regression = 0.05", "max_regression = 0.2");
+    let gw = start(&mock, &toml);
+    let mut ids = Vec::new();
+    for i in 0..240 {
+        let r = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", auth())
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": format!("q{i}")}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let mut explored = Vec::new();
+    for _ in 0..200 {
+        let (_, v) = get_json(&gw, "/v1/decisions?route=default&limit=1000").await;
+        let data = v["data"].as_array().cloned().unwrap_or_default();
+        if data.len() >= ids.len() {
+            explored = data
+                .into_iter()
+                .filter(|d| d["kind"] == "explored")
+                .collect();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        explored.len() >= 3,
+        "too little exploration to judge: {}",
+        explored.len()
+    );
+    for d in &explored {
+        let id = d["id"].as_str().unwrap();
+        assert!(
+            loopgate::rollout::judge::should_judge(id, 0.4),
+            "explored a request the judge will not score: {id}"
+        );
+        let (s, full) = get_json(&gw, &format!("/v1/decisions/{id}")).await;
+        assert_eq!(s, 200);
+        assert_eq!(full["decision"]["labelling"]["known"], "scored", "{full}");
+        assert_eq!(full["decision"]["labelling"]["share"], 0.4, "{full}");
+    }
+    // The non-explored decisions are labelled too: the judge's sample is known for every one.
+    let unscored = ids
+        .iter()
+        .find(|id| !loopgate::rollout::judge::should_judge(id, 0.4))
+        .unwrap();
+    let (_, full) = get_json(&gw, &format!("/v1/decisions/{unscored}")).await;
+    assert_eq!(full["decision"]["labelling"]["known"], "unscored", "{full}");
+}

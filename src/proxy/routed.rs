@@ -138,7 +138,7 @@ pub fn candidates(
             (Some(p), Some(s)) => Some(format!("{p}\u{1e}{s}").into()),
             (_, s) => s.as_deref().map(Into::into),
         };
-    let hint = score_hint(rt, ctx, rc);
+    let hint = score_hint(gw.jobs.judge_running(), rt, ctx, rc);
     let mut d = gw.auto.decide(
         &view.prepared,
         route,
@@ -216,9 +216,15 @@ pub fn candidates(
 }
 
 /// Whether this request will be scored, as far as it is known before routing: the gateway's
-/// own judge samples by request id (so it knows now), else the client's announcement.
-fn score_hint(rt: &Runtime, ctx: &RequestCtx, rc: &crate::config::RouteConfig) -> ScoreHint {
-    if !rt.config.judge.model.is_empty() && rc.judge.share > 0.0 {
+/// own judge (when it runs) samples by request id, the same test `services::shadow::prepare`
+/// applies, so it is known now; else the client's announcement.
+fn score_hint(
+    judge_running: bool,
+    rt: &Runtime,
+    ctx: &RequestCtx,
+    rc: &crate::config::RouteConfig,
+) -> ScoreHint {
+    if judge_running && !rt.config.judge.model.is_empty() && rc.judge.share > 0.0 {
         let sampled = crate::rollout::judge::should_judge(&ctx.trace.request_id, rc.judge.share);
         return ScoreHint::Judge {
             scored: sampled || ctx.feedback_expected == Some(true),
