@@ -147,6 +147,22 @@ fn bench_decide(c: &mut Criterion) {
             black_box(decide(&r, &ctx).trace("req", 0))
         })
     });
+    // The signed row's parts, to see where its time goes: the JCS canonical form the HMAC
+    // covers, and the plain JSON text that is stored.
+    let trace = decide(
+        &r,
+        &RequestContext {
+            rng: 0.5,
+            ..Default::default()
+        },
+    )
+    .trace("req", 0);
+    c.bench_function("decision_trace_jcs_10_candidates", |b| {
+        b.iter(|| black_box(loopgate::feedback::decision::jcs(&trace)))
+    });
+    c.bench_function("decision_trace_to_json_10_candidates", |b| {
+        b.iter(|| black_box(serde_json::to_string(&trace)))
+    });
     c.bench_function("prepare_route_10_candidates", |b| {
         let input = RouteInput {
             route: Arc::from("bench"),

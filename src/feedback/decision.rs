@@ -415,7 +415,12 @@ pub const LEGACY_SIGNATURE_ALG: &str = "HMAC-SHA256";
 
 /// The RFC 8785 (JCS) form of a value.
 pub fn jcs(v: &impl Serialize) -> Result<Vec<u8>, SignError> {
-    serde_json_canonicalizer::to_vec(v).map_err(|e| SignError::Serialise(e.to_string()))
+    super::canonical::to_vec(v).map_err(|e| SignError::Serialise(e.to_string()))
+}
+
+/// [`jcs`] of a JSON value already parsed (verification of a stored or exported trace).
+fn jcs_value(v: &Value) -> Result<Vec<u8>, SignError> {
+    super::canonical::value_to_vec(v).map_err(|e| SignError::Serialise(e.to_string()))
 }
 
 /// The canonical form of traces signed before JCS (`alg = "HMAC-SHA256"`): keys sorted at every
@@ -520,7 +525,7 @@ pub fn verify_value(v: &Value, key: &SigningKey) -> Result<(), SignError> {
     let body = Value::Object(body);
     let mut m = mac(key)?;
     match sig.alg.as_str() {
-        SIGNATURE_ALG => m.update(&jcs(&body)?),
+        SIGNATURE_ALG => m.update(&jcs_value(&body)?),
         LEGACY_SIGNATURE_ALG => m.update(legacy_canonical_json(&body).as_bytes()),
         _ => return Err(SignError::Algorithm(sig.alg)),
     }
@@ -559,6 +564,30 @@ mod tests {
             let canon = jcs(&v).unwrap();
             let back: Value = serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
             proptest::prop_assert_eq!(jcs(&back).unwrap(), canon);
+        }
+    }
+
+    #[test]
+    fn real_traces_canonicalise_as_the_reference_crate_does() {
+        // Every decision kind of the sample route, rendered as stored: the fast writer and the
+        // reference crate must agree byte for byte, or signatures would change.
+        let r = sample_route(Mode::Live);
+        for k in 0..200 {
+            let d = crate::feedback::decide(
+                &r,
+                &crate::feedback::RequestContext {
+                    rng: k as f64 / 200.0,
+                    exploration_share: (k % 7) as f64 / 10.0,
+                    sticky: (k % 5 == 0).then_some("gpt-4o"),
+                    ..Default::default()
+                },
+            );
+            let t = d.trace(&format!("req_{k}"), 1_700_000_000_000 + k);
+            assert_eq!(
+                jcs(&t).unwrap(),
+                serde_json_canonicalizer::to_vec(&t).unwrap(),
+                "trace {k}"
+            );
         }
     }
 

@@ -13,6 +13,7 @@
 //! ([`router::PreparedRoute`]) that the aggregator publishes through an `ArcSwap`.
 
 pub mod aggregator;
+pub mod canonical;
 pub mod constraints;
 pub mod context;
 pub mod decision;
