@@ -471,8 +471,12 @@ fn mac(key: &SigningKey) -> Result<Hmac<Sha256>, SignError> {
 }
 
 fn signature_of(trace: &DecisionTrace, key: &SigningKey) -> Result<Signature, SignError> {
+    signature_over(&jcs(trace)?, key)
+}
+
+fn signature_over(canonical: &[u8], key: &SigningKey) -> Result<Signature, SignError> {
     let mut m = mac(key)?;
-    m.update(&jcs(trace)?);
+    m.update(canonical);
     Ok(Signature {
         alg: SIGNATURE_ALG.to_string(),
         key_id: key.key_id.clone(),
@@ -481,17 +485,20 @@ fn signature_of(trace: &DecisionTrace, key: &SigningKey) -> Result<Signature, Si
 }
 
 /// Sign a trace and render the signed JSON text (what is stored and exported) in one pass:
-/// the trace's own JSON with the `signature` member appended (no intermediate `Value`).
+/// the canonical (JCS) text the signature covers, with the `signature` member appended. The
+/// stored text is therefore already canonical apart from that member (keys in sorted order),
+/// and the trace is serialised once, not twice.
 pub fn sign_to_string(trace: &DecisionTrace, key: &SigningKey) -> Result<String, SignError> {
-    let ser = |e: serde_json::Error| SignError::Serialise(e.to_string());
-    let sig = signature_of(trace, key)?;
-    let mut out = serde_json::to_string(trace).map_err(ser)?;
-    // A struct serialises as one JSON object: replace its closing brace.
-    if out.pop() != Some('}') {
+    let canonical = jcs(trace)?;
+    let sig = signature_over(&canonical, key)?;
+    let mut out = String::from_utf8(canonical)
+        .map_err(|e| SignError::Serialise(format!("canonical form is not UTF-8: {e}")))?;
+    // A struct canonicalises as one non-empty JSON object: replace its closing brace.
+    if out.pop() != Some('}') || !out.starts_with('{') || out.len() < 2 {
         return Err(SignError::NotAnObject);
     }
     out.push_str(",\"signature\":");
-    out.push_str(&serde_json::to_string(&sig).map_err(ser)?);
+    out.push_str(&serde_json::to_string(&sig).map_err(|e| SignError::Serialise(e.to_string()))?);
     out.push('}');
     Ok(out)
 }
