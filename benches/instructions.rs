@@ -17,6 +17,11 @@
 //! handler" includes every request-path phase; the rest of the total is Pingora, tokio,
 //! the kernel-facing I/O and the background services. Without valgrind the bench prints a
 //! note and exits successfully. Results also go to `target/bench-results/instructions.json`.
+//!
+//! `INSTR_AUTO=1` sends `model: "auto"` to a live feedback route instead (baseline `gpt-4o`,
+//! three OpenAI candidates): the routing decision and the signed decision row stored with each
+//! trace are then part of every request, for issue 14's "an auto request costs ≤ 1.3× a plain
+//! one" (results in `instructions_auto.json`).
 
 use std::error::Error;
 use std::io::{Read, Write};
@@ -70,6 +75,14 @@ const PHASES: &[(&str, &[&str])] = &[
     ("SQLite statements (sqlite3_step)", &["sqlite3_step"]),
     ("metrics (observe)", &["loopgate::proxy::logging::observe"]),
     (
+        "routing decision (auto requests only)",
+        &["loopgate::proxy::routed::candidates"],
+    ),
+    (
+        "decision row: render, canonicalise, sign (auto requests only)",
+        &["loopgate::routing::auto::AutoState::decision_row_with"],
+    ),
+    (
         "gateway request handler (all of the above but the writer)",
         &[
             "loopgate::proxy::handle::{{closure}}",
@@ -81,6 +94,22 @@ const PHASES: &[(&str, &[&str])] = &[
 const COMPLETION: &str = r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Packets cross the wire,\nmicroseconds fall like leaves,\nthe proxy stays still.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":19,"total_tokens":43,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_mock"}"#;
 
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a haiku about latency."}],"temperature":0.7,"max_completion_tokens":256}"#;
+
+/// The same request to the feedback route (`INSTR_AUTO=1`).
+const BODY_AUTO: &str = r#"{"model":"auto","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write a haiku about latency."}],"temperature":0.7,"max_completion_tokens":256}"#;
+
+/// The feedback route of `INSTR_AUTO=1`: live, no feedback yet, so the baseline is served and
+/// every request still decides, renders, signs and stores its decision.
+const AUTO_ROUTE: &str = r#"
+[routes.default]
+baseline = "gpt-4o"
+candidates = ["gpt-4o-mini", "gpt-4.1-mini", "gpt-4.1-nano"]
+mode = "live"
+"#;
+
+fn auto() -> bool {
+    std::env::var_os("INSTR_AUTO").is_some_and(|v| v != "0" && !v.is_empty())
+}
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
@@ -175,7 +204,8 @@ impl Client {
     }
 
     fn chat(&mut self) -> R<()> {
-        let (st, body) = self.call("POST", "/v1/chat/completions", BODY)?;
+        let body = if auto() { BODY_AUTO } else { BODY };
+        let (st, body) = self.call("POST", "/v1/chat/completions", body)?;
         if st != 200 {
             return Err(format!("chat answered {st}: {}", String::from_utf8_lossy(&body)).into());
         }
@@ -330,7 +360,7 @@ spill_path = "{d}/spill.jsonl"
 "#,
         filters = concat!(env!("CARGO_MANIFEST_DIR"), "/filters"),
         hash = hash_key(GATEWAY_KEY),
-    );
+    ) + if auto() { AUTO_ROUTE } else { "" };
     let conf = tmp.path().join("gateway.toml");
     std::fs::write(&conf, config)?;
     let out = tmp.path().join("callgrind.out");
@@ -416,7 +446,12 @@ spill_path = "{d}/spill.jsonl"
     let per = |v: u64| v as f64 / N as f64;
     let mut rows = Vec::new();
     println!(
-        "instructions per request: {N} plain gpt-4o-mini requests, 1 worker, tracing to SQLite ({:.1} s under callgrind)",
+        "instructions per request: {N} {} requests, 1 worker, tracing to SQLite ({:.1} s under callgrind)",
+        if auto() {
+            "auto (live feedback route, signed decisions stored)"
+        } else {
+            "plain gpt-4o-mini"
+        },
         window.as_secs_f64()
     );
     println!("{:<62} {:>12}", "phase", "Ir/request");
@@ -451,7 +486,11 @@ spill_path = "{d}/spill.jsonl"
         let dir = target.join("bench-results");
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
-            dir.join("instructions.json"),
+            dir.join(if auto() {
+                "instructions_auto.json"
+            } else {
+                "instructions.json"
+            }),
             serde_json::to_vec_pretty(&json)?,
         )?;
     }
