@@ -113,7 +113,7 @@ impl OpenAi {
             if i > 0 {
                 out.push(b',');
             }
-            write_json_str(&mut out, k)?;
+            write_key(&mut out, k)?;
             out.push(b':');
             if k == "model" {
                 model_seen = true;
@@ -453,7 +453,9 @@ fn needs_tree(b: &[u8]) -> bool {
         match b[i] {
             b'"' => {
                 i += 1;
-                while i < n {
+                // To the next quote or backslash (string contents are most of a body).
+                while let Some(off) = b.get(i..).and_then(|r| memchr::memchr2(b'"', b'\\', r)) {
+                    i += off;
                     match b[i] {
                         b'"' => break,
                         b'\\' if b.get(i + 1) == Some(&b'u') => {
@@ -475,8 +477,7 @@ fn needs_tree(b: &[u8]) -> bool {
                                 i += 6;
                             }
                         }
-                        b'\\' => i += 2,
-                        _ => i += 1,
+                        _ => i += 2,
                     }
                 }
                 i += 1;
@@ -521,6 +522,20 @@ fn needs_tree(b: &[u8]) -> bool {
 /// Write `s` as a JSON string.
 fn write_json_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
     serde_json::to_writer(out, s).ok()
+}
+
+/// Write an object key: a borrowed one as it was sent (it had no escapes, and a JSON string
+/// without escapes holds no quote, backslash or control character), an unescaped one again.
+fn write_key(out: &mut Vec<u8>, k: &Cow<'_, str>) -> Option<()> {
+    match k {
+        Cow::Borrowed(k) => {
+            out.push(b'"');
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'"');
+            Some(())
+        }
+        Cow::Owned(k) => write_json_str(out, k),
+    }
 }
 
 /// The non-stream translation without a JSON tree: the completion's top-level members are
@@ -574,7 +589,7 @@ fn splice_completion(body: &[u8], t: &Target) -> Option<Translated> {
     };
     for (k, v) in &members {
         sep(&mut out);
-        write_json_str(&mut out, k)?;
+        write_key(&mut out, k)?;
         out.push(b':');
         match &**k {
             "id" => {
@@ -1112,6 +1127,9 @@ mod translate_splice_tests {
             "{\"choices\":[\"a\u{1}b\"]}",
             r#"{"choices":["\x"]}"#,
             r#"{"choices":["\u12"]}"#,
+            r#"{"choices":["abc\"#,
+            r#"{"choices":["\ud83d\"#,
+            r#"{"choices":["\u"#,
         ]
         .iter()
         .map(|s| s.as_bytes().to_vec())
