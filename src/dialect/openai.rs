@@ -519,6 +519,46 @@ fn needs_tree(b: &[u8]) -> bool {
     false
 }
 
+/// A raw JSON value as `Value::as_u64` reads it: plain digits that fit a `u64` (serde_json
+/// makes anything else — a sign, a fraction, an exponent, a larger integer — an `i64` or an
+/// `f64`); `None` otherwise. The bytes passed a JSON parse, so there are no leading zeros.
+fn raw_u64(raw: &str) -> Option<u64> {
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        raw.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// [`Usage::from_openai`] of a usage object read from its members' bytes instead of a tree;
+/// `None` when an object in the way has a key twice (the tree keeps the last value).
+fn usage_from_raw(raw: &str) -> Option<Usage> {
+    fn find<'a>(members: &[Member<'a>], name: &str) -> Option<&'a str> {
+        members
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.get())
+    }
+    let top = raw_members(raw.as_bytes())?;
+    let n = |v: Option<&str>| v.and_then(raw_u64).unwrap_or(0);
+    let nested = |outer: &str, inner: &str| -> Option<u64> {
+        match find(&top, outer) {
+            Some(d) if d.starts_with('{') => Some(n(find(&raw_members(d.as_bytes())?, inner))),
+            _ => Some(0),
+        }
+    };
+    Some(Usage {
+        prompt_tokens: n(find(&top, "prompt_tokens")),
+        completion_tokens: n(find(&top, "completion_tokens")),
+        cached_tokens: nested("prompt_tokens_details", "cached_tokens")?
+            .max(n(find(&top, "prompt_cache_hit_tokens"))),
+        cache_creation_tokens: 0,
+        reasoning_tokens: nested("completion_tokens_details", "reasoning_tokens")?,
+        reported: true,
+    })
+}
+
 /// Write `s` as a JSON string.
 fn write_json_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
     serde_json::to_writer(out, s).ok()
@@ -561,23 +601,20 @@ fn splice_completion(body: &[u8], t: &Target) -> Option<Translated> {
         return None;
     }
     let usage = match get("usage") {
-        Some(u) if u.starts_with('{') => {
-            let v: Value = serde_json::from_str(u).ok()?;
-            Usage::from_openai(&v).unwrap_or_default()
-        }
+        Some(u) if u.starts_with('{') => match usage_from_raw(u) {
+            Some(usage) => usage,
+            None => {
+                let v: Value = serde_json::from_str(u).ok()?;
+                Usage::from_openai(&v).unwrap_or_default()
+            }
+        },
         _ => Usage::default(),
     };
     let model = match get("model") {
         Some(m) if m.starts_with('"') => Some(serde_json::from_str::<String>(m).ok()?),
         _ => None,
     };
-    let created_ok = match get("created") {
-        // Only plain digits can be a u64 (an exponent or a fraction makes an f64).
-        Some(c) if c.bytes().all(|b| b.is_ascii_digit()) => {
-            serde_json::from_str::<Value>(c).ok()?.is_u64()
-        }
-        _ => false,
-    };
+    let created_ok = get("created").is_some_and(|c| raw_u64(c).is_some());
     let mut out = Vec::with_capacity(body.len() + t.request_id.len() + 32);
     out.push(b'{');
     let mut first = true;
@@ -1225,6 +1262,61 @@ mod translate_splice_tests {
             );
             assert_eq!(tr.model, None);
         });
+    }
+
+    #[test]
+    fn usage_read_from_bytes_is_the_trees() {
+        let cases = [
+            (
+                r#"{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":9,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":4}}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":9,"prompt_cache_hit_tokens":6,"prompt_tokens_details":{"cached_tokens":3}}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":5.0,"completion_tokens":-1,"prompt_cache_hit_tokens":1e1}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":"5","completion_tokens":null,"prompt_tokens_details":[1]}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":18446744073709551616,"completion_tokens":18446744073709551615}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":1e2}}"#,
+                true,
+            ),
+            (
+                r#"{"completion_tokens_details":{"reasoning_tokens":{"n":1}},"x":{"y":[1,2]}}"#,
+                true,
+            ),
+            (r#"{}"#, true),
+            (r#"{"prompt_tokens":1,"prompt_tokens":2}"#, false),
+            (
+                r#"{"prompt_tokens_details":{"cached_tokens":3,"cached_tokens":4}}"#,
+                false,
+            ),
+        ];
+        for (raw, spliced) in cases {
+            let tree = Usage::from_openai(&serde_json::from_str(raw).unwrap()).unwrap();
+            let got = usage_from_raw(raw);
+            assert_eq!(got.is_some(), spliced, "{raw}");
+            if let Some(u) = got {
+                assert_eq!(u, tree, "{raw}");
+            }
+            // Through the whole translation (the tree path when the bytes decline).
+            let body = format!(r#"{{"choices":[],"usage":{raw}}}"#);
+            with_target(|t| assert_same(body.as_bytes(), t));
+        }
     }
 
     /// Mutations of the corpus (bytes dropped, duplicated, replaced by JSON-significant
