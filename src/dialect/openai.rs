@@ -113,7 +113,7 @@ impl OpenAi {
             if i > 0 {
                 out.push(b',');
             }
-            write_key(&mut out, k)?;
+            write_key(&mut out, k, matches!(k, Cow::Borrowed(_)))?;
             out.push(b':');
             if k == "model" {
                 model_seen = true;
@@ -564,17 +564,17 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
     serde_json::to_writer(out, s).ok()
 }
 
-/// Write an object key: a borrowed one as it was sent (it had no escapes, and a JSON string
-/// without escapes holds no quote, backslash or control character), an unescaped one again.
-fn write_key(out: &mut Vec<u8>, k: &Cow<'_, str>) -> Option<()> {
-    match k {
-        Cow::Borrowed(k) => {
-            out.push(b'"');
-            out.extend_from_slice(k.as_bytes());
-            out.push(b'"');
-            Some(())
-        }
-        Cow::Owned(k) => write_json_str(out, k),
+/// Write an object key: one borrowed from the input (`as_sent`) as it was sent (it had no
+/// escapes, and a JSON string without escapes holds no quote, backslash or control
+/// character), an unescaped one escaped again.
+fn write_key(out: &mut Vec<u8>, k: &str, as_sent: bool) -> Option<()> {
+    if as_sent {
+        out.push(b'"');
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'"');
+        Some(())
+    } else {
+        write_json_str(out, k)
     }
 }
 
@@ -626,7 +626,7 @@ fn splice_completion(body: &[u8], t: &Target) -> Option<Translated> {
     };
     for (k, v) in &members {
         sep(&mut out);
-        write_key(&mut out, k)?;
+        write_key(&mut out, k, matches!(k, Cow::Borrowed(_)))?;
         out.push(b':');
         match &**k {
             "id" => {
