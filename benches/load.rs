@@ -39,6 +39,13 @@
 //! `--soak-waves N` (20), `--soak-per-wave N` (1,000 streams), `--soak-concurrency N` (64),
 //! `--no-throughput`, `--no-soak`, `--baseline-bin PATH` (another loopgate build measured
 //! beside this one, tracing on, as `lg_baseline`: before/after in one run), `--help`. Every phase is bounded in count and time.
+//! `--capacity` adds the one-core capacity phase (issue 14's headline figure): a fresh
+//! passthrough, then a fresh loopgate with tracing to SQLite (then the `--baseline-bin`
+//! build), each pinned to one CPU (`sched_setaffinity` in the child before exec) while this
+//! process — load generator and mock — is pinned to another; `--capacity-concurrency`
+//! keep-alive connections (128) on a mock answering after `--capacity-ms` (5), a
+//! `--capacity-window-s` window (10) after a 2 s warm-up; req/s, the target's share of its
+//! core and CPU µs per request, and both as ratios to the passthrough's.
 //! Prints a table, PASS/MISS per target (never fails the run), and writes
 //! `target/bench-results/load.json`.
 
@@ -70,6 +77,8 @@ static OTLP_BYTES: AtomicUsize = AtomicUsize::new(0);
 /// Hard cap on the stream soak of one target, whatever happens.
 const SOAK_CAP: Duration = Duration::from_secs(120);
 const THROUGHPUT_WARMUP: Duration = Duration::from_secs(1);
+/// Warm-up of each capacity target before its window (pools filled, caches warm).
+const CAPACITY_WARMUP: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Hard cap on each latency phase, whatever happens.
 const PHASE_CAP: Duration = Duration::from_secs(120);
@@ -435,6 +444,71 @@ fn fmt_split(m: Option<(u64, u64, u64)>) -> String {
     })
 }
 
+// ---------------------------------------------------------------------------------------
+// CPU affinity: the capacity phase runs the process under test on one CPU and this bench
+// (load generator, mock, OTLP receiver) on another.
+
+/// The CPUs this process may run on (its affinity mask), ascending.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: all-zero is a valid (empty) cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: writes at most `size_of::<cpu_set_t>()` bytes into `set`.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE, inside the set.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: all-zero is a valid (empty) cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `c` is below CPU_SETSIZE, inside the set.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    set
+}
+
+/// Pin every thread of this process to `cpus` (threads it starts later inherit it).
+fn pin_self(cpus: &[usize]) -> R<()> {
+    let set = cpu_set(cpus);
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let tid: libc::pid_t = entry?.file_name().to_string_lossy().parse()?;
+        // SAFETY: reads `size_of::<cpu_set_t>()` bytes of `set`; `tid` is one of our threads.
+        let rc =
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        let err = std::io::Error::last_os_error();
+        // A thread that exited since the directory was read is no error.
+        if rc != 0 && err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(format!("sched_setaffinity({tid}, {cpus:?}): {err}").into());
+        }
+    }
+    Ok(())
+}
+
+/// Start the child on `cpu` only: set between fork and exec, so every thread the process
+/// ever starts (Pingora's workers, the trace writer, the runtimes' blocking pools) inherits it.
+fn pin_child(cmd: &mut Command, cpu: Option<usize>) {
+    use std::os::unix::process::CommandExt;
+    let Some(cpu) = cpu else { return };
+    let set = cpu_set(&[cpu]);
+    // SAFETY: the closure runs in the child between fork and exec and makes one
+    // async-signal-safe system call on a value computed before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// How long the soak waits after its last wave before reading memory again (allocators
 /// return freed memory on timers: jemalloc's decay is 10 s).
 const SOAK_SETTLE: Duration = Duration::from_secs(12);
@@ -597,6 +671,7 @@ fn start_loopgate(
     name: &str,
     upstream_base: &str,
     tracing: Tracing,
+    cpu: Option<usize>,
 ) -> R<(Proc, SocketAddr, SocketAddr)> {
     let dir = tmp.join(name);
     std::fs::create_dir_all(&dir)?;
@@ -660,6 +735,7 @@ project = "bench"
             cmd.env(k, v);
         }
     }
+    pin_child(&mut cmd, cpu);
     let child = cmd.stdout(Stdio::null()).stderr(log).spawn()?;
     Ok((
         Proc {
@@ -680,19 +756,24 @@ const ALLOCATOR_ENV: &[&str] = &[
     "MALLOC_CONF",
 ];
 
-fn start_passthrough(tmp: &Path, upstream: SocketAddr) -> R<(Proc, SocketAddr)> {
+fn start_passthrough(
+    tmp: &Path,
+    upstream: SocketAddr,
+    cpu: Option<usize>,
+) -> R<(Proc, SocketAddr)> {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let dir = tmp.join("passthrough");
     std::fs::create_dir_all(&dir)?;
     let log = std::fs::File::create(dir.join("passthrough.log"))?;
-    let child = Command::new(std::env::current_exe()?)
-        .arg("--serve-passthrough")
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--serve-passthrough")
         .arg(listen.to_string())
         .arg(upstream.to_string())
         .arg(&dir)
         .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
+        .stderr(log);
+    pin_child(&mut cmd, cpu);
+    let child = cmd.spawn()?;
     Ok((
         Proc {
             name: "passthrough".into(),
@@ -957,10 +1038,15 @@ struct ThroughputStats {
     mem_kib: Option<(u64, u64)>,
 }
 
-/// `concurrency` keep-alive connections in a closed loop for `window` (after a warm-up).
-async fn throughput(target: &Target, concurrency: usize, window: Duration) -> R<ThroughputStats> {
+/// `concurrency` keep-alive connections in a closed loop for `window` (after `warmup`).
+async fn throughput(
+    target: &Target,
+    concurrency: usize,
+    window: Duration,
+    warmup: Duration,
+) -> R<ThroughputStats> {
     let req: &'static [u8] = Box::leak(request_bytes(target.path, false).into_boxed_slice());
-    let start = Instant::now() + THROUGHPUT_WARMUP;
+    let start = Instant::now() + warmup;
     let stop = start + window;
     // CPU of the process under test over exactly the window.
     let pid = target.pid;
@@ -1219,6 +1305,94 @@ async fn soak(target: &Target, waves: usize, per_wave: usize, concurrency: usize
     Ok(out)
 }
 
+/// One target of the capacity phase: its throughput run and its trace counters.
+struct CapacityRun {
+    name: &'static str,
+    stats: ThroughputStats,
+    /// `loopgate_trace_written_total` / `_dropped_total` after the window (loopgate only).
+    traces_written: Option<f64>,
+    traces_dropped: Option<f64>,
+}
+
+/// Capacity on one core: a fresh passthrough, then a fresh loopgate with tracing to SQLite
+/// (then the `--baseline-bin` build, likewise), each pinned to `target_cpu` while this
+/// process (load generator and mock) runs on another CPU; `o.capacity_concurrency`
+/// keep-alive connections on the mock's `/slow/` path (answers after `o.capacity_ms`).
+async fn capacity_phase(
+    o: &Opts,
+    bin: &Path,
+    tmp: &Path,
+    mock: SocketAddr,
+    slow_base: &str,
+    target_cpu: usize,
+) -> R<Vec<CapacityRun>> {
+    let dir = tmp.join("capacity");
+    let mut runs = Vec::new();
+    let (mut pt, pt_addr) = start_passthrough(&dir, mock, Some(target_cpu))?;
+    wait_ready(
+        "capacity passthrough",
+        pt_addr,
+        "/slow/v1/chat/completions",
+        Some(&mut pt),
+    )
+    .await?;
+    let target = Target {
+        name: "passthrough",
+        addr: pt_addr,
+        path: "/slow/v1/chat/completions",
+        pid: Some(pt.child.id()),
+    };
+    eprintln!("capacity passthrough ...");
+    let stats = throughput(
+        &target,
+        o.capacity_concurrency,
+        o.capacity_window,
+        CAPACITY_WARMUP,
+    )
+    .await?;
+    runs.push(CapacityRun {
+        name: "passthrough",
+        stats,
+        traces_written: None,
+        traces_dropped: None,
+    });
+    drop(pt);
+    let mut lgs: Vec<(&'static str, &Path)> = vec![("lg_trace_on", bin)];
+    if let Some(b) = &o.baseline_bin {
+        lgs.push(("lg_baseline", b));
+    }
+    for (name, target_bin) in lgs {
+        let (p, addr, metrics) = loopgate_ready_on(
+            target_bin,
+            &dir,
+            &format!("{name}_capacity"),
+            slow_base,
+            Tracing::On,
+            Some(target_cpu),
+        )
+        .await?;
+        let target = Target::chat(name, addr, Some(p.child.id()));
+        eprintln!("capacity {name} ...");
+        let stats = throughput(
+            &target,
+            o.capacity_concurrency,
+            o.capacity_window,
+            CAPACITY_WARMUP,
+        )
+        .await?;
+        // The writer commits in batches: give it a moment before reading its counters.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        runs.push(CapacityRun {
+            name,
+            stats,
+            traces_written: scrape(metrics, "loopgate_trace_written_total").await,
+            traces_dropped: scrape(metrics, "loopgate_trace_dropped_total").await,
+        });
+        drop(p);
+    }
+    Ok(runs)
+}
+
 /// Command-line flags (after `cargo bench --bench load --`).
 struct Opts {
     concurrency: usize,
@@ -1232,11 +1406,17 @@ struct Opts {
     /// Another loopgate build measured beside this one (tracing on) as `lg_baseline`:
     /// before/after comparisons of a change in one run.
     baseline_bin: Option<PathBuf>,
+    /// The one-core capacity phase (`--capacity`): off unless asked for.
+    capacity: bool,
+    capacity_concurrency: usize,
+    capacity_ms: u64,
+    capacity_window: Duration,
 }
 
 const USAGE: &str = "cargo bench --bench load -- [--concurrency N (64)] [--slow-ms N (20)] \
 [--window-s N (10)] [--soak-waves N (20)] [--soak-per-wave N (1000)] [--soak-concurrency N (64)] \
-[--no-throughput] [--no-soak] [--baseline-bin PATH]";
+[--no-throughput] [--no-soak] [--baseline-bin PATH] [--capacity] [--capacity-concurrency N (128)] \
+[--capacity-ms N (5)] [--capacity-window-s N (10)]";
 
 fn parse_opts(args: &[String]) -> R<Opts> {
     let mut o = Opts {
@@ -1249,6 +1429,10 @@ fn parse_opts(args: &[String]) -> R<Opts> {
         throughput: true,
         soak: true,
         baseline_bin: None,
+        capacity: false,
+        capacity_concurrency: 128,
+        capacity_ms: 5,
+        capacity_window: Duration::from_secs(10),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -1272,6 +1456,10 @@ fn parse_opts(args: &[String]) -> R<Opts> {
             "--soak-concurrency" => o.soak_concurrency = num(a, 4096)? as usize,
             "--no-throughput" => o.throughput = false,
             "--no-soak" => o.soak = false,
+            "--capacity" => o.capacity = true,
+            "--capacity-concurrency" => o.capacity_concurrency = num(a, 4096)? as usize,
+            "--capacity-ms" => o.capacity_ms = num(a, 10_000)?,
+            "--capacity-window-s" => o.capacity_window = Duration::from_secs(num(a, 600)?),
             "--baseline-bin" => {
                 let p = PathBuf::from(it.next().ok_or("--baseline-bin needs a path")?);
                 if !p.is_file() {
@@ -1298,7 +1486,19 @@ async fn loopgate_ready(
     upstream_base: &str,
     tracing: Tracing,
 ) -> R<(Proc, SocketAddr, SocketAddr)> {
-    let (mut p, addr, metrics) = start_loopgate(bin, tmp, name, upstream_base, tracing)?;
+    loopgate_ready_on(bin, tmp, name, upstream_base, tracing, None).await
+}
+
+/// [`loopgate_ready`] with the process pinned to one CPU (the capacity phase).
+async fn loopgate_ready_on(
+    bin: &Path,
+    tmp: &Path,
+    name: &str,
+    upstream_base: &str,
+    tracing: Tracing,
+    cpu: Option<usize>,
+) -> R<(Proc, SocketAddr, SocketAddr)> {
+    let (mut p, addr, metrics) = start_loopgate(bin, tmp, name, upstream_base, tracing, cpu)?;
     wait_ready(name, addr, "/v1/chat/completions", Some(&mut p)).await?;
     Ok((p, addr, metrics))
 }
@@ -1330,7 +1530,7 @@ async fn run(o: &Opts) -> R<()> {
     );
     let t = tmp.path();
 
-    let (mut pt, pt_addr) = start_passthrough(t, mock)?;
+    let (mut pt, pt_addr) = start_passthrough(t, mock, None)?;
     wait_ready(
         "passthrough",
         pt_addr,
@@ -1437,17 +1637,40 @@ async fn run(o: &Opts) -> R<()> {
                 },
             };
             eprintln!("throughput {name} ...");
-            tp.push(throughput(&target, o.concurrency, o.window).await?);
+            tp.push(throughput(&target, o.concurrency, o.window, THROUGHPUT_WARMUP).await?);
             tp_targets.push(target);
             drop(proc_);
         }
     }
     drop(pt);
 
+    // Capacity on one core (opt-in): the target pinned to one CPU, this process to another.
+    let mut capacity: Vec<CapacityRun> = Vec::new();
+    let mut capacity_cpus: Option<(usize, usize)> = None;
+    if o.capacity {
+        let cpus = allowed_cpus();
+        if cpus.len() < 2 {
+            eprintln!(
+                "capacity phase skipped: it needs 2 CPUs, this process may use {:?}",
+                cpus
+            );
+        } else {
+            // The bench on the first CPU, the process under test on the last.
+            let (bench_cpu, target_cpu) = (cpus[0], cpus[cpus.len() - 1]);
+            pin_self(&[bench_cpu])?;
+            SLOW_MS.store(o.capacity_ms, Ordering::Relaxed);
+            let result = capacity_phase(o, &bin, t, mock, &slow_base, target_cpu).await;
+            SLOW_MS.store(o.slow_ms, Ordering::Relaxed);
+            pin_self(&cpus)?;
+            capacity = result?;
+            capacity_cpus = Some((target_cpu, bench_cpu));
+        }
+    }
+
     // Stream soak: a fresh passthrough and a fresh loopgate (tracing on), one after the other.
     let mut soaks: Vec<(&'static str, SoakStats)> = Vec::new();
     if o.soak {
-        let (mut spt, spt_addr) = start_passthrough(&t.join("soak"), mock)?;
+        let (mut spt, spt_addr) = start_passthrough(&t.join("soak"), mock, None)?;
         wait_ready(
             "soak passthrough",
             spt_addr,
@@ -1588,6 +1811,60 @@ async fn run(o: &Opts) -> R<()> {
             );
         }
     }
+    if let Some((target_cpu, bench_cpu)) = capacity_cpus {
+        let _ = writeln!(
+            out,
+            "\ncapacity on one core: the target pinned to CPU {target_cpu}, load generator and mock on CPU {bench_cpu}; {} connections, mock answers after {} ms, {} s window after {} s warm-up (a fresh process per target)",
+            o.capacity_concurrency,
+            o.capacity_ms,
+            o.capacity_window.as_secs(),
+            CAPACITY_WARMUP.as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "{:<15} {:>9} {:>7} {:>8} {:>8} {:>7} {:>11} {:>8} {:>10} {:>8} {:>8} {:>16}",
+            "target",
+            "req/s",
+            "errors",
+            "p50 ms",
+            "p99 ms",
+            "x pt",
+            "CPU us/req",
+            "CPU x pt",
+            "core share",
+            "RSS MiB",
+            "HWM MiB",
+            "traces w/dropped"
+        );
+        let pt = &capacity[0].stats;
+        for r in &capacity {
+            let _ = writeln!(
+                out,
+                "{:<15} {:>9.0} {:>7} {:>8.2} {:>8.2} {:>7.3} {:>11} {:>8} {:>10} {:>8} {:>8} {:>16}",
+                r.name,
+                r.stats.rps,
+                r.stats.errors,
+                r.stats.p50_ms,
+                r.stats.p99_ms,
+                r.stats.rps / pt.rps,
+                fmt_opt(r.stats.cpu_us_per_req, 1),
+                fmt_opt(
+                    r.stats
+                        .cpu_us_per_req
+                        .zip(pt.cpu_us_per_req)
+                        .map(|(a, b)| a / b),
+                    2
+                ),
+                fmt_opt(r.stats.cpu_cores, 2),
+                fmt_opt(r.stats.mem_kib.map(|m| mib(m.0)), 1),
+                fmt_opt(r.stats.mem_kib.map(|m| mib(m.1)), 1),
+                match (r.traces_written, r.traces_dropped) {
+                    (Some(w), d) => format!("{w:.0}/{:.0}", d.unwrap_or(0.0)),
+                    (None, _) => "-".into(),
+                },
+            );
+        }
+    }
     for (name, s) in &soaks {
         let _ = writeln!(
             out,
@@ -1692,6 +1969,46 @@ async fn run(o: &Opts) -> R<()> {
                 40.0,
                 mib(hwm) <= 40.0,
             ));
+        }
+    }
+    if let [pt, lg, rest @ ..] = capacity.as_slice() {
+        checks.push((
+            "capacity on one core: loopgate (tracing on) >= 17,000 req/s (issue 14)".into(),
+            lg.stats.rps,
+            17_000.0,
+            lg.stats.rps >= 17_000.0,
+        ));
+        let share = lg.stats.rps / pt.stats.rps;
+        checks.push((
+            "capacity on one core: loopgate >= 0.6x the passthrough's req/s (issue 14)".into(),
+            share,
+            0.6,
+            share >= 0.6,
+        ));
+        if let (Some(l), Some(p)) = (lg.stats.cpu_us_per_req, pt.stats.cpu_us_per_req) {
+            checks.push((
+                "capacity on one core: CPU per request <= 1.7x the passthrough's (issue 14)".into(),
+                l / p,
+                1.7,
+                l / p <= 1.7,
+            ));
+        }
+        if let Some(base) = rest.first() {
+            checks.push((
+                "capacity on one core: lg_trace_on / lg_baseline req/s (no limit set)".into(),
+                lg.stats.rps / base.stats.rps,
+                f64::NAN,
+                true,
+            ));
+            if let (Some(l), Some(b)) = (lg.stats.cpu_us_per_req, base.stats.cpu_us_per_req) {
+                checks.push((
+                    "capacity on one core: lg_trace_on / lg_baseline CPU per request (no limit set)"
+                        .into(),
+                    l / b,
+                    f64::NAN,
+                    true,
+                ));
+            }
         }
     }
     let (on50, _) = added(&non_stream, 2);
@@ -1851,6 +2168,37 @@ async fn run(o: &Opts) -> R<()> {
             }),
         );
     }
+    let capacity_json = match capacity_cpus {
+        Some((target_cpu, bench_cpu)) => {
+            let pt = &capacity[0].stats;
+            let mut m = serde_json::Map::new();
+            for r in &capacity {
+                m.insert(
+                    r.name.into(),
+                    serde_json::json!({
+                        "rps": round(r.stats.rps, 1), "completed": r.stats.completed,
+                        "errors": r.stats.errors,
+                        "p50_ms": round(r.stats.p50_ms, 3), "p99_ms": round(r.stats.p99_ms, 3),
+                        "rps_x_passthrough": round(r.stats.rps / pt.rps, 3),
+                        "cpu_us_per_request": r.stats.cpu_us_per_req.and_then(|v| round(v, 1)),
+                        "cpu_us_per_request_stat_ticks": r.stats.cpu_us_per_req_stat.and_then(|v| round(v, 1)),
+                        "cpu_x_passthrough": r.stats.cpu_us_per_req.zip(pt.cpu_us_per_req).and_then(|(a, b)| round(a / b, 3)),
+                        "core_share": r.stats.cpu_cores.and_then(|v| round(v, 3)),
+                        "memory_end": mem_json(r.stats.mem_kib),
+                        "traces_written": r.traces_written,
+                        "traces_dropped": r.traces_dropped,
+                    }),
+                );
+            }
+            serde_json::json!({
+                "target_cpu": target_cpu, "bench_cpu": bench_cpu,
+                "concurrency": o.capacity_concurrency, "mock_ms": o.capacity_ms,
+                "window_s": o.capacity_window.as_secs(), "warmup_s": CAPACITY_WARMUP.as_secs(),
+                "targets": m,
+            })
+        }
+        None => serde_json::Value::Null,
+    };
     let checks_json: Vec<_> = checks
         .iter()
         .map(|(w, v, l, ok)| {
@@ -1875,6 +2223,7 @@ async fn run(o: &Opts) -> R<()> {
         "memory_latency_targets": mem,
         "throughput": tp_json,
         "stream_soak": soak_json,
+        "capacity_one_core": capacity_json,
         "checks": checks_json,
         "traces_written_tracing_on": traces_written,
         "traces_dropped_tracing_on": traces_dropped.unwrap_or(0.0),

@@ -8,7 +8,11 @@
 //! always asks for usage (to price the request) and shows the usage chunk only to
 //! clients that asked for it.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::encode::{write_data, write_done, write_error_event};
@@ -58,6 +62,81 @@ impl OpenAi {
             || t.profile.rename_params.keys().any(|p| b.contains_key(p))
     }
 
+    /// The upstream body through a clone of the client's map: model set (or removed), the
+    /// profile's quirks applied, the usage request added to a stream; serialised again.
+    fn build_body_tree(req: &ChatRequest, t: &Target) -> Result<Bytes, DialectError> {
+        let mut body = req.body.clone();
+        if t.profile.model_in_body {
+            body.insert("model".into(), Value::String(t.model.to_string()));
+        } else {
+            body.remove("model");
+        }
+        Self::apply_quirks(&mut body, t);
+        if req.stream && t.profile.stream_usage {
+            // Always ask for usage so streamed requests can be priced.
+            let opts = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(o) = opts {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+        }
+        Ok(Bytes::from(
+            serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
+        ))
+    }
+
+    /// [`Self::build_body_tree`]'s result for the common rewrite — only `model` differs (an
+    /// alias, a `provider/` prefix, a routed `auto`), no parameter quirk applies, and a stream
+    /// that needs the usage request has no `stream_options` yet — spliced into the client's
+    /// bytes: `model` replaced in its place (appended if absent), the usage request appended,
+    /// every other member's bytes as sent. `None` for anything else. `req.raw` is what
+    /// `req.body` was parsed from (`parse_chat` and the firewall keep them in step), so a full
+    /// parse already accepted it.
+    fn splice_model(req: &ChatRequest, t: &Target, usage: bool) -> Option<Bytes> {
+        let b = &req.body;
+        if !t.profile.model_in_body
+            || t.profile
+                .unsupported_params
+                .iter()
+                .any(|p| b.contains_key(p))
+            || t.profile.rename_params.keys().any(|p| b.contains_key(p))
+            || (usage && b.contains_key("stream_options"))
+        {
+            return None;
+        }
+        let members = raw_members(&req.raw)?;
+        let mut out = Vec::with_capacity(req.raw.len() + t.model.len() + 48);
+        out.push(b'{');
+        let mut model_seen = false;
+        for (i, (k, v)) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_key(&mut out, k, matches!(k, Cow::Borrowed(_)))?;
+            out.push(b':');
+            if k == "model" {
+                model_seen = true;
+                write_json_str(&mut out, t.model)?;
+            } else {
+                out.extend_from_slice(v.get().as_bytes());
+            }
+        }
+        if !model_seen {
+            if !members.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#""model":"#);
+            write_json_str(&mut out, t.model)?;
+        }
+        if usage {
+            // There is at least the model before it.
+            out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        Some(Bytes::from(out))
+    }
+
     /// The stream needs `stream_options.include_usage` added so it can be priced.
     fn needs_usage(req: &ChatRequest, t: &Target) -> bool {
         req.stream && t.profile.stream_usage && !req.include_usage
@@ -97,25 +176,10 @@ impl Dialect for OpenAi {
         let body = if let Some(b) = spliced {
             b
         } else if rewrite || usage {
-            let mut body = req.body.clone();
-            if t.profile.model_in_body {
-                body.insert("model".into(), Value::String(t.model.to_string()));
-            } else {
-                body.remove("model");
+            match Self::splice_model(req, t, usage) {
+                Some(b) => b,
+                None => Self::build_body_tree(req, t)?,
             }
-            Self::apply_quirks(&mut body, t);
-            if req.stream && t.profile.stream_usage {
-                // Always ask for usage so streamed requests can be priced.
-                let opts = body
-                    .entry("stream_options")
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if let Value::Object(o) = opts {
-                    o.insert("include_usage".into(), Value::Bool(true));
-                }
-            }
-            Bytes::from(
-                serde_json::to_vec(&body).map_err(|e| DialectError::Malformed(e.to_string()))?,
-            )
         } else {
             req.raw.clone()
         };
@@ -135,41 +199,12 @@ impl Dialect for OpenAi {
         t: &Target,
         _req: &ChatRequest,
     ) -> Result<Translated, DialectError> {
-        let mut v: Map<String, Value> = serde_json::from_slice(body)
-            .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
-        if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
-            return Err(DialectError::Upstream(
-                super::extract_error_message(
-                    &serde_json::to_vec(&serde_json::json!({"error": err})).unwrap_or_default(),
-                )
-                .unwrap_or_else(|| "upstream error".into()),
-            ));
+        // The common case spliced from the upstream's bytes; anything unusual (an error
+        // object, a malformed body, input only a full parse judges) through the JSON tree.
+        match splice_completion(body, t) {
+            Some(tr) => Ok(tr),
+            None => translate_chat_tree(body, t),
         }
-        if !v.get("choices").is_some_and(Value::is_array) {
-            return Err(DialectError::Malformed(
-                "response has no choices array".into(),
-            ));
-        }
-        let usage = v
-            .get("usage")
-            .and_then(Usage::from_openai)
-            .unwrap_or_default();
-        let model = v.get("model").and_then(Value::as_str).map(str::to_string);
-        v.insert("id".into(), Value::String(t.request_id.to_string()));
-        v.insert("object".into(), Value::String("chat.completion".into()));
-        if !v.get("created").is_some_and(Value::is_u64) {
-            v.insert("created".into(), Value::from(t.created));
-        }
-        if model.is_none() {
-            v.insert("model".into(), Value::String(t.model.to_string()));
-        }
-        let mut out = Vec::with_capacity(body.len() + 64);
-        serde_json::to_writer(&mut out, &v).map_err(|e| DialectError::Malformed(e.to_string()))?;
-        Ok(Translated {
-            body: Bytes::from(out),
-            usage,
-            model,
-        })
     }
 
     fn chat_stream(&self, t: &Target, req: &ChatRequest) -> Box<dyn StreamTranslator> {
@@ -279,6 +314,373 @@ impl Dialect for OpenAi {
             model: None,
         })
     }
+}
+
+/// The non-stream translation through a full JSON tree: parse the completion into a map,
+/// rewrite `id`, `object`, `created` and `model`, serialise it again. Every error and every
+/// body [`splice_completion`] declines comes here, so both paths answer alike.
+fn translate_chat_tree(body: &[u8], t: &Target) -> Result<Translated, DialectError> {
+    let mut v: Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| DialectError::Malformed(format!("response is not JSON: {e}")))?;
+    if let Some(err) = v.get("error").filter(|e| !e.is_null()) {
+        return Err(DialectError::Upstream(
+            super::extract_error_message(
+                &serde_json::to_vec(&serde_json::json!({"error": err})).unwrap_or_default(),
+            )
+            .unwrap_or_else(|| "upstream error".into()),
+        ));
+    }
+    if !v.get("choices").is_some_and(Value::is_array) {
+        return Err(DialectError::Malformed(
+            "response has no choices array".into(),
+        ));
+    }
+    let usage = v
+        .get("usage")
+        .and_then(Usage::from_openai)
+        .unwrap_or_default();
+    let model = v.get("model").and_then(Value::as_str).map(str::to_string);
+    v.insert("id".into(), Value::String(t.request_id.to_string()));
+    v.insert("object".into(), Value::String("chat.completion".into()));
+    if !v.get("created").is_some_and(Value::is_u64) {
+        v.insert("created".into(), Value::from(t.created));
+    }
+    if model.is_none() {
+        v.insert("model".into(), Value::String(t.model.to_string()));
+    }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    serde_json::to_writer(&mut out, &v).map_err(|e| DialectError::Malformed(e.to_string()))?;
+    Ok(Translated {
+        body: Bytes::from(out),
+        usage,
+        model,
+    })
+}
+
+/// A top-level member of an upstream completion: its key (escapes resolved) and the bytes
+/// of its value as sent.
+type Member<'a> = (Cow<'a, str>, &'a RawValue);
+
+/// An object key, borrowed from the input unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The members of a top-level object in their order, values left as raw bytes.
+struct Members<'a>(Vec<Member<'a>>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Members<'de>, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(Key(k)) = m.next_key()? {
+                    let v: &'de RawValue = m.next_value()?;
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parse a top-level JSON object into its members without building a tree; `None` when
+/// the body is not a JSON object, has a key twice, or holds something a full parse into
+/// a `Value` would judge differently from the raw skip ([`needs_tree`]).
+fn top_level_members(body: &[u8]) -> Option<Vec<Member<'_>>> {
+    if needs_tree(body) {
+        return None;
+    }
+    raw_members(body)
+}
+
+/// A top-level JSON object's members without building a tree, for bytes a full parse has
+/// already accepted (no [`needs_tree`] scan); `None` when it is not an object or has a key
+/// twice.
+fn raw_members(body: &[u8]) -> Option<Vec<Member<'_>>> {
+    let Members(members) = serde_json::from_slice(body).ok()?;
+    // Duplicate keys: a map keeps the last value at the first one's place; leave that to it.
+    for (i, (k, _)) in members.iter().enumerate() {
+        if members[..i].iter().any(|(p, _)| p == k) {
+            return None;
+        }
+    }
+    Some(members)
+}
+
+/// serde_json's nesting limit for a `Value` parse is 128; anything near it takes the tree.
+const MAX_SPLICE_DEPTH: usize = 100;
+
+/// True when `b` may hold input that serde_json's raw-value skip accepts but a parse into a
+/// `Value` rejects: a `\\u` escape in the surrogate range that is not a high-low pair (a
+/// `String` must be valid UTF-8), nesting deeper than [`MAX_SPLICE_DEPTH`] (the skip has no
+/// recursion limit), or a number that might overflow an `f64` (an exponent of three or more
+/// digits, or more than 200 digits). Conservative: a false alarm only costs the tree path.
+/// It assumes nothing about validity: the raw parse that follows checks the syntax.
+fn needs_tree(b: &[u8]) -> bool {
+    fn hex4(b: &[u8], at: usize) -> Option<u32> {
+        let h = b.get(at..at + 4)?;
+        let s = std::str::from_utf8(h).ok()?;
+        u32::from_str_radix(s, 16).ok()
+    }
+    let n = b.len();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < n {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                // To the next quote or backslash (string contents are most of a body).
+                while let Some(off) = b.get(i..).and_then(|r| memchr::memchr2(b'"', b'\\', r)) {
+                    i += off;
+                    match b[i] {
+                        b'"' => break,
+                        b'\\' if b.get(i + 1) == Some(&b'u') => {
+                            let Some(cp) = hex4(b, i + 2) else {
+                                return true;
+                            };
+                            if (0xD800..0xDC00).contains(&cp) {
+                                let paired = b.get(i + 6) == Some(&b'\\')
+                                    && b.get(i + 7) == Some(&b'u')
+                                    && hex4(b, i + 8)
+                                        .is_some_and(|lo| (0xDC00..0xE000).contains(&lo));
+                                if !paired {
+                                    return true;
+                                }
+                                i += 12;
+                            } else if (0xDC00..0xE000).contains(&cp) {
+                                return true;
+                            } else {
+                                i += 6;
+                            }
+                        }
+                        _ => i += 2,
+                    }
+                }
+                i += 1;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_SPLICE_DEPTH {
+                    return true;
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let (mut digits, mut exp_digits, mut in_exp) = (0usize, 0usize, false);
+                while i < n {
+                    match b[i] {
+                        b'0'..=b'9' => {
+                            digits += 1;
+                            if in_exp {
+                                exp_digits += 1;
+                            }
+                        }
+                        b'e' | b'E' => in_exp = true,
+                        b'.' | b'-' | b'+' => {}
+                        _ => break,
+                    }
+                    i += 1;
+                }
+                if exp_digits >= 3 || digits > 200 {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// A raw JSON value as `Value::as_u64` reads it: plain digits that fit a `u64` (serde_json
+/// makes anything else — a sign, a fraction, an exponent, a larger integer — an `i64` or an
+/// `f64`); `None` otherwise. The bytes passed a JSON parse, so there are no leading zeros.
+fn raw_u64(raw: &str) -> Option<u64> {
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        raw.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// [`Usage::from_openai`] of a usage object read from its members' bytes instead of a tree;
+/// `None` when an object in the way has a key twice (the tree keeps the last value).
+fn usage_from_raw(raw: &str) -> Option<Usage> {
+    fn find<'a>(members: &[Member<'a>], name: &str) -> Option<&'a str> {
+        members
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.get())
+    }
+    let top = raw_members(raw.as_bytes())?;
+    let n = |v: Option<&str>| v.and_then(raw_u64).unwrap_or(0);
+    let nested = |outer: &str, inner: &str| -> Option<u64> {
+        match find(&top, outer) {
+            Some(d) if d.starts_with('{') => Some(n(find(&raw_members(d.as_bytes())?, inner))),
+            _ => Some(0),
+        }
+    };
+    Some(Usage {
+        prompt_tokens: n(find(&top, "prompt_tokens")),
+        completion_tokens: n(find(&top, "completion_tokens")),
+        cached_tokens: nested("prompt_tokens_details", "cached_tokens")?
+            .max(n(find(&top, "prompt_cache_hit_tokens"))),
+        cache_creation_tokens: 0,
+        reasoning_tokens: nested("completion_tokens_details", "reasoning_tokens")?,
+        reported: true,
+    })
+}
+
+/// Write `s` as a JSON string.
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
+    serde_json::to_writer(out, s).ok()
+}
+
+/// Write an object key: one borrowed from the input (`as_sent`) as it was sent (it had no
+/// escapes, and a JSON string without escapes holds no quote, backslash or control
+/// character), an unescaped one escaped again.
+fn write_key(out: &mut Vec<u8>, k: &str, as_sent: bool) -> Option<()> {
+    if as_sent {
+        out.push(b'"');
+        out.extend_from_slice(k.as_bytes());
+        out.push(b'"');
+        Some(())
+    } else {
+        write_json_str(out, k)
+    }
+}
+
+/// The non-stream translation without a JSON tree: the completion's top-level members are
+/// copied byte for byte in their order, except `id` (the gateway's request id), `object`
+/// (`chat.completion`), `created` (kept when it is an unsigned integer, else the gateway's)
+/// and `model` (kept when it is a string, else the target's); the ones missing are appended
+/// in that order, as inserting into the tree's map does. `usage` and `model` are read from
+/// their own bytes. `None` for anything [`translate_chat_tree`] must judge: a body that is
+/// not a JSON object (or fails [`top_level_members`]), a non-null `error`, no `choices`
+/// array.
+fn splice_completion(body: &[u8], t: &Target) -> Option<Translated> {
+    let members = top_level_members(body)?;
+    let get = |name: &str| {
+        members
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.get())
+    };
+    if get("error").is_some_and(|e| e != "null") {
+        return None;
+    }
+    if !get("choices").is_some_and(|c| c.starts_with('[')) {
+        return None;
+    }
+    let usage = match get("usage") {
+        Some(u) if u.starts_with('{') => match usage_from_raw(u) {
+            Some(usage) => usage,
+            None => {
+                let v: Value = serde_json::from_str(u).ok()?;
+                Usage::from_openai(&v).unwrap_or_default()
+            }
+        },
+        _ => Usage::default(),
+    };
+    let model = match get("model") {
+        Some(m) if m.starts_with('"') => Some(serde_json::from_str::<String>(m).ok()?),
+        _ => None,
+    };
+    let created_ok = get("created").is_some_and(|c| raw_u64(c).is_some());
+    let mut out = Vec::with_capacity(body.len() + t.request_id.len() + 32);
+    out.push(b'{');
+    let mut first = true;
+    let mut seen = [false; 4];
+    let mut sep = |out: &mut Vec<u8>| {
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+    };
+    for (k, v) in &members {
+        sep(&mut out);
+        write_key(&mut out, k, matches!(k, Cow::Borrowed(_)))?;
+        out.push(b':');
+        match &**k {
+            "id" => {
+                seen[0] = true;
+                write_json_str(&mut out, t.request_id)?;
+            }
+            "object" => {
+                seen[1] = true;
+                out.extend_from_slice(br#""chat.completion""#);
+            }
+            "created" => {
+                seen[2] = true;
+                if created_ok {
+                    out.extend_from_slice(v.get().as_bytes());
+                } else {
+                    out.extend_from_slice(t.created.to_string().as_bytes());
+                }
+            }
+            "model" => {
+                seen[3] = true;
+                if model.is_some() {
+                    out.extend_from_slice(v.get().as_bytes());
+                } else {
+                    write_json_str(&mut out, t.model)?;
+                }
+            }
+            _ => out.extend_from_slice(v.get().as_bytes()),
+        }
+    }
+    if !seen[0] {
+        sep(&mut out);
+        out.extend_from_slice(br#""id":"#);
+        write_json_str(&mut out, t.request_id)?;
+    }
+    if !seen[1] {
+        sep(&mut out);
+        out.extend_from_slice(br#""object":"chat.completion""#);
+    }
+    if !seen[2] {
+        sep(&mut out);
+        out.extend_from_slice(br#""created":"#);
+        out.extend_from_slice(t.created.to_string().as_bytes());
+    }
+    if !seen[3] {
+        sep(&mut out);
+        out.extend_from_slice(br#""model":"#);
+        write_json_str(&mut out, t.model)?;
+    }
+    out.push(b'}');
+    Some(Translated {
+        body: Bytes::from(out),
+        usage,
+        model,
+    })
 }
 
 /// Add to `into` the members of `from` it lacks (one level into nested objects): the
@@ -652,5 +1054,439 @@ mod splice_tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["messages"][0]["content"], "}");
         assert_eq!(out.path, "/v1/chat/completions");
+    }
+}
+
+#[cfg(test)]
+mod translate_splice_tests {
+    use super::*;
+    use crate::providers::{Endpoint, ProviderProfile};
+
+    fn profile() -> ProviderProfile {
+        ProviderProfile::parse(
+            "name = \"p\"\ndialect = \"openai\"\nbase_url = \"http://h/v1\"\napi_key_env = \"X\"\n",
+            "p.toml",
+        )
+        .unwrap()
+    }
+
+    fn request() -> ChatRequest {
+        let raw = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        ChatRequest {
+            raw: Bytes::from_static(raw),
+            body: serde_json::from_slice(raw).unwrap(),
+            model: "m".into(),
+            stream: false,
+            include_usage: false,
+        }
+    }
+
+    /// Run `f` with a target whose request id needs escaping in JSON.
+    fn with_target<R>(f: impl FnOnce(&Target) -> R) -> R {
+        let profile = profile();
+        let ep = Endpoint::parse("http://h/v1").unwrap();
+        let t = Target {
+            profile: &profile,
+            endpoint: &ep,
+            model: "gpt-\"target\"",
+            stream: false,
+            request_id: "chatcmpl-lg\u{e9}\"1",
+            created: 1_765_000_000,
+            max_output_tokens: None,
+        };
+        f(&t)
+    }
+
+    const OK: &[&str] = &[
+        // The load bench's completion.
+        r#"{"id":"chatcmpl-mock","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Packets cross the wire,\nmicroseconds fall like leaves,\nthe proxy stays still.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":19,"total_tokens":43,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":7,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_mock"}"#,
+        // Tool calls with JSON-in-a-string arguments.
+        r#"{"id":"c1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\",\"unit\":\"c\"}"}},{"id":"call_2","type":"function","function":{"name":"t","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#,
+        // Unicode escapes (a surrogate pair, U+2028, an escaped key that is `id`), raw UTF-8.
+        r#"{"\u0069d":"up","object":"x","created":5,"model":"m\u00e9","choices":[{"message":{"content":"caf\u00e9 \ud83d\ude00 \u2028 \/ \"q\" \\ é 😀","role":"assistant"}}],"k\u00e9y":"v"}"#,
+        // Nulls where values are optional, and an `error: null`.
+        r#"{"id":null,"object":null,"created":null,"model":null,"choices":[{"message":{"content":null}}],"usage":null,"error":null,"system_fingerprint":null}"#,
+        // Numbers: floats, exponents, big integers, negative zero, a non-integer `created`.
+        r#"{"id":"x","created":1.7e9,"model":"m","choices":[{"logprobs":{"content":[{"token":"a","logprob":-1.234e-5,"bytes":[97]},{"token":"b","logprob":-0.1,"top":0.30000000000000004}]},"n":12345678901234567890123,"m":-9223372036854775809,"z":-0,"e":1E+2,"f":1e-99,"g":0.5e10}],"usage":{"prompt_tokens":5.0,"completion_tokens":18446744073709551615,"total_tokens":-1}}"#,
+        r#"{"id":"x","created":18446744073709551616,"model":"m","choices":[]}"#,
+        r#"{"id":"x","created":-5,"choices":[]}"#,
+        r#"{"id":"x","created":18446744073709551615,"choices":[]}"#,
+        // Missing id, object, created and model.
+        r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#,
+        r#"{"choices":[],"model":"kept"}"#,
+        // Extra vendor fields (Groq, Azure, DeepSeek).
+        r#"{"id":"x","object":"chat.completion","created":2,"model":"llama","choices":[{"index":0,"message":{"role":"assistant","content":"ok","reasoning_content":"think"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"prompt_cache_hit_tokens":2,"queue_time":0.01},"x_groq":{"id":"req_1"},"prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,
+        // Pretty-printed, with whitespace everywhere it may be.
+        "{\n  \"id\" : \"x\" ,\n  \"choices\" : [ { \"message\" : { \"content\" : \"a\" } } ] ,\n  \"usage\" : { \"prompt_tokens\" : 1 , \"completion_tokens\" : 2 }\n}\n",
+        " \t\r\n{\"choices\":[]} \n",
+        // Nested duplicate keys (the map keeps the last value).
+        r#"{"id":"x","choices":[{"message":{"content":"a","content":"b"}}],"usage":{"prompt_tokens":1,"prompt_tokens":9}}"#,
+        // Deep but within the limit.
+        r#"{"choices":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#,
+        // Empty key and a key that needs escaping.
+        r#"{"":1,"a\"b\n":2,"choices":[]}"#,
+    ];
+
+    /// Bodies the tree path must judge (errors, malformed input, input the raw skip is more
+    /// lenient with than a `Value` parse).
+    fn tree_only() -> Vec<Vec<u8>> {
+        let mut v: Vec<Vec<u8>> = [
+            r#"{"error":{"message":"bad key","type":"invalid_request_error"}}"#,
+            r#"{"error":"plain text error","choices":[]}"#,
+            r#"{"error":{"code":500},"choices":[{"message":{}}]}"#,
+            r#"{"error":false,"choices":[]}"#,
+            "",
+            "not json",
+            "[]",
+            "null",
+            r#""string""#,
+            "{}",
+            r#"{"choices":{}}"#,
+            r#"{"choices":null}"#,
+            r#"{"choices":"[]"}"#,
+            r#"{"choices":[]"#,
+            r#"{"choices":[]} x"#,
+            r#"{"choices":[],}"#,
+            r#"{"choices":[01]}"#,
+            r#"{"choices":["\ud800"]}"#,
+            r#"{"choices":["\udc00"]}"#,
+            r#"{"choices":["\ud800\u0041"]}"#,
+            r#"{"choices":["\ud800\n"]}"#,
+            r#"{"\ud800":1,"choices":[]}"#,
+            r#"{"choices":[1e400]}"#,
+            r#"{"choices":[-1e400]}"#,
+            r#"{"choices":[1e-400]}"#,
+            r#"{"choices":[1.5E+308]}"#,
+            r#"{"choices":[],"model":"a","model":"b"}"#,
+            r#"{"id":"a","choices":[],"id":"b"}"#,
+            r#"{"choices":[],"created":1,"created":1.5}"#,
+            r#"{"choices":[],"choices":{}}"#,
+            "{\"choices\":[\"a\u{1}b\"]}",
+            r#"{"choices":["\x"]}"#,
+            r#"{"choices":["\u12"]}"#,
+            r#"{"choices":["abc\"#,
+            r#"{"choices":["\ud83d\"#,
+            r#"{"choices":["\u"#,
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        v.push(b"{\"choices\":[\"\xff\"]}".to_vec());
+        v.push(b"{\"choices\":[],\"k\":\"\xc3\"}".to_vec());
+        let deep = |n: usize| format!("{{\"choices\":[{}1{}]}}", "[".repeat(n), "]".repeat(n));
+        v.push(deep(130).into_bytes());
+        v.push(deep(126).into_bytes());
+        v.push(format!("{{\"choices\":[{}]}}", "9".repeat(400)).into_bytes());
+        v
+    }
+
+    /// The spliced translation answers exactly as the tree: the same JSON (top-level order
+    /// included), usage and model, or the same error.
+    fn assert_same(body: &[u8], t: &Target) {
+        let new = OpenAi.translate_chat(body, t, &request());
+        let old = translate_chat_tree(body, t);
+        let shown = String::from_utf8_lossy(body);
+        match (new, old) {
+            (Ok(n), Ok(o)) => {
+                let nv: Map<String, Value> = serde_json::from_slice(&n.body)
+                    .unwrap_or_else(|e| panic!("spliced body is not JSON ({e}) for {shown}"));
+                let ov: Map<String, Value> = serde_json::from_slice(&o.body).unwrap();
+                assert_eq!(nv, ov, "body differs for {shown}");
+                assert!(
+                    nv.keys().eq(ov.keys()),
+                    "key order differs for {shown}: {:?} vs {:?}",
+                    nv.keys().collect::<Vec<_>>(),
+                    ov.keys().collect::<Vec<_>>()
+                );
+                assert_eq!(n.usage, o.usage, "usage differs for {shown}");
+                assert_eq!(n.model, o.model, "model differs for {shown}");
+            }
+            (Err(n), Err(o)) => {
+                assert_eq!(
+                    format!("{n:?}"),
+                    format!("{o:?}"),
+                    "error differs for {shown}"
+                )
+            }
+            (n, o) => panic!(
+                "one path failed for {shown}: spliced {:?}, tree {:?}",
+                n.map(|x| x.body),
+                o.map(|x| x.body)
+            ),
+        }
+    }
+
+    #[test]
+    fn spliced_completions_match_the_tree() {
+        with_target(|t| {
+            for body in OK {
+                assert!(
+                    splice_completion(body.as_bytes(), t).is_some(),
+                    "not spliced: {body}"
+                );
+                assert_same(body.as_bytes(), t);
+            }
+        });
+    }
+
+    #[test]
+    fn errors_and_unusual_bodies_take_the_tree() {
+        with_target(|t| {
+            for body in tree_only() {
+                assert!(
+                    splice_completion(&body, t).is_none(),
+                    "spliced: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                assert_same(&body, t);
+            }
+        });
+    }
+
+    #[test]
+    fn fields_are_rewritten_in_place_and_others_kept_verbatim() {
+        with_target(|t| {
+            let body = br#"{"id":"up","object":"x","created":7,"model":"m","choices":[{"message":{"content":"caf\u00e9"}}],"usage":{"prompt_tokens":2,"completion_tokens":3},"z":1.50}"#;
+            let tr = splice_completion(body, t).unwrap();
+            let text = std::str::from_utf8(&tr.body).unwrap();
+            assert_eq!(
+                text,
+                r#"{"id":"chatcmpl-lgé\"1","object":"chat.completion","created":7,"model":"m","choices":[{"message":{"content":"caf\u00e9"}}],"usage":{"prompt_tokens":2,"completion_tokens":3},"z":1.50}"#
+            );
+            assert_eq!(tr.usage.total(), 5);
+            assert_eq!(tr.model.as_deref(), Some("m"));
+            let tr = splice_completion(br#"{"choices":[],"model":7,"created":"1"}"#, t).unwrap();
+            assert_eq!(
+                std::str::from_utf8(&tr.body).unwrap(),
+                r#"{"choices":[],"model":"gpt-\"target\"","created":1765000000,"id":"chatcmpl-lgé\"1","object":"chat.completion"}"#
+            );
+            assert_eq!(tr.model, None);
+        });
+    }
+
+    #[test]
+    fn usage_read_from_bytes_is_the_trees() {
+        let cases = [
+            (
+                r#"{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":9,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":4}}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":9,"prompt_cache_hit_tokens":6,"prompt_tokens_details":{"cached_tokens":3}}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":5.0,"completion_tokens":-1,"prompt_cache_hit_tokens":1e1}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":"5","completion_tokens":null,"prompt_tokens_details":[1]}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens":18446744073709551616,"completion_tokens":18446744073709551615}"#,
+                true,
+            ),
+            (
+                r#"{"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":1e2}}"#,
+                true,
+            ),
+            (
+                r#"{"completion_tokens_details":{"reasoning_tokens":{"n":1}},"x":{"y":[1,2]}}"#,
+                true,
+            ),
+            (r#"{}"#, true),
+            (r#"{"prompt_tokens":1,"prompt_tokens":2}"#, false),
+            (
+                r#"{"prompt_tokens_details":{"cached_tokens":3,"cached_tokens":4}}"#,
+                false,
+            ),
+        ];
+        for (raw, spliced) in cases {
+            let tree = Usage::from_openai(&serde_json::from_str(raw).unwrap()).unwrap();
+            let got = usage_from_raw(raw);
+            assert_eq!(got.is_some(), spliced, "{raw}");
+            if let Some(u) = got {
+                assert_eq!(u, tree, "{raw}");
+            }
+            // Through the whole translation (the tree path when the bytes decline).
+            let body = format!(r#"{{"choices":[],"usage":{raw}}}"#);
+            with_target(|t| assert_same(body.as_bytes(), t));
+        }
+    }
+
+    /// Mutations of the corpus (bytes dropped, duplicated, replaced by JSON-significant
+    /// ones, truncation): both paths still answer alike.
+    #[test]
+    fn mutated_bodies_answer_as_the_tree() {
+        const BYTES: &[u8] = b"\"\\{}[],:0123456789-+.eEuUdDcCfFaA nul\xff\x01";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) as usize) % n.max(1)
+        };
+        let corpus: Vec<Vec<u8>> = OK
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .chain(tree_only())
+            .collect();
+        with_target(|t| {
+            let mut spliced = 0;
+            for _ in 0..20_000 {
+                let mut b = corpus[next(corpus.len())].clone();
+                for _ in 0..=next(3) {
+                    let at = next(b.len() + 1);
+                    match next(4) {
+                        0 if at < b.len() => {
+                            b.remove(at);
+                        }
+                        1 if at < b.len() => b.insert(at, b[at]),
+                        2 => b.insert(at, BYTES[next(BYTES.len())]),
+                        _ if at < b.len() => b[at] = BYTES[next(BYTES.len())],
+                        _ => b.truncate(at),
+                    }
+                }
+                spliced += usize::from(splice_completion(&b, t).is_some());
+                assert_same(&b, t);
+            }
+            // The mutations must reach the spliced path, not only the tree's errors.
+            assert!(spliced > 1_000, "only {spliced} mutated bodies spliced");
+        });
+    }
+}
+
+#[cfg(test)]
+mod build_splice_tests {
+    use super::*;
+    use crate::providers::{Endpoint, ProviderProfile};
+
+    fn profile(extra: &str) -> ProviderProfile {
+        ProviderProfile::parse(
+            &format!(
+                "name = \"p\"\ndialect = \"openai\"\nbase_url = \"http://h/v1\"\napi_key_env = \"X\"\n{extra}"
+            ),
+            "p.toml",
+        )
+        .unwrap()
+    }
+
+    fn request(raw: &str) -> ChatRequest {
+        let body: Map<String, Value> = serde_json::from_str(raw).unwrap();
+        let include_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        ChatRequest {
+            raw: Bytes::copy_from_slice(raw.as_bytes()),
+            model: body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            include_usage,
+            body,
+        }
+    }
+
+    const BODIES: &[&str] = &[
+        r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"temperature":0.7}"#,
+        r#"{"messages":[{"role":"user","content":"caf\u00e9 \ud83d\ude00 \"q\""}],"model":"openai/gpt-4o-mini","max_completion_tokens":256,"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#,
+        r#"{"model":"auto","stream":true,"messages":[{"role":"user","content":"}"}]}"#,
+        r#"{"model":"auto","stream":true,"stream_options":{"include_usage":false},"messages":[{"role":"user","content":"x"}]}"#,
+        r#"{"model":"auto","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#,
+        "{\n \"model\" : \"a\" ,\n \"messages\" : [ {\"role\":\"user\",\"content\":\"x\"} ] , \"seed\" : 12345678901234567890123 }",
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logit_bias":{"50256":-100},"n":1,"x_vendor":null}"#,
+        r#"{"model":"a","messages":[],"model":"b"}"#,
+        r#"{"model":"a","messages":[{"role":"user","content":"x"}],"max_tokens":9,"user":"u"}"#,
+    ];
+
+    /// The spliced body is the tree's (same JSON, top-level order included) for every body,
+    /// model and profile; the splice declines quirks and existing `stream_options` it would
+    /// have to edit.
+    #[test]
+    fn spliced_request_bodies_match_the_tree() {
+        let ep = Endpoint::parse("http://h/v1").unwrap();
+        let profiles = [
+            (profile(""), true),
+            (profile("unsupported_params = [\"user\"]\n"), false),
+            (
+                profile("[rename_params]\nmax_tokens = \"max_completion_tokens\"\n"),
+                false,
+            ),
+            (profile("model_in_body = false\n"), false),
+        ];
+        let mut spliced = 0;
+        for (p, plain) in &profiles {
+            for body in BODIES {
+                for model in ["gpt-4o-mini", "we\"ird/\u{e9}"] {
+                    let req = request(body);
+                    let t = Target {
+                        profile: p,
+                        endpoint: &ep,
+                        model,
+                        stream: req.stream,
+                        request_id: "r",
+                        created: 1,
+                        max_output_tokens: None,
+                    };
+                    let tree = OpenAi::build_body_tree(&req, &t).unwrap();
+                    let usage = OpenAi::needs_usage(&req, &t);
+                    let got = OpenAi.build_chat(&req, &t).unwrap().body;
+                    let a: Map<String, Value> = serde_json::from_slice(&got).unwrap();
+                    let b: Map<String, Value> = serde_json::from_slice(&tree).unwrap();
+                    assert_eq!(a, b, "{body} for {model}");
+                    assert!(a.keys().eq(b.keys()), "key order of {body} for {model}");
+                    if let Some(s) = OpenAi::splice_model(&req, &t, usage) {
+                        spliced += 1;
+                        let s: Map<String, Value> = serde_json::from_slice(&s).unwrap();
+                        assert_eq!(s, b, "{body} for {model}");
+                        assert!(s.keys().eq(b.keys()), "key order of {body} for {model}");
+                    }
+                    let quirky = !*plain
+                        && (req.body.contains_key("user") || req.body.contains_key("max_tokens"));
+                    let declines = quirky
+                        || !p.model_in_body
+                        || body.matches("\"model\"").count() > 1
+                        || (usage && body.contains("stream_options"));
+                    assert_eq!(
+                        OpenAi::splice_model(&req, &t, usage).is_none(),
+                        declines,
+                        "{body} with {model}"
+                    );
+                }
+            }
+        }
+        assert!(spliced >= 12, "only {spliced} spliced");
+    }
+
+    #[test]
+    fn a_routed_request_keeps_the_clients_bytes_but_the_model() {
+        let p = profile("");
+        let ep = Endpoint::parse("http://h/v1").unwrap();
+        let req = request(
+            r#"{"model":"auto","messages":[{"role":"user","content":"caf\u00e9"}],"temperature":0.70}"#,
+        );
+        let t = Target {
+            profile: &p,
+            endpoint: &ep,
+            model: "gpt-4o-mini",
+            stream: false,
+            request_id: "r",
+            created: 1,
+            max_output_tokens: None,
+        };
+        let out = OpenAi.build_chat(&req, &t).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out.body).unwrap(),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"caf\u00e9"}],"temperature":0.70}"#
+        );
     }
 }
