@@ -1342,14 +1342,7 @@ async fn capacity_phase(
         path: "/slow/v1/chat/completions",
         pid: Some(pt.child.id()),
     };
-    eprintln!("capacity passthrough ...");
-    let stats = throughput(
-        &target,
-        o.capacity_concurrency,
-        o.capacity_window,
-        CAPACITY_WARMUP,
-    )
-    .await?;
+    let stats = capacity_load(o, &target).await?;
     runs.push(CapacityRun {
         name: "passthrough",
         stats,
@@ -1372,14 +1365,7 @@ async fn capacity_phase(
         )
         .await?;
         let target = Target::chat(name, addr, Some(p.child.id()));
-        eprintln!("capacity {name} ...");
-        let stats = throughput(
-            &target,
-            o.capacity_concurrency,
-            o.capacity_window,
-            CAPACITY_WARMUP,
-        )
-        .await?;
+        let stats = capacity_load(o, &target).await?;
         // The writer commits in batches: give it a moment before reading its counters.
         tokio::time::sleep(Duration::from_millis(500)).await;
         runs.push(CapacityRun {
@@ -1391,6 +1377,19 @@ async fn capacity_phase(
         drop(p);
     }
     Ok(runs)
+}
+
+/// The capacity phase's load on one target: `o.capacity_concurrency` connections for
+/// `o.capacity_window` after the warm-up.
+async fn capacity_load(o: &Opts, target: &Target) -> R<ThroughputStats> {
+    eprintln!("capacity {} ...", target.name);
+    throughput(
+        target,
+        o.capacity_concurrency,
+        o.capacity_window,
+        CAPACITY_WARMUP,
+    )
+    .await
 }
 
 /// Command-line flags (after `cargo bench --bench load --`).

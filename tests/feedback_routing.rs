@@ -623,29 +623,16 @@ async fn announced_scores_concentrate_exploration_on_scored_requests() {
         let id = body["id"].as_str().unwrap().to_string();
         if scored {
             let thumbs = u8::from(rng.gen::<f64>() < quality[served.as_str()]);
-            let f = c
-                .post(gw.url("/v1/feedback"))
-                .header("authorization", auth())
-                .json(&json!({"id": id, "score": thumbs, "scale": "thumbs"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(f.status(), 201);
+            let body = json!({"id": id, "score": thumbs, "scale": "thumbs"});
+            let (status, _) = admin(&gw, "POST", "/v1/feedback", Some(body)).await;
+            assert_eq!(status, 201);
             scored_ids.insert(id);
         }
     }
     // Decisions are stored with their traces within about a second.
     let mut data = Vec::new();
     for _ in 0..100 {
-        let v: Value = c
-            .get(gw.url("/v1/decisions?route=default&limit=1000"))
-            .header("authorization", auth())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, v) = admin(&gw, "GET", "/v1/decisions?route=default&limit=1000", None).await;
         data = v["data"].as_array().cloned().unwrap_or_default();
         if data.len() >= 300 {
             break;
@@ -662,15 +649,7 @@ async fn announced_scores_concentrate_exploration_on_scored_requests() {
     for d in &explored {
         let id = d["id"].as_str().unwrap();
         assert!(scored_ids.contains(id), "explored an unscored request: {d}");
-        let full: Value = c
-            .get(gw.url(&format!("/v1/decisions/{id}")))
-            .header("authorization", auth())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, full) = admin(&gw, "GET", &format!("/v1/decisions/{id}"), None).await;
         let l = &full["decision"]["labelling"];
         assert_eq!(l["known"], "scored", "{full}");
         assert!(l["share"].as_f64().unwrap() > 0.3, "{l}");
