@@ -58,6 +58,7 @@ use loopgate::feedback::router::{
     decide, ExplorationConfig, Labelling, Mode, ModelInput, PickKind, PreparedRoute,
     PromotionConfig, RequestContext, RouteInput, ScoreWeights,
 };
+use loopgate::routing::auto::announced_share_step;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -540,8 +541,7 @@ impl Router for InProcRouter<'_> {
             self.explored_n += explored as usize;
             if let Some(s) = scored {
                 self.announced.1 += 1;
-                let w = (1.0 / self.announced.1 as f64).max(EXPLORE_EWMA);
-                self.announced.0 += w * (if s { 1.0 } else { 0.0 } - self.announced.0);
+                self.announced.0 = announced_share_step(self.announced.0, self.announced.1, s);
             }
         }
         self.served.push(d.served);

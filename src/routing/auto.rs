@@ -135,6 +135,22 @@ pub enum ScoreHint {
     Announced(bool),
 }
 
+/// The route's announced share after one more announcement (`seen` counts it): a plain mean
+/// over the first announcements, then an exponential average over the exploration share's
+/// horizon. The replay benchmark learns the share with the same step.
+pub fn announced_share_step(share: f64, seen: u64, scored: bool) -> f64 {
+    let w = (1.0 / seen.max(1) as f64).max(EXPLORE_EWMA);
+    let x = if scored { 1.0 } else { 0.0 };
+    share + w * (x - share)
+}
+
+/// Update an `f64` kept as bits in an atomic (lock-free; a lost race retries).
+fn update_f64(cell: &AtomicU64, f: impl Fn(f64) -> f64) {
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+        Some(f(f64::from_bits(bits)).to_bits())
+    });
+}
+
 fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
 }
@@ -345,24 +361,13 @@ impl AutoState {
         }
         let c = self.counters.entry(route.to_string()).or_default();
         if let ScoreHint::Announced(scored) = hint {
-            // A plain mean over the first announcements, then the exploration share's horizon.
             let seen = c.announced_seen.fetch_add(1, Ordering::Relaxed) + 1;
-            let w = (1.0 / seen as f64).max(EXPLORE_EWMA);
-            let x = if scored { 1.0 } else { 0.0 };
-            let _ = c
-                .announced_share
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                    let s = f64::from_bits(bits);
-                    Some((s + w * (x - s)).to_bits())
-                });
+            update_f64(&c.announced_share, |s| {
+                announced_share_step(s, seen, scored)
+            });
         }
         let explored = if d.explores() { 1.0 } else { 0.0 };
-        let _ = c
-            .explore_share
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let s = f64::from_bits(bits);
-                Some((s + EXPLORE_EWMA * (explored - s)).to_bits())
-            });
+        update_f64(&c.explore_share, |s| s + EXPLORE_EWMA * (explored - s));
         drop(c);
         if let Some(s) = session {
             let model = Arc::clone(&d.route.models[d.chosen].model);
