@@ -341,7 +341,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
     };
     m.start_time.set(crate::dialect::unix_now() as f64);
     // Export the loss counters at zero from the start, so "nothing dropped" is visible.
-    for reason in ["channel_full", "rejected", "spill_failed", "spill_corrupt"] {
+    for reason in [
+        "channel_full",
+        "rejected",
+        "spill_failed",
+        "spill_corrupt",
+        "decision_unsigned",
+    ] {
         m.trace_dropped.with_label_values(&[reason]);
     }
     for reason in ["queue_full", "export_failed", "closed"] {

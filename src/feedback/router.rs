@@ -978,6 +978,23 @@ pub enum PickKind {
     Canary,
 }
 
+impl PickKind {
+    /// The serialised name (a metric label and index column on every routed request, so
+    /// without going through serde).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PickKind::Off => "off",
+            PickKind::Pinned => "pinned",
+            PickKind::Baseline => "baseline",
+            PickKind::Promoted => "promoted",
+            PickKind::Explored => "explored",
+            PickKind::Sticky => "sticky",
+            PickKind::Holdback => "holdback",
+            PickKind::Canary => "canary",
+        }
+    }
+}
+
 /// Why a served model differs from the policy's pick, or why a session hint was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1196,6 +1213,22 @@ pub(crate) mod tests {
             table_version: 7,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn pick_kind_names_are_the_serialised_ones() {
+        for k in [
+            PickKind::Off,
+            PickKind::Pinned,
+            PickKind::Baseline,
+            PickKind::Promoted,
+            PickKind::Explored,
+            PickKind::Sticky,
+            PickKind::Holdback,
+            PickKind::Canary,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 
     #[test]

@@ -362,13 +362,9 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
         crate::services::shadow::after_request(&gw.jobs, *rollout, &served, &a.decision, a.context);
     }
     let d = &a.decision;
-    let kind = serde_json::to_value(d.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
     metrics()
         .routing_decisions
-        .with_label_values(&[&*d.route.route, kind.as_str(), d.route.mode.as_str()])
+        .with_label_values(&[&*d.route.route, d.kind.as_str(), d.route.mode.as_str()])
         .inc();
     if d.served != 0 && d.route.mode == Mode::Live && ctx.trace.status < 400 {
         gw.auto
@@ -377,27 +373,44 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
     if !gw.tracing {
         return None;
     }
-    match gw.auto.decision_row_with(
-        d,
+    let firewall = ctx.firewall.as_ref().map(|r| r.to_json());
+    if gw.auto.wants(crate::rollout::webhook::EventKind::Decision) {
+        // A decision webhook needs the signed text now: render it here, as before.
+        return match gw.auto.decision_row_with(
+            d,
+            &ctx.trace.request_id,
+            ctx.trace.ts_ms,
+            ctx.trace.session_id.as_deref(),
+            a.context,
+            a.pool.as_deref(),
+            a.prompt.as_deref(),
+            firewall,
+        ) {
+            Ok(mut row) => {
+                row.project.clone_from(&ctx.trace.project_id);
+                gw.auto
+                    .emit(crate::rollout::webhook::EventKind::Decision, || {
+                        serde_json::from_str(&row.signed).unwrap_or(serde_json::Value::Null)
+                    });
+                Some(Box::new(row))
+            }
+            Err(e) => {
+                tracing::error!(request_id = %ctx.trace.request_id, error = %e, "decision trace could not be signed");
+                None
+            }
+        };
+    }
+    // The trace writer renders and signs it, off the worker threads.
+    let mut row = gw.auto.decision_row_deferred(
+        a.decision,
         &ctx.trace.request_id,
         ctx.trace.ts_ms,
         ctx.trace.session_id.as_deref(),
         a.context,
-        a.pool.as_deref(),
-        a.prompt.as_ref().map(|p| p.trace()),
-        ctx.firewall.as_ref().map(|r| r.to_json()),
-    ) {
-        Ok(mut row) => {
-            row.project.clone_from(&ctx.trace.project_id);
-            gw.auto
-                .emit(crate::rollout::webhook::EventKind::Decision, || {
-                    serde_json::from_str(&row.signed).unwrap_or(serde_json::Value::Null)
-                });
-            Some(Box::new(row))
-        }
-        Err(e) => {
-            tracing::error!(request_id = %ctx.trace.request_id, error = %e, "decision trace could not be signed");
-            None
-        }
-    }
+        a.pool,
+        a.prompt,
+        firewall,
+    );
+    row.project.clone_from(&ctx.trace.project_id);
+    Some(Box::new(row))
 }

@@ -17,10 +17,12 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::feedback::decision::{sign_to_string, SigningKey};
+use crate::feedback::prompt::state::PromptOutcome;
 use crate::feedback::router::PreparedRoute;
 use crate::feedback::{decide, Decision, Labelling, PickKind, RequestContext};
 use crate::providers::Secret;
 use crate::store::DecisionRow;
+use crate::trace::DeferredTrace;
 
 /// How a route's inputs looked when its snapshot was built (for `GET /v1/routing`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -162,7 +164,8 @@ pub struct AutoState {
     /// `(route, session)` → (model, when).
     sticky: DashMap<(String, String), (Arc<str>, i64)>,
     recent: DashMap<String, RecentDecision>,
-    pub signing: SigningKey,
+    /// Shared with the trace writer, which signs deferred decision rows.
+    pub signing: Arc<SigningKey>,
     /// Whether the signing key was generated at start (signatures do not survive restarts).
     pub ephemeral_key: bool,
     sticky_ttl_ms: i64,
@@ -194,10 +197,10 @@ impl AutoState {
             counters: DashMap::new(),
             sticky: DashMap::new(),
             recent: DashMap::new(),
-            signing: SigningKey {
+            signing: Arc::new(SigningKey {
                 key_id: key_id.to_string(),
                 secret: Secret::new(secret),
-            },
+            }),
             ephemeral_key: ephemeral,
             sticky_ttl_ms: (sticky_ttl_secs as i64).saturating_mul(1000),
             recent_capacity: recent_capacity.max(1),
@@ -208,6 +211,11 @@ impl AutoState {
     }
 
     /// Queue a webhook event (never blocks; a full queue drops and counts).
+    /// Whether a webhook subscribes to events of `kind`.
+    pub fn wants(&self, kind: crate::rollout::webhook::EventKind) -> bool {
+        self.webhook.get().is_some_and(|w| w.wants(kind))
+    }
+
     pub fn emit(
         &self,
         kind: crate::rollout::webhook::EventKind,
@@ -459,39 +467,107 @@ impl AutoState {
         session: Option<&str>,
         context: Option<&str>,
         pool: Option<&str>,
-        prompt: Option<serde_json::Value>,
+        prompt: Option<&PromptOutcome>,
         firewall: Option<serde_json::Value>,
     ) -> Result<DecisionRow, String> {
-        let mut trace = d.trace(request_id, at_ms);
-        trace.context = context.map(str::to_string);
-        trace.pool = Some(pool_name(pool));
-        trace.prompt = prompt;
-        trace.firewall = firewall;
-        let json = sign_to_string(&trace, &self.signing).map_err(|e| e.to_string())?;
-        let served = &d.route.models[d.served];
-        Ok(DecisionRow {
-            request_id: request_id.to_string(),
-            ts_ms: at_ms,
-            route: d.route.route.to_string(),
-            mode: d.route.mode.as_str().to_string(),
-            session_id: session.map(str::to_string),
-            chosen: d.chosen_model().to_string(),
-            served: d.served_model().to_string(),
-            baseline: d.route.models[0].model.to_string(),
-            context: context.map(str::to_string),
-            kind: serde_json::to_value(d.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            shadow: d.route.mode == crate::feedback::Mode::Shadow,
-            confidence: (d.chosen != 0).then(|| d.route.models[d.chosen].gate.confidence),
-            quality: Some(served.posterior.mean()),
-            propensity: d.propensity,
-            table_version: d.route.table_version,
-            signed: json,
-            project: None,
-        })
+        let mut row = index_row(d, request_id, at_ms, session, context);
+        row.signed = render_and_sign(
+            d,
+            request_id,
+            at_ms,
+            context,
+            pool,
+            prompt,
+            firewall,
+            &self.signing,
+        )?;
+        Ok(row)
     }
+
+    /// As [`Self::decision_row_with`], but only the index columns now: the trace is rendered
+    /// and signed when the trace writer settles the row ([`DecisionRow::settle`]), on its own
+    /// thread. Rendering and hashing a trace costs several times the decision itself, and the
+    /// request path (the logging phase on a worker thread) should not pay for it.
+    #[allow(clippy::too_many_arguments)] // the trace's labels, each from a different phase
+    pub fn decision_row_deferred(
+        &self,
+        d: Decision,
+        request_id: &str,
+        at_ms: i64,
+        session: Option<&str>,
+        context: Option<&'static str>,
+        pool: Option<Arc<str>>,
+        prompt: Option<Box<PromptOutcome>>,
+        firewall: Option<serde_json::Value>,
+    ) -> DecisionRow {
+        let mut row = index_row(&d, request_id, at_ms, session, context);
+        let signing = Arc::clone(&self.signing);
+        let id = row.request_id.clone();
+        row.deferred = Some(DeferredTrace::new(move || {
+            render_and_sign(
+                &d,
+                &id,
+                at_ms,
+                context,
+                pool.as_deref(),
+                prompt.as_deref(),
+                firewall.clone(),
+                &signing,
+            )
+        }));
+        row
+    }
+}
+
+/// A decision row's index columns (everything but the signed trace).
+fn index_row(
+    d: &Decision,
+    request_id: &str,
+    at_ms: i64,
+    session: Option<&str>,
+    context: Option<&str>,
+) -> DecisionRow {
+    let served = &d.route.models[d.served];
+    DecisionRow {
+        request_id: request_id.to_string(),
+        ts_ms: at_ms,
+        route: d.route.route.to_string(),
+        mode: d.route.mode.as_str().to_string(),
+        session_id: session.map(str::to_string),
+        chosen: d.chosen_model().to_string(),
+        served: d.served_model().to_string(),
+        baseline: d.route.models[0].model.to_string(),
+        context: context.map(str::to_string),
+        kind: d.kind.as_str().to_string(),
+        shadow: d.route.mode == crate::feedback::Mode::Shadow,
+        confidence: (d.chosen != 0).then(|| d.route.models[d.chosen].gate.confidence),
+        quality: Some(served.posterior.mean()),
+        propensity: d.propensity,
+        table_version: d.route.table_version,
+        signed: String::new(),
+        project: None,
+        deferred: None,
+    }
+}
+
+/// The signed trace text of a decision (render, canonicalise, sign; allocates).
+#[allow(clippy::too_many_arguments)] // the trace's labels, each from a different phase
+fn render_and_sign(
+    d: &Decision,
+    request_id: &str,
+    at_ms: i64,
+    context: Option<&str>,
+    pool: Option<&str>,
+    prompt: Option<&PromptOutcome>,
+    firewall: Option<serde_json::Value>,
+    signing: &SigningKey,
+) -> Result<String, String> {
+    let mut trace = d.trace(request_id, at_ms);
+    trace.context = context.map(str::to_string);
+    trace.pool = Some(pool_name(pool));
+    trace.prompt = prompt.map(PromptOutcome::trace);
+    trace.firewall = firewall;
+    sign_to_string(&trace, signing).map_err(|e| e.to_string())
 }
 
 /// The decision trace's `pool`: `shared` or `project:<name>`.
@@ -519,6 +595,51 @@ mod tests {
         assert_eq!(s.spend_today("r", day + 86_400_000 + 1), 0.0);
         s.add_spend("r", 0.1, day + 86_400_000 + 2);
         assert!((s.spend_today("r", day + 86_400_000 + 3) - 0.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_deferred_row_settles_to_the_eagerly_signed_text() {
+        let s = AutoState::new(Some("k".into()), "k1", 60, 10);
+        let r = crate::feedback::router::tests::sample_route(crate::feedback::Mode::Live);
+        for k in 0..20 {
+            let d = decide(
+                &r,
+                &RequestContext {
+                    rng: k as f64 / 20.0,
+                    ..Default::default()
+                },
+            );
+            let fw = Some(serde_json::json!({"verdict": "allow"}));
+            let eager = s
+                .decision_row_with(
+                    &d,
+                    "req",
+                    7,
+                    Some("s"),
+                    Some("code"),
+                    Some("p"),
+                    None,
+                    fw.clone(),
+                )
+                .unwrap();
+            let mut row = s.decision_row_deferred(
+                d,
+                "req",
+                7,
+                Some("s"),
+                Some("code"),
+                Some("p".into()),
+                None,
+                fw,
+            );
+            assert!(row.signed.is_empty() && row.deferred.is_some());
+            row.settle().unwrap();
+            assert!(row.deferred.is_none());
+            assert_eq!(row, eager);
+            let v: serde_json::Value = serde_json::from_str(&row.signed).unwrap();
+            crate::feedback::decision::verify_value(&v, &s.signing).unwrap();
+            assert_eq!(v["kind"], row.kind.as_str());
+        }
     }
 
     #[test]

@@ -518,6 +518,7 @@ fn row_to_decision(r: &Row) -> Result<DecisionRow, StoreError> {
         table_version: to_u64(r.try_get(14).map_err(pg_err)?),
         signed: r.try_get(15).map_err(pg_err)?,
         project: r.try_get(16).map_err(pg_err)?,
+        deferred: None,
     })
 }
 

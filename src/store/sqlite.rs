@@ -424,6 +424,7 @@ fn row_to_decision(r: &Row) -> rusqlite::Result<DecisionRow> {
         table_version: to_u64(r.get(14)?),
         signed: r.get(15)?,
         project: r.get(16)?,
+        deferred: None,
     })
 }
 

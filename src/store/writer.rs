@@ -518,9 +518,21 @@ impl Writer {
         self.shutdown().await;
     }
 
-    /// Strip what must not be stored before the record is buffered or spilled.
+    /// Strip what must not be stored before the record is buffered or spilled, and render and
+    /// sign its decision trace (deferred by the request path to this thread).
     fn accept(&mut self, mut r: TraceRecord) {
         store::sanitize_for_storage(&self.cfg, &mut r);
+        if let Some(d) = r.decision.as_mut() {
+            if let Err(e) = d.settle() {
+                // The trace is stored without its decision row; the failure is counted and logged.
+                metrics()
+                    .trace_dropped
+                    .with_label_values(&["decision_unsigned"])
+                    .inc();
+                tracing::error!(request_id = %r.request_id, error = %e, "decision trace could not be signed");
+                r.decision = None;
+            }
+        }
         self.pending.push_back(r);
     }
 

@@ -5,4 +5,4 @@ pub mod ids;
 pub mod otel;
 pub mod record;
 
-pub use record::{Attempt, DecisionRow, TraceRecord};
+pub use record::{Attempt, DecisionRow, DeferredTrace, TraceRecord};

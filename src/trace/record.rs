@@ -108,4 +108,41 @@ pub struct DecisionRow {
     /// Project of the request (the key's lock or the project header): the tenancy scope.
     #[serde(default)]
     pub project: Option<String>,
+    /// Renders and signs `signed` later: set on the request path, run by the trace writer
+    /// ([`DecisionRow::settle`]) so the worker threads never render or hash the trace.
+    #[serde(skip)]
+    pub deferred: Option<DeferredTrace>,
+}
+
+/// A decision trace still to be rendered and signed (a closure over the decision; the trace
+/// module does not know how). Cloning shares it; equality is identity.
+#[derive(Clone)]
+pub struct DeferredTrace(std::sync::Arc<dyn Fn() -> Result<String, String> + Send + Sync>);
+
+impl DeferredTrace {
+    pub fn new(render: impl Fn() -> Result<String, String> + Send + Sync + 'static) -> Self {
+        DeferredTrace(std::sync::Arc::new(render))
+    }
+}
+
+impl std::fmt::Debug for DeferredTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeferredTrace(..)")
+    }
+}
+
+impl PartialEq for DeferredTrace {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl DecisionRow {
+    /// Render and sign a deferred trace into `signed` (a no-op when it is already there).
+    pub fn settle(&mut self) -> Result<(), String> {
+        if let Some(render) = self.deferred.take() {
+            self.signed = (render.0)()?;
+        }
+        Ok(())
+    }
 }

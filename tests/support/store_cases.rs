@@ -1063,6 +1063,7 @@ pub fn decided(i: usize) -> TraceRecord {
         table_version: 1_000 + i as u64,
         signed: format!("{{\"trace\":{{\"i\":{i}}},\"signature\":\"ab\"}}"),
         project: (i % 3 != 2).then(|| format!("p{}", i % 3)),
+        deferred: None,
     };
     TraceRecord {
         request_id: id,
