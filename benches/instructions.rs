@@ -18,6 +18,9 @@
 //! the kernel-facing I/O and the background services. Without valgrind the bench prints a
 //! note and exits successfully. Results also go to `target/bench-results/instructions.json`.
 //!
+//! `INSTR_TOP=<substring>` lists the costliest functions whose name contains it;
+//! `INSTR_KEEP=<path>` keeps the measured window's callgrind profile there.
+//!
 //! `INSTR_AUTO=1` sends `model: "auto"` to a live feedback route instead (baseline `gpt-4o`,
 //! three OpenAI candidates): the routing decision and the signed decision row stored with each
 //! trace are then part of every request, for issue 14's "an auto request costs ≤ 1.3× a plain
@@ -79,8 +82,8 @@ const PHASES: &[(&str, &[&str])] = &[
         &["loopgate::proxy::routed::candidates"],
     ),
     (
-        "decision row: render, canonicalise, sign (auto requests only)",
-        &["loopgate::routing::auto::AutoState::decision_row_with"],
+        "decision row: render, canonicalise, sign (auto; on the trace writer)",
+        &["loopgate::routing::auto::render_and_sign"],
     ),
     (
         "gateway request handler (all of the above but the writer)",
@@ -441,6 +444,10 @@ spill_path = "{d}/spill.jsonl"
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         return Err(format!("callgrind dump {} missing; have {names:?}", part.display()).into());
+    }
+    // `INSTR_KEEP=<path>`: keep the window's profile for `callgrind_annotate`.
+    if let Some(keep) = std::env::var_os("INSTR_KEEP") {
+        std::fs::copy(&part, &keep)?;
     }
     let (total, fns) = annotate(&part)?;
     let per = |v: u64| v as f64 / N as f64;

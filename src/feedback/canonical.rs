@@ -83,9 +83,17 @@ impl Writer {
     }
 
     // serde_json escapes exactly what JCS does (`"`, `\`, the C0 controls, with the short
-    // forms \b \t \n \f \r and lowercase \u00xx) and nothing else.
+    // forms \b \t \n \f \r and lowercase \u00xx) and nothing else. Most strings (every
+    // field name, model and route names) need no escape: those are copied as they are.
     fn string(&mut self, s: &str) -> Result<(), CanonicalError> {
-        serde_json::to_writer(&mut self.out, s)?;
+        if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            serde_json::to_writer(&mut self.out, s)?;
+        } else {
+            self.out.reserve(s.len() + 2);
+            self.out.push(b'"');
+            self.out.extend_from_slice(s.as_bytes());
+            self.out.push(b'"');
+        }
         Ok(())
     }
 
@@ -101,17 +109,20 @@ impl Writer {
             pending: None,
             outer: false,
             raw: false,
+            dynamic: false,
         }
     }
 }
 
-/// JCS sorts member names by their UTF-16 code units (not by code points: the two differ for
-/// characters above U+FFFF against U+E000–U+FFFF). ASCII names compare as bytes.
+/// JCS sorts member names by their UTF-16 code units. UTF-8 bytes sort like code points, and
+/// code points like UTF-16 units except for characters above U+FFFF against U+E000–U+FFFF, so
+/// the bytes decide unless the first difference is outside ASCII.
 fn utf16_order(a: &str, b: &str) -> Ordering {
-    if a.is_ascii() && b.is_ascii() {
-        a.as_bytes().cmp(b.as_bytes())
-    } else {
-        a.encode_utf16().cmp(b.encode_utf16())
+    let (x, y) = (a.as_bytes(), b.as_bytes());
+    match x.iter().zip(y).position(|(p, q)| p != q) {
+        None => x.len().cmp(&y.len()),
+        Some(i) if x[i] < 0x80 && y[i] < 0x80 => x[i].cmp(&y[i]),
+        Some(_) => a.encode_utf16().cmp(b.encode_utf16()),
     }
 }
 
@@ -128,6 +139,8 @@ struct Object<'a> {
     outer: bool,
     /// serde_json's `RawValue` (a struct with one field of JSON text): no braces of its own.
     raw: bool,
+    /// Some key came from a map (may repeat), not a struct's field list.
+    dynamic: bool,
 }
 
 impl Object<'_> {
@@ -176,16 +189,23 @@ impl Object<'_> {
         }
         if !self.sorted {
             let w = &mut *self.w;
-            // Two members with one name: the JSON value would keep the last; so do we.
-            self.members.sort_by(|a, b| utf16_order(&a.key, &b.key));
-            self.members.dedup_by(|later, earlier| {
-                if later.key == earlier.key {
-                    std::mem::swap(later, earlier);
-                    true
-                } else {
-                    false
-                }
-            });
+            if self.dynamic {
+                // Two members with one name (a map, a flattened struct): the JSON value would
+                // keep the last; so do we.
+                self.members.sort_by(|a, b| utf16_order(&a.key, &b.key));
+                self.members.dedup_by(|later, earlier| {
+                    if later.key == earlier.key {
+                        std::mem::swap(later, earlier);
+                        true
+                    } else {
+                        false
+                    }
+                });
+            } else {
+                // A struct's field names are distinct.
+                self.members
+                    .sort_unstable_by(|a, b| utf16_order(&a.key, &b.key));
+            }
             w.scratch.clear();
             w.scratch.extend_from_slice(&w.out[self.open..]);
             w.out.truncate(self.open);
@@ -381,6 +401,7 @@ impl<'a> ser::Serializer for &'a mut Writer {
                 pending: None,
                 outer: false,
                 raw: true,
+                dynamic: false,
             });
         }
         Ok(self.object())
@@ -502,6 +523,7 @@ impl ser::SerializeMap for Object<'_> {
     type Error = CanonicalError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), CanonicalError> {
         let key: String = key.serialize(MapKey)?;
+        self.dynamic = true;
         let start = self.key(&key)?;
         self.pending = Some((Cow::Owned(key), start));
         Ok(())

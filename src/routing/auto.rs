@@ -552,6 +552,7 @@ fn index_row(
 
 /// The signed trace text of a decision (render, canonicalise, sign; allocates).
 #[allow(clippy::too_many_arguments)] // the trace's labels, each from a different phase
+#[inline(never)] // its own entry in profiles (`benches/instructions.rs`); off the request path
 fn render_and_sign(
     d: &Decision,
     request_id: &str,
