@@ -22,6 +22,9 @@
 //! three OpenAI candidates): the routing decision and the signed decision row stored with each
 //! trace are then part of every request, for issue 14's "an auto request costs ≤ 1.3× a plain
 //! one" (results in `instructions_auto.json`).
+//!
+//! `INSTR_KEEP=<path>` copies the measured window's callgrind profile there (for
+//! `callgrind_annotate --inclusive=yes --tree=calling <path>`).
 
 use std::error::Error;
 use std::io::{Read, Write};
@@ -441,6 +444,11 @@ spill_path = "{d}/spill.jsonl"
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         return Err(format!("callgrind dump {} missing; have {names:?}", part.display()).into());
+    }
+    // `INSTR_KEEP=<path>`: keep the window's profile for `callgrind_annotate` (the temporary
+    // directory goes away with the bench).
+    if let Some(keep) = std::env::var_os("INSTR_KEEP") {
+        std::fs::copy(&part, keep)?;
     }
     let (total, fns) = annotate(&part)?;
     let per = |v: u64| v as f64 / N as f64;
