@@ -602,16 +602,18 @@ pub(crate) fn rollup_deltas<'a>(
                 .map(|(n, v)| (Dim::Property(n.as_str()), v.as_str())),
         );
         let error = is_error(r);
+        let bucket = Histogram::index(r.latency_ms);
         for (dim, value) in dims {
             // Per project, and once more across all projects so unfiltered queries read
             // one row per (hour, value) instead of one per project.
             for p in [project, ALL_PROJECTS] {
-                acc.entry((dim, hour, value, p)).or_default().add(
+                acc.entry((dim, hour, value, p)).or_default().add_in(
                     error,
                     r.prompt_tokens,
                     r.completion_tokens,
                     r.cost_usd,
                     r.latency_ms,
+                    bucket,
                 );
             }
         }
