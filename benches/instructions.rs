@@ -49,7 +49,7 @@ const PHASES: &[(&str, &[&str])] = &[
         "parse (read body, parse_chat)",
         &[
             "loopgate::proxy::request::read_body::{{closure}}",
-            "loopgate::proxy::request::parse_chat",
+            "loopgate::exchange::parse::parse_chat",
         ],
     ),
     (
