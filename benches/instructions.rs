@@ -18,13 +18,15 @@
 //! the kernel-facing I/O and the background services. Without valgrind the bench prints a
 //! note and exits successfully. Results also go to `target/bench-results/instructions.json`.
 //!
-//! `INSTR_TOP=<substring>` lists the costliest functions whose name contains it;
-//! `INSTR_KEEP=<path>` keeps the measured window's callgrind profile there.
+//! `INSTR_TOP=<substring>` lists the costliest functions whose name contains it.
 //!
 //! `INSTR_AUTO=1` sends `model: "auto"` to a live feedback route instead (baseline `gpt-4o`,
 //! three OpenAI candidates): the routing decision and the signed decision row stored with each
 //! trace are then part of every request, for issue 14's "an auto request costs ≤ 1.3× a plain
 //! one" (results in `instructions_auto.json`).
+//!
+//! `INSTR_KEEP=<path>` copies the measured window's callgrind profile there (for
+//! `callgrind_annotate --inclusive=yes --tree=calling <path>`).
 
 use std::error::Error;
 use std::io::{Read, Write};
@@ -49,7 +51,7 @@ const PHASES: &[(&str, &[&str])] = &[
         "parse (read body, parse_chat)",
         &[
             "loopgate::proxy::request::read_body::{{closure}}",
-            "loopgate::proxy::request::parse_chat",
+            "loopgate::exchange::parse::parse_chat",
         ],
     ),
     (
@@ -445,9 +447,10 @@ spill_path = "{d}/spill.jsonl"
             .collect();
         return Err(format!("callgrind dump {} missing; have {names:?}", part.display()).into());
     }
-    // `INSTR_KEEP=<path>`: keep the window's profile for `callgrind_annotate`.
+    // `INSTR_KEEP=<path>`: keep the window's profile for `callgrind_annotate` (the temporary
+    // directory goes away with the bench).
     if let Some(keep) = std::env::var_os("INSTR_KEEP") {
-        std::fs::copy(&part, &keep)?;
+        std::fs::copy(&part, keep)?;
     }
     let (total, fns) = annotate(&part)?;
     let per = |v: u64| v as f64 / N as f64;

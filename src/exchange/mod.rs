@@ -41,11 +41,11 @@ impl Op<'_> {
 
 pub async fn sign(prov: &ProviderRuntime, req: &mut UpstreamRequest) -> Result<(), SignError> {
     let host = prov.endpoint.host_header();
-    match prov.signer.sign(req, &host) {
+    match prov.signer.sign(req, host) {
         Err(SignError::NotReady(_)) => {
             // First use before the background refresh ran: fetch once, then sign.
             prov.signer.refresh().await?;
-            prov.signer.sign(req, &host)
+            prov.signer.sign(req, host)
         }
         other => other,
     }

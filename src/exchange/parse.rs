@@ -54,13 +54,8 @@ pub fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, GatewayError> {
     }
 }
 
-fn check_number(
-    body: &Map<String, Value>,
-    name: &str,
-    min: f64,
-    max: f64,
-) -> Result<(), GatewayError> {
-    match body.get(name) {
+fn check_number(v: Option<&Value>, name: &str, min: f64, max: f64) -> Result<(), GatewayError> {
+    match v {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Number(n)) => {
             let x = n.as_f64().unwrap_or(f64::NAN);
@@ -77,13 +72,8 @@ fn check_number(
     }
 }
 
-fn check_int(
-    body: &Map<String, Value>,
-    name: &str,
-    min: i64,
-    max: i64,
-) -> Result<(), GatewayError> {
-    match body.get(name) {
+fn check_int(v: Option<&Value>, name: &str, min: i64, max: i64) -> Result<(), GatewayError> {
+    match v {
         None | Some(Value::Null) => Ok(()),
         Some(Value::Number(n)) => match n.as_i64() {
             Some(x) if x >= min && x <= max => Ok(()),
@@ -98,12 +88,12 @@ fn check_int(
 }
 
 fn check_kind(
-    body: &Map<String, Value>,
+    v: Option<&Value>,
     name: &str,
     ok: fn(&Value) -> bool,
     expected: &str,
 ) -> Result<(), GatewayError> {
-    match body.get(name) {
+    match v {
         None | Some(Value::Null) => Ok(()),
         Some(v) if ok(v) => Ok(()),
         Some(v) => Err(wrong_type(name, expected, v)),
@@ -144,18 +134,92 @@ const ROLES: &[&str] = &[
     "function",
 ];
 
+/// The top-level members `parse_chat` checks, found in one pass over the body: a body has a
+/// handful of keys, and one hashed lookup per checked name (~25) cost more than the walk.
+#[derive(Default)]
+struct ChatFields<'a> {
+    messages: Option<&'a Value>,
+    stream: Option<&'a Value>,
+    stream_options: Option<&'a Value>,
+    temperature: Option<&'a Value>,
+    top_p: Option<&'a Value>,
+    presence_penalty: Option<&'a Value>,
+    frequency_penalty: Option<&'a Value>,
+    n: Option<&'a Value>,
+    max_tokens: Option<&'a Value>,
+    max_completion_tokens: Option<&'a Value>,
+    seed: Option<&'a Value>,
+    top_logprobs: Option<&'a Value>,
+    logprobs: Option<&'a Value>,
+    user: Option<&'a Value>,
+    tools: Option<&'a Value>,
+    response_format: Option<&'a Value>,
+    tool_choice: Option<&'a Value>,
+    stop: Option<&'a Value>,
+}
+
+impl<'a> ChatFields<'a> {
+    fn of(body: &'a Map<String, Value>) -> Self {
+        let mut f = ChatFields::default();
+        // Keys are unique in a map, so each slot is what `body.get(name)` returns.
+        for (k, v) in body {
+            let slot = match k.as_str() {
+                "messages" => &mut f.messages,
+                "stream" => &mut f.stream,
+                "stream_options" => &mut f.stream_options,
+                "temperature" => &mut f.temperature,
+                "top_p" => &mut f.top_p,
+                "presence_penalty" => &mut f.presence_penalty,
+                "frequency_penalty" => &mut f.frequency_penalty,
+                "n" => &mut f.n,
+                "max_tokens" => &mut f.max_tokens,
+                "max_completion_tokens" => &mut f.max_completion_tokens,
+                "seed" => &mut f.seed,
+                "top_logprobs" => &mut f.top_logprobs,
+                "logprobs" => &mut f.logprobs,
+                "user" => &mut f.user,
+                "tools" => &mut f.tools,
+                "response_format" => &mut f.response_format,
+                "tool_choice" => &mut f.tool_choice,
+                "stop" => &mut f.stop,
+                _ => continue,
+            };
+            *slot = Some(v);
+        }
+        f
+    }
+}
+
+/// A message's `role` and `content` (what `o.get("role")`, `o.get("content")` return).
+fn role_and_content(o: &Map<String, Value>) -> (Option<&Value>, Option<&Value>) {
+    let (mut role, mut content) = (None, None);
+    for (k, v) in o {
+        match k.as_str() {
+            "role" => role = Some(v),
+            "content" => content = Some(v),
+            _ => {}
+        }
+    }
+    (role, content)
+}
+
 /// Parse and validate a chat-completions body.
 pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatRequest, GatewayError> {
     let mut body = parse_object(&raw)?;
-    let original = body.get("model").cloned();
+    // Without an override the model is the body's own (or an error), so `raw` stays valid.
+    let same_model = match model_override {
+        None => true,
+        Some(m) => body.get("model").and_then(Value::as_str) == Some(m),
+    };
     let model = take_model(&mut body, model_override)?;
     // `raw` is forwarded as-is when no rewrite is needed, so it must match `body`.
-    let raw = if original.as_ref().and_then(Value::as_str) == Some(model.as_str()) {
+    let raw = if same_model {
         raw
     } else {
         Bytes::from(serde_json::to_vec(&body).map_err(|e| GatewayError::Internal(e.to_string()))?)
     };
-    let messages = match body.get("messages") {
+    let f = ChatFields::of(&body);
+    let messages = match f.messages {
         Some(Value::Array(a)) => a,
         Some(v) => return Err(wrong_type("messages", "an array", v)),
         None => {
@@ -178,7 +242,8 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
         let Some(o) = m.as_object() else {
             return Err(wrong_type(&format!("messages[{i}]"), "an object", m));
         };
-        match o.get("role") {
+        let (role, content) = role_and_content(o);
+        match role {
             Some(Value::String(r)) if ROLES.contains(&r.as_str()) => {}
             Some(Value::String(r)) => {
                 return Err(out_of_range(
@@ -195,7 +260,7 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
                 ))
             }
         }
-        match o.get("content") {
+        match content {
             None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Array(_)) => {}
             Some(v) => {
                 return Err(wrong_type(
@@ -206,12 +271,12 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
             }
         }
     }
-    let stream = match body.get("stream") {
+    let stream = match f.stream {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(v) => return Err(wrong_type("stream", "a boolean", v)),
     };
-    let include_usage = match body.get("stream_options") {
+    let include_usage = match f.stream_options {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => {
             if !stream {
@@ -229,26 +294,36 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
         }
         Some(v) => return Err(wrong_type("stream_options", "an object", v)),
     };
-    check_number(&body, "temperature", 0.0, 2.0)?;
-    check_number(&body, "top_p", 0.0, 1.0)?;
-    check_number(&body, "presence_penalty", -2.0, 2.0)?;
-    check_number(&body, "frequency_penalty", -2.0, 2.0)?;
-    check_int(&body, "n", 1, 128)?;
-    check_int(&body, "max_tokens", 1, i64::MAX)?;
-    check_int(&body, "max_completion_tokens", 1, i64::MAX)?;
-    check_int(&body, "seed", i64::MIN, i64::MAX)?;
-    check_int(&body, "top_logprobs", 0, 20)?;
-    check_kind(&body, "logprobs", Value::is_boolean, "a boolean")?;
-    check_kind(&body, "user", Value::is_string, "a string")?;
-    check_kind(&body, "tools", Value::is_array, "an array")?;
-    check_kind(&body, "response_format", Value::is_object, "an object")?;
+    check_number(f.temperature, "temperature", 0.0, 2.0)?;
+    check_number(f.top_p, "top_p", 0.0, 1.0)?;
+    check_number(f.presence_penalty, "presence_penalty", -2.0, 2.0)?;
+    check_number(f.frequency_penalty, "frequency_penalty", -2.0, 2.0)?;
+    check_int(f.n, "n", 1, 128)?;
+    check_int(f.max_tokens, "max_tokens", 1, i64::MAX)?;
+    check_int(
+        f.max_completion_tokens,
+        "max_completion_tokens",
+        1,
+        i64::MAX,
+    )?;
+    check_int(f.seed, "seed", i64::MIN, i64::MAX)?;
+    check_int(f.top_logprobs, "top_logprobs", 0, 20)?;
+    check_kind(f.logprobs, "logprobs", Value::is_boolean, "a boolean")?;
+    check_kind(f.user, "user", Value::is_string, "a string")?;
+    check_kind(f.tools, "tools", Value::is_array, "an array")?;
     check_kind(
-        &body,
+        f.response_format,
+        "response_format",
+        Value::is_object,
+        "an object",
+    )?;
+    check_kind(
+        f.tool_choice,
         "tool_choice",
         |v| v.is_string() || v.is_object(),
         "a string or an object",
     )?;
-    match body.get("stop") {
+    match f.stop {
         None | Some(Value::Null) | Some(Value::String(_)) => {}
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
             if a.len() > 4 {
@@ -257,7 +332,7 @@ pub fn parse_chat(raw: Bytes, model_override: Option<&str>) -> Result<ChatReques
         }
         Some(v) => return Err(wrong_type("stop", "a string or an array of strings", v)),
     }
-    if let Some(Value::Array(tools)) = body.get("tools") {
+    if let Some(Value::Array(tools)) = f.tools {
         for (i, t) in tools.iter().enumerate() {
             let name = t
                 .get("function")

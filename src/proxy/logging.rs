@@ -64,9 +64,54 @@ pub fn trace_record(ctx: &mut RequestCtx) -> TraceRecord {
     std::mem::take(t)
 }
 
+/// The labelled series of the last request a worker thread finished. Consecutive requests
+/// mostly share endpoint, provider, model and status, and a labelled lookup costs a hash of
+/// every label and a lock; a series is resolved only when the old code would have touched it
+/// (resolving creates it, and a zero series must not appear in the scrape).
+struct Series {
+    endpoint: &'static str,
+    provider: String,
+    model: String,
+    status: u16,
+    stream: bool,
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    tokens: [Option<prometheus::IntCounter>; 5],
+    cost: Option<prometheus::Counter>,
+    unpriced: Option<prometheus::IntCounter>,
+}
+
+impl Series {
+    fn matches(
+        &self,
+        endpoint: &str,
+        provider: &str,
+        model: &str,
+        status: u16,
+        stream: bool,
+    ) -> bool {
+        self.status == status
+            && self.stream == stream
+            && self.endpoint == endpoint
+            && self.provider == provider
+            && self.model == model
+    }
+}
+
+thread_local! {
+    static LAST: std::cell::RefCell<Option<Series>> = const { std::cell::RefCell::new(None) };
+}
+
+const TOKEN_KINDS: [&str; 5] = [
+    "prompt",
+    "completion",
+    "cached",
+    "cache_creation",
+    "reasoning",
+];
+
 /// Metrics for a finished model call.
 pub fn observe(ctx: &RequestCtx) {
-    let m = metrics();
     let rt = ctx.runtime.as_deref();
     // A request that failed after trying upstreams is counted against the last one tried.
     let last = ctx.trace.attempts.last();
@@ -85,6 +130,82 @@ pub fn observe(ctx: &RequestCtx) {
         Some(name) => crate::metrics::model_label(rt, name),
         None => "none",
     };
+    let (status, stream) = (ctx.trace.status, ctx.trace.stream);
+    let done = LAST.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return false;
+        };
+        let reuse = slot
+            .as_ref()
+            .is_some_and(|s| s.matches(ctx.endpoint, provider, model, status, stream));
+        if !reuse {
+            let m = metrics();
+            *slot = Some(Series {
+                endpoint: ctx.endpoint,
+                provider: provider.to_string(),
+                model: model.to_string(),
+                status,
+                stream,
+                requests: m.requests.with_label_values(&[
+                    ctx.endpoint,
+                    provider,
+                    model,
+                    &status.to_string(),
+                ]),
+                duration: m
+                    .request_duration
+                    .with_label_values(&[ctx.endpoint, if stream { "true" } else { "false" }]),
+                tokens: Default::default(),
+                cost: None,
+                unpriced: None,
+            });
+        }
+        let Some(s) = slot.as_mut() else {
+            return false;
+        };
+        record(ctx, s, provider, model);
+        true
+    });
+    if !done {
+        observe_uncached(ctx, provider, model);
+    }
+}
+
+fn record(ctx: &RequestCtx, s: &mut Series, provider: &str, model: &str) {
+    let m = metrics();
+    s.requests.inc();
+    s.duration.observe(ctx.start.elapsed().as_secs_f64());
+    let u = &ctx.usage;
+    if u.reported {
+        let counts = [
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.cache_creation_tokens,
+            u.reasoning_tokens,
+        ];
+        for ((kind, n), slot) in TOKEN_KINDS.iter().zip(counts).zip(s.tokens.iter_mut()) {
+            if n > 0 {
+                slot.get_or_insert_with(|| m.tokens.with_label_values(&[provider, model, kind]))
+                    .inc_by(n);
+            }
+        }
+    }
+    if ctx.trace.cost_usd > 0.0 {
+        s.cost
+            .get_or_insert_with(|| m.cost_usd.with_label_values(&[provider, model]))
+            .inc_by(ctx.trace.cost_usd);
+    }
+    if ctx.trace.cost_unknown {
+        s.unpriced
+            .get_or_insert_with(|| m.unpriced.with_label_values(&[provider, model]))
+            .inc();
+    }
+}
+
+/// The same as [`record`] with a lookup per series (the thread's cache is busy).
+fn observe_uncached(ctx: &RequestCtx, provider: &str, model: &str) {
+    let m = metrics();
     let status = ctx.trace.status.to_string();
     m.requests
         .with_label_values(&[ctx.endpoint, provider, model, &status])
@@ -97,13 +218,13 @@ pub fn observe(ctx: &RequestCtx) {
         .observe(ctx.start.elapsed().as_secs_f64());
     let u = &ctx.usage;
     if u.reported {
-        for (kind, n) in [
-            ("prompt", u.prompt_tokens),
-            ("completion", u.completion_tokens),
-            ("cached", u.cached_tokens),
-            ("cache_creation", u.cache_creation_tokens),
-            ("reasoning", u.reasoning_tokens),
-        ] {
+        for (kind, n) in TOKEN_KINDS.iter().zip([
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.cached_tokens,
+            u.cache_creation_tokens,
+            u.reasoning_tokens,
+        ]) {
             if n > 0 {
                 m.tokens
                     .with_label_values(&[provider, model, kind])

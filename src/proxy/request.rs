@@ -18,12 +18,22 @@ pub use crate::exchange::parse::{parse_chat, parse_model_call, parse_object, tak
 const MAX_PROPERTIES: usize = 32;
 const MAX_VALUE_LEN: usize = 512;
 
+/// Headers up to which [`header`] compares names instead of hashing one.
+const SCAN_HEADERS: usize = 16;
+
 pub fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    session
-        .req_header()
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
+    let h = &session.req_header().headers;
+    // A request asks for ~15 names, most absent: with a few headers, comparing the stored
+    // (lowercase) names is cheaper than parsing and hashing `name` for each lookup. Same
+    // answer as `get`: the first value of the first entry of that name.
+    let v = if h.len() <= SCAN_HEADERS {
+        h.iter()
+            .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    } else {
+        h.get(name)
+    };
+    v.and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
 }

@@ -578,40 +578,55 @@ pub(crate) const DAY_MS: i64 = 86_400_000;
 pub(crate) fn rollup_deltas<'a>(
     recs: impl Iterator<Item = &'a TraceRecord>,
 ) -> BTreeMap<RollupKey, Stats> {
-    let mut out: BTreeMap<RollupKey, Stats> = BTreeMap::new();
+    /// A dimension name without building it: a batch folds 8+ keys per record into a
+    /// handful of rows, so keys borrow from the records and become strings once per row.
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Dim<'a> {
+        Fixed(&'static str),
+        Property(&'a str),
+    }
+    let mut acc: BTreeMap<(Dim<'a>, i64, &'a str, &'a str), Stats> = BTreeMap::new();
     for r in recs {
         let hour = r.ts_ms.div_euclid(HOUR_MS) * HOUR_MS;
-        let project = r.project_id.clone().unwrap_or_default();
-        let model = r
-            .served_model
-            .clone()
-            .unwrap_or_else(|| r.requested_model.clone());
-        let mut dims: Vec<(String, String)> = vec![
-            ("model".into(), model),
-            ("provider".into(), r.provider.clone().unwrap_or_default()),
-            ("project".into(), project.clone()),
-            ("route".into(), r.route.clone().unwrap_or_default()),
+        let project = r.project_id.as_deref().unwrap_or_default();
+        let model = r.served_model.as_deref().unwrap_or(&r.requested_model);
+        let fixed = [
+            ("model", model),
+            ("provider", r.provider.as_deref().unwrap_or_default()),
+            ("project", project),
+            ("route", r.route.as_deref().unwrap_or_default()),
         ];
-        for (n, v) in &r.properties {
-            dims.push((format!("property:{n}"), v.clone()));
-        }
+        let dims = fixed.into_iter().map(|(d, v)| (Dim::Fixed(d), v)).chain(
+            r.properties
+                .iter()
+                .map(|(n, v)| (Dim::Property(n.as_str()), v.as_str())),
+        );
+        let error = is_error(r);
+        let bucket = Histogram::index(r.latency_ms);
         for (dim, value) in dims {
             // Per project, and once more across all projects so unfiltered queries read
             // one row per (hour, value) instead of one per project.
-            for p in [project.clone(), ALL_PROJECTS.to_string()] {
-                out.entry((dim.clone(), hour, value.clone(), p))
-                    .or_default()
-                    .add(
-                        is_error(r),
-                        r.prompt_tokens,
-                        r.completion_tokens,
-                        r.cost_usd,
-                        r.latency_ms,
-                    );
+            for p in [project, ALL_PROJECTS] {
+                acc.entry((dim, hour, value, p)).or_default().add_in(
+                    error,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.cost_usd,
+                    r.latency_ms,
+                    bucket,
+                );
             }
         }
     }
-    out
+    acc.into_iter()
+        .map(|((dim, hour, value, p), s)| {
+            let dim = match dim {
+                Dim::Fixed(d) => d.to_string(),
+                Dim::Property(n) => format!("property:{n}"),
+            };
+            ((dim, hour, value.to_string(), p.to_string()), s)
+        })
+        .collect()
 }
 
 /// Prepare a record for storage: drop bodies unless capture is on and zero-retention is off.

@@ -437,13 +437,34 @@ pub struct Stats {
 
 impl Stats {
     pub fn add(&mut self, error: bool, prompt: u64, completion: u64, cost: f64, latency: f64) {
+        self.add_in(
+            error,
+            prompt,
+            completion,
+            cost,
+            latency,
+            Histogram::index(latency),
+        );
+    }
+
+    /// [`Stats::add`] with the latency's histogram bucket already computed (a record folds
+    /// into several rollup rows; the bucket costs two logarithms).
+    pub fn add_in(
+        &mut self,
+        error: bool,
+        prompt: u64,
+        completion: u64,
+        cost: f64,
+        latency: f64,
+        bucket: u16,
+    ) {
         self.requests += 1;
         self.errors += error as u64;
         self.prompt_tokens += prompt;
         self.completion_tokens += completion;
         self.cost_usd += cost;
         self.latency_sum_ms += latency;
-        self.hist.record(latency);
+        *self.hist.counts.entry(bucket).or_default() += 1;
     }
 
     pub fn merge(&mut self, o: &Stats) {

@@ -31,6 +31,8 @@ pub struct Endpoint {
     pub port: u16,
     /// Path prefix without trailing slash (may be empty).
     pub base_path: String,
+    /// The `Host` header value, formatted once (every attempt signs and sends it).
+    host_header: String,
 }
 
 impl Endpoint {
@@ -78,6 +80,7 @@ impl Endpoint {
             }
         };
         Ok(Endpoint {
+            host_header: host_header(tls, &host, port),
             tls,
             host,
             port,
@@ -86,17 +89,21 @@ impl Endpoint {
     }
 
     /// `Host` header value.
-    pub fn host_header(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+    pub fn host_header(&self) -> &str {
+        &self.host_header
+    }
+}
+
+fn host_header(tls: bool, host: &str, port: u16) -> String {
+    let default = if tls { 443 } else { 80 };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == default {
+        host
+    } else {
+        format!("{host}:{port}")
     }
 }
