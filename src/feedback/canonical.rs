@@ -231,6 +231,29 @@ impl Object<'_> {
 /// The struct (and field) name serde_json gives a `RawValue` (feature `raw_value`).
 const RAW_VALUE: &str = "$serde_json::private::RawValue";
 
+/// Integer methods of the serializer: each writes its value as the double JCS makes of it.
+macro_rules! as_double {
+    ($($method:ident: $t:ty),* $(,)?) => {
+        $(
+            #[allow(clippy::cast_precision_loss)] // JCS: every JSON number is an IEEE double
+            fn $method(self, v: $t) -> Result<(), CanonicalError> {
+                self.serialize_f64(v as f64)
+            }
+        )*
+    };
+}
+
+/// Integer and bool map keys, written as text (as serde_json does).
+macro_rules! key_as_text {
+    ($($method:ident: $t:ty),* $(,)?) => {
+        $(
+            fn $method(self, v: $t) -> Result<String, CanonicalError> {
+                Ok(v.to_string())
+            }
+        )*
+    };
+}
+
 impl<'a> ser::Serializer for &'a mut Writer {
     type Ok = ();
     type Error = CanonicalError;
@@ -248,17 +271,15 @@ impl<'a> ser::Serializer for &'a mut Writer {
         Ok(())
     }
     // JSON numbers are IEEE doubles in JCS: integers too are formatted as one.
-    fn serialize_i8(self, v: i8) -> Result<(), CanonicalError> {
-        self.serialize_f64(f64::from(v))
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), CanonicalError> {
-        self.serialize_f64(f64::from(v))
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), CanonicalError> {
-        self.serialize_f64(f64::from(v))
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), CanonicalError> {
-        self.serialize_f64(v as f64)
+    as_double! {
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
     }
     // serde_json takes 128-bit integers only within the 64-bit range.
     fn serialize_i128(self, v: i128) -> Result<(), CanonicalError> {
@@ -267,18 +288,6 @@ impl<'a> ser::Serializer for &'a mut Writer {
             (_, Ok(u)) => self.serialize_u64(u),
             _ => Err(CanonicalError::Custom("number out of range".into())),
         }
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), CanonicalError> {
-        self.serialize_f64(f64::from(v))
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), CanonicalError> {
-        self.serialize_f64(f64::from(v))
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), CanonicalError> {
-        self.serialize_f64(f64::from(v))
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), CanonicalError> {
-        self.serialize_f64(v as f64)
     }
     fn serialize_u128(self, v: u128) -> Result<(), CanonicalError> {
         match u64::try_from(v) {
@@ -444,79 +453,46 @@ impl Array<'_> {
     }
 }
 
-impl ser::SerializeSeq for Array<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
-        self.element(v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.close()
-    }
+// serde asks for one trait per compound shape; arrays and structs each write the same way.
+macro_rules! array_shape {
+    ($shape:ident, $add:ident) => {
+        impl ser::$shape for Array<'_> {
+            type Ok = ();
+            type Error = CanonicalError;
+            fn $add<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
+                self.element(v)
+            }
+            fn end(self) -> Result<(), CanonicalError> {
+                self.close()
+            }
+        }
+    };
 }
+array_shape!(SerializeSeq, serialize_element);
+array_shape!(SerializeTuple, serialize_element);
+array_shape!(SerializeTupleStruct, serialize_field);
+array_shape!(SerializeTupleVariant, serialize_field);
 
-impl ser::SerializeTuple for Array<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
-        self.element(v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.close()
-    }
+macro_rules! struct_shape {
+    ($shape:ident) => {
+        impl ser::$shape for Object<'_> {
+            type Ok = ();
+            type Error = CanonicalError;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                v: &T,
+            ) -> Result<(), CanonicalError> {
+                self.field(key, v)
+            }
+            fn end(self) -> Result<(), CanonicalError> {
+                self.finish()
+            }
+        }
+    };
 }
-
-impl ser::SerializeTupleStruct for Array<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
-        self.element(v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Array<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), CanonicalError> {
-        self.element(v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.close()
-    }
-}
-
-impl ser::SerializeStruct for Object<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), CanonicalError> {
-        self.field(key, v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeStructVariant for Object<'_> {
-    type Ok = ();
-    type Error = CanonicalError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), CanonicalError> {
-        self.field(key, v)
-    }
-    fn end(self) -> Result<(), CanonicalError> {
-        self.finish()
-    }
-}
+struct_shape!(SerializeStruct);
+struct_shape!(SerializeStructVariant);
 
 impl ser::SerializeMap for Object<'_> {
     type Ok = ();
@@ -556,38 +532,18 @@ impl ser::Serializer for MapKey {
     type SerializeStruct = ser::Impossible<String, CanonicalError>;
     type SerializeStructVariant = ser::Impossible<String, CanonicalError>;
 
-    fn serialize_bool(self, v: bool) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i8(self, v: i8) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i16(self, v: i16) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i32(self, v: i32) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i64(self, v: i64) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_i128(self, v: i128) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u8(self, v: u8) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u16(self, v: u16) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u32(self, v: u32) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u64(self, v: u64) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
-    }
-    fn serialize_u128(self, v: u128) -> Result<String, CanonicalError> {
-        Ok(v.to_string())
+    key_as_text! {
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128,
     }
     fn serialize_f32(self, _v: f32) -> Result<String, CanonicalError> {
         Err(CanonicalError::KeyNotString)
