@@ -361,3 +361,55 @@ async fn audit_events_are_pushed_to_the_signed_webhook() {
         loopgate::rollout::webhook::verify_signature(&wrong, &sig, &got.body, now, 300).is_err()
     );
 }
+
+/// With a webhook subscribed to decision events, the decision is signed in the logging phase
+/// (the webhook sends the signed text): the pushed trace verifies with the decision key and is
+/// the one stored for the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_events_carry_the_stored_signed_trace() {
+    let mock = MockUpstream::start(model_fleet()).await;
+    let hook = MockUpstream::start(Reply::Json(200, vec![], "{}".into())).await;
+    let toml = format!(
+        "[routes.default]\nbaseline = \"gpt-4o\"\ncandidates = [\"gpt-4o-mini\"]\nmode = \"live\"\n\
+         [webhook]\nurl = \"{}/hook\"\nsecret_env = \"LG_TEST_WEBHOOK_SECRET\"\nevents = [\"decision\"]\n",
+        hook.url()
+    );
+    let gw = GatewayProc::start(
+        &toml,
+        &[
+            ("OPENAI_API_KEY", "sk-test".into()),
+            ("OPENAI_BASE_URL", mock.url()),
+            ("LG_TEST_WEBHOOK_SECRET", "whsec-test".into()),
+            ("LOOPGATE_DECISION_KEY", "decision-webhook-key".into()),
+        ],
+    );
+    let c = client();
+    let r = c
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", auth())
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r
+        .headers()
+        .get("loopgate-decision-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(eventually(|| hook.count() >= 1, Duration::from_secs(10)).await);
+    let v = hook.requests()[0].json();
+    assert_eq!(v["events"][0]["type"], "decision", "{v}");
+    let pushed = &v["events"][0]["data"];
+    assert_eq!(pushed["request_id"], id.as_str(), "{v}");
+    let key = loopgate::feedback::decision::SigningKey {
+        key_id: "k1".into(),
+        secret: loopgate::providers::Secret::new("decision-webhook-key".into()),
+    };
+    loopgate::feedback::decision::verify_value(pushed, &key).unwrap();
+    // The stored trace is the pushed one, signature included.
+    let stored = get(&c, &gw, &format!("/v1/decisions/{id}")).await;
+    assert_eq!(&stored["decision"], pushed, "{stored}");
+}

@@ -373,34 +373,7 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
     if !gw.tracing {
         return None;
     }
-    let firewall = ctx.firewall.as_ref().map(|r| r.to_json());
-    if gw.auto.wants(crate::rollout::webhook::EventKind::Decision) {
-        // A decision webhook needs the signed text now: render it here, as before.
-        return match gw.auto.decision_row_with(
-            d,
-            &ctx.trace.request_id,
-            ctx.trace.ts_ms,
-            ctx.trace.session_id.as_deref(),
-            a.context,
-            a.pool.as_deref(),
-            a.prompt.as_deref(),
-            firewall,
-        ) {
-            Ok(mut row) => {
-                row.project.clone_from(&ctx.trace.project_id);
-                gw.auto
-                    .emit(crate::rollout::webhook::EventKind::Decision, || {
-                        serde_json::from_str(&row.signed).unwrap_or(serde_json::Value::Null)
-                    });
-                Some(Box::new(row))
-            }
-            Err(e) => {
-                tracing::error!(request_id = %ctx.trace.request_id, error = %e, "decision trace could not be signed");
-                None
-            }
-        };
-    }
-    // The trace writer renders and signs it, off the worker threads.
+    // The trace writer renders and signs the trace, off the worker threads ...
     let mut row = gw.auto.decision_row_deferred(
         a.decision,
         &ctx.trace.request_id,
@@ -409,8 +382,19 @@ pub fn finish(gw: &Gateway, ctx: &mut RequestCtx) -> Option<Box<DecisionRow>> {
         a.context,
         a.pool,
         a.prompt,
-        firewall,
+        ctx.firewall.as_ref().map(|r| r.to_json()),
     );
     row.project.clone_from(&ctx.trace.project_id);
+    if gw.auto.wants(crate::rollout::webhook::EventKind::Decision) {
+        // ... unless a decision webhook is to send the signed text now.
+        if let Err(e) = row.settle() {
+            tracing::error!(request_id = %ctx.trace.request_id, error = %e, "decision trace could not be signed");
+            return None;
+        }
+        gw.auto
+            .emit(crate::rollout::webhook::EventKind::Decision, || {
+                serde_json::from_str(&row.signed).unwrap_or(serde_json::Value::Null)
+            });
+    }
     Some(Box::new(row))
 }

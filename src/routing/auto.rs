@@ -210,12 +210,12 @@ impl AutoState {
         }
     }
 
-    /// Queue a webhook event (never blocks; a full queue drops and counts).
     /// Whether a webhook subscribes to events of `kind`.
     pub fn wants(&self, kind: crate::rollout::webhook::EventKind) -> bool {
         self.webhook.get().is_some_and(|w| w.wants(kind))
     }
 
+    /// Queue a webhook event (never blocks; a full queue drops and counts).
     pub fn emit(
         &self,
         kind: crate::rollout::webhook::EventKind,
