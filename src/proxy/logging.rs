@@ -82,6 +82,31 @@ struct Series {
 }
 
 impl Series {
+    /// Resolve the two series every request touches (creating them if new); the token,
+    /// cost and unpriced series are resolved on first use.
+    fn new(endpoint: &'static str, provider: &str, model: &str, status: u16, stream: bool) -> Self {
+        let m = metrics();
+        Series {
+            endpoint,
+            provider: provider.to_string(),
+            model: model.to_string(),
+            status,
+            stream,
+            requests: m.requests.with_label_values(&[
+                endpoint,
+                provider,
+                model,
+                &status.to_string(),
+            ]),
+            duration: m
+                .request_duration
+                .with_label_values(&[endpoint, if stream { "true" } else { "false" }]),
+            tokens: Default::default(),
+            cost: None,
+            unpriced: None,
+        }
+    }
+
     fn matches(
         &self,
         endpoint: &str,
@@ -135,39 +160,21 @@ pub fn observe(ctx: &RequestCtx) {
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return false;
         };
-        let reuse = slot
+        if !slot
             .as_ref()
-            .is_some_and(|s| s.matches(ctx.endpoint, provider, model, status, stream));
-        if !reuse {
-            let m = metrics();
-            *slot = Some(Series {
-                endpoint: ctx.endpoint,
-                provider: provider.to_string(),
-                model: model.to_string(),
-                status,
-                stream,
-                requests: m.requests.with_label_values(&[
-                    ctx.endpoint,
-                    provider,
-                    model,
-                    &status.to_string(),
-                ]),
-                duration: m
-                    .request_duration
-                    .with_label_values(&[ctx.endpoint, if stream { "true" } else { "false" }]),
-                tokens: Default::default(),
-                cost: None,
-                unpriced: None,
-            });
+            .is_some_and(|s| s.matches(ctx.endpoint, provider, model, status, stream))
+        {
+            *slot = Some(Series::new(ctx.endpoint, provider, model, status, stream));
         }
-        let Some(s) = slot.as_mut() else {
-            return false;
-        };
-        record(ctx, s, provider, model);
+        if let Some(s) = slot.as_mut() {
+            record(ctx, s, provider, model);
+        }
         true
     });
     if !done {
-        observe_uncached(ctx, provider, model);
+        // The thread's cache is busy: a series for this request alone (a lookup per label).
+        let mut once = Series::new(ctx.endpoint, provider, model, status, stream);
+        record(ctx, &mut once, provider, model);
     }
 }
 
@@ -200,44 +207,5 @@ fn record(ctx: &RequestCtx, s: &mut Series, provider: &str, model: &str) {
         s.unpriced
             .get_or_insert_with(|| m.unpriced.with_label_values(&[provider, model]))
             .inc();
-    }
-}
-
-/// The same as [`record`] with a lookup per series (the thread's cache is busy).
-fn observe_uncached(ctx: &RequestCtx, provider: &str, model: &str) {
-    let m = metrics();
-    let status = ctx.trace.status.to_string();
-    m.requests
-        .with_label_values(&[ctx.endpoint, provider, model, &status])
-        .inc();
-    m.request_duration
-        .with_label_values(&[
-            ctx.endpoint,
-            if ctx.trace.stream { "true" } else { "false" },
-        ])
-        .observe(ctx.start.elapsed().as_secs_f64());
-    let u = &ctx.usage;
-    if u.reported {
-        for (kind, n) in TOKEN_KINDS.iter().zip([
-            u.prompt_tokens,
-            u.completion_tokens,
-            u.cached_tokens,
-            u.cache_creation_tokens,
-            u.reasoning_tokens,
-        ]) {
-            if n > 0 {
-                m.tokens
-                    .with_label_values(&[provider, model, kind])
-                    .inc_by(n);
-            }
-        }
-    }
-    if ctx.trace.cost_usd > 0.0 {
-        m.cost_usd
-            .with_label_values(&[provider, model])
-            .inc_by(ctx.trace.cost_usd);
-    }
-    if ctx.trace.cost_unknown {
-        m.unpriced.with_label_values(&[provider, model]).inc();
     }
 }
