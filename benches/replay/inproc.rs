@@ -267,7 +267,13 @@ impl RouterUnderTest for InProc {
         debug_assert_eq!(self.log.len() as u64, req.seq);
         self.log.push((b as u8, served as u8));
         if self.cfg.sticky {
-            self.sticky.insert(req.session, served as u8);
+            // A reference refresh does not hold the session on the baseline.
+            let keep = if d.session_model() != d.chosen {
+                d.exploit.min(1)
+            } else {
+                served
+            };
+            self.sticky.insert(req.session, keep as u8);
         }
         Routed {
             model: served,

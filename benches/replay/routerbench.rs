@@ -15,7 +15,8 @@
 //! models were served in that route's worst 500-request window per seed;
 //! `LOOPGATE_DEBUG_SNAP=<route> LOOPGATE_DEBUG_SEED=<seed> LOOPGATE_DEBUG_RANGE=<from>-<to>`
 //! prints each model's posterior, P(within), exploration weight and gap bound every 40
-//! requests in that range.
+//! requests in that range (with `LOOPGATE_DEBUG_SIGNALS=1`, each signal's count, mean, weight,
+//! reliability and offset too).
 //!
 //! Routes are made from `benches/data/routerbench.jsonl.gz` by a fixed rule, not picked by
 //! hand: per task (ARC-Challenge, MBPP, Winogrande) and per baseline in {gpt-4-1106-preview,
@@ -502,6 +503,20 @@ impl Router for InProcRouter<'_> {
                     m.gap_ub,
                     m.in_explore
                 );
+                if std::env::var("LOOPGATE_DEBUG_SIGNALS").is_ok() {
+                    for s in m.posterior.signals.iter().filter(|s| s.count > 0) {
+                        eprintln!(
+                            "      {:?} n={} mean={:.3} raw={:.1} rel={:.2} w={:.1} off={:.3}",
+                            s.signal,
+                            s.count,
+                            s.mean,
+                            s.raw_weight,
+                            s.reliability,
+                            s.weight,
+                            s.offset
+                        );
+                    }
+                }
             }
         }
         let e = p.static_exploit;
@@ -545,7 +560,7 @@ impl Router for InProcRouter<'_> {
             }
         }
         self.served.push(d.served);
-        (d.served, d.chosen)
+        (d.served, d.session_model())
     }
 
     fn deliver(&mut self, ev: &Fb) {

@@ -308,6 +308,19 @@ impl Decision {
                 chosen.score.total,
                 base.score.total
             ),
+            PickKind::Explored if self.chosen == 0 => format!(
+                "Served the default {} instead of the promoted {} (probability {:.4}): a reference \
+                 refresh, so the default's estimate that the promotion is measured against keeps \
+                 moving while the promotion is not settled ({} confident; promotion.reference_rate).{}",
+                base.model,
+                r.models[self.exploit].model,
+                self.propensity,
+                pct(r.models[self.exploit].gate.confidence),
+                match self.labelling {
+                    Labelling::Scored { .. } => " Drawn on a request known to be scored.",
+                    _ => "",
+                }
+            ),
             PickKind::Explored => format!(
                 "Explored {} (probability {:.4}, exploration share {} of max {}): it meets the cost \
                  and latency limits and is not known to be worse than the limit.{}",

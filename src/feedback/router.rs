@@ -16,10 +16,16 @@
 //! 3. Exploit: the highest score among the baseline and the promotable candidates.
 //! 4. A session hint keeps the session's model if it is still the baseline, promotable or
 //!    explorable (so its NPS is attributable); the pick is then deterministic (propensity 1).
+//!    An explored session is released to the exploit pick once the recent window has spent
+//!    half the quality budget.
 //! 5. Explore with probability ε (the quality budget, capped by rate, max_exploration_share and
 //!    how likely exploring is to pay off): draw from the exploration weights precomputed per
 //!    snapshot (expected saving, see [`exploration_weights`]), restricted to the explorable
 //!    candidates. p(m) = (1−ε)·[m = exploit] + ε·ts(m)/Σts.
+//!    After a promotion that is not settled, the baseline itself is drawn with a small
+//!    probability (a reference refresh, `promotion.reference_rate`) so the reference of the
+//!    gate keeps moving; it is drawn on requests that continue a session on the promoted
+//!    model too, and does not hold the session.
 //! 6. `shadow` serves the baseline and records the pick as `would_have`.
 
 use std::sync::Arc;
@@ -186,6 +192,12 @@ pub struct PromotionConfig {
     pub look_spending: f64,
     /// Score advantage a challenger needs to replace the promoted model.
     pub switch_margin: f64,
+    /// Largest probability per request of serving the baseline instead of a promoted model
+    /// whose promotion is not settled, scaled by (1 − confidence) / (1 − `min_confidence`):
+    /// after a promotion the baseline is otherwise no longer served, so its estimate — the
+    /// reference of every later gate — would stay wherever the comparison left it. Drawn on
+    /// the scored requests when they are known; 0 turns it off.
+    pub reference_rate: f64,
 }
 
 impl Default for PromotionConfig {
@@ -194,13 +206,14 @@ impl Default for PromotionConfig {
             demote_confidence: 0.8,
             switch_margin: 0.02,
             look_spending: 0.5,
+            reference_rate: 0.05,
         }
     }
 }
 
 impl PromotionConfig {
     /// `demote_confidence` in (0, 1) (used as min(demote_confidence, min_confidence)),
-    /// `switch_margin` >= 0.
+    /// `switch_margin` and `look_spending` >= 0, `reference_rate` in [0, 1].
     pub fn validate(&self, _min_confidence: f64) -> Result<(), String> {
         let d = self.demote_confidence;
         if d.is_finite()
@@ -210,12 +223,14 @@ impl PromotionConfig {
             && self.switch_margin >= 0.0
             && self.look_spending.is_finite()
             && self.look_spending >= 0.0
+            && self.reference_rate.is_finite()
+            && (0.0..=1.0).contains(&self.reference_rate)
         {
             Ok(())
         } else {
             Err(format!(
-                "promotion.demote_confidence must be in (0, 1), switch_margin and look_spending >= 0, got {d}, {} and {}",
-                self.switch_margin, self.look_spending
+                "promotion.demote_confidence must be in (0, 1), switch_margin and look_spending >= 0, reference_rate in [0, 1], got {d}, {}, {} and {}",
+                self.switch_margin, self.look_spending, self.reference_rate
             ))
         }
     }
@@ -342,6 +357,13 @@ pub struct PreparedRoute {
     pub realized_gap: Option<f64>,
     /// The exploit pick without per-request state (what the exploration set is built around).
     pub static_exploit: usize,
+    /// Whether a session explored on a candidate may stay on it: not once the recent window's
+    /// realized gap has used the quality budget (see [`realized_gap`]).
+    pub explored_sessions_open: bool,
+    /// Probability (before labelling) of serving the baseline instead of a promoted exploit
+    /// pick, so the reference every gate compares against keeps moving (0 when the baseline is
+    /// the exploit pick or the promotion is settled).
+    pub reference_refresh: f64,
 }
 
 const DYNAMIC: [Knob; 2] = [Knob::DailyBudget, Knob::MaxExplorationShare];
@@ -565,6 +587,8 @@ impl PreparedRoute {
             budget_epsilon: 0.0,
             realized_gap: None,
             static_exploit: 0,
+            explored_sessions_open: true,
+            reference_refresh: 0.0,
         };
         let e = route.exploit(&RequestContext::default());
         route.static_exploit = e;
@@ -586,6 +610,21 @@ impl PreparedRoute {
         exploration_weights(&mut route.models, &ex, e);
         route.realized_gap = realized_gap(&route.models);
         route.budget_epsilon = budget_epsilon(&route);
+        if route.mode == Mode::Live && e != 0 {
+            // The promotion's reference keeps moving while the promotion is not settled.
+            let m = &route.models[e];
+            let conf = m.gate.confidence.min(m.stats.floor_confidence);
+            let unsettled =
+                ((1.0 - conf) / (1.0 - route.constraints.min_confidence).max(1e-9)).clamp(0.0, 1.0);
+            route.reference_refresh = route.promotion.reference_rate * unsettled;
+        }
+        // An explored session stays on its candidate only while the recent window has spent
+        // at most half the quality budget (where the realized account starts to slow new
+        // exploration): past that, sessions already on a candidate would keep spending after
+        // new exploration stopped, and one long session can carry a window below the floor.
+        let budget = route.exploration.budget * route.constraints.max_regression;
+        route.explored_sessions_open =
+            route.mode == Mode::Shadow || realized_throttle(route.realized_gap, budget) >= 1.0;
         Ok(Arc::new(route))
     }
 
@@ -659,24 +698,48 @@ impl PreparedRoute {
     /// The exploration probability ε actually used for this request: the snapshot's budgeted
     /// rate, concentrated on the scored requests when they are known ([`Labelling`]).
     pub fn epsilon(&self, ctx: &RequestContext<'_>) -> f64 {
+        self.draw_split(ctx).0
+    }
+
+    /// This request's probabilities of (exploring a candidate, refreshing the reference):
+    /// both are drawn together on the scored requests when those are known, each keeping its
+    /// share of the route-level rate.
+    pub fn draw_split(&self, ctx: &RequestContext<'_>) -> (f64, f64) {
         let c = &self.constraints;
         if ctx.exploration_share >= c.max_exploration_share {
-            return 0.0;
+            return (0.0, 0.0);
         }
         let (z, any) = self.ts_mass(ctx);
-        if any && z > 0.0 {
-            ctx.labelling.exploration_probability(self.budget_epsilon)
+        let explore = if any && z > 0.0 {
+            self.budget_epsilon
         } else {
             0.0
+        };
+        let refresh = if self.reference_refresh > 0.0
+            && self.static_exploit != 0
+            && self.exploit(ctx) == self.static_exploit
+        {
+            self.reference_refresh
+        } else {
+            0.0
+        };
+        let total = explore + refresh;
+        if total <= 0.0 {
+            return (0.0, 0.0);
         }
+        let p = ctx.labelling.exploration_probability(total);
+        (p * explore / total, p * refresh / total)
     }
 
     /// The policy's probability of picking model `i` (without a session hint).
     pub fn probability(&self, i: usize, ctx: &RequestContext<'_>) -> f64 {
         let e = self.exploit(ctx);
-        let eps = self.epsilon(ctx);
+        let (eps, refresh) = self.draw_split(ctx);
         let (z, _) = self.ts_mass_excluding(ctx, e);
-        let exploit = if i == e { 1.0 - eps } else { 0.0 };
+        if i == 0 && e != 0 {
+            return refresh;
+        }
+        let exploit = if i == e { 1.0 - eps - refresh } else { 0.0 };
         let explore = if eps > 0.0 && z > 0.0 && i != e && self.explorable(i, ctx) {
             eps * self.models[i].ts_prob / z
         } else {
@@ -684,7 +747,7 @@ impl PreparedRoute {
         };
         // No explorable model left once the exploit pick is excluded: ε folds back into it.
         if eps > 0.0 && z <= 0.0 && i == e {
-            return 1.0;
+            return 1.0 - refresh;
         }
         exploit + explore
     }
@@ -1053,6 +1116,16 @@ impl Decision {
             _ => false,
         }
     }
+    /// The model the session should stay on: the pick, except after a reference refresh (the
+    /// baseline served once to keep the promotion's reference current), which does not hold
+    /// the session on the baseline.
+    pub fn session_model(&self) -> usize {
+        if self.kind == PickKind::Explored && self.chosen == 0 {
+            self.exploit
+        } else {
+            self.chosen
+        }
+    }
     /// The chosen candidate's provider failed: serve the baseline and record the miss.
     pub fn provider_error(mut self) -> Self {
         self.served = 0;
@@ -1100,21 +1173,45 @@ pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision 
     d.exploit = e;
     if let Some(hint) = ctx.sticky {
         match route.index_of(hint) {
-            Some(i) if i == 0 || i == e || route.promotable(i, ctx) || route.explorable(i, ctx) => {
+            Some(i)
+                if i == 0
+                    || i == e
+                    || route.promotable(i, ctx)
+                    || (route.explorable(i, ctx) && route.explored_sessions_open) =>
+            {
                 d.sticky_model = Some(i);
                 d.chosen = i;
                 d.kind = PickKind::Sticky;
                 d.served = if route.mode == Mode::Live { i } else { 0 };
+                if i == e && e != 0 {
+                    // Most traffic continues a session: a reference refresh drawn only on
+                    // sessions' first requests would run at a fraction of its rate.
+                    let (_, refresh) = route.draw_split(ctx);
+                    if refresh > 0.0 {
+                        if ctx.rng.clamp(0.0, 1.0) < refresh {
+                            d.chosen = 0;
+                            d.served = 0;
+                            d.kind = PickKind::Explored;
+                            d.epsilon = refresh;
+                            d.propensity = refresh;
+                        } else {
+                            d.propensity = 1.0 - refresh;
+                        }
+                    }
+                }
                 return d;
             }
             _ => d.misses[0] = Some(Miss::StickyHintDropped),
         }
     }
-    let eps = route.epsilon(ctx);
-    d.epsilon = eps;
+    let (eps, refresh) = route.draw_split(ctx);
+    d.epsilon = eps + refresh;
     let mut chosen = e;
     let u = ctx.rng.clamp(0.0, 1.0);
-    if eps > 0.0 && u < eps {
+    if refresh > 0.0 && u >= eps && u < eps + refresh {
+        // A reference refresh: the baseline, so the promotion's reference keeps moving.
+        chosen = 0;
+    } else if eps > 0.0 && u < eps {
         // Reuse the same uniform for the exploration draw: u/ε is uniform on [0, 1).
         let (z, _) = route.ts_mass_excluding(ctx, e);
         if z > 0.0 {
@@ -1798,6 +1895,193 @@ pub(crate) mod tests {
         };
         assert_eq!(two("x"), 1);
         assert_eq!(two("y"), 2);
+    }
+
+    #[test]
+    fn explored_sessions_are_released_once_the_window_spent_half_its_budget() {
+        // "bad" is known to be 0.2 below the 0.6 baseline; "new" is unknown and explorable.
+        let cands = [("bad", 8, 20, 0.002), ("new", 0, 0, 0.001)];
+        let ctx = RequestContext {
+            sticky: Some("new"),
+            rng: 0.99,
+            ..Default::default()
+        };
+        // 2% of the window on "bad": a realized gap of 0.004, under half the 0.02 budget.
+        let calm = served_route(&cands, None, &[490, 10, 0]);
+        assert!(calm.explored_sessions_open && calm.explorable(2, &ctx));
+        let d = decide(&calm, &ctx);
+        assert_eq!((d.kind, d.chosen_model()), (PickKind::Sticky, "new"));
+        // 7%: a realized gap of 0.014. "new" may still be explored on fresh draws (the
+        // throttled budget), but the session already on it goes back to the exploit pick.
+        let spent = served_route(&cands, None, &[465, 35, 0]);
+        assert!(!spent.explored_sessions_open && spent.explorable(2, &ctx));
+        let d = decide(&spent, &ctx);
+        assert_eq!(d.misses[0], Some(Miss::StickyHintDropped));
+        assert_eq!(d.chosen_model(), "base");
+        // The baseline and a promoted model keep their sessions whatever the window spent.
+        for hint in ["base", "good"] {
+            let r = served_route(
+                &[("good", 195, 200, 0.001), ("bad", 8, 20, 0.002)],
+                Some("good"),
+                &[400, 20, 80],
+            );
+            assert!(!r.explored_sessions_open, "{:?}", r.realized_gap);
+            let d = decide(
+                &r,
+                &RequestContext {
+                    sticky: Some(hint),
+                    rng: 0.99,
+                    ..Default::default()
+                },
+            );
+            assert_eq!((d.kind, d.chosen_model()), (PickKind::Sticky, hint));
+        }
+    }
+
+    #[test]
+    fn reference_refreshes_are_drawn_while_a_promotion_is_unsettled() {
+        // In the hysteresis band: promoted and kept, but not settled.
+        let kept = budget_route(&[("c", 124, 200, 0.001)], Some("c"));
+        assert_eq!(kept.static_exploit, 1);
+        let conf = kept.models[1].gate.confidence;
+        let want = 0.05 * ((1.0 - conf) / 0.05).min(1.0);
+        assert!((kept.reference_refresh - want).abs() < 1e-12 && want > 0.0);
+        // Drawn on scored requests: share·p(scored) + (1 − share)·p(unscored) keeps the rate.
+        let scored = RequestContext {
+            labelling: Labelling::from_share(true, 0.3),
+            ..Default::default()
+        };
+        let unscored = RequestContext {
+            labelling: Labelling::from_share(false, 0.3),
+            ..Default::default()
+        };
+        let (ps, pu) = (kept.probability(0, &scored), kept.probability(0, &unscored));
+        assert!(
+            (0.3 * ps + 0.7 * pu - want).abs() < 1e-9,
+            "{ps} {pu} {want}"
+        );
+        // A draw inside the refresh's slice serves the baseline as exploration, with its
+        // propensity, and does not hold the session on the baseline.
+        let (eps, refresh) = kept.draw_split(&scored);
+        let d = decide(
+            &kept,
+            &RequestContext {
+                rng: eps + refresh / 2.0,
+                ..scored
+            },
+        );
+        assert_eq!((d.kind, d.chosen, d.served), (PickKind::Explored, 0, 0));
+        assert!(d.explores());
+        assert!((d.propensity - ps).abs() < 1e-12);
+        assert_eq!(d.session_model(), 1);
+        let why = serde_json::to_string(&d.trace("req", 0)).unwrap();
+        assert!(why.contains("reference refresh"), "{why}");
+        // A request continuing a session on the promoted model is refreshed at the same rate.
+        let on_c = |rng: f64| {
+            decide(
+                &kept,
+                &RequestContext {
+                    sticky: Some("c"),
+                    rng,
+                    ..scored
+                },
+            )
+        };
+        let d = on_c(refresh / 2.0);
+        assert_eq!(
+            (d.kind, d.served, d.session_model()),
+            (PickKind::Explored, 0, 1)
+        );
+        assert!((d.propensity - refresh).abs() < 1e-12);
+        let d = on_c(refresh + 0.01);
+        assert_eq!((d.kind, d.served), (PickKind::Sticky, 1));
+        assert!((d.propensity - (1.0 - refresh)).abs() < 1e-12);
+        // Every probability still sums to 1.
+        let total: f64 = (0..kept.models.len())
+            .map(|i| kept.probability(i, &scored))
+            .sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        // A settled promotion, the baseline as exploit pick, or shadow mode: no refresh.
+        let settled = budget_route(&[("c", 195, 200, 0.001)], Some("c"));
+        assert_eq!(settled.static_exploit, 1);
+        assert!(
+            settled.reference_refresh < 1e-6,
+            "{}",
+            settled.reference_refresh
+        );
+        let fresh = budget_route(&[("c", 124, 200, 0.001)], None);
+        assert_eq!((fresh.static_exploit, fresh.reference_refresh), (0, 0.0));
+    }
+
+    /// A promotion made against a baseline whose estimate is lucky-low (0.66 over 50 samples,
+    /// truly 0.80) of a candidate truly 0.06 below it. Nothing but the baseline's own samples
+    /// can correct the reference: with refreshes the route is back on the baseline, without
+    /// them the false promotion stays for good.
+    fn replay_lucky_reference(reference_rate: f64) -> Option<usize> {
+        let (qb, qc) = (0.80, 0.74);
+        let mut counts = [(33u64, 50u64), (222u64, 300u64)];
+        let mut incumbent = Some("c");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut uniform = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let promotion = PromotionConfig {
+            reference_rate,
+            ..PromotionConfig::default()
+        };
+        for n in 0..4_000usize {
+            let route = PreparedRoute::prepare_with(
+                RouteInput {
+                    route: Arc::from("lucky"),
+                    mode: Mode::Live,
+                    baseline: model("base", post(counts[0].0, counts[0].1), 0.01),
+                    candidates: vec![model("c", post(counts[1].0, counts[1].1), 0.001)],
+                    constraints: Constraints::default(),
+                    weights: ScoreWeights::default(),
+                    exploration: ExplorationConfig::default(),
+                    pinned: None,
+                    table_version: n as u64,
+                },
+                promotion,
+                incumbent,
+            )
+            .unwrap();
+            if n == 0 {
+                assert_eq!(route.static_exploit, 1, "promoted at the start");
+                let conf = route.models[1].gate.confidence;
+                assert!(conf > 0.9, "well inside the hysteresis band: {conf}");
+            }
+            if route.static_exploit == 0 {
+                return Some(n);
+            }
+            incumbent = Some("c");
+            let scored = uniform() < 0.3;
+            let d = decide(
+                &route,
+                &RequestContext {
+                    rng: uniform(),
+                    labelling: Labelling::from_share(scored, 0.3),
+                    ..Default::default()
+                },
+            );
+            if scored {
+                let q = if d.served == 0 { qb } else { qc };
+                let c = &mut counts[d.served];
+                c.0 += u64::from(uniform() < q);
+                c.1 += 1;
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_promotion_on_a_lucky_reference_is_withdrawn_by_reference_refreshes() {
+        let back = replay_lucky_reference(PromotionConfig::default().reference_rate);
+        assert!(back.is_some_and(|n| n < 2_000), "{back:?}");
+        assert_eq!(replay_lucky_reference(0.0), None);
     }
 
     fn arb_model(name: &'static str) -> impl Strategy<Value = ModelInput> {

@@ -378,7 +378,7 @@ impl AutoState {
         update_f64(&c.explore_share, |s| s + EXPLORE_EWMA * (explored - s));
         drop(c);
         if let Some(s) = session {
-            let model = Arc::clone(&d.route.models[d.chosen].model);
+            let model = Arc::clone(&d.route.models[d.session_model()].model);
             self.sticky
                 .insert((route.to_string(), s.to_string()), (model, now_ms));
         }
