@@ -31,4 +31,32 @@ fn main() {
     if let Err(e) = std::fs::write(&dest, out) {
         println!("cargo:warning=cannot write {}: {e}", dest.display());
     }
+    symbol_order();
+}
+
+/// Release builds for x86_64 Linux (GNU), where rustc links with LLD by default: lay out the
+/// functions that start-up and a request execute side by side at the start of `.text`
+/// (`link/loopgate.order`, written by `link/gen-order.py`), so the kernel maps those pages
+/// and not ~70% of a 23 MB `.text` (idle RSS, issue 14: docs/benchmarks.md, "Session 16").
+/// Only the binary's layout changes, not its code. Names that are not in the binary (a stale
+/// list) are skipped silently. `LOOPGATE_NO_SYMBOL_ORDER=1` turns it off, for a linker
+/// without `--symbol-ordering-file` (GNU ld).
+fn symbol_order() {
+    println!("cargo:rerun-if-env-changed=LOOPGATE_NO_SYMBOL_ORDER");
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let lld_default = var("CARGO_CFG_TARGET_ARCH") == "x86_64"
+        && var("CARGO_CFG_TARGET_OS") == "linux"
+        && var("CARGO_CFG_TARGET_ENV") == "gnu";
+    if !lld_default || var("PROFILE") != "release" || !var("LOOPGATE_NO_SYMBOL_ORDER").is_empty() {
+        return;
+    }
+    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("link/loopgate.order");
+    println!("cargo:rerun-if-changed={}", order.display());
+    if order.is_file() {
+        println!(
+            "cargo:rustc-link-arg-bin=loopgate=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        println!("cargo:rustc-link-arg-bin=loopgate=-Wl,--no-warn-symbol-ordering");
+    }
 }
