@@ -50,6 +50,17 @@ fn symbol_order() {
     if !lld_default || var("PROFILE") != "release" || !var("LOOPGATE_NO_SYMBOL_ORDER").is_empty() {
         return;
     }
+    // A linker the user chose (a target `linker`, or rustflags that pick another linker or
+    // flavour) may not know the flag: keep the default layout rather than fail the build.
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    if !var("RUSTC_LINKER").is_empty()
+        || flags.contains("linker")
+        || flags.contains("fuse-ld")
+        || flags.contains("link-self-contained")
+    {
+        return;
+    }
     let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("link/loopgate.order");
     println!("cargo:rerun-if-changed={}", order.display());
     if order.is_file() {
