@@ -150,20 +150,20 @@ impl TraceService for Grpc {
 }
 
 async fn grpc_receiver(got: Shared) -> (String, tokio::task::JoinHandle<()>) {
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Bound here and handed to tonic, so it listens before the gateway starts. (Picking a free
+    // port and letting tonic bind it later raced with the other tests' sockets: about one run
+    // in ten the port was taken in between, tonic's bind failed silently, and the export was
+    // refused.)
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
     let h = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
-            .serve(addr, TraceServiceServer::new(Grpc(got)))
+            .serve_with_incoming(
+                TraceServiceServer::new(Grpc(got)),
+                tonic::transport::server::TcpIncoming::from(l),
+            )
             .await;
     });
-    // Bounded wait until it listens.
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     (format!("http://{addr}"), h)
 }
 
