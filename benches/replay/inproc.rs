@@ -268,7 +268,7 @@ impl RouterUnderTest for InProc {
         self.log.push((b as u8, served as u8));
         if self.cfg.sticky {
             // A reference refresh does not hold the session on the baseline.
-            let keep = if d.session_model() != d.chosen {
+            let keep = if d.is_reference_refresh() {
                 d.exploit.min(1)
             } else {
                 served

@@ -143,7 +143,7 @@ impl Decision {
                         filter_reasons.push(reason(&row));
                     }
                 }
-                let conf = m.gate.confidence.min(m.stats.floor_confidence);
+                let conf = m.within_confidence();
                 let level = crate::feedback::router::promotion_level(
                     c.min_confidence,
                     m.posterior.samples,
@@ -159,7 +159,7 @@ impl Decision {
                 if !m.explore_quality_ok {
                     filter_reasons.push(format!(
                         "not explored: eliminated, confidently below the quality limits (P(within) = {:.4} < {:.4})",
-                        m.gate.confidence.min(m.stats.floor_confidence),
+                        m.within_confidence(),
                         1.0 - c.min_confidence
                     ));
                 } else if !m.in_explore && i != r.static_exploit {
@@ -187,7 +187,7 @@ impl Decision {
                     filter_reasons.push(format!(
                         "exploration cost: gap upper bound {:.4} (budget {:.4} per request{realized}, ε = {:.4}{trial})",
                         m.gap_ub,
-                        r.exploration.budget * c.max_regression,
+                        r.quality_budget(),
                         r.budget_epsilon
                     ));
                 }
@@ -308,7 +308,7 @@ impl Decision {
                 chosen.score.total,
                 base.score.total
             ),
-            PickKind::Explored if self.chosen == 0 => format!(
+            PickKind::Explored if self.is_reference_refresh() => format!(
                 "Served the default {} instead of the promoted {} (probability {:.4}): a reference \
                  refresh, so the default's estimate that the promotion is measured against keeps \
                  moving while the promotion is not settled ({} confident; promotion.reference_rate).{}",

@@ -330,6 +330,12 @@ impl PreparedModel {
             recent_requests: self.recent_requests,
         }
     }
+
+    /// P(within `max_regression` of the baseline) and P(above `min_quality`) together: the
+    /// confidence the gate, the hysteresis and the exploration weights judge the model by.
+    pub fn within_confidence(&self) -> f64 {
+        self.gate.confidence.min(self.stats.floor_confidence)
+    }
 }
 
 /// An immutable, precomputed route: what the request path reads.
@@ -568,9 +574,8 @@ impl PreparedRoute {
             let m = &mut models[i];
             let mut f = m.static_failures;
             f.remove(Knob::MinConfidence);
-            let conf = m.stats.confidence.min(m.stats.floor_confidence);
             let demote = promotion.demote_confidence.min(c_min_conf);
-            m.retained = !f.blocks(Action::Promote) && conf >= demote;
+            m.retained = !f.blocks(Action::Promote) && m.within_confidence() >= demote;
         }
         let mut route = PreparedRoute {
             route: input.route,
@@ -612,8 +617,7 @@ impl PreparedRoute {
         route.budget_epsilon = budget_epsilon(&route);
         if route.mode == Mode::Live && e != 0 {
             // The promotion's reference keeps moving while the promotion is not settled.
-            let m = &route.models[e];
-            let conf = m.gate.confidence.min(m.stats.floor_confidence);
+            let conf = route.models[e].within_confidence();
             let unsettled =
                 ((1.0 - conf) / (1.0 - route.constraints.min_confidence).max(1e-9)).clamp(0.0, 1.0);
             route.reference_refresh = route.promotion.reference_rate * unsettled;
@@ -622,14 +626,19 @@ impl PreparedRoute {
         // at most half the quality budget (where the realized account starts to slow new
         // exploration): past that, sessions already on a candidate would keep spending after
         // new exploration stopped, and one long session can carry a window below the floor.
-        let budget = route.exploration.budget * route.constraints.max_regression;
-        route.explored_sessions_open =
-            route.mode == Mode::Shadow || realized_throttle(route.realized_gap, budget) >= 1.0;
+        route.explored_sessions_open = route.mode == Mode::Shadow
+            || realized_throttle(route.realized_gap, route.quality_budget()) >= 1.0;
         Ok(Arc::new(route))
     }
 
     pub fn baseline(&self) -> &PreparedModel {
         &self.models[0]
+    }
+
+    /// The expected quality exploration may cost per request: `exploration.budget` ×
+    /// `max_regression`.
+    pub fn quality_budget(&self) -> f64 {
+        self.exploration.budget * self.constraints.max_regression
     }
 
     pub fn index_of(&self, model: &str) -> Option<usize> {
@@ -695,16 +704,15 @@ impl PreparedRoute {
         }
     }
 
-    /// The exploration probability ε actually used for this request: the snapshot's budgeted
-    /// rate, concentrated on the scored requests when they are known ([`Labelling`]).
-    pub fn epsilon(&self, ctx: &RequestContext<'_>) -> f64 {
-        self.draw_split(ctx).0
+    /// This request's probabilities of (exploring a candidate, refreshing the reference): the
+    /// snapshot's budgeted exploration rate and its reference refresh, drawn together on the
+    /// scored requests when those are known ([`Labelling`]), each keeping its share.
+    pub fn draw_split(&self, ctx: &RequestContext<'_>) -> (f64, f64) {
+        self.draw_split_at(ctx, self.exploit(ctx))
     }
 
-    /// This request's probabilities of (exploring a candidate, refreshing the reference):
-    /// both are drawn together on the scored requests when those are known, each keeping its
-    /// share of the route-level rate.
-    pub fn draw_split(&self, ctx: &RequestContext<'_>) -> (f64, f64) {
+    /// [`Self::draw_split`] with the request's exploit pick `e` already known.
+    fn draw_split_at(&self, ctx: &RequestContext<'_>, e: usize) -> (f64, f64) {
         let c = &self.constraints;
         if ctx.exploration_share >= c.max_exploration_share {
             return (0.0, 0.0);
@@ -715,10 +723,7 @@ impl PreparedRoute {
         } else {
             0.0
         };
-        let refresh = if self.reference_refresh > 0.0
-            && self.static_exploit != 0
-            && self.exploit(ctx) == self.static_exploit
-        {
+        let refresh = if self.reference_refresh > 0.0 && e != 0 && e == self.static_exploit {
             self.reference_refresh
         } else {
             0.0
@@ -734,7 +739,7 @@ impl PreparedRoute {
     /// The policy's probability of picking model `i` (without a session hint).
     pub fn probability(&self, i: usize, ctx: &RequestContext<'_>) -> f64 {
         let e = self.exploit(ctx);
-        let (eps, refresh) = self.draw_split(ctx);
+        let (eps, refresh) = self.draw_split_at(ctx, e);
         let (z, _) = self.ts_mass_excluding(ctx, e);
         if i == 0 && e != 0 {
             return refresh;
@@ -795,7 +800,7 @@ fn budget_epsilon(r: &PreparedRoute) -> f64 {
         .map(|m| m.ts_prob / mass * m.gap_ub)
         .sum();
     let g_e = if e == 0 { 0.0 } else { r.models[e].gap_ub };
-    let budget = ex.budget * r.constraints.max_regression;
+    let budget = r.quality_budget();
     let budget = budget * realized_throttle(r.realized_gap, budget);
     // Shadow exploration serves the baseline: it costs no quality, so it runs at the cap.
     if r.mode == Mode::Shadow {
@@ -917,12 +922,7 @@ fn exploration_weights(models: &mut [PreparedModel], ex: &ExplorationConfig, exp
     }
     let base_cost = models[0].stats.cost_per_request;
     let e_cost = models[exploit].stats.cost_per_request;
-    let within = |m: &PreparedModel| {
-        m.gate
-            .confidence
-            .min(m.stats.floor_confidence)
-            .clamp(0.0, 1.0)
-    };
+    let within = |m: &PreparedModel| m.within_confidence().clamp(0.0, 1.0);
     let mut sum = 0.0;
     for m in models.iter_mut().skip(1).filter(|m| m.in_explore) {
         let saving = if base_cost > 0.0 {
@@ -1116,11 +1116,15 @@ impl Decision {
             _ => false,
         }
     }
-    /// The model the session should stay on: the pick, except after a reference refresh (the
-    /// baseline served once to keep the promotion's reference current), which does not hold
-    /// the session on the baseline.
+    /// A reference refresh: the baseline served instead of a promoted exploit pick, to keep
+    /// the promotion's reference current (the only exploration that picks the baseline).
+    pub fn is_reference_refresh(&self) -> bool {
+        self.kind == PickKind::Explored && self.chosen == 0
+    }
+    /// The model the session should stay on: the pick, except after a reference refresh,
+    /// which does not hold the session on the baseline.
     pub fn session_model(&self) -> usize {
-        if self.kind == PickKind::Explored && self.chosen == 0 {
+        if self.is_reference_refresh() {
             self.exploit
         } else {
             self.chosen
@@ -1186,7 +1190,7 @@ pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision 
                 if i == e && e != 0 {
                     // Most traffic continues a session: a reference refresh drawn only on
                     // sessions' first requests would run at a fraction of its rate.
-                    let (_, refresh) = route.draw_split(ctx);
+                    let (_, refresh) = route.draw_split_at(ctx, e);
                     if refresh > 0.0 {
                         if ctx.rng.clamp(0.0, 1.0) < refresh {
                             d.chosen = 0;
@@ -1204,7 +1208,7 @@ pub fn decide(route: &Arc<PreparedRoute>, ctx: &RequestContext<'_>) -> Decision 
             _ => d.misses[0] = Some(Miss::StickyHintDropped),
         }
     }
-    let (eps, refresh) = route.draw_split(ctx);
+    let (eps, refresh) = route.draw_split_at(ctx, e);
     d.epsilon = eps + refresh;
     let mut chosen = e;
     let u = ctx.rng.clamp(0.0, 1.0);
