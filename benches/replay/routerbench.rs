@@ -7,7 +7,8 @@
 //! cargo bench --profile test --bench replay -- --routerbench --http --quick --seeds 3
 //!                                                         # through the real gateway
 //! ```
-//! `--only TEXT` keeps the routes whose name contains TEXT. `--http` drives the same traffic
+//! `--only TEXT` keeps the routes whose name contains TEXT; `--no-priors` runs without the
+//! embedded benchmark priors (in process only). `--http` drives the same traffic
 //! through the built `loopgate` binary (`routerbench_http.rs`); results go to
 //! `routerbench_http.{md,json}` instead of `routerbench.{md,json}`.
 //!
@@ -817,6 +818,9 @@ struct Args {
     only: Option<String>,
     /// Whether the judge's sample is announced before routing (default; `--unannounced`: not).
     announce: bool,
+    /// Without the embedded benchmark priors (`--no-priors`): every candidate starts unknown,
+    /// as a model the priors do not know, or a task they say nothing about, would.
+    priors: bool,
 }
 
 fn parse() -> Args {
@@ -829,6 +833,7 @@ fn parse() -> Args {
         http: false,
         only: None,
         announce: true,
+        priors: true,
     };
     let mut seeds_set = false;
     let mut it = std::env::args().skip(1);
@@ -842,6 +847,7 @@ fn parse() -> Args {
             "--http" => a.http = true,
             "--only" => a.only = it.next(),
             "--unannounced" => a.announce = false,
+            "--no-priors" => a.priors = false,
             "--out" => a.out = it.next().map(PathBuf::from).unwrap_or(a.out),
             "--data" => a.data = it.next().map(PathBuf::from).unwrap_or(a.data),
             _ => {}
@@ -867,7 +873,16 @@ pub fn main() {
             std::process::exit(1);
         }
     };
-    let priors = Priors::embedded().ok();
+    if a.http && !a.priors {
+        // The gateway loads its embedded priors itself; there is no switch to turn them off.
+        eprintln!("routerbench: --no-priors is for the in-process replay only");
+        std::process::exit(2);
+    }
+    let priors = if a.priors {
+        Priors::embedded().ok()
+    } else {
+        None
+    };
     let set = settings();
     let overridden = std::env::var("LOOPGATE_BENCH_OVERRIDES").is_ok_and(|v| !v.trim().is_empty());
     let delta = set.constraints.max_regression;
@@ -912,10 +927,11 @@ pub fn main() {
         } else {
             "in-process"
         },
-        if a.announce {
-            "judge sample announced before routing (loopgate-feedback-expected)"
-        } else {
-            "judge sample not announced (--unannounced)"
+        match (a.announce, a.priors) {
+            (true, true) => "judge sample announced before routing (loopgate-feedback-expected)",
+            (false, true) => "judge sample not announced (--unannounced)",
+            (true, false) => "judge sample announced, WITHOUT benchmark priors (--no-priors)",
+            (false, false) => "judge sample not announced, WITHOUT benchmark priors",
         },
         if overridden {
             "OVERRIDDEN settings (LOOPGATE_BENCH_OVERRIDES)"
