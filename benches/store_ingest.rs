@@ -78,6 +78,9 @@ fn rec_plain(i: u64) -> TraceRecord {
     }
 }
 
+/// Builds the `i`-th record of a run.
+type MakeRecord = fn(u64) -> TraceRecord;
+
 struct Running {
     sink: TraceSink,
     _slot: StoreSlot,
@@ -111,12 +114,7 @@ fn cpu_time() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-fn ingest(
-    rt: &tokio::runtime::Runtime,
-    run: &Running,
-    iters: u64,
-    make: fn(u64) -> TraceRecord,
-) -> Duration {
+fn ingest(rt: &tokio::runtime::Runtime, run: &Running, iters: u64, make: MakeRecord) -> Duration {
     let mut total = Duration::ZERO;
     let mut cpu = Duration::ZERO;
     for _ in 0..iters {
@@ -166,8 +164,7 @@ fn bench(c: &mut Criterion) {
             .into_owned(),
         ..Default::default()
     };
-    let sqlite_runs: [(&str, fn(u64) -> TraceRecord); 2] =
-        [("sqlite", rec), ("sqlite_plain", rec_plain)];
+    let sqlite_runs: [(&str, MakeRecord); 2] = [("sqlite", rec), ("sqlite_plain", rec_plain)];
     for (name, make) in sqlite_runs {
         let sqlite = StorageConfig {
             backend: Backend::Sqlite,
