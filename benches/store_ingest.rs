@@ -5,7 +5,9 @@
 //! throwaway server started from the machine's binaries (as in the tests), twice: the
 //! shipped binary-`COPY` path (`postgres_copy`) and multi-row `INSERT`s (`postgres_insert`,
 //! `storage.postgres_copy = false`), each into a fresh database. Without the binaries that
-//! backend is skipped with a printed note.
+//! backend is skipped with a printed note. SQLite runs twice too: records with a project,
+//! session, user and property (`sqlite`), and records shaped like a plain request through a
+//! gateway key without any of them (`sqlite_plain`).
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -61,6 +63,24 @@ fn rec(i: u64) -> TraceRecord {
     }
 }
 
+/// A plain request's record: no project, session, user, route or property (the shape of
+/// `cargo bench --bench instructions`' requests); the provider answers with a dated model.
+fn rec_plain(i: u64) -> TraceRecord {
+    let r = rec(i);
+    TraceRecord {
+        session_id: None,
+        project_id: None,
+        user_id: None,
+        properties: Vec::new(),
+        route: None,
+        served_model: Some(format!("{}-2024-07-18", r.requested_model)),
+        ..r
+    }
+}
+
+/// Builds the `i`-th record of a run.
+type MakeRecord = fn(u64) -> TraceRecord;
+
 struct Running {
     sink: TraceSink,
     _slot: StoreSlot,
@@ -94,12 +114,12 @@ fn cpu_time() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-fn ingest(rt: &tokio::runtime::Runtime, run: &Running, iters: u64) -> Duration {
+fn ingest(rt: &tokio::runtime::Runtime, run: &Running, iters: u64, make: MakeRecord) -> Duration {
     let mut total = Duration::ZERO;
     let mut cpu = Duration::ZERO;
     for _ in 0..iters {
         let base = SEQ.fetch_add(PER_ITER as u64, Ordering::Relaxed);
-        let recs: Vec<TraceRecord> = (base..base + PER_ITER as u64).map(rec).collect();
+        let recs: Vec<TraceRecord> = (base..base + PER_ITER as u64).map(make).collect();
         let t = Instant::now();
         let c0 = cpu_time();
         rt.block_on(async {
@@ -144,15 +164,23 @@ fn bench(c: &mut Criterion) {
             .into_owned(),
         ..Default::default()
     };
-    let sqlite = StorageConfig {
-        backend: Backend::Sqlite,
-        sqlite_path: dir.path().join("bench.db").to_string_lossy().into_owned(),
-        ..base.clone()
-    };
-    let run = start(&rt, &sqlite);
-    g.bench_function(BenchmarkId::new("pipeline", "sqlite"), |b| {
-        b.iter_custom(|iters| ingest(&rt, &run, iters))
-    });
+    let sqlite_runs: [(&str, MakeRecord); 2] = [("sqlite", rec), ("sqlite_plain", rec_plain)];
+    for (name, make) in sqlite_runs {
+        let sqlite = StorageConfig {
+            backend: Backend::Sqlite,
+            sqlite_path: dir
+                .path()
+                .join(format!("{name}.db"))
+                .to_string_lossy()
+                .into_owned(),
+            ..base.clone()
+        };
+        let run = start(&rt, &sqlite);
+        g.bench_function(BenchmarkId::new("pipeline", name), |b| {
+            b.iter_custom(|iters| ingest(&rt, &run, iters, make))
+        });
+        drop(run);
+    }
 
     if pg::find_bindir().is_none() {
         println!("note: PostgreSQL binaries not found; skipping the postgres ingest benchmark");
@@ -184,7 +212,7 @@ fn bench(c: &mut Criterion) {
             };
             let run = start(&rt, &cfg);
             g.bench_function(BenchmarkId::new("pipeline", name), |b| {
-                b.iter_custom(|iters| ingest(&rt, &run, iters))
+                b.iter_custom(|iters| ingest(&rt, &run, iters, rec))
             });
             drop(run);
         }

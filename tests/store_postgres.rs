@@ -178,3 +178,156 @@ async fn postgres_nothing_lost_when_the_server_restarts() {
     assert_eq!(r.status, 200);
     p.shutdown().await;
 }
+
+/// A database at schema version 8 with traces (some without a project, session or user) is
+/// upgraded in place by migration 9 (partial project, session and user indexes, no
+/// `decision_id` index); every filter still finds exactly its rows, and the session, user and
+/// project filters can search their partial index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_upgrade_to_partial_trace_indexes_keeps_rows_and_answers() {
+    use loopgate::store::query::{Sql, SqlParam};
+    use loopgate::store::{LogFilter, LogQuery};
+
+    let srv = server();
+    let dir = tempfile::tempdir().expect("tempdir");
+    srv.create_db("upgrade");
+    let c = cfg(srv.url_for("upgrade"), &dir, "upgrade");
+    let recs: Vec<_> = (0..300)
+        .map(|i| {
+            let mut r = cases::record(i);
+            if i % 4 == 3 {
+                r.session_id = None;
+            }
+            if i % 5 == 4 {
+                r.project_id = None;
+            }
+            r
+        })
+        .collect();
+    {
+        let s = loopgate::store::open(&c).await.expect("open");
+        assert_eq!(s.insert_traces(&recs).await.expect("insert"), 300);
+    }
+    let (client, conn) = tokio_postgres::connect(&srv.url_for("upgrade"), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    // Back to version 8: the indexes exactly as migration 1 created them.
+    client
+        .batch_execute(
+            "DROP INDEX traces_project_ts; DROP INDEX traces_session_ts; DROP INDEX traces_user_ts; \
+             CREATE INDEX traces_project_ts ON traces (project_id, ts_ms); \
+             CREATE INDEX traces_session_ts ON traces (session_id, ts_ms); \
+             CREATE INDEX traces_user_ts ON traces (user_id, ts_ms); \
+             CREATE INDEX traces_decision ON traces (decision_id) WHERE decision_id IS NOT NULL; \
+             DELETE FROM schema_migrations WHERE version > 8;",
+        )
+        .await
+        .expect("version 8 schema");
+    let s = loopgate::store::open(&c).await.expect("open upgrades");
+    assert_eq!(
+        s.schema_version().await.expect("v"),
+        cases::latest_version()
+    );
+    assert_eq!(s.count_traces().await.expect("count"), 300);
+    let defs: Vec<(String, String)> = client
+        .query(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'traces' ORDER BY indexname",
+            &[],
+        )
+        .await
+        .expect("indexes")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "traces_pkey",
+            "traces_project_ts",
+            "traces_provider_ts",
+            "traces_requested_model_ts",
+            "traces_served_model_ts",
+            "traces_session_ts",
+            "traces_ts",
+            "traces_user_ts"
+        ]
+    );
+    for (n, def) in &defs {
+        let partial = matches!(
+            n.as_str(),
+            "traces_project_ts" | "traces_session_ts" | "traces_user_ts"
+        );
+        assert_eq!(def.contains("IS NOT NULL"), partial, "{n}: {def}");
+    }
+    let f = |g: &dyn Fn(&mut LogFilter)| {
+        let mut f = LogFilter::default();
+        g(&mut f);
+        f
+    };
+    let cases_: [(LogFilter, &str); 4] = [
+        (f(&|f| f.session = Some("s3".into())), "traces_session_ts"),
+        (
+            f(&|f| {
+                f.user = Some("u1".into());
+                f.start_ms = Some(cases::T0 + 6 * cases::HOUR);
+            }),
+            "traces_user_ts",
+        ),
+        (
+            f(&|f| f.project = Some("alpha".into())),
+            "traces_project_ts",
+        ),
+        (LogFilter::default(), ""),
+    ];
+    // The plan with sequential scans priced out (the table is tiny).
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .expect("set");
+    for (filter, index) in &cases_ {
+        let mut want: Vec<_> = recs.iter().filter(|r| cases::matches(r, filter)).collect();
+        want.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms).then(b.request_id.cmp(&a.request_id)));
+        let want: Vec<&str> = want.iter().map(|r| r.request_id.as_str()).collect();
+        let q = LogQuery {
+            filter: filter.clone(),
+            limit: 1000,
+            after: None,
+        };
+        let got = s.query_logs(&q).await.expect("logs");
+        let got: Vec<&str> = got.records.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(got, want, "{filter:?}");
+        if index.is_empty() {
+            continue;
+        }
+        // The analytics' raw rows (no ORDER BY that the time index could answer instead).
+        let mut sql = Sql::new(true);
+        let text = sql.raw_rows_query(filter, &loopgate::store::GroupBy::Model);
+        let owned: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = sql
+            .params
+            .iter()
+            .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match p {
+                    SqlParam::Int(i) => Box::new(*i),
+                    SqlParam::Text(s) => Box::new(s.clone()),
+                }
+            })
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = owned
+            .iter()
+            .map(|b| b.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN {text}"), &params)
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            plan.iter().any(|l| l.contains(index)),
+            "{filter:?} does not use {index}: {plan:#?}"
+        );
+    }
+}

@@ -1014,22 +1014,32 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("loopgate");
         }
-        let store = PgStore {
+        // Migrations run on a task and a connection of their own: if the caller stops
+        // waiting (the trace writer bounds an open by `write_timeout_ms`), a long migration
+        // (say, rebuilding an index over a large `traces`) still commits, and the next open
+        // waits for its advisory lock and finds it applied, instead of each attempt being
+        // rolled back when its connection goes and starting over.
+        let cfg = config.clone();
+        tokio::spawn(async move {
+            let (mut client, conn) = cfg.connect(NoTls).await.map_err(pg_err)?;
+            let conn = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "postgres migration connection ended");
+                }
+            });
+            let res = migrate(&mut client).await;
+            drop(client);
+            let _ = conn.await;
+            res
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("postgres migration task: {e}")))??;
+        Ok(PgStore {
             config,
             copy,
             writer: Mutex::new(None),
             reader: Mutex::new(None),
-        };
-        {
-            let mut g = store.lock(&store.writer).await?;
-            let res = match g.as_mut() {
-                Some(c) => migrate(c).await,
-                None => Err(StoreError::Unavailable("no connection".into())),
-            };
-            Self::settle(&mut g, &res);
-            res?;
-        }
-        Ok(store)
+        })
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {

@@ -640,20 +640,26 @@ const PURGE_CHUNK: usize = 5000;
 /// Bounds one purge run (5000 × 20000 = 100M rows); the next run continues.
 const PURGE_MAX_ROUNDS: usize = 20_000;
 
+/// The ids of one chunk of expired traces.
+fn purge_select_sql(rule: &PurgeRule) -> (String, Sql) {
+    let mut sql = Sql::new(false);
+    let before = sql.int(rule.before_ms);
+    let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
+    if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
+        q.push_str(" AND ");
+        q.push_str(&pc);
+    }
+    q.push_str(&format!(" LIMIT {PURGE_CHUNK}"));
+    (q, sql)
+}
+
 /// Delete one chunk of expired traces (and their properties); returns how many.
 fn purge_chunk(c: &mut Connection, rule: &PurgeRule) -> Result<(usize, u64), StoreError> {
     let tx = c
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(map_err)?;
     let ids: Vec<String> = {
-        let mut sql = Sql::new(false);
-        let before = sql.int(rule.before_ms);
-        let mut q = format!("SELECT request_id FROM traces WHERE ts_ms < {before}");
-        if let Some(pc) = project_cond(&mut sql, &rule.projects, "project_id", false) {
-            q.push_str(" AND ");
-            q.push_str(&pc);
-        }
-        q.push_str(&format!(" LIMIT {PURGE_CHUNK}"));
+        let (q, sql) = purge_select_sql(rule);
         let mut st = tx.prepare(&q).map_err(map_err)?;
         let rows = st
             .query_map(params_from_iter(to_values(&sql.params)), |r| {
@@ -1601,6 +1607,277 @@ fn mcp_token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<super::McpTokenRow> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::query::StatusFilter;
+
+    /// Every statement shape that reads `traces` (or deletes from it by id): its SQL and
+    /// parameters, built by the same code the store runs.
+    fn trace_query_shapes() -> Vec<(String, String, Vec<SqlParam>, &'static [&'static str])> {
+        let t0 = 1_767_225_600_000;
+        let f = |g: &dyn Fn(&mut LogFilter)| {
+            let mut f = LogFilter::default();
+            g(&mut f);
+            f
+        };
+        let filters: Vec<(&str, LogFilter, &[&str])> = vec![
+            ("none", LogFilter::default(), &[]),
+            (
+                "window",
+                f(&|f| {
+                    f.start_ms = Some(t0);
+                    f.end_ms = Some(t0 + HOUR_MS);
+                }),
+                &[],
+            ),
+            (
+                "project",
+                f(&|f| f.project = Some("p".into())),
+                &["traces_project_ts"],
+            ),
+            (
+                "project+window",
+                f(&|f| {
+                    f.project = Some("p".into());
+                    f.start_ms = Some(t0);
+                    f.end_ms = Some(t0 + HOUR_MS);
+                }),
+                &["traces_project_ts", "traces_ts"],
+            ),
+            (
+                "session",
+                f(&|f| f.session = Some("s".into())),
+                &["traces_session_ts"],
+            ),
+            (
+                "session+project",
+                f(&|f| {
+                    f.session = Some("s".into());
+                    f.project = Some("p".into());
+                }),
+                &["traces_session_ts", "traces_project_ts"],
+            ),
+            (
+                "session+window",
+                f(&|f| {
+                    f.session = Some("s".into());
+                    f.start_ms = Some(t0);
+                }),
+                &["traces_session_ts", "traces_ts"],
+            ),
+            (
+                "user",
+                f(&|f| f.user = Some("u".into())),
+                &["traces_user_ts"],
+            ),
+            (
+                "user+window",
+                f(&|f| {
+                    f.user = Some("u".into());
+                    f.start_ms = Some(t0);
+                    f.end_ms = Some(t0 + HOUR_MS);
+                }),
+                &["traces_user_ts", "traces_ts"],
+            ),
+            (
+                "user+project",
+                f(&|f| {
+                    f.user = Some("u".into());
+                    f.project = Some("p".into());
+                }),
+                &["traces_user_ts", "traces_project_ts"],
+            ),
+            (
+                "model",
+                f(&|f| f.model = Some("m".into())),
+                &["traces_served_model_ts"],
+            ),
+            (
+                "model+window",
+                f(&|f| {
+                    f.model = Some("m".into());
+                    f.start_ms = Some(t0);
+                }),
+                &["traces_served_model_ts"],
+            ),
+            (
+                "provider",
+                f(&|f| f.provider = Some("openai".into())),
+                &["traces_provider_ts"],
+            ),
+            ("route", f(&|f| f.route = Some("r".into())), &[]),
+            (
+                "status=error",
+                f(&|f| f.status = Some(StatusFilter::Error)),
+                &[],
+            ),
+            (
+                "status=5xx+window",
+                f(&|f| {
+                    f.status = Some(StatusFilter::Class(5));
+                    f.start_ms = Some(t0);
+                }),
+                &[],
+            ),
+            (
+                "property",
+                f(&|f| f.properties = vec![("env".into(), "prod".into())]),
+                &[],
+            ),
+            (
+                "property+project",
+                f(&|f| {
+                    f.properties = vec![("env".into(), "prod".into())];
+                    f.project = Some("p".into());
+                }),
+                &[],
+            ),
+        ];
+        let after = Cursor {
+            ts_ms: t0,
+            request_id: "chatcmpl-x".into(),
+        };
+        let mut out = Vec::new();
+        for (name, filter, want) in &filters {
+            for cursor in [None, Some(after.clone())] {
+                let mut sql = Sql::new(false);
+                let q = LogQuery {
+                    filter: filter.clone(),
+                    limit: 50,
+                    after: cursor.clone(),
+                };
+                let text = sql.logs_query(TRACE_COLS, &q);
+                let c = if cursor.is_some() { "+cursor" } else { "" };
+                out.push((format!("logs {name}{c}"), text, sql.params, *want));
+            }
+            for g in [
+                GroupBy::Model,
+                GroupBy::User,
+                GroupBy::Project,
+                GroupBy::Property("env".into()),
+            ] {
+                let mut sql = Sql::new(false);
+                let text = sql.raw_rows_query(filter, &g);
+                // A property grouping drives the join from `trace_properties`.
+                let w: &[&str] = match g {
+                    GroupBy::Property(_) => &[],
+                    _ => want,
+                };
+                out.push((format!("raw rows {name} by {g:?}"), text, sql.params, w));
+                let mut sql = Sql::new(false);
+                let text = sql.cache_savings_query(filter, &g);
+                out.push((
+                    format!("cache savings {name} by {g:?}"),
+                    text,
+                    sql.params,
+                    &[],
+                ));
+            }
+        }
+        for projects in [
+            ProjectSel::Only("p".into()),
+            ProjectSel::AllExcept(vec![]),
+            ProjectSel::AllExcept(vec!["a".into(), "b".into()]),
+        ] {
+            let rule = PurgeRule {
+                before_ms: t0,
+                projects: projects.clone(),
+            };
+            let want: &[&str] = match projects {
+                ProjectSel::Only(_) => &["traces_project_ts", "traces_ts"],
+                ProjectSel::AllExcept(_) => &["traces_ts"],
+            };
+            let (text, sql) = purge_select_sql(&rule);
+            out.push((format!("purge {projects:?}"), text, sql.params, want));
+        }
+        let id = || vec![SqlParam::Text("chatcmpl-x".into())];
+        out.push((
+            "get trace".into(),
+            format!("SELECT {TRACE_COLS} FROM traces WHERE request_id = ?1"),
+            id(),
+            &["sqlite_autoindex_traces_1"],
+        ));
+        for t in ["traces", "trace_properties", "decisions"] {
+            out.push((
+                format!("purge delete {t}"),
+                format!("DELETE FROM {t} WHERE request_id = ?1"),
+                id(),
+                &[],
+            ));
+        }
+        let since = || vec![SqlParam::Int(t0)];
+        out.push((
+            "route stats totals".into(),
+            stats_totals_sql(false),
+            since(),
+            &["traces_ts"],
+        ));
+        out.push((
+            "route stats latency".into(),
+            stats_latency_sql(false),
+            since(),
+            &["traces_ts"],
+        ));
+        out.push((
+            "holder spend".into(),
+            HOLDER_SPEND_SQLITE.into(),
+            vec![SqlParam::Int(t0), SqlParam::Int(t0), SqlParam::Int(t0)],
+            &["traces_ts"],
+        ));
+        out
+    }
+
+    /// `EXPLAIN QUERY PLAN` of one statement, one detail line per step.
+    fn plan(c: &Connection, sql: &str, params: &[SqlParam]) -> Vec<String> {
+        let mut st = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap_or_else(|e| panic!("{e}: {sql}"));
+        let rows = st
+            .query_map(params_from_iter(to_values(params)), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.collect::<Result<_, _>>().unwrap()
+    }
+
+    /// Migration 9 made the project, session and user indexes partial and dropped the
+    /// `decision_id` one. Every statement that reads `traces` keeps the plan it had on the
+    /// version 8 schema (so nothing that used an index falls back to a scan), and the
+    /// project, session and user filters still search their (now partial) index.
+    #[test]
+    fn trace_query_plans_survive_the_partial_indexes() {
+        let c = Connection::open_in_memory().unwrap();
+        let v9 = MIGRATIONS
+            .iter()
+            .position(|m| m.name == "traces_partial_indexes")
+            .unwrap();
+        for m in &MIGRATIONS[..v9] {
+            c.execute_batch(&m.sql(SqlDialect::Sqlite)).unwrap();
+        }
+        let shapes = trace_query_shapes();
+        let before: Vec<Vec<String>> = shapes.iter().map(|(_, q, p, _)| plan(&c, q, p)).collect();
+        for m in &MIGRATIONS[v9..] {
+            c.execute_batch(&m.sql(SqlDialect::Sqlite)).unwrap();
+        }
+        let partial: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'traces' \
+                 AND sql LIKE '%WHERE%IS NOT NULL'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(partial, 3, "project, session and user indexes are partial");
+        for ((name, q, p, want), old) in shapes.iter().zip(&before) {
+            let new = plan(&c, q, p);
+            eprintln!("{name}: {new:?}");
+            assert_eq!(&new, old, "{name}: plan changed\n{q}");
+            // The filter's own index, where it has one (any of `want`; the planner
+            // picks between two equally usable ones by its heuristics).
+            assert!(
+                want.is_empty() || new.iter().any(|l| want.iter().any(|i| l.contains(i))),
+                "{name}: none of {want:?} used: {new:?}\n{q}"
+            );
+        }
+    }
 
     fn rec(i: usize) -> TraceRecord {
         TraceRecord {
