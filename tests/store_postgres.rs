@@ -287,9 +287,7 @@ async fn postgres_upgrade_to_partial_trace_indexes_keeps_rows_and_answers() {
         .await
         .expect("set");
     for (filter, index) in &cases_ {
-        let mut want: Vec<_> = recs.iter().filter(|r| cases::matches(r, filter)).collect();
-        want.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms).then(b.request_id.cmp(&a.request_id)));
-        let want: Vec<&str> = want.iter().map(|r| r.request_id.as_str()).collect();
+        let want = cases::expected_log_ids(&recs, filter);
         let q = LogQuery {
             filter: filter.clone(),
             limit: 1000,

@@ -242,9 +242,7 @@ async fn sqlite_upgrade_to_partial_trace_indexes_keeps_rows_and_answers() {
         },
     ];
     for f in &filters {
-        let mut want: Vec<_> = all.iter().filter(|r| cases::matches(r, f)).collect();
-        want.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms).then(b.request_id.cmp(&a.request_id)));
-        let want: Vec<&str> = want.iter().map(|r| r.request_id.as_str()).collect();
+        let want = cases::expected_log_ids(&all, f);
         let q = LogQuery {
             filter: f.clone(),
             limit: 1000,

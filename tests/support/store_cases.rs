@@ -257,6 +257,14 @@ fn is_error(r: &TraceRecord) -> bool {
     r.status >= 400 || r.error.is_some()
 }
 
+/// The request ids a log query with `f` must return (newest first, as the store pages them),
+/// by [`matches`] over `recs`.
+pub fn expected_log_ids<'a>(recs: &'a [TraceRecord], f: &LogFilter) -> Vec<&'a str> {
+    let mut want: Vec<&TraceRecord> = recs.iter().filter(|r| matches(r, f)).collect();
+    want.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms).then(b.request_id.cmp(&a.request_id)));
+    want.iter().map(|r| r.request_id.as_str()).collect()
+}
+
 /// Brute-force filter semantics, the reference for the store's SQL.
 pub fn matches(r: &TraceRecord, f: &LogFilter) -> bool {
     f.start_ms.is_none_or(|s| r.ts_ms >= s)
