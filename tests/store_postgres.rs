@@ -186,24 +186,13 @@ async fn postgres_nothing_lost_when_the_server_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_upgrade_to_partial_trace_indexes_keeps_rows_and_answers() {
     use loopgate::store::query::{Sql, SqlParam};
-    use loopgate::store::{LogFilter, LogQuery};
+    use loopgate::store::LogFilter;
 
     let srv = server();
     let dir = tempfile::tempdir().expect("tempdir");
     srv.create_db("upgrade");
     let c = cfg(srv.url_for("upgrade"), &dir, "upgrade");
-    let recs: Vec<_> = (0..300)
-        .map(|i| {
-            let mut r = cases::record(i);
-            if i % 4 == 3 {
-                r.session_id = None;
-            }
-            if i % 5 == 4 {
-                r.project_id = None;
-            }
-            r
-        })
-        .collect();
+    let recs = cases::records_some_without_session_or_project(300);
     {
         let s = loopgate::store::open(&c).await.expect("open");
         assert_eq!(s.insert_traces(&recs).await.expect("insert"), 300);
@@ -287,15 +276,7 @@ async fn postgres_upgrade_to_partial_trace_indexes_keeps_rows_and_answers() {
         .await
         .expect("set");
     for (filter, index) in &cases_ {
-        let want = cases::expected_log_ids(&recs, filter);
-        let q = LogQuery {
-            filter: filter.clone(),
-            limit: 1000,
-            after: None,
-        };
-        let got = s.query_logs(&q).await.expect("logs");
-        let got: Vec<&str> = got.records.iter().map(|r| r.request_id.as_str()).collect();
-        assert_eq!(got, want, "{filter:?}");
+        cases::assert_logs_match(&*s, &recs, filter).await;
         if index.is_empty() {
             continue;
         }

@@ -56,6 +56,19 @@ pub struct PgStore {
     reader: Mutex<Option<Client>>,
 }
 
+/// Open a connection and drive it on a task of the current runtime. The connection task lives
+/// on the runtime of whoever connected; if that runtime goes away the client reports closed
+/// and the next call reconnects.
+async fn connect_to(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+    let (client, conn) = config.connect(NoTls).await.map_err(pg_err)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(e.to_string());
@@ -1021,16 +1034,8 @@ impl PgStore {
         // rolled back when its connection goes and starting over.
         let cfg = config.clone();
         tokio::spawn(async move {
-            let (mut client, conn) = cfg.connect(NoTls).await.map_err(pg_err)?;
-            let conn = tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "postgres migration connection ended");
-                }
-            });
-            let res = migrate(&mut client).await;
-            drop(client);
-            let _ = conn.await;
-            res
+            let mut client = connect_to(&cfg).await?;
+            migrate(&mut client).await
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("postgres migration task: {e}")))??;
@@ -1043,15 +1048,7 @@ impl PgStore {
     }
 
     async fn connect(&self) -> Result<Client, StoreError> {
-        let (client, conn) = self.config.connect(NoTls).await.map_err(pg_err)?;
-        // The connection task lives on the runtime of whoever connected; if that runtime
-        // goes away the client reports closed and the next call reconnects.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "postgres connection ended");
-            }
-        });
-        Ok(client)
+        connect_to(&self.config).await
     }
 
     /// Lock a connection slot, (re)connecting if it is empty or closed.

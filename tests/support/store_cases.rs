@@ -13,8 +13,8 @@ use bytes::Bytes;
 use loopgate::admin::{AdminBody, AdminRequest, Caller, Scope};
 use loopgate::store::writer::{trace_pipeline, StoreSlot, TraceSink};
 use loopgate::store::{
-    Cursor, GroupBy, Histogram, LogFilter, ProjectSel, PurgeRule, StatusFilter, StorageConfig,
-    Store, VirtualKeyRow,
+    Cursor, GroupBy, Histogram, LogFilter, LogQuery, ProjectSel, PurgeRule, StatusFilter,
+    StorageConfig, Store, VirtualKeyRow,
 };
 use loopgate::trace::{Attempt, TraceRecord};
 use serde_json::Value;
@@ -257,12 +257,39 @@ fn is_error(r: &TraceRecord) -> bool {
     r.status >= 400 || r.error.is_some()
 }
 
-/// The request ids a log query with `f` must return (newest first, as the store pages them),
-/// by [`matches`] over `recs`.
-pub fn expected_log_ids<'a>(recs: &'a [TraceRecord], f: &LogFilter) -> Vec<&'a str> {
+/// Records `0..n` where every fourth has no session and every fifth no project: the rows a
+/// partial index on those columns leaves out.
+pub fn records_some_without_session_or_project(n: usize) -> Vec<TraceRecord> {
+    (0..n)
+        .map(|i| {
+            let mut r = record(i);
+            if i % 4 == 3 {
+                r.session_id = None;
+                r.session_name = None;
+                r.session_path = None;
+            }
+            if i % 5 == 4 {
+                r.project_id = None;
+            }
+            r
+        })
+        .collect()
+}
+
+/// A log query with `f` returns exactly the records of `recs` that [`matches`] `f`, newest
+/// first (as the store pages them).
+pub async fn assert_logs_match(s: &dyn Store, recs: &[TraceRecord], f: &LogFilter) {
     let mut want: Vec<&TraceRecord> = recs.iter().filter(|r| matches(r, f)).collect();
     want.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms).then(b.request_id.cmp(&a.request_id)));
-    want.iter().map(|r| r.request_id.as_str()).collect()
+    let want: Vec<&str> = want.iter().map(|r| r.request_id.as_str()).collect();
+    let q = LogQuery {
+        filter: f.clone(),
+        limit: 1000,
+        after: None,
+    };
+    let got = s.query_logs(&q).await.expect("logs");
+    let got: Vec<&str> = got.records.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(got, want, "{f:?}");
 }
 
 /// Brute-force filter semantics, the reference for the store's SQL.
