@@ -22,6 +22,7 @@ use loopgate::feedback::router::{
     RouteInput, ScoreWeights,
 };
 use loopgate::feedback::sequential::{MonitorConfig, RegressionMonitor};
+use loopgate::store::pending::nps_credited;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -72,7 +73,8 @@ pub struct InProc {
     units: Vec<Unit>,
     bucket_unit: Vec<usize>,
     /// (bucket, served model) per stream position.
-    log: Vec<(u8, u8)>,
+    /// Per request: (bucket, served model, whether it held its session).
+    log: Vec<(u8, u8, bool)>,
     sticky: HashMap<u64, u8>,
     window: VecDeque<bool>,
     window_explored: usize,
@@ -265,11 +267,12 @@ impl RouterUnderTest for InProc {
             }
         }
         debug_assert_eq!(self.log.len() as u64, req.seq);
-        self.log.push((b as u8, served as u8));
+        self.log
+            .push((b as u8, served as u8, !d.is_reference_refresh()));
         if self.cfg.sticky {
-            // A reference refresh does not hold the session on the baseline.
-            let keep = if d.is_reference_refresh() {
-                d.exploit.min(1)
+            // A reference refresh or a probe does not hold the session.
+            let keep = if d.session_model() != d.chosen {
+                d.session_model().min(1)
             } else {
                 served
             };
@@ -284,7 +287,7 @@ impl RouterUnderTest for InProc {
     fn feedback(&mut self, fb: &Feedback, at_ms: i64, now_seq: u64) {
         let score =
             |this: &Self, id: String, seq: u64, signal: Signal, value: f64, scale: Scale| {
-                let (b, m) = this.log[seq as usize];
+                let (b, m, _) = this.log[seq as usize];
                 FeedbackEvent {
                     id,
                     at_ms,
@@ -299,7 +302,7 @@ impl RouterUnderTest for InProc {
             };
         let ev = match fb {
             Feedback::Judge { seq, value } => {
-                let (b, m) = self.log[*seq as usize];
+                let (b, m, _) = self.log[*seq as usize];
                 let b = b as usize;
                 if let Some(mon) = self.monitors.get_mut(b) {
                     if m == 0 {
@@ -341,16 +344,17 @@ impl RouterUnderTest for InProc {
                 at_ms,
                 kind: FeedbackKind::SessionNps {
                     nps: *nps,
-                    requests: seqs
-                        .iter()
-                        .map(|s| {
-                            let (b, m) = self.log[*s as usize];
+                    // Credited as the gateway does (`store::pending::nps_credited`).
+                    requests: nps_credited(seqs.iter().map(|s| {
+                        let (b, m, held) = self.log[*s as usize];
+                        (
                             (
                                 Arc::clone(&self.bucket_names[b as usize]),
                                 Arc::clone(&self.models[m as usize]),
-                            )
-                        })
-                        .collect(),
+                            ),
+                            held,
+                        )
+                    })),
                 },
             },
         };

@@ -61,6 +61,7 @@ use loopgate::feedback::router::{
     PromotionConfig, RequestContext, RouteInput, ScoreWeights,
 };
 use loopgate::routing::auto::announced_share_step;
+use loopgate::store::pending::nps_credited;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -268,7 +269,19 @@ impl RunOut {
 }
 
 /// An open session: (id, requests left, last chosen model, (served model, outcome) so far).
-type Session = (u64, usize, Option<usize>, Vec<(usize, f64)>);
+/// An open session: (id, requests left, the model it is held on, each request's (served model,
+/// outcome, whether it held the session)).
+type Session = (u64, usize, Option<usize>, Vec<(usize, f64, bool)>);
+
+/// What routing one request did.
+pub(crate) struct Routed {
+    pub served: usize,
+    /// The model the session stays on.
+    pub session: usize,
+    /// Whether the request held its session (not a reference refresh): a session NPS credits
+    /// only those (`store::pending::nps_credited`, as the gateway).
+    pub held_session: bool,
+}
 
 /// A feedback event of the traffic model, in the run's own terms (model = index into the
 /// route's models); each router turns it into its own form (an [`Aggregator`] event in
@@ -324,7 +337,7 @@ pub(crate) trait Router {
         row: usize,
         draw: f64,
         scored: Option<bool>,
-    ) -> (usize, usize);
+    ) -> Routed;
     /// Deliver one feedback event.
     fn deliver(&mut self, ev: &Fb);
 }
@@ -537,9 +550,13 @@ impl Router for InProcRouter<'_> {
         _row: usize,
         draw: f64,
         scored: Option<bool>,
-    ) -> (usize, usize) {
+    ) -> Routed {
         let Some(p) = self.prepared.as_ref() else {
-            return (0, 0);
+            return Routed {
+                served: 0,
+                session: 0,
+                held_session: true,
+            };
         };
         let ctx = RequestContext {
             spend_today: 0.0,
@@ -561,7 +578,11 @@ impl Router for InProcRouter<'_> {
             }
         }
         self.served.push(d.served);
-        (d.served, d.session_model())
+        Routed {
+            served: d.served,
+            session: d.session_model(),
+            held_session: !d.is_reference_refresh(),
+        }
     }
 
     fn deliver(&mut self, ev: &Fb) {
@@ -675,7 +696,11 @@ pub(crate) fn run(
         let draw = rng.gen::<f64>();
         // The judge's sample is drawn before routing (independent of it either way).
         let judged = rng.gen::<f64>() < JUDGE_SHARE;
-        let (m, chosen) = router.route(
+        let Routed {
+            served: m,
+            session: chosen,
+            held_session,
+        } = router.route(
             n,
             sessions[si].0,
             sticky,
@@ -709,7 +734,7 @@ pub(crate) fn run(
         }
         let s = &mut sessions[si];
         s.2 = Some(chosen);
-        s.3.push((m, outcome));
+        s.3.push((m, outcome, held_session));
         s.1 -= 1;
         if s.1 == 0 {
             let (id, _, _, outcomes) = sessions.swap_remove(si);
@@ -724,7 +749,8 @@ pub(crate) fn run(
                     Fb::Nps {
                         session: id,
                         nps,
-                        served: outcomes.iter().map(|(m, _)| *m).collect(),
+                        // Credited as the gateway does (`store::pending::nps_credited`).
+                        served: nps_credited(outcomes.iter().map(|x| (x.0, x.2))),
                         at_ms,
                     },
                 );

@@ -36,7 +36,7 @@ use loopgate::demo::sim::{completion, last_user_text, Responder};
 use serde_json::{json, Value};
 
 use super::http::{Gateway, HttpEnv, HttpStats};
-use super::routerbench::{Fb, RouteSpec, Router, Snap, Task};
+use super::routerbench::{Fb, RouteSpec, Routed, Router, Snap, Task};
 
 /// USD per input / output token of each RouterBench model, and where the price comes from.
 /// RouterBench logged each call's cost as tokens × the provider's list price; these are
@@ -365,7 +365,7 @@ impl Router for HttpRouter<'_> {
         row: usize,
         _draw: f64,
         scored: Option<bool>,
-    ) -> (usize, usize) {
+    ) -> Routed {
         let body = json!({
             "model": format!("auto:{}", self.route),
             "messages": [{"role": "user", "content": self.prompts[row]}],
@@ -416,7 +416,13 @@ impl Router for HttpRouter<'_> {
         };
         debug_assert_eq!(self.ids.len(), n);
         self.ids.push(id);
-        (m, m)
+        // The gateway holds the session itself and credits its NPS; `session` and `held_session`
+        // only feed the in-process NPS events, which this router does not build.
+        Routed {
+            served: m,
+            session: m,
+            held_session: true,
+        }
     }
 
     fn deliver(&mut self, ev: &Fb) {

@@ -32,6 +32,7 @@ use crate::feedback::posterior::{normalise, nps_to_unit};
 use crate::metrics::metrics;
 use crate::routing::auto::AutoState;
 use crate::services::aggregator::{parse_scale, scale_name};
+use crate::store::pending::{held_session, nps_credited};
 use crate::store::writer::StoreSlot;
 use crate::store::{
     DecisionQuery, FeedbackInsert, FeedbackRow, PendingFeedback, PendingInsert, Store,
@@ -466,7 +467,8 @@ async fn session_row(
     }
     // The session's routed requests: stored decisions plus those not yet stored.
     let mut seen: HashSet<String> = HashSet::new();
-    let mut targets: Vec<(String, String, String)> = Vec::new();
+    // (target, whether the request held the session): see `nps_credited`.
+    let mut targets: Vec<((String, String, String), bool)> = Vec::new();
     let mut projects: HashSet<Option<String>> = HashSet::new();
     let mut latest = 0i64;
     for (rid, r) in auto.recent_in_session(&session) {
@@ -477,9 +479,12 @@ async fn session_row(
             projects.insert(r.project.as_deref().map(str::to_string));
             latest = latest.max(r.at_ms);
             targets.push((
-                r.route.to_string(),
-                r.served.to_string(),
-                r.context.as_deref().unwrap_or_default().to_string(),
+                (
+                    r.route.to_string(),
+                    r.served.to_string(),
+                    r.context.as_deref().unwrap_or_default().to_string(),
+                ),
+                r.held_session,
             ));
         }
     }
@@ -495,9 +500,11 @@ async fn session_row(
         if seen.insert(d.request_id.clone()) {
             projects.insert(d.project.clone());
             latest = latest.max(d.ts_ms);
-            targets.push((d.route, d.served, d.context.unwrap_or_default()));
+            let held = held_session(&d);
+            targets.push(((d.route, d.served, d.context.unwrap_or_default()), held));
         }
     }
+    let mut targets = nps_credited(targets);
     // No routed request known yet: the caller parks the NPS until one lands (or stores it
     // crediting none when the window closes).
     let known = !targets.is_empty();

@@ -200,6 +200,7 @@ pub fn candidates(
             session: ctx.trace.session_id.clone(),
             at_ms: ctx.trace.ts_ms,
             project: ctx.trace.project_id.as_deref().map(Arc::from),
+            held_session: !d.is_reference_refresh(),
         },
     );
     ctx.rollout =
@@ -338,6 +339,7 @@ pub fn after_serve(gw: &Gateway, ctx: &mut RequestCtx) {
                 session: ctx.trace.session_id.clone(),
                 at_ms: ctx.trace.ts_ms,
                 project: ctx.trace.project_id.as_deref().map(Arc::from),
+                held_session: !a.decision.is_reference_refresh(),
             },
         );
     }

@@ -101,6 +101,9 @@ pub struct RecentDecision {
     pub at_ms: i64,
     /// The request's project (tenancy scope of feedback on it).
     pub project: Option<Arc<str>>,
+    /// Whether the request held its session (not a reference refresh): a session NPS credits
+    /// only those (`store::pending::nps_credited`).
+    pub held_session: bool,
 }
 
 /// Per-route counters the decision reads.
@@ -657,6 +660,7 @@ mod tests {
                     session: Some("s".into()),
                     at_ms: 1000 + i,
                     project: None,
+                    held_session: true,
                 },
             );
         }

@@ -17,6 +17,7 @@
 use serde_json::{json, Value};
 
 use super::{DecisionQuery, DecisionRow, FeedbackRow, Store, StoreError};
+use crate::feedback::router::PickKind;
 use crate::trace::TraceRecord;
 
 /// Routed requests of one session an NPS can credit.
@@ -126,11 +127,31 @@ pub async fn session_targets(
         })
         .await?;
     let latest = rows.iter().map(|d| d.ts_ms).max().unwrap_or(0);
-    let targets = rows
-        .into_iter()
-        .map(|d| (d.route, d.served, d.context.unwrap_or_default()))
-        .collect();
+    let targets = nps_credited(rows.into_iter().map(|d| {
+        let held = held_session(&d);
+        ((d.route, d.served, d.context.unwrap_or_default()), held)
+    }));
     Ok((targets, latest))
+}
+
+/// Whether a stored routed request held its session: every pick does except a reference
+/// refresh (an explored pick of the baseline, which leaves the session on the promoted model).
+pub fn held_session(d: &DecisionRow) -> bool {
+    !(d.kind == PickKind::Explored.as_str() && d.chosen == d.baseline)
+}
+
+/// The requests a session NPS credits, from each request and whether it held the session
+/// ([`held_session`]). A session NPS rates what the session was held on: a reference refresh
+/// served the baseline once inside a session held on the promoted model, and crediting it
+/// would give the baseline a share of a score that rates the promoted model. A session of
+/// such requests alone credits all of them.
+pub fn nps_credited<T>(requests: impl IntoIterator<Item = (T, bool)>) -> Vec<T> {
+    let all: Vec<(T, bool)> = requests.into_iter().collect();
+    let any_held = all.iter().any(|(_, held)| *held);
+    all.into_iter()
+        .filter(|(_, held)| !any_held || *held)
+        .map(|(t, _)| t)
+        .collect()
 }
 
 /// What one reconcile round did.
@@ -206,4 +227,40 @@ pub async fn reconcile(store: &dyn Store, now_ms: i64) -> Result<Reconciled, Sto
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_nps_skips_the_requests_that_did_not_hold_the_session() {
+        assert_eq!(
+            nps_credited([("m1", true), ("m0", false), ("m1", true)]),
+            vec!["m1", "m1"]
+        );
+        // Nothing held it: everything is credited, nothing is lost.
+        assert_eq!(
+            nps_credited([("m0", false), ("m0", false)]),
+            vec!["m0", "m0"]
+        );
+        assert!(nps_credited(Vec::<(&str, bool)>::new()).is_empty());
+    }
+
+    #[test]
+    fn only_a_reference_refresh_does_not_hold_its_session() {
+        let row = |kind: &str, chosen: &str| DecisionRow {
+            kind: kind.into(),
+            chosen: chosen.into(),
+            baseline: "base".into(),
+            ..Default::default()
+        };
+        assert!(!held_session(&row("explored", "base")));
+        assert!(held_session(&row("explored", "cand")));
+        for kind in [
+            "baseline", "promoted", "sticky", "holdback", "canary", "pinned",
+        ] {
+            assert!(held_session(&row(kind, "base")), "{kind}");
+        }
+    }
 }

@@ -1791,6 +1791,62 @@ pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     assert_eq!(left.len(), 40);
     check_key_spend(&a, &b).await;
     check_recent_served(&a, &b).await;
+    check_session_nps_targets(&a, &b).await;
+}
+
+/// A session NPS credits the requests that held the session: a reference refresh (an
+/// explored pick of the baseline inside a session held on the promoted model) is skipped,
+/// whichever gateway stored the decisions; a session of refreshes alone credits them.
+async fn check_session_nps_targets(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
+    let t = STATS_T + 2_000_000_000;
+    let dec = |i: i64, session: &str, kind: &str, chosen: &str| {
+        let mut r = decided(0);
+        let id = format!("nps-{session}-{i:02}");
+        r.request_id = id.clone();
+        r.decision_id = Some(id.clone());
+        r.ts_ms = t + i * 1_000;
+        r.route = Some("nps-r".into());
+        r.session_id = Some(session.into());
+        r.served_model = Some(chosen.into());
+        r.project_id = Some("p0".into());
+        if let Some(d) = r.decision.as_mut() {
+            d.request_id = id;
+            d.ts_ms = t + i * 1_000;
+            d.route = "nps-r".into();
+            d.session_id = Some(session.into());
+            d.kind = kind.into();
+            d.chosen = chosen.into();
+            d.served = chosen.into();
+            d.baseline = "m0".into();
+            d.context = None;
+            d.project = Some("p0".into());
+        }
+        r
+    };
+    let recs = vec![
+        dec(0, "held", "promoted", "m1"),
+        dec(1, "held", "explored", "m0"),
+        dec(2, "held", "sticky", "m1"),
+        // an explored candidate holds its session: credited
+        dec(3, "held", "explored", "m2"),
+        dec(0, "refresh-only", "explored", "m0"),
+    ];
+    a.insert_traces(&recs).await.expect("insert decisions");
+    let (mut got, latest) = loopgate::store::pending::session_targets(&**b, "held", Some("p0"))
+        .await
+        .expect("targets");
+    got.sort();
+    let tgt = |m: &str| ("nps-r".to_string(), m.to_string(), String::new());
+    assert_eq!(got, vec![tgt("m1"), tgt("m1"), tgt("m2")]);
+    assert_eq!(
+        latest,
+        t + 3_000,
+        "the newest request's time, refresh or not"
+    );
+    let (got, _) = loopgate::store::pending::session_targets(&**b, "refresh-only", Some("p0"))
+        .await
+        .expect("targets");
+    assert_eq!(got, vec![tgt("m0")]);
 }
 
 /// The realized exploration account: per route, what its last N decisions served, written
