@@ -17,6 +17,24 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true\0";
 
+/// glibc's malloc serves only the C code (SQLite's page caches and statements; Rust allocates
+/// from jemalloc). By default it gives each thread that runs SQLite an arena of its own (up
+/// to eight per core), and each arena keeps the pages it freed: under load the freed page
+/// caches of the writer, reader and checkpointer connections stayed resident in several
+/// arenas at once. One arena keeps them in one place (docs/benchmarks.md, session 18).
+/// `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the environment win.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_glibc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && std::env::var_os("GLIBC_TUNABLES").is_none()
+    {
+        // SAFETY: sets one malloc parameter; called first in `main`, before any thread runs.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "loopgate",
@@ -158,6 +176,8 @@ fn init_logging() -> Result<(), ExitCode> {
 }
 
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    limit_glibc_arenas();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve { config, upgrade } => {

@@ -70,6 +70,8 @@ pub struct StorageConfig {
     pub sqlite_path: String,
     /// How long a SQLite write waits on a lock before failing (the writer then buffers/spills).
     pub sqlite_busy_timeout_ms: u64,
+    /// The SQLite writer connection's page cache, KiB (`PRAGMA cache_size=-N`).
+    pub sqlite_cache_kib: u32,
     /// libpq-style connection string (env `LOOPGATE_POSTGRES_URL` overrides). No TLS.
     pub postgres_url: Option<String>,
     /// PostgreSQL: write trace batches with binary `COPY` (a batch holding an already stored
@@ -127,6 +129,7 @@ impl Default for StorageConfig {
             backend: Backend::Sqlite,
             sqlite_path: "loopgate.db".into(),
             sqlite_busy_timeout_ms: 2000,
+            sqlite_cache_kib: sqlite::WRITER_CACHE_KIB,
             postgres_url: None,
             postgres_copy: true,
             channel_capacity: 65536,
@@ -158,6 +161,11 @@ impl StorageConfig {
         }
         if self.flush_interval_ms == 0 {
             return Err(StoreError::Config("flush_interval_ms must be > 0".into()));
+        }
+        if self.sqlite_cache_kib == 0 {
+            return Err(StoreError::Config(
+                "storage.sqlite_cache_kib must be > 0".into(),
+            ));
         }
         if self.backend == Backend::Postgres
             && self.postgres_url.as_deref().is_none_or(str::is_empty)
@@ -515,7 +523,12 @@ pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
     cfg.validate()?;
     match cfg.backend {
         Backend::Sqlite => Ok(Arc::new(
-            sqlite::SqliteStore::open(&cfg.sqlite_path, cfg.sqlite_busy_timeout_ms).await?,
+            sqlite::SqliteStore::open_with_cache(
+                &cfg.sqlite_path,
+                cfg.sqlite_busy_timeout_ms,
+                cfg.sqlite_cache_kib,
+            )
+            .await?,
         )),
         Backend::Postgres => {
             let url = cfg.postgres_url.as_deref().unwrap_or_default();
@@ -647,6 +660,19 @@ pub fn sanitize_for_storage(cfg: &StorageConfig, rec: &mut TraceRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_cache_kib_is_read_and_checked() {
+        let cfg: StorageConfig = toml::from_str("sqlite_cache_kib = 512").unwrap();
+        assert_eq!(cfg.sqlite_cache_kib, 512);
+        assert!(cfg.validate().is_ok());
+        assert_eq!(
+            StorageConfig::default().sqlite_cache_kib,
+            sqlite::WRITER_CACHE_KIB
+        );
+        let zero: StorageConfig = toml::from_str("sqlite_cache_kib = 0").unwrap();
+        assert!(zero.validate().is_err(), "a zero page cache is refused");
+    }
 
     #[test]
     fn past_retention_uses_the_project_override_then_the_default() {

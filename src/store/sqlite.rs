@@ -34,9 +34,10 @@ use crate::trace::TraceRecord;
 
 type Conn = Arc<Mutex<Connection>>;
 
-/// The writer's page cache, KiB (SQLite's default is 2,000): the nine indexes of `traces`
-/// touch more pages per batch than the default holds.
-const WRITER_CACHE_KIB: u32 = 8 * 1024;
+/// The writer's page cache by default, KiB (`storage.sqlite_cache_kib`; SQLite's own default
+/// is 2,000). Its pages are allocated with glibc's malloc, which keeps what it freed: the
+/// cache's high-water mark stays resident (docs/benchmarks.md, session 18).
+pub const WRITER_CACHE_KIB: u32 = 2 * 1024;
 /// The WAL file is truncated back to this size after a checkpoint, bytes.
 const WAL_SIZE_LIMIT: u64 = 16 * 1024 * 1024;
 
@@ -861,8 +862,17 @@ fn insert_pending_tx(c: &mut Connection, p: &PendingFeedback) -> Result<PendingI
 }
 
 impl SqliteStore {
-    /// Open (creating the file if needed) and migrate.
+    /// Open (creating the file if needed) and migrate, with the default writer page cache.
     pub async fn open(path: &str, busy_timeout_ms: u64) -> Result<SqliteStore, StoreError> {
+        Self::open_with_cache(path, busy_timeout_ms, WRITER_CACHE_KIB).await
+    }
+
+    /// [`SqliteStore::open`] with the writer's page cache set to `cache_kib` KiB.
+    pub async fn open_with_cache(
+        path: &str,
+        busy_timeout_ms: u64,
+        cache_kib: u32,
+    ) -> Result<SqliteStore, StoreError> {
         let path = path.to_string();
         tokio::task::spawn_blocking(move || {
             let mut w = connect(&path, busy_timeout_ms)?;
@@ -871,7 +881,7 @@ impl SqliteStore {
             // indexes' hot pages across batches instead of spilling them mid-transaction.
             w.execute_batch(&format!(
                 "PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_SIZE_LIMIT}; \
-                 PRAGMA cache_size=-{WRITER_CACHE_KIB};"
+                 PRAGMA cache_size=-{cache_kib};"
             ))
             .map_err(map_err)?;
             let r = connect(&path, busy_timeout_ms)?;
@@ -1917,5 +1927,33 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(store.count_traces().await.unwrap(), 4000);
+    }
+
+    /// `storage.sqlite_cache_kib` reaches the writer connection, and only it; `open` keeps
+    /// the default.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_page_cache_is_the_configured_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_size = |c: &Conn| -> i64 {
+            c.lock()
+                .unwrap()
+                .query_row("PRAGMA cache_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        let path = dir.path().join("a.db");
+        let store = SqliteStore::open_with_cache(path.to_str().unwrap(), 2000, 1234)
+            .await
+            .unwrap();
+        assert_eq!(cache_size(&store.writer), -1234);
+        assert_eq!(
+            cache_size(&store.reader),
+            -2000,
+            "the reader keeps SQLite's default"
+        );
+        let path = dir.path().join("b.db");
+        let store = SqliteStore::open(path.to_str().unwrap(), 2000)
+            .await
+            .unwrap();
+        assert_eq!(cache_size(&store.writer), -(WRITER_CACHE_KIB as i64));
     }
 }
