@@ -16,8 +16,8 @@ use libfuzzer_sys::fuzz_target;
 use loopgate::admin::{feedback, AdminBody, AdminRequest, Caller, Scope};
 use loopgate::routing::auto::{AutoState, RecentDecision};
 use loopgate::store::sqlite::SqliteStore;
-use loopgate::store::Store;
 use loopgate::store::writer::StoreSlot;
+use loopgate::store::Store;
 use loopgate_fuzz::MAX_INPUT;
 use serde_json::Value;
 
@@ -43,7 +43,12 @@ fn world() -> &'static World {
                 .expect("sqlite store opens"),
         );
         let auto = AutoState::new(Some("k".into()), "k1", 60, 100);
-        for (id, session) in [("chatcmpl-a", Some("s1")), ("chatcmpl-b", None)] {
+        // chatcmpl-c: a reference refresh inside session s1 (does not hold it).
+        for (id, session, held_session) in [
+            ("chatcmpl-a", Some("s1"), true),
+            ("chatcmpl-b", None, true),
+            ("chatcmpl-c", Some("s1"), false),
+        ] {
             auto.remember(
                 id,
                 RecentDecision {
@@ -53,6 +58,7 @@ fn world() -> &'static World {
                     session: session.map(str::to_string),
                     at_ms: 1_700_000_000_000,
                     project: None,
+                    held_session,
                 },
             );
         }
