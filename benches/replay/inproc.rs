@@ -72,8 +72,7 @@ pub struct InProc {
     bucket_names: Vec<Arc<str>>,
     units: Vec<Unit>,
     bucket_unit: Vec<usize>,
-    /// (bucket, served model) per stream position.
-    /// Per request: (bucket, served model, whether it held its session).
+    /// Per stream position: (bucket, served model, whether the request held its session).
     log: Vec<(u8, u8, bool)>,
     sticky: HashMap<u64, u8>,
     window: VecDeque<bool>,
@@ -270,9 +269,9 @@ impl RouterUnderTest for InProc {
         self.log
             .push((b as u8, served as u8, !d.is_reference_refresh()));
         if self.cfg.sticky {
-            // A reference refresh or a probe does not hold the session.
-            let keep = if d.session_model() != d.chosen {
-                d.session_model().min(1)
+            // A reference refresh does not hold the session on the baseline.
+            let keep = if d.is_reference_refresh() {
+                d.exploit.min(1)
             } else {
                 served
             };

@@ -268,7 +268,6 @@ impl RunOut {
     }
 }
 
-/// An open session: (id, requests left, last chosen model, (served model, outcome) so far).
 /// An open session: (id, requests left, the model it is held on, each request's (served model,
 /// outcome, whether it held the session)).
 type Session = (u64, usize, Option<usize>, Vec<(usize, f64, bool)>);

@@ -1800,23 +1800,14 @@ pub async fn routing_suite(a: Arc<dyn Store>, b: Arc<dyn Store>) {
 async fn check_session_nps_targets(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     let t = STATS_T + 2_000_000_000;
     let dec = |i: i64, session: &str, kind: &str, chosen: &str| {
-        let mut r = decided(0);
         let id = format!("nps-{session}-{i:02}");
-        r.request_id = id.clone();
-        r.decision_id = Some(id.clone());
-        r.ts_ms = t + i * 1_000;
-        r.route = Some("nps-r".into());
+        let mut r = decided_as(id, t + i * 1_000, "nps-r", chosen);
         r.session_id = Some(session.into());
-        r.served_model = Some(chosen.into());
         r.project_id = Some("p0".into());
         if let Some(d) = r.decision.as_mut() {
-            d.request_id = id;
-            d.ts_ms = t + i * 1_000;
-            d.route = "nps-r".into();
             d.session_id = Some(session.into());
             d.kind = kind.into();
             d.chosen = chosen.into();
-            d.served = chosen.into();
             d.baseline = "m0".into();
             d.context = None;
             d.project = Some("p0".into());
@@ -1849,25 +1840,30 @@ async fn check_session_nps_targets(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     assert_eq!(got, vec![tgt("m0")]);
 }
 
+/// [`decided`]`(0)` as request `id` at `ts_ms` on `route`, serving `served` (trace and
+/// decision alike).
+fn decided_as(id: String, ts_ms: i64, route: &str, served: &str) -> TraceRecord {
+    let mut r = decided(0);
+    r.request_id = id.clone();
+    r.decision_id = Some(id.clone());
+    r.ts_ms = ts_ms;
+    r.route = Some(route.into());
+    r.served_model = Some(served.into());
+    if let Some(d) = r.decision.as_mut() {
+        d.request_id = id;
+        d.ts_ms = ts_ms;
+        d.route = route.into();
+        d.served = served.into();
+    }
+    r
+}
+
 /// The realized exploration account: per route, what its last N decisions served, written
 /// by one gateway and read by another.
 async fn check_recent_served(a: &Arc<dyn Store>, b: &Arc<dyn Store>) {
     let t = STATS_T + 1_000_000_000;
     let dec = |i: i64, route: &str, served: &str| {
-        let mut r = decided(0);
-        let id = format!("rs-{route}-{i:03}");
-        r.request_id = id.clone();
-        r.decision_id = Some(id.clone());
-        r.ts_ms = t + i * 1_000;
-        r.route = Some(route.into());
-        r.served_model = Some(served.into());
-        if let Some(d) = r.decision.as_mut() {
-            d.request_id = id;
-            d.ts_ms = t + i * 1_000;
-            d.route = route.into();
-            d.served = served.into();
-        }
-        r
+        decided_as(format!("rs-{route}-{i:03}"), t + i * 1_000, route, served)
     };
     let mut recs = Vec::new();
     // rs-a: 30 older decisions on the baseline, then 10 newer on a candidate, inserted newest
