@@ -120,6 +120,15 @@ async fn promotes_a_cheaper_model_that_holds_quality() {
         "the router should have moved most late traffic to gpt-4o-mini: first half {first:?}, second half {second:?}\n{}",
         routing_state(&gw).await
     );
+    // The promoted candidate's promotion tests: tested on its own samples, confirmed.
+    let state = routing_state(&gw).await;
+    let models = state["routes"][0]["models"].as_array().unwrap();
+    let mini = models.iter().find(|m| m["model"] == "gpt-4o-mini").unwrap();
+    let tests = &mini["promotion_tests"];
+    assert_eq!(tests["confirmed"], true, "{state}");
+    let last = tests["last_at_samples"].as_u64().unwrap();
+    assert!(last <= mini["samples"].as_u64().unwrap(), "{state}");
+    assert!(tests["passing_since_samples"].as_u64().unwrap() <= last, "{state}");
     // Promotions appear in the decision log with confidence above the gate.
     let list: Value = client()
         .get(gw.url("/v1/decisions?route=default&model=gpt-4o-mini&min_confidence=0.8&limit=5"))

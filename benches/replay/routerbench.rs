@@ -27,8 +27,10 @@
 //!
 //! In process ([`InProcRouter`]) the router is the library's, driven as the gateway drives it: an [`Aggregator`]
 //! folds the feedback events (`judge` scores, session NPS), a fresh
-//! [`PreparedRoute::prepare_with`] snapshot with the previous snapshot's promoted model as the
-//! incumbent every `SNAPSHOT_EVERY` requests (the aggregator's refresh), [`decide`] per request
+//! [`PreparedRoute::prepare_with`] snapshot over the previous one after every feedback event (the
+//! gateway's aggregator refreshes on every feedback post's nudge) and every `SNAPSHOT_EVERY`
+//! requests (`LOOPGATE_BENCH_FOLD_EACH=0`: only the latter, ~7× faster, for sweeps; it looks
+//! at the gate less often than the gateway does), [`decide`] per request
 //! with the same exploration-share average and session stickiness as `AutoState`, the embedded
 //! benchmark priors, and every default (`Constraints`, `ExplorationConfig`, `PosteriorConfig`,
 //! `PromotionConfig`). Costs per request are the task's mean logged cost per model (what the
@@ -384,6 +386,12 @@ pub(crate) struct InProcRouter<'a> {
     served: Vec<usize>,
     /// Decisions that explored (sweep aid).
     explored_n: usize,
+    /// Rebuild the snapshot after every feedback event, as the gateway's aggregator does when
+    /// each `POST /v1/feedback` nudges it (`LOOPGATE_BENCH_FOLD_EACH=0`: every
+    /// `SNAPSHOT_EVERY` requests only).
+    fold_each: bool,
+    /// The request being routed (the table version of a rebuild after a delivery).
+    n: usize,
 }
 
 impl<'a> InProcRouter<'a> {
@@ -427,12 +435,14 @@ impl<'a> InProcRouter<'a> {
             announced: (0.0, 0),
             served: Vec::new(),
             explored_n: 0,
+            fold_each: std::env::var("LOOPGATE_BENCH_FOLD_EACH").as_deref() != Ok("0"),
+            n: 0,
         }
     }
 }
 
-impl Router for InProcRouter<'_> {
-    fn snapshot(&mut self, n: usize) -> Snap {
+impl InProcRouter<'_> {
+    fn rebuild(&mut self, n: usize) -> Snap {
         let stats = self.agg.snapshot();
         let pcfg = &self.set.posterior;
         let prior_of = |m: &str| self.priors.and_then(|p| p.lookup(m, None));
@@ -461,11 +471,6 @@ impl Router for InProcRouter<'_> {
                 recent_requests: recent[i],
             }
         };
-        let incumbent = self
-            .prepared
-            .as_ref()
-            .filter(|p| p.static_exploit != 0)
-            .map(|p| p.models[p.static_exploit].model.clone());
         let p = PreparedRoute::prepare_with(
             RouteInput {
                 route: self.route.clone(),
@@ -479,7 +484,7 @@ impl Router for InProcRouter<'_> {
                 table_version: (n / SNAPSHOT_EVERY) as u64 + 1,
             },
             self.set.promotion,
-            incumbent.as_deref(),
+            self.prepared.as_deref(),
         );
         let p = match p {
             Ok(p) => p,
@@ -540,16 +545,24 @@ impl Router for InProcRouter<'_> {
         self.prepared = Some(p);
         snap
     }
+}
+
+impl Router for InProcRouter<'_> {
+    fn snapshot(&mut self, n: usize) -> Snap {
+        self.n = n;
+        self.rebuild(n)
+    }
 
     fn route(
         &mut self,
-        _n: usize,
+        n: usize,
         _session: u64,
         sticky: Option<usize>,
         _row: usize,
         draw: f64,
         scored: Option<bool>,
     ) -> Routed {
+        self.n = n;
         let Some(p) = self.prepared.as_ref() else {
             return Routed {
                 served: 0,
@@ -621,6 +634,9 @@ impl Router for InProcRouter<'_> {
             },
         };
         let _ = self.agg.fold(&ev);
+        if self.fold_each {
+            let _ = self.rebuild(self.n);
+        }
     }
 }
 

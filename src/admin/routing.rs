@@ -236,6 +236,9 @@ impl RoutingRoutes {
                         "in_exploration_set": m.in_explore,
                         "gap_upper_bound": m.gap_ub,
                         "retained_by_hysteresis": m.retained,
+                        "promotion_tests": {"last_at_samples": m.tests.last, "tested_now": m.tests.now,
+                                            "passing_since_samples": m.tests.passing_since,
+                                            "confirmed": m.tests.confirmed},
                         "change": m.posterior.change,
                     })
                 })

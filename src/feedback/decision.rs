@@ -156,6 +156,23 @@ impl Decision {
                         m.posterior.samples
                     ));
                 }
+                if let Some(since) = m.tests.passing_since.filter(|_| !m.retained) {
+                    let at = since.saturating_add(r.promotion.confirm_samples);
+                    if !m.tests.confirmed {
+                        filter_reasons.push(format!(
+                            "confirming: its promotion tests pass since {since} samples, promoted at {at} if they keep passing (promotion.confirm_samples)"
+                        ));
+                    }
+                }
+                if let Some(l) = m.tests.last.filter(|_| !m.tests.now && !m.retained) {
+                    if conf >= level {
+                        filter_reasons.push(format!(
+                            "passes, tested again at {} samples: promotion is tested once per {} of its samples (promotion.look_every), last at {l}",
+                            l.saturating_add(r.promotion.look_every),
+                            r.promotion.look_every
+                        ));
+                    }
+                }
                 if !m.explore_quality_ok {
                     filter_reasons.push(format!(
                         "not explored: eliminated, confidently below the quality limits (P(within) = {:.4} < {:.4})",

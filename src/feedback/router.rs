@@ -198,6 +198,18 @@ pub struct PromotionConfig {
     /// reference of every later gate — would stay wherever the comparison left it. Drawn on
     /// the scored requests when they are known; 0 turns it off.
     pub reference_rate: f64,
+    /// A candidate's promotion is tested once per this many of its own production samples,
+    /// not at every snapshot. The gateway publishes a snapshot per feedback post when feedback
+    /// is slow, and every baseline score moves a candidate's confidence, so testing at every
+    /// snapshot would make the number of looks — and the chance that a lucky streak promotes a
+    /// candidate outside the limit — follow the traffic. On this grid the looks are what
+    /// [`promotion_level`] spends over, whatever the refresh rate. 0 tests at every snapshot.
+    pub look_every: u64,
+    /// Samples over which a candidate must keep passing its promotion tests before it is
+    /// promoted: a lucky streak that crosses the level once rarely holds over more samples,
+    /// while a candidate truly within the limit gains confidence as samples arrive. 0 promotes
+    /// on the first passing test.
+    pub confirm_samples: u64,
 }
 
 impl Default for PromotionConfig {
@@ -207,6 +219,8 @@ impl Default for PromotionConfig {
             switch_margin: 0.02,
             look_spending: 0.5,
             reference_rate: 0.05,
+            look_every: 5,
+            confirm_samples: 5,
         }
     }
 }
@@ -314,6 +328,8 @@ pub struct PreparedModel {
     pub in_explore: bool,
     /// The promoted incumbent, kept by hysteresis (promotable at `demote_confidence`).
     pub retained: bool,
+    /// Its promotion tests ([`PromotionConfig::look_every`], `confirm_samples`).
+    pub tests: PromotionTests,
     /// Requests served on the route over the recent window ([`ModelInput::recent_requests`]).
     pub recent_requests: u64,
 }
@@ -335,6 +351,59 @@ impl PreparedModel {
     /// confidence the gate, the hysteresis and the exploration weights judge the model by.
     pub fn within_confidence(&self) -> f64 {
         self.gate.confidence.min(self.stats.floor_confidence)
+    }
+}
+
+/// A candidate's promotion tests, carried from snapshot to snapshot (§2 of
+/// docs/routing-math.md): tested once per `look_every` of its samples, promoted once its tests
+/// have kept passing over `confirm_samples`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PromotionTests {
+    /// Samples at its last test (`None`: never tested).
+    pub last: Option<u64>,
+    /// Whether this snapshot tested it (else it is not promotable unless retained).
+    pub now: bool,
+    /// Samples at the first test of its current run of passing tests (`None`: the last test
+    /// failed).
+    pub passing_since: Option<u64>,
+    /// The run is confirmed: it spans `confirm_samples`, or it began with the model's first
+    /// test on evidence, which sees all of it at once (after a restart, all stored feedback).
+    pub confirmed: bool,
+}
+
+impl PromotionTests {
+    /// This snapshot's tests of a candidate with `n` samples whose confidence `passes` the
+    /// level, after `before` (its tests in the previous snapshot, if that had evidence for it).
+    fn next(before: Option<PromotionTests>, n: u64, passes: bool, p: &PromotionConfig) -> Self {
+        // The previous state counts unless the evidence was reset since (change detector).
+        let before = before.filter(|b| b.last.is_none_or(|l| l <= n));
+        let Some(b) = before else {
+            return PromotionTests {
+                last: Some(n),
+                now: true,
+                passing_since: passes.then_some(n),
+                confirmed: passes,
+            };
+        };
+        let now = b.last.is_none_or(|l| n >= l.saturating_add(p.look_every));
+        if !now {
+            return PromotionTests { now: false, ..b };
+        }
+        let passing_since = passes.then(|| b.passing_since.unwrap_or(n));
+        PromotionTests {
+            last: Some(n),
+            now: true,
+            passing_since,
+            confirmed: passing_since.is_some_and(|s| {
+                (b.confirmed && b.passing_since == Some(s))
+                    || n >= s.saturating_add(p.confirm_samples)
+            }),
+        }
+    }
+
+    /// Whether the tests allow a promotion now.
+    pub fn promote(&self) -> bool {
+        self.now && self.passing_since.is_some() && self.confirmed
     }
 }
 
@@ -375,17 +444,23 @@ pub struct PreparedRoute {
 const DYNAMIC: [Knob; 2] = [Knob::DailyBudget, Knob::MaxExplorationShare];
 
 impl PreparedRoute {
-    /// Prepare without an incumbent and with the default hysteresis.
+    /// Prepare without a previous snapshot and with the default hysteresis.
     pub fn prepare(input: RouteInput) -> Result<Arc<Self>, RouteError> {
         Self::prepare_with(input, PromotionConfig::default(), None)
     }
 
-    /// Prepare a snapshot; `incumbent` is the model the previous snapshot promoted (hysteresis).
+    /// Prepare a snapshot. `previous` is the route's previous snapshot: its promoted model is
+    /// the incumbent (hysteresis) and its models' last promotion tests set the next ones
+    /// ([`PromotionConfig::look_every`]). Without one (a fresh start, which sees all evidence at
+    /// once) every candidate is tested.
     pub fn prepare_with(
         input: RouteInput,
         promotion: PromotionConfig,
-        incumbent: Option<&str>,
+        previous: Option<&PreparedRoute>,
     ) -> Result<Arc<Self>, RouteError> {
+        let incumbent = previous
+            .filter(|p| p.static_exploit != 0)
+            .map(|p| &*p.models[p.static_exploit].model);
         let route = input.route.to_string();
         if let Err(what) = promotion.validate(input.constraints.min_confidence) {
             return Err(RouteError::Invalid { route, what });
@@ -466,6 +541,7 @@ impl PreparedRoute {
                 p95_latency_ms: m.p95_latency_ms,
             };
             let mut static_failures = KnobSet::default();
+            let mut tests = PromotionTests::default();
             if !is_base {
                 for k in Knob::ALL {
                     if DYNAMIC.contains(&k) {
@@ -476,14 +552,18 @@ impl PreparedRoute {
                     }
                 }
                 let conf = stats.confidence.min(stats.floor_confidence);
-                if conf
-                    < promotion_level(
-                        c.min_confidence,
-                        m.posterior.samples,
-                        c.min_samples,
-                        promotion.look_spending,
-                    )
-                {
+                let n = m.posterior.samples;
+                let passes = conf
+                    >= promotion_level(c.min_confidence, n, c.min_samples, promotion.look_spending);
+                // Its tests in the previous snapshot, if that one had evidence for it: without
+                // any (a fresh start, a new candidate, the table before the first fold) this is
+                // its first test on evidence.
+                let before = previous
+                    .and_then(|p| p.models.iter().find(|pm| pm.model == m.model))
+                    .filter(|pm| pm.posterior.samples > 0)
+                    .map(|pm| pm.tests);
+                tests = PromotionTests::next(before, n, passes, &promotion);
+                if !tests.promote() {
                     static_failures.insert(Knob::MinConfidence);
                 }
             }
@@ -541,6 +621,7 @@ impl PreparedRoute {
                 gap_sd,
                 in_explore: false,
                 retained: false,
+                tests,
                 recent_requests: m.recent_requests,
             });
         }
@@ -1504,22 +1585,27 @@ pub(crate) mod tests {
         {
             m.recent_requests = *n;
         }
-        PreparedRoute::prepare_with(
-            RouteInput {
-                route: Arc::from("b"),
-                mode: Mode::Live,
-                baseline,
-                candidates,
-                constraints: Constraints::default(),
-                weights: ScoreWeights::default(),
-                exploration: ExplorationConfig::default(),
-                pinned: None,
-                table_version: 1,
-            },
-            PromotionConfig::default(),
-            incumbent,
-        )
-        .unwrap()
+        let input = RouteInput {
+            route: Arc::from("b"),
+            mode: Mode::Live,
+            baseline,
+            candidates,
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 1,
+        };
+        let previous = incumbent.map(|name| promoted_before(&input, name));
+        PreparedRoute::prepare_with(input, PromotionConfig::default(), previous.as_deref()).unwrap()
+    }
+
+    /// A previous snapshot of `input` in which `name` was the promoted model (the incumbent).
+    fn promoted_before(input: &RouteInput, name: &str) -> Arc<PreparedRoute> {
+        let fresh = PreparedRoute::prepare(input.clone()).unwrap();
+        let mut p = (*fresh).clone();
+        p.static_exploit = p.index_of(name).unwrap();
+        Arc::new(p)
     }
 
     #[test]
@@ -1871,6 +1957,164 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn promotion_is_tested_once_per_look_every_samples_of_the_candidate() {
+        let input = |k: u64, n: u64| RouteInput {
+            route: Arc::from("b"),
+            mode: Mode::Live,
+            baseline: model("base", post(180, 300), 0.01),
+            candidates: vec![model("c", post(k, n), 0.001)],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 1,
+        };
+        // The grid alone (no confirmation).
+        let promotion = PromotionConfig {
+            look_every: 5,
+            confirm_samples: 0,
+            ..PromotionConfig::default()
+        };
+        let next = |k: u64, n: u64, prev: &Arc<PreparedRoute>| {
+            PreparedRoute::prepare_with(input(k, n), promotion, Some(prev)).unwrap()
+        };
+        // A fresh start tests every candidate: 0.55 against a 0.6 baseline fails at 180.
+        let failing = PreparedRoute::prepare_with(input(100, 180), promotion, None).unwrap();
+        assert_eq!(
+            (failing.models[1].tests.last, failing.models[1].tests.now),
+            (Some(180), true)
+        );
+        // Three samples later it passes (however lucky), but the next test is at 185.
+        let early = next(173, 183, &failing);
+        assert!(early.models[1].gate.confidence > 0.999);
+        assert_eq!(
+            (early.models[1].tests.last, early.models[1].tests.now),
+            (Some(180), false)
+        );
+        assert!(early.models[1]
+            .static_failures
+            .contains(Knob::MinConfidence));
+        assert_eq!(early.static_exploit, 0);
+        let why = decide(&early, &RequestContext::default()).trace("r", 0);
+        assert!(
+            why.candidates[1].filter_reasons.iter().any(|r| {
+                r.starts_with(
+                "passes, tested again at 185 samples: promotion is tested once per 5 of its samples"
+            )
+            }),
+            "{:?}",
+            why.candidates[1].filter_reasons
+        );
+        // Baseline scores alone (same candidate samples) are no new test either.
+        let same = next(173, 183, &early);
+        assert_eq!(same.static_exploit, 0);
+        // At 185 it is tested, passes, and is promoted.
+        assert_eq!(next(175, 185, &same).static_exploit, 1);
+        // A failed test at 185 waits for 190, passing or not in between.
+        let failed = next(100, 185, &same);
+        assert_eq!(failed.models[1].tests.last, Some(185));
+        let between = next(178, 188, &failed);
+        assert_eq!(between.static_exploit, 0);
+        assert_eq!(next(180, 190, &between).static_exploit, 1);
+        // Evidence reset by the change detector (fewer samples than at the last test): tested.
+        let reset = next(29, 30, &between);
+        assert_eq!(
+            (reset.models[1].tests.last, reset.models[1].tests.now),
+            (Some(30), true)
+        );
+        // 0 tests at every snapshot.
+        let every = PromotionConfig {
+            look_every: 0,
+            ..promotion
+        };
+        let now = PreparedRoute::prepare_with(input(173, 183), every, Some(&failing)).unwrap();
+        assert_eq!(now.static_exploit, 1);
+    }
+
+    #[test]
+    fn a_promotion_needs_passing_tests_over_confirm_samples() {
+        let input = |k: u64, n: u64| RouteInput {
+            route: Arc::from("b"),
+            mode: Mode::Live,
+            baseline: model("base", post(180, 300), 0.01),
+            candidates: vec![model("c", post(k, n), 0.001)],
+            constraints: Constraints::default(),
+            weights: ScoreWeights::default(),
+            exploration: ExplorationConfig::default(),
+            pinned: None,
+            table_version: 1,
+        };
+        // Tested at every snapshot, confirmed over 5 samples.
+        let promotion = PromotionConfig {
+            look_every: 0,
+            confirm_samples: 5,
+            ..PromotionConfig::default()
+        };
+        let next = |k: u64, n: u64, prev: &Arc<PreparedRoute>| {
+            PreparedRoute::prepare_with(input(k, n), promotion, Some(prev)).unwrap()
+        };
+        let failing = PreparedRoute::prepare_with(input(100, 180), promotion, None).unwrap();
+        assert_eq!(failing.models[1].tests.passing_since, None);
+        // The first passing test starts the run: not promoted yet.
+        let first = next(186, 195, &failing);
+        assert_eq!(first.models[1].tests.passing_since, Some(195));
+        assert_eq!(first.static_exploit, 0);
+        let second = next(189, 199, &first);
+        assert_eq!(
+            (second.models[1].tests.passing_since, second.static_exploit),
+            (Some(195), 0)
+        );
+        // Still passing five samples on: promoted.
+        assert_eq!(next(190, 200, &second).static_exploit, 1);
+        // A failing test in between ends the run; the next pass starts a new one.
+        let dip = next(100, 197, &first);
+        assert_eq!(dip.models[1].tests.passing_since, None);
+        let again = next(190, 200, &dip);
+        assert_eq!(
+            (again.models[1].tests.passing_since, again.static_exploit),
+            (Some(200), 0)
+        );
+        let why = decide(&again, &RequestContext::default()).trace("r", 0);
+        assert!(
+            why.candidates[1]
+                .filter_reasons
+                .iter()
+                .any(|r| r.starts_with(
+                    "confirming: its promotion tests pass since 200 samples, promoted at 205"
+                )),
+            "{:?}",
+            why.candidates[1].filter_reasons
+        );
+        // A fresh start sees all evidence at once: one test, promoted on a pass.
+        let cold = PreparedRoute::prepare_with(input(190, 200), promotion, None).unwrap();
+        assert_eq!(cold.static_exploit, 1);
+        // So does a restart: the table before the first fold has no evidence (priors only),
+        // the next one folds all stored feedback.
+        let priors_only = PreparedRoute::prepare_with(input(0, 0), promotion, None).unwrap();
+        assert_eq!(priors_only.models[1].posterior.samples, 0);
+        let restarted = next(190, 200, &priors_only);
+        assert!(restarted.models[1].tests.confirmed);
+        assert_eq!(restarted.static_exploit, 1);
+        // With the grid, only the tests count: a dip between two tests does not end the run.
+        let both = PromotionConfig {
+            look_every: 5,
+            ..promotion
+        };
+        let step = |k: u64, n: u64, prev: &Arc<PreparedRoute>| {
+            PreparedRoute::prepare_with(input(k, n), both, Some(prev)).unwrap()
+        };
+        let start = PreparedRoute::prepare_with(input(100, 180), both, None).unwrap();
+        let pass = step(176, 185, &start);
+        assert_eq!(
+            (pass.models[1].tests.passing_since, pass.static_exploit),
+            (Some(185), 0)
+        );
+        let between = step(100, 187, &pass);
+        assert_eq!(between.models[1].tests.passing_since, Some(185));
+        assert_eq!(step(181, 190, &between).static_exploit, 1);
+    }
+
+    #[test]
     fn hysteresis_keeps_the_incumbent_and_needs_a_margin_to_switch() {
         // 0.6 baseline; the candidate is at 0.6 over 100: P(within 0.02) is well below 0.95 but
         // above 0.8? Find a case in the band and check both sides.
@@ -2037,22 +2281,19 @@ pub(crate) mod tests {
             ..PromotionConfig::default()
         };
         for n in 0..4_000usize {
-            let route = PreparedRoute::prepare_with(
-                RouteInput {
-                    route: Arc::from("lucky"),
-                    mode: Mode::Live,
-                    baseline: model("base", post(counts[0].0, counts[0].1), 0.01),
-                    candidates: vec![model("c", post(counts[1].0, counts[1].1), 0.001)],
-                    constraints: Constraints::default(),
-                    weights: ScoreWeights::default(),
-                    exploration: ExplorationConfig::default(),
-                    pinned: None,
-                    table_version: n as u64,
-                },
-                promotion,
-                incumbent,
-            )
-            .unwrap();
+            let input = RouteInput {
+                route: Arc::from("lucky"),
+                mode: Mode::Live,
+                baseline: model("base", post(counts[0].0, counts[0].1), 0.01),
+                candidates: vec![model("c", post(counts[1].0, counts[1].1), 0.001)],
+                constraints: Constraints::default(),
+                weights: ScoreWeights::default(),
+                exploration: ExplorationConfig::default(),
+                pinned: None,
+                table_version: n as u64,
+            };
+            let previous = incumbent.map(|name| promoted_before(&input, name));
+            let route = PreparedRoute::prepare_with(input, promotion, previous.as_deref()).unwrap();
             if n == 0 {
                 assert_eq!(route.static_exploit, 1, "promoted at the start");
                 let conf = route.models[1].gate.confidence;

@@ -48,7 +48,7 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
     let mut last = [0u64; 3];
     let mut id = 0u64;
     let mut quality_sum = 0.0;
-    let mut incumbent: Option<Arc<str>> = None;
+    let mut previous: Option<Arc<PreparedRoute>> = None;
     for tick in 0..ticks {
         let stats = agg.snapshot();
         let p = |i: usize| -> Posterior {
@@ -78,11 +78,10 @@ fn run(qualities: [f64; 3], ticks: usize, per_tick: usize, seed: u64) -> Outcome
                 table_version: stats.version,
             },
             PromotionConfig::default(),
-            incumbent.as_deref(),
+            previous.as_deref(),
         )
         .unwrap();
-        incumbent = (prepared.static_exploit != 0)
-            .then(|| prepared.models[prepared.static_exploit].model.clone());
+        previous = Some(prepared.clone());
         let mut events = Vec::with_capacity(per_tick);
         for _ in 0..per_tick {
             let share = if served_total == 0 {

@@ -37,7 +37,7 @@ use crate::feedback::constraints::Constraints;
 use crate::feedback::posterior::{Posterior, PosteriorState, Scale, Signal};
 use crate::feedback::priors::Priors;
 use crate::feedback::router::{Mode, ModelInput, PreparedRoute, RouteInput};
-use crate::routing::pools::{pool_key, Pools};
+use crate::routing::pools::{pool_key, Pools, POOL_SEP};
 
 /// Separator between a route and a context bucket in posterior keys (`default\u{1f}math`).
 pub const CONTEXT_SEP: char = '\u{1f}';
@@ -540,15 +540,24 @@ fn build_route(
             success_rate: f.success,
             recent_requests: f.served,
         };
-        let incumbent = inp
+        // The same learning pool's (and context's) previous snapshot: hysteresis and the
+        // promotion tests' state. Keys are `route[\u{1e}project][\u{1f}context]`.
+        let previous = inp
             .previous
             .and_then(|t| t.routes.get(name))
             .and_then(|ar| {
-                let p = match key.split_once(CONTEXT_SEP) {
-                    Some((_, ctx)) => ar.contexts.get(ctx)?,
-                    None => &ar.prepared,
+                let (pool, ctx) = match key.split_once(CONTEXT_SEP) {
+                    Some((pool, ctx)) => (pool, Some(ctx)),
+                    None => (key, None),
                 };
-                (p.static_exploit != 0).then(|| p.models[p.static_exploit].model.clone())
+                let ar = match pool.split_once(POOL_SEP) {
+                    Some((_, project)) => ar.pools.get(project)?,
+                    None => ar,
+                };
+                match ctx {
+                    Some(ctx) => ar.contexts.get(ctx),
+                    None => Some(&ar.prepared),
+                }
             });
         PreparedRoute::prepare_with(
             RouteInput {
@@ -563,7 +572,7 @@ fn build_route(
                 table_version: inp.version,
             },
             rc.promotion,
-            incumbent.as_deref(),
+            previous.map(|p| &**p),
         )
         .map_err(|e| e.to_string())
     };
@@ -1195,5 +1204,90 @@ mod tests {
             assert_eq!(parse_scale(scale_name(s)), Some(s));
         }
         assert_eq!(parse_scale("1-5"), Some(Scale::OneToFive));
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::config::GatewayConfig;
+
+    /// A project's learning pool keeps its own promotion across tables: the incumbent (and the
+    /// promotion tests) come from the pool's previous snapshot, not the route's shared one.
+    #[test]
+    fn a_project_pool_keeps_its_own_incumbent() {
+        let cfg = GatewayConfig::parse(
+            "[routes.r]\nbaseline = \"gpt-4o\"\ncandidates = [\"gpt-4o-mini\"]\nmode = \"live\"\nlearning = \"project\"\nproject = \"p1\"\n",
+            "test",
+        )
+        .unwrap();
+        let keyed: BTreeSet<String> = ["openai".to_string()].into();
+        let rt = Runtime::build_keyed(cfg, 1, keyed).unwrap();
+        let posterior_cfg = rt.config.routing.posterior.clone();
+        let pool = pool_key("r", "p1");
+        // Judge scores for the pool only: (baseline, candidate) successes of `n` each.
+        let stats = |base: u64, cand: u64, n: u64| {
+            let mut agg = Aggregator::new(posterior_cfg.clone(), rt.config.routing.nps_weight)
+                .unwrap();
+            for (model, k) in [("gpt-4o", base), ("gpt-4o-mini", cand)] {
+                for i in 0..n {
+                    // Successes spread evenly, as the change detector expects of steady data.
+                    let v = if (i + 1) * k / n > i * k / n { 1.0 } else { 0.0 };
+                    agg.fold(&FeedbackEvent {
+                        id: format!("{model}-{i}"),
+                        at_ms: i as i64,
+                        kind: FeedbackKind::Score {
+                            route: Arc::from(pool.as_str()),
+                            model: Arc::from(model),
+                            signal: Signal::Judge,
+                            value: v,
+                            scale: Scale::Unit,
+                        },
+                    })
+                    .unwrap();
+                }
+            }
+            agg.snapshot()
+        };
+        let traffic = Traffic::default();
+        let build = |stats: &RoutingStats, previous: Option<&RouterTable>| {
+            build_table(&BuildInputs {
+                rt: &rt,
+                stats,
+                traffic: &traffic,
+                priors: None,
+                posterior_cfg: &rt.config.routing.posterior,
+                previous,
+                version: 1,
+                now_ms: 0,
+                events_folded: 0,
+                rollout: &HashMap::new(),
+            })
+        };
+        let served = |t: &RouterTable| {
+            let ar = &t.routes["r"];
+            let p = &ar.pools["p1"].prepared;
+            (
+                ar.prepared.static_exploit,
+                p.models[p.static_exploit].model.to_string(),
+            )
+        };
+        // The pool's candidate is clearly as good: promoted in the pool, not in the shared
+        // route (which has no evidence).
+        let first = build(&stats(240, 270, 300), None);
+        assert_eq!(served(&first), (0, "gpt-4o-mini".to_string()));
+        // Its confidence falls into the hysteresis band: kept, as the pool's incumbent.
+        let band = stats(240, 246, 300);
+        let conf = {
+            let t = build(&band, None);
+            let p = &t.routes["r"].pools["p1"].prepared;
+            p.models[1].gate.confidence
+        };
+        assert!(conf > 0.8 && conf < 0.95, "{conf}");
+        let second = build(&band, Some(&first));
+        assert_eq!(served(&second), (0, "gpt-4o-mini".to_string()));
+        assert!(second.routes["r"].pools["p1"].prepared.models[1].retained);
     }
 }
