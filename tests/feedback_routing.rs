@@ -128,7 +128,10 @@ async fn promotes_a_cheaper_model_that_holds_quality() {
     assert_eq!(tests["confirmed"], true, "{state}");
     let last = tests["last_at_samples"].as_u64().unwrap();
     assert!(last <= mini["samples"].as_u64().unwrap(), "{state}");
-    assert!(tests["passing_since_samples"].as_u64().unwrap() <= last, "{state}");
+    assert!(
+        tests["passing_since_samples"].as_u64().unwrap() <= last,
+        "{state}"
+    );
     // Promotions appear in the decision log with confidence above the gate.
     let list: Value = client()
         .get(gw.url("/v1/decisions?route=default&model=gpt-4o-mini&min_confidence=0.8&limit=5"))

@@ -1229,12 +1229,16 @@ mod pool_tests {
         let pool = pool_key("r", "p1");
         // Judge scores for the pool only: (baseline, candidate) successes of `n` each.
         let stats = |base: u64, cand: u64, n: u64| {
-            let mut agg = Aggregator::new(posterior_cfg.clone(), rt.config.routing.nps_weight)
-                .unwrap();
+            let mut agg =
+                Aggregator::new(posterior_cfg.clone(), rt.config.routing.nps_weight).unwrap();
             for (model, k) in [("gpt-4o", base), ("gpt-4o-mini", cand)] {
                 for i in 0..n {
                     // Successes spread evenly, as the change detector expects of steady data.
-                    let v = if (i + 1) * k / n > i * k / n { 1.0 } else { 0.0 };
+                    let v = if (i + 1) * k / n > i * k / n {
+                        1.0
+                    } else {
+                        0.0
+                    };
                     agg.fold(&FeedbackEvent {
                         id: format!("{model}-{i}"),
                         at_ms: i as i64,
