@@ -511,7 +511,7 @@ impl InProcRouter<'_> {
             );
             for (i, m) in p.models.iter().enumerate() {
                 eprintln!(
-                    "  {:38} true={:.3} n={:4} mean={:.3} within={:.3} ts={:.4} gap_ub={:.3} in={}",
+                    "  {:38} true={:.3} n={:4} mean={:.3} within={:.3} ts={:.4} gap_ub={:.3} in={} tests={:?}",
                     &*m.model,
                     self.t.mean_q[self.r.models[i]],
                     m.posterior.samples,
@@ -519,7 +519,8 @@ impl InProcRouter<'_> {
                     m.gate.confidence,
                     m.ts_prob,
                     m.gap_ub,
-                    m.in_explore
+                    m.in_explore,
+                    m.tests
                 );
                 if std::env::var("LOOPGATE_DEBUG_SIGNALS").is_ok() {
                     for s in m.posterior.signals.iter().filter(|s| s.count > 0) {
@@ -901,6 +902,26 @@ fn parse() -> Args {
     a
 }
 
+/// Requests one fixed-sample test at 95% needs to show that the easiest cheaper candidate
+/// truly within δ is within δ, from production scores alone (no priors, no NPS): scores are
+/// Bernoulli(q) plus the judge's N(0, σ²) noise on `JUDGE_SHARE` of requests, split between
+/// that candidate and the baseline in the best proportion (Neyman):
+/// n = z²(σ_b + σ_c)² / (q_c − q_b + δ)². A lower bound on what any router can do without
+/// informative priors (a sequential test does a little better on lucky paths, not in every
+/// seed); `None` when no cheaper candidate is within δ.
+fn one_test_bound(tr: &Truth, delta: f64) -> Option<f64> {
+    const Z95: f64 = 1.645;
+    let sd = |q: f64| (q * (1.0 - q) + JUDGE_NOISE * JUDGE_NOISE).sqrt();
+    (1..tr.q.len())
+        .filter(|&i| tr.c[i] <= tr.c[0] && tr.q[i] >= tr.q[0] - delta)
+        .map(|i| {
+            let margin = tr.q[i] - tr.q[0] + delta;
+            let scores = (Z95 * (sd(tr.q[0]) + sd(tr.q[i])) / margin).powi(2);
+            scores / JUDGE_SHARE
+        })
+        .min_by(f64::total_cmp)
+}
+
 fn fmt_opt(x: Option<usize>) -> String {
     x.map_or("–".into(), |v| v.to_string())
 }
@@ -986,6 +1007,8 @@ pub fn main() {
     let mut calib = (0usize, 0usize);
     let mut json_routes = Vec::new();
     let mut goals = HashMap::<&str, (usize, usize)>::new();
+    // "Better" routes: (name, one-test bound in requests, first promotion ≤ 500 in every seed).
+    let mut bounds: Vec<(String, f64, bool)> = Vec::new();
     for r in &all {
         let t = &tasks[r.task];
         let tr = truth(t, r, delta);
@@ -1125,6 +1148,9 @@ pub fn main() {
         match tr.class {
             Class::Better => {
                 let ok_first = firsts.iter().all(|f| f.is_some_and(|x| x <= 500));
+                if let Some(b) = one_test_bound(&tr, delta) {
+                    bounds.push((r.name.clone(), b, ok_first));
+                }
                 let ok_saving = savings.iter().all(|s| *s >= 0.9);
                 let g = goals
                     .entry("better: first ≤ 500 in every seed")
@@ -1177,6 +1203,7 @@ pub fn main() {
             "min_window_minus_floor": windows, "promotions": promos,
             "rollback_after_200": rb200, "rollback_after_2500": rb2500,
             "truth": {"quality": tr.q, "cost": tr.c, "best_static": tr.best},
+            "one_test_bound_requests": one_test_bound(&tr, delta),
         }));
         eprintln!("routerbench: {} done ({:.0?})", r.name, started.elapsed());
     }
@@ -1190,6 +1217,25 @@ pub fn main() {
     gl.sort();
     for (k, (ok, n)) in gl {
         md.push_str(&format!("- {k}: {ok} / {n}\n"));
+    }
+    if !bounds.is_empty() {
+        let reachable: Vec<_> = bounds.iter().filter(|b| b.1 <= 500.0).collect();
+        let out: Vec<String> = bounds
+            .iter()
+            .filter(|b| b.1 > 500.0)
+            .map(|b| format!("{} ({:.0})", b.0, b.1))
+            .collect();
+        md.push_str(&format!(
+            "\nOne fixed-sample test at 95% from production scores alone (no priors; `one_test_bound`) needs more than 500 requests on {} of {} \"better\" routes: {}. Of the {} where it needs at most 500 ({:.0}–{:.0}), first ≤ 500 in every seed: {} / {}.\n",
+            out.len(),
+            bounds.len(),
+            if out.is_empty() { "none".to_string() } else { out.join(", ") },
+            reachable.len(),
+            reachable.iter().map(|b| b.1).fold(f64::INFINITY, f64::min),
+            reachable.iter().map(|b| b.1).fold(0.0, f64::max),
+            reachable.iter().filter(|b| b.2).count(),
+            reachable.len(),
+        ));
     }
     if a.http {
         let st = &http_total;
