@@ -1956,9 +1956,9 @@ pub(crate) mod tests {
         assert!(anytime_level(0.05, 1) < 0.05);
     }
 
-    #[test]
-    fn promotion_is_tested_once_per_look_every_samples_of_the_candidate() {
-        let input = |k: u64, n: u64| RouteInput {
+    /// A 0.6 baseline over 300 samples and one candidate "c" with `k` successes in `n`.
+    fn one_candidate(k: u64, n: u64) -> RouteInput {
+        RouteInput {
             route: Arc::from("b"),
             mode: Mode::Live,
             baseline: model("base", post(180, 300), 0.01),
@@ -1968,7 +1968,11 @@ pub(crate) mod tests {
             exploration: ExplorationConfig::default(),
             pinned: None,
             table_version: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn promotion_is_tested_once_per_look_every_samples_of_the_candidate() {
         // The grid alone (no confirmation).
         let promotion = PromotionConfig {
             look_every: 5,
@@ -1976,10 +1980,11 @@ pub(crate) mod tests {
             ..PromotionConfig::default()
         };
         let next = |k: u64, n: u64, prev: &Arc<PreparedRoute>| {
-            PreparedRoute::prepare_with(input(k, n), promotion, Some(prev)).unwrap()
+            PreparedRoute::prepare_with(one_candidate(k, n), promotion, Some(prev)).unwrap()
         };
         // A fresh start tests every candidate: 0.55 against a 0.6 baseline fails at 180.
-        let failing = PreparedRoute::prepare_with(input(100, 180), promotion, None).unwrap();
+        let failing =
+            PreparedRoute::prepare_with(one_candidate(100, 180), promotion, None).unwrap();
         assert_eq!(
             (failing.models[1].tests.last, failing.models[1].tests.now),
             (Some(180), true)
@@ -2027,23 +2032,13 @@ pub(crate) mod tests {
             look_every: 0,
             ..promotion
         };
-        let now = PreparedRoute::prepare_with(input(173, 183), every, Some(&failing)).unwrap();
+        let now =
+            PreparedRoute::prepare_with(one_candidate(173, 183), every, Some(&failing)).unwrap();
         assert_eq!(now.static_exploit, 1);
     }
 
     #[test]
     fn a_promotion_needs_passing_tests_over_confirm_samples() {
-        let input = |k: u64, n: u64| RouteInput {
-            route: Arc::from("b"),
-            mode: Mode::Live,
-            baseline: model("base", post(180, 300), 0.01),
-            candidates: vec![model("c", post(k, n), 0.001)],
-            constraints: Constraints::default(),
-            weights: ScoreWeights::default(),
-            exploration: ExplorationConfig::default(),
-            pinned: None,
-            table_version: 1,
-        };
         // Tested at every snapshot, confirmed over 5 samples.
         let promotion = PromotionConfig {
             look_every: 0,
@@ -2051,9 +2046,10 @@ pub(crate) mod tests {
             ..PromotionConfig::default()
         };
         let next = |k: u64, n: u64, prev: &Arc<PreparedRoute>| {
-            PreparedRoute::prepare_with(input(k, n), promotion, Some(prev)).unwrap()
+            PreparedRoute::prepare_with(one_candidate(k, n), promotion, Some(prev)).unwrap()
         };
-        let failing = PreparedRoute::prepare_with(input(100, 180), promotion, None).unwrap();
+        let failing =
+            PreparedRoute::prepare_with(one_candidate(100, 180), promotion, None).unwrap();
         assert_eq!(failing.models[1].tests.passing_since, None);
         // The first passing test starts the run: not promoted yet.
         let first = next(186, 195, &failing);
@@ -2086,11 +2082,12 @@ pub(crate) mod tests {
             why.candidates[1].filter_reasons
         );
         // A fresh start sees all evidence at once: one test, promoted on a pass.
-        let cold = PreparedRoute::prepare_with(input(190, 200), promotion, None).unwrap();
+        let cold = PreparedRoute::prepare_with(one_candidate(190, 200), promotion, None).unwrap();
         assert_eq!(cold.static_exploit, 1);
         // So does a restart: the table before the first fold has no evidence (priors only),
         // the next one folds all stored feedback.
-        let priors_only = PreparedRoute::prepare_with(input(0, 0), promotion, None).unwrap();
+        let priors_only =
+            PreparedRoute::prepare_with(one_candidate(0, 0), promotion, None).unwrap();
         assert_eq!(priors_only.models[1].posterior.samples, 0);
         let restarted = next(190, 200, &priors_only);
         assert!(restarted.models[1].tests.confirmed);
@@ -2101,9 +2098,9 @@ pub(crate) mod tests {
             ..promotion
         };
         let step = |k: u64, n: u64, prev: &Arc<PreparedRoute>| {
-            PreparedRoute::prepare_with(input(k, n), both, Some(prev)).unwrap()
+            PreparedRoute::prepare_with(one_candidate(k, n), both, Some(prev)).unwrap()
         };
-        let start = PreparedRoute::prepare_with(input(100, 180), both, None).unwrap();
+        let start = PreparedRoute::prepare_with(one_candidate(100, 180), both, None).unwrap();
         let pass = step(176, 185, &start);
         assert_eq!(
             (pass.models[1].tests.passing_since, pass.static_exploit),
