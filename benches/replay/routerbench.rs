@@ -1144,11 +1144,12 @@ pub fn main() {
             Class::Within => "within δ",
             Class::Unsafe => "unsafe",
         };
+        let bound = one_test_bound(&tr, delta);
         // Goals of issue 12.
         match tr.class {
             Class::Better => {
                 let ok_first = firsts.iter().all(|f| f.is_some_and(|x| x <= 500));
-                if let Some(b) = one_test_bound(&tr, delta) {
+                if let Some(b) = bound {
                     bounds.push((r.name.clone(), b, ok_first));
                 }
                 let ok_saving = savings.iter().all(|s| *s >= 0.9);
@@ -1203,7 +1204,7 @@ pub fn main() {
             "min_window_minus_floor": windows, "promotions": promos,
             "rollback_after_200": rb200, "rollback_after_2500": rb2500,
             "truth": {"quality": tr.q, "cost": tr.c, "best_static": tr.best},
-            "one_test_bound_requests": one_test_bound(&tr, delta),
+            "one_test_bound_requests": bound,
         }));
         eprintln!("routerbench: {} done ({:.0?})", r.name, started.elapsed());
     }

@@ -37,7 +37,7 @@ use crate::feedback::constraints::Constraints;
 use crate::feedback::posterior::{Posterior, PosteriorState, Scale, Signal};
 use crate::feedback::priors::Priors;
 use crate::feedback::router::{Mode, ModelInput, PreparedRoute, RouteInput};
-use crate::routing::pools::{pool_key, Pools, POOL_SEP};
+use crate::routing::pools::{pool_key, Pools};
 
 /// Separator between a route and a context bucket in posterior keys (`default\u{1f}math`).
 pub const CONTEXT_SEP: char = '\u{1f}';
@@ -531,66 +531,55 @@ fn build_route(
         (p.model == base.name || cands.iter().any(|c| c.name == p.model))
             .then(|| Arc::from(p.model.as_str()))
     });
-    let prepare = |key: &str| -> Result<Arc<PreparedRoute>, String> {
-        let input = |f: &ModelFacts| ModelInput {
-            model: Arc::from(f.name.as_str()),
-            posterior: posterior_of(inp, key, &f.name),
-            cost_per_request: f.cost,
-            p95_latency_ms: f.p95,
-            success_rate: f.success,
-            recent_requests: f.served,
+    // `previous`: the same pool's (and context's) snapshot in the previous table, for the
+    // hysteresis and the promotion tests' state.
+    let prepare =
+        |key: &str, previous: Option<&PreparedRoute>| -> Result<Arc<PreparedRoute>, String> {
+            let input = |f: &ModelFacts| ModelInput {
+                model: Arc::from(f.name.as_str()),
+                posterior: posterior_of(inp, key, &f.name),
+                cost_per_request: f.cost,
+                p95_latency_ms: f.p95,
+                success_rate: f.success,
+                recent_requests: f.served,
+            };
+            PreparedRoute::prepare_with(
+                RouteInput {
+                    route: Arc::from(name),
+                    mode,
+                    baseline: input(&base),
+                    candidates: cands.iter().map(input).collect(),
+                    constraints: constraints.clone(),
+                    weights: rc.score,
+                    exploration: rc.exploration,
+                    pinned: pinned.clone(),
+                    table_version: inp.version,
+                },
+                rc.promotion,
+                previous,
+            )
+            .map_err(|e| e.to_string())
         };
-        // The same learning pool's (and context's) previous snapshot: hysteresis and the
-        // promotion tests' state. Keys are `route[\u{1e}project][\u{1f}context]`.
-        let previous = inp
-            .previous
-            .and_then(|t| t.routes.get(name))
-            .and_then(|ar| {
-                let (pool, ctx) = match key.split_once(CONTEXT_SEP) {
-                    Some((pool, ctx)) => (pool, Some(ctx)),
-                    None => (key, None),
-                };
-                let ar = match pool.split_once(POOL_SEP) {
-                    Some((_, project)) => ar.pools.get(project)?,
-                    None => ar,
-                };
-                match ctx {
-                    Some(ctx) => ar.contexts.get(ctx),
-                    None => Some(&ar.prepared),
-                }
-            });
-        PreparedRoute::prepare_with(
-            RouteInput {
-                route: Arc::from(name),
-                mode,
-                baseline: input(&base),
-                candidates: cands.iter().map(input).collect(),
-                constraints: constraints.clone(),
-                weights: rc.score,
-                exploration: rc.exploration,
-                pinned: pinned.clone(),
-                table_version: inp.version,
-            },
-            rc.promotion,
-            previous.map(|p| &**p),
-        )
-        .map_err(|e| e.to_string())
-    };
     info.mode_source = mode_source;
-    // The snapshots of one learning pool (`key`: the route, or a project's pool key).
-    let snapshots = |key: &str| -> Result<(Arc<PreparedRoute>, Snapshots), String> {
+    // The snapshots of one learning pool (`key`: the route, or a project's pool key), after
+    // that pool's snapshots in the previous table (`previous`).
+    let snapshots = |key: &str,
+                     previous: Option<&AutoRoute>|
+     -> Result<(Arc<PreparedRoute>, Snapshots), String> {
         let mut contexts = HashMap::new();
         if rc.contextual {
             let prefix = format!("{key}{CONTEXT_SEP}");
             for k in inp.stats.posteriors.keys() {
                 if let Some(ctx) = k.strip_prefix(&prefix) {
-                    contexts.insert(ctx.to_string(), prepare(k)?);
+                    let before = previous.and_then(|ar| ar.contexts.get(ctx));
+                    contexts.insert(ctx.to_string(), prepare(k, before.map(|p| &**p))?);
                 }
             }
         }
-        Ok((prepare(key)?, contexts))
+        Ok((prepare(key, previous.map(|ar| &*ar.prepared))?, contexts))
     };
-    let (prepared, contexts) = snapshots(name)?;
+    let previous = inp.previous.and_then(|t| t.routes.get(name));
+    let (prepared, contexts) = snapshots(name, previous)?;
     let _ = base.native;
     let holdback_share = if mode == Mode::Live && pin.is_none() {
         rc.rollback.holdback_share
@@ -608,7 +597,10 @@ fn build_route(
         pools: HashMap::new(),
     };
     for project in pools.projects_of(name) {
-        let (prepared, contexts) = snapshots(&pool_key(name, project))?;
+        let (prepared, contexts) = snapshots(
+            &pool_key(name, project),
+            previous.and_then(|ar| ar.pools.get(project)),
+        )?;
         let pool = AutoRoute {
             prepared,
             contexts,
